@@ -1,0 +1,13 @@
+//! vipd: keeps virtual IPs on exactly one node of a cluster.
+//!
+//! Facts come in (ZooKeeper in `coord`, netlink in `net`, XDP counters in
+//! `arp_offload`), a pure planner decides (`reconcile::plan`), executors act
+//! (netlink writes, `announce`, XDP map updates); `agent` owns the tasks.
+
+pub mod announce;
+pub mod arp_offload;
+pub mod config;
+pub mod coord;
+pub mod net;
+pub mod reconcile;
+pub mod vip;
