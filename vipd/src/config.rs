@@ -15,7 +15,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(|| format!("invalid duration {s:?}: missing unit (ms, s, m, h), as in 200ms or 10s"))?;
+        .ok_or_else(|| {
+            format!("invalid duration {s:?}: missing unit (ms, s, m, h), as in 200ms or 10s")
+        })?;
     let (num, unit) = t.split_at(split);
     let n: f64 = num
         .parse()
@@ -25,7 +27,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "s" => n,
         "m" => n * 60.0,
         "h" => n * 3600.0,
-        _ => return Err(format!("invalid duration {s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+        _ => {
+            return Err(format!(
+                "invalid duration {s:?}: unknown unit {unit:?} (use ms, s, m or h)"
+            ));
+        }
     };
     if !secs.is_finite() || secs < 0.0 || secs > 86_400.0 * 365.0 {
         return Err(format!("invalid duration {s:?}: out of range"));
@@ -43,8 +49,14 @@ pub fn format_duration(d: Duration) -> String {
     }
 }
 
-fn parse_vips(s: &str) -> Result<Vec<Vip>, String> {
-    parse_vip_list(s).map_err(|e: InvalidVip| e.to_string())
+/// A comma-separated list of VIPs as one flag value.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VipList(pub Vec<Vip>);
+
+fn parse_vips(s: &str) -> Result<VipList, String> {
+    parse_vip_list(s)
+        .map(VipList)
+        .map_err(|e: InvalidVip| e.to_string())
 }
 
 fn parse_positive_duration(s: &str) -> Result<Duration, String> {
@@ -76,12 +88,16 @@ pub enum LogFormat {
 
 /// The vipd agent.
 #[derive(Parser, Debug, Clone)]
-#[command(name = "vipd", version, about = "Keeps virtual IPs on exactly one node of a cluster")]
+#[command(
+    name = "vipd",
+    version,
+    about = "Keeps virtual IPs on exactly one node of a cluster"
+)]
 pub struct Config {
     /// Single-node mode: this node always leads and serves these VIPs
     /// (comma-separated). Without --zk this is the whole configuration.
     #[arg(long, env = "VIPD_STATIC_VIPS", value_parser = parse_vips, default_value = "")]
-    pub static_vips: Vec<Vip>,
+    pub static_vips: VipList,
 
     #[command(flatten)]
     pub zk: ZkArgs,
@@ -175,11 +191,20 @@ pub struct EngineArgs {
 pub struct XdpArgs {
     /// Also attach the XDP program to this interface (repeatable); every
     /// interface that carries a VIP is attached without being named.
-    #[arg(long = "xdp-interface", env = "VIPD_XDP_INTERFACES", value_delimiter = ',')]
+    #[arg(
+        long = "xdp-interface",
+        env = "VIPD_XDP_INTERFACES",
+        value_delimiter = ','
+    )]
     pub interfaces: Vec<String>,
 
     /// XDP attach mode.
-    #[arg(long = "xdp-mode", env = "VIPD_XDP_MODE", value_enum, default_value = "auto")]
+    #[arg(
+        long = "xdp-mode",
+        env = "VIPD_XDP_MODE",
+        value_enum,
+        default_value = "auto"
+    )]
     pub mode: XdpMode,
 
     /// Run without the XDP program (no ARP counters, no in-kernel replies).
@@ -194,10 +219,15 @@ pub struct XdpArgs {
 impl Config {
     /// Checks what clap cannot: combinations of settings.
     pub fn validate(&self) -> Result<(), String> {
-        if self.zk.hosts.is_some() && !self.static_vips.is_empty() {
+        if self.zk.hosts.is_some() && !self.static_vips.0.is_empty() {
             return Err("--static-vips and --zk exclude each other: in cluster mode the VIPs come from ZooKeeper".into());
         }
-        if self.zk.hosts.as_deref().is_some_and(|h| h.trim().is_empty()) {
+        if self
+            .zk
+            .hosts
+            .as_deref()
+            .is_some_and(|h| h.trim().is_empty())
+        {
             return Err("--zk is empty: give host:port[,host:port...]".into());
         }
         if !valid_name(&self.zk.cluster) {
@@ -209,7 +239,9 @@ impl Config {
         if let Some(id) = &self.zk.node_id
             && !valid_name(id)
         {
-            return Err(format!("invalid node id {id:?}: use letters, digits, '-', '_' and '.'"));
+            return Err(format!(
+                "invalid node id {id:?}: use letters, digits, '-', '_' and '.'"
+            ));
         }
         Ok(())
     }
@@ -226,7 +258,8 @@ pub fn valid_name(s: &str) -> bool {
         && s.len() <= 128
         && s != "."
         && s != ".."
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// This machine's host name (`unknown` if it has none).
@@ -272,7 +305,7 @@ mod tests {
             "eth1",
         ])
         .unwrap();
-        assert_eq!(c.static_vips.len(), 2);
+        assert_eq!(c.static_vips.0.len(), 2);
         assert_eq!(c.engine.garp_interval, Duration::from_millis(200));
         assert_eq!(c.xdp.interfaces, vec!["eth0", "eth1"]);
         assert_eq!(c.engine.reconcile_interval, Duration::from_secs(3));
@@ -281,14 +314,21 @@ mod tests {
 
     #[test]
     fn bad_values_name_themselves() {
-        let e = Config::try_parse_from(["vipd", "--static-vips", "192.0.2.1,224.0.0.1"]).unwrap_err();
+        let e =
+            Config::try_parse_from(["vipd", "--static-vips", "192.0.2.1,224.0.0.1"]).unwrap_err();
         assert!(e.to_string().contains("224.0.0.1"), "{e}");
         let e = Config::try_parse_from(["vipd", "--garp-interval", "10q"]).unwrap_err();
         assert!(e.to_string().contains("10q"), "{e}");
         let e = Config::try_parse_from(["vipd", "--reconcile-interval", "0s"]).unwrap_err();
         assert!(e.to_string().contains("greater than zero"), "{e}");
-        let c = Config::try_parse_from(["vipd", "--zk", "127.0.0.1:2181", "--static-vips", "192.0.2.1"])
-            .unwrap();
+        let c = Config::try_parse_from([
+            "vipd",
+            "--zk",
+            "127.0.0.1:2181",
+            "--static-vips",
+            "192.0.2.1",
+        ])
+        .unwrap();
         assert!(c.validate().is_err());
         let c = Config::try_parse_from(["vipd", "--cluster", "a/b"]).unwrap();
         assert!(c.validate().unwrap_err().contains("a/b"));

@@ -77,8 +77,18 @@ pub fn plan(wanted: &BTreeSet<Vip>, routes: &RouteTable, addrs: &[Address]) -> P
 
         if let Some(op) = copies.iter().find(|a| !a.owned) {
             // The operator's address wins: keep it, drop any copy of ours.
-            verdicts.push((vip, Verdict::OperatorAddress { ifindex: op.ifindex }));
-            removes.extend(copies.iter().filter(|a| a.owned).map(|a| remove(vip, a, addrs)));
+            verdicts.push((
+                vip,
+                Verdict::OperatorAddress {
+                    ifindex: op.ifindex,
+                },
+            ));
+            removes.extend(
+                copies
+                    .iter()
+                    .filter(|a| a.owned)
+                    .map(|a| remove(vip, a, addrs)),
+            );
             continue;
         }
         let Some(placement) = placement else {
@@ -198,24 +208,39 @@ mod tests {
             p.verdicts,
             vec![(
                 vip("192.0.2.100"),
-                Verdict::InPlace { placement: Placement { ifindex: 1, prefix_len: 24 } }
+                Verdict::InPlace {
+                    placement: Placement {
+                        ifindex: 1,
+                        prefix_len: 24
+                    }
+                }
             )]
         );
     }
 
     #[test]
     fn missing_is_added_where_the_route_says() {
-        let p = plan(&wanted(&["198.51.100.7", "203.0.113.9"]), &routes(), &node_addrs());
+        let p = plan(
+            &wanted(&["198.51.100.7", "203.0.113.9"]),
+            &routes(),
+            &node_addrs(),
+        );
         assert_eq!(
             p.actions,
             vec![
                 Action::Add {
                     vip: vip("198.51.100.7"),
-                    placement: Placement { ifindex: 2, prefix_len: 24 }
+                    placement: Placement {
+                        ifindex: 2,
+                        prefix_len: 24
+                    }
                 },
                 Action::Add {
                     vip: vip("203.0.113.9"),
-                    placement: Placement { ifindex: 3, prefix_len: 32 }
+                    placement: Placement {
+                        ifindex: 3,
+                        prefix_len: 32
+                    }
                 },
             ]
         );
@@ -230,10 +255,17 @@ mod tests {
         assert_eq!(
             p.actions,
             vec![
-                Action::Remove { vip: vip("192.0.2.100"), address: stale, guards_secondaries: false },
+                Action::Remove {
+                    vip: vip("192.0.2.100"),
+                    address: stale,
+                    guards_secondaries: false
+                },
                 Action::Add {
                     vip: vip("192.0.2.100"),
-                    placement: Placement { ifindex: 1, prefix_len: 24 }
+                    placement: Placement {
+                        ifindex: 1,
+                        prefix_len: 24
+                    }
                 },
             ]
         );
@@ -249,7 +281,13 @@ mod tests {
         assert!(matches!(&p.actions[0], Action::Remove { address, .. } if *address == stale));
         assert!(matches!(
             &p.actions[1],
-            Action::Add { placement: Placement { ifindex: 1, prefix_len: 24 }, .. }
+            Action::Add {
+                placement: Placement {
+                    ifindex: 1,
+                    prefix_len: 24
+                },
+                ..
+            }
         ));
     }
 
@@ -264,7 +302,10 @@ mod tests {
         // The other VIP is still served.
         assert!(p.actions.contains(&Action::Add {
             vip: vip("192.0.2.100"),
-            placement: Placement { ifindex: 1, prefix_len: 24 }
+            placement: Placement {
+                ifindex: 1,
+                prefix_len: 24
+            }
         }));
         assert!(p.actions.contains(&Action::Remove {
             vip: vip("203.0.113.9"),
@@ -279,7 +320,10 @@ mod tests {
         a.push(addr("192.0.2.100", 24, 2, false));
         let p = plan(&wanted(&["192.0.2.100"]), &routes(), &a);
         assert!(p.is_noop(), "{:?}", p.actions);
-        assert_eq!(p.verdicts, vec![(vip("192.0.2.100"), Verdict::OperatorAddress { ifindex: 2 })]);
+        assert_eq!(
+            p.verdicts,
+            vec![(vip("192.0.2.100"), Verdict::OperatorAddress { ifindex: 2 })]
+        );
         // Not wanted any more: still never removed.
         let p = plan(&BTreeSet::new(), &routes(), &a);
         assert!(p.is_noop());
@@ -294,7 +338,11 @@ mod tests {
         let p = plan(&wanted(&["192.0.2.100"]), &routes(), &a);
         assert_eq!(
             p.actions,
-            vec![Action::Remove { vip: vip("192.0.2.100"), address: ours, guards_secondaries: false }]
+            vec![Action::Remove {
+                vip: vip("192.0.2.100"),
+                address: ours,
+                guards_secondaries: false
+            }]
         );
     }
 
@@ -335,7 +383,13 @@ mod tests {
         assert!(matches!(&p.actions[0], Action::Remove { address, .. } if address.ifindex == 3));
         assert!(matches!(
             &p.actions[1],
-            Action::Add { placement: Placement { ifindex: 2, prefix_len: 24 }, .. }
+            Action::Add {
+                placement: Placement {
+                    ifindex: 2,
+                    prefix_len: 24
+                },
+                ..
+            }
         ));
     }
 
@@ -343,7 +397,10 @@ mod tests {
     fn primary_vip_removal_is_flagged_to_protect_operator_addresses() {
         // The VIP came first in its subnet, so it is primary; the node's own
         // address behind it is a secondary the kernel would delete with it.
-        let a = vec![addr("192.0.2.100", 24, 1, true), addr("192.0.2.1", 24, 1, false)];
+        let a = vec![
+            addr("192.0.2.100", 24, 1, true),
+            addr("192.0.2.1", 24, 1, false),
+        ];
         let p = plan(&BTreeSet::new(), &routes(), &a);
         assert_eq!(
             p.actions,

@@ -1,15 +1,11 @@
 //! `cargo xtask build` and `cargo xtask run`: the agent's build script builds
 //! the XDP program with nightly (aya-build), so one cargo call builds both.
 
-use std::{
-    path::PathBuf,
-    process::Command,
-};
+use std::{path::PathBuf, process::Command};
 
 use anyhow::{Result, bail};
 
 use crate::{is_root, run_checked, workspace_root};
-
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -32,7 +28,8 @@ pub struct RunOptions {
 pub fn build(opts: &Options) -> Result<PathBuf> {
     let root = workspace_root();
     let mut cmd = Command::new("cargo");
-    cmd.current_dir(&root).args(["build", "--package", "vipd", "--bins"]);
+    cmd.current_dir(&root)
+        .args(["build", "--package", "vipd", "--bins"]);
     if opts.release {
         cmd.arg("--release");
     }

@@ -95,7 +95,13 @@ fn nightly_rust_src() -> Result<()> {
         eprintln!("setup: nightly rust-src present");
         return Ok(());
     }
-    run_checked(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+    run_checked(Command::new("rustup").args([
+        "component",
+        "add",
+        "rust-src",
+        "--toolchain",
+        "nightly",
+    ]))
 }
 
 /// What the nightly toolchain says of its LLVM: the major version and the
@@ -142,7 +148,9 @@ fn cargo_home() -> PathBuf {
 /// directory whose `lib/` holds the library under both names it is asked
 /// for: `libLLVM.so` at build time, the versioned name at run time.
 fn llvm_prefix(llvm: &NightlyLlvm) -> Result<PathBuf> {
-    let prefix = cargo_home().join("vipd-llvm").join(format!("llvm-{}", llvm.major));
+    let prefix = cargo_home()
+        .join("vipd-llvm")
+        .join(format!("llvm-{}", llvm.major));
     let lib = prefix.join("lib");
     fs::create_dir_all(&lib).with_context(|| format!("creating {}", lib.display()))?;
     let versioned = llvm
@@ -182,7 +190,13 @@ fn bpf_linker() -> Result<()> {
     run_checked(
         Command::new("cargo")
             .env("LLVM_PREFIX", &prefix)
-            .args(["install", "--force", "bpf-linker", "--version", BPF_LINKER_VERSION])
+            .args([
+                "install",
+                "--force",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+            ])
             .args(["--no-default-features", "--features"])
             .arg(format!("llvm-{}", llvm.major)),
     )?;

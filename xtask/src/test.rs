@@ -28,7 +28,11 @@ pub fn run(opts: &Options) -> Result<()> {
     }
     build::build(&build::Options { release: false })?;
     if !opts.no_lint {
-        run_checked(Command::new("cargo").current_dir(&root).args(["fmt", "--all", "--check"]))?;
+        run_checked(
+            Command::new("cargo")
+                .current_dir(&root)
+                .args(["fmt", "--all", "--check"]),
+        )?;
         run_checked(Command::new("cargo").current_dir(&root).args([
             "clippy",
             "--workspace",

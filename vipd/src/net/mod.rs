@@ -87,7 +87,11 @@ impl RouteTable {
             .min_by_key(|r| (std::cmp::Reverse(r.prefix_len), r.metric, r.ifindex))?;
         Some(Placement {
             ifindex: best.ifindex,
-            prefix_len: if best.prefix_len == 0 { 32 } else { best.prefix_len },
+            prefix_len: if best.prefix_len == 0 {
+                32
+            } else {
+                best.prefix_len
+            },
         })
     }
 }
@@ -130,14 +134,23 @@ mod tests {
     #[test]
     fn longest_prefix_wins_as_in_r4() {
         // R4's example, in lab ranges: a /16 via if1 and a /24 inside it via if2.
-        let t = RouteTable::new(vec![route("198.51.0.0", 16, 1), route("198.51.100.0", 24, 2)]);
+        let t = RouteTable::new(vec![
+            route("198.51.0.0", 16, 1),
+            route("198.51.100.0", 24, 2),
+        ]);
         assert_eq!(
             t.placement(vip("198.51.100.7")),
-            Some(Placement { ifindex: 2, prefix_len: 24 })
+            Some(Placement {
+                ifindex: 2,
+                prefix_len: 24
+            })
         );
         assert_eq!(
             t.placement(vip("198.51.1.7")),
-            Some(Placement { ifindex: 1, prefix_len: 16 })
+            Some(Placement {
+                ifindex: 1,
+                prefix_len: 16
+            })
         );
     }
 
@@ -146,11 +159,17 @@ mod tests {
         let t = RouteTable::new(vec![route("0.0.0.0", 0, 3), route("192.0.2.0", 24, 1)]);
         assert_eq!(
             t.placement(vip("203.0.113.9")),
-            Some(Placement { ifindex: 3, prefix_len: 32 })
+            Some(Placement {
+                ifindex: 3,
+                prefix_len: 32
+            })
         );
         assert_eq!(
             t.placement(vip("192.0.2.9")),
-            Some(Placement { ifindex: 1, prefix_len: 24 })
+            Some(Placement {
+                ifindex: 1,
+                prefix_len: 24
+            })
         );
     }
 
@@ -169,7 +188,10 @@ mod tests {
         let blackhole = route("192.0.2.0", 25, 0);
         let t1 = RouteTable::new(vec![a.clone(), b.clone(), blackhole.clone()]);
         let t2 = RouteTable::new(vec![blackhole, b, a]);
-        let want = Some(Placement { ifindex: 7, prefix_len: 24 });
+        let want = Some(Placement {
+            ifindex: 7,
+            prefix_len: 24,
+        });
         assert_eq!(t1.placement(vip("192.0.2.1")), want);
         assert_eq!(t2.placement(vip("192.0.2.1")), want);
     }
@@ -179,11 +201,17 @@ mod tests {
         let t = RouteTable::new(vec![route("192.0.2.0", 24, 1), route("192.0.2.50", 32, 2)]);
         assert_eq!(
             t.placement(vip("192.0.2.50")),
-            Some(Placement { ifindex: 2, prefix_len: 32 })
+            Some(Placement {
+                ifindex: 2,
+                prefix_len: 32
+            })
         );
         assert_eq!(
             t.placement(vip("192.0.2.51")),
-            Some(Placement { ifindex: 1, prefix_len: 24 })
+            Some(Placement {
+                ifindex: 1,
+                prefix_len: 24
+            })
         );
     }
 
