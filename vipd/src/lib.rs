@@ -10,4 +10,5 @@ pub mod config;
 pub mod coord;
 pub mod net;
 pub mod reconcile;
+pub mod role;
 pub mod vip;
