@@ -1,9 +1,18 @@
-//! vipd's settings: flags and `VIPD_*` environment variables, validated once
-//! at start into one [`Config`] that is passed down.
+//! vipd's settings: flags, `VIPD_*` environment variables and a TOML file,
+//! with precedence flag > environment > file > default, validated once at
+//! start into one [`Config`] that is passed down.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    ffi::OsString,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
-use clap::{Args, Parser, ValueEnum};
+use clap::{
+    ArgAction, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum,
+    parser::ValueSource,
+};
 
 use crate::{
     net::garp::GarpMode,
@@ -94,6 +103,14 @@ pub enum LogFormat {
     about = "Keeps virtual IPs on exactly one node of a cluster"
 )]
 pub struct Config {
+    #[command(subcommand)]
+    pub command: Option<VipdCommand>,
+
+    /// Configuration file (TOML; keys are the long flag names with `_` or
+    /// `-`). A missing file at the default path is not an error.
+    #[arg(long, env = "VIPD_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+
     /// Single-node mode: this node always leads and serves these VIPs
     /// (comma-separated). Without --zk this is the whole configuration.
     #[arg(long, env = "VIPD_STATIC_VIPS", value_parser = parse_vips, default_value = "")]
@@ -119,6 +136,207 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "VIPD_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+}
+
+/// Where vipd looks for its configuration file by default.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/vipd/vipd.toml";
+
+#[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
+pub enum VipdCommand {
+    /// Validate the configuration and print the effective settings with
+    /// where each comes from; exit 0 if valid, 2 if not.
+    CheckConfig,
+}
+
+/// Why the configuration cannot be used.
+#[derive(Debug)]
+pub enum ConfigError {
+    /// Help or version was asked for, or clap refused the command line:
+    /// clap prints it and picks the exit code.
+    Clap(clap::Error),
+    /// Anything else: a message naming the file, key and value.
+    Invalid(String),
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigError::Clap(e) => write!(f, "{e}"),
+            ConfigError::Invalid(m) => f.write_str(m),
+        }
+    }
+}
+
+/// The settings and, for `check-config`, each one's value and origin.
+pub struct Loaded {
+    pub config: Config,
+    pub effective: Vec<(String, String, &'static str)>,
+}
+
+/// Reads flags, environment and the configuration file, in that order of
+/// precedence, and validates the result.
+pub fn load<I, T>(args: I) -> Result<Loaded, ConfigError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    let first = Config::command()
+        .try_get_matches_from(&args)
+        .map_err(ConfigError::Clap)?;
+    let path: PathBuf = first
+        .get_one::<PathBuf>("config")
+        .cloned()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+    let explicit = first.value_source("config") != Some(ValueSource::DefaultValue);
+    let file_args = match std::fs::read_to_string(&path) {
+        Ok(text) => file_arguments(&path, &text, &first)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => Vec::new(),
+        Err(e) => {
+            return Err(ConfigError::Invalid(format!(
+                "cannot read the configuration file {}: {e}",
+                path.display()
+            )));
+        }
+    };
+    let file_keys: Vec<(String, String)> = file_args
+        .iter()
+        .map(|(k, l, _)| (k.clone(), l.clone()))
+        .collect();
+    let mut argv: Vec<OsString> = args.first().cloned().into_iter().collect();
+    for (_, _, a) in file_args {
+        argv.extend(a);
+    }
+    argv.extend(args.iter().skip(1).cloned());
+    let matches = Config::command().try_get_matches_from(&argv).map_err(|e| {
+        let arg = e
+            .get(clap::error::ContextKind::InvalidArg)
+            .map(|v| v.to_string())
+            .unwrap_or_default();
+        match file_keys
+            .iter()
+            .find(|(_, long)| arg.starts_with(&format!("--{long} ")) || arg == format!("--{long}"))
+        {
+            Some((key, _)) => ConfigError::Invalid(format!(
+                "configuration file {}: key {key}: {}",
+                path.display(),
+                e.kind_message(),
+            )),
+            None => ConfigError::Clap(e),
+        }
+    })?;
+    let config = Config::from_arg_matches(&matches).map_err(ConfigError::Clap)?;
+    config.validate().map_err(ConfigError::Invalid)?;
+    let effective = effective(&matches, &file_keys);
+    Ok(Loaded { config, effective })
+}
+
+trait KindMessage {
+    fn kind_message(&self) -> String;
+}
+
+impl KindMessage for clap::Error {
+    /// clap's message without its usage footer.
+    fn kind_message(&self) -> String {
+        let text = self.to_string();
+        let line = text.lines().next().unwrap_or_default();
+        line.trim_start_matches("error: ").to_string()
+    }
+}
+
+/// Turns the file's keys into command-line arguments for every setting the
+/// command line and the environment left at its default. Unknown keys and
+/// values of the wrong type are errors naming the key.
+fn file_arguments(
+    path: &Path,
+    text: &str,
+    cli: &clap::ArgMatches,
+) -> Result<Vec<(String, String, Vec<OsString>)>, ConfigError> {
+    let bad =
+        |m: String| ConfigError::Invalid(format!("configuration file {}: {m}", path.display()));
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| bad(e.message().to_string()))?;
+    let cmd = Config::command();
+    let mut out = Vec::new();
+    for (key, value) in &table {
+        let long = key.replace('_', "-");
+        let Some(arg) = cmd
+            .get_arguments()
+            .find(|a| a.get_long() == Some(long.as_str()) && long != "config")
+        else {
+            return Err(bad(format!("unknown key {key:?}")));
+        };
+        let id = arg.get_id().as_str();
+        if matches!(
+            cli.value_source(id),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        ) {
+            continue;
+        }
+        let scalar = |v: &toml::Value| -> Result<String, ConfigError> {
+            match v {
+                toml::Value::String(s) => Ok(s.clone()),
+                toml::Value::Integer(i) => Ok(i.to_string()),
+                toml::Value::Float(f) => Ok(f.to_string()),
+                toml::Value::Boolean(b) => Ok(b.to_string()),
+                other => Err(bad(format!(
+                    "key {key}: {other:?} is not a string, number or boolean"
+                ))),
+            }
+        };
+        let mut a: Vec<OsString> = Vec::new();
+        match (arg.get_action(), value) {
+            (ArgAction::SetTrue, toml::Value::Boolean(b)) => {
+                if *b {
+                    a.push(format!("--{long}").into());
+                }
+            }
+            (ArgAction::SetTrue, other) => {
+                return Err(bad(format!("key {key}: {other:?} is not true or false")));
+            }
+            (_, toml::Value::Array(items)) => {
+                for item in items {
+                    a.push(format!("--{long}={}", scalar(item)?).into());
+                }
+            }
+            (_, v) => a.push(format!("--{long}={}", scalar(v)?).into()),
+        }
+        out.push((key.clone(), long, a));
+    }
+    Ok(out)
+}
+
+fn effective(
+    m: &clap::ArgMatches,
+    file_keys: &[(String, String)],
+) -> Vec<(String, String, &'static str)> {
+    let cmd = Config::command();
+    let mut out = Vec::new();
+    for arg in cmd.get_arguments() {
+        let Some(long) = arg.get_long() else { continue };
+        if matches!(long, "help" | "version") {
+            continue;
+        }
+        let id = arg.get_id().as_str();
+        let value = m
+            .get_raw(id)
+            .map(|vals| {
+                vals.map(|v| v.to_string_lossy().into_owned())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default();
+        let source = match m.value_source(id) {
+            Some(ValueSource::CommandLine) if file_keys.iter().any(|(_, l)| l == long) => "file",
+            Some(ValueSource::CommandLine) => "flag",
+            Some(ValueSource::EnvVariable) => "environment",
+            Some(ValueSource::DefaultValue) => "default",
+            _ => "unset",
+        };
+        out.push((long.replace('-', "_"), value, source));
+    }
+    out
 }
 
 /// ZooKeeper coordination (cluster mode).
@@ -310,6 +528,92 @@ mod tests {
         assert_eq!(c.xdp.interfaces, vec!["eth0", "eth1"]);
         assert_eq!(c.engine.reconcile_interval, Duration::from_secs(3));
         c.validate().unwrap();
+    }
+
+    fn write(text: &str) -> tempfile_path::TempPath {
+        tempfile_path::TempPath::new(text)
+    }
+
+    /// A file in the target's tmp dir, removed on drop (no extra crate).
+    mod tempfile_path {
+        pub struct TempPath(pub std::path::PathBuf);
+        impl TempPath {
+            pub fn new(text: &str) -> Self {
+                use std::sync::atomic::{AtomicU32, Ordering};
+                static N: AtomicU32 = AtomicU32::new(0);
+                let p = std::env::temp_dir().join(format!(
+                    "vipd-config-test-{}-{}.toml",
+                    std::process::id(),
+                    N.fetch_add(1, Ordering::Relaxed)
+                ));
+                std::fs::write(&p, text).unwrap();
+                TempPath(p)
+            }
+        }
+        impl Drop for TempPath {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+    }
+
+    #[test]
+    fn file_then_env_then_flag() {
+        let f = write(
+            "garp_interval = \"5s\"\ngarp_rounds = 3\nxdp_interface = [\"eth0\", \"eth1\"]\nno_xdp = true\nreconcile-interval = \"1s\"\n",
+        );
+        let p = f.0.to_str().unwrap();
+        let l = load(["vipd", "--config", p]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(l.config.engine.garp_interval, Duration::from_secs(5));
+        assert_eq!(l.config.engine.garp_rounds, 3);
+        assert_eq!(l.config.engine.reconcile_interval, Duration::from_secs(1));
+        assert_eq!(l.config.xdp.interfaces, vec!["eth0", "eth1"]);
+        assert!(l.config.xdp.disabled);
+        assert!(
+            l.effective
+                .contains(&("garp_interval".into(), "5s".into(), "file"))
+        );
+        assert!(
+            l.effective
+                .contains(&("garp_mode".into(), "both".into(), "default"))
+        );
+        // A flag beats the file.
+        let l =
+            load(["vipd", "--config", p, "--garp-rounds", "9"]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(l.config.engine.garp_rounds, 9);
+        assert_eq!(l.config.engine.garp_interval, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn file_errors_name_key_and_value() {
+        let f = write("garp_intervall = \"5s\"\n");
+        let e = load(["vipd", "--config", f.0.to_str().unwrap()])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("unknown key") && e.contains("garp_intervall"),
+            "{e}"
+        );
+        let f = write("garp_interval = \"5q\"\n");
+        let e = load(["vipd", "--config", f.0.to_str().unwrap()])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("garp_interval") && e.contains("5q"), "{e}");
+        let f = write("static_vips = \"192.0.2.1,127.0.0.1\"\n");
+        let e = load(["vipd", "--config", f.0.to_str().unwrap()])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("static_vips") && e.contains("127.0.0.1"), "{e}");
+        let f = write("garp_rounds = [\n");
+        assert!(load(["vipd", "--config", f.0.to_str().unwrap()]).is_err());
+        let e = load(["vipd", "--config", "/nonexistent/vipd.toml"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("/nonexistent/vipd.toml"), "{e}");
     }
 
     #[test]
