@@ -545,14 +545,24 @@ impl Netns {
 
     /// Starts `argv` inside the namespace with stdout and stderr going to
     /// files in the lab dir. The lab kills it on drop if still running.
-    pub fn spawn<S: AsRef<OsStr>>(&self, argv: &[S]) -> LabProcess {
+    pub fn spawn<I, S>(&self, argv: I) -> LabProcess
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
         self.spawn_env(argv, &[])
     }
 
     /// [`Netns::spawn`] with extra environment variables.
-    pub fn spawn_env<S: AsRef<OsStr>>(&self, argv: &[S], env: &[(&str, &str)]) -> LabProcess {
+    pub fn spawn_env<I, S>(&self, argv: I, env: &[(&str, &str)]) -> LabProcess
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let argv: Vec<OsString> = argv.into_iter().map(|a| a.as_ref().to_owned()).collect();
+        assert!(!argv.is_empty(), "empty command for {}", self.ns);
         let n = self.lab.next_proc.fetch_add(1, Ordering::Relaxed);
-        let prog = Path::new(argv[0].as_ref())
+        let prog = Path::new(&argv[0])
             .file_name()
             .map(|f| f.to_string_lossy().into_owned())
             .unwrap_or_else(|| "proc".to_string());
@@ -561,7 +571,7 @@ impl Netns {
         let stderr_path = self.lab.dir.join(format!("{base}.stderr"));
         let create =
             |p: &Path| File::create(p).unwrap_or_else(|e| panic!("creating {}: {e}", p.display()));
-        let mut cmd = self.command(argv);
+        let mut cmd = self.command(&argv);
         cmd.stdin(Stdio::null())
             .stdout(create(&stdout_path))
             .stderr(create(&stderr_path))
@@ -570,10 +580,9 @@ impl Netns {
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("spawning {cmd:?} in {}: {e}", self.ns));
-        let argv_text: Vec<OsString> = argv.iter().map(|a| a.as_ref().to_owned()).collect();
         let inner = Arc::new(ProcInner {
             pid: child.id(),
-            label: format!("{}: {}", self.label, shell_words(&argv_text)),
+            label: format!("{}: {}", self.label, shell_words(&argv)),
             stdout_path,
             stderr_path,
             child: Mutex::new(child),

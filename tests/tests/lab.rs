@@ -197,7 +197,7 @@ fn sysctl_and_sockets_are_per_namespace() {
 #[test]
 fn processes_log_to_files_and_are_killed() {
     let (lab, n1, _n2) = two_hosts("proc");
-    let p = n1.spawn(&[
+    let p = n1.spawn([
         "sh",
         "-c",
         "echo out; echo err >&2; ip -o -4 addr show dev eth0; exec sleep 600",
@@ -216,6 +216,19 @@ fn processes_log_to_files_and_are_killed() {
         Some(libc::SIGTERM)
     );
     assert!(!p.kill(libc::SIGKILL), "no signal to a reaped process");
+
+    // Paths and owned strings work as argv too (vipd_bin() is a PathBuf).
+    let argv = vec![
+        std::path::PathBuf::from("/bin/sh").into_os_string(),
+        "-c".into(),
+        "echo $LAB_TEST_VAR; exit 3".into(),
+    ];
+    let q = n1.spawn_env(argv, &[("LAB_TEST_VAR", "from-env")]);
+    let status = q
+        .wait_timeout(Duration::from_secs(3))
+        .expect("exits by itself");
+    assert_eq!(status.code(), Some(3));
+    assert_eq!(q.stdout(), "from-env\n");
 }
 
 #[test]
@@ -223,9 +236,9 @@ fn drop_removes_namespaces_and_processes() {
     let (lab, n1, n2) = two_hosts("drop");
     let prefix = lab.prefix().to_string();
     let dir = lab.dir().to_path_buf();
-    let a = n1.spawn(&["sleep", "600"]);
+    let a = n1.spawn(["sleep", "600"]);
     // Ignores SIGTERM: teardown must escalate to SIGKILL.
-    let b = n2.spawn(&["sh", "-c", "trap '' TERM; while :; do sleep 0.1; done"]);
+    let b = n2.spawn(["sh", "-c", "trap '' TERM; while :; do sleep 0.1; done"]);
     let ours: Vec<String> = netns_names()
         .into_iter()
         .filter(|n| n.starts_with(&prefix))
@@ -248,7 +261,7 @@ fn a_panicking_test_still_cleans_up() {
     let seen = std::sync::Mutex::new(None);
     let result = std::panic::catch_unwind(|| {
         let (lab, n1, _n2) = two_hosts("panic");
-        let p = n1.spawn(&["sleep", "600"]);
+        let p = n1.spawn(["sleep", "600"]);
         *seen.lock().unwrap() = Some((lab.prefix().to_string(), lab.dir().to_path_buf(), p.pid()));
         panic!("deliberate panic with a live lab");
     });
