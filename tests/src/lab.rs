@@ -1,0 +1,1380 @@
+//! The lab: hosts are network namespaces joined by three bridges that live in a
+//! namespace of their own, plus the tools to run and observe things inside
+//! them. A `Lab` removes every namespace and process it created on drop, also
+//! when the test panics; nothing is ever added to the root namespace except
+//! the `ip netns` names.
+//!
+//! Errors here are panics with the command and its output: this is test code,
+//! and a failed setup step must fail the test with a message saying what broke.
+
+use std::ffi::{OsStr, OsString};
+use std::fmt::Write as _;
+use std::fs::{self, File};
+use std::io::{ErrorKind, Read, Write as _};
+use std::mem::MaybeUninit;
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpStream};
+use std::ops::Deref;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Once, mpsc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// The three lab bridges (index = `HostIf::bridge`) and the subnet each carries.
+/// The bridges themselves have no address: they are plain L2 switches.
+pub const BRIDGES: [(&str, &str); 3] = [
+    ("br0", "192.0.2.0/24"),
+    ("br1", "198.51.100.0/24"),
+    ("br2", "203.0.113.0/24"),
+];
+
+/// Every lab's namespace names start with `vl<pid>-<n>-`; the stale sweep relies on it.
+const NAME_TAG: &str = "vl";
+const NETNS_DIR: &str = "/var/run/netns";
+/// How long a process gets between SIGTERM and SIGKILL at teardown.
+const TERM_GRACE: Duration = Duration::from_secs(3);
+/// Lines of each process log printed when a test fails.
+const LOG_TAIL_LINES: usize = 200;
+
+static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
+static SWEEP: Once = Once::new();
+
+/// Panics unless we run as root: privileged tests never skip.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    assert!(
+        euid == 0,
+        "this test needs root (network namespaces, veths, AF_PACKET); euid is {euid}. \
+         Run it as root, e.g. `sudo -E cargo test -p vipd-tests`"
+    );
+}
+
+/// The built `vipd` binary (`VIPD_BIN` overrides).
+pub fn vipd_bin() -> PathBuf {
+    built_binary("vipd", "VIPD_BIN")
+}
+
+/// The built `vipctl` binary (`VIPCTL_BIN` overrides).
+pub fn vipctl_bin() -> PathBuf {
+    built_binary("vipctl", "VIPCTL_BIN")
+}
+
+/// The test executable lives in target/<profile>/deps/; the binaries one level up.
+fn binary_beside(test_exe: &Path, name: &str) -> PathBuf {
+    let mut dir = test_exe.parent().unwrap_or(Path::new("/")).to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir.join(name)
+}
+
+fn built_binary(name: &str, env: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(env) {
+        let path = PathBuf::from(path);
+        assert!(
+            path.is_file(),
+            "{env}={} does not name a file",
+            path.display()
+        );
+        return path;
+    }
+    let exe = std::env::current_exe().expect("path of the test executable");
+    let path = binary_beside(&exe, name);
+    assert!(
+        path.is_file(),
+        "{name} not found at {}: build it first with `cargo xtask build` \
+         (or `cargo build -p vipd`), or set {env} to its path",
+        path.display()
+    );
+    path
+}
+
+/// Polls `cond` every `poll` until it holds or `timeout` passes. Returns how
+/// long it took, or a message saying how long we waited.
+pub fn wait_until(
+    timeout: Duration,
+    poll: Duration,
+    mut cond: impl FnMut() -> bool,
+) -> Result<Duration, String> {
+    let start = Instant::now();
+    loop {
+        if cond() {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() >= timeout {
+            return Err(format!(
+                "condition still false after {:?} (timeout {timeout:?})",
+                start.elapsed()
+            ));
+        }
+        std::thread::sleep(poll);
+    }
+}
+
+/// One interface of a host: which bridge it plugs into and its address
+/// (`"192.0.2.11/24"`; an empty string leaves the interface without one).
+#[derive(Clone, Copy, Debug)]
+pub struct HostIf<'a> {
+    pub bridge: usize,
+    pub addr: &'a str,
+}
+
+/// A uniquely named lab topology. See the module doc.
+pub struct Lab {
+    shared: Arc<LabShared>,
+    bridge: Netns,
+    hosts: Mutex<Vec<Host>>,
+    torn_down: AtomicBool,
+}
+
+struct LabShared {
+    prefix: String,
+    hint: String,
+    dir: PathBuf,
+    /// Namespaces this lab created, in creation order (the bridge namespace first).
+    namespaces: Mutex<Vec<String>>,
+    processes: Mutex<Vec<Arc<ProcInner>>>,
+    next_proc: AtomicU32,
+}
+
+impl Lab {
+    /// Builds the bridge namespace with `br0`, `br1`, `br2` (see [`BRIDGES`]).
+    /// `name_hint` shows up in namespace names and the temp dir, for humans.
+    pub fn new(name_hint: &str) -> Lab {
+        require_root();
+        SWEEP.call_once(sweep_stale);
+        let hint: String = name_hint
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .take(16)
+            .collect();
+        let n = NEXT_LAB.fetch_add(1, Ordering::Relaxed);
+        let prefix = format!("{NAME_TAG}{}-{n}-{hint}", std::process::id());
+        let dir = std::env::temp_dir().join(format!("vipd-lab-{prefix}"));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir)
+            .unwrap_or_else(|e| panic!("creating lab dir {}: {e}", dir.display()));
+        let shared = Arc::new(LabShared {
+            prefix: prefix.clone(),
+            hint,
+            dir,
+            namespaces: Mutex::new(Vec::new()),
+            processes: Mutex::new(Vec::new()),
+            next_proc: AtomicU32::new(0),
+        });
+        let bridge = Netns {
+            ns: format!("{prefix}-br"),
+            label: "bridge".to_string(),
+            lab: shared.clone(),
+        };
+        // Built before any namespace exists, so a panic half-way still tears down.
+        let lab = Lab {
+            shared,
+            bridge,
+            hosts: Mutex::new(Vec::new()),
+            torn_down: AtomicBool::new(false),
+        };
+        lab.shared.add_netns(&lab.bridge.ns);
+        // No IPv6 in the switch: its bridges would otherwise send MLD/RS noise.
+        lab.bridge.sysctl("net.ipv6.conf.all.disable_ipv6", "1");
+        lab.bridge.sysctl("net.ipv6.conf.default.disable_ipv6", "1");
+        for (br, _) in BRIDGES {
+            lab.bridge.ip(&[
+                "link",
+                "add",
+                br,
+                "type",
+                "bridge",
+                "forward_delay",
+                "0",
+                "stp_state",
+                "0",
+            ]);
+            lab.bridge.ip(&["link", "set", br, "up"]);
+        }
+        lab
+    }
+
+    /// The unique prefix of this lab's namespace names, e.g. `vl4242-0-failover`.
+    pub fn prefix(&self) -> &str {
+        &self.shared.prefix
+    }
+
+    /// The per-lab temp dir (process logs live here); removed on drop.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// The namespace holding the bridges (to capture on `br0`, run `bridge fdb`, ...).
+    pub fn bridge_netns(&self) -> &Netns {
+        &self.bridge
+    }
+
+    /// Adds host namespace `<prefix>-<name>` with one veth per entry of `ifs`,
+    /// named `eth0`, `eth1`, ... in order; each peer sits in the bridge
+    /// namespace as a port of its bridge. `lo` and every interface are up.
+    pub fn add_host(&self, name: &str, ifs: &[HostIf<'_>]) -> Host {
+        assert!(
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'),
+            "host name {name:?}: use letters, digits, '_' and '-'"
+        );
+        let mut hosts = self.hosts.lock().unwrap();
+        assert!(
+            hosts.iter().all(|h| h.name() != name),
+            "host {name} already exists in lab {}",
+            self.prefix()
+        );
+        let index = hosts.len();
+        let netns = Netns {
+            ns: format!("{}-{name}", self.shared.prefix),
+            label: name.to_string(),
+            lab: self.shared.clone(),
+        };
+        self.shared.add_netns(&netns.ns);
+        netns.ip(&["link", "set", "lo", "up"]);
+        let mut ifaces = Vec::new();
+        for (i, hif) in ifs.iter().enumerate() {
+            let (br, _) = *BRIDGES.get(hif.bridge).unwrap_or_else(|| {
+                panic!(
+                    "host {name}: bridge index {} (only 0..=2 exist)",
+                    hif.bridge
+                )
+            });
+            let ifname = format!("eth{i}");
+            // Interface names max 15 chars; the peer's name must be unique in the
+            // bridge namespace only.
+            let mut peer = format!("{name}-{ifname}");
+            if peer.len() > 15 {
+                peer = format!("h{index}-{ifname}");
+            }
+            // Created inside the bridge namespace with the peer end placed
+            // straight into the host: the root namespace never sees either end.
+            self.bridge.ip(&[
+                "link", "add", &peer, "type", "veth", "peer", "name", &ifname, "netns", &netns.ns,
+            ]);
+            self.bridge.ip(&["link", "set", &peer, "master", br, "up"]);
+            netns.ip(&["link", "set", &ifname, "up"]);
+            if !hif.addr.is_empty() {
+                netns.ip(&["addr", "add", hif.addr, "dev", &ifname]);
+            }
+            ifaces.push(HostIface {
+                ifname,
+                bridge: hif.bridge,
+                peer,
+            });
+        }
+        let host = Host {
+            inner: Arc::new(HostInner { netns, ifaces }),
+        };
+        hosts.push(host.clone());
+        host
+    }
+
+    /// The hosts added so far.
+    pub fn hosts(&self) -> Vec<Host> {
+        self.hosts.lock().unwrap().clone()
+    }
+
+    /// Sets the bridge-side peer of `host`'s `ifname` down. The host keeps its
+    /// interface admin up with its addresses and routes, but sees carrier loss
+    /// (`NO-CARRIER`, operstate `LOWERLAYERDOWN`), like a pulled cable.
+    pub fn cut_peer(&self, host: &Host, ifname: &str) {
+        let peer = host.iface(ifname).peer.clone();
+        self.bridge.ip(&["link", "set", &peer, "down"]);
+    }
+
+    /// Undoes [`Lab::cut_peer`].
+    pub fn restore_peer(&self, host: &Host, ifname: &str) {
+        let peer = host.iface(ifname).peer.clone();
+        self.bridge.ip(&["link", "set", &peer, "up"]);
+    }
+
+    /// Detaches the bridge-side peer from its bridge: the host keeps carrier
+    /// and sees nothing at all, but its frames go nowhere and nothing reaches
+    /// it (a silent partition, like a dead switch upstream).
+    pub fn isolate(&self, host: &Host, ifname: &str) {
+        let peer = host.iface(ifname).peer.clone();
+        self.bridge.ip(&["link", "set", &peer, "nomaster"]);
+    }
+
+    /// Undoes [`Lab::isolate`].
+    pub fn rejoin(&self, host: &Host, ifname: &str) {
+        let iface = host.iface(ifname);
+        let (br, _) = BRIDGES[iface.bridge];
+        self.bridge
+            .ip(&["link", "set", &iface.peer, "master", br, "up"]);
+    }
+
+    /// Prints the tail of every process log (done on drop when panicking).
+    pub fn dump_logs(&self) {
+        let procs = self.shared.processes.lock().unwrap().clone();
+        let mut out = String::new();
+        for p in procs {
+            for (what, path) in [("stdout", &p.stdout_path), ("stderr", &p.stderr_path)] {
+                let text = fs::read_to_string(path).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                let skip = lines.len().saturating_sub(LOG_TAIL_LINES);
+                let _ = writeln!(
+                    out,
+                    "===== lab {}: {} (pid {}) {what}, {} lines, {} =====",
+                    self.shared.prefix,
+                    p.label,
+                    p.pid,
+                    lines.len(),
+                    path.display()
+                );
+                for line in &lines[skip..] {
+                    let _ = writeln!(out, "{line}");
+                }
+            }
+        }
+        eprint!("{out}");
+    }
+
+    /// Kills every process (SIGTERM, up to 3 s, then SIGKILL), deletes every
+    /// namespace and the temp dir. Keeps going past failures and returns them
+    /// all. Drop calls it; calling it twice is harmless.
+    pub fn teardown(&self) -> Result<(), Vec<String>> {
+        if self.torn_down.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let mut errors = Vec::new();
+        let procs = std::mem::take(&mut *self.shared.processes.lock().unwrap());
+        let running: Vec<_> = procs.iter().filter(|p| p.signal(libc::SIGTERM)).collect();
+        let deadline = Instant::now() + TERM_GRACE;
+        for p in running {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if p.wait_timeout(left).is_none() {
+                p.signal(libc::SIGKILL);
+                if p.wait_timeout(Duration::from_secs(5)).is_none() {
+                    errors.push(format!("{} (pid {}) survived SIGKILL", p.label, p.pid));
+                }
+            }
+        }
+        // Hosts before the bridge namespace (reverse creation order).
+        let namespaces = std::mem::take(&mut *self.shared.namespaces.lock().unwrap());
+        for ns in namespaces.iter().rev() {
+            let out = run(Command::new("ip").args(["netns", "del", ns]));
+            if !out.status.success() {
+                errors.push(format!(
+                    "ip netns del {ns}: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+        }
+        if std::env::var_os("VIPD_LAB_KEEP").is_none() {
+            if let Err(e) = fs::remove_dir_all(&self.shared.dir) {
+                errors.push(format!("removing {}: {e}", self.shared.dir.display()));
+            }
+        } else {
+            eprintln!("VIPD_LAB_KEEP: keeping {}", self.shared.dir.display());
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let panicking = std::thread::panicking();
+        if panicking && !self.torn_down.load(Ordering::SeqCst) {
+            eprintln!(
+                "lab {} ({}) torn down after a panic; process logs follow",
+                self.shared.prefix, self.shared.hint
+            );
+            self.dump_logs();
+        }
+        if let Err(errors) = self.teardown() {
+            let msg = format!(
+                "lab {} teardown failed: {}",
+                self.shared.prefix,
+                errors.join("; ")
+            );
+            if panicking {
+                eprintln!("{msg}");
+            } else {
+                panic!("{msg}");
+            }
+        }
+    }
+}
+
+impl LabShared {
+    fn add_netns(&self, name: &str) {
+        let out = run(Command::new("ip").args(["netns", "add", name]));
+        assert!(
+            out.status.success(),
+            "ip netns add {name}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        self.namespaces.lock().unwrap().push(name.to_string());
+    }
+}
+
+/// Removes namespaces and temp dirs left by lab runs whose process is gone
+/// (a test binary killed before its drops ran). Only names of our own
+/// pattern `vl<pid>-<n>-...` with a dead `<pid>` are touched; processes still
+/// inside such a namespace are reported, not killed.
+fn sweep_stale() {
+    let own = std::process::id();
+    let dead_owner = |name: &str| -> bool {
+        let Some(rest) = name.strip_prefix(NAME_TAG) else {
+            return false;
+        };
+        let mut parts = rest.splitn(3, '-');
+        let (Some(pid), Some(n), Some(_)) = (parts.next(), parts.next(), parts.next()) else {
+            return false;
+        };
+        let (Ok(pid), Ok(_)) = (pid.parse::<u32>(), n.parse::<u32>()) else {
+            return false;
+        };
+        pid != own && !Path::new(&format!("/proc/{pid}")).exists()
+    };
+    if let Ok(entries) = fs::read_dir(NETNS_DIR) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !dead_owner(&name) {
+                continue;
+            }
+            let pids = run(Command::new("ip").args(["netns", "pids", &name]));
+            let pids = String::from_utf8_lossy(&pids.stdout)
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            if !pids.is_empty() {
+                eprintln!(
+                    "stale lab namespace {name} still has processes {pids}; not killing them"
+                );
+            }
+            let out = run(Command::new("ip").args(["netns", "del", &name]));
+            eprintln!(
+                "removed stale lab namespace {name}{}",
+                if out.status.success() {
+                    ""
+                } else {
+                    " (failed)"
+                }
+            );
+        }
+    }
+    if let Ok(entries) = fs::read_dir(std::env::temp_dir()) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(lab) = name.strip_prefix("vipd-lab-")
+                && dead_owner(lab)
+            {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
+}
+
+/// A network namespace of a lab (a host, or the bridge namespace).
+pub struct Netns {
+    ns: String,
+    label: String,
+    lab: Arc<LabShared>,
+}
+
+impl Netns {
+    /// The `ip netns` name, e.g. `vl4242-0-failover-n1`.
+    pub fn name(&self) -> &str {
+        &self.ns
+    }
+
+    /// `/var/run/netns/<name>`.
+    pub fn path(&self) -> PathBuf {
+        Path::new(NETNS_DIR).join(&self.ns)
+    }
+
+    /// Runs `argv` inside the namespace (`ip netns exec`) and returns its
+    /// output whatever the exit status.
+    pub fn exec<S: AsRef<OsStr>>(&self, argv: &[S]) -> Output {
+        run(&mut self.command(argv))
+    }
+
+    /// Like [`Netns::exec`], but panics (with stderr) unless it succeeds; returns stdout.
+    pub fn exec_ok<S: AsRef<OsStr>>(&self, argv: &[S]) -> String {
+        let out = self.exec(argv);
+        check(&self.ns, argv, &out);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs a shell script inside the namespace (`sh -c`).
+    pub fn sh(&self, script: &str) -> Output {
+        self.exec(&["sh", "-c", script])
+    }
+
+    /// Runs `ip <args>` against this namespace (`ip -n`); panics unless it succeeds.
+    pub fn ip(&self, args: &[&str]) -> String {
+        let out = run(Command::new("ip").arg("-n").arg(&self.ns).args(args));
+        check(&self.ns, &[&["ip"], args].concat(), &out);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn ip_json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.ip(&[&["-j"], args].concat());
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("ip -j {} in {}: {e}: {out}", args.join(" "), self.ns))
+    }
+
+    fn command<S: AsRef<OsStr>>(&self, argv: &[S]) -> Command {
+        assert!(!argv.is_empty(), "empty command for {}", self.ns);
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns]);
+        cmd.args(argv);
+        cmd
+    }
+
+    /// Starts `argv` inside the namespace with stdout and stderr going to
+    /// files in the lab dir. The lab kills it on drop if still running.
+    pub fn spawn<I, S>(&self, argv: I) -> LabProcess
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.spawn_env(argv, &[])
+    }
+
+    /// [`Netns::spawn`] with extra environment variables.
+    pub fn spawn_env<I, S>(&self, argv: I, env: &[(&str, &str)]) -> LabProcess
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let argv: Vec<OsString> = argv.into_iter().map(|a| a.as_ref().to_owned()).collect();
+        assert!(!argv.is_empty(), "empty command for {}", self.ns);
+        let n = self.lab.next_proc.fetch_add(1, Ordering::Relaxed);
+        let prog = Path::new(&argv[0])
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "proc".to_string());
+        let base = format!("{n:02}-{}-{prog}", self.label);
+        let stdout_path = self.lab.dir.join(format!("{base}.stdout"));
+        let stderr_path = self.lab.dir.join(format!("{base}.stderr"));
+        let create =
+            |p: &Path| File::create(p).unwrap_or_else(|e| panic!("creating {}: {e}", p.display()));
+        let mut cmd = self.command(&argv);
+        cmd.stdin(Stdio::null())
+            .stdout(create(&stdout_path))
+            .stderr(create(&stderr_path))
+            .envs(env.iter().copied());
+        // `ip netns exec` execs the command after setns, so the PID is the command's.
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {cmd:?} in {}: {e}", self.ns));
+        let inner = Arc::new(ProcInner {
+            pid: child.id(),
+            label: format!("{}: {}", self.label, shell_words(&argv)),
+            stdout_path,
+            stderr_path,
+            child: Mutex::new(child),
+        });
+        self.lab.processes.lock().unwrap().push(inner.clone());
+        LabProcess { inner }
+    }
+
+    /// Runs `f` on a fresh thread that has joined this namespace (`setns`) and
+    /// returns its result; sockets made there live in the namespace. A panic
+    /// in `f` propagates.
+    pub fn in_netns<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        let path = self.path();
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                enter_netns(&path);
+                f()
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    }
+
+    /// Writes a sysctl of this namespace (`net.ipv4.conf.eth0.arp_ignore`;
+    /// use '/' separators for names containing dots).
+    pub fn sysctl(&self, key: &str, value: &str) {
+        let path = sysctl_path(key);
+        self.in_netns(|| {
+            fs::write(&path, value)
+                .unwrap_or_else(|e| panic!("sysctl {key}={value} in {}: {e}", self.ns))
+        });
+    }
+
+    /// Reads a sysctl of this namespace.
+    pub fn sysctl_get(&self, key: &str) -> String {
+        let path = sysctl_path(key);
+        self.in_netns(|| {
+            fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("sysctl {key} in {}: {e}", self.ns))
+                .trim()
+                .to_string()
+        })
+    }
+
+    /// The IPv4 addresses on `ifname`, in kernel order.
+    pub fn ipv4_addrs(&self, ifname: &str) -> Vec<(Ipv4Addr, u8)> {
+        let json = self.ip_json(&["-4", "addr", "show", "dev", ifname]);
+        let mut addrs = Vec::new();
+        for link in json.as_array().into_iter().flatten() {
+            for a in link["addr_info"].as_array().into_iter().flatten() {
+                let (Some(local), Some(len)) = (a["local"].as_str(), a["prefixlen"].as_u64())
+                else {
+                    continue;
+                };
+                let ip = local
+                    .parse()
+                    .unwrap_or_else(|e| panic!("address {local}: {e}"));
+                addrs.push((ip, u8::try_from(len).expect("prefix length fits u8")));
+            }
+        }
+        addrs
+    }
+
+    /// The MAC address of `ifname`, e.g. `"aa:bb:cc:dd:ee:ff"`.
+    pub fn mac(&self, ifname: &str) -> String {
+        let json = self.ip_json(&["link", "show", "dev", ifname]);
+        json[0]["address"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no address for {ifname} in {}: {json}", self.ns))
+            .to_string()
+    }
+
+    /// Whether `ifname` has carrier (`LOWER_UP`).
+    pub fn has_carrier(&self, ifname: &str) -> bool {
+        let json = self.ip_json(&["link", "show", "dev", ifname]);
+        json[0]["flags"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|f| f == "LOWER_UP")
+    }
+
+    /// The neighbour entry for `ip`, if the table has one.
+    pub fn neigh(&self, ip: Ipv4Addr) -> Option<Neighbour> {
+        let ip_text = ip.to_string();
+        let json = self.ip_json(&["-4", "neigh", "show", "to", &ip_text]);
+        json.as_array()?
+            .iter()
+            .find(|e| e["dst"].as_str() == Some(ip_text.as_str()))
+            .map(|e| Neighbour {
+                dev: e["dev"].as_str().unwrap_or_default().to_string(),
+                lladdr: e["lladdr"].as_str().map(str::to_string),
+                state: e["state"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|s| s.as_str().map(str::to_string))
+                    .collect(),
+            })
+    }
+
+    /// `ping -c1 -W1 ip`: whether one echo came back.
+    pub fn ping(&self, ip: Ipv4Addr) -> bool {
+        self.exec(&["ping", "-n", "-q", "-c1", "-W1", &ip.to_string()])
+            .status
+            .success()
+    }
+
+    /// Habets' arping (Debian package `arping`): `count` requests to `ip` out
+    /// of `ifname`, 200 ms apart, giving up `count * 0.2 + 1` s after the start.
+    pub fn arping(&self, ip: Ipv4Addr, count: u32, ifname: &str) -> Arping {
+        assert!(count > 0, "arping count must be positive");
+        let deadline = format!("{:.1}", f64::from(count) * 0.2 + 1.0);
+        let out = self.exec(&[
+            "arping",
+            "-c",
+            &count.to_string(),
+            "-W",
+            "0.2",
+            "-w",
+            &deadline,
+            "-i",
+            ifname,
+            &ip.to_string(),
+        ]);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        parse_arping(&stdout).unwrap_or_else(|| {
+            panic!(
+                "cannot read arping output in {} (is it Habets' arping?): status {}, stdout {stdout:?}, stderr {:?}",
+                self.ns,
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    }
+
+    /// A TCP server thread in this namespace on `ip:port` (bound with
+    /// IP_FREEBIND, so `ip` may be a VIP that is not there yet; use
+    /// 0.0.0.0 to serve every address). Each connection gets the banner
+    /// `served-by <host>\n` and is closed. Stops on drop.
+    pub fn tcp_echo_server(&self, ip: Ipv4Addr, port: u16) -> ServerHandle {
+        let banner = format!("served-by {}\n", self.label);
+        let addr = SocketAddr::V4(SocketAddrV4::new(ip, port));
+        let path = self.path();
+        let stop = Arc::new(AtomicBool::new(false));
+        let served = Arc::new(AtomicUsize::new(0));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let thread = {
+            let (stop, served) = (stop.clone(), served.clone());
+            std::thread::spawn(move || {
+                enter_netns(&path);
+                let listener = match listen(addr) {
+                    Ok(l) => {
+                        let _ = ready_tx.send(Ok(()));
+                        l
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                while !stop.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((mut stream, _)) => {
+                            let _ = stream.set_nonblocking(false);
+                            let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+                            let _ = stream.write_all(banner.as_bytes());
+                            let _ = stream.shutdown(Shutdown::Both);
+                            served.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+            })
+        };
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => panic!("tcp server on {addr} in {}: {e}", self.ns),
+            Err(_) => panic!("tcp server thread on {addr} in {} died", self.ns),
+        }
+        ServerHandle {
+            addr,
+            stop,
+            served,
+            thread: Some(thread),
+        }
+    }
+
+    /// Connects to `ip:port` from this namespace and reads what the server
+    /// sends until it closes (or `timeout`). `None` when the connection fails
+    /// or nothing arrives.
+    pub fn tcp_probe(&self, ip: Ipv4Addr, port: u16, timeout: Duration) -> Option<String> {
+        let addr = SocketAddr::V4(SocketAddrV4::new(ip, port));
+        self.in_netns(|| {
+            let deadline = Instant::now() + timeout;
+            let mut stream = TcpStream::connect_timeout(&addr, timeout).ok()?;
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 512];
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+                    break;
+                }
+                match stream.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            (!buf.is_empty()).then(|| String::from_utf8_lossy(&buf).into_owned())
+        })
+    }
+
+    /// Records every ARP frame seen on `ifname` (both directions) until stopped.
+    pub fn capture_arp(&self, ifname: &str) -> ArpCapture {
+        self.capture(ifname, libc::ETH_P_ARP as u16)
+    }
+
+    /// Records every frame of ethertype `proto` (`libc::ETH_P_ALL` for all) on
+    /// `ifname`, both directions. The socket is an ETH_P_ALL one filtered here,
+    /// because the kernel hands outgoing frames only to ETH_P_ALL sockets.
+    /// Frames sent by XDP_TX bypass the stack and are never seen as outgoing:
+    /// capture them on the receiving side.
+    pub fn capture(&self, ifname: &str, proto: u16) -> ArpCapture {
+        let path = self.path();
+        let ifname_owned = ifname.to_string();
+        let frames = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let thread = {
+            let (frames, stop) = (frames.clone(), stop.clone());
+            std::thread::spawn(move || {
+                enter_netns(&path);
+                let socket = match packet_socket(&ifname_owned, libc::ETH_P_ALL as u16) {
+                    Ok(s) => {
+                        let _ = ready_tx.send(Ok(()));
+                        s
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                let mut buf = vec![MaybeUninit::<u8>::uninit(); 65536];
+                while !stop.load(Ordering::Relaxed) {
+                    match socket.recv_from(&mut buf) {
+                        Ok((n, from)) => {
+                            let at = Instant::now();
+                            if n < 14 {
+                                continue;
+                            }
+                            // SAFETY: recv_from initialised the first n >= 14 bytes.
+                            let ethertype = unsafe {
+                                u16::from_be_bytes([buf[12].assume_init(), buf[13].assume_init()])
+                            };
+                            if proto != libc::ETH_P_ALL as u16 && ethertype != proto {
+                                continue;
+                            }
+                            // SAFETY: recv_from initialised the first n bytes.
+                            let bytes: Vec<u8> = buf[..n]
+                                .iter()
+                                .map(|b| unsafe { b.assume_init() })
+                                .collect();
+                            // SAFETY: an AF_PACKET socket reports a sockaddr_ll, and
+                            // SockAddr's storage is a sockaddr_storage, large enough.
+                            let ll = unsafe { &*from.as_ptr().cast::<libc::sockaddr_ll>() };
+                            let outgoing = ll.sll_pkttype == libc::PACKET_OUTGOING;
+                            frames.lock().unwrap().push(CapturedFrame {
+                                at,
+                                outgoing,
+                                bytes,
+                            });
+                        }
+                        Err(e)
+                            if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                        Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                        // The interface went away (namespace deleted): nothing more to see.
+                        Err(_) => break,
+                    }
+                }
+            })
+        };
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => panic!("capture on {ifname} in {}: {e}", self.ns),
+            Err(_) => panic!("capture thread on {ifname} in {} died", self.ns),
+        }
+        ArpCapture {
+            frames,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+fn check<S: AsRef<OsStr>>(ns: &str, argv: &[S], out: &Output) {
+    if !out.status.success() {
+        let argv: Vec<OsString> = argv.iter().map(|a| a.as_ref().to_owned()).collect();
+        panic!(
+            "`{}` in {ns} failed ({}): {}{}",
+            shell_words(&argv),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim(),
+            String::from_utf8_lossy(&out.stdout).trim()
+        );
+    }
+}
+
+fn shell_words(argv: &[OsString]) -> String {
+    argv.iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn sysctl_path(key: &str) -> PathBuf {
+    let rel = if key.contains('/') {
+        key.to_string()
+    } else {
+        key.replace('.', "/")
+    };
+    Path::new("/proc/sys").join(rel)
+}
+
+/// Moves the calling thread into the namespace at `path`. The thread must be
+/// one we spawned: it never comes back to the root namespace.
+fn enter_netns(path: &Path) {
+    let file = File::open(path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+    // SAFETY: a valid fd of a namespace file; setns only affects this thread.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert!(
+        rc == 0,
+        "setns({}): {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+}
+
+fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_freebind(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(128)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+fn packet_socket(ifname: &str, proto: u16) -> std::io::Result<Socket> {
+    let socket = Socket::new(
+        Domain::PACKET,
+        Type::RAW,
+        Some(Protocol::from(i32::from(proto.to_be()))),
+    )?;
+    let c_name = std::ffi::CString::new(ifname).map_err(std::io::Error::other)?;
+    // SAFETY: a valid NUL-terminated string.
+    let ifindex = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
+    if ifindex == 0 {
+        return Err(std::io::Error::other(format!("no interface {ifname}")));
+    }
+    // SAFETY: all-zero is a valid sockaddr_ll.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = proto.to_be();
+    sll.sll_ifindex = i32::try_from(ifindex).map_err(std::io::Error::other)?;
+    // SAFETY: sll is a fully initialised sockaddr_ll and we pass its size.
+    let rc = unsafe {
+        libc::bind(
+            socket.as_raw_fd(),
+            (&raw const sll).cast::<libc::sockaddr>(),
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // Short timeout so the thread notices `stop` promptly.
+    socket.set_read_timeout(Some(Duration::from_millis(50)))?;
+    Ok(socket)
+}
+
+/// A host of the lab: its namespace plus its interfaces. Cheap to clone.
+/// Derefs to [`Netns`] for `exec`, `spawn`, `in_netns`, captures, probes.
+#[derive(Clone)]
+pub struct Host {
+    inner: Arc<HostInner>,
+}
+
+struct HostInner {
+    netns: Netns,
+    ifaces: Vec<HostIface>,
+}
+
+struct HostIface {
+    ifname: String,
+    bridge: usize,
+    peer: String,
+}
+
+impl Deref for Host {
+    type Target = Netns;
+    fn deref(&self) -> &Netns {
+        &self.inner.netns
+    }
+}
+
+impl Host {
+    /// The host name given to `add_host` (`n1`).
+    pub fn name(&self) -> &str {
+        &self.inner.netns.label
+    }
+
+    /// The `ip netns` name (`<prefix>-n1`), e.g. to run vipd in.
+    pub fn netns(&self) -> &str {
+        &self.inner.netns.ns
+    }
+
+    /// Name of the bridge-side veth end of `ifname` (in the bridge namespace).
+    pub fn peer_name(&self, ifname: &str) -> &str {
+        &self.iface(ifname).peer
+    }
+
+    /// Which bridge (index into [`BRIDGES`]) `ifname` plugs into.
+    pub fn bridge_of(&self, ifname: &str) -> usize {
+        self.iface(ifname).bridge
+    }
+
+    fn iface(&self, ifname: &str) -> &HostIface {
+        self.inner
+            .ifaces
+            .iter()
+            .find(|i| i.ifname == ifname)
+            .unwrap_or_else(|| panic!("host {} has no lab interface {ifname}", self.name()))
+    }
+
+    /// Sets the host's own end admin up or down. Down removes its routes, keeps
+    /// its addresses, and the bridge-side peer then loses carrier.
+    pub fn set_link(&self, ifname: &str, up: bool) {
+        self.ip(&["link", "set", ifname, if up { "up" } else { "down" }]);
+    }
+
+    /// `set_link(ifname, false)`.
+    pub fn link_down(&self, ifname: &str) {
+        self.set_link(ifname, false);
+    }
+
+    /// `set_link(ifname, true)`.
+    pub fn link_up(&self, ifname: &str) {
+        self.set_link(ifname, true);
+    }
+
+    /// `ip route add default via <gateway>`.
+    pub fn add_default_route(&self, gateway: &str) {
+        self.ip(&["route", "add", "default", "via", gateway]);
+    }
+
+    /// `ip addr add <cidr> dev <ifname>`.
+    pub fn add_addr(&self, ifname: &str, cidr: &str) {
+        self.ip(&["addr", "add", cidr, "dev", ifname]);
+    }
+
+    /// `ip addr del <cidr> dev <ifname>`.
+    pub fn del_addr(&self, ifname: &str, cidr: &str) {
+        self.ip(&["addr", "del", cidr, "dev", ifname]);
+    }
+}
+
+/// A neighbour table entry (`ip -j neigh`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Neighbour {
+    pub dev: String,
+    /// `None` in states without an address (`INCOMPLETE`, `FAILED`).
+    pub lladdr: Option<String>,
+    /// E.g. `["REACHABLE"]`, `["STALE"]`, `["PERMANENT"]`.
+    pub state: Vec<String>,
+}
+
+/// What `arping` saw.
+#[derive(Clone, Debug, Default)]
+pub struct Arping {
+    pub sent: u32,
+    pub received: u32,
+    /// The sender MAC of each reply, in arrival order.
+    pub reply_macs: Vec<String>,
+    pub stdout: String,
+}
+
+fn parse_arping(stdout: &str) -> Option<Arping> {
+    let mut result = Arping {
+        stdout: stdout.to_string(),
+        ..Arping::default()
+    };
+    let mut summary = false;
+    for line in stdout.lines() {
+        // "42 bytes from 52:54:00:12:34:56 (192.0.2.12): index=0 time=21.3 usec"
+        if let Some((_, rest)) = line.split_once(" bytes from ")
+            && let Some(mac) = rest.split_whitespace().next()
+        {
+            result.reply_macs.push(mac.to_string());
+        }
+        // "3 packets transmitted, 3 packets received,   0% unanswered (0 extra)"
+        if line.contains("packets transmitted") {
+            let numbers: Vec<u32> = line
+                .split(|c: char| !c.is_ascii_digit())
+                .filter_map(|w| w.parse().ok())
+                .collect();
+            if let [sent, received, ..] = numbers[..] {
+                result.sent = sent;
+                result.received = received;
+                summary = true;
+            }
+        }
+    }
+    summary.then_some(result)
+}
+
+/// A TCP banner server thread; stops (and closes its socket) on drop.
+pub struct ServerHandle {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    served: Arc<AtomicUsize>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ServerHandle {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Connections answered so far.
+    pub fn served(&self) -> usize {
+        self.served.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One captured frame.
+#[derive(Clone, Debug)]
+pub struct CapturedFrame {
+    pub at: Instant,
+    /// Sent by this interface (PACKET_OUTGOING) rather than received.
+    pub outgoing: bool,
+    /// The whole Ethernet frame.
+    pub bytes: Vec<u8>,
+}
+
+impl CapturedFrame {
+    /// The frame parsed as Ethernet + ARP for IPv4, if it is one.
+    pub fn arp(&self) -> Option<ArpFrame> {
+        ArpFrame::parse(&self.bytes)
+    }
+}
+
+/// An AF_PACKET capture thread; stops on [`ArpCapture::stop`] or drop.
+pub struct ArpCapture {
+    frames: Arc<Mutex<Vec<CapturedFrame>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ArpCapture {
+    /// The frames so far (the capture goes on).
+    pub fn frames(&self) -> Vec<CapturedFrame> {
+        self.frames.lock().unwrap().clone()
+    }
+
+    /// The ARP frames so far, parsed.
+    pub fn arp_frames(&self) -> Vec<(CapturedFrame, ArpFrame)> {
+        self.frames()
+            .into_iter()
+            .filter_map(|f| f.arp().map(|a| (f, a)))
+            .collect()
+    }
+
+    /// Stops the thread and returns everything captured.
+    pub fn stop(mut self) -> Vec<CapturedFrame> {
+        self.halt();
+        self.frames()
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for ArpCapture {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+/// Ethernet + ARP (IPv4 over Ethernet) fields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArpFrame {
+    pub eth_dst: [u8; 6],
+    pub eth_src: [u8; 6],
+    /// 1 request, 2 reply.
+    pub op: u16,
+    pub sha: [u8; 6],
+    pub spa: Ipv4Addr,
+    pub tha: [u8; 6],
+    pub tpa: Ipv4Addr,
+}
+
+impl ArpFrame {
+    pub const REQUEST: u16 = 1;
+    pub const REPLY: u16 = 2;
+
+    pub fn parse(b: &[u8]) -> Option<ArpFrame> {
+        if b.len() < 42 || b[12..14] != [0x08, 0x06] || b[14..20] != [0, 1, 8, 0, 6, 4] {
+            return None;
+        }
+        let mac = |at: usize| -> [u8; 6] { b[at..at + 6].try_into().expect("6 bytes") };
+        let ip = |at: usize| Ipv4Addr::new(b[at], b[at + 1], b[at + 2], b[at + 3]);
+        Some(ArpFrame {
+            eth_dst: mac(0),
+            eth_src: mac(6),
+            op: u16::from_be_bytes([b[20], b[21]]),
+            sha: mac(22),
+            spa: ip(28),
+            tha: mac(32),
+            tpa: ip(38),
+        })
+    }
+
+    /// Sender and target protocol address are equal (gratuitous ARP, either form).
+    pub fn is_gratuitous(&self) -> bool {
+        self.spa == self.tpa
+    }
+}
+
+/// `aa:bb:cc:dd:ee:ff`, the form `ip` prints.
+pub fn fmt_mac(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// A process started in a lab namespace. Dropping the handle leaves it
+/// running; the lab kills it at teardown.
+#[derive(Clone)]
+pub struct LabProcess {
+    inner: Arc<ProcInner>,
+}
+
+struct ProcInner {
+    pid: u32,
+    label: String,
+    stdout_path: PathBuf,
+    stderr_path: PathBuf,
+    child: Mutex<Child>,
+}
+
+impl ProcInner {
+    /// Sends `sig` unless the process was already reaped (its PID may be
+    /// reused then). Returns whether it was sent.
+    fn signal(&self, sig: i32) -> bool {
+        let mut child = self.child.lock().unwrap();
+        if !matches!(child.try_wait(), Ok(None)) {
+            return false;
+        }
+        // SAFETY: kill has no memory preconditions; the PID is our unreaped child.
+        unsafe { libc::kill(child.id() as libc::pid_t, sig) == 0 }
+    }
+
+    fn wait_timeout(&self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.lock().unwrap().try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl LabProcess {
+    pub fn pid(&self) -> u32 {
+        self.inner.pid
+    }
+
+    /// Sends `signal` (`libc::SIGTERM`, ...). False if it had already exited.
+    pub fn kill(&self, signal: i32) -> bool {
+        self.inner.signal(signal)
+    }
+
+    /// Waits up to `timeout` for it to exit.
+    pub fn wait_timeout(&self, timeout: Duration) -> Option<ExitStatus> {
+        self.inner.wait_timeout(timeout)
+    }
+
+    /// Its exit status if it has exited (reaps it).
+    pub fn try_status(&self) -> Option<ExitStatus> {
+        self.inner.child.lock().unwrap().try_wait().ok().flatten()
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.try_status().is_none()
+    }
+
+    /// SIGTERM, wait up to `grace`, then SIGKILL; returns the exit status.
+    pub fn terminate(&self, grace: Duration) -> ExitStatus {
+        self.kill(libc::SIGTERM);
+        if let Some(status) = self.wait_timeout(grace) {
+            return status;
+        }
+        self.kill(libc::SIGKILL);
+        self.wait_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("{} (pid {}) survived SIGKILL", self.inner.label, self.pid()))
+    }
+
+    pub fn stdout_path(&self) -> &Path {
+        &self.inner.stdout_path
+    }
+
+    pub fn stderr_path(&self) -> &Path {
+        &self.inner.stderr_path
+    }
+
+    /// Everything it wrote to stdout so far.
+    pub fn stdout(&self) -> String {
+        fs::read_to_string(&self.inner.stdout_path).unwrap_or_default()
+    }
+
+    /// Everything it wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(&self.inner.stderr_path).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_habets_arping_output() {
+        let out = "ARPING 192.0.2.12\n\
+            42 bytes from 7a:1c:00:11:22:33 (192.0.2.12): index=0 time=31.2 usec\n\
+            42 bytes from 7a:1c:00:11:22:33 (192.0.2.12): index=1 time=20.1 usec\n\
+            \n\
+            --- 192.0.2.12 statistics ---\n\
+            3 packets transmitted, 2 packets received,  33% unanswered (0 extra)\n";
+        let r = parse_arping(out).expect("parsed");
+        assert_eq!((r.sent, r.received), (3, 2));
+        assert_eq!(r.reply_macs, vec!["7a:1c:00:11:22:33"; 2]);
+        assert!(parse_arping("arping: usage").is_none());
+    }
+
+    #[test]
+    fn binaries_are_found_beside_deps() {
+        let exe = Path::new("/w/target/debug/deps/lab-0123abcd");
+        assert_eq!(
+            binary_beside(exe, "vipd"),
+            Path::new("/w/target/debug/vipd")
+        );
+        let exe = Path::new("/w/target/debug/examples/demo");
+        assert_eq!(
+            binary_beside(exe, "vipctl"),
+            Path::new("/w/target/debug/examples/vipctl")
+        );
+    }
+
+    #[test]
+    fn parses_arp_frames() {
+        let mut f = vec![0xff; 6];
+        f.extend([2, 0, 0, 0, 0, 1, 0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 1]);
+        f.extend([
+            2, 0, 0, 0, 0, 1, 192, 0, 2, 11, 0, 0, 0, 0, 0, 0, 192, 0, 2, 12,
+        ]);
+        let a = ArpFrame::parse(&f).expect("an ARP frame");
+        assert_eq!(a.op, ArpFrame::REQUEST);
+        assert_eq!(a.spa, Ipv4Addr::new(192, 0, 2, 11));
+        assert_eq!(a.tpa, Ipv4Addr::new(192, 0, 2, 12));
+        assert_eq!(fmt_mac(a.sha), "02:00:00:00:00:01");
+        assert!(!a.is_gratuitous());
+        assert!(ArpFrame::parse(&f[..41]).is_none());
+    }
+}
