@@ -4,11 +4,15 @@
 //! `arp_offload`), a pure planner decides (`reconcile::plan`), executors act
 //! (netlink writes, `announce`, XDP map updates); `agent` owns the tasks.
 
+pub mod agent;
 pub mod announce;
+pub mod api;
 pub mod arp_offload;
 pub mod config;
 pub mod coord;
+pub mod metrics;
 pub mod net;
+pub mod notify;
 pub mod reconcile;
 pub mod role;
 pub mod vip;

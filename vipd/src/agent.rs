@@ -1,0 +1,641 @@
+//! The engine: one task that owns the node's VIP state. It takes the role
+//! and VIPs the source wants (`role::Desired`), netlink events, timers and
+//! XDP conflict events, plans with `reconcile::plan`, and executes: netlink
+//! writes, XDP map updates, announcements. It reports what it holds back to
+//! the source so leadership is released only once the VIPs are gone (R3).
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use serde::Serialize;
+use tokio::{
+    sync::{mpsc, watch},
+    time::{MissedTickBehavior, sleep_until},
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, instrument, warn};
+use vipd_common::HeldVip;
+
+use crate::{
+    announce::{Announcement, Announcer},
+    arp_offload::{ArpOffload, AttachedMode, ConflictReader},
+    config::{EngineArgs, XdpArgs},
+    net::{
+        Link, Placement,
+        netlink::{NetEvent, NetSnapshot, Netlink, enable_promote_secondaries, monitor},
+    },
+    reconcile::{self, Action, Verdict},
+    role::{Desired, EngineReport, Role},
+    vip::Vip,
+};
+
+/// The XDP side, shared with the API (counters) behind a lock.
+pub type SharedOffload = Arc<Mutex<ArpOffload>>;
+
+/// One VIP as the engine last saw it, for `vipctl status`.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct VipStatus {
+    pub vip: Vip,
+    /// held | no_route | operator_address | error | not_leader
+    pub state: &'static str,
+    pub interface: Option<String>,
+    pub ifindex: Option<u32>,
+    pub prefix_len: Option<u8>,
+    pub error: Option<String>,
+}
+
+/// Outcome of the last reconcile pass.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ReconcileSummary {
+    pub passes: u64,
+    pub at_unix_ms: u64,
+    pub duration_us: u64,
+    pub added: usize,
+    pub removed: usize,
+    pub errors: Vec<String>,
+    pub error_passes: u64,
+    /// Sum of all passes' durations, for a mean (Prometheus summary).
+    pub duration_us_total: u64,
+}
+
+/// A foreign claim of one of our VIPs, as last seen.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ConflictStatus {
+    pub events: u64,
+    pub last_mac: Option<String>,
+    pub last_interface: Option<String>,
+    pub last_unix_ms: Option<u64>,
+}
+
+/// Everything the engine shows the API.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct EngineStatus {
+    pub role: Role,
+    pub term: u64,
+    /// Leader terms this agent started (becoming leader, or a new term).
+    pub leader_terms: u64,
+    pub vips: Vec<VipStatus>,
+    pub last_reconcile: ReconcileSummary,
+    pub xdp_attached: Vec<(String, AttachedMode)>,
+    pub xdp_errors: Vec<String>,
+    pub conflicts: BTreeMap<Vip, ConflictStatus>,
+    /// VIP -> interface name, for every VIP the engine knows a place for.
+    pub interfaces: BTreeMap<Vip, String>,
+}
+
+/// The R8 sync task of a leader term: `remaining` more rounds, the next due
+/// at `next`.
+struct SyncRounds {
+    remaining: u32,
+    next: tokio::time::Instant,
+}
+
+pub struct Engine {
+    engine: EngineArgs,
+    xdp: XdpArgs,
+    netlink: Netlink,
+    announcer: Announcer,
+    offload: Option<SharedOffload>,
+    desired: watch::Receiver<Desired>,
+    report: watch::Sender<EngineReport>,
+    status: watch::Sender<EngineStatus>,
+    applied: Desired,
+    sync: Option<SyncRounds>,
+    last_conflict_answer: HashMap<Vip, Instant>,
+    last_conflict_log: HashMap<Vip, Instant>,
+    /// Interfaces as of the last pass, by ifindex.
+    links: HashMap<u32, Link>,
+}
+
+/// Conflict answers per VIP are at most this frequent, so two agents
+/// claiming one VIP cannot start an ARP storm.
+const CONFLICT_ANSWER_EVERY: Duration = Duration::from_secs(1);
+/// One log line per burst of conflict events per VIP.
+const CONFLICT_LOG_EVERY: Duration = Duration::from_secs(5);
+
+impl Engine {
+    #[expect(clippy::too_many_arguments, reason = "the engine's wiring, built once in main")]
+    pub fn new(
+        engine: EngineArgs,
+        xdp: XdpArgs,
+        netlink: Netlink,
+        announcer: Announcer,
+        offload: Option<SharedOffload>,
+        desired: watch::Receiver<Desired>,
+        report: watch::Sender<EngineReport>,
+        status: watch::Sender<EngineStatus>,
+    ) -> Self {
+        Engine {
+            engine,
+            xdp,
+            netlink,
+            announcer,
+            offload,
+            desired,
+            report,
+            status,
+            applied: Desired::default(),
+            sync: None,
+            last_conflict_answer: HashMap::new(),
+            last_conflict_log: HashMap::new(),
+            links: HashMap::new(),
+        }
+    }
+
+    /// Runs until `cancel`, then steps down: stop announcing, stop XDP
+    /// replies, remove the VIPs, report that nothing is held.
+    pub async fn run(mut self, mut conflicts: Option<ConflictReader>, cancel: CancellationToken) {
+        let mut events = if self.engine.netlink_events {
+            match monitor() {
+                Ok(rx) => Some(rx),
+                Err(e) => {
+                    error!(error = %e, "cannot watch netlink events; reconciling on the timer only");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let mut tick = tokio::time::interval(self.engine.reconcile_interval);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        tick.tick().await;
+
+        // First pass: whatever role we start in (a follower cleans residue, R6).
+        let first = self.desired.borrow_and_update().clone();
+        self.apply(first).await;
+
+        loop {
+            let sync_due = self.sync.as_ref().map(|s| s.next);
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => break,
+                changed = self.desired.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let d = self.desired.borrow_and_update().clone();
+                    self.apply(d).await;
+                }
+                Some(ev) = recv_opt(&mut events) => {
+                    self.debounce(ev, events.as_mut()).await;
+                    self.reconcile(false).await;
+                }
+                Some(c) = next_conflict(&mut conflicts) => self.on_conflict(c),
+                () = sleep_opt(sync_due) => self.sync_round().await,
+                _ = tick.tick() => self.reconcile(false).await,
+            }
+        }
+        self.step_down("shutdown").await;
+    }
+
+    /// Applies what the source wants now.
+    async fn apply(&mut self, d: Desired) {
+        let was_leader = self.applied.role == Role::Leader;
+        let new_term = d.role == Role::Leader && (!was_leader || d.term != self.applied.term);
+        if was_leader && d.role != Role::Leader {
+            self.applied = d;
+            self.step_down("lost leadership").await;
+            return;
+        }
+        self.applied = d;
+        if new_term {
+            info!(term = self.applied.term, vips = self.applied.vips.len(), "leader term starts");
+            self.status.send_modify(|s| s.leader_terms += 1);
+            self.sync = (self.engine.garp_rounds > 0).then(|| SyncRounds {
+                remaining: self.engine.garp_rounds,
+                next: tokio::time::Instant::now() + self.engine.garp_interval,
+            });
+        }
+        self.reconcile(new_term).await;
+    }
+
+    /// Stops announcing and answering, removes every VIP we hold, reports.
+    async fn step_down(&mut self, why: &str) {
+        self.sync = None;
+        self.announcer.clear();
+        if let Some(off) = &self.offload
+            && let Err(e) = off.lock().expect("offload lock").clear_held()
+        {
+            error!(error = %e, "cannot clear the XDP held-VIP map");
+        }
+        if self.applied.role == Role::Leader {
+            self.applied.role = Role::Follower;
+        }
+        info!(reason = why, "stepping down: removing VIPs");
+        self.reconcile(false).await;
+    }
+
+    /// One R8 round: re-check every VIP and announce each one held.
+    async fn sync_round(&mut self) {
+        let Some(s) = self.sync.as_mut() else { return };
+        s.remaining -= 1;
+        let left = s.remaining;
+        if left == 0 {
+            self.sync = None;
+        } else {
+            s.next += self.engine.garp_interval;
+        }
+        debug!(rounds_left = left, "sync round");
+        self.reconcile(true).await;
+    }
+
+    /// Waits out a burst of netlink events so it costs one pass.
+    async fn debounce(&mut self, first: NetEvent, events: Option<&mut mpsc::Receiver<NetEvent>>) {
+        let mut overrun = first == NetEvent::Overrun;
+        if let Some(rx) = events {
+            if !self.engine.event_debounce.is_zero() {
+                tokio::time::sleep(self.engine.event_debounce).await;
+            }
+            while let Ok(ev) = rx.try_recv() {
+                overrun |= ev == NetEvent::Overrun;
+            }
+        }
+        if overrun {
+            warn!("netlink event queue overran; state is re-read in full");
+        }
+    }
+
+    fn on_conflict(&mut self, ev: vipd_common::ConflictEvent) {
+        let Ok(vip) = Vip::new(ev.vip.into()) else { return };
+        let now = Instant::now();
+        let mac = crate::net::format_mac(&ev.mac);
+        let ifname = self.link_name(ev.ifindex);
+        let mut st = self.status.borrow().conflicts.get(&vip).cloned().unwrap_or_default();
+        st.events += 1;
+        st.last_mac = Some(mac.clone());
+        st.last_interface = ifname.clone();
+        st.last_unix_ms = Some(unix_ms());
+        let events = st.events;
+        self.status.send_modify(|s| {
+            s.conflicts.insert(vip, st);
+        });
+        if self
+            .last_conflict_log
+            .get(&vip)
+            .is_none_or(|t| now.duration_since(*t) >= CONFLICT_LOG_EVERY)
+        {
+            self.last_conflict_log.insert(vip, now);
+            warn!(vip = %vip, foreign_mac = %mac, interface = ifname.as_deref().unwrap_or("?"),
+                  events, "another node claims a VIP we hold; answering with an announcement");
+        }
+        if self.applied.role != Role::Leader {
+            return;
+        }
+        if self
+            .last_conflict_answer
+            .get(&vip)
+            .is_some_and(|t| now.duration_since(*t) < CONFLICT_ANSWER_EVERY)
+        {
+            return;
+        }
+        let held = self.status.borrow().vips.iter().find(|v| v.vip == vip && v.state == "held").cloned();
+        if let Some(v) = held
+            && let (Some(ifindex), Some(mac)) = (v.ifindex, self.link_mac(v.ifindex))
+        {
+            self.last_conflict_answer.insert(vip, now);
+            self.announcer.announce(vec![Announcement { vip, ifindex, mac }]);
+        }
+    }
+
+    fn link_name(&self, ifindex: u32) -> Option<String> {
+        self.links.get(&ifindex).map(|l| l.name.clone())
+    }
+
+    fn link_mac(&self, ifindex: Option<u32>) -> Option<[u8; 6]> {
+        self.links.get(&ifindex?).map(|l| l.mac)
+    }
+
+    /// One reconcile pass. `announce_all`: announce every VIP held after the
+    /// pass (start of a term, sync rounds), not only those just added.
+    #[instrument(skip(self), fields(role = ?self.applied.role, term = self.applied.term))]
+    async fn reconcile(&mut self, announce_all: bool) {
+        let started = Instant::now();
+        let leader = self.applied.role == Role::Leader;
+        let mut errors = Vec::new();
+        let snap = match self.netlink.snapshot().await {
+            Ok(s) => s,
+            Err(e) => {
+                error!(error = %e, "cannot read the kernel's addresses and routes");
+                self.finish_pass(started, 0, 0, vec![e.to_string()]);
+                return;
+            }
+        };
+        self.links = snap.links.iter().map(|l| (l.ifindex, l.clone())).collect();
+        let empty = BTreeSet::new();
+        let wanted = if leader { &self.applied.vips } else { &empty };
+        let plan = reconcile::plan(wanted, &snap.routes, &snap.addresses);
+
+        // Removals first, and the XDP map forgets a VIP before it goes.
+        let removing: BTreeSet<Vip> = plan
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Remove { vip, .. } => Some(*vip),
+                Action::Add { .. } => None,
+            })
+            .collect();
+        if !removing.is_empty()
+            && let Some(off) = &self.offload
+        {
+            let keep: BTreeMap<Vip, HeldVip> = self
+                .held_entries(&snap)
+                .into_iter()
+                .filter(|(v, _)| !removing.contains(v))
+                .collect();
+            if let Err(e) = off.lock().expect("offload lock").set_held(&keep) {
+                errors.push(format!("XDP held map: {e}"));
+            }
+        }
+        let mut added = Vec::new();
+        let mut failed: BTreeMap<Vip, String> = BTreeMap::new();
+        let mut removed = 0;
+        for action in &plan.actions {
+            match action {
+                Action::Remove { vip, address, guards_secondaries } => {
+                    if *guards_secondaries
+                        && let Some(link) = snap.link(address.ifindex)
+                        && let Err(e) = enable_promote_secondaries(&link.name)
+                    {
+                        let msg = format!("not removing VIP {vip} from {}: it is its subnet's primary address and promote_secondaries cannot be enabled ({e}); removing it would delete the operator's addresses in that subnet", link.name);
+                        error!(vip = %vip, ifname = %link.name, "{msg}");
+                        errors.push(msg.clone());
+                        failed.insert(*vip, msg);
+                        continue;
+                    }
+                    match self.netlink.remove_vip(address).await {
+                        Ok(()) => {
+                            removed += 1;
+                            info!(vip = %vip, ifname = %self.name_in(&snap, address.ifindex),
+                                  prefix_len = address.prefix_len, "VIP removed");
+                        }
+                        Err(e) => {
+                            error!(vip = %vip, error = %e, "cannot remove VIP");
+                            errors.push(e.to_string());
+                            failed.insert(*vip, e.to_string());
+                        }
+                    }
+                }
+                Action::Add { vip, placement } => match self.netlink.add_vip(*vip, *placement).await {
+                    Ok(()) => {
+                        info!(vip = %vip, ifname = %self.name_in(&snap, placement.ifindex),
+                              prefix_len = placement.prefix_len, "VIP added");
+                        added.push((*vip, *placement));
+                    }
+                    Err(e) => {
+                        error!(vip = %vip, error = %e, "cannot add VIP");
+                        errors.push(e.to_string());
+                        failed.insert(*vip, e.to_string());
+                    }
+                },
+            }
+        }
+
+        // What we hold now, per the plan and what succeeded.
+        let mut held: BTreeMap<Vip, Placement> = BTreeMap::new();
+        let mut statuses = Vec::new();
+        let mut no_route = BTreeSet::new();
+        let mut interfaces = BTreeMap::new();
+        for (vip, verdict) in &plan.verdicts {
+            let (state, placement, ifindex) = match verdict {
+                Verdict::InPlace { placement } => ("held", Some(*placement), Some(placement.ifindex)),
+                Verdict::Add { placement } => {
+                    if failed.contains_key(vip) {
+                        ("error", Some(*placement), Some(placement.ifindex))
+                    } else {
+                        ("held", Some(*placement), Some(placement.ifindex))
+                    }
+                }
+                Verdict::NoRoute => {
+                    no_route.insert(*vip);
+                    let msg = format!("no route matches VIP {vip}: it cannot be served from this node");
+                    if leader {
+                        error!(vip = %vip, "{msg}");
+                    }
+                    failed.entry(*vip).or_insert(msg);
+                    ("no_route", None, None)
+                }
+                Verdict::OperatorAddress { ifindex } => {
+                    let msg = format!("VIP {vip} is already configured on this node without vipd's mark (an operator's address): left alone, not announced");
+                    warn!(vip = %vip, ifindex, "{msg}");
+                    failed.entry(*vip).or_insert(msg);
+                    ("operator_address", None, Some(*ifindex))
+                }
+            };
+            if state == "held"
+                && let Some(p) = placement
+            {
+                held.insert(*vip, p);
+            }
+            let name = ifindex.map(|i| self.name_in(&snap, i));
+            if let Some(n) = &name {
+                interfaces.insert(*vip, n.clone());
+            }
+            statuses.push(VipStatus {
+                vip: *vip,
+                state,
+                interface: name,
+                ifindex,
+                prefix_len: placement.map(|p| p.prefix_len),
+                error: if state == "held" { None } else { failed.get(vip).cloned() },
+            });
+        }
+        if !leader {
+            for vip in &self.applied.vips {
+                let place = snap.routes.placement(*vip);
+                let name = place.map(|p| self.name_in(&snap, p.ifindex));
+                if let Some(n) = &name {
+                    interfaces.insert(*vip, n.clone());
+                }
+                statuses.push(VipStatus {
+                    vip: *vip,
+                    state: "not_leader",
+                    interface: name,
+                    ifindex: place.map(|p| p.ifindex),
+                    prefix_len: place.map(|p| p.prefix_len),
+                    error: failed.get(vip).cloned(),
+                });
+            }
+        }
+
+        // XDP: attach where VIPs live, watch every configured VIP, hold ours.
+        let xdp_errors = self.sync_xdp(&snap, &held);
+
+        // Announce: what was added (R7), or everything held (new term, R8).
+        let to_announce: Vec<Announcement> = held
+            .iter()
+            .filter(|(vip, _)| announce_all || added.iter().any(|(a, _)| a == *vip))
+            .filter_map(|(vip, p)| {
+                let mac = snap.link(p.ifindex)?.mac;
+                Some(Announcement { vip: *vip, ifindex: p.ifindex, mac })
+            })
+            .collect();
+        if leader && !to_announce.is_empty() {
+            self.announcer.announce(to_announce);
+        }
+
+        let report = EngineReport {
+            role: self.applied.role,
+            term: self.applied.term,
+            held: snap_held_after(&snap, &held, &plan),
+            no_route,
+        };
+        self.report.send_if_modified(|r| {
+            if *r == report {
+                false
+            } else {
+                *r = report;
+                true
+            }
+        });
+        self.status.send_modify(|s| {
+            s.role = self.applied.role;
+            s.term = self.applied.term;
+            s.vips = statuses;
+            s.xdp_errors = xdp_errors;
+            s.interfaces = interfaces;
+            if let Some(off) = &self.offload {
+                s.xdp_attached = off.lock().expect("offload lock").attached();
+            }
+        });
+        self.finish_pass(started, added.len(), removed, errors);
+    }
+
+    fn finish_pass(&mut self, started: Instant, added: usize, removed: usize, errors: Vec<String>) {
+        let duration_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.status.send_modify(|s| {
+            let r = &mut s.last_reconcile;
+            r.passes += 1;
+            r.at_unix_ms = unix_ms();
+            r.duration_us = duration_us;
+            r.duration_us_total = r.duration_us_total.saturating_add(duration_us);
+            r.added = added;
+            r.removed = removed;
+            if !errors.is_empty() {
+                r.error_passes += 1;
+            }
+            r.errors = errors;
+        });
+    }
+
+    fn name_in(&self, snap: &NetSnapshot, ifindex: u32) -> String {
+        snap.link(ifindex)
+            .map(|l| l.name.clone())
+            .unwrap_or_else(|| format!("if{ifindex}"))
+    }
+
+    /// The held-VIP map entries for VIPs in place now.
+    fn held_entries(&self, snap: &NetSnapshot) -> BTreeMap<Vip, HeldVip> {
+        self.status
+            .borrow()
+            .vips
+            .iter()
+            .filter(|v| v.state == "held")
+            .filter_map(|v| {
+                let ifindex = v.ifindex?;
+                let mac = snap.link(ifindex)?.mac;
+                Some((v.vip, HeldVip { ifindex, mac, _pad: [0; 2] }))
+            })
+            .collect()
+    }
+
+    /// Attaches the XDP program where VIPs live (and where the operator
+    /// named), watches every configured VIP and holds exactly `held`.
+    fn sync_xdp(&mut self, snap: &NetSnapshot, held: &BTreeMap<Vip, Placement>) -> Vec<String> {
+        let Some(off) = &self.offload else { return Vec::new() };
+        let mut off = off.lock().expect("offload lock");
+        let mut errors = Vec::new();
+        let mut ifnames: BTreeSet<String> = self.xdp.interfaces.iter().cloned().collect();
+        for vip in &self.applied.vips {
+            if let Some(p) = snap.routes.placement(*vip)
+                && let Some(l) = snap.link(p.ifindex)
+            {
+                ifnames.insert(l.name.clone());
+            }
+        }
+        let attached: BTreeSet<String> = off.attached().into_iter().map(|(n, _)| n).collect();
+        for name in ifnames.difference(&attached) {
+            if name == "lo" {
+                continue;
+            }
+            match off.attach(name, self.xdp.mode) {
+                Ok(mode) => info!(ifname = %name, mode = ?mode, "XDP program attached"),
+                Err(e) => {
+                    error!(ifname = %name, error = %e, "cannot attach the XDP program");
+                    errors.push(e.to_string());
+                }
+            }
+        }
+        if let Err(e) = off.set_watched(&self.applied.vips) {
+            errors.push(e.to_string());
+        }
+        let entries: BTreeMap<Vip, HeldVip> = if self.xdp.responder && self.applied.role == Role::Leader {
+            held.iter()
+                .filter_map(|(vip, p)| {
+                    let mac = snap.link(p.ifindex)?.mac;
+                    Some((*vip, HeldVip { ifindex: p.ifindex, mac, _pad: [0; 2] }))
+                })
+                .collect()
+        } else {
+            BTreeMap::new()
+        };
+        if let Err(e) = off.set_held(&entries) {
+            errors.push(e.to_string());
+        }
+        errors
+    }
+}
+
+/// VIPs configured with our mark once the pass's actions ran.
+fn snap_held_after(
+    snap: &NetSnapshot,
+    held: &BTreeMap<Vip, Placement>,
+    plan: &reconcile::Plan,
+) -> BTreeSet<Vip> {
+    let mut out: BTreeSet<Vip> = held.keys().copied().collect();
+    // Marked addresses the plan did not touch successfully still count: a
+    // failed removal leaves the VIP on this node, and the source must know.
+    for a in snap.addresses.iter().filter(|a| a.owned) {
+        if let Ok(v) = Vip::new(a.addr) {
+            let planned_removal = plan
+                .actions
+                .iter()
+                .any(|x| matches!(x, Action::Remove { address, .. } if address == a));
+            if !planned_removal {
+                out.insert(v);
+            }
+        }
+    }
+    out
+}
+
+async fn recv_opt(rx: &mut Option<mpsc::Receiver<NetEvent>>) -> Option<NetEvent> {
+    match rx {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_conflict(r: &mut Option<ConflictReader>) -> Option<vipd_common::ConflictEvent> {
+    match r {
+        Some(r) => r.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(t) => sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}

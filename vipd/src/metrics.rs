@@ -1,0 +1,179 @@
+//! Prometheus metrics over plain HTTP (`--metrics-listen`): the same numbers
+//! `vipctl status` and `vipctl arp stats` show, read from the same state.
+
+use std::{fmt::Write as _, net::SocketAddr, time::Duration};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::{api::ApiState, role::Role};
+
+/// Renders every metric in the Prometheus text format.
+pub fn render(state: &ApiState) -> String {
+    let e = state.engine.borrow().clone();
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, v) in samples {
+            let _ = writeln!(out, "{name}{labels} {v}");
+        }
+    };
+    let leader = f64::from(u8::from(e.role == Role::Leader));
+    metric("vipd_leader", "gauge", "1 if this node is the leader.", &[(String::new(), leader)]);
+    metric(
+        "vipd_leader_terms_total",
+        "counter",
+        "Leader terms this agent started.",
+        &[(String::new(), e.leader_terms as f64)],
+    );
+    if let Some(c) = &state.coord {
+        let c = c.borrow().clone();
+        let samples: Vec<(String, f64)> = ["connecting", "connected", "disconnected", "expired", "closed"]
+            .iter()
+            .map(|s| (format!("{{state=\"{s}\"}}"), f64::from(u8::from(c.session == *s))))
+            .collect();
+        metric("vipd_zookeeper_session", "gauge", "ZooKeeper session state (1 for the current one).", &samples);
+        metric(
+            "vipd_fenced",
+            "gauge",
+            "1 while the node fenced itself (cannot confirm its ZooKeeper session).",
+            &[(String::new(), f64::from(u8::from(c.fenced)))],
+        );
+    }
+    let wanted = e.vips.len() as f64;
+    let held = e.vips.iter().filter(|v| v.state == "held").count() as f64;
+    metric("vipd_vips_wanted", "gauge", "VIPs configured for the cluster.", &[(String::new(), wanted)]);
+    metric("vipd_vips_held", "gauge", "VIPs configured on this node.", &[(String::new(), held)]);
+    let r = &e.last_reconcile;
+    metric("vipd_reconcile_passes_total", "counter", "Reconcile passes.", &[(String::new(), r.passes as f64)]);
+    metric(
+        "vipd_reconcile_errors_total",
+        "counter",
+        "Reconcile passes that met an error.",
+        &[(String::new(), r.error_passes as f64)],
+    );
+    metric(
+        "vipd_reconcile_duration_seconds_sum",
+        "counter",
+        "Total time spent in reconcile passes.",
+        &[(String::new(), r.duration_us_total as f64 / 1e6)],
+    );
+    metric(
+        "vipd_reconcile_last_duration_seconds",
+        "gauge",
+        "Duration of the last reconcile pass.",
+        &[(String::new(), r.duration_us as f64 / 1e6)],
+    );
+    let stats = state.arp_stats();
+    let total_sent: u64 = stats.vips.iter().map(|v| v.announcements_sent).sum();
+    metric(
+        "vipd_announcements_sent_total",
+        "counter",
+        "Gratuitous ARP frames sent.",
+        &[(String::new(), total_sent as f64)],
+    );
+    let per_vip = |f: &dyn Fn(&crate::api::ArpStatsRow) -> u64| -> Vec<(String, f64)> {
+        stats
+            .vips
+            .iter()
+            .map(|v| {
+                (
+                    format!(
+                        "{{vip=\"{}\",interface=\"{}\"}}",
+                        v.vip,
+                        v.interface.as_deref().unwrap_or("")
+                    ),
+                    f(v) as f64,
+                )
+            })
+            .collect()
+    };
+    metric("vipd_arp_requests_total", "counter", "ARP requests for the VIP seen by XDP.", &per_vip(&|v| v.requests));
+    metric("vipd_arp_xdp_replies_total", "counter", "ARP requests answered by XDP.", &per_vip(&|v| v.xdp_replies));
+    metric(
+        "vipd_arp_announcements_seen_total",
+        "counter",
+        "ARP replies and gratuitous announcements about the VIP seen by XDP.",
+        &per_vip(&|v| v.announcements_seen),
+    );
+    metric(
+        "vipd_arp_announcements_sent_total",
+        "counter",
+        "Gratuitous ARP frames this agent sent for the VIP.",
+        &per_vip(&|v| v.announcements_sent),
+    );
+    metric(
+        "vipd_arp_foreign_claims_total",
+        "counter",
+        "Claims of a held VIP from a MAC that is not ours.",
+        &per_vip(&|v| v.foreign_claims),
+    );
+    metric(
+        "vipd_vip_held",
+        "gauge",
+        "1 if this node holds the VIP.",
+        &per_vip(&|v| u64::from(v.held)),
+    );
+    out
+}
+
+/// Serves `GET /metrics` until `cancel`.
+pub async fn serve(addr: SocketAddr, state: ApiState, cancel: CancellationToken) -> std::io::Result<()> {
+    let listener = TcpListener::bind(addr).await?;
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            conn = listener.accept() => match conn {
+                Ok((stream, _)) => {
+                    let state = state.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = answer(stream, &state).await {
+                            debug!(error = %e, "metrics client");
+                        }
+                    });
+                }
+                Err(e) => {
+                    warn!(error = %e, "metrics accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
+
+async fn answer(mut stream: TcpStream, state: &ApiState) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 4096];
+    let mut n = 0;
+    // Read the request head (bounded, with a deadline).
+    let read = tokio::time::timeout(Duration::from_secs(5), async {
+        while n < buf.len() && !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+            let m = stream.read(&mut buf[n..]).await?;
+            if m == 0 {
+                break;
+            }
+            n += m;
+        }
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+    if read.is_err() {
+        return Ok(());
+    }
+    let head = String::from_utf8_lossy(&buf[..n]);
+    let first = head.lines().next().unwrap_or_default();
+    let (status, body, ctype) = if first.starts_with("GET /metrics ") || first.starts_with("GET / ") {
+        ("200 OK", render(state), "text/plain; version=0.0.4")
+    } else {
+        ("404 Not Found", "try /metrics\n".to_string(), "text/plain")
+    };
+    let resp = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(resp.as_bytes()).await?;
+    stream.shutdown().await
+}
