@@ -47,8 +47,9 @@ pub struct ArpCounters {
     /// ARP replies and gratuitous announcements whose sender address is the
     /// VIP, from any MAC (ours included, as seen coming back in).
     pub announcements: u64,
-    /// Replies or announcements of a VIP this node holds, from a MAC that is
-    /// not the holding interface's: another node claims our VIP.
+    /// Replies, announcements or requests sent from a VIP this node holds,
+    /// by a MAC that is not the holding interface's: another node claims
+    /// (or uses) our VIP.
     pub foreign_claims: u64,
 }
 

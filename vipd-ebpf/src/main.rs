@@ -122,6 +122,9 @@ fn try_vipd_xdp(ctx: &XdpContext) -> Result<u32, ()> {
     let (eth, arp) = unsafe { (&mut *eth, &mut *arp) };
 
     if arp.oper == ARPOP_REQUEST && arp.spa != arp.tpa {
+        // Asking from our VIP means using it: a claim, though no
+        // announcement. Checked before the frame may be rewritten.
+        on_request_sender(ctx, arp);
         let vip = arp.tpa;
         return Ok(on_request(ctx, eth, arp, vip));
     }
@@ -138,7 +141,7 @@ fn try_vipd_xdp(ctx: &XdpContext) -> Result<u32, ()> {
 #[inline(always)]
 fn on_request(ctx: &XdpContext, eth: &mut EthHdr, arp: &mut EthArp, vip: [u8; 4]) -> u32 {
     let key = vip_key(vip);
-    let Some(counters) = VIP_COUNTERS.get_ptr_mut(&key) else {
+    let Some(counters) = VIP_COUNTERS.get_ptr_mut(key) else {
         return xdp_action::XDP_PASS;
     };
     // SAFETY: a per-CPU value of this CPU; nothing else writes it meanwhile.
@@ -146,7 +149,7 @@ fn on_request(ctx: &XdpContext, eth: &mut EthHdr, arp: &mut EthArp, vip: [u8; 4]
     counters.requests += 1;
 
     // SAFETY: read-only lookup; the value is copied out at once.
-    let Some(held) = (unsafe { HELD_VIPS.get(&key) }).copied() else {
+    let Some(held) = (unsafe { HELD_VIPS.get(key) }).copied() else {
         return xdp_action::XDP_PASS;
     };
     // SAFETY: `ctx.ctx` points at the kernel's xdp_md for this run.
@@ -180,15 +183,34 @@ fn on_request(ctx: &XdpContext, eth: &mut EthHdr, arp: &mut EthArp, vip: [u8; 4]
 #[inline(always)]
 fn on_announcement(ctx: &XdpContext, arp: &EthArp) {
     let key = vip_key(arp.spa);
-    let Some(counters) = VIP_COUNTERS.get_ptr_mut(&key) else {
+    let Some(counters) = VIP_COUNTERS.get_ptr_mut(key) else {
         return;
     };
     // SAFETY: a per-CPU value of this CPU.
     let counters = unsafe { &mut *counters };
     counters.announcements += 1;
+    check_claim(ctx, arp, key, counters);
+}
 
+/// A request sent from `spa`: a conflict when `spa` is a held VIP and the
+/// sender is not us.
+#[inline(always)]
+fn on_request_sender(ctx: &XdpContext, arp: &EthArp) {
+    let key = vip_key(arp.spa);
+    let Some(counters) = VIP_COUNTERS.get_ptr_mut(key) else {
+        return;
+    };
+    // SAFETY: a per-CPU value of this CPU.
+    let counters = unsafe { &mut *counters };
+    check_claim(ctx, arp, key, counters);
+}
+
+/// Counts and reports a claim of held VIP `key` (the sender address) by a
+/// MAC that is not the holding interface's.
+#[inline(always)]
+fn check_claim(ctx: &XdpContext, arp: &EthArp, key: VipKey, counters: &mut ArpCounters) {
     // SAFETY: read-only lookup, copied out at once.
-    let Some(held) = (unsafe { HELD_VIPS.get(&key) }).copied() else {
+    let Some(held) = (unsafe { HELD_VIPS.get(key) }).copied() else {
         return;
     };
     if arp.sha == held.mac {
