@@ -200,13 +200,18 @@ fn loaded() -> ArpOffload {
 
 /// A loaded program watching VIP and OTHER_VIP and holding VIP on `ifindex`.
 fn holding(ifindex: u32) -> ArpOffload {
+    holding_on_vlan(ifindex, 0)
+}
+
+/// Like [`holding`], with the VIP on VLAN `vlan` of `ifindex`.
+fn holding_on_vlan(ifindex: u32, vlan: u16) -> ArpOffload {
     let mut offload = loaded();
     let held = BTreeMap::from([(
         vip(VIP),
         HeldVip {
             ifindex,
             mac: OUR_MAC,
-            _pad: [0; 2],
+            vlan,
         },
     )]);
     offload.set_held(&held).expect("set_held");
@@ -498,7 +503,7 @@ fn truncated_frames_pass_uncounted() {
                 HeldVip {
                     ifindex,
                     mac: OUR_MAC,
-                    _pad: [0; 2],
+                    vlan: 0,
                 },
             )]))
             .expect("set_held");
@@ -619,11 +624,20 @@ fn held_vip_request_is_answered_with_the_exact_reply() {
 fn held_vip_vlan_request_is_answered_keeping_the_tag() {
     in_netns(|| {
         let ifindex = iface("xdp0");
-        let offload = holding(ifindex);
         for tag in [TAG_8021Q, TAG_8021AD] {
+            let vid = u16::from_be_bytes(tag.1) & 0x0fff;
             let request = ArpFrame::request(ASKER_MAC, ASKER_IP, VIP)
                 .tagged(tag)
                 .bytes();
+            // Held untagged, or on another VLAN: not our segment, it passes.
+            for other in [0, vid + 1] {
+                let offload = holding_on_vlan(ifindex, other);
+                let (action, out, delta, _) = run(&offload, &request, ifindex);
+                assert_eq!(action, XDP_PASS, "held on VLAN {other}, asked on {vid}");
+                assert_eq!(out, request, "passed unchanged");
+                assert_eq!(delta, ArpCounters { requests: 1, ..NONE });
+            }
+            let offload = holding_on_vlan(ifindex, vid);
             let reply = ArpFrame {
                 eth_dst: ASKER_MAC,
                 eth_src: OUR_MAC,
@@ -767,7 +781,7 @@ fn released_vip_is_no_longer_answered() {
             HeldVip {
                 ifindex,
                 mac: OUR_MAC,
-                _pad: [0; 2],
+                vlan: 0,
             },
         )]);
         offload.set_held(&held).expect("set_held");
@@ -787,7 +801,7 @@ fn released_vip_is_no_longer_answered() {
             HeldVip {
                 ifindex: other,
                 mac: OUR_MAC,
-                _pad: [0; 2],
+                vlan: 0,
             },
         )]);
         offload.set_held(&moved).expect("set_held(moved)");
@@ -853,7 +867,7 @@ fn foreign_claim_of_held_vip_is_counted_and_reported_once() {
                 vip: VIP,
                 ifindex,
                 mac: FOREIGN_MAC,
-                _pad: [0; 2]
+                vlan: 0
             }
         );
         assert_eq!(
@@ -898,7 +912,7 @@ fn foreign_claim_of_held_vip_is_counted_and_reported_once() {
                 vip: VIP,
                 ifindex: other,
                 mac: FOREIGN_MAC,
-                _pad: [0; 2]
+                vlan: 0
             }
         );
 
@@ -925,7 +939,7 @@ fn foreign_claim_of_held_vip_is_counted_and_reported_once() {
                 vip: VIP,
                 ifindex,
                 mac: FOREIGN_MAC,
-                _pad: [0; 2]
+                vlan: 0
             }
         );
         // Our own kernel asking from the VIP is no claim.

@@ -70,7 +70,10 @@ impl ArpCounters {
 pub struct HeldVip {
     pub ifindex: u32,
     pub mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// VLAN id the VIP lives on as the program sees frames on `ifindex`:
+    /// 0 for untagged frames. A request tagged with another VLAN passes, so
+    /// the program never answers for a segment the VIP is not on.
+    pub vlan: u16,
 }
 
 /// A foreign claim seen by the XDP program, sent to the agent.
