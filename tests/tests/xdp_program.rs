@@ -867,7 +867,7 @@ fn foreign_claim_of_held_vip_is_counted_and_reported_once() {
                 vip: VIP,
                 ifindex,
                 mac: FOREIGN_MAC,
-                vlan: 0
+                _pad: [0; 2]
             }
         );
         assert_eq!(
@@ -912,7 +912,7 @@ fn foreign_claim_of_held_vip_is_counted_and_reported_once() {
                 vip: VIP,
                 ifindex: other,
                 mac: FOREIGN_MAC,
-                vlan: 0
+                _pad: [0; 2]
             }
         );
 
@@ -939,7 +939,7 @@ fn foreign_claim_of_held_vip_is_counted_and_reported_once() {
                 vip: VIP,
                 ifindex,
                 mac: FOREIGN_MAC,
-                vlan: 0
+                _pad: [0; 2]
             }
         );
         // Our own kernel asking from the VIP is no claim.
