@@ -285,6 +285,14 @@ fn describe(frames: &[(CapturedFrame, ArpFrame)]) -> String {
         .join("\n")
 }
 
+/// Whether an XDP program (any mode) is attached to `ifname`, as `ip -j link` shows.
+fn xdp_attached(host: &Host, ifname: &str) -> bool {
+    let out = host.ip(&["-j", "link", "show", "dev", ifname]);
+    let json: Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("ip -j link: {e}: {out}"));
+    json[0].get("xdp").is_some()
+}
+
 /// `vipctl cleanup` run inside `host`'s namespace.
 fn vipctl_cleanup(host: &Host) -> std::process::Output {
     host.exec(&[vipctl_bin().into_os_string(), "cleanup".into()])
@@ -799,6 +807,10 @@ fn sigterm_removes_every_vip_and_stops_announcing() {
         ]
     );
 
+    assert!(
+        !xdp_attached(&n1, "eth0") && !xdp_attached(&n1, "eth1"),
+        "an XDP program outlived vipd"
+    );
     // Nobody answers for the VIP any more (no XDP responder outliving vipd).
     let probe = client.arping(VIP_A, 2, "eth0");
     assert_eq!(
@@ -990,6 +1002,11 @@ fn xdp_counts_arp_requests_per_vip_and_answers_them() {
         "XDP not attached to eth0: {status:#}"
     );
 
+    assert!(
+        xdp_attached(&n1, "eth0"),
+        "ip link shows no XDP program on eth0"
+    );
+
     let capture = n2.capture_arp("eth0");
     let to_vip = n2.arping(VIP_A, 5, "eth0");
     let to_other = n2.arping(not_vip, 3, "eth0");
@@ -1056,4 +1073,9 @@ fn xdp_counts_arp_requests_per_vip_and_answers_them() {
     if let Some(other) = rows.iter().find(|r| r["vip"] == "192.0.2.222") {
         assert_eq!(other["requests"].as_u64(), Some(0), "{other}");
     }
+
+    // The program belongs to the process: it must not outlive a crash (R11).
+    vipd.stop(libc::SIGKILL, Duration::from_secs(5));
+    wait_until(Duration::from_secs(2), POLL, || !xdp_attached(&n1, "eth0"))
+        .expect("the XDP program is detached from eth0 once vipd is dead");
 }
