@@ -877,6 +877,10 @@ fn after_sigkill_cleanup_removes_vips_and_keeps_operator_addresses() {
 /// secondary address with it (FACTS.md, promote_secondaries).
 fn primary_vip_host(lab: &Lab) -> Host {
     let n1 = lab.add_host("n1", &[br0("")]);
+    // The kernel default, which a namespace may not have: IPv4 settings are
+    // inherited from the root namespace, where systemd turns promotion on.
+    n1.sysctl("net.ipv4.conf.all.promote_secondaries", "0");
+    n1.sysctl("net.ipv4.conf.eth0.promote_secondaries", "0");
     n1.ip(&["route", "add", "192.0.2.0/24", "dev", "eth0"]);
     n1
 }
