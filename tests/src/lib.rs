@@ -1,1 +1,5 @@
+//! The lab for vipd's integration tests: network namespaces, processes, and
+//! a real ZooKeeper server.
+
 pub mod lab;
+pub mod zk;

@@ -47,8 +47,9 @@ pub struct ArpCounters {
     /// ARP replies and gratuitous announcements whose sender address is the
     /// VIP, from any MAC (ours included, as seen coming back in).
     pub announcements: u64,
-    /// Replies or announcements of a VIP this node holds, from a MAC that is
-    /// not the holding interface's: another node claims our VIP.
+    /// Replies, announcements or requests sent from a VIP this node holds,
+    /// by a MAC that is not the holding interface's: another node claims
+    /// (or uses) our VIP.
     pub foreign_claims: u64,
 }
 
@@ -69,7 +70,10 @@ impl ArpCounters {
 pub struct HeldVip {
     pub ifindex: u32,
     pub mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// VLAN id the VIP lives on as the program sees frames on `ifindex`:
+    /// 0 for untagged frames. A request tagged with another VLAN passes, so
+    /// the program never answers for a segment the VIP is not on.
+    pub vlan: u16,
 }
 
 /// A foreign claim seen by the XDP program, sent to the agent.

@@ -46,7 +46,7 @@ struct EthHdr {
 
 #[repr(C)]
 struct VlanHdr {
-    _tci: [u8; 2],
+    tci: [u8; 2],
     ethertype: [u8; 2],
 }
 
@@ -86,15 +86,18 @@ fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, ()> {
 
 /// Finds the ARP payload behind an Ethernet header with at most one VLAN tag.
 #[inline(always)]
-fn arp_header(ctx: &XdpContext) -> Result<(*mut EthHdr, *mut EthArp), ()> {
+fn arp_header(ctx: &XdpContext) -> Result<(*mut EthHdr, *mut EthArp, u16), ()> {
     let eth: *mut EthHdr = ptr_at(ctx, 0)?;
     // SAFETY: `ptr_at` checked that the header lies inside the frame.
     let mut ethertype = unsafe { (*eth).ethertype };
     let mut offset = size_of::<EthHdr>();
+    let mut vlan_id = 0u16;
     if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
         let vlan: *mut VlanHdr = ptr_at(ctx, offset)?;
         // SAFETY: bounds checked by `ptr_at`.
-        ethertype = unsafe { (*vlan).ethertype };
+        let (tci, inner) = unsafe { ((*vlan).tci, (*vlan).ethertype) };
+        vlan_id = u16::from_be_bytes(tci) & 0x0fff;
+        ethertype = inner;
         offset += size_of::<VlanHdr>();
     }
     if ethertype != ETH_P_ARP {
@@ -106,7 +109,7 @@ fn arp_header(ctx: &XdpContext) -> Result<(*mut EthHdr, *mut EthArp), ()> {
     if a.htype != ARPHRD_ETHER || a.ptype != ETH_P_IP || a.hlen != 6 || a.plen != 4 {
         return Err(());
     }
-    Ok((eth, arp))
+    Ok((eth, arp, vlan_id))
 }
 
 #[inline(always)]
@@ -116,14 +119,17 @@ fn is_unicast(mac: &[u8; 6]) -> bool {
 
 #[inline(always)]
 fn try_vipd_xdp(ctx: &XdpContext) -> Result<u32, ()> {
-    let (eth, arp) = arp_header(ctx)?;
+    let (eth, arp, vlan_id) = arp_header(ctx)?;
     // SAFETY: `arp_header` bounds-checked both headers; the frame is ours to
     // read and rewrite for the duration of the program.
     let (eth, arp) = unsafe { (&mut *eth, &mut *arp) };
 
     if arp.oper == ARPOP_REQUEST && arp.spa != arp.tpa {
+        // Asking from our VIP means using it: a claim, though no
+        // announcement. Checked before the frame may be rewritten.
+        on_request_sender(ctx, arp);
         let vip = arp.tpa;
-        return Ok(on_request(ctx, eth, arp, vip));
+        return Ok(on_request(ctx, eth, arp, vip, vlan_id));
     }
     if arp.oper == ARPOP_REPLY || arp.oper == ARPOP_REQUEST {
         // A reply, or a gratuitous announcement (either form): the sender
@@ -136,9 +142,15 @@ fn try_vipd_xdp(ctx: &XdpContext) -> Result<u32, ()> {
 /// An ARP request for `vip`: count it, and answer it here when this node
 /// holds the VIP on the interface the request came in on.
 #[inline(always)]
-fn on_request(ctx: &XdpContext, eth: &mut EthHdr, arp: &mut EthArp, vip: [u8; 4]) -> u32 {
+fn on_request(
+    ctx: &XdpContext,
+    eth: &mut EthHdr,
+    arp: &mut EthArp,
+    vip: [u8; 4],
+    vlan_id: u16,
+) -> u32 {
     let key = vip_key(vip);
-    let Some(counters) = VIP_COUNTERS.get_ptr_mut(&key) else {
+    let Some(counters) = VIP_COUNTERS.get_ptr_mut(key) else {
         return xdp_action::XDP_PASS;
     };
     // SAFETY: a per-CPU value of this CPU; nothing else writes it meanwhile.
@@ -146,12 +158,13 @@ fn on_request(ctx: &XdpContext, eth: &mut EthHdr, arp: &mut EthArp, vip: [u8; 4]
     counters.requests += 1;
 
     // SAFETY: read-only lookup; the value is copied out at once.
-    let Some(held) = (unsafe { HELD_VIPS.get(&key) }).copied() else {
+    let Some(held) = (unsafe { HELD_VIPS.get(key) }).copied() else {
         return xdp_action::XDP_PASS;
     };
     // SAFETY: `ctx.ctx` points at the kernel's xdp_md for this run.
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
     if held.ifindex != ingress
+        || held.vlan != vlan_id
         || !is_unicast(&arp.sha)
         || !is_unicast(&eth.src)
         || arp.sha == held.mac
@@ -180,15 +193,34 @@ fn on_request(ctx: &XdpContext, eth: &mut EthHdr, arp: &mut EthArp, vip: [u8; 4]
 #[inline(always)]
 fn on_announcement(ctx: &XdpContext, arp: &EthArp) {
     let key = vip_key(arp.spa);
-    let Some(counters) = VIP_COUNTERS.get_ptr_mut(&key) else {
+    let Some(counters) = VIP_COUNTERS.get_ptr_mut(key) else {
         return;
     };
     // SAFETY: a per-CPU value of this CPU.
     let counters = unsafe { &mut *counters };
     counters.announcements += 1;
+    check_claim(ctx, arp, key, counters);
+}
 
+/// A request sent from `spa`: a conflict when `spa` is a held VIP and the
+/// sender is not us.
+#[inline(always)]
+fn on_request_sender(ctx: &XdpContext, arp: &EthArp) {
+    let key = vip_key(arp.spa);
+    let Some(counters) = VIP_COUNTERS.get_ptr_mut(key) else {
+        return;
+    };
+    // SAFETY: a per-CPU value of this CPU.
+    let counters = unsafe { &mut *counters };
+    check_claim(ctx, arp, key, counters);
+}
+
+/// Counts and reports a claim of held VIP `key` (the sender address) by a
+/// MAC that is not the holding interface's.
+#[inline(always)]
+fn check_claim(ctx: &XdpContext, arp: &EthArp, key: VipKey, counters: &mut ArpCounters) {
     // SAFETY: read-only lookup, copied out at once.
-    let Some(held) = (unsafe { HELD_VIPS.get(&key) }).copied() else {
+    let Some(held) = (unsafe { HELD_VIPS.get(key) }).copied() else {
         return;
     };
     if arp.sha == held.mac {

@@ -536,7 +536,7 @@ impl Engine {
             .filter_map(|v| {
                 let ifindex = v.ifindex?;
                 let mac = snap.link(ifindex)?.mac;
-                Some((v.vip, HeldVip { ifindex, mac, _pad: [0; 2] }))
+                Some((v.vip, HeldVip { ifindex, mac, vlan: 0 }))
             })
             .collect()
     }
@@ -575,7 +575,7 @@ impl Engine {
             held.iter()
                 .filter_map(|(vip, p)| {
                     let mac = snap.link(p.ifindex)?.mac;
-                    Some((*vip, HeldVip { ifindex: p.ifindex, mac, _pad: [0; 2] }))
+                    Some((*vip, HeldVip { ifindex: p.ifindex, mac, vlan: 0 }))
                 })
                 .collect()
         } else {

@@ -1,3 +1,606 @@
-//! ZooKeeper: the session, the election and the VIP configuration store.
+//! ZooKeeper coordination: the session, the election (R1), the VIP
+//! configuration watch (R2) and fencing (R3). `run` turns all of it into one
+//! `Desired` for the engine and one `CoordStatus` for operators.
 
-// HELPER-C: implementation goes here.
+pub mod admin;
+pub mod election;
+pub mod session;
+pub mod store;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
+
+use serde::Serialize;
+use tokio::{sync::watch, time::Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, instrument, warn};
+use zookeeper_client::{Client, SessionState, StateWatcher};
+
+pub use self::{
+    admin::{AdminError, VipCommand, run_vip_command},
+    session::{ZkAuth, ZkAuthError},
+    store::ServiceStatus,
+};
+use self::{
+    election::{CandidateData, ensure_candidacy, node_of, sort_candidates},
+    session::{ZkCallError, ZnodeAcl, call},
+};
+use crate::{
+    config::valid_name,
+    role::{Desired, EngineReport, Role},
+    vip::Vip,
+};
+
+/// How this node talks to ZooKeeper.
+#[derive(Clone, Debug)]
+pub struct ZkSettings {
+    /// `host:port[,host:port...][/chroot]`.
+    pub hosts: String,
+    pub cluster: String,
+    pub node_id: String,
+    pub session_timeout: Duration,
+    pub auth: Option<ZkAuth>,
+    /// Wait after giving up leadership (no route for a VIP) before standing again.
+    pub step_down_backoff: Duration,
+}
+
+/// The paths of one cluster's znodes.
+#[derive(Clone, Debug)]
+pub struct ClusterPaths {
+    pub election: String,
+    pub services: String,
+}
+
+impl ClusterPaths {
+    pub fn new(cluster: &str) -> Self {
+        ClusterPaths {
+            election: format!("/vipd/{cluster}/election"),
+            services: format!("/vipd/{cluster}/services"),
+        }
+    }
+}
+
+/// What coordination looks like from this node, for operators (API, vipctl).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CoordStatus {
+    /// "connecting" | "connected" | "disconnected" | "expired" | "closed".
+    pub session: String,
+    /// Node id of the current leader, as last seen.
+    pub leader: Option<String>,
+    pub is_leader: bool,
+    /// Elected, but not acting as leader because the session cannot be
+    /// trusted right now (disconnected or heartbeat late).
+    pub fenced: bool,
+    pub services: BTreeMap<String, ServiceStatus>,
+    /// VIPs named by more than one service: served once, reported.
+    pub duplicate_vips: Vec<Vip>,
+    pub last_error: Option<String>,
+}
+
+/// Why coordination stopped for good.
+#[derive(Debug, thiserror::Error)]
+pub enum CoordError {
+    #[error("invalid ZooKeeper setting: {0}")]
+    Setting(String),
+    #[error("ZooKeeper refused the credentials of user {user:?} (session state AuthFailed)")]
+    AuthFailed { user: String },
+}
+
+/// How long the engine gets to remove VIPs before we release the election.
+const RELEASE_WAIT: Duration = Duration::from_secs(5);
+
+/// Runs until `cancel`: session, candidacy, config watches, fencing.
+/// Publishes what this node should do on `desired` and its status on
+/// `status`; reads what the engine did from `report`.
+pub async fn run(
+    settings: ZkSettings,
+    desired: watch::Sender<Desired>,
+    report: watch::Receiver<EngineReport>,
+    status: watch::Sender<CoordStatus>,
+    cancel: CancellationToken,
+) -> Result<(), CoordError> {
+    for (what, v) in [
+        ("cluster", &settings.cluster),
+        ("node id", &settings.node_id),
+    ] {
+        if !valid_name(v) {
+            return Err(CoordError::Setting(format!(
+                "invalid {what} {v:?}: use letters, digits, '-', '_' and '.'"
+            )));
+        }
+    }
+    if settings.hosts.trim().is_empty() {
+        return Err(CoordError::Setting("no ZooKeeper hosts".into()));
+    }
+    let ctx = Ctx {
+        paths: ClusterPaths::new(&settings.cluster),
+        acl: ZnodeAcl::new(settings.auth.as_ref()),
+        data: serde_json::to_vec(&CandidateData {
+            node: settings.node_id.clone(),
+            host: crate::config::hostname(),
+        })
+        .expect("strings serialize"),
+        settings: &settings,
+        desired: &desired,
+        status: &status,
+    };
+    let mut st = Campaign {
+        term: desired.borrow().term,
+        report,
+        report_open: true,
+    };
+    ctx.follower(false);
+    loop {
+        ctx.set_session("connecting");
+        let t = settings.session_timeout;
+        let connected = tokio::select! {
+            _ = cancel.cancelled() => None,
+            c = session::connect(&settings.hosts, t, settings.auth.as_ref(), false, t.max(Duration::from_secs(2))) => Some(c),
+        };
+        let client = match connected {
+            None => {
+                ctx.shutdown(&mut st, None, None).await;
+                return Ok(());
+            }
+            Some(Err(e)) => {
+                warn!(error = %e, hosts = %settings.hosts, "cannot open a ZooKeeper session; retrying");
+                ctx.error(e.to_string());
+                if e.is(&zookeeper_client::Error::AuthFailed) {
+                    return Err(CoordError::AuthFailed {
+                        user: settings
+                            .auth
+                            .as_ref()
+                            .map(|a| a.user.clone())
+                            .unwrap_or_default(),
+                    });
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                continue;
+            }
+            Some(Ok(c)) => c,
+        };
+        info!(session = %client.session_id(), timeout = ?client.session_timeout(), "ZooKeeper session open");
+        ctx.set_session("connected");
+        let (end, own) = ctx.serve_session(&client, &mut st, &cancel).await;
+        match end {
+            SessionState::Closed if cancel.is_cancelled() => {
+                ctx.shutdown(&mut st, Some(client), own).await;
+                return Ok(());
+            }
+            SessionState::AuthFailed => {
+                ctx.follower(false);
+                ctx.set_session("closed");
+                return Err(CoordError::AuthFailed {
+                    user: settings
+                        .auth
+                        .as_ref()
+                        .map(|a| a.user.clone())
+                        .unwrap_or_default(),
+                });
+            }
+            s => {
+                // Expired (or closed under us): the server dropped our
+                // candidacy; stand again on a new session.
+                error!(state = %s, "ZooKeeper session ended; opening a new one");
+                ctx.follower(false);
+                ctx.set_session("expired");
+                ctx.status.send_modify(|x| x.leader = None);
+            }
+        }
+    }
+}
+
+struct Ctx<'a> {
+    settings: &'a ZkSettings,
+    paths: ClusterPaths,
+    acl: ZnodeAcl,
+    data: Vec<u8>,
+    desired: &'a watch::Sender<Desired>,
+    status: &'a watch::Sender<CoordStatus>,
+}
+
+struct Campaign {
+    term: u64,
+    report: watch::Receiver<EngineReport>,
+    report_open: bool,
+}
+
+/// How a leader term ended.
+enum LeadEnd {
+    Cancelled,
+    /// Not sure of the session any more: re-check before leading again.
+    Fenced,
+    /// Our znode is gone: stand again.
+    Lost,
+    /// The session ended.
+    Terminal(SessionState),
+    /// A VIP cannot be placed here (R4).
+    GiveUp(BTreeSet<Vip>),
+}
+
+impl Ctx<'_> {
+    fn set_session(&self, s: &str) {
+        self.status.send_if_modified(|x| {
+            let changed = x.session != s;
+            x.session = s.to_string();
+            changed
+        });
+    }
+
+    fn error(&self, e: String) {
+        self.status.send_modify(|x| x.last_error = Some(e));
+    }
+
+    fn follower(&self, fenced: bool) {
+        self.desired.send_if_modified(|d| {
+            let changed = d.role != Role::Follower;
+            d.role = Role::Follower;
+            changed
+        });
+        self.status.send_if_modified(|x| {
+            let changed = x.is_leader || x.fenced != fenced;
+            x.is_leader = false;
+            x.fenced = fenced;
+            changed
+        });
+    }
+
+    fn leader(&self, term: u64) {
+        self.desired.send_modify(|d| {
+            d.role = Role::Leader;
+            d.term = term;
+        });
+        self.status.send_modify(|x| {
+            x.is_leader = true;
+            x.fenced = false;
+            x.leader = Some(self.settings.node_id.clone());
+        });
+    }
+
+    fn publish_services(&self, r: Result<BTreeMap<String, ServiceStatus>, String>) {
+        match r {
+            Ok(services) => {
+                let (all, dup) = store::merge(&services);
+                if !dup.is_empty() {
+                    warn!(vips = ?dup.iter().map(ToString::to_string).collect::<Vec<_>>(), "VIPs named by more than one service; each is served once");
+                }
+                self.desired.send_if_modified(|d| {
+                    let changed = d.vips != all;
+                    d.vips = all;
+                    changed
+                });
+                self.status.send_modify(|x| {
+                    x.services = services;
+                    x.duplicate_vips = dup;
+                });
+            }
+            Err(e) => self.error(e),
+        }
+    }
+
+    /// One session: the services watch and the campaign side by side.
+    /// Returns the session's end and our candidacy's znode name, if any.
+    async fn serve_session(
+        &self,
+        client: &Client,
+        st: &mut Campaign,
+        cancel: &CancellationToken,
+    ) -> (SessionState, Option<String>) {
+        let deadline = client.session_timeout() / 3;
+        let services =
+            store::watch_services(client, &self.paths.services, &self.acl, deadline, |r| {
+                self.publish_services(r)
+            });
+        let mut own = None;
+        let end = tokio::select! {
+            s = services => s,
+            s = self.campaign(client, st, &mut own, cancel) => s,
+        };
+        (end, own)
+    }
+
+    /// Stands for election and leads while this session lasts. Returns
+    /// `Closed` on cancel, else the session's terminal state.
+    async fn campaign(
+        &self,
+        client: &Client,
+        st: &mut Campaign,
+        own: &mut Option<String>,
+        cancel: &CancellationToken,
+    ) -> SessionState {
+        let t = client.session_timeout();
+        let deadline = t / 3;
+        let retry = (t / 10).max(Duration::from_millis(20));
+        let refresh = (t * 2).max(Duration::from_secs(1));
+        let dir = &self.paths.election;
+        let mut state = client.state_watcher();
+        loop {
+            if cancel.is_cancelled() {
+                return SessionState::Closed;
+            }
+            match state.peek_state() {
+                s if s.is_terminated() => return s,
+                SessionState::Disconnected => {
+                    self.set_session("disconnected");
+                    let fenced = self.status.borrow().fenced;
+                    self.follower(fenced);
+                    tokio::select! {
+                        _ = cancel.cancelled() => {}
+                        _ = state.changed() => {}
+                    }
+                    continue;
+                }
+                _ => self.set_session("connected"),
+            }
+            if own.is_none() {
+                match ensure_candidacy(
+                    client,
+                    dir,
+                    &self.settings.node_id,
+                    &self.data,
+                    &self.acl,
+                    deadline,
+                )
+                .await
+                {
+                    Ok(name) => *own = Some(name),
+                    Err(e) => {
+                        warn!(error = %e, "cannot stand for election; retrying");
+                        self.error(e.to_string());
+                        pause(retry, &mut state, cancel).await;
+                        continue;
+                    }
+                }
+            }
+            let me = own.clone().expect("set above");
+            // sync first: a server cut off from its quorum still answers
+            // reads from its stale tree (FACTS "Ensemble trap").
+            let sent = Instant::now();
+            let children = async {
+                call("sync", dir, deadline, client.sync(dir)).await?;
+                call("list children", dir, deadline, client.list_children(dir)).await
+            };
+            let sorted = match children.await {
+                Ok(c) => sort_candidates(c),
+                Err(e) => {
+                    debug!(error = %e, "election check failed; retrying");
+                    pause(retry, &mut state, cancel).await;
+                    continue;
+                }
+            };
+            let Some(pos) = sorted.iter().position(|c| *c == me) else {
+                warn!(znode = %format!("{dir}/{me}"), "our candidacy znode is gone; standing again");
+                self.follower(false);
+                *own = None;
+                continue;
+            };
+            self.note_leader(client, dir, &sorted[0], deadline).await;
+            if pos == 0 {
+                match self.lead(client, st, &me, sent, &mut state, cancel).await {
+                    LeadEnd::Cancelled => return SessionState::Closed,
+                    LeadEnd::Fenced => continue,
+                    LeadEnd::Lost => {
+                        *own = None;
+                        continue;
+                    }
+                    LeadEnd::Terminal(s) => return s,
+                    LeadEnd::GiveUp(vips) => {
+                        self.give_up(client, st, own, vips, deadline, cancel).await;
+                        continue;
+                    }
+                }
+            }
+            self.follower(false);
+            let pred = format!("{dir}/{}", sorted[pos - 1]);
+            match call("watch", &pred, deadline, client.check_and_watch_stat(&pred)).await {
+                Ok((None, _)) => continue,
+                Ok((Some(_), w)) => {
+                    debug!(predecessor = %pred, "following; watching the predecessor");
+                    tokio::select! {
+                        _ = cancel.cancelled() => {}
+                        _ = w.changed() => {}
+                        _ = state.changed() => {}
+                        // Only to keep `leader` in the status current: a
+                        // leader change upstream does not wake us (R1).
+                        _ = tokio::time::sleep(refresh) => {}
+                    }
+                }
+                Err(e) => {
+                    debug!(error = %e, "cannot watch the predecessor; retrying");
+                    pause(retry, &mut state, cancel).await;
+                }
+            }
+        }
+    }
+
+    /// Records the current leader's node id (from its znode data, else its name).
+    async fn note_leader(&self, client: &Client, dir: &str, lowest: &str, deadline: Duration) {
+        let path = format!("{dir}/{lowest}");
+        let id = match call("get data", &path, deadline, client.get_data(&path)).await {
+            Ok((data, _)) => serde_json::from_slice::<CandidateData>(&data)
+                .map(|d| d.node)
+                .unwrap_or_else(|_| node_of(lowest).to_string()),
+            Err(_) => node_of(lowest).to_string(),
+        };
+        self.status.send_if_modified(|x| {
+            let changed = x.leader.as_deref() != Some(id.as_str());
+            x.leader = Some(id);
+            changed
+        });
+    }
+
+    /// One leader term: heartbeats, fencing, the engine's report.
+    #[instrument(skip_all, fields(node = %self.settings.node_id, znode = %me))]
+    async fn lead(
+        &self,
+        client: &Client,
+        st: &mut Campaign,
+        me: &str,
+        confirmed_at: Instant,
+        state: &mut StateWatcher,
+        cancel: &CancellationToken,
+    ) -> LeadEnd {
+        let t = client.session_timeout();
+        let fence_after = t / 3;
+        let beat_every = (t / 10).max(Duration::from_millis(10));
+        let beat_deadline = t / 4;
+        let path = format!("{}/{me}", self.paths.election);
+        st.term += 1;
+        info!(term = st.term, "elected leader");
+        self.leader(st.term);
+        let (ack_tx, mut ack_rx) = watch::channel(confirmed_at);
+        // Heartbeat: sync then stat our own znode, each under a deadline;
+        // the *send* time of the last answered one is what counts.
+        let heartbeat = async {
+            let mut tick = tokio::time::interval(beat_every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let sent = Instant::now();
+                let beat = async {
+                    call("sync", &path, beat_deadline, client.sync(&path)).await?;
+                    call("stat", &path, beat_deadline, client.check_stat(&path)).await
+                };
+                match beat.await {
+                    Ok(Some(_)) => {
+                        ack_tx.send_replace(sent);
+                    }
+                    Ok(None) => return,
+                    Err(ZkCallError::Failed {
+                        source: zookeeper_client::Error::NoNode,
+                        ..
+                    }) => return,
+                    Err(e) => debug!(error = %e, "heartbeat failed"),
+                }
+            }
+        };
+        tokio::pin!(heartbeat);
+        loop {
+            let fence_at = *ack_rx.borrow_and_update() + fence_after;
+            tokio::select! {
+                _ = cancel.cancelled() => break LeadEnd::Cancelled,
+                () = &mut heartbeat => {
+                    warn!("our election znode is gone; stepping down");
+                    self.follower(false);
+                    break LeadEnd::Lost;
+                }
+                _ = ack_rx.changed() => {}
+                _ = tokio::time::sleep_until(fence_at) => {
+                    warn!(late = ?fence_after, "no heartbeat answered in time; fencing (VIPs go until the session is confirmed)");
+                    self.follower(true);
+                    break LeadEnd::Fenced;
+                }
+                s = state.changed() => match s {
+                    SessionState::Disconnected => {
+                        warn!("ZooKeeper connection lost; fencing");
+                        self.follower(true);
+                        self.set_session("disconnected");
+                        break LeadEnd::Fenced;
+                    }
+                    s if s.is_terminated() => {
+                        self.follower(false);
+                        break LeadEnd::Terminal(s);
+                    }
+                    _ => {}
+                },
+                r = st.report.changed(), if st.report_open => {
+                    if r.is_err() {
+                        st.report_open = false;
+                        continue;
+                    }
+                    let rep = st.report.borrow_and_update();
+                    if rep.role == Role::Leader && rep.term == st.term && !rep.no_route.is_empty() {
+                        break LeadEnd::GiveUp(rep.no_route.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    /// R4: publish Follower, wait until the engine holds nothing, release
+    /// the candidacy, wait the backoff, then the caller stands again.
+    async fn give_up(
+        &self,
+        client: &Client,
+        st: &mut Campaign,
+        own: &mut Option<String>,
+        vips: BTreeSet<Vip>,
+        deadline: Duration,
+        cancel: &CancellationToken,
+    ) {
+        let list: Vec<String> = vips.iter().map(ToString::to_string).collect();
+        error!(vips = ?list, backoff = ?self.settings.step_down_backoff,
+            "no route for these VIPs on this node; giving up leadership so another node can serve them");
+        self.error(format!(
+            "gave up leadership: no route for VIPs {}",
+            list.join(", ")
+        ));
+        self.follower(false);
+        wait_released(st, RELEASE_WAIT).await;
+        if let Some(me) = own.take() {
+            let path = format!("{}/{me}", self.paths.election);
+            if let Err(e) = call("delete", &path, deadline, client.delete(&path, None)).await {
+                warn!(error = %e, "could not delete our candidacy; it goes with the session");
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => {}
+            _ = tokio::time::sleep(self.settings.step_down_backoff) => {}
+        }
+    }
+
+    /// Cancel: Follower, VIPs gone, candidacy deleted, session closed.
+    async fn shutdown(&self, st: &mut Campaign, client: Option<Client>, own: Option<String>) {
+        info!("coordination stopping");
+        self.follower(false);
+        wait_released(st, RELEASE_WAIT).await;
+        if let Some(client) = client {
+            let deadline = client.session_timeout() / 3;
+            if let Some(me) = own {
+                let path = format!("{}/{me}", self.paths.election);
+                if let Err(e) = call("delete", &path, deadline, client.delete(&path, None)).await {
+                    warn!(error = %e, "could not delete our candidacy; it goes with the session");
+                }
+            }
+            session::close(client, Duration::from_secs(2)).await;
+        }
+        self.set_session("closed");
+        self.status.send_modify(|x| x.leader = None);
+    }
+}
+
+/// Waits (bounded) until the engine reports no VIP held.
+async fn wait_released(st: &mut Campaign, limit: Duration) {
+    let r = tokio::time::timeout(limit, async {
+        st.report.wait_for(|r| r.held.is_empty()).await.map(drop)
+    })
+    .await;
+    match r {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => debug!("engine report closed; nothing to wait for"),
+        Err(_) => {
+            let held: Vec<String> = st
+                .report
+                .borrow()
+                .held
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            warn!(vips = ?held, "engine still holds VIPs after {limit:?}; releasing anyway");
+        }
+    }
+}
+
+/// Waits a little before a retry, waking early on a session state change.
+async fn pause(d: Duration, state: &mut StateWatcher, cancel: &CancellationToken) {
+    tokio::select! {
+        _ = cancel.cancelled() => {}
+        _ = tokio::time::sleep(d) => {}
+        _ = state.changed() => {}
+    }
+}

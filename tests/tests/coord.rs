@@ -1,0 +1,790 @@
+//! Coordination against a real ZooKeeper: election and failover (R1), the
+//! VIP configuration and vipctl's writes (R2), fencing (R3), giving up (R4)
+//! and digest auth. Each "node" is a `coord::run` task with a fake engine
+//! that does what it is told at once and records when.
+
+use std::{
+    collections::BTreeSet,
+    net::Ipv4Addr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::{sync::watch, task::JoinHandle, time::Instant};
+use tokio_util::sync::CancellationToken;
+use vipd::{
+    coord::{self, CoordError, CoordStatus, VipCommand, ZkAuth, ZkSettings, run_vip_command},
+    role::{Desired, EngineReport, Role},
+    vip::Vip,
+};
+use vipd_tests::zk::{ZkMemberSpec, ZkServer};
+use zookeeper_client::{Client, CreateMode, Error as ZkError};
+
+fn init_log() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .try_init();
+}
+
+/// One role change as the fake engine saw it.
+#[derive(Clone, Debug)]
+struct Seen {
+    at: Instant,
+    role: Role,
+    term: u64,
+}
+
+struct Node {
+    id: String,
+    desired: watch::Receiver<Desired>,
+    status: watch::Receiver<CoordStatus>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    cancel: CancellationToken,
+    task: Option<JoinHandle<Result<(), CoordError>>>,
+}
+
+struct NodeOpts {
+    timeout: Duration,
+    auth: Option<ZkAuth>,
+    /// The fake engine reports every desired VIP as unroutable (R4).
+    no_route: bool,
+    backoff: Duration,
+}
+
+impl Default for NodeOpts {
+    fn default() -> Self {
+        NodeOpts {
+            timeout: Duration::from_secs(1),
+            auth: None,
+            no_route: false,
+            backoff: Duration::from_secs(1),
+        }
+    }
+}
+
+fn start_node(hosts: &str, cluster: &str, id: &str, opts: NodeOpts) -> Node {
+    let (desired_tx, desired_rx) = watch::channel(Desired::default());
+    let (report_tx, report_rx) = watch::channel(EngineReport::default());
+    let (status_tx, status_rx) = watch::channel(CoordStatus::default());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let cancel = CancellationToken::new();
+    // The fake engine: mirrors desired into its report at once.
+    let mut d = desired_rx.clone();
+    let log = seen.clone();
+    let no_route = opts.no_route;
+    tokio::spawn(async move {
+        let mut last = (Role::Follower, 0);
+        loop {
+            let want = d.borrow_and_update().clone();
+            if (want.role, want.term) != last {
+                last = (want.role, want.term);
+                log.lock().unwrap().push(Seen {
+                    at: Instant::now(),
+                    role: want.role,
+                    term: want.term,
+                });
+            }
+            let leader = want.role == Role::Leader;
+            let _ = report_tx.send(EngineReport {
+                role: want.role,
+                term: want.term,
+                held: if leader && !no_route {
+                    want.vips.clone()
+                } else {
+                    BTreeSet::new()
+                },
+                no_route: if leader && no_route {
+                    want.vips.clone()
+                } else {
+                    BTreeSet::new()
+                },
+            });
+            if d.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    let settings = ZkSettings {
+        hosts: hosts.to_string(),
+        cluster: cluster.to_string(),
+        node_id: id.to_string(),
+        session_timeout: opts.timeout,
+        auth: opts.auth,
+        step_down_backoff: opts.backoff,
+    };
+    let task = tokio::spawn(coord::run(
+        settings,
+        desired_tx,
+        report_rx,
+        status_tx,
+        cancel.clone(),
+    ));
+    Node {
+        id: id.to_string(),
+        desired: desired_rx,
+        status: status_rx,
+        seen,
+        cancel,
+        task: Some(task),
+    }
+}
+
+impl Node {
+    fn role(&self) -> Role {
+        self.desired.borrow().role
+    }
+
+    fn term(&self) -> u64 {
+        self.desired.borrow().term
+    }
+
+    fn vips(&self) -> Vec<String> {
+        self.desired
+            .borrow()
+            .vips
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    /// First time at or after `after` this node was seen in `role`.
+    fn first(&self, role: Role, after: Instant) -> Option<Instant> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|s| s.role == role && s.at >= after)
+            .map(|s| s.at)
+    }
+
+    async fn stop(&mut self) {
+        self.cancel.cancel();
+        if let Some(t) = self.task.take() {
+            let r = tokio::time::timeout(Duration::from_secs(15), t)
+                .await
+                .unwrap_or_else(|_| panic!("node {} did not stop within 15 s", self.id));
+            r.expect("coord task panicked").expect("coord::run failed");
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+async fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn leaders(nodes: &[Node]) -> Vec<usize> {
+    (0..nodes.len())
+        .filter(|&i| nodes[i].role() == Role::Leader)
+        .collect()
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+async fn vip(hosts: &str, cluster: &str, cmd: VipCommand) -> String {
+    run_vip_command(hosts, cluster, None, cmd.clone())
+        .await
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
+}
+
+async fn raw_client(hosts: &str) -> Client {
+    Client::connector()
+        .with_session_timeout(Duration::from_secs(5))
+        .connect(hosts)
+        .await
+        .expect("raw ZooKeeper client")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_candidates_elect_one_leader_and_fail_over() {
+    init_log();
+    let zk = ZkServer::start_standalone(Ipv4Addr::LOCALHOST, None);
+    let hosts = zk.connect_string();
+    let t = Duration::from_secs(1);
+    let mut nodes: Vec<Node> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|id| {
+            start_node(
+                &hosts,
+                "elect",
+                id,
+                NodeOpts {
+                    timeout: t,
+                    ..Default::default()
+                },
+            )
+        })
+        .collect();
+    wait_until("one leader", Duration::from_secs(20), || {
+        leaders(&nodes).len() == 1
+    })
+    .await;
+    // It stays exactly one.
+    for _ in 0..50 {
+        assert_eq!(leaders(&nodes).len(), 1, "leaders: {:?}", leaders(&nodes));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let first = leaders(&nodes)[0];
+    assert_eq!(nodes[first].term(), 1);
+    let leader_id = nodes[first].id.clone();
+    wait_until(
+        "every node names the leader",
+        Duration::from_secs(5),
+        || {
+            nodes
+                .iter()
+                .all(|n| n.status.borrow().leader.as_deref() == Some(leader_id.as_str()))
+        },
+    )
+    .await;
+    assert!(nodes[first].status.borrow().is_leader);
+    let listing = vip(&hosts, "elect", VipCommand::List { json: false }).await;
+    assert!(
+        listing.contains(&format!("leader: {leader_id}")),
+        "{listing}"
+    );
+
+    // Cancel the leader: another node leads within T + 1 s.
+    let stopped_at = Instant::now();
+    nodes[first].stop().await;
+    assert_eq!(nodes[first].role(), Role::Follower);
+    assert_eq!(nodes[first].status.borrow().session, "closed");
+    let rest: Vec<usize> = (0..3).filter(|&i| i != first).collect();
+    wait_until("a new leader", t + Duration::from_secs(1), || {
+        rest.iter()
+            .filter(|&&i| nodes[i].role() == Role::Leader)
+            .count()
+            == 1
+    })
+    .await;
+    let second = *rest
+        .iter()
+        .find(|&&i| nodes[i].role() == Role::Leader)
+        .unwrap();
+    assert!(stopped_at.elapsed() < t + Duration::from_secs(1));
+    assert_eq!(nodes[second].term(), 1, "first term of this node");
+
+    // And once more; the last node's term starts at 1 too, and each node's
+    // terms only ever increase.
+    nodes[second].stop().await;
+    let third = *rest.iter().find(|&&i| i != second).unwrap();
+    wait_until("the last node leads", t + Duration::from_secs(1), || {
+        nodes[third].role() == Role::Leader
+    })
+    .await;
+    for n in &nodes {
+        let terms: Vec<u64> = n
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.role == Role::Leader)
+            .map(|s| s.term)
+            .collect();
+        assert!(terms.windows(2).all(|w| w[0] < w[1]), "{}: {terms:?}", n.id);
+    }
+    nodes[third].stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_config_follows_writes_and_isolates_bad_data() {
+    init_log();
+    let zk = ZkServer::start_standalone(Ipv4Addr::LOCALHOST, None);
+    let hosts = zk.connect_string();
+    let c = "svc";
+    let mut leader = start_node(&hosts, c, "a", NodeOpts::default());
+    wait_until("a leads", Duration::from_secs(20), || {
+        leader.role() == Role::Leader
+    })
+    .await;
+    let mut follower = start_node(&hosts, c, "b", NodeOpts::default());
+    let second = Duration::from_secs(1);
+
+    let out = vip(
+        &hosts,
+        c,
+        VipCommand::Set {
+            service: "web".into(),
+            vips: strings(&["192.0.2.100", "192.0.2.101"]),
+        },
+    )
+    .await;
+    assert!(out.contains("192.0.2.100"), "{out}");
+    wait_until("set applied", second, || {
+        leader.vips() == ["192.0.2.100", "192.0.2.101"]
+    })
+    .await;
+    // Followers see the configuration too.
+    wait_until("follower sees it", second, || {
+        follower.vips() == ["192.0.2.100", "192.0.2.101"]
+    })
+    .await;
+
+    vip(
+        &hosts,
+        c,
+        VipCommand::Add {
+            service: "web".into(),
+            vips: strings(&["192.0.2.102"]),
+        },
+    )
+    .await;
+    wait_until("add applied", second, || leader.vips().len() == 3).await;
+    vip(
+        &hosts,
+        c,
+        VipCommand::Remove {
+            service: "web".into(),
+            vips: strings(&["192.0.2.100"]),
+        },
+    )
+    .await;
+    wait_until("remove applied", second, || {
+        leader.vips() == ["192.0.2.101", "192.0.2.102"]
+    })
+    .await;
+    vip(
+        &hosts,
+        c,
+        VipCommand::Set {
+            service: "db".into(),
+            vips: strings(&["198.51.100.7", "192.0.2.101"]),
+        },
+    )
+    .await;
+    wait_until("second service merged", second, || {
+        leader.vips() == ["192.0.2.101", "192.0.2.102", "198.51.100.7"]
+    })
+    .await;
+    wait_until("duplicate reported", second, || {
+        leader.status.borrow().duplicate_vips == vec!["192.0.2.101".parse::<Vip>().unwrap()]
+    })
+    .await;
+    vip(
+        &hosts,
+        c,
+        VipCommand::Clear {
+            service: "db".into(),
+        },
+    )
+    .await;
+    wait_until("clear applied", second, || {
+        leader.vips() == ["192.0.2.101", "192.0.2.102"]
+    })
+    .await;
+
+    // Bad data in one service: reported, ignored alone.
+    let raw = raw_client(&hosts).await;
+    let bad = "/vipd/svc/services/broken";
+    raw.create(
+        bad,
+        b"{\"vips\": [oops",
+        &CreateMode::Persistent.with_acls(zookeeper_client::Acls::anyone_all()),
+    )
+    .await
+    .unwrap();
+    let invalid = "/vipd/svc/services/mcast";
+    raw.create(
+        invalid,
+        br#"{"vips": ["224.0.0.18"]}"#,
+        &CreateMode::Persistent.with_acls(zookeeper_client::Acls::anyone_all()),
+    )
+    .await
+    .unwrap();
+    wait_until("errors reported", second, || {
+        let s = leader.status.borrow();
+        s.services
+            .get("broken")
+            .and_then(|x| x.error.clone())
+            .is_some_and(|e| e.contains(bad) && e.contains("oops"))
+            && s.services
+                .get("mcast")
+                .and_then(|x| x.error.clone())
+                .is_some_and(|e| e.contains(invalid) && e.contains("224.0.0.18"))
+    })
+    .await;
+    assert_eq!(leader.vips(), ["192.0.2.101", "192.0.2.102"]);
+    // Fixing the data applies without a restart.
+    raw.set_data(bad, br#"{"vips": ["203.0.113.5"]}"#, None)
+        .await
+        .unwrap();
+    wait_until("fixed service applied", second, || {
+        leader.vips().contains(&"203.0.113.5".to_string())
+    })
+    .await;
+    assert!(leader.status.borrow().services["broken"].error.is_none());
+
+    let json = vip(&hosts, c, VipCommand::List { json: true }).await;
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        v["services"]["web"],
+        serde_json::json!(["192.0.2.101", "192.0.2.102"])
+    );
+    assert_eq!(v["leader"], "a");
+    assert!(
+        v["invalid"]["mcast"]
+            .as_str()
+            .unwrap()
+            .contains("224.0.0.18")
+    );
+    let table = vip(&hosts, c, VipCommand::List { json: false }).await;
+    assert!(
+        table.contains("web")
+            && table.contains("192.0.2.101 192.0.2.102")
+            && table.contains("leader: a"),
+        "{table}"
+    );
+    leader.stop().await;
+    follower.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_adds_are_never_lost() {
+    init_log();
+    let zk = ZkServer::start_standalone(Ipv4Addr::LOCALHOST, None);
+    let hosts = zk.connect_string();
+    let adds: Vec<_> = (0..5)
+        .map(|i| {
+            let hosts = hosts.clone();
+            tokio::spawn(async move {
+                let cmd = VipCommand::Add {
+                    service: "web".into(),
+                    vips: vec![format!("192.0.2.{}", 10 + i)],
+                };
+                run_vip_command(&hosts, "cas", None, cmd).await
+            })
+        })
+        .collect();
+    for a in adds {
+        a.await.unwrap().expect("add");
+    }
+    let raw = raw_client(&hosts).await;
+    let (data, stat) = raw.get_data("/vipd/cas/services/web").await.unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&data).unwrap();
+    let want: Vec<String> = (10..15).map(|i| format!("192.0.2.{i}")).collect();
+    assert_eq!(
+        v["vips"],
+        serde_json::json!(want),
+        "version {}",
+        stat.version
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_input_exits_2_and_writes_nothing() {
+    init_log();
+    let zk = ZkServer::start_standalone(Ipv4Addr::LOCALHOST, None);
+    let hosts = zk.connect_string();
+    vip(
+        &hosts,
+        "inv",
+        VipCommand::Set {
+            service: "web".into(),
+            vips: strings(&["192.0.2.1"]),
+        },
+    )
+    .await;
+    let raw = raw_client(&hosts).await;
+    let path = "/vipd/inv/services/web";
+    let before = raw.get_data(path).await.unwrap();
+    for (service, bad) in [
+        ("web", "192.0.2.300"),
+        ("web", "127.0.0.1"),
+        ("web", "224.0.0.1"),
+        ("we/b", "192.0.2.2"),
+    ] {
+        for cmd in [
+            VipCommand::Set {
+                service: service.into(),
+                vips: strings(&["192.0.2.2", bad]),
+            },
+            VipCommand::Add {
+                service: service.into(),
+                vips: strings(&[bad]),
+            },
+        ] {
+            let e = run_vip_command(&hosts, "inv", None, cmd.clone())
+                .await
+                .unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{cmd:?}: {e}");
+            let named = if service == "web" { bad } else { service };
+            assert!(e.to_string().contains(named), "{e}");
+        }
+    }
+    let after = raw.get_data(path).await.unwrap();
+    assert_eq!(before.0, after.0);
+    assert_eq!(before.1.version, after.1.version);
+    assert!(
+        raw.check_stat("/vipd/inv/services/we")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // A ZooKeeper error is exit code 1 (nothing listens on this port).
+    let e = run_vip_command("127.0.0.1:1", "inv", None, VipCommand::List { json: false })
+        .await
+        .unwrap_err();
+    assert_eq!(e.exit_code(), 1, "{e}");
+}
+
+/// R3: the leader's ZooKeeper server freezes (SIGSTOP) in a three-server
+/// ensemble; the leader must publish Follower before another node can be
+/// elected (its session has to expire on the quorum first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_server_fences_the_leader_before_anyone_else_leads() {
+    init_log();
+    let spec = ZkMemberSpec {
+        ip: Ipv4Addr::LOCALHOST,
+        netns: None,
+    };
+    let mut zk = ZkServer::start_ensemble(&[spec.clone(), spec.clone(), spec]);
+    let t = Duration::from_secs(2);
+    let opts = || NodeOpts {
+        timeout: t,
+        ..Default::default()
+    };
+    // Each node talks to one server only, so only the leader loses its server.
+    let mut a = start_node(&zk.addr(0).to_string(), "fence", "a", opts());
+    wait_until("a leads", Duration::from_secs(20), || {
+        a.role() == Role::Leader
+    })
+    .await;
+    let mut b = start_node(&zk.addr(1).to_string(), "fence", "b", opts());
+    let mut c = start_node(&zk.addr(2).to_string(), "fence", "c", opts());
+    wait_until("b and c follow", Duration::from_secs(20), || {
+        b.status.borrow().leader.as_deref() == Some("a")
+            && c.status.borrow().leader.as_deref() == Some("a")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(a.role(), Role::Leader);
+
+    let frozen_at = Instant::now();
+    zk.freeze(0);
+    wait_until("b or c leads", Duration::from_secs(30), || {
+        b.role() == Role::Leader || c.role() == Role::Leader
+    })
+    .await;
+    let fenced = a
+        .first(Role::Follower, frozen_at)
+        .expect("a published Follower");
+    let new = [&b, &c]
+        .iter()
+        .filter_map(|n| n.first(Role::Leader, frozen_at))
+        .min()
+        .unwrap();
+    assert_eq!(a.role(), Role::Follower, "two leaders");
+    zk.thaw(0);
+    eprintln!(
+        "a fenced {:?} after the freeze; new leader {:?} after",
+        fenced - frozen_at,
+        new - frozen_at
+    );
+    assert!(
+        fenced < new,
+        "a fenced at +{:?}, new leader at +{:?}",
+        fenced - frozen_at,
+        new - frozen_at
+    );
+    assert!(
+        fenced - frozen_at < t,
+        "fencing took {:?}, session timeout {t:?}",
+        fenced - frozen_at
+    );
+
+    // a comes back as a follower (new session) and never leads beside the new leader.
+    wait_until("a follows the new leader", Duration::from_secs(20), || {
+        let s = a.status.borrow();
+        s.session == "connected" && s.leader.as_deref().is_some_and(|l| l != "a")
+    })
+    .await;
+    assert_eq!(a.role(), Role::Follower);
+    for n in [&mut a, &mut b, &mut c] {
+        n.stop().await;
+    }
+}
+
+/// R3: a short freeze (well under the session timeout): the leader fences
+/// while disconnected, keeps its session and leads again with a new term.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_session_back_leads_with_new_term() {
+    init_log();
+    let mut zk = ZkServer::start_standalone(Ipv4Addr::LOCALHOST, None);
+    let t = Duration::from_secs(4);
+    let mut a = start_node(
+        &zk.connect_string(),
+        "back",
+        "a",
+        NodeOpts {
+            timeout: t,
+            ..Default::default()
+        },
+    );
+    wait_until("a leads", Duration::from_secs(20), || {
+        a.role() == Role::Leader
+    })
+    .await;
+    assert_eq!(a.term(), 1);
+    let frozen_at = Instant::now();
+    zk.freeze(0);
+    wait_until("a fences", t / 2, || {
+        a.role() == Role::Follower && a.status.borrow().fenced
+    })
+    .await;
+    zk.thaw(0);
+    wait_until("a leads again", Duration::from_secs(10), || {
+        a.role() == Role::Leader
+    })
+    .await;
+    assert_eq!(a.term(), 2, "a new term after fencing");
+    let seen = a.seen.lock().unwrap().clone();
+    assert!(
+        seen.iter()
+            .any(|s| s.role == Role::Follower && s.at > frozen_at),
+        "{seen:?}"
+    );
+    a.stop().await;
+}
+
+/// R4: a leader that cannot route a VIP gives up (its VIPs released first),
+/// another node leads, and it stands again after the backoff.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_without_route_gives_up() {
+    init_log();
+    let zk = ZkServer::start_standalone(Ipv4Addr::LOCALHOST, None);
+    let hosts = zk.connect_string();
+    vip(
+        &hosts,
+        "r4",
+        VipCommand::Set {
+            service: "web".into(),
+            vips: strings(&["192.0.2.50"]),
+        },
+    )
+    .await;
+    let mut a = start_node(
+        &hosts,
+        "r4",
+        "a",
+        NodeOpts {
+            no_route: true,
+            backoff: Duration::from_millis(500),
+            ..Default::default()
+        },
+    );
+    wait_until("a leads", Duration::from_secs(20), || {
+        a.first(Role::Leader, Instant::now() - Duration::from_secs(60))
+            .is_some()
+    })
+    .await;
+    let mut b = start_node(&hosts, "r4", "b", NodeOpts::default());
+    wait_until("b leads", Duration::from_secs(10), || {
+        b.role() == Role::Leader
+    })
+    .await;
+    assert_eq!(a.role(), Role::Follower);
+    let err = a.status.borrow().last_error.clone().unwrap_or_default();
+    assert!(err.contains("192.0.2.50"), "{err}");
+    // a stood again: b stays leader and a follows it.
+    wait_until("a follows b", Duration::from_secs(10), || {
+        a.status.borrow().leader.as_deref() == Some("b")
+    })
+    .await;
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn digest_auth_protects_writes_not_reads() {
+    init_log();
+    let zk = ZkServer::start_standalone(Ipv4Addr::LOCALHOST, None);
+    let hosts = zk.connect_string();
+    let auth = ZkAuth {
+        user: "vipd".into(),
+        password: "s3cret".into(),
+    };
+    let mut a = start_node(
+        &hosts,
+        "auth",
+        "a",
+        NodeOpts {
+            auth: Some(auth.clone()),
+            ..Default::default()
+        },
+    );
+    wait_until("a leads", Duration::from_secs(20), || {
+        a.role() == Role::Leader
+    })
+    .await;
+    let cmd = VipCommand::Set {
+        service: "web".into(),
+        vips: strings(&["192.0.2.9"]),
+    };
+    run_vip_command(&hosts, "auth", Some(auth.clone()), cmd.clone())
+        .await
+        .unwrap();
+    wait_until("applied", Duration::from_secs(1), || {
+        a.vips() == ["192.0.2.9"]
+    })
+    .await;
+
+    let path = "/vipd/auth/services/web";
+    let anon = raw_client(&hosts).await;
+    let (data, _) = anon.get_data(path).await.expect("anyone can read");
+    assert!(String::from_utf8_lossy(&data).contains("192.0.2.9"));
+    assert_eq!(
+        anon.set_data(path, b"{\"vips\": []}", None)
+            .await
+            .unwrap_err(),
+        ZkError::NoAuth
+    );
+    let (acl, _) = anon.get_acl(path).await.unwrap();
+    assert!(
+        acl.iter()
+            .any(|a| a.scheme() == "digest" && a.id().starts_with("vipd:")),
+        "{acl:?}"
+    );
+    // vipctl without the credential: exit 1, nothing changed.
+    let cmd = VipCommand::Add {
+        service: "web".into(),
+        vips: strings(&["192.0.2.10"]),
+    };
+    let e = run_vip_command(&hosts, "auth", None, cmd)
+        .await
+        .unwrap_err();
+    assert_eq!(e.exit_code(), 1, "{e}");
+    assert!(e.to_string().contains(path), "{e}");
+    // A wrong password is refused the same way.
+    let wrong = ZkAuth {
+        password: "nope".into(),
+        ..auth
+    };
+    let e = run_vip_command(
+        &hosts,
+        "auth",
+        Some(wrong),
+        VipCommand::Clear {
+            service: "web".into(),
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.exit_code(), 1, "{e}");
+    assert_eq!(a.vips(), ["192.0.2.9"]);
+    a.stop().await;
+}

@@ -1,0 +1,1126 @@
+//! The XDP program itself: the kernel runs it on hand-made frames
+//! (BPF_PROG_TEST_RUN) and we check the action, the frame out and the exact
+//! counter change; one test attaches it to a veth pair. Every test runs in a
+//! network namespace of its own (unshared by its thread), so the interfaces
+//! it makes vanish with it.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    ffi::CString,
+    net::Ipv4Addr,
+    process::Command,
+    time::Duration,
+};
+
+use vipd::{
+    arp_offload::{ArpOffload, AttachedMode, ConflictReader},
+    config::XdpMode,
+    vip::Vip,
+};
+use vipd_common::{ArpCounters, ConflictEvent, HeldVip};
+
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+
+const OUR_MAC: [u8; 6] = [0x02, 0x00, 0x5e, 0x00, 0x00, 0x01];
+const ASKER_MAC: [u8; 6] = [0x02, 0x00, 0x5e, 0x00, 0x00, 0x0a];
+const FOREIGN_MAC: [u8; 6] = [0x02, 0x00, 0x5e, 0x00, 0x00, 0x0f];
+const BROADCAST: [u8; 6] = [0xff; 6];
+const VIP: [u8; 4] = [192, 0, 2, 100];
+const OTHER_VIP: [u8; 4] = [192, 0, 2, 101];
+const UNWATCHED: [u8; 4] = [192, 0, 2, 200];
+const ASKER_IP: [u8; 4] = [192, 0, 2, 10];
+
+// ---------------------------------------------------------------------------
+// The namespace each test runs in.
+
+/// Runs `f` on a thread of its own in a fresh network namespace; panics in
+/// `f` fail the test. The namespace (and every interface made in it) goes
+/// away when the thread ends.
+fn in_netns<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    std::thread::scope(|scope| {
+        let handle = scope.spawn(|| {
+            // SAFETY: unshare affects only this thread's namespaces.
+            let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+            assert_eq!(
+                rc,
+                0,
+                "unshare(CLONE_NEWNET) failed (these tests need root): {}",
+                std::io::Error::last_os_error()
+            );
+            f()
+        });
+        match handle.join() {
+            Ok(r) => r,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
+}
+
+/// Runs `ip` with `args` in this thread's namespace, panicking with its
+/// output when it fails.
+fn ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("running ip (iproute2) failed: is it installed?");
+    assert!(
+        out.status.success(),
+        "ip {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn ifindex(name: &str) -> u32 {
+    let c = CString::new(name).expect("interface name without NUL");
+    // SAFETY: a valid NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    assert_ne!(index, 0, "interface {name} not found in the test namespace");
+    index
+}
+
+/// Makes an interface (one end of a veth pair, as this kernel may lack the
+/// dummy driver) and returns its ifindex.
+fn iface(name: &str) -> u32 {
+    let peer = format!("{name}p");
+    ip(&["link", "add", name, "type", "veth", "peer", "name", &peer]);
+    ifindex(name)
+}
+
+// ---------------------------------------------------------------------------
+// Frames, built field by field.
+
+/// An Ethernet frame carrying an ARP packet, every field settable so a test
+/// can break any one of them.
+#[derive(Clone, Copy)]
+struct ArpFrame {
+    eth_dst: [u8; 6],
+    eth_src: [u8; 6],
+    /// (TPID, TCI) of one VLAN tag.
+    vlan: Option<([u8; 2], [u8; 2])>,
+    ethertype: [u8; 2],
+    htype: [u8; 2],
+    ptype: [u8; 2],
+    hlen: u8,
+    plen: u8,
+    oper: [u8; 2],
+    sha: [u8; 6],
+    spa: [u8; 4],
+    tha: [u8; 6],
+    tpa: [u8; 4],
+}
+
+const OPER_REQUEST: [u8; 2] = [0, 1];
+const OPER_REPLY: [u8; 2] = [0, 2];
+const TAG_8021Q: ([u8; 2], [u8; 2]) = ([0x81, 0x00], [0x00, 0x64]);
+const TAG_8021AD: ([u8; 2], [u8; 2]) = ([0x88, 0xa8], [0x00, 0x65]);
+
+impl ArpFrame {
+    /// A broadcast who-has `tpa`, tell `spa` from `sha`.
+    fn request(sha: [u8; 6], spa: [u8; 4], tpa: [u8; 4]) -> Self {
+        ArpFrame {
+            eth_dst: BROADCAST,
+            eth_src: sha,
+            vlan: None,
+            ethertype: [0x08, 0x06],
+            htype: [0, 1],
+            ptype: [0x08, 0x00],
+            hlen: 6,
+            plen: 4,
+            oper: OPER_REQUEST,
+            sha,
+            spa,
+            tha: [0; 6],
+            tpa,
+        }
+    }
+
+    /// A unicast reply: `spa` is at `sha`, to the asker.
+    fn reply(sha: [u8; 6], spa: [u8; 4]) -> Self {
+        ArpFrame {
+            eth_dst: ASKER_MAC,
+            oper: OPER_REPLY,
+            tha: ASKER_MAC,
+            tpa: ASKER_IP,
+            ..Self::request(sha, spa, ASKER_IP)
+        }
+    }
+
+    /// A gratuitous announcement, request form (as `arping -U`).
+    fn gratuitous(sha: [u8; 6], vip: [u8; 4]) -> Self {
+        ArpFrame {
+            tha: BROADCAST,
+            ..Self::request(sha, vip, vip)
+        }
+    }
+
+    fn tagged(self, tag: ([u8; 2], [u8; 2])) -> Self {
+        ArpFrame {
+            vlan: Some(tag),
+            ..self
+        }
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        let mut f = Vec::with_capacity(46);
+        f.extend_from_slice(&self.eth_dst);
+        f.extend_from_slice(&self.eth_src);
+        if let Some((tpid, tci)) = self.vlan {
+            f.extend_from_slice(&tpid);
+            f.extend_from_slice(&tci);
+        }
+        f.extend_from_slice(&self.ethertype);
+        f.extend_from_slice(&self.htype);
+        f.extend_from_slice(&self.ptype);
+        f.push(self.hlen);
+        f.push(self.plen);
+        f.extend_from_slice(&self.oper);
+        f.extend_from_slice(&self.sha);
+        f.extend_from_slice(&self.spa);
+        f.extend_from_slice(&self.tha);
+        f.extend_from_slice(&self.tpa);
+        f
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The program under test.
+
+fn vip(octets: [u8; 4]) -> Vip {
+    Vip::new(Ipv4Addr::from(octets)).expect("test VIP is valid")
+}
+
+/// A loaded program watching VIP and OTHER_VIP, holding none.
+fn loaded() -> ArpOffload {
+    let mut offload = ArpOffload::load().expect("loading the XDP program");
+    let watched: BTreeSet<Vip> = [vip(VIP), vip(OTHER_VIP)].into();
+    offload.set_watched(&watched).expect("set_watched");
+    offload
+}
+
+/// A loaded program watching VIP and OTHER_VIP and holding VIP on `ifindex`.
+fn holding(ifindex: u32) -> ArpOffload {
+    holding_on_vlan(ifindex, 0)
+}
+
+/// Like [`holding`], with the VIP on VLAN `vlan` of `ifindex`.
+fn holding_on_vlan(ifindex: u32, vlan: u16) -> ArpOffload {
+    let mut offload = loaded();
+    let held = BTreeMap::from([(
+        vip(VIP),
+        HeldVip {
+            ifindex,
+            mac: OUR_MAC,
+            vlan,
+        },
+    )]);
+    offload.set_held(&held).expect("set_held");
+    offload
+}
+
+fn counters_of(offload: &ArpOffload, octets: [u8; 4]) -> ArpCounters {
+    *offload
+        .counters()
+        .expect("reading counters")
+        .get(&vip(octets))
+        .unwrap_or_else(|| panic!("{} is not watched", Ipv4Addr::from(octets)))
+}
+
+/// Runs `frame` once and returns the action, the frame out, and how the
+/// counters of VIP and OTHER_VIP changed.
+fn run(
+    offload: &ArpOffload,
+    frame: &[u8],
+    ingress: u32,
+) -> (u32, Vec<u8>, ArpCounters, ArpCounters) {
+    let before = (counters_of(offload, VIP), counters_of(offload, OTHER_VIP));
+    let (action, out) = offload.test_run(frame, ingress).expect("BPF_PROG_TEST_RUN");
+    let after = (counters_of(offload, VIP), counters_of(offload, OTHER_VIP));
+    (
+        action,
+        out,
+        diff(after.0, before.0),
+        diff(after.1, before.1),
+    )
+}
+
+fn diff(after: ArpCounters, before: ArpCounters) -> ArpCounters {
+    ArpCounters {
+        requests: after.requests - before.requests,
+        xdp_replies: after.xdp_replies - before.xdp_replies,
+        announcements: after.announcements - before.announcements,
+        foreign_claims: after.foreign_claims - before.foreign_claims,
+    }
+}
+
+const NONE: ArpCounters = ArpCounters {
+    requests: 0,
+    xdp_replies: 0,
+    announcements: 0,
+    foreign_claims: 0,
+};
+const ONE_REQUEST: ArpCounters = ArpCounters {
+    requests: 1,
+    ..NONE
+};
+const ONE_ANNOUNCEMENT: ArpCounters = ArpCounters {
+    announcements: 1,
+    ..NONE
+};
+
+/// Asserts that `frame` passes unchanged and changes the counters of VIP by
+/// `expected` (and OTHER_VIP's not at all).
+fn assert_passes(
+    offload: &ArpOffload,
+    frame: &[u8],
+    ingress: u32,
+    expected: ArpCounters,
+    what: &str,
+) {
+    let (action, out, vip_delta, other_delta) = run(offload, frame, ingress);
+    assert_eq!(action, XDP_PASS, "{what}: action");
+    assert_eq!(out, frame, "{what}: the frame must pass unchanged");
+    assert_eq!(vip_delta, expected, "{what}: counters of the VIP");
+    assert_eq!(other_delta, NONE, "{what}: counters of the other VIP");
+}
+
+// ---------------------------------------------------------------------------
+// Watched, not held: count and pass.
+
+#[test]
+fn request_for_watched_vip_passes_and_counts_a_request() {
+    in_netns(|| {
+        let offload = loaded();
+        let frame = ArpFrame::request(ASKER_MAC, ASKER_IP, VIP).bytes();
+        assert_passes(&offload, &frame, 0, ONE_REQUEST, "request");
+        // A second one counts again: the counter is a count, not a flag.
+        assert_passes(&offload, &frame, 0, ONE_REQUEST, "second request");
+        assert_eq!(counters_of(&offload, VIP).requests, 2);
+    });
+}
+
+#[test]
+fn reply_about_watched_vip_counts_an_announcement() {
+    in_netns(|| {
+        let offload = loaded();
+        let frame = ArpFrame::reply(FOREIGN_MAC, VIP).bytes();
+        assert_passes(&offload, &frame, 0, ONE_ANNOUNCEMENT, "reply");
+    });
+}
+
+#[test]
+fn gratuitous_arp_counts_an_announcement_not_a_request() {
+    in_netns(|| {
+        let offload = loaded();
+        // Request form (`arping -U`): spa == tpa, tha broadcast.
+        let request_form = ArpFrame::gratuitous(FOREIGN_MAC, VIP).bytes();
+        assert_passes(
+            &offload,
+            &request_form,
+            0,
+            ONE_ANNOUNCEMENT,
+            "gratuitous request",
+        );
+        // Request form with tha zero (as some stacks send it).
+        let zero_tha = ArpFrame {
+            tha: [0; 6],
+            ..ArpFrame::gratuitous(FOREIGN_MAC, VIP)
+        }
+        .bytes();
+        assert_passes(
+            &offload,
+            &zero_tha,
+            0,
+            ONE_ANNOUNCEMENT,
+            "gratuitous request, tha 0",
+        );
+        // Reply form (`arping -A`): broadcast, spa == tpa, tha = own MAC.
+        let reply_form = ArpFrame {
+            eth_dst: BROADCAST,
+            oper: OPER_REPLY,
+            tha: FOREIGN_MAC,
+            tpa: VIP,
+            ..ArpFrame::gratuitous(FOREIGN_MAC, VIP)
+        }
+        .bytes();
+        assert_passes(
+            &offload,
+            &reply_form,
+            0,
+            ONE_ANNOUNCEMENT,
+            "gratuitous reply",
+        );
+    });
+}
+
+#[test]
+fn vlan_tagged_request_counts_a_request() {
+    in_netns(|| {
+        let offload = loaded();
+        let q = ArpFrame::request(ASKER_MAC, ASKER_IP, VIP)
+            .tagged(TAG_8021Q)
+            .bytes();
+        assert_eq!(q.len(), 46);
+        assert_passes(&offload, &q, 0, ONE_REQUEST, "802.1Q request");
+        let ad = ArpFrame::request(ASKER_MAC, ASKER_IP, VIP)
+            .tagged(TAG_8021AD)
+            .bytes();
+        assert_passes(&offload, &ad, 0, ONE_REQUEST, "802.1ad request");
+    });
+}
+
+#[test]
+fn non_arp_frame_passes_uncounted() {
+    in_netns(|| {
+        let offload = loaded();
+        // An IPv4/UDP frame whose bytes at the ARP offsets would read as a
+        // request for the VIP if the program ignored the ethertype.
+        let mut frame = ArpFrame::request(ASKER_MAC, ASKER_IP, VIP).bytes();
+        frame[12..14].copy_from_slice(&[0x08, 0x00]);
+        assert_passes(&offload, &frame, 0, NONE, "IPv4 ethertype");
+        let mut ipv6 = ArpFrame::request(ASKER_MAC, ASKER_IP, VIP).bytes();
+        ipv6[12..14].copy_from_slice(&[0x86, 0xdd]);
+        assert_passes(&offload, &ipv6, 0, NONE, "IPv6 ethertype");
+        // A VLAN tag with a non-ARP payload.
+        let mut tagged = ArpFrame::request(ASKER_MAC, ASKER_IP, VIP)
+            .tagged(TAG_8021Q)
+            .bytes();
+        tagged[16..18].copy_from_slice(&[0x08, 0x00]);
+        assert_passes(&offload, &tagged, 0, NONE, "VLAN-tagged IPv4");
+        // Two stacked tags: the program reads one only, so the frame passes.
+        let mut stacked = ArpFrame::request(ASKER_MAC, ASKER_IP, VIP)
+            .tagged(TAG_8021AD)
+            .bytes();
+        stacked.splice(16..16, [0x81, 0x00, 0x00, 0x64]);
+        assert_passes(&offload, &stacked, 0, NONE, "two VLAN tags");
+    });
+}
+
+#[test]
+fn malformed_arp_passes_uncounted() {
+    in_netns(|| {
+        let offload = loaded();
+        let base = ArpFrame::request(ASKER_MAC, ASKER_IP, VIP);
+        let broken = [
+            (
+                "htype 6 (IEEE 802)",
+                ArpFrame {
+                    htype: [0, 6],
+                    ..base
+                },
+            ),
+            (
+                "ptype IPv6",
+                ArpFrame {
+                    ptype: [0x86, 0xdd],
+                    ..base
+                },
+            ),
+            ("hlen 8", ArpFrame { hlen: 8, ..base }),
+            ("plen 16", ArpFrame { plen: 16, ..base }),
+            (
+                "oper 0",
+                ArpFrame {
+                    oper: [0, 0],
+                    ..base
+                },
+            ),
+            (
+                "oper 3 (RARP request)",
+                ArpFrame {
+                    oper: [0, 3],
+                    ..base
+                },
+            ),
+            (
+                "oper 0x0101",
+                ArpFrame {
+                    oper: [1, 1],
+                    ..base
+                },
+            ),
+            // A reply about the VIP, broken the same ways, counts nothing either.
+            (
+                "reply, hlen 0",
+                ArpFrame {
+                    hlen: 0,
+                    ..ArpFrame::reply(FOREIGN_MAC, VIP)
+                },
+            ),
+            (
+                "reply, ptype 0",
+                ArpFrame {
+                    ptype: [0, 0],
+                    ..ArpFrame::reply(FOREIGN_MAC, VIP)
+                },
+            ),
+        ];
+        for (what, frame) in broken {
+            assert_passes(&offload, &frame.bytes(), 0, NONE, what);
+        }
+    });
+}
+
+#[test]
+fn truncated_frames_pass_uncounted() {
+    in_netns(|| {
+        let offload = loaded();
+        // The kernel itself refuses to run a program on less than an
+        // Ethernet header (bpf_test_init: EINVAL), as no driver hands one
+        // to XDP: the 0- and 13-byte cases are refused before the program.
+        for len in [0usize, 13] {
+            let frame = &ArpFrame::request(ASKER_MAC, ASKER_IP, VIP).bytes()[..len];
+            let err = offload
+                .test_run(frame, 0)
+                .expect_err("the kernel must refuse a frame shorter than 14 bytes");
+            let text = format!("{:?}", err);
+            assert!(
+                text.contains("22") || text.contains("Invalid argument"),
+                "{len} bytes: unexpected error {text}"
+            );
+            assert_eq!(counters_of(&offload, VIP), NONE, "{len} bytes");
+        }
+        let plain = ArpFrame::request(ASKER_MAC, ASKER_IP, VIP).bytes();
+        let tagged = ArpFrame::request(ASKER_MAC, ASKER_IP, VIP)
+            .tagged(TAG_8021Q)
+            .bytes();
+        let cuts: [(&str, &[u8]); 5] = [
+            ("Ethernet header only", &plain[..14]),
+            ("14 + 27: one byte short of ARP", &plain[..14 + 27]),
+            ("VLAN: 14 + 3, inside the tag", &tagged[..14 + 3]),
+            ("VLAN: 18, tag but no ARP", &tagged[..18]),
+            ("VLAN: 18 + 27, one byte short of ARP", &tagged[..18 + 27]),
+        ];
+        for (what, frame) in cuts {
+            assert_passes(&offload, frame, 0, NONE, what);
+        }
+        // The same cuts of a held VIP's request are not answered either.
+        let mut offload = offload;
+        let ifindex = iface("xdp0");
+        offload
+            .set_held(&BTreeMap::from([(
+                vip(VIP),
+                HeldVip {
+                    ifindex,
+                    mac: OUR_MAC,
+                    vlan: 0,
+                },
+            )]))
+            .expect("set_held");
+        for (what, frame) in cuts {
+            assert_passes(&offload, frame, ifindex, NONE, what);
+        }
+        // The whole frame still counts: the cuts, not the frame, were the reason.
+        assert_passes(&offload, &plain[..14 + 28], 0, ONE_REQUEST, "whole frame");
+    });
+}
+
+#[test]
+fn request_for_unwatched_address_counts_nothing() {
+    in_netns(|| {
+        let offload = loaded();
+        let frame = ArpFrame::request(ASKER_MAC, ASKER_IP, UNWATCHED).bytes();
+        assert_passes(
+            &offload,
+            &frame,
+            0,
+            NONE,
+            "request for an unwatched address",
+        );
+        let reply = ArpFrame::reply(FOREIGN_MAC, UNWATCHED).bytes();
+        assert_passes(
+            &offload,
+            &reply,
+            0,
+            NONE,
+            "reply about an unwatched address",
+        );
+        let counters = offload.counters().expect("counters");
+        assert_eq!(
+            counters.len(),
+            2,
+            "only the watched VIPs have counters: {counters:?}"
+        );
+    });
+}
+
+// ---------------------------------------------------------------------------
+// Held: answer in the kernel, on the right interface only.
+
+#[test]
+fn held_vip_request_is_answered_with_the_exact_reply() {
+    in_netns(|| {
+        let ifindex = iface("xdp0");
+        let offload = holding(ifindex);
+        let request = ArpFrame::request(ASKER_MAC, ASKER_IP, VIP).bytes();
+        #[rustfmt::skip]
+        let expected: [u8; 42] = [
+            // eth dst = asker, eth src = ours, ARP
+            0x02, 0x00, 0x5e, 0x00, 0x00, 0x0a,  0x02, 0x00, 0x5e, 0x00, 0x00, 0x01,  0x08, 0x06,
+            // Ethernet, IPv4, 6, 4, reply
+            0x00, 0x01,  0x08, 0x00,  6, 4,  0x00, 0x02,
+            // sha = ours, spa = VIP
+            0x02, 0x00, 0x5e, 0x00, 0x00, 0x01,  192, 0, 2, 100,
+            // tha = asker, tpa = asker
+            0x02, 0x00, 0x5e, 0x00, 0x00, 0x0a,  192, 0, 2, 10,
+        ];
+        let (action, out, delta, other) = run(&offload, &request, ifindex);
+        assert_eq!(action, XDP_TX, "a held VIP's request is answered in XDP");
+        assert_eq!(out, expected, "reply bytes");
+        assert_eq!(
+            delta,
+            ArpCounters {
+                requests: 1,
+                xdp_replies: 1,
+                ..NONE
+            }
+        );
+        assert_eq!(other, NONE);
+
+        // A padded minimum-size frame (60 bytes): the padding comes back as is.
+        let mut padded = request.clone();
+        padded.resize(60, 0xee);
+        let (action, out, delta, _) = run(&offload, &padded, ifindex);
+        assert_eq!(action, XDP_TX);
+        assert_eq!(&out[..42], &expected[..]);
+        assert_eq!(&out[42..], &[0xee; 18][..]);
+        assert_eq!(
+            delta,
+            ArpCounters {
+                requests: 1,
+                xdp_replies: 1,
+                ..NONE
+            }
+        );
+
+        // An ARP probe (RFC 5227, spa 0.0.0.0) is answered to 0.0.0.0, as the
+        // kernel itself does.
+        let probe = ArpFrame::request(ASKER_MAC, [0; 4], VIP).bytes();
+        let (action, out, delta, _) = run(&offload, &probe, ifindex);
+        assert_eq!(action, XDP_TX);
+        let reply = ArpFrame {
+            eth_dst: ASKER_MAC,
+            eth_src: OUR_MAC,
+            oper: OPER_REPLY,
+            sha: OUR_MAC,
+            spa: VIP,
+            tha: ASKER_MAC,
+            tpa: [0; 4],
+            ..ArpFrame::request(ASKER_MAC, [0; 4], VIP)
+        };
+        assert_eq!(out, reply.bytes());
+        assert_eq!(
+            delta,
+            ArpCounters {
+                requests: 1,
+                xdp_replies: 1,
+                ..NONE
+            }
+        );
+    });
+}
+
+#[test]
+fn held_vip_vlan_request_is_answered_keeping_the_tag() {
+    in_netns(|| {
+        let ifindex = iface("xdp0");
+        for tag in [TAG_8021Q, TAG_8021AD] {
+            let vid = u16::from_be_bytes(tag.1) & 0x0fff;
+            let request = ArpFrame::request(ASKER_MAC, ASKER_IP, VIP)
+                .tagged(tag)
+                .bytes();
+            // Held untagged, or on another VLAN: not our segment, it passes.
+            for other in [0, vid + 1] {
+                let offload = holding_on_vlan(ifindex, other);
+                let (action, out, delta, _) = run(&offload, &request, ifindex);
+                assert_eq!(action, XDP_PASS, "held on VLAN {other}, asked on {vid}");
+                assert_eq!(out, request, "passed unchanged");
+                assert_eq!(delta, ArpCounters { requests: 1, ..NONE });
+            }
+            let offload = holding_on_vlan(ifindex, vid);
+            let reply = ArpFrame {
+                eth_dst: ASKER_MAC,
+                eth_src: OUR_MAC,
+                oper: OPER_REPLY,
+                sha: OUR_MAC,
+                spa: VIP,
+                tha: ASKER_MAC,
+                tpa: ASKER_IP,
+                ..ArpFrame::request(ASKER_MAC, ASKER_IP, VIP).tagged(tag)
+            }
+            .bytes();
+            let (action, out, delta, _) = run(&offload, &request, ifindex);
+            assert_eq!(action, XDP_TX);
+            assert_eq!(out, reply);
+            assert_eq!(&out[12..16], &request[12..16], "the tag is kept");
+            assert_eq!(
+                delta,
+                ArpCounters {
+                    requests: 1,
+                    xdp_replies: 1,
+                    ..NONE
+                }
+            );
+        }
+    });
+}
+
+#[test]
+fn held_vip_is_not_answered_where_it_must_not_be() {
+    in_netns(|| {
+        let ifindex = iface("xdp0");
+        let elsewhere = iface("xdp1");
+        let offload = holding(ifindex);
+        let request = ArpFrame::request(ASKER_MAC, ASKER_IP, VIP);
+
+        // The right request on another interface: the kernel decides there.
+        assert_passes(
+            &offload,
+            &request.bytes(),
+            elsewhere,
+            ONE_REQUEST,
+            "other ifindex",
+        );
+        // No ingress interface at all (ifindex 0).
+        assert_passes(&offload, &request.bytes(), 0, ONE_REQUEST, "no ifindex");
+
+        // A watched but unheld VIP: counted for that VIP, not answered.
+        let unheld = ArpFrame::request(ASKER_MAC, ASKER_IP, OTHER_VIP).bytes();
+        let (action, out, delta, other) = run(&offload, &unheld, ifindex);
+        assert_eq!(
+            (action, out.as_slice()),
+            (XDP_PASS, unheld.as_slice()),
+            "unheld VIP"
+        );
+        assert_eq!((delta, other), (NONE, ONE_REQUEST), "unheld VIP counters");
+        // An unwatched address.
+        let unwatched = ArpFrame::request(ASKER_MAC, ASKER_IP, UNWATCHED).bytes();
+        assert_passes(&offload, &unwatched, ifindex, NONE, "unwatched address");
+
+        // Senders we must never send a unicast reply to.
+        let multicast_mac = [0x01, 0x00, 0x5e, 0x00, 0x00, 0x0a];
+        let cases = [
+            (
+                "multicast sha",
+                ArpFrame {
+                    sha: multicast_mac,
+                    ..request
+                },
+            ),
+            (
+                "broadcast sha",
+                ArpFrame {
+                    sha: BROADCAST,
+                    ..request
+                },
+            ),
+            (
+                "zero sha",
+                ArpFrame {
+                    sha: [0; 6],
+                    ..request
+                },
+            ),
+            (
+                "multicast eth src",
+                ArpFrame {
+                    eth_src: multicast_mac,
+                    ..request
+                },
+            ),
+            (
+                "zero eth src",
+                ArpFrame {
+                    eth_src: [0; 6],
+                    ..request
+                },
+            ),
+            // Our own request coming back (a loop, or our own kernel asking).
+            (
+                "from our own MAC",
+                ArpFrame::request(OUR_MAC, ASKER_IP, VIP),
+            ),
+            (
+                "sha ours, eth src not",
+                ArpFrame {
+                    sha: OUR_MAC,
+                    ..request
+                },
+            ),
+            (
+                "eth src ours, sha not",
+                ArpFrame {
+                    eth_src: OUR_MAC,
+                    ..request
+                },
+            ),
+        ];
+        for (what, frame) in cases {
+            assert_passes(&offload, &frame.bytes(), ifindex, ONE_REQUEST, what);
+        }
+        assert_eq!(
+            counters_of(&offload, VIP).xdp_replies,
+            0,
+            "nothing was answered"
+        );
+    });
+}
+
+#[test]
+fn released_vip_is_no_longer_answered() {
+    in_netns(|| {
+        let ifindex = iface("xdp0");
+        let mut offload = holding(ifindex);
+        let request = ArpFrame::request(ASKER_MAC, ASKER_IP, VIP).bytes();
+        assert_eq!(run(&offload, &request, ifindex).0, XDP_TX, "held: answered");
+        offload.clear_held().expect("clear_held");
+        assert_passes(&offload, &request, ifindex, ONE_REQUEST, "after clear_held");
+        // And back, then released through set_held.
+        let held = BTreeMap::from([(
+            vip(VIP),
+            HeldVip {
+                ifindex,
+                mac: OUR_MAC,
+                vlan: 0,
+            },
+        )]);
+        offload.set_held(&held).expect("set_held");
+        assert_eq!(run(&offload, &request, ifindex).0, XDP_TX, "held again");
+        offload.set_held(&BTreeMap::new()).expect("set_held(empty)");
+        assert_passes(
+            &offload,
+            &request,
+            ifindex,
+            ONE_REQUEST,
+            "after set_held(empty)",
+        );
+        // Moved to another interface: answered there only.
+        let other = iface("xdp1");
+        let moved = BTreeMap::from([(
+            vip(VIP),
+            HeldVip {
+                ifindex: other,
+                mac: OUR_MAC,
+                vlan: 0,
+            },
+        )]);
+        offload.set_held(&moved).expect("set_held(moved)");
+        assert_passes(&offload, &request, ifindex, ONE_REQUEST, "old interface");
+        assert_eq!(run(&offload, &request, other).0, XDP_TX, "new interface");
+    });
+}
+
+// ---------------------------------------------------------------------------
+// Conflicts: another MAC claims a VIP we hold.
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+fn next_event(
+    rt: &tokio::runtime::Runtime,
+    reader: &mut ConflictReader,
+    wait: Duration,
+) -> Option<ConflictEvent> {
+    rt.block_on(async {
+        tokio::time::timeout(wait, reader.next())
+            .await
+            .ok()
+            .flatten()
+    })
+}
+
+#[test]
+fn foreign_claim_of_held_vip_is_counted_and_reported_once() {
+    in_netns(|| {
+        let rt = runtime();
+        let ifindex = iface("xdp0");
+        let mut offload = holding(ifindex);
+        let mut reader = rt
+            .block_on(async { offload.take_conflicts() })
+            .expect("take_conflicts");
+        assert!(
+            offload.take_conflicts().is_err(),
+            "the ring buffer can be taken once"
+        );
+
+        let claim = ArpFrame::gratuitous(FOREIGN_MAC, VIP).bytes();
+        assert_passes(
+            &offload,
+            &claim,
+            ifindex,
+            ArpCounters {
+                announcements: 1,
+                foreign_claims: 1,
+                ..NONE
+            },
+            "foreign gratuitous ARP",
+        );
+        let event =
+            next_event(&rt, &mut reader, Duration::from_secs(2)).expect("one conflict event");
+        assert_eq!(
+            event,
+            ConflictEvent {
+                vip: VIP,
+                ifindex,
+                mac: FOREIGN_MAC,
+                _pad: [0; 2]
+            }
+        );
+        assert_eq!(
+            next_event(&rt, &mut reader, Duration::from_millis(200)),
+            None,
+            "exactly one event"
+        );
+
+        // Our own announcement coming back: counted, no claim, no event.
+        let ours = ArpFrame::gratuitous(OUR_MAC, VIP).bytes();
+        assert_passes(
+            &offload,
+            &ours,
+            ifindex,
+            ONE_ANNOUNCEMENT,
+            "our own gratuitous ARP",
+        );
+        assert_eq!(
+            next_event(&rt, &mut reader, Duration::from_millis(200)),
+            None,
+            "no event for our own MAC"
+        );
+
+        // A foreign reply about the VIP on another interface is a claim too.
+        let other = iface("xdp1");
+        let reply = ArpFrame::reply(FOREIGN_MAC, VIP).bytes();
+        assert_passes(
+            &offload,
+            &reply,
+            other,
+            ArpCounters {
+                announcements: 1,
+                foreign_claims: 1,
+                ..NONE
+            },
+            "foreign reply",
+        );
+        let event = next_event(&rt, &mut reader, Duration::from_secs(2)).expect("conflict event");
+        assert_eq!(
+            event,
+            ConflictEvent {
+                vip: VIP,
+                ifindex: other,
+                mac: FOREIGN_MAC,
+                _pad: [0; 2]
+            }
+        );
+
+        // A request asked from our VIP by another MAC: that node uses our
+        // VIP. A claim (not an announcement); the request itself counts
+        // for the address asked about.
+        let asking = ArpFrame::request(FOREIGN_MAC, VIP, OTHER_VIP).bytes();
+        let (action, out, delta, other_delta) = run(&offload, &asking, ifindex);
+        assert_eq!((action, out.as_slice()), (XDP_PASS, asking.as_slice()));
+        assert_eq!(
+            (delta, other_delta),
+            (
+                ArpCounters {
+                    foreign_claims: 1,
+                    ..NONE
+                },
+                ONE_REQUEST
+            )
+        );
+        let event = next_event(&rt, &mut reader, Duration::from_secs(2)).expect("conflict event");
+        assert_eq!(
+            event,
+            ConflictEvent {
+                vip: VIP,
+                ifindex,
+                mac: FOREIGN_MAC,
+                _pad: [0; 2]
+            }
+        );
+        // Our own kernel asking from the VIP is no claim.
+        let ours_asking = ArpFrame::request(OUR_MAC, VIP, OTHER_VIP).bytes();
+        let (_, _, delta, other_delta) = run(&offload, &ours_asking, ifindex);
+        assert_eq!((delta, other_delta), (NONE, ONE_REQUEST));
+
+        // A foreign announcement of a watched but unheld VIP is no claim.
+        let unheld = ArpFrame::gratuitous(FOREIGN_MAC, OTHER_VIP).bytes();
+        let (action, _, delta, other_delta) = run(&offload, &unheld, ifindex);
+        assert_eq!(action, XDP_PASS);
+        assert_eq!((delta, other_delta), (NONE, ONE_ANNOUNCEMENT));
+        assert_eq!(
+            next_event(&rt, &mut reader, Duration::from_millis(200)),
+            None,
+            "no event for an unheld VIP"
+        );
+    });
+}
+
+// ---------------------------------------------------------------------------
+// Map upkeep.
+
+#[test]
+fn set_watched_keeps_existing_counters_and_drops_unwatched_vips() {
+    in_netns(|| {
+        let mut offload = loaded();
+        let request = ArpFrame::request(ASKER_MAC, ASKER_IP, VIP).bytes();
+        assert_passes(&offload, &request, 0, ONE_REQUEST, "request");
+        let third = [192, 0, 2, 102];
+        offload
+            .set_watched(&[vip(VIP), vip(third)].into())
+            .expect("set_watched");
+        let counters = offload.counters().expect("counters");
+        assert_eq!(
+            counters.keys().copied().collect::<Vec<_>>(),
+            vec![vip(VIP), vip(third)],
+            "exactly the watched VIPs"
+        );
+        assert_eq!(counters[&vip(VIP)], ONE_REQUEST, "kept");
+        assert_eq!(counters[&vip(third)], NONE, "new, zeroed");
+        offload
+            .set_watched(&BTreeSet::new())
+            .expect("set_watched(empty)");
+        assert!(offload.counters().expect("counters").is_empty());
+        // No longer watched: not counted.
+        let (action, _) = offload.test_run(&request, 0).expect("test_run");
+        assert_eq!(action, XDP_PASS);
+        assert!(offload.counters().expect("counters").is_empty());
+    });
+}
+
+// ---------------------------------------------------------------------------
+// Attachment: owned by the ArpOffload, gone with it.
+
+/// The XDP attachments `bpftool` sees on `ifname`: (mode, program id).
+fn bpftool_xdp(ifname: &str) -> Vec<(String, u64)> {
+    let out = Command::new("bpftool")
+        .args(["-j", "net", "show", "dev", ifname])
+        .output()
+        .expect("running bpftool failed: is it installed (Debian package bpftool)?");
+    assert!(
+        out.status.success(),
+        "bpftool net show dev {ifname} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+    json.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|section| section.get("xdp"))
+        .filter_map(|xdp| xdp.as_array())
+        .flatten()
+        .map(|entry| {
+            (
+                entry["mode"].as_str().unwrap_or_default().to_string(),
+                entry["id"].as_u64().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// The program ids of every XDP bpf link the kernel has (bpftool omits the
+/// ifindex of a link whose interface is in another namespace). A bpf link (unlike a
+/// netlink attachment) is released with the last file descriptor to it, so
+/// it cannot outlive the process that made it, also under SIGKILL.
+fn bpf_xdp_links() -> Vec<u64> {
+    let out = Command::new("bpftool")
+        .args(["-j", "link", "show"])
+        .output()
+        .expect("running bpftool failed: is it installed (Debian package bpftool)?");
+    assert!(
+        out.status.success(),
+        "bpftool link show failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+    json.as_array()
+        .into_iter()
+        .flatten()
+        .filter(|link| link["type"] == "xdp")
+        .filter_map(|link| link["prog_id"].as_u64())
+        .collect()
+}
+
+#[test]
+fn attachment_lives_and_dies_with_the_offload() {
+    in_netns(|| {
+        ip(&[
+            "link", "add", "xdpa", "type", "veth", "peer", "name", "xdpb",
+        ]);
+        ip(&["link", "set", "xdpa", "up"]);
+        ip(&["link", "set", "xdpb", "up"]);
+        assert!(bpftool_xdp("xdpa").is_empty(), "nothing attached before");
+
+        let mut offload = ArpOffload::load().expect("load");
+        assert_eq!(
+            offload
+                .attach("xdpa", XdpMode::Generic)
+                .expect("attach generic"),
+            AttachedMode::Generic
+        );
+        let seen = bpftool_xdp("xdpa");
+        assert_eq!(
+            seen.len(),
+            1,
+            "bpftool sees one XDP program on xdpa: {seen:?}"
+        );
+        assert_eq!(seen[0].0, "generic");
+        // Links are listed for every namespace: ours is the one of the
+        // program bpftool saw on xdpa (program ids are unique).
+        assert!(
+            bpf_xdp_links().contains(&seen[0].1),
+            "the attachment is a bpf link owned by this process: {:?}",
+            bpf_xdp_links()
+        );
+        // Idempotent: asking again keeps the attachment and its mode.
+        assert_eq!(
+            offload.attach("xdpa", XdpMode::Auto).expect("attach again"),
+            AttachedMode::Generic
+        );
+        assert_eq!(bpftool_xdp("xdpa").len(), 1);
+
+        let auto = offload.attach("xdpb", XdpMode::Auto).expect("attach auto");
+        eprintln!("Auto mode on veth attached as {auto:?}");
+        // veth has a native XDP driver: Auto gets native mode there.
+        assert_eq!(auto, AttachedMode::Native);
+        let seen = bpftool_xdp("xdpb");
+        assert_eq!(
+            seen.len(),
+            1,
+            "bpftool sees one XDP program on xdpb: {seen:?}"
+        );
+        assert_eq!(seen[0].0, "driver");
+        assert_eq!(
+            offload.attached(),
+            vec![
+                ("xdpa".to_string(), AttachedMode::Generic),
+                ("xdpb".to_string(), AttachedMode::Native)
+            ]
+        );
+
+        offload.detach("xdpb").expect("detach xdpb");
+        assert!(bpftool_xdp("xdpb").is_empty(), "detached from xdpb");
+        assert!(
+            offload.detach("xdpb").is_err(),
+            "detaching twice is an error"
+        );
+        assert_eq!(bpftool_xdp("xdpa").len(), 1, "xdpa still attached");
+
+        // An interface that does not exist is an error naming it.
+        let err = offload
+            .attach("nosuch0", XdpMode::Auto)
+            .expect_err("no such interface");
+        assert!(err.to_string().contains("nosuch0"), "{err}");
+
+        drop(offload);
+        assert!(
+            bpftool_xdp("xdpa").is_empty(),
+            "dropping the ArpOffload detaches"
+        );
+        assert!(bpftool_xdp("xdpb").is_empty());
+    });
+}

@@ -1,0 +1,376 @@
+//! vipctl's ZooKeeper side (R2): list, set, add, remove and clear a
+//! service's VIPs. Input is validated before anything is written; writes
+//! are compare-and-set on the znode version and retried, never lost.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
+
+use serde::Serialize;
+use tracing::{debug, instrument};
+use zookeeper_client::{Client, CreateMode, Error as ZkError};
+
+use super::{
+    ClusterPaths,
+    election::{CandidateData, node_of, sort_candidates},
+    session::{self, ZkAuth, ZkCallError, ZnodeAcl, call},
+    store::{encode_service, parse_service},
+};
+use crate::{config::valid_name, vip::Vip};
+
+/// `vipctl vip ...`: the VIP configuration in ZooKeeper.
+#[derive(clap::Subcommand, Debug, Clone, PartialEq, Eq)]
+pub enum VipCommand {
+    /// Show every service with its VIPs, and the leader.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace a service's VIPs (creates the service).
+    Set {
+        service: String,
+        #[arg(required = true)]
+        vips: Vec<String>,
+    },
+    /// Add VIPs to a service (creates the service).
+    Add {
+        service: String,
+        #[arg(required = true)]
+        vips: Vec<String>,
+    },
+    /// Remove VIPs from a service.
+    Remove {
+        service: String,
+        #[arg(required = true)]
+        vips: Vec<String>,
+    },
+    /// Remove a service and all its VIPs.
+    Clear { service: String },
+}
+
+/// Why a vipctl command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// Bad input; nothing was written.
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Zk(#[from] ZkCallError),
+    #[error("{path} holds data vipctl cannot merge with: {reason} (use `set` to overwrite it)")]
+    Corrupt { path: String, reason: String },
+    #[error("{path} kept changing under us ({attempts} attempts); try again")]
+    Contention { path: String, attempts: u32 },
+}
+
+impl AdminError {
+    /// 2 for invalid input (nothing written), 1 for everything else.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            AdminError::Invalid(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
+const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+const MAX_ATTEMPTS: u32 = 100;
+
+fn check_name(what: &str, v: &str) -> Result<(), AdminError> {
+    if valid_name(v) {
+        Ok(())
+    } else {
+        Err(AdminError::Invalid(format!(
+            "invalid {what} {v:?}: use 1-128 letters, digits, '-', '_' and '.'"
+        )))
+    }
+}
+
+fn parse_vips(vips: &[String]) -> Result<BTreeSet<Vip>, AdminError> {
+    vips.iter()
+        .map(|v| {
+            v.parse::<Vip>()
+                .map_err(|e| AdminError::Invalid(e.to_string()))
+        })
+        .collect()
+}
+
+fn show(vips: &BTreeSet<Vip>) -> String {
+    if vips.is_empty() {
+        "(none)".to_string()
+    } else {
+        vips.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// What a command does to a service's VIP set.
+enum Edit {
+    Set(BTreeSet<Vip>),
+    Add(BTreeSet<Vip>),
+    Remove(BTreeSet<Vip>),
+    Clear,
+}
+
+/// Runs one command; returns what to print on stdout.
+#[instrument(skip(auth), fields(user = auth.as_ref().map(|a| a.user.as_str())))]
+pub async fn run_vip_command(
+    hosts: &str,
+    cluster: &str,
+    auth: Option<ZkAuth>,
+    cmd: VipCommand,
+) -> Result<String, AdminError> {
+    check_name("cluster name", cluster)?;
+    // Validate everything before the first request: invalid input writes nothing.
+    let edit = match cmd {
+        VipCommand::List { json } => Err(json),
+        VipCommand::Set { service, vips } => Ok((service, Edit::Set(parse_vips(&vips)?))),
+        VipCommand::Add { service, vips } => Ok((service, Edit::Add(parse_vips(&vips)?))),
+        VipCommand::Remove { service, vips } => Ok((service, Edit::Remove(parse_vips(&vips)?))),
+        VipCommand::Clear { service } => Ok((service, Edit::Clear)),
+    };
+    if let Ok((service, _)) = &edit {
+        check_name("service name", service)?;
+    }
+    if hosts.trim().is_empty() {
+        return Err(AdminError::Invalid("no ZooKeeper hosts given".into()));
+    }
+    let paths = ClusterPaths::new(cluster);
+    let client =
+        session::connect(hosts, SESSION_TIMEOUT, auth.as_ref(), true, SESSION_TIMEOUT).await?;
+    let acl = ZnodeAcl::new(auth.as_ref());
+    let out = match edit {
+        Err(json) => list(&client, &paths, json).await,
+        Ok((service, edit)) => apply(&client, &paths, &acl, &service, edit).await,
+    };
+    session::close(client, Duration::from_secs(1)).await;
+    out
+}
+
+/// Compare-and-set loop: read the znode and its version, compute the new
+/// set, write it only if nobody wrote in between; else read again.
+async fn apply(
+    client: &Client,
+    paths: &ClusterPaths,
+    acl: &ZnodeAcl,
+    service: &str,
+    edit: Edit,
+) -> Result<String, AdminError> {
+    let path = format!("{}/{service}", paths.services);
+    let d = REQUEST_DEADLINE;
+    for attempt in 1..=MAX_ATTEMPTS {
+        let current = match call("get data", &path, d, client.get_data(&path)).await {
+            Ok((data, stat)) => Some((data, stat.version)),
+            Err(e) if e.is(&ZkError::NoNode) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let merge_base = |data: &[u8]| {
+            parse_service(&path, data)
+                .map(|v| v.into_iter().collect::<BTreeSet<_>>())
+                .map_err(|reason| AdminError::Corrupt {
+                    path: path.clone(),
+                    reason,
+                })
+        };
+        let next: Option<BTreeSet<Vip>> = match (&edit, &current) {
+            (Edit::Set(v), _) => Some(v.clone()),
+            (Edit::Add(v), None) => Some(v.clone()),
+            (Edit::Add(v), Some((data, _))) => Some(merge_base(data)?.union(v).copied().collect()),
+            (Edit::Remove(_), None) => {
+                return Ok(format!("{service}: no such service (nothing to remove)\n"));
+            }
+            (Edit::Remove(v), Some((data, _))) => {
+                Some(merge_base(data)?.difference(v).copied().collect())
+            }
+            (Edit::Clear, None) => {
+                return Ok(format!("{service}: no such service (nothing to clear)\n"));
+            }
+            (Edit::Clear, Some(_)) => None,
+        };
+        let result = match (next.as_ref(), current.as_ref()) {
+            (Some(vips), None) => {
+                let data = encode_service(vips);
+                call(
+                    "mkdir",
+                    &paths.services,
+                    d,
+                    client.mkdir(&paths.services, &acl.options(CreateMode::Persistent)),
+                )
+                .await?;
+                call(
+                    "create",
+                    &path,
+                    d,
+                    client.create(&path, &data, &acl.options(CreateMode::Persistent)),
+                )
+                .await
+                .map(drop)
+            }
+            (Some(vips), Some((old, version))) => {
+                let data = encode_service(vips);
+                if *old == data {
+                    return Ok(format!("{service}: {} (unchanged)\n", show(vips)));
+                }
+                call(
+                    "set data",
+                    &path,
+                    d,
+                    client.set_data(&path, &data, Some(*version)),
+                )
+                .await
+                .map(drop)
+            }
+            (None, Some((_, version))) => {
+                call("delete", &path, d, client.delete(&path, Some(*version))).await
+            }
+            (None, None) => unreachable!("clear of a missing service returned above"),
+        };
+        match result {
+            Ok(()) => {
+                return Ok(match next {
+                    Some(vips) => format!("{service}: {}\n", show(&vips)),
+                    None => format!("{service}: cleared\n"),
+                });
+            }
+            Err(e)
+                if e.is(&ZkError::BadVersion)
+                    || e.is(&ZkError::NodeExists)
+                    || e.is(&ZkError::NoNode) =>
+            {
+                debug!(znode = %path, attempt, error = %e, "concurrent write; reading again");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(AdminError::Contention {
+        path,
+        attempts: MAX_ATTEMPTS,
+    })
+}
+
+#[derive(Serialize)]
+struct Listing {
+    services: BTreeMap<String, Vec<Vip>>,
+    /// Services whose data is refused, with the reason.
+    invalid: BTreeMap<String, String>,
+    leader: Option<String>,
+}
+
+async fn list(client: &Client, paths: &ClusterPaths, json: bool) -> Result<String, AdminError> {
+    let d = REQUEST_DEADLINE;
+    let mut listing = Listing {
+        services: BTreeMap::new(),
+        invalid: BTreeMap::new(),
+        leader: None,
+    };
+    let mut names = match call(
+        "list children",
+        &paths.services,
+        d,
+        client.list_children(&paths.services),
+    )
+    .await
+    {
+        Ok(n) => n,
+        Err(e) if e.is(&ZkError::NoNode) => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
+    names.sort();
+    for name in names {
+        let path = format!("{}/{name}", paths.services);
+        match call("get data", &path, d, client.get_data(&path)).await {
+            Ok((data, _)) => match parse_service(&path, &data) {
+                Ok(vips) => {
+                    listing.services.insert(name, vips);
+                }
+                Err(e) => {
+                    listing.invalid.insert(name, e);
+                }
+            },
+            Err(e) if e.is(&ZkError::NoNode) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let candidates = match call(
+        "list children",
+        &paths.election,
+        d,
+        client.list_children(&paths.election),
+    )
+    .await
+    {
+        Ok(c) => sort_candidates(c),
+        Err(e) if e.is(&ZkError::NoNode) => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(lowest) = candidates.first() {
+        let path = format!("{}/{lowest}", paths.election);
+        listing.leader = Some(
+            match call("get data", &path, d, client.get_data(&path)).await {
+                Ok((data, _)) => serde_json::from_slice::<CandidateData>(&data)
+                    .map(|c| c.node)
+                    .unwrap_or_else(|_| node_of(lowest).to_string()),
+                Err(_) => node_of(lowest).to_string(),
+            },
+        );
+    }
+    if json {
+        let mut s = serde_json::to_string_pretty(&listing).expect("plain data serializes");
+        s.push('\n');
+        return Ok(s);
+    }
+    let width = listing
+        .services
+        .keys()
+        .chain(listing.invalid.keys())
+        .map(String::len)
+        .max()
+        .unwrap_or(0)
+        .max("SERVICE".len());
+    let mut out = format!("{:width$}  VIPS\n", "SERVICE");
+    for (name, vips) in &listing.services {
+        out += &format!("{name:width$}  {}\n", show(&vips.iter().copied().collect()));
+    }
+    for (name, e) in &listing.invalid {
+        out += &format!("{name:width$}  INVALID: {e}\n");
+    }
+    out += &format!(
+        "leader: {}\n",
+        listing.leader.as_deref().unwrap_or("(none)")
+    );
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn invalid_input_fails_before_connecting() {
+        // An unroutable host: reaching it would time out, so a quick exit-2
+        // error proves validation ran first.
+        let hosts = "192.0.2.1:1";
+        let set = |service: &str, vips: &[&str]| VipCommand::Set {
+            service: service.into(),
+            vips: vips.iter().map(|s| s.to_string()).collect(),
+        };
+        let e = run_vip_command(hosts, "c", None, set("web", &["192.0.2.10", "300.1.1.1"]))
+            .await
+            .unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("300.1.1.1"), "{e}");
+        let e = run_vip_command(hosts, "c", None, set("a/b", &["192.0.2.10"]))
+            .await
+            .unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("a/b"), "{e}");
+        let e = run_vip_command(hosts, "", None, VipCommand::List { json: false })
+            .await
+            .unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+    }
+}
