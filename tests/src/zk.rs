@@ -85,6 +85,17 @@ fn base_config(data_dir: &Path, addr: SocketAddr) -> String {
     )
 }
 
+/// Fails loudly when `addr` is taken in `netns`: the start check would
+/// otherwise talk to whatever server already listens there.
+fn assert_port_free(addr: SocketAddr, netns: Option<&str>) {
+    if let Err(e) = in_netns(netns, || TcpListener::bind(addr).map(drop)) {
+        panic!(
+            "ZooKeeper client address {addr} in namespace {} is taken: {e}",
+            netns.unwrap_or("(root)")
+        );
+    }
+}
+
 fn spawn_java(cfg: &Path, netns: Option<&str>, log: &Path, log4j: &Path) -> Child {
     let out = fs::File::create(log).expect("create ZooKeeper log file");
     let err = out.try_clone().expect("clone log file handle");
@@ -198,6 +209,7 @@ impl ZkServer {
         fs::write(&log4j, LOG4J).expect("write log4j.properties");
         fs::write(&cfg, base_config(&data, addr)).expect("write zoo.cfg");
         let log = dir.join("zk.log");
+        assert_port_free(addr, netns);
         let child = spawn_java(&cfg, netns, &log, &log4j);
         let mut zk = ZkServer {
             members: vec![Member {
@@ -215,8 +227,9 @@ impl ZkServer {
 
     /// Three (or more) servers forming one ensemble; member `i` has
     /// `myid` i+1 and runs at `members[i].ip` inside `members[i].netns`.
-    /// Ports: client 2181+i, quorum 2888+i, election 3888+i in a namespace
-    /// (so members may share one), free ports in the root namespace.
+    /// Ports: client 2281+i, quorum 2888+i, election 3888+i in a namespace
+    /// (so members, and a standalone server on 2181, may share one), free
+    /// ports in the root namespace.
     /// Every member must be able to reach every other member's ip.
     pub fn start_ensemble(members: &[ZkMemberSpec<'_>]) -> ZkServer {
         assert!(members.len() >= 3, "an ensemble needs at least 3 servers");
@@ -225,7 +238,7 @@ impl ZkServer {
             .iter()
             .enumerate()
             .map(|(i, m)| match m.netns {
-                Some(_) => (2181 + i as u16, 2888 + i as u16, 3888 + i as u16),
+                Some(_) => (2281 + i as u16, 2888 + i as u16, 3888 + i as u16),
                 None => (free_port(m.ip), free_port(m.ip), free_port(m.ip)),
             })
             .collect();
@@ -251,6 +264,7 @@ impl ZkServer {
             fs::write(&cfg, format!("{}{servers}", base_config(&data, addr)))
                 .expect("write zoo.cfg");
             let log = dir.join(format!("zk{}.log", i + 1));
+            assert_port_free(addr, m.netns);
             let child = spawn_java(&cfg, m.netns, &log, &log4j);
             zk.members.push(Member {
                 child,

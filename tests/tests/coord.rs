@@ -677,6 +677,7 @@ async fn leader_without_route_gives_up() {
         },
     )
     .await;
+    let started = Instant::now();
     let mut a = start_node(
         &hosts,
         "r4",
@@ -688,8 +689,7 @@ async fn leader_without_route_gives_up() {
         },
     );
     wait_until("a leads", Duration::from_secs(20), || {
-        a.first(Role::Leader, Instant::now() - Duration::from_secs(60))
-            .is_some()
+        a.first(Role::Leader, started).is_some()
     })
     .await;
     let mut b = start_node(&hosts, "r4", "b", NodeOpts::default());
@@ -787,4 +787,76 @@ async fn digest_auth_protects_writes_not_reads() {
     assert_eq!(e.exit_code(), 1, "{e}");
     assert_eq!(a.vips(), ["192.0.2.9"]);
     a.stop().await;
+}
+
+/// A named network namespace for the launcher test, removed on drop.
+struct NamedNetns(String);
+
+impl NamedNetns {
+    fn new(tag: &str) -> Self {
+        let name = format!("vipd-{tag}-{}", std::process::id());
+        let ok = std::process::Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .expect("run ip netns add");
+        assert!(ok.success(), "ip netns add {name} failed");
+        let ns = NamedNetns(name);
+        let ok = std::process::Command::new("ip")
+            .args(["-n", &ns.0, "link", "set", "lo", "up"])
+            .status()
+            .expect("run ip link");
+        assert!(ok.success(), "bringing lo up in {} failed", ns.0);
+        ns
+    }
+}
+
+impl Drop for NamedNetns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}
+
+/// The launcher inside a named namespace (as the lab uses it): a standalone
+/// server and an ensemble of three on loopback addresses of that namespace,
+/// used by vipctl from a thread that joined the namespace.
+#[test]
+fn launcher_runs_servers_inside_a_namespace() {
+    init_log();
+    let ns = NamedNetns::new("zk");
+    let standalone = ZkServer::start_standalone(Ipv4Addr::LOCALHOST, Some(&ns.0));
+    let spec = |last| ZkMemberSpec {
+        ip: Ipv4Addr::new(127, 0, 0, last),
+        netns: Some(ns.0.as_str()),
+    };
+    let ensemble = ZkServer::start_ensemble(&[spec(1), spec(2), spec(3)]);
+    for hosts in [standalone.connect_string(), ensemble.connect_string()] {
+        let path = format!("/run/netns/{}", ns.0);
+        let out = std::thread::spawn(move || {
+            use std::os::fd::AsRawFd;
+            let f = std::fs::File::open(&path).unwrap();
+            // SAFETY: setns on a valid fd changes only this thread's namespace.
+            assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                vip(
+                    &hosts,
+                    "ns",
+                    VipCommand::Set {
+                        service: "web".into(),
+                        vips: strings(&["192.0.2.77"]),
+                    },
+                )
+                .await;
+                vip(&hosts, "ns", VipCommand::List { json: true }).await
+            })
+        })
+        .join()
+        .expect("namespace thread");
+        assert!(out.contains("192.0.2.77"), "{out}");
+    }
 }

@@ -108,6 +108,8 @@ pub struct Engine {
     last_conflict_log: HashMap<Vip, Instant>,
     /// Interfaces as of the last pass, by ifindex.
     links: HashMap<u32, Link>,
+    /// The problem last logged per VIP (no route, operator address).
+    reported: HashMap<Vip, &'static str>,
 }
 
 /// Conflict answers per VIP are at most this frequent, so two agents
@@ -142,6 +144,7 @@ impl Engine {
             last_conflict_answer: HashMap::new(),
             last_conflict_log: HashMap::new(),
             links: HashMap::new(),
+            reported: HashMap::new(),
         }
     }
 
@@ -300,6 +303,12 @@ impl Engine {
         }
     }
 
+    /// Whether `state` is news for `vip` (so a standing problem is logged
+    /// once, not on every pass).
+    fn first_report(&mut self, vip: Vip, state: &'static str) -> bool {
+        self.reported.insert(vip, state) != Some(state)
+    }
+
     fn link_name(&self, ifindex: u32) -> Option<String> {
         self.links.get(&ifindex).map(|l| l.name.clone())
     }
@@ -310,7 +319,7 @@ impl Engine {
 
     /// One reconcile pass. `announce_all`: announce every VIP held after the
     /// pass (start of a term, sync rounds), not only those just added.
-    #[instrument(skip(self), fields(role = ?self.applied.role, term = self.applied.term))]
+    #[instrument(level = "debug", skip(self), fields(role = ?self.applied.role, term = self.applied.term))]
     async fn reconcile(&mut self, announce_all: bool) {
         let started = Instant::now();
         let leader = self.applied.role == Role::Leader;
@@ -411,7 +420,7 @@ impl Engine {
                 Verdict::NoRoute => {
                     no_route.insert(*vip);
                     let msg = format!("no route matches VIP {vip}: it cannot be served from this node");
-                    if leader {
+                    if self.first_report(*vip, "no_route") {
                         error!(vip = %vip, "{msg}");
                     }
                     failed.entry(*vip).or_insert(msg);
@@ -419,7 +428,9 @@ impl Engine {
                 }
                 Verdict::OperatorAddress { ifindex } => {
                     let msg = format!("VIP {vip} is already configured on this node without vipd's mark (an operator's address): left alone, not announced");
-                    warn!(vip = %vip, ifindex, "{msg}");
+                    if self.first_report(*vip, "operator_address") {
+                        warn!(vip = %vip, ifindex, "{msg}");
+                    }
                     failed.entry(*vip).or_insert(msg);
                     ("operator_address", None, Some(*ifindex))
                 }
@@ -428,6 +439,7 @@ impl Engine {
                 && let Some(p) = placement
             {
                 held.insert(*vip, p);
+                self.reported.remove(vip);
             }
             let name = ifindex.map(|i| self.name_in(&snap, i));
             if let Some(n) = &name {
@@ -561,7 +573,7 @@ impl Engine {
                 continue;
             }
             match off.attach(name, self.xdp.mode) {
-                Ok(mode) => info!(ifname = %name, mode = ?mode, "XDP program attached"),
+                Ok(_) => {}
                 Err(e) => {
                     error!(ifname = %name, error = %e, "cannot attach the XDP program");
                     errors.push(e.to_string());

@@ -3,7 +3,10 @@
 //! A module per subcommand; each shells out to the real tools (apt-get,
 //! rustup, cargo) and stops at the first failure with a message naming it.
 
+mod bench;
 mod build;
+mod demo;
+mod package;
 mod setup;
 mod test;
 
@@ -33,6 +36,12 @@ enum Cmd {
     Run(build::RunOptions),
     /// Setup, build, fmt, clippy and every test, privileged ones included.
     Test(test::Options),
+    /// Three vipd nodes, a ZooKeeper and a client in a lab: a failover, live.
+    Demo(demo::Options),
+    /// Benchmarks: engine, failover, arp, and vipd against keepalived.
+    Bench(bench::Options),
+    /// Build the Debian package (target/debian/vipd_<version>_amd64.deb).
+    Package(package::Options),
 }
 
 fn main() -> Result<()> {
@@ -41,6 +50,9 @@ fn main() -> Result<()> {
         Cmd::Build(o) => build::build(&o).map(|_| ()),
         Cmd::Run(o) => build::run(&o),
         Cmd::Test(o) => test::run(&o),
+        Cmd::Demo(o) => demo::run(&o),
+        Cmd::Bench(o) => bench::run(&o),
+        Cmd::Package(o) => package::run(&o).map(|_| ()),
     }
 }
 

@@ -156,7 +156,7 @@ async fn run(cli: Cli) -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("vipctl: {e}");
-                    ExitCode::from(e.exit_code())
+                    ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
                 }
             }
         }

@@ -73,6 +73,7 @@ fn init_tracing(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -124,6 +125,7 @@ async fn run(config: Config) -> Result<()> {
     let mut tasks = JoinSet::new();
     let mode;
     let mut coord_status = None;
+    let mut coord_task = None;
     match &config.zk.hosts {
         None => {
             mode = "static";
@@ -153,13 +155,12 @@ async fn run(config: Config) -> Result<()> {
             coord_status = Some(cs_rx);
             let c = cancel.clone();
             let report = report_rx.clone();
-            tasks.spawn(async move {
+            coord_task = Some(tokio::spawn(async move {
                 if let Err(e) = coord::run(settings, desired_tx, report, cs_tx, c.clone()).await {
                     error!(error = %e, "ZooKeeper coordination failed");
                     c.cancel();
                 }
-                "coord"
-            });
+            }));
         }
     }
 
@@ -248,15 +249,9 @@ async fn run(config: Config) -> Result<()> {
     // ZooKeeper is left only once nothing is held; then the engine, the API
     // and the announcer stop.
     cancel.cancel();
-    let coord_done = tokio::time::timeout(Duration::from_secs(10), async {
-        while let Some(done) = tasks.join_next().await {
-            if matches!(done, Ok("coord")) {
-                break;
-            }
-        }
-    })
-    .await;
-    if coord_done.is_err() {
+    if let Some(task) = coord_task
+        && tokio::time::timeout(Duration::from_secs(10), task).await.is_err()
+    {
         warn!("ZooKeeper coordination did not stop within 10 s");
     }
     engine_cancel.cancel();

@@ -160,6 +160,9 @@ async fn apply(
     service: &str,
     edit: Edit,
 ) -> Result<String, AdminError> {
+    // Our server may lag the quorum leader: catch up first, so a command
+    // right after another one through another server sees its write.
+    call("sync", "/", REQUEST_DEADLINE, client.sync("/")).await?;
     let path = format!("{}/{service}", paths.services);
     let d = REQUEST_DEADLINE;
     for attempt in 1..=MAX_ATTEMPTS {
@@ -261,6 +264,9 @@ struct Listing {
 }
 
 async fn list(client: &Client, paths: &ClusterPaths, json: bool) -> Result<String, AdminError> {
+    // Our server may lag the quorum leader: catch up first, so a command
+    // right after another one through another server sees its write.
+    call("sync", "/", REQUEST_DEADLINE, client.sync("/")).await?;
     let d = REQUEST_DEADLINE;
     let mut listing = Listing {
         services: BTreeMap::new(),

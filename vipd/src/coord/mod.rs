@@ -46,6 +46,32 @@ pub struct ZkSettings {
     pub step_down_backoff: Duration,
 }
 
+impl ZkSettings {
+    /// Cluster mode settings from the flags, or `None` without `--zk`
+    /// (single-node mode). Reads the auth file, if one is named.
+    pub fn from_args(
+        args: &crate::config::ZkArgs,
+        node_id: String,
+    ) -> Result<Option<ZkSettings>, ZkAuthError> {
+        let Some(hosts) = &args.hosts else {
+            return Ok(None);
+        };
+        let auth = args
+            .zk_auth_file
+            .as_deref()
+            .map(ZkAuth::from_file)
+            .transpose()?;
+        Ok(Some(ZkSettings {
+            hosts: hosts.clone(),
+            cluster: args.cluster.clone(),
+            node_id,
+            session_timeout: args.session_timeout,
+            auth,
+            step_down_backoff: args.step_down_backoff,
+        }))
+    }
+}
+
 /// The paths of one cluster's znodes.
 #[derive(Clone, Debug)]
 pub struct ClusterPaths {

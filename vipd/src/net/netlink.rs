@@ -19,7 +19,7 @@ use rtnetlink::{
     sys::AsyncSocket,
 };
 use tokio::sync::mpsc;
-use tracing::{debug, info, instrument, warn};
+use tracing::{debug, instrument, warn};
 
 use super::{Address, Link, Placement, RT_TABLE_MAIN, Route, RouteTable, VIPD_ADDR_PROTO};
 use crate::vip::Vip;
@@ -256,7 +256,7 @@ impl Netlink {
             )));
         match request.execute().await {
             Ok(()) => {
-                info!(vip = %vip, ifindex = placement.ifindex, prefix_len = placement.prefix_len, "VIP added");
+                debug!(vip = %vip, ifindex = placement.ifindex, prefix_len = placement.prefix_len, "VIP added");
                 Ok(())
             }
             // The kernel answers EEXIST only for the same address and
@@ -361,7 +361,7 @@ impl Netlink {
             .retain(|a| !matches!(a, AddressAttribute::Broadcast(_)));
         match self.handle.address().del(message).execute().await {
             Ok(()) => {
-                info!(addr = %address.addr, prefix_len = address.prefix_len, ifindex = address.ifindex, "VIP removed");
+                debug!(addr = %address.addr, prefix_len = address.prefix_len, ifindex = address.ifindex, "VIP removed");
                 Ok(())
             }
             Err(e) if matches!(errno(&e), Some(libc::EADDRNOTAVAIL | libc::ENOENT)) => {
