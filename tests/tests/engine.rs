@@ -388,37 +388,38 @@ fn announcements(hint: &str, mode: &str) {
     ]);
     let capture = client.capture_arp("eth0");
 
-    let vipd = Vipd::start(
-        &lab,
-        &n1,
-        "192.0.2.100",
-        &[
-            "--garp-interval",
-            "200ms",
-            "--garp-rounds",
-            "6",
-            "--garp-mode",
-            mode,
-        ],
-    );
-
-    // The client's stale entry now names our MAC, within 1 s of the start.
-    let flipped = wait_until(Duration::from_secs(3), POLL, || {
-        client
-            .neigh(VIP_A)
-            .and_then(|n| n.lladdr)
-            .is_some_and(|l| l == mac_text)
+    // Watches the client's entry from before the start: `Vipd::start` waits
+    // for vipctl, which may take longer than the switch itself.
+    let (vipd, switched_at) = std::thread::scope(|scope| {
+        let watcher = scope.spawn(|| {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if client
+                    .neigh(VIP_A)
+                    .and_then(|n| n.lladdr)
+                    .is_some_and(|l| l == mac_text)
+                {
+                    return Some(Instant::now());
+                }
+                std::thread::sleep(POLL);
+            }
+            None
+        });
+        let vipd = Vipd::start(
+            &lab,
+            &n1,
+            "192.0.2.100",
+            &[
+                "--garp-interval",
+                "200ms",
+                "--garp-rounds",
+                "6",
+                "--garp-mode",
+                mode,
+            ],
+        );
+        (vipd, watcher.join().expect("neighbour watcher"))
     });
-    let since_start = vipd.spawned_at.elapsed();
-    assert!(
-        flipped.is_ok(),
-        "client's entry for {VIP_A} still {:?}, want {mac_text}",
-        client.neigh(VIP_A)
-    );
-    assert!(
-        since_start <= Duration::from_secs(1),
-        "client's entry for {VIP_A} switched to our MAC {since_start:?} after vipd started (limit 1 s)"
-    );
 
     let per_round: &[u16] = match mode {
         "request" => &[ArpFrame::REQUEST],
@@ -478,13 +479,14 @@ fn announcements(hint: &str, mode: &str) {
             "one round's frames {spread:?} apart:\n{text}"
         );
     }
+    let switched = switched_at.map(|t| t.duration_since(vipd.spawned_at));
     let first_at = rounds[0][0].0.at.duration_since(vipd.spawned_at);
     let gaps: Vec<Duration> = rounds
         .windows(2)
         .map(|w| w[1][0].0.at.duration_since(w[0][0].0.at))
         .collect();
     println!(
-        "mode {mode}: first frame {first_at:?} after spawn, neighbour switched by {since_start:?}, round gaps {:?}",
+        "mode {mode}: first frame {first_at:?} after spawn, neighbour switched by {switched:?}, round gaps {:?}",
         gaps.iter().map(Duration::as_millis).collect::<Vec<_>>()
     );
     assert!(
@@ -497,6 +499,17 @@ fn announcements(hint: &str, mode: &str) {
             "rounds must be 200 ms +- 60 ms apart, saw {gap:?}:\n{text}"
         );
     }
+    // The client's stale entry names our MAC within 1 s of the start.
+    let switched = switched.unwrap_or_else(|| {
+        panic!(
+            "client's entry for {VIP_A} is still {:?}, want {mac_text}",
+            client.neigh(VIP_A)
+        )
+    });
+    assert!(
+        switched <= Duration::from_secs(1),
+        "client's entry for {VIP_A} switched to our MAC {switched:?} after vipd started (limit 1 s)"
+    );
 }
 
 #[test]
