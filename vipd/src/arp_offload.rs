@@ -150,9 +150,7 @@ impl ArpOffload {
         raise_memlock_limit();
         // Not `Ebpf::load`: in aya 0.14 it parses the kernel's BTF twice
         // (EbpfLoader::new already does), which is most of vipd's start-up.
-        let mut ebpf = EbpfLoader::new()
-            .load(OBJECT)
-            .map_err(OffloadError::Load)?;
+        let mut ebpf = EbpfLoader::new().load(OBJECT).map_err(OffloadError::Load)?;
         let program: &mut Xdp = ebpf
             .program_mut(PROGRAM_NAME)
             .ok_or(OffloadError::MissingProgram(None))?
