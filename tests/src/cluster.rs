@@ -223,7 +223,10 @@ impl Cluster {
                 self.try_status(i).is_some()
             });
             if let Err(e) = r {
-                panic!("vipd on {} never answered on its socket: {e}", self.nodes[i].id);
+                panic!(
+                    "vipd on {} never answered on its socket: {e}",
+                    self.nodes[i].id
+                );
             }
         }
     }
@@ -231,7 +234,11 @@ impl Cluster {
     /// SIGKILLs node `i`'s vipd and waits for it to be gone.
     pub fn kill_vipd(&mut self, i: usize) {
         let p = self.nodes[i].vipd.take().expect("vipd running");
-        assert!(p.kill(libc::SIGKILL), "vipd on {} already gone", self.nodes[i].id);
+        assert!(
+            p.kill(libc::SIGKILL),
+            "vipd on {} already gone",
+            self.nodes[i].id
+        );
         p.wait_timeout(Duration::from_secs(5))
             .expect("vipd survived SIGKILL");
     }
@@ -239,7 +246,9 @@ impl Cluster {
     /// `vipctl <args>` in node `i`'s namespace.
     pub fn vipctl_on(&self, i: usize, args: &[&str]) -> Output {
         let bin = vipctl_bin().display().to_string();
-        let argv: Vec<&str> = std::iter::once(bin.as_str()).chain(args.iter().copied()).collect();
+        let argv: Vec<&str> = std::iter::once(bin.as_str())
+            .chain(args.iter().copied())
+            .collect();
         self.nodes[i].host.exec(&argv)
     }
 
@@ -362,6 +371,28 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// Index of the ensemble member in `Mode: leader` (the `srvr` command).
+    pub fn zk_quorum_leader(&self) -> Option<usize> {
+        (0..self.zk_hosts.len()).find(|&i| {
+            let addr = self.zk.addr(i);
+            self.admin
+                .in_netns(|| four_letter(addr, "srvr"))
+                .is_some_and(|text| text.contains("Mode: leader"))
+        })
+    }
+
+    /// Makes ensemble member `server` unreachable from every node (a
+    /// blackhole route in each node namespace), so their sessions live on
+    /// the other members.
+    pub fn hide_server_from_nodes(&self, server: usize) {
+        let dst = format!("{}/32", self.zk.addr(server).ip());
+        for n in &self.nodes {
+            n.host.ip(&["route", "replace", "blackhole", &dst]);
+        }
+    }
+}
+
 /// /32 routes to the ensemble's server addresses (198.51.100.2-4) via their
 /// client-side addresses on br2.
 fn add_server_routes(host: &Host) {
@@ -445,7 +476,12 @@ fn route_socket(ns: &Netns, groups: u32) -> OwnedFd {
                 libc::NETLINK_ROUTE,
             )
         };
-        assert!(fd >= 0, "netlink socket in {}: {}", ns.name(), std::io::Error::last_os_error());
+        assert!(
+            fd >= 0,
+            "netlink socket in {}: {}",
+            ns.name(),
+            std::io::Error::last_os_error()
+        );
         // SAFETY: fd is a fresh socket we own.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         // SAFETY: all-zero is a valid sockaddr_nl.
@@ -460,7 +496,12 @@ fn route_socket(ns: &Netns, groups: u32) -> OwnedFd {
                 std::mem::size_of::<libc::sockaddr_nl>() as u32,
             )
         };
-        assert!(rc == 0, "netlink bind in {}: {}", ns.name(), std::io::Error::last_os_error());
+        assert!(
+            rc == 0,
+            "netlink bind in {}: {}",
+            ns.name(),
+            std::io::Error::last_os_error()
+        );
         let rcvbuf: libc::c_int = 1 << 20;
         let tv = libc::timeval {
             tv_sec: 0,
@@ -573,7 +614,12 @@ impl AddrReader {
         req[16] = libc::AF_INET as u8;
         // SAFETY: req is valid for its length.
         let n = unsafe { libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
-        assert!(n == 24, "netlink dump request in {}: {}", self.ns, std::io::Error::last_os_error());
+        assert!(
+            n == 24,
+            "netlink dump request in {}: {}",
+            self.ns,
+            std::io::Error::last_os_error()
+        );
         let mut out = Vec::new();
         let mut buf = vec![0u8; 1 << 16];
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -582,8 +628,10 @@ impl AddrReader {
                 Ok(n) => n,
                 // The 50 ms receive timeout: a loaded machine may be slower.
                 Err(e)
-                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted)
-                        && Instant::now() < deadline =>
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                    ) && Instant::now() < deadline =>
                 {
                     continue;
                 }
