@@ -18,6 +18,15 @@ use vipd_tests::cluster::{
 };
 
 const WEB: [&str; 2] = ["192.0.2.100", "192.0.2.101"];
+
+/// One cluster at a time: each runs a ZooKeeper JVM (or three) and three
+/// vipds, and the timing limits (failover within T + 1 s) are about vipd,
+/// not about seven clusters fighting over two cores.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 const PORT: u16 = 8080;
 
 fn ms(d: Duration) -> f64 {
@@ -166,6 +175,7 @@ fn monitors(c: &Cluster) -> Vec<AddrMonitor> {
 
 #[test]
 fn three_nodes_elect_one_holder_and_agree() {
+    let _serial = serial();
     let (c, vips, leader) = web_cluster("cl-elect", ZkKind::Standalone);
     // Stays that way, and every status agrees (followers may take a moment
     // to read the leader's znode).
@@ -207,6 +217,7 @@ fn three_nodes_elect_one_holder_and_agree() {
 
 #[test]
 fn killed_leader_fails_over_and_clients_follow() {
+    let _serial = serial();
     let (mut c, vips, old) = web_cluster("cl-kill", ZkKind::Standalone);
     let vip: Ipv4Addr = WEB[0].parse().unwrap();
     let _servers: Vec<_> = c
@@ -273,6 +284,7 @@ fn killed_leader_fails_over_and_clients_follow() {
 
 #[test]
 fn isolated_leader_drops_vips_and_stays_follower_after_restore() {
+    let _serial = serial();
     let (c, vips, old) = web_cluster("cl-isolate", ZkKind::Standalone);
     let mons = monitors(&c);
     let initial = c.holdings(&vips);
@@ -340,6 +352,7 @@ fn isolated_leader_drops_vips_and_stays_follower_after_restore() {
 
 #[test]
 fn leader_cut_from_zookeeper_removes_vips_before_the_new_leader_adds_them() {
+    let _serial = serial();
     let (c, vips, mut leader) = web_cluster("cl-zkcut", ZkKind::Standalone);
     let mut gaps = Vec::new();
     for round in 1..=3 {
@@ -440,6 +453,7 @@ fn write_znode(c: &Cluster, path: &str, data: &[u8]) {
 
 #[test]
 fn vipctl_changes_reach_the_leader_within_a_second_and_bad_data_stays_local() {
+    let _serial = serial();
     let mut c = Cluster::new("cl-vipctl", ZkKind::Standalone, 3);
     c.vip_ok(&["set", "web", "192.0.2.100"]);
     c.start_all();
@@ -532,6 +546,7 @@ fn vipctl_changes_reach_the_leader_within_a_second_and_bad_data_stays_local() {
 
 #[test]
 fn ensemble_server_of_the_leader_dies_vips_stay_on_one_node() {
+    let _serial = serial();
     // The nodes cannot reach the quorum's leader, so the server the vipd
     // leader talks to is a quorum follower and the surviving two keep
     // serving without a quorum election. (Killing the quorum leader instead
@@ -610,6 +625,7 @@ fn ensemble_server_of_the_leader_dies_vips_stay_on_one_node() {
 
 #[test]
 fn ensemble_server_cut_from_its_quorum_leader_fences_before_takeover() {
+    let _serial = serial();
     let (c, vips, leader) = web_cluster("cl-zkpart", ZkKind::Ensemble);
     let ip: Ipv4Addr = format!("203.0.113.{}", 11 + leader).parse().unwrap();
     let server = c
