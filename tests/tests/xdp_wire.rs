@@ -573,7 +573,7 @@ fn a_claim_storm_gets_rate_limited_answers() {
         rig.n2(),
         "eth0",
         &vec![claim(n2_mac, VIP); 50],
-        Duration::from_millis(19),
+        Duration::from_millis(18),
     );
     let storm = started.elapsed();
     std::thread::sleep(Duration::from_millis(1500));
