@@ -5,7 +5,7 @@
 
 use std::{
     panic::AssertUnwindSafe,
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -56,6 +56,14 @@ fn demo(bins: &std::path::Path) -> Result<()> {
     );
     let cluster = Cluster::start("demo", Agent::Vipd(SETTINGS), bins, &p)?;
     let leader = *cluster.holders().first().context("no leader")?;
+    // Every node answers on its control socket once it is up.
+    let up = Instant::now();
+    while (0..cluster.nodes.len()).any(|i| cluster.status(i).is_none()) {
+        if up.elapsed() > Duration::from_secs(20) {
+            break;
+        }
+        timeline::sleep(Duration::from_millis(100))?;
+    }
     p(&format!(
         "{} leads and holds {VIP}; `vipctl status` of each node:",
         cluster.nodes[leader].name
@@ -89,7 +97,6 @@ fn demo(bins: &std::path::Path) -> Result<()> {
         cluster.nodes[leader].name,
         SETTINGS.session_timeout.as_secs()
     ));
-    let cut_wall = SystemTime::now();
     let t = cluster.takeover(Duration::ZERO, Duration::from_secs(30))?;
     let Some(new) = t.new else {
         bail!(
@@ -99,8 +106,8 @@ fn demo(bins: &std::path::Path) -> Result<()> {
     };
     let (old_name, new_name) = (&cluster.nodes[t.old].name, &cluster.nodes[new].name);
     let old_log = cluster.nodes[t.old].agent.stderr();
-    let fenced_log = timeline::log_event_at(&old_log, "ZooKeeper connection lost", cut_wall)
-        .or_else(|| timeline::log_event_at(&old_log, "no heartbeat answered", cut_wall));
+    let fenced_log = timeline::log_event_at(&old_log, "ZooKeeper connection lost", t.cut_wall)
+        .or_else(|| timeline::log_event_at(&old_log, "no heartbeat answered", t.cut_wall));
     let mut lines: Vec<(Option<Duration>, String)> = vec![
         (
             Some(Duration::ZERO),

@@ -159,6 +159,14 @@ fn spread_count(v: Vec<u64>) -> String {
     format!("{median} ({}–{})", v[0], v[n - 1])
 }
 
+fn ratio_ms(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        // A ratio of two times of a few ms says nothing.
+        (Some(a), Some(b)) if a < 5.0 && b < 5.0 => "both < 5 ms".to_string(),
+        _ => ratio(a, b),
+    }
+}
+
 fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     match (a, b) {
         (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
@@ -296,7 +304,7 @@ fn report(runs: usize, version: &str, done: &[Vec<Takeover>; 2], kills: &[KillRe
             "| {label} | {} | {} | {} |",
             fv(v),
             fv(k),
-            ratio(median_ms(v, f.as_ref()), median_ms(k, f.as_ref()))
+            ratio_ms(median_ms(v, f.as_ref()), median_ms(k, f.as_ref()))
         );
     }
     let garps = |ts: &[Takeover]| ts.iter().map(|t| t.garp_frames as u64).collect::<Vec<_>>();

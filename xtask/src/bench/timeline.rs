@@ -23,7 +23,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use vipd_tests::{
-    lab::{ArpCapture, Host, HostIf, Lab, LabProcess, ServerHandle},
+    lab::{ArpFrame, Host, HostIf, Lab, LabProcess, ServerHandle},
     zk::ZkServer,
 };
 
@@ -85,6 +85,16 @@ fn enter_netns(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Observers timestamp what they see when they wake up; on a loaded
+/// machine a normal thread may wake tens of ms late. A real-time priority
+/// (we are root) keeps that to microseconds; the threads only ever block.
+fn realtime_priority() {
+    let param = libc::sched_param { sched_priority: 20 };
+    // SAFETY: pid 0 is the calling thread; param is valid. Failure only
+    // costs precision, so it is ignored.
+    unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
+}
+
 /// Starts a thread inside network namespace `path`; `setup` runs there first
 /// and its error (if any) is returned here before the thread goes on with `body`.
 fn netns_thread<S: Send + 'static>(
@@ -96,6 +106,7 @@ fn netns_thread<S: Send + 'static>(
     let shown = path.display().to_string();
     let (tx, rx) = mpsc::channel();
     let thread = std::thread::spawn(move || {
+        realtime_priority();
         let state = enter_netns(&path).and_then(|()| setup());
         match state {
             Ok(s) => {
@@ -129,12 +140,16 @@ pub fn preflight() -> Result<()> {
     Ok(())
 }
 
-/// Builds (release) what is missing and returns the directory of vipd and vipctl.
+/// Builds (release) what is missing and returns the directory of vipd and
+/// vipctl; `VIPD_BIN_DIR` names a directory of binaries to use instead.
 pub fn binaries() -> Result<std::path::PathBuf> {
-    let dir = crate::build::build(&crate::build::Options { release: true })?;
+    let dir = match std::env::var_os("VIPD_BIN_DIR") {
+        Some(d) => std::path::PathBuf::from(d),
+        None => crate::build::build(&crate::build::Options { release: true })?,
+    };
     for b in ["vipd", "vipctl"] {
         if !dir.join(b).is_file() {
-            bail!("{} missing after the build", dir.join(b).display());
+            bail!("{} is missing", dir.join(b).display());
         }
     }
     Ok(dir)
@@ -197,7 +212,12 @@ fn netlink_socket() -> std::io::Result<OwnedFd> {
     if rc != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    // A short receive timeout so the thread sees `stop` promptly.
+    set_rcvtimeo(&fd)?;
+    Ok(fd)
+}
+
+/// A short receive timeout so observer threads see `stop` promptly.
+fn set_rcvtimeo(fd: &OwnedFd) -> std::io::Result<()> {
     let tv = libc::timeval {
         tv_sec: 0,
         tv_usec: 50_000,
@@ -215,7 +235,7 @@ fn netlink_socket() -> std::io::Result<OwnedFd> {
     if rc != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    Ok(fd)
+    Ok(())
 }
 
 /// The route attributes after a fixed header of `skip` bytes: (type, payload).
@@ -331,6 +351,119 @@ impl NlWatch {
 }
 
 impl Drop for NlWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+// ---------------------------------------------------------------- capture
+
+/// Gratuitous ARP frames received by the client, each with its instant.
+pub struct GarpCapture {
+    frames: Arc<Mutex<Vec<(Instant, ArpFrame)>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+fn packet_socket(ifname: &str) -> std::io::Result<OwnedFd> {
+    let proto = (libc::ETH_P_ARP as u16).to_be();
+    // SAFETY: plain socket(2); the fd is owned right below.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            i32::from(proto),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let name = std::ffi::CString::new(ifname).map_err(std::io::Error::other)?;
+    // SAFETY: a valid NUL-terminated name.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if ifindex == 0 {
+        return Err(std::io::Error::other(format!("no interface {ifname}")));
+    }
+    // SAFETY: all-zero is a valid sockaddr_ll.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = proto;
+    sll.sll_ifindex = ifindex as i32;
+    // SAFETY: sll is a valid sockaddr_ll and we pass its size.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&raw const sll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    set_rcvtimeo(&fd)?;
+    Ok(fd)
+}
+
+impl GarpCapture {
+    pub fn start(netns: &Path, ifname: &str) -> Result<GarpCapture> {
+        let frames = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (fr, st) = (frames.clone(), stop.clone());
+        let ifname = ifname.to_string();
+        let thread = netns_thread(
+            netns,
+            move || packet_socket(&ifname),
+            move |fd| {
+                let mut buf = [0u8; 2048];
+                while !st.load(Ordering::Relaxed) {
+                    // SAFETY: buf is valid for its length.
+                    let n = unsafe {
+                        libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0)
+                    };
+                    let at = Instant::now();
+                    if n <= 0 {
+                        let e = std::io::Error::last_os_error();
+                        if matches!(
+                            e.kind(),
+                            ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                        ) {
+                            continue;
+                        }
+                        break;
+                    }
+                    if let Some(a) = ArpFrame::parse(&buf[..n as usize])
+                        && a.is_gratuitous()
+                    {
+                        fr.lock().unwrap().push((at, a));
+                    }
+                }
+            },
+        )?;
+        Ok(GarpCapture {
+            frames,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Gratuitous ARP for `ip` from `mac` received at or after `since`.
+    pub fn from(&self, ip: Ipv4Addr, mac: [u8; 6], since: Instant) -> Vec<Instant> {
+        self.frames
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(at, a)| *at >= since && a.spa == ip && a.sha == mac)
+            .map(|(at, _)| *at)
+            .collect()
+    }
+}
+
+impl Drop for GarpCapture {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
@@ -471,7 +604,7 @@ pub struct Cluster {
     pub agent: Agent,
     pub client_watch: NlWatch,
     pub prober: Prober,
-    pub capture: ArpCapture,
+    pub capture: GarpCapture,
     pub nodes: Vec<Node>,
     pub client: Host,
     /// Held for its Drop, which stops the server.
@@ -648,7 +781,7 @@ impl Cluster {
             });
         }
         let client_watch = NlWatch::start(&client.path())?;
-        let capture = client.capture_arp("eth0");
+        let capture = GarpCapture::start(&client.path(), "eth0")?;
         let prober = Prober::start(&client.path(), Duration::from_millis(10))?;
         let cluster = Cluster {
             agent,
@@ -670,6 +803,7 @@ impl Cluster {
                 out.trim().lines().next().unwrap_or("ok")
             ));
         }
+        progress("waiting for one node to hold the VIP and serve the client");
         cluster.wait_settled(Duration::from_secs(40))?;
         Ok(cluster)
     }
@@ -845,6 +979,7 @@ impl Cluster {
         let end = Instant::now();
         let off = |t: Option<Instant>| t.map(|t| t.saturating_duration_since(cut));
         let mut t = Takeover {
+            cut_wall,
             old,
             new,
             old_removed: off(self.nodes[old].watch.addr_change(VIP, false, cut)),
@@ -863,19 +998,7 @@ impl Cluster {
                 Agent::Vipd(_) => elected_at(&node.agent.stderr(), cut_wall),
                 Agent::Keepalived(_) => None,
             };
-            let garps: Vec<Instant> = self
-                .capture
-                .arp_frames()
-                .into_iter()
-                .filter(|(f, a)| {
-                    f.at >= cut
-                        && !f.outgoing
-                        && a.is_gratuitous()
-                        && a.spa == VIP
-                        && a.sha == node.mac
-                })
-                .map(|(f, _)| f.at)
-                .collect();
+            let garps = self.capture.from(VIP, node.mac, cut);
             t.first_garp = off(garps.first().copied());
             t.garp_frames = garps.len();
             t.neigh_switched = off(self.neigh_switch(node.mac, cut));
@@ -976,6 +1099,8 @@ fn vm_rss_kib(pid: u32) -> Option<u64> {
 /// One takeover, offsets from the cut.
 #[derive(Clone, Debug)]
 pub struct Takeover {
+    /// The wall-clock time of the cut (for agents' log timestamps).
+    pub cut_wall: SystemTime,
     pub old: usize,
     pub new: Option<usize>,
     /// The old holder removed the VIP (its own netlink event).
