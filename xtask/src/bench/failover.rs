@@ -80,7 +80,7 @@ fn report(runs: usize, results: &[(Duration, Vec<Takeover>)]) -> String {
     let _ = writeln!(md, "## Failover\n");
     let _ = writeln!(
         md,
-        "Three vipd nodes (release build, `--xdp-mode generic`, garp interval {}s x {} rounds) \
+        "Three vipd nodes ({}, `--xdp-mode generic`, garp interval {}s x {} rounds) \
          and a client in a lab of network namespaces; a standalone ZooKeeper 3.8 (tickTime 100 ms) \
          on a separate bridge. Failure: the holder's two links lose carrier (the bridge-side veth \
          ends go down). The client opens a TCP connection to {VIP} every 10 ms; netlink listeners \
@@ -89,6 +89,7 @@ fn report(runs: usize, results: &[(Duration, Vec<Takeover>)]) -> String {
          timeout; each run cuts the current holder, waits for the client to be served by the new \
          one, then gives the old holder its links back and waits until it is a standby again. \
          Figures in ms after the cut: median (min–max).\n",
+        timeline::binaries_note(),
         GARP_INTERVAL.as_secs(),
         GARP_ROUNDS
     );

@@ -271,8 +271,11 @@ fn report(runs: usize, version: &str, done: &[Vec<Takeover>; 2], kills: &[KillRe
          leader's session, about one timeout after the cut, so `--session-timeout 1s`. keepalived's \
          detection is the master-down interval, 3 × advert_int + skew, skew = (256 − priority)/256 × \
          advert_int: `advert_int 0.3` gives 0.9 s + 0.18 s ≈ 1.1 s for the priority-99 backup \
-         (sub-second intervals need VRRPv3). vipd runs with `--garp-interval 1s --garp-rounds 3`, \
-         `--xdp-mode generic`.\n"
+         (sub-second intervals need VRRPv3). Both timers run from the last message heard before \
+         the cut (an advert; a ping of the ZooKeeper client, sent every third of the timeout), so \
+         detection measured from the cut is somewhat shorter than the budget. vipd runs with \
+         `--garp-interval 1s --garp-rounds 3`, `--xdp-mode generic` ({}).\n",
+        timeline::binaries_note()
     );
     let _ = writeln!(
         md,
@@ -381,6 +384,14 @@ fn report(runs: usize, version: &str, done: &[Vec<Takeover>; 2], kills: &[KillRe
             kr.served_by.as_deref().unwrap_or("nobody")
         );
     }
-    let _ = writeln!(md);
+    let _ = writeln!(
+        md,
+        "\nA SIGKILLed vipd cannot remove its address: the XDP program goes with the process, but \
+         the kernel keeps the VIP and answers ARP for it until the service manager's \
+         `ExecStopPost=vipctl cleanup` (packaging/vipd.service) removes every address carrying \
+         vipd's mark. keepalived 2.2.7's VRRP child notices its parent's death and shuts down \
+         cleanly (priority-0 advert, VIPs removed); only when the VRRP child dies too (an OOM kill, \
+         `kill -9` of the whole group) is the VIP left behind, and nothing removes it.\n"
+    );
     md
 }

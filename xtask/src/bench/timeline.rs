@@ -155,6 +155,14 @@ pub fn binaries() -> Result<std::path::PathBuf> {
     Ok(dir)
 }
 
+/// Which binaries the lab runs, for the reports.
+pub fn binaries_note() -> String {
+    match std::env::var_os("VIPD_BIN_DIR") {
+        Some(d) => format!("binaries from VIPD_BIN_DIR={}", d.to_string_lossy()),
+        None => "release build".to_string(),
+    }
+}
+
 /// Prints one progress line with the seconds since `start`.
 pub fn progress(start: Instant, what: &str) {
     eprintln!("[{:>6.1}s] {what}", start.elapsed().as_secs_f64());
