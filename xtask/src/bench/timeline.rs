@@ -949,10 +949,7 @@ impl Cluster {
     /// served by another node and its neighbour entry moved), then keeps
     /// observing for `linger` after the VIP was configured on the new node.
     pub fn takeover(&self, linger: Duration, timeout: Duration) -> Result<Takeover> {
-        let holders = self.holders();
-        let [old] = holders[..] else {
-            bail!("expected one holder before the cut, found {holders:?}");
-        };
+        let old = self.wait_settled(Duration::from_secs(15))?;
         let cut_wall = SystemTime::now();
         let cut = Instant::now();
         self.cut(old);
