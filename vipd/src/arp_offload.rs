@@ -10,7 +10,7 @@ use std::{
 };
 
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
     maps::{HashMap, MapData, MapError, PerCpuHashMap, PerCpuValues, RingBuf},
     programs::{ProgramError, TestRun, TestRunOptions, Xdp, xdp::XdpLinkId},
 };
@@ -148,7 +148,9 @@ impl ArpOffload {
     #[instrument(name = "xdp_load")]
     pub fn load() -> Result<Self, OffloadError> {
         raise_memlock_limit();
-        let mut ebpf = Ebpf::load(OBJECT).map_err(OffloadError::Load)?;
+        // Not `Ebpf::load`: in aya 0.14 it parses the kernel's BTF twice
+        // (EbpfLoader::new already does), which is most of vipd's start-up.
+        let mut ebpf = EbpfLoader::new().load(OBJECT).map_err(OffloadError::Load)?;
         let program: &mut Xdp = ebpf
             .program_mut(PROGRAM_NAME)
             .ok_or(OffloadError::MissingProgram(None))?
