@@ -145,7 +145,8 @@ fn demo(bins: &std::path::Path) -> Result<()> {
             format!("client served by {new_name} (TCP banner \"served-by {new_name}\")"),
         ),
     ];
-    lines.sort_by_key(|(at, _)| at.unwrap_or(Duration::MAX));
+    // Stable, by whole ms: events within the same ms keep their causal order.
+    lines.sort_by_key(|(at, _)| at.map_or(u128::MAX, |d| d.as_millis()));
     println!("\ntakeover timeline (ms after the cut):");
     for (at, what) in &lines {
         match at {
@@ -154,6 +155,30 @@ fn demo(bins: &std::path::Path) -> Result<()> {
         }
     }
     println!("  VIP on two nodes at once: {} ms\n", t.overlap.as_millis());
+    check_interrupt()?;
+    p(&format!(
+        "giving {old_name} its links back: it rejoins as a follower"
+    ));
+    cluster.restore(t.old, new)?;
+    let first_line = cluster
+        .vipctl_node(t.old, &["status"])
+        .map(|s| s.lines().take(2).collect::<Vec<_>>().join("\n"))
+        .unwrap_or_else(|e| format!("{e:#}"));
+    println!("--- {old_name} ---\n{first_line}");
+    // The sync rounds (R8) announce again every second for three rounds.
+    let rounds = SETTINGS.garp_interval * SETTINGS.garp_rounds;
+    let left = (t.configured.unwrap_or_default() + rounds + Duration::from_millis(500))
+        .saturating_sub(t.cut_wall.elapsed().unwrap_or_default());
+    timeline::sleep(left)?;
+    let arping = cluster.client.arping(VIP, 3, "eth0");
+    let macs: std::collections::BTreeSet<&str> =
+        arping.reply_macs.iter().map(String::as_str).collect();
+    println!(
+        "client: arping {VIP}: {} sent, {} answered by {} ({new_name}'s MAC; the answers come from its XDP program)",
+        arping.sent,
+        arping.received,
+        macs.into_iter().collect::<Vec<_>>().join(", ")
+    );
     check_interrupt()?;
     p(&format!("`vipctl arp stats` of the new leader {new_name}:"));
     match cluster.vipctl_node(new, &["arp", "stats"]) {

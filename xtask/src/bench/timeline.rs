@@ -1182,7 +1182,11 @@ pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
 
 /// Milliseconds, as printed in the tables.
 pub fn ms(d: Duration) -> String {
-    format!("{}", d.as_millis())
+    if d < Duration::from_millis(10) {
+        format!("{:.1}", d.as_secs_f64() * 1000.0)
+    } else {
+        format!("{}", d.as_millis())
+    }
 }
 
 /// (median, min, max) of some durations.
@@ -1369,8 +1373,8 @@ mod tests {
     #[test]
     fn medians() {
         let d = |v: &[u64]| v.iter().map(|m| Duration::from_millis(*m)).collect();
-        assert_eq!(spread_ms(d(&[3, 1, 2])), "2 (1–3)");
-        assert_eq!(spread_ms(d(&[4, 1, 2, 3])), "2 (1–4)");
+        assert_eq!(spread_ms(d(&[30, 10, 20])), "20 (10–30)");
+        assert_eq!(spread_ms(d(&[4, 1, 2, 3])), "2.5 (1.0–4.0)");
         assert_eq!(spread_ms(vec![]), "n/a");
     }
 
