@@ -105,6 +105,9 @@ pub struct Engine {
     applied: Desired,
     sync: Option<SyncRounds>,
     last_conflict_answer: HashMap<Vip, Instant>,
+    /// Conflict answers the rate limit held back, due when it allows: a
+    /// burst of claims must not end with the other node's word on the wire.
+    pending_conflict_answers: BTreeMap<Vip, tokio::time::Instant>,
     last_conflict_log: HashMap<Vip, Instant>,
     /// Interfaces as of the last pass, by ifindex.
     links: HashMap<u32, Link>,
@@ -145,6 +148,7 @@ impl Engine {
             applied: Desired::default(),
             sync: None,
             last_conflict_answer: HashMap::new(),
+            pending_conflict_answers: BTreeMap::new(),
             last_conflict_log: HashMap::new(),
             links: HashMap::new(),
             reported: HashMap::new(),
@@ -175,6 +179,7 @@ impl Engine {
 
         loop {
             let sync_due = self.sync.as_ref().map(|s| s.next);
+            let conflict_due = self.pending_conflict_answers.values().min().copied();
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => break,
@@ -191,6 +196,7 @@ impl Engine {
                 }
                 Some(c) = next_conflict(&mut conflicts) => self.on_conflict(c),
                 () = sleep_opt(sync_due) => self.sync_round().await,
+                () = sleep_opt(conflict_due) => self.answer_due_conflicts(),
                 _ = tick.tick() => self.reconcile(false).await,
             }
         }
@@ -228,6 +234,7 @@ impl Engine {
     /// Stops announcing and answering, removes every VIP we hold, reports.
     async fn step_down(&mut self, why: &str) {
         self.sync = None;
+        self.pending_conflict_answers.clear();
         self.announcer.clear();
         if let Some(off) = &self.offload
             && let Err(e) = off.lock().expect("offload lock").clear_held()
@@ -305,11 +312,35 @@ impl Engine {
         if self.applied.role != Role::Leader {
             return;
         }
-        if self
-            .last_conflict_answer
-            .get(&vip)
-            .is_some_and(|t| now.duration_since(*t) < CONFLICT_ANSWER_EVERY)
+        if let Some(last) = self.last_conflict_answer.get(&vip)
+            && now.duration_since(*last) < CONFLICT_ANSWER_EVERY
         {
+            // Held back, not dropped: answered when the limit allows.
+            let due = tokio::time::Instant::from_std(*last + CONFLICT_ANSWER_EVERY);
+            self.pending_conflict_answers.entry(vip).or_insert(due);
+            return;
+        }
+        self.answer_conflict(vip, now);
+    }
+
+    /// Answers the conflicts whose held-back answer is due.
+    fn answer_due_conflicts(&mut self) {
+        let now = tokio::time::Instant::now();
+        let due: Vec<Vip> = self
+            .pending_conflict_answers
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(vip, _)| *vip)
+            .collect();
+        for vip in due {
+            self.answer_conflict(vip, Instant::now());
+        }
+    }
+
+    /// Announces `vip` again if we lead and hold it.
+    fn answer_conflict(&mut self, vip: Vip, now: Instant) {
+        self.pending_conflict_answers.remove(&vip);
+        if self.applied.role != Role::Leader {
             return;
         }
         let held = self

@@ -5,6 +5,7 @@ mod arp;
 mod engine;
 mod failover;
 mod keepalived;
+pub(crate) mod timeline;
 
 use anyhow::Result;
 

@@ -1,0 +1,1418 @@
+//! What the demo and the failover benchmarks share: a lab cluster (three
+//! agent nodes, vipd or keepalived, a ZooKeeper for vipd and a client), the
+//! observers that timestamp a takeover (netlink watchers in every namespace,
+//! the client's TCP probe and ARP capture), one takeover read off them, and
+//! the SVG plot of takeover timelines.
+
+use std::{
+    fmt::Write as _,
+    fs::{self, File},
+    io::{ErrorKind, Read as _},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    path::{Path, PathBuf},
+    process::Command,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, Result, bail};
+use vipd_tests::{
+    lab::{ArpFrame, Host, HostIf, Lab, LabProcess, ServerHandle},
+    zk::ZkServer,
+};
+
+/// The service address every lab cluster moves around.
+pub const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
+/// The TCP service each node offers on the VIP (banner `served-by <node>`).
+pub const PORT: u16 = 8080;
+const ZK_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
+const ZK_HOSTS: &str = "203.0.113.2:2181";
+const CLUSTER: &str = "lab";
+const SERVICE: &str = "web";
+const NODES: usize = 3;
+
+/// Set by the SIGINT handler; long waits check it and give up.
+pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Fails when Ctrl-C was pressed, so the caller unwinds and the lab goes.
+pub fn check_interrupt() -> Result<()> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+/// Sleeps in small steps, stopping early on Ctrl-C.
+pub fn sleep(d: Duration) -> Result<()> {
+    let end = Instant::now() + d;
+    loop {
+        check_interrupt()?;
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(());
+        }
+        std::thread::sleep(left.min(Duration::from_millis(20)));
+    }
+}
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Ctrl-C sets [`INTERRUPTED`] instead of killing us, so the lab's Drop runs.
+pub fn install_sigint_handler() {
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(
+            libc::SIGINT,
+            on_sigint as extern "C" fn(libc::c_int) as libc::sighandler_t,
+        );
+    }
+}
+
+fn enter_netns(path: &Path) -> std::io::Result<()> {
+    let file = File::open(path)?;
+    // SAFETY: setns on a valid namespace fd changes only the calling thread.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Observers timestamp what they see when they wake up; on a loaded
+/// machine a normal thread may wake tens of ms late. A real-time priority
+/// (we are root) keeps that to microseconds; the threads only ever block.
+fn realtime_priority() {
+    let param = libc::sched_param { sched_priority: 20 };
+    // SAFETY: pid 0 is the calling thread; param is valid. Failure only
+    // costs precision, so it is ignored.
+    unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
+}
+
+/// Starts a thread inside network namespace `path`; `setup` runs there first
+/// and its error (if any) is returned here before the thread goes on with `body`.
+fn netns_thread<S: Send + 'static>(
+    path: &Path,
+    setup: impl FnOnce() -> std::io::Result<S> + Send + 'static,
+    body: impl FnOnce(S) + Send + 'static,
+) -> Result<JoinHandle<()>> {
+    let path = path.to_path_buf();
+    let shown = path.display().to_string();
+    let (tx, rx) = mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        realtime_priority();
+        let state = enter_netns(&path).and_then(|()| setup());
+        match state {
+            Ok(s) => {
+                let _ = tx.send(Ok(()));
+                body(s);
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e));
+            }
+        }
+    });
+    rx.recv()
+        .context("observer thread died")?
+        .with_context(|| format!("starting an observer in {shown}"))?;
+    Ok(thread)
+}
+
+/// Fails with a clear message when the lab cannot run here.
+pub fn preflight() -> Result<()> {
+    if !crate::is_root() {
+        bail!(
+            "the lab needs root (network namespaces, veths, XDP, AF_PACKET): \
+             run it as root, e.g. `sudo -E cargo xtask ...`"
+        );
+    }
+    if !Path::new("/usr/share/java/zookeeper.jar").is_file() {
+        bail!(
+            "ZooKeeper is not installed (/usr/share/java/zookeeper.jar): run `cargo xtask setup`"
+        );
+    }
+    Ok(())
+}
+
+/// Builds (release) what is missing and returns the directory of vipd and
+/// vipctl; `VIPD_BIN_DIR` names a directory of binaries to use instead.
+pub fn binaries() -> Result<std::path::PathBuf> {
+    let dir = match std::env::var_os("VIPD_BIN_DIR") {
+        Some(d) => std::path::PathBuf::from(d),
+        None => crate::build::build(&crate::build::Options { release: true })?,
+    };
+    for b in ["vipd", "vipctl"] {
+        if !dir.join(b).is_file() {
+            bail!("{} is missing", dir.join(b).display());
+        }
+    }
+    Ok(dir)
+}
+
+/// Which binaries the lab runs, for the reports.
+pub fn binaries_note() -> String {
+    match std::env::var_os("VIPD_BIN_DIR") {
+        Some(d) => format!("binaries from VIPD_BIN_DIR={}", d.to_string_lossy()),
+        None => "release build".to_string(),
+    }
+}
+
+/// Prints one progress line with the seconds since `start`.
+pub fn progress(start: Instant, what: &str) {
+    eprintln!("[{:>6.1}s] {what}", start.elapsed().as_secs_f64());
+}
+
+// ---------------------------------------------------------------- netlink
+
+/// One address or neighbour change, as the kernel announced it.
+#[derive(Clone, Copy, Debug)]
+pub enum NlEvent {
+    Addr { added: bool, ip: Ipv4Addr },
+    Neigh { ip: Ipv4Addr, mac: Option<[u8; 6]> },
+}
+
+/// A netlink listener (IPv4 addresses and neighbours) in one namespace:
+/// every event with the instant it arrived.
+pub struct NlWatch {
+    events: Arc<Mutex<Vec<(Instant, NlEvent)>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+const RTMGRP_NEIGH: u32 = 0x4;
+const RTMGRP_IPV4_IFADDR: u32 = 0x10;
+const RTM_NEWADDR: u16 = 20;
+const RTM_DELADDR: u16 = 21;
+const RTM_NEWNEIGH: u16 = 28;
+
+fn netlink_socket() -> std::io::Result<OwnedFd> {
+    // SAFETY: plain socket(2); the fd is owned right below.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: all-zero is a valid sockaddr_nl.
+    let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    sa.nl_family = libc::AF_NETLINK as u16;
+    sa.nl_groups = RTMGRP_NEIGH | RTMGRP_IPV4_IFADDR;
+    // SAFETY: sa is a valid sockaddr_nl and we pass its size.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&raw const sa).cast(),
+            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    set_rcvtimeo(&fd)?;
+    Ok(fd)
+}
+
+/// A short receive timeout so observer threads see `stop` promptly.
+fn set_rcvtimeo(fd: &OwnedFd) -> std::io::Result<()> {
+    let tv = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 50_000,
+    };
+    // SAFETY: tv is a valid timeval and we pass its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const tv).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The route attributes after a fixed header of `skip` bytes: (type, payload).
+fn attrs(body: &[u8], skip: usize) -> Vec<(u16, &[u8])> {
+    let mut out = Vec::new();
+    let mut at = skip;
+    while at + 4 <= body.len() {
+        let len = usize::from(u16::from_ne_bytes([body[at], body[at + 1]]));
+        let kind = u16::from_ne_bytes([body[at + 2], body[at + 3]]) & 0x3fff;
+        if len < 4 || at + len > body.len() {
+            break;
+        }
+        out.push((kind, &body[at + 4..at + len]));
+        at += (len + 3) & !3;
+    }
+    out
+}
+
+fn ipv4(b: &[u8]) -> Option<Ipv4Addr> {
+    <[u8; 4]>::try_from(b).ok().map(Ipv4Addr::from)
+}
+
+fn parse_netlink(buf: &[u8], mut emit: impl FnMut(NlEvent)) {
+    let mut at = 0;
+    while at + 16 <= buf.len() {
+        let len = u32::from_ne_bytes(buf[at..at + 4].try_into().expect("4 bytes")) as usize;
+        let kind = u16::from_ne_bytes([buf[at + 4], buf[at + 5]]);
+        if len < 16 || at + len > buf.len() {
+            break;
+        }
+        let body = &buf[at + 16..at + len];
+        match kind {
+            // ifaddrmsg: family, prefixlen, flags, scope, index (8 bytes).
+            RTM_NEWADDR | RTM_DELADDR if body.len() >= 8 && body[0] == libc::AF_INET as u8 => {
+                let a = attrs(body, 8);
+                // IFA_LOCAL (2) is the address itself; IFA_ADDRESS (1) the peer on p2p links.
+                let ip = a
+                    .iter()
+                    .find(|(k, _)| *k == 2)
+                    .or_else(|| a.iter().find(|(k, _)| *k == 1))
+                    .and_then(|(_, v)| ipv4(v));
+                if let Some(ip) = ip {
+                    emit(NlEvent::Addr {
+                        added: kind == RTM_NEWADDR,
+                        ip,
+                    });
+                }
+            }
+            // ndmsg: family, pad, pad, ifindex, state, flags, type (12 bytes).
+            RTM_NEWNEIGH if body.len() >= 12 && body[0] == libc::AF_INET as u8 => {
+                let a = attrs(body, 12);
+                let ip = a.iter().find(|(k, _)| *k == 1).and_then(|(_, v)| ipv4(v));
+                let mac = a
+                    .iter()
+                    .find(|(k, _)| *k == 2)
+                    .and_then(|(_, v)| <[u8; 6]>::try_from(*v).ok());
+                if let Some(ip) = ip {
+                    emit(NlEvent::Neigh { ip, mac });
+                }
+            }
+            _ => {}
+        }
+        at += (len + 3) & !3;
+    }
+}
+
+impl NlWatch {
+    pub fn start(netns: &Path) -> Result<NlWatch> {
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ev, st) = (events.clone(), stop.clone());
+        let thread = netns_thread(netns, netlink_socket, move |fd| {
+            let mut buf = vec![0u8; 65536];
+            while !st.load(Ordering::Relaxed) {
+                // SAFETY: buf is valid for buf.len() bytes.
+                let n =
+                    unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+                let at = Instant::now();
+                if n <= 0 {
+                    let e = std::io::Error::last_os_error();
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                    ) || e.raw_os_error() == Some(libc::ENOBUFS)
+                    {
+                        continue;
+                    }
+                    break;
+                }
+                let mut got = Vec::new();
+                parse_netlink(&buf[..n as usize], |e| got.push((at, e)));
+                ev.lock().unwrap().extend(got);
+            }
+        })?;
+        Ok(NlWatch {
+            events,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn events(&self) -> Vec<(Instant, NlEvent)> {
+        self.events.lock().unwrap().clone()
+    }
+
+    /// When `ip` was added (`added`) or removed after `since`, first time.
+    pub fn addr_change(&self, ip: Ipv4Addr, added: bool, since: Instant) -> Option<Instant> {
+        self.events().into_iter().find_map(|(at, e)| match e {
+            NlEvent::Addr { added: a, ip: i } if a == added && i == ip && at >= since => Some(at),
+            _ => None,
+        })
+    }
+}
+
+impl Drop for NlWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+// ---------------------------------------------------------------- capture
+
+/// Gratuitous ARP frames received by the client, each with its instant.
+pub struct GarpCapture {
+    frames: Arc<Mutex<Vec<(Instant, ArpFrame)>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+fn packet_socket(ifname: &str) -> std::io::Result<OwnedFd> {
+    let proto = (libc::ETH_P_ARP as u16).to_be();
+    // SAFETY: plain socket(2); the fd is owned right below.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            i32::from(proto),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let name = std::ffi::CString::new(ifname).map_err(std::io::Error::other)?;
+    // SAFETY: a valid NUL-terminated name.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if ifindex == 0 {
+        return Err(std::io::Error::other(format!("no interface {ifname}")));
+    }
+    // SAFETY: all-zero is a valid sockaddr_ll.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = proto;
+    sll.sll_ifindex = ifindex as i32;
+    // SAFETY: sll is a valid sockaddr_ll and we pass its size.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&raw const sll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    set_rcvtimeo(&fd)?;
+    Ok(fd)
+}
+
+impl GarpCapture {
+    pub fn start(netns: &Path, ifname: &str) -> Result<GarpCapture> {
+        let frames = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (fr, st) = (frames.clone(), stop.clone());
+        let ifname = ifname.to_string();
+        let thread = netns_thread(
+            netns,
+            move || packet_socket(&ifname),
+            move |fd| {
+                let mut buf = [0u8; 2048];
+                while !st.load(Ordering::Relaxed) {
+                    // SAFETY: buf is valid for its length.
+                    let n = unsafe {
+                        libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0)
+                    };
+                    let at = Instant::now();
+                    if n <= 0 {
+                        let e = std::io::Error::last_os_error();
+                        if matches!(
+                            e.kind(),
+                            ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                        ) {
+                            continue;
+                        }
+                        break;
+                    }
+                    if let Some(a) = ArpFrame::parse(&buf[..n as usize])
+                        && a.is_gratuitous()
+                    {
+                        fr.lock().unwrap().push((at, a));
+                    }
+                }
+            },
+        )?;
+        Ok(GarpCapture {
+            frames,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Gratuitous ARP for `ip` from `mac` received at or after `since`.
+    pub fn from(&self, ip: Ipv4Addr, mac: [u8; 6], since: Instant) -> Vec<Instant> {
+        self.frames
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(at, a)| *at >= since && a.spa == ip && a.sha == mac)
+            .map(|(at, _)| *at)
+            .collect()
+    }
+}
+
+impl Drop for GarpCapture {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+// ---------------------------------------------------------------- probe
+
+/// The client's TCP probe: a connection to the VIP every 10 ms, each
+/// answer's banner (the node that served it) with its instant.
+/// Each probe's instant and the node that answered (None: no answer).
+type ProbeLog = Arc<Mutex<Vec<(Instant, Option<String>)>>>;
+
+pub struct Prober {
+    results: ProbeLog,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+fn probe_once(addr: &SocketAddr) -> Option<String> {
+    // A short connect timeout: in the lab an answer takes well under a
+    // millisecond, and a SYN to a dead MAC must not hold up the next probe.
+    let mut s = TcpStream::connect_timeout(addr, Duration::from_millis(30)).ok()?;
+    s.set_read_timeout(Some(Duration::from_millis(300))).ok()?;
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    text.trim().strip_prefix("served-by ").map(str::to_string)
+}
+
+impl Prober {
+    pub fn start(netns: &Path, every: Duration) -> Result<Prober> {
+        let results = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (res, st) = (results.clone(), stop.clone());
+        let addr = SocketAddr::V4(SocketAddrV4::new(VIP, PORT));
+        let thread = netns_thread(
+            netns,
+            || Ok(()),
+            move |()| {
+                while !st.load(Ordering::Relaxed) {
+                    let start = Instant::now();
+                    let got = probe_once(&addr);
+                    res.lock().unwrap().push((Instant::now(), got));
+                    std::thread::sleep(every.saturating_sub(start.elapsed()));
+                }
+            },
+        )?;
+        Ok(Prober {
+            results,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// First answer from `node` after `since`.
+    pub fn first_served_by(&self, node: &str, since: Instant) -> Option<Instant> {
+        self.results
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(at, who)| *at >= since && who.as_deref() == Some(node))
+            .map(|(at, _)| *at)
+    }
+
+    /// The node of the latest successful probe, if it came after `since`.
+    pub fn last_served(&self, since: Instant) -> Option<String> {
+        self.results
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|(at, who)| *at >= since && who.is_some())
+            .and_then(|(_, who)| who.clone())
+    }
+}
+
+impl Drop for Prober {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+// ---------------------------------------------------------------- cluster
+
+/// vipd's settings for a lab run.
+#[derive(Clone, Copy, Debug)]
+pub struct VipdSettings {
+    pub session_timeout: Duration,
+    pub garp_interval: Duration,
+    pub garp_rounds: u32,
+}
+
+/// keepalived's settings for a lab run.
+#[derive(Clone, Copy, Debug)]
+pub struct KeepalivedSettings {
+    /// VRRP advertisement interval (VRRPv3 allows centiseconds).
+    pub advert_int: Duration,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum Agent {
+    Vipd(VipdSettings),
+    Keepalived(KeepalivedSettings),
+}
+
+impl Agent {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Agent::Vipd(_) => "vipd",
+            Agent::Keepalived(_) => "keepalived",
+        }
+    }
+}
+
+/// One agent node: its namespace, service and observers.
+pub struct Node {
+    pub name: String,
+    pub host: Host,
+    pub mac: [u8; 6],
+    pub agent: LabProcess,
+    /// vipd's control socket.
+    pub socket: PathBuf,
+    /// keepalived's VRRP child pid file.
+    pub vrrp_pidfile: PathBuf,
+    pub watch: NlWatch,
+    _server: ServerHandle,
+}
+
+/// A lab with three agent nodes and a client (fields drop in order: the
+/// observers, the nodes, ZooKeeper, then the lab with its processes).
+pub struct Cluster {
+    pub agent: Agent,
+    pub client_watch: NlWatch,
+    pub prober: Prober,
+    pub capture: GarpCapture,
+    pub nodes: Vec<Node>,
+    pub client: Host,
+    /// Held for its Drop, which stops the server.
+    _zk: Option<ZkServer>,
+    pub zk_host: Option<Host>,
+    pub bins: PathBuf,
+    pub lab: Lab,
+}
+
+fn parse_mac(s: &str) -> Result<[u8; 6]> {
+    let v: Vec<u8> = s
+        .split(':')
+        .map(|p| u8::from_str_radix(p, 16))
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("MAC {s}"))?;
+    v.try_into()
+        .map_err(|_| anyhow::anyhow!("MAC {s} is not 6 bytes"))
+}
+
+fn keepalived_conf(name: &str, priority: u32, s: &KeepalivedSettings) -> String {
+    format!(
+        "global_defs {{
+  router_id {name}
+  vrrp_version 3
+}}
+vrrp_instance VI_1 {{
+  state BACKUP
+  nopreempt
+  interface eth0
+  virtual_router_id 51
+  priority {priority}
+  advert_int {:.2}
+  virtual_ipaddress {{
+    {VIP}/24
+  }}
+}}
+",
+        s.advert_int.as_secs_f64()
+    )
+}
+
+impl Cluster {
+    /// Builds the lab and starts everything; returns once exactly one node
+    /// holds the VIP and the client is served through it.
+    pub fn start(
+        hint: &str,
+        agent: Agent,
+        bins: &Path,
+        progress: &dyn Fn(&str),
+    ) -> Result<Cluster> {
+        let lab = std::panic::catch_unwind(|| Lab::new(hint)).map_err(|p| {
+            let msg = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            anyhow::anyhow!(
+                "cannot build the lab (network namespaces): {msg}\n\
+                 This needs root and a kernel with network namespaces (`ip netns add` must work)."
+            )
+        })?;
+        check_interrupt()?;
+        let (zk, zk_host) = match agent {
+            Agent::Vipd(_) => {
+                progress("starting ZooKeeper (tickTime 100 ms) in the lab");
+                let h = lab.add_host(
+                    "zk",
+                    &[HostIf {
+                        bridge: 2,
+                        addr: "203.0.113.2/24",
+                    }],
+                );
+                let zk = ZkServer::start_standalone(ZK_IP, Some(h.netns()));
+                (Some(zk), Some(h))
+            }
+            Agent::Keepalived(_) => (None, None),
+        };
+        check_interrupt()?;
+        let client = lab.add_host(
+            "client",
+            &[HostIf {
+                bridge: 0,
+                addr: "192.0.2.50/24",
+            }],
+        );
+        let empty_config = lab.dir().join("empty.toml");
+        fs::write(&empty_config, "")?;
+        let mut nodes = Vec::new();
+        for i in 0..NODES {
+            let name = format!("n{}", i + 1);
+            let lan = format!("192.0.2.{}/24", 11 + i);
+            let zkn = format!("203.0.113.{}/24", 11 + i);
+            let host = lab.add_host(
+                &name,
+                &[
+                    HostIf {
+                        bridge: 0,
+                        addr: &lan,
+                    },
+                    HostIf {
+                        bridge: 2,
+                        addr: &zkn,
+                    },
+                ],
+            );
+            let server = host.tcp_echo_server(VIP, PORT);
+            let watch = NlWatch::start(&host.path())?;
+            let mac = parse_mac(&host.mac("eth0"))?;
+            let socket = lab.dir().join(format!("{name}.sock"));
+            let vrrp_pidfile = lab.dir().join(format!("{name}-vrrp.pid"));
+            let agent_proc = match agent {
+                Agent::Vipd(s) => {
+                    let bin = bins.join("vipd");
+                    host.spawn_env(
+                        [
+                            bin.as_os_str(),
+                            "--config".as_ref(),
+                            empty_config.as_os_str(),
+                            "--zk".as_ref(),
+                            ZK_HOSTS.as_ref(),
+                            "--cluster".as_ref(),
+                            CLUSTER.as_ref(),
+                            "--node-id".as_ref(),
+                            name.as_ref(),
+                            "--session-timeout".as_ref(),
+                            format!("{}ms", s.session_timeout.as_millis()).as_ref(),
+                            "--garp-interval".as_ref(),
+                            format!("{}ms", s.garp_interval.as_millis()).as_ref(),
+                            "--garp-rounds".as_ref(),
+                            s.garp_rounds.to_string().as_ref(),
+                            "--xdp-mode".as_ref(),
+                            "generic".as_ref(),
+                            "--xdp-interface".as_ref(),
+                            "eth0".as_ref(),
+                            "--api-socket".as_ref(),
+                            socket.as_os_str(),
+                            "--log-format".as_ref(),
+                            "json".as_ref(),
+                        ],
+                        &[("RUST_LOG", "info")],
+                    )
+                }
+                Agent::Keepalived(s) => {
+                    let conf = lab.dir().join(format!("{name}-keepalived.conf"));
+                    // Distinct priorities make the first election predictable;
+                    // nopreempt keeps a restored node from taking the VIP back.
+                    fs::write(&conf, keepalived_conf(&name, 100 - i as u32, &s))?;
+                    let pid = lab.dir().join(format!("{name}-keepalived.pid"));
+                    host.spawn([
+                        "keepalived".as_ref(),
+                        "-n".as_ref(),
+                        "-l".as_ref(),
+                        "-D".as_ref(),
+                        "-G".as_ref(),
+                        "-P".as_ref(),
+                        "-f".as_ref(),
+                        conf.as_os_str(),
+                        "-p".as_ref(),
+                        pid.as_os_str(),
+                        "-r".as_ref(),
+                        vrrp_pidfile.as_os_str(),
+                    ])
+                }
+            };
+            nodes.push(Node {
+                name,
+                host,
+                mac,
+                agent: agent_proc,
+                socket,
+                vrrp_pidfile,
+                watch,
+                _server: server,
+            });
+        }
+        let client_watch = NlWatch::start(&client.path())?;
+        let capture = GarpCapture::start(&client.path(), "eth0")?;
+        let prober = Prober::start(&client.path(), Duration::from_millis(10))?;
+        let cluster = Cluster {
+            agent,
+            client_watch,
+            prober,
+            capture,
+            nodes,
+            client,
+            _zk: zk,
+            zk_host,
+            bins: bins.to_path_buf(),
+            lab,
+        };
+        progress(&format!("three {} nodes started", agent.name()));
+        if matches!(agent, Agent::Vipd(_)) {
+            let out = cluster.vipctl_set()?;
+            progress(&format!(
+                "vipctl vip set {SERVICE} {VIP}: {}",
+                out.trim().lines().next().unwrap_or("ok")
+            ));
+        }
+        progress("waiting for one node to hold the VIP and serve the client");
+        cluster.wait_settled(Duration::from_secs(40))?;
+        Ok(cluster)
+    }
+
+    /// `vipctl vip --zk .. set web 192.0.2.100`, run where ZooKeeper lives.
+    pub fn vipctl_set(&self) -> Result<String> {
+        let host = self.zk_host.as_ref().context("no ZooKeeper in this lab")?;
+        let vipctl = self.bins.join("vipctl");
+        let out = host.exec(&[
+            vipctl.as_os_str(),
+            "vip".as_ref(),
+            "--zk".as_ref(),
+            ZK_HOSTS.as_ref(),
+            "--cluster".as_ref(),
+            CLUSTER.as_ref(),
+            "set".as_ref(),
+            SERVICE.as_ref(),
+            VIP.to_string().as_ref(),
+        ]);
+        if !out.status.success() {
+            bail!(
+                "vipctl vip set failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `vipctl <args> --api-socket <node's socket>`: the output, or why not.
+    pub fn vipctl_node(&self, node: usize, args: &[&str]) -> Result<String> {
+        let out = Command::new(self.bins.join("vipctl"))
+            .args(args)
+            .arg("--api-socket")
+            .arg(&self.nodes[node].socket)
+            .output()
+            .context("running vipctl")?;
+        if !out.status.success() {
+            bail!(
+                "vipctl {} on {}: {}",
+                args.join(" "),
+                self.nodes[node].name,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// vipd's status of a node as JSON.
+    pub fn status(&self, node: usize) -> Option<serde_json::Value> {
+        self.vipctl_node(node, &["status", "--json"])
+            .ok()
+            .and_then(|s| serde_json::from_str(&s).ok())
+    }
+
+    /// The nodes that have the VIP on eth0 now.
+    pub fn holders(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| {
+                self.nodes[i]
+                    .host
+                    .ipv4_addrs("eth0")
+                    .iter()
+                    .any(|(ip, _)| *ip == VIP)
+            })
+            .collect()
+    }
+
+    /// Waits until exactly one node holds the VIP and the client is served by it.
+    pub fn wait_settled(&self, timeout: Duration) -> Result<usize> {
+        let start = Instant::now();
+        loop {
+            check_interrupt()?;
+            let h = self.holders();
+            if let [one] = h[..] {
+                let since = Instant::now();
+                sleep(Duration::from_millis(60))?;
+                if self.prober.last_served(since).as_deref() == Some(&self.nodes[one].name) {
+                    return Ok(one);
+                }
+            }
+            if start.elapsed() > timeout {
+                bail!(
+                    "no single holder serving the client after {timeout:?} (holders now: {:?}); logs in {}",
+                    h.iter().map(|&i| &self.nodes[i].name).collect::<Vec<_>>(),
+                    self.lab.dir().display()
+                );
+            }
+            sleep(Duration::from_millis(50))?;
+        }
+    }
+
+    /// Cuts every link of `node` (carrier loss, as a holder failure).
+    pub fn cut(&self, node: usize) {
+        let h = &self.nodes[node].host;
+        self.lab.cut_peer(h, "eth0");
+        self.lab.cut_peer(h, "eth1");
+    }
+
+    /// Gives `node` its links back and waits until it is a quiet standby.
+    pub fn restore(&self, node: usize, holder: usize) -> Result<()> {
+        let h = &self.nodes[node].host;
+        self.lab.restore_peer(h, "eth0");
+        self.lab.restore_peer(h, "eth1");
+        let start = Instant::now();
+        let leader = self.nodes[holder].name.clone();
+        loop {
+            check_interrupt()?;
+            let ready = match self.agent {
+                Agent::Vipd(_) => self.status(node).is_some_and(|s| {
+                    let zk = &s["zookeeper"];
+                    zk["session"] == "connected"
+                        && zk["is_leader"] == false
+                        && zk["leader"].as_str() == Some(&leader)
+                }),
+                // keepalived leaves FAULT on link up and listens as BACKUP.
+                Agent::Keepalived(s) => {
+                    start.elapsed() > s.advert_int * 4 && !self.holders().contains(&node)
+                }
+            };
+            if ready && self.holders() == [holder] {
+                return Ok(());
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                bail!(
+                    "{} did not settle as a standby within 30 s after its links came back (holders {:?})",
+                    self.nodes[node].name,
+                    self.holders()
+                );
+            }
+            sleep(Duration::from_millis(100))?;
+        }
+    }
+
+    /// Cuts the holder, waits for the takeover to complete (the client
+    /// served by another node and its neighbour entry moved), then keeps
+    /// observing for `linger` after the VIP was configured on the new node.
+    pub fn takeover(&self, linger: Duration, timeout: Duration) -> Result<Takeover> {
+        let old = self.wait_settled(Duration::from_secs(15))?;
+        let cut_wall = SystemTime::now();
+        let cut = Instant::now();
+        self.cut(old);
+        let mut new = None;
+        let mut configured = None;
+        loop {
+            check_interrupt()?;
+            if new.is_none() {
+                for (i, n) in self.nodes.iter().enumerate() {
+                    if i != old
+                        && let Some(at) = n.watch.addr_change(VIP, true, cut)
+                    {
+                        new = Some(i);
+                        configured = Some(at);
+                    }
+                }
+            }
+            if let (Some(n), Some(conf)) = (new, configured) {
+                let node = &self.nodes[n];
+                let served = self.prober.first_served_by(&node.name, cut).is_some();
+                let switched = self.neigh_switch(node.mac, cut).is_some();
+                let fenced = self.nodes[old].watch.addr_change(VIP, false, cut).is_some();
+                if served && switched && fenced && conf.elapsed() >= linger {
+                    break;
+                }
+            }
+            if cut.elapsed() > timeout {
+                break;
+            }
+            sleep(Duration::from_millis(10))?;
+        }
+        let end = Instant::now();
+        let off = |t: Option<Instant>| t.map(|t| t.saturating_duration_since(cut));
+        let mut t = Takeover {
+            cut_wall,
+            old,
+            new,
+            old_removed: off(self.nodes[old].watch.addr_change(VIP, false, cut)),
+            elected: None,
+            configured: off(configured),
+            first_garp: None,
+            neigh_switched: None,
+            served: None,
+            overlap: self.overlap(old, cut, end),
+            garp_frames: 0,
+            rss_kib: None,
+        };
+        if let Some(n) = new {
+            let node = &self.nodes[n];
+            t.elected = match self.agent {
+                Agent::Vipd(_) => elected_at(&node.agent.stderr(), cut_wall),
+                Agent::Keepalived(_) => None,
+            };
+            let garps = self.capture.from(VIP, node.mac, cut);
+            t.first_garp = off(garps.first().copied());
+            t.garp_frames = garps.len();
+            t.neigh_switched = off(self.neigh_switch(node.mac, cut));
+            t.served = off(self.prober.first_served_by(&node.name, cut));
+            t.rss_kib = self.rss_kib(n);
+        }
+        Ok(t)
+    }
+
+    /// When the client's neighbour entry for the VIP first named `mac` after `since`.
+    fn neigh_switch(&self, mac: [u8; 6], since: Instant) -> Option<Instant> {
+        self.client_watch
+            .events()
+            .into_iter()
+            .find_map(|(at, e)| match e {
+                NlEvent::Neigh { ip, mac: Some(m) } if ip == VIP && m == mac && at >= since => {
+                    Some(at)
+                }
+                _ => None,
+            })
+    }
+
+    /// How long two or more nodes held the VIP at once in [from, to],
+    /// from each namespace's address events (`old` held it at `from`).
+    fn overlap(&self, old: usize, from: Instant, to: Instant) -> Duration {
+        let mut changes: Vec<(Instant, usize, bool)> = Vec::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            for (at, e) in n.watch.events() {
+                if let NlEvent::Addr { added, ip } = e
+                    && ip == VIP
+                    && at >= from
+                    && at <= to
+                {
+                    changes.push((at, i, added));
+                }
+            }
+        }
+        changes.sort_by_key(|c| c.0);
+        let mut held: Vec<bool> = (0..self.nodes.len()).map(|i| i == old).collect();
+        let mut total = Duration::ZERO;
+        let mut last = from;
+        for (at, i, added) in changes {
+            if held.iter().filter(|h| **h).count() >= 2 {
+                total += at.saturating_duration_since(last);
+            }
+            held[i] = added;
+            last = at;
+        }
+        if held.iter().filter(|h| **h).count() >= 2 {
+            total += to.saturating_duration_since(last);
+        }
+        total
+    }
+
+    /// The agent's resident memory on `node` (keepalived: its processes summed).
+    pub fn rss_kib(&self, node: usize) -> Option<u64> {
+        let pid = self.nodes[node].agent.pid();
+        let mut pids = vec![pid];
+        if matches!(self.agent, Agent::Keepalived(_)) {
+            pids.extend(children(pid));
+        }
+        let mut sum = 0;
+        for p in pids {
+            sum += vm_rss_kib(p)?;
+        }
+        Some(sum)
+    }
+
+    /// The keepalived VRRP child of `node` (from its pid file).
+    pub fn vrrp_child(&self, node: usize) -> Option<u32> {
+        fs::read_to_string(&self.nodes[node].vrrp_pidfile)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    }
+}
+
+fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    if let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            if let Ok(s) = fs::read_to_string(t.path().join("children")) {
+                out.extend(s.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+            }
+        }
+    }
+    out
+}
+
+fn vm_rss_kib(pid: u32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// One takeover, offsets from the cut.
+#[derive(Clone, Debug)]
+pub struct Takeover {
+    /// The wall-clock time of the cut (for agents' log timestamps).
+    pub cut_wall: SystemTime,
+    pub old: usize,
+    pub new: Option<usize>,
+    /// The old holder removed the VIP (its own netlink event).
+    pub old_removed: Option<Duration>,
+    /// vipd's "elected leader" log line on the new node.
+    pub elected: Option<Duration>,
+    /// The VIP appeared on the new node (netlink event there).
+    pub configured: Option<Duration>,
+    /// The first gratuitous ARP from the new node seen by the client.
+    pub first_garp: Option<Duration>,
+    /// The client's neighbour entry for the VIP names the new node's MAC.
+    pub neigh_switched: Option<Duration>,
+    /// The first probe answered by the new node.
+    pub served: Option<Duration>,
+    /// Time with the VIP on two nodes at once.
+    pub overlap: Duration,
+    /// Gratuitous ARP frames from the new node seen by the client.
+    pub garp_frames: usize,
+    pub rss_kib: Option<u64>,
+}
+
+impl Takeover {
+    /// The client reached the service through the new node.
+    pub fn complete(&self) -> bool {
+        self.served.is_some() && self.configured.is_some()
+    }
+}
+
+/// The first "elected leader" line of a vipd JSON log after `after`,
+/// as an offset from `after`.
+pub fn elected_at(log: &str, after: SystemTime) -> Option<Duration> {
+    log_event_at(log, "elected leader", after)
+}
+
+/// The first line of a vipd JSON log whose message starts with `message`,
+/// logged after `after`; its offset from `after`.
+pub fn log_event_at(log: &str, message: &str, after: SystemTime) -> Option<Duration> {
+    log.lines().find_map(|line| {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        let msg = v["fields"]["message"].as_str()?;
+        if !msg.starts_with(message) {
+            return None;
+        }
+        let at = parse_rfc3339(v["timestamp"].as_str()?)?;
+        at.duration_since(after).ok()
+    })
+}
+
+/// `2026-11-25T15:22:39.123456Z` (UTC, as tracing writes it).
+pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
+    let s = s.strip_suffix('Z')?;
+    let (date, time) = s.split_once('T')?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let mut t = hms.split(':').map(|p| p.parse::<i64>().ok());
+    let (hh, mm, ss) = (t.next()??, t.next()??, t.next()??);
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss;
+    let digits: String = frac.chars().take(9).collect();
+    let nanos: u64 = format!("{digits:0<9}").parse().ok()?;
+    let secs = u64::try_from(secs).ok()?;
+    Some(UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_nanos(nanos))
+}
+
+// ---------------------------------------------------------------- figures
+
+/// Milliseconds, as printed in the tables.
+pub fn ms(d: Duration) -> String {
+    if d < Duration::from_millis(10) {
+        format!("{:.1}", d.as_secs_f64() * 1000.0)
+    } else {
+        format!("{}", d.as_millis())
+    }
+}
+
+/// (median, min, max) of some durations.
+pub fn spread(mut v: Vec<Duration>) -> Option<(Duration, Duration, Duration)> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort();
+    let n = v.len();
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2
+    };
+    Some((median, v[0], v[n - 1]))
+}
+
+/// `median (min–max)` in ms, or `n/a`.
+pub fn spread_ms(v: Vec<Duration>) -> String {
+    match spread(v) {
+        Some((m, lo, hi)) => format!("{} ({}–{})", ms(m), ms(lo), ms(hi)),
+        None => "n/a".to_string(),
+    }
+}
+
+/// A difference `b - a` when both happened.
+pub fn between(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+    Some(b?.checked_sub(a?).unwrap_or_default())
+}
+
+// ---------------------------------------------------------------- plot
+
+/// One row of the timeline plot: a label and the takeover's marks.
+pub struct PlotRow {
+    pub label: String,
+    pub takeover: Takeover,
+}
+
+/// A hand-written SVG: one row per takeover, x = ms after the cut; a bar
+/// from the cut to the VIP configured, one on to the neighbour switch, one
+/// on to the first answer, and marks for the first gratuitous ARP and the
+/// old holder's removal.
+pub fn timeline_svg(title: &str, rows: &[PlotRow]) -> String {
+    let max_ms = rows
+        .iter()
+        .filter_map(|r| {
+            let t = &r.takeover;
+            [t.served, t.neigh_switched, t.configured, t.old_removed]
+                .into_iter()
+                .flatten()
+                .max()
+        })
+        .max()
+        .map_or(1000, |d| d.as_millis() as u64);
+    let step = [100u64, 250, 500, 1000, 2000, 5000]
+        .into_iter()
+        .find(|s| max_ms / s <= 10)
+        .unwrap_or(10_000);
+    let axis_ms = max_ms.div_ceil(step).max(1) * step;
+    let (left, top, row_h, width) = (130.0, 50.0, 14.0, 700.0);
+    let height = top + row_h * rows.len() as f64 + 70.0;
+    let x = |d: Duration| left + width * d.as_millis() as f64 / axis_ms as f64;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{height}" font-family="sans-serif" font-size="11">"#,
+        left + width + 30.0
+    );
+    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        s,
+        r#"<text x="{left}" y="20" font-size="14" font-weight="bold">{title}</text>"#
+    );
+    let mut tick = 0;
+    while tick <= axis_ms {
+        let tx = left + width * tick as f64 / axis_ms as f64;
+        let bottom = top + row_h * rows.len() as f64;
+        let _ = writeln!(
+            s,
+            r##"<line x1="{tx}" y1="{top}" x2="{tx}" y2="{bottom}" stroke="#ddd"/><text x="{tx}" y="{}" text-anchor="middle">{tick}</text>"##,
+            bottom + 14.0
+        );
+        tick += step;
+    }
+    let bottom = top + row_h * rows.len() as f64;
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="{}" text-anchor="middle">ms after the holder's links were cut</text>"#,
+        left + width / 2.0,
+        bottom + 30.0
+    );
+    for (i, r) in rows.iter().enumerate() {
+        let y = top + row_h * i as f64;
+        let t = &r.takeover;
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="{}" text-anchor="end">{}</text>"#,
+            left - 6.0,
+            y + row_h - 4.0,
+            r.label
+        );
+        let seg = |s: &mut String, a: Option<Duration>, b: Option<Duration>, color: &str| {
+            if let (Some(a), Some(b)) = (a, b) {
+                let _ = writeln!(
+                    s,
+                    r#"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{color}"/>"#,
+                    x(a),
+                    y + 2.0,
+                    (x(b) - x(a)).max(1.0),
+                    row_h - 4.0
+                );
+            }
+        };
+        seg(&mut s, Some(Duration::ZERO), t.configured, "#9bb8d9");
+        seg(&mut s, t.configured, t.neigh_switched, "#f0b35b");
+        seg(
+            &mut s,
+            t.neigh_switched.or(t.configured),
+            t.served,
+            "#7cc47c",
+        );
+        for (mark, color) in [(t.first_garp, "#c0392b"), (t.old_removed, "#333")] {
+            if let Some(m) = mark {
+                let _ = writeln!(
+                    s,
+                    r#"<line x1="{:.1}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="{color}" stroke-width="2"/>"#,
+                    x(m),
+                    y + 1.0,
+                    x(m),
+                    y + row_h - 1.0
+                );
+            }
+        }
+    }
+    let legend = [
+        ("#9bb8d9", "cut → VIP configured on the new holder"),
+        ("#f0b35b", "→ client's neighbour entry switched"),
+        ("#7cc47c", "→ first TCP answer from the new holder"),
+        ("#c0392b", "| first gratuitous ARP at the client"),
+        ("#333", "| old holder removed the VIP"),
+    ];
+    for (i, (color, text)) in legend.iter().enumerate() {
+        let lx = left + (i % 3) as f64 * 240.0;
+        let ly = bottom + 44.0 + (i / 3) as f64 * 14.0;
+        let _ = writeln!(
+            s,
+            r#"<rect x="{lx}" y="{}" width="10" height="10" fill="{color}"/><text x="{}" y="{}">{text}</text>"#,
+            ly - 9.0,
+            lx + 14.0,
+            ly
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_timestamps() {
+        let t = parse_rfc3339("1970-01-02T00:00:01.5Z").unwrap();
+        assert_eq!(
+            t.duration_since(UNIX_EPOCH).unwrap(),
+            Duration::from_millis(86_401_500)
+        );
+        let t = parse_rfc3339("2026-11-25T15:22:39.123456Z").unwrap();
+        assert_eq!(
+            t.duration_since(UNIX_EPOCH).unwrap().as_micros(),
+            1_795_620_159_123_456
+        );
+        assert!(parse_rfc3339("2026-11-25 15:22:39").is_none());
+    }
+
+    #[test]
+    fn elected_line_is_found_after_the_cut() {
+        let log = r#"{"timestamp":"2026-11-25T15:22:39.100000Z","level":"INFO","fields":{"message":"elected leader","term":1}}
+{"timestamp":"2026-11-25T15:22:41.250000Z","level":"INFO","fields":{"message":"elected leader","term":2}}"#;
+        let cut = parse_rfc3339("2026-11-25T15:22:40.000000Z").unwrap();
+        assert_eq!(elected_at(log, cut), Some(Duration::from_millis(1250)));
+    }
+
+    #[test]
+    fn medians() {
+        let d = |v: &[u64]| v.iter().map(|m| Duration::from_millis(*m)).collect();
+        assert_eq!(spread_ms(d(&[30, 10, 20])), "20 (10–30)");
+        assert_eq!(spread_ms(d(&[4, 1, 2, 3])), "2.5 (1.0–4.0)");
+        assert_eq!(spread_ms(vec![]), "n/a");
+    }
+
+    #[test]
+    fn netlink_address_and_neighbour_messages() {
+        // RTM_NEWADDR for 192.0.2.100 (IFA_LOCAL), then RTM_NEWNEIGH with a MAC.
+        let mut buf = Vec::new();
+        let mut msg = |kind: u16, fixed: &[u8], attrs: &[(u16, &[u8])]| {
+            let mut body = fixed.to_vec();
+            for (k, v) in attrs {
+                body.extend(((4 + v.len()) as u16).to_ne_bytes());
+                body.extend(k.to_ne_bytes());
+                body.extend(*v);
+                while !body.len().is_multiple_of(4) {
+                    body.push(0);
+                }
+            }
+            buf.extend(((16 + body.len()) as u32).to_ne_bytes());
+            buf.extend(kind.to_ne_bytes());
+            buf.extend([0u8; 10]);
+            buf.extend(body);
+        };
+        msg(
+            RTM_NEWADDR,
+            &[2, 24, 0, 0, 3, 0, 0, 0],
+            &[(2, &[192, 0, 2, 100])],
+        );
+        msg(
+            RTM_NEWNEIGH,
+            &[2, 0, 0, 0, 3, 0, 0, 0, 2, 0, 0, 1],
+            &[(1, &[192, 0, 2, 100]), (2, &[2, 0, 0, 0, 0, 9])],
+        );
+        let mut got = Vec::new();
+        parse_netlink(&buf, |e| got.push(e));
+        assert!(matches!(got[0], NlEvent::Addr { added: true, ip } if ip == VIP));
+        assert!(
+            matches!(got[1], NlEvent::Neigh { ip, mac: Some([2, 0, 0, 0, 0, 9]) } if ip == VIP)
+        );
+        assert_eq!(got.len(), 2);
+    }
+}
