@@ -85,6 +85,12 @@ async fn run(config: Config) -> Result<()> {
     let cancel = CancellationToken::new();
     let node_id = config.node_id();
     let netlink = Netlink::new().context("opening netlink")?;
+    // Announcing needs an AF_PACKET socket (CAP_NET_RAW): find out now, not
+    // at the first takeover, when a missing capability would leave the
+    // network with stale ARP caches.
+    socket2::Socket::new(socket2::Domain::PACKET, socket2::Type::RAW, None).context(
+        "cannot open an AF_PACKET socket to send gratuitous ARP (vipd needs CAP_NET_RAW)",
+    )?;
 
     let offload: Option<SharedOffload> = if config.xdp.disabled {
         info!("XDP disabled (--no-xdp): no ARP counters, the kernel answers ARP");
