@@ -107,11 +107,12 @@ pub fn run(runs: usize) -> Result<String> {
         }
         startup.push((n, samples));
     }
+    let rss_no_xdp = rss_without_xdp(&lab, &node, all[0], &empty_config)?;
     let repair = repair_run(&lab, &node, &all[..REPAIR_VIPS], &empty_config)?;
     let set = set_run(&lab, &node, &empty_config)?;
     lab.teardown()
         .map_err(|e| anyhow::anyhow!("lab teardown: {}", e.join("; ")))?;
-    Ok(section(&startup, &repair, &set, all.len()))
+    Ok(section(&startup, rss_no_xdp, &repair, &set, all.len()))
 }
 
 /// One start of vipd with `vips`, timed.
@@ -521,6 +522,7 @@ fn set_run(lab: &Lab, node: &Host, config: &Path) -> Result<SetFigures> {
 
 fn section(
     startup: &[(usize, Vec<StartupSample>)],
+    rss_no_xdp_kb: f64,
     repair: &Repair,
     set: &SetFigures,
     max_vips: usize,
@@ -663,7 +665,41 @@ fn section(
             met(h.max <= TARGET_RSS_KB)
         );
     }
+    let _ = writeln!(
+        s,
+        "| ... the same with `--no-xdp` (1 VIP): what the XDP program costs | {:.1} MiB | | |",
+        rss_no_xdp_kb / 1024.0
+    );
     s
+}
+
+/// VmHWM of vipd holding one VIP without the XDP program, KiB: how much of
+/// the peak the program's loading costs.
+fn rss_without_xdp(lab: &Lab, node: &Host, vip: Ipv4Addr, config: &Path) -> Result<f64> {
+    check_clean(node)?;
+    let monitor = AddrMonitor::start(node.path())?;
+    let mut args = vipd_args(config, &lab.dir().join("vipd.sock"));
+    args.extend([
+        "--static-vips".to_string(),
+        vip.to_string(),
+        "--no-xdp".into(),
+    ]);
+    let vipd = node.spawn(&args);
+    let want = BTreeSet::from([vip]);
+    let start = Instant::now();
+    while monitor.first_new(&want).is_empty() {
+        ensure_running(&vipd)?;
+        if start.elapsed() > Duration::from_secs(20) {
+            bail!("vipd --no-xdp did not configure {vip} in 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The first pass's announcement, then the figure.
+    std::thread::sleep(Duration::from_millis(500));
+    let kb = vm_hwm_kb(vipd.pid())?;
+    stop_vipd(&vipd, node)?;
+    eprintln!("[engine: --no-xdp] VmHWM {:.1} MiB", kb / 1024.0);
+    Ok(kb)
 }
 
 /// VmHWM of a process, KiB.
