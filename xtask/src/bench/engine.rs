@@ -128,6 +128,8 @@ struct StartupSample {
     last_garp: f64,
     /// VmHWM, KiB.
     hwm_kb: f64,
+    /// VmRSS once the first pass is over, KiB.
+    rss_kb: f64,
     /// SIGTERM to exit: stepping down removes every VIP.
     stop: f64,
 }
@@ -265,7 +267,8 @@ fn startup_run(
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    let hwm_kb = vm_hwm_kb(vipd.pid())?;
+    let hwm_kb = vm_kb(vipd.pid(), "VmHWM")?;
+    let rss_kb = vm_kb(vipd.pid(), "VmRSS")?;
     let log = vipd.stderr();
     let leader =
         log_time(&log, "leader term starts").context("vipd never logged \"leader term starts\"")?;
@@ -280,6 +283,7 @@ fn startup_run(
         first_garp: ms_between(leader, first_garp_at),
         last_garp: ms_between(leader, last_garp_at),
         hwm_kb,
+        rss_kb,
         stop,
     };
     progress.finish(format!(
@@ -547,19 +551,23 @@ fn section(
     let _ = writeln!(
         s,
         "| VIPs | runs | start -> leader | leader -> all configured | -> first GARP | \
-         -> last GARP of first pass | pacing floor of the first pass | peak RSS MiB | SIGTERM -> exit (VIPs removed) |"
+         -> last GARP of first pass | pacing floor of the first pass | peak RSS (VmHWM) MiB | RSS after the first pass MiB | SIGTERM -> exit (VIPs removed) |"
     );
-    let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (n, samples) in startup {
         let col = |f: fn(&StartupSample) -> f64| samples.iter().map(f).collect::<Vec<_>>();
-        let rss = Summary::of(&col(|x| x.hwm_kb / 1024.0)).map_or("-".into(), |r| {
-            format!("{:.1} ({:.1}-{:.1})", r.median, r.min, r.max)
-        });
+        let mib = |v: Vec<f64>| {
+            Summary::of(&v).map_or("-".into(), |r| {
+                format!("{:.1} ({:.1}-{:.1})", r.median, r.min, r.max)
+            })
+        };
+        let rss = mib(col(|x| x.hwm_kb / 1024.0));
+        let now = mib(col(|x| x.rss_kb / 1024.0));
         // A burst of MAX_BURST frames, then one every 1/rate.
         let expected = (n * FORMS).saturating_sub(MAX_BURST) as f64 / GARP_RATE * 1000.0;
         let _ = writeln!(
             s,
-            "| {n} | {} | {} | {} | {} | {} | {} | {rss} | {} |",
+            "| {n} | {} | {} | {} | {} | {} | {} | {rss} | {now} | {} |",
             samples.len(),
             cell(&col(|x| x.to_leader)),
             cell(&col(|x| x.configured)),
@@ -696,21 +704,21 @@ fn rss_without_xdp(lab: &Lab, node: &Host, vip: Ipv4Addr, config: &Path) -> Resu
     }
     // The first pass's announcement, then the figure.
     std::thread::sleep(Duration::from_millis(500));
-    let kb = vm_hwm_kb(vipd.pid())?;
+    let kb = vm_kb(vipd.pid(), "VmHWM")?;
     stop_vipd(&vipd, node)?;
     eprintln!("[engine: --no-xdp] VmHWM {:.1} MiB", kb / 1024.0);
     Ok(kb)
 }
 
-/// VmHWM of a process, KiB.
-fn vm_hwm_kb(pid: u32) -> Result<f64> {
+/// A `Vm*` line of a process's status (VmHWM, VmRSS), KiB.
+fn vm_kb(pid: u32, key: &str) -> Result<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("reading /proc/{pid}/status"))?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .with_context(|| format!("no VmHWM in /proc/{pid}/status"))
+        .with_context(|| format!("no {key} in /proc/{pid}/status"))
 }
 
 /// Maps vipd's log timestamps (wall clock) onto `Instant`s.
