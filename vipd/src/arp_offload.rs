@@ -10,7 +10,7 @@ use std::{
 };
 
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
     maps::{HashMap, MapData, MapError, PerCpuHashMap, PerCpuValues, RingBuf},
     programs::{ProgramError, TestRun, TestRunOptions, Xdp, xdp::XdpLinkId},
 };
@@ -148,7 +148,13 @@ impl ArpOffload {
     #[instrument(name = "xdp_load")]
     pub fn load() -> Result<Self, OffloadError> {
         raise_memlock_limit();
-        let mut ebpf = Ebpf::load(OBJECT).map_err(OffloadError::Load)?;
+        // No kernel BTF: the program reads no kernel types (no CO-RE), and
+        // parsing /sys/kernel/btf/vmlinux (5 MB) took about 34 MB of RSS,
+        // most of the agent's memory (docs/BENCHMARKS.md, engine).
+        let mut ebpf = EbpfLoader::new()
+            .btf(None)
+            .load(OBJECT)
+            .map_err(OffloadError::Load)?;
         let program: &mut Xdp = ebpf
             .program_mut(PROGRAM_NAME)
             .ok_or(OffloadError::MissingProgram(None))?
