@@ -418,6 +418,8 @@ struct SetFigures {
     vipctl: Vec<f64>,
     /// vipctl started to vipd's "VIP configuration read".
     to_read: Vec<f64>,
+    /// vipd's "VIP configuration read" to the new VIP's NEWADDR.
+    vipd_part: Vec<f64>,
     misses: usize,
 }
 
@@ -451,6 +453,7 @@ fn set_run(lab: &Lab, node: &Host, config: &Path) -> Result<SetFigures> {
         to_vip: Vec::new(),
         vipctl: Vec::new(),
         to_read: Vec::new(),
+        vipd_part: Vec::new(),
         misses: 0,
     };
     // Rep 0 creates the service znode and is not counted; each later rep
@@ -496,8 +499,12 @@ fn set_run(lab: &Lab, node: &Host, config: &Path) -> Result<SetFigures> {
         } else {
             let log = vipd.stderr();
             let later: String = log.lines().skip(log_before).collect::<Vec<_>>().join("\n");
-            if let Some(read) = log_time(&later, "VIP configuration read") {
-                figures.to_read.push(ms_between(t0, clock.instant(read)));
+            let read = log_time(&later, "VIP configuration read").map(|r| clock.instant(r));
+            if let Some(read) = read {
+                figures.to_read.push(ms_between(t0, read));
+            }
+            if let (Some(read), Some(at)) = (read, added) {
+                figures.vipd_part.push(ms_between(read, at));
             }
             figures.vipctl.push(ms_between(t0, t_exit));
             match added {
@@ -642,6 +649,11 @@ fn section(
         s,
         "| ... of which vipctl start -> vipd's `VIP configuration read` | {} ms | | |",
         cell(&set.to_read)
+    );
+    let _ = writeln!(
+        s,
+        "| ... of which vipd's `VIP configuration read` -> the VIP's `RTM_NEWADDR` | {} ms | | |",
+        cell(&set.vipd_part)
     );
     if let Some((n, samples)) = startup.last() {
         let conf: Vec<f64> = samples.iter().map(|x| x.configured).collect();
