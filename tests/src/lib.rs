@@ -1,5 +1,6 @@
 //! The lab for vipd's integration tests: network namespaces, processes, and
 //! a real ZooKeeper server.
 
+pub mod cluster;
 pub mod lab;
 pub mod zk;

@@ -635,7 +635,13 @@ fn held_vip_vlan_request_is_answered_keeping_the_tag() {
                 let (action, out, delta, _) = run(&offload, &request, ifindex);
                 assert_eq!(action, XDP_PASS, "held on VLAN {other}, asked on {vid}");
                 assert_eq!(out, request, "passed unchanged");
-                assert_eq!(delta, ArpCounters { requests: 1, ..NONE });
+                assert_eq!(
+                    delta,
+                    ArpCounters {
+                        requests: 1,
+                        ..NONE
+                    }
+                );
             }
             let offload = holding_on_vlan(ifindex, vid);
             let reply = ArpFrame {

@@ -105,6 +105,9 @@ pub struct Engine {
     applied: Desired,
     sync: Option<SyncRounds>,
     last_conflict_answer: HashMap<Vip, Instant>,
+    /// Conflict answers the rate limit held back, due when it allows: a
+    /// burst of claims must not end with the other node's word on the wire.
+    pending_conflict_answers: BTreeMap<Vip, tokio::time::Instant>,
     last_conflict_log: HashMap<Vip, Instant>,
     /// Interfaces as of the last pass, by ifindex.
     links: HashMap<u32, Link>,
@@ -119,7 +122,10 @@ const CONFLICT_ANSWER_EVERY: Duration = Duration::from_secs(1);
 const CONFLICT_LOG_EVERY: Duration = Duration::from_secs(5);
 
 impl Engine {
-    #[expect(clippy::too_many_arguments, reason = "the engine's wiring, built once in main")]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the engine's wiring, built once in main"
+    )]
     pub fn new(
         engine: EngineArgs,
         xdp: XdpArgs,
@@ -142,6 +148,7 @@ impl Engine {
             applied: Desired::default(),
             sync: None,
             last_conflict_answer: HashMap::new(),
+            pending_conflict_answers: BTreeMap::new(),
             last_conflict_log: HashMap::new(),
             links: HashMap::new(),
             reported: HashMap::new(),
@@ -172,6 +179,7 @@ impl Engine {
 
         loop {
             let sync_due = self.sync.as_ref().map(|s| s.next);
+            let conflict_due = self.pending_conflict_answers.values().min().copied();
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => break,
@@ -188,6 +196,7 @@ impl Engine {
                 }
                 Some(c) = next_conflict(&mut conflicts) => self.on_conflict(c),
                 () = sleep_opt(sync_due) => self.sync_round().await,
+                () = sleep_opt(conflict_due) => self.answer_due_conflicts(),
                 _ = tick.tick() => self.reconcile(false).await,
             }
         }
@@ -205,19 +214,27 @@ impl Engine {
         }
         self.applied = d;
         if new_term {
-            info!(term = self.applied.term, vips = self.applied.vips.len(), "leader term starts");
+            info!(
+                term = self.applied.term,
+                vips = self.applied.vips.len(),
+                "leader term starts"
+            );
             self.status.send_modify(|s| s.leader_terms += 1);
+        }
+        self.reconcile(new_term).await;
+        if new_term {
+            // The R8 rounds count from the term's first announcement.
             self.sync = (self.engine.garp_rounds > 0).then(|| SyncRounds {
                 remaining: self.engine.garp_rounds,
                 next: tokio::time::Instant::now() + self.engine.garp_interval,
             });
         }
-        self.reconcile(new_term).await;
     }
 
     /// Stops announcing and answering, removes every VIP we hold, reports.
     async fn step_down(&mut self, why: &str) {
         self.sync = None;
+        self.pending_conflict_answers.clear();
         self.announcer.clear();
         if let Some(off) = &self.offload
             && let Err(e) = off.lock().expect("offload lock").clear_held()
@@ -262,11 +279,19 @@ impl Engine {
     }
 
     fn on_conflict(&mut self, ev: vipd_common::ConflictEvent) {
-        let Ok(vip) = Vip::new(ev.vip.into()) else { return };
+        let Ok(vip) = Vip::new(ev.vip.into()) else {
+            return;
+        };
         let now = Instant::now();
         let mac = crate::net::format_mac(&ev.mac);
         let ifname = self.link_name(ev.ifindex);
-        let mut st = self.status.borrow().conflicts.get(&vip).cloned().unwrap_or_default();
+        let mut st = self
+            .status
+            .borrow()
+            .conflicts
+            .get(&vip)
+            .cloned()
+            .unwrap_or_default();
         st.events += 1;
         st.last_mac = Some(mac.clone());
         st.last_interface = ifname.clone();
@@ -287,19 +312,50 @@ impl Engine {
         if self.applied.role != Role::Leader {
             return;
         }
-        if self
-            .last_conflict_answer
-            .get(&vip)
-            .is_some_and(|t| now.duration_since(*t) < CONFLICT_ANSWER_EVERY)
+        if let Some(last) = self.last_conflict_answer.get(&vip)
+            && now.duration_since(*last) < CONFLICT_ANSWER_EVERY
         {
+            // Held back, not dropped: answered when the limit allows.
+            let due = tokio::time::Instant::from_std(*last + CONFLICT_ANSWER_EVERY);
+            self.pending_conflict_answers.entry(vip).or_insert(due);
             return;
         }
-        let held = self.status.borrow().vips.iter().find(|v| v.vip == vip && v.state == "held").cloned();
+        self.answer_conflict(vip, now);
+    }
+
+    /// Answers the conflicts whose held-back answer is due.
+    fn answer_due_conflicts(&mut self) {
+        let now = tokio::time::Instant::now();
+        let due: Vec<Vip> = self
+            .pending_conflict_answers
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(vip, _)| *vip)
+            .collect();
+        for vip in due {
+            self.answer_conflict(vip, Instant::now());
+        }
+    }
+
+    /// Announces `vip` again if we lead and hold it.
+    fn answer_conflict(&mut self, vip: Vip, now: Instant) {
+        self.pending_conflict_answers.remove(&vip);
+        if self.applied.role != Role::Leader {
+            return;
+        }
+        let held = self
+            .status
+            .borrow()
+            .vips
+            .iter()
+            .find(|v| v.vip == vip && v.state == "held")
+            .cloned();
         if let Some(v) = held
             && let (Some(ifindex), Some(mac)) = (v.ifindex, self.link_mac(v.ifindex))
         {
             self.last_conflict_answer.insert(vip, now);
-            self.announcer.announce(vec![Announcement { vip, ifindex, mac }]);
+            self.announcer
+                .announce(vec![Announcement { vip, ifindex, mac }]);
         }
     }
 
@@ -363,12 +419,19 @@ impl Engine {
         let mut removed = 0;
         for action in &plan.actions {
             match action {
-                Action::Remove { vip, address, guards_secondaries } => {
+                Action::Remove {
+                    vip,
+                    address,
+                    guards_secondaries,
+                } => {
                     if *guards_secondaries
                         && let Some(link) = snap.link(address.ifindex)
                         && let Err(e) = enable_promote_secondaries(&link.name)
                     {
-                        let msg = format!("not removing VIP {vip} from {}: it is its subnet's primary address and promote_secondaries cannot be enabled ({e}); removing it would delete the operator's addresses in that subnet", link.name);
+                        let msg = format!(
+                            "not removing VIP {vip} from {}: it is its subnet's primary address and promote_secondaries cannot be enabled ({e}); removing it would delete the operator's addresses in that subnet",
+                            link.name
+                        );
                         error!(vip = %vip, ifname = %link.name, "{msg}");
                         errors.push(msg.clone());
                         failed.insert(*vip, msg);
@@ -387,18 +450,20 @@ impl Engine {
                         }
                     }
                 }
-                Action::Add { vip, placement } => match self.netlink.add_vip(*vip, *placement).await {
-                    Ok(()) => {
-                        info!(vip = %vip, ifname = %self.name_in(&snap, placement.ifindex),
+                Action::Add { vip, placement } => {
+                    match self.netlink.add_vip(*vip, *placement).await {
+                        Ok(()) => {
+                            info!(vip = %vip, ifname = %self.name_in(&snap, placement.ifindex),
                               prefix_len = placement.prefix_len, "VIP added");
-                        added.push((*vip, *placement));
+                            added.push((*vip, *placement));
+                        }
+                        Err(e) => {
+                            error!(vip = %vip, error = %e, "cannot add VIP");
+                            errors.push(e.to_string());
+                            failed.insert(*vip, e.to_string());
+                        }
                     }
-                    Err(e) => {
-                        error!(vip = %vip, error = %e, "cannot add VIP");
-                        errors.push(e.to_string());
-                        failed.insert(*vip, e.to_string());
-                    }
-                },
+                }
             }
         }
 
@@ -409,7 +474,9 @@ impl Engine {
         let mut interfaces = BTreeMap::new();
         for (vip, verdict) in &plan.verdicts {
             let (state, placement, ifindex) = match verdict {
-                Verdict::InPlace { placement } => ("held", Some(*placement), Some(placement.ifindex)),
+                Verdict::InPlace { placement } => {
+                    ("held", Some(*placement), Some(placement.ifindex))
+                }
                 Verdict::Add { placement } => {
                     if failed.contains_key(vip) {
                         ("error", Some(*placement), Some(placement.ifindex))
@@ -419,7 +486,8 @@ impl Engine {
                 }
                 Verdict::NoRoute => {
                     no_route.insert(*vip);
-                    let msg = format!("no route matches VIP {vip}: it cannot be served from this node");
+                    let msg =
+                        format!("no route matches VIP {vip}: it cannot be served from this node");
                     if self.first_report(*vip, "no_route") {
                         error!(vip = %vip, "{msg}");
                     }
@@ -427,7 +495,9 @@ impl Engine {
                     ("no_route", None, None)
                 }
                 Verdict::OperatorAddress { ifindex } => {
-                    let msg = format!("VIP {vip} is already configured on this node without vipd's mark (an operator's address): left alone, not announced");
+                    let msg = format!(
+                        "VIP {vip} is already configured on this node without vipd's mark (an operator's address): left alone, not announced"
+                    );
                     if self.first_report(*vip, "operator_address") {
                         warn!(vip = %vip, ifindex, "{msg}");
                     }
@@ -451,7 +521,11 @@ impl Engine {
                 interface: name,
                 ifindex,
                 prefix_len: placement.map(|p| p.prefix_len),
-                error: if state == "held" { None } else { failed.get(vip).cloned() },
+                error: if state == "held" {
+                    None
+                } else {
+                    failed.get(vip).cloned()
+                },
             });
         }
         if !leader {
@@ -481,7 +555,11 @@ impl Engine {
             .filter(|(vip, _)| announce_all || added.iter().any(|(a, _)| a == *vip))
             .filter_map(|(vip, p)| {
                 let mac = snap.link(p.ifindex)?.mac;
-                Some(Announcement { vip: *vip, ifindex: p.ifindex, mac })
+                Some(Announcement {
+                    vip: *vip,
+                    ifindex: p.ifindex,
+                    mac,
+                })
             })
             .collect();
         if leader && !to_announce.is_empty() {
@@ -548,7 +626,14 @@ impl Engine {
             .filter_map(|v| {
                 let ifindex = v.ifindex?;
                 let mac = snap.link(ifindex)?.mac;
-                Some((v.vip, HeldVip { ifindex, mac, vlan: 0 }))
+                Some((
+                    v.vip,
+                    HeldVip {
+                        ifindex,
+                        mac,
+                        vlan: 0,
+                    },
+                ))
             })
             .collect()
     }
@@ -556,7 +641,9 @@ impl Engine {
     /// Attaches the XDP program where VIPs live (and where the operator
     /// named), watches every configured VIP and holds exactly `held`.
     fn sync_xdp(&mut self, snap: &NetSnapshot, held: &BTreeMap<Vip, Placement>) -> Vec<String> {
-        let Some(off) = &self.offload else { return Vec::new() };
+        let Some(off) = &self.offload else {
+            return Vec::new();
+        };
         let mut off = off.lock().expect("offload lock");
         let mut errors = Vec::new();
         let mut ifnames: BTreeSet<String> = self.xdp.interfaces.iter().cloned().collect();
@@ -583,16 +670,24 @@ impl Engine {
         if let Err(e) = off.set_watched(&self.applied.vips) {
             errors.push(e.to_string());
         }
-        let entries: BTreeMap<Vip, HeldVip> = if self.xdp.responder && self.applied.role == Role::Leader {
-            held.iter()
-                .filter_map(|(vip, p)| {
-                    let mac = snap.link(p.ifindex)?.mac;
-                    Some((*vip, HeldVip { ifindex: p.ifindex, mac, vlan: 0 }))
-                })
-                .collect()
-        } else {
-            BTreeMap::new()
-        };
+        let entries: BTreeMap<Vip, HeldVip> =
+            if self.xdp.responder && self.applied.role == Role::Leader {
+                held.iter()
+                    .filter_map(|(vip, p)| {
+                        let mac = snap.link(p.ifindex)?.mac;
+                        Some((
+                            *vip,
+                            HeldVip {
+                                ifindex: p.ifindex,
+                                mac,
+                                vlan: 0,
+                            },
+                        ))
+                    })
+                    .collect()
+            } else {
+                BTreeMap::new()
+            };
         if let Err(e) = off.set_held(&entries) {
             errors.push(e.to_string());
         }

@@ -30,15 +30,29 @@ use crate::{
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("cannot create the control socket directory {path}: {source}")]
-    Dir { path: PathBuf, source: std::io::Error },
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot listen on the control socket {path}: {source}")]
-    Listen { path: PathBuf, source: std::io::Error },
+    Listen {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("another vipd is already serving the control socket {0}")]
     InUse(PathBuf),
-    #[error("cannot reach vipd at {path}: {source} (is vipd running, and is this its --api-socket?)")]
-    Connect { path: PathBuf, source: std::io::Error },
+    #[error(
+        "cannot reach vipd at {path}: {source} (is vipd running, and is this its --api-socket?)"
+    )]
+    Connect {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("talking to vipd at {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("vipd at {path} answered something unreadable: {detail}")]
     Protocol { path: PathBuf, detail: String },
 }
@@ -183,7 +197,12 @@ pub async fn bind(path: &Path) -> Result<UnixListener, ApiError> {
 }
 
 /// Serves requests until `cancel`, then removes the socket file.
-pub async fn serve(listener: UnixListener, path: PathBuf, state: ApiState, cancel: CancellationToken) {
+pub async fn serve(
+    listener: UnixListener,
+    path: PathBuf,
+    state: ApiState,
+    cancel: CancellationToken,
+) {
     loop {
         tokio::select! {
             () = cancel.cancelled() => break,
@@ -230,10 +249,12 @@ pub async fn request(path: &Path, req: Request) -> Result<serde_json::Value, Api
         path: path.to_path_buf(),
         source,
     };
-    let stream = UnixStream::connect(path).await.map_err(|source| ApiError::Connect {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let stream = UnixStream::connect(path)
+        .await
+        .map_err(|source| ApiError::Connect {
+            path: path.to_path_buf(),
+            source,
+        })?;
     let (r, mut w) = stream.into_split();
     let mut line = serde_json::to_vec(&req).unwrap_or_default();
     line.push(b'\n');
@@ -249,10 +270,11 @@ pub async fn request(path: &Path, req: Request) -> Result<serde_json::Value, Api
         detail: "no answer within 5 s".into(),
     })?
     .map_err(io)?;
-    let v: serde_json::Value = serde_json::from_str(answer.trim()).map_err(|e| ApiError::Protocol {
-        path: path.to_path_buf(),
-        detail: e.to_string(),
-    })?;
+    let v: serde_json::Value =
+        serde_json::from_str(answer.trim()).map_err(|e| ApiError::Protocol {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })?;
     if let Some(err) = v.get("error").and_then(|e| e.as_str()) {
         return Err(ApiError::Protocol {
             path: path.to_path_buf(),

@@ -23,7 +23,12 @@ pub fn render(state: &ApiState) -> String {
         }
     };
     let leader = f64::from(u8::from(e.role == Role::Leader));
-    metric("vipd_leader", "gauge", "1 if this node is the leader.", &[(String::new(), leader)]);
+    metric(
+        "vipd_leader",
+        "gauge",
+        "1 if this node is the leader.",
+        &[(String::new(), leader)],
+    );
     metric(
         "vipd_leader_terms_total",
         "counter",
@@ -32,11 +37,27 @@ pub fn render(state: &ApiState) -> String {
     );
     if let Some(c) = &state.coord {
         let c = c.borrow().clone();
-        let samples: Vec<(String, f64)> = ["connecting", "connected", "disconnected", "expired", "closed"]
-            .iter()
-            .map(|s| (format!("{{state=\"{s}\"}}"), f64::from(u8::from(c.session == *s))))
-            .collect();
-        metric("vipd_zookeeper_session", "gauge", "ZooKeeper session state (1 for the current one).", &samples);
+        let samples: Vec<(String, f64)> = [
+            "connecting",
+            "connected",
+            "disconnected",
+            "expired",
+            "closed",
+        ]
+        .iter()
+        .map(|s| {
+            (
+                format!("{{state=\"{s}\"}}"),
+                f64::from(u8::from(c.session == *s)),
+            )
+        })
+        .collect();
+        metric(
+            "vipd_zookeeper_session",
+            "gauge",
+            "ZooKeeper session state (1 for the current one).",
+            &samples,
+        );
         metric(
             "vipd_fenced",
             "gauge",
@@ -46,10 +67,25 @@ pub fn render(state: &ApiState) -> String {
     }
     let wanted = e.vips.len() as f64;
     let held = e.vips.iter().filter(|v| v.state == "held").count() as f64;
-    metric("vipd_vips_wanted", "gauge", "VIPs configured for the cluster.", &[(String::new(), wanted)]);
-    metric("vipd_vips_held", "gauge", "VIPs configured on this node.", &[(String::new(), held)]);
+    metric(
+        "vipd_vips_wanted",
+        "gauge",
+        "VIPs configured for the cluster.",
+        &[(String::new(), wanted)],
+    );
+    metric(
+        "vipd_vips_held",
+        "gauge",
+        "VIPs configured on this node.",
+        &[(String::new(), held)],
+    );
     let r = &e.last_reconcile;
-    metric("vipd_reconcile_passes_total", "counter", "Reconcile passes.", &[(String::new(), r.passes as f64)]);
+    metric(
+        "vipd_reconcile_passes_total",
+        "counter",
+        "Reconcile passes.",
+        &[(String::new(), r.passes as f64)],
+    );
     metric(
         "vipd_reconcile_errors_total",
         "counter",
@@ -92,8 +128,18 @@ pub fn render(state: &ApiState) -> String {
             })
             .collect()
     };
-    metric("vipd_arp_requests_total", "counter", "ARP requests for the VIP seen by XDP.", &per_vip(&|v| v.requests));
-    metric("vipd_arp_xdp_replies_total", "counter", "ARP requests answered by XDP.", &per_vip(&|v| v.xdp_replies));
+    metric(
+        "vipd_arp_requests_total",
+        "counter",
+        "ARP requests for the VIP seen by XDP.",
+        &per_vip(&|v| v.requests),
+    );
+    metric(
+        "vipd_arp_xdp_replies_total",
+        "counter",
+        "ARP requests answered by XDP.",
+        &per_vip(&|v| v.xdp_replies),
+    );
     metric(
         "vipd_arp_announcements_seen_total",
         "counter",
@@ -122,7 +168,11 @@ pub fn render(state: &ApiState) -> String {
 }
 
 /// Serves `GET /metrics` until `cancel`.
-pub async fn serve(addr: SocketAddr, state: ApiState, cancel: CancellationToken) -> std::io::Result<()> {
+pub async fn serve(
+    addr: SocketAddr,
+    state: ApiState,
+    cancel: CancellationToken,
+) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
     loop {
         tokio::select! {
@@ -165,7 +215,8 @@ async fn answer(mut stream: TcpStream, state: &ApiState) -> std::io::Result<()> 
     }
     let head = String::from_utf8_lossy(&buf[..n]);
     let first = head.lines().next().unwrap_or_default();
-    let (status, body, ctype) = if first.starts_with("GET /metrics ") || first.starts_with("GET / ") {
+    let (status, body, ctype) = if first.starts_with("GET /metrics ") || first.starts_with("GET / ")
+    {
         ("200 OK", render(state), "text/plain; version=0.0.4")
     } else {
         ("404 Not Found", "try /metrics\n".to_string(), "text/plain")

@@ -20,12 +20,12 @@ use vipd::{
     agent::{Engine, EngineStatus, SharedOffload},
     announce::Announcer,
     api::{self, ApiState},
-    metrics,
     arp_offload::ArpOffload,
     config::{self, Config, ConfigError, LogFormat, VipdCommand},
-    notify::notify,
     coord::{self, CoordStatus, ZkAuth, ZkSettings},
+    metrics,
     net::netlink::Netlink,
+    notify::notify,
     role::{Desired, EngineReport, Role},
 };
 
@@ -250,7 +250,9 @@ async fn run(config: Config) -> Result<()> {
     // and the announcer stop.
     cancel.cancel();
     if let Some(task) = coord_task
-        && tokio::time::timeout(Duration::from_secs(10), task).await.is_err()
+        && tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .is_err()
     {
         warn!("ZooKeeper coordination did not stop within 10 s");
     }

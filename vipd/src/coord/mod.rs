@@ -522,11 +522,20 @@ impl Ctx<'_> {
                     break LeadEnd::Fenced;
                 }
                 s = state.changed() => match s {
+                    // The session outlives the connection by at least T
+                    // after the last answered heartbeat was sent, so the
+                    // heartbeat deadline above (fence_at) is as safe here as
+                    // for a silent link. Fencing at once would drop the VIPs
+                    // even when the client reconnects to another ensemble
+                    // member within milliseconds, keeping its session.
                     SessionState::Disconnected => {
-                        warn!("ZooKeeper connection lost; fencing");
-                        self.follower(true);
+                        warn!(fence_in = ?fence_at.saturating_duration_since(Instant::now()),
+                            "ZooKeeper connection lost; fencing unless it is back before the heartbeat deadline");
                         self.set_session("disconnected");
-                        break LeadEnd::Fenced;
+                    }
+                    SessionState::SyncConnected => {
+                        info!("ZooKeeper connection back within the heartbeat deadline; still leading");
+                        self.set_session("connected");
                     }
                     s if s.is_terminated() => {
                         self.follower(false);

@@ -1,0 +1,733 @@
+//! A vipd cluster in the lab: real vipd processes in node namespaces, a real
+//! ZooKeeper (one server or three) on the management bridge, and netlink
+//! address readers and recorders inside the namespaces to see, with one
+//! monotonic clock, which node holds which VIP and when that changed.
+//!
+//! Layout: nodes `n1..` have eth0 on br0 (192.0.2.1x/24, the data segment
+//! where VIPs live) and eth1 on br2 (203.0.113.1x/24, the path to ZooKeeper),
+//! so cutting eth1 cuts only a node's ZooKeeper path.
+
+use std::{
+    collections::BTreeSet,
+    io::{Read, Write as _},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    path::PathBuf,
+    process::Output,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    lab::{Host, HostIf, Lab, LabProcess, Netns, vipctl_bin, vipd_bin, wait_until},
+    zk::{ZkMemberSpec, ZkServer},
+};
+
+/// The ZooKeeper session timeout every vipd of the bench uses.
+pub const SESSION_TIMEOUT: Duration = Duration::from_secs(1);
+/// A client host on the data segment.
+pub const CLIENT_ADDR: &str = "192.0.2.50/24";
+/// Where `vipctl vip ...` runs: its own host on br2, never cut by a test.
+const ADMIN_ADDR: &str = "203.0.113.5/24";
+
+/// Which ZooKeeper the bench runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ZkKind {
+    /// One server at 203.0.113.2:2181 in namespace `zk`.
+    Standalone,
+    /// Three servers `zk1..zk3`. Each has eth0 on br1 (198.51.100.2-4, the
+    /// quorum path and the server's own address) and eth1 on br2
+    /// (203.0.113.2-4, the client path): nodes reach server `i` through a
+    /// /32 route via its br2 address. Cutting a server's eth0 cuts it off
+    /// from its peers while its clients still reach it.
+    Ensemble,
+}
+
+/// One vipd node.
+pub struct Node {
+    pub id: String,
+    pub host: Host,
+    pub socket: PathBuf,
+    pub vipd: Option<LabProcess>,
+}
+
+/// The bench. Field order matters: ZooKeeper dies before the lab's
+/// namespaces go (its java processes are not lab processes).
+pub struct Cluster {
+    pub zk: ZkServer,
+    pub zk_hosts: Vec<Host>,
+    pub nodes: Vec<Node>,
+    pub admin: Host,
+    pub client: Host,
+    pub cluster: String,
+    pub hosts: String,
+    readers: Vec<AddrReader>,
+    pub lab: Lab,
+}
+
+impl Cluster {
+    /// Builds the lab, starts ZooKeeper, and adds `n` nodes (vipd not started).
+    pub fn new(hint: &str, kind: ZkKind, n: usize) -> Cluster {
+        let lab = Lab::new(hint);
+        let (zk_hosts, zk) = match kind {
+            ZkKind::Standalone => {
+                let h = lab.add_host(
+                    "zk",
+                    &[HostIf {
+                        bridge: 2,
+                        addr: "203.0.113.2/24",
+                    }],
+                );
+                let zk = ZkServer::start_standalone(Ipv4Addr::new(203, 0, 113, 2), Some(h.netns()));
+                (vec![h], zk)
+            }
+            ZkKind::Ensemble => {
+                let hosts: Vec<Host> = (0..3)
+                    .map(|i| {
+                        let quorum = format!("198.51.100.{}/24", 2 + i);
+                        let client = format!("203.0.113.{}/24", 2 + i);
+                        lab.add_host(
+                            &format!("zk{}", i + 1),
+                            &[
+                                HostIf {
+                                    bridge: 1,
+                                    addr: &quorum,
+                                },
+                                HostIf {
+                                    bridge: 2,
+                                    addr: &client,
+                                },
+                            ],
+                        )
+                    })
+                    .collect();
+                let specs: Vec<ZkMemberSpec<'_>> = hosts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, h)| ZkMemberSpec {
+                        ip: Ipv4Addr::new(198, 51, 100, 2 + i as u8),
+                        netns: Some(h.netns()),
+                    })
+                    .collect();
+                let zk = ZkServer::start_ensemble(&specs);
+                (hosts, zk)
+            }
+        };
+        let admin = lab.add_host(
+            "admin",
+            &[HostIf {
+                bridge: 2,
+                addr: ADMIN_ADDR,
+            }],
+        );
+        let client = lab.add_host(
+            "client",
+            &[HostIf {
+                bridge: 0,
+                addr: CLIENT_ADDR,
+            }],
+        );
+        if kind == ZkKind::Ensemble {
+            add_server_routes(&admin);
+        }
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let cluster = format!("c{}-{nanos}", std::process::id());
+        let hosts = zk.connect_string();
+        let mut bench = Cluster {
+            zk,
+            zk_hosts,
+            nodes: Vec::new(),
+            admin,
+            client,
+            cluster,
+            hosts,
+            readers: Vec::new(),
+            lab,
+        };
+        for i in 1..=n {
+            let id = format!("n{i}");
+            let data = format!("192.0.2.{}/24", 10 + i);
+            let mgmt = format!("203.0.113.{}/24", 10 + i);
+            let host = bench.lab.add_host(
+                &id,
+                &[
+                    HostIf {
+                        bridge: 0,
+                        addr: &data,
+                    },
+                    HostIf {
+                        bridge: 2,
+                        addr: &mgmt,
+                    },
+                ],
+            );
+            if kind == ZkKind::Ensemble {
+                add_server_routes(&host);
+            }
+            bench.readers.push(AddrReader::new(&host));
+            let socket = bench.lab.dir().join(format!("{id}.sock"));
+            bench.nodes.push(Node {
+                id,
+                host,
+                socket,
+                vipd: None,
+            });
+        }
+        bench
+    }
+
+    /// Starts vipd on node `i` (0-based) with the bench's settings.
+    pub fn start_vipd(&mut self, i: usize) {
+        let node = &self.nodes[i];
+        let timeout = format!("{}ms", SESSION_TIMEOUT.as_millis());
+        let socket = node.socket.display().to_string();
+        let bin = vipd_bin().display().to_string();
+        let argv = [
+            bin.as_str(),
+            "--zk",
+            &self.hosts,
+            "--cluster",
+            &self.cluster,
+            "--node-id",
+            &node.id,
+            "--session-timeout",
+            &timeout,
+            "--api-socket",
+            &socket,
+            "--xdp-mode",
+            "generic",
+            "--garp-interval",
+            "1s",
+            "--garp-rounds",
+            "2",
+        ];
+        let p = node
+            .host
+            .spawn_env(argv, &[("RUST_LOG", "info,vipd=debug")]);
+        self.nodes[i].vipd = Some(p);
+    }
+
+    /// Starts every node's vipd and waits until each answers on its socket.
+    pub fn start_all(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.start_vipd(i);
+        }
+        for i in 0..self.nodes.len() {
+            let r = wait_until(Duration::from_secs(15), Duration::from_millis(50), || {
+                self.try_status(i).is_some()
+            });
+            if let Err(e) = r {
+                panic!(
+                    "vipd on {} never answered on its socket: {e}",
+                    self.nodes[i].id
+                );
+            }
+        }
+    }
+
+    /// SIGKILLs node `i`'s vipd and waits for it to be gone.
+    pub fn kill_vipd(&mut self, i: usize) {
+        let p = self.nodes[i].vipd.take().expect("vipd running");
+        assert!(
+            p.kill(libc::SIGKILL),
+            "vipd on {} already gone",
+            self.nodes[i].id
+        );
+        p.wait_timeout(Duration::from_secs(5))
+            .expect("vipd survived SIGKILL");
+    }
+
+    /// `vipctl <args>` in node `i`'s namespace.
+    pub fn vipctl_on(&self, i: usize, args: &[&str]) -> Output {
+        let bin = vipctl_bin().display().to_string();
+        let argv: Vec<&str> = std::iter::once(bin.as_str())
+            .chain(args.iter().copied())
+            .collect();
+        self.nodes[i].host.exec(&argv)
+    }
+
+    /// `vipctl vip --zk .. --cluster .. <args>` on the admin host.
+    pub fn vip(&self, args: &[&str]) -> Output {
+        let bin = vipctl_bin().display().to_string();
+        let mut argv = vec![
+            bin.as_str(),
+            "vip",
+            "--zk",
+            &self.hosts,
+            "--cluster",
+            &self.cluster,
+        ];
+        argv.extend_from_slice(args);
+        self.admin.exec(&argv)
+    }
+
+    /// Like [`Cluster::vip`], panicking unless it succeeds.
+    pub fn vip_ok(&self, args: &[&str]) -> String {
+        let out = self.vip(args);
+        assert!(
+            out.status.success(),
+            "vipctl vip {} failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `vipctl status --json` of node `i`, if its vipd answers.
+    pub fn try_status(&self, i: usize) -> Option<serde_json::Value> {
+        let socket = self.nodes[i].socket.display().to_string();
+        let out = self.vipctl_on(i, &["status", "--json", "--api-socket", &socket]);
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    /// Like [`Cluster::try_status`], panicking with vipctl's stderr.
+    pub fn status(&self, i: usize) -> serde_json::Value {
+        let socket = self.nodes[i].socket.display().to_string();
+        let out = self.vipctl_on(i, &["status", "--json", "--api-socket", &socket]);
+        assert!(
+            out.status.success(),
+            "vipctl status on {}: {}",
+            self.nodes[i].id,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "vipctl status --json on {}: {e}: {}",
+                self.nodes[i].id,
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// The IPv4 addresses of node `i` that are in `vips` (any interface),
+    /// read through netlink in-process (cheap enough to poll every 20 ms).
+    pub fn held(&self, i: usize, vips: &BTreeSet<Ipv4Addr>) -> BTreeSet<Ipv4Addr> {
+        self.readers[i]
+            .addrs()
+            .into_iter()
+            .map(|a| a.addr)
+            .filter(|a| vips.contains(a))
+            .collect()
+    }
+
+    /// What each node holds of `vips`, by node index.
+    pub fn holdings(&self, vips: &BTreeSet<Ipv4Addr>) -> Vec<BTreeSet<Ipv4Addr>> {
+        (0..self.nodes.len()).map(|i| self.held(i, vips)).collect()
+    }
+
+    /// The node that holds all of `vips` while no other node holds any.
+    pub fn sole_holder(&self, vips: &BTreeSet<Ipv4Addr>) -> Option<usize> {
+        let h = self.holdings(vips);
+        let full: Vec<usize> = (0..h.len()).filter(|&i| h[i] == *vips).collect();
+        let any = h.iter().filter(|s| !s.is_empty()).count();
+        (full.len() == 1 && any == 1).then(|| full[0])
+    }
+
+    /// Waits until one node alone holds all of `vips` (optionally not one of
+    /// `not`); returns it and how long it took.
+    pub fn wait_sole_holder(
+        &self,
+        vips: &BTreeSet<Ipv4Addr>,
+        not: Option<usize>,
+        timeout: Duration,
+    ) -> Result<(usize, Duration), String> {
+        let start = Instant::now();
+        loop {
+            if let Some(i) = self.sole_holder(vips)
+                && Some(i) != not
+            {
+                return Ok((i, start.elapsed()));
+            }
+            if start.elapsed() > timeout {
+                return Err(format!(
+                    "no single holder of {vips:?} (excluding {not:?}) after {timeout:?}; holdings {:?}",
+                    self.holdings(vips)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Index of the ZooKeeper server (ensemble member) that has a client
+    /// connection from `ip`, found with the `cons` four-letter command.
+    pub fn zk_server_of(&self, ip: Ipv4Addr) -> Option<usize> {
+        let needle = format!("/{ip}:");
+        (0..self.zk_hosts.len()).find(|&i| {
+            let addr = self.zk.addr(i);
+            self.admin
+                .in_netns(|| four_letter(addr, "cons"))
+                .is_some_and(|text| text.contains(&needle))
+        })
+    }
+}
+
+impl Cluster {
+    /// Index of the ensemble member in `Mode: leader` (the `srvr` command).
+    pub fn zk_quorum_leader(&self) -> Option<usize> {
+        (0..self.zk_hosts.len()).find(|&i| {
+            let addr = self.zk.addr(i);
+            self.admin
+                .in_netns(|| four_letter(addr, "srvr"))
+                .is_some_and(|text| text.contains("Mode: leader"))
+        })
+    }
+
+    /// Makes ensemble member `server` unreachable from every node (a
+    /// blackhole route in each node namespace), so their sessions live on
+    /// the other members.
+    pub fn hide_server_from_nodes(&self, server: usize) {
+        let dst = format!("{}/32", self.zk.addr(server).ip());
+        for n in &self.nodes {
+            n.host.ip(&["route", "replace", "blackhole", &dst]);
+        }
+    }
+}
+
+/// /32 routes to the ensemble's server addresses (198.51.100.2-4) via their
+/// client-side addresses on br2.
+fn add_server_routes(host: &Host) {
+    let dev = if host.name() == "admin" {
+        "eth0"
+    } else {
+        "eth1"
+    };
+    for i in 0..3u8 {
+        host.ip(&[
+            "route",
+            "add",
+            &format!("198.51.100.{}/32", 2 + i),
+            "via",
+            &format!("203.0.113.{}", 2 + i),
+            "dev",
+            dev,
+        ]);
+    }
+}
+
+/// Sends a ZooKeeper four-letter command and reads the answer.
+pub fn four_letter(addr: SocketAddr, cmd: &str) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    s.write_all(cmd.as_bytes()).ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+/// The set of VIPs as a set.
+pub fn vip_set(vips: &[&str]) -> BTreeSet<Ipv4Addr> {
+    vips.iter()
+        .map(|v| v.parse().unwrap_or_else(|e| panic!("VIP {v}: {e}")))
+        .collect()
+}
+
+/// The node id of the leader in a `vipctl status --json` answer.
+pub fn leader_of(status: &serde_json::Value) -> Option<String> {
+    status["zookeeper"]["leader"].as_str().map(str::to_string)
+}
+
+// ---- netlink: address dumps and address events, in a namespace ----
+
+/// One IPv4 address as netlink reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NlAddr {
+    pub ifindex: u32,
+    pub addr: Ipv4Addr,
+    pub prefix_len: u8,
+}
+
+/// One RTM_NEWADDR / RTM_DELADDR event, stamped on receipt with the
+/// monotonic clock (`Instant`), the same in every namespace.
+#[derive(Clone, Copy, Debug)]
+pub struct AddrEvent {
+    pub at: Instant,
+    pub new: bool,
+    pub addr: NlAddr,
+}
+
+const RTM_NEWADDR: u16 = 20;
+const RTM_DELADDR: u16 = 21;
+const RTM_GETADDR: u16 = 22;
+const NLMSG_DONE: u16 = 3;
+const NLMSG_ERROR: u16 = 2;
+const IFA_ADDRESS: u16 = 1;
+const IFA_LOCAL: u16 = 2;
+const RTMGRP_IPV4_IFADDR: u32 = 0x10;
+
+/// A NETLINK_ROUTE socket made in `ns`; it stays bound to that namespace
+/// whichever thread uses it later.
+fn route_socket(ns: &Netns, groups: u32) -> OwnedFd {
+    ns.in_netns(|| {
+        // SAFETY: plain socket(2) call; the result is checked.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_ROUTE,
+            )
+        };
+        assert!(
+            fd >= 0,
+            "netlink socket in {}: {}",
+            ns.name(),
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: fd is a fresh socket we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: all-zero is a valid sockaddr_nl.
+        let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        sa.nl_family = libc::AF_NETLINK as u16;
+        sa.nl_groups = groups;
+        // SAFETY: sa is a valid sockaddr_nl and we pass its size.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&raw const sa).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as u32,
+            )
+        };
+        assert!(
+            rc == 0,
+            "netlink bind in {}: {}",
+            ns.name(),
+            std::io::Error::last_os_error()
+        );
+        let rcvbuf: libc::c_int = 1 << 20;
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 50_000,
+        };
+        // SAFETY: valid option pointers and sizes.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&raw const rcvbuf).cast(),
+                std::mem::size_of::<libc::c_int>() as u32,
+            );
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const tv).cast(),
+                std::mem::size_of::<libc::timeval>() as u32,
+            );
+        }
+        fd
+    })
+}
+
+fn recv(fd: &OwnedFd, buf: &mut [u8]) -> std::io::Result<usize> {
+    // SAFETY: buf is valid for buf.len() bytes.
+    let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Netlink messages in `buf`: (type, payload).
+fn messages(buf: &[u8]) -> Vec<(u16, &[u8])> {
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off + 16 <= buf.len() {
+        let len = u32::from_ne_bytes(buf[off..off + 4].try_into().expect("4")) as usize;
+        let kind = u16::from_ne_bytes(buf[off + 4..off + 6].try_into().expect("2"));
+        if len < 16 || off + len > buf.len() {
+            break;
+        }
+        out.push((kind, &buf[off + 16..off + len]));
+        off += (len + 3) & !3;
+    }
+    out
+}
+
+/// An ifaddrmsg with its attributes, if IPv4.
+fn parse_ifaddr(payload: &[u8]) -> Option<NlAddr> {
+    if payload.len() < 8 || payload[0] != libc::AF_INET as u8 {
+        return None;
+    }
+    let prefix_len = payload[1];
+    let ifindex = u32::from_ne_bytes(payload[4..8].try_into().ok()?);
+    let (mut local, mut address) = (None, None);
+    let mut off = 8;
+    while off + 4 <= payload.len() {
+        let len = u16::from_ne_bytes(payload[off..off + 2].try_into().ok()?) as usize;
+        let kind = u16::from_ne_bytes(payload[off + 2..off + 4].try_into().ok()?);
+        if len < 4 || off + len > payload.len() {
+            break;
+        }
+        let data = &payload[off + 4..off + len];
+        if data.len() == 4 {
+            let ip = Ipv4Addr::new(data[0], data[1], data[2], data[3]);
+            match kind {
+                IFA_LOCAL => local = Some(ip),
+                IFA_ADDRESS => address = Some(ip),
+                _ => {}
+            }
+        }
+        off += (len + 3) & !3;
+    }
+    Some(NlAddr {
+        ifindex,
+        addr: local.or(address)?,
+        prefix_len,
+    })
+}
+
+/// Dumps a namespace's IPv4 addresses on demand (RTM_GETADDR).
+pub struct AddrReader {
+    fd: Mutex<OwnedFd>,
+    ns: String,
+}
+
+impl AddrReader {
+    pub fn new(ns: &Netns) -> AddrReader {
+        AddrReader {
+            fd: Mutex::new(route_socket(ns, 0)),
+            ns: ns.name().to_string(),
+        }
+    }
+
+    /// Every IPv4 address in the namespace now.
+    pub fn addrs(&self) -> Vec<NlAddr> {
+        let fd = self.fd.lock().unwrap();
+        // nlmsghdr (16) + ifaddrmsg (8), family AF_INET, dump.
+        let mut req = [0u8; 24];
+        req[0..4].copy_from_slice(&24u32.to_ne_bytes());
+        req[4..6].copy_from_slice(&RTM_GETADDR.to_ne_bytes());
+        let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
+        req[6..8].copy_from_slice(&flags.to_ne_bytes());
+        req[8..12].copy_from_slice(&1u32.to_ne_bytes());
+        req[16] = libc::AF_INET as u8;
+        // SAFETY: req is valid for its length.
+        let n = unsafe { libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
+        assert!(
+            n == 24,
+            "netlink dump request in {}: {}",
+            self.ns,
+            std::io::Error::last_os_error()
+        );
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 1 << 16];
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let n = match recv(&fd, &mut buf) {
+                Ok(n) => n,
+                // The 50 ms receive timeout: a loaded machine may be slower.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                    ) && Instant::now() < deadline =>
+                {
+                    continue;
+                }
+                Err(e) => panic!("netlink dump in {}: {e}", self.ns),
+            };
+            for (kind, payload) in messages(&buf[..n]) {
+                match kind {
+                    NLMSG_DONE => return out,
+                    NLMSG_ERROR => panic!("netlink dump in {} answered an error", self.ns),
+                    RTM_NEWADDR => out.extend(parse_ifaddr(payload)),
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// Records every IPv4 address event in a namespace until stopped.
+pub struct AddrMonitor {
+    events: Arc<Mutex<Vec<AddrEvent>>>,
+    overrun: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl AddrMonitor {
+    /// Subscribes (before returning) and starts recording.
+    pub fn start(ns: &Netns) -> AddrMonitor {
+        let fd = route_socket(ns, RTMGRP_IPV4_IFADDR);
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let overrun = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (events, stop, overrun) = (events.clone(), stop.clone(), overrun.clone());
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 1 << 16];
+                while !stop.load(Ordering::Relaxed) {
+                    match recv(&fd, &mut buf) {
+                        Ok(n) => {
+                            let at = Instant::now();
+                            let mut ev = events.lock().unwrap();
+                            for (kind, payload) in messages(&buf[..n]) {
+                                let new = match kind {
+                                    RTM_NEWADDR => true,
+                                    RTM_DELADDR => false,
+                                    _ => continue,
+                                };
+                                if let Some(addr) = parse_ifaddr(payload) {
+                                    ev.push(AddrEvent { at, new, addr });
+                                }
+                            }
+                        }
+                        Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                            overrun.store(true, Ordering::Relaxed);
+                        }
+                        Err(_) => {}
+                    }
+                }
+            })
+        };
+        AddrMonitor {
+            events,
+            overrun,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// The events so far. Panics if the socket overran (events were lost).
+    pub fn events(&self) -> Vec<AddrEvent> {
+        assert!(
+            !self.overrun.load(Ordering::Relaxed),
+            "address monitor overran: events lost"
+        );
+        self.events.lock().unwrap().clone()
+    }
+
+    /// The first event of kind `new` for `addr` at or after `since`.
+    pub fn first(&self, new: bool, addr: Ipv4Addr, since: Instant) -> Option<Instant> {
+        self.events()
+            .iter()
+            .find(|e| e.new == new && e.addr.addr == addr && e.at >= since)
+            .map(|e| e.at)
+    }
+}
+
+impl Drop for AddrMonitor {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Runs `f` until it returns true or `timeout`; the elapsed time or an error.
+pub fn within(timeout: Duration, f: impl FnMut() -> bool) -> Result<Duration, String> {
+    wait_until(timeout, Duration::from_millis(10), f)
+}

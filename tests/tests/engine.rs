@@ -1,0 +1,1098 @@
+//! Integration tests of the VIP engine (issue 4, and issue 3's first XDP
+//! test): a real vipd in a lab host, observed as a user would see it, with
+//! `ip -j addr`, frames on the wire, a client's neighbour table and `vipctl`.
+//!
+//! The tests run one at a time (`serial`): several measure timing (announce
+//! rounds, repair latency) on a machine with few cores.
+
+use std::ffi::OsString;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use vipd_tests::lab::{
+    ArpFrame, CapturedFrame, Host, HostIf, Lab, LabProcess, fmt_mac, vipctl_bin, vipd_bin,
+    wait_until,
+};
+
+const VIP_A: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
+const VIP_B: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 101);
+const VIP_NET1: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 100);
+const BROADCAST: [u8; 6] = [0xff; 6];
+const POLL: Duration = Duration::from_millis(10);
+
+static SERIAL: Mutex<()> = Mutex::new(());
+static NEXT_SOCKET: AtomicU32 = AtomicU32::new(0);
+
+/// One test at a time; a failed test must not block the others.
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn br0(addr: &str) -> HostIf<'_> {
+    HostIf { bridge: 0, addr }
+}
+
+fn br1(addr: &str) -> HostIf<'_> {
+    HostIf { bridge: 1, addr }
+}
+
+fn br2(addr: &str) -> HostIf<'_> {
+    HostIf { bridge: 2, addr }
+}
+
+/// A vipd started in a lab host in single-node mode, with its own control
+/// socket under the lab dir.
+struct Vipd {
+    process: LabProcess,
+    socket: PathBuf,
+    host: Host,
+    spawned_at: Instant,
+}
+
+impl Vipd {
+    /// Starts vipd leading `vips` (comma-separated) and waits for its first
+    /// reconcile pass. `extra` are more flags. XDP runs in generic mode (veth,
+    /// FACTS.md); `--config /dev/null` keeps a host's /etc/vipd out of the test.
+    fn start(lab: &Lab, host: &Host, vips: &str, extra: &[&str]) -> Vipd {
+        let n = NEXT_SOCKET.fetch_add(1, Ordering::Relaxed);
+        let socket = lab.dir().join(format!("{}-{n}.sock", host.name()));
+        let mut argv: Vec<OsString> = vec![
+            vipd_bin().into(),
+            "--config".into(),
+            "/dev/null".into(),
+            "--static-vips".into(),
+            vips.into(),
+            "--api-socket".into(),
+            socket.clone().into(),
+            "--xdp-mode".into(),
+            "generic".into(),
+        ];
+        argv.extend(extra.iter().map(OsString::from));
+        let spawned_at = Instant::now();
+        let process = host.spawn_env(argv, &[("NO_COLOR", "1"), ("RUST_LOG", "info")]);
+        let vipd = Vipd {
+            process,
+            socket,
+            host: host.clone(),
+            spawned_at,
+        };
+        vipd.wait_ready();
+        vipd
+    }
+
+    fn wait_ready(&self) {
+        let ready = wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
+            !self.process.is_running()
+                || self
+                    .try_vipctl(&["status", "--json"])
+                    .is_some_and(|s| s["last_reconcile"]["passes"].as_u64() >= Some(1))
+        });
+        assert!(
+            self.process.is_running(),
+            "vipd in {} exited at start ({:?}); stderr:\n{}",
+            self.host.name(),
+            self.process.try_status(),
+            self.process.stderr()
+        );
+        ready.unwrap_or_else(|e| {
+            panic!(
+                "vipd in {} never finished a reconcile pass: {e}; stderr:\n{}",
+                self.host.name(),
+                self.process.stderr()
+            )
+        });
+    }
+
+    fn vipctl_argv(&self, args: &[&str]) -> Vec<OsString> {
+        let mut argv: Vec<OsString> = vec![vipctl_bin().into()];
+        argv.extend(args.iter().map(OsString::from));
+        argv.push("--api-socket".into());
+        argv.push(self.socket.clone().into());
+        argv
+    }
+
+    fn try_vipctl(&self, args: &[&str]) -> Option<Value> {
+        let out = self.host.exec(&self.vipctl_argv(args));
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    /// `vipctl <args> --api-socket <ours>`, run in the host; panics unless it
+    /// succeeds with JSON.
+    fn vipctl(&self, args: &[&str]) -> Value {
+        let out = self.host.exec(&self.vipctl_argv(args));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "vipctl {} failed ({}): {}{stdout}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("vipctl {} printed no JSON ({e}): {stdout}", args.join(" ")))
+    }
+
+    fn status(&self) -> Value {
+        self.vipctl(&["status", "--json"])
+    }
+
+    fn arp_stats(&self) -> Value {
+        self.vipctl(&["arp", "stats", "--json"])
+    }
+
+    fn passes(&self) -> u64 {
+        self.status()["last_reconcile"]["passes"]
+            .as_u64()
+            .expect("last_reconcile.passes is a number")
+    }
+
+    /// Sends `signal` and waits up to `limit` for the exit; returns how long it took.
+    fn stop(&self, signal: i32, limit: Duration) -> (std::process::ExitStatus, Duration) {
+        let sent = Instant::now();
+        assert!(self.process.kill(signal), "vipd had already exited");
+        let status = self.process.wait_timeout(limit).unwrap_or_else(|| {
+            panic!(
+                "vipd did not exit within {limit:?} of signal {signal}; stderr:\n{}",
+                self.process.stderr()
+            )
+        });
+        (status, sent.elapsed())
+    }
+}
+
+/// The entry of `vip` in a `vipctl status --json` answer.
+fn vip_entry(status: &Value, vip: Ipv4Addr) -> Value {
+    status["vips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|v| v["vip"].as_str() == Some(&vip.to_string()))
+        .cloned()
+        .unwrap_or_else(|| panic!("no entry for {vip} in status {status:#}"))
+}
+
+/// (interface, VIP, prefix) of every VIP the status says is held, sorted.
+fn held_in_status(status: &Value) -> Vec<(String, Ipv4Addr, u8)> {
+    let mut held: Vec<_> = status["vips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|v| v["state"] == "held")
+        .map(|v| {
+            (
+                v["interface"].as_str().unwrap_or("?").to_string(),
+                v["vip"]
+                    .as_str()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or_else(|| {
+                        panic!("unreadable vip in {v}");
+                    }),
+                v["prefix_len"]
+                    .as_u64()
+                    .and_then(|p| u8::try_from(p).ok())
+                    .unwrap_or(0),
+            )
+        })
+        .collect();
+    held.sort();
+    held
+}
+
+/// Every IPv4 address of `host` as `ip -j addr` shows it: (interface, address, prefix), sorted.
+fn ip_addrs(host: &Host) -> Vec<(String, Ipv4Addr, u8)> {
+    let out = host.ip(&["-j", "-4", "addr", "show"]);
+    let json: Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("ip -j addr: {e}: {out}"));
+    let mut addrs = Vec::new();
+    for link in json.as_array().into_iter().flatten() {
+        let ifname = link["ifname"].as_str().unwrap_or("?");
+        for a in link["addr_info"].as_array().into_iter().flatten() {
+            let (Some(local), Some(len)) = (a["local"].as_str(), a["prefixlen"].as_u64()) else {
+                continue;
+            };
+            addrs.push((
+                ifname.to_string(),
+                local.parse().expect("an IPv4 address"),
+                u8::try_from(len).expect("prefix fits u8"),
+            ));
+        }
+    }
+    addrs.sort();
+    addrs
+}
+
+/// The addresses of `host` equal to one of `vips`.
+fn vip_addrs(host: &Host, vips: &[Ipv4Addr]) -> Vec<(String, Ipv4Addr, u8)> {
+    ip_addrs(host)
+        .into_iter()
+        .filter(|(_, a, _)| vips.contains(a))
+        .collect()
+}
+
+fn place(ifname: &str, vip: Ipv4Addr, prefix: u8) -> (String, Ipv4Addr, u8) {
+    (ifname.to_string(), vip, prefix)
+}
+
+/// Waits until `ip -j addr` shows exactly `want` among `vips`.
+fn wait_vips(host: &Host, vips: &[Ipv4Addr], want: &[(String, Ipv4Addr, u8)], within: Duration) {
+    let mut want = want.to_vec();
+    want.sort();
+    if let Err(e) = wait_until(within, POLL, || vip_addrs(host, vips) == want) {
+        panic!(
+            "{}: VIPs on the interfaces are {:?}, want {want:?} ({e})",
+            host.name(),
+            vip_addrs(host, vips)
+        );
+    }
+}
+
+/// ARP frames that mention `vip` (as sender or target), in arrival order.
+fn frames_about(frames: &[CapturedFrame], vip: Ipv4Addr) -> Vec<(CapturedFrame, ArpFrame)> {
+    frames
+        .iter()
+        .filter_map(|f| f.arp().map(|a| (f.clone(), a)))
+        .filter(|(_, a)| a.spa == vip || a.tpa == vip)
+        .collect()
+}
+
+fn describe(frames: &[(CapturedFrame, ArpFrame)]) -> String {
+    let Some(first) = frames.first().map(|(f, _)| f.at) else {
+        return "no frames".to_string();
+    };
+    frames
+        .iter()
+        .map(|(f, a)| {
+            format!(
+                "+{:>4}ms op {} {} -> {} sha {} spa {} tha {} tpa {}",
+                f.at.duration_since(first).as_millis(),
+                a.op,
+                fmt_mac(a.eth_src),
+                fmt_mac(a.eth_dst),
+                fmt_mac(a.sha),
+                a.spa,
+                fmt_mac(a.tha),
+                a.tpa
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Whether an XDP program (any mode) is attached to `ifname`, as `ip -j link` shows.
+fn xdp_attached(host: &Host, ifname: &str) -> bool {
+    let out = host.ip(&["-j", "link", "show", "dev", ifname]);
+    let json: Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("ip -j link: {e}: {out}"));
+    json[0].get("xdp").is_some()
+}
+
+/// `vipctl cleanup` run inside `host`'s namespace.
+fn vipctl_cleanup(host: &Host) -> std::process::Output {
+    host.exec(&[vipctl_bin().into_os_string(), "cleanup".into()])
+}
+
+fn mac_bytes(mac: &str) -> [u8; 6] {
+    let v: Vec<u8> = mac
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).expect("hex MAC byte"))
+        .collect();
+    v.try_into().expect("6 bytes")
+}
+
+// ---------------------------------------------------------------------------
+// 1. Placement (R4)
+
+#[test]
+fn vips_are_placed_by_longest_prefix_match() {
+    let _serial = serial();
+    let lab = Lab::new("placement");
+    let n1 = lab.add_host(
+        "n1",
+        &[
+            br0("192.0.2.11/24"),
+            br1("198.51.100.11/24"),
+            // A /25: 203.0.113.200 is outside it and matches only the default route.
+            br2("203.0.113.11/25"),
+        ],
+    );
+    n1.add_default_route("203.0.113.1");
+    // A longer prefix inside eth1's /24 points elsewhere (R4's /16 vs /24 example).
+    n1.ip(&["route", "add", "198.51.100.128/25", "dev", "eth2"]);
+    let vip_longer = Ipv4Addr::new(198, 51, 100, 200);
+    let vip_default = Ipv4Addr::new(203, 0, 113, 200);
+    let vips = [VIP_A, VIP_NET1, vip_longer, vip_default];
+
+    let vipd = Vipd::start(
+        &lab,
+        &n1,
+        "192.0.2.100,198.51.100.100,198.51.100.200,203.0.113.200",
+        &[],
+    );
+    let want = vec![
+        place("eth0", VIP_A, 24),
+        place("eth1", VIP_NET1, 24),
+        place("eth2", vip_longer, 25),
+        place("eth2", vip_default, 32),
+    ];
+    wait_vips(&n1, &vips, &want, Duration::from_secs(3));
+
+    let status = vipd.status();
+    assert_eq!(status["mode"], "static", "{status:#}");
+    assert_eq!(status["role"], "leader", "{status:#}");
+    for (ifname, vip, prefix) in &want {
+        let e = vip_entry(&status, *vip);
+        assert_eq!(e["state"], "held", "{vip}: {e}");
+        assert_eq!(e["interface"].as_str(), Some(ifname.as_str()), "{vip}: {e}");
+        assert_eq!(
+            e["prefix_len"].as_u64(),
+            Some(u64::from(*prefix)),
+            "{vip}: {e}"
+        );
+        assert!(e["error"].is_null(), "{vip}: {e}");
+    }
+    let mut sorted = want.clone();
+    sorted.sort();
+    assert_eq!(held_in_status(&status), sorted);
+}
+
+// ---------------------------------------------------------------------------
+// 2. Announcements (R7, R8, R9)
+
+/// Starts vipd with 200 ms x 6 rounds in `mode` and checks every frame the
+/// client sees about the VIP, their timing, and the client's neighbour entry.
+fn announcements(hint: &str, mode: &str) {
+    let _serial = serial();
+    let lab = Lab::new(hint);
+    let n1 = lab.add_host("n1", &[br0("192.0.2.11/24")]);
+    let client = lab.add_host("c1", &[br0("192.0.2.21/24")]);
+    let mac_text = n1.mac("eth0");
+    let mac = mac_bytes(&mac_text);
+    let stale_mac = "02:00:00:00:00:99";
+    client.ip(&[
+        "neigh",
+        "replace",
+        "192.0.2.100",
+        "lladdr",
+        stale_mac,
+        "dev",
+        "eth0",
+        "nud",
+        "stale",
+    ]);
+    let capture = client.capture_arp("eth0");
+
+    // Watches the client's entry from before the start: `Vipd::start` waits
+    // for vipctl, which may take longer than the switch itself.
+    let (vipd, switched_at) = std::thread::scope(|scope| {
+        let watcher = scope.spawn(|| {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if client
+                    .neigh(VIP_A)
+                    .and_then(|n| n.lladdr)
+                    .is_some_and(|l| l == mac_text)
+                {
+                    return Some(Instant::now());
+                }
+                std::thread::sleep(POLL);
+            }
+            None
+        });
+        let vipd = Vipd::start(
+            &lab,
+            &n1,
+            "192.0.2.100",
+            &[
+                "--garp-interval",
+                "200ms",
+                "--garp-rounds",
+                "6",
+                "--garp-mode",
+                mode,
+            ],
+        );
+        (vipd, watcher.join().expect("neighbour watcher"))
+    });
+
+    let per_round: &[u16] = match mode {
+        "request" => &[ArpFrame::REQUEST],
+        "reply" => &[ArpFrame::REPLY],
+        "both" => &[ArpFrame::REQUEST, ArpFrame::REPLY],
+        other => panic!("unknown mode {other}"),
+    };
+    let want = 7 * per_round.len();
+    let _ = wait_until(Duration::from_secs(5), POLL, || {
+        frames_about(&capture.frames(), VIP_A).len() >= want
+    });
+    // Quiet for 600 ms after the last frame: no 8th round.
+    let last = frames_about(&capture.frames(), VIP_A)
+        .last()
+        .map(|(f, _)| f.at)
+        .expect("at least one frame about the VIP");
+    std::thread::sleep(
+        (last + Duration::from_millis(650)).saturating_duration_since(Instant::now()),
+    );
+    let frames = frames_about(&capture.stop(), VIP_A);
+    let text = describe(&frames);
+    println!("announcements, mode {mode}:\n{text}");
+    assert_eq!(
+        frames.len(),
+        want,
+        "mode {mode}: want 1 + 6 rounds of {per_round:?} about {VIP_A}, got:\n{text}"
+    );
+
+    for (f, a) in &frames {
+        assert!(
+            !f.outgoing,
+            "the client itself sent an ARP frame about the VIP:\n{text}"
+        );
+        assert_eq!(a.eth_dst, BROADCAST, "not broadcast:\n{text}");
+        assert_eq!(
+            a.eth_src, mac,
+            "Ethernet source is not n1's eth0 MAC:\n{text}"
+        );
+        assert_eq!(a.sha, mac, "sha is not n1's eth0 MAC:\n{text}");
+        assert_eq!((a.spa, a.tpa), (VIP_A, VIP_A), "spa/tpa:\n{text}");
+        match a.op {
+            ArpFrame::REQUEST => assert_eq!(a.tha, BROADCAST, "request form tha:\n{text}"),
+            ArpFrame::REPLY => assert_eq!(a.tha, mac, "reply form tha:\n{text}"),
+            op => panic!("ARP op {op}:\n{text}"),
+        }
+    }
+    let rounds: Vec<&[(CapturedFrame, ArpFrame)]> = frames.chunks(per_round.len()).collect();
+    for round in &rounds {
+        let ops: Vec<u16> = round.iter().map(|(_, a)| a.op).collect();
+        assert_eq!(
+            ops, per_round,
+            "each round sends {per_round:?} in order:\n{text}"
+        );
+        let spread = round[round.len() - 1].0.at.duration_since(round[0].0.at);
+        assert!(
+            spread < Duration::from_millis(50),
+            "one round's frames {spread:?} apart:\n{text}"
+        );
+    }
+    let switched = switched_at.map(|t| t.duration_since(vipd.spawned_at));
+    let first_at = rounds[0][0].0.at.duration_since(vipd.spawned_at);
+    let gaps: Vec<Duration> = rounds
+        .windows(2)
+        .map(|w| w[1][0].0.at.duration_since(w[0][0].0.at))
+        .collect();
+    println!(
+        "mode {mode}: first frame {first_at:?} after spawn, neighbour switched by {switched:?}, round gaps {:?}",
+        gaps.iter().map(Duration::as_millis).collect::<Vec<_>>()
+    );
+    assert!(
+        first_at <= Duration::from_secs(1),
+        "first announcement {first_at:?} after vipd started:\n{text}"
+    );
+    for gap in &gaps {
+        assert!(
+            (Duration::from_millis(140)..=Duration::from_millis(260)).contains(gap),
+            "rounds must be 200 ms +- 60 ms apart, saw {gap:?}:\n{text}"
+        );
+    }
+    // The client's stale entry names our MAC within 1 s of the start.
+    let switched = switched.unwrap_or_else(|| {
+        panic!(
+            "client's entry for {VIP_A} is still {:?}, want {mac_text}",
+            client.neigh(VIP_A)
+        )
+    });
+    assert!(
+        switched <= Duration::from_secs(1),
+        "client's entry for {VIP_A} switched to our MAC {switched:?} after vipd started (limit 1 s)"
+    );
+}
+
+#[test]
+fn announces_request_form_once_then_six_rounds() {
+    announcements("garp_request", "request");
+}
+
+#[test]
+fn announces_reply_form_once_then_six_rounds() {
+    announcements("garp_reply", "reply");
+}
+
+#[test]
+fn announces_both_forms_once_then_six_rounds() {
+    announcements("garp_both", "both");
+}
+
+// ---------------------------------------------------------------------------
+// 3. Repair (R6)
+
+/// Deletes VIP_A by hand `times` times and returns how long each took to
+/// come back, polling `ip -j addr` every 2 ms.
+fn repair_times(n1: &Host, times: usize, limit: Duration) -> Vec<Duration> {
+    let mut took = Vec::new();
+    for _ in 0..times {
+        n1.del_addr("eth0", "192.0.2.100/24");
+        let back = wait_until(limit, Duration::from_millis(2), || {
+            n1.ipv4_addrs("eth0").contains(&(VIP_A, 24))
+        })
+        .unwrap_or_else(|e| panic!("{VIP_A} deleted by hand is not back: {e}"));
+        took.push(back);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    took
+}
+
+#[test]
+fn vip_deleted_by_hand_is_back_at_once() {
+    let _serial = serial();
+    let lab = Lab::new("repair_events");
+    let n1 = lab.add_host("n1", &[br0("192.0.2.11/24")]);
+    let vipd = Vipd::start(&lab, &n1, "192.0.2.100", &[]);
+    wait_vips(
+        &n1,
+        &[VIP_A],
+        &[place("eth0", VIP_A, 24)],
+        Duration::from_secs(3),
+    );
+    let took = repair_times(&n1, 5, Duration::from_secs(2));
+    println!("repair with netlink events: {took:?}");
+    for t in &took {
+        assert!(
+            *t <= Duration::from_millis(100),
+            "repair took {t:?} (limit 100 ms); all: {took:?}; vipd stderr:\n{}",
+            vipd.process.stderr()
+        );
+    }
+    assert_eq!(vip_addrs(&n1, &[VIP_A]), vec![place("eth0", VIP_A, 24)]);
+    assert_eq!(vip_entry(&vipd.status(), VIP_A)["state"], "held");
+}
+
+#[test]
+fn vip_deleted_by_hand_is_back_on_the_timer_without_events() {
+    let _serial = serial();
+    let lab = Lab::new("repair_timer");
+    let n1 = lab.add_host("n1", &[br0("192.0.2.11/24")]);
+    let _vipd = Vipd::start(
+        &lab,
+        &n1,
+        "192.0.2.100",
+        &["--netlink-events", "false", "--reconcile-interval", "1s"],
+    );
+    wait_vips(
+        &n1,
+        &[VIP_A],
+        &[place("eth0", VIP_A, 24)],
+        Duration::from_secs(3),
+    );
+    let took = repair_times(&n1, 2, Duration::from_millis(1500));
+    println!("repair on the 1 s timer (no netlink events): {took:?}");
+    assert_eq!(vip_addrs(&n1, &[VIP_A]), vec![place("eth0", VIP_A, 24)]);
+}
+
+// ---------------------------------------------------------------------------
+// 4. Stale placement and operator addresses (R5)
+
+#[test]
+fn vip_left_on_the_wrong_interface_moves() {
+    let _serial = serial();
+    let lab = Lab::new("wrong_if");
+    let n1 = lab.add_host("n1", &[br0("192.0.2.11/24"), br1("198.51.100.11/24")]);
+    let first = Vipd::start(&lab, &n1, "192.0.2.100", &[]);
+    wait_vips(
+        &n1,
+        &[VIP_A],
+        &[place("eth0", VIP_A, 24)],
+        Duration::from_secs(3),
+    );
+    first.stop(libc::SIGKILL, Duration::from_secs(5));
+    assert_eq!(
+        vip_addrs(&n1, &[VIP_A]),
+        vec![place("eth0", VIP_A, 24)],
+        "SIGKILL leaves the VIP"
+    );
+
+    // Now the route says the VIP belongs on eth1 (as /32).
+    n1.ip(&["route", "add", "192.0.2.100/32", "dev", "eth1"]);
+    let second = Vipd::start(&lab, &n1, "192.0.2.100", &[]);
+    wait_vips(
+        &n1,
+        &[VIP_A],
+        &[place("eth1", VIP_A, 32)],
+        Duration::from_secs(3),
+    );
+    let e = vip_entry(&second.status(), VIP_A);
+    assert_eq!(e["state"], "held", "{e}");
+    assert_eq!(e["interface"], "eth1", "{e}");
+    assert_eq!(e["prefix_len"], 32, "{e}");
+    assert_eq!(
+        n1.ipv4_addrs("eth0"),
+        vec![(Ipv4Addr::new(192, 0, 2, 11), 24)],
+        "eth0 keeps only its own address"
+    );
+}
+
+#[test]
+fn operator_address_equal_to_a_vip_is_left_alone() {
+    let _serial = serial();
+    let lab = Lab::new("operator_addr");
+    let n1 = lab.add_host("n1", &[br0("192.0.2.11/24")]);
+    let client = lab.add_host("c1", &[br0("192.0.2.21/24")]);
+    n1.add_addr("eth0", "192.0.2.100/24");
+    // Any add or delete of 192.0.2.100 by anyone shows up here.
+    let monitor = n1.spawn(["ip", "-4", "monitor", "address"]);
+    let capture = client.capture_arp("eth0");
+    std::thread::sleep(Duration::from_millis(100));
+
+    let vipd = Vipd::start(
+        &lab,
+        &n1,
+        "192.0.2.100,192.0.2.101",
+        &["--reconcile-interval", "300ms"],
+    );
+    wait_vips(
+        &n1,
+        &[VIP_A, VIP_B],
+        &[place("eth0", VIP_A, 24), place("eth0", VIP_B, 24)],
+        Duration::from_secs(3),
+    );
+    // Through several periodic passes.
+    let passes = vipd.passes();
+    wait_until(Duration::from_secs(3), POLL, || vipd.passes() >= passes + 3)
+        .expect("three more periodic passes");
+    let status = vipd.status();
+    let e = vip_entry(&status, VIP_A);
+    assert_eq!(e["state"], "operator_address", "{status:#}");
+    assert_eq!(e["interface"], "eth0", "{e}");
+    assert!(
+        e["error"]
+            .as_str()
+            .is_some_and(|m| m.contains("192.0.2.100")),
+        "the error names the VIP: {e}"
+    );
+    assert_eq!(vip_entry(&status, VIP_B)["state"], "held", "{status:#}");
+    assert_eq!(held_in_status(&status), vec![place("eth0", VIP_B, 24)]);
+
+    let (exit, took) = vipd.stop(libc::SIGTERM, Duration::from_secs(5));
+    assert!(exit.success(), "vipd exit {exit}");
+    println!("SIGTERM with an operator address: exit in {took:?}");
+    assert_eq!(
+        vip_addrs(&n1, &[VIP_A, VIP_B]),
+        vec![place("eth0", VIP_A, 24)],
+        "the operator's 192.0.2.100 stays, vipd's 192.0.2.101 goes"
+    );
+
+    std::thread::sleep(Duration::from_millis(100));
+    let log = monitor.stdout();
+    monitor.terminate(Duration::from_secs(1));
+    assert!(
+        !log.contains("192.0.2.100/"),
+        "vipd touched the operator's address:\n{log}"
+    );
+    assert!(
+        log.contains("192.0.2.101/"),
+        "the monitor saw nothing:\n{log}"
+    );
+    let frames = capture.stop();
+    let ours = frames_about(&frames, VIP_A);
+    assert!(
+        ours.is_empty(),
+        "the operator's address was announced:\n{}",
+        describe(&ours)
+    );
+    assert!(
+        !frames_about(&frames, VIP_B).is_empty(),
+        "no announcement of 192.0.2.101 seen: the capture saw nothing"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 5. Status agrees with the kernel
+
+#[test]
+fn status_reports_what_ip_shows() {
+    let _serial = serial();
+    let lab = Lab::new("status_vs_ip");
+    let n1 = lab.add_host("n1", &[br0("192.0.2.11/24"), br1("198.51.100.11/24")]);
+    let vips = [VIP_A, VIP_B, VIP_NET1];
+    let vipd = Vipd::start(&lab, &n1, "192.0.2.100,192.0.2.101,198.51.100.100", &[]);
+
+    let agree = |want: Vec<(String, Ipv4Addr, u8)>, what: &str| {
+        let mut want = want;
+        want.sort();
+        let ok = wait_until(Duration::from_secs(3), POLL, || {
+            vip_addrs(&n1, &vips) == want && held_in_status(&vipd.status()) == want
+        });
+        assert!(
+            ok.is_ok(),
+            "{what}: want {want:?}; ip shows {:?}; status holds {:?}",
+            vip_addrs(&n1, &vips),
+            held_in_status(&vipd.status())
+        );
+    };
+    agree(
+        vec![
+            place("eth0", VIP_A, 24),
+            place("eth0", VIP_B, 24),
+            place("eth1", VIP_NET1, 24),
+        ],
+        "at start",
+    );
+    // A route change moves a VIP; status follows.
+    n1.ip(&["route", "add", "192.0.2.101/32", "dev", "eth1"]);
+    agree(
+        vec![
+            place("eth0", VIP_A, 24),
+            place("eth1", VIP_B, 32),
+            place("eth1", VIP_NET1, 24),
+        ],
+        "after a /32 route to eth1",
+    );
+    n1.ip(&["route", "del", "192.0.2.101/32", "dev", "eth1"]);
+    agree(
+        vec![
+            place("eth0", VIP_A, 24),
+            place("eth0", VIP_B, 24),
+            place("eth1", VIP_NET1, 24),
+        ],
+        "after the /32 route is gone",
+    );
+    let status = vipd.status();
+    for vip in vips {
+        let e = vip_entry(&status, vip);
+        let ifname = e["interface"].as_str().expect("interface");
+        let ifindex = n1.ip(&["-j", "link", "show", "dev", ifname]);
+        let ifindex: Value = serde_json::from_str(&ifindex).expect("ip -j link");
+        assert_eq!(e["ifindex"], ifindex[0]["ifindex"], "{vip}: {e}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 6. Shutdown, crash and cleanup (R3, R11)
+
+#[test]
+fn sigterm_removes_every_vip_and_stops_announcing() {
+    let _serial = serial();
+    let lab = Lab::new("sigterm");
+    let n1 = lab.add_host("n1", &[br0("192.0.2.11/24"), br1("198.51.100.11/24")]);
+    let client = lab.add_host("c1", &[br0("192.0.2.21/24")]);
+    let capture = client.capture_arp("eth0");
+    // Rounds still going when SIGTERM arrives.
+    let vipd = Vipd::start(
+        &lab,
+        &n1,
+        "192.0.2.100,198.51.100.100",
+        &["--garp-interval", "100ms", "--garp-rounds", "100"],
+    );
+    wait_vips(
+        &n1,
+        &[VIP_A, VIP_NET1],
+        &[place("eth0", VIP_A, 24), place("eth1", VIP_NET1, 24)],
+        Duration::from_secs(3),
+    );
+    wait_until(Duration::from_secs(2), POLL, || {
+        frames_about(&capture.frames(), VIP_A).len() >= 3
+    })
+    .expect("announcement rounds are running");
+
+    let (exit, took) = vipd.stop(libc::SIGTERM, Duration::from_secs(5));
+    let exited_at = Instant::now();
+    println!("SIGTERM: exit {exit} after {took:?}");
+    assert!(
+        exit.success(),
+        "vipd exit {exit}; stderr:\n{}",
+        vipd.process.stderr()
+    );
+    assert_eq!(
+        vip_addrs(&n1, &[VIP_A, VIP_NET1]),
+        vec![],
+        "VIPs left behind"
+    );
+    assert_eq!(
+        ip_addrs(&n1),
+        vec![
+            place("eth0", Ipv4Addr::new(192, 0, 2, 11), 24),
+            place("eth1", Ipv4Addr::new(198, 51, 100, 11), 24),
+            place("lo", Ipv4Addr::LOCALHOST, 8),
+        ]
+    );
+
+    assert!(
+        !xdp_attached(&n1, "eth0") && !xdp_attached(&n1, "eth1"),
+        "an XDP program outlived vipd"
+    );
+    // Nobody answers for the VIP any more (no XDP responder outliving vipd).
+    let probe = client.arping(VIP_A, 2, "eth0");
+    assert_eq!(
+        probe.received, 0,
+        "someone still answers for {VIP_A}:\n{}",
+        probe.stdout
+    );
+    let late: Vec<_> = frames_about(&capture.stop(), VIP_A)
+        .into_iter()
+        .filter(|(f, a)| !f.outgoing && f.at > exited_at && a.spa == VIP_A)
+        .collect();
+    assert!(
+        late.is_empty(),
+        "frames about {VIP_A} after exit:\n{}",
+        describe(&late)
+    );
+}
+
+#[test]
+fn after_sigkill_cleanup_removes_vips_and_keeps_operator_addresses() {
+    let _serial = serial();
+    let lab = Lab::new("cleanup");
+    let n1 = lab.add_host("n1", &[br0("192.0.2.11/24"), br1("198.51.100.11/24")]);
+    let vipd = Vipd::start(&lab, &n1, "192.0.2.100,198.51.100.100", &[]);
+    let placed = [place("eth0", VIP_A, 24), place("eth1", VIP_NET1, 24)];
+    wait_vips(&n1, &[VIP_A, VIP_NET1], &placed, Duration::from_secs(3));
+    // An operator's address in the VIP's subnet.
+    n1.add_addr("eth0", "192.0.2.50/24");
+
+    vipd.stop(libc::SIGKILL, Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        vip_addrs(&n1, &[VIP_A, VIP_NET1]),
+        placed.to_vec(),
+        "after SIGKILL the VIPs stay"
+    );
+
+    let out = vipctl_cleanup(&n1);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "vipctl cleanup: {} {stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        ip_addrs(&n1),
+        vec![
+            place("eth0", Ipv4Addr::new(192, 0, 2, 11), 24),
+            place("eth0", Ipv4Addr::new(192, 0, 2, 50), 24),
+            place("eth1", Ipv4Addr::new(198, 51, 100, 11), 24),
+            place("lo", Ipv4Addr::LOCALHOST, 8),
+        ],
+        "cleanup said:\n{stdout}"
+    );
+    // Again: nothing left to remove, still success.
+    let again = vipctl_cleanup(&n1);
+    assert!(again.status.success(), "second cleanup: {}", again.status);
+    assert_eq!(ip_addrs(&n1).len(), 4);
+}
+
+/// A VIP that is its subnet's primary address (the interface has no other
+/// address in that subnet): removing it must not take the operator's later
+/// secondary address with it (FACTS.md, promote_secondaries).
+fn primary_vip_host(lab: &Lab) -> Host {
+    let n1 = lab.add_host("n1", &[br0("")]);
+    // The kernel default, which a namespace may not have: IPv4 settings are
+    // inherited from the root namespace, where systemd turns promotion on.
+    n1.sysctl("net.ipv4.conf.all.promote_secondaries", "0");
+    n1.sysctl("net.ipv4.conf.eth0.promote_secondaries", "0");
+    n1.ip(&["route", "add", "192.0.2.0/24", "dev", "eth0"]);
+    n1
+}
+
+#[test]
+fn cleanup_keeps_operator_secondary_of_a_primary_vip() {
+    let _serial = serial();
+    let lab = Lab::new("cleanup_primary");
+    let n1 = primary_vip_host(&lab);
+    let vipd = Vipd::start(&lab, &n1, "192.0.2.100", &[]);
+    wait_vips(
+        &n1,
+        &[VIP_A],
+        &[place("eth0", VIP_A, 24)],
+        Duration::from_secs(3),
+    );
+    n1.add_addr("eth0", "192.0.2.50/24");
+    vipd.stop(libc::SIGKILL, Duration::from_secs(5));
+    let out = vipctl_cleanup(&n1);
+    assert!(
+        out.status.success(),
+        "vipctl cleanup: {} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        n1.ipv4_addrs("eth0"),
+        vec![(Ipv4Addr::new(192, 0, 2, 50), 24)],
+        "cleanup said: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn sigterm_keeps_operator_secondary_of_a_primary_vip() {
+    let _serial = serial();
+    let lab = Lab::new("sigterm_primary");
+    let n1 = primary_vip_host(&lab);
+    let vipd = Vipd::start(&lab, &n1, "192.0.2.100", &[]);
+    wait_vips(
+        &n1,
+        &[VIP_A],
+        &[place("eth0", VIP_A, 24)],
+        Duration::from_secs(3),
+    );
+    n1.add_addr("eth0", "192.0.2.50/24");
+    let (exit, _) = vipd.stop(libc::SIGTERM, Duration::from_secs(5));
+    assert!(
+        exit.success(),
+        "vipd exit {exit}; stderr:\n{}",
+        vipd.process.stderr()
+    );
+    assert_eq!(
+        n1.ipv4_addrs("eth0"),
+        vec![(Ipv4Addr::new(192, 0, 2, 50), 24)],
+        "vipd stderr:\n{}",
+        vipd.process.stderr()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 7. No route (R4)
+
+#[test]
+fn vip_without_a_route_is_reported_and_the_others_held() {
+    let _serial = serial();
+    let lab = Lab::new("no_route");
+    let n1 = lab.add_host("n1", &[br0("192.0.2.11/24")]);
+    let vipd = Vipd::start(&lab, &n1, "192.0.2.100,198.51.100.100", &[]);
+    wait_vips(
+        &n1,
+        &[VIP_A, VIP_NET1],
+        &[place("eth0", VIP_A, 24)],
+        Duration::from_secs(3),
+    );
+    let status = vipd.status();
+    let e = vip_entry(&status, VIP_NET1);
+    assert_eq!(e["state"], "no_route", "{status:#}");
+    assert!(
+        e["error"]
+            .as_str()
+            .is_some_and(|m| m.contains("198.51.100.100")),
+        "the error names the VIP: {e}"
+    );
+    assert_eq!(held_in_status(&status), vec![place("eth0", VIP_A, 24)]);
+    wait_until(Duration::from_secs(2), POLL, || {
+        vipd.process.stderr().contains("198.51.100.100")
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "vipd's log does not name 198.51.100.100 ({e}):\n{}",
+            vipd.process.stderr()
+        )
+    });
+}
+
+// ---------------------------------------------------------------------------
+// 8. XDP ARP counters and responder (issue 3, R10-R12)
+
+#[test]
+fn xdp_counts_arp_requests_per_vip_and_answers_them() {
+    let _serial = serial();
+    let lab = Lab::new("xdp_counts");
+    let n1 = lab.add_host("n1", &[br0("192.0.2.11/24")]);
+    let n2 = lab.add_host("n2", &[br0("192.0.2.12/24")]);
+    let n1_mac = n1.mac("eth0");
+    let not_vip = Ipv4Addr::new(192, 0, 2, 222);
+    let vipd = Vipd::start(&lab, &n1, "192.0.2.100", &["--xdp-interface", "eth0"]);
+    wait_vips(
+        &n1,
+        &[VIP_A],
+        &[place("eth0", VIP_A, 24)],
+        Duration::from_secs(3),
+    );
+    let status = vipd.status();
+    assert_eq!(status["xdp"]["enabled"], true, "{status:#}");
+    assert!(
+        status["xdp"]["attached"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|a| a["interface"] == "eth0"),
+        "XDP not attached to eth0: {status:#}"
+    );
+
+    assert!(
+        xdp_attached(&n1, "eth0"),
+        "ip link shows no XDP program on eth0"
+    );
+
+    let capture = n2.capture_arp("eth0");
+    let to_vip = n2.arping(VIP_A, 5, "eth0");
+    let to_other = n2.arping(not_vip, 3, "eth0");
+    std::thread::sleep(Duration::from_millis(100));
+    let frames = capture.stop();
+
+    assert_eq!(to_vip.sent, 5, "{}", to_vip.stdout);
+    assert_eq!(
+        to_vip.reply_macs,
+        vec![n1_mac.clone(); 5],
+        "one reply per request, from n1's MAC:\n{}",
+        to_vip.stdout
+    );
+    assert_eq!(to_other.received, 0, "{}", to_other.stdout);
+
+    let requests_sent = |target: Ipv4Addr| {
+        frames
+            .iter()
+            .filter_map(|f| f.arp().map(|a| (f.outgoing, a)))
+            .filter(|(out, a)| *out && a.op == ArpFrame::REQUEST && a.tpa == target)
+            .count() as u64
+    };
+    let replies: Vec<ArpFrame> = frames
+        .iter()
+        .filter(|f| !f.outgoing)
+        .filter_map(CapturedFrame::arp)
+        .filter(|a| a.op == ArpFrame::REPLY && a.spa == VIP_A)
+        .collect();
+    assert_eq!(requests_sent(VIP_A), 5, "n2 sent 5 requests for {VIP_A}");
+    assert_eq!(
+        requests_sent(not_vip),
+        3,
+        "n2 sent 3 requests for {not_vip}"
+    );
+    assert_eq!(
+        replies.len(),
+        5,
+        "replies for {VIP_A} seen on n2: {replies:?}"
+    );
+    assert!(
+        replies
+            .iter()
+            .all(|a| fmt_mac(a.sha) == n1_mac && fmt_mac(a.eth_src) == n1_mac),
+        "{replies:?}"
+    );
+
+    let stats = vipd.arp_stats();
+    println!("arp stats after arping: {stats}");
+    assert_eq!(stats["xdp"], true, "{stats}");
+    assert_eq!(stats["role"], "leader", "{stats}");
+    let rows = stats["vips"].as_array().expect("vips array");
+    let row = rows
+        .iter()
+        .find(|r| r["vip"] == "192.0.2.100")
+        .unwrap_or_else(|| panic!("no row for {VIP_A}: {stats}"));
+    assert_eq!(
+        row["requests"].as_u64(),
+        Some(requests_sent(VIP_A)),
+        "{row}"
+    );
+    assert_eq!(row["xdp_replies"].as_u64(), Some(5), "{row}");
+    assert_eq!(row["held"], true, "{row}");
+    assert_eq!(row["interface"], "eth0", "{row}");
+    if let Some(other) = rows.iter().find(|r| r["vip"] == "192.0.2.222") {
+        assert_eq!(other["requests"].as_u64(), Some(0), "{other}");
+    }
+
+    // The program belongs to the process: it must not outlive a crash (R11).
+    vipd.stop(libc::SIGKILL, Duration::from_secs(5));
+    wait_until(Duration::from_secs(2), POLL, || !xdp_attached(&n1, "eth0"))
+        .expect("the XDP program is detached from eth0 once vipd is dead");
+}

@@ -1,0 +1,725 @@
+//! The XDP half on the wire: a real vipd (single-node mode) in a lab host,
+//! a client asking for the VIP with `arping` and raw frames, an intruder
+//! claiming it. Each test checks what the client sees (replies, their MAC,
+//! its neighbour entry) against what `vipctl arp stats --json` reports.
+//!
+//! vipd runs with `--xdp-mode generic`: on veth, native XDP_TX frames never
+//! reach the peer unless the peer runs an XDP program itself (FACTS.md), and
+//! these tests must see the replies on the client. `arp_ignore=8` on the
+//! node makes the kernel answer no ARP at all there, so an answer the client
+//! gets can only come from the XDP program; the `--no-xdp` test checks that
+//! control both ways.
+
+use std::{
+    net::Ipv4Addr,
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use socket2::{Domain, Protocol, Socket, Type};
+use vipd_tests::lab::{ArpFrame, Host, HostIf, Lab, LabProcess, fmt_mac, wait_until};
+
+const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
+const OTHER_VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 101);
+/// A VIP n1 has no route for: watched by the program, never held.
+const UNROUTED_VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 77);
+const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 50);
+const BROADCAST: [u8; 6] = [0xff; 6];
+
+/// How long vipd gets to hold its VIP after start (it is ready in well under
+/// a second on an idle machine; other helpers share the 2 cores).
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The lab: n1 runs vipd (192.0.2.11), c1 is the client (192.0.2.50), and
+/// n2 (192.0.2.12) the intruder when a test asks for one.
+struct Rig {
+    n1: Host,
+    c1: Host,
+    n2: Option<Host>,
+    sock: PathBuf,
+    // Last: torn down after the handles above are gone.
+    _lab: Lab,
+}
+
+impl Rig {
+    fn new(hint: &str, intruder: bool) -> Rig {
+        let lab = Lab::new(hint);
+        let n1 = lab.add_host(
+            "n1",
+            &[HostIf {
+                bridge: 0,
+                addr: "192.0.2.11/24",
+            }],
+        );
+        let c1 = lab.add_host(
+            "c1",
+            &[HostIf {
+                bridge: 0,
+                addr: "192.0.2.50/24",
+            }],
+        );
+        let n2 = intruder.then(|| {
+            lab.add_host(
+                "n2",
+                &[HostIf {
+                    bridge: 0,
+                    addr: "192.0.2.12/24",
+                }],
+            )
+        });
+        let sock = lab.dir().join("n1.sock");
+        Rig {
+            n1,
+            c1,
+            n2,
+            sock,
+            _lab: lab,
+        }
+    }
+
+    fn n2(&self) -> &Host {
+        self.n2.as_ref().expect("this rig has no intruder")
+    }
+
+    /// `arp_ignore` on n1's eth0 and `all` (the kernel uses the larger).
+    fn arp_ignore(&self, value: &str) {
+        self.n1.sysctl("net.ipv4.conf.all.arp_ignore", value);
+        self.n1.sysctl("net.ipv4.conf.eth0.arp_ignore", value);
+    }
+
+    /// Starts vipd on n1 serving `vips` (comma-separated) with `extra` flags
+    /// and waits until it holds every one of them that has a route (and, with
+    /// XDP, until the program is attached to eth0).
+    fn start_vipd(&self, vips: &str, extra: &[&str]) -> LabProcess {
+        let _ = std::fs::remove_file(&self.sock);
+        let bin = vipd_tests::lab::vipd_bin();
+        let mut argv: Vec<String> = vec![
+            bin.display().to_string(),
+            "--static-vips".into(),
+            vips.into(),
+            "--api-socket".into(),
+            self.sock.display().to_string(),
+        ];
+        argv.extend(extra.iter().map(|s| s.to_string()));
+        let proc = self.n1.spawn_env(&argv, &[("RUST_LOG", "info")]);
+        let xdp = !extra.contains(&"--no-xdp");
+        let want: Vec<Ipv4Addr> = vips
+            .split(',')
+            .map(|v| v.parse().expect("test VIP"))
+            .filter(|v| *v != UNROUTED_VIP)
+            .collect();
+        let ready = wait_until(READY_TIMEOUT, Duration::from_millis(50), || {
+            assert!(
+                proc.is_running(),
+                "vipd exited early: {:?}\n{}",
+                proc.try_status(),
+                proc.stderr()
+            );
+            let Some(st) = try_vipctl(&self.sock, &["status", "--json"]) else {
+                return false;
+            };
+            let held = want.iter().all(|vip| {
+                st["vips"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|v| v["vip"] == vip.to_string() && v["state"] == "held")
+            });
+            let attached = st["xdp"]["attached"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|a| a["interface"] == "eth0" && a["mode"] == "generic");
+            held && (attached || !xdp)
+        });
+        if let Err(e) = ready {
+            panic!(
+                "vipd on n1 did not come up holding {vips}: {e}\nstatus: {:?}\nstderr:\n{}",
+                try_vipctl(&self.sock, &["status", "--json"]),
+                proc.stderr()
+            );
+        }
+        proc
+    }
+
+    /// `vipctl arp stats --json`.
+    fn arp_stats(&self) -> Value {
+        vipctl(&self.sock, &["arp", "stats", "--json"])
+    }
+
+    /// The client's `arping` for `ip`, `count` requests 200 ms apart, with a
+    /// capture running on the client meanwhile. Returns what arping saw and
+    /// how many requests for `ip` went out of the client's eth0.
+    fn arping_counted(&self, ip: Ipv4Addr, count: u32) -> (vipd_tests::lab::Arping, usize) {
+        let cap = self.c1.capture_arp("eth0");
+        let result = self.c1.arping(ip, count, "eth0");
+        std::thread::sleep(Duration::from_millis(100));
+        let sent = cap
+            .stop()
+            .iter()
+            .filter_map(|f| f.arp().map(|a| (f.outgoing, a)))
+            .filter(|(out, a)| *out && a.op == ArpFrame::REQUEST && a.tpa == ip)
+            .count();
+        (result, sent)
+    }
+}
+
+/// Runs vipctl with `args` against `sock`; `None` if it fails.
+fn try_vipctl(sock: &Path, args: &[&str]) -> Option<Value> {
+    let out = Command::new(vipd_tests::lab::vipctl_bin())
+        .args(args)
+        .arg("--api-socket")
+        .arg(sock)
+        .output()
+        .expect("running vipctl");
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+fn vipctl(sock: &Path, args: &[&str]) -> Value {
+    let out = Command::new(vipd_tests::lab::vipctl_bin())
+        .args(args)
+        .arg("--api-socket")
+        .arg(sock)
+        .output()
+        .expect("running vipctl");
+    assert!(
+        out.status.success(),
+        "vipctl {args:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "vipctl {args:?}: not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// The row of `vip` in `vipctl arp stats --json`.
+fn row(stats: &Value, vip: Ipv4Addr) -> Value {
+    stats["vips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| r["vip"] == vip.to_string())
+        .cloned()
+        .unwrap_or_else(|| panic!("no row for {vip} in arp stats: {stats}"))
+}
+
+fn counter(stats: &Value, vip: Ipv4Addr, field: &str) -> u64 {
+    let r = row(stats, vip);
+    r[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("arp stats for {vip}: {field} is not a number: {r}"))
+}
+
+/// What `ip -d link show eth0` says about XDP on n1, e.g. `xdpgeneric/id:42`,
+/// or `None` when no program is attached.
+fn xdp_on(host: &Host, ifname: &str) -> Option<String> {
+    let out = host.ip(&["-d", "link", "show", "dev", ifname]);
+    out.split_whitespace()
+        .find(|w| w.starts_with("xdp"))
+        .map(str::to_string)
+}
+
+fn parse_mac(text: &str) -> [u8; 6] {
+    let bytes: Vec<u8> = text
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).expect("hex MAC byte"))
+        .collect();
+    bytes.try_into().expect("6-byte MAC")
+}
+
+/// An Ethernet + ARP frame (42 bytes). `hlen` 6 unless a test breaks it.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "every ARP field, named at the call"
+)]
+fn arp_bytes(
+    eth_dst: [u8; 6],
+    eth_src: [u8; 6],
+    op: u16,
+    sha: [u8; 6],
+    spa: Ipv4Addr,
+    tha: [u8; 6],
+    tpa: Ipv4Addr,
+    hlen: u8,
+) -> Vec<u8> {
+    let mut f = Vec::with_capacity(42);
+    f.extend_from_slice(&eth_dst);
+    f.extend_from_slice(&eth_src);
+    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0x00, hlen, 4]);
+    f.extend_from_slice(&op.to_be_bytes());
+    f.extend_from_slice(&sha);
+    f.extend_from_slice(&spa.octets());
+    f.extend_from_slice(&tha);
+    f.extend_from_slice(&tpa.octets());
+    f
+}
+
+/// A broadcast who-has `tpa`, tell `spa` at `mac`.
+fn request(mac: [u8; 6], spa: Ipv4Addr, tpa: Ipv4Addr) -> Vec<u8> {
+    arp_bytes(BROADCAST, mac, 1, mac, spa, [0; 6], tpa, 6)
+}
+
+/// A gratuitous ARP, request form (as `arping -U`): `vip` is at `mac`.
+fn claim(mac: [u8; 6], vip: Ipv4Addr) -> Vec<u8> {
+    arp_bytes(BROADCAST, mac, 1, mac, vip, BROADCAST, vip, 6)
+}
+
+/// Sends `frames` out of `ifname` of `host` from a raw AF_PACKET socket,
+/// `gap` apart. Returns when the last one is sent.
+fn send_frames(host: &Host, ifname: &str, frames: &[Vec<u8>], gap: Duration) {
+    host.in_netns(|| {
+        let socket = Socket::new(Domain::PACKET, Type::RAW, Some(Protocol::from(0)))
+            .expect("AF_PACKET socket (needs CAP_NET_RAW)");
+        let c_name = std::ffi::CString::new(ifname).expect("interface name");
+        // SAFETY: a valid NUL-terminated string.
+        let ifindex = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
+        assert_ne!(ifindex, 0, "no {ifname} in {}", host.netns());
+        // SAFETY: all-zero is a valid sockaddr_ll.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_ifindex = i32::try_from(ifindex).expect("ifindex fits i32");
+        // SAFETY: sll is an initialised sockaddr_ll and we pass its size.
+        let rc = unsafe {
+            libc::bind(
+                socket.as_raw_fd(),
+                (&raw const sll).cast::<libc::sockaddr>(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(
+            rc,
+            0,
+            "bind to {ifname}: {}",
+            std::io::Error::last_os_error()
+        );
+        for (i, frame) in frames.iter().enumerate() {
+            if i > 0 && !gap.is_zero() {
+                std::thread::sleep(gap);
+            }
+            let n = socket.send(frame).expect("sending a frame");
+            assert_eq!(n, frame.len(), "short send");
+        }
+    });
+}
+
+#[test]
+fn xdp_answers_when_the_kernel_does_not() {
+    let rig = Rig::new("xw_answer", false);
+    rig.arp_ignore("8");
+    let vipd = rig.start_vipd("192.0.2.100", &["--xdp-mode", "generic"]);
+    let n1_mac = rig.n1.mac("eth0");
+    let before = rig.arp_stats();
+    assert_eq!(before["xdp"], true, "{before}");
+    assert_eq!(before["role"], "leader", "{before}");
+
+    let (arping, sent) = rig.arping_counted(VIP, 5);
+    let after = rig.arp_stats();
+    assert!(
+        sent >= 5,
+        "capture saw {sent} requests, arping says {}",
+        arping.sent
+    );
+    assert_eq!(
+        arping.received as usize, sent,
+        "every request answered although the kernel answers none (arp_ignore 8): {arping:?}"
+    );
+    assert!(
+        arping.reply_macs.iter().all(|m| *m == n1_mac),
+        "replies must carry n1's eth0 MAC {n1_mac}: {:?}",
+        arping.reply_macs
+    );
+    let d = |f: &str| counter(&after, VIP, f) - counter(&before, VIP, f);
+    assert_eq!(d("requests"), sent as u64, "requests counted: {after}");
+    assert_eq!(
+        d("xdp_replies"),
+        sent as u64,
+        "XDP replies counted: {after}"
+    );
+    let r = row(&after, VIP);
+    assert_eq!(r["held"], true, "{r}");
+    assert_eq!(r["interface"], "eth0", "{r}");
+    assert_eq!(counter(&after, VIP, "foreign_claims"), 0, "{r}");
+    assert!(vipd.is_running());
+}
+
+#[test]
+fn released_vip_is_not_answered() {
+    let rig = Rig::new("xw_release", false);
+    rig.arp_ignore("8");
+    let vipd = rig.start_vipd("192.0.2.100", &["--xdp-mode", "generic"]);
+    let answered = rig.c1.arping(VIP, 2, "eth0");
+    assert_eq!(
+        answered.received, 2,
+        "held VIP answered first: {answered:?}"
+    );
+
+    // SIGTERM: vipd clears the held map, removes the VIP and detaches.
+    let status = vipd.terminate(Duration::from_secs(10));
+    assert!(
+        status.success(),
+        "vipd exit on SIGTERM: {status}\n{}",
+        vipd.stderr()
+    );
+    assert!(
+        !rig.n1.ipv4_addrs("eth0").iter().any(|(a, _)| *a == VIP),
+        "VIP still on eth0 after a clean stop: {:?}",
+        rig.n1.ipv4_addrs("eth0")
+    );
+    assert_eq!(
+        xdp_on(&rig.n1, "eth0"),
+        None,
+        "XDP left attached after a clean stop"
+    );
+    let silent = rig.c1.arping(VIP, 3, "eth0");
+    assert_eq!(silent.received, 0, "stopped vipd still answers: {silent:?}");
+
+    // A vipd serving another VIP: the program runs, and answers only that one.
+    let _vipd = rig.start_vipd("192.0.2.101", &["--xdp-mode", "generic"]);
+    assert!(
+        xdp_on(&rig.n1, "eth0").is_some(),
+        "XDP attached for 192.0.2.101"
+    );
+    let other = rig.c1.arping(OTHER_VIP, 2, "eth0");
+    assert_eq!(other.received, 2, "the held VIP is answered: {other:?}");
+    let released = rig.c1.arping(VIP, 3, "eth0");
+    assert_eq!(
+        released.received, 0,
+        "a VIP no longer configured is answered: {released:?}"
+    );
+    let stats = rig.arp_stats();
+    assert!(
+        !stats["vips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|r| r["vip"] == VIP.to_string()),
+        "192.0.2.100 is neither configured nor watched now: {stats}"
+    );
+}
+
+#[test]
+fn killed_vipd_leaves_no_responder() {
+    let rig = Rig::new("xw_kill", false);
+    rig.arp_ignore("8");
+    let vipd = rig.start_vipd("192.0.2.100", &["--xdp-mode", "generic"]);
+    let attached = xdp_on(&rig.n1, "eth0");
+    assert!(
+        attached
+            .as_deref()
+            .is_some_and(|x| x.starts_with("xdpgeneric")),
+        "generic XDP on eth0 while vipd runs: {attached:?}"
+    );
+    let answered = rig.c1.arping(VIP, 2, "eth0");
+    assert_eq!(answered.received, 2, "{answered:?}");
+
+    assert!(vipd.kill(libc::SIGKILL));
+    assert!(
+        vipd.wait_timeout(Duration::from_secs(5)).is_some(),
+        "vipd survived SIGKILL"
+    );
+    // The bpf link died with its last fd; the kernel may take a moment.
+    if let Err(e) = wait_until(Duration::from_secs(3), Duration::from_millis(20), || {
+        xdp_on(&rig.n1, "eth0").is_none()
+    }) {
+        panic!(
+            "XDP still attached after SIGKILL ({:?}): {e}",
+            xdp_on(&rig.n1, "eth0")
+        );
+    }
+    let bpftool = rig.n1.exec_ok(&["bpftool", "net", "show", "dev", "eth0"]);
+    assert!(
+        !bpftool.contains("vipd_xdp"),
+        "bpftool still lists the program: {bpftool}"
+    );
+    // The VIP address itself stays (nothing ran to remove it), so this also
+    // shows that the kernel, with arp_ignore 8, does not answer for it.
+    assert!(
+        rig.n1.ipv4_addrs("eth0").iter().any(|(a, _)| *a == VIP),
+        "a killed vipd cannot remove its VIP: {:?}",
+        rig.n1.ipv4_addrs("eth0")
+    );
+    let silent = rig.c1.arping(VIP, 3, "eth0");
+    assert_eq!(silent.received, 0, "answers after SIGKILL: {silent:?}");
+}
+
+/// Starts vipd for the conflict tests: no R8 rounds (so every announcement
+/// after start answers a conflict) and both GARP forms (two frames each).
+fn conflict_rig(hint: &str) -> (Rig, LabProcess) {
+    let rig = Rig::new(hint, true);
+    let vipd = rig.start_vipd(
+        "192.0.2.100",
+        &[
+            "--xdp-mode",
+            "generic",
+            "--garp-rounds",
+            "0",
+            "--garp-mode",
+            "both",
+        ],
+    );
+    // Let the start-up announcement (R7) go out before counting.
+    std::thread::sleep(Duration::from_millis(300));
+    // The client learns the VIP the ordinary way.
+    assert!(rig.c1.ping(VIP), "client pings the VIP");
+    let n1_mac = rig.n1.mac("eth0");
+    let entry = rig
+        .c1
+        .neigh(VIP)
+        .expect("client has a neighbour entry for the VIP");
+    assert_eq!(entry.lladdr.as_deref(), Some(n1_mac.as_str()), "{entry:?}");
+    (rig, vipd)
+}
+
+#[test]
+fn a_foreign_claim_is_reported_and_answered() {
+    let (rig, vipd) = conflict_rig("xw_conflict");
+    let n1_mac = rig.n1.mac("eth0");
+    let n2_mac = rig.n2().mac("eth0");
+    let before = rig.arp_stats();
+    let cap = rig.c1.capture_arp("eth0");
+
+    // Three claims in well under a second, as a second holder (keepalived
+    // sends a burst of five) would.
+    let claims = vec![claim(parse_mac(&n2_mac), VIP); 3];
+    send_frames(rig.n2(), "eth0", &claims, Duration::from_millis(200));
+    let last_claim = Instant::now();
+
+    // The client ends with n1's MAC.
+    let back = wait_until(Duration::from_secs(2), Duration::from_millis(20), || {
+        rig.c1.neigh(VIP).and_then(|n| n.lladdr) == Some(n1_mac.clone())
+            && last_claim.elapsed() > Duration::from_millis(1200)
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let frames = cap.stop();
+    let after = rig.arp_stats();
+    let entry = rig.c1.neigh(VIP);
+    assert!(
+        back.is_ok() && entry.as_ref().and_then(|n| n.lladdr.as_deref()) == Some(n1_mac.as_str()),
+        "client entry for the VIP should end with n1's MAC {n1_mac} (n2 is {n2_mac}): {entry:?}; \
+         arp stats {after}\nvipd log:\n{}",
+        vipd.stderr()
+    );
+
+    // vipd saw and reported it.
+    let d = |f: &str| counter(&after, VIP, f) - counter(&before, VIP, f);
+    assert_eq!(d("foreign_claims"), 3, "every claim counted: {after}");
+    assert_eq!(
+        d("announcements_seen"),
+        3,
+        "every claim is an announcement: {after}"
+    );
+    assert_eq!(
+        row(&after, VIP)["last_foreign_mac"],
+        n2_mac.as_str(),
+        "{after}"
+    );
+    let status = vipctl(&rig.sock, &["status", "--json"]);
+    let conflict = &status["conflicts"][VIP.to_string()];
+    assert_eq!(
+        conflict["last_mac"],
+        n2_mac.as_str(),
+        "status conflicts: {status}"
+    );
+    assert!(conflict["events"].as_u64().unwrap_or(0) >= 1, "{status}");
+    assert!(
+        d("announcements_sent") >= 2,
+        "vipd re-announced (2 frames each): {after}"
+    );
+
+    // On the wire: n1's gratuitous ARP after n2's last claim.
+    let n2_claims: Vec<Instant> = frames
+        .iter()
+        .filter_map(|f| f.arp().map(|a| (f.at, a)))
+        .filter(|(_, a)| fmt_mac(a.sha) == n2_mac && a.is_gratuitous() && a.spa == VIP)
+        .map(|(at, _)| at)
+        .collect();
+    assert_eq!(n2_claims.len(), 3, "the client saw n2's claims");
+    let last_n2 = *n2_claims.last().expect("claims");
+    let answer = frames.iter().any(|f| {
+        f.arp().is_some_and(|a| {
+            f.at > last_n2
+                && fmt_mac(a.eth_src) == n1_mac
+                && fmt_mac(a.sha) == n1_mac
+                && a.is_gratuitous()
+                && a.spa == VIP
+        })
+    });
+    assert!(
+        answer,
+        "no gratuitous ARP from n1 after n2's last claim reached the client"
+    );
+}
+
+#[test]
+fn a_claim_storm_gets_rate_limited_answers() {
+    let (rig, vipd) = conflict_rig("xw_storm");
+    let n1_mac = rig.n1.mac("eth0");
+    let n2_mac = parse_mac(&rig.n2().mac("eth0"));
+    let before = rig.arp_stats();
+
+    // 50 claims within a second.
+    let started = Instant::now();
+    send_frames(
+        rig.n2(),
+        "eth0",
+        &vec![claim(n2_mac, VIP); 50],
+        Duration::from_millis(18),
+    );
+    let storm = started.elapsed();
+    std::thread::sleep(Duration::from_millis(1500));
+    let after = rig.arp_stats();
+
+    let d = |f: &str| counter(&after, VIP, f) - counter(&before, VIP, f);
+    assert_eq!(d("foreign_claims"), 50, "every claim counted: {after}");
+    let frames = d("announcements_sent");
+    // Two frames per answer (--garp-mode both). One answer per second per
+    // VIP: the first claim, maybe one for the rest of the storm's second,
+    // maybe one more for claims right after that.
+    let answers = frames / 2;
+    println!("storm of 50 claims in {storm:?}: {answers} answers ({frames} frames)");
+    assert!(
+        (1..=3).contains(&answers),
+        "{answers} answers ({frames} frames) to 50 claims in {storm:?}: at least one, at most 3 \
+         (1/s per VIP)\n{after}\nvipd log:\n{}",
+        vipd.stderr()
+    );
+    assert!(
+        storm < Duration::from_millis(1300),
+        "the storm took {storm:?}"
+    );
+    let entry = rig.c1.neigh(VIP);
+    assert_eq!(
+        entry.as_ref().and_then(|n| n.lladdr.as_deref()),
+        Some(n1_mac.as_str()),
+        "client entry after the storm: {entry:?}"
+    );
+    let warnings = vipd
+        .stderr()
+        .lines()
+        .filter(|l| l.contains("another node claims a VIP we hold"))
+        .count();
+    assert_eq!(warnings, 1, "one log line per burst:\n{}", vipd.stderr());
+}
+
+#[test]
+fn counters_equal_the_frames_sent() {
+    let rig = Rig::new("xw_counters", false);
+    let vips = format!("{VIP},{UNROUTED_VIP}");
+    let _vipd = rig.start_vipd(&vips, &["--xdp-mode", "generic"]);
+    let c1_mac = parse_mac(&rig.c1.mac("eth0"));
+    let n1_mac = parse_mac(&rig.n1.mac("eth0"));
+    let other_mac = [0x02, 0x00, 0x5e, 0x00, 0x00, 0x77];
+    let before = rig.arp_stats();
+    assert_eq!(row(&before, UNROUTED_VIP)["held"], false, "{before}");
+
+    const N: usize = 7; // requests for the held VIP
+    const K: usize = 4; // requests for the watched, unheld VIP
+    const M: usize = 5; // replies about the watched, unheld VIP
+    let mut frames = Vec::new();
+    frames.extend(vec![request(c1_mac, CLIENT_IP, VIP); N]);
+    frames.extend(vec![request(c1_mac, CLIENT_IP, UNROUTED_VIP); K]);
+    frames.extend(vec![
+        arp_bytes(
+            n1_mac,
+            other_mac,
+            2,
+            other_mac,
+            UNROUTED_VIP,
+            n1_mac,
+            Ipv4Addr::new(192, 0, 2, 11),
+            6
+        );
+        M
+    ]);
+    // Not counted: malformed (hlen 5), and a request for an unwatched address.
+    frames.extend(vec![
+        arp_bytes(
+            BROADCAST, c1_mac, 1, c1_mac, CLIENT_IP, [0; 6], VIP, 5
+        );
+        3
+    ]);
+    frames.extend(vec![
+        request(
+            c1_mac,
+            CLIENT_IP,
+            Ipv4Addr::new(192, 0, 2, 200)
+        );
+        2
+    ]);
+    let cap = rig.c1.capture_arp("eth0");
+    send_frames(&rig.c1, "eth0", &frames, Duration::from_millis(2));
+    std::thread::sleep(Duration::from_millis(200));
+    let seen = cap.stop();
+    let after = rig.arp_stats();
+
+    let d = |vip, f: &str| counter(&after, vip, f) - counter(&before, vip, f);
+    assert_eq!(d(VIP, "requests"), N as u64, "{after}");
+    assert_eq!(d(VIP, "xdp_replies"), N as u64, "{after}");
+    assert_eq!(d(VIP, "announcements_seen"), 0, "{after}");
+    assert_eq!(d(VIP, "foreign_claims"), 0, "{after}");
+    assert_eq!(d(UNROUTED_VIP, "requests"), K as u64, "{after}");
+    assert_eq!(d(UNROUTED_VIP, "xdp_replies"), 0, "{after}");
+    assert_eq!(d(UNROUTED_VIP, "announcements_seen"), M as u64, "{after}");
+    assert_eq!(
+        d(UNROUTED_VIP, "foreign_claims"),
+        0,
+        "not held, so no claim: {after}"
+    );
+    assert!(
+        !after["vips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|r| r["vip"] == "192.0.2.200"),
+        "{after}"
+    );
+    // The replies the client got: one per well-formed request for the VIP.
+    let replies = seen
+        .iter()
+        .filter_map(|f| f.arp().map(|a| (f.outgoing, a)))
+        .filter(|(out, a)| !out && a.op == ArpFrame::REPLY && a.spa == VIP && a.sha == n1_mac)
+        .count();
+    assert_eq!(replies, N, "replies on the wire");
+}
+
+#[test]
+fn without_xdp_the_kernel_answers() {
+    let rig = Rig::new("xw_noxdp", false);
+    // First the control for every other test: arp_ignore 8 silences the kernel.
+    rig.arp_ignore("8");
+    let vipd = rig.start_vipd("192.0.2.100", &["--no-xdp"]);
+    assert_eq!(xdp_on(&rig.n1, "eth0"), None, "--no-xdp attaches nothing");
+    let silent = rig.c1.arping(VIP, 3, "eth0");
+    assert_eq!(silent.received, 0, "arp_ignore 8 without XDP: {silent:?}");
+
+    rig.arp_ignore("0");
+    let n1_mac = rig.n1.mac("eth0");
+    let (arping, sent) = rig.arping_counted(VIP, 4);
+    assert!(sent >= 4, "{arping:?}");
+    assert_eq!(
+        arping.received as usize, sent,
+        "the kernel answers: {arping:?}"
+    );
+    assert!(arping.reply_macs.iter().all(|m| *m == n1_mac), "{arping:?}");
+    let stats = rig.arp_stats();
+    assert_eq!(stats["xdp"], false, "{stats}");
+    assert_eq!(stats["role"], "leader", "{stats}");
+    let r = row(&stats, VIP);
+    assert_eq!(r["held"], true, "{r}");
+    assert_eq!(
+        (r["requests"].as_u64(), r["xdp_replies"].as_u64()),
+        (Some(0), Some(0)),
+        "{r}"
+    );
+    assert!(vipd.is_running());
+}
