@@ -149,8 +149,15 @@ impl ArpOffload {
     pub fn load() -> Result<Self, OffloadError> {
         raise_memlock_limit();
         // Not `Ebpf::load`: in aya 0.14 it parses the kernel's BTF twice
-        // (EbpfLoader::new already does), which is most of vipd's start-up.
-        let mut ebpf = EbpfLoader::new().load(OBJECT).map_err(OffloadError::Load)?;
+        // (EbpfLoader::new already does). And no kernel BTF at all: the
+        // program reads no kernel types (no CO-RE), and parsing
+        // /sys/kernel/btf/vmlinux (5.5 MB) is costly: with `Ebpf::load`
+        // vipd peaked at 41.7 MiB RSS and led 175 ms after start, without
+        // any kernel BTF at 24.7 MiB and 65 ms (docs/BENCHMARKS.md, engine).
+        let mut ebpf = EbpfLoader::new()
+            .btf(None)
+            .load(OBJECT)
+            .map_err(OffloadError::Load)?;
         let program: &mut Xdp = ebpf
             .program_mut(PROGRAM_NAME)
             .ok_or(OffloadError::MissingProgram(None))?

@@ -1,7 +1,1117 @@
-//! The engine benchmark.
+//! The engine benchmark: how fast one vipd configures and announces 1, 100
+//! and as many VIPs as the lab's address ranges hold, how fast it puts back
+//! a VIP deleted by hand, and how fast `vipctl vip set` reaches the leader.
+//! Addresses are timed by a netlink listener in the node's namespace, the
+//! gratuitous ARP by a capture at a client on the same bridge.
 
-use anyhow::Result;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt::Write as _,
+    fs::File,
+    mem::size_of,
+    net::Ipv4Addr,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    path::{Path, PathBuf},
+    process::Command,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        mpsc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
 
-pub fn run(_runs: usize) -> Result<String> {
-    anyhow::bail!("the engine benchmark is not written yet")
+use anyhow::{Context as _, Result, bail};
+use vipd_tests::{
+    lab::{ArpFrame, Host, HostIf, Lab, LabProcess, vipctl_bin, vipd_bin},
+    zk::ZkServer,
+};
+
+use super::{Progress, Summary, fmt_ms};
+
+/// The node's own address, its gateway (which need not exist: the default
+/// route only has to place the VIPs) and the client's address, all on br0.
+const NODE_ADDR: &str = "192.0.2.11/24";
+const GATEWAY: &str = "192.0.2.1";
+const CLIENT_ADDR: &str = "192.0.2.12/24";
+/// Repetitions of the repair and `vipctl vip set` measurements.
+const REPAIR_REPS: usize = 20;
+const SET_REPS: usize = 10;
+/// VIPs held while the repair is measured.
+const REPAIR_VIPS: usize = 100;
+/// vipd's default pacing (frames per second per interface) and form count
+/// (`--garp-mode both`: a request and a reply per VIP).
+const GARP_RATE: f64 = 500.0;
+const FORMS: usize = 2;
+/// The announcer's burst (vipd::announce::MAX_BURST).
+const MAX_BURST: usize = 32;
+/// Targets.
+const TARGET_REPAIR_MS: f64 = 10.0;
+const TARGET_SET_MS: f64 = 20.0;
+const TARGET_1000_MS: f64 = 1000.0;
+const TARGET_RSS_KB: f64 = 13.0 * 1024.0;
+
+/// Every VIP the lab's ranges can hold on one node whose eth0 has
+/// 192.0.2.11/24 and a default route: 198.51.100.0/24 and 203.0.113.0/24
+/// go on eth0 as /32 (default route), 192.0.2.0/24 as /24 secondaries.
+/// Network, broadcast, gateway, node and client addresses are left out.
+fn lab_vips() -> Vec<Ipv4Addr> {
+    let mut v = Vec::new();
+    for net in [[198, 51, 100], [203, 0, 113]] {
+        v.extend((1..=254).map(|h| Ipv4Addr::new(net[0], net[1], net[2], h)));
+    }
+    v.extend(
+        (2..=254)
+            .filter(|h| ![11, 12].contains(h))
+            .map(|h| Ipv4Addr::new(192, 0, 2, h)),
+    );
+    v
+}
+
+pub fn run(runs: usize) -> Result<String> {
+    let all = lab_vips();
+    let sizes = [1, 100, all.len()];
+    let lab = Lab::new("bench-engine");
+    let node = lab.add_host(
+        "n1",
+        &[HostIf {
+            bridge: 0,
+            addr: NODE_ADDR,
+        }],
+    );
+    node.add_default_route(GATEWAY);
+    let client = lab.add_host(
+        "c1",
+        &[HostIf {
+            bridge: 0,
+            addr: CLIENT_ADDR,
+        }],
+    );
+    let empty_config = lab.dir().join("empty.toml");
+    std::fs::write(&empty_config, "").context("writing an empty vipd config")?;
+
+    let mut startup: Vec<(usize, Vec<StartupSample>)> = Vec::new();
+    for &n in &sizes {
+        let mut samples = Vec::new();
+        for i in 0..runs {
+            let what = format!("engine: {n} VIPs, run {}/{runs}", i + 1);
+            samples.push(startup_run(
+                &lab,
+                &node,
+                &client,
+                &all[..n],
+                &empty_config,
+                &what,
+            )?);
+        }
+        startup.push((n, samples));
+    }
+    let rss_no_xdp = rss_without_xdp(&lab, &node, all[0], &empty_config)?;
+    let repair = repair_run(&lab, &node, &all[..REPAIR_VIPS], &empty_config)?;
+    let set = set_run(&lab, &node, &empty_config)?;
+    lab.teardown()
+        .map_err(|e| anyhow::anyhow!("lab teardown: {}", e.join("; ")))?;
+    Ok(section(&startup, rss_no_xdp, &repair, &set, all.len()))
+}
+
+/// One start of vipd with `vips`, timed.
+struct StartupSample {
+    /// Process start to vipd's "leader term starts".
+    to_leader: f64,
+    /// Leader term start to the last VIP's NEWADDR.
+    configured: f64,
+    /// Leader term start to the first gratuitous ARP seen by the client.
+    first_garp: f64,
+    /// Leader term start to the last frame of the first pass (every VIP in
+    /// every form seen once).
+    last_garp: f64,
+    /// VmHWM, KiB.
+    hwm_kb: f64,
+    /// VmRSS once the first pass is over, KiB.
+    rss_kb: f64,
+    /// SIGTERM to exit: stepping down removes every VIP.
+    stop: f64,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// `b - a` in milliseconds, negative if `b` came first.
+fn ms_between(a: Instant, b: Instant) -> f64 {
+    if b >= a { ms(b - a) } else { -ms(a - b) }
+}
+
+fn vipd_args(config: &Path, socket: &Path) -> Vec<String> {
+    vec![
+        vipd_bin().display().to_string(),
+        "--config".into(),
+        config.display().to_string(),
+        "--api-socket".into(),
+        socket.display().to_string(),
+        "--log-format".into(),
+        "json".into(),
+    ]
+}
+
+fn join_vips(vips: &[Ipv4Addr]) -> String {
+    vips.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// vipd's addresses must be gone between runs: a run starting on residue
+/// would time nothing.
+fn check_clean(node: &Host) -> Result<()> {
+    let addrs = node.ipv4_addrs("eth0");
+    if addrs.len() != 1 {
+        bail!(
+            "n1's eth0 should hold only {NODE_ADDR} between runs, it holds {} addresses \
+             (vipd left VIPs behind?)",
+            addrs.len()
+        );
+    }
+    Ok(())
+}
+
+/// SIGTERM, and the time until vipd exited (it removes its VIPs first), ms.
+fn stop_vipd(vipd: &LabProcess, node: &Host) -> Result<f64> {
+    let t0 = Instant::now();
+    // Generous: removing many VIPs one by one may take long on a busy machine,
+    // and a SIGKILL would leave them behind and spoil the next run.
+    let status = vipd.terminate(Duration::from_secs(120));
+    let took = ms(t0.elapsed());
+    if !status.success() {
+        bail!(
+            "vipd exited with {status} on SIGTERM; its log:\n{}",
+            tail(&vipd.stderr(), 30)
+        );
+    }
+    check_clean(node)?;
+    Ok(took)
+}
+
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn ensure_running(vipd: &LabProcess) -> Result<()> {
+    if let Some(status) = vipd.try_status() {
+        bail!(
+            "vipd exited early ({status}); its log:\n{}",
+            tail(&vipd.stderr(), 30)
+        );
+    }
+    Ok(())
+}
+
+fn startup_run(
+    lab: &Lab,
+    node: &Host,
+    client: &Host,
+    vips: &[Ipv4Addr],
+    config: &Path,
+    what: &str,
+) -> Result<StartupSample> {
+    check_clean(node)?;
+    let want: BTreeSet<Ipv4Addr> = vips.iter().copied().collect();
+    let monitor = AddrMonitor::start(node.path())?;
+    let capture = client.capture_arp("eth0");
+    let clock = Clock::now();
+    let started = Instant::now();
+    let mut args = vipd_args(config, &lab.dir().join("vipd.sock"));
+    args.extend(["--static-vips".to_string(), join_vips(vips)]);
+    let vipd = node.spawn(&args);
+
+    // The first pass takes about VIPs x forms / rate; allow plenty more.
+    let limit = Duration::from_secs_f64(15.0 + 3.0 * (vips.len() * FORMS) as f64 / GARP_RATE);
+    let mut progress = Progress::new(what);
+    let (configured_at, last_garp_at, first_garp_at) = loop {
+        ensure_running(&vipd)?;
+        let added = monitor.first_new(&want);
+        let seen = first_garps(&capture, &want);
+        progress.update(format!(
+            "{}/{} VIPs configured, {}/{} announcement frames",
+            added.len(),
+            want.len(),
+            seen.len(),
+            want.len() * FORMS
+        ));
+        if added.len() == want.len() && seen.len() == want.len() * FORMS {
+            let first = capture
+                .arp_frames()
+                .iter()
+                .filter(|(f, a)| !f.outgoing && a.is_gratuitous() && want.contains(&a.spa))
+                .map(|(f, _)| f.at)
+                .min()
+                .expect("frames were seen");
+            break (
+                added.values().max().copied().expect("VIPs were added"),
+                seen.values().max().copied().expect("frames were seen"),
+                first,
+            );
+        }
+        if started.elapsed() > limit {
+            bail!(
+                "{what}: after {limit:?} only {}/{} VIPs configured and {}/{} announcement \
+                 frames seen; vipd's log:\n{}",
+                added.len(),
+                want.len(),
+                seen.len(),
+                want.len() * FORMS,
+                tail(&vipd.stderr(), 30)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let hwm_kb = vm_kb(vipd.pid(), "VmHWM")?;
+    let rss_kb = vm_kb(vipd.pid(), "VmRSS")?;
+    let log = vipd.stderr();
+    let leader =
+        log_time(&log, "leader term starts").context("vipd never logged \"leader term starts\"")?;
+    let leader = clock.instant(leader);
+    let stop = stop_vipd(&vipd, node)?;
+    if monitor.overruns() > 0 {
+        bail!("{what}: the netlink listener overran; the timing is incomplete");
+    }
+    let s = StartupSample {
+        to_leader: ms_between(started, leader),
+        configured: ms_between(leader, configured_at),
+        first_garp: ms_between(leader, first_garp_at),
+        last_garp: ms_between(leader, last_garp_at),
+        hwm_kb,
+        rss_kb,
+        stop,
+    };
+    progress.finish(format!(
+        "start->leader {} ms, leader->configured {} ms, ->first GARP {} ms, ->last GARP {} ms, \
+         VmHWM {:.1} MiB, SIGTERM->exit {} ms",
+        fmt_ms(s.to_leader),
+        fmt_ms(s.configured),
+        fmt_ms(s.first_garp),
+        fmt_ms(s.last_garp),
+        s.hwm_kb / 1024.0,
+        fmt_ms(s.stop)
+    ));
+    Ok(s)
+}
+
+/// The first gratuitous ARP the client received for each (VIP, form).
+fn first_garps(
+    capture: &vipd_tests::lab::ArpCapture,
+    want: &BTreeSet<Ipv4Addr>,
+) -> BTreeMap<(Ipv4Addr, u16), Instant> {
+    let mut seen = BTreeMap::new();
+    for (f, a) in capture.arp_frames() {
+        if f.outgoing || !a.is_gratuitous() || !want.contains(&a.spa) {
+            continue;
+        }
+        if a.op == ArpFrame::REQUEST || a.op == ArpFrame::REPLY {
+            seen.entry((a.spa, a.op)).or_insert(f.at);
+        }
+    }
+    seen
+}
+
+/// Repair figures: hand deletion to the VIP's NEWADDR, in ms.
+struct Repair {
+    samples: Vec<f64>,
+    misses: usize,
+    /// vipd's own account of the repairing pass (`vipctl status`:
+    /// last_reconcile.duration_us), ms.
+    pass: Vec<f64>,
+}
+
+fn repair_run(lab: &Lab, node: &Host, vips: &[Ipv4Addr], config: &Path) -> Result<Repair> {
+    check_clean(node)?;
+    let want: BTreeSet<Ipv4Addr> = vips.iter().copied().collect();
+    let monitor = AddrMonitor::start(node.path())?;
+    let socket = lab.dir().join("vipd.sock");
+    let mut args = vipd_args(config, &socket);
+    args.extend(["--static-vips".to_string(), join_vips(vips)]);
+    let vipd = node.spawn(&args);
+    let start = Instant::now();
+    while monitor.first_new(&want).len() < want.len() {
+        ensure_running(&vipd)?;
+        if start.elapsed() > Duration::from_secs(20) {
+            bail!(
+                "repair: vipd did not configure its {} VIPs in 20 s",
+                want.len()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Let the first announcement pass and the XDP attach settle.
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut progress = Progress::new("engine: hand-deleted VIP back");
+    let mut samples = Vec::new();
+    let mut misses = 0;
+    let mut pass = Vec::new();
+    for (i, vip) in vips.iter().take(REPAIR_REPS).enumerate() {
+        ensure_running(&vipd)?;
+        let from = monitor.len();
+        // /32: every VIP in this set sits on the default route's interface.
+        node.del_addr("eth0", &format!("{vip}/32"));
+        let t0 = Instant::now();
+        let back = loop {
+            let (del, new) = monitor.del_then_new(*vip, from);
+            if let (Some(d), Some(n)) = (del, new) {
+                break Some(ms_between(d, n));
+            }
+            if t0.elapsed() > Duration::from_secs(5) {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        match back {
+            Some(m) => samples.push(m),
+            None => misses += 1,
+        }
+        // Events may still trigger a pass (the announcement does not, but
+        // be sure the last pass is the repairing one).
+        std::thread::sleep(Duration::from_millis(50));
+        if let Some(us) = last_pass_us(&socket) {
+            pass.push(us / 1000.0);
+        }
+        progress.update(format!(
+            "{}/{REPAIR_REPS}: {}",
+            i + 1,
+            back.map_or("not back in 5 s".to_string(), |m| format!(
+                "{} ms",
+                fmt_ms(m)
+            ))
+        ));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let s = Summary::of(&samples);
+    progress.finish(format!(
+        "hand-deleted VIP back: {} ms, {misses} not back in 5 s",
+        s.map_or("-".into(), |s| s.cell())
+    ));
+    stop_vipd(&vipd, node)?;
+    Ok(Repair {
+        samples,
+        misses,
+        pass,
+    })
+}
+
+/// The duration of vipd's last reconcile pass, microseconds.
+fn last_pass_us(socket: &Path) -> Option<f64> {
+    let out = Command::new(vipctl_bin())
+        .args(["status", "--json", "--api-socket"])
+        .arg(socket)
+        .output()
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    v["last_reconcile"]["duration_us"].as_f64()
+}
+
+/// `vipctl vip set` figures, ms.
+struct SetFigures {
+    /// vipctl started to the new VIP's NEWADDR on the leader.
+    to_vip: Vec<f64>,
+    /// vipctl started to vipctl exited.
+    vipctl: Vec<f64>,
+    /// vipctl started to vipd's "VIP configuration read".
+    to_read: Vec<f64>,
+    /// vipd's "VIP configuration read" to the new VIP's NEWADDR.
+    vipd_part: Vec<f64>,
+    misses: usize,
+}
+
+fn set_run(lab: &Lab, node: &Host, config: &Path) -> Result<SetFigures> {
+    check_clean(node)?;
+    let mut progress = Progress::new("engine: vipctl vip set");
+    progress.update("starting ZooKeeper in n1 (127.0.0.1:2181)");
+    let zk = ZkServer::start_standalone(Ipv4Addr::LOCALHOST, Some(node.netns()));
+    let hosts = zk.connect_string();
+    let monitor = AddrMonitor::start(node.path())?;
+    let clock = Clock::now();
+    let mut args = vipd_args(config, &lab.dir().join("vipd.sock"));
+    args.extend(["--zk", &hosts, "--cluster", "bench", "--node-id", "n1"].map(String::from));
+    let vipd = node.spawn(&args);
+    let start = Instant::now();
+    while log_time(&vipd.stderr(), "leader term starts").is_none() {
+        ensure_running(&vipd)?;
+        if start.elapsed() > Duration::from_secs(30) {
+            bail!(
+                "vipd did not become leader within 30 s; its log:\n{}",
+                tail(&vipd.stderr(), 30)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let vipctl = vipctl_bin();
+    let pool: Vec<Ipv4Addr> = (1..=SET_REPS as u8 + 1)
+        .map(|h| Ipv4Addr::new(198, 51, 100, h))
+        .collect();
+    let mut figures = SetFigures {
+        to_vip: Vec::new(),
+        vipctl: Vec::new(),
+        to_read: Vec::new(),
+        vipd_part: Vec::new(),
+        misses: 0,
+    };
+    // Rep 0 creates the service znode and is not counted; each later rep
+    // adds one VIP to the list (`set` with the list so far plus one).
+    for rep in 0..=SET_REPS {
+        ensure_running(&vipd)?;
+        let vips = &pool[..=rep];
+        let new = vips[rep];
+        let mut argv: Vec<String> = ["vip", "--zk", &hosts, "--cluster", "bench", "set", "bench"]
+            .map(String::from)
+            .to_vec();
+        argv.extend(vips.iter().map(ToString::to_string));
+        let log_before = vipd.stderr().lines().count();
+        let from = monitor.len();
+        // A child spawned from a thread inside n1 lives in n1: no `ip netns
+        // exec` (its mount namespace work) in the timed path.
+        let (t0, t_exit, out) = node.in_netns(|| {
+            let t0 = Instant::now();
+            let out = Command::new(&vipctl).args(&argv).output();
+            (t0, Instant::now(), out)
+        });
+        let out = out.with_context(|| format!("running {}", vipctl.display()))?;
+        if !out.status.success() {
+            bail!(
+                "vipctl {} failed ({}): {}",
+                argv.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let wait = Instant::now();
+        let added = loop {
+            if let Some(at) = monitor.new_after(new, from) {
+                break Some(at);
+            }
+            if wait.elapsed() > Duration::from_secs(5) {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        if rep == 0 {
+            progress.update("service created (not counted)");
+        } else {
+            let log = vipd.stderr();
+            let later: String = log.lines().skip(log_before).collect::<Vec<_>>().join("\n");
+            let read = log_time(&later, "VIP configuration read").map(|r| clock.instant(r));
+            if let Some(read) = read {
+                figures.to_read.push(ms_between(t0, read));
+            }
+            if let (Some(read), Some(at)) = (read, added) {
+                figures.vipd_part.push(ms_between(read, at));
+            }
+            figures.vipctl.push(ms_between(t0, t_exit));
+            match added {
+                Some(at) => figures.to_vip.push(ms_between(t0, at)),
+                None => figures.misses += 1,
+            }
+            progress.update(format!(
+                "{rep}/{SET_REPS}: {}",
+                added.map_or("VIP not there after 5 s".to_string(), |at| format!(
+                    "{} ms",
+                    fmt_ms(ms_between(t0, at))
+                ))
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    progress.finish(format!(
+        "vipctl vip set -> VIP: {} ms, {} missed",
+        Summary::of(&figures.to_vip).map_or("-".into(), |s| s.cell()),
+        figures.misses
+    ));
+    stop_vipd(&vipd, node)?;
+    drop(zk);
+    Ok(figures)
+}
+
+fn section(
+    startup: &[(usize, Vec<StartupSample>)],
+    rss_no_xdp_kb: f64,
+    repair: &Repair,
+    set: &SetFigures,
+    max_vips: usize,
+) -> String {
+    let cell = |v: &[f64]| Summary::of(v).map_or("-".to_string(), |s| s.cell());
+    let mut s = String::new();
+    let _ = writeln!(s, "## Engine\n");
+    let _ = writeln!(
+        s,
+        "One vipd (release build, default settings: `--garp-mode both`, `--garp-rate 500`, \
+         XDP attached in `auto` mode) on host n1, whose eth0 (br0) has {NODE_ADDR} and a \
+         default route via {GATEWAY}; a client on br0 captures the gratuitous ARP. \
+         Single-node mode (`--static-vips`) for the start-up figures. Times from vipd's \
+         `leader term starts` log line (its own timestamp) to: the last VIP's `RTM_NEWADDR` \
+         seen by a netlink listener in n1 (all configured); the first gratuitous ARP the client \
+         received; the last frame of the first announcement pass (every VIP seen in both \
+         forms). `start -> leader` is process start to that log line (it includes loading the \
+         XDP program; attaching it to eth0 happens in the first pass, before the first \
+         announcement). Peak RSS is vipd's `VmHWM` once \
+         the first pass is over.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| VIPs | runs | start -> leader | leader -> all configured | -> first GARP | \
+         -> last GARP of first pass | pacing floor of the first pass | peak RSS (VmHWM) MiB | RSS after the first pass MiB | SIGTERM -> exit (VIPs removed) |"
+    );
+    let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (n, samples) in startup {
+        let col = |f: fn(&StartupSample) -> f64| samples.iter().map(f).collect::<Vec<_>>();
+        let mib = |v: Vec<f64>| {
+            Summary::of(&v).map_or("-".into(), |r| {
+                format!("{:.1} ({:.1}-{:.1})", r.median, r.min, r.max)
+            })
+        };
+        let rss = mib(col(|x| x.hwm_kb / 1024.0));
+        let now = mib(col(|x| x.rss_kb / 1024.0));
+        // A burst of MAX_BURST frames, then one every 1/rate.
+        let expected = (n * FORMS).saturating_sub(MAX_BURST) as f64 / GARP_RATE * 1000.0;
+        let _ = writeln!(
+            s,
+            "| {n} | {} | {} | {} | {} | {} | {} | {rss} | {now} | {} |",
+            samples.len(),
+            cell(&col(|x| x.to_leader)),
+            cell(&col(|x| x.configured)),
+            cell(&col(|x| x.first_garp)),
+            cell(&col(|x| x.last_garp)),
+            fmt_ms(expected),
+            cell(&col(|x| x.stop)),
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nThe pacing floor is when the first pass can end at the earliest: a burst of \
+         {MAX_BURST} frames, then 500 frames/s (`--garp-rate`), two frames per VIP. \
+         The lab ranges hold at most {max_vips} VIPs on one node (three /24s less network, \
+         broadcast, gateway, node and client addresses), so 1000 VIPs cannot be placed; the \
+         largest case is {max_vips}, and the 1000-VIP figure below is scaled linearly from it \
+         (addresses are added one by one, so the cost per VIP is flat).\n"
+    );
+    let _ = writeln!(
+        s,
+        "Hand-deleted VIP back: vipd holds {REPAIR_VIPS} VIPs; `ip addr del` of one /32 VIP, \
+         then the time from its `RTM_DELADDR` to its `RTM_NEWADDR` (both seen by the listener \
+         in n1), {REPAIR_REPS} times, a different VIP each time. Both times are when the \
+         listener read the event: a late read of the `RTM_DELADDR` on a busy machine shortens \
+         a sample (hence minimums near zero), a late read of the `RTM_NEWADDR` lengthens it. `vipctl vip set`: a \
+         cluster-mode vipd (ZooKeeper standalone in n1 on 127.0.0.1, tickTime 100 ms), leader; \
+         `vipctl vip set bench <list + one VIP>` started from inside n1, then the time from \
+         starting vipctl to the new VIP's `RTM_NEWADDR`, {SET_REPS} times (a first `set` that \
+         creates the service is not counted). Its parts: vipctl's own run (connect to \
+         ZooKeeper, write, close) and the time to vipd's `VIP configuration read` log line.\n"
+    );
+    let _ = writeln!(s, "| Figure | Measured: median (min-max) | Target | Met |");
+    let _ = writeln!(s, "|---|---|---|---|");
+    let met = |ok: bool| if ok { "yes" } else { "**no**" };
+    let rep = Summary::of(&repair.samples);
+    let _ = writeln!(
+        s,
+        "| Hand-deleted VIP back ({} of {REPAIR_REPS}{}) | {} ms | <= {TARGET_REPAIR_MS} ms | {} |",
+        repair.samples.len(),
+        if repair.misses > 0 {
+            format!("; {} not back in 5 s", repair.misses)
+        } else {
+            String::new()
+        },
+        cell(&repair.samples),
+        met(repair.misses == 0 && rep.is_some_and(|r| r.median <= TARGET_REPAIR_MS))
+    );
+    let _ = writeln!(
+        s,
+        "| ... vipd's repairing reconcile pass (`vipctl status`: dump links, routes, addresses; plan; add; XDP maps; queue the announcement) | {} ms | | |",
+        cell(&repair.pass)
+    );
+    let set_s = Summary::of(&set.to_vip);
+    let _ = writeln!(
+        s,
+        "| `vipctl vip set` -> VIP on the leader ({} of {SET_REPS}{}) | {} ms | <= {TARGET_SET_MS} ms | {} |",
+        set.to_vip.len(),
+        if set.misses > 0 {
+            format!("; {} not there in 5 s", set.misses)
+        } else {
+            String::new()
+        },
+        cell(&set.to_vip),
+        met(set.misses == 0 && set_s.is_some_and(|r| r.median <= TARGET_SET_MS))
+    );
+    let _ = writeln!(
+        s,
+        "| ... of which vipctl's own run (start to exit) | {} ms | | |",
+        cell(&set.vipctl)
+    );
+    let _ = writeln!(
+        s,
+        "| ... of which vipctl start -> vipd's `VIP configuration read` | {} ms | | |",
+        cell(&set.to_read)
+    );
+    let _ = writeln!(
+        s,
+        "| ... of which vipd's `VIP configuration read` -> the VIP's `RTM_NEWADDR` | {} ms | | |",
+        cell(&set.vipd_part)
+    );
+    if let Some((n, samples)) = startup.last() {
+        let conf: Vec<f64> = samples.iter().map(|x| x.configured).collect();
+        if let Some(c) = Summary::of(&conf) {
+            let scaled = c.median * 1000.0 / *n as f64;
+            let _ = writeln!(
+                s,
+                "| {n} VIPs configured (leader -> all `RTM_NEWADDR`) | {} ms | | |",
+                c.cell()
+            );
+            let _ = writeln!(
+                s,
+                "| 1000 VIPs configured, scaled from {n} | {} ms | <= {TARGET_1000_MS} ms | {} |",
+                fmt_ms(scaled),
+                met(scaled <= TARGET_1000_MS)
+            );
+        }
+    }
+    let hwm: Vec<f64> = startup
+        .iter()
+        .flat_map(|(_, v)| v.iter().map(|x| x.hwm_kb))
+        .collect();
+    if let Some(h) = Summary::of(&hwm) {
+        let _ = writeln!(
+            s,
+            "| Peak RSS (VmHWM), largest of every run | {:.1} MiB | <= {:.0} MiB | {} |",
+            h.max / 1024.0,
+            TARGET_RSS_KB / 1024.0,
+            met(h.max <= TARGET_RSS_KB)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "| ... the same with `--no-xdp` (1 VIP): what the XDP program costs | {:.1} MiB | | |",
+        rss_no_xdp_kb / 1024.0
+    );
+    s
+}
+
+/// VmHWM of vipd holding one VIP without the XDP program, KiB: how much of
+/// the peak the program's loading costs.
+fn rss_without_xdp(lab: &Lab, node: &Host, vip: Ipv4Addr, config: &Path) -> Result<f64> {
+    check_clean(node)?;
+    let monitor = AddrMonitor::start(node.path())?;
+    let mut args = vipd_args(config, &lab.dir().join("vipd.sock"));
+    args.extend([
+        "--static-vips".to_string(),
+        vip.to_string(),
+        "--no-xdp".into(),
+    ]);
+    let vipd = node.spawn(&args);
+    let want = BTreeSet::from([vip]);
+    let start = Instant::now();
+    while monitor.first_new(&want).is_empty() {
+        ensure_running(&vipd)?;
+        if start.elapsed() > Duration::from_secs(20) {
+            bail!("vipd --no-xdp did not configure {vip} in 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The first pass's announcement, then the figure.
+    std::thread::sleep(Duration::from_millis(500));
+    let kb = vm_kb(vipd.pid(), "VmHWM")?;
+    stop_vipd(&vipd, node)?;
+    eprintln!("[engine: --no-xdp] VmHWM {:.1} MiB", kb / 1024.0);
+    Ok(kb)
+}
+
+/// A `Vm*` line of a process's status (VmHWM, VmRSS), KiB.
+fn vm_kb(pid: u32, key: &str) -> Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("no {key} in /proc/{pid}/status"))
+}
+
+/// Maps vipd's log timestamps (wall clock) onto `Instant`s.
+struct Clock {
+    instant: Instant,
+    wall: SystemTime,
+}
+
+impl Clock {
+    fn now() -> Clock {
+        Clock {
+            instant: Instant::now(),
+            wall: SystemTime::now(),
+        }
+    }
+
+    fn instant(&self, wall: SystemTime) -> Instant {
+        match wall.duration_since(self.wall) {
+            Ok(after) => self.instant + after,
+            Err(e) => self.instant - e.duration(),
+        }
+    }
+}
+
+/// The timestamp of the first JSON log line whose message is `message`.
+fn log_time(log: &str, message: &str) -> Option<SystemTime> {
+    log.lines().find_map(|line| {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        if v["fields"]["message"].as_str()? != message {
+            return None;
+        }
+        parse_utc(v["timestamp"].as_str()?)
+    })
+}
+
+/// `2026-11-25T15:22:29.123456Z` (tracing-subscriber's format) as a time.
+fn parse_utc(s: &str) -> Option<SystemTime> {
+    let (date, time) = s.strip_suffix('Z')?.split_once('T')?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
+    let (y, mo, day) = (d.next()??, d.next()??, d.next()??);
+    let mut t = time.split(':');
+    let (h, mi, sec) = (
+        t.next()?.parse::<u64>().ok()?,
+        t.next()?.parse::<u64>().ok()?,
+        t.next()?,
+    );
+    let (whole, frac) = sec.split_once('.').unwrap_or((sec, "0"));
+    let nanos: u32 = format!("{:0<9}", &frac[..frac.len().min(9)]).parse().ok()?;
+    let days = u64::try_from(days_from_civil(y, mo, day)).ok()?;
+    let secs = days * 86_400 + h * 3600 + mi * 60 + whole.parse::<u64>().ok()?;
+    Some(UNIX_EPOCH + Duration::new(secs, nanos))
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// One IPv4 address event in the node's namespace.
+#[derive(Clone, Copy, Debug)]
+struct AddrEvent {
+    at: Instant,
+    new: bool,
+    addr: Ipv4Addr,
+}
+
+/// A netlink listener (RTMGRP_IPV4_IFADDR) in a namespace, recording every
+/// address event with the time it was read. Stops on drop.
+struct AddrMonitor {
+    events: Arc<Mutex<Vec<AddrEvent>>>,
+    overruns: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl AddrMonitor {
+    fn start(netns: PathBuf) -> Result<AddrMonitor> {
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let overruns = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let thread = {
+            let (events, overruns, stop) = (events.clone(), overruns.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let sock = match netlink_listener(&netns) {
+                    Ok(s) => {
+                        let _ = ready_tx.send(Ok(()));
+                        s
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let mut buf = vec![0u8; 1 << 18];
+                while !stop.load(Ordering::Relaxed) {
+                    // SAFETY: recv into a buffer we own, with its length.
+                    let n = unsafe {
+                        libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0)
+                    };
+                    let at = Instant::now();
+                    if n < 0 {
+                        match std::io::Error::last_os_error().raw_os_error() {
+                            Some(libc::ENOBUFS) => {
+                                overruns.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Some(libc::EAGAIN | libc::EINTR) => {}
+                            _ => return,
+                        }
+                        continue;
+                    }
+                    let parsed = parse_addr_events(&buf[..n as usize], at);
+                    events.lock().expect("events lock").extend(parsed);
+                }
+            })
+        };
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => bail!("the netlink listener thread died"),
+        }
+        Ok(AddrMonitor {
+            events,
+            overruns,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    fn len(&self) -> usize {
+        self.events.lock().expect("events lock").len()
+    }
+
+    fn overruns(&self) -> usize {
+        self.overruns.load(Ordering::Relaxed)
+    }
+
+    /// The first NEWADDR of each address in `want` seen so far.
+    fn first_new(&self, want: &BTreeSet<Ipv4Addr>) -> BTreeMap<Ipv4Addr, Instant> {
+        let mut out = BTreeMap::new();
+        for e in self.events.lock().expect("events lock").iter() {
+            if e.new && want.contains(&e.addr) {
+                out.entry(e.addr).or_insert(e.at);
+            }
+        }
+        out
+    }
+
+    /// From event `from` on: the first DELADDR of `addr`, and the first
+    /// NEWADDR of it after that.
+    fn del_then_new(&self, addr: Ipv4Addr, from: usize) -> (Option<Instant>, Option<Instant>) {
+        let events = self.events.lock().expect("events lock");
+        let mut del = None;
+        for e in events.iter().skip(from).filter(|e| e.addr == addr) {
+            match (del, e.new) {
+                (None, false) => del = Some(e.at),
+                (Some(_), true) => return (del, Some(e.at)),
+                _ => {}
+            }
+        }
+        (del, None)
+    }
+
+    /// The first NEWADDR of `addr` from event `from` on.
+    fn new_after(&self, addr: Ipv4Addr, from: usize) -> Option<Instant> {
+        self.events
+            .lock()
+            .expect("events lock")
+            .iter()
+            .skip(from)
+            .find(|e| e.new && e.addr == addr)
+            .map(|e| e.at)
+    }
+}
+
+impl Drop for AddrMonitor {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Joins the namespace at `netns` (this thread only; it never leaves) and
+/// opens a netlink socket subscribed to IPv4 address events.
+fn netlink_listener(netns: &Path) -> Result<OwnedFd> {
+    let ns = File::open(netns).with_context(|| format!("opening {}", netns.display()))?;
+    // SAFETY: a namespace fd; setns changes only the calling thread.
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        bail!(
+            "setns({}): {}",
+            netns.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    // SAFETY: plain socket(2); the fd is owned right below.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        )
+    };
+    if fd < 0 {
+        bail!("netlink socket: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh socket nobody else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // 32 MiB: a thousand events at once must not overrun (we are root,
+    // so FORCE goes past rmem_max).
+    let size: libc::c_int = 32 << 20;
+    // SAFETY: setsockopt with a pointer to a c_int and its size.
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&raw const size).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    let timeout = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 50_000,
+    };
+    // SAFETY: as above, with a timeval.
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const timeout).cast(),
+            size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    // SAFETY: all-zero is a valid sockaddr_nl.
+    let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+    sa.nl_groups = libc::RTMGRP_IPV4_IFADDR as u32;
+    // SAFETY: bind with a sockaddr_nl and its size.
+    let rc = unsafe {
+        libc::bind(
+            sock.as_raw_fd(),
+            (&raw const sa).cast(),
+            size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        bail!(
+            "binding the netlink socket: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(sock)
+}
+
+/// The RTM_NEWADDR/RTM_DELADDR messages (IPv4) in one netlink datagram.
+fn parse_addr_events(buf: &[u8], at: Instant) -> Vec<AddrEvent> {
+    const NLMSG_HDR: usize = 16;
+    const IFADDRMSG: usize = 8;
+    let align = |n: usize| (n + 3) & !3;
+    let u16_at = |b: &[u8], i: usize| u16::from_ne_bytes([b[i], b[i + 1]]);
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off + NLMSG_HDR <= buf.len() {
+        let len = u32::from_ne_bytes(buf[off..off + 4].try_into().expect("4 bytes")) as usize;
+        if len < NLMSG_HDR || off + len > buf.len() {
+            break;
+        }
+        let kind = u16_at(buf, off + 4);
+        let msg = &buf[off + NLMSG_HDR..off + len];
+        off += align(len);
+        let new = match kind {
+            libc::RTM_NEWADDR => true,
+            libc::RTM_DELADDR => false,
+            _ => continue,
+        };
+        if msg.len() < IFADDRMSG || i32::from(msg[0]) != libc::AF_INET {
+            continue;
+        }
+        let (mut local, mut address) = (None, None);
+        let mut a = IFADDRMSG;
+        while a + 4 <= msg.len() {
+            let alen = usize::from(u16_at(msg, a));
+            let atype = u16_at(msg, a + 2);
+            if alen < 4 || a + alen > msg.len() {
+                break;
+            }
+            let data = &msg[a + 4..a + alen];
+            if data.len() == 4 {
+                let ip = Ipv4Addr::new(data[0], data[1], data[2], data[3]);
+                match atype {
+                    libc::IFA_LOCAL => local = Some(ip),
+                    libc::IFA_ADDRESS => address = Some(ip),
+                    _ => {}
+                }
+            }
+            a += align(alen);
+        }
+        if let Some(addr) = local.or(address) {
+            out.push(AddrEvent { at, new, addr });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lab_holds_759_vips_all_distinct_and_clear_of_the_hosts() {
+        let v = lab_vips();
+        let set: BTreeSet<_> = v.iter().collect();
+        assert_eq!(v.len(), 759);
+        assert_eq!(set.len(), v.len());
+        for taken in [
+            "192.0.2.1",
+            "192.0.2.11",
+            "192.0.2.12",
+            "192.0.2.255",
+            "198.51.100.0",
+        ] {
+            assert!(
+                !set.contains(&taken.parse::<Ipv4Addr>().unwrap()),
+                "{taken}"
+            );
+        }
+    }
+
+    #[test]
+    fn parses_tracing_timestamps() {
+        let t = parse_utc("2026-11-25T15:22:29.123456Z").unwrap();
+        let d = t.duration_since(UNIX_EPOCH).unwrap();
+        // date -u -d 2026-11-25T15:22:29Z +%s
+        assert_eq!(d.as_secs(), 1_795_620_149);
+        assert_eq!(d.subsec_micros(), 123_456);
+        assert!(parse_utc("2026-11-25 15:22:29").is_none());
+        assert_eq!(days_from_civil(1970, 1, 1), 0);
+        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
+    }
+
+    #[test]
+    fn finds_log_lines_by_message() {
+        let log = "{\"timestamp\":\"2026-11-25T15:22:29.5Z\",\"level\":\"INFO\",\
+                   \"fields\":{\"message\":\"leader term starts\",\"term\":1},\"target\":\"vipd::agent\"}\n";
+        let t = log_time(log, "leader term starts").unwrap();
+        assert_eq!(
+            t.duration_since(UNIX_EPOCH).unwrap().as_millis(),
+            1_795_620_149_500
+        );
+        assert!(log_time(log, "VIP added").is_none());
+    }
+
+    #[test]
+    fn parses_newaddr_messages() {
+        // nlmsghdr(len 40, RTM_NEWADDR) + ifaddrmsg(AF_INET, /32) + IFA_LOCAL 198.51.100.7
+        // + IFA_ADDRESS 198.51.100.7.
+        let mut m = Vec::new();
+        m.extend(40u32.to_ne_bytes());
+        m.extend(libc::RTM_NEWADDR.to_ne_bytes());
+        m.extend([0u8; 10]);
+        m.extend([libc::AF_INET as u8, 32, 0, 0]);
+        m.extend(2u32.to_ne_bytes());
+        for kind in [libc::IFA_LOCAL, libc::IFA_ADDRESS] {
+            m.extend(8u16.to_ne_bytes());
+            m.extend(kind.to_ne_bytes());
+            m.extend([198, 51, 100, 7]);
+        }
+        let now = Instant::now();
+        let ev = parse_addr_events(&m, now);
+        assert_eq!(ev.len(), 1);
+        assert!(ev[0].new);
+        assert_eq!(ev[0].addr, Ipv4Addr::new(198, 51, 100, 7));
+        assert!(parse_addr_events(&m[..20], now).is_empty());
+    }
 }
