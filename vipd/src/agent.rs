@@ -417,56 +417,66 @@ impl Engine {
         let mut added = Vec::new();
         let mut failed: BTreeMap<Vip, String> = BTreeMap::new();
         let mut removed = 0;
+        // Removals first, as one batch (one dump for all the checks).
+        let mut to_remove: Vec<(Vip, crate::net::Address)> = Vec::new();
         for action in &plan.actions {
-            match action {
-                Action::Remove {
-                    vip,
-                    address,
-                    guards_secondaries,
-                } => {
-                    if *guards_secondaries
-                        && let Some(link) = snap.link(address.ifindex)
-                        && let Err(e) = enable_promote_secondaries(&link.name)
-                    {
-                        let msg = format!(
-                            "not removing VIP {vip} from {}: it is its subnet's primary address and promote_secondaries cannot be enabled ({e}); removing it would delete the operator's addresses in that subnet",
-                            link.name
-                        );
-                        error!(vip = %vip, ifname = %link.name, "{msg}");
-                        errors.push(msg.clone());
-                        failed.insert(*vip, msg);
-                        continue;
-                    }
-                    match self.netlink.remove_vip(address).await {
-                        Ok(()) => {
-                            removed += 1;
-                            info!(vip = %vip, ifname = %self.name_in(&snap, address.ifindex),
-                                  prefix_len = address.prefix_len, "VIP removed");
-                        }
-                        Err(e) => {
-                            error!(vip = %vip, error = %e, "cannot remove VIP");
-                            errors.push(e.to_string());
-                            failed.insert(*vip, e.to_string());
-                        }
-                    }
+            if let Action::Remove {
+                vip,
+                address,
+                guards_secondaries,
+            } = action
+            {
+                if *guards_secondaries
+                    && let Some(link) = snap.link(address.ifindex)
+                    && let Err(e) = enable_promote_secondaries(&link.name)
+                {
+                    let msg = format!(
+                        "not removing VIP {vip} from {}: it is its subnet's primary address and promote_secondaries cannot be enabled ({e}); removing it would delete the operator's addresses in that subnet",
+                        link.name
+                    );
+                    error!(vip = %vip, ifname = %link.name, "{msg}");
+                    errors.push(msg.clone());
+                    failed.insert(*vip, msg);
+                    continue;
                 }
-                Action::Add { vip, placement } => {
-                    match self.netlink.add_vip(*vip, *placement).await {
-                        Ok(()) => {
-                            info!(vip = %vip, ifname = %self.name_in(&snap, placement.ifindex),
-                              prefix_len = placement.prefix_len, "VIP added");
-                            added.push((*vip, *placement));
-                        }
-                        Err(e) => {
-                            error!(vip = %vip, error = %e, "cannot add VIP");
-                            errors.push(e.to_string());
-                            failed.insert(*vip, e.to_string());
-                        }
+                to_remove.push((*vip, address.clone()));
+            }
+        }
+        if !to_remove.is_empty() {
+            let addresses: Vec<crate::net::Address> =
+                to_remove.iter().map(|(_, a)| a.clone()).collect();
+            let results = self.netlink.remove_vips(&addresses).await;
+            for ((vip, address), (_, result)) in to_remove.iter().zip(results) {
+                match result {
+                    Ok(()) => {
+                        removed += 1;
+                        info!(vip = %vip, ifname = %self.name_in(&snap, address.ifindex),
+                              prefix_len = address.prefix_len, "VIP removed");
+                    }
+                    Err(e) => {
+                        error!(vip = %vip, error = %e, "cannot remove VIP");
+                        errors.push(e.to_string());
+                        failed.insert(*vip, e.to_string());
                     }
                 }
             }
         }
-
+        for action in &plan.actions {
+            if let Action::Add { vip, placement } = action {
+                match self.netlink.add_vip(*vip, *placement).await {
+                    Ok(()) => {
+                        info!(vip = %vip, ifname = %self.name_in(&snap, placement.ifindex),
+                              prefix_len = placement.prefix_len, "VIP added");
+                        added.push((*vip, *placement));
+                    }
+                    Err(e) => {
+                        error!(vip = %vip, error = %e, "cannot add VIP");
+                        errors.push(e.to_string());
+                        failed.insert(*vip, e.to_string());
+                    }
+                }
+            }
+        }
         // What we hold now, per the plan and what succeeded.
         let mut held: BTreeMap<Vip, Placement> = BTreeMap::new();
         let mut statuses = Vec::new();

@@ -315,6 +315,69 @@ impl Netlink {
         self.delete(address).await
     }
 
+    /// Removes several addresses vipd added, with the checks of
+    /// [`Netlink::remove_vip`] made against one fresh dump instead of one
+    /// per address (stepping down from 1000 VIPs stays linear). Returns each
+    /// address with its outcome, in the order given.
+    #[instrument(skip_all, fields(count = addresses.len()))]
+    pub async fn remove_vips(&self, addresses: &[Address]) -> Vec<(Address, Result<(), NetError>)> {
+        let mut out = Vec::with_capacity(addresses.len());
+        if addresses.len() <= 1 {
+            for a in addresses {
+                out.push((a.clone(), self.remove_vip(a).await));
+            }
+            return out;
+        }
+        let Ok(current) = self.address_messages().await else {
+            // One at a time then: each names its own failure.
+            for a in addresses {
+                out.push((a.clone(), self.remove_vip(a).await));
+            }
+            return out;
+        };
+        for address in addresses {
+            let not_owned = || NetError::NotOwned {
+                addr: address.addr,
+                prefix_len: address.prefix_len,
+                ifindex: address.ifindex,
+            };
+            if !address.owned {
+                out.push((address.clone(), Err(not_owned())));
+                continue;
+            }
+            let kernel = current.iter().find(|m| {
+                address_of(m).is_some_and(|a| {
+                    a.ifindex == address.ifindex
+                        && a.addr == address.addr
+                        && a.prefix_len == address.prefix_len
+                })
+            });
+            let result = match kernel {
+                None => Ok(()),
+                Some(k) if !is_marked(k) => {
+                    warn!(addr = %address.addr, "address equal to a VIP is not vipd's; leaving it");
+                    Err(not_owned())
+                }
+                Some(k) => {
+                    let guard = if is_primary_with_company(k, &current) {
+                        match self.link_name(address.ifindex).await {
+                            Ok(ifname) => enable_promote_secondaries(&ifname),
+                            Err(e) => Err(e),
+                        }
+                    } else {
+                        Ok(())
+                    };
+                    match guard {
+                        Ok(()) => self.delete(address).await,
+                        Err(e) => Err(e),
+                    }
+                }
+            };
+            out.push((address.clone(), result));
+        }
+        out
+    }
+
     /// Removes every marked IPv4 address on every interface; returns what
     /// it removed. Keeps going past a failure and reports all of them.
     #[instrument(skip(self), err)]
@@ -333,8 +396,9 @@ impl Netlink {
         marked.sort_by_key(|(_, secondary)| !secondary);
         let mut removed = Vec::new();
         let mut errors = Vec::new();
-        for (address, _) in marked {
-            match self.remove_vip(&address).await {
+        let marked: Vec<Address> = marked.into_iter().map(|(a, _)| a).collect();
+        for (address, result) in self.remove_vips(&marked).await {
+            match result {
                 Ok(()) => removed.push(address),
                 Err(e) => errors.push(e),
             }
