@@ -1,6 +1,7 @@
 //! The ARP benchmark: a client floods ARP requests for a VIP that vipd holds
-//! on another lab host, once answered by the XDP program (generic mode, as
-//! veth needs: FACTS.md) and once by the kernel (`--no-xdp`); it measures
+//! on another lab host, answered by the XDP program in native mode (with a
+//! pass program on the veth's other end, as FACTS.md says native XDP_TX on
+//! veth needs), in generic mode, and by the kernel (`--no-xdp`); it measures
 //! replies per second, CPU time per reply, and the `arping` round trip.
 //!
 //! CPU is taken from the scheduler's exact run times (`schedstat`) of the
@@ -39,6 +40,8 @@ const ETH_P_ARP: u16 = 0x0806;
 #[derive(Clone, Copy, Debug)]
 struct Flood {
     sent: u64,
+    /// Sends refused with ENOBUFS (a full queue), retried.
+    refused: u64,
     replies: u64,
     elapsed: Duration,
     /// CPU time of the sending thread plus every `ksoftirqd` (ns).
@@ -51,10 +54,64 @@ struct Flood {
 struct Case {
     name: &'static str,
     floods: Vec<Flood>,
-    /// Medians of `arping -c 1` (us): (median, p90, answered of ARPINGS).
-    rtt: Option<(f64, f64, usize)>,
+    /// Answered `arping -c 1` round trips (us).
+    rtts: Vec<f64>,
+    /// `arping -c 1` sent.
+    arpings: usize,
     /// Replies the XDP program counted (xdp_replies), over all floods.
     xdp_replies: Option<u64>,
+}
+
+impl Case {
+    fn new(name: &'static str) -> Case {
+        Case {
+            name,
+            floods: Vec::new(),
+            rtts: Vec::new(),
+            arpings: 0,
+            xdp_replies: None,
+        }
+    }
+}
+
+/// Who answers the requests on n1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Responder {
+    /// vipd's XDP program in native (driver) mode: XDP_TX before any skb on n1.
+    Native,
+    /// vipd's XDP program in generic (skb) mode.
+    Generic,
+    /// vipd with `--no-xdp`: the kernel's ARP code answers.
+    Kernel,
+}
+
+impl Responder {
+    const ALL: [Responder; 3] = [Responder::Native, Responder::Generic, Responder::Kernel];
+
+    fn name(self) -> &'static str {
+        match self {
+            Responder::Native => "XDP (native)",
+            Responder::Generic => "XDP (generic)",
+            Responder::Kernel => "kernel (--no-xdp)",
+        }
+    }
+
+    fn args(self) -> &'static [&'static str] {
+        match self {
+            Responder::Native => &["--xdp-mode", "native"],
+            Responder::Generic => &["--xdp-mode", "generic"],
+            Responder::Kernel => &["--no-xdp"],
+        }
+    }
+
+    /// The mode vipd's status must report for eth0 (None: XDP off).
+    fn attached_mode(self) -> Option<&'static str> {
+        match self {
+            Responder::Native => Some("native"),
+            Responder::Generic => Some("generic"),
+            Responder::Kernel => None,
+        }
+    }
 }
 
 pub fn run(runs: usize) -> Result<String> {
@@ -79,56 +136,74 @@ pub fn run(runs: usize) -> Result<String> {
     let sock = lab.dir().join("n1.sock");
     let c1_mac = parse_mac(&c1.mac("eth0"))?;
 
+    // Native XDP_TX on a veth reaches the peer only when the peer runs an
+    // XDP program itself (FACTS.md): a second vipd holding no VIP passes
+    // every frame on the bridge side of n1's eth0. It stays for every case,
+    // so all of them cross the same path.
+    let peer = n1.peer_name("eth0").to_string();
+    let peer_sock = lab.dir().join("peer.sock");
+    let peer_pass = start_peer_pass(&lab, &vipd, &vipctl, &peer, &peer_sock)?;
+
+    // The lab's bridge runs br_netfilter's hooks (bridge-nf-call-*), about a
+    // tenth of each flood's CPU in a profile: switch overhead that no real
+    // wire has and that every case pays alike. Off in this lab's bridge
+    // namespace only (the sysctls are per namespace).
+    for key in ["arptables", "iptables", "ip6tables"] {
+        let key = format!("net.bridge.bridge-nf-call-{key}");
+        if Path::new("/proc/sys").join(key.replace('.', "/")).exists() {
+            lab.bridge_netns().sysctl(&key, "0");
+        }
+    }
+
     // Warm up the path (neighbour entries, bridge fdb) once.
     flood(&c1, c1_mac, Duration::from_millis(200))?;
 
-    eprintln!("arp bench: baseline (nobody answers), {runs} floods");
-    let baseline = Case {
-        name: "no responder (baseline)",
-        floods: (0..runs)
-            .map(|_| flood(&c1, c1_mac, FLOOD_FOR))
-            .collect::<Result<_>>()?,
-        rtt: None,
-        xdp_replies: None,
-    };
-
-    eprintln!("arp bench: XDP (generic mode), {runs} floods");
-    let xdp = {
-        let proc = start_vipd(&n1, &vipd, &sock, &["--xdp-mode", "generic"])?;
-        let before = xdp_replies(&vipctl, &sock)?;
-        let floods = (0..runs)
-            .map(|_| flood(&c1, c1_mac, FLOOD_FOR))
-            .collect::<Result<Vec<_>>>()?;
-        let counted = xdp_replies(&vipctl, &sock)? - before;
-        let rtt = arping_rtt(&c1)?;
-        proc.terminate(Duration::from_secs(10));
-        Case {
-            name: "XDP (generic)",
-            floods,
-            rtt: Some(rtt),
-            xdp_replies: Some(counted),
+    // The cases take turns run by run, so that load from other jobs on
+    // this shared machine spreads over all of them alike.
+    let mut baseline = Case::new("no responder (baseline)");
+    let mut cases: Vec<(Responder, Case)> = Responder::ALL
+        .iter()
+        .map(|r| (*r, Case::new(r.name())))
+        .collect();
+    let arpings = ARPINGS.div_ceil(runs);
+    for run in 1..=runs {
+        eprintln!("arp bench: run {run}/{runs}: baseline (nobody answers)");
+        baseline.floods.push(flood(&c1, c1_mac, FLOOD_FOR)?);
+        for (responder, case) in &mut cases {
+            eprintln!("arp bench: run {run}/{runs}: {}", responder.name());
+            let proc = start_vipd(&n1, &vipd, &vipctl, &sock, *responder)?;
+            let before = match responder.attached_mode() {
+                Some(_) => Some(xdp_replies(&vipctl, &sock)?),
+                None => None,
+            };
+            case.floods.push(flood(&c1, c1_mac, FLOOD_FOR)?);
+            if let Some(before) = before {
+                let counted = xdp_replies(&vipctl, &sock)? - before;
+                *case.xdp_replies.get_or_insert(0) += counted;
+            }
+            case.rtts.extend(arping_rtts(&c1, arpings));
+            case.arpings += arpings;
+            if !proc.is_running() {
+                bail!(
+                    "vipd ({}) died during the flood:\n{}",
+                    responder.name(),
+                    proc.stderr()
+                );
+            }
+            proc.terminate(Duration::from_secs(10));
         }
-    };
-
-    eprintln!("arp bench: kernel (--no-xdp), {runs} floods");
-    let kernel = {
-        let proc = start_vipd(&n1, &vipd, &sock, &["--no-xdp"])?;
-        let floods = (0..runs)
-            .map(|_| flood(&c1, c1_mac, FLOOD_FOR))
-            .collect::<Result<Vec<_>>>()?;
-        let rtt = arping_rtt(&c1)?;
-        proc.terminate(Duration::from_secs(10));
-        Case {
-            name: "kernel (--no-xdp)",
-            floods,
-            rtt: Some(rtt),
-            xdp_replies: None,
-        }
-    };
+    }
+    if !peer_pass.is_running() {
+        bail!(
+            "the pass-through vipd on {peer} died:\n{}",
+            peer_pass.stderr()
+        );
+    }
+    peer_pass.terminate(Duration::from_secs(10));
     lab.teardown()
         .map_err(|e| anyhow::anyhow!("lab teardown: {}", e.join("; ")))?;
 
-    for case in [&xdp, &kernel] {
+    for (_, case) in &cases {
         let replies: u64 = case.floods.iter().map(|f| f.replies).sum();
         if replies == 0 {
             bail!(
@@ -136,10 +211,52 @@ pub fn run(runs: usize) -> Result<String> {
                 case.name
             );
         }
+        if case.rtts.is_empty() {
+            bail!("{}: no arping to {VIP} was answered", case.name);
+        }
     }
-    let section = report(runs, &baseline, &xdp, &kernel);
+    let section = report(runs, &baseline, &cases);
     println!("{section}");
     Ok(section)
+}
+
+/// Starts the pass-through vipd in the bridge namespace: no VIPs, its XDP
+/// program attached in native mode to `peer` (n1's eth0's other end).
+fn start_peer_pass(
+    lab: &Lab,
+    bin: &Path,
+    vipctl: &Path,
+    peer: &str,
+    sock: &Path,
+) -> Result<LabProcess> {
+    let argv = [
+        bin.display().to_string(),
+        "--config".to_string(),
+        "/dev/null".to_string(),
+        "--static-vips".to_string(),
+        String::new(),
+        "--xdp-interface".to_string(),
+        peer.to_string(),
+        "--xdp-mode".to_string(),
+        "native".to_string(),
+        "--api-socket".to_string(),
+        sock.display().to_string(),
+        "--garp-rounds".to_string(),
+        "0".to_string(),
+    ];
+    let proc = lab.bridge_netns().spawn(&argv);
+    let ready = wait_until(Duration::from_secs(15), Duration::from_millis(50), || {
+        proc.is_running()
+            && attached_mode(vipctl, sock, peer).is_ok_and(|m| m.as_deref() == Some("native"))
+    });
+    if let Err(e) = ready {
+        bail!(
+            "the pass-through vipd did not attach natively to {peer}: {e}; status: {}\n{}",
+            status(vipctl, sock).map_or_else(|e| e.to_string(), |v| v.to_string()),
+            proc.stderr()
+        );
+    }
+    Ok(proc)
 }
 
 /// The vipd binary: `VIPD_BIN`, else the release build (`cargo xtask build
@@ -159,8 +276,14 @@ fn vipd_binary() -> Result<PathBuf> {
 }
 
 /// Starts vipd on `n1` holding the VIP and waits until the VIP is on eth0
-/// (and, with XDP, the program is attached there).
-fn start_vipd(n1: &Host, bin: &Path, sock: &Path, extra: &[&str]) -> Result<LabProcess> {
+/// and vipd's status reports the XDP attachment the case asks for (or none).
+fn start_vipd(
+    n1: &Host,
+    bin: &Path,
+    vipctl: &Path,
+    sock: &Path,
+    responder: Responder,
+) -> Result<LabProcess> {
     let mut argv = vec![
         bin.display().to_string(),
         "--static-vips".to_string(),
@@ -171,24 +294,54 @@ fn start_vipd(n1: &Host, bin: &Path, sock: &Path, extra: &[&str]) -> Result<LabP
         "--garp-rounds".to_string(),
         "0".to_string(),
     ];
-    argv.extend(extra.iter().map(|s| s.to_string()));
+    argv.extend(responder.args().iter().map(|s| s.to_string()));
     let proc = n1.spawn(&argv);
-    let xdp = !extra.contains(&"--no-xdp");
+    let want = responder.attached_mode();
     let ready = wait_until(Duration::from_secs(15), Duration::from_millis(50), || {
         let held = n1.ipv4_addrs("eth0").iter().any(|(a, _)| *a == VIP);
-        let attached = n1
-            .ip(&["-d", "link", "show", "dev", "eth0"])
-            .contains("xdpgeneric");
-        proc.is_running() && held && attached == xdp
+        proc.is_running()
+            && held
+            && attached_mode(vipctl, sock, "eth0").is_ok_and(|m| m.as_deref() == want)
     });
     if let Err(e) = ready {
         bail!(
-            "vipd {} did not come up holding {VIP}: {e}\n{}",
-            extra.join(" "),
+            "vipd {} did not come up holding {VIP} with XDP {}: {e}; status: {}\n{}",
+            responder.args().join(" "),
+            want.unwrap_or("off"),
+            status(vipctl, sock).map_or_else(|e| e.to_string(), |v| v.to_string()),
             proc.stderr()
         );
     }
     Ok(proc)
+}
+
+/// `vipctl status --json`.
+fn status(vipctl: &Path, sock: &Path) -> Result<serde_json::Value> {
+    let out = std::process::Command::new(vipctl)
+        .args(["status", "--json", "--api-socket"])
+        .arg(sock)
+        .output()
+        .with_context(|| format!("running {}", vipctl.display()))?;
+    if !out.status.success() {
+        bail!(
+            "vipctl status: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// The mode vipd reports its XDP program attached in on `ifname`
+/// (`xdp.attached[].mode`); None when not attached there.
+fn attached_mode(vipctl: &Path, sock: &Path, ifname: &str) -> Result<Option<String>> {
+    let v = status(vipctl, sock)?;
+    Ok(v["xdp"]["attached"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|a| a["interface"] == ifname)
+        .and_then(|a| a["mode"].as_str())
+        .map(str::to_string))
 }
 
 /// `xdp_replies` of the VIP from `vipctl arp stats --json`.
@@ -254,10 +407,11 @@ fn flood(c1: &Host, c1_mac: [u8; 6], duration: Duration) -> Result<Flood> {
                     thread_cpu_ns() - start
                 })
             };
-            let sender = s.spawn(move || -> Result<(u64, Duration, u64)> {
+            let sender = s.spawn(move || -> Result<(u64, u64, Duration, u64)> {
                 let cpu0 = thread_cpu_ns();
                 let t0 = Instant::now();
                 let mut sent = 0u64;
+                let mut refused = 0u64;
                 while sent < FLOOD_MAX_FRAMES {
                     if sent.is_multiple_of(256) && t0.elapsed() >= duration {
                         break;
@@ -265,20 +419,21 @@ fn flood(c1: &Host, c1_mac: [u8; 6], duration: Duration) -> Result<Flood> {
                     match sender_sock.send(&frame) {
                         Ok(_) => sent += 1,
                         // A full queue: try again (counted only when sent).
-                        Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {}
+                        Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => refused += 1,
                         Err(e) => return Err(e).context("sending the flood"),
                     }
                 }
-                Ok((sent, t0.elapsed(), thread_cpu_ns() - cpu0))
+                Ok((sent, refused, t0.elapsed(), thread_cpu_ns() - cpu0))
             });
             let sent = sender.join().expect("sender thread");
             // Late replies: the path drains within milliseconds.
             std::thread::sleep(Duration::from_millis(200));
             stop.store(true, Ordering::Relaxed);
             let receiver_ns = receiver.join().expect("receiver thread");
-            let (sent, elapsed, sender_ns) = sent?;
+            let (sent, refused, elapsed, sender_ns) = sent?;
             Ok(Flood {
                 sent,
+                refused,
                 replies: replies.load(Ordering::Relaxed),
                 elapsed,
                 cpu_ns: sender_ns,
@@ -292,8 +447,9 @@ fn flood(c1: &Host, c1_mac: [u8; 6], duration: Duration) -> Result<Flood> {
         ..result
     };
     eprintln!(
-        "  flood: {} sent, {} replies in {:.2} s; sender+ksoftirqd {} ms (ksoftirqd {} ms), receiver {} ms",
+        "  flood: {} sent ({} ENOBUFS retries), {} replies in {:.2} s; sender+ksoftirqd {} ms (ksoftirqd {} ms), receiver {} ms",
         flood.sent,
+        flood.refused,
         flood.replies,
         flood.elapsed.as_secs_f64(),
         flood.cpu_ns / 1_000_000,
@@ -395,10 +551,10 @@ fn ksoftirqd_pids() -> Vec<u32> {
         .collect()
 }
 
-/// ARPINGS single `arping -c 1` from the client: (median us, p90 us, answered).
-fn arping_rtt(c1: &Host) -> Result<(f64, f64, usize)> {
+/// `count` single `arping -c 1` from the client: the answered round trips (us).
+fn arping_rtts(c1: &Host, count: usize) -> Vec<f64> {
     let mut times = Vec::new();
-    for _ in 0..ARPINGS {
+    for _ in 0..count {
         let out = c1.exec(&[
             "arping",
             "-c",
@@ -414,12 +570,7 @@ fn arping_rtt(c1: &Host) -> Result<(f64, f64, usize)> {
             times.push(us);
         }
     }
-    if times.is_empty() {
-        bail!("no arping to {VIP} was answered");
-    }
-    times.sort_by(f64::total_cmp);
-    let answered = times.len();
-    Ok((percentile(&times, 0.5), percentile(&times, 0.9), answered))
+    times
 }
 
 /// "42 bytes from ...: index=0 time=21.3 usec" -> 21.3.
@@ -482,20 +633,32 @@ fn figures(case: &Case, base_ns_per_frame: f64) -> (f64, f64, f64, f64) {
     (sent, replies, per_frame, per_reply)
 }
 
-fn report(runs: usize, baseline: &Case, xdp: &Case, kernel: &Case) -> String {
+fn report(runs: usize, baseline: &Case, cases: &[(Responder, Case)]) -> String {
     let (base_sent, _, base_ns, _) = figures(baseline, 0.0);
-    let (x_sent, x_rps, x_ns, x_cost) = figures(xdp, base_ns);
-    let (k_sent, k_rps, k_ns, k_cost) = figures(kernel, base_ns);
+    let case = |r: Responder| {
+        cases
+            .iter()
+            .find(|(c, _)| *c == r)
+            .map(|(_, case)| case)
+            .expect("every responder is measured")
+    };
     let mut s = String::new();
     let _ = writeln!(s, "## ARP: XDP responder against the kernel\n");
     let _ = writeln!(
         s,
         "Lab: client c1 and node n1 on one bridge (veth). vipd (single-node, VIP {VIP}) \
-         answers with its XDP program in generic mode (native XDP_TX on veth does not reach \
-         the peer, FACTS.md), or, with `--no-xdp`, the kernel answers. A raw AF_PACKET \
-         sender in c1 floods broadcast requests for the VIP as fast as it can for {} s \
-         (at most {FLOOD_MAX_FRAMES} frames); a second socket in c1 counts the replies. \
-         {runs} floods per case, medians shown.\n",
+         answers with its XDP program in native mode (XDP_TX before n1 builds an skb), in \
+         generic mode (on the skb), or, with `--no-xdp`, the kernel answers. Native XDP_TX \
+         on a veth reaches the other end only when that end runs an XDP program itself \
+         (FACTS.md), so a second vipd in the bridge namespace, holding no VIP, attaches its \
+         program natively to the bridge-side end of n1's eth0, where it passes every frame; \
+         it runs during every case, the baseline and the kernel included, so all cases \
+         cross the same path. The mode each vipd attached in is checked in its status \
+         (`xdp.attached[].mode`). A raw AF_PACKET sender in c1 floods broadcast requests \
+         for the VIP as fast as it can for {} s (at most {FLOOD_MAX_FRAMES} frames); a \
+         second socket in c1 counts the replies. {runs} runs; in each run every case floods \
+         once, in turn (vipd restarted per case), so load from other jobs spreads over all \
+         cases; medians shown.\n",
         FLOOD_FOR.as_secs()
     );
     let _ = writeln!(
@@ -507,8 +670,9 @@ fn report(runs: usize, baseline: &Case, xdp: &Case, kernel: &Case) -> String {
          `/proc/stat` was not usable because other jobs share the 2 cores. The baseline \
          floods with nobody answering (no VIP on n1: the kernel drops each request); \
          responder CPU per reply = (CPU of the flood - baseline CPU per frame x frames \
-         sent) / replies. It includes delivering the reply to c1's counting socket (the same \
-         for both modes); that thread's own user-space time is not counted.\n"
+         sent) / replies. It includes the reply's way back (the bridge-side pass program, \
+         the bridge, delivery to c1's counting socket; the same for every case); that \
+         thread's own user-space time is not counted.\n"
     );
     let _ = writeln!(
         s,
@@ -520,13 +684,21 @@ fn report(runs: usize, baseline: &Case, xdp: &Case, kernel: &Case) -> String {
         "| {} | {:.0} | - | {:.0} ns | - | - |",
         baseline.name, base_sent, base_ns
     );
-    for (case, sent, rps, ns, cost) in [
-        (xdp, x_sent, x_rps, x_ns, x_cost),
-        (kernel, k_sent, k_rps, k_ns, k_cost),
-    ] {
-        let rtt = case.rtt.map_or("-".to_string(), |(m, p90, n)| {
-            format!("{m:.0} us ({p90:.0} us), {n}/{ARPINGS} answered")
-        });
+    for (_, case) in cases {
+        let (sent, rps, ns, cost) = figures(case, base_ns);
+        let rtt = if case.rtts.is_empty() {
+            "-".to_string()
+        } else {
+            let mut t = case.rtts.clone();
+            t.sort_by(f64::total_cmp);
+            format!(
+                "{:.0} us ({:.0} us), {}/{} answered",
+                percentile(&t, 0.5),
+                percentile(&t, 0.9),
+                t.len(),
+                case.arpings
+            )
+        };
         let _ = writeln!(
             s,
             "| {} | {sent:.0} | {rps:.0} | {ns:.0} ns | {cost:.0} ns | {rtt} |",
@@ -534,25 +706,85 @@ fn report(runs: usize, baseline: &Case, xdp: &Case, kernel: &Case) -> String {
         );
     }
     let _ = writeln!(s);
+    let (_, n_rps, _, n_cost) = figures(case(Responder::Native), base_ns);
+    let (_, g_rps, _, g_cost) = figures(case(Responder::Generic), base_ns);
+    let (_, k_rps, _, k_cost) = figures(case(Responder::Kernel), base_ns);
     let _ = writeln!(
         s,
-        "Ratios (kernel / XDP): replies/s {:.2}, responder CPU per reply {:.2}.",
-        k_rps / x_rps,
-        k_cost / x_cost
+        "Ratios XDP (native) / kernel: replies/s {:.2} (target >= 3), responder CPU per \
+         reply {:.2} (target < 1). XDP (generic) / kernel: replies/s {:.2}, CPU per reply \
+         {:.2}.",
+        n_rps / k_rps,
+        n_cost / k_cost,
+        g_rps / k_rps,
+        g_cost / k_cost
     );
-    let replies: u64 = xdp.floods.iter().map(|f| f.replies).sum();
-    let sent: u64 = xdp.floods.iter().map(|f| f.sent).sum();
-    if let Some(counted) = xdp.xdp_replies {
+    let (_, _, k_ns, _) = figures(case(Responder::Kernel), base_ns);
+    let _ = writeln!(
+        s,
+        "What limits replies/s here: on veth one CPU runs the whole path per frame (the \
+         sender's syscall, the bridge, n1, the reply's way back, c1's kernel processing the \
+         reply and the counting socket), and the baseline alone, without any reply, costs \
+         {base_ns:.0} ns per frame. Even a responder that cost nothing, reply path included, \
+         would raise replies/s over the kernel's by at most the kernel's CPU per frame / the \
+         baseline's = {:.2}{}. The flood is CPU-bound, not held back by the socket ({} \
+         sends refused with ENOBUFS over all floods; {} of {} requests answered), and on \
+         the 2 shared cores the sending thread got a median {} of its wall time (the counting thread and other jobs compete), so replies/s also tracks \
+         machine load; CPU per reply is the figure that compares the responders. On veth \
+         native XDP is not skb-free either: the request reaches n1's veth as an skb (built \
+         by c1's socket, cloned by the bridge), which veth copies into a page for the \
+         program, and the bridge side builds a new skb from the XDP_TX frame.",
+        k_ns / base_ns,
+        if k_ns / base_ns < 3.0 {
+            ": 3x is out of reach of this lab whatever answers"
+        } else {
+            ""
+        },
+        cases
+            .iter()
+            .flat_map(|(_, c)| &c.floods)
+            .map(|f| f.refused)
+            .sum::<u64>(),
+        cases
+            .iter()
+            .flat_map(|(_, c)| &c.floods)
+            .map(|f| f.replies)
+            .sum::<u64>(),
+        cases
+            .iter()
+            .flat_map(|(_, c)| &c.floods)
+            .map(|f| f.sent)
+            .sum::<u64>(),
+        cases
+            .iter()
+            .map(|(r, c)| {
+                let busy = median(
+                    c.floods
+                        .iter()
+                        .map(|f| f.cpu_ns as f64 / f.elapsed.as_nanos() as f64)
+                        .collect(),
+                );
+                format!("{:.0}% ({})", busy * 100.0, r.name())
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    for (_, case) in cases {
+        let Some(counted) = case.xdp_replies else {
+            continue;
+        };
+        let replies: u64 = case.floods.iter().map(|f| f.replies).sum();
+        let sent: u64 = case.floods.iter().map(|f| f.sent).sum();
         let _ = writeln!(
             s,
-            "Cross-check: over the XDP floods the program counted {counted} replies \
-             (`vipctl arp stats`), the client received {replies} of {sent} requests sent."
+            "Cross-check, {}: over its floods the program counted {counted} replies \
+             (`vipctl arp stats`), the client received {replies} of {sent} requests sent.",
+            case.name
         );
     }
-    let recv: Vec<f64> = xdp
-        .floods
+    let recv: Vec<f64> = cases
         .iter()
-        .chain(&kernel.floods)
+        .flat_map(|(_, c)| &c.floods)
         .map(|f| f.receiver_ns as f64 / f.replies.max(1) as f64)
         .collect();
     let _ = writeln!(
