@@ -18,6 +18,7 @@ pub const PACKAGES: &[&str] = &[
     "default-jre-headless",
     "iproute2",
     "arping",
+    "iputils-ping",
     "tcpdump",
     "bpftool",
     "ethtool",
