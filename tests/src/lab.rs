@@ -747,11 +747,14 @@ impl Netns {
                 while !stop.load(Ordering::Relaxed) {
                     match listener.accept() {
                         Ok((mut stream, _)) => {
+                            // Counted before the banner is written: a client
+                            // that has read the banner must see the count
+                            // (counting after the write raced the client).
+                            served.fetch_add(1, Ordering::SeqCst);
                             let _ = stream.set_nonblocking(false);
                             let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
                             let _ = stream.write_all(banner.as_bytes());
                             let _ = stream.shutdown(Shutdown::Both);
-                            served.fetch_add(1, Ordering::Relaxed);
                         }
                         Err(e) if e.kind() == ErrorKind::WouldBlock => {
                             std::thread::sleep(Duration::from_millis(5));
@@ -1114,9 +1117,9 @@ impl ServerHandle {
         self.addr
     }
 
-    /// Connections answered so far.
+    /// Connections accepted so far (counted before the banner is written).
     pub fn served(&self) -> usize {
-        self.served.load(Ordering::Relaxed)
+        self.served.load(Ordering::SeqCst)
     }
 }
 

@@ -12,22 +12,54 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{is_root, output_of, run_checked};
 
-/// Debian packages the project, its tests, demo and benchmarks use.
-pub const PACKAGES: &[&str] = &[
-    "zookeeper",
-    "default-jre-headless",
-    "iproute2",
-    "arping",
-    "iputils-ping",
-    "tcpdump",
-    "bpftool",
-    "ethtool",
-    "procps",
-    "util-linux",
-    "keepalived",
-    "dpkg-dev",
-    "systemd",
+/// Every external program the project runs (agent, tests, demo, benches,
+/// packaging), with the Debian package setup installs for it. A test
+/// (`programs` below) checks each against `dpkg -S` and scans the sources
+/// for programs missing here: a fresh machine has only what this lists.
+pub const PROGRAMS: &[(&str, &str)] = &[
+    ("apt-get", "apt"),
+    ("arping", "arping"),
+    ("bpftool", "bpftool"),
+    ("cat", "coreutils"),
+    ("date", "coreutils"),
+    ("dpkg-deb", "dpkg"),
+    ("dpkg-query", "dpkg"),
+    ("dpkg-shlibdeps", "dpkg-dev"),
+    ("id", "coreutils"),
+    ("ip", "iproute2"),
+    // Through the alternatives system: the JRE package it depends on owns it.
+    ("java", "default-jre-headless"),
+    ("keepalived", "keepalived"),
+    ("nproc", "coreutils"),
+    ("ping", "iputils-ping"),
+    ("sh", "dash"),
+    ("sleep", "coreutils"),
+    ("strip", "binutils"),
+    ("systemd-analyze", "systemd"),
+    ("uname", "coreutils"),
 ];
+
+/// Programs setup does not install from Debian: the Rust toolchain's, the
+/// one setup builds itself, and `sudo`, which `cargo xtask run` uses only
+/// for a user who is not root (and who cannot install packages either).
+pub const OUTSIDE_SETUP: &[&str] = &["cargo", "rustc", "rustup", "bpf-linker", "sudo"];
+
+/// Debian packages setup installs beyond the providers of [`PROGRAMS`].
+const EXTRA_PACKAGES: &[&str] = &[
+    // The server the tests, demo and benches start (java runs its jars).
+    "zookeeper",
+    // The capture tool docs/OPERATIONS.md tells operators to watch ARP with.
+    "tcpdump",
+];
+
+/// Debian packages the project, its tests, demo and benchmarks use.
+pub fn packages() -> Vec<&'static str> {
+    let mut all: Vec<&str> = PROGRAMS.iter().map(|(_, pkg)| *pkg).collect();
+    all.extend(EXTRA_PACKAGES);
+    all.sort_unstable();
+    all.dedup();
+    all
+}
 
 /// The bpf-linker release measured to work with the pinned aya (FACTS.md).
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -50,9 +82,8 @@ pub fn run(opts: &Options) -> Result<()> {
 }
 
 fn apt_packages() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES
-        .iter()
-        .copied()
+    let missing: Vec<&str> = packages()
+        .into_iter()
         .filter(|p| !deb_installed(p))
         .collect();
     if missing.is_empty() {
@@ -209,4 +240,179 @@ fn bpf_linker() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Every external program the project runs is installed by setup: the
+/// table is checked against dpkg, and the sources against the table.
+#[cfg(test)]
+mod programs {
+    use std::{collections::BTreeMap, fs, path::Path, process::Command};
+
+    use super::{OUTSIDE_SETUP, PROGRAMS, packages};
+    use crate::workspace_root;
+
+    /// Where a source file names a program it runs: `Command::new("X")`,
+    /// an argv array handed to the lab's `exec`/`spawn` helpers, the program
+    /// after `ip netns exec NS`, and the commands of an `sh -c` script.
+    fn programs_named_in(text: &str) -> Vec<String> {
+        let argv = [
+            r#"Command::new\(\s*"([^"]+)""#,
+            r#"\b(?:exec|exec_ok|spawn|spawn_logged|cmd)\(\s*&?\[\s*"([^"]+)""#,
+            r#"\bcmd\(\s*"([^"]+)""#,
+            r#""exec",\s*(?:"[^"]*"|[\w.&()]+),\s*"([^"]+)""#,
+        ];
+        let mut found = Vec::new();
+        for pattern in argv {
+            let re = regex::Regex::new(pattern).unwrap();
+            found.extend(re.captures_iter(text).map(|c| c[1].to_string()));
+        }
+        // `sh -c "<script>"`: the first word of each command of the script.
+        let script = regex::Regex::new(r#""sh",\s*"-c",\s*"([^"]+)""#).unwrap();
+        let keywords = [
+            "do", "then", "else", "if", "while", "until", "!", "{", "(", "exec",
+        ];
+        let redirection = regex::Regex::new(r"\d*>&\d+").unwrap();
+        let builtins = [
+            "trap", "done", "fi", "for", ":", "echo", "true", "false", "cd", "read", "kill",
+            "wait", "exit", "set", "}", ")",
+        ];
+        for c in script.captures_iter(text) {
+            let script = redirection.replace_all(&c[1], "");
+            for command in script.split([';', '|', '&', '\n']) {
+                let Some(word) = command.split_whitespace().find(|w| !keywords.contains(w)) else {
+                    continue;
+                };
+                if !builtins.contains(&word) {
+                    found.push(word.to_string());
+                }
+            }
+        }
+        found
+    }
+
+    fn rust_sources(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in fs::read_dir(dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                rust_sources(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+
+    #[test]
+    fn the_scanner_finds_programs_in_every_form() {
+        let text = r#"
+            Command::new("tgtd").arg("-f");
+            host.exec(&[
+                "iscsi-ls", "-s",
+            ]);
+            n2.spawn(["sh", "-c", "trap '' TERM; echo x >&2; while :; do taskset -c 1 x; done; exec tcpdump"]);
+            c.args(["netns", "exec", ns, "java"]);
+            cmd("uname", &["-r"]);
+        "#;
+        let mut found = programs_named_in(text);
+        found.sort();
+        assert_eq!(
+            found,
+            [
+                "iscsi-ls", "java", "sh", "taskset", "tcpdump", "tgtd", "uname"
+            ]
+        );
+    }
+
+    #[test]
+    fn every_program_the_sources_run_is_in_the_table() {
+        let root = workspace_root();
+        let mut files = Vec::new();
+        for dir in ["vipd", "vipd-common", "vipd-ebpf", "tests", "xtask"] {
+            rust_sources(&root.join(dir), &mut files);
+        }
+        let known: Vec<&str> = PROGRAMS
+            .iter()
+            .map(|(p, _)| *p)
+            .chain(OUTSIDE_SETUP.iter().copied())
+            .collect();
+        let mut missing: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for file in &files {
+            // This file's own examples are not programs the project runs.
+            if file.ends_with("xtask/src/setup.rs") {
+                continue;
+            }
+            let text = fs::read_to_string(file).unwrap();
+            for program in programs_named_in(&text) {
+                if !known.contains(&program.as_str()) {
+                    let rel = file.strip_prefix(&root).unwrap().display().to_string();
+                    missing.entry(program).or_default().push(rel);
+                }
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "programs run by the project but missing from setup's PROGRAMS table \
+             (a fresh machine will not have them): {missing:?}"
+        );
+        assert!(files.len() > 20, "scanned only {} files", files.len());
+    }
+
+    /// The Debian package that owns the program found on PATH.
+    fn owner(program: &str) -> Result<String, String> {
+        let out = Command::new("sh")
+            .args(["-c", &format!("command -v {program}")])
+            .output()
+            .unwrap();
+        let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if path.is_empty() {
+            return Err("not on PATH".to_string());
+        }
+        let resolved = fs::canonicalize(&path)
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| path.clone());
+        // usrmerge: dpkg may know the file under /bin rather than /usr/bin.
+        let bin_alias = resolved.replacen("/usr/", "/", 1);
+        for candidate in [resolved.as_str(), path.as_str(), bin_alias.as_str()] {
+            let out = Command::new("dpkg")
+                .args(["-S", candidate])
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            if let Some(line) = text.lines().find(|l| !l.starts_with("diversion by")) {
+                if let Some((pkg, _)) = line.split_once(':') {
+                    return Ok(pkg.trim().to_string());
+                }
+            }
+        }
+        Err(format!("{resolved} belongs to no Debian package"))
+    }
+
+    fn depends(package: &str) -> Vec<String> {
+        let out = Command::new("dpkg-query")
+            .args(["-W", "-f=${Depends}", package])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split([',', '|'])
+            .filter_map(|d| d.split_whitespace().next().map(str::to_string))
+            .collect()
+    }
+
+    /// Runs after `cargo xtask setup` (as `cargo xtask test` does): each
+    /// program of the table is installed, by the package the table names.
+    #[test]
+    fn setup_installs_the_package_of_every_program() {
+        let packages = packages();
+        let mut wrong = Vec::new();
+        for (program, package) in PROGRAMS {
+            assert!(packages.contains(package), "{package} is not installed");
+            match owner(program) {
+                Ok(pkg) if pkg == *package || depends(package).contains(&pkg) => {}
+                Ok(pkg) => wrong.push(format!(
+                    "{program}: provided by {pkg}, the table says {package}"
+                )),
+                Err(e) => wrong.push(format!("{program}: {e} (package {package})")),
+            }
+        }
+        assert!(wrong.is_empty(), "{wrong:#?}");
+    }
 }
