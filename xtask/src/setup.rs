@@ -42,7 +42,8 @@ pub const PROGRAMS: &[(&str, &str)] = &[
 /// Programs setup does not install from Debian: the Rust toolchain's, the
 /// one setup builds itself, and `sudo`, which `cargo xtask run` uses only
 /// for a user who is not root (and who cannot install packages either).
-pub const OUTSIDE_SETUP: &[&str] = &["cargo", "rustc", "rustup", "bpf-linker", "sudo"];
+#[cfg(test)]
+const OUTSIDE_SETUP: &[&str] = &["cargo", "rustc", "rustup", "bpf-linker", "sudo"];
 
 /// Debian packages setup installs beyond the providers of [`PROGRAMS`].
 const EXTRA_PACKAGES: &[&str] = &[
@@ -377,10 +378,10 @@ mod programs {
                 .output()
                 .unwrap();
             let text = String::from_utf8_lossy(&out.stdout);
-            if let Some(line) = text.lines().find(|l| !l.starts_with("diversion by")) {
-                if let Some((pkg, _)) = line.split_once(':') {
-                    return Ok(pkg.trim().to_string());
-                }
+            if let Some(line) = text.lines().find(|l| !l.starts_with("diversion by"))
+                && let Some((pkg, _)) = line.split_once(':')
+            {
+                return Ok(pkg.trim().to_string());
             }
         }
         Err(format!("{resolved} belongs to no Debian package"))
