@@ -68,7 +68,8 @@ fn parse_vips(s: &str) -> Result<VipList, String> {
         .map_err(|e: InvalidVip| e.to_string())
 }
 
-fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+/// [`parse_duration`], refusing zero.
+pub fn parse_positive_duration(s: &str) -> Result<Duration, String> {
     let d = parse_duration(s)?;
     if d.is_zero() {
         return Err(format!("invalid duration {s:?}: must be greater than zero"));
@@ -108,12 +109,12 @@ pub struct Config {
 
     /// Configuration file (TOML; keys are the long flag names with `_` or
     /// `-`). A missing file at the default path is not an error.
-    #[arg(long, env = "VIPD_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+    #[arg(global = true, long, env = "VIPD_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
     pub config: PathBuf,
 
     /// Single-node mode: this node always leads and serves these VIPs
     /// (comma-separated). Without --zk this is the whole configuration.
-    #[arg(long, env = "VIPD_STATIC_VIPS", value_parser = parse_vips, default_value = "")]
+    #[arg(global = true, long, env = "VIPD_STATIC_VIPS", value_parser = parse_vips, default_value = "")]
     pub static_vips: VipList,
 
     #[command(flatten)]
@@ -126,15 +127,26 @@ pub struct Config {
     pub xdp: XdpArgs,
 
     /// Local control socket for vipctl.
-    #[arg(long, env = "VIPD_API_SOCKET", default_value = "/run/vipd/vipd.sock")]
+    #[arg(
+        global = true,
+        long,
+        env = "VIPD_API_SOCKET",
+        default_value = "/run/vipd/vipd.sock"
+    )]
     pub api_socket: PathBuf,
 
     /// Serve Prometheus metrics on this address (off when unset).
-    #[arg(long, env = "VIPD_METRICS_LISTEN")]
+    #[arg(global = true, long, env = "VIPD_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
 
     /// Log format.
-    #[arg(long, env = "VIPD_LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(
+        global = true,
+        long,
+        env = "VIPD_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
     pub log_format: LogFormat,
 }
 
@@ -344,28 +356,28 @@ fn effective(
 pub struct ZkArgs {
     /// ZooKeeper servers, `host:port[,host:port...]`. Without it vipd runs
     /// in single-node mode.
-    #[arg(long = "zk", env = "VIPD_ZK")]
+    #[arg(global = true, long = "zk", env = "VIPD_ZK")]
     pub hosts: Option<String>,
 
     /// Cluster name: vipd's znodes live under /vipd/<cluster>.
-    #[arg(long, env = "VIPD_CLUSTER", default_value = "default")]
+    #[arg(global = true, long, env = "VIPD_CLUSTER", default_value = "default")]
     pub cluster: String,
 
     /// This node's id in the election (default: the host name).
-    #[arg(long, env = "VIPD_NODE_ID")]
+    #[arg(global = true, long, env = "VIPD_NODE_ID")]
     pub node_id: Option<String>,
 
     /// ZooKeeper session timeout.
-    #[arg(long, env = "VIPD_SESSION_TIMEOUT", value_parser = parse_positive_duration, default_value = "6s")]
+    #[arg(global = true, long, env = "VIPD_SESSION_TIMEOUT", value_parser = parse_positive_duration, default_value = "6s")]
     pub session_timeout: Duration,
 
     /// File with `user:password` for ZooKeeper digest authentication.
-    #[arg(long, env = "VIPD_ZK_AUTH_FILE")]
+    #[arg(global = true, long, env = "VIPD_ZK_AUTH_FILE")]
     pub zk_auth_file: Option<PathBuf>,
 
     /// How long a leader that gave up (no route for a VIP) waits before it
     /// stands for election again.
-    #[arg(long, env = "VIPD_STEP_DOWN_BACKOFF", value_parser = parse_positive_duration, default_value = "5s")]
+    #[arg(global = true, long, env = "VIPD_STEP_DOWN_BACKOFF", value_parser = parse_positive_duration, default_value = "5s")]
     pub step_down_backoff: Duration,
 }
 
@@ -373,34 +385,40 @@ pub struct ZkArgs {
 #[derive(Args, Debug, Clone)]
 pub struct EngineArgs {
     /// How often the leader re-checks every VIP (R6).
-    #[arg(long, env = "VIPD_RECONCILE_INTERVAL", value_parser = parse_positive_duration, default_value = "3s")]
+    #[arg(global = true, long, env = "VIPD_RECONCILE_INTERVAL", value_parser = parse_positive_duration, default_value = "3s")]
     pub reconcile_interval: Duration,
 
     /// Interval of the sync task's rounds after becoming leader (R8).
-    #[arg(long, env = "VIPD_GARP_INTERVAL", value_parser = parse_positive_duration, default_value = "10s")]
+    #[arg(global = true, long, env = "VIPD_GARP_INTERVAL", value_parser = parse_positive_duration, default_value = "10s")]
     pub garp_interval: Duration,
 
     /// Number of sync rounds after becoming leader (R8).
-    #[arg(long, env = "VIPD_GARP_ROUNDS", default_value_t = 6)]
+    #[arg(global = true, long, env = "VIPD_GARP_ROUNDS", default_value_t = 6)]
     pub garp_rounds: u32,
 
     /// Gratuitous ARP form: request (as `arping -U`), reply (as `arping -A`)
     /// or both.
-    #[arg(long, env = "VIPD_GARP_MODE", value_enum, default_value = "both")]
+    #[arg(
+        global = true,
+        long,
+        env = "VIPD_GARP_MODE",
+        value_enum,
+        default_value = "both"
+    )]
     pub garp_mode: GarpMode,
 
     /// Announcement frames per second per interface, at most (R9 pacing).
-    #[arg(long, env = "VIPD_GARP_RATE", default_value_t = 500,
+    #[arg(global = true, long, env = "VIPD_GARP_RATE", default_value_t = 500,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub garp_rate: u32,
 
     /// React to netlink address, route and link events at once (on by
     /// default; `false` leaves only the periodic reconcile).
-    #[arg(long, env = "VIPD_NETLINK_EVENTS", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(global = true, long, env = "VIPD_NETLINK_EVENTS", default_value_t = true, action = clap::ArgAction::Set)]
     pub netlink_events: bool,
 
     /// Debounce of netlink events: a burst costs one reconcile pass.
-    #[arg(long, env = "VIPD_EVENT_DEBOUNCE", value_parser = parse_duration, default_value = "2ms")]
+    #[arg(global = true, long, env = "VIPD_EVENT_DEBOUNCE", value_parser = parse_duration, default_value = "2ms")]
     pub event_debounce: Duration,
 }
 
@@ -410,6 +428,7 @@ pub struct XdpArgs {
     /// Also attach the XDP program to this interface (repeatable); every
     /// interface that carries a VIP is attached without being named.
     #[arg(
+        global = true,
         long = "xdp-interface",
         env = "VIPD_XDP_INTERFACES",
         value_delimiter = ','
@@ -418,6 +437,7 @@ pub struct XdpArgs {
 
     /// XDP attach mode.
     #[arg(
+        global = true,
         long = "xdp-mode",
         env = "VIPD_XDP_MODE",
         value_enum,
@@ -426,11 +446,11 @@ pub struct XdpArgs {
     pub mode: XdpMode,
 
     /// Run without the XDP program (no ARP counters, no in-kernel replies).
-    #[arg(long = "no-xdp", env = "VIPD_NO_XDP")]
+    #[arg(global = true, long = "no-xdp", env = "VIPD_NO_XDP")]
     pub disabled: bool,
 
     /// Answer ARP requests for held VIPs in XDP (on by default).
-    #[arg(long = "xdp-responder", env = "VIPD_XDP_RESPONDER", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(global = true, long = "xdp-responder", env = "VIPD_XDP_RESPONDER", default_value_t = true, action = clap::ArgAction::Set)]
     pub responder: bool,
 }
 
@@ -610,6 +630,93 @@ mod tests {
         let f = write("garp_rounds = [\n");
         assert!(load(["vipd", "--config", f.0.to_str().unwrap()]).is_err());
         let e = load(["vipd", "--config", "/nonexistent/vipd.toml"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("/nonexistent/vipd.toml"), "{e}");
+    }
+
+    #[test]
+    fn every_option_is_global() {
+        Config::command().debug_assert();
+        for arg in Config::command().get_arguments() {
+            let id = arg.get_id().as_str();
+            assert!(
+                matches!(id, "help" | "version") || arg.is_global_set(),
+                "--{id} must be global (accepted before and after the subcommand)"
+            );
+        }
+    }
+
+    #[test]
+    fn options_before_or_after_the_subcommand() {
+        let f = write("garp_rounds = 3\nsession_timeout = \"4s\"\n");
+        let p = f.0.to_str().unwrap();
+        // `vipd check-config --config FILE` (as `nginx -t -c FILE`) and
+        // `vipd --config FILE check-config` read the same file.
+        for args in [
+            &["vipd", "check-config", "--config", p][..],
+            &["vipd", "--config", p, "check-config"],
+        ] {
+            let l = load(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            assert_eq!(l.config.command, Some(VipdCommand::CheckConfig), "{args:?}");
+            assert_eq!(l.config.config, PathBuf::from(p), "{args:?}");
+            assert_eq!(l.config.engine.garp_rounds, 3, "{args:?}");
+            assert_eq!(
+                l.config.zk.session_timeout,
+                Duration::from_secs(4),
+                "{args:?}"
+            );
+            assert!(
+                l.effective
+                    .contains(&("garp_rounds".into(), "3".into(), "file")),
+                "{args:?}"
+            );
+            assert!(
+                l.effective.contains(&("config".into(), p.into(), "flag")),
+                "{args:?}: {:?}",
+                l.effective
+            );
+        }
+        // A flag beats the file in either position.
+        for args in [
+            &["vipd", "check-config", "--config", p, "--garp-rounds", "9"][..],
+            &["vipd", "--garp-rounds", "9", "check-config", "--config", p],
+            &["vipd", "--config", p, "check-config", "--garp-rounds", "9"],
+        ] {
+            let l = load(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            assert_eq!(l.config.engine.garp_rounds, 9, "{args:?}");
+            assert!(
+                l.effective
+                    .contains(&("garp_rounds".into(), "9".into(), "flag")),
+                "{args:?}"
+            );
+        }
+        let c = Config::try_parse_from([
+            "vipd",
+            "check-config",
+            "--zk",
+            "zk1:2181",
+            "--cluster",
+            "prod",
+            "--xdp-interface",
+            "eth0",
+            "--no-xdp",
+        ])
+        .unwrap();
+        assert_eq!(c.command, Some(VipdCommand::CheckConfig));
+        assert_eq!(c.zk.hosts.as_deref(), Some("zk1:2181"));
+        assert_eq!(c.zk.cluster, "prod");
+        assert_eq!(c.xdp.interfaces, vec!["eth0"]);
+        assert!(c.xdp.disabled);
+        // A bad value after the subcommand is refused as before it.
+        let e = load(["vipd", "check-config", "--garp-interval", "10q"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("10q"), "{e}");
+        // An explicit file that is missing is an error in either position.
+        let e = load(["vipd", "check-config", "--config", "/nonexistent/vipd.toml"])
             .err()
             .unwrap()
             .to_string();

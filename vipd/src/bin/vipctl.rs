@@ -4,50 +4,78 @@
 
 use std::{io::Write as _, path::PathBuf, process::ExitCode, time::Duration};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand, parser::ValueSource};
 use vipd::{
     api::{self, ArpStats, Request},
-    coord::{self, VipCommand, ZkAuth},
+    config::parse_positive_duration,
+    coord::{VipCommand, ZkAuth, admin::run_vip_command_within},
     net::netlink::Netlink,
 };
 
-#[derive(Parser)]
+/// Every option is global: it may stand before or after any subcommand
+/// (`vipctl vip set --zk ...` and `vipctl --zk ... vip set ...` alike). An
+/// option given on the command line to a command it does not apply to is
+/// an error, not silently ignored.
+#[derive(Parser, Debug)]
 #[command(name = "vipctl", version, about = "Drive and inspect vipd")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    socket: SocketArg,
+    #[command(flatten)]
+    zk: ZkArg,
+    #[command(flatten)]
+    output: OutputArg,
 }
 
-#[derive(clap::Args, Clone)]
+#[derive(clap::Args, Clone, Debug)]
+#[command(next_help_heading = "Agent (status, arp stats)")]
 struct SocketArg {
     /// The agent's control socket.
-    #[arg(long, env = "VIPD_API_SOCKET", default_value = "/run/vipd/vipd.sock")]
+    #[arg(
+        global = true,
+        long,
+        env = "VIPD_API_SOCKET",
+        default_value = "/run/vipd/vipd.sock"
+    )]
     api_socket: PathBuf,
 }
 
-#[derive(clap::Args, Clone)]
+#[derive(clap::Args, Clone, Debug)]
+#[command(next_help_heading = "ZooKeeper (vip)")]
 struct ZkArg {
-    /// ZooKeeper servers, `host:port[,host:port...]`.
-    #[arg(long = "zk", env = "VIPD_ZK")]
-    hosts: String,
+    /// ZooKeeper servers, `host:port[,host:port...]` (required by `vip`).
+    #[arg(global = true, long = "zk", env = "VIPD_ZK")]
+    hosts: Option<String>,
     /// Cluster name (znodes under /vipd/<cluster>).
-    #[arg(long, env = "VIPD_CLUSTER", default_value = "default")]
+    #[arg(global = true, long, env = "VIPD_CLUSTER", default_value = "default")]
     cluster: String,
     /// File with `user:password` for ZooKeeper digest authentication.
-    #[arg(long, env = "VIPD_ZK_AUTH_FILE")]
+    #[arg(global = true, long, env = "VIPD_ZK_AUTH_FILE")]
     zk_auth_file: Option<PathBuf>,
+    /// How long to keep trying the servers (refused, not serving yet)
+    /// before giving up.
+    #[arg(global = true, long, env = "VIPCTL_CONNECT_TIMEOUT",
+          value_parser = parse_positive_duration, default_value = "10s")]
+    connect_timeout: Duration,
 }
 
-#[derive(Subcommand)]
+#[derive(clap::Args, Clone, Debug)]
+#[command(next_help_heading = "Output")]
+struct OutputArg {
+    /// Print JSON instead of a table (status, arp stats, vip list).
+    #[arg(global = true, long)]
+    json: bool,
+    /// Refresh every second until interrupted (arp stats).
+    #[arg(global = true, long)]
+    watch: bool,
+}
+
+#[derive(Subcommand, Debug)]
 enum Command {
     /// The node's role, its VIPs and the last reconcile result.
-    Status {
-        #[command(flatten)]
-        socket: SocketArg,
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
+    Status,
     /// ARP traffic per VIP, as counted by the XDP program.
     Arp {
         #[command(subcommand)]
@@ -55,8 +83,6 @@ enum Command {
     },
     /// Read or change the VIP configuration in ZooKeeper.
     Vip {
-        #[command(flatten)]
-        zk: ZkArg,
         #[command(subcommand)]
         command: VipCommand,
     },
@@ -65,23 +91,111 @@ enum Command {
     Cleanup,
 }
 
-#[derive(Subcommand)]
+#[derive(Subcommand, Debug)]
 enum ArpCommand {
     /// Counters per VIP.
-    Stats {
-        #[command(flatten)]
-        socket: SocketArg,
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-        /// Refresh every second until interrupted.
-        #[arg(long)]
-        watch: bool,
-    },
+    Stats,
+}
+
+/// Which options each command reads (clap ids), by the command's words.
+const OPTIONS: &[(&str, &[&str])] = &[
+    ("status", &["api_socket", "json"]),
+    ("arp stats", &["api_socket", "json", "watch"]),
+    (
+        "vip list",
+        &[
+            "hosts",
+            "cluster",
+            "zk_auth_file",
+            "connect_timeout",
+            "json",
+        ],
+    ),
+    ("vip set", ZK_OPTIONS),
+    ("vip add", ZK_OPTIONS),
+    ("vip remove", ZK_OPTIONS),
+    ("vip clear", ZK_OPTIONS),
+    ("cleanup", &[]),
+];
+const ZK_OPTIONS: &[&str] = &["hosts", "cluster", "zk_auth_file", "connect_timeout"];
+
+impl Command {
+    /// The command's words (`arp stats`), as in [`OPTIONS`].
+    fn name(&self) -> &'static str {
+        match self {
+            Command::Status => "status",
+            Command::Arp { .. } => "arp stats",
+            Command::Vip { command } => match command {
+                VipCommand::List { .. } => "vip list",
+                VipCommand::Set { .. } => "vip set",
+                VipCommand::Add { .. } => "vip add",
+                VipCommand::Remove { .. } => "vip remove",
+                VipCommand::Clear { .. } => "vip clear",
+            },
+            Command::Cleanup => "cleanup",
+        }
+    }
+}
+
+fn options_of(command: &str) -> &'static [&'static str] {
+    OPTIONS
+        .iter()
+        .find(|(c, _)| *c == command)
+        .map_or(&[], |(_, o)| o)
+}
+
+/// A command line vipctl refuses after clap accepted it (exit status 2).
+#[derive(Debug, PartialEq, Eq)]
+struct Usage(String);
+
+/// Parses the command line: clap's errors exit as clap decides; an option
+/// given to a command it does not apply to, or `vip` without servers, is
+/// a [`Usage`] error.
+fn parse<I, T>(args: I) -> Result<Result<Cli, Usage>, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let matches = Cli::command().try_get_matches_from(args)?;
+    let cli = Cli::from_arg_matches(&matches)?;
+    let name = cli.command.name();
+    let allowed = options_of(name);
+    for arg in Cli::command().get_arguments() {
+        let id = arg.get_id().as_str();
+        if matches.value_source(id) == Some(ValueSource::CommandLine) && !allowed.contains(&id) {
+            let users: Vec<&str> = OPTIONS
+                .iter()
+                .filter(|(_, o)| o.contains(&id))
+                .map(|(c, _)| *c)
+                .collect();
+            return Ok(Err(Usage(format!(
+                "--{} does not apply to `vipctl {name}` (it is an option of: {})",
+                arg.get_long().unwrap_or(id),
+                users.join(", ")
+            ))));
+        }
+    }
+    if matches!(cli.command, Command::Vip { .. })
+        && cli.zk.hosts.as_deref().is_none_or(|h| h.trim().is_empty())
+    {
+        return Ok(Err(Usage(
+            "`vipctl vip` needs the ZooKeeper servers: give --zk host:port[,host:port...] \
+             (before or after the subcommand) or set VIPD_ZK"
+                .into(),
+        )));
+    }
+    Ok(Ok(cli))
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse(std::env::args_os()) {
+        Ok(Ok(cli)) => cli,
+        Ok(Err(Usage(m))) => {
+            eprintln!("vipctl: {m}");
+            return ExitCode::from(2);
+        }
+        Err(e) => e.exit(),
+    };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -96,27 +210,27 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> ExitCode {
-    match cli.command {
-        Command::Status { socket, json } => {
-            match api::request(&socket.api_socket, Request::Status).await {
-                Ok(v) => {
-                    if json {
-                        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-                    } else {
-                        print!("{}", status_table(&v));
-                    }
-                    ExitCode::SUCCESS
+    let Cli {
+        command,
+        socket,
+        zk,
+        output,
+    } = cli;
+    let json = output.json;
+    match command {
+        Command::Status => match api::request(&socket.api_socket, Request::Status).await {
+            Ok(v) => {
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                } else {
+                    print!("{}", status_table(&v));
                 }
-                Err(e) => fail(&e.to_string()),
+                ExitCode::SUCCESS
             }
-        }
+            Err(e) => fail(&e.to_string()),
+        },
         Command::Arp {
-            command:
-                ArpCommand::Stats {
-                    socket,
-                    json,
-                    watch,
-                },
+            command: ArpCommand::Stats,
         } => loop {
             match api::request(&socket.api_socket, Request::ArpStats).await {
                 Ok(v) => {
@@ -124,7 +238,7 @@ async fn run(cli: Cli) -> ExitCode {
                         Ok(s) => s,
                         Err(e) => return fail(&format!("unreadable answer from vipd: {e}")),
                     };
-                    if watch && !json {
+                    if output.watch && !json {
                         print!("\x1b[2J\x1b[H");
                     }
                     if json {
@@ -136,12 +250,12 @@ async fn run(cli: Cli) -> ExitCode {
                 }
                 Err(e) => return fail(&e.to_string()),
             }
-            if !watch {
+            if !output.watch {
                 return ExitCode::SUCCESS;
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         },
-        Command::Vip { zk, command } => {
+        Command::Vip { command } => {
             let auth = match &zk.zk_auth_file {
                 Some(p) => match ZkAuth::from_file(p) {
                     Ok(a) => Some(a),
@@ -149,7 +263,15 @@ async fn run(cli: Cli) -> ExitCode {
                 },
                 None => None,
             };
-            match coord::run_vip_command(&zk.hosts, &zk.cluster, auth, command).await {
+            let command = match command {
+                VipCommand::List { .. } => VipCommand::List { json },
+                other => other,
+            };
+            // `parse` made sure the servers are there.
+            let hosts = zk.hosts.unwrap_or_default();
+            match run_vip_command_within(&hosts, &zk.cluster, auth, command, zk.connect_timeout)
+                .await
+            {
                 Ok(out) => {
                     print!("{out}");
                     ExitCode::SUCCESS
@@ -286,4 +408,178 @@ fn arp_table(stats: &ArpStats) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use vipd::coord::admin::DEFAULT_CONNECT_TIMEOUT;
+
+    use super::*;
+
+    fn ok(args: &[&str]) -> Cli {
+        match parse(std::iter::once("vipctl").chain(args.iter().copied())) {
+            Ok(Ok(cli)) => cli,
+            Ok(Err(Usage(m))) => panic!("vipctl {}: {m}", args.join(" ")),
+            Err(e) => panic!("vipctl {}: {e}", args.join(" ")),
+        }
+    }
+
+    fn usage(args: &[&str]) -> String {
+        match parse(std::iter::once("vipctl").chain(args.iter().copied())) {
+            Ok(Err(Usage(m))) => m,
+            Ok(Ok(cli)) => panic!("vipctl {} was accepted: {cli:?}", args.join(" ")),
+            Err(e) => panic!("vipctl {}: clap refused it: {e}", args.join(" ")),
+        }
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+        for arg in Cli::command().get_arguments() {
+            let id = arg.get_id().as_str();
+            assert!(
+                matches!(id, "help" | "version") || arg.is_global_set(),
+                "--{id} must be global (accepted before and after the subcommand)"
+            );
+            assert!(
+                matches!(id, "help" | "version") || OPTIONS.iter().any(|(_, o)| o.contains(&id)),
+                "--{id} is used by no command in OPTIONS"
+            );
+        }
+        assert_eq!(
+            ok(&["vip", "--zk", "h:1", "list"]).zk.connect_timeout,
+            DEFAULT_CONNECT_TIMEOUT
+        );
+    }
+
+    #[test]
+    fn zk_options_before_or_after_the_subcommand() {
+        let lines: [&[&str]; 4] = [
+            // README's example: options after the last subcommand.
+            &[
+                "vip",
+                "set",
+                "--zk",
+                "zk1:2181",
+                "--cluster",
+                "prod",
+                "web",
+                "192.0.2.100",
+                "192.0.2.101",
+            ],
+            &[
+                "vip",
+                "--zk",
+                "zk1:2181",
+                "--cluster",
+                "prod",
+                "set",
+                "web",
+                "192.0.2.100",
+                "192.0.2.101",
+            ],
+            &[
+                "--zk",
+                "zk1:2181",
+                "--cluster",
+                "prod",
+                "vip",
+                "set",
+                "web",
+                "192.0.2.100",
+                "192.0.2.101",
+            ],
+            &[
+                "vip",
+                "set",
+                "web",
+                "192.0.2.100",
+                "--cluster",
+                "prod",
+                "192.0.2.101",
+                "--zk",
+                "zk1:2181",
+            ],
+        ];
+        for args in lines {
+            let cli = ok(args);
+            assert_eq!(cli.zk.hosts.as_deref(), Some("zk1:2181"), "{args:?}");
+            assert_eq!(cli.zk.cluster, "prod", "{args:?}");
+            assert_eq!(
+                format!("{:?}", cli.command),
+                format!(
+                    "{:?}",
+                    Command::Vip {
+                        command: VipCommand::Set {
+                            service: "web".into(),
+                            vips: vec!["192.0.2.100".into(), "192.0.2.101".into()],
+                        }
+                    }
+                ),
+                "{args:?}"
+            );
+        }
+        let cli = ok(&[
+            "vip",
+            "list",
+            "--json",
+            "--zk",
+            "h:1",
+            "--connect-timeout",
+            "30s",
+        ]);
+        assert!(cli.output.json);
+        assert_eq!(cli.zk.connect_timeout, Duration::from_secs(30));
+        assert!(ok(&["--json", "vip", "--zk", "h:1", "list"]).output.json);
+    }
+
+    #[test]
+    fn agent_options_before_or_after_the_subcommand() {
+        for args in [
+            &["status", "--json", "--api-socket", "/s"][..],
+            &["--json", "--api-socket", "/s", "status"],
+            &["--api-socket", "/s", "status", "--json"],
+        ] {
+            let cli = ok(args);
+            assert!(cli.output.json, "{args:?}");
+            assert_eq!(cli.socket.api_socket, PathBuf::from("/s"), "{args:?}");
+        }
+        for args in [
+            &["arp", "stats", "--watch", "--api-socket", "/s"][..],
+            &["arp", "--watch", "stats", "--api-socket", "/s"],
+            &["--watch", "arp", "stats", "--api-socket", "/s"],
+        ] {
+            let cli = ok(args);
+            assert!(cli.output.watch && !cli.output.json, "{args:?}");
+            assert_eq!(cli.socket.api_socket, PathBuf::from("/s"), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn misplaced_and_missing_options_are_named() {
+        let m = usage(&["cleanup", "--zk", "h:1"]);
+        assert!(m.contains("--zk") && m.contains("vipctl cleanup"), "{m}");
+        let m = usage(&["status", "--watch"]);
+        assert!(m.contains("--watch") && m.contains("arp stats"), "{m}");
+        let m = usage(&["vip", "set", "--json", "--zk", "h:1", "web", "192.0.2.1"]);
+        assert!(m.contains("--json") && m.contains("vip set"), "{m}");
+        let m = usage(&["vip", "--cluster", "prod", "list"]);
+        assert!(m.contains("--zk") && m.contains("VIPD_ZK"), "{m}");
+        let m = usage(&["vip", "--zk", " ", "list"]);
+        assert!(m.contains("--zk"), "{m}");
+        // clap's own errors still come from clap.
+        assert!(parse(["vipctl", "vip", "set", "--zk", "h:1", "web"]).is_err());
+        assert!(
+            parse([
+                "vipctl",
+                "vip",
+                "list",
+                "--connect-timeout",
+                "0s",
+                "--zk",
+                "h:1"
+            ])
+            .is_err()
+        );
+    }
 }

@@ -14,7 +14,7 @@ use zookeeper_client::{Client, CreateMode, Error as ZkError};
 use super::{
     ClusterPaths,
     election::{CandidateData, node_of, sort_candidates},
-    session::{self, ZkAuth, ZkCallError, ZnodeAcl, call},
+    session::{self, ConnectError, ZkAuth, ZkCallError, ZnodeAcl, call},
     store::{encode_service, parse_service},
 };
 use crate::{config::valid_name, vip::Vip};
@@ -24,8 +24,9 @@ use crate::{config::valid_name, vip::Vip};
 pub enum VipCommand {
     /// Show every service with its VIPs, and the leader.
     List {
-        /// Print JSON instead of a table.
-        #[arg(long)]
+        /// Print JSON instead of a table (vipctl's `--json`, an option of
+        /// vipctl as a whole so that it may stand anywhere on the line).
+        #[arg(skip)]
         json: bool,
     },
     /// Replace a service's VIPs (creates the service).
@@ -58,6 +59,8 @@ pub enum AdminError {
     Invalid(String),
     #[error(transparent)]
     Zk(#[from] ZkCallError),
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
     #[error("{path} holds data vipctl cannot merge with: {reason} (use `set` to overwrite it)")]
     Corrupt { path: String, reason: String },
     #[error("{path} kept changing under us ({attempts} attempts); try again")]
@@ -68,13 +71,15 @@ impl AdminError {
     /// 2 for invalid input (nothing written), 1 for everything else.
     pub fn exit_code(&self) -> i32 {
         match self {
-            AdminError::Invalid(_) => 2,
+            AdminError::Invalid(_) | AdminError::Connect(ConnectError::Invalid { .. }) => 2,
             _ => 1,
         }
     }
 }
 
 const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long vipctl keeps trying to open a session (`--connect-timeout`).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
 const MAX_ATTEMPTS: u32 = 100;
 
@@ -116,13 +121,27 @@ enum Edit {
     Clear,
 }
 
-/// Runs one command; returns what to print on stdout.
-#[instrument(skip(auth), fields(user = auth.as_ref().map(|a| a.user.as_str())))]
+/// Runs one command, trying to reach ZooKeeper for up to
+/// [`DEFAULT_CONNECT_TIMEOUT`]; returns what to print on stdout.
 pub async fn run_vip_command(
     hosts: &str,
     cluster: &str,
     auth: Option<ZkAuth>,
     cmd: VipCommand,
+) -> Result<String, AdminError> {
+    run_vip_command_within(hosts, cluster, auth, cmd, DEFAULT_CONNECT_TIMEOUT).await
+}
+
+/// Runs one command, trying to open a session for up to `connect_timeout`
+/// (a ZooKeeper that is still starting is waited for); returns what to
+/// print on stdout.
+#[instrument(skip(auth), fields(user = auth.as_ref().map(|a| a.user.as_str())))]
+pub async fn run_vip_command_within(
+    hosts: &str,
+    cluster: &str,
+    auth: Option<ZkAuth>,
+    cmd: VipCommand,
+    connect_timeout: Duration,
 ) -> Result<String, AdminError> {
     check_name("cluster name", cluster)?;
     // Validate everything before the first request: invalid input writes nothing.
@@ -141,7 +160,7 @@ pub async fn run_vip_command(
     }
     let paths = ClusterPaths::new(cluster);
     let client =
-        session::connect(hosts, SESSION_TIMEOUT, auth.as_ref(), true, SESSION_TIMEOUT).await?;
+        session::connect_within(hosts, SESSION_TIMEOUT, auth.as_ref(), connect_timeout).await?;
     let acl = ZnodeAcl::new(auth.as_ref());
     let out = match edit {
         Err(json) => list(&client, &paths, json).await,

@@ -4,7 +4,7 @@
 
 use std::{future::Future, path::Path, time::Duration};
 
-use tracing::instrument;
+use tracing::{debug, instrument};
 use zookeeper_client::{Acl, AuthId, Client, CreateMode, CreateOptions, Permission};
 
 /// Digest credentials (`user:password`) for ZooKeeper.
@@ -166,6 +166,275 @@ pub async fn connect(
     call("connect", hosts, deadline, connector.connect(hosts)).await
 }
 
+/// One server of a connect string: how it was written and where to probe it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ZkHost {
+    /// The element as written (`zk1:2181`, `tcp://zk1`), for messages and
+    /// for a connect string of this server alone.
+    pub written: String,
+    pub host: String,
+    pub port: u16,
+}
+
+/// A connect string `host:port[,host:port...][/chroot]` split into its
+/// servers, with the rules the client library applies (port 2181 when
+/// omitted, `[v6]:port`, an optional `tcp://`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ZkHosts {
+    pub servers: Vec<ZkHost>,
+    /// `/chroot` or empty.
+    pub chroot: String,
+}
+
+impl ZkHosts {
+    pub fn parse(s: &str) -> Result<ZkHosts, String> {
+        let mut chroot = String::new();
+        let mut servers = Vec::new();
+        let elements: Vec<&str> = s.split(',').collect();
+        for (i, element) in elements.iter().enumerate() {
+            let mut hostport = element.strip_prefix("tcp://").unwrap_or(element);
+            if hostport.starts_with("tcp+tls://") {
+                return Err(format!("{element:?}: TLS is not supported"));
+            }
+            if let Some(slash) = hostport.find('/') {
+                if i + 1 != elements.len() {
+                    return Err(format!(
+                        "{element:?}: a chroot (/path) may only follow the last server"
+                    ));
+                }
+                chroot = hostport[slash..].to_string();
+                hostport = &hostport[..slash];
+            }
+            let (host, port) = match hostport.strip_prefix('[') {
+                Some(rest) => {
+                    let (host, after) = rest
+                        .split_once(']')
+                        .ok_or_else(|| format!("{element:?}: missing ']'"))?;
+                    match after {
+                        "" => (host, ""),
+                        p => (
+                            host,
+                            p.strip_prefix(':')
+                                .ok_or_else(|| format!("{element:?}: expected ':' after ']'"))?,
+                        ),
+                    }
+                }
+                None => hostport.rsplit_once(':').unwrap_or((hostport, "")),
+            };
+            if host.is_empty() {
+                return Err(format!("{element:?}: empty host name"));
+            }
+            let port = match port {
+                "" => 2181,
+                p => p
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| format!("{element:?}: invalid port {p:?}"))?,
+            };
+            let scheme = if element.starts_with("tcp://") {
+                "tcp://"
+            } else {
+                ""
+            };
+            servers.push(ZkHost {
+                written: format!("{scheme}{hostport}"),
+                host: host.to_string(),
+                port,
+            });
+        }
+        Ok(ZkHosts { servers, chroot })
+    }
+}
+
+/// What one server did on the last attempt to open a session with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostOutcome {
+    /// The deadline passed before this server's turn came.
+    NotTried,
+    /// The host name does not resolve.
+    Unresolved(String),
+    /// TCP connection refused: nothing listens there (yet).
+    Refused,
+    /// No answer to the TCP connect within this long.
+    TimedOut(Duration),
+    /// Another socket error (no route to host, ...).
+    Io(String),
+    /// The server took the TCP connection but opened no session: a
+    /// ZooKeeper that is still starting (it already answers `ruok`), one
+    /// without a quorum, or a stopped process.
+    NoSession(String),
+}
+
+impl std::fmt::Display for HostOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HostOutcome::NotTried => f.write_str("not tried (no time left)"),
+            HostOutcome::Unresolved(e) => write!(f, "cannot resolve the host name: {e}"),
+            HostOutcome::Refused => f.write_str("connection refused"),
+            HostOutcome::TimedOut(d) => write!(f, "TCP connect timed out after {d:?}"),
+            HostOutcome::Io(e) => f.write_str(e),
+            HostOutcome::NoSession(why) => write!(
+                f,
+                "accepted the connection but opened no session ({why}): not serving yet \
+                 (starting, without a quorum, or stopped)"
+            ),
+        }
+    }
+}
+
+/// Why [`connect_within`] returned no session.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The connect string cannot be used; nothing was tried.
+    #[error("invalid ZooKeeper servers {hosts:?}: {reason}")]
+    Invalid { hosts: String, reason: String },
+    /// Every server was tried until the deadline; each one's last outcome.
+    #[error("{}", gave_up(.within, *.rounds, .hosts))]
+    GaveUp {
+        within: Duration,
+        rounds: u32,
+        hosts: Vec<(String, HostOutcome)>,
+    },
+    /// A server answered with an error that retrying cannot fix.
+    #[error("ZooKeeper {host}: {source}")]
+    Refused {
+        host: String,
+        source: zookeeper_client::Error,
+    },
+}
+
+fn gave_up(within: &Duration, rounds: u32, hosts: &[(String, HostOutcome)]) -> String {
+    let mut s = format!(
+        "no ZooKeeper session within {within:?} ({rounds} round{} over {} server{}); last outcome per server:",
+        if rounds == 1 { "" } else { "s" },
+        hosts.len(),
+        if hosts.len() == 1 { "" } else { "s" },
+    );
+    for (host, outcome) in hosts {
+        s.push_str(&format!("\n  {host}: {outcome}"));
+    }
+    s
+}
+
+/// The first retry comes this soon after a round failed, doubling up to
+/// [`MAX_BACKOFF`]: a ZooKeeper that starts serving is found within a second.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Opens a session, trying each server in turn and again until `limit`
+/// has passed (vipctl: a script that starts ZooKeeper and then configures
+/// VIPs must not fail while the server is still starting). Each attempt
+/// first opens a plain TCP connection to tell "refused" from "timed out"
+/// from "took the connection but opened no session", because the client
+/// library reports all of them as "no available hosts".
+#[instrument(skip(auth), fields(user = auth.map(|a| a.user.as_str())))]
+pub async fn connect_within(
+    hosts: &str,
+    session_timeout: Duration,
+    auth: Option<&ZkAuth>,
+    limit: Duration,
+) -> Result<Client, ConnectError> {
+    let parsed = ZkHosts::parse(hosts).map_err(|reason| ConnectError::Invalid {
+        hosts: hosts.to_string(),
+        reason,
+    })?;
+    let start = tokio::time::Instant::now();
+    let deadline = start + limit;
+    let per_try = session_timeout / 4;
+    let mut outcomes: Vec<(String, HostOutcome)> = parsed
+        .servers
+        .iter()
+        .map(|s| (s.written.clone(), HostOutcome::NotTried))
+        .collect();
+    let mut backoff = FIRST_BACKOFF;
+    let mut rounds = 0;
+    loop {
+        rounds += 1;
+        for (i, server) in parsed.servers.iter().enumerate() {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let outcome = match probe(server, per_try.min(left)).await {
+                Some(o) => o,
+                None => {
+                    let mut connector = Client::connector()
+                        .with_session_timeout(session_timeout)
+                        .with_connection_timeout(per_try)
+                        .with_fail_eagerly();
+                    if let Some(auth) = auth {
+                        connector = connector.with_auth("digest", &auth.digest());
+                    }
+                    let alone = format!("{}{}", server.written, parsed.chroot);
+                    let left = deadline
+                        .saturating_duration_since(tokio::time::Instant::now())
+                        .max(Duration::from_millis(1));
+                    match tokio::time::timeout(left, connector.connect(&alone)).await {
+                        Ok(Ok(client)) => return Ok(client),
+                        Ok(Err(
+                            e @ (zookeeper_client::Error::AuthFailed
+                            | zookeeper_client::Error::BadArguments(_)),
+                        )) => {
+                            return Err(ConnectError::Refused {
+                                host: server.written.clone(),
+                                source: e,
+                            });
+                        }
+                        // The library reports the cause of a one-server
+                        // pass as NoHosts; anything else is worth showing.
+                        Ok(Err(zookeeper_client::Error::NoHosts)) => {
+                            HostOutcome::NoSession("the server closed it or did not answer".into())
+                        }
+                        Ok(Err(e)) => HostOutcome::NoSession(e.to_string()),
+                        Err(_) => HostOutcome::NoSession(format!("no answer within {left:?}")),
+                    }
+                }
+            };
+            debug!(server = %server.written, outcome = %outcome, "no ZooKeeper session yet");
+            outcomes[i].1 = outcome;
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return Err(ConnectError::GaveUp {
+                within: limit,
+                rounds,
+                hosts: outcomes,
+            });
+        }
+        tokio::time::sleep(backoff.min(left)).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// A plain TCP connect to `server`: `None` if it took the connection.
+async fn probe(server: &ZkHost, limit: Duration) -> Option<HostOutcome> {
+    let addrs = match tokio::time::timeout(
+        limit,
+        tokio::net::lookup_host((server.host.as_str(), server.port)),
+    )
+    .await
+    {
+        Ok(Ok(a)) => a.collect::<Vec<_>>(),
+        Ok(Err(e)) => return Some(HostOutcome::Unresolved(e.to_string())),
+        Err(_) => {
+            return Some(HostOutcome::Unresolved(format!(
+                "no answer within {limit:?}"
+            )));
+        }
+    };
+    let mut last = HostOutcome::Unresolved("no addresses".into());
+    for addr in addrs {
+        last = match tokio::time::timeout(limit, tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(_)) => return None,
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => HostOutcome::Refused,
+            Ok(Err(e)) => HostOutcome::Io(e.to_string()),
+            Err(_) => HostOutcome::TimedOut(limit),
+        };
+    }
+    Some(last)
+}
+
 /// Closes the session (dropping the last handle sends CloseSession) and
 /// waits, bounded, until the client reports it closed, so ephemeral znodes
 /// go at once and not one session timeout later.
@@ -191,6 +460,87 @@ mod tests {
         for bad in ["", "vipd", ":pw", "vipd:", "a:b\nc"] {
             assert!(ZkAuth::parse(bad).is_none(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn connect_strings_split_like_the_client_library() {
+        let h = ZkHosts::parse("zk1:2181,tcp://zk2,[2001:db8::1]:2182/vipd").unwrap();
+        let servers: Vec<(&str, &str, u16)> = h
+            .servers
+            .iter()
+            .map(|s| (s.written.as_str(), s.host.as_str(), s.port))
+            .collect();
+        assert_eq!(
+            servers,
+            [
+                ("zk1:2181", "zk1", 2181),
+                ("tcp://zk2", "zk2", 2181),
+                ("[2001:db8::1]:2182", "2001:db8::1", 2182)
+            ]
+        );
+        assert_eq!(h.chroot, "/vipd");
+        for bad in [
+            "",
+            "zk1:2181,",
+            ":2181",
+            "zk1:0",
+            "zk1:x",
+            "zk1/a,zk2",
+            "[::1",
+            "tcp+tls://zk1",
+        ] {
+            assert!(ZkHosts::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    /// A port on 127.0.0.1 that nothing listens on (bound, then released).
+    fn closed_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    #[tokio::test]
+    async fn giving_up_names_every_server_and_what_it_did() {
+        let refused = format!("127.0.0.1:{}", closed_port());
+        // Takes TCP connections (the kernel's backlog) and never answers.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let silent = format!("127.0.0.1:{}", silent.local_addr().unwrap().port());
+        let hosts = format!("{refused},{silent}");
+        let started = std::time::Instant::now();
+        let e = connect_within(&hosts, Duration::from_secs(1), None, Duration::from_secs(1))
+            .await
+            .expect_err("no server");
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(1) && waited < Duration::from_secs(4),
+            "{waited:?}"
+        );
+        let ConnectError::GaveUp { rounds, hosts, .. } = &e else {
+            panic!("{e}");
+        };
+        assert!(*rounds >= 2, "{e}");
+        assert_eq!(hosts[0], (refused.clone(), HostOutcome::Refused), "{e}");
+        assert!(matches!(hosts[1].1, HostOutcome::NoSession(_)), "{e}");
+        let text = e.to_string();
+        assert!(
+            text.contains(&format!("{refused}: connection refused"))
+                && text.contains(&format!("{silent}: accepted the connection"))
+                && text.contains("not serving yet"),
+            "{text}"
+        );
+        // A connect string the library cannot use is refused before trying.
+        let e = connect_within(
+            "zk1:x",
+            Duration::from_secs(1),
+            None,
+            Duration::from_secs(1),
+        )
+        .await
+        .expect_err("invalid");
+        assert!(matches!(e, ConnectError::Invalid { .. }), "{e}");
     }
 
     #[test]
