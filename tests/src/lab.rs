@@ -1104,6 +1104,29 @@ fn parse_arping(stdout: &str) -> Option<Arping> {
     summary.then_some(result)
 }
 
+/// Runs `f` on a thread of its own moved into a fresh network namespace;
+/// a panic in `f` fails the caller. The namespace, and every interface and
+/// socket made in it, goes away when the thread ends. Needs root.
+pub fn in_new_netns<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    std::thread::scope(|scope| {
+        let handle = scope.spawn(|| {
+            // SAFETY: unshare affects only this thread's namespaces.
+            let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+            assert_eq!(
+                rc,
+                0,
+                "unshare(CLONE_NEWNET) failed (these tests need root): {}",
+                std::io::Error::last_os_error()
+            );
+            f()
+        });
+        match handle.join() {
+            Ok(r) => r,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
+}
+
 /// A TCP banner server thread; stops (and closes its socket) on drop.
 pub struct ServerHandle {
     addr: SocketAddr,

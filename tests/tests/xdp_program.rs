@@ -18,6 +18,7 @@ use vipd::{
     vip::Vip,
 };
 use vipd_common::{ArpCounters, ConflictEvent, HeldVip};
+use vipd_tests::lab::in_new_netns as in_netns;
 
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
@@ -32,30 +33,7 @@ const UNWATCHED: [u8; 4] = [192, 0, 2, 200];
 const ASKER_IP: [u8; 4] = [192, 0, 2, 10];
 
 // ---------------------------------------------------------------------------
-// The namespace each test runs in.
-
-/// Runs `f` on a thread of its own in a fresh network namespace; panics in
-/// `f` fail the test. The namespace (and every interface made in it) goes
-/// away when the thread ends.
-fn in_netns<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    std::thread::scope(|scope| {
-        let handle = scope.spawn(|| {
-            // SAFETY: unshare affects only this thread's namespaces.
-            let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-            assert_eq!(
-                rc,
-                0,
-                "unshare(CLONE_NEWNET) failed (these tests need root): {}",
-                std::io::Error::last_os_error()
-            );
-            f()
-        });
-        match handle.join() {
-            Ok(r) => r,
-            Err(panic) => std::panic::resume_unwind(panic),
-        }
-    })
-}
+// The namespace each test runs in (`in_netns`: a fresh one per test).
 
 /// Runs `ip` with `args` in this thread's namespace, panicking with its
 /// output when it fails.

@@ -32,6 +32,7 @@ pub const PROGRAMS: &[(&str, &str)] = &[
     ("keepalived", "keepalived"),
     ("nproc", "coreutils"),
     ("ping", "iputils-ping"),
+    ("setpriv", "util-linux"),
     ("sh", "dash"),
     ("sleep", "coreutils"),
     ("strip", "binutils"),
