@@ -56,7 +56,7 @@ struct Vipd {
 impl Vipd {
     /// Starts vipd leading `vips` (comma-separated) and waits for its first
     /// reconcile pass. `extra` are more flags. XDP runs in generic mode (veth,
-    /// FACTS.md); `--config /dev/null` keeps a host's /etc/vipd out of the test.
+    /// docs/DESIGN.md, facts); `--config /dev/null` keeps a host's /etc/vipd out of the test.
     fn start(lab: &Lab, host: &Host, vips: &str, extra: &[&str]) -> Vipd {
         let n = NEXT_SOCKET.fetch_add(1, Ordering::Relaxed);
         let socket = lab.dir().join(format!("{}-{n}.sock", host.name()));
@@ -887,7 +887,7 @@ fn after_sigkill_cleanup_removes_vips_and_keeps_operator_addresses() {
 
 /// A VIP that is its subnet's primary address (the interface has no other
 /// address in that subnet): removing it must not take the operator's later
-/// secondary address with it (FACTS.md, promote_secondaries).
+/// secondary address with it (docs/DESIGN.md facts, promote_secondaries).
 fn primary_vip_host(lab: &Lab) -> Host {
     let n1 = lab.add_host("n1", &[br0("")]);
     // The kernel default, which a namespace may not have: IPv4 settings are

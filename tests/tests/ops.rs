@@ -394,7 +394,7 @@ struct Vipd {
 
 impl Vipd {
     /// `prefix` goes before the vipd binary (setpriv); `extra` after the
-    /// usual flags. XDP runs in generic mode (veth, FACTS.md).
+    /// usual flags. XDP runs in generic mode (veth, docs/DESIGN.md facts).
     fn spawn(
         host: &Host,
         dir: &Path,

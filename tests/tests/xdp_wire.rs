@@ -4,7 +4,7 @@
 //! its neighbour entry) against what `vipctl arp stats --json` reports.
 //!
 //! vipd runs with `--xdp-mode generic`: on veth, native XDP_TX frames never
-//! reach the peer unless the peer runs an XDP program itself (FACTS.md), and
+//! reach the peer unless the peer runs an XDP program itself (docs/DESIGN.md, facts), and
 //! these tests must see the replies on the client. `arp_ignore=8` on the
 //! node makes the kernel answer no ARP at all there, so an answer the client
 //! gets can only come from the XDP program; the `--no-xdp` test checks that

@@ -141,7 +141,7 @@ fn remove(vip: Vip, address: &Address, all: &[Address]) -> Action {
 
 /// Whether `a` is the first address of its subnet on its interface while
 /// other addresses share that subnet: with `promote_secondaries=0` the
-/// kernel deletes those along with it (FACTS.md).
+/// kernel deletes those along with it (docs/DESIGN.md, facts).
 fn is_primary_with_company(a: &Address, all: &[Address]) -> bool {
     let mask = prefix_mask(a.prefix_len);
     let net = u32::from(a.addr) & mask;

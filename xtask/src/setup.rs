@@ -63,7 +63,7 @@ pub fn packages() -> Vec<&'static str> {
     all
 }
 
-/// The bpf-linker release measured to work with the pinned aya (FACTS.md).
+/// The bpf-linker release measured to work with the pinned aya (docs/DESIGN.md, facts).
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 #[derive(clap::Args, Default)]

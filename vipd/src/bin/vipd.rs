@@ -250,7 +250,7 @@ async fn run(config: Config) -> Result<()> {
         }
     }
 
-    // Order matters (STYLE.md): the source steps down first (the engine
+    // Order matters (docs/DESIGN.md, R3): the source steps down first (the engine
     // then stops announcing, clears XDP replies and removes the VIPs), and
     // ZooKeeper is left only once nothing is held; then the engine, the API
     // and the announcer stop.

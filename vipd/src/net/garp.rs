@@ -1,6 +1,6 @@
 //! Gratuitous ARP (R9): the frames that tell a segment where a VIP lives,
 //! and an AF_PACKET sender for them. Frames are built with pnet_packet and
-//! sent on a plain send-only packet socket (FACTS.md: pnet_datalink's channel
+//! sent on a plain send-only packet socket (docs/DESIGN.md (facts): pnet_datalink's channel
 //! would open a promiscuous receiver we do not want).
 
 use std::{io, mem, net::Ipv4Addr, os::fd::AsRawFd, time::Duration};
@@ -51,7 +51,7 @@ const ETH_P_ARP: u16 = 0x0806;
 pub enum GarpForm {
     /// ARP request, oper 1, tha ff:ff:ff:ff:ff:ff (as `arping -U` and keepalived).
     Request,
-    /// ARP reply, oper 2, tha = our MAC (as `arping -A`). FACTS.md: Linux
+    /// ARP reply, oper 2, tha = our MAC (as `arping -A`). docs/DESIGN.md (facts): Linux
     /// ignores a reply whose tha is 00.. or ff.. shortly after an update.
     Reply,
 }

@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::vip::Vip;
 
 /// IFA_PROTO value that marks an address as added by vipd. vipd only ever
-/// removes addresses carrying it (DESIGN.md "Marking our own addresses").
+/// removes addresses carrying it (docs/DESIGN.md, facts: netlink).
 pub const VIPD_ADDR_PROTO: u8 = 0x76;
 
 /// The main routing table's id.

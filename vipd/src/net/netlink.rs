@@ -177,7 +177,7 @@ impl Netlink {
     pub async fn routes(&self) -> Result<RouteTable, NetError> {
         // The builder's defaults (protocol static, kind unicast) are dump
         // filters under strict checking: clear them to get every route of
-        // the main table (FACTS.md).
+        // the main table (docs/DESIGN.md, facts).
         let request = RouteMessageBuilder::<Ipv4Addr>::new()
             .table_id(RT_TABLE_MAIN)
             .protocol(RouteProtocol::Unspec)
@@ -282,7 +282,7 @@ impl Netlink {
     /// When the address is its subnet's primary and the interface has other
     /// addresses in that subnet, it first turns on `promote_secondaries` for
     /// the interface: otherwise the kernel would delete those (possibly the
-    /// operator's) along with it (FACTS.md). If that fails, nothing is removed.
+    /// operator's) along with it (docs/DESIGN.md, facts). If that fails, nothing is removed.
     #[instrument(skip_all, fields(addr = %address.addr, prefix_len = address.prefix_len, ifindex = address.ifindex), err)]
     pub async fn remove_vip(&self, address: &Address) -> Result<(), NetError> {
         let not_owned = || NetError::NotOwned {
@@ -592,7 +592,7 @@ fn event_of(payload: &NetlinkPayload<RouteNetlinkMessage>) -> Option<NetEvent> {
 /// forwards one [`NetEvent`] per message; [`NetEvent::Overrun`] on ENOBUFS.
 /// Spawns on the current runtime; ends when the receiver is dropped.
 ///
-/// A link going down removes its routes without route events (FACTS.md):
+/// A link going down removes its routes without route events (docs/DESIGN.md, facts):
 /// consumers re-dump routes on `Link` events too.
 pub fn monitor() -> Result<mpsc::Receiver<NetEvent>, NetError> {
     let runtime = tokio::runtime::Handle::try_current().map_err(|_| NetError::NoRuntime)?;
@@ -640,7 +640,7 @@ pub fn monitor() -> Result<mpsc::Receiver<NetEvent>, NetError> {
 
 /// Writes `/proc/sys/net/ipv4/conf/<ifname>/promote_secondaries = 1`, so that
 /// removing a subnet's primary address promotes a secondary instead of
-/// deleting all of them (FACTS.md). Affects the caller's network namespace.
+/// deleting all of them (docs/DESIGN.md, facts). Affects the caller's network namespace.
 #[instrument(err)]
 pub fn enable_promote_secondaries(ifname: &str) -> Result<(), NetError> {
     if ifname.is_empty()

@@ -1,6 +1,6 @@
 //! The ARP benchmark: a client floods ARP requests for a VIP that vipd holds
 //! on another lab host, answered by the XDP program in native mode (with a
-//! pass program on the veth's other end, as FACTS.md says native XDP_TX on
+//! pass program on the veth's other end, as docs/DESIGN.md (facts) says native XDP_TX on
 //! veth needs), in generic mode, and by the kernel (`--no-xdp`); it measures
 //! replies per second, CPU time per reply, and the `arping` round trip.
 //!
@@ -137,7 +137,7 @@ pub fn run(runs: usize) -> Result<String> {
     let c1_mac = parse_mac(&c1.mac("eth0"))?;
 
     // Native XDP_TX on a veth reaches the peer only when the peer runs an
-    // XDP program itself (FACTS.md): a second vipd holding no VIP passes
+    // XDP program itself (docs/DESIGN.md, facts): a second vipd holding no VIP passes
     // every frame on the bridge side of n1's eth0. It stays for every case,
     // so all of them cross the same path.
     let peer = n1.peer_name("eth0").to_string();
@@ -650,7 +650,7 @@ fn report(runs: usize, baseline: &Case, cases: &[(Responder, Case)]) -> String {
          answers with its XDP program in native mode (XDP_TX before n1 builds an skb), in \
          generic mode (on the skb), or, with `--no-xdp`, the kernel answers. Native XDP_TX \
          on a veth reaches the other end only when that end runs an XDP program itself \
-         (FACTS.md), so a second vipd in the bridge namespace, holding no VIP, attaches its \
+         (docs/DESIGN.md, facts), so a second vipd in the bridge namespace, holding no VIP, attaches its \
          program natively to the bridge-side end of n1's eth0, where it passes every frame; \
          it runs during every case, the baseline and the kernel included, so all cases \
          cross the same path. The mode each vipd attached in is checked in its status \
