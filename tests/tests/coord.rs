@@ -889,3 +889,130 @@ fn launcher_runs_servers_inside_a_namespace() {
         assert!(out.contains("192.0.2.77"), "{out}");
     }
 }
+
+/// The current version and data of `path`, read by a raw client.
+async fn znode(client: &Client, path: &str) -> (i32, serde_json::Value) {
+    let (data, stat) = client
+        .get_data(path)
+        .await
+        .unwrap_or_else(|e| panic!("get_data {path}: {e}"));
+    let v = serde_json::from_slice(&data).unwrap_or_else(|e| panic!("{path}: {e}"));
+    (stat.version, v)
+}
+
+/// R15: the renewal race, driven by hand. A raw client plays the next in
+/// line against a real leader: a conditional delete at a version the leader
+/// has renewed since fails (BadVersion) and changes nothing; one at the
+/// current version wins, and the leader's next renewal (NoNode) ends its
+/// term within a renewal interval. A foreign write (BadVersion on the
+/// leader's renewal) ends the term too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewal_race_is_settled_by_the_conditional_delete() {
+    init_log();
+    let zk = ZkServer::start_standalone(Ipv4Addr::LOCALHOST, None);
+    let hosts = zk.connect_string();
+    let t = Duration::from_secs(2);
+    let lease = LeaseTimes::new(t, None, Duration::from_millis(100)).unwrap();
+    let mut a = start_node(
+        &hosts,
+        "race",
+        "a",
+        NodeOpts {
+            timeout: t,
+            ..Default::default()
+        },
+    );
+    wait_until("a leads", Duration::from_secs(20), || {
+        a.role() == Role::Leader
+    })
+    .await;
+    let client = raw_client(&hosts).await;
+    let dir = "/vipd/race/election";
+    let children = client.list_children(dir).await.expect("list election");
+    assert_eq!(children.len(), 1, "{children:?}");
+    let path = format!("{dir}/{}", children[0]);
+    let (stale, data) = znode(&client, &path).await;
+    assert_eq!(data["node"], "a", "{data}");
+    assert_eq!(
+        data["term"],
+        a.term(),
+        "the term is the znode's sequence: {data}"
+    );
+    assert_eq!(
+        data["lease_ms"],
+        u64::try_from(lease.length.as_millis()).unwrap(),
+        "{data}"
+    );
+    // The leader renews after our read: our delete at the old version loses.
+    let renewed = Instant::now();
+    loop {
+        let (v, d) = znode(&client, &path).await;
+        if v > stale {
+            assert!(d["renewal"].as_u64() > data["renewal"].as_u64(), "{d}");
+            break;
+        }
+        assert!(
+            renewed.elapsed() < lease.renew_every() * 3,
+            "no renewal within three intervals"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let e = client
+        .delete(&path, Some(stale))
+        .await
+        .expect_err("a delete at a stale version");
+    assert_eq!(e, ZkError::BadVersion);
+    tokio::time::sleep(lease.renew_every() * 2).await;
+    assert_eq!(a.role(), Role::Leader, "a lost to a failed delete");
+    assert!(znode(&client, &path).await.0 > stale + 1, "renewals go on");
+
+    // At the current version the delete wins (a renewal landing between our
+    // read and our delete makes it BadVersion: read again).
+    let term = a.term();
+    let deleted = loop {
+        let (v, _) = znode(&client, &path).await;
+        match client.delete(&path, Some(v)).await {
+            Ok(()) => break Instant::now(),
+            Err(ZkError::BadVersion) => continue,
+            Err(e) => panic!("delete {path}: {e}"),
+        }
+    };
+    wait_until(
+        "a learns it lost",
+        lease.renew_every() + Duration::from_millis(300),
+        || a.role() == Role::Follower,
+    )
+    .await;
+    eprintln!(
+        "a ended its term {:?} after its znode was deleted (renewal every {:?})",
+        deleted.elapsed(),
+        lease.renew_every()
+    );
+    // It stands again with a new candidacy: a higher term.
+    wait_until("a leads again", Duration::from_secs(10), || {
+        a.role() == Role::Leader
+    })
+    .await;
+    assert!(a.term() > term, "term {} after {term}", a.term());
+
+    // Someone else writes the leader's znode: its renewal meets BadVersion
+    // and the term ends; the candidacy is still its own, so it leads again.
+    let children = client.list_children(dir).await.expect("list election");
+    let path = format!("{dir}/{}", children[0]);
+    let since = Instant::now();
+    client
+        .set_data(&path, b"{\"node\": \"a\"}", None)
+        .await
+        .expect("foreign write");
+    wait_until(
+        "a ends the term on BadVersion",
+        lease.renew_every() + Duration::from_millis(300),
+        || a.first(Role::Follower, since).is_some(),
+    )
+    .await;
+    wait_until("a leads again", Duration::from_secs(10), || {
+        a.role() == Role::Leader
+    })
+    .await;
+    a.stop().await;
+}

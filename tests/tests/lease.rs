@@ -289,3 +289,65 @@ fn frozen_zookeeper_moves_no_vip() {
         assert!(added.is_empty(), "{} added VIPs: {added:?}", c.nodes[i].id);
     }
 }
+
+/// `vipd check-config` with `--zk` and the given flags: (exit code, stdout,
+/// stderr). It reads no file and connects nowhere.
+fn check_config(flags: &[&str]) -> (Option<i32>, String, String) {
+    // An empty file: nothing from the machine's own configuration.
+    let empty = std::env::temp_dir().join(format!("vipd-lease-check-{}.toml", std::process::id()));
+    std::fs::write(&empty, "").expect("writing an empty configuration file");
+    let out = std::process::Command::new(vipd_tests::lab::vipd_bin())
+        .arg("--config")
+        .arg(&empty)
+        .args(["--zk", "192.0.2.1:2181"])
+        .args(flags)
+        .arg("check-config")
+        .env_remove("VIPD_CONFIG")
+        .output()
+        .expect("running vipd check-config");
+    let _ = std::fs::remove_file(&empty);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Issue 12, 1 and 7: `--lease` is refused (exit 2, a clear message) unless
+/// below the session timeout minus a renewal interval; check-config prints
+/// the lease's numbers and warns when a SIGKILLed vipd's VIP can outlive the
+/// takeover.
+#[test]
+fn lease_settings_are_checked_and_explained() {
+    let (code, _, err) = check_config(&["--lease", "5s"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("--lease 5s") && err.contains("session timeout"),
+        "{err}"
+    );
+    let (code, _, err) = check_config(&["--takeover-margin", "20ms"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--takeover-margin"), "{err}");
+
+    let (code, out, err) = check_config(&[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("# lease 2000 ms: renewed every 500 ms"),
+        "{out}"
+    );
+    assert!(out.contains("takes over after 2600 ms"), "{out}");
+    assert!(!out.contains("warning"), "{out}");
+
+    let (code, out, err) = check_config(&["--session-timeout", "1s"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("# warning") && out.contains("ExecStopPost") && out.contains("920 ms"),
+        "{out}"
+    );
+    let (code, out, err) = check_config(&["--session-timeout", "1s", "--lease", "200ms"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("# lease 200 ms") && out.contains("# warning"),
+        "{out}"
+    );
+}
