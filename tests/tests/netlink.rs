@@ -342,6 +342,64 @@ fn monitor_reports_address_and_link_changes() {
     });
 }
 
+/// The lines `ip` prints for one address (the address line and the
+/// lifetime line after it).
+fn addr_lines(ifname: &str, cidr: &str) -> Option<String> {
+    let shown = ip(&format!("-4 addr show dev {ifname}"));
+    let lines: Vec<&str> = shown.lines().collect();
+    let i = lines
+        .iter()
+        .position(|l| l.contains(&format!("inet {cidr} ")))?;
+    Some(lines[i..(i + 2).min(lines.len())].join("\n"))
+}
+
+#[test]
+fn lifetimes_are_set_renewed_with_the_mark_and_expire() {
+    in_netns(|| async {
+        iface("d0");
+        ip("addr add 192.0.2.1/24 dev d0");
+        let nl = Netlink::new().unwrap();
+        let d0 = ifindex(&nl, "d0").await;
+        let v = vip("192.0.2.100");
+        let p = place(&nl, v).await;
+        let mut events = monitor().unwrap();
+        nl.add_vip_for(v, p, Some(3)).await.unwrap();
+        let shown = addr_lines("d0", "192.0.2.100/24").expect("VIP shown");
+        assert!(
+            shown.contains("dynamic") && shown.contains("valid_lft 3sec preferred_lft 3sec"),
+            "{shown}"
+        );
+        expect_event(&mut events, NetEvent::OwnAddress, Duration::from_secs(1)).await;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        nl.renew_vip(v, p, 3).await.unwrap();
+        let shown = addr_lines("d0", "192.0.2.100/24").expect("VIP shown");
+        assert!(shown.contains("valid_lft 3sec"), "renewed: {shown}");
+        assert!(
+            addresses_on(&nl, &[d0])
+                .await
+                .contains(&addr(d0, "192.0.2.100", 24, true)),
+            "the renewal kept vipd's mark"
+        );
+        // A renewal is vipd's own event, never a plain Address one.
+        let mut seen = Vec::new();
+        while let Ok(Some(e)) =
+            tokio::time::timeout(Duration::from_millis(200), events.recv()).await
+        {
+            seen.push(e);
+        }
+        assert!(seen.contains(&NetEvent::OwnAddress), "{seen:?}");
+        assert!(!seen.contains(&NetEvent::Address), "{seen:?}");
+        // Left alone, it leaves by itself.
+        nl.renew_vip(v, p, 1).await.unwrap();
+        let renewed = std::time::Instant::now();
+        expect_event(&mut events, NetEvent::Address, Duration::from_secs(3)).await;
+        let gone = renewed.elapsed();
+        assert!(addr_lines("d0", "192.0.2.100/24").is_none());
+        assert!(gone >= Duration::from_millis(900), "gone after {gone:?}");
+        eprintln!("a VIP with valid_lft 1 was gone {gone:?} after its last renewal");
+    });
+}
+
 #[test]
 fn promote_secondaries_keeps_the_operators_address() {
     in_netns(|| async {

@@ -12,6 +12,7 @@ use rtnetlink::{
         AddressFamily, RouteNetlinkMessage,
         address::{
             AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressProtocol,
+            CacheInfo,
         },
         link::{LinkAttribute, LinkFlags, LinkMessage},
         route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteType},
@@ -123,6 +124,9 @@ impl NetSnapshot {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NetEvent {
     Address,
+    /// An address appeared or changed carrying vipd's mark: vipd's own add
+    /// or lifetime renewal, the state it just wrote. No reason to re-check.
+    OwnAddress,
     Route,
     Link,
     /// Events were lost (ENOBUFS): re-dump everything.
@@ -236,25 +240,23 @@ impl Netlink {
     }
 
     /// Adds the VIP with vipd's mark (IFA_PROTO) and no broadcast address,
-    /// as plain `ip addr add X/len dev if` would; already there = Ok.
-    #[instrument(skip_all, fields(vip = %vip, ifindex = placement.ifindex, prefix_len = placement.prefix_len), err)]
+    /// as plain `ip addr add X/len dev if` would; already there = Ok. The
+    /// address is permanent.
     pub async fn add_vip(&self, vip: Vip, placement: Placement) -> Result<(), NetError> {
-        let mut request =
-            self.handle
-                .address()
-                .add(placement.ifindex, vip.addr().into(), placement.prefix_len);
-        let message = request.message_mut();
-        // The builder derives a broadcast address; `ip addr add` sets none,
-        // and a VIP must not change what the subnet's broadcast looks like.
-        message
-            .attributes
-            .retain(|a| !matches!(a, AddressAttribute::Broadcast(_)));
-        message
-            .attributes
-            .push(AddressAttribute::Protocol(AddressProtocol::Other(
-                VIPD_ADDR_PROTO,
-            )));
-        match request.execute().await {
+        self.add_vip_for(vip, placement, None).await
+    }
+
+    /// [`Netlink::add_vip`] with a valid and preferred lifetime of
+    /// `lifetime` seconds (R16): the kernel removes the address by itself
+    /// unless [`Netlink::renew_vip`] comes first. `None`: permanent.
+    #[instrument(skip_all, fields(vip = %vip, ifindex = placement.ifindex, prefix_len = placement.prefix_len), err)]
+    pub async fn add_vip_for(
+        &self,
+        vip: Vip,
+        placement: Placement,
+        lifetime: Option<u32>,
+    ) -> Result<(), NetError> {
+        match self.write_vip(vip, placement, lifetime, false).await {
             Ok(()) => {
                 debug!(vip = %vip, ifindex = placement.ifindex, prefix_len = placement.prefix_len, "VIP added");
                 Ok(())
@@ -272,6 +274,60 @@ impl Netlink {
                 source,
             }),
         }
+    }
+
+    /// Restarts the VIP address's lifetime (`lifetime` seconds from now).
+    /// The request replaces the address's attributes, IFA_PROTO included,
+    /// so it carries vipd's mark again. (The kernel creates the address if
+    /// it is gone; callers renew only what they hold.)
+    pub async fn renew_vip(
+        &self,
+        vip: Vip,
+        placement: Placement,
+        lifetime: u32,
+    ) -> Result<(), NetError> {
+        self.write_vip(vip, placement, Some(lifetime), true)
+            .await
+            .map_err(|source| NetError::AddVip {
+                vip,
+                ifindex: placement.ifindex,
+                prefix_len: placement.prefix_len,
+                source,
+            })
+    }
+
+    async fn write_vip(
+        &self,
+        vip: Vip,
+        placement: Placement,
+        lifetime: Option<u32>,
+        replace: bool,
+    ) -> Result<(), rtnetlink::Error> {
+        let mut request =
+            self.handle
+                .address()
+                .add(placement.ifindex, vip.addr().into(), placement.prefix_len);
+        if replace {
+            request = request.replace();
+        }
+        let message = request.message_mut();
+        // The builder derives a broadcast address; `ip addr add` sets none,
+        // and a VIP must not change what the subnet's broadcast looks like.
+        message
+            .attributes
+            .retain(|a| !matches!(a, AddressAttribute::Broadcast(_)));
+        message
+            .attributes
+            .push(AddressAttribute::Protocol(AddressProtocol::Other(
+                VIPD_ADDR_PROTO,
+            )));
+        if let Some(secs) = lifetime {
+            let mut info = CacheInfo::default();
+            info.ifa_valid = secs;
+            info.ifa_preferred = secs;
+            message.attributes.push(AddressAttribute::CacheInfo(info));
+        }
+        request.execute().await
     }
 
     /// Removes an address vipd added. Refuses ([`NetError::NotOwned`]) when
@@ -573,6 +629,7 @@ fn event_of(payload: &NetlinkPayload<RouteNetlinkMessage>) -> Option<NetEvent> {
     match payload {
         NetlinkPayload::Overrun(_) => Some(NetEvent::Overrun),
         NetlinkPayload::InnerMessage(message) => match message {
+            RouteNetlinkMessage::NewAddress(m) if is_marked(m) => Some(NetEvent::OwnAddress),
             RouteNetlinkMessage::NewAddress(_) | RouteNetlinkMessage::DelAddress(_) => {
                 Some(NetEvent::Address)
             }
