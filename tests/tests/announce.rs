@@ -270,6 +270,42 @@ fn two_hundred_frames_at_100_per_second() {
     });
 }
 
+/// The lease bounds what goes out: frames still queued when the batch's
+/// deadline passes are dropped, the rest of the queue with them.
+#[test]
+fn frames_queued_past_their_deadline_are_never_sent() {
+    in_netns(|| {
+        let (a, b) = veth("va", MAC_A, "vb", MAC_B);
+        let cap = Capture::start(b);
+        let (queued, until) = block_on(async {
+            let cancel = CancellationToken::new();
+            let (announcer, task) = Announcer::spawn(GarpMode::Request, 100, cancel.clone());
+            let queued = Instant::now();
+            let until = tokio::time::Instant::now() + Duration::from_millis(500);
+            announcer.announce_until(announcements(200, a, MAC_A), Some(until));
+            // 200 frames at 100/s take 1.7 s; wait well past the deadline.
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            cancel.cancel();
+            task.await.unwrap();
+            (queued, until.into_std())
+        });
+        let frames = cap.snapshot();
+        // 32 at once, then one every 10 ms until the deadline: about 80
+        // (at least the first burst, however loaded the machine; far from 200).
+        assert!(
+            (32..=100).contains(&frames.len()),
+            "{} frames went out before a 500 ms deadline",
+            frames.len()
+        );
+        let last = frames.last().unwrap().0;
+        assert!(
+            last < until + Duration::from_millis(20),
+            "a frame went out {:?} after the batch was queued, past its deadline",
+            last - queued
+        );
+    });
+}
+
 #[test]
 fn interfaces_are_paced_separately_and_take_turns() {
     in_netns(|| {

@@ -337,6 +337,14 @@ impl Engine {
         self.step_down("lease ran out").await;
     }
 
+    /// When the lease (if any) ends: announcements still queued then are
+    /// dropped.
+    fn lease_end(&self) -> Option<tokio::time::Instant> {
+        self.applied
+            .lease
+            .map(|l| tokio::time::Instant::from_std(l.until))
+    }
+
     /// Whether the lease (if any) still runs now.
     fn lease_valid(&self) -> bool {
         self.applied.lease_valid(Instant::now())
@@ -449,7 +457,7 @@ impl Engine {
         {
             self.last_conflict_answer.insert(vip, now);
             self.announcer
-                .announce(vec![Announcement { vip, ifindex, mac }]);
+                .announce_until(vec![Announcement { vip, ifindex, mac }], self.lease_end());
         }
     }
 
@@ -675,7 +683,7 @@ impl Engine {
             })
             .collect();
         if leader && !to_announce.is_empty() && self.lease_valid() {
-            self.announcer.announce(to_announce);
+            self.announcer.announce_until(to_announce, self.lease_end());
         }
         self.held = if leader {
             held.clone()

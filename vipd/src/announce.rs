@@ -65,6 +65,8 @@ struct Shared {
 
 struct Batch {
     generation: u64,
+    /// Frames of this batch not sent by then are dropped (the lease ran out).
+    until: Option<Instant>,
     announcements: Vec<Announcement>,
 }
 
@@ -94,11 +96,20 @@ impl Announcer {
     /// Queues announcements without waiting. Each interface sends its own in
     /// order; interfaces take turns.
     pub fn announce(&self, batch: Vec<Announcement>) {
+        self.announce_until(batch, None);
+    }
+
+    /// As [`Announcer::announce`], but a frame still queued at `until` is
+    /// dropped: the leader's lease (R16) bounds its claims on the wire too,
+    /// so a vipd frozen in the middle of a paced burst and thawed after the
+    /// lease ran out sends nothing more for VIPs it no longer holds.
+    pub fn announce_until(&self, batch: Vec<Announcement>, until: Option<Instant>) {
         if batch.is_empty() {
             return;
         }
         let batch = Batch {
             generation: self.shared.generation.load(Ordering::SeqCst),
+            until,
             announcements: batch,
         };
         if self.tx.send(batch).is_err() {
@@ -171,8 +182,16 @@ impl Pace {
 /// One frame waiting to be sent.
 struct Pending {
     generation: u64,
+    until: Option<Instant>,
     announcement: Announcement,
     form: GarpForm,
+}
+
+impl Pending {
+    /// Cleared by `clear()`, or past its batch's deadline.
+    fn stale(&self, current_generation: u64, now: Instant) -> bool {
+        self.generation < current_generation || self.until.is_some_and(|u| now >= u)
+    }
 }
 
 struct Interface {
@@ -237,6 +256,7 @@ impl SendTask {
             for &form in self.mode.forms() {
                 iface.queue.push_back(Pending {
                     generation: batch.generation,
+                    until: batch.until,
                     announcement,
                     form,
                 });
@@ -286,7 +306,7 @@ impl SendTask {
                     continue;
                 };
                 // Stale frames cost no token.
-                while iface.queue.front().is_some_and(|p| p.generation < current) {
+                while iface.queue.front().is_some_and(|p| p.stale(current, now)) {
                     iface.queue.pop_front();
                 }
                 if iface.queue.is_empty() {
@@ -325,7 +345,7 @@ fn send_one(shared: &Shared, ifindex: u32, iface: &mut Interface, pending: &Pend
     let Announcement { vip, mac, .. } = pending.announcement;
     let result = {
         let _gate = lock(&shared.gate);
-        if pending.generation < shared.generation.load(Ordering::SeqCst) {
+        if pending.stale(shared.generation.load(Ordering::SeqCst), Instant::now()) {
             return;
         }
         let frame = garp_frame(pending.form, mac, vip.addr());
