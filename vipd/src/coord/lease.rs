@@ -158,7 +158,7 @@ impl LeaseTimes {
 }
 
 /// The kernel removes an expired address up to about this long after its
-/// lifetime ends (its lifetime check runs on a rounded timer; FACTS.md).
+/// lifetime ends (its lifetime check runs on a rounded timer; docs/DESIGN.md, facts).
 pub const KERNEL_LIFETIME_SLACK: Duration = Duration::from_millis(250);
 
 /// The next in line's view of the leader's znode: the version it reads and
