@@ -1115,10 +1115,16 @@ fn attachment_lives_and_dies_with_the_offload() {
         );
         assert_eq!(bpftool_xdp("xdpa").len(), 1);
 
+        // veth's native XDP_TX frames are lost unless its peer runs XDP:
+        // Auto gets generic mode there; Native forces driver mode.
         let auto = offload.attach("xdpb", XdpMode::Auto).expect("attach auto");
-        eprintln!("Auto mode on veth attached as {auto:?}");
-        // veth has a native XDP driver: Auto gets native mode there.
-        assert_eq!(auto, AttachedMode::Native);
+        assert_eq!(auto, AttachedMode::Generic);
+        assert_eq!(bpftool_xdp("xdpb")[0].0, "generic");
+        offload.detach("xdpb").expect("detach xdpb");
+        let native = offload
+            .attach("xdpb", XdpMode::Native)
+            .expect("attach native");
+        assert_eq!(native, AttachedMode::Native);
         let seen = bpftool_xdp("xdpb");
         assert_eq!(
             seen.len(),
@@ -1133,6 +1139,18 @@ fn attachment_lives_and_dies_with_the_offload() {
                 ("xdpb".to_string(), AttachedMode::Native)
             ]
         );
+        let why: Vec<(String, &str)> = offload
+            .attachments()
+            .into_iter()
+            .map(|a| (a.driver.unwrap_or_default(), a.reason_code))
+            .collect();
+        assert_eq!(
+            why,
+            vec![
+                ("veth".to_string(), "configured"),
+                ("veth".to_string(), "configured")
+            ]
+        );
 
         offload.detach("xdpb").expect("detach xdpb");
         assert!(bpftool_xdp("xdpb").is_empty(), "detached from xdpb");
@@ -1141,6 +1159,27 @@ fn attachment_lives_and_dies_with_the_offload() {
             "detaching twice is an error"
         );
         assert_eq!(bpftool_xdp("xdpa").len(), 1, "xdpa still attached");
+
+        // A driver without native XDP (bridge) refuses: Auto gets generic.
+        ip(&["link", "add", "xdpd", "type", "bridge"]);
+        ip(&["link", "set", "xdpd", "up"]);
+        assert_eq!(
+            offload
+                .attach("xdpd", XdpMode::Auto)
+                .expect("attach bridge"),
+            AttachedMode::Generic
+        );
+        let bridge = offload
+            .attachments()
+            .into_iter()
+            .find(|a| a.interface == "xdpd")
+            .expect("xdpd attached");
+        assert_eq!(
+            (bridge.driver.as_deref(), bridge.reason_code),
+            (Some("bridge"), "native_refused"),
+            "{bridge:?}"
+        );
+        offload.detach("xdpd").expect("detach xdpd");
 
         // An interface that does not exist is an error naming it.
         let err = offload

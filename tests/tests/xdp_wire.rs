@@ -3,15 +3,19 @@
 //! claiming it. Each test checks what the client sees (replies, their MAC,
 //! its neighbour entry) against what `vipctl arp stats --json` reports.
 //!
-//! vipd runs with `--xdp-mode generic`: on veth, native XDP_TX frames never
-//! reach the peer unless the peer runs an XDP program itself (docs/DESIGN.md, facts), and
-//! these tests must see the replies on the client. `arp_ignore=8` on the
-//! node makes the kernel answer no ARP at all there, so an answer the client
-//! gets can only come from the XDP program; the `--no-xdp` test checks that
-//! control both ways.
+//! Most tests run vipd with `--xdp-mode generic`: on veth, native XDP_TX
+//! frames never reach the peer unless the peer runs an XDP program itself
+//! (docs/DESIGN.md, facts), and these tests must see the replies on the client. The
+//! `default_mode_*` tests run with no `--xdp-mode` at all (vipd must pick a
+//! mode that delivers on veth), and the `forced_native_*` tests force native
+//! mode where its answers are lost, to see vipd fall back. `arp_ignore=8` on
+//! the node makes the kernel answer no ARP at all there, so an answer the
+//! client gets can only come from the XDP program; the `--no-xdp` test
+//! checks that control both ways.
 
 use std::{
-    net::Ipv4Addr,
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
     os::fd::AsRawFd,
     path::{Path, PathBuf},
     process::Command,
@@ -41,7 +45,7 @@ struct Rig {
     n2: Option<Host>,
     sock: PathBuf,
     // Last: torn down after the handles above are gone.
-    _lab: Lab,
+    lab: Lab,
 }
 
 impl Rig {
@@ -76,7 +80,7 @@ impl Rig {
             c1,
             n2,
             sock,
-            _lab: lab,
+            lab,
         }
     }
 
@@ -92,7 +96,8 @@ impl Rig {
 
     /// Starts vipd on n1 serving `vips` (comma-separated) with `extra` flags
     /// and waits until it holds every one of them that has a route (and, with
-    /// XDP, until the program is attached to eth0).
+    /// XDP, until the program is attached to eth0, in the mode `--xdp-mode`
+    /// names if `extra` has one).
     fn start_vipd(&self, vips: &str, extra: &[&str]) -> LabProcess {
         let _ = std::fs::remove_file(&self.sock);
         let bin = vipd_tests::lab::vipd_bin();
@@ -106,6 +111,10 @@ impl Rig {
         argv.extend(extra.iter().map(|s| s.to_string()));
         let proc = self.n1.spawn_env(&argv, &[("RUST_LOG", "info")]);
         let xdp = !extra.contains(&"--no-xdp");
+        let mode = extra
+            .iter()
+            .position(|a| *a == "--xdp-mode")
+            .map(|i| extra[i + 1]);
         let want: Vec<Ipv4Addr> = vips
             .split(',')
             .map(|v| v.parse().expect("test VIP"))
@@ -132,7 +141,7 @@ impl Rig {
                 .as_array()
                 .into_iter()
                 .flatten()
-                .any(|a| a["interface"] == "eth0" && a["mode"] == "generic");
+                .any(|a| a["interface"] == "eth0" && mode.is_none_or(|m| a["mode"] == m));
             held && (attached || !xdp)
         });
         if let Err(e) = ready {
@@ -722,4 +731,338 @@ fn without_xdp_the_kernel_answers() {
         "{r}"
     );
     assert!(vipd.is_running());
+}
+
+// ------------------------------------------------------ the XDP mode on veth
+
+/// iSCSI's port: the service the seed's VIPs exist for.
+const PORT: u16 = 3260;
+
+/// The XDP attachment of n1's eth0 in a status answer.
+fn eth0_attachment(status: &Value) -> Value {
+    status["xdp"]["attached"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|a| a["interface"] == "eth0")
+        .cloned()
+        .unwrap_or_else(|| panic!("no XDP attachment on eth0: {status}"))
+}
+
+/// The client reaches the VIP the way a user would: every ARP request
+/// answered, by the XDP program, with n1's MAC; and a TCP connection to the
+/// VIP served by n1. The client's neighbour table is flushed before each,
+/// so each resolves the VIP afresh.
+fn client_reaches_vip(rig: &Rig, arpings: u32) {
+    rig.c1.ip(&["neigh", "flush", "dev", "eth0"]);
+    let before = rig.arp_stats();
+    let (arping, sent) = rig.arping_counted(VIP, arpings);
+    let after = rig.arp_stats();
+    let n1_mac = rig.n1.mac("eth0");
+    assert!(
+        sent >= arpings as usize,
+        "capture saw {sent} requests: {arping:?}"
+    );
+    assert_eq!(
+        arping.received as usize, sent,
+        "every request answered: {arping:?}"
+    );
+    assert!(
+        arping.reply_macs.iter().all(|m| *m == n1_mac),
+        "replies carry n1's MAC {n1_mac}: {arping:?}"
+    );
+    let answered = counter(&after, VIP, "xdp_replies") - counter(&before, VIP, "xdp_replies");
+    assert_eq!(answered, sent as u64, "the XDP program answered: {after}");
+
+    rig.c1.ip(&["neigh", "flush", "dev", "eth0"]);
+    let banner = rig.c1.tcp_probe(VIP, PORT, Duration::from_secs(3));
+    assert_eq!(
+        banner.as_deref(),
+        Some("served-by n1\n"),
+        "TCP to {VIP}:{PORT} from the client"
+    );
+}
+
+/// Error-level lines of a vipd log.
+fn error_lines(log: &str) -> Vec<&str> {
+    log.lines().filter(|l| l.contains(" ERROR ")).collect()
+}
+
+/// The metrics page of the vipd in `host` listening on `addr`.
+fn metrics(host: &Host, addr: SocketAddr) -> String {
+    host.in_netns(|| {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+            .unwrap_or_else(|e| panic!("connecting to the metrics endpoint {addr}: {e}"));
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("read timeout");
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .expect("sending the request");
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).expect("reading the metrics");
+        buf
+    })
+}
+
+/// With no `--xdp-mode` on a veth, vipd attaches in a mode whose answers
+/// leave (generic, because of the driver), and the client reaches the VIP.
+fn default_mode_case(hint: &str, arp_ignore: &str) {
+    let rig = Rig::new(hint, false);
+    rig.arp_ignore(arp_ignore);
+    let _server = rig.n1.tcp_echo_server(VIP, PORT);
+    let vipd = rig.start_vipd("192.0.2.100", &[]);
+
+    let status = vipctl(&rig.sock, &["status", "--json"]);
+    assert_eq!(status["xdp"]["setting"], "auto", "{status}");
+    let a = eth0_attachment(&status);
+    assert_eq!(
+        (&a["mode"], &a["driver"], &a["reason_code"]),
+        (
+            &Value::from("generic"),
+            &Value::from("veth"),
+            &Value::from("driver_loses_native_tx")
+        ),
+        "{a}"
+    );
+    assert!(
+        a["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("driver veth")),
+        "{a}"
+    );
+    let on = xdp_on(&rig.n1, "eth0");
+    assert!(
+        on.as_deref().is_some_and(|x| x.starts_with("xdpgeneric")),
+        "generic XDP on eth0: {on:?}"
+    );
+    // The operator's table says the same, with the reason.
+    let out = Command::new(vipd_tests::lab::vipctl_bin())
+        .args(["status", "--api-socket"])
+        .arg(&rig.sock)
+        .output()
+        .expect("running vipctl status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && text.contains("xdp setting auto")
+            && text
+                .lines()
+                .any(|l| l.starts_with("xdp eth0: generic") && l.contains("driver veth")),
+        "vipctl status:\n{text}"
+    );
+
+    client_reaches_vip(&rig, 5);
+    let a = eth0_attachment(&vipctl(&rig.sock, &["status", "--json"]));
+    assert_eq!(
+        a["reason_code"], "driver_loses_native_tx",
+        "no fallback: {a}"
+    );
+    let log = vipd.stderr();
+    assert!(error_lines(&log).is_empty(), "no errors:\n{log}");
+}
+
+#[test]
+fn default_mode_on_veth_is_reached_with_arp_ignore_0() {
+    default_mode_case("xw_default0", "0");
+}
+
+#[test]
+fn default_mode_on_veth_is_reached_with_arp_ignore_8() {
+    default_mode_case("xw_default8", "8");
+}
+
+/// Forced native mode where its answers are lost: the client's arping goes
+/// unanswered at first, then vipd falls back to generic within a second and
+/// the client is answered. Returns the vipd and the fallback reason.
+fn falls_back(rig: &Rig, extra: &[&str]) -> (LabProcess, Value) {
+    let mut flags = vec!["--xdp-mode", "native"];
+    flags.extend_from_slice(extra);
+    let vipd = rig.start_vipd("192.0.2.100", &flags);
+    let a = eth0_attachment(&vipctl(&rig.sock, &["status", "--json"]));
+    assert_eq!(
+        (&a["mode"], &a["reason_code"]),
+        (&Value::from("native"), &Value::from("configured")),
+        "{a}"
+    );
+    let on = xdp_on(&rig.n1, "eth0");
+    assert!(
+        on.as_deref().is_some_and(|x| !x.starts_with("xdpgeneric")),
+        "native XDP on eth0: {on:?}"
+    );
+
+    // 10 requests, 200 ms apart.
+    let n1_mac = parse_mac(&rig.n1.mac("eth0"));
+    let cap = rig.c1.capture_arp("eth0");
+    let arping = rig.c1.arping(VIP, 10, "eth0");
+    std::thread::sleep(Duration::from_millis(100));
+    let frames = cap.stop();
+    let requests: Vec<Instant> = frames
+        .iter()
+        .filter_map(|f| f.arp().map(|a| (f, a)))
+        .filter(|(f, a)| f.outgoing && a.op == ArpFrame::REQUEST && a.tpa == VIP)
+        .map(|(f, _)| f.at)
+        .collect();
+    let replies: Vec<Instant> = frames
+        .iter()
+        .filter_map(|f| f.arp().map(|a| (f, a)))
+        .filter(|(f, a)| !f.outgoing && a.op == ArpFrame::REPLY && a.spa == VIP && a.sha == n1_mac)
+        .map(|(f, _)| f.at)
+        .collect();
+    let log = vipd.stderr();
+    assert!(
+        arping.received < arping.sent,
+        "native XDP_TX here must lose the first answers (docs/DESIGN.md, facts), or this test \
+         does not exercise the fallback: {arping:?}"
+    );
+    let (Some(first_request), Some(first_reply)) = (requests.first(), replies.first()) else {
+        panic!("no answer after the fallback: {arping:?}\nvipd log:\n{log}");
+    };
+    let gap = first_reply.duration_since(*first_request);
+    println!("first request to first answer: {gap:?} ({arping:?})");
+    assert!(
+        gap <= Duration::from_secs(1),
+        "first answer {gap:?} after the first request: the fallback must come within a second\n{log}"
+    );
+    let later = requests.iter().filter(|t| *t > first_reply).count();
+    let answered_later = replies.len() - 1;
+    assert!(
+        answered_later >= later,
+        "after the fallback every request is answered: {later} requests, {answered_later} \
+         answers after the first one ({arping:?})"
+    );
+
+    let a = eth0_attachment(&vipctl(&rig.sock, &["status", "--json"]));
+    assert_eq!(
+        (&a["mode"], &a["driver"], &a["reason_code"]),
+        (
+            &Value::from("generic"),
+            &Value::from("veth"),
+            &Value::from("fallback")
+        ),
+        "{a}"
+    );
+    let on = xdp_on(&rig.n1, "eth0");
+    assert!(
+        on.as_deref().is_some_and(|x| x.starts_with("xdpgeneric")),
+        "generic XDP on eth0 after the fallback: {on:?}"
+    );
+    let errors = error_lines(&log);
+    assert!(
+        errors
+            .iter()
+            .any(|l| l.contains("eth0") && l.contains("driver veth")),
+        "an error line names the interface and the driver:\n{log}"
+    );
+    client_reaches_vip(rig, 5);
+    (vipd, a)
+}
+
+#[test]
+fn forced_native_on_veth_falls_back_to_generic() {
+    let rig = Rig::new("xw_fallback", false);
+    rig.arp_ignore("8");
+    let _server = rig.n1.tcp_echo_server(VIP, PORT);
+    let listen: SocketAddr = "127.0.0.1:9464".parse().expect("address");
+    let (vipd, a) = falls_back(&rig, &["--metrics-listen", "127.0.0.1:9464"]);
+    let reason = a["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("fallback from native: ") && reason.contains("XDP_TX errors"),
+        "{a}"
+    );
+    let page = metrics(&rig.n1, listen);
+    assert!(
+        page.lines().any(|l| l
+            == "vipd_xdp_attached{interface=\"eth0\",mode=\"generic\",driver=\"veth\",reason=\"fallback\"} 1"),
+        "metrics show the mode and why:\n{page}"
+    );
+    assert!(vipd.is_running());
+}
+
+#[test]
+fn forced_native_falls_back_when_answers_stick_in_the_peers_queue() {
+    let rig = Rig::new("xw_stuck", false);
+    rig.arp_ignore("8");
+    let _server = rig.n1.tcp_echo_server(VIP, PORT);
+    // GRO on the bridge-side end and no XDP there: native XDP_TX frames are
+    // taken into its queue and never leave, and no error is counted.
+    let peer = rig.n1.peer_name("eth0").to_string();
+    rig.lab
+        .bridge_netns()
+        .exec_ok(&["ethtool", "-K", &peer, "gro", "on"]);
+    let (vipd, a) = falls_back(&rig, &[]);
+    assert!(
+        a["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("taken by the driver")),
+        "{a}"
+    );
+    assert!(vipd.is_running());
+}
+
+#[test]
+fn native_with_a_pass_program_on_the_peer_stays_native() {
+    let rig = Rig::new("xw_native", false);
+    rig.arp_ignore("8");
+    // What makes native XDP_TX on a veth deliver: an XDP program on the
+    // other end (a vipd with no VIPs, its program passing every frame).
+    let peer = rig.n1.peer_name("eth0").to_string();
+    let peer_sock = rig.lab.dir().join("peer.sock");
+    let bin = vipd_tests::lab::vipd_bin().display().to_string();
+    let sock = peer_sock.display().to_string();
+    let pass = rig.lab.bridge_netns().spawn([
+        bin.as_str(),
+        "--config",
+        "/dev/null",
+        "--static-vips",
+        "",
+        "--xdp-interface",
+        &peer,
+        "--xdp-mode",
+        "native",
+        "--api-socket",
+        &sock,
+        "--garp-rounds",
+        "0",
+    ]);
+    let up = wait_until(READY_TIMEOUT, Duration::from_millis(50), || {
+        assert!(
+            pass.is_running(),
+            "the pass vipd exited:\n{}",
+            pass.stderr()
+        );
+        try_vipctl(&peer_sock, &["status", "--json"]).is_some_and(|st| {
+            st["xdp"]["attached"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|a| a["interface"] == peer.as_str() && a["mode"] == "native")
+        })
+    });
+    if let Err(e) = up {
+        panic!(
+            "the pass vipd did not attach natively to {peer}: {e}\n{}",
+            pass.stderr()
+        );
+    }
+    let vipd = rig.start_vipd("192.0.2.100", &["--xdp-mode", "native"]);
+
+    let (arping, sent) = rig.arping_counted(VIP, 10);
+    assert!(sent >= 10, "{arping:?}");
+    assert_eq!(
+        arping.received as usize, sent,
+        "native answers delivered: {arping:?}"
+    );
+    // A few check periods more: still native, nothing logged.
+    std::thread::sleep(Duration::from_millis(600));
+    let a = eth0_attachment(&vipctl(&rig.sock, &["status", "--json"]));
+    assert_eq!(
+        (&a["mode"], &a["reason_code"]),
+        (&Value::from("native"), &Value::from("configured")),
+        "{a}"
+    );
+    let log = vipd.stderr();
+    assert!(error_lines(&log).is_empty(), "no errors:\n{log}");
+    assert!(pass.is_running());
 }

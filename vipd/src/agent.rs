@@ -21,8 +21,8 @@ use vipd_common::HeldVip;
 
 use crate::{
     announce::{Announcement, Announcer},
-    arp_offload::{ArpOffload, AttachedMode, ConflictReader},
-    config::{EngineArgs, XdpArgs},
+    arp_offload::{ArpOffload, ConflictReader, XdpAttachment},
+    config::{EngineArgs, XdpArgs, XdpMode},
     net::{
         Link, Placement,
         netlink::{NetEvent, NetSnapshot, Netlink, enable_promote_secondaries, monitor},
@@ -79,7 +79,10 @@ pub struct EngineStatus {
     pub leader_terms: u64,
     pub vips: Vec<VipStatus>,
     pub last_reconcile: ReconcileSummary,
-    pub xdp_attached: Vec<(String, AttachedMode)>,
+    /// Where the program is attached, in which mode and why.
+    pub xdp_attached: Vec<XdpAttachment>,
+    /// The `--xdp-mode` setting (`None` until the engine starts).
+    pub xdp_setting: Option<XdpMode>,
     pub xdp_errors: Vec<String>,
     pub conflicts: BTreeMap<Vip, ConflictStatus>,
     /// VIP -> interface name, for every VIP the engine knows a place for.
@@ -134,6 +137,9 @@ pub struct Engine {
     /// Where each VIP we hold lives, as of the last pass: what a lease
     /// renewal renews.
     held: BTreeMap<Vip, Placement>,
+    /// When native XDP attachments are next checked for lost answers
+    /// (`None`: there are none).
+    delivery_check: Option<tokio::time::Instant>,
 }
 
 /// Conflict answers per VIP are at most this frequent, so two agents
@@ -157,6 +163,9 @@ impl Engine {
         report: watch::Sender<EngineReport>,
         status: watch::Sender<EngineStatus>,
     ) -> Self {
+        if offload.is_some() {
+            status.send_modify(|s| s.xdp_setting = Some(xdp.mode));
+        }
         Engine {
             engine,
             xdp,
@@ -174,6 +183,7 @@ impl Engine {
             links: HashMap::new(),
             reported: HashMap::new(),
             held: BTreeMap::new(),
+            delivery_check: None,
         }
     }
 
@@ -226,6 +236,7 @@ impl Engine {
                 Some(c) = next_conflict(&mut conflicts) => self.on_conflict(c),
                 () = sleep_opt(sync_due) => self.sync_round().await,
                 () = sleep_opt(conflict_due) => self.answer_due_conflicts(),
+                () = sleep_opt(self.delivery_check) => self.check_delivery(),
                 _ = tick.tick() => self.reconcile(false).await,
             }
         }
@@ -712,10 +723,39 @@ impl Engine {
             s.xdp_errors = xdp_errors;
             s.interfaces = interfaces;
             if let Some(off) = &self.offload {
-                s.xdp_attached = off.lock().expect("offload lock").attached();
+                s.xdp_attached = off.lock().expect("offload lock").attachments();
             }
         });
+        self.schedule_delivery_check();
         self.finish_pass(started, added.len(), removed, errors);
+    }
+
+    /// Checks that native XDP answers leave their interfaces; where they do
+    /// not, the offload has moved the interface to generic mode.
+    fn check_delivery(&mut self) {
+        self.delivery_check = None;
+        let Some(off) = &self.offload else { return };
+        let mut off = off.lock().expect("offload lock");
+        if off.check_delivery() {
+            let attached = off.attachments();
+            self.status.send_modify(|s| s.xdp_attached = attached);
+        }
+        drop(off);
+        self.schedule_delivery_check();
+    }
+
+    /// Keeps a delivery check due while any native attachment is checked.
+    fn schedule_delivery_check(&mut self) {
+        let next = self
+            .offload
+            .as_ref()
+            .and_then(|o| o.lock().expect("offload lock").next_delivery_check());
+        let now = tokio::time::Instant::now();
+        self.delivery_check = match (next, self.delivery_check) {
+            (None, _) => None,
+            (Some(after), Some(due)) => Some(due.min(now + after)),
+            (Some(after), None) => Some(now + after),
+        };
     }
 
     fn finish_pass(&mut self, started: Instant, added: usize, removed: usize, errors: Vec<String>) {

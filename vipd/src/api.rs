@@ -114,9 +114,8 @@ impl ApiState {
             "last_reconcile": e.last_reconcile,
             "xdp": {
                 "enabled": self.offload.is_some(),
-                "attached": e.xdp_attached.iter()
-                    .map(|(i, m)| serde_json::json!({"interface": i, "mode": m}))
-                    .collect::<Vec<_>>(),
+                "setting": e.xdp_setting,
+                "attached": e.xdp_attached,
                 "errors": e.xdp_errors,
             },
             "conflicts": e.conflicts,
@@ -165,6 +164,29 @@ impl ApiState {
             vips: vips.into_values().collect(),
         }
     }
+}
+
+/// The XDP part of `vipctl status` as text, from a status answer: the
+/// setting, then one line per interface with the mode in effect and why.
+pub fn xdp_status_text(status: &serde_json::Value) -> String {
+    let xdp = &status["xdp"];
+    if xdp["enabled"] != serde_json::Value::Bool(true) {
+        return "xdp off (--no-xdp): the kernel answers ARP\n".to_string();
+    }
+    let mut out = format!("xdp setting {}\n", xdp["setting"].as_str().unwrap_or("-"));
+    for a in xdp["attached"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "xdp {}: {} ({}; driver {})\n",
+            a["interface"].as_str().unwrap_or("?"),
+            a["mode"].as_str().unwrap_or("?"),
+            a["reason"].as_str().unwrap_or("?"),
+            a["driver"].as_str().unwrap_or("unknown"),
+        ));
+    }
+    for e in xdp["errors"].as_array().into_iter().flatten() {
+        out.push_str(&format!("xdp error: {}\n", e.as_str().unwrap_or("?")));
+    }
+    out
 }
 
 /// Binds the control socket: creates its directory, refuses to steal a
@@ -283,4 +305,31 @@ pub async fn request(path: &Path, req: Request) -> Result<serde_json::Value, Api
         });
     }
     Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xdp_text_shows_each_interface_with_its_mode_and_why() {
+        let status = serde_json::json!({"xdp": {
+            "enabled": true,
+            "setting": "native",
+            "attached": [{"interface": "eth0", "mode": "generic", "driver": "veth",
+                          "reason": "fallback from native: 1 XDP_TX errors for 1 answers in 250 ms",
+                          "reason_code": "fallback"}],
+            "errors": [],
+        }});
+        assert_eq!(
+            xdp_status_text(&status),
+            "xdp setting native\n\
+             xdp eth0: generic (fallback from native: 1 XDP_TX errors for 1 answers in 250 ms; driver veth)\n"
+        );
+        let off = serde_json::json!({"xdp": {"enabled": false, "attached": [], "errors": []}});
+        assert_eq!(
+            xdp_status_text(&off),
+            "xdp off (--no-xdp): the kernel answers ARP\n"
+        );
+    }
 }

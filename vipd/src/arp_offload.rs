@@ -1,12 +1,16 @@
 //! The XDP half from userspace: load and attach the program, keep its maps
 //! (watched VIPs, held VIPs) in step with the engine, read its counters and
-//! its conflict events.
+//! its conflict events, and make sure native answers leave (`mode`).
+
+mod ethtool;
+mod mode;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     io,
     mem::size_of,
     net::Ipv4Addr,
+    time::{Duration, Instant},
 };
 
 use aya::{
@@ -15,13 +19,29 @@ use aya::{
     programs::{ProgramError, TestRun, TestRunOptions, Xdp, xdp::XdpLinkId},
 };
 use tokio::io::unix::AsyncFd;
-use tracing::{debug, info, instrument, warn};
+use tracing::{debug, error, info, instrument, warn};
 use vipd_common::{
     ArpCounters, ConflictEvent, HeldVip, MAP_CONFLICTS, MAP_COUNTERS, MAP_HELD, PROGRAM_NAME,
     VipKey, vip_key, vip_octets,
 };
 
 use crate::{config::XdpMode, vip::Vip};
+
+pub use self::mode::{AttachedMode, Loss, ModeReason, NATIVE_TX_LOST, native_tx_lost};
+use self::{
+    ethtool::{Ethtool, XdpTxCounters},
+    mode::{CONFIRM_AFTER, DeliveryWatch, TxSample, Verdict, first_choice},
+};
+
+/// How often natively attached interfaces are checked for lost answers.
+/// Two periods bound the detection (an error counted just after a look is
+/// seen at the next one), so a fallback happens well within a second.
+pub const DELIVERY_CHECK_EVERY: Duration = Duration::from_millis(250);
+
+/// How often an interface whose lost answers show only as frames taken but
+/// not sent (veth) is checked. Its own other frames leaving in the same
+/// period hide a loss for that period, so periods are short there.
+pub const STUCK_CHECK_EVERY: Duration = Duration::from_millis(50);
 
 /// Why the XDP half could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -95,21 +115,45 @@ pub enum OffloadError {
     },
 }
 
-/// The mode an interface ended up attached in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AttachedMode {
-    /// Driver mode: runs before the kernel allocates an skb.
-    Native,
-    /// Generic (skb) mode.
-    Generic,
+/// One interface the program is attached to, as the status shows it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct XdpAttachment {
+    pub interface: String,
+    pub mode: AttachedMode,
+    /// The driver as ethtool names it (`None` if it could not be read).
+    pub driver: Option<String>,
+    /// Why this mode, in words: `auto: driver veth: ...`.
+    pub reason: String,
+    /// Why this mode, as a stable code ([`ModeReason::code`]).
+    pub reason_code: &'static str,
 }
 
-impl AttachedMode {
-    fn aya(self) -> aya::programs::XdpMode {
-        match self {
-            AttachedMode::Native => aya::programs::XdpMode::Driver,
-            AttachedMode::Generic => aya::programs::XdpMode::Skb,
+/// An attachment and what vipd knows about it.
+struct Attachment {
+    mode: AttachedMode,
+    link: XdpLinkId,
+    setting: XdpMode,
+    driver: Option<String>,
+    reason: ModeReason,
+    ifindex: u32,
+    /// Native attachments only: the check that answers leave.
+    watch: Option<NativeWatch>,
+}
+
+struct NativeWatch {
+    counters: XdpTxCounters,
+    delivery: DeliveryWatch,
+}
+
+impl NativeWatch {
+    /// When this interface wants its next look.
+    fn next(&self) -> Duration {
+        if self.delivery.confirming() {
+            CONFIRM_AFTER
+        } else if self.counters.counts_taken() {
+            STUCK_CHECK_EVERY
+        } else {
+            DELIVERY_CHECK_EVERY
         }
     }
 }
@@ -125,7 +169,16 @@ pub struct ArpOffload {
     counters: PerCpuHashMap<MapData, VipKey, ArpCounters>,
     held: HashMap<MapData, VipKey, HeldVip>,
     conflicts: Option<RingBuf<MapData>>,
-    attachments: BTreeMap<String, (AttachedMode, XdpLinkId)>,
+    attachments: BTreeMap<String, Attachment>,
+    /// What HELD_VIPS holds, to count answers per interface.
+    held_now: BTreeMap<Vip, HeldVip>,
+    /// Interfaces where native answers were lost: generic from then on,
+    /// also when attached again, until vipd restarts.
+    fallen_back: BTreeMap<String, ModeReason>,
+    /// Asks drivers for their name and counters (`None`: no socket).
+    ethtool: Option<Ethtool>,
+    /// Origin of the delivery samples' times.
+    started: Instant,
 }
 
 impl std::fmt::Debug for ArpOffload {
@@ -188,6 +241,14 @@ impl ArpOffload {
             held,
             conflicts: Some(conflicts),
             attachments: BTreeMap::new(),
+            held_now: BTreeMap::new(),
+            fallen_back: BTreeMap::new(),
+            ethtool: Ethtool::new()
+                .inspect_err(|e| {
+                    warn!(error = %e, "no socket for ethtool: XDP mode chosen without knowing drivers, native answers not checked");
+                })
+                .ok(),
+            started: Instant::now(),
         })
     }
 
@@ -209,34 +270,47 @@ impl ArpOffload {
 
     /// Attaches to `ifname`; already attached returns the existing mode.
     ///
-    /// [`XdpMode::Auto`] tries native (driver) mode first and falls back to
-    /// generic mode with a warning; `Native` and `Generic` force the mode.
+    /// [`XdpMode::Auto`] attaches natively unless the driver is one whose
+    /// native XDP_TX frames are lost ([`NATIVE_TX_LOST`], veth), and falls
+    /// back to generic when the driver refuses native mode. `Native` and
+    /// `Generic` force the first mode. Wherever native answers are later
+    /// seen lost ([`ArpOffload::check_delivery`]) the interface moves to
+    /// generic, forced or not, and stays there.
     /// The attachment is a bpf link owned by this process (no pinning): when
     /// vipd exits or is killed, the kernel detaches the program.
     #[instrument(skip(self))]
     pub fn attach(&mut self, ifname: &str, mode: XdpMode) -> Result<AttachedMode, OffloadError> {
-        if let Some((existing, _)) = self.attachments.get(ifname) {
-            return Ok(*existing);
+        if let Some(existing) = self.attachments.get(ifname) {
+            return Ok(existing.mode);
         }
-        let (attached, link) = match mode {
-            XdpMode::Native => (
-                AttachedMode::Native,
-                self.attach_in(ifname, AttachedMode::Native)?,
-            ),
-            XdpMode::Generic => (
+        let driver = self.driver(ifname);
+        let (first, reason) = match self.fallen_back.get(ifname) {
+            Some(reason) => (AttachedMode::Generic, reason.clone()),
+            None => first_choice(mode, driver.as_deref()),
+        };
+        let (attached, reason, link) = match first {
+            AttachedMode::Generic => (
                 AttachedMode::Generic,
+                reason,
                 self.attach_in(ifname, AttachedMode::Generic)?,
             ),
-            XdpMode::Auto => match self.attach_in(ifname, AttachedMode::Native) {
-                Ok(link) => (AttachedMode::Native, link),
-                Err(OffloadError::Attach { source: native, .. }) => {
+            AttachedMode::Native => match self.attach_in(ifname, AttachedMode::Native) {
+                Ok(link) => (AttachedMode::Native, reason, link),
+                Err(OffloadError::Attach { source: native, .. }) if mode == XdpMode::Auto => {
                     warn!(
                         ifname,
+                        driver = driver.as_deref().unwrap_or("unknown"),
                         error = %native,
                         "native XDP refused, falling back to generic mode"
                     );
                     match self.attach_in(ifname, AttachedMode::Generic) {
-                        Ok(link) => (AttachedMode::Generic, link),
+                        Ok(link) => (
+                            AttachedMode::Generic,
+                            ModeReason::NativeRefused {
+                                error: error_chain(&native),
+                            },
+                            link,
+                        ),
                         Err(OffloadError::Attach {
                             source: generic, ..
                         }) => {
@@ -252,10 +326,196 @@ impl ArpOffload {
                 Err(other) => return Err(other),
             },
         };
-        info!(ifname, mode = ?attached, "XDP program attached");
-        self.attachments
-            .insert(ifname.to_string(), (attached, link));
+        let ifindex = if_index(ifname);
+        let watch = (attached == AttachedMode::Native)
+            .then(|| self.start_watch(ifname, driver.as_deref(), ifindex))
+            .flatten();
+        let why = reason.describe(mode, driver.as_deref());
+        info!(ifname, mode = %attached, driver = driver.as_deref().unwrap_or("unknown"),
+              reason = %why, "XDP program attached");
+        self.attachments.insert(
+            ifname.to_string(),
+            Attachment {
+                mode: attached,
+                link,
+                setting: mode,
+                driver,
+                reason,
+                ifindex,
+                watch,
+            },
+        );
         Ok(attached)
+    }
+
+    /// The driver of `ifname`, if the kernel tells.
+    fn driver(&self, ifname: &str) -> Option<String> {
+        let ethtool = self.ethtool.as_ref()?;
+        ethtool
+            .driver(ifname)
+            .inspect_err(|e| debug!(ifname, error = %e, "cannot read the driver's name"))
+            .ok()
+            .filter(|d| !d.is_empty())
+    }
+
+    /// The baseline for checking that native answers leave `ifname`;
+    /// `None` when the driver shows no counter to check.
+    fn start_watch(&self, ifname: &str, driver: Option<&str>, ifindex: u32) -> Option<NativeWatch> {
+        let ethtool = self.ethtool.as_ref()?;
+        let names = ethtool
+            .stat_names(ifname)
+            .inspect_err(|e| debug!(ifname, error = %e, "cannot read the driver's statistics"))
+            .ok()?;
+        let counters = XdpTxCounters::pick(driver, &names);
+        let first = self.sample(ifname, &counters)?;
+        if first.errors.is_none() && first.accepted.is_none() {
+            warn!(
+                ifname,
+                driver = driver.unwrap_or("unknown"),
+                "the driver counts no XDP_TX errors: vipd cannot check that native answers leave"
+            );
+            return None;
+        }
+        let answers = answers_on(&self.counters, &self.held_now, ifindex);
+        Some(NativeWatch {
+            counters,
+            delivery: DeliveryWatch::new(first, answers),
+        })
+    }
+
+    /// One reading of `ifname`'s counters; `None` if the driver's
+    /// statistics no longer match `counters` (read the names again).
+    fn sample(&self, ifname: &str, counters: &XdpTxCounters) -> Option<TxSample> {
+        let ethtool = self.ethtool.as_ref()?;
+        let values = ethtool
+            .stats(ifname)
+            .inspect_err(|e| debug!(ifname, error = %e, "cannot read the driver's statistics"))
+            .ok()?;
+        if !counters.fits(&values) {
+            return None;
+        }
+        let (errors, accepted) = counters.read(&values);
+        // Read after the driver's counters: what they count as taken has
+        // had the most time to show up as sent.
+        let sent = accepted.and_then(|_| ethtool::tx_packets(ifname).ok());
+        Some(TxSample {
+            errors,
+            accepted: accepted.filter(|_| sent.is_some()),
+            sent,
+            at: self.started.elapsed(),
+        })
+    }
+
+    /// Checks every native attachment for lost answers (call it when
+    /// [`ArpOffload::next_delivery_check`] says). Where answers are lost, logs an error
+    /// naming the interface and its driver and re-attaches in generic mode,
+    /// for good; if even that fails nothing is attached there and the
+    /// kernel answers (as far as `arp_ignore` lets it). Returns whether any
+    /// attachment changed.
+    pub fn check_delivery(&mut self) -> bool {
+        let mut lost = Vec::new();
+        let names: Vec<String> = self
+            .attachments
+            .iter()
+            .filter(|(_, a)| a.watch.is_some())
+            .map(|(n, _)| n.clone())
+            .collect();
+        for ifname in names {
+            let Some(att) = self.attachments.get(&ifname) else {
+                continue;
+            };
+            let Some(watch) = att.watch.as_ref() else {
+                continue;
+            };
+            let (driver, ifindex) = (att.driver.clone(), att.ifindex);
+            let sample = self.sample(&ifname, &watch.counters);
+            let Some(sample) = sample else {
+                // The statistics changed shape (queues added): new baseline.
+                let fresh = self.start_watch(&ifname, driver.as_deref(), ifindex);
+                if let Some(att) = self.attachments.get_mut(&ifname) {
+                    att.watch = fresh;
+                }
+                continue;
+            };
+            let (counters, held) = (&self.counters, &self.held_now);
+            let Some(att) = self.attachments.get_mut(&ifname) else {
+                continue;
+            };
+            let Some(watch) = att.watch.as_mut() else {
+                continue;
+            };
+            if let Verdict::Lost(loss) = watch
+                .delivery
+                .observe(sample, || answers_on(counters, held, ifindex))
+            {
+                lost.push((ifname, loss));
+            }
+        }
+        let changed = !lost.is_empty();
+        for (ifname, loss) in lost {
+            self.fall_back(&ifname, loss);
+        }
+        changed
+    }
+
+    /// Native answers on `ifname` are lost: generic from now on.
+    fn fall_back(&mut self, ifname: &str, loss: Loss) {
+        let Some(att) = self.attachments.remove(ifname) else {
+            return;
+        };
+        let driver = att.driver.clone().unwrap_or_else(|| "unknown".into());
+        error!(
+            ifname,
+            driver = %driver,
+            "native XDP answers do not leave {ifname} (driver {driver}): {loss}; re-attaching in generic mode"
+        );
+        let reason = ModeReason::Fallback { loss };
+        self.fallen_back.insert(ifname.to_string(), reason.clone());
+        let detached = self.program_mut().and_then(|p| {
+            p.detach(att.link).map_err(|source| OffloadError::Detach {
+                ifname: ifname.to_string(),
+                source,
+            })
+        });
+        if let Err(e) = detached {
+            // aya has dropped the link either way; the next reconcile pass
+            // attaches again (generic), and reports it if the kernel refuses.
+            error!(ifname, error = %e, "cannot detach the native XDP program");
+            return;
+        }
+        match self.attach_in(ifname, AttachedMode::Generic) {
+            Ok(link) => {
+                info!(ifname, mode = %AttachedMode::Generic, driver = %driver,
+                      reason = %reason.describe(att.setting, att.driver.as_deref()),
+                      "XDP program attached");
+                self.attachments.insert(
+                    ifname.to_string(),
+                    Attachment {
+                        mode: AttachedMode::Generic,
+                        link,
+                        reason,
+                        watch: None,
+                        ..att
+                    },
+                );
+            }
+            Err(e) => error!(
+                ifname,
+                driver = %driver,
+                error = %e,
+                "cannot attach XDP in generic mode after native answers were lost: nothing is attached to {ifname}, the kernel answers ARP there (if arp_ignore lets it)"
+            ),
+        }
+    }
+
+    /// When [`ArpOffload::check_delivery`] should run next, from now:
+    /// `None` while no attachment is checked.
+    pub fn next_delivery_check(&self) -> Option<Duration> {
+        self.attachments
+            .values()
+            .filter_map(|a| a.watch.as_ref())
+            .map(NativeWatch::next)
+            .min()
     }
 
     fn attach_in(&mut self, ifname: &str, mode: AttachedMode) -> Result<XdpLinkId, OffloadError> {
@@ -271,13 +531,13 @@ impl ArpOffload {
     /// Detaches from `ifname`.
     #[instrument(skip(self))]
     pub fn detach(&mut self, ifname: &str) -> Result<(), OffloadError> {
-        let Some((_, link)) = self.attachments.remove(ifname) else {
+        let Some(att) = self.attachments.remove(ifname) else {
             return Err(OffloadError::NotAttached {
                 ifname: ifname.to_string(),
             });
         };
         self.program_mut()?
-            .detach(link)
+            .detach(att.link)
             .map_err(|source| OffloadError::Detach {
                 ifname: ifname.to_string(),
                 source,
@@ -290,7 +550,21 @@ impl ArpOffload {
     pub fn attached(&self) -> Vec<(String, AttachedMode)> {
         self.attachments
             .iter()
-            .map(|(ifname, (mode, _))| (ifname.clone(), *mode))
+            .map(|(ifname, a)| (ifname.clone(), a.mode))
+            .collect()
+    }
+
+    /// The attachments with their drivers and the reason for their mode.
+    pub fn attachments(&self) -> Vec<XdpAttachment> {
+        self.attachments
+            .iter()
+            .map(|(ifname, a)| XdpAttachment {
+                interface: ifname.clone(),
+                mode: a.mode,
+                driver: a.driver.clone(),
+                reason: a.reason.describe(a.setting, a.driver.as_deref()),
+                reason_code: a.reason.code(),
+            })
             .collect()
     }
 
@@ -387,6 +661,7 @@ impl ArpOffload {
                 })?;
             debug!(vip = %vip, ifindex = entry.ifindex, "XDP answers ARP for VIP");
         }
+        self.held_now = held.clone();
         Ok(())
     }
 
@@ -488,6 +763,39 @@ impl ArpOffload {
         out.truncate(result.data_size_out as usize);
         Ok((result.return_value, out))
     }
+}
+
+/// The program's answers (XDP_TX) so far for the VIPs held on `ifindex`.
+fn answers_on(
+    counters: &PerCpuHashMap<MapData, VipKey, ArpCounters>,
+    held: &BTreeMap<Vip, HeldVip>,
+    ifindex: u32,
+) -> u64 {
+    held.iter()
+        .filter(|(_, h)| h.ifindex == ifindex)
+        .filter_map(|(vip, _)| counters.get(&vip_key(vip.octets()), 0).ok())
+        .map(|values| values.iter().map(|c| c.xdp_replies).sum::<u64>())
+        .sum()
+}
+
+/// The interface index of `ifname`, 0 if there is none.
+fn if_index(ifname: &str) -> u32 {
+    std::ffi::CString::new(ifname)
+        // SAFETY: a valid NUL-terminated string.
+        .map(|c| unsafe { libc::if_nametoindex(c.as_ptr()) })
+        .unwrap_or(0)
+}
+
+/// An error and its sources on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, OffloadError> {

@@ -77,13 +77,16 @@ pub fn parse_positive_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// How the XDP program is attached.
+/// How the XDP program is attached. Whatever the setting, an interface
+/// where native answers are seen lost moves to generic mode (see
+/// `arp_offload::ArpOffload::check_delivery`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum XdpMode {
-    /// Native (driver) mode, falling back to generic when the driver refuses.
+    /// Native (driver) mode where the driver's native XDP_TX delivers,
+    /// generic on veth and where the driver refuses native mode.
     Auto,
-    /// Driver mode only.
+    /// Driver mode first (generic after answers are seen lost).
     Native,
     /// Generic (skb) mode: works on every interface, slower.
     Generic,
@@ -456,7 +459,8 @@ pub struct XdpArgs {
     )]
     pub interfaces: Vec<String>,
 
-    /// XDP attach mode.
+    /// XDP attach mode; native answers seen lost move an interface to
+    /// generic in every mode.
     #[arg(
         global = true,
         long = "xdp-mode",

@@ -184,7 +184,38 @@ pub fn render(state: &ApiState) -> String {
         "1 if this node holds the VIP.",
         &per_vip(&|v| u64::from(v.held)),
     );
+    let attached: Vec<(String, f64)> = e
+        .xdp_attached
+        .iter()
+        .map(|a| {
+            (
+                format!(
+                    "{{interface=\"{}\",mode=\"{}\",driver=\"{}\",reason=\"{}\"}}",
+                    label(&a.interface),
+                    a.mode,
+                    label(a.driver.as_deref().unwrap_or("")),
+                    a.reason_code
+                ),
+                1.0,
+            )
+        })
+        .collect();
+    metric(
+        "vipd_xdp_attached",
+        "gauge",
+        "1 per interface the XDP program is attached to, with the mode in effect and why \
+         (reason: configured, driver_native, driver_loses_native_tx, native_refused, fallback).",
+        &attached,
+    );
     out
+}
+
+/// A Prometheus label value: backslash, quote and newline escaped.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Serves `GET /metrics` until `cancel`.

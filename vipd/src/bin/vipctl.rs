@@ -361,6 +361,7 @@ fn status_table(v: &serde_json::Value) -> String {
     for e in r["errors"].as_array().into_iter().flatten() {
         out.push_str(&format!("  error: {}\n", s(e)));
     }
+    out.push_str(&vipd::api::xdp_status_text(v));
     out.push_str(&format!(
         "{:<16} {:<17} {:<12} {:>6}  {}\n",
         "VIP", "STATE", "INTERFACE", "PREFIX", "NOTE"
