@@ -25,11 +25,13 @@ pub const PROGRAMS: &[(&str, &str)] = &[
     ("dpkg-deb", "dpkg"),
     ("dpkg-query", "dpkg"),
     ("dpkg-shlibdeps", "dpkg-dev"),
+    ("ethtool", "ethtool"),
     ("id", "coreutils"),
     ("ip", "iproute2"),
     // Through the alternatives system: the JRE package it depends on owns it.
     ("java", "default-jre-headless"),
     ("keepalived", "keepalived"),
+    ("nohup", "coreutils"),
     ("nproc", "coreutils"),
     ("ping", "iputils-ping"),
     ("setpriv", "util-linux"),
