@@ -31,7 +31,6 @@ pub const PROGRAMS: &[(&str, &str)] = &[
     // Through the alternatives system: the JRE package it depends on owns it.
     ("java", "default-jre-headless"),
     ("keepalived", "keepalived"),
-    ("nohup", "coreutils"),
     ("nproc", "coreutils"),
     ("ping", "iputils-ping"),
     ("setpriv", "util-linux"),
@@ -263,7 +262,7 @@ mod programs {
             r#"Command::new\(\s*"([^"]+)""#,
             r#"\b(?:exec|exec_ok|spawn|spawn_logged|cmd)\(\s*&?\[\s*"([^"]+)""#,
             r#"\bcmd\(\s*"([^"]+)""#,
-            r#""exec",\s*(?:"[^"]*"|[\w.&()]+),\s*"([^"]+)""#,
+            r#""netns",\s*"exec",\s*(?:"[^"]*"|[\w.&()]+),\s*"([^"]+)""#,
         ];
         let mut found = Vec::new();
         for pattern in argv {
