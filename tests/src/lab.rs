@@ -883,6 +883,69 @@ impl Netns {
     }
 }
 
+impl Netns {
+    /// Runs `argv` inside the namespace like [`Netns::exec`], but gives up
+    /// after `timeout`: the command is then killed (SIGKILL, by its PID,
+    /// while it is still our unreaped child) and `None` is returned. For
+    /// clients that may hang on an unreachable address (a TCP connect to a
+    /// VIP in the middle of a takeover).
+    pub fn exec_timeout<S: AsRef<OsStr>>(&self, argv: &[S], timeout: Duration) -> Option<Output> {
+        let mut cmd = self.command(argv);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {cmd:?} in {}: {e}", self.ns));
+        // Both pipes are drained on threads, so a chatty command never blocks
+        // on a full pipe and looks hung.
+        let drain = |pipe: Option<Box<dyn Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                if let Some(mut p) = pipe {
+                    let _ = p.read_to_end(&mut buf);
+                }
+                buf
+            })
+        };
+        let stdout = drain(
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        );
+        let stderr = drain(
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        );
+        let deadline = Instant::now() + timeout;
+        // Polled here, on the thread that owns the child, so the kill below
+        // can never hit a reaped (and possibly reused) PID.
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break Some(status),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break None;
+                }
+            }
+        };
+        let stdout = stdout.join().unwrap_or_default();
+        let stderr = stderr.join().unwrap_or_default();
+        status.map(|status| Output {
+            status,
+            stdout,
+            stderr,
+        })
+    }
+}
+
 fn check<S: AsRef<OsStr>>(ns: &str, argv: &[S], out: &Output) {
     if !out.status.success() {
         let argv: Vec<OsString> = argv.iter().map(|a| a.as_ref().to_owned()).collect();

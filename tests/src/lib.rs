@@ -3,4 +3,5 @@
 
 pub mod cluster;
 pub mod lab;
+pub mod services;
 pub mod zk;

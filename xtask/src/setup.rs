@@ -20,6 +20,9 @@ pub const PROGRAMS: &[(&str, &str)] = &[
     ("apt-get", "apt"),
     ("arping", "arping"),
     ("bpftool", "bpftool"),
+    // The lab's web console (`busybox httpd`) and the client that reads it
+    // (`busybox wget`).
+    ("busybox", "busybox"),
     ("cat", "coreutils"),
     ("date", "coreutils"),
     ("dpkg-deb", "dpkg"),
@@ -28,9 +31,14 @@ pub const PROGRAMS: &[(&str, &str)] = &[
     ("ethtool", "ethtool"),
     ("id", "coreutils"),
     ("ip", "iproute2"),
+    // libiscsi's user-space initiator tools: the lab's iSCSI client.
+    ("iscsi-perf", "libiscsi-bin"),
+    ("iscsi-readcapacity16", "libiscsi-bin"),
+    ("iscsi-test-cu", "libiscsi-bin"),
     // Through the alternatives system: the JRE package it depends on owns it.
     ("java", "default-jre-headless"),
     ("keepalived", "keepalived"),
+    ("nice", "coreutils"),
     ("nproc", "coreutils"),
     ("ping", "iputils-ping"),
     ("setpriv", "util-linux"),
@@ -38,6 +46,9 @@ pub const PROGRAMS: &[(&str, &str)] = &[
     ("sleep", "coreutils"),
     ("strip", "binutils"),
     ("systemd-analyze", "systemd"),
+    // The user-space iSCSI target every lab node serves its LUN with.
+    ("tgtadm", "tgt"),
+    ("tgtd", "tgt"),
     ("uname", "coreutils"),
 ];
 
