@@ -1167,6 +1167,24 @@ fn parse_arping(stdout: &str) -> Option<Arping> {
     summary.then_some(result)
 }
 
+/// The settings `vipd check-config` prints, one `key = "value"  # source`
+/// line each: key -> (value, where it came from).
+pub fn check_config_settings(
+    stdout: &[u8],
+) -> std::collections::BTreeMap<String, (String, String)> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .filter_map(|l| {
+            let (kv, source) = l.split_once("  # ")?;
+            let (k, v) = kv.split_once(" = ")?;
+            Some((
+                k.to_string(),
+                (v.trim_matches('"').to_string(), source.to_string()),
+            ))
+        })
+        .collect()
+}
+
 /// Runs `f` on a thread of its own moved into a fresh network namespace;
 /// a panic in `f` fails the caller. The namespace, and every interface and
 /// socket made in it, goes away when the thread ends. Needs root.

@@ -354,17 +354,7 @@ fn vipd(args: &[&str], env: &[(&str, &str)]) -> Output {
 
 /// `key = "value"  # source` lines of `vipd check-config`.
 fn effective(out: &Output) -> BTreeMap<String, (String, String)> {
-    text(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            let (kv, source) = l.split_once("  # ")?;
-            let (k, v) = kv.split_once(" = ")?;
-            Some((
-                k.to_string(),
-                (v.trim_matches('"').to_string(), source.to_string()),
-            ))
-        })
-        .collect()
+    vipd_tests::lab::check_config_settings(&out.stdout)
 }
 
 /// Issue 11, item 2: `vipd check-config --config FILE` (the way

@@ -839,17 +839,7 @@ fn vipd_config(file: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
 
 /// `key = "value"  # source` lines of `vipd check-config`.
 fn effective(out: &Output) -> BTreeMap<String, (String, String)> {
-    text(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            let (kv, source) = l.split_once("  # ")?;
-            let (k, v) = kv.split_once(" = ")?;
-            Some((
-                k.to_string(),
-                (v.trim_matches('"').to_string(), source.to_string()),
-            ))
-        })
-        .collect()
+    vipd_tests::lab::check_config_settings(&out.stdout)
 }
 
 #[test]
