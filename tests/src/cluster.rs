@@ -208,8 +208,7 @@ impl Cluster {
             &timeout,
             "--api-socket",
             &socket,
-            "--xdp-mode",
-            "generic",
+            // No --xdp-mode: the default must deliver on veth (issue 11).
             "--garp-interval",
             "1s",
             "--garp-rounds",

@@ -30,7 +30,7 @@
 //!   the documents say each setting may be given: `VIPD_API_SOCKET` (the
 //!   node's socket in the lab dir, for vipd and vipctl) and `VIPD_CONFIG`
 //!   (a lab file standing for the edited /etc/vipd/vipd.toml; it sets
-//!   `xdp_mode = "generic"`, which veths need for XDP replies).
+//!   nothing, so every documented command runs with the defaults).
 //! - Lines run in document order, README.md first, as an operator
 //!   follows them, and each must exit 0. `vipd` without a subcommand is
 //!   the agent: it is started, must answer `vipctl status` (in cluster
@@ -490,7 +490,7 @@ fn every_documented_vipd_and_vipctl_command_runs_as_written() {
     let config = cluster.lab.dir().join("docs-vipd.toml");
     std::fs::write(
         &config,
-        "# stands for the edited /etc/vipd/vipd.toml of the documents\nxdp_mode = \"generic\"\n",
+        "# stands for the edited /etc/vipd/vipd.toml of the documents: the defaults\n",
     )
     .expect("write the lab's vipd.toml");
     let bin_dir = vipd_bin()
