@@ -680,6 +680,51 @@ pub fn perf_stall(reports: &[PerfReport], steady_iops: u64) -> Option<(Instant, 
     Some((a.at + Duration::from_secs_f64(busy), b.at))
 }
 
+/// Reads per second as the client saw them: for each whole second `k` of
+/// `seconds` (the second `[origin + k s, origin + k + 1 s)`), the reads
+/// iscsi-perf's reports count in it. A report's reads (mean rate x window)
+/// are spread evenly over its window, except across the silence
+/// [`perf_stall`] finds, where they all come before its last read.
+pub fn reads_per_second(
+    reports: &[PerfReport],
+    steady_iops: u64,
+    origin: Instant,
+    seconds: std::ops::Range<i64>,
+) -> Vec<(i64, u64)> {
+    let secs = |t: Instant| {
+        if t >= origin {
+            (t - origin).as_secs_f64()
+        } else {
+            -(origin - t).as_secs_f64()
+        }
+    };
+    let stall = perf_stall(reports, steady_iops);
+    let mut buckets: Vec<(i64, f64)> = seconds.map(|k| (k, 0.0)).collect();
+    for w in reports.windows(2) {
+        let (a, b) = (w[0], w[1]);
+        let reads = b.iops as f64 * b.at.saturating_duration_since(a.at).as_secs_f64();
+        let end = match stall {
+            Some((last, first)) if first == b.at => last,
+            _ => b.at,
+        };
+        let (from, to) = (secs(a.at), secs(end));
+        if to <= from {
+            continue;
+        }
+        for (k, n) in &mut buckets {
+            let (lo, hi) = (*k as f64, *k as f64 + 1.0);
+            let overlap = to.min(hi) - from.max(lo);
+            if overlap > 0.0 {
+                *n += reads * overlap / (to - from);
+            }
+        }
+    }
+    buckets
+        .into_iter()
+        .map(|(k, n)| (k, n.round() as u64))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -708,6 +753,13 @@ mod tests {
         assert_eq!(last, t0 + Duration::from_millis(2500));
         assert_eq!(first, t0 + Duration::from_millis(6000));
         assert!(perf_stall(&r[..2], 10_000).is_none());
+        // Per second: 10,000 in [1, 2), 5,000 in [2, 3) (until 2.5 s), then
+        // nothing until the report at 6 s.
+        let per = reads_per_second(&r, 10_000, t0, 0..6);
+        assert_eq!(
+            per,
+            vec![(0, 0), (1, 10_000), (2, 5_000), (3, 0), (4, 0), (5, 0)]
+        );
     }
 
     #[test]
