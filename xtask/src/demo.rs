@@ -141,9 +141,10 @@ fn demo(bins: &std::path::Path) -> Result<()> {
     ));
 
     p(&format!(
-        "isolating {}: its links lose carrier; waiting for the takeover (session timeout {} s)",
+        "isolating {}: its links lose carrier; waiting for the takeover (session timeout {} s, lease {} ms: the default third)",
         cluster.nodes[leader].name,
-        SETTINGS.session_timeout.as_secs()
+        SETTINGS.session_timeout.as_secs(),
+        (SETTINGS.session_timeout / 3).as_millis()
     ));
     let t = cluster.takeover(Duration::ZERO, Duration::from_secs(30))?;
     let Some(new) = t.new else {
@@ -187,24 +188,46 @@ fn demo(bins: &std::path::Path) -> Result<()> {
         .find(|s| s.started > cut && s.value.as_deref() == Some(new_name.as_str()))
         .and_then(|s| since_cut(s.at));
     let old_log = cluster.nodes[t.old].agent.stderr();
-    let fenced_log = timeline::log_event_at(&old_log, "ZooKeeper connection lost", t.cut_wall)
-        .or_else(|| timeline::log_event_at(&old_log, "no heartbeat answered", t.cut_wall));
+    let lost_log = timeline::log_event_at(&old_log, "ZooKeeper connection lost", t.cut_wall);
+    let fenced_log = timeline::log_event_at(&old_log, "no lease renewal acknowledged", t.cut_wall);
+    let new_log = cluster.nodes[new].agent.stderr();
+    let takeover_log = timeline::log_event_at(&new_log, "has not renewed its lease", t.cut_wall);
+    let lease = SETTINGS.session_timeout / 3;
     let mut lines: Vec<(Option<Duration>, String)> = vec![
         (
             Some(Duration::ZERO),
             format!("{old_name} cut off: its links lose carrier"),
         ),
         (
+            lost_log,
+            format!(
+                "{old_name} loses its ZooKeeper connection; it keeps the VIP only while its lease runs (its log)"
+            ),
+        ),
+        (
             fenced_log,
-            format!("{old_name} fences: lost ZooKeeper, stops acting as leader (its log)"),
+            format!(
+                "{old_name} fences: no renewal acknowledged for its {} ms lease (its log)",
+                lease.as_millis()
+            ),
         ),
         (
             t.old_removed,
             format!("{old_name} removed {VIP} (netlink event in {old_name})"),
         ),
         (
+            takeover_log,
+            format!(
+                "{new_name}, next in line, saw no renewal for lease + renewal + margin ({} ms) while ZooKeeper answered it: deletes {old_name}'s candidacy, conditionally ({new_name}'s log)",
+                (lease + lease / 4 + Duration::from_millis(100)).as_millis()
+            ),
+        ),
+        (
             t.elected,
-            format!("{new_name} elected leader: {old_name}'s session expired ({new_name}'s log)"),
+            format!(
+                "{new_name} elected leader, before {old_name}'s session ({} s) could expire ({new_name}'s log)",
+                SETTINGS.session_timeout.as_secs()
+            ),
         ),
         (
             t.configured,
