@@ -8,7 +8,7 @@
 //! so cutting eth1 cuts only a node's ZooKeeper path.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     io::{Read, Write as _},
     net::{Ipv4Addr, SocketAddr, TcpStream},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
@@ -187,8 +187,13 @@ impl Cluster {
 
     /// Starts vipd on node `i` (0-based) with the bench's settings.
     pub fn start_vipd(&mut self, i: usize) {
+        self.start_vipd_with(i, SESSION_TIMEOUT, &[]);
+    }
+
+    /// Starts vipd on node `i` with session timeout `t` and `extra` flags.
+    pub fn start_vipd_with(&mut self, i: usize, t: Duration, extra: &[&str]) {
         let node = &self.nodes[i];
-        let timeout = format!("{}ms", SESSION_TIMEOUT.as_millis());
+        let timeout = format!("{}ms", t.as_millis());
         let socket = node.socket.display().to_string();
         let bin = vipd_bin().display().to_string();
         let argv = [
@@ -210,6 +215,7 @@ impl Cluster {
             "--garp-rounds",
             "2",
         ];
+        let argv: Vec<&str> = argv.iter().chain(extra).copied().collect();
         let p = node
             .host
             .spawn_env(argv, &[("RUST_LOG", "info,vipd=debug")]);
@@ -218,8 +224,13 @@ impl Cluster {
 
     /// Starts every node's vipd and waits until each answers on its socket.
     pub fn start_all(&mut self) {
+        self.start_all_with(SESSION_TIMEOUT, &[]);
+    }
+
+    /// [`Cluster::start_all`] with session timeout `t` and `extra` flags.
+    pub fn start_all_with(&mut self, t: Duration, extra: &[&str]) {
         for i in 0..self.nodes.len() {
-            self.start_vipd(i);
+            self.start_vipd_with(i, t, extra);
         }
         for i in 0..self.nodes.len() {
             let r = wait_until(Duration::from_secs(15), Duration::from_millis(50), || {
@@ -244,6 +255,16 @@ impl Cluster {
         );
         p.wait_timeout(Duration::from_secs(5))
             .expect("vipd survived SIGKILL");
+    }
+
+    /// Sends `signal` to node `i`'s vipd (SIGSTOP, SIGCONT, ...).
+    pub fn signal_vipd(&self, i: usize, signal: i32) {
+        let p = self.nodes[i].vipd.as_ref().expect("vipd running");
+        assert!(
+            p.kill(signal),
+            "signal {signal} to vipd on {}",
+            self.nodes[i].id
+        );
     }
 
     /// `vipctl <args>` in node `i`'s namespace.
@@ -728,6 +749,103 @@ impl Drop for AddrMonitor {
             let _ = t.join();
         }
     }
+}
+
+/// Milliseconds, for reports.
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Signed milliseconds from `a` to `b`.
+pub fn gap_ms(a: Instant, b: Instant) -> f64 {
+    if b >= a { ms(b - a) } else { -ms(a - b) }
+}
+
+/// Who held each VIP when, replayed from every node's address events.
+pub struct Timeline {
+    /// Every stretch during which two nodes held a VIP at once (ms).
+    pub overlaps: Vec<(Ipv4Addr, f64)>,
+    /// (VIP, from node, to node, ms between the old holder's removal and
+    /// the new holder's add).
+    pub handovers: Vec<(Ipv4Addr, usize, usize, f64)>,
+    /// Longest time with no holder, per VIP (ms), between `since` and `until`.
+    pub longest_unheld: BTreeMap<Ipv4Addr, f64>,
+}
+
+/// Replays the address events of every node between `since` and `until`,
+/// starting from the `initial` holdings (by node index).
+pub fn timeline(
+    monitors: &[AddrMonitor],
+    vips: &BTreeSet<Ipv4Addr>,
+    initial: &[BTreeSet<Ipv4Addr>],
+    since: Instant,
+    until: Instant,
+) -> Timeline {
+    let mut events: Vec<(Instant, usize, bool, Ipv4Addr)> = Vec::new();
+    for (i, m) in monitors.iter().enumerate() {
+        for e in m.events() {
+            if e.at >= since && e.at <= until && vips.contains(&e.addr.addr) {
+                events.push((e.at, i, e.new, e.addr.addr));
+            }
+        }
+    }
+    events.sort_by_key(|e| e.0);
+    let mut t = Timeline {
+        overlaps: Vec::new(),
+        handovers: Vec::new(),
+        longest_unheld: BTreeMap::new(),
+    };
+    for &vip in vips {
+        let mut holders: BTreeSet<usize> = (0..initial.len())
+            .filter(|&i| initial[i].contains(&vip))
+            .collect();
+        let mut overlap_from: Option<Instant> = None;
+        let mut unheld_from: Option<(Instant, Option<usize>)> =
+            holders.is_empty().then_some((since, None));
+        let mut longest = 0.0f64;
+        for &(at, node, new, _) in events.iter().filter(|e| e.3 == vip) {
+            if new {
+                holders.insert(node);
+            } else {
+                holders.remove(&node);
+            }
+            match (holders.len(), overlap_from) {
+                (n, None) if n > 1 => overlap_from = Some(at),
+                (n, Some(from)) if n <= 1 => {
+                    t.overlaps.push((vip, ms(at - from)));
+                    overlap_from = None;
+                }
+                _ => {}
+            }
+            if holders.is_empty() {
+                if unheld_from.is_none() {
+                    unheld_from = Some((at, Some(node)));
+                }
+            } else if let Some((from, last)) = unheld_from.take() {
+                longest = longest.max(ms(at - from));
+                if let Some(last) = last
+                    && last != node
+                {
+                    t.handovers.push((vip, last, node, ms(at - from)));
+                }
+            }
+        }
+        if let Some(from) = overlap_from {
+            t.overlaps.push((vip, ms(until - from)));
+        }
+        if let Some((from, _)) = unheld_from {
+            longest = longest.max(ms(until - from));
+        }
+        t.longest_unheld.insert(vip, longest);
+    }
+    t
+}
+
+pub fn monitors(c: &Cluster) -> Vec<AddrMonitor> {
+    c.nodes
+        .iter()
+        .map(|n| AddrMonitor::start(&n.host))
+        .collect()
 }
 
 /// Runs `f` until it returns true or `timeout`; the elapsed time or an error.

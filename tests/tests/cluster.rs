@@ -8,13 +8,13 @@
 //! not inferred.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeSet,
     net::Ipv4Addr,
     time::{Duration, Instant},
 };
 
 use vipd_tests::cluster::{
-    AddrMonitor, Cluster, SESSION_TIMEOUT, ZkKind, leader_of, vip_set, within,
+    Cluster, SESSION_TIMEOUT, ZkKind, gap_ms, leader_of, monitors, ms, timeline, vip_set, within,
 };
 
 const WEB: [&str; 2] = ["192.0.2.100", "192.0.2.101"];
@@ -28,15 +28,6 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 const PORT: u16 = 8080;
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-/// Signed milliseconds from `a` to `b`.
-fn gap_ms(a: Instant, b: Instant) -> f64 {
-    if b >= a { ms(b - a) } else { -ms(a - b) }
-}
 
 /// A three-node cluster serving `web` = [.100, .101], with its first leader.
 fn web_cluster(hint: &str, kind: ZkKind) -> (Cluster, BTreeSet<Ipv4Addr>, usize) {
@@ -84,93 +75,6 @@ fn assert_statuses_agree(c: &Cluster, leader: usize, skip: &[usize]) -> Result<(
         }
     }
     Ok(())
-}
-
-/// Who held each VIP when, replayed from every node's address events.
-struct Timeline {
-    /// Every stretch during which two nodes held a VIP at once (ms).
-    overlaps: Vec<(Ipv4Addr, f64)>,
-    /// (VIP, from node, to node, ms between the old holder's removal and
-    /// the new holder's add).
-    handovers: Vec<(Ipv4Addr, usize, usize, f64)>,
-    /// Longest time with no holder, per VIP (ms), between `since` and `until`.
-    longest_unheld: BTreeMap<Ipv4Addr, f64>,
-}
-
-/// Replays the address events of every node between `since` and `until`,
-/// starting from the `initial` holdings (by node index).
-fn timeline(
-    monitors: &[AddrMonitor],
-    vips: &BTreeSet<Ipv4Addr>,
-    initial: &[BTreeSet<Ipv4Addr>],
-    since: Instant,
-    until: Instant,
-) -> Timeline {
-    let mut events: Vec<(Instant, usize, bool, Ipv4Addr)> = Vec::new();
-    for (i, m) in monitors.iter().enumerate() {
-        for e in m.events() {
-            if e.at >= since && e.at <= until && vips.contains(&e.addr.addr) {
-                events.push((e.at, i, e.new, e.addr.addr));
-            }
-        }
-    }
-    events.sort_by_key(|e| e.0);
-    let mut t = Timeline {
-        overlaps: Vec::new(),
-        handovers: Vec::new(),
-        longest_unheld: BTreeMap::new(),
-    };
-    for &vip in vips {
-        let mut holders: BTreeSet<usize> = (0..initial.len())
-            .filter(|&i| initial[i].contains(&vip))
-            .collect();
-        let mut overlap_from: Option<Instant> = None;
-        let mut unheld_from: Option<(Instant, Option<usize>)> =
-            holders.is_empty().then_some((since, None));
-        let mut longest = 0.0f64;
-        for &(at, node, new, _) in events.iter().filter(|e| e.3 == vip) {
-            if new {
-                holders.insert(node);
-            } else {
-                holders.remove(&node);
-            }
-            match (holders.len(), overlap_from) {
-                (n, None) if n > 1 => overlap_from = Some(at),
-                (n, Some(from)) if n <= 1 => {
-                    t.overlaps.push((vip, ms(at - from)));
-                    overlap_from = None;
-                }
-                _ => {}
-            }
-            if holders.is_empty() {
-                if unheld_from.is_none() {
-                    unheld_from = Some((at, Some(node)));
-                }
-            } else if let Some((from, last)) = unheld_from.take() {
-                longest = longest.max(ms(at - from));
-                if let Some(last) = last
-                    && last != node
-                {
-                    t.handovers.push((vip, last, node, ms(at - from)));
-                }
-            }
-        }
-        if let Some(from) = overlap_from {
-            t.overlaps.push((vip, ms(until - from)));
-        }
-        if let Some((from, _)) = unheld_from {
-            longest = longest.max(ms(until - from));
-        }
-        t.longest_unheld.insert(vip, longest);
-    }
-    t
-}
-
-fn monitors(c: &Cluster) -> Vec<AddrMonitor> {
-    c.nodes
-        .iter()
-        .map(|n| AddrMonitor::start(&n.host))
-        .collect()
 }
 
 #[test]

@@ -13,7 +13,10 @@ use std::{
 use tokio::{sync::watch, task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
 use vipd::{
-    coord::{self, CoordError, CoordStatus, VipCommand, ZkAuth, ZkSettings, run_vip_command},
+    coord::{
+        self, CoordError, CoordStatus, VipCommand, ZkAuth, ZkSettings, lease::LeaseTimes,
+        run_vip_command,
+    },
     role::{Desired, EngineReport, Role},
     vip::Vip,
 };
@@ -50,6 +53,8 @@ struct NodeOpts {
     /// The fake engine reports every desired VIP as unroutable (R4).
     no_route: bool,
     backoff: Duration,
+    /// `--lease` (default: a third of the session timeout).
+    lease: Option<Duration>,
 }
 
 impl Default for NodeOpts {
@@ -59,6 +64,7 @@ impl Default for NodeOpts {
             auth: None,
             no_route: false,
             backoff: Duration::from_secs(1),
+            lease: None,
         }
     }
 }
@@ -112,6 +118,8 @@ fn start_node(hosts: &str, cluster: &str, id: &str, opts: NodeOpts) -> Node {
         session_timeout: opts.timeout,
         auth: opts.auth,
         step_down_backoff: opts.backoff,
+        lease: LeaseTimes::new(opts.timeout, opts.lease, Duration::from_millis(100))
+            .expect("valid lease"),
     };
     let task = tokio::spawn(coord::run(
         settings,
@@ -240,7 +248,10 @@ async fn three_candidates_elect_one_leader_and_fail_over() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let first = leaders(&nodes)[0];
-    assert_eq!(nodes[first].term(), 1);
+    // The term is the leader's znode sequence number: one of the three
+    // candidacies, the same in every node's status.
+    let first_term = nodes[first].term();
+    assert!(first_term <= 2, "term {first_term}");
     let leader_id = nodes[first].id.clone();
     wait_until(
         "every node names the leader",
@@ -277,10 +288,23 @@ async fn three_candidates_elect_one_leader_and_fail_over() {
         .find(|&&i| nodes[i].role() == Role::Leader)
         .unwrap();
     assert!(stopped_at.elapsed() < t + Duration::from_secs(1));
-    assert_eq!(nodes[second].term(), 1, "first term of this node");
+    assert!(
+        nodes[second].term() > first_term,
+        "terms increase across the cluster: {} then {}",
+        first_term,
+        nodes[second].term()
+    );
+    wait_until(
+        "the survivors show the new term",
+        Duration::from_secs(5),
+        || {
+            rest.iter()
+                .all(|&i| nodes[i].status.borrow().term == Some(nodes[second].term()))
+        },
+    )
+    .await;
 
-    // And once more; the last node's term starts at 1 too, and each node's
-    // terms only ever increase.
+    // And once more; each node's terms only ever increase.
     nodes[second].stop().await;
     let third = *rest.iter().find(|&&i| i != second).unwrap();
     wait_until("the last node leads", t + Duration::from_secs(1), || {
@@ -619,10 +643,12 @@ async fn frozen_server_fences_the_leader_before_anyone_else_leads() {
     }
 }
 
-/// R3: a short freeze (well under the session timeout): the leader fences
-/// while disconnected, keeps its session and leads again with a new term.
+/// R3, R15: a freeze longer than the lease but well under the session
+/// timeout: the leader fences at the lease's end, keeps its session and its
+/// candidacy, and leads again (the same term: the same znode) only after an
+/// acknowledged renewal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn same_session_back_leads_with_new_term() {
+async fn same_session_back_leads_again_after_a_renewal() {
     init_log();
     let mut zk = ZkServer::start_standalone(Ipv4Addr::LOCALHOST, None);
     let t = Duration::from_secs(4);
@@ -639,19 +665,22 @@ async fn same_session_back_leads_with_new_term() {
         a.role() == Role::Leader
     })
     .await;
-    assert_eq!(a.term(), 1);
+    let term = a.term();
     let frozen_at = Instant::now();
     zk.freeze(0);
     wait_until("a fences", t / 2, || {
         a.role() == Role::Follower && a.status.borrow().fenced
     })
     .await;
+    let fenced = frozen_at.elapsed();
+    eprintln!("a fenced {fenced:?} after the freeze (lease {:?})", t / 3);
+    assert!(fenced <= t / 3 + Duration::from_millis(300), "{fenced:?}");
     zk.thaw(0);
     wait_until("a leads again", Duration::from_secs(10), || {
         a.role() == Role::Leader
     })
     .await;
-    assert_eq!(a.term(), 2, "a new term after fencing");
+    assert_eq!(a.term(), term, "the same candidacy, the same term");
     let seen = a.seen.lock().unwrap().clone();
     assert!(
         seen.iter()
@@ -859,4 +888,131 @@ fn launcher_runs_servers_inside_a_namespace() {
         .expect("namespace thread");
         assert!(out.contains("192.0.2.77"), "{out}");
     }
+}
+
+/// The current version and data of `path`, read by a raw client.
+async fn znode(client: &Client, path: &str) -> (i32, serde_json::Value) {
+    let (data, stat) = client
+        .get_data(path)
+        .await
+        .unwrap_or_else(|e| panic!("get_data {path}: {e}"));
+    let v = serde_json::from_slice(&data).unwrap_or_else(|e| panic!("{path}: {e}"));
+    (stat.version, v)
+}
+
+/// R15: the renewal race, driven by hand. A raw client plays the next in
+/// line against a real leader: a conditional delete at a version the leader
+/// has renewed since fails (BadVersion) and changes nothing; one at the
+/// current version wins, and the leader's next renewal (NoNode) ends its
+/// term within a renewal interval. A foreign write (BadVersion on the
+/// leader's renewal) ends the term too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewal_race_is_settled_by_the_conditional_delete() {
+    init_log();
+    let zk = ZkServer::start_standalone(Ipv4Addr::LOCALHOST, None);
+    let hosts = zk.connect_string();
+    let t = Duration::from_secs(2);
+    let lease = LeaseTimes::new(t, None, Duration::from_millis(100)).unwrap();
+    let mut a = start_node(
+        &hosts,
+        "race",
+        "a",
+        NodeOpts {
+            timeout: t,
+            ..Default::default()
+        },
+    );
+    wait_until("a leads", Duration::from_secs(20), || {
+        a.role() == Role::Leader
+    })
+    .await;
+    let client = raw_client(&hosts).await;
+    let dir = "/vipd/race/election";
+    let children = client.list_children(dir).await.expect("list election");
+    assert_eq!(children.len(), 1, "{children:?}");
+    let path = format!("{dir}/{}", children[0]);
+    let (stale, data) = znode(&client, &path).await;
+    assert_eq!(data["node"], "a", "{data}");
+    assert_eq!(
+        data["term"],
+        a.term(),
+        "the term is the znode's sequence: {data}"
+    );
+    assert_eq!(
+        data["lease_ms"],
+        u64::try_from(lease.length.as_millis()).unwrap(),
+        "{data}"
+    );
+    // The leader renews after our read: our delete at the old version loses.
+    let renewed = Instant::now();
+    loop {
+        let (v, d) = znode(&client, &path).await;
+        if v > stale {
+            assert!(d["renewal"].as_u64() > data["renewal"].as_u64(), "{d}");
+            break;
+        }
+        assert!(
+            renewed.elapsed() < lease.renew_every() * 3,
+            "no renewal within three intervals"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let e = client
+        .delete(&path, Some(stale))
+        .await
+        .expect_err("a delete at a stale version");
+    assert_eq!(e, ZkError::BadVersion);
+    tokio::time::sleep(lease.renew_every() * 2).await;
+    assert_eq!(a.role(), Role::Leader, "a lost to a failed delete");
+    assert!(znode(&client, &path).await.0 > stale + 1, "renewals go on");
+
+    // At the current version the delete wins (a renewal landing between our
+    // read and our delete makes it BadVersion: read again).
+    let term = a.term();
+    let deleted = loop {
+        let (v, _) = znode(&client, &path).await;
+        match client.delete(&path, Some(v)).await {
+            Ok(()) => break Instant::now(),
+            Err(ZkError::BadVersion) => continue,
+            Err(e) => panic!("delete {path}: {e}"),
+        }
+    };
+    wait_until(
+        "a learns it lost",
+        lease.renew_every() + Duration::from_millis(300),
+        || a.role() == Role::Follower,
+    )
+    .await;
+    eprintln!(
+        "a ended its term {:?} after its znode was deleted (renewal every {:?})",
+        deleted.elapsed(),
+        lease.renew_every()
+    );
+    // It stands again with a new candidacy: a higher term.
+    wait_until("a leads again", Duration::from_secs(10), || {
+        a.role() == Role::Leader
+    })
+    .await;
+    assert!(a.term() > term, "term {} after {term}", a.term());
+
+    // Someone else writes the leader's znode: its renewal meets BadVersion
+    // and the term ends; the candidacy is still its own, so it leads again.
+    let children = client.list_children(dir).await.expect("list election");
+    let path = format!("{dir}/{}", children[0]);
+    let since = Instant::now();
+    client
+        .set_data(&path, b"{\"node\": \"a\"}", None)
+        .await
+        .expect("foreign write");
+    wait_until(
+        "a ends the term on BadVersion",
+        lease.renew_every() + Duration::from_millis(300),
+        || a.first(Role::Follower, since).is_some(),
+    )
+    .await;
+    wait_until("a leads again", Duration::from_secs(10), || {
+        a.role() == Role::Leader
+    })
+    .await;
+    a.stop().await;
 }

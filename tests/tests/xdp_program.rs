@@ -17,7 +17,7 @@ use vipd::{
     config::XdpMode,
     vip::Vip,
 };
-use vipd_common::{ArpCounters, ConflictEvent, HeldVip};
+use vipd_common::{ArpCounters, ConflictEvent, HeldVip, NO_EXPIRY};
 
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
@@ -212,6 +212,8 @@ fn holding_on_vlan(ifindex: u32, vlan: u16) -> ArpOffload {
             ifindex,
             mac: OUR_MAC,
             vlan,
+            _pad: [0; 4],
+            expires_ns: NO_EXPIRY,
         },
     )]);
     offload.set_held(&held).expect("set_held");
@@ -504,6 +506,8 @@ fn truncated_frames_pass_uncounted() {
                     ifindex,
                     mac: OUR_MAC,
                     vlan: 0,
+                    _pad: [0; 4],
+                    expires_ns: NO_EXPIRY,
                 },
             )]))
             .expect("set_held");
@@ -772,6 +776,46 @@ fn held_vip_is_not_answered_where_it_must_not_be() {
     });
 }
 
+/// R16: a held entry answers only before its expiry (the lease's end on
+/// the program's `bpf_ktime_get_ns` clock), whatever the agent does after.
+#[test]
+fn expired_entry_is_not_answered() {
+    in_netns(|| {
+        let ifindex = iface("xdp0");
+        let mut offload = loaded();
+        let request = ArpFrame::request(ASKER_MAC, ASKER_IP, VIP).bytes();
+        let entry = |expires_ns| {
+            BTreeMap::from([(
+                vip(VIP),
+                HeldVip {
+                    ifindex,
+                    mac: OUR_MAC,
+                    vlan: 0,
+                    _pad: [0; 4],
+                    expires_ns,
+                },
+            )])
+        };
+        let now = std::time::Instant::now();
+        // Expired a millisecond ago: counted, passed to the kernel.
+        let past = vipd::agent::monotonic_ns(now) - 1_000_000;
+        offload.set_held(&entry(past)).expect("set_held");
+        assert_passes(&offload, &request, ifindex, ONE_REQUEST, "expired entry");
+        // Valid for 300 ms: answered, then no longer, with no agent action.
+        let until = now + Duration::from_millis(300);
+        offload
+            .set_held(&entry(vipd::agent::monotonic_ns(until)))
+            .expect("set_held");
+        assert_eq!(run(&offload, &request, ifindex).0, XDP_TX, "before expiry");
+        std::thread::sleep(until.saturating_duration_since(std::time::Instant::now()));
+        assert_passes(&offload, &request, ifindex, ONE_REQUEST, "after expiry");
+        // A foreign claim of an expired VIP is not ours to report either.
+        let claim = ArpFrame::gratuitous(FOREIGN_MAC, VIP).bytes();
+        let (_, _, d, _) = run(&offload, &claim, ifindex);
+        assert_eq!(d.foreign_claims, 0, "claim of an expired VIP: {d:?}");
+    });
+}
+
 #[test]
 fn released_vip_is_no_longer_answered() {
     in_netns(|| {
@@ -788,6 +832,8 @@ fn released_vip_is_no_longer_answered() {
                 ifindex,
                 mac: OUR_MAC,
                 vlan: 0,
+                _pad: [0; 4],
+                expires_ns: NO_EXPIRY,
             },
         )]);
         offload.set_held(&held).expect("set_held");
@@ -808,6 +854,8 @@ fn released_vip_is_no_longer_answered() {
                 ifindex: other,
                 mac: OUR_MAC,
                 vlan: 0,
+                _pad: [0; 4],
+                expires_ns: NO_EXPIRY,
             },
         )]);
         offload.set_held(&moved).expect("set_held(moved)");

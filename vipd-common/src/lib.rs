@@ -74,7 +74,16 @@ pub struct HeldVip {
     /// 0 for untagged frames. A request tagged with another VLAN passes, so
     /// the program never answers for a segment the VIP is not on.
     pub vlan: u16,
+    pub _pad: [u8; 4],
+    /// The leader's lease end on the `bpf_ktime_get_ns` clock
+    /// (CLOCK_MONOTONIC, nanoseconds): the program answers and reports
+    /// claims only before it, so a frozen agent's program falls silent at
+    /// the lease's end (R16). `u64::MAX`: no lease (single-node mode).
+    pub expires_ns: u64,
 }
+
+/// [`HeldVip::expires_ns`] of an entry that never expires.
+pub const NO_EXPIRY: u64 = u64::MAX;
 
 /// A foreign claim seen by the XDP program, sent to the agent.
 #[repr(C)]

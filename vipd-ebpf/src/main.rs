@@ -8,6 +8,7 @@ use core::mem::size_of;
 
 use aya_ebpf::{
     bindings::xdp_action,
+    helpers::bpf_ktime_get_ns,
     macros::{map, xdp},
     maps::{HashMap, PerCpuHashMap, RingBuf},
     programs::XdpContext,
@@ -139,6 +140,17 @@ fn try_vipd_xdp(ctx: &XdpContext) -> Result<u32, ()> {
     Ok(xdp_action::XDP_PASS)
 }
 
+/// The held entry of `key` if its lease has not ended: after the expiry the
+/// VIP is not ours, whatever the agent (frozen, maybe) last wrote.
+#[inline(always)]
+fn held_now(key: VipKey) -> Option<HeldVip> {
+    // SAFETY: read-only lookup; the value is copied out at once.
+    let held = (unsafe { HELD_VIPS.get(key) }).copied()?;
+    // SAFETY: a helper without arguments or side effects.
+    let now = unsafe { bpf_ktime_get_ns() };
+    (now < held.expires_ns).then_some(held)
+}
+
 /// An ARP request for `vip`: count it, and answer it here when this node
 /// holds the VIP on the interface the request came in on.
 #[inline(always)]
@@ -157,8 +169,7 @@ fn on_request(
     let counters = unsafe { &mut *counters };
     counters.requests += 1;
 
-    // SAFETY: read-only lookup; the value is copied out at once.
-    let Some(held) = (unsafe { HELD_VIPS.get(key) }).copied() else {
+    let Some(held) = held_now(key) else {
         return xdp_action::XDP_PASS;
     };
     // SAFETY: `ctx.ctx` points at the kernel's xdp_md for this run.
@@ -219,8 +230,7 @@ fn on_request_sender(ctx: &XdpContext, arp: &EthArp) {
 /// MAC that is not the holding interface's.
 #[inline(always)]
 fn check_claim(ctx: &XdpContext, arp: &EthArp, key: VipKey, counters: &mut ArpCounters) {
-    // SAFETY: read-only lookup, copied out at once.
-    let Some(held) = (unsafe { HELD_VIPS.get(key) }).copied() else {
+    let Some(held) = held_now(key) else {
         return;
     };
     if arp.sha == held.mac {

@@ -84,6 +84,24 @@ pub struct EngineStatus {
     pub conflicts: BTreeMap<Vip, ConflictStatus>,
     /// VIP -> interface name, for every VIP the engine knows a place for.
     pub interfaces: BTreeMap<Vip, String>,
+    /// Lease renewals applied (address lifetimes and XDP expiry), R16.
+    pub lease: LeaseStatus,
+}
+
+/// What the engine did with the leader's lease.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct LeaseStatus {
+    /// Milliseconds of lease left at the last renewal (None: no lease).
+    pub remaining_ms_at_renewal: Option<u64>,
+    pub address_lifetime_s: Option<u32>,
+    pub renewals: u64,
+    /// Time spent renewing, all renewals together and the last one.
+    pub renewal_us_total: u64,
+    pub last_renewal_us: u64,
+    /// Address renewals that failed.
+    pub errors: u64,
+    /// Times the lease ran out while the engine still led.
+    pub expired: u64,
 }
 
 /// The R8 sync task of a leader term: `remaining` more rounds, the next due
@@ -113,6 +131,9 @@ pub struct Engine {
     links: HashMap<u32, Link>,
     /// The problem last logged per VIP (no route, operator address).
     reported: HashMap<Vip, &'static str>,
+    /// Where each VIP we hold lives, as of the last pass: what a lease
+    /// renewal renews.
+    held: BTreeMap<Vip, Placement>,
 }
 
 /// Conflict answers per VIP are at most this frequent, so two agents
@@ -152,6 +173,7 @@ impl Engine {
             last_conflict_log: HashMap::new(),
             links: HashMap::new(),
             reported: HashMap::new(),
+            held: BTreeMap::new(),
         }
     }
 
@@ -180,6 +202,10 @@ impl Engine {
         loop {
             let sync_due = self.sync.as_ref().map(|s| s.next);
             let conflict_due = self.pending_conflict_answers.values().min().copied();
+            let lease_end = match (self.applied.role, self.applied.lease) {
+                (Role::Leader, Some(l)) => Some(tokio::time::Instant::from_std(l.until)),
+                _ => None,
+            };
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => break,
@@ -190,10 +216,13 @@ impl Engine {
                     let d = self.desired.borrow_and_update().clone();
                     self.apply(d).await;
                 }
-                Some(ev) = recv_opt(&mut events) => {
+                // Our own adds and renewals (R16: one per VIP per renewal)
+                // describe what we just wrote: no pass for them.
+                Some(ev) = recv_opt(&mut events) => if ev != NetEvent::OwnAddress {
                     self.debounce(ev, events.as_mut()).await;
                     self.reconcile(false).await;
-                }
+                },
+                () = sleep_opt(lease_end) => self.lease_ran_out().await,
                 Some(c) = next_conflict(&mut conflicts) => self.on_conflict(c),
                 () = sleep_opt(sync_due) => self.sync_round().await,
                 () = sleep_opt(conflict_due) => self.answer_due_conflicts(),
@@ -205,6 +234,11 @@ impl Engine {
 
     /// Applies what the source wants now.
     async fn apply(&mut self, d: Desired) {
+        if self.applied.role == Role::Leader && self.applied.same_but_lease(&d) {
+            self.applied.lease = d.lease;
+            self.renew_lease().await;
+            return;
+        }
         let was_leader = self.applied.role == Role::Leader;
         let new_term = d.role == Role::Leader && (!was_leader || d.term != self.applied.term);
         if was_leader && d.role != Role::Leader {
@@ -246,6 +280,66 @@ impl Engine {
         }
         info!(reason = why, "stepping down: removing VIPs");
         self.reconcile(false).await;
+    }
+
+    /// An acknowledged lease renewal (R16): restart every held address's
+    /// kernel lifetime, with vipd's mark, and move the XDP entries' expiry.
+    /// No reconcile pass: nothing but the lease changed.
+    async fn renew_lease(&mut self) {
+        let Some(lease) = self.applied.lease else {
+            return;
+        };
+        let started = Instant::now();
+        let mut errors = 0;
+        for (vip, placement) in &self.held {
+            // Checked before each write: a vipd resumed after a freeze must
+            // not put back what the kernel let expire.
+            if Instant::now() >= lease.until {
+                warn!("lease ran out while renewing; no more renewals");
+                break;
+            }
+            if let Err(e) = self
+                .netlink
+                .renew_vip(*vip, *placement, lease.address_lifetime)
+                .await
+            {
+                errors += 1;
+                warn!(vip = %vip, error = %e, "cannot renew the VIP's lifetime");
+            }
+        }
+        if let Some(off) = &self.offload
+            && self.xdp.responder
+            && Instant::now() < lease.until
+        {
+            let entries = self.xdp_entries();
+            if let Err(e) = off.lock().expect("offload lock").set_held(&entries) {
+                warn!(error = %e, "cannot extend the XDP held-VIP entries");
+            }
+        }
+        let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let remaining = lease.until.saturating_duration_since(Instant::now());
+        self.status.send_modify(|s| {
+            let l = &mut s.lease;
+            l.renewals += 1;
+            l.renewal_us_total = l.renewal_us_total.saturating_add(took);
+            l.last_renewal_us = took;
+            l.errors += errors;
+            l.remaining_ms_at_renewal = Some(u64::try_from(remaining.as_millis()).unwrap_or(0));
+            l.address_lifetime_s = Some(lease.address_lifetime);
+        });
+    }
+
+    /// The lease ended while we led (the source did not renew it in time):
+    /// fence here too, whatever the source says next.
+    async fn lease_ran_out(&mut self) {
+        warn!("the lease ran out; stepping down until a renewed lease arrives");
+        self.status.send_modify(|s| s.lease.expired += 1);
+        self.step_down("lease ran out").await;
+    }
+
+    /// Whether the lease (if any) still runs now.
+    fn lease_valid(&self) -> bool {
+        self.applied.lease_valid(Instant::now())
     }
 
     /// One R8 round: re-check every VIP and announce each one held.
@@ -340,7 +434,7 @@ impl Engine {
     /// Announces `vip` again if we lead and hold it.
     fn answer_conflict(&mut self, vip: Vip, now: Instant) {
         self.pending_conflict_answers.remove(&vip);
-        if self.applied.role != Role::Leader {
+        if self.applied.role != Role::Leader || !self.lease_valid() {
             return;
         }
         let held = self
@@ -461,9 +555,17 @@ impl Engine {
                 }
             }
         }
+        let lifetime = self.applied.lease.map(|l| l.address_lifetime);
         for action in &plan.actions {
             if let Action::Add { vip, placement } = action {
-                match self.netlink.add_vip(*vip, *placement).await {
+                // R16: checked before each write, never one after the lease.
+                if !self.lease_valid() {
+                    let msg = format!("not adding VIP {vip}: the lease has run out");
+                    debug!(vip = %vip, "{msg}");
+                    failed.insert(*vip, msg);
+                    continue;
+                }
+                match self.netlink.add_vip_for(*vip, *placement, lifetime).await {
                     Ok(()) => {
                         info!(vip = %vip, ifname = %self.name_in(&snap, placement.ifindex),
                               prefix_len = placement.prefix_len, "VIP added");
@@ -572,9 +674,14 @@ impl Engine {
                 })
             })
             .collect();
-        if leader && !to_announce.is_empty() {
+        if leader && !to_announce.is_empty() && self.lease_valid() {
             self.announcer.announce(to_announce);
         }
+        self.held = if leader {
+            held.clone()
+        } else {
+            BTreeMap::new()
+        };
 
         let report = EngineReport {
             role: self.applied.role,
@@ -628,6 +735,7 @@ impl Engine {
 
     /// The held-VIP map entries for VIPs in place now.
     fn held_entries(&self, snap: &NetSnapshot) -> BTreeMap<Vip, HeldVip> {
+        let expires_ns = self.xdp_expiry();
         self.status
             .borrow()
             .vips
@@ -642,15 +750,46 @@ impl Engine {
                         ifindex,
                         mac,
                         vlan: 0,
+                        _pad: [0; 4],
+                        expires_ns,
                     },
                 ))
             })
             .collect()
     }
 
+    /// The XDP held-map entries for what we hold (renewals: nothing moved).
+    fn xdp_entries(&self) -> BTreeMap<Vip, HeldVip> {
+        let expires_ns = self.xdp_expiry();
+        self.held
+            .iter()
+            .filter_map(|(vip, p)| {
+                let mac = self.links.get(&p.ifindex)?.mac;
+                Some((
+                    *vip,
+                    HeldVip {
+                        ifindex: p.ifindex,
+                        mac,
+                        vlan: 0,
+                        _pad: [0; 4],
+                        expires_ns,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// The lease's end on the XDP program's clock (R16).
+    fn xdp_expiry(&self) -> u64 {
+        self.applied
+            .lease
+            .map_or(vipd_common::NO_EXPIRY, |l| monotonic_ns(l.until))
+    }
+
     /// Attaches the XDP program where VIPs live (and where the operator
     /// named), watches every configured VIP and holds exactly `held`.
     fn sync_xdp(&mut self, snap: &NetSnapshot, held: &BTreeMap<Vip, Placement>) -> Vec<String> {
+        let expires_ns = self.xdp_expiry();
         let Some(off) = &self.offload else {
             return Vec::new();
         };
@@ -691,6 +830,8 @@ impl Engine {
                                 ifindex: p.ifindex,
                                 mac,
                                 vlan: 0,
+                                _pad: [0; 4],
+                                expires_ns,
                             },
                         ))
                     })
@@ -747,6 +888,24 @@ async fn sleep_opt(at: Option<tokio::time::Instant>) {
         Some(t) => sleep_until(t).await,
         None => std::future::pending().await,
     }
+}
+
+/// `at` on CLOCK_MONOTONIC in nanoseconds, the clock of the XDP program's
+/// `bpf_ktime_get_ns` (std's `Instant` reads the same clock on Linux, but
+/// keeps its value private: convert through the distance from now).
+pub fn monotonic_ns(at: Instant) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    let now_ns = u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000
+        + u64::try_from(ts.tv_nsec).unwrap_or(0);
+    let now = Instant::now();
+    let ahead = u64::try_from(at.saturating_duration_since(now).as_nanos()).unwrap_or(u64::MAX);
+    let behind = u64::try_from(now.saturating_duration_since(at).as_nanos()).unwrap_or(u64::MAX);
+    now_ns.saturating_add(ahead).saturating_sub(behind)
 }
 
 /// Milliseconds since the Unix epoch.

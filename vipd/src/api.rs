@@ -120,6 +120,7 @@ impl ApiState {
                 "errors": e.xdp_errors,
             },
             "conflicts": e.conflicts,
+            "lease": e.lease,
             "announcements": self.announcer.stats(),
             "zookeeper": coord,
         })

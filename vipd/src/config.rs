@@ -379,6 +379,27 @@ pub struct ZkArgs {
     /// stands for election again.
     #[arg(global = true, long, env = "VIPD_STEP_DOWN_BACKOFF", value_parser = parse_positive_duration, default_value = "5s")]
     pub step_down_backoff: Duration,
+
+    /// The leader's lease (R15): it renews it every lease / 4 and fences when
+    /// its last acknowledged renewal was sent longer ago; the VIP addresses'
+    /// kernel lifetime follows it. Must be below the session timeout minus
+    /// one renewal interval. Default: a third of the session timeout.
+    #[arg(long, env = "VIPD_LEASE", value_parser = parse_positive_duration)]
+    pub lease: Option<Duration>,
+
+    /// Added by the next in line to lease + one renewal interval before it
+    /// takes over from a silent leader (at least 100ms): covers clock rate
+    /// drift between the nodes and the old leader's own fencing.
+    #[arg(long, env = "VIPD_TAKEOVER_MARGIN", value_parser = parse_duration, default_value = "100ms")]
+    pub takeover_margin: Duration,
+}
+
+impl ZkArgs {
+    /// The lease settings, validated against the session timeout.
+    pub fn lease_times(&self) -> Result<crate::coord::lease::LeaseTimes, String> {
+        crate::coord::lease::LeaseTimes::new(self.session_timeout, self.lease, self.takeover_margin)
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// The VIP engine: reconcile and announce.
@@ -481,6 +502,7 @@ impl Config {
                 "invalid node id {id:?}: use letters, digits, '-', '_' and '.'"
             ));
         }
+        self.zk.lease_times()?;
         Ok(())
     }
 
@@ -743,5 +765,34 @@ mod tests {
         assert!(c.validate().is_err());
         let c = Config::try_parse_from(["vipd", "--cluster", "a/b"]).unwrap();
         assert!(c.validate().unwrap_err().contains("a/b"));
+    }
+
+    #[test]
+    fn lease_defaults_and_is_checked_against_the_session() {
+        let c = Config::try_parse_from(["vipd"]).unwrap();
+        let t = c.zk.lease_times().unwrap();
+        assert_eq!(t.length, Duration::from_secs(2));
+        assert_eq!(t.margin, Duration::from_millis(100));
+        let c = Config::try_parse_from(["vipd", "--lease", "200ms", "--session-timeout", "1s"])
+            .unwrap();
+        c.validate().unwrap();
+        assert_eq!(
+            c.zk.lease_times().unwrap().length,
+            Duration::from_millis(200)
+        );
+        let c = Config::try_parse_from(["vipd", "--lease", "5s"]).unwrap();
+        let e = c.validate().unwrap_err();
+        assert!(e.contains("--lease 5s") && e.contains("session"), "{e}");
+        let c = Config::try_parse_from(["vipd", "--takeover-margin", "50ms"]).unwrap();
+        assert!(c.validate().unwrap_err().contains("takeover-margin"));
+        let f = write("lease = \"7s\"\nsession_timeout = \"8s\"\n");
+        let e = load(["vipd", "--config", f.0.to_str().unwrap()])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("--lease 7s"), "{e}");
+        let f = write("lease = \"1s\"\n");
+        let l = load(["vipd", "--config", f.0.to_str().unwrap()]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(l.config.zk.lease, Some(Duration::from_secs(1)));
     }
 }

@@ -35,6 +35,18 @@ pub fn render(state: &ApiState) -> String {
         "Leader terms this agent started.",
         &[(String::new(), e.leader_terms as f64)],
     );
+    metric(
+        "vipd_lease_renewals_total",
+        "counter",
+        "Lease renewals the engine applied (address lifetimes, XDP expiry).",
+        &[(String::new(), e.lease.renewals as f64)],
+    );
+    metric(
+        "vipd_lease_renewal_seconds_total",
+        "counter",
+        "Time the engine spent applying lease renewals.",
+        &[(String::new(), e.lease.renewal_us_total as f64 / 1e6)],
+    );
     if let Some(c) = &state.coord {
         let c = c.borrow().clone();
         let samples: Vec<(String, f64)> = [
@@ -64,6 +76,14 @@ pub fn render(state: &ApiState) -> String {
             "1 while the node fenced itself (cannot confirm its ZooKeeper session).",
             &[(String::new(), f64::from(u8::from(c.fenced)))],
         );
+        if let Some(term) = c.term {
+            metric(
+                "vipd_term",
+                "gauge",
+                "The cluster's leader term as last seen: the leader znode's sequence number.",
+                &[(String::new(), term as f64)],
+            );
+        }
     }
     let wanted = e.vips.len() as f64;
     let held = e.vips.iter().filter(|v| v.state == "held").count() as f64;

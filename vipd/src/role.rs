@@ -2,7 +2,7 @@
 //! engine: the source says what this node should do; the engine says what it
 //! has done, so the source can release leadership only once VIPs are gone.
 
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, time::Instant};
 
 use serde::Serialize;
 
@@ -29,6 +29,31 @@ pub struct Desired {
     /// Leader term: a new value starts a new term (fresh announcements and a
     /// new R8 sync task), even when `role` stays `Leader`.
     pub term: u64,
+    /// The leader's lease (R16): `None` in single-node mode, where nothing
+    /// expires. A change of `lease` alone is a renewal, never a new term.
+    pub lease: Option<LeaseGrant>,
+}
+
+/// How long the leader may hold its VIPs, as the engine needs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseGrant {
+    /// The lease ends here (monotonic clock): no address is added or renewed,
+    /// no frame announced, no ARP answered in XDP from then on.
+    pub until: Instant,
+    /// Valid and preferred lifetime of every VIP address, whole seconds.
+    pub address_lifetime: u32,
+}
+
+impl Desired {
+    /// Whether the lease (if any) still runs at `now`.
+    pub fn lease_valid(&self, now: Instant) -> bool {
+        self.lease.is_none_or(|l| now < l.until)
+    }
+
+    /// Whether `other` differs from this only in its lease.
+    pub fn same_but_lease(&self, other: &Desired) -> bool {
+        self.role == other.role && self.term == other.term && self.vips == other.vips
+    }
 }
 
 /// What the engine has done. Sent on a `watch` channel after every pass.

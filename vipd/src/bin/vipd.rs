@@ -42,6 +42,13 @@ fn main() -> ExitCode {
         for (key, value, source) in &loaded.effective {
             println!("{key} = {value:?}  # {source}");
         }
+        if loaded.config.zk.hosts.is_some()
+            && let Ok(lease) = loaded.config.zk.lease_times()
+        {
+            for line in lease.describe() {
+                println!("{line}");
+            }
+        }
         println!("# configuration is valid");
         return ExitCode::SUCCESS;
     }
@@ -141,6 +148,7 @@ async fn run(config: Config) -> Result<()> {
                 role: Role::Leader,
                 vips,
                 term: 1,
+                lease: None,
             });
         }
         Some(hosts) => {
@@ -156,6 +164,10 @@ async fn run(config: Config) -> Result<()> {
                 session_timeout: config.zk.session_timeout,
                 auth,
                 step_down_backoff: config.zk.step_down_backoff,
+                lease: config
+                    .zk
+                    .lease_times()
+                    .map_err(|e| anyhow::anyhow!("{e}"))?,
             };
             let (cs_tx, cs_rx) = watch::channel(CoordStatus::default());
             coord_status = Some(cs_rx);

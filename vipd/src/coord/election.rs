@@ -10,12 +10,22 @@ use zookeeper_client::{Client, CreateMode};
 
 use super::session::{ZkCallError, ZnodeAcl, call};
 
-/// What a candidate's znode holds.
+/// What a candidate's znode holds. The leader rewrites it with every lease
+/// renewal (R15): the znode's version is the renewal the next in line sees.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct CandidateData {
     pub node: String,
     #[serde(default)]
     pub host: String,
+    /// The leader's term (its znode's sequence number); 0 while a candidate.
+    #[serde(default)]
+    pub term: u64,
+    /// The lease length in milliseconds; 0 while a candidate.
+    #[serde(default)]
+    pub lease_ms: u64,
+    /// Renewals written this term.
+    #[serde(default)]
+    pub renewal: u64,
 }
 
 /// The sequence number of a candidate znode name (`<node>-n_0000000007`).

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod election;
+pub mod lease;
 pub mod session;
 pub mod store;
 
@@ -24,12 +25,13 @@ pub use self::{
     store::ServiceStatus,
 };
 use self::{
-    election::{CandidateData, ensure_candidacy, node_of, sort_candidates},
+    election::{CandidateData, ensure_candidacy, node_of, sequence, sort_candidates},
+    lease::{LeaseTimes, Observer},
     session::{ZkCallError, ZnodeAcl, call},
 };
 use crate::{
     config::valid_name,
-    role::{Desired, EngineReport, Role},
+    role::{Desired, EngineReport, LeaseGrant, Role},
     vip::Vip,
 };
 
@@ -44,6 +46,8 @@ pub struct ZkSettings {
     pub auth: Option<ZkAuth>,
     /// Wait after giving up leadership (no route for a VIP) before standing again.
     pub step_down_backoff: Duration,
+    /// The leader's lease and the successor's takeover (R15).
+    pub lease: LeaseTimes,
 }
 
 impl ZkSettings {
@@ -52,7 +56,7 @@ impl ZkSettings {
     pub fn from_args(
         args: &crate::config::ZkArgs,
         node_id: String,
-    ) -> Result<Option<ZkSettings>, ZkAuthError> {
+    ) -> Result<Option<ZkSettings>, CoordError> {
         let Some(hosts) = &args.hosts else {
             return Ok(None);
         };
@@ -60,7 +64,9 @@ impl ZkSettings {
             .zk_auth_file
             .as_deref()
             .map(ZkAuth::from_file)
-            .transpose()?;
+            .transpose()
+            .map_err(|e| CoordError::Setting(e.to_string()))?;
+        let lease = args.lease_times().map_err(CoordError::Setting)?;
         Ok(Some(ZkSettings {
             hosts: hosts.clone(),
             cluster: args.cluster.clone(),
@@ -68,6 +74,7 @@ impl ZkSettings {
             session_timeout: args.session_timeout,
             auth,
             step_down_backoff: args.step_down_backoff,
+            lease,
         }))
     }
 }
@@ -96,6 +103,9 @@ pub struct CoordStatus {
     /// Node id of the current leader, as last seen.
     pub leader: Option<String>,
     pub is_leader: bool,
+    /// The leader's term: the sequence number of its election znode, so
+    /// every node of the cluster sees the same, increasing numbers.
+    pub term: Option<u64>,
     /// Elected, but not acting as leader because the session cannot be
     /// trusted right now (disconnected or heartbeat late).
     pub fenced: bool,
@@ -146,6 +156,9 @@ pub async fn run(
         data: serde_json::to_vec(&CandidateData {
             node: settings.node_id.clone(),
             host: crate::config::hostname(),
+            term: 0,
+            lease_ms: 0,
+            renewal: 0,
         })
         .expect("strings serialize"),
         settings: &settings,
@@ -276,16 +289,37 @@ impl Ctx<'_> {
         });
     }
 
-    fn leader(&self, term: u64) {
+    fn leader(&self, term: u64, lease: LeaseGrant) {
         self.desired.send_modify(|d| {
             d.role = Role::Leader;
             d.term = term;
+            d.lease = Some(lease);
         });
         self.status.send_modify(|x| {
             x.is_leader = true;
             x.fenced = false;
             x.leader = Some(self.settings.node_id.clone());
+            x.term = Some(term);
         });
+    }
+
+    /// An acknowledged renewal: the engine renews addresses and XDP expiry.
+    fn renewed(&self, lease: LeaseGrant) {
+        self.desired.send_if_modified(|d| {
+            let changed = d.role == Role::Leader && d.lease != Some(lease);
+            if changed {
+                d.lease = Some(lease);
+            }
+            changed
+        });
+    }
+
+    fn grant(&self, sent: Instant) -> LeaseGrant {
+        let lease = &self.settings.lease;
+        LeaseGrant {
+            until: lease.until(sent.into_std()),
+            address_lifetime: lease.address_lifetime(),
+        }
     }
 
     fn publish_services(&self, r: Result<BTreeMap<String, ServiceStatus>, String>) {
@@ -386,7 +420,6 @@ impl Ctx<'_> {
             let me = own.clone().expect("set above");
             // sync first: a server cut off from its quorum still answers
             // reads from its stale tree (FACTS "Ensemble trap").
-            let sent = Instant::now();
             let children = async {
                 call("sync", dir, deadline, client.sync(dir)).await?;
                 call("list children", dir, deadline, client.list_children(dir)).await
@@ -407,7 +440,7 @@ impl Ctx<'_> {
             };
             self.note_leader(client, dir, &sorted[0], deadline).await;
             if pos == 0 {
-                match self.lead(client, st, &me, sent, &mut state, cancel).await {
+                match self.lead(client, st, &me, &mut state, cancel).await {
                     LeadEnd::Cancelled => return SessionState::Closed,
                     LeadEnd::Fenced => continue,
                     LeadEnd::Lost => {
@@ -423,6 +456,10 @@ impl Ctx<'_> {
             }
             self.follower(false);
             let pred = format!("{dir}/{}", sorted[pos - 1]);
+            if pos == 1 {
+                self.watch_leader(client, &pred, &mut state, cancel).await;
+                continue;
+            }
             match call("watch", &pred, deadline, client.check_and_watch_stat(&pred)).await {
                 Ok((None, _)) => continue,
                 Ok((Some(_), w)) => {
@@ -453,88 +490,148 @@ impl Ctx<'_> {
                 .unwrap_or_else(|_| node_of(lowest).to_string()),
             Err(_) => node_of(lowest).to_string(),
         };
+        let term = sequence(lowest).and_then(|s| u64::try_from(s).ok());
         self.status.send_if_modified(|x| {
-            let changed = x.leader.as_deref() != Some(id.as_str());
+            let changed = x.leader.as_deref() != Some(id.as_str()) || x.term != term;
             x.leader = Some(id);
+            x.term = term;
             changed
         });
     }
 
-    /// One leader term: heartbeats, fencing, the engine's report.
+    /// One leader term: lease renewals (versioned writes of our own znode),
+    /// fencing at the lease's end, the engine's report (R15).
     #[instrument(skip_all, fields(node = %self.settings.node_id, znode = %me))]
     async fn lead(
         &self,
         client: &Client,
         st: &mut Campaign,
         me: &str,
-        confirmed_at: Instant,
         state: &mut StateWatcher,
         cancel: &CancellationToken,
     ) -> LeadEnd {
-        let t = client.session_timeout();
-        let fence_after = t / 3;
-        let beat_every = (t / 10).max(Duration::from_millis(10));
-        let beat_deadline = t / 4;
+        let lease = self.settings.lease;
+        let retry = (lease.renew_every() / 2).max(Duration::from_millis(20));
         let path = format!("{}/{me}", self.paths.election);
-        st.term += 1;
-        info!(term = st.term, "elected leader");
-        self.leader(st.term);
-        let (ack_tx, mut ack_rx) = watch::channel(confirmed_at);
-        // Heartbeat: sync then stat our own znode, each under a deadline;
-        // the *send* time of the last answered one is what counts.
-        let heartbeat = async {
-            let mut tick = tokio::time::interval(beat_every);
+        let term = sequence(me)
+            .and_then(|s| u64::try_from(s).ok())
+            .unwrap_or(0);
+        // Only this session writes its znode; others may only delete it.
+        let mut version = match call("stat", &path, lease.length, client.check_stat(&path)).await {
+            Ok(Some(stat)) => stat.version,
+            Ok(None) => return LeadEnd::Lost,
+            Err(e) => {
+                debug!(error = %e, "cannot read our election znode; retrying");
+                pause(retry, state, cancel).await;
+                return LeadEnd::Fenced;
+            }
+        };
+        let host = crate::config::hostname();
+        let data = |renewal: u64| {
+            serde_json::to_vec(&CandidateData {
+                node: self.settings.node_id.clone(),
+                host: host.clone(),
+                term,
+                lease_ms: u64::try_from(lease.length.as_millis()).unwrap_or(u64::MAX),
+                renewal,
+            })
+            .expect("plain data serializes")
+        };
+        // A renewal: write our znode at the version we last wrote; the
+        // answer's time does not matter, only when it was sent.
+        let renew = |version: i32, renewal: u64| {
+            let data = data(renewal);
+            let path = path.clone();
+            async move {
+                let sent = Instant::now();
+                let r = call(
+                    "renew lease",
+                    &path,
+                    lease.length,
+                    client.set_data(&path, &data, Some(version)),
+                )
+                .await;
+                (sent, r)
+            }
+        };
+        let mut renewal = 1;
+        // The term starts with an acknowledged renewal, never before: a
+        // node that fenced adds no VIP until it knows its lease is valid.
+        let (sent, r) = renew(version, renewal).await;
+        match r {
+            Ok(stat) => version = stat.version,
+            Err(e) if lost_znode(&e) => {
+                warn!(error = %e, "our election znode was taken from us; standing again");
+                return LeadEnd::Lost;
+            }
+            Err(e) => {
+                debug!(error = %e, "first lease renewal failed; retrying");
+                pause(retry, state, cancel).await;
+                return LeadEnd::Fenced;
+            }
+        }
+        if Instant::now() >= sent + lease.length {
+            debug!("first lease renewal answered after the lease; retrying");
+            return LeadEnd::Fenced;
+        }
+        st.term = term;
+        info!(term, lease = ?lease.length, renew_every = ?lease.renew_every(), "elected leader; lease held");
+        self.leader(term, self.grant(sent));
+        let (ack_tx, mut ack_rx) = watch::channel(sent);
+        // One renewal at a time, each waited for up to the lease (an answer
+        // later than that extends nothing): a renewal that timed out and
+        // landed late shows as BadVersion on the next, ending the term.
+        let renewals = async {
+            let every = lease.renew_every();
+            let mut tick = tokio::time::interval_at(sent + every, every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                let sent = Instant::now();
-                let beat = async {
-                    call("sync", &path, beat_deadline, client.sync(&path)).await?;
-                    call("stat", &path, beat_deadline, client.check_stat(&path)).await
-                };
-                match beat.await {
-                    Ok(Some(_)) => {
+                renewal += 1;
+                let (sent, r) = renew(version, renewal).await;
+                match r {
+                    Ok(stat) => {
+                        version = stat.version;
                         ack_tx.send_replace(sent);
                     }
-                    Ok(None) => return,
-                    Err(ZkCallError::Failed {
-                        source: zookeeper_client::Error::NoNode,
-                        ..
-                    }) => return,
-                    Err(e) => debug!(error = %e, "heartbeat failed"),
+                    Err(e) if lost_znode(&e) => return e,
+                    Err(e) => debug!(error = %e, "lease renewal failed"),
                 }
             }
         };
-        tokio::pin!(heartbeat);
+        tokio::pin!(renewals);
+        let mut published = sent;
         loop {
-            let fence_at = *ack_rx.borrow_and_update() + fence_after;
+            let acked = *ack_rx.borrow_and_update();
+            if acked != published {
+                published = acked;
+                self.renewed(self.grant(acked));
+            }
+            let fence_at = acked + lease.length;
             tokio::select! {
                 _ = cancel.cancelled() => break LeadEnd::Cancelled,
-                () = &mut heartbeat => {
-                    warn!("our election znode is gone; stepping down");
+                e = &mut renewals => {
+                    warn!(error = %e, "lease renewal refused: another node took over, or our znode is gone; the term ends");
                     self.follower(false);
                     break LeadEnd::Lost;
                 }
                 _ = ack_rx.changed() => {}
                 _ = tokio::time::sleep_until(fence_at) => {
-                    warn!(late = ?fence_after, "no heartbeat answered in time; fencing (VIPs go until the session is confirmed)");
+                    warn!(lease = ?lease.length, "no lease renewal acknowledged in time; fencing (VIPs go until a renewal is acknowledged)");
                     self.follower(true);
                     break LeadEnd::Fenced;
                 }
                 s = state.changed() => match s {
-                    // The session outlives the connection by at least T
-                    // after the last answered heartbeat was sent, so the
-                    // heartbeat deadline above (fence_at) is as safe here as
-                    // for a silent link. Fencing at once would drop the VIPs
-                    // even when the client reconnects to another ensemble
-                    // member within milliseconds, keeping its session.
+                    // The lease, not the connection, decides: a client that
+                    // reconnects to another ensemble member within
+                    // milliseconds keeps its session and its lease.
                     SessionState::Disconnected => {
                         warn!(fence_in = ?fence_at.saturating_duration_since(Instant::now()),
-                            "ZooKeeper connection lost; fencing unless it is back before the heartbeat deadline");
+                            "ZooKeeper connection lost; fencing unless a renewal is acknowledged before the lease ends");
                         self.set_session("disconnected");
                     }
                     SessionState::SyncConnected => {
-                        info!("ZooKeeper connection back within the heartbeat deadline; still leading");
+                        info!("ZooKeeper connection back within the lease; still leading");
                         self.set_session("connected");
                     }
                     s if s.is_terminated() => {
@@ -553,6 +650,107 @@ impl Ctx<'_> {
                         break LeadEnd::GiveUp(rep.no_route.clone());
                     }
                 }
+            }
+        }
+    }
+
+    /// The next in line (R15, and R1: only it): reads the leader's znode
+    /// (sync, then stat with a watch) twice per renewal interval, and when
+    /// it has seen no new version for lease + renewal + margin while
+    /// ZooKeeper answered every one of these reads, deletes the leader's
+    /// znode conditionally on that version. Returns when the election should
+    /// be looked at again.
+    async fn watch_leader(
+        &self,
+        client: &Client,
+        leader: &str,
+        state: &mut StateWatcher,
+        cancel: &CancellationToken,
+    ) {
+        let lease = self.settings.lease;
+        let deadline = lease.poll_deadline();
+        let mut observer = Observer::new(lease);
+        let mut tick = tokio::time::interval(lease.poll_every());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        debug!(leader = %leader, takeover_after = ?lease.takeover_after(), "next in line; watching the leader's lease");
+        loop {
+            let sent = std::time::Instant::now();
+            let read = async {
+                call("sync", leader, deadline, client.sync(leader)).await?;
+                call(
+                    "watch",
+                    leader,
+                    deadline,
+                    client.check_and_watch_stat(leader),
+                )
+                .await
+            }
+            .await;
+            let answered = std::time::Instant::now();
+            let watcher = match read {
+                Ok((None, _)) => return,
+                Ok((Some(stat), w)) => {
+                    if let Some(version) = observer.answered(sent, answered, stat.version) {
+                        if self.take_over(client, leader, version, deadline).await {
+                            return;
+                        }
+                        observer.missed();
+                    }
+                    Some(w)
+                }
+                Err(e) => {
+                    debug!(error = %e, "cannot read the leader's znode; its silence does not count meanwhile");
+                    observer.missed();
+                    None
+                }
+            };
+            let changed = async {
+                match watcher {
+                    Some(w) => drop(w.changed().await),
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = state.changed() => return,
+                _ = tick.tick() => {}
+                () = changed => {}
+            }
+        }
+    }
+
+    /// Deletes the silent leader's znode if it is still at `version`.
+    /// True when it is gone (by us or otherwise).
+    async fn take_over(
+        &self,
+        client: &Client,
+        leader: &str,
+        version: i32,
+        deadline: Duration,
+    ) -> bool {
+        let lease = self.settings.lease;
+        warn!(leader = %leader, version, silent_for = ?lease.takeover_after(),
+            "the leader has not renewed its lease while ZooKeeper answered us; taking over");
+        match call(
+            "delete",
+            leader,
+            deadline,
+            client.delete(leader, Some(version)),
+        )
+        .await
+        {
+            Ok(()) => {
+                info!(leader = %leader, version, "deleted the silent leader's znode; standing as leader");
+                true
+            }
+            Err(e) if e.is(&zookeeper_client::Error::NoNode) => true,
+            Err(e) if e.is(&zookeeper_client::Error::BadVersion) => {
+                info!(leader = %leader, "the leader renewed its lease at the last moment; still following");
+                false
+            }
+            Err(e) => {
+                warn!(error = %e, "takeover delete failed; counting the leader's silence again");
+                false
             }
         }
     }
@@ -607,6 +805,12 @@ impl Ctx<'_> {
         self.set_session("closed");
         self.status.send_modify(|x| x.leader = None);
     }
+}
+
+/// A renewal error that ends the term: our znode was deleted (a successor
+/// took over) or written by someone else (BadVersion).
+fn lost_znode(e: &ZkCallError) -> bool {
+    e.is(&zookeeper_client::Error::NoNode) || e.is(&zookeeper_client::Error::BadVersion)
 }
 
 /// Waits (bounded) until the engine reports no VIP held.

@@ -12,6 +12,7 @@ use rtnetlink::{
         AddressFamily, RouteNetlinkMessage,
         address::{
             AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressProtocol,
+            CacheInfo,
         },
         link::{LinkAttribute, LinkFlags, LinkMessage},
         route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteType},
@@ -123,6 +124,9 @@ impl NetSnapshot {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NetEvent {
     Address,
+    /// An address appeared or changed carrying vipd's mark: vipd's own add
+    /// or lifetime renewal, the state it just wrote. No reason to re-check.
+    OwnAddress,
     Route,
     Link,
     /// Events were lost (ENOBUFS): re-dump everything.
@@ -236,25 +240,23 @@ impl Netlink {
     }
 
     /// Adds the VIP with vipd's mark (IFA_PROTO) and no broadcast address,
-    /// as plain `ip addr add X/len dev if` would; already there = Ok.
-    #[instrument(skip_all, fields(vip = %vip, ifindex = placement.ifindex, prefix_len = placement.prefix_len), err)]
+    /// as plain `ip addr add X/len dev if` would; already there = Ok. The
+    /// address is permanent.
     pub async fn add_vip(&self, vip: Vip, placement: Placement) -> Result<(), NetError> {
-        let mut request =
-            self.handle
-                .address()
-                .add(placement.ifindex, vip.addr().into(), placement.prefix_len);
-        let message = request.message_mut();
-        // The builder derives a broadcast address; `ip addr add` sets none,
-        // and a VIP must not change what the subnet's broadcast looks like.
-        message
-            .attributes
-            .retain(|a| !matches!(a, AddressAttribute::Broadcast(_)));
-        message
-            .attributes
-            .push(AddressAttribute::Protocol(AddressProtocol::Other(
-                VIPD_ADDR_PROTO,
-            )));
-        match request.execute().await {
+        self.add_vip_for(vip, placement, None).await
+    }
+
+    /// [`Netlink::add_vip`] with a valid and preferred lifetime of
+    /// `lifetime` seconds (R16): the kernel removes the address by itself
+    /// unless [`Netlink::renew_vip`] comes first. `None`: permanent.
+    #[instrument(skip_all, fields(vip = %vip, ifindex = placement.ifindex, prefix_len = placement.prefix_len), err)]
+    pub async fn add_vip_for(
+        &self,
+        vip: Vip,
+        placement: Placement,
+        lifetime: Option<u32>,
+    ) -> Result<(), NetError> {
+        match self.write_vip(vip, placement, lifetime, false).await {
             Ok(()) => {
                 debug!(vip = %vip, ifindex = placement.ifindex, prefix_len = placement.prefix_len, "VIP added");
                 Ok(())
@@ -272,6 +274,60 @@ impl Netlink {
                 source,
             }),
         }
+    }
+
+    /// Restarts the VIP address's lifetime (`lifetime` seconds from now).
+    /// The request replaces the address's attributes, IFA_PROTO included,
+    /// so it carries vipd's mark again. (The kernel creates the address if
+    /// it is gone; callers renew only what they hold.)
+    pub async fn renew_vip(
+        &self,
+        vip: Vip,
+        placement: Placement,
+        lifetime: u32,
+    ) -> Result<(), NetError> {
+        self.write_vip(vip, placement, Some(lifetime), true)
+            .await
+            .map_err(|source| NetError::AddVip {
+                vip,
+                ifindex: placement.ifindex,
+                prefix_len: placement.prefix_len,
+                source,
+            })
+    }
+
+    async fn write_vip(
+        &self,
+        vip: Vip,
+        placement: Placement,
+        lifetime: Option<u32>,
+        replace: bool,
+    ) -> Result<(), rtnetlink::Error> {
+        let mut request =
+            self.handle
+                .address()
+                .add(placement.ifindex, vip.addr().into(), placement.prefix_len);
+        if replace {
+            request = request.replace();
+        }
+        let message = request.message_mut();
+        // The builder derives a broadcast address; `ip addr add` sets none,
+        // and a VIP must not change what the subnet's broadcast looks like.
+        message
+            .attributes
+            .retain(|a| !matches!(a, AddressAttribute::Broadcast(_)));
+        message
+            .attributes
+            .push(AddressAttribute::Protocol(AddressProtocol::Other(
+                VIPD_ADDR_PROTO,
+            )));
+        if let Some(secs) = lifetime {
+            let mut info = CacheInfo::default();
+            info.ifa_valid = secs;
+            info.ifa_preferred = secs;
+            message.attributes.push(AddressAttribute::CacheInfo(info));
+        }
+        request.execute().await
     }
 
     /// Removes an address vipd added. Refuses ([`NetError::NotOwned`]) when
@@ -573,6 +629,7 @@ fn event_of(payload: &NetlinkPayload<RouteNetlinkMessage>) -> Option<NetEvent> {
     match payload {
         NetlinkPayload::Overrun(_) => Some(NetEvent::Overrun),
         NetlinkPayload::InnerMessage(message) => match message {
+            RouteNetlinkMessage::NewAddress(m) if is_marked(m) => Some(NetEvent::OwnAddress),
             RouteNetlinkMessage::NewAddress(_) | RouteNetlinkMessage::DelAddress(_) => {
                 Some(NetEvent::Address)
             }
@@ -1007,6 +1064,64 @@ mod tests {
             expect_event(&mut events, NetEvent::Link, Duration::from_secs(1)).await;
             ip("route add 198.51.100.0/24 dev d1");
             expect_event(&mut events, NetEvent::Route, Duration::from_secs(1)).await;
+        });
+    }
+
+    /// The lines `ip` prints for one address (the address line and the
+    /// lifetime line after it).
+    fn addr_lines(ifname: &str, cidr: &str) -> Option<String> {
+        let shown = ip(&format!("-4 addr show dev {ifname}"));
+        let lines: Vec<&str> = shown.lines().collect();
+        let i = lines
+            .iter()
+            .position(|l| l.contains(&format!("inet {cidr} ")))?;
+        Some(lines[i..(i + 2).min(lines.len())].join("\n"))
+    }
+
+    #[test]
+    fn lifetimes_are_set_renewed_with_the_mark_and_expire() {
+        in_netns(|| async {
+            iface("d0");
+            ip("addr add 192.0.2.1/24 dev d0");
+            let nl = Netlink::new().unwrap();
+            let d0 = ifindex(&nl, "d0").await;
+            let v = vip("192.0.2.100");
+            let p = place(&nl, v).await;
+            let mut events = monitor().unwrap();
+            nl.add_vip_for(v, p, Some(3)).await.unwrap();
+            let shown = addr_lines("d0", "192.0.2.100/24").expect("VIP shown");
+            assert!(
+                shown.contains("dynamic") && shown.contains("valid_lft 3sec preferred_lft 3sec"),
+                "{shown}"
+            );
+            expect_event(&mut events, NetEvent::OwnAddress, Duration::from_secs(1)).await;
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+            nl.renew_vip(v, p, 3).await.unwrap();
+            let shown = addr_lines("d0", "192.0.2.100/24").expect("VIP shown");
+            assert!(shown.contains("valid_lft 3sec"), "renewed: {shown}");
+            assert!(
+                addresses_on(&nl, &[d0])
+                    .await
+                    .contains(&addr(d0, "192.0.2.100", 24, true)),
+                "the renewal kept vipd's mark"
+            );
+            // A renewal is vipd's own event, never a plain Address one.
+            let mut seen = Vec::new();
+            while let Ok(Some(e)) =
+                tokio::time::timeout(Duration::from_millis(200), events.recv()).await
+            {
+                seen.push(e);
+            }
+            assert!(seen.contains(&NetEvent::OwnAddress), "{seen:?}");
+            assert!(!seen.contains(&NetEvent::Address), "{seen:?}");
+            // Left alone, it leaves by itself.
+            nl.renew_vip(v, p, 1).await.unwrap();
+            let renewed = std::time::Instant::now();
+            expect_event(&mut events, NetEvent::Address, Duration::from_secs(3)).await;
+            let gone = renewed.elapsed();
+            assert!(addr_lines("d0", "192.0.2.100/24").is_none());
+            assert!(gone >= Duration::from_millis(900), "gone after {gone:?}");
+            eprintln!("a VIP with valid_lft 1 was gone {gone:?} after its last renewal");
         });
     }
 

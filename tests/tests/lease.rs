@@ -1,0 +1,353 @@
+//! The lease (issue 12: R15, R16) in a real cluster: three vipd processes in
+//! lab namespaces against a real ZooKeeper. Each test records every node's
+//! address events (netlink, one monotonic clock) and asserts that no VIP was
+//! ever on two nodes at once, and prints the takeover time it measured.
+//! None of them runs `vipctl cleanup`: the VIPs must leave on their own.
+
+use std::{
+    collections::BTreeSet,
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
+
+use vipd_tests::cluster::{
+    AddrMonitor, Cluster, Timeline, ZkKind, gap_ms, leader_of, monitors, ms, timeline, vip_set,
+    within,
+};
+
+const WEB: [&str; 2] = ["192.0.2.100", "192.0.2.101"];
+/// vipd's default session timeout.
+const DEFAULT_T: Duration = Duration::from_secs(6);
+
+/// One cluster at a time (a ZooKeeper JVM and three vipds each).
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Three nodes serving WEB with session timeout `t`, and the first leader.
+fn lease_cluster(hint: &str, t: Duration) -> (Cluster, BTreeSet<Ipv4Addr>, usize) {
+    let mut c = Cluster::new(hint, ZkKind::Standalone, 3);
+    c.vip_ok(&["set", "web", WEB[0], WEB[1]]);
+    c.start_all_with(t, &[]);
+    let vips = vip_set(&WEB);
+    let (leader, took) = c
+        .wait_sole_holder(&vips, None, Duration::from_secs(15))
+        .unwrap_or_else(|e| panic!("first election: {e}"));
+    eprintln!(
+        "[{hint}] {} holds {vips:?} {:.0} ms after the vipds answered",
+        c.nodes[leader].id,
+        ms(took)
+    );
+    // Let the followers settle into watching (the next in line reads the
+    // leader's lease) before a fault.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        c.sole_holder(&vips),
+        Some(leader),
+        "{:?}",
+        c.holdings(&vips)
+    );
+    (c, vips, leader)
+}
+
+/// Replays the events since `since` and fails on any overlap.
+fn assert_no_overlap(
+    c: &Cluster,
+    mons: &[AddrMonitor],
+    vips: &BTreeSet<Ipv4Addr>,
+    initial: &[BTreeSet<Ipv4Addr>],
+    since: Instant,
+    what: &str,
+) -> Timeline {
+    let t = timeline(mons, vips, initial, since, Instant::now());
+    eprintln!(
+        "[{what}] handovers (vip, from, to, gap ms) {:?}; overlaps {:?}; longest unheld {:?} ms",
+        t.handovers, t.overlaps, t.longest_unheld
+    );
+    assert!(
+        t.overlaps.is_empty(),
+        "{what}: two holders at once: {:?}; holdings now {:?}",
+        t.overlaps,
+        c.holdings(vips)
+    );
+    t
+}
+
+/// For each VIP: when `old` lost it and `new` got it, after `since`
+/// (ms), asserting the order.
+fn handover_times(
+    c: &Cluster,
+    mons: &[AddrMonitor],
+    vips: &BTreeSet<Ipv4Addr>,
+    old: usize,
+    new: usize,
+    since: Instant,
+    what: &str,
+) -> Vec<(f64, f64)> {
+    let mut out = Vec::new();
+    for &vip in vips {
+        let del = mons[old]
+            .first(false, vip, since)
+            .unwrap_or_else(|| panic!("{what}: no RTM_DELADDR of {vip} on {}", c.nodes[old].id));
+        let add = mons[new]
+            .first(true, vip, since)
+            .unwrap_or_else(|| panic!("{what}: no RTM_NEWADDR of {vip} on {}", c.nodes[new].id));
+        eprintln!(
+            "[{what}] {vip}: {} lost it at +{:.0} ms, {} added it at +{:.0} ms (gap {:.1} ms)",
+            c.nodes[old].id,
+            ms(del - since),
+            c.nodes[new].id,
+            ms(add - since),
+            gap_ms(del, add)
+        );
+        assert!(
+            del < add,
+            "{what} {vip}: added {:.1} ms before it was removed",
+            -gap_ms(del, add)
+        );
+        out.push((ms(del - since), ms(add - since)));
+    }
+    out
+}
+
+/// R15 at T = 1 s: the leader's ZooKeeper link is cut, first silently
+/// (carrier kept: the bridge port detached), then as a pulled cable
+/// (carrier lost). The next in line takes over at the lease's end, well
+/// before ZooKeeper would expire the session.
+#[test]
+fn zookeeper_link_cut_at_t_1s_takes_over_before_session_expiry() {
+    let _serial = serial();
+    let t = Duration::from_secs(1);
+    let (c, vips, mut leader) = lease_cluster("ls-cut", t);
+    for (round, silent) in [(1, true), (2, false)] {
+        let what = if silent {
+            "ls-cut silent partition"
+        } else {
+            "ls-cut link down"
+        };
+        let mons = monitors(&c);
+        let initial = c.holdings(&vips);
+        let old = leader;
+        let host = c.nodes[old].host.clone();
+        let cut = Instant::now();
+        if silent {
+            c.lab.isolate(&host, "eth1");
+        } else {
+            c.lab.cut_peer(&host, "eth1");
+        }
+        let (new, _) = c
+            .wait_sole_holder(&vips, Some(old), Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("{what}: no takeover: {e}"));
+        std::thread::sleep(Duration::from_millis(300));
+        let times = handover_times(&c, &mons, &vips, old, new, cut, what);
+        assert_no_overlap(&c, &mons, &vips, &initial, cut, what);
+        let takeover = times.iter().map(|t| t.1).fold(0.0, f64::max);
+        eprintln!(
+            "[{what}] round {round}: {} -> {}, takeover {takeover:.0} ms after the cut (session timeout {} ms)",
+            c.nodes[old].id,
+            c.nodes[new].id,
+            ms(t)
+        );
+        assert!(
+            takeover < ms(t),
+            "{what}: takeover {takeover:.0} ms, not before the session timeout"
+        );
+        if silent {
+            c.lab.rejoin(&host, "eth1");
+        } else {
+            c.lab.restore_peer(&host, "eth1");
+        }
+        within(Duration::from_secs(8), || {
+            c.try_status(old).is_some_and(|s| {
+                s["role"] == "follower"
+                    && leader_of(&s).as_deref() == Some(c.nodes[new].id.as_str())
+            })
+        })
+        .unwrap_or_else(|e| panic!("{what}: the old leader never followed: {e}"));
+        assert_eq!(c.sole_holder(&vips), Some(new), "{what}: after rejoin");
+        leader = new;
+    }
+}
+
+/// R16 at the default session timeout: the leader's vipd is SIGKILLed and
+/// nothing cleans up. Its VIPs leave the kernel by their lifetime before
+/// the next in line takes over at the lease's end.
+#[test]
+fn sigkilled_leader_vips_leave_by_themselves_before_the_takeover() {
+    let _serial = serial();
+    let (mut c, vips, old) = lease_cluster("ls-kill", DEFAULT_T);
+    let mons = monitors(&c);
+    let initial = c.holdings(&vips);
+    let killed = Instant::now();
+    c.kill_vipd(old);
+    let (new, _) = c
+        .wait_sole_holder(&vips, Some(old), DEFAULT_T)
+        .unwrap_or_else(|e| panic!("no takeover after SIGKILL: {e}"));
+    std::thread::sleep(Duration::from_millis(300));
+    let times = handover_times(&c, &mons, &vips, old, new, killed, "ls-kill");
+    assert_no_overlap(&c, &mons, &vips, &initial, killed, "ls-kill");
+    let takeover = times.iter().map(|t| t.1).fold(0.0, f64::max);
+    let gone = times.iter().map(|t| t.0).fold(0.0, f64::max);
+    eprintln!(
+        "[ls-kill] VIPs left {} by themselves {gone:.0} ms after SIGKILL; {} took over {takeover:.0} ms after it (session timeout {} ms)",
+        c.nodes[old].id,
+        c.nodes[new].id,
+        ms(DEFAULT_T)
+    );
+    assert!(takeover < ms(DEFAULT_T), "takeover {takeover:.0} ms");
+}
+
+/// R15, R16: the leader's vipd is frozen (SIGSTOP) past its lease. Its VIPs
+/// leave by themselves, the next in line takes over; resumed (SIGCONT), it
+/// learns it lost (its renewal finds its znode gone) and never puts a VIP
+/// back.
+#[test]
+fn frozen_leader_loses_its_vips_and_never_puts_them_back() {
+    let _serial = serial();
+    let (c, vips, old) = lease_cluster("ls-stop", DEFAULT_T);
+    let mons = monitors(&c);
+    let initial = c.holdings(&vips);
+    let stopped = Instant::now();
+    c.signal_vipd(old, libc::SIGSTOP);
+    let waited = c.wait_sole_holder(&vips, Some(old), DEFAULT_T);
+    let resumed = Instant::now();
+    c.signal_vipd(old, libc::SIGCONT);
+    let (new, _) = waited.unwrap_or_else(|e| panic!("no takeover from a frozen leader: {e}"));
+    // The resumed node has a few seconds to do the wrong thing.
+    for _ in 0..150 {
+        assert_eq!(
+            c.sole_holder(&vips),
+            Some(new),
+            "after SIGCONT ({:.0} ms): holdings {:?}",
+            ms(resumed.elapsed()),
+            c.holdings(&vips)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let times = handover_times(&c, &mons, &vips, old, new, stopped, "ls-stop");
+    assert_no_overlap(&c, &mons, &vips, &initial, stopped, "ls-stop");
+    let re_added: Vec<_> = mons[old]
+        .events()
+        .into_iter()
+        .filter(|e| e.new && e.at >= resumed && vips.contains(&e.addr.addr))
+        .collect();
+    assert!(
+        re_added.is_empty(),
+        "the resumed node put VIPs back: {re_added:?}"
+    );
+    let s = c.status(old);
+    assert_eq!(s["role"], "follower", "resumed node: {s}");
+    eprintln!(
+        "[ls-stop] frozen {:.0} ms; VIPs left {} at {:?} ms, {} took over at {:?} ms after SIGSTOP; nothing re-added after SIGCONT",
+        ms(resumed - stopped),
+        c.nodes[old].id,
+        times.iter().map(|t| t.0.round()).collect::<Vec<_>>(),
+        c.nodes[new].id,
+        times.iter().map(|t| t.1.round()).collect::<Vec<_>>()
+    );
+}
+
+/// R15: ZooKeeper itself stops answering (SIGSTOP) for longer than the
+/// lease. The leader fences; the next in line's own reads go unanswered, so
+/// it must not take over. Resumed, the same leader holds the VIPs again.
+#[test]
+fn frozen_zookeeper_moves_no_vip() {
+    let _serial = serial();
+    let (mut c, vips, leader) = lease_cluster("ls-zkstop", DEFAULT_T);
+    let mons = monitors(&c);
+    let initial = c.holdings(&vips);
+    let frozen = Instant::now();
+    c.zk.freeze(0);
+    let fenced = within(Duration::from_secs(4), || c.held(leader, &vips).is_empty());
+    std::thread::sleep(Duration::from_secs(3).saturating_sub(frozen.elapsed()));
+    let thawed = Instant::now();
+    c.zk.thaw(0);
+    let fenced = fenced.unwrap_or_else(|e| panic!("the leader kept its VIPs: {e}"));
+    let (back, took) = c
+        .wait_sole_holder(&vips, None, Duration::from_secs(8))
+        .unwrap_or_else(|e| panic!("nobody holds the VIPs after the thaw: {e}"));
+    eprintln!(
+        "[ls-zkstop] ZooKeeper frozen {:.0} ms; {} fenced {:.0} ms after the freeze; {} holds them again {:.0} ms after the thaw",
+        ms(thawed - frozen),
+        c.nodes[leader].id,
+        ms(fenced),
+        c.nodes[back].id,
+        ms(took)
+    );
+    assert_eq!(back, leader, "the VIPs moved");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(c.sole_holder(&vips), Some(leader));
+    assert_no_overlap(&c, &mons, &vips, &initial, frozen, "ls-zkstop");
+    for (i, m) in mons.iter().enumerate().filter(|(i, _)| *i != leader) {
+        let added: Vec<_> = m
+            .events()
+            .into_iter()
+            .filter(|e| e.new && vips.contains(&e.addr.addr))
+            .collect();
+        assert!(added.is_empty(), "{} added VIPs: {added:?}", c.nodes[i].id);
+    }
+}
+
+/// `vipd check-config` with `--zk` and the given flags: (exit code, stdout,
+/// stderr). It reads no file and connects nowhere.
+fn check_config(flags: &[&str]) -> (Option<i32>, String, String) {
+    // An empty file: nothing from the machine's own configuration.
+    let empty = std::env::temp_dir().join(format!("vipd-lease-check-{}.toml", std::process::id()));
+    std::fs::write(&empty, "").expect("writing an empty configuration file");
+    let out = std::process::Command::new(vipd_tests::lab::vipd_bin())
+        .arg("--config")
+        .arg(&empty)
+        .args(["--zk", "192.0.2.1:2181"])
+        .args(flags)
+        .arg("check-config")
+        .env_remove("VIPD_CONFIG")
+        .output()
+        .expect("running vipd check-config");
+    let _ = std::fs::remove_file(&empty);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Issue 12, 1 and 7: `--lease` is refused (exit 2, a clear message) unless
+/// below the session timeout minus a renewal interval; check-config prints
+/// the lease's numbers and warns when a SIGKILLed vipd's VIP can outlive the
+/// takeover.
+#[test]
+fn lease_settings_are_checked_and_explained() {
+    let (code, _, err) = check_config(&["--lease", "5s"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("--lease 5s") && err.contains("session timeout"),
+        "{err}"
+    );
+    let (code, _, err) = check_config(&["--takeover-margin", "20ms"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--takeover-margin"), "{err}");
+
+    let (code, out, err) = check_config(&[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("# lease 2000 ms: renewed every 500 ms"),
+        "{out}"
+    );
+    assert!(out.contains("takes over after 2600 ms"), "{out}");
+    assert!(!out.contains("warning"), "{out}");
+
+    let (code, out, err) = check_config(&["--session-timeout", "1s"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("# warning") && out.contains("ExecStopPost") && out.contains("920 ms"),
+        "{out}"
+    );
+    let (code, out, err) = check_config(&["--session-timeout", "1s", "--lease", "200ms"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("# lease 200 ms") && out.contains("# warning"),
+        "{out}"
+    );
+}

@@ -1,0 +1,383 @@
+//! The lease (R15, R16) as arithmetic: how long a renewal keeps the leader's
+//! right to hold the VIPs, when the next in line may take over, and how long
+//! the kernel keeps an address after its last renewal. Pure, so the rules are
+//! unit tested without ZooKeeper; docs/OPERATIONS.md "The lease" explains why
+//! they cannot give two holders.
+
+use std::time::{Duration, Instant};
+
+/// The smallest takeover margin accepted.
+pub const MIN_MARGIN: Duration = Duration::from_millis(100);
+
+/// The renewal interval never drops below this (a request per 10 ms is
+/// already far more than the lease needs).
+const MIN_RENEW_EVERY: Duration = Duration::from_millis(10);
+
+/// The lease's numbers, fixed for a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseTimes {
+    /// How long an acknowledged renewal keeps the lease, from its send.
+    pub length: Duration,
+    /// The safety margin the successor adds before it takes over.
+    pub margin: Duration,
+}
+
+/// Why a lease setting cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LeaseError {
+    #[error("--lease must be greater than zero")]
+    Zero,
+    #[error(
+        "--lease {lease:?} is too long for --session-timeout {session:?}: it must be below the session timeout minus one renewal interval (lease / 4), so below {max:?}"
+    )]
+    TooLong {
+        lease: Duration,
+        session: Duration,
+        max: Duration,
+    },
+    #[error("--takeover-margin {margin:?} is below the minimum of {min:?}", min = MIN_MARGIN)]
+    Margin { margin: Duration },
+}
+
+impl LeaseTimes {
+    /// The lease for a session timeout: `lease` if given, else a third of
+    /// the session timeout. Refuses a lease that is not below the session
+    /// timeout minus one renewal interval (the session must outlive every
+    /// lease by more than a renewal, so the lease, not session expiry,
+    /// decides), and a margin below [`MIN_MARGIN`].
+    pub fn new(
+        session: Duration,
+        lease: Option<Duration>,
+        margin: Duration,
+    ) -> Result<Self, LeaseError> {
+        let length = lease.unwrap_or(session / 3);
+        if length.is_zero() {
+            return Err(LeaseError::Zero);
+        }
+        let t = LeaseTimes { length, margin };
+        if length + t.renew_every() >= session {
+            // lease + lease/4 < session  <=>  lease < 4/5 session.
+            return Err(LeaseError::TooLong {
+                lease: length,
+                session,
+                max: session * 4 / 5,
+            });
+        }
+        if margin < MIN_MARGIN {
+            return Err(LeaseError::Margin { margin });
+        }
+        Ok(t)
+    }
+
+    /// How often the leader renews: a quarter of the lease.
+    pub fn renew_every(&self) -> Duration {
+        (self.length / 4).max(MIN_RENEW_EVERY)
+    }
+
+    /// How often the next in line reads the leader's znode (and so checks
+    /// that ZooKeeper answers it): twice per renewal.
+    pub fn poll_every(&self) -> Duration {
+        (self.renew_every() / 2).max(MIN_RENEW_EVERY)
+    }
+
+    /// The deadline of one of the successor's reads.
+    pub fn poll_deadline(&self) -> Duration {
+        self.renew_every()
+    }
+
+    /// When a lease renewed by a write sent at `sent` ends. The leader
+    /// fences then unless a later renewal was acknowledged.
+    pub fn until(&self, sent: Instant) -> Instant {
+        sent + self.length
+    }
+
+    /// How long the next in line must have seen no new version of the
+    /// leader's znode before it takes over: the lease, one renewal interval
+    /// (the leader's last renewal may have been sent just before our first
+    /// read of its version) and the margin.
+    pub fn takeover_after(&self) -> Duration {
+        self.length + self.renew_every() + self.margin
+    }
+
+    /// The valid (and preferred) lifetime of a VIP address, in whole
+    /// seconds: the lease rounded down, at least 1 s. The kernel then
+    /// removes a dead agent's address about `lifetime` (+ its check slack)
+    /// after its last renewal, which for a lease of at least 1 s is no later
+    /// than the lease itself ends, well before the takeover.
+    pub fn address_lifetime(&self) -> u32 {
+        u32::try_from(self.length.as_secs())
+            .unwrap_or(u32::MAX)
+            .max(1)
+    }
+
+    /// The shortest lease for which [`LeaseTimes::kill_overlap`] is zero with
+    /// this margin: the 1 s minimum lifetime plus the slack must end before
+    /// the takeover at 1.25 x lease + margin. (From 1 s on, the rounded-down
+    /// lifetime never exceeds the lease, so every longer lease is safe too.)
+    pub fn safe_min_lease(&self, kernel_slack: Duration) -> Duration {
+        (Duration::from_secs(1) + kernel_slack).saturating_sub(self.margin) * 4 / 5
+    }
+
+    /// How long a SIGKILLed agent's address can outlive the takeover (zero
+    /// when it cannot), given the kernel's lifetime check slack. The address
+    /// goes at most `lifetime + slack` after the last renewal was
+    /// acknowledged (which is after it was sent); the takeover comes at the
+    /// earliest `takeover_after` after that send.
+    pub fn kill_overlap(&self, kernel_slack: Duration) -> Duration {
+        (Duration::from_secs(u64::from(self.address_lifetime())) + kernel_slack)
+            .saturating_sub(self.takeover_after())
+    }
+}
+
+impl LeaseTimes {
+    /// What the lease means, for `vipd check-config`: one comment line each.
+    pub fn describe(&self) -> Vec<String> {
+        let ms = |d: Duration| d.as_millis();
+        let mut out = vec![format!(
+            "# lease {} ms: renewed every {} ms; the next in line takes over after {} ms without a renewal; VIP addresses carry a kernel lifetime of {} s",
+            ms(self.length),
+            ms(self.renew_every()),
+            ms(self.takeover_after()),
+            self.address_lifetime()
+        )];
+        let overlap = self.kill_overlap(KERNEL_LIFETIME_SLACK);
+        if overlap.is_zero() {
+            out.push(format!(
+                "# a SIGKILLed or frozen vipd's VIPs leave the kernel before the takeover (lifetime + {} ms kernel slack <= takeover), without the unit's ExecStopPost",
+                ms(KERNEL_LIFETIME_SLACK)
+            ));
+        } else {
+            out.push(format!(
+                "# warning: with this lease a SIGKILLed vipd's VIPs can stay in the kernel up to {} ms after the next node takes over, unless the unit's ExecStopPost (vipctl cleanup) runs; a lease of at least {} ms avoids it (docs/OPERATIONS.md, \"The lease\")",
+                ms(overlap),
+                ms(self.safe_min_lease(KERNEL_LIFETIME_SLACK))
+            ));
+        }
+        out
+    }
+}
+
+/// The kernel removes an expired address up to about this long after its
+/// lifetime ends (its lifetime check runs on a rounded timer; FACTS.md).
+pub const KERNEL_LIFETIME_SLACK: Duration = Duration::from_millis(250);
+
+/// The next in line's view of the leader's znode: the version it reads and
+/// since when, counted only while its own reads are answered.
+#[derive(Clone, Debug)]
+pub struct Observer {
+    times: LeaseTimes,
+    seen: Option<Seen>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Seen {
+    version: i32,
+    /// When a read returning `version` was first answered (after the
+    /// leader sent that write, whatever the clocks say).
+    since: Instant,
+    last_answer: Instant,
+}
+
+impl Observer {
+    pub fn new(times: LeaseTimes) -> Self {
+        Observer { times, seen: None }
+    }
+
+    /// A read sent at `sent` was answered at `answered` with the leader's
+    /// znode at `version`. Returns the version to delete conditionally when
+    /// the leader has been silent long enough.
+    pub fn answered(&mut self, sent: Instant, answered: Instant, version: i32) -> Option<i32> {
+        // A long stretch without an answered read (we were stopped, or
+        // ZooKeeper kept us waiting) restarts the count.
+        let max_gap = self.times.poll_every() + self.times.poll_deadline();
+        match &mut self.seen {
+            Some(s)
+                if s.version == version
+                    && sent.saturating_duration_since(s.last_answer) <= max_gap =>
+            {
+                s.last_answer = answered;
+                (answered.saturating_duration_since(s.since) >= self.times.takeover_after())
+                    .then_some(version)
+            }
+            _ => {
+                self.seen = Some(Seen {
+                    version,
+                    since: answered,
+                    last_answer: answered,
+                });
+                None
+            }
+        }
+    }
+
+    /// A read was not answered in time (or failed): ZooKeeper is not
+    /// answering us, so its silence about the leader means nothing.
+    pub fn missed(&mut self) {
+        self.seen = None;
+    }
+
+    /// How long the current version has been seen, if it is being counted.
+    pub fn silent_for(&self, now: Instant) -> Option<Duration> {
+        self.seen.map(|s| now.saturating_duration_since(s.since))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn times(lease_ms: u64) -> LeaseTimes {
+        LeaseTimes {
+            length: Duration::from_millis(lease_ms),
+            margin: 100 * MS,
+        }
+    }
+
+    #[test]
+    fn default_and_validation() {
+        let t = LeaseTimes::new(Duration::from_secs(6), None, 100 * MS).unwrap();
+        assert_eq!(t.length, Duration::from_secs(2));
+        assert_eq!(t.renew_every(), 500 * MS);
+        assert_eq!(t.takeover_after(), 2600 * MS);
+        let t = LeaseTimes::new(Duration::from_secs(1), None, 100 * MS).unwrap();
+        assert_eq!(t.length, 333 * MS + Duration::from_nanos(333_333));
+        // 4.8 s + 1.2 s = 6 s: not below the session timeout.
+        assert_eq!(
+            LeaseTimes::new(Duration::from_secs(6), Some(4800 * MS), 100 * MS),
+            Err(LeaseError::TooLong {
+                lease: 4800 * MS,
+                session: Duration::from_secs(6),
+                max: 4800 * MS
+            })
+        );
+        assert!(LeaseTimes::new(Duration::from_secs(6), Some(4790 * MS), 100 * MS).is_ok());
+        assert_eq!(
+            LeaseTimes::new(Duration::from_secs(6), Some(Duration::ZERO), 100 * MS),
+            Err(LeaseError::Zero)
+        );
+        assert_eq!(
+            LeaseTimes::new(Duration::from_secs(6), None, 99 * MS),
+            Err(LeaseError::Margin { margin: 99 * MS })
+        );
+        let e = LeaseTimes::new(
+            Duration::from_secs(1),
+            Some(Duration::from_secs(1)),
+            100 * MS,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("--lease 1s") && e.contains("800ms"), "{e}");
+    }
+
+    #[test]
+    fn deadlines() {
+        let t = times(2000);
+        let sent = Instant::now();
+        assert_eq!(t.until(sent), sent + 2000 * MS);
+        assert_eq!(times(200).renew_every(), 50 * MS);
+        assert_eq!(times(200).poll_every(), 25 * MS);
+        assert_eq!(times(20).renew_every(), 10 * MS, "floor");
+    }
+
+    #[test]
+    fn lifetime_rule() {
+        assert_eq!(times(200).address_lifetime(), 1);
+        assert_eq!(times(999).address_lifetime(), 1);
+        assert_eq!(times(1999).address_lifetime(), 1);
+        assert_eq!(times(2000).address_lifetime(), 2);
+        assert_eq!(times(6500).address_lifetime(), 6);
+        // Lifetime never exceeds the lease once the lease is 1 s or more.
+        for ms in (1000..20_000).step_by(37) {
+            assert!(u64::from(times(ms).address_lifetime()) * 1000 <= ms, "{ms}");
+        }
+    }
+
+    #[test]
+    fn kill_overlap_by_lease() {
+        let slack = KERNEL_LIFETIME_SLACK;
+        // Default at T = 6 s: lease 2 s, lifetime 2 s, takeover 2.6 s.
+        assert_eq!(times(2000).kill_overlap(slack), Duration::ZERO);
+        // T = 1 s: lease 333 ms, lifetime 1 s, takeover about 517 ms.
+        assert!(times(333).kill_overlap(slack) > 700 * MS);
+        assert!(times(200).kill_overlap(slack) > 800 * MS);
+        // Between 1 and 2 s the lifetime is 1 s: 1.25 s vs 1.25 lease + 0.1.
+        assert_eq!(times(1000).kill_overlap(slack), Duration::ZERO);
+        assert!(times(900).kill_overlap(slack) > Duration::ZERO);
+        assert_eq!(times(1999).kill_overlap(slack), Duration::ZERO);
+        // The kernel's worst slack (a whole second, when other address
+        // changes in the namespace move its check): 2.4 s leases stay safe.
+        assert_eq!(times(2000).kill_overlap(Duration::from_secs(1)), 400 * MS);
+        assert_eq!(
+            times(2400).kill_overlap(Duration::from_secs(1)),
+            Duration::ZERO
+        );
+        // The boundary: 920 ms with a 100 ms margin.
+        assert_eq!(times(500).safe_min_lease(slack), 920 * MS);
+        assert_eq!(times(920).kill_overlap(slack), Duration::ZERO);
+        assert!(times(919).kill_overlap(slack) > Duration::ZERO);
+        assert!(times(333).describe()[1].contains("warning"));
+        assert!(!times(2000).describe()[1].contains("warning"));
+    }
+
+    #[test]
+    fn takeover_only_after_silence_while_answered() {
+        let t = times(200); // takeover after 200 + 50 + 100 = 350 ms
+        let mut o = Observer::new(t);
+        let t0 = Instant::now();
+        let poll = |o: &mut Observer, at: u64, v: i32| {
+            o.answered(
+                t0 + Duration::from_millis(at),
+                t0 + Duration::from_millis(at + 1),
+                v,
+            )
+        };
+        let mut at = 0;
+        while at < 340 {
+            assert_eq!(poll(&mut o, at, 7), None, "{at}");
+            at += 25;
+        }
+        // First seen at +1 ms: 351 ms later it may go.
+        assert_eq!(poll(&mut o, 350, 7), Some(7));
+        // A new version restarts the count.
+        assert_eq!(poll(&mut o, 360, 8), None);
+        assert_eq!(
+            poll(&mut o, 700, 8),
+            None,
+            "gap > poll + deadline restarts too"
+        );
+        assert_eq!(o.silent_for(t0 + 701 * MS), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn unanswered_reads_restart_the_count() {
+        let t = times(200);
+        let mut o = Observer::new(t);
+        let t0 = Instant::now();
+        let mut at = 0;
+        // Polls every 25 ms, one missed in the middle: the count starts
+        // again at the next answer, so no takeover 351 ms after the first.
+        while at <= 400 {
+            if at == 200 {
+                o.missed();
+            } else {
+                assert_eq!(
+                    o.answered(t0 + at * MS, t0 + (at + 1) * MS, 3),
+                    None,
+                    "{at}"
+                );
+            }
+            at += 25;
+        }
+        while at < 575 {
+            assert_eq!(
+                o.answered(t0 + at * MS, t0 + (at + 1) * MS, 3),
+                None,
+                "{at}"
+            );
+            at += 25;
+        }
+        assert_eq!(o.answered(t0 + 575 * MS, t0 + 576 * MS, 3), Some(3));
+    }
+}
