@@ -253,9 +253,9 @@ pub(super) fn vipd_lease_check(
     else {
         return Ok(None);
     };
+    // Options before the subcommand: every vipd takes them there.
     let mut cmd = Command::new(bins.join("vipd"));
     cmd.args([
-        "check-config",
         "--config",
         "/dev/null",
         "--zk",
@@ -266,6 +266,7 @@ pub(super) fn vipd_lease_check(
     if let Some(l) = lease {
         cmd.arg("--lease").arg(format!("{}ms", l.as_millis()));
     }
+    cmd.arg("check-config");
     let out = cmd.output().context("running vipd check-config")?;
     let text = String::from_utf8_lossy(&out.stdout);
     let err = String::from_utf8_lossy(&out.stderr);
@@ -902,19 +903,26 @@ fn bound_text(s: &System, rule: Option<&LeaseRule>, lease_supported: bool) -> St
             ms(session_timeout)
         ),
         (System::Keepalived { advert_int }, _) => {
-            let downs: Vec<Duration> = PRIORITIES[1..]
+            let downs: Vec<u128> = PRIORITIES[1..]
                 .iter()
-                .map(|&p| master_down(advert_int, p))
+                .map(|&p| master_down(advert_int, p).as_millis())
                 .collect();
+            let (lo, hi) = (
+                downs.iter().min().copied().unwrap_or_default(),
+                downs.iter().max().copied().unwrap_or_default(),
+            );
             format!(
                 "**{}**: a backup takes over after the master-down interval, 3 × advert_int + \
-                 (256 − priority)/256 × advert_int = {}–{} ms for priorities {}–{}, from the last \
+                 (256 − priority)/256 × advert_int = {} ms for priorities {}–{}, from the last \
                  advert it heard (up to one interval before the fault). Only a link cut makes the \
                  old master drop the VIP (its interface goes to FAULT); in a partition, or killed \
                  or frozen, it keeps the VIP: VRRP has no lease.",
                 s.label(),
-                ms(*downs.iter().min().unwrap_or(&Duration::ZERO)),
-                ms(*downs.iter().max().unwrap_or(&Duration::ZERO)),
+                if lo == hi {
+                    lo.to_string()
+                } else {
+                    format!("{lo}–{hi}")
+                },
                 PRIORITIES[2],
                 PRIORITIES[1]
             )
