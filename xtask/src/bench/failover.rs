@@ -836,8 +836,10 @@ fn bound_text(s: &System, rule: Option<&LeaseRule>, lease_supported: bool) -> St
                  line takes over once it has seen no renewal for lease + renewal interval + margin \
                  = {} + {} + {} = {} ms while ZooKeeper answered it, by deleting the leader's \
                  znode conditionally. The last renewal it saw is up to one interval old at the \
-                 fault and it reads every {} ms, so the takeover comes {}–{} ms after the fault, \
-                 before the session ({} ms) could expire. The old holder fences (removes the VIP) \
+                 fault and it reads every {} ms, so the takeover comes {}–{} ms after the fault \
+                 ({} ms on average; the client is served 10–40 ms later: the gratuitous ARP, then \
+                 the probe's next connection), before the session ({} ms) could expire. The old \
+                 holder fences (removes the VIP) \
                  at the lease after the send of its last acknowledged renewal, so at most {} ms \
                  after a cut or partition. A killed or frozen holder cannot remove anything: its \
                  VIP carries a kernel lifetime of {} s from its last renewal and leaves the kernel \
@@ -857,6 +859,7 @@ fn bound_text(s: &System, rule: Option<&LeaseRule>, lease_supported: bool) -> St
                 ms(r.poll_every),
                 ms(lo),
                 ms(hi),
+                ms((lo + hi) / 2),
                 match s {
                     System::Vipd {
                         session_timeout, ..
