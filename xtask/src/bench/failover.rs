@@ -1,56 +1,420 @@
 //! `bench failover`: how long a client goes without its service when the
-//! VIP's holder fails (all its links lose carrier), at session timeouts of
-//! 1 s and 4 s, split into detection, configuration and client switch; and
-//! whether the VIP was ever on two nodes at once (it must never be).
+//! VIP's holder fails (link cut, silent partition, SIGKILL, SIGSTOP), for
+//! vipd at session timeouts of 1 s and 6 s (its default lease) and with
+//! `--lease 200ms`, side by side with keepalived at two advert intervals;
+//! and how long the VIP was on two nodes at once (for vipd: never).
 
-use std::{fmt::Write as _, time::Duration, time::Instant};
-
-use anyhow::{Context as _, Result};
-
-use super::timeline::{
-    self, Agent, Cluster, Takeover, VIP, VipdSettings, between, binaries, install_sigint_handler,
-    preflight, progress, spread_ms,
+use std::{
+    fmt::Write as _,
+    process::Command,
+    time::{Duration, Instant},
 };
 
-const TIMEOUTS: [Duration; 2] = [Duration::from_secs(1), Duration::from_secs(4)];
+use anyhow::{Context as _, Result, bail};
+
+use super::{
+    Options,
+    timeline::{
+        self, Agent, Cluster, Fault, KeepalivedSettings, PlotRow, Takeover, VIP, VipdSettings,
+        between, binaries, install_sigint_handler, preflight, progress, spread, spread_ms,
+    },
+};
+
+/// Runs per fault and system when `--runs` is not given.
+pub const DEFAULT_RUNS: usize = 20;
 const GARP_INTERVAL: Duration = Duration::from_secs(1);
 const GARP_ROUNDS: u32 = 3;
+/// vipd's default `--takeover-margin`.
+const MARGIN: Duration = Duration::from_millis(100);
+/// The renewal interval never drops below this in vipd.
+const MIN_RENEW: Duration = Duration::from_millis(10);
+/// How late the kernel may remove an address whose lifetime ran out
+/// (its lifetime check runs on a rounded timer; FACTS.md measured 0.12-0.15 s).
+const KERNEL_SLACK: Duration = Duration::from_millis(250);
+/// keepalived's priorities in the lab (n1, n2, n3).
+const PRIORITIES: [u32; 3] = [100, 99, 98];
 
-pub fn run(runs: usize) -> Result<String> {
+/// One system under test: what runs on the three nodes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum System {
+    Vipd {
+        session_timeout: Duration,
+        /// `--lease` (None: vipd's default, no flag passed).
+        lease: Option<Duration>,
+    },
+    Keepalived {
+        advert_int: Duration,
+    },
+}
+
+/// The rows of the bench, in the order of the tables.
+pub const SYSTEMS: [System; 5] = [
+    System::Vipd {
+        session_timeout: Duration::from_secs(1),
+        lease: None,
+    },
+    System::Vipd {
+        session_timeout: Duration::from_secs(1),
+        lease: Some(Duration::from_millis(200)),
+    },
+    System::Vipd {
+        session_timeout: Duration::from_secs(6),
+        lease: None,
+    },
+    System::Keepalived {
+        advert_int: Duration::from_millis(300),
+    },
+    System::Keepalived {
+        advert_int: Duration::from_millis(100),
+    },
+];
+
+/// vipd's default session timeout: the T of "zero overlap at the default T".
+const DEFAULT_T: Duration = Duration::from_secs(6);
+
+impl System {
+    /// The row heading.
+    pub fn label(&self) -> String {
+        match *self {
+            System::Vipd {
+                session_timeout,
+                lease: None,
+            } => format!("vipd T = {}, default lease", secs(session_timeout)),
+            System::Vipd {
+                session_timeout,
+                lease: Some(l),
+            } => format!(
+                "vipd T = {}, `--lease {}ms`",
+                secs(session_timeout),
+                l.as_millis()
+            ),
+            System::Keepalived { advert_int } => {
+                format!("keepalived `advert_int {}`", advert_int.as_secs_f64())
+            }
+        }
+    }
+
+    /// A short name for progress lines and the plot.
+    pub fn short(&self) -> String {
+        match *self {
+            System::Vipd {
+                session_timeout,
+                lease,
+            } => {
+                let l = lease.map_or(String::new(), |l| format!(" lease {}ms", l.as_millis()));
+                format!("vipd T={}s{l}", session_timeout.as_secs_f64())
+            }
+            System::Keepalived { advert_int } => {
+                format!("keepalived {}s", advert_int.as_secs_f64())
+            }
+        }
+    }
+
+    fn agent(&self) -> Agent {
+        match *self {
+            System::Vipd {
+                session_timeout, ..
+            } => Agent::Vipd(VipdSettings {
+                session_timeout,
+                garp_interval: GARP_INTERVAL,
+                garp_rounds: GARP_ROUNDS,
+            }),
+            System::Keepalived { advert_int } => {
+                Agent::Keepalived(KeepalivedSettings { advert_int })
+            }
+        }
+    }
+
+    fn lease(&self) -> Option<Duration> {
+        match *self {
+            System::Vipd { lease, .. } => lease,
+            System::Keepalived { .. } => None,
+        }
+    }
+
+    fn lab_hint(&self) -> String {
+        match *self {
+            System::Vipd {
+                session_timeout,
+                lease,
+            } => format!(
+                "fov{}{}",
+                session_timeout.as_secs(),
+                lease.map_or(String::new(), |l| format!("l{}", l.as_millis()))
+            ),
+            System::Keepalived { advert_int } => format!("foka{}", advert_int.as_millis()),
+        }
+    }
+
+    /// The longest a takeover may take before the run counts as failed.
+    fn timeout(&self) -> Duration {
+        match *self {
+            System::Vipd {
+                session_timeout, ..
+            } => session_timeout * 4 + Duration::from_secs(10),
+            System::Keepalived { .. } => Duration::from_secs(20),
+        }
+    }
+}
+
+/// `1 s`, `0.5 s`.
+fn secs(d: Duration) -> String {
+    format!("{} s", d.as_secs_f64())
+}
+
+/// vipd's lease rule (R15, R16) for a session timeout and `--lease`: the
+/// numbers that bound each vipd row. The same arithmetic as vipd's own
+/// (`vipd check-config` prints it; the bench checks that they agree).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseRule {
+    pub lease: Duration,
+    pub renew_every: Duration,
+    /// How often the next in line reads the leader's znode.
+    pub poll_every: Duration,
+    /// The next in line's wait without a renewal: lease + renewal + margin.
+    pub takeover_after: Duration,
+    /// The VIP address's kernel lifetime (whole seconds, at least 1).
+    pub lifetime: Duration,
+}
+
+impl LeaseRule {
+    pub fn new(session_timeout: Duration, lease: Option<Duration>) -> LeaseRule {
+        let lease = lease.unwrap_or(session_timeout / 3);
+        let renew_every = (lease / 4).max(MIN_RENEW);
+        LeaseRule {
+            lease,
+            renew_every,
+            poll_every: (renew_every / 2).max(MIN_RENEW),
+            takeover_after: lease + renew_every + MARGIN,
+            lifetime: Duration::from_secs(lease.as_secs().max(1)),
+        }
+    }
+
+    /// The earliest and latest takeover after a fault: the last renewal the
+    /// next in line saw is up to one renewal interval old at the fault, and
+    /// it notices the silence at its next read (up to two reads late: the
+    /// first read of that renewal, and the one that ends the wait).
+    pub fn takeover_window(&self) -> (Duration, Duration) {
+        (
+            self.takeover_after.saturating_sub(self.renew_every),
+            self.takeover_after + self.poll_every * 2,
+        )
+    }
+
+    /// How long a killed or frozen holder's address can outlast the
+    /// takeover: it leaves the kernel up to lifetime + slack after the
+    /// last renewal, the takeover comes `takeover_after` after it at the
+    /// earliest. Zero: no overlap is possible.
+    pub fn kill_overlap(&self) -> Duration {
+        (self.lifetime + KERNEL_SLACK).saturating_sub(self.takeover_after)
+    }
+
+    /// Parses vipd's own statement of its lease (`vipd check-config`):
+    /// `# lease 200 ms: renewed every 50 ms; the next in line takes over
+    /// after 350 ms without a renewal; VIP addresses carry a kernel
+    /// lifetime of 1 s` -> (lease, renewal, takeover, lifetime).
+    pub fn parse_vipd(text: &str) -> Option<(Duration, Duration, Duration, Duration)> {
+        let line = text.lines().find(|l| l.starts_with("# lease "))?;
+        let num_after = |key: &str| -> Option<u64> {
+            let at = line.find(key)? + key.len();
+            line[at..]
+                .trim_start()
+                .split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        };
+        Some((
+            Duration::from_millis(num_after("# lease")?),
+            Duration::from_millis(num_after("renewed every")?),
+            Duration::from_millis(num_after("takes over after")?),
+            Duration::from_secs(num_after("kernel lifetime of")?),
+        ))
+    }
+}
+
+/// keepalived's master-down interval for a backup of `priority`:
+/// 3 x advert_int + (256 - priority) / 256 x advert_int.
+pub fn master_down(advert_int: Duration, priority: u32) -> Duration {
+    advert_int * 3 + advert_int * (256 - priority) / 256
+}
+
+/// What vipd says about its lease for these settings: Ok(None) when this
+/// build has no `--lease` (then no lease row runs), an error when its
+/// arithmetic differs from [`LeaseRule`].
+pub(super) fn vipd_lease_check(
+    bins: &std::path::Path,
+    system: &System,
+) -> Result<Option<LeaseRule>> {
+    let System::Vipd {
+        session_timeout,
+        lease,
+    } = *system
+    else {
+        return Ok(None);
+    };
+    // Options before the subcommand: every vipd takes them there.
+    let mut cmd = Command::new(bins.join("vipd"));
+    cmd.args([
+        "--config",
+        "/dev/null",
+        "--zk",
+        "192.0.2.1:2181",
+        "--session-timeout",
+    ])
+    .arg(format!("{}ms", session_timeout.as_millis()));
+    if let Some(l) = lease {
+        cmd.arg("--lease").arg(format!("{}ms", l.as_millis()));
+    }
+    cmd.arg("check-config");
+    let out = cmd.output().context("running vipd check-config")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        if err.contains("--lease") && lease.is_some() {
+            return Ok(None);
+        }
+        bail!("vipd check-config for {}: {}", system.label(), err.trim());
+    }
+    let Some((l, r, t, life)) = LeaseRule::parse_vipd(&text) else {
+        return Ok(None);
+    };
+    let rule = LeaseRule::new(session_timeout, lease);
+    // vipd prints whole ms, rounded down as `as_millis` does.
+    let whole = |d: Duration| d.as_millis();
+    if (whole(l), whole(r), whole(t), life)
+        != (
+            whole(rule.lease),
+            whole(rule.renew_every),
+            whole(rule.takeover_after),
+            rule.lifetime,
+        )
+    {
+        bail!(
+            "vipd's lease for {} ({l:?}, renewal {r:?}, takeover after {t:?}, lifetime {life:?}) \
+             differs from the bench's arithmetic ({rule:?}): update LeaseRule",
+            system.label()
+        );
+    }
+    Ok(Some(rule))
+}
+
+/// The takeovers of one system under one fault.
+struct Cell {
+    system: System,
+    fault: Fault,
+    runs: Vec<Takeover>,
+    /// Runs whose cluster did not settle after the fault ended.
+    restore_failures: Vec<String>,
+}
+
+pub fn run(opts: &Options) -> Result<String> {
     preflight()?;
     install_sigint_handler();
+    let runs = opts.runs.unwrap_or(DEFAULT_RUNS);
+    let faults: Vec<Fault> = if opts.faults.is_empty() {
+        Fault::ALL.to_vec()
+    } else {
+        Fault::ALL
+            .into_iter()
+            .filter(|f| opts.faults.contains(f))
+            .collect()
+    };
     if runs < 10 {
-        eprintln!("bench failover: {runs} runs per case (at least 10 give figures worth quoting)");
+        eprintln!(
+            "bench failover: {runs} runs per fault and system (at least 10 give figures worth quoting)"
+        );
     }
     let bins = binaries()?;
     let start = Instant::now();
-    let mut results: Vec<(Duration, Vec<Takeover>)> = Vec::new();
-    for t in TIMEOUTS {
-        let settings = VipdSettings {
-            session_timeout: t,
-            garp_interval: GARP_INTERVAL,
-            garp_rounds: GARP_ROUNDS,
-        };
-        let p = |s: &str| progress(start, &format!("failover T={}s: {s}", t.as_secs()));
-        let cluster = Cluster::start("failover", Agent::Vipd(settings), &bins, &p)
-            .context("starting the lab cluster")?;
-        let mut takeovers = Vec::new();
-        for r in 0..runs {
-            let tk = cluster.takeover(Duration::ZERO, t * 4 + Duration::from_secs(10))?;
-            p(&format!("run {}/{runs}: {}", r + 1, summary(&cluster, &tk)));
-            let holder = match tk.new {
-                Some(n) => n,
-                None => cluster.wait_settled(Duration::from_secs(30))?,
-            };
-            cluster.restore(tk.old, holder)?;
-            takeovers.push(tk);
+    let p = |s: &str| progress(start, &format!("failover: {s}"));
+
+    // Which rows this vipd can run, and its lease arithmetic for each.
+    let mut systems = Vec::new();
+    let mut rules = Vec::new();
+    let mut lease_supported = true;
+    for s in SYSTEMS {
+        let rule = vipd_lease_check(&bins, &s)?;
+        if matches!(s, System::Vipd { .. }) && rule.is_none() {
+            lease_supported = false;
+            if s.lease().is_some() {
+                p(&format!(
+                    "skipping {}: this vipd has no --lease (vipd check-config refuses it)",
+                    s.label()
+                ));
+                continue;
+            }
         }
-        results.push((t, takeovers));
-        p("tearing the lab down");
-        drop(cluster);
+        systems.push(s);
+        rules.push(rule);
     }
-    let md = report(runs, &results);
-    progress(start, "bench failover done");
+
+    let mut clusters = Vec::new();
+    for s in &systems {
+        let sp = |m: &str| p(&format!("{}: {m}", s.short()));
+        let c = Cluster::start_with(&s.lab_hint(), s.agent(), s.lease(), &bins, &sp)
+            .with_context(|| format!("starting the lab cluster for {}", s.label()))?;
+        clusters.push(c);
+    }
+    let mut cells: Vec<Cell> = Vec::new();
+    for &fault in &faults {
+        let first = cells.len();
+        for &system in &systems {
+            cells.push(Cell {
+                system,
+                fault,
+                runs: Vec::new(),
+                restore_failures: Vec::new(),
+            });
+        }
+        for r in 0..runs {
+            // Alternating, so every system sees the same machine load over time.
+            for (i, (s, c)) in systems.iter().zip(&clusters).enumerate() {
+                let mut tk = c.takeover_on(fault, Duration::ZERO, s.timeout())?;
+                let restored = c.restore_from(&mut tk);
+                p(&format!(
+                    "{} {} run {}/{runs}: {}, fault ended {} ms, then unserved {} ms{}{}",
+                    s.short(),
+                    fault.arg(),
+                    r + 1,
+                    summary(c, &tk),
+                    tk.healed.map_or(0, |d| d.as_millis()),
+                    tk.after_heal_outage.map_or(0, |d| d.as_millis()),
+                    if tk.leftover_removed {
+                        " (bench removed the old holder's VIP)"
+                    } else {
+                        ""
+                    },
+                    tk.client_flushed
+                        .as_ref()
+                        .map_or(String::new(), |n| format!(
+                            " (bench flushed the client's neighbour entry: {n})"
+                        ))
+                ));
+                if let Err(e) = restored {
+                    p(&format!("restore failed: {e:#}; waiting for one holder"));
+                    cells[first + i]
+                        .restore_failures
+                        .push(format!("run {}: {e:#}", r + 1));
+                    c.wait_settled(Duration::from_secs(60))
+                        .context("the cluster did not settle after a failed restore")?;
+                }
+                cells[first + i].runs.push(tk);
+            }
+        }
+    }
+    p("tearing the labs down");
+    drop(clusters);
+
+    if let Some(svg) = plot(&cells) {
+        let docs = crate::workspace_root().join("docs");
+        std::fs::create_dir_all(&docs)?;
+        let path = docs.join("failover.svg");
+        std::fs::write(&path, svg).with_context(|| format!("writing {}", path.display()))?;
+        p(&format!("wrote {}", path.display()));
+    }
+    let md = report(runs, &faults, &systems, &rules, lease_supported, &cells);
+    p("bench failover done");
     Ok(md)
 }
 
@@ -71,118 +435,650 @@ pub fn summary(c: &Cluster, t: &Takeover) -> String {
     )
 }
 
-fn col(ts: &[Takeover], f: impl Fn(&Takeover) -> Option<Duration>) -> String {
-    spread_ms(ts.iter().filter_map(f).collect())
+/// The timeline plot: every link-cut run of every system.
+fn plot(cells: &[Cell]) -> Option<String> {
+    let rows: Vec<PlotRow> = cells
+        .iter()
+        .filter(|c| c.fault == Fault::Cut)
+        .flat_map(|c| {
+            c.runs.iter().enumerate().map(|(i, t)| PlotRow {
+                label: format!("{} #{}", c.system.short(), i + 1),
+                takeover: t.clone(),
+            })
+        })
+        .collect();
+    (!rows.is_empty()).then(|| {
+        timeline::timeline_svg(
+            "Failover timelines after a link cut: vipd and keepalived, every run",
+            &rows,
+        )
+    })
 }
 
-fn report(runs: usize, results: &[(Duration, Vec<Takeover>)]) -> String {
+// ---------------------------------------------------------------- cells
+
+/// `median (min–max)` of the client's first answer from the new holder,
+/// with how many runs got one when not all did.
+pub fn served_cell(ts: &[Takeover]) -> String {
+    let v: Vec<Duration> = ts.iter().filter_map(|t| t.served).collect();
+    let mut s = spread_ms(v.clone());
+    if v.len() < ts.len() {
+        let _ = write!(s, " [{} of {} served]", v.len(), ts.len());
+    }
+    s
+}
+
+/// When the old holder removed the VIP by itself; runs where it did not
+/// (before the bench ended the fault) are counted.
+pub fn removed_cell(ts: &[Takeover]) -> String {
+    let v: Vec<Duration> = ts.iter().filter_map(|t| t.old_removed).collect();
+    if v.is_empty() {
+        return format!("never by itself ({} of {})", ts.len(), ts.len());
+    }
+    let mut s = spread_ms(v.clone());
+    if v.len() < ts.len() {
+        let _ = write!(
+            s,
+            " [not by itself in {} of {}]",
+            ts.len() - v.len(),
+            ts.len()
+        );
+    }
+    s
+}
+
+/// The longest overlap and how many runs had one; how many of those
+/// lasted until the bench ended the fault.
+pub fn overlap_cell(ts: &[Takeover]) -> String {
+    let bad: Vec<&Takeover> = ts.iter().filter(|t| !t.overlap.is_zero()).collect();
+    if bad.is_empty() {
+        return format!("**0** (0 of {})", ts.len());
+    }
+    let worst = bad.iter().map(|t| t.overlap).max().unwrap_or_default();
+    let by_bench = bad.iter().filter(|t| t.overlap_ended_by_bench()).count();
+    let mut s = format!(
+        "{} longest, median {} ({} of {})",
+        timeline::ms(worst),
+        timeline::ms(spread(bad.iter().map(|t| t.overlap).collect()).map_or(worst, |m| m.0)),
+        bad.len(),
+        ts.len()
+    );
+    if by_bench > 0 {
+        let _ = write!(s, "; {by_bench} until the bench ended the fault");
+    }
+    s
+}
+
+/// The longest stretch without service after the fault ended, and how
+/// often the bench had to flush the client's stale neighbour entry.
+pub fn after_heal_cell(ts: &[Takeover]) -> String {
+    let mut s = spread_ms(ts.iter().filter_map(|t| t.after_heal_outage).collect());
+    let flushed = ts.iter().filter(|t| t.client_flushed.is_some()).count();
+    if flushed > 0 {
+        let _ = write!(s, " [{flushed} of {} flushed]", ts.len());
+    }
+    s
+}
+
+/// The median of the client's first answer, in ms.
+fn served_median(ts: &[Takeover]) -> Option<f64> {
+    spread(ts.iter().filter_map(|t| t.served).collect()).map(|(m, _, _)| m.as_secs_f64() * 1e3)
+}
+
+/// A target row: `| what | measured | target | met |`.
+pub fn target_row(what: &str, measured: Option<(String, bool)>, target: &str) -> String {
+    match measured {
+        Some((m, ok)) => format!(
+            "| {what} | {m} | {target} | {} |",
+            if ok { "yes" } else { "**no**" }
+        ),
+        None => format!("| {what} | not measured in this run | {target} | |"),
+    }
+}
+
+// ---------------------------------------------------------------- report
+
+fn report(
+    runs: usize,
+    faults: &[Fault],
+    systems: &[System],
+    rules: &[Option<LeaseRule>],
+    lease_supported: bool,
+    cells: &[Cell],
+) -> String {
+    let cell = |s: &System, f: Fault| cells.iter().find(|c| c.system == *s && c.fault == f);
     let mut md = String::new();
     let _ = writeln!(md, "## Failover\n");
     let _ = writeln!(
         md,
-        "Three vipd nodes ({}, `--xdp-mode generic`, garp interval {}s x {} rounds) \
-         and a client in a lab of network namespaces; a standalone ZooKeeper 3.8 (tickTime 100 ms) \
-         on a separate bridge. Failure: the holder's two links lose carrier (the bridge-side veth \
-         ends go down). The client opens a TCP connection to {VIP} every 10 ms; netlink listeners \
-         in every namespace timestamp the VIP's address events and the client's neighbour entry; \
-         an AF_PACKET capture at the client sees the gratuitous ARP. {runs} runs per session \
-         timeout; each run cuts the current holder, waits for the client to be served by the new \
-         one, then gives the old holder its links back and waits until it is a standby again. \
-         Figures in ms after the cut: median (min–max).\n",
+        "Three nodes and a client on one bridge in a lab of network namespaces, {VIP}/24 as the \
+         VIP and a TCP service on it on every node; for vipd a standalone ZooKeeper 3.8 \
+         (tickTime 100 ms) on a second bridge, vipd as a {} with `--xdp-mode generic`, \
+         `--garp-interval {}s --garp-rounds {GARP_ROUNDS}`; keepalived one instance per node \
+         (VRRPv3, multicast adverts, `state BACKUP`, `nopreempt`, priorities 100/99/98, as in \
+         the keepalived section below). The client opens a TCP connection to the VIP every 10 ms; \
+         netlink listeners in every namespace timestamp the VIP's address events (so an overlap \
+         is read off the kernels themselves) and the client's neighbour entry. {runs} runs per \
+         fault and system; the five labs run side by side and take turns run by run, so every \
+         system sees the same machine load. A run fails the current holder, waits until the \
+         client is served by another node and the old holder's VIP is gone (at most {} s more \
+         after the client was served), then ends the fault and waits until the cluster is quiet \
+         (one holder serving, the failed node a standby). Times in ms after the fault, median \
+         (min–max).\n",
         timeline::binaries_note(),
         GARP_INTERVAL.as_secs(),
-        GARP_ROUNDS
+        timeline::FENCE_WAIT.as_secs()
     );
-    let mut header = "| phase |".to_string();
-    let mut rule = "|---|".to_string();
-    for (t, _) in results {
-        let _ = write!(header, " session timeout {} s |", t.as_secs());
-        rule.push_str("---|");
+    let _ = writeln!(
+        md,
+        "The faults: **link cut**: the holder's two links lose carrier (bridge-side veth ends \
+         down), ended by bringing them up; **silent partition**: both links detached from their \
+         bridges, carrier kept, nothing gets through, ended by re-attaching them; **SIGKILL**: \
+         the agent killed with no cleanup of any kind (no `vipctl cleanup`; keepalived: its main \
+         process is frozen, its VRRP child killed, then the main process), ended by removing a \
+         VIP the kernel still holds (`ip addr del`, counted below) and starting the agent again; \
+         **SIGSTOP**: the agent frozen (keepalived: both processes), ended by SIGCONT.\n"
+    );
+
+    // What bounds each row.
+    let _ = writeln!(md, "**What each row compares, and what bounds it.**\n");
+    for (s, rule) in systems.iter().zip(rules) {
+        let _ = writeln!(md, "- {}", bound_text(s, rule.as_ref(), lease_supported));
     }
-    let _ = writeln!(md, "{header}\n{rule}");
-    type Row<'a> = (&'a str, Box<dyn Fn(&Takeover) -> Option<Duration>>);
-    let rows: Vec<Row> = vec![
-        (
-            "detection: cut → new leader elected (its log)",
-            Box::new(|t| t.elected),
-        ),
-        (
-            "configuration: elected → VIP on the new leader (netlink)",
-            Box::new(|t| between(t.elected, t.configured)),
-        ),
-        (
-            "announcement: VIP configured → first gratuitous ARP at the client",
-            Box::new(|t| between(t.configured, t.first_garp)),
-        ),
-        (
-            "client switch: first gratuitous ARP → first answer from the new leader",
-            Box::new(|t| between(t.first_garp, t.served)),
-        ),
-        (
-            "client's neighbour entry switched (from the cut)",
-            Box::new(|t| t.neigh_switched),
-        ),
-        (
-            "**total: cut → client served by the new leader**",
-            Box::new(|t| t.served),
-        ),
-        (
-            "old leader removed the VIP (from the cut)",
-            Box::new(|t| t.old_removed),
-        ),
-    ];
-    for (label, f) in &rows {
-        let mut line = format!("| {label} |");
-        for (_, ts) in results {
-            let _ = write!(line, " {} |", col(ts, f));
+    let _ = writeln!(md);
+
+    let table = |md: &mut String, title: &str, f: &dyn Fn(&[Takeover]) -> String| {
+        let _ = writeln!(md, "{title}\n");
+        let mut head = "| system |".to_string();
+        let mut rule = "|---|".to_string();
+        for fault in faults {
+            let _ = write!(head, " {} |", fault.label());
+            rule.push_str("---|");
         }
-        let _ = writeln!(md, "{line}");
-    }
-    let mut line = "| VIP on two nodes at once (longest, all runs) |".to_string();
-    for (_, ts) in results {
-        let worst = ts.iter().map(|t| t.overlap).max().unwrap_or_default();
-        let bad = ts.iter().filter(|t| !t.overlap.is_zero()).count();
-        let _ = write!(
-            line,
-            " {} ms ({bad} of {} runs) |",
-            worst.as_millis(),
-            ts.len()
+        let _ = writeln!(md, "{head}\n{rule}");
+        for s in systems {
+            let mut line = format!("| {} |", s.label());
+            for &fault in faults {
+                let v = cell(s, fault).map_or("n/a".to_string(), |c| f(&c.runs));
+                let _ = write!(line, " {v} |");
+            }
+            let _ = writeln!(md, "{line}");
+        }
+        let _ = writeln!(md);
+    };
+    table(
+        &mut md,
+        "**Fault → client served by the new holder** (its first TCP answer through the VIP):",
+        &served_cell,
+    );
+    table(
+        &mut md,
+        "**VIP on two nodes at once** (from the nodes' address events, from the fault until the \
+         cluster was quiet again; longest, median of the runs that had one, runs):",
+        &overlap_cell,
+    );
+    table(
+        &mut md,
+        "**Old holder removed the VIP** (its own `RTM_DELADDR`; vipd: its fencing, or the \
+         kernel's lifetime expiry when it was killed or frozen):",
+        &removed_cell,
+    );
+    table(
+        &mut md,
+        &format!(
+            "**After the fault ended** (links back, SIGCONT, agent restarted): the longest \
+             stretch without an answered probe until the cluster was quiet. Where the client was \
+             still not served by the one remaining holder {} s after the fault ended, the bench \
+             flushed the client's neighbour entry for the VIP (counted; otherwise a stale entry \
+             lasts the kernel's reachable time, tens of seconds):",
+            timeline::CLIENT_FLUSH_AFTER.as_secs()
+        ),
+        &after_heal_cell,
+    );
+
+    // Phases of the link cut, as before.
+    if faults.contains(&Fault::Cut) {
+        let _ = writeln!(md, "**The link cut in phases:**\n");
+        let mut head = "| phase |".to_string();
+        let mut rule = "|---|".to_string();
+        for s in systems {
+            let _ = write!(head, " {} |", s.label());
+            rule.push_str("---|");
+        }
+        let _ = writeln!(md, "{head}\n{rule}");
+        type Phase<'a> = (&'a str, Box<dyn Fn(&Takeover) -> Option<Duration>>);
+        let phases: Vec<Phase> = vec![
+            (
+                "detection: cut → new leader elected (vipd's log)",
+                Box::new(|t| t.elected),
+            ),
+            (
+                "cut → VIP configured on the new holder (netlink)",
+                Box::new(|t| t.configured),
+            ),
+            (
+                "VIP configured → first gratuitous ARP at the client",
+                Box::new(|t| between(t.configured, t.first_garp)),
+            ),
+            (
+                "first gratuitous ARP → client served",
+                Box::new(|t| between(t.first_garp, t.served)),
+            ),
+            ("**cut → client served**", Box::new(|t| t.served)),
+        ];
+        for (label, f) in &phases {
+            let mut line = format!("| {label} |");
+            for s in systems {
+                let v = cell(s, Fault::Cut).map_or("n/a".to_string(), |c| {
+                    spread_ms(c.runs.iter().filter_map(f).collect())
+                });
+                let _ = write!(line, " {v} |");
+            }
+            let _ = writeln!(md, "{line}");
+        }
+        let _ = writeln!(
+            md,
+            "\nThe client switch is measured by the probe: a connection attempt still in flight \
+             to the old MAC when the neighbour entry moves waits out its 30 ms connect timeout, so \
+             that phase is at most about 40 ms by construction. The timelines of every link-cut \
+             run are plotted in [failover.svg](failover.svg).\n"
         );
     }
-    let _ = writeln!(md, "{line}");
-    let mut line = "| runs where the client was served by a new leader |".to_string();
-    for (_, ts) in results {
-        let ok = ts.iter().filter(|t| t.complete()).count();
-        let _ = write!(line, " {ok} of {} |", ts.len());
-    }
-    let _ = writeln!(md, "{line}\n");
+
+    // Targets (issue 12).
     let _ = writeln!(
         md,
-        "The client switch is measured by the probe: a connection attempt still in flight to the \
-         old MAC when the neighbour entry moves waits out its 30 ms connect timeout, so that phase \
-         is at most about 40 ms by construction; the neighbour entry itself switches within a \
-         millisecond of the first gratuitous ARP.\n"
+        "**Targets** (medians of the link cut; ratios against keepalived measured in this run):\n"
     );
-    let overlaps = results
-        .iter()
-        .flat_map(|(_, ts)| ts)
-        .filter(|t| !t.overlap.is_zero())
-        .count();
+    let _ = writeln!(md, "| target | measured | bound | met |\n|---|---|---|---|");
+    let cut_median = |s: &System| cell(s, Fault::Cut).and_then(|c| served_median(&c.runs));
+    let [v1, v1l, v6, k3, k1] = SYSTEMS;
+    let fmt = |m: f64| timeline::ms(Duration::from_secs_f64(m / 1e3));
     let _ = writeln!(
         md,
-        "Detection is bounded by the session timeout: the new leader is elected when ZooKeeper \
-         expires the old leader's session and deletes its election znode. The old leader removes \
-         the VIP when it stops hearing from ZooKeeper (connection loss or a late heartbeat), which \
-         must come before the session can expire. {}\n",
-        if overlaps == 0 {
-            "In every run above the old leader's removal came before the new leader's add: \
-             the VIP was never on two nodes at once."
-                .to_string()
-        } else {
+        "{}",
+        target_row(
+            &format!("cut → served, {}", v1.label()),
+            cut_median(&v1).map(|m| (format!("{} ms", fmt(m)), m <= 600.0)),
+            "<= 600 ms"
+        )
+    );
+    let ratio = |a: &System, b: &System, max: f64| {
+        let (a, b) = (cut_median(a)?, cut_median(b)?);
+        (b > 0.0).then(|| (format!("{:.2}", a / b), a / b <= max))
+    };
+    let _ = writeln!(
+        md,
+        "{}",
+        target_row(
+            &format!("... against {} (matched ~1 s detection)", k3.label()),
+            ratio(&v1, &k3, 0.7),
+            "<= 0.7x"
+        )
+    );
+    let _ = writeln!(
+        md,
+        "{}",
+        target_row(
+            &format!("cut → served, {}", v1l.label()),
+            cut_median(&v1l).map(|m| (format!("{} ms", fmt(m)), m <= 350.0)),
+            "<= 350 ms"
+        )
+    );
+    let _ = writeln!(
+        md,
+        "{}",
+        target_row(
+            &format!("... against {}", k1.label()),
+            ratio(&v1l, &k1, 1.0),
+            "<= 1x"
+        )
+    );
+    let at_default: Vec<&Cell> = cells
+        .iter()
+        .filter(|c| {
+            matches!(c.system, System::Vipd { session_timeout, .. } if session_timeout == DEFAULT_T)
+        })
+        .collect();
+    let total: usize = at_default.iter().map(|c| c.runs.len()).sum();
+    let bad: usize = at_default
+        .iter()
+        .map(|c| c.runs.iter().filter(|t| !t.overlap.is_zero()).count())
+        .sum();
+    let shown: Vec<&str> = at_default.iter().map(|c| c.fault.label()).collect();
+    let _ = writeln!(
+        md,
+        "{}\n",
+        target_row(
+            &format!(
+                "overlap in every run of {} ({})",
+                v6.label(),
+                if shown.is_empty() {
+                    "no fault".to_string()
+                } else {
+                    shown.join(", ")
+                }
+            ),
+            (total > 0 && systems.contains(&v6))
+                .then(|| (format!("{bad} of {total} runs"), bad == 0)),
+            "0 runs"
+        )
+    );
+
+    // What went wrong, if anything.
+    let mut notes = Vec::new();
+    for c in cells {
+        let incomplete = c.runs.iter().filter(|t| !t.complete()).count();
+        if incomplete > 0 {
+            notes.push(format!(
+                "{}, {}: {incomplete} of {} run(s) without a takeover within {} s.",
+                c.system.label(),
+                c.fault.label(),
+                c.runs.len(),
+                c.system.timeout().as_secs()
+            ));
+        }
+        let removed = c.runs.iter().filter(|t| t.leftover_removed).count();
+        if removed > 0 {
+            notes.push(format!(
+                "{}, {}: in {removed} of {} run(s) the killed holder's VIP was still in its \
+                 kernel when the fault ended, and the bench removed it.",
+                c.system.label(),
+                c.fault.label(),
+                c.runs.len()
+            ));
+        }
+        let flushed: Vec<&str> = c
+            .runs
+            .iter()
+            .filter_map(|t| t.client_flushed.as_deref())
+            .collect();
+        if !flushed.is_empty() {
+            notes.push(format!(
+                "{}, {}: in {} of {} run(s) the client was still not served by the one holder \
+                 {} s after the fault ended (its neighbour entry for the VIP named: {}); the \
+                 bench flushed that entry.",
+                c.system.label(),
+                c.fault.label(),
+                flushed.len(),
+                c.runs.len(),
+                timeline::CLIENT_FLUSH_AFTER.as_secs(),
+                flushed.join("; ")
+            ));
+        }
+        for f in &c.restore_failures {
+            notes.push(format!(
+                "{}, {}: the cluster did not settle after the fault ended ({f}).",
+                c.system.label(),
+                c.fault.label()
+            ));
+        }
+    }
+    if !notes.is_empty() {
+        let _ = writeln!(md, "Notes from the runs:\n");
+        for n in notes {
+            let _ = writeln!(md, "- {n}");
+        }
+        let _ = writeln!(md);
+    }
+    md
+}
+
+/// What bounds one row, computed from its settings.
+fn bound_text(s: &System, rule: Option<&LeaseRule>, lease_supported: bool) -> String {
+    let ms = |d: Duration| d.as_millis();
+    match (*s, rule) {
+        (System::Vipd { .. }, Some(r)) => {
+            let (lo, hi) = r.takeover_window();
+            let kill = r.kill_overlap();
             format!(
-                "{overlaps} run(s) had the VIP on two nodes at once: a violation of R3 to investigate."
+                "**{}**: lease {} ms{}, renewed every {} ms (a quarter of the lease); the next in \
+                 line takes over once it has seen no renewal for lease + renewal interval + margin \
+                 = {} + {} + {} = {} ms while ZooKeeper answered it, by deleting the leader's \
+                 znode conditionally. The last renewal it saw is up to one interval old at the \
+                 fault and it reads every {} ms, so the takeover comes {}–{} ms after the fault \
+                 ({} ms on average; the client is served 10–40 ms later: the gratuitous ARP, then \
+                 the probe's next connection), before the session ({} ms) could expire. The old \
+                 holder fences (removes the VIP) \
+                 at the lease after the send of its last acknowledged renewal, so at most {} ms \
+                 after a cut or partition. A killed or frozen holder cannot remove anything: its \
+                 VIP carries a kernel lifetime of {} s from its last renewal and leaves the kernel \
+                 by itself up to about {} ms later; {}",
+                s.label(),
+                ms(r.lease),
+                if s.lease().is_none() {
+                    " (the default, a third of T)"
+                } else {
+                    ""
+                },
+                ms(r.renew_every),
+                ms(r.lease),
+                ms(r.renew_every),
+                ms(MARGIN),
+                ms(r.takeover_after),
+                ms(r.poll_every),
+                ms(lo),
+                ms(hi),
+                ms((lo + hi) / 2),
+                match s {
+                    System::Vipd {
+                        session_timeout, ..
+                    } => ms(*session_timeout),
+                    System::Keepalived { .. } => 0,
+                },
+                ms(r.lease),
+                r.lifetime.as_secs(),
+                ms(KERNEL_SLACK),
+                if kill.is_zero() {
+                    format!(
+                        "{} + {} ms <= {} ms, so it is gone before the takeover: no overlap is \
+                         possible for any fault.",
+                        ms(r.lifetime),
+                        ms(KERNEL_SLACK),
+                        ms(r.takeover_after)
+                    )
+                } else {
+                    format!(
+                        "that is after the earliest takeover ({} ms), so after a SIGKILL or \
+                         SIGSTOP the VIP can be on two nodes for up to {} ms (the lifetime is \
+                         whole seconds, at least 1 s; vipd check-config warns about such a lease).",
+                        ms(r.takeover_after),
+                        ms(kill)
+                    )
+                }
             )
         }
-    );
-    md
+        (
+            System::Vipd {
+                session_timeout, ..
+            },
+            None,
+        ) => format!(
+            "**{}**: {}detection is the session timeout ({} ms): the new leader is elected when \
+             ZooKeeper expires the old leader's session; a killed or frozen vipd's address stays \
+             in its kernel.",
+            s.label(),
+            if lease_supported {
+                ""
+            } else {
+                "this vipd build has no lease (`vipd check-config` shows none), so "
+            },
+            ms(session_timeout)
+        ),
+        (System::Keepalived { advert_int }, _) => {
+            let downs: Vec<u128> = PRIORITIES[1..]
+                .iter()
+                .map(|&p| master_down(advert_int, p).as_millis())
+                .collect();
+            let (lo, hi) = (
+                downs.iter().min().copied().unwrap_or_default(),
+                downs.iter().max().copied().unwrap_or_default(),
+            );
+            format!(
+                "**{}**: a backup takes over after the master-down interval, 3 × advert_int + \
+                 (256 − priority)/256 × advert_int = {} ms for priorities {}–{}, from the last \
+                 advert it heard (up to one interval before the fault). Only a link cut makes the \
+                 old master drop the VIP (its interface goes to FAULT); in a partition, or killed \
+                 or frozen, it keeps the VIP: VRRP has no lease.",
+                s.label(),
+                if lo == hi {
+                    lo.to_string()
+                } else {
+                    format!("{lo}–{hi}")
+                },
+                PRIORITIES[2],
+                PRIORITIES[1]
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::SystemTime;
+
+    #[test]
+    fn lease_rule_from_settings() {
+        let r = LeaseRule::new(Duration::from_secs(1), None);
+        assert_eq!(r.lease, Duration::from_nanos(333_333_333));
+        assert_eq!(r.renew_every.as_millis(), 83);
+        assert_eq!(r.takeover_after.as_millis(), 516);
+        assert_eq!(r.lifetime, Duration::from_secs(1));
+        // 1 s + 250 ms slack - 516 ms.
+        assert_eq!(r.kill_overlap().as_millis(), 733);
+
+        let r = LeaseRule::new(Duration::from_secs(1), Some(Duration::from_millis(200)));
+        assert_eq!(r.renew_every, Duration::from_millis(50));
+        assert_eq!(r.poll_every, Duration::from_millis(25));
+        assert_eq!(r.takeover_after, Duration::from_millis(350));
+        assert_eq!(
+            r.takeover_window(),
+            (Duration::from_millis(300), Duration::from_millis(400))
+        );
+        assert_eq!(r.kill_overlap(), Duration::from_millis(900));
+
+        let r = LeaseRule::new(Duration::from_secs(6), None);
+        assert_eq!(r.lease, Duration::from_secs(2));
+        assert_eq!(r.takeover_after, Duration::from_millis(2600));
+        assert_eq!(r.lifetime, Duration::from_secs(2));
+        assert!(r.kill_overlap().is_zero());
+    }
+
+    #[test]
+    fn vipd_lease_line_is_parsed() {
+        let text = "lease = \"200ms\"  # flag\n# lease 200 ms: renewed every 50 ms; the next in \
+                    line takes over after 350 ms without a renewal; VIP addresses carry a kernel \
+                    lifetime of 1 s\n# configuration is valid\n";
+        assert_eq!(
+            LeaseRule::parse_vipd(text),
+            Some((
+                Duration::from_millis(200),
+                Duration::from_millis(50),
+                Duration::from_millis(350),
+                Duration::from_secs(1)
+            ))
+        );
+        assert_eq!(LeaseRule::parse_vipd("# configuration is valid\n"), None);
+    }
+
+    #[test]
+    fn keepalived_master_down() {
+        let d = master_down(Duration::from_millis(300), 99);
+        assert_eq!(d.as_millis(), 1083);
+        assert_eq!(master_down(Duration::from_millis(100), 98).as_millis(), 361);
+    }
+
+    fn run_with(served: Option<u64>, removed: Option<u64>, overlap: u64, healed: u64) -> Takeover {
+        let ms = Duration::from_millis;
+        Takeover {
+            fault: Fault::Kill,
+            cut_wall: SystemTime::UNIX_EPOCH,
+            cut_at: Instant::now(),
+            old: 0,
+            new: served.map(|_| 1),
+            old_removed: removed.map(ms),
+            elected: None,
+            configured: served.map(ms),
+            first_garp: None,
+            neigh_switched: None,
+            served: served.map(ms),
+            overlap: ms(overlap),
+            healed: Some(ms(healed)),
+            leftover_removed: false,
+            after_heal_outage: None,
+            client_flushed: None,
+            garp_frames: 0,
+            rss_kib: None,
+        }
+    }
+
+    #[test]
+    fn cells_say_what_happened() {
+        let clean = [
+            run_with(Some(500), Some(300), 0, 2500),
+            run_with(Some(520), Some(320), 0, 2500),
+            run_with(Some(510), Some(310), 0, 2500),
+        ];
+        assert_eq!(served_cell(&clean), "510 (500–520)");
+        assert_eq!(overlap_cell(&clean), "**0** (0 of 3)");
+        assert_eq!(removed_cell(&clean), "310 (300–320)");
+
+        // keepalived killed: the VIP stays until the bench ends the fault.
+        let kept = [
+            run_with(Some(900), None, 2100, 3000),
+            run_with(None, None, 0, 20000),
+            run_with(Some(950), None, 2050, 3000),
+        ];
+        assert_eq!(served_cell(&kept), "925 (900–950) [2 of 3 served]");
+        assert_eq!(removed_cell(&kept), "never by itself (3 of 3)");
+        assert_eq!(
+            overlap_cell(&kept),
+            "2100 longest, median 2075 (2 of 3); 2 until the bench ended the fault"
+        );
+
+        // vipd at a short lease, killed: the kernel removes it, late.
+        let late = [
+            run_with(Some(350), Some(1100), 750, 2400),
+            run_with(Some(360), Some(300), 0, 2400),
+        ];
+        assert_eq!(overlap_cell(&late), "750 longest, median 750 (1 of 2)");
+        assert_eq!(removed_cell(&late), "700 (300–1100)");
+        let one_missing = [
+            run_with(Some(350), Some(1100), 750, 2400),
+            run_with(Some(360), None, 2000, 2400),
+        ];
+        assert_eq!(
+            removed_cell(&one_missing),
+            "1100 (1100–1100) [not by itself in 1 of 2]"
+        );
+    }
+
+    #[test]
+    fn target_rows() {
+        assert_eq!(
+            target_row("x", Some(("510 ms".into(), true)), "<= 600 ms"),
+            "| x | 510 ms | <= 600 ms | yes |"
+        );
+        assert_eq!(
+            target_row("x", Some(("0.83".into(), false)), "<= 0.7x"),
+            "| x | 0.83 | <= 0.7x | **no** |"
+        );
+        assert_eq!(
+            target_row("x", None, "0 runs"),
+            "| x | not measured in this run | 0 runs | |"
+        );
+    }
+
+    #[test]
+    fn rows_have_distinct_names() {
+        let hints: Vec<String> = SYSTEMS.iter().map(System::lab_hint).collect();
+        for (i, h) in hints.iter().enumerate() {
+            assert!(h.len() <= 16, "{h}");
+            assert!(!hints[..i].contains(h), "{h}");
+        }
+        assert_eq!(SYSTEMS[1].label(), "vipd T = 1 s, `--lease 200ms`");
+        assert_eq!(SYSTEMS[3].label(), "keepalived `advert_int 0.3`");
+        assert_eq!(SYSTEMS[2].short(), "vipd T=6s");
+    }
 }

@@ -1,4 +1,4 @@
-//! `cargo xtask bench [all|engine|failover|arp|keepalived] [--runs N]`:
+//! `cargo xtask bench [all|engine|failover|steady|arp|keepalived] [--runs N]`:
 //! benchmarks in the lab on release binaries. Each prints its markdown
 //! section when done; docs/BENCHMARKS.md keeps the latest section of each.
 
@@ -6,6 +6,7 @@ mod arp;
 mod engine;
 mod failover;
 mod keepalived;
+mod steady;
 pub(crate) mod timeline;
 
 use std::{
@@ -24,12 +25,20 @@ use crate::{build, is_root, output_of, workspace_root};
 #[derive(clap::Args)]
 pub struct Options {
     /// Which benchmark (default: all of them, in the order engine,
-    /// failover, arp, keepalived).
+    /// failover, steady, arp, keepalived).
     #[arg(value_enum, default_value = "all")]
     pub which: Which,
-    /// Runs per measured case (failover and keepalived need at least 10).
-    #[arg(long, default_value_t = 10)]
-    pub runs: usize,
+    /// Runs per measured case (default 10; failover: 20 per fault and
+    /// system). Failover and keepalived need at least 10 for figures worth
+    /// quoting.
+    #[arg(long)]
+    pub runs: Option<usize>,
+    /// failover: only these faults, comma separated (default: all four).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub faults: Vec<timeline::Fault>,
+    /// steady: how long the steady run lasts, in seconds.
+    #[arg(long, default_value_t = steady::DEFAULT_SECONDS)]
+    pub seconds: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -37,34 +46,60 @@ pub enum Which {
     All,
     Engine,
     Failover,
+    Steady,
     Arp,
     Keepalived,
 }
 
-/// One benchmark: its name (the section marker) and its entry point,
-/// which returns its markdown section.
+/// Runs per case of the benchmarks that have no default of their own.
+const DEFAULT_RUNS: usize = 10;
+
+/// One benchmark: its name (the section marker), its entry point, which
+/// returns its markdown section, and the options it was run with (for the
+/// section's footer).
 struct Bench {
     name: &'static str,
-    run: fn(usize) -> Result<String>,
+    run: fn(&Options) -> Result<String>,
+    args: fn(&Options) -> String,
+}
+
+fn runs_arg(o: &Options) -> String {
+    format!("--runs {}", o.runs.unwrap_or(DEFAULT_RUNS))
 }
 
 /// Every benchmark, in the order `all` runs them and the file lists them.
-const BENCHES: [Bench; 4] = [
+const BENCHES: [Bench; 5] = [
     Bench {
         name: "engine",
-        run: engine::run,
+        run: |o| engine::run(o.runs.unwrap_or(DEFAULT_RUNS)),
+        args: runs_arg,
     },
     Bench {
         name: "failover",
         run: failover::run,
+        args: |o| {
+            let mut a = format!("--runs {}", o.runs.unwrap_or(failover::DEFAULT_RUNS));
+            if !o.faults.is_empty() {
+                let f: Vec<&str> = o.faults.iter().map(|f| f.arg()).collect();
+                a.push_str(&format!(" --faults {}", f.join(",")));
+            }
+            a
+        },
+    },
+    Bench {
+        name: "steady",
+        run: steady::run,
+        args: |o| format!("--seconds {}", o.seconds),
     },
     Bench {
         name: "arp",
-        run: arp::run,
+        run: |o| arp::run(o.runs.unwrap_or(DEFAULT_RUNS)),
+        args: runs_arg,
     },
     Bench {
         name: "keepalived",
-        run: keepalived::run,
+        run: |o| keepalived::run(o.runs.unwrap_or(DEFAULT_RUNS)),
+        args: runs_arg,
     },
 ];
 
@@ -77,8 +112,11 @@ pub fn run(opts: &Options) -> Result<()> {
              programs in a lab. Run it as root, e.g. `sudo -E cargo xtask bench`"
         );
     }
-    if opts.runs == 0 {
+    if opts.runs == Some(0) {
         bail!("--runs must be at least 1");
+    }
+    if opts.seconds == 0 {
+        bail!("--seconds must be at least 1");
     }
     let bins = build::build(&build::Options { release: true })?;
     for (name, env) in [("vipd", "VIPD_BIN"), ("vipctl", "VIPCTL_BIN")] {
@@ -102,21 +140,21 @@ pub fn run(opts: &Options) -> Result<()> {
     let mut done: Vec<(&'static str, String)> = Vec::new();
     let mut failed: Vec<String> = Vec::new();
     for bench in chosen {
-        eprintln!("== bench {} (--runs {}) ==", bench.name, opts.runs);
+        let args = (bench.args)(opts);
+        eprintln!("== bench {} ({args}) ==", bench.name);
         let started = Instant::now();
         // A lab step that fails panics (test-harness style); the lab tears
         // itself down on the way out, and the other benchmarks still run.
-        let outcome = catch_unwind(AssertUnwindSafe(|| (bench.run)(opts.runs)))
+        let outcome = catch_unwind(AssertUnwindSafe(|| (bench.run)(opts)))
             .unwrap_or_else(|panic| Err(anyhow::anyhow!("panicked: {}", panic_text(&panic))));
         match outcome {
             Ok(body) => {
                 let section = format!(
-                    "{}\n\n_Measured {} with `cargo xtask bench {} --runs {}` on {} \
+                    "{}\n\n_Measured {} with `cargo xtask bench {} {args}` on {} \
                      ({:.0} s)._\n",
                     body.trim_end(),
                     machine.date,
                     bench.name,
-                    opts.runs,
                     machine.summary(),
                     started.elapsed().as_secs_f64()
                 );
@@ -217,8 +255,10 @@ fn report(old: &str, done: &[(&'static str, String)], machine: &Machine) -> Stri
          <!-- Written by `cargo xtask bench`; do not edit by hand: the next run overwrites it. -->\n\n\
          Every figure here is written by `cargo xtask bench` (as root), never by hand.\n\
          `cargo xtask bench` runs every benchmark; `cargo xtask bench engine` (or `failover`,\n\
-         `arp`, `keepalived`) runs one and replaces only its section below. `--runs N` sets\n\
-         the runs per measured case (default 10). It builds the release binaries first and\n\
+         `steady`, `arp`, `keepalived`) runs one and replaces only its section below. `--runs N`\n\
+         sets the runs per measured case (default {DEFAULT_RUNS}; `failover`: {} per fault and system, and\n\
+         `--faults cut,partition,kill,stop` picks faults); `--seconds N` the length of the\n\
+         `steady` run (default {}). It builds the release binaries first and\n\
          runs everything in a lab of network namespaces joined by bridges (addresses from\n\
          192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24 only), which it removes afterwards.\n\n\
          How to read the figures: times are milliseconds unless marked; a cell reads\n\
@@ -227,6 +267,8 @@ fn report(old: &str, done: &[(&'static str, String)], machine: &Machine) -> Stri
          machine: the wire is free, so the figures are vipd's own time plus the kernel's\n\
          and the scheduler's (other work on the machine shows up in the max).\n\n\
          Last written {} on {}.\n",
+        failover::DEFAULT_RUNS,
+        steady::DEFAULT_SECONDS,
         machine.date,
         machine.summary()
     );

@@ -539,6 +539,17 @@ impl Prober {
             .map(|(at, _)| *at)
     }
 
+    /// Every probe in [from, to]: its instant and whether it was answered.
+    pub fn outcomes(&self, from: Instant, to: Instant) -> Vec<(Instant, bool)> {
+        self.results
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(at, _)| *at >= from && *at <= to)
+            .map(|(at, who)| (*at, who.is_some()))
+            .collect()
+    }
+
     /// The node of the latest successful probe, if it came after `since`.
     pub fn last_served(&self, since: Instant) -> Option<String> {
         self.results
@@ -592,18 +603,182 @@ impl Agent {
     }
 }
 
+/// How the holder fails in a takeover run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Fault {
+    /// Its two links lose carrier (the bridge-side veth ends go down).
+    Cut,
+    /// Its two links are detached from their bridges: carrier stays, nothing
+    /// gets through in either direction (a dead switch upstream).
+    Partition,
+    /// SIGKILL of the agent (keepalived: its main process and its VRRP
+    /// child), so no cleanup of its own runs.
+    Kill,
+    /// SIGSTOP of the agent (keepalived: both processes) until the takeover
+    /// is over, then SIGCONT.
+    Stop,
+}
+
+impl Fault {
+    pub const ALL: [Fault; 4] = [Fault::Cut, Fault::Partition, Fault::Kill, Fault::Stop];
+
+    /// The column heading in the reports.
+    pub fn label(self) -> &'static str {
+        match self {
+            Fault::Cut => "link cut",
+            Fault::Partition => "silent partition",
+            Fault::Kill => "SIGKILL",
+            Fault::Stop => "SIGSTOP",
+        }
+    }
+
+    /// The name on the command line (`--faults cut,kill`).
+    pub fn arg(self) -> &'static str {
+        match self {
+            Fault::Cut => "cut",
+            Fault::Partition => "partition",
+            Fault::Kill => "kill",
+            Fault::Stop => "stop",
+        }
+    }
+}
+
+/// The agent process of a node: replaced when the bench restarts it.
+pub struct AgentProcess(Mutex<LabProcess>);
+
+impl AgentProcess {
+    fn new(p: LabProcess) -> AgentProcess {
+        AgentProcess(Mutex::new(p))
+    }
+
+    /// The process running now (the latest started).
+    pub fn current(&self) -> LabProcess {
+        self.0.lock().unwrap().clone()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.current().pid()
+    }
+
+    /// Sends `signal` to the current process; false if it had exited.
+    pub fn kill(&self, signal: i32) -> bool {
+        self.current().kill(signal)
+    }
+
+    /// What the current process wrote to stderr (vipd's log).
+    pub fn stderr(&self) -> String {
+        self.current().stderr()
+    }
+
+    fn replace(&self, p: LabProcess) {
+        *self.0.lock().unwrap() = p;
+    }
+}
+
 /// One agent node: its namespace, service and observers.
 pub struct Node {
     pub name: String,
     pub host: Host,
     pub mac: [u8; 6],
-    pub agent: LabProcess,
+    pub agent: AgentProcess,
     /// vipd's control socket.
     pub socket: PathBuf,
     /// keepalived's VRRP child pid file.
     pub vrrp_pidfile: PathBuf,
     pub watch: NlWatch,
     _server: ServerHandle,
+}
+
+/// What starting (and restarting) one node's agent needs.
+struct Launch {
+    agent: Agent,
+    /// vipd's `--lease` (None: its default, no flag passed).
+    lease: Option<Duration>,
+    bins: PathBuf,
+    dir: PathBuf,
+}
+
+impl Launch {
+    fn keepalived_pidfile(&self, node: &str) -> PathBuf {
+        self.dir.join(format!("{node}-keepalived.pid"))
+    }
+
+    /// Starts node `index`'s agent in `host`.
+    fn spawn(&self, index: usize, node: &Node0) -> Result<LabProcess> {
+        let name = &node.name;
+        Ok(match self.agent {
+            Agent::Vipd(s) => {
+                let bin = self.bins.join("vipd");
+                let config = self.dir.join("empty.toml");
+                if !config.is_file() {
+                    fs::write(&config, "")?;
+                }
+                let mut argv: Vec<std::ffi::OsString> = vec![
+                    bin.into(),
+                    "--config".into(),
+                    config.into(),
+                    "--zk".into(),
+                    ZK_HOSTS.into(),
+                    "--cluster".into(),
+                    CLUSTER.into(),
+                    "--node-id".into(),
+                    name.into(),
+                    "--session-timeout".into(),
+                    format!("{}ms", s.session_timeout.as_millis()).into(),
+                    "--garp-interval".into(),
+                    format!("{}ms", s.garp_interval.as_millis()).into(),
+                    "--garp-rounds".into(),
+                    s.garp_rounds.to_string().into(),
+                    "--xdp-mode".into(),
+                    "generic".into(),
+                    "--xdp-interface".into(),
+                    "eth0".into(),
+                    "--api-socket".into(),
+                    node.socket.clone().into(),
+                    "--log-format".into(),
+                    "json".into(),
+                ];
+                if let Some(l) = self.lease {
+                    argv.push("--lease".into());
+                    argv.push(format!("{}ms", l.as_millis()).into());
+                }
+                node.host.spawn_env(argv, &[("RUST_LOG", "info")])
+            }
+            Agent::Keepalived(s) => {
+                let conf = self.dir.join(format!("{name}-keepalived.conf"));
+                // Distinct priorities make the first election predictable;
+                // nopreempt keeps a restored node from taking the VIP back.
+                fs::write(&conf, keepalived_conf(name, 100 - index as u32, &s))?;
+                let pid = self.keepalived_pidfile(name);
+                // A killed keepalived leaves its pid files; a new one would
+                // read them to decide whether it already runs.
+                let _ = fs::remove_file(&pid);
+                let _ = fs::remove_file(&node.vrrp_pidfile);
+                node.host.spawn([
+                    "keepalived".as_ref(),
+                    "-n".as_ref(),
+                    "-l".as_ref(),
+                    "-D".as_ref(),
+                    "-G".as_ref(),
+                    "-P".as_ref(),
+                    "-f".as_ref(),
+                    conf.as_os_str(),
+                    "-p".as_ref(),
+                    pid.as_os_str(),
+                    "-r".as_ref(),
+                    node.vrrp_pidfile.as_os_str(),
+                ])
+            }
+        })
+    }
+}
+
+/// A node before its agent runs (what [`Launch::spawn`] reads).
+struct Node0 {
+    name: String,
+    host: Host,
+    socket: PathBuf,
+    vrrp_pidfile: PathBuf,
 }
 
 /// A lab with three agent nodes and a client (fields drop in order: the
@@ -619,7 +794,20 @@ pub struct Cluster {
     _zk: Option<ZkServer>,
     pub zk_host: Option<Host>,
     pub bins: PathBuf,
+    launch: Launch,
+    /// Processes this cluster sent SIGSTOP and has not resumed yet: resumed
+    /// on drop, so a failing run leaves nothing frozen behind.
+    stopped: Mutex<Vec<u32>>,
     pub lab: Lab,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for pid in self.stopped.lock().unwrap().drain(..) {
+            // SAFETY: kill(2) on a process of this lab that we stopped.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
+        }
+    }
 }
 
 fn parse_mac(s: &str) -> Result<[u8; 6]> {
@@ -654,12 +842,38 @@ vrrp_instance VI_1 {{
     )
 }
 
+/// How long a takeover run waits, once the client is served by the new
+/// holder, for the old holder to drop the VIP by itself. A killed or
+/// frozen keepalived never does: its VIP stays until the bench ends the
+/// fault (and removes the leftover address of a killed one).
+pub const FENCE_WAIT: Duration = Duration::from_secs(2);
+
+/// How long a node gets to be a quiet standby again after the fault ends.
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// After the fault ended, how long the client may go unserved by a settled
+/// single holder before the bench flushes its neighbour entry for the VIP
+/// (a stale entry naming a node that dropped the VIP would otherwise last
+/// the kernel's reachable time, tens of seconds).
+pub const CLIENT_FLUSH_AFTER: Duration = Duration::from_secs(5);
+
 impl Cluster {
     /// Builds the lab and starts everything; returns once exactly one node
     /// holds the VIP and the client is served through it.
     pub fn start(
         hint: &str,
         agent: Agent,
+        bins: &Path,
+        progress: &dyn Fn(&str),
+    ) -> Result<Cluster> {
+        Cluster::start_with(hint, agent, None, bins, progress)
+    }
+
+    /// [`Cluster::start`] with vipd's `--lease` (None: no flag, its default).
+    pub fn start_with(
+        hint: &str,
+        agent: Agent,
+        lease: Option<Duration>,
         bins: &Path,
         progress: &dyn Fn(&str),
     ) -> Result<Cluster> {
@@ -698,8 +912,12 @@ impl Cluster {
                 addr: "192.0.2.50/24",
             }],
         );
-        let empty_config = lab.dir().join("empty.toml");
-        fs::write(&empty_config, "")?;
+        let launch = Launch {
+            agent,
+            lease,
+            bins: bins.to_path_buf(),
+            dir: lab.dir().to_path_buf(),
+        };
         let mut nodes = Vec::new();
         for i in 0..NODES {
             let name = format!("n{}", i + 1);
@@ -721,69 +939,20 @@ impl Cluster {
             let server = host.tcp_echo_server(VIP, PORT);
             let watch = NlWatch::start(&host.path())?;
             let mac = parse_mac(&host.mac("eth0"))?;
-            let socket = lab.dir().join(format!("{name}.sock"));
-            let vrrp_pidfile = lab.dir().join(format!("{name}-vrrp.pid"));
-            let agent_proc = match agent {
-                Agent::Vipd(s) => {
-                    let bin = bins.join("vipd");
-                    host.spawn_env(
-                        [
-                            bin.as_os_str(),
-                            "--config".as_ref(),
-                            empty_config.as_os_str(),
-                            "--zk".as_ref(),
-                            ZK_HOSTS.as_ref(),
-                            "--cluster".as_ref(),
-                            CLUSTER.as_ref(),
-                            "--node-id".as_ref(),
-                            name.as_ref(),
-                            "--session-timeout".as_ref(),
-                            format!("{}ms", s.session_timeout.as_millis()).as_ref(),
-                            "--garp-interval".as_ref(),
-                            format!("{}ms", s.garp_interval.as_millis()).as_ref(),
-                            "--garp-rounds".as_ref(),
-                            s.garp_rounds.to_string().as_ref(),
-                            "--xdp-mode".as_ref(),
-                            "generic".as_ref(),
-                            "--xdp-interface".as_ref(),
-                            "eth0".as_ref(),
-                            "--api-socket".as_ref(),
-                            socket.as_os_str(),
-                            "--log-format".as_ref(),
-                            "json".as_ref(),
-                        ],
-                        &[("RUST_LOG", "info")],
-                    )
-                }
-                Agent::Keepalived(s) => {
-                    let conf = lab.dir().join(format!("{name}-keepalived.conf"));
-                    // Distinct priorities make the first election predictable;
-                    // nopreempt keeps a restored node from taking the VIP back.
-                    fs::write(&conf, keepalived_conf(&name, 100 - i as u32, &s))?;
-                    let pid = lab.dir().join(format!("{name}-keepalived.pid"));
-                    host.spawn([
-                        "keepalived".as_ref(),
-                        "-n".as_ref(),
-                        "-l".as_ref(),
-                        "-D".as_ref(),
-                        "-G".as_ref(),
-                        "-P".as_ref(),
-                        "-f".as_ref(),
-                        conf.as_os_str(),
-                        "-p".as_ref(),
-                        pid.as_os_str(),
-                        "-r".as_ref(),
-                        vrrp_pidfile.as_os_str(),
-                    ])
-                }
-            };
-            nodes.push(Node {
+            let n0 = Node0 {
+                socket: lab.dir().join(format!("{name}.sock")),
+                vrrp_pidfile: lab.dir().join(format!("{name}-vrrp.pid")),
                 name,
                 host,
+            };
+            let agent_proc = launch.spawn(i, &n0)?;
+            nodes.push(Node {
+                name: n0.name,
+                host: n0.host,
                 mac,
-                agent: agent_proc,
-                socket,
-                vrrp_pidfile,
+                agent: AgentProcess::new(agent_proc),
+                socket: n0.socket,
+                vrrp_pidfile: n0.vrrp_pidfile,
                 watch,
                 _server: server,
             });
@@ -801,6 +970,8 @@ impl Cluster {
             _zk: zk,
             zk_host,
             bins: bins.to_path_buf(),
+            launch,
+            stopped: Mutex::new(Vec::new()),
             lab,
         };
         progress(&format!("three {} nodes started", agent.name()));
@@ -814,6 +985,20 @@ impl Cluster {
         progress("waiting for one node to hold the VIP and serve the client");
         cluster.wait_settled(Duration::from_secs(40))?;
         Ok(cluster)
+    }
+
+    /// Starts node `node`'s agent again (after a SIGKILL), as a fresh process.
+    pub fn restart_agent(&self, node: usize) -> Result<()> {
+        let n = &self.nodes[node];
+        let n0 = Node0 {
+            name: n.name.clone(),
+            host: n.host.clone(),
+            socket: n.socket.clone(),
+            vrrp_pidfile: n.vrrp_pidfile.clone(),
+        };
+        let p = self.launch.spawn(node, &n0)?;
+        n.agent.replace(p);
+        Ok(())
     }
 
     /// `vipctl vip --zk .. set web 192.0.2.100`, run where ZooKeeper lives.
@@ -869,14 +1054,18 @@ impl Cluster {
     /// The nodes that have the VIP on eth0 now.
     pub fn holders(&self) -> Vec<usize> {
         (0..self.nodes.len())
-            .filter(|&i| {
-                self.nodes[i]
-                    .host
-                    .ipv4_addrs("eth0")
-                    .iter()
-                    .any(|(ip, _)| *ip == VIP)
-            })
+            .filter(|&i| self.vip_prefix(i).is_some())
             .collect()
+    }
+
+    /// The prefix length of the VIP on `node`'s eth0, if it has it.
+    fn vip_prefix(&self, node: usize) -> Option<u8> {
+        self.nodes[node]
+            .host
+            .ipv4_addrs("eth0")
+            .iter()
+            .find(|(ip, _)| *ip == VIP)
+            .map(|(_, len)| *len)
     }
 
     /// Waits until exactly one node holds the VIP and the client is served by it.
@@ -910,35 +1099,207 @@ impl Cluster {
         self.lab.cut_peer(h, "eth1");
     }
 
+    /// The keepalived VRRP child of `node` (from its pid file), only while
+    /// it is a child of the node's keepalived.
+    pub fn vrrp_child(&self, node: usize) -> Option<u32> {
+        let pid: u32 = fs::read_to_string(&self.nodes[node].vrrp_pidfile)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())?;
+        children(self.nodes[node].agent.pid())
+            .contains(&pid)
+            .then_some(pid)
+    }
+
+    /// Sends `sig` to `node`'s agent. keepalived's main process is frozen
+    /// first, so it neither respawns nor mourns its VRRP child; then the
+    /// child gets `sig`, then (for SIGKILL) the main process.
+    fn signal_agent(&self, node: usize, sig: i32) -> Result<()> {
+        let main = self.nodes[node].agent.current();
+        let mut stopped = self.stopped.lock().unwrap();
+        match self.agent {
+            Agent::Vipd(_) => {
+                if !main.kill(sig) {
+                    bail!(
+                        "vipd on {} had exited before the fault",
+                        self.nodes[node].name
+                    );
+                }
+                if sig == libc::SIGSTOP {
+                    stopped.push(main.pid());
+                }
+            }
+            Agent::Keepalived(_) => {
+                // Without its VRRP child the fault would be another one: the
+                // child shuts down cleanly when its parent dies.
+                let child = self.vrrp_child(node).with_context(|| {
+                    format!("no VRRP child of keepalived on {}", self.nodes[node].name)
+                })?;
+                main.kill(libc::SIGSTOP);
+                stopped.push(main.pid());
+                // SAFETY: kill(2) on the VRRP child of a keepalived we started.
+                unsafe { libc::kill(child as libc::pid_t, sig) };
+                if sig == libc::SIGSTOP {
+                    stopped.push(child);
+                } else {
+                    main.kill(sig);
+                    stopped.retain(|p| *p != main.pid());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Resumes what [`Cluster::signal_agent`] stopped on `node`.
+    fn resume_agent(&self, node: usize) {
+        let main = self.nodes[node].agent.pid();
+        let child = self.vrrp_child(node);
+        let mut stopped = self.stopped.lock().unwrap();
+        for pid in child.into_iter().chain([main]) {
+            if let Some(at) = stopped.iter().position(|p| *p == pid) {
+                stopped.remove(at);
+                // SAFETY: kill(2) on a process of this lab that we stopped.
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
+            }
+        }
+    }
+
+    /// Makes `node` fail as `fault` says.
+    pub fn inject(&self, fault: Fault, node: usize) -> Result<()> {
+        let h = &self.nodes[node].host;
+        match fault {
+            Fault::Cut => self.cut(node),
+            Fault::Partition => {
+                self.lab.isolate(h, "eth0");
+                self.lab.isolate(h, "eth1");
+            }
+            Fault::Kill => self.signal_agent(node, libc::SIGKILL)?,
+            Fault::Stop => self.signal_agent(node, libc::SIGSTOP)?,
+        }
+        Ok(())
+    }
+
+    /// Ends `fault` on `node`: links back, or the agent resumed, or (after
+    /// a SIGKILL) the address it left removed and the agent started again.
+    /// Returns whether the bench had to remove a leftover VIP.
+    fn heal(&self, fault: Fault, node: usize) -> Result<bool> {
+        let h = &self.nodes[node].host;
+        match fault {
+            Fault::Cut => {
+                self.lab.restore_peer(h, "eth0");
+                self.lab.restore_peer(h, "eth1");
+                Ok(false)
+            }
+            Fault::Partition => {
+                self.lab.rejoin(h, "eth0");
+                self.lab.rejoin(h, "eth1");
+                Ok(false)
+            }
+            Fault::Stop => {
+                self.resume_agent(node);
+                Ok(false)
+            }
+            Fault::Kill => {
+                let leftover = self.vip_prefix(node);
+                if let Some(len) = leftover {
+                    h.del_addr("eth0", &format!("{VIP}/{len}"));
+                }
+                self.restart_agent(node)?;
+                Ok(leftover.is_some())
+            }
+        }
+    }
+
     /// Gives `node` its links back and waits until it is a quiet standby.
     pub fn restore(&self, node: usize, holder: usize) -> Result<()> {
-        let h = &self.nodes[node].host;
-        self.lab.restore_peer(h, "eth0");
-        self.lab.restore_peer(h, "eth1");
-        let start = Instant::now();
-        let leader = self.nodes[holder].name.clone();
+        self.heal(Fault::Cut, node)?;
+        self.wait_standby(node, Some(holder), Instant::now(), None)
+            .map(|_| ())
+    }
+
+    /// Ends the fault of takeover `t` and waits until the cluster is quiet:
+    /// one holder serving the client and the failed node a standby (vipd;
+    /// keepalived may settle with the failed node as master again, which
+    /// is then the holder). Completes `t` with when the fault ended,
+    /// whether the bench removed a leftover address, and the overlap over
+    /// the whole run. Returns the holder.
+    pub fn restore_from(&self, t: &mut Takeover) -> Result<usize> {
+        let healed_at = Instant::now();
+        t.healed = Some(healed_at.saturating_duration_since(t.cut_at));
+        t.leftover_removed = self.heal(t.fault, t.old)?;
+        let expected = match self.agent {
+            Agent::Vipd(_) => t.new,
+            Agent::Keepalived(_) => None,
+        };
+        let mut flushed = None;
+        let result = self.wait_standby(t.old, expected, healed_at, Some(&mut flushed));
+        let quiet = Instant::now();
+        t.overlap = self.overlap(t.old, t.cut_at, quiet);
+        t.after_heal_outage = Some(longest_outage(
+            &self.prober.outcomes(healed_at, quiet),
+            healed_at,
+            quiet,
+        ));
+        t.client_flushed = flushed;
+        result
+    }
+
+    /// Waits until `node` is a standby and one node holds the VIP (`holder`,
+    /// if given) and serves the client. With `flushed`, a client still not
+    /// served by a settled holder [`CLIENT_FLUSH_AFTER`] after `since` has
+    /// its neighbour entry for the VIP flushed, and `flushed` names the
+    /// node that entry pointed at.
+    fn wait_standby(
+        &self,
+        node: usize,
+        holder: Option<usize>,
+        since: Instant,
+        mut flushed: Option<&mut Option<String>>,
+    ) -> Result<usize> {
         loop {
             check_interrupt()?;
-            let ready = match self.agent {
-                Agent::Vipd(_) => self.status(node).is_some_and(|s| {
-                    let zk = &s["zookeeper"];
-                    zk["session"] == "connected"
-                        && zk["is_leader"] == false
-                        && zk["leader"].as_str() == Some(&leader)
-                }),
-                // keepalived leaves FAULT on link up and listens as BACKUP.
-                Agent::Keepalived(s) => {
-                    start.elapsed() > s.advert_int * 4 && !self.holders().contains(&node)
-                }
+            let holders = self.holders();
+            let single = match holders[..] {
+                [one] if holder.is_none_or(|h| h == one) => Some(one),
+                _ => None,
             };
-            if ready && self.holders() == [holder] {
-                return Ok(());
+            let ready = single.is_some_and(|one| match self.agent {
+                Agent::Vipd(_) => {
+                    one != node
+                        && self.status(node).is_some_and(|s| {
+                            let zk = &s["zookeeper"];
+                            zk["session"] == "connected"
+                                && zk["is_leader"] == false
+                                && zk["leader"].as_str() == Some(&self.nodes[one].name)
+                        })
+                }
+                // keepalived leaves FAULT on link up and listens as BACKUP.
+                Agent::Keepalived(s) => since.elapsed() > s.advert_int * 4,
+            });
+            if ready && let Some(one) = single {
+                let probe = Instant::now();
+                sleep(Duration::from_millis(60))?;
+                if self.prober.last_served(probe).as_deref() == Some(&self.nodes[one].name)
+                    && self.holders() == [one]
+                {
+                    return Ok(one);
+                }
+                if let Some(f) = flushed.as_deref_mut()
+                    && f.is_none()
+                    && since.elapsed() > CLIENT_FLUSH_AFTER
+                {
+                    *f = Some(self.client_neigh_node());
+                    self.client.ip(&["neigh", "flush", "to", &VIP.to_string()]);
+                }
             }
-            if start.elapsed() > Duration::from_secs(30) {
+            if since.elapsed() > RESTORE_TIMEOUT {
                 bail!(
-                    "{} did not settle as a standby within 30 s after its links came back (holders {:?})",
+                    "{} did not settle as a standby within {RESTORE_TIMEOUT:?} after the fault ended (holders {:?}); logs in {}",
                     self.nodes[node].name,
-                    self.holders()
+                    holders
+                        .iter()
+                        .map(|&i| &self.nodes[i].name)
+                        .collect::<Vec<_>>(),
+                    self.lab.dir().display()
                 );
             }
             sleep(Duration::from_millis(100))?;
@@ -949,10 +1310,25 @@ impl Cluster {
     /// served by another node and its neighbour entry moved), then keeps
     /// observing for `linger` after the VIP was configured on the new node.
     pub fn takeover(&self, linger: Duration, timeout: Duration) -> Result<Takeover> {
+        self.takeover_on(Fault::Cut, linger, timeout)
+    }
+
+    /// Fails the holder as `fault` says and waits for the takeover: the
+    /// client served by another node, its neighbour entry moved, `linger`
+    /// past the VIP's add on the new node, and the old holder's VIP gone
+    /// (waited for at most [`FENCE_WAIT`] after the client was served), or
+    /// `timeout` after the fault. The fault is still on when this returns:
+    /// [`Cluster::restore_from`] ends it.
+    pub fn takeover_on(
+        &self,
+        fault: Fault,
+        linger: Duration,
+        timeout: Duration,
+    ) -> Result<Takeover> {
         let old = self.wait_settled(Duration::from_secs(15))?;
         let cut_wall = SystemTime::now();
         let cut = Instant::now();
-        self.cut(old);
+        self.inject(fault, old)?;
         let mut new = None;
         let mut configured = None;
         loop {
@@ -969,10 +1345,14 @@ impl Cluster {
             }
             if let (Some(n), Some(conf)) = (new, configured) {
                 let node = &self.nodes[n];
-                let served = self.prober.first_served_by(&node.name, cut).is_some();
+                let served = self.prober.first_served_by(&node.name, cut);
                 let switched = self.neigh_switch(node.mac, cut).is_some();
                 let fenced = self.nodes[old].watch.addr_change(VIP, false, cut).is_some();
-                if served && switched && fenced && conf.elapsed() >= linger {
+                if let Some(served) = served
+                    && switched
+                    && conf.elapsed() >= linger
+                    && (fenced || served.elapsed() >= FENCE_WAIT)
+                {
                     break;
                 }
             }
@@ -984,7 +1364,9 @@ impl Cluster {
         let end = Instant::now();
         let off = |t: Option<Instant>| t.map(|t| t.saturating_duration_since(cut));
         let mut t = Takeover {
+            fault,
             cut_wall,
+            cut_at: cut,
             old,
             new,
             old_removed: off(self.nodes[old].watch.addr_change(VIP, false, cut)),
@@ -994,6 +1376,10 @@ impl Cluster {
             neigh_switched: None,
             served: None,
             overlap: self.overlap(old, cut, end),
+            healed: None,
+            leftover_removed: false,
+            after_heal_outage: None,
+            client_flushed: None,
             garp_frames: 0,
             rss_kib: None,
         };
@@ -1013,6 +1399,21 @@ impl Cluster {
         Ok(t)
     }
 
+    /// The node whose MAC the client's neighbour entry for the VIP names now.
+    fn client_neigh_node(&self) -> String {
+        let entry = self.client.neigh(VIP);
+        let mac = entry.as_ref().and_then(|e| e.lladdr.clone());
+        let node = mac.as_deref().and_then(|m| {
+            let m = parse_mac(m).ok()?;
+            self.nodes.iter().find(|n| n.mac == m)
+        });
+        match (node, entry) {
+            (Some(n), Some(e)) => format!("{} ({})", n.name, e.state.join(",")),
+            (None, Some(e)) => format!("{} ({})", mac.unwrap_or_default(), e.state.join(",")),
+            (None | Some(_), None) => "no entry".to_string(),
+        }
+    }
+
     /// When the client's neighbour entry for the VIP first named `mac` after `since`.
     fn neigh_switch(&self, mac: [u8; 6], since: Instant) -> Option<Instant> {
         self.client_watch
@@ -1026,9 +1427,9 @@ impl Cluster {
             })
     }
 
-    /// How long two or more nodes held the VIP at once in [from, to],
-    /// from each namespace's address events (`old` held it at `from`).
-    fn overlap(&self, old: usize, from: Instant, to: Instant) -> Duration {
+    /// The VIP's address events in every node in [from, to]: (instant,
+    /// node, added), in order.
+    pub fn vip_changes(&self, from: Instant, to: Instant) -> Vec<(Instant, usize, bool)> {
         let mut changes: Vec<(Instant, usize, bool)> = Vec::new();
         for (i, n) in self.nodes.iter().enumerate() {
             for (at, e) in n.watch.events() {
@@ -1042,20 +1443,14 @@ impl Cluster {
             }
         }
         changes.sort_by_key(|c| c.0);
-        let mut held: Vec<bool> = (0..self.nodes.len()).map(|i| i == old).collect();
-        let mut total = Duration::ZERO;
-        let mut last = from;
-        for (at, i, added) in changes {
-            if held.iter().filter(|h| **h).count() >= 2 {
-                total += at.saturating_duration_since(last);
-            }
-            held[i] = added;
-            last = at;
-        }
-        if held.iter().filter(|h| **h).count() >= 2 {
-            total += to.saturating_duration_since(last);
-        }
-        total
+        changes
+    }
+
+    /// How long two or more nodes held the VIP at once in [from, to],
+    /// from each namespace's address events (`old` held it at `from`).
+    fn overlap(&self, old: usize, from: Instant, to: Instant) -> Duration {
+        let held: Vec<bool> = (0..self.nodes.len()).map(|i| i == old).collect();
+        overlap_of(&self.vip_changes(from, to), held, from, to)
     }
 
     /// The agent's resident memory on `node` (keepalived: its processes summed).
@@ -1071,13 +1466,45 @@ impl Cluster {
         }
         Some(sum)
     }
+}
 
-    /// The keepalived VRRP child of `node` (from its pid file).
-    pub fn vrrp_child(&self, node: usize) -> Option<u32> {
-        fs::read_to_string(&self.nodes[node].vrrp_pidfile)
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
+/// The longest stretch in [from, to] without an answered probe (a stretch
+/// from `from` to the first answer counts, and one from the last to `to`).
+pub fn longest_outage(outcomes: &[(Instant, bool)], from: Instant, to: Instant) -> Duration {
+    let mut last_ok = from;
+    let mut longest = Duration::ZERO;
+    for &(at, ok) in outcomes {
+        if ok && at >= from && at <= to {
+            longest = longest.max(at.saturating_duration_since(last_ok));
+            last_ok = at;
+        }
     }
+    longest.max(to.saturating_duration_since(last_ok))
+}
+
+/// How long two or more nodes held the VIP at once in [from, to], given
+/// the address events in order (instant, node, added) and who held it at
+/// `from`. An add on a node that holds it already (a lifetime renewal)
+/// changes nothing.
+pub fn overlap_of(
+    changes: &[(Instant, usize, bool)],
+    mut held: Vec<bool>,
+    from: Instant,
+    to: Instant,
+) -> Duration {
+    let mut total = Duration::ZERO;
+    let mut last = from;
+    for &(at, i, added) in changes {
+        if held.iter().filter(|h| **h).count() >= 2 {
+            total += at.saturating_duration_since(last);
+        }
+        held[i] = added;
+        last = at;
+    }
+    if held.iter().filter(|h| **h).count() >= 2 {
+        total += to.saturating_duration_since(last);
+    }
+    total
 }
 
 fn children(pid: u32) -> Vec<u32> {
@@ -1101,11 +1528,14 @@ fn vm_rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// One takeover, offsets from the cut.
+/// One takeover, offsets from the fault (the cut, for [`Fault::Cut`]).
 #[derive(Clone, Debug)]
 pub struct Takeover {
-    /// The wall-clock time of the cut (for agents' log timestamps).
+    pub fault: Fault,
+    /// The wall-clock time of the fault (for agents' log timestamps).
     pub cut_wall: SystemTime,
+    /// The instant of the fault.
+    pub cut_at: Instant,
     pub old: usize,
     pub new: Option<usize>,
     /// The old holder removed the VIP (its own netlink event).
@@ -1120,8 +1550,21 @@ pub struct Takeover {
     pub neigh_switched: Option<Duration>,
     /// The first probe answered by the new node.
     pub served: Option<Duration>,
-    /// Time with the VIP on two nodes at once.
+    /// Time with the VIP on two nodes at once: until the takeover was
+    /// over, and after [`Cluster::restore_from`] until the cluster was
+    /// quiet again.
     pub overlap: Duration,
+    /// When the bench ended the fault (set by [`Cluster::restore_from`]).
+    pub healed: Option<Duration>,
+    /// The old holder still had the VIP when the fault ended (after a
+    /// SIGKILL) and the bench removed it.
+    pub leftover_removed: bool,
+    /// The longest stretch without an answered probe from the end of the
+    /// fault until the cluster was quiet.
+    pub after_heal_outage: Option<Duration>,
+    /// The bench flushed the client's neighbour entry after the fault
+    /// ended (see [`CLIENT_FLUSH_AFTER`]): where that entry pointed.
+    pub client_flushed: Option<String>,
     /// Gratuitous ARP frames from the new node seen by the client.
     pub garp_frames: usize,
     pub rss_kib: Option<u64>,
@@ -1131,6 +1574,13 @@ impl Takeover {
     /// The client reached the service through the new node.
     pub fn complete(&self) -> bool {
         self.served.is_some() && self.configured.is_some()
+    }
+
+    /// The VIP was on two nodes and the old holder had not removed it by
+    /// itself when the bench ended the fault: the overlap lasted as long as
+    /// the bench let the fault last.
+    pub fn overlap_ended_by_bench(&self) -> bool {
+        !self.overlap.is_zero() && self.old_removed.is_none()
     }
 }
 
@@ -1246,7 +1696,7 @@ pub fn timeline_svg(title: &str, rows: &[PlotRow]) -> String {
         .find(|s| max_ms / s <= 10)
         .unwrap_or(10_000);
     let axis_ms = max_ms.div_ceil(step).max(1) * step;
-    let (left, top, row_h, width) = (130.0, 50.0, 14.0, 700.0);
+    let (left, top, row_h, width) = (180.0, 50.0, 14.0, 700.0);
     let height = top + row_h * rows.len() as f64 + 70.0;
     let x = |d: Duration| left + width * d.as_millis() as f64 / axis_ms as f64;
     let mut s = String::new();
@@ -1368,6 +1818,46 @@ mod tests {
 {"timestamp":"2026-11-25T15:22:41.250000Z","level":"INFO","fields":{"message":"elected leader","term":2}}"#;
         let cut = parse_rfc3339("2026-11-25T15:22:40.000000Z").unwrap();
         assert_eq!(elected_at(log, cut), Some(Duration::from_millis(1250)));
+    }
+
+    #[test]
+    fn overlap_counts_two_holders_only() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let held = vec![true, false, false];
+        // n0 renews (no change), n1 adds at 100, n0 removes at 250, n1 renews.
+        let changes = [
+            (at(50), 0, true),
+            (at(100), 1, true),
+            (at(250), 0, false),
+            (at(300), 1, true),
+        ];
+        assert_eq!(
+            overlap_of(&changes, held.clone(), t0, at(1000)),
+            Duration::from_millis(150)
+        );
+        // Still two holders at the end: counted up to `to`.
+        assert_eq!(
+            overlap_of(&changes[..2], held.clone(), t0, at(400)),
+            Duration::from_millis(300)
+        );
+        assert_eq!(overlap_of(&[], held, t0, at(400)), Duration::ZERO);
+    }
+
+    #[test]
+    fn outages_count_from_the_window_start() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let o = [
+            (at(5), false),
+            (at(40), true),
+            (at(50), true),
+            (at(60), false),
+        ];
+        // 0 -> 40 unanswered, then 50 -> 100.
+        assert_eq!(longest_outage(&o, t0, at(100)), Duration::from_millis(50));
+        assert_eq!(longest_outage(&o, t0, at(70)), Duration::from_millis(40));
+        assert_eq!(longest_outage(&[], t0, at(30)), Duration::from_millis(30));
     }
 
     #[test]
