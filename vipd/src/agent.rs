@@ -24,7 +24,7 @@ use crate::{
     arp_offload::{ArpOffload, ConflictReader, XdpAttachment},
     config::{EngineArgs, XdpArgs, XdpMode},
     net::{
-        Link, Placement,
+        AddrState, Link, Placement,
         netlink::{NetEvent, NetSnapshot, Netlink, enable_promote_secondaries, monitor},
     },
     reconcile::{self, Action, Verdict},
@@ -505,6 +505,21 @@ impl Engine {
         let empty = BTreeSet::new();
         let wanted = if leader { &self.applied.vips } else { &empty };
         let plan = reconcile::plan(wanted, &snap.routes, &snap.addresses);
+        for (vip, address) in &plan.unusable {
+            let ifname = self.name_in(&snap, address.ifindex);
+            if address.state == AddrState::DadFailed {
+                // Reported as an error of the pass: another host answered
+                // for the VIP, which is also a conflict to look into.
+                let msg = format!(
+                    "VIP {vip} on {ifname} failed duplicate address detection (another host answers for it): removed, and added again without DAD"
+                );
+                error!(vip = %vip, ifname = %ifname, "{msg}");
+                errors.push(msg);
+            } else {
+                warn!(vip = %vip, ifname = %ifname, state = ?address.state,
+                      "VIP address is not usable yet; replacing it with one without DAD");
+            }
+        }
 
         // Removals first, and the XDP map forgets a VIP before it goes.
         let removing: BTreeSet<Vip> = plan
@@ -788,7 +803,7 @@ impl Engine {
             .borrow()
             .vips
             .iter()
-            .filter(|v| v.state == "held")
+            .filter(|v| v.state == "held" && in_arp_maps(v.vip))
             .filter_map(|v| {
                 let ifindex = v.ifindex?;
                 let mac = snap.link(ifindex)?.mac;
@@ -811,6 +826,7 @@ impl Engine {
         let expires_ns = self.xdp_expiry();
         self.held
             .iter()
+            .filter(|(vip, _)| in_arp_maps(**vip))
             .filter_map(|(vip, p)| {
                 let mac = self.links.get(&p.ifindex)?.mac;
                 Some((
@@ -864,12 +880,20 @@ impl Engine {
                 }
             }
         }
-        if let Err(e) = off.set_watched(&self.applied.vips) {
+        let watched: BTreeSet<Vip> = self
+            .applied
+            .vips
+            .iter()
+            .copied()
+            .filter(|v| in_arp_maps(*v))
+            .collect();
+        if let Err(e) = off.set_watched(&watched) {
             errors.push(e.to_string());
         }
         let entries: BTreeMap<Vip, HeldVip> =
             if self.xdp.responder && self.applied.role == Role::Leader {
                 held.iter()
+                    .filter(|(vip, _)| in_arp_maps(**vip))
                     .filter_map(|(vip, p)| {
                         let mac = snap.link(p.ifindex)?.mac;
                         Some((
@@ -894,6 +918,13 @@ impl Engine {
     }
 }
 
+/// Whether the XDP maps carry `vip`: IPv4 VIPs only, as long as the program
+/// parses ARP alone. The kernel's own NDP answers for IPv6 VIPs meanwhile
+/// (the address is on the interface), and nothing counts their NDP traffic.
+fn in_arp_maps(vip: Vip) -> bool {
+    vip.v4().is_some()
+}
+
 /// VIPs configured with our mark once the pass's actions ran.
 fn snap_held_after(
     snap: &NetSnapshot,
@@ -904,7 +935,7 @@ fn snap_held_after(
     // Marked addresses the plan did not touch successfully still count: a
     // failed removal leaves the VIP on this node, and the source must know.
     for a in snap.addresses.iter().filter(|a| a.owned) {
-        if let Ok(v) = Vip::new(a.addr) {
+        if let Ok(v) = Vip::from_ip(a.addr) {
             let planned_removal = plan
                 .actions
                 .iter()

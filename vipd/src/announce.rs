@@ -343,12 +343,18 @@ async fn sleep_for(wait: Option<Duration>) {
 /// Sends one frame unless `clear()` made it stale, and records the outcome.
 fn send_one(shared: &Shared, ifindex: u32, iface: &mut Interface, pending: &Pending) {
     let Announcement { vip, mac, .. } = pending.announcement;
+    let Some(v4) = vip.v4() else {
+        // Neighbor Advertisements for IPv6 VIPs come next; until then the
+        // kernel's own NDP answers for them.
+        debug!(vip = %vip, "no announcement for an IPv6 VIP yet");
+        return;
+    };
     let result = {
         let _gate = lock(&shared.gate);
         if pending.stale(shared.generation.load(Ordering::SeqCst), Instant::now()) {
             return;
         }
-        let frame = garp_frame(pending.form, mac, vip.addr());
+        let frame = garp_frame(pending.form, mac, v4);
         let socket = match iface.socket.take() {
             Some(s) => Ok(s),
             None => GarpSocket::open(ifindex),
