@@ -12,20 +12,35 @@ use std::{
     net::{IpAddr, Ipv6Addr},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     process::Command,
+    sync::{Mutex, MutexGuard, PoisonError},
     time::{Duration, Instant},
 };
 
+use tokio_util::sync::CancellationToken;
 use vipd::{
+    announce::{Announcement, Announcer},
     net::{
         AddrState, Address, Placement,
+        garp::GarpMode,
         netlink::{NetEvent, Netlink, monitor},
     },
     vip::Vip,
 };
-use vipd_tests::lab::{in_new_netns, wait_until};
+use vipd_tests::{
+    cluster::within,
+    lab::{Host, HostIf, Lab, NdpFrame, fmt_mac, in_new_netns, wait_until},
+};
 
 /// vipd's ownership mark (IFA_PROTO), as vipd::net::VIPD_ADDR_PROTO.
 const MARK: u8 = vipd::net::VIPD_ADDR_PROTO;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// One lab test at a time: they measure pacing and takeovers on a small
+/// machine.
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 // ---- netlink, in a namespace of the test's own ----
 
@@ -436,3 +451,158 @@ where
     }
 }
 
+// ---- unsolicited Neighbor Advertisements on the wire ----
+
+/// VIPs of both families announced in one batch from host `a`, seen by host
+/// `b` on the same bridge: one NA per IPv6 VIP with every field right, the
+/// ARP frames of the IPv4 VIPs beside them, all under one per-interface
+/// budget; the Router flag follows the interface's forwarding.
+#[test]
+fn announcer_sends_one_na_per_v6_vip_paced_with_the_arp_frames() {
+    let _serial = serial();
+    let lab = Lab::new("v6-na");
+    let a = lab.add_host(
+        "a",
+        &[HostIf {
+            bridge: 0,
+            addr: "192.0.2.11/24",
+        }],
+    );
+    let b = lab.add_host(
+        "b",
+        &[HostIf {
+            bridge: 0,
+            addr: "192.0.2.12/24",
+        }],
+    );
+    a.add_addr6("eth0", "2001:db8:0:1::11/64");
+    // Frames sent before the link is up are lost without a trace.
+    within(Duration::from_secs(5), || {
+        a.has_carrier("eth0") && b.has_carrier("eth0")
+    })
+    .expect("both links up");
+    let mac = a.mac("eth0");
+    let v6: Vec<Vip> = (1..=10)
+        .map(|i| vip(&format!("2001:db8:0:1::{:x}", 0x100 + i)))
+        .collect();
+    let v4 = [vip("192.0.2.100"), vip("192.0.2.101")];
+    let capture = b.capture("eth0", libc::ETH_P_ALL as u16);
+    // 10 frames per second, bursts of 10: 4 ARP frames (both forms) and
+    // 10 NAs are 14 frames, so the last 4 wait 100 ms each.
+    let sent_at = announce_from(&a, &v4, &v6, 10);
+    let ours = |cap: &vipd_tests::lab::ArpCapture| -> Vec<(Instant, bool)> {
+        cap.frames()
+            .into_iter()
+            .filter(|f| !f.outgoing && fmt_mac(f.bytes[6..12].try_into().unwrap()) == mac)
+            .filter_map(|f| {
+                if f.arp().is_some() {
+                    Some((f.at, false))
+                } else {
+                    f.ndp()
+                        .filter(NdpFrame::is_unsolicited_na)
+                        .map(|_| (f.at, true))
+                }
+            })
+            .collect()
+    };
+    within(Duration::from_secs(5), || ours(&capture).len() >= 14)
+        .unwrap_or_else(|e| panic!("14 frames from {mac}: {e}; got {:?}", ours(&capture)));
+    let nas: Vec<NdpFrame> = capture
+        .ndp_frames()
+        .into_iter()
+        .filter(|(f, n)| !f.outgoing && n.is_unsolicited_na() && fmt_mac(n.eth_src) == mac)
+        .map(|(_, n)| n)
+        .collect();
+    assert_eq!(nas.len(), 10, "one NA per IPv6 VIP: {nas:?}");
+    for (n, want) in nas.iter().zip(&v6) {
+        let want = want.v6().unwrap();
+        assert_eq!(fmt_mac(n.eth_dst), "33:33:00:00:00:01");
+        assert_eq!(
+            (n.src, n.dst, n.target),
+            (want, "ff02::1".parse().unwrap(), want)
+        );
+        assert_eq!(n.hop_limit, 255);
+        assert_eq!(n.code, 0);
+        assert!(n.override_flag && !n.solicited && !n.router, "{n:?}");
+        assert_eq!(n.lladdr.map(fmt_mac), Some(mac.clone()));
+        assert!(n.checksum_ok, "{n:?}");
+    }
+    let frames = ours(&capture);
+    let (first, last) = (frames[0].0, frames[frames.len() - 1].0);
+    let early = frames
+        .iter()
+        .filter(|(t, _)| *t < first + Duration::from_millis(50))
+        .count();
+    let spread = last - first;
+    println!(
+        "ipv6 na pacing: 4 ARP frames + 10 NAs at 10/s: {early} in the first burst, last {:.0} ms after the first ({:.0} ms after the batch)",
+        spread.as_secs_f64() * 1000.0,
+        (last.saturating_duration_since(sent_at)).as_secs_f64() * 1000.0
+    );
+    assert!(early <= 10, "the burst is capped at the rate: {early}");
+    assert!(spread >= Duration::from_millis(350), "paced: {spread:?}");
+    drop(capture);
+
+    // A forwarding interface says so in the Router flag.
+    a.sysctl("net.ipv6.conf.eth0.forwarding", "1");
+    let capture = b.capture_ndp("eth0");
+    announce_from(&a, &[], &v6[..1], 10);
+    within(Duration::from_secs(3), || {
+        capture
+            .ndp_frames()
+            .iter()
+            .any(|(_, n)| n.is_unsolicited_na() && fmt_mac(n.eth_src) == mac)
+    })
+    .expect("an NA from the forwarding interface");
+    let n = capture
+        .ndp_frames()
+        .into_iter()
+        .find(|(_, n)| n.is_unsolicited_na() && fmt_mac(n.eth_src) == mac)
+        .unwrap()
+        .1;
+    assert!(n.router && n.override_flag && !n.solicited, "{n:?}");
+    assert!(n.checksum_ok);
+}
+
+/// Runs an Announcer in `host` for one batch (until it has sent it all);
+/// returns when the batch was handed over.
+fn announce_from(host: &Host, v4: &[Vip], v6: &[Vip], rate: u32) -> Instant {
+    let ifindex = host.in_netns(|| {
+        // SAFETY: a valid NUL-terminated name.
+        unsafe { libc::if_nametoindex(c"eth0".as_ptr()) }
+    });
+    assert_ne!(ifindex, 0, "no eth0 in {}", host.name());
+    let mac: [u8; 6] = host
+        .mac("eth0")
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).unwrap())
+        .collect::<Vec<_>>()
+        .try_into()
+        .unwrap();
+    let batch: Vec<Announcement> = v4
+        .iter()
+        .chain(v6)
+        .map(|&vip| Announcement { vip, ifindex, mac })
+        .collect();
+    let frames = (v4.len() * 2 + v6.len()) as u64;
+    host.in_netns(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime")
+            .block_on(async {
+                let cancel = CancellationToken::new();
+                let (announcer, task) = Announcer::spawn(GarpMode::Both, rate, cancel.clone());
+                let at = Instant::now();
+                announcer.announce(batch);
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while announcer.total_sent() < frames && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                assert_eq!(announcer.total_sent(), frames, "{:?}", announcer.stats());
+                cancel.cancel();
+                task.await.unwrap();
+                at
+            })
+    })
+}

@@ -1,9 +1,11 @@
 //! The kernel's network state as vipd sees it: interfaces, the main IPv4 and
 //! IPv6 routing tables, addresses of both families (with vipd's ownership
-//! mark), and the gratuitous ARP frames that announce a VIP. Pure types and
-//! lookups live here; `netlink` talks to the kernel.
+//! mark), and the frames that announce a VIP (gratuitous ARP, unsolicited
+//! Neighbor Advertisements). Pure types and lookups live here; `netlink`
+//! talks to the kernel.
 
 pub mod garp;
+pub mod ndp;
 pub mod netlink;
 
 use std::net::IpAddr;
