@@ -10,6 +10,12 @@ pub const MAP_COUNTERS: &str = "VIP_COUNTERS";
 pub const MAP_HELD: &str = "HELD_VIPS";
 /// Name of the ring buffer carrying [`ConflictEvent`]s to the agent.
 pub const MAP_CONFLICTS: &str = "CONFLICTS";
+/// Name of the per-CPU map of watched IPv6 VIPs and their NDP counters.
+pub const MAP_COUNTERS6: &str = "VIP_COUNTERS6";
+/// Name of the map of IPv6 VIPs this node holds (VIP -> [`HeldVip`]).
+pub const MAP_HELD6: &str = "HELD_VIPS6";
+/// Name of the ring buffer carrying [`ConflictEvent6`]s to the agent.
+pub const MAP_CONFLICTS6: &str = "CONFLICTS6";
 /// Name of the XDP program in the object.
 pub const PROGRAM_NAME: &str = "vipd_xdp";
 
@@ -36,7 +42,22 @@ pub const fn vip_octets(key: VipKey) -> [u8; 4] {
     key.to_ne_bytes()
 }
 
-/// ARP traffic about one VIP, counted per CPU by the XDP program.
+/// Map key of an IPv6 VIP: its sixteen bytes in network order.
+pub type Vip6Key = [u8; 16];
+
+/// ARP traffic about one IPv4 VIP, counted per CPU by the XDP program.
+///
+/// The same type counts Neighbor Discovery (RFC 4861) for an IPv6 VIP (in
+/// [`MAP_COUNTERS6`], see [`NdpCounters`]); only messages that pass the
+/// RFC's validation count there:
+/// - `requests`: Neighbor Solicitations whose target is the VIP, duplicate
+///   address detection probes (source `::`) included;
+/// - `xdp_replies`: solicited Neighbor Advertisements the program sent;
+/// - `announcements`: Neighbor Advertisements whose target is the VIP, from
+///   any MAC (ours included);
+/// - `foreign_claims`: for a VIP this node holds, by a MAC that is not the
+///   holding interface's: advertisements of it, DAD probes for it, and
+///   solicitations sent from it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ArpCounters {
@@ -63,8 +84,13 @@ impl ArpCounters {
     }
 }
 
-/// Where a VIP this node holds lives: the XDP program answers ARP requests for
-/// it only on this interface, with this MAC.
+/// [`ArpCounters`] as the NDP counters of an IPv6 VIP (the field mapping is
+/// documented there).
+pub type NdpCounters = ArpCounters;
+
+/// Where a VIP this node holds lives: the XDP program answers ARP requests
+/// (IPv4) or Neighbor Solicitations (IPv6) for it only on this interface,
+/// with this MAC.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HeldVip {
@@ -85,7 +111,8 @@ pub struct HeldVip {
 /// [`HeldVip::expires_ns`] of an entry that never expires.
 pub const NO_EXPIRY: u64 = u64::MAX;
 
-/// A foreign claim seen by the XDP program, sent to the agent.
+/// A foreign claim of a held IPv4 VIP seen by the XDP program, sent to the
+/// agent through [`MAP_CONFLICTS`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConflictEvent {
@@ -98,6 +125,22 @@ pub struct ConflictEvent {
     pub _pad: [u8; 2],
 }
 
+/// A foreign claim of a held IPv6 VIP seen by the XDP program, sent to the
+/// agent through [`MAP_CONFLICTS6`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConflictEvent6 {
+    /// The VIP, network order.
+    pub vip: [u8; 16],
+    /// Interface the claim arrived on.
+    pub ifindex: u32,
+    /// The claimant's hardware address: the advertisement's Target
+    /// Link-Layer Address option, a solicitation's Source Link-Layer Address
+    /// option, or else the frame's Ethernet source.
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain `repr(C)` data without padding holes that could leak
@@ -105,4 +148,5 @@ mod pod {
     unsafe impl aya::Pod for super::ArpCounters {}
     unsafe impl aya::Pod for super::HeldVip {}
     unsafe impl aya::Pod for super::ConflictEvent {}
+    unsafe impl aya::Pod for super::ConflictEvent6 {}
 }

@@ -1,6 +1,7 @@
 //! The XDP half from userspace: load and attach the program, keep its maps
-//! (watched VIPs, held VIPs) in step with the engine, read its counters and
-//! its conflict events, and make sure native answers leave (`mode`).
+//! (watched VIPs, held VIPs; one set per address family) in step with the
+//! engine, read its counters and its conflict events, and make sure native
+//! answers leave (`mode`).
 
 mod ethtool;
 mod mode;
@@ -8,8 +9,9 @@ mod mode;
 use std::{
     collections::{BTreeMap, BTreeSet},
     io,
+    marker::PhantomData,
     mem::size_of,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     time::{Duration, Instant},
 };
 
@@ -21,8 +23,9 @@ use aya::{
 use tokio::io::unix::AsyncFd;
 use tracing::{debug, error, info, instrument, warn};
 use vipd_common::{
-    ArpCounters, ConflictEvent, HeldVip, MAP_CONFLICTS, MAP_COUNTERS, MAP_HELD, PROGRAM_NAME,
-    VipKey, vip_key, vip_octets,
+    ArpCounters, ConflictEvent, ConflictEvent6, HeldVip, MAP_CONFLICTS, MAP_CONFLICTS6,
+    MAP_COUNTERS, MAP_COUNTERS6, MAP_HELD, MAP_HELD6, NdpCounters, PROGRAM_NAME, Vip6Key, VipKey,
+    vip_key, vip_octets,
 };
 
 use crate::{config::XdpMode, vip::Vip};
@@ -95,6 +98,13 @@ pub enum OffloadError {
         #[source]
         source: MapError,
     },
+    #[error("updating IPv6 VIP {vip} in map {map} failed")]
+    MapUpdate6 {
+        map: &'static str,
+        vip: Ipv6Addr,
+        #[source]
+        source: MapError,
+    },
     #[error("map {map} holds {addr}, which is not a valid VIP")]
     InvalidKey { map: &'static str, addr: Ipv4Addr },
     #[error("counting the possible CPUs failed ({what})")]
@@ -103,10 +113,14 @@ pub enum OffloadError {
         #[source]
         source: io::Error,
     },
-    #[error("the conflict ring buffer {MAP_CONFLICTS} was already taken")]
-    ConflictsTaken,
-    #[error("registering ring buffer {MAP_CONFLICTS} with the async runtime failed")]
-    ConflictsFd(#[source] io::Error),
+    #[error("the conflict ring buffer {map} was already taken")]
+    ConflictsTaken { map: &'static str },
+    #[error("registering ring buffer {map} with the async runtime failed")]
+    ConflictsFd {
+        map: &'static str,
+        #[source]
+        source: io::Error,
+    },
     #[error("BPF_PROG_TEST_RUN of {PROGRAM_NAME} failed (frame of {len} bytes)")]
     TestRun {
         len: usize,
@@ -169,9 +183,14 @@ pub struct ArpOffload {
     counters: PerCpuHashMap<MapData, VipKey, ArpCounters>,
     held: HashMap<MapData, VipKey, HeldVip>,
     conflicts: Option<RingBuf<MapData>>,
+    counters6: PerCpuHashMap<MapData, Vip6Key, NdpCounters>,
+    held6: HashMap<MapData, Vip6Key, HeldVip>,
+    conflicts6: Option<RingBuf<MapData>>,
     attachments: BTreeMap<String, Attachment>,
     /// What HELD_VIPS holds, to count answers per interface.
     held_now: BTreeMap<Vip, HeldVip>,
+    /// What HELD_VIPS6 holds, likewise.
+    held_now6: BTreeMap<Ipv6Addr, HeldVip>,
     /// Interfaces where native answers were lost: generic from then on,
     /// also when attached again, until vipd restarts.
     fallen_back: BTreeMap<String, ModeReason>,
@@ -218,30 +237,24 @@ impl ArpOffload {
             .map_err(|e| OffloadError::MissingProgram(Some(e)))?;
         program.load().map_err(OffloadError::LoadProgram)?;
 
-        let counters = take_map(&mut ebpf, MAP_COUNTERS)?;
-        let counters =
-            PerCpuHashMap::try_from(counters).map_err(|source| OffloadError::MapType {
-                name: MAP_COUNTERS,
-                source,
-            })?;
-        let held = take_map(&mut ebpf, MAP_HELD)?;
-        let held = HashMap::try_from(held).map_err(|source| OffloadError::MapType {
-            name: MAP_HELD,
-            source,
-        })?;
-        let conflicts = take_map(&mut ebpf, MAP_CONFLICTS)?;
-        let conflicts = RingBuf::try_from(conflicts).map_err(|source| OffloadError::MapType {
-            name: MAP_CONFLICTS,
-            source,
-        })?;
+        let counters = take_typed(&mut ebpf, MAP_COUNTERS, PerCpuHashMap::try_from)?;
+        let held = take_typed(&mut ebpf, MAP_HELD, HashMap::try_from)?;
+        let conflicts = take_typed(&mut ebpf, MAP_CONFLICTS, RingBuf::try_from)?;
+        let counters6 = take_typed(&mut ebpf, MAP_COUNTERS6, PerCpuHashMap::try_from)?;
+        let held6 = take_typed(&mut ebpf, MAP_HELD6, HashMap::try_from)?;
+        let conflicts6 = take_typed(&mut ebpf, MAP_CONFLICTS6, RingBuf::try_from)?;
         debug!("XDP program loaded");
         Ok(ArpOffload {
             ebpf,
             counters,
             held,
             conflicts: Some(conflicts),
+            counters6,
+            held6,
+            conflicts6: Some(conflicts6),
             attachments: BTreeMap::new(),
             held_now: BTreeMap::new(),
+            held_now6: BTreeMap::new(),
             fallen_back: BTreeMap::new(),
             ethtool: Ethtool::new()
                 .inspect_err(|e| {
@@ -376,7 +389,8 @@ impl ArpOffload {
             );
             return None;
         }
-        let answers = answers_on(&self.counters, &self.held_now, ifindex);
+        let answers = answers_on(&self.counters, &self.held_now, ifindex)
+            + answers_on6(&self.counters6, &self.held_now6, ifindex);
         Some(NativeWatch {
             counters,
             delivery: DeliveryWatch::new(first, answers),
@@ -438,16 +452,16 @@ impl ArpOffload {
                 continue;
             };
             let (counters, held) = (&self.counters, &self.held_now);
+            let (counters6, held6) = (&self.counters6, &self.held_now6);
             let Some(att) = self.attachments.get_mut(&ifname) else {
                 continue;
             };
             let Some(watch) = att.watch.as_mut() else {
                 continue;
             };
-            if let Verdict::Lost(loss) = watch
-                .delivery
-                .observe(sample, || answers_on(counters, held, ifindex))
-            {
+            if let Verdict::Lost(loss) = watch.delivery.observe(sample, || {
+                answers_on(counters, held, ifindex) + answers_on6(counters6, held6, ifindex)
+            }) {
                 lost.push((ifname, loss));
             }
         }
@@ -682,11 +696,15 @@ impl ArpOffload {
         Ok(())
     }
 
-    /// Empties HELD_VIPS (called before VIPs are removed, on step-down and
-    /// on shutdown).
+    /// Empties HELD_VIPS and HELD_VIPS6 (called before VIPs are removed, on
+    /// step-down and on shutdown): nothing is answered in XDP afterwards,
+    /// for either family.
     #[instrument(skip_all)]
     pub fn clear_held(&mut self) -> Result<(), OffloadError> {
-        self.set_held(&BTreeMap::new())
+        // Both, even when one fails: the first error is returned.
+        let v4 = self.set_held(&BTreeMap::new());
+        let v6 = self.set_held6(&BTreeMap::new());
+        v4.and(v6)
     }
 
     /// Counters of every watched VIP, summed over CPUs.
@@ -713,15 +731,160 @@ impl ArpOffload {
         Ok(out)
     }
 
+    /// Makes VIP_COUNTERS6 hold exactly these IPv6 VIPs, as
+    /// [`ArpOffload::set_watched`] does for IPv4: zeroed per-CPU counters
+    /// for new ones, existing counters kept, VIPs no longer watched deleted.
+    /// The caller passes validated VIPs; the program never counts a
+    /// multicast target anyway.
+    #[instrument(skip_all, fields(count = vips.len()))]
+    pub fn set_watched6(&mut self, vips: &BTreeSet<Ipv6Addr>) -> Result<(), OffloadError> {
+        let present: BTreeSet<Vip6Key> =
+            self.counters6
+                .keys()
+                .collect::<Result<_, _>>()
+                .map_err(|source| OffloadError::MapRead {
+                    map: MAP_COUNTERS6,
+                    source,
+                })?;
+        for key in &present {
+            let vip = Ipv6Addr::from(*key);
+            if !vips.contains(&vip) {
+                self.counters6
+                    .remove(key)
+                    .map_err(|source| OffloadError::MapUpdate6 {
+                        map: MAP_COUNTERS6,
+                        vip,
+                        source,
+                    })?;
+                debug!(vip = %vip, "VIP no longer watched");
+            }
+        }
+        let new: Vec<Ipv6Addr> = vips
+            .iter()
+            .filter(|vip| !present.contains(&vip.octets()))
+            .copied()
+            .collect();
+        if new.is_empty() {
+            return Ok(());
+        }
+        let cpus =
+            aya::util::nr_cpus().map_err(|(what, source)| OffloadError::Cpus { what, source })?;
+        for vip in new {
+            let zeroed =
+                PerCpuValues::try_from(vec![NdpCounters::default(); cpus]).map_err(|source| {
+                    OffloadError::Cpus {
+                        what: "building per-CPU values",
+                        source,
+                    }
+                })?;
+            // BPF_NOEXIST: never zero counters that appeared meanwhile.
+            self.counters6
+                .insert(vip.octets(), zeroed, BPF_NOEXIST)
+                .map_err(|source| OffloadError::MapUpdate6 {
+                    map: MAP_COUNTERS6,
+                    vip,
+                    source,
+                })?;
+            debug!(vip = %vip, "VIP watched");
+        }
+        Ok(())
+    }
+
+    /// Makes HELD_VIPS6 hold exactly these entries (IPv6 VIP -> ifindex,
+    /// MAC, VLAN, lease end), as [`ArpOffload::set_held`] does for IPv4.
+    /// The program answers Neighbor Solicitations for held VIPs only, and
+    /// only before `expires_ns`.
+    #[instrument(skip_all, fields(count = held.len()))]
+    pub fn set_held6(&mut self, held: &BTreeMap<Ipv6Addr, HeldVip>) -> Result<(), OffloadError> {
+        let present: Vec<Vip6Key> =
+            self.held6
+                .keys()
+                .collect::<Result<_, _>>()
+                .map_err(|source| OffloadError::MapRead {
+                    map: MAP_HELD6,
+                    source,
+                })?;
+        // Remove first: a released VIP must stop being answered before
+        // anything else changes.
+        for key in present {
+            let vip = Ipv6Addr::from(key);
+            if held.contains_key(&vip) {
+                continue;
+            }
+            match self.held6.remove(&key) {
+                // Gone already: what we wanted.
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(source) => {
+                    return Err(OffloadError::MapUpdate6 {
+                        map: MAP_HELD6,
+                        vip,
+                        source,
+                    });
+                }
+            }
+            self.held_now6.remove(&vip);
+            debug!(vip = %vip, "XDP no longer answers NDP for VIP");
+        }
+        for (vip, entry) in held {
+            let key = vip.octets();
+            if self.held6.get(&key, 0).ok().as_ref() == Some(entry) {
+                continue;
+            }
+            self.held6
+                .insert(key, entry, 0)
+                .map_err(|source| OffloadError::MapUpdate6 {
+                    map: MAP_HELD6,
+                    vip: *vip,
+                    source,
+                })?;
+            debug!(vip = %vip, ifindex = entry.ifindex, "XDP answers NDP for VIP");
+        }
+        self.held_now6 = held.clone();
+        Ok(())
+    }
+
+    /// NDP counters of every watched IPv6 VIP, summed over CPUs (fields as
+    /// [`NdpCounters`] documents).
+    pub fn counters6(&self) -> Result<BTreeMap<Ipv6Addr, NdpCounters>, OffloadError> {
+        let mut out = BTreeMap::new();
+        for entry in self.counters6.iter() {
+            let (key, values) = match entry {
+                Ok(entry) => entry,
+                // Deleted between listing and reading: not watched any more.
+                Err(MapError::KeyNotFound) => continue,
+                Err(source) => {
+                    return Err(OffloadError::MapRead {
+                        map: MAP_COUNTERS6,
+                        source,
+                    });
+                }
+            };
+            let mut sum = NdpCounters::default();
+            for cpu in values.iter() {
+                sum.accumulate(cpu);
+            }
+            out.insert(Ipv6Addr::from(key), sum);
+        }
+        Ok(out)
+    }
+
+    /// Takes the IPv6 conflict ring buffer out as an async reader (callable
+    /// once), as [`ArpOffload::take_conflicts`] does for IPv4.
+    pub fn take_conflicts6(&mut self) -> Result<ConflictReader6, OffloadError> {
+        let ring = self.conflicts6.take().ok_or(OffloadError::ConflictsTaken {
+            map: MAP_CONFLICTS6,
+        })?;
+        ConflictReader::new(ring, MAP_CONFLICTS6)
+    }
+
     /// Takes the conflict ring buffer out as an async reader (callable once).
     /// Call it inside a tokio runtime with IO enabled (it panics otherwise).
     pub fn take_conflicts(&mut self) -> Result<ConflictReader, OffloadError> {
-        let ring = self.conflicts.take().ok_or(OffloadError::ConflictsTaken)?;
-        // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged,
-        // for as long as it lives, and the AsyncFd owns the RingBuf.
-        let fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-            .map_err(|e| OffloadError::ConflictsFd(e.into()))?;
-        Ok(ConflictReader { fd })
+        let ring = self
+            .conflicts
+            .take()
+            .ok_or(OffloadError::ConflictsTaken { map: MAP_CONFLICTS })?;
+        ConflictReader::new(ring, MAP_CONFLICTS)
     }
 
     /// Runs the program once on `frame` with BPF_PROG_TEST_RUN and returns
@@ -749,7 +912,8 @@ impl ArpOffload {
         for (chunk, field) in ctx.chunks_exact_mut(4).zip(md) {
             chunk.copy_from_slice(&field.to_ne_bytes());
         }
-        // The program never grows the frame; room for a little more anyway.
+        // Room for growth: the program grows a Neighbor Solicitation
+        // without options (24 bytes) into its answer (32 bytes).
         let mut out = vec![0u8; frame.len() + 256];
         let result = self
             .program()?
@@ -798,8 +962,31 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
+/// The program's answers (XDP_TX) so far for the IPv6 VIPs held on
+/// `ifindex`.
+fn answers_on6(
+    counters: &PerCpuHashMap<MapData, Vip6Key, NdpCounters>,
+    held: &BTreeMap<Ipv6Addr, HeldVip>,
+    ifindex: u32,
+) -> u64 {
+    held.iter()
+        .filter(|(_, h)| h.ifindex == ifindex)
+        .filter_map(|(vip, _)| counters.get(&vip.octets(), 0).ok())
+        .map(|values| values.iter().map(|c| c.xdp_replies).sum::<u64>())
+        .sum()
+}
+
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, OffloadError> {
     ebpf.take_map(name).ok_or(OffloadError::MissingMap { name })
+}
+
+/// Takes map `name` out of the object as the type `typed` makes of it.
+fn take_typed<T>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    typed: impl FnOnce(aya::maps::Map) -> Result<T, MapError>,
+) -> Result<T, OffloadError> {
+    typed(take_map(ebpf, name)?).map_err(|source| OffloadError::MapType { name, source })
 }
 
 fn key_to_vip(map: &'static str, key: VipKey) -> Result<Vip, OffloadError> {
@@ -821,37 +1008,60 @@ fn raise_memlock_limit() {
     }
 }
 
-/// Foreign claims of held VIPs, as the XDP program reports them.
-pub struct ConflictReader {
+/// Foreign claims of held VIPs, as the XDP program reports them: IPv4
+/// ([`ConflictEvent`], from [`ArpOffload::take_conflicts`]) or IPv6
+/// ([`ConflictEvent6`], from [`ArpOffload::take_conflicts6`]).
+pub struct ConflictReader<E = ConflictEvent> {
     fd: AsyncFd<RingBuf<MapData>>,
+    map: &'static str,
+    event: PhantomData<E>,
 }
 
-impl ConflictReader {
+/// The reader of IPv6 conflict events.
+pub type ConflictReader6 = ConflictReader<ConflictEvent6>;
+
+impl<E: aya::Pod> ConflictReader<E> {
+    /// Registers `ring` (map `map`) with the async runtime: call it inside
+    /// a tokio runtime with IO enabled (it panics otherwise).
+    fn new(ring: RingBuf<MapData>, map: &'static str) -> Result<Self, OffloadError> {
+        // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged,
+        // for as long as it lives, and the AsyncFd owns the RingBuf.
+        let fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+            .map_err(|e| OffloadError::ConflictsFd {
+                map,
+                source: e.into(),
+            })?;
+        Ok(ConflictReader {
+            fd,
+            map,
+            event: PhantomData,
+        })
+    }
+
     /// Waits for the next conflict event. Returns `None` only when the ring
     /// buffer can no longer be polled (the runtime is shutting down).
-    pub async fn next(&mut self) -> Option<ConflictEvent> {
+    pub async fn next(&mut self) -> Option<E> {
         loop {
             let mut guard = match self.fd.readable_mut().await {
                 Ok(guard) => guard,
                 Err(error) => {
-                    warn!(%error, map = MAP_CONFLICTS, "polling the conflict ring buffer failed");
+                    warn!(%error, map = self.map, "polling the conflict ring buffer failed");
                     return None;
                 }
             };
             if let Some(item) = guard.get_inner_mut().next() {
-                if item.len() < size_of::<ConflictEvent>() {
+                if item.len() < size_of::<E>() {
                     warn!(
                         len = item.len(),
-                        map = MAP_CONFLICTS,
+                        map = self.map,
                         "short conflict event dropped"
                     );
                     continue;
                 }
-                // SAFETY: the item holds at least one ConflictEvent, a plain
-                // repr(C) type valid for every bit pattern; read_unaligned
-                // makes no alignment assumption.
-                let event =
-                    unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<ConflictEvent>()) };
+                // SAFETY: the item holds at least one E, a plain repr(C)
+                // type valid for every bit pattern (aya::Pod);
+                // read_unaligned makes no alignment assumption.
+                let event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<E>()) };
                 return Some(event);
             }
             // Drained: wait for the kernel's next wake-up.
@@ -860,8 +1070,10 @@ impl ConflictReader {
     }
 }
 
-impl std::fmt::Debug for ConflictReader {
+impl<E> std::fmt::Debug for ConflictReader<E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConflictReader").finish_non_exhaustive()
+        f.debug_struct("ConflictReader")
+            .field("map", &self.map)
+            .finish_non_exhaustive()
     }
 }
