@@ -8,27 +8,33 @@
 //! a dedicated thread); the others in lab namespaces.
 
 use std::{
+    ffi::OsString,
     future::Future,
     net::{IpAddr, Ipv6Addr},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    path::{Path, PathBuf},
     process::Command,
     sync::{Mutex, MutexGuard, PoisonError},
     time::{Duration, Instant},
 };
 
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use vipd::{
     announce::{Announcement, Announcer},
     net::{
         AddrState, Address, Placement,
-        garp::GarpMode,
+        garp::{GarpMode, GarpSocket},
         netlink::{NetEvent, Netlink, monitor},
     },
     vip::Vip,
 };
 use vipd_tests::{
-    cluster::within,
-    lab::{Host, HostIf, Lab, NdpFrame, fmt_mac, in_new_netns, wait_until},
+    cluster::{AddrMonitor, Cluster, NlAddr6, ZkKind, ip_set, monitors, within},
+    lab::{
+        ArpCapture, Host, HostIf, Lab, LabProcess, NdpFrame, fmt_mac, in_new_netns, vipctl_bin,
+        vipd_bin, wait_until,
+    },
 };
 
 /// vipd's ownership mark (IFA_PROTO), as vipd::net::VIPD_ADDR_PROTO.
@@ -605,4 +611,536 @@ fn announce_from(host: &Host, v4: &[Vip], v6: &[Vip], rate: u32) -> Instant {
                 at
             })
     })
+}
+
+// ---- vipd in the lab: one node (static VIPs) ----
+
+const V6_VIP: &str = "2001:db8:0:1::100";
+const V4_VIP: &str = "192.0.2.100";
+
+/// A node n1 and a client c on br0, both families.
+fn one_node_lab(hint: &str) -> (Lab, Host, Host) {
+    let lab = Lab::new(hint);
+    let n1 = lab.add_host(
+        "n1",
+        &[HostIf {
+            bridge: 0,
+            addr: "192.0.2.11/24",
+        }],
+    );
+    let client = lab.add_host(
+        "c",
+        &[HostIf {
+            bridge: 0,
+            addr: "192.0.2.50/24",
+        }],
+    );
+    n1.add_addr6("eth0", "2001:db8:0:1::11/64");
+    client.add_addr6("eth0", "2001:db8:0:1::50/64");
+    within(Duration::from_secs(5), || {
+        n1.has_carrier("eth0") && client.has_carrier("eth0")
+    })
+    .expect("links up");
+    (lab, n1, client)
+}
+
+/// vipd in single-node mode on `host`, leading `vips`; its control socket.
+fn start_vipd(lab: &Lab, host: &Host, vips: &str, extra: &[&str]) -> (LabProcess, PathBuf) {
+    let socket = lab.dir().join(format!("{}.sock", host.name()));
+    let mut argv: Vec<OsString> = vec![
+        vipd_bin().into(),
+        "--config".into(),
+        "/dev/null".into(),
+        "--static-vips".into(),
+        vips.into(),
+        "--api-socket".into(),
+        socket.clone().into(),
+        "--xdp-mode".into(),
+        "generic".into(),
+    ];
+    argv.extend(extra.iter().map(OsString::from));
+    let p = host.spawn_env(argv, &[("NO_COLOR", "1"), ("RUST_LOG", "info,vipd=debug")]);
+    let ready = within(Duration::from_secs(10), || {
+        !p.is_running()
+            || try_vipctl(host, &socket, &["status", "--json"])
+                .is_some_and(|s| s["last_reconcile"]["passes"].as_u64() >= Some(1))
+    });
+    assert!(p.is_running(), "vipd exited at start: {}", p.stderr());
+    ready.unwrap_or_else(|e| panic!("vipd never reconciled: {e}: {}", p.stderr()));
+    (p, socket)
+}
+
+fn try_vipctl(host: &Host, socket: &Path, args: &[&str]) -> Option<Value> {
+    let mut argv: Vec<OsString> = vec![vipctl_bin().into()];
+    argv.extend(args.iter().map(OsString::from));
+    argv.push("--api-socket".into());
+    argv.push(socket.into());
+    let out = host.exec(&argv);
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+fn vipctl_json(host: &Host, socket: &Path, args: &[&str]) -> Value {
+    try_vipctl(host, socket, args)
+        .unwrap_or_else(|| panic!("vipctl {} gave no JSON", args.join(" ")))
+}
+
+/// The `arp stats` row of `vip`.
+fn stats_row(host: &Host, socket: &Path, vip: &str) -> Value {
+    let s = vipctl_json(host, socket, &["arp", "stats", "--json"]);
+    s["vips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| r["vip"] == vip)
+        .cloned()
+        .unwrap_or_else(|| panic!("no arp stats row for {vip}: {s}"))
+}
+
+/// Unsolicited NAs for `target` from `mac` seen on a capture.
+fn nas_from(cap: &ArpCapture, target: Ipv6Addr, mac: &str) -> Vec<(Instant, NdpFrame)> {
+    cap.ndp_frames()
+        .into_iter()
+        .filter(|(f, n)| {
+            !f.outgoing && n.is_unsolicited_na() && n.target == target && fmt_mac(n.eth_src) == mac
+        })
+        .map(|(f, n)| (f.at, n))
+        .collect()
+}
+
+/// A v6 VIP beside a v4 one on one node: usable at once (never tentative),
+/// announced by NA at once and on each sync round, resolved by a client
+/// through the XDP program's answers, counted, repaired when deleted by
+/// hand, and defended against a foreign advertisement with one NA per
+/// second at most.
+#[test]
+fn one_node_holds_announces_answers_and_repairs_a_v6_vip() {
+    let _serial = serial();
+    let (lab, n1, client) = one_node_lab("v6-node");
+    let target: Ipv6Addr = V6_VIP.parse().unwrap();
+    let n1_mac = n1.mac("eth0");
+    let monitor = AddrMonitor::start(&n1);
+    let capture = client.capture_ndp("eth0");
+    let started = Instant::now();
+    let (vipd, socket) = start_vipd(
+        &lab,
+        &n1,
+        &format!("{V4_VIP},{V6_VIP}"),
+        &["--garp-interval", "1s", "--garp-rounds", "2"],
+    );
+
+    // Placed by the on-link /64, with the mark, without DAD.
+    let held = within(Duration::from_secs(5), || {
+        n1.ipv6_addrs("eth0")
+            .iter()
+            .any(|a| a.addr == target && !a.tentative)
+    });
+    held.unwrap_or_else(|e| panic!("{e}: {:?}", n1.ipv6_addrs("eth0")));
+    let a = n1
+        .ipv6_addrs("eth0")
+        .into_iter()
+        .find(|a| a.addr == target)
+        .unwrap();
+    assert_eq!(
+        (a.prefix_len, a.nodad, a.dadfailed),
+        (64, true, false),
+        "{a:?}"
+    );
+    let status = vipctl_json(&n1, &socket, &["status", "--json"]);
+    let row = status["vips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|v| v["vip"] == V6_VIP)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {V6_VIP} in {}", status["vips"]));
+    assert_eq!(
+        (&row["state"], &row["interface"], &row["prefix_len"]),
+        (&Value::from("held"), &Value::from("eth0"), &Value::from(64)),
+        "{row}"
+    );
+
+    // R7 + R8: one NA at once, one per sync round (two, 1 s apart).
+    within(Duration::from_secs(5), || {
+        nas_from(&capture, target, &n1_mac).len() >= 3
+    })
+    .unwrap_or_else(|e| panic!("three NAs: {e}; {:?}", nas_from(&capture, target, &n1_mac)));
+    let nas = nas_from(&capture, target, &n1_mac);
+    let first = nas[0].0 - started;
+    let gaps: Vec<f64> = nas
+        .windows(2)
+        .map(|w| (w[1].0 - w[0].0).as_secs_f64() * 1000.0)
+        .collect();
+    println!(
+        "ipv6 node: first NA {:.0} ms after vipd was started, then {gaps:.0?} ms apart",
+        first.as_secs_f64() * 1000.0
+    );
+    assert!(
+        gaps[..2].iter().all(|g| (800.0..1500.0).contains(g)),
+        "sync rounds 1 s apart: {gaps:?}"
+    );
+    for (_, n) in &nas {
+        assert!(
+            n.override_flag && !n.solicited && !n.router && n.checksum_ok,
+            "{n:?}"
+        );
+        assert_eq!(n.lladdr.map(fmt_mac).as_deref(), Some(n1_mac.as_str()));
+    }
+
+    // The client resolves the VIP; the XDP program answers and counts.
+    assert!(client.ping(target), "client pings [{V6_VIP}]");
+    let neigh = client.neigh(target).expect("a neighbour entry for the VIP");
+    assert_eq!(neigh.lladdr.as_deref(), Some(n1_mac.as_str()), "{neigh:?}");
+    within(Duration::from_secs(3), || {
+        let r = stats_row(&n1, &socket, V6_VIP);
+        r["requests"].as_u64() >= Some(1) && r["xdp_replies"].as_u64() >= Some(1)
+    })
+    .unwrap_or_else(|e| panic!("{e}: {}", stats_row(&n1, &socket, V6_VIP)));
+    let row = stats_row(&n1, &socket, V6_VIP);
+    println!("ipv6 node: arp stats row {row}");
+    assert_eq!(row["held"], true);
+    assert_eq!(row["interface"], "eth0");
+    assert!(row["announcements_sent"].as_u64() >= Some(3), "{row}");
+
+    // Deleted by hand: added again and announced again.
+    let before = nas_from(&capture, target, &n1_mac).len();
+    let deleted = Instant::now();
+    n1.ip(&["-6", "addr", "del", &format!("{V6_VIP}/64"), "dev", "eth0"]);
+    let back = within(Duration::from_secs(5), || {
+        n1.ipv6_addrs("eth0").iter().any(|a| a.addr == target)
+    });
+    back.unwrap_or_else(|e| panic!("never repaired: {e}"));
+    let events: Vec<_> = monitor
+        .events6()
+        .into_iter()
+        .filter(|e| e.addr.addr == target && e.at >= deleted)
+        .collect();
+    let del = events.iter().find(|e| !e.new).map(|e| e.at);
+    let add = events.iter().find(|e| e.new).map(|e| e.at);
+    if let (Some(d), Some(a)) = (del, add) {
+        println!(
+            "ipv6 node: hand-deleted VIP back {:.2} ms after its delete event",
+            (a - d).as_secs_f64() * 1000.0
+        );
+    }
+    within(Duration::from_secs(3), || {
+        nas_from(&capture, target, &n1_mac).len() > before
+    })
+    .expect("an NA after the repair");
+
+    // A foreign advertisement of our VIP: counted, and answered with one
+    // NA, at most one per second however many claims arrive.
+    let client_mac = client.mac("eth0");
+    let answers_before = nas_from(&capture, target, &n1_mac).len();
+    let claimed = Instant::now();
+    forge_na(&client, target, 5);
+    within(Duration::from_secs(3), || {
+        stats_row(&n1, &socket, V6_VIP)["foreign_claims"].as_u64() >= Some(5)
+    })
+    .unwrap_or_else(|e| panic!("{e}: {}", stats_row(&n1, &socket, V6_VIP)));
+    assert_eq!(
+        stats_row(&n1, &socket, V6_VIP)["last_foreign_mac"],
+        client_mac.as_str()
+    );
+    std::thread::sleep(Duration::from_millis(1800));
+    let answers: Vec<Instant> = nas_from(&capture, target, &n1_mac)[answers_before..]
+        .iter()
+        .map(|(t, _)| *t)
+        .collect();
+    println!(
+        "ipv6 node: 5 foreign NAs answered by {} NA(s), the first {:.0} ms after the claims",
+        answers.len(),
+        answers
+            .first()
+            .map_or(f64::NAN, |t| (*t - claimed).as_secs_f64() * 1000.0)
+    );
+    assert!(
+        (1..=2).contains(&answers.len()),
+        "one answer, and one held back by the rate limit at most: {answers:?}"
+    );
+
+    // Never tentative, from start to end.
+    let tentative: Vec<_> = monitor
+        .events6()
+        .into_iter()
+        .filter(|e| e.addr.addr == target && e.new && e.addr.tentative())
+        .collect();
+    assert!(tentative.is_empty(), "tentative events: {tentative:?}");
+    let status = vipd.terminate(Duration::from_secs(5));
+    assert!(status.success(), "vipd exit {status}: {}", vipd.stderr());
+    assert!(
+        !n1.ipv6_addrs("eth0").iter().any(|a| a.addr == target),
+        "the VIP is removed on shutdown"
+    );
+}
+
+/// Sends `n` unsolicited NAs for `target` from `host`'s eth0 (another
+/// node claiming the VIP).
+fn forge_na(host: &Host, target: Ipv6Addr, n: usize) {
+    let mac = parse_mac(&host.mac("eth0"));
+    host.in_netns(|| {
+        // SAFETY: a valid NUL-terminated name.
+        let ifindex = unsafe { libc::if_nametoindex(c"eth0".as_ptr()) };
+        let socket = GarpSocket::open(ifindex).expect("packet socket");
+        for _ in 0..n {
+            socket
+                .send(&vipd::net::ndp::na_frame(mac, target, false))
+                .expect("send a forged NA");
+        }
+    });
+}
+
+fn parse_mac(s: &str) -> [u8; 6] {
+    s.split(':')
+        .map(|b| u8::from_str_radix(b, 16).unwrap())
+        .collect::<Vec<_>>()
+        .try_into()
+        .unwrap()
+}
+
+/// An address of ours that failed DAD (left by a vipd that added it with
+/// DAD, and another host has the VIP): vipd removes it, reports it, and adds
+/// the VIP again without DAD.
+#[test]
+fn a_dad_failed_vip_is_replaced_and_reported() {
+    let _serial = serial();
+    let (lab, n1, client) = one_node_lab("v6-dadfail");
+    let target: Ipv6Addr = V6_VIP.parse().unwrap();
+    // The other host answers DAD for the VIP while n1 probes it.
+    client.add_addr6("eth0", &format!("{V6_VIP}/64"));
+    n1.in_netns(|| {
+        // SAFETY: a valid NUL-terminated name.
+        let ifindex = unsafe { libc::if_nametoindex(c"eth0".as_ptr()) };
+        add_marked_with_dad(ifindex, target, 64);
+    });
+    within(Duration::from_secs(5), || {
+        n1.ipv6_addrs("eth0")
+            .iter()
+            .any(|a| a.addr == target && a.dadfailed)
+    })
+    .unwrap_or_else(|e| panic!("DAD never failed: {e}: {:?}", n1.ipv6_addrs("eth0")));
+    client.ip(&["-6", "addr", "del", &format!("{V6_VIP}/64"), "dev", "eth0"]);
+
+    let (vipd, socket) = start_vipd(&lab, &n1, V6_VIP, &[]);
+    within(Duration::from_secs(5), || {
+        n1.ipv6_addrs("eth0")
+            .iter()
+            .any(|a| a.addr == target && !a.dadfailed && !a.tentative && a.nodad)
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?}", n1.ipv6_addrs("eth0")));
+    let copies = n1
+        .ipv6_addrs("eth0")
+        .into_iter()
+        .filter(|a| a.addr == target)
+        .count();
+    assert_eq!(copies, 1);
+    let logged = within(Duration::from_secs(3), || {
+        vipd.stderr().contains("failed duplicate address detection")
+    });
+    assert!(logged.is_ok(), "not reported: {}", vipd.stderr());
+    let s = vipctl_json(&n1, &socket, &["status", "--json"]);
+    let row = s["vips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|v| v["vip"] == V6_VIP)
+        .cloned()
+        .unwrap();
+    assert_eq!(row["state"], "held", "{row}");
+}
+
+// ---- a cluster ----
+
+const PORT: u16 = 8080;
+
+/// A service with a v4 and a v6 VIP on three nodes: bad IPv6 input is
+/// refused without a write; the leader holds both; the client reaches
+/// [VIP]:port and resolves the VIP to the leader by NDP; after the leader is
+/// killed the new one takes both, the old node's copies run out with their
+/// kernel lifetime, the client's `ip -6 neigh` entry switches to the new
+/// leader and its TCP connection is served there; a hand-deleted v6 VIP is
+/// repaired; no node ever has the VIP tentative.
+#[test]
+fn a_v4_and_a_v6_vip_of_one_service_fail_over_together() {
+    let _serial = serial();
+    let mut c = Cluster::new("v6-cluster", ZkKind::Standalone, 3);
+    c.enable_ipv6();
+    for bad in [
+        "fe80::1",
+        "2001:db8:0:1::100/64",
+        "ff02::1",
+        "::ffff:192.0.2.100",
+        "2001:db8::1%eth0",
+        "2001:db8:::1",
+        "::1",
+        "::",
+    ] {
+        let out = c.vip(&["set", "web", V4_VIP, bad]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {stderr}");
+        assert!(stderr.contains(bad), "the message names {bad}: {stderr}");
+    }
+    let list = c.vip_ok(&["list", "--json"]);
+    assert!(!list.contains("web"), "nothing was written: {list}");
+    c.vip_ok(&["set", "web", V4_VIP, V6_VIP]);
+    let list = c.vip_ok(&["list"]);
+    assert!(list.contains(V4_VIP) && list.contains(V6_VIP), "{list}");
+
+    let target: Ipv6Addr = V6_VIP.parse().unwrap();
+    let v4: std::net::Ipv4Addr = V4_VIP.parse().unwrap();
+    let vips = ip_set(&[V4_VIP, V6_VIP]);
+    let mons = monitors(&c);
+    let _servers: Vec<_> = c
+        .nodes
+        .iter()
+        .flat_map(|n| {
+            [
+                n.host.tcp_echo_server(target, PORT),
+                n.host.tcp_echo_server(v4, PORT),
+            ]
+        })
+        .collect();
+    c.start_all();
+    let (old, took) = c
+        .wait_sole_holder_ips(&vips, None, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("first election: {e}"));
+    println!(
+        "ipv6 cluster: {} holds both VIPs {:.0} ms after every vipd answered on its socket",
+        c.nodes[old].id,
+        took.as_secs_f64() * 1000.0
+    );
+    let s = c.status(old);
+    let row = s["vips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|v| v["vip"] == V6_VIP)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {V6_VIP} in {}", s["vips"]));
+    assert_eq!(row["state"], "held", "{row}");
+    assert_eq!(row["prefix_len"], 64, "{row}");
+    let ours = c
+        .addrs6(old)
+        .into_iter()
+        .find(|a| a.addr == target)
+        .expect("the leader has the VIP");
+    assert_eq!(ours.proto, Some(MARK), "vipd's mark: {ours:?}");
+    assert_ne!(ours.flags & NlAddr6::IFA_F_NODAD, 0, "{ours:?}");
+    let socket = c.nodes[old].socket.display().to_string();
+    let text = c.vipctl_on(old, &["status", "--api-socket", &socket]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(V6_VIP) && l.contains("held")),
+        "{text}"
+    );
+
+    let ids: Vec<String> = c.nodes.iter().map(|n| n.id.clone()).collect();
+    let served = |who: usize| format!("served-by {}\n", ids[who]);
+    let banner = c.client.tcp_probe(target, PORT, Duration::from_secs(2));
+    assert_eq!(
+        banner,
+        Some(served(old)),
+        "[{V6_VIP}]:{PORT} before the kill"
+    );
+    let old_mac = c.nodes[old].host.mac("eth0");
+    assert_eq!(
+        c.client.neigh(target).and_then(|n| n.lladdr),
+        Some(old_mac.clone())
+    );
+
+    let killed = Instant::now();
+    c.kill_vipd(old);
+    let others: Vec<usize> = (0..3).filter(|&i| i != old).collect();
+    let new_holds = within(Duration::from_secs(5), || {
+        others.iter().any(|&i| c.held_ips(i, &vips) == vips)
+    });
+    let new_took = new_holds.unwrap_or_else(|e| panic!("no takeover: {e}"));
+    let new = *others
+        .iter()
+        .find(|&&i| c.held_ips(i, &vips) == vips)
+        .unwrap();
+    within(Duration::from_secs(5), || c.held_ips(old, &vips).is_empty())
+        .unwrap_or_else(|e| panic!("the killed leader's VIPs never ran out: {e}"));
+    let expired = killed.elapsed();
+    println!(
+        "ipv6 cluster: SIGKILL of {} -> {} holds both VIPs after {:.0} ms; the killed node's copies ran out (kernel lifetime) {:.0} ms after the kill",
+        c.nodes[old].id,
+        c.nodes[new].id,
+        new_took.as_secs_f64() * 1000.0,
+        expired.as_secs_f64() * 1000.0
+    );
+    assert!(
+        new_took <= vipd_tests::cluster::SESSION_TIMEOUT + Duration::from_secs(1),
+        "{new_took:?}"
+    );
+    assert_eq!(c.sole_holder_ips(&vips), Some(new));
+
+    let new_mac = c.nodes[new].host.mac("eth0");
+    let switched = within(Duration::from_secs(3), || {
+        c.client.neigh(target).and_then(|n| n.lladdr) == Some(new_mac.clone())
+    });
+    let neigh = c.client.neigh(target);
+    switched.unwrap_or_else(|e| {
+        panic!("client's neighbour entry {neigh:?} never moved to {new_mac}: {e}")
+    });
+    println!(
+        "ipv6 cluster: the client's ip -6 neigh entry pointed at the new leader {:.0} ms after the kill ({neigh:?})",
+        killed.elapsed().as_secs_f64() * 1000.0
+    );
+    let mut last = None;
+    within(Duration::from_secs(3), || {
+        last = c.client.tcp_probe(target, PORT, Duration::from_millis(300));
+        last == Some(served(new))
+    })
+    .unwrap_or_else(|e| {
+        panic!("[{V6_VIP}]:{PORT} never served by the new leader (last {last:?}): {e}")
+    });
+    assert_eq!(
+        c.client.tcp_probe(v4, PORT, Duration::from_secs(2)),
+        Some(served(new)),
+        "the v4 VIP moved too"
+    );
+
+    // Deleted by hand on the new leader: repaired.
+    let deleted = Instant::now();
+    c.nodes[new]
+        .host
+        .ip(&["-6", "addr", "del", &format!("{V6_VIP}/64"), "dev", "eth0"]);
+    let repaired = within(Duration::from_secs(5), || {
+        c.held_ips(new, &vips).contains(&IpAddr::V6(target))
+    })
+    .unwrap_or_else(|e| panic!("never repaired: {e}"));
+    println!(
+        "ipv6 cluster: a hand-deleted v6 VIP was back after {:.1} ms (polled)",
+        repaired.as_secs_f64() * 1000.0
+    );
+    let events: Vec<_> = mons[new]
+        .events6()
+        .into_iter()
+        .filter(|e| e.addr.addr == target && e.at >= deleted)
+        .collect();
+    if let (Some(d), Some(a)) = (
+        events.iter().find(|e| !e.new).map(|e| e.at),
+        events.iter().find(|e| e.new).map(|e| e.at),
+    ) {
+        println!(
+            "ipv6 cluster: delete event -> add event {:.2} ms",
+            (a - d).as_secs_f64() * 1000.0
+        );
+    }
+
+    // Never tentative, on any node, from start to end.
+    for (i, m) in mons.iter().enumerate() {
+        let bad: Vec<_> = m
+            .events6()
+            .into_iter()
+            .filter(|e| {
+                e.addr.addr == target && e.new && (e.addr.tentative() || e.addr.dadfailed())
+            })
+            .collect();
+        assert!(bad.is_empty(), "{}: {bad:?}", c.nodes[i].id);
+    }
 }

@@ -6,6 +6,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
+    net::Ipv6Addr,
     sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -21,7 +22,7 @@ use vipd_common::HeldVip;
 
 use crate::{
     announce::{Announcement, Announcer},
-    arp_offload::{ArpOffload, ConflictReader, XdpAttachment},
+    arp_offload::{ArpOffload, ConflictReader, ConflictReader6, OffloadError, XdpAttachment},
     config::{EngineArgs, XdpArgs, XdpMode},
     net::{
         AddrState, Link, Placement,
@@ -189,7 +190,14 @@ impl Engine {
 
     /// Runs until `cancel`, then steps down: stop announcing, stop XDP
     /// replies, remove the VIPs, report that nothing is held.
-    pub async fn run(mut self, mut conflicts: Option<ConflictReader>, cancel: CancellationToken) {
+    /// `conflicts` and `conflicts6` are the XDP program's reports of
+    /// foreign claims, ARP and NDP.
+    pub async fn run(
+        mut self,
+        mut conflicts: Option<ConflictReader>,
+        mut conflicts6: Option<ConflictReader6>,
+        cancel: CancellationToken,
+    ) {
         let mut events = if self.engine.netlink_events {
             match monitor() {
                 Ok(rx) => Some(rx),
@@ -234,6 +242,7 @@ impl Engine {
                 },
                 () = sleep_opt(lease_end) => self.lease_ran_out().await,
                 Some(c) = next_conflict(&mut conflicts) => self.on_conflict(c),
+                Some(c) = next_conflict(&mut conflicts6) => self.on_conflict6(c),
                 () = sleep_opt(sync_due) => self.sync_round().await,
                 () = sleep_opt(conflict_due) => self.answer_due_conflicts(),
                 () = sleep_opt(self.delivery_check) => self.check_delivery(),
@@ -323,7 +332,7 @@ impl Engine {
             && Instant::now() < lease.until
         {
             let entries = self.xdp_entries();
-            if let Err(e) = off.lock().expect("offload lock").set_held(&entries) {
+            if let Err(e) = set_held(&mut off.lock().expect("offload lock"), &entries) {
                 warn!(error = %e, "cannot extend the XDP held-VIP entries");
             }
         }
@@ -395,9 +404,26 @@ impl Engine {
         let Ok(vip) = Vip::new(ev.vip.into()) else {
             return;
         };
+        self.on_claim(vip, ev.ifindex, ev.mac);
+    }
+
+    /// A foreign NDP claim (an advertisement of our VIP, a DAD probe for
+    /// it, a solicitation from it): handled as an ARP one, and answered
+    /// with one unsolicited NA.
+    fn on_conflict6(&mut self, ev: vipd_common::ConflictEvent6) {
+        let Ok(vip) = Vip::new_v6(ev.vip.into()) else {
+            return;
+        };
+        self.on_claim(vip, ev.ifindex, ev.mac);
+    }
+
+    /// Another node claims `vip` from `mac` on `ifindex`: count it, log it
+    /// (rate-limited), and, if we lead, answer with an announcement (at most
+    /// one per VIP per [`CONFLICT_ANSWER_EVERY`]).
+    fn on_claim(&mut self, vip: Vip, ifindex: u32, mac: [u8; 6]) {
         let now = Instant::now();
-        let mac = crate::net::format_mac(&ev.mac);
-        let ifname = self.link_name(ev.ifindex);
+        let mac = crate::net::format_mac(&mac);
+        let ifname = self.link_name(ifindex);
         let mut st = self
             .status
             .borrow()
@@ -538,7 +564,7 @@ impl Engine {
                 .into_iter()
                 .filter(|(v, _)| !removing.contains(v))
                 .collect();
-            if let Err(e) = off.lock().expect("offload lock").set_held(&keep) {
+            if let Err(e) = set_held(&mut off.lock().expect("offload lock"), &keep) {
                 errors.push(format!("XDP held map: {e}"));
             }
         }
@@ -803,7 +829,7 @@ impl Engine {
             .borrow()
             .vips
             .iter()
-            .filter(|v| v.state == "held" && in_arp_maps(v.vip))
+            .filter(|v| v.state == "held")
             .filter_map(|v| {
                 let ifindex = v.ifindex?;
                 let mac = snap.link(ifindex)?.mac;
@@ -826,7 +852,6 @@ impl Engine {
         let expires_ns = self.xdp_expiry();
         self.held
             .iter()
-            .filter(|(vip, _)| in_arp_maps(**vip))
             .filter_map(|(vip, p)| {
                 let mac = self.links.get(&p.ifindex)?.mac;
                 Some((
@@ -885,15 +910,19 @@ impl Engine {
             .vips
             .iter()
             .copied()
-            .filter(|v| in_arp_maps(*v))
+            .filter(|v| v.v4().is_some())
             .collect();
+        let watched6: BTreeSet<Ipv6Addr> =
+            self.applied.vips.iter().filter_map(|v| v.v6()).collect();
         if let Err(e) = off.set_watched(&watched) {
+            errors.push(e.to_string());
+        }
+        if let Err(e) = off.set_watched6(&watched6) {
             errors.push(e.to_string());
         }
         let entries: BTreeMap<Vip, HeldVip> =
             if self.xdp.responder && self.applied.role == Role::Leader {
                 held.iter()
-                    .filter(|(vip, _)| in_arp_maps(**vip))
                     .filter_map(|(vip, p)| {
                         let mac = snap.link(p.ifindex)?.mac;
                         Some((
@@ -911,18 +940,29 @@ impl Engine {
             } else {
                 BTreeMap::new()
             };
-        if let Err(e) = off.set_held(&entries) {
+        if let Err(e) = set_held(&mut off, &entries) {
             errors.push(e.to_string());
         }
         errors
     }
 }
 
-/// Whether the XDP maps carry `vip`: IPv4 VIPs only, as long as the program
-/// parses ARP alone. The kernel's own NDP answers for IPv6 VIPs meanwhile
-/// (the address is on the interface), and nothing counts their NDP traffic.
-fn in_arp_maps(vip: Vip) -> bool {
-    vip.v4().is_some()
+/// Makes the XDP held maps hold exactly `entries`: IPv4 VIPs in the ARP
+/// map, IPv6 VIPs in the NDP map. Both are written even when one fails;
+/// the first error is returned.
+fn set_held(off: &mut ArpOffload, entries: &BTreeMap<Vip, HeldVip>) -> Result<(), OffloadError> {
+    let v4: BTreeMap<Vip, HeldVip> = entries
+        .iter()
+        .filter(|(v, _)| v.v4().is_some())
+        .map(|(v, h)| (*v, *h))
+        .collect();
+    let v6: BTreeMap<Ipv6Addr, HeldVip> = entries
+        .iter()
+        .filter_map(|(v, h)| Some((v.v6()?, *h)))
+        .collect();
+    let r4 = off.set_held(&v4);
+    let r6 = off.set_held6(&v6);
+    r4.and(r6)
 }
 
 /// VIPs configured with our mark once the pass's actions ran.
@@ -955,7 +995,7 @@ async fn recv_opt(rx: &mut Option<mpsc::Receiver<NetEvent>>) -> Option<NetEvent>
     }
 }
 
-async fn next_conflict(r: &mut Option<ConflictReader>) -> Option<vipd_common::ConflictEvent> {
+async fn next_conflict<E: aya::Pod>(r: &mut Option<ConflictReader<E>>) -> Option<E> {
     match r {
         Some(r) => r.next().await,
         None => std::future::pending().await,
