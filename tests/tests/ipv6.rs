@@ -902,7 +902,8 @@ fn parse_mac(s: &str) -> [u8; 6] {
 
 /// An address of ours that failed DAD (left by a vipd that added it with
 /// DAD, and another host has the VIP): vipd removes it, reports it, and adds
-/// the VIP again without DAD.
+/// the VIP again without DAD. A marked IPv6 address that is no VIP is
+/// removed as residue.
 #[test]
 fn a_dad_failed_vip_is_replaced_and_reported() {
     let _serial = serial();
@@ -922,8 +923,20 @@ fn a_dad_failed_vip_is_replaced_and_reported() {
     })
     .unwrap_or_else(|e| panic!("DAD never failed: {e}: {:?}", n1.ipv6_addrs("eth0")));
     client.ip(&["-6", "addr", "del", &format!("{V6_VIP}/64"), "dev", "eth0"]);
+    // And residue: a marked address no VIP accounts for.
+    let residue: Ipv6Addr = "2001:db8:0:1::200".parse().unwrap();
+    n1.in_netns(|| {
+        // SAFETY: a valid NUL-terminated name.
+        let ifindex = unsafe { libc::if_nametoindex(c"eth0".as_ptr()) };
+        add_marked_with_dad(ifindex, residue, 64);
+    });
 
     let (vipd, socket) = start_vipd(&lab, &n1, V6_VIP, &[]);
+    assert!(
+        !n1.ipv6_addrs("eth0").iter().any(|a| a.addr == residue),
+        "residue removed by the first pass: {:?}",
+        n1.ipv6_addrs("eth0")
+    );
     within(Duration::from_secs(5), || {
         n1.ipv6_addrs("eth0")
             .iter()
@@ -961,7 +974,8 @@ const PORT: u16 = 8080;
 /// killed the new one takes both, the old node's copies run out with their
 /// kernel lifetime, the client's `ip -6 neigh` entry switches to the new
 /// leader and its TCP connection is served there; a hand-deleted v6 VIP is
-/// repaired; no node ever has the VIP tentative.
+/// repaired; no node ever has the VIP tentative; IPv6 residue is removed
+/// by every node.
 #[test]
 fn a_v4_and_a_v6_vip_of_one_service_fail_over_together() {
     let _serial = serial();
@@ -991,6 +1005,16 @@ fn a_v4_and_a_v6_vip_of_one_service_fail_over_together() {
     let target: Ipv6Addr = V6_VIP.parse().unwrap();
     let v4: std::net::Ipv4Addr = V4_VIP.parse().unwrap();
     let vips = ip_set(&[V4_VIP, V6_VIP]);
+    // Residue of an earlier term on every node (marked, no VIP any more):
+    // followers and leader alike remove it at their first pass.
+    let residue: Ipv6Addr = "2001:db8:0:1::dead".parse().unwrap();
+    for n in &c.nodes {
+        n.host.in_netns(|| {
+            // SAFETY: a valid NUL-terminated name.
+            let ifindex = unsafe { libc::if_nametoindex(c"eth0".as_ptr()) };
+            add_marked_with_dad(ifindex, residue, 64);
+        });
+    }
     let mons = monitors(&c);
     let _servers: Vec<_> = c
         .nodes
@@ -1011,6 +1035,10 @@ fn a_v4_and_a_v6_vip_of_one_service_fail_over_together() {
         c.nodes[old].id,
         took.as_secs_f64() * 1000.0
     );
+    within(Duration::from_secs(3), || {
+        (0..3).all(|i| !c.addrs6(i).iter().any(|a| a.addr == residue))
+    })
+    .unwrap_or_else(|e| panic!("residue {residue} left behind: {e}"));
     let s = c.status(old);
     let row = s["vips"]
         .as_array()

@@ -139,10 +139,12 @@ impl ApiState {
             .as_ref()
             .and_then(|o| {
                 let o = o.lock().ok()?;
-                let mut all = o.counters().ok()?;
-                let v6 = o.counters6().ok()?;
+                // One family's map unreadable: the other's counters still show.
+                let mut all = o.counters().unwrap_or_default();
                 all.extend(
-                    v6.into_iter()
+                    o.counters6()
+                        .unwrap_or_default()
+                        .into_iter()
                         .filter_map(|(a, c)| Some((Vip::new_v6(a).ok()?, c))),
                 );
                 Some(all)

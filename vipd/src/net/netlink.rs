@@ -279,8 +279,10 @@ impl Netlink {
                 debug!(vip = %vip, ifindex = placement.ifindex, prefix_len = placement.prefix_len, "VIP added");
                 Ok(())
             }
-            // The kernel answers EEXIST only for the same address and
-            // prefix on the same interface: the VIP is where it belongs.
+            // The kernel answers EEXIST for the same address and prefix on
+            // the same interface (IPv6: for the same address there, whatever
+            // its prefix; the planner removes a copy with another prefix
+            // first): the VIP is where it belongs.
             Err(e) if errno(&e) == Some(libc::EEXIST) => {
                 debug!(vip = %vip, "VIP already present");
                 Ok(())
