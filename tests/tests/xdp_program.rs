@@ -2,7 +2,11 @@
 //! (BPF_PROG_TEST_RUN) and we check the action, the frame out and the exact
 //! counter change; one test attaches it to a veth pair. Every test runs in a
 //! network namespace of its own (unshared by its thread), so the interfaces
-//! it makes vanish with it.
+//! it makes vanish with it. The IPv6 (Neighbor Discovery) cases are in
+//! `xdp_program/ndp.rs`.
+
+#[path = "xdp_program/ndp.rs"]
+mod ndp;
 
 use std::{
     collections::{BTreeMap, BTreeSet},

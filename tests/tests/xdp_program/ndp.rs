@@ -1,0 +1,1287 @@
+//! IPv6 VIPs: the program's Neighbor Discovery half on hand-made frames
+//! (BPF_PROG_TEST_RUN). Frames in and the expected answers are built here
+//! with pnet_packet (its NDP packet types and its ICMPv6 checksum), never
+//! with the program's code; each case checks the action, the frame out and
+//! the exact counter change of the VIP and of the other watched VIP.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv6Addr,
+    time::Duration,
+};
+
+use pnet_packet::{
+    icmpv6::{
+        self, Icmpv6Code, Icmpv6Packet, Icmpv6Type, Icmpv6Types,
+        ndp::{
+            MutableNeighborAdvertPacket, MutableNeighborSolicitPacket, NdpOption, NdpOptionType,
+            NdpOptionTypes, NeighborAdvertFlags, NeighborAdvertPacket,
+        },
+    },
+    ip::{IpNextHeaderProtocol, IpNextHeaderProtocols},
+    ipv6::{Ipv6Packet, MutableIpv6Packet},
+};
+use vipd::arp_offload::{ArpOffload, ConflictReader6};
+use vipd_common::{ArpCounters, ConflictEvent6, HeldVip, NO_EXPIRY, NdpCounters};
+
+use super::{
+    ASKER_MAC, FOREIGN_MAC, NONE, ONE_ANNOUNCEMENT, ONE_REQUEST, OUR_MAC, TAG_8021AD, TAG_8021Q,
+    XDP_PASS, XDP_TX, diff, iface, in_netns, runtime,
+};
+
+const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x100);
+const OTHER_VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x101);
+const UNWATCHED6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x200);
+const ASKER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10);
+const ASKER_LINK_LOCAL: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0x0a);
+const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+const ALL_NODES_MAC: [u8; 6] = [0x33, 0x33, 0, 0, 0, 1];
+
+const ONE_ANSWER: ArpCounters = ArpCounters {
+    requests: 1,
+    xdp_replies: 1,
+    ..NONE
+};
+
+/// The solicited-node multicast address of `addr` (RFC 4291 2.7.1).
+fn solicited_node(addr: Ipv6Addr) -> Ipv6Addr {
+    let o = addr.octets();
+    Ipv6Addr::from([
+        0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01, 0xff, o[13], o[14], o[15],
+    ])
+}
+
+/// The Ethernet multicast address of an IPv6 multicast address (RFC 2464 7).
+fn multicast_mac(addr: Ipv6Addr) -> [u8; 6] {
+    let o = addr.octets();
+    [0x33, 0x33, o[12], o[13], o[14], o[15]]
+}
+
+/// A link-layer address option (type 1 source, 2 target) for `mac`.
+fn ll_option(kind: NdpOptionType, mac: [u8; 6]) -> NdpOption {
+    NdpOption {
+        option_type: kind,
+        length: 1,
+        data: mac.to_vec(),
+    }
+}
+
+/// A nonce option (RFC 3971 5.3, type 14), as Linux adds to DAD probes.
+fn nonce_option() -> NdpOption {
+    NdpOption {
+        option_type: NdpOptionType(14),
+        length: 1,
+        data: vec![1, 2, 3, 4, 5, 6],
+    }
+}
+
+/// An Ethernet frame carrying an IPv6 Neighbor Solicitation or
+/// Advertisement, every field settable so a test can break any one of them.
+#[derive(Clone)]
+struct NdpFrame {
+    eth_dst: [u8; 6],
+    eth_src: [u8; 6],
+    vlan: Option<([u8; 2], [u8; 2])>,
+    version: u8,
+    next_header: IpNextHeaderProtocol,
+    hop_limit: u8,
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    /// IPv6 payload length; `None`: the ICMPv6 message's.
+    payload_len: Option<u16>,
+    kind: Icmpv6Type,
+    code: u8,
+    /// NA flags (R, S, O in the top bits); ignored for an NS.
+    flags: u8,
+    target: Ipv6Addr,
+    options: Vec<NdpOption>,
+    /// Bytes after the options (inside the ICMPv6 message).
+    trailer: Vec<u8>,
+    /// Changes the message before its checksum is computed (for what
+    /// pnet's types refuse to build).
+    edit: Option<fn(&mut [u8])>,
+    /// Flips the checksum pnet computed.
+    bad_checksum: bool,
+    /// Bytes after the IPv6 packet (Ethernet padding).
+    padding: usize,
+}
+
+impl NdpFrame {
+    /// Who has `target`, tell `src` at `mac`: to the solicited-node
+    /// address, with a Source Link-Layer Address option.
+    fn solicit(mac: [u8; 6], src: Ipv6Addr, target: Ipv6Addr) -> Self {
+        let dst = solicited_node(target);
+        NdpFrame {
+            eth_dst: multicast_mac(dst),
+            eth_src: mac,
+            vlan: None,
+            version: 6,
+            next_header: IpNextHeaderProtocols::Icmpv6,
+            hop_limit: 255,
+            src,
+            dst,
+            payload_len: None,
+            kind: Icmpv6Types::NeighborSolicit,
+            code: 0,
+            flags: 0,
+            target,
+            options: vec![ll_option(NdpOptionTypes::SourceLLAddr, mac)],
+            trailer: Vec::new(),
+            edit: None,
+            bad_checksum: false,
+            padding: 0,
+        }
+    }
+
+    /// A duplicate address detection probe for `target` from `mac`.
+    fn dad(mac: [u8; 6], target: Ipv6Addr) -> Self {
+        NdpFrame {
+            options: Vec::new(),
+            ..Self::solicit(mac, Ipv6Addr::UNSPECIFIED, target)
+        }
+    }
+
+    /// An unsolicited advertisement (Override) of `target` at `mac`, to
+    /// all nodes.
+    fn unsolicited_advert(mac: [u8; 6], target: Ipv6Addr) -> Self {
+        NdpFrame {
+            eth_dst: ALL_NODES_MAC,
+            dst: ALL_NODES,
+            kind: Icmpv6Types::NeighborAdvert,
+            flags: NeighborAdvertFlags::Override,
+            options: vec![ll_option(NdpOptionTypes::TargetLLAddr, mac)],
+            ..Self::solicit(mac, target, target)
+        }
+    }
+
+    /// The answer the kernel would give `ns` for `vip` held at `mac`.
+    fn answer_to(ns: &NdpFrame, mac: [u8; 6]) -> Self {
+        NdpFrame {
+            eth_dst: ns.eth_src,
+            eth_src: mac,
+            vlan: ns.vlan,
+            src: ns.target,
+            dst: ns.src,
+            kind: Icmpv6Types::NeighborAdvert,
+            flags: NeighborAdvertFlags::Solicited | NeighborAdvertFlags::Override,
+            options: vec![ll_option(NdpOptionTypes::TargetLLAddr, mac)],
+            ..Self::solicit(mac, ns.target, ns.target)
+        }
+    }
+
+    fn tagged(self, tag: ([u8; 2], [u8; 2])) -> Self {
+        NdpFrame {
+            vlan: Some(tag),
+            ..self
+        }
+    }
+
+    /// The ICMPv6 message, checksum included.
+    fn icmp(&self) -> Vec<u8> {
+        let options_len: usize = self.options.iter().map(|o| 2 + o.data.len()).sum();
+        let mut msg = vec![0u8; 24 + options_len];
+        if self.kind == Icmpv6Types::NeighborAdvert {
+            let mut na = MutableNeighborAdvertPacket::new(&mut msg).expect("NA buffer");
+            na.set_icmpv6_type(self.kind);
+            na.set_icmpv6_code(Icmpv6Code(self.code));
+            na.set_flags(self.flags);
+            na.set_target_addr(self.target);
+            na.set_options(&self.options);
+        } else {
+            let mut ns = MutableNeighborSolicitPacket::new(&mut msg).expect("NS buffer");
+            ns.set_icmpv6_type(self.kind);
+            ns.set_icmpv6_code(Icmpv6Code(self.code));
+            ns.set_target_addr(self.target);
+            ns.set_options(&self.options);
+        }
+        msg.extend_from_slice(&self.trailer);
+        if let Some(edit) = self.edit {
+            edit(&mut msg);
+        }
+        let sum = icmpv6::checksum(
+            &Icmpv6Packet::new(&msg).expect("ICMPv6 packet"),
+            &self.src,
+            &self.dst,
+        );
+        let sum = if self.bad_checksum { sum ^ 0x0101 } else { sum };
+        msg[2..4].copy_from_slice(&sum.to_be_bytes());
+        msg
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        let icmp = self.icmp();
+        let mut ip = vec![0u8; 40];
+        {
+            let mut h = MutableIpv6Packet::new(&mut ip).expect("IPv6 buffer");
+            h.set_version(self.version);
+            h.set_payload_length(
+                self.payload_len
+                    .unwrap_or(u16::try_from(icmp.len()).expect("short message")),
+            );
+            h.set_next_header(self.next_header);
+            h.set_hop_limit(self.hop_limit);
+            h.set_source(self.src);
+            h.set_destination(self.dst);
+        }
+        let mut f = Vec::with_capacity(18 + 40 + icmp.len() + self.padding);
+        f.extend_from_slice(&self.eth_dst);
+        f.extend_from_slice(&self.eth_src);
+        if let Some((tpid, tci)) = self.vlan {
+            f.extend_from_slice(&tpid);
+            f.extend_from_slice(&tci);
+        }
+        f.extend_from_slice(&[0x86, 0xdd]);
+        f.extend_from_slice(&ip);
+        f.extend_from_slice(&icmp);
+        f.resize(f.len() + self.padding, 0xee);
+        f
+    }
+}
+
+/// Checks the ICMPv6 checksum of an answer `frame` (untagged or tagged)
+/// with pnet's function, and that it is a solicited, overriding NA.
+fn assert_valid_na(frame: &[u8], what: &str) {
+    let l3 = if frame[12..14] == [0x86, 0xdd] {
+        14
+    } else {
+        18
+    };
+    let ip = Ipv6Packet::new(&frame[l3..]).expect("IPv6 header");
+    assert_eq!(ip.get_payload_length(), 32, "{what}: payload length");
+    assert_eq!(ip.get_hop_limit(), 255, "{what}: hop limit");
+    let icmp_bytes = &frame[l3 + 40..];
+    assert_eq!(icmp_bytes.len(), 32, "{what}: nothing after the NA");
+    let icmp = Icmpv6Packet::new(icmp_bytes).expect("ICMPv6");
+    assert_eq!(
+        icmp.get_checksum(),
+        icmpv6::checksum(&icmp, &ip.get_source(), &ip.get_destination()),
+        "{what}: ICMPv6 checksum"
+    );
+    let na = NeighborAdvertPacket::new(icmp_bytes).expect("NA");
+    assert_eq!(na.get_icmpv6_type(), Icmpv6Types::NeighborAdvert, "{what}");
+    assert_eq!(
+        na.get_flags(),
+        NeighborAdvertFlags::Solicited | NeighborAdvertFlags::Override,
+        "{what}: flags R=0 S=1 O=1"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// The program under test, for IPv6.
+
+fn held_at(ifindex: u32, vlan: u16, expires_ns: u64) -> HeldVip {
+    HeldVip {
+        ifindex,
+        mac: OUR_MAC,
+        vlan,
+        _pad: [0; 4],
+        expires_ns,
+    }
+}
+
+/// A loaded program watching VIP6 and OTHER_VIP6, holding none.
+fn loaded6() -> ArpOffload {
+    let mut offload = ArpOffload::load().expect("loading the XDP program");
+    let watched: BTreeSet<Ipv6Addr> = [VIP6, OTHER_VIP6].into();
+    offload.set_watched6(&watched).expect("set_watched6");
+    offload
+}
+
+/// A loaded program watching VIP6 and OTHER_VIP6, holding VIP6 on
+/// `ifindex`, VLAN `vlan`.
+fn holding6(ifindex: u32, vlan: u16) -> ArpOffload {
+    let mut offload = loaded6();
+    offload
+        .set_held6(&BTreeMap::from([(VIP6, held_at(ifindex, vlan, NO_EXPIRY))]))
+        .expect("set_held6");
+    offload
+}
+
+fn counters6_of(offload: &ArpOffload, vip: Ipv6Addr) -> NdpCounters {
+    *offload
+        .counters6()
+        .expect("reading counters")
+        .get(&vip)
+        .unwrap_or_else(|| panic!("{vip} is not watched"))
+}
+
+/// Runs `frame` once and returns the action, the frame out, and how the
+/// counters of VIP6 and OTHER_VIP6 changed.
+fn run6(
+    offload: &ArpOffload,
+    frame: &[u8],
+    ingress: u32,
+) -> (u32, Vec<u8>, NdpCounters, NdpCounters) {
+    let before = (
+        counters6_of(offload, VIP6),
+        counters6_of(offload, OTHER_VIP6),
+    );
+    let (action, out) = offload.test_run(frame, ingress).expect("BPF_PROG_TEST_RUN");
+    let after = (
+        counters6_of(offload, VIP6),
+        counters6_of(offload, OTHER_VIP6),
+    );
+    (
+        action,
+        out,
+        diff(after.0, before.0),
+        diff(after.1, before.1),
+    )
+}
+
+/// Asserts that `frame` passes unchanged and changes the counters of VIP6
+/// by `expected` (and OTHER_VIP6's not at all).
+fn assert_passes6(
+    offload: &ArpOffload,
+    frame: &[u8],
+    ingress: u32,
+    expected: NdpCounters,
+    what: &str,
+) {
+    let (action, out, vip_delta, other_delta) = run6(offload, frame, ingress);
+    assert_eq!(action, XDP_PASS, "{what}: action");
+    assert_eq!(out, frame, "{what}: the frame must pass unchanged");
+    assert_eq!(vip_delta, expected, "{what}: counters of the VIP");
+    assert_eq!(other_delta, NONE, "{what}: counters of the other VIP");
+}
+
+/// Asserts that `ns` is answered with exactly `expected` (checksum checked
+/// on its own too), counting one solicitation and one answer.
+fn assert_answered(offload: &ArpOffload, ns: &NdpFrame, ingress: u32, what: &str) {
+    let expected = NdpFrame::answer_to(ns, OUR_MAC).bytes();
+    let (action, out, delta, other) = run6(offload, &ns.bytes(), ingress);
+    assert_eq!(action, XDP_TX, "{what}: answered in XDP");
+    assert_eq!(out, expected, "{what}: the NA bytes");
+    assert_valid_na(&out, what);
+    assert_eq!(delta, ONE_ANSWER, "{what}: counters of the VIP");
+    assert_eq!(other, NONE, "{what}: counters of the other VIP");
+}
+
+fn next_event6(
+    rt: &tokio::runtime::Runtime,
+    reader: &mut ConflictReader6,
+    wait: Duration,
+) -> Option<ConflictEvent6> {
+    rt.block_on(async {
+        tokio::time::timeout(wait, reader.next())
+            .await
+            .ok()
+            .flatten()
+    })
+}
+
+fn event6(vip: Ipv6Addr, ifindex: u32, mac: [u8; 6]) -> ConflictEvent6 {
+    ConflictEvent6 {
+        vip: vip.octets(),
+        ifindex,
+        mac,
+        _pad: [0; 2],
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Held: answered in the kernel with the exact advertisement.
+
+#[test]
+fn ns_for_held_vip_is_answered_with_the_exact_na() {
+    in_netns(|| {
+        let ifindex = iface("xdp0");
+        let offload = holding6(ifindex, 0);
+        let ns = NdpFrame::solicit(ASKER_MAC, ASKER6, VIP6);
+
+        // The expected answer, byte by byte, for the first case (the other
+        // cases build it with the same, independent, builder).
+        #[rustfmt::skip]
+        let literal: [u8; 86] = [
+            // eth dst = asker, eth src = ours, IPv6
+            0x02, 0x00, 0x5e, 0x00, 0x00, 0x0a,  0x02, 0x00, 0x5e, 0x00, 0x00, 0x01,  0x86, 0xdd,
+            // version 6, class 0, flow 0; payload 32; ICMPv6; hop limit 255
+            0x60, 0, 0, 0,  0, 32,  58,  255,
+            // source: the VIP
+            0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0,  0, 0, 0, 0, 0, 0, 0x01, 0x00,
+            // destination: the asker
+            0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0,  0, 0, 0, 0, 0, 0, 0x00, 0x10,
+            // NA, code 0, checksum (checked below), S+O, target = VIP
+            136, 0,  0, 0,  0x60, 0, 0, 0,
+            0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0,  0, 0, 0, 0, 0, 0, 0x01, 0x00,
+            // Target Link-Layer Address option: ours
+            2, 1,  0x02, 0x00, 0x5e, 0x00, 0x00, 0x01,
+        ];
+        let (action, out, delta, other) = run6(&offload, &ns.bytes(), ifindex);
+        assert_eq!(
+            action, XDP_TX,
+            "a held VIP's solicitation is answered in XDP"
+        );
+        let mut without_sum = out.clone();
+        without_sum[56..58].copy_from_slice(&[0, 0]);
+        assert_eq!(without_sum, literal, "NA bytes (checksum aside)");
+        assert_eq!(out, NdpFrame::answer_to(&ns, OUR_MAC).bytes());
+        assert_valid_na(&out, "NS with SLLA");
+        assert_eq!((delta, other), (ONE_ANSWER, NONE));
+
+        // Without options (24 bytes): grown into the 32-byte answer.
+        let bare = NdpFrame {
+            options: Vec::new(),
+            ..ns.clone()
+        };
+        assert_answered(&offload, &bare, ifindex, "NS without options");
+        // Unicast to the VIP (unreachability detection).
+        let nud = NdpFrame {
+            eth_dst: OUR_MAC,
+            dst: VIP6,
+            ..ns.clone()
+        };
+        assert_answered(&offload, &nud, ifindex, "NS to the VIP itself");
+        // More options (40 bytes): shrunk into the answer.
+        let longer = NdpFrame {
+            options: vec![
+                ll_option(NdpOptionTypes::SourceLLAddr, ASKER_MAC),
+                nonce_option(),
+            ],
+            ..ns.clone()
+        };
+        assert_answered(&offload, &longer, ifindex, "NS with SLLA and nonce");
+        // Ethernet padding after the packet: not in the answer.
+        let padded = NdpFrame {
+            padding: 6,
+            ..ns.clone()
+        };
+        assert_answered(&offload, &padded, ifindex, "padded NS");
+        // From a link-local address, answered to it.
+        let link_local = NdpFrame::solicit(ASKER_MAC, ASKER_LINK_LOCAL, VIP6);
+        assert_answered(&offload, &link_local, ifindex, "link-local solicitor");
+        // The longest message checked: 64 bytes (five option blocks).
+        let longest = NdpFrame {
+            options: vec![
+                ll_option(NdpOptionTypes::SourceLLAddr, ASKER_MAC),
+                nonce_option(),
+                nonce_option(),
+                nonce_option(),
+                nonce_option(),
+            ],
+            ..ns.clone()
+        };
+        assert_answered(&offload, &longest, ifindex, "64-byte NS");
+        // The SLLA option may differ from the frame's source (a proxy):
+        // the answer goes to the frame's source.
+        let proxied = NdpFrame {
+            options: vec![ll_option(NdpOptionTypes::SourceLLAddr, FOREIGN_MAC)],
+            ..ns.clone()
+        };
+        assert_answered(&offload, &proxied, ifindex, "SLLA not the source");
+    });
+}
+
+#[test]
+fn vlan_tagged_ns_is_answered_keeping_the_tag() {
+    in_netns(|| {
+        let ifindex = iface("xdp0");
+        // TAG_8021Q carries VLAN 100, TAG_8021AD VLAN 101.
+        let offload = holding6(ifindex, 100);
+        let ns = NdpFrame::solicit(ASKER_MAC, ASKER6, VIP6);
+        assert_answered(
+            &offload,
+            &ns.clone().tagged(TAG_8021Q),
+            ifindex,
+            "802.1Q VLAN 100",
+        );
+        let bare = NdpFrame {
+            options: Vec::new(),
+            ..ns.clone()
+        };
+        assert_answered(
+            &offload,
+            &bare.tagged(TAG_8021Q),
+            ifindex,
+            "802.1Q, no options",
+        );
+        // Another VLAN, or none: counted, not ours to answer.
+        assert_passes6(
+            &offload,
+            &ns.clone().tagged(TAG_8021AD).bytes(),
+            ifindex,
+            ONE_REQUEST,
+            "802.1ad VLAN 101",
+        );
+        assert_passes6(&offload, &ns.bytes(), ifindex, ONE_REQUEST, "untagged");
+
+        // Held untagged: an 802.1ad-tagged one counts, passes.
+        let untagged = holding6(ifindex, 0);
+        assert_passes6(
+            &untagged,
+            &ns.clone().tagged(TAG_8021AD).bytes(),
+            ifindex,
+            ONE_REQUEST,
+            "tagged NS, VIP untagged",
+        );
+        assert_answered(&untagged, &ns, ifindex, "untagged NS, VIP untagged");
+    });
+}
+
+#[test]
+fn ns_for_unwatched_and_for_unheld_vip_is_not_answered() {
+    in_netns(|| {
+        let ifindex = iface("xdp0");
+        let offload = holding6(ifindex, 0);
+        // Unwatched: nothing counted anywhere.
+        let unwatched = NdpFrame::solicit(ASKER_MAC, ASKER6, UNWATCHED6).bytes();
+        assert_passes6(&offload, &unwatched, ifindex, NONE, "unwatched address");
+        assert_eq!(
+            offload.counters6().expect("counters6").len(),
+            2,
+            "only the watched VIPs have counters"
+        );
+        // Watched, not held: counted for that VIP, passed.
+        let unheld = NdpFrame::solicit(ASKER_MAC, ASKER6, OTHER_VIP6).bytes();
+        let (action, out, delta, other) = run6(&offload, &unheld, ifindex);
+        assert_eq!((action, out.as_slice()), (XDP_PASS, unheld.as_slice()));
+        assert_eq!((delta, other), (NONE, ONE_REQUEST), "watched, unheld");
+        // And with nothing held at all.
+        let none_held = loaded6();
+        let ns = NdpFrame::solicit(ASKER_MAC, ASKER6, VIP6).bytes();
+        assert_passes6(&none_held, &ns, ifindex, ONE_REQUEST, "nothing held");
+        // The v4 counters see none of it.
+        assert!(none_held.counters().expect("counters").is_empty());
+    });
+}
+
+#[test]
+fn ns_for_held_vip_is_not_answered_where_it_must_not_be() {
+    in_netns(|| {
+        let ifindex = iface("xdp0");
+        let elsewhere = iface("xdp1");
+        let mut offload = holding6(ifindex, 0);
+        let ns = NdpFrame::solicit(ASKER_MAC, ASKER6, VIP6);
+        let bytes = ns.bytes();
+        assert_passes6(&offload, &bytes, elsewhere, ONE_REQUEST, "other ifindex");
+        assert_passes6(&offload, &bytes, 0, ONE_REQUEST, "no ifindex");
+
+        let multicast = [0x33, 0x33, 0, 0, 0, 0x0a];
+        let cases = [
+            (
+                "multicast eth src",
+                NdpFrame {
+                    eth_src: multicast,
+                    ..ns.clone()
+                },
+            ),
+            (
+                "zero eth src",
+                NdpFrame {
+                    eth_src: [0; 6],
+                    ..ns.clone()
+                },
+            ),
+            ("from our own MAC", NdpFrame::solicit(OUR_MAC, ASKER6, VIP6)),
+            (
+                "SLLA ours, eth src not",
+                NdpFrame {
+                    options: vec![ll_option(NdpOptionTypes::SourceLLAddr, OUR_MAC)],
+                    ..ns.clone()
+                },
+            ),
+        ];
+        for (what, frame) in cases {
+            assert_passes6(&offload, &frame.bytes(), ifindex, ONE_REQUEST, what);
+        }
+
+        // R16: answered only before the lease's end.
+        let now = std::time::Instant::now();
+        let past = vipd::agent::monotonic_ns(now) - 1_000_000;
+        offload
+            .set_held6(&BTreeMap::from([(VIP6, held_at(ifindex, 0, past))]))
+            .expect("set_held6");
+        assert_passes6(&offload, &bytes, ifindex, ONE_REQUEST, "expired entry");
+        let until = now + Duration::from_millis(300);
+        offload
+            .set_held6(&BTreeMap::from([(
+                VIP6,
+                held_at(ifindex, 0, vipd::agent::monotonic_ns(until)),
+            )]))
+            .expect("set_held6");
+        assert_eq!(run6(&offload, &bytes, ifindex).0, XDP_TX, "before expiry");
+        std::thread::sleep(until.saturating_duration_since(std::time::Instant::now()));
+        assert_passes6(&offload, &bytes, ifindex, ONE_REQUEST, "after expiry");
+        let claim = NdpFrame::unsolicited_advert(FOREIGN_MAC, VIP6).bytes();
+        assert_passes6(
+            &offload,
+            &claim,
+            ifindex,
+            ONE_ANNOUNCEMENT,
+            "foreign NA about an expired VIP: no claim",
+        );
+    });
+}
+
+// ---------------------------------------------------------------------------
+// Validation (RFC 4861 7.1.1, 7.1.2): what fails it passes, uncounted.
+
+#[test]
+fn invalid_ndp_passes_uncounted() {
+    in_netns(|| {
+        let ifindex = iface("xdp0");
+        let offload = holding6(ifindex, 0);
+        let ns = NdpFrame::solicit(ASKER_MAC, ASKER6, VIP6);
+        let na = NdpFrame::unsolicited_advert(FOREIGN_MAC, VIP6);
+        let cases: Vec<(&str, NdpFrame)> = vec![
+            (
+                "hop limit 64",
+                NdpFrame {
+                    hop_limit: 64,
+                    ..ns.clone()
+                },
+            ),
+            (
+                "hop limit 254",
+                NdpFrame {
+                    hop_limit: 254,
+                    ..ns.clone()
+                },
+            ),
+            (
+                "bad checksum",
+                NdpFrame {
+                    bad_checksum: true,
+                    ..ns.clone()
+                },
+            ),
+            (
+                "bad checksum, no options",
+                NdpFrame {
+                    options: Vec::new(),
+                    bad_checksum: true,
+                    ..ns.clone()
+                },
+            ),
+            (
+                "code 1",
+                NdpFrame {
+                    code: 1,
+                    ..ns.clone()
+                },
+            ),
+            (
+                "multicast target",
+                NdpFrame {
+                    target: ALL_NODES,
+                    ..ns.clone()
+                },
+            ),
+            (
+                "multicast source",
+                NdpFrame {
+                    src: ALL_NODES,
+                    ..ns.clone()
+                },
+            ),
+            (
+                "option of length 0",
+                NdpFrame {
+                    // The SLLA option's length byte.
+                    edit: Some(|msg| msg[25] = 0),
+                    ..ns.clone()
+                },
+            ),
+            (
+                "SLLA of two blocks",
+                NdpFrame {
+                    // SLLA, then a nonce; the SLLA's length byte says 2
+                    // blocks (inside the 40-byte message).
+                    options: vec![
+                        ll_option(NdpOptionTypes::SourceLLAddr, ASKER_MAC),
+                        nonce_option(),
+                    ],
+                    edit: Some(|msg| msg[25] = 2),
+                    ..ns.clone()
+                },
+            ),
+            (
+                "option running past the message",
+                NdpFrame {
+                    // A nonce of one block whose length byte says 2, in a
+                    // 32-byte message.
+                    options: vec![nonce_option()],
+                    edit: Some(|msg| msg[25] = 2),
+                    ..ns.clone()
+                },
+            ),
+            (
+                "ICMPv6 length 16",
+                NdpFrame {
+                    payload_len: Some(16),
+                    ..ns.clone()
+                },
+            ),
+            (
+                "length not a multiple of 8",
+                NdpFrame {
+                    trailer: vec![0; 4],
+                    ..ns.clone()
+                },
+            ),
+            (
+                "longer than 64 bytes (six option blocks)",
+                NdpFrame {
+                    options: vec![
+                        ll_option(NdpOptionTypes::SourceLLAddr, ASKER_MAC),
+                        nonce_option(),
+                        nonce_option(),
+                        nonce_option(),
+                        nonce_option(),
+                        nonce_option(),
+                    ],
+                    ..ns.clone()
+                },
+            ),
+            (
+                "IPv6 payload length beyond the frame",
+                NdpFrame {
+                    payload_len: Some(40),
+                    ..ns.clone()
+                },
+            ),
+            (
+                "to all nodes, not the solicited-node address",
+                NdpFrame {
+                    eth_dst: ALL_NODES_MAC,
+                    dst: ALL_NODES,
+                    ..ns.clone()
+                },
+            ),
+            (
+                "to another unicast address",
+                NdpFrame {
+                    eth_dst: OUR_MAC,
+                    dst: OTHER_VIP6,
+                    ..ns.clone()
+                },
+            ),
+            (
+                "to the solicited-node address of another target",
+                NdpFrame {
+                    dst: solicited_node(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 1, 0x200)),
+                    ..ns.clone()
+                },
+            ),
+            (
+                "DAD probe with an SLLA option",
+                NdpFrame {
+                    options: vec![ll_option(NdpOptionTypes::SourceLLAddr, ASKER_MAC)],
+                    ..NdpFrame::dad(ASKER_MAC, VIP6)
+                },
+            ),
+            (
+                "DAD probe to the VIP itself",
+                NdpFrame {
+                    dst: VIP6,
+                    ..NdpFrame::dad(ASKER_MAC, VIP6)
+                },
+            ),
+            (
+                "IP version 4 in an IPv6 header",
+                NdpFrame {
+                    version: 4,
+                    ..ns.clone()
+                },
+            ),
+            (
+                "next header UDP",
+                NdpFrame {
+                    next_header: IpNextHeaderProtocols::Udp,
+                    ..ns.clone()
+                },
+            ),
+            (
+                "next header hop-by-hop options",
+                NdpFrame {
+                    next_header: IpNextHeaderProtocols::Hopopt,
+                    ..ns.clone()
+                },
+            ),
+            (
+                "ICMPv6 echo request",
+                NdpFrame {
+                    kind: Icmpv6Types::EchoRequest,
+                    ..ns.clone()
+                },
+            ),
+            (
+                "router solicitation",
+                NdpFrame {
+                    kind: Icmpv6Types::RouterSolicit,
+                    ..ns.clone()
+                },
+            ),
+            (
+                "NA with hop limit 64",
+                NdpFrame {
+                    hop_limit: 64,
+                    ..na.clone()
+                },
+            ),
+            (
+                "NA with a bad checksum",
+                NdpFrame {
+                    bad_checksum: true,
+                    ..na.clone()
+                },
+            ),
+            (
+                "NA to all nodes with the Solicited flag",
+                NdpFrame {
+                    flags: NeighborAdvertFlags::Solicited | NeighborAdvertFlags::Override,
+                    ..na.clone()
+                },
+            ),
+        ];
+        for (what, frame) in &cases {
+            assert_passes6(&offload, &frame.bytes(), ifindex, NONE, what);
+        }
+        // The unbroken frames do count (the breakage, not the frame, was
+        // the reason), so every case above tested what it names.
+        assert_answered(&offload, &ns, ifindex, "the valid NS");
+        assert_passes6(
+            &offload,
+            &na.bytes(),
+            ifindex,
+            ArpCounters {
+                announcements: 1,
+                foreign_claims: 1,
+                ..NONE
+            },
+            "the valid NA",
+        );
+    });
+}
+
+#[test]
+fn truncated_ndp_frames_pass_uncounted() {
+    in_netns(|| {
+        let ifindex = iface("xdp0");
+        let plain = NdpFrame::solicit(ASKER_MAC, ASKER6, VIP6).bytes();
+        let tagged = NdpFrame::solicit(ASKER_MAC, ASKER6, VIP6)
+            .tagged(TAG_8021Q)
+            .bytes();
+        assert_eq!((plain.len(), tagged.len()), (86, 90));
+        let cuts: [(&str, &[u8]); 12] = [
+            ("Ethernet header only", &plain[..14]),
+            ("14 + 39: one byte short of IPv6", &plain[..14 + 39]),
+            ("IPv6 header, no ICMPv6", &plain[..54]),
+            ("54 + 23: one byte short of the NS", &plain[..54 + 23]),
+            ("NS fixed part, option missing", &plain[..54 + 24]),
+            ("54 + 31: one byte short of the option", &plain[..54 + 31]),
+            ("VLAN: 14 + 3, inside the tag", &tagged[..14 + 3]),
+            ("VLAN: 18, tag but no IPv6", &tagged[..18]),
+            ("VLAN: 18 + 39, one byte short of IPv6", &tagged[..18 + 39]),
+            (
+                "VLAN: 58 + 23, one byte short of the NS",
+                &tagged[..58 + 23],
+            ),
+            ("VLAN: NS fixed part, option missing", &tagged[..58 + 24]),
+            (
+                "VLAN: 58 + 31, one byte short of the option",
+                &tagged[..58 + 31],
+            ),
+        ];
+        let watching = loaded6();
+        for (what, frame) in cuts {
+            assert_passes6(&watching, frame, 0, NONE, what);
+        }
+        // Held (untagged and on VLAN 100): still neither counted nor answered.
+        for vlan in [0, 100] {
+            let offload = holding6(ifindex, vlan);
+            for (what, frame) in cuts {
+                assert_passes6(&offload, frame, ifindex, NONE, what);
+            }
+        }
+        // The whole frames do count.
+        assert_answered(
+            &holding6(ifindex, 0),
+            &NdpFrame::solicit(ASKER_MAC, ASKER6, VIP6),
+            ifindex,
+            "whole frame",
+        );
+    });
+}
+
+// ---------------------------------------------------------------------------
+// Claims of a held VIP: DAD probes, foreign advertisements, solicitations
+// sent from it.
+
+#[test]
+fn dad_probe_passes_and_is_a_claim_of_a_held_vip() {
+    in_netns(|| {
+        let rt = runtime();
+        let ifindex = iface("xdp0");
+        let mut offload = holding6(ifindex, 0);
+        let mut reader = rt
+            .block_on(async { offload.take_conflicts6() })
+            .expect("take_conflicts6");
+
+        let probe = NdpFrame::dad(ASKER_MAC, VIP6).bytes();
+        assert_passes6(
+            &offload,
+            &probe,
+            ifindex,
+            ArpCounters {
+                requests: 1,
+                foreign_claims: 1,
+                ..NONE
+            },
+            "DAD probe for the held VIP",
+        );
+        assert_eq!(
+            next_event6(&rt, &mut reader, Duration::from_secs(2)),
+            Some(event6(VIP6, ifindex, ASKER_MAC))
+        );
+        // With a nonce option, as Linux sends them.
+        let with_nonce = NdpFrame {
+            options: vec![nonce_option()],
+            ..NdpFrame::dad(ASKER_MAC, VIP6)
+        }
+        .bytes();
+        assert_passes6(
+            &offload,
+            &with_nonce,
+            ifindex,
+            ArpCounters {
+                requests: 1,
+                foreign_claims: 1,
+                ..NONE
+            },
+            "DAD probe with a nonce",
+        );
+        assert_eq!(
+            next_event6(&rt, &mut reader, Duration::from_secs(2)),
+            Some(event6(VIP6, ifindex, ASKER_MAC))
+        );
+        // Our own probe coming back: no claim.
+        let ours = NdpFrame::dad(OUR_MAC, VIP6).bytes();
+        assert_passes6(&offload, &ours, ifindex, ONE_REQUEST, "our own DAD probe");
+        // For a watched, unheld VIP: a solicitation, no claim.
+        let unheld = NdpFrame::dad(ASKER_MAC, OTHER_VIP6).bytes();
+        let (action, _, delta, other) = run6(&offload, &unheld, ifindex);
+        assert_eq!(action, XDP_PASS);
+        assert_eq!((delta, other), (NONE, ONE_REQUEST));
+        assert_eq!(
+            next_event6(&rt, &mut reader, Duration::from_millis(200)),
+            None,
+            "no event for our own probe or an unheld VIP"
+        );
+    });
+}
+
+#[test]
+fn foreign_na_of_held_vip_is_counted_and_reported_once() {
+    in_netns(|| {
+        let rt = runtime();
+        let ifindex = iface("xdp0");
+        let mut offload = holding6(ifindex, 0);
+        let (mut reader, mut reader4) = rt.block_on(async {
+            (
+                offload.take_conflicts6().expect("take_conflicts6"),
+                offload.take_conflicts().expect("take_conflicts"),
+            )
+        });
+        assert!(
+            offload.take_conflicts6().is_err(),
+            "the ring buffer can be taken once"
+        );
+        let claim_counted = ArpCounters {
+            announcements: 1,
+            foreign_claims: 1,
+            ..NONE
+        };
+
+        let claim = NdpFrame::unsolicited_advert(FOREIGN_MAC, VIP6).bytes();
+        assert_passes6(&offload, &claim, ifindex, claim_counted, "foreign NA");
+        assert_eq!(
+            next_event6(&rt, &mut reader, Duration::from_secs(2)),
+            Some(event6(VIP6, ifindex, FOREIGN_MAC))
+        );
+        assert_eq!(
+            next_event6(&rt, &mut reader, Duration::from_millis(200)),
+            None,
+            "exactly one event"
+        );
+        let v4 = rt.block_on(async {
+            tokio::time::timeout(Duration::from_millis(200), reader4.next()).await
+        });
+        assert!(v4.is_err(), "no IPv4 event for an IPv6 claim: {v4:?}");
+
+        // Our own advertisement coming back: counted, no claim, no event.
+        let ours = NdpFrame::unsolicited_advert(OUR_MAC, VIP6).bytes();
+        assert_passes6(&offload, &ours, ifindex, ONE_ANNOUNCEMENT, "our own NA");
+        // The option decides, not the frame's source (a bridge, a proxy).
+        let ours_relayed = NdpFrame {
+            eth_src: FOREIGN_MAC,
+            ..NdpFrame::unsolicited_advert(OUR_MAC, VIP6)
+        }
+        .bytes();
+        assert_passes6(
+            &offload,
+            &ours_relayed,
+            ifindex,
+            ONE_ANNOUNCEMENT,
+            "our TLLA from another source",
+        );
+        assert_eq!(
+            next_event6(&rt, &mut reader, Duration::from_millis(200)),
+            None,
+            "no event for our own MAC"
+        );
+
+        // A solicited NA without TLLA, unicast, on another interface: the
+        // frame's source is the claimant.
+        let other = iface("xdp1");
+        let bare = NdpFrame {
+            eth_dst: ASKER_MAC,
+            dst: ASKER6,
+            flags: NeighborAdvertFlags::Solicited,
+            options: Vec::new(),
+            ..NdpFrame::unsolicited_advert(FOREIGN_MAC, VIP6)
+        }
+        .bytes();
+        assert_passes6(&offload, &bare, other, claim_counted, "NA without TLLA");
+        assert_eq!(
+            next_event6(&rt, &mut reader, Duration::from_secs(2)),
+            Some(event6(VIP6, other, FOREIGN_MAC))
+        );
+
+        // A solicitation sent from our VIP by another MAC: that node uses
+        // our VIP. A claim of it; the solicitation counts for its target.
+        let asking = NdpFrame::solicit(FOREIGN_MAC, VIP6, OTHER_VIP6).bytes();
+        let (action, out, delta, other_delta) = run6(&offload, &asking, ifindex);
+        assert_eq!((action, out.as_slice()), (XDP_PASS, asking.as_slice()));
+        assert_eq!(
+            (delta, other_delta),
+            (
+                ArpCounters {
+                    foreign_claims: 1,
+                    ..NONE
+                },
+                ONE_REQUEST
+            )
+        );
+        assert_eq!(
+            next_event6(&rt, &mut reader, Duration::from_secs(2)),
+            Some(event6(VIP6, ifindex, FOREIGN_MAC))
+        );
+        // Our own kernel soliciting from the VIP is no claim.
+        let ours_asking = NdpFrame::solicit(OUR_MAC, VIP6, OTHER_VIP6).bytes();
+        let (_, _, delta, other_delta) = run6(&offload, &ours_asking, ifindex);
+        assert_eq!((delta, other_delta), (NONE, ONE_REQUEST));
+
+        // A foreign advertisement of a watched, unheld VIP is no claim.
+        let unheld = NdpFrame::unsolicited_advert(FOREIGN_MAC, OTHER_VIP6).bytes();
+        let (action, _, delta, other_delta) = run6(&offload, &unheld, ifindex);
+        assert_eq!(action, XDP_PASS);
+        assert_eq!((delta, other_delta), (NONE, ONE_ANNOUNCEMENT));
+        assert_eq!(
+            next_event6(&rt, &mut reader, Duration::from_millis(200)),
+            None,
+            "no event for an unheld VIP"
+        );
+    });
+}
+
+// ---------------------------------------------------------------------------
+// Map upkeep.
+
+#[test]
+fn v6_maps_follow_set_watched6_set_held6_and_clear_held() {
+    in_netns(|| {
+        let ifindex = iface("xdp0");
+        let mut offload = holding6(ifindex, 0);
+        let ns = NdpFrame::solicit(ASKER_MAC, ASKER6, VIP6);
+        assert_answered(&offload, &ns, ifindex, "held");
+
+        // Watched set changes: counters kept for VIPs still watched.
+        let third = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x102);
+        offload
+            .set_watched6(&[VIP6, OTHER_VIP6, third].into())
+            .expect("set_watched6");
+        let counters = offload.counters6().expect("counters6");
+        assert_eq!(
+            counters.keys().copied().collect::<Vec<_>>(),
+            vec![VIP6, OTHER_VIP6, third]
+        );
+        assert_eq!(counters[&VIP6], ONE_ANSWER, "kept");
+        assert_eq!(counters[&third], NONE, "new, zeroed");
+        offload
+            .set_watched6(&[VIP6, OTHER_VIP6].into())
+            .expect("set_watched6");
+        assert_eq!(offload.counters6().expect("counters6").len(), 2);
+
+        // clear_held empties the v6 map too.
+        offload.clear_held().expect("clear_held");
+        assert_passes6(
+            &offload,
+            &ns.bytes(),
+            ifindex,
+            ONE_REQUEST,
+            "after clear_held",
+        );
+        // Back, then released through set_held6.
+        let held = BTreeMap::from([(VIP6, held_at(ifindex, 0, NO_EXPIRY))]);
+        offload.set_held6(&held).expect("set_held6");
+        assert_answered(&offload, &ns, ifindex, "held again");
+        offload
+            .set_held6(&BTreeMap::new())
+            .expect("set_held6(empty)");
+        assert_passes6(
+            &offload,
+            &ns.bytes(),
+            ifindex,
+            ONE_REQUEST,
+            "after set_held6(empty)",
+        );
+        // Moved to another interface: answered there only.
+        let other = iface("xdp1");
+        offload
+            .set_held6(&BTreeMap::from([(VIP6, held_at(other, 0, NO_EXPIRY))]))
+            .expect("set_held6(moved)");
+        assert_passes6(&offload, &ns.bytes(), ifindex, ONE_REQUEST, "old interface");
+        assert_answered(&offload, &ns, other, "new interface");
+        // The v4 maps are untouched by all of it, and v4 still answers.
+        assert!(offload.counters().expect("counters").is_empty());
+
+        // Unwatched: not counted, not answered even while held.
+        offload
+            .set_watched6(&BTreeSet::new())
+            .expect("set_watched6(empty)");
+        let (action, _) = offload.test_run(&ns.bytes(), other).expect("test_run");
+        assert_eq!(action, XDP_PASS, "held but unwatched: passes");
+        assert!(offload.counters6().expect("counters6").is_empty());
+    });
+}
+
+// ---------------------------------------------------------------------------
+// On the wire: a real client's kernel takes the answer.
+
+/// `aa:bb:cc:dd:ee:ff` as bytes.
+fn parse_mac(text: &str) -> [u8; 6] {
+    let bytes: Vec<u8> = text
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).expect("hex MAC byte"))
+        .collect();
+    bytes.try_into().expect("six MAC bytes")
+}
+
+/// Sends `frame` out of `ifname` from a raw AF_PACKET socket of this
+/// thread's namespace.
+fn send_raw(ifname: &str, frame: &[u8]) {
+    use std::os::fd::AsRawFd as _;
+    let socket = socket2::Socket::new(
+        socket2::Domain::PACKET,
+        socket2::Type::RAW,
+        Some(socket2::Protocol::from(0)),
+    )
+    .expect("AF_PACKET socket (needs CAP_NET_RAW)");
+    // SAFETY: all-zero is a valid sockaddr_ll.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_ifindex = i32::try_from(super::ifindex(ifname)).expect("ifindex fits i32");
+    // SAFETY: sll is an initialised sockaddr_ll and we pass its size.
+    let rc = unsafe {
+        libc::bind(
+            socket.as_raw_fd(),
+            (&raw const sll).cast::<libc::sockaddr>(),
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+    assert_eq!(socket.send(frame).expect("send"), frame.len(), "short send");
+}
+
+/// Generic mode on n1's veth (native XDP_TX frames would not reach the
+/// peer on veth, docs/DESIGN.md facts). n1 has no address at all, so only
+/// the program can answer for VIP6: the client's kernel resolves VIP6 to
+/// n1's MAC, and raw solicitations of 32 and 24 bytes (the latter grown by
+/// the program) come back as the exact advertisement.
+#[test]
+fn held_vip_is_resolved_by_a_real_client_through_the_program() {
+    let lab = vipd_tests::lab::Lab::new("xdp-ndp");
+    let no_addr = vipd_tests::lab::HostIf {
+        bridge: 0,
+        addr: "",
+    };
+    let n1 = lab.add_host("n1", &[no_addr]);
+    let c1 = lab.add_host("c1", &[no_addr]);
+    c1.ip(&[
+        "-6",
+        "addr",
+        "add",
+        "2001:db8::10/64",
+        "dev",
+        "eth0",
+        "nodad",
+    ]);
+    let n1_mac = parse_mac(&n1.mac("eth0"));
+    let c1_mac = parse_mac(&c1.mac("eth0"));
+
+    n1.in_netns(|| {
+        let mut offload = ArpOffload::load().expect("loading the XDP program");
+        offload
+            .attach("eth0", vipd::config::XdpMode::Generic)
+            .expect("attach in generic mode");
+        offload.set_watched6(&[VIP6].into()).expect("set_watched6");
+        let held = HeldVip {
+            mac: n1_mac,
+            ..held_at(super::ifindex("eth0"), 0, NO_EXPIRY)
+        };
+        offload
+            .set_held6(&BTreeMap::from([(VIP6, held)]))
+            .expect("set_held6");
+
+        // The client's kernel resolves the VIP (a datagram to it).
+        c1.in_netns(|| {
+            let socket = std::net::UdpSocket::bind("[2001:db8::10]:0").expect("bind");
+            socket.send_to(b"x", "[2001:db8::100]:9").expect("send_to");
+        });
+        let neigh = || c1.ip(&["-6", "neigh", "show", "2001:db8::100", "dev", "eth0"]);
+        let mac_text = n1.mac("eth0");
+        vipd_tests::lab::wait_until(Duration::from_secs(5), Duration::from_millis(20), || {
+            let n = neigh();
+            n.contains(&mac_text) && n.contains("REACHABLE")
+        })
+        .unwrap_or_else(|e| panic!("client's neighbour entry for VIP6: {e}: {}", neigh()));
+
+        // Raw solicitations, with and without SLLA, and their exact answers.
+        let capture = c1.capture("eth0", 0x86dd);
+        let with_slla = NdpFrame::solicit(c1_mac, ASKER6, VIP6);
+        let bare = NdpFrame {
+            options: Vec::new(),
+            ..with_slla.clone()
+        };
+        let expected = NdpFrame::answer_to(&with_slla, n1_mac).bytes();
+        assert_eq!(expected, NdpFrame::answer_to(&bare, n1_mac).bytes());
+        let answers = |capture: &vipd_tests::lab::ArpCapture| {
+            capture
+                .frames()
+                .iter()
+                .filter(|f| !f.outgoing && f.bytes == expected)
+                .count()
+        };
+        for (n, ns) in [(1, &with_slla), (2, &bare)] {
+            c1.in_netns(|| send_raw("eth0", &ns.bytes()));
+            vipd_tests::lab::wait_until(Duration::from_secs(3), Duration::from_millis(10), || {
+                answers(&capture) >= n
+            })
+            .unwrap_or_else(|e| panic!("answer {n} on the client: {e}"));
+        }
+        let counters = offload.counters6().expect("counters6")[&VIP6];
+        assert!(
+            counters.xdp_replies >= 3 && counters.requests >= counters.xdp_replies,
+            "{counters:?}"
+        );
+
+        // Released: the same solicitation goes unanswered (nobody else
+        // has the address), so the answers above were the program's.
+        offload.clear_held().expect("clear_held");
+        c1.in_netns(|| send_raw("eth0", &bare.bytes()));
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(answers(&capture), 2, "no answer once released");
+        capture.stop();
+    });
+}
