@@ -5,12 +5,14 @@
 //!
 //! Layout: nodes `n1..` have eth0 on br0 (192.0.2.1x/24, the data segment
 //! where VIPs live) and eth1 on br2 (203.0.113.1x/24, the path to ZooKeeper),
-//! so cutting eth1 cuts only a node's ZooKeeper path.
+//! so cutting eth1 cuts only a node's ZooKeeper path. [`Cluster::enable_ipv6`]
+//! adds 2001:db8:0:1::1x/64 on the nodes' eth0 and 2001:db8:0:1::50/64 on
+//! the client.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     io::{Read, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpStream},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::PathBuf,
     process::Output,
@@ -34,6 +36,8 @@ use crate::{
 pub const SESSION_TIMEOUT: Duration = Duration::from_secs(2);
 /// A client host on the data segment.
 pub const CLIENT_ADDR: &str = "192.0.2.50/24";
+/// The client's IPv6 address on the data segment ([`Cluster::enable_ipv6`]).
+pub const CLIENT_ADDR6: &str = "2001:db8:0:1::50/64";
 /// Where `vipctl vip ...` runs: its own host on br2, never cut by a test.
 const ADMIN_ADDR: &str = "203.0.113.5/24";
 
@@ -183,6 +187,17 @@ impl Cluster {
             });
         }
         bench
+    }
+
+    /// Gives the data segment IPv6 too: node `i` gets 2001:db8:0:1::1<i>/64
+    /// on eth0 and the client 2001:db8:0:1::50/64, all without DAD (on-link
+    /// routes come with them; no IPv6 default route).
+    pub fn enable_ipv6(&self) {
+        for (i, n) in self.nodes.iter().enumerate() {
+            n.host
+                .add_addr6("eth0", &format!("2001:db8:0:1::{}/64", 11 + i));
+        }
+        self.client.add_addr6("eth0", CLIENT_ADDR6);
     }
 
     /// Starts vipd on node `i` (0-based) with the bench's settings.
@@ -381,6 +396,61 @@ impl Cluster {
         }
     }
 
+    /// The addresses of node `i` (both families) that are in `vips`.
+    pub fn held_ips(&self, i: usize, vips: &BTreeSet<IpAddr>) -> BTreeSet<IpAddr> {
+        let v4 = self.readers[i]
+            .addrs()
+            .into_iter()
+            .map(|a| IpAddr::V4(a.addr));
+        let v6 = self.readers[i]
+            .addrs6()
+            .into_iter()
+            .map(|a| IpAddr::V6(a.addr));
+        v4.chain(v6).filter(|a| vips.contains(a)).collect()
+    }
+
+    /// The node that holds all of `vips` (both families) while no other
+    /// node holds any.
+    pub fn sole_holder_ips(&self, vips: &BTreeSet<IpAddr>) -> Option<usize> {
+        let h: Vec<BTreeSet<IpAddr>> = (0..self.nodes.len())
+            .map(|i| self.held_ips(i, vips))
+            .collect();
+        let full: Vec<usize> = (0..h.len()).filter(|&i| h[i] == *vips).collect();
+        let any = h.iter().filter(|s| !s.is_empty()).count();
+        (full.len() == 1 && any == 1).then(|| full[0])
+    }
+
+    /// [`Cluster::wait_sole_holder`] for VIPs of both families.
+    pub fn wait_sole_holder_ips(
+        &self,
+        vips: &BTreeSet<IpAddr>,
+        not: Option<usize>,
+        timeout: Duration,
+    ) -> Result<(usize, Duration), String> {
+        let start = Instant::now();
+        loop {
+            if let Some(i) = self.sole_holder_ips(vips)
+                && Some(i) != not
+            {
+                return Ok((i, start.elapsed()));
+            }
+            if start.elapsed() > timeout {
+                let h: Vec<_> = (0..self.nodes.len())
+                    .map(|i| self.held_ips(i, vips))
+                    .collect();
+                return Err(format!(
+                    "no single holder of {vips:?} (excluding {not:?}) after {timeout:?}; holdings {h:?}"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Node `i`'s IPv6 addresses as netlink reports them (flags, mark).
+    pub fn addrs6(&self, i: usize) -> Vec<NlAddr6> {
+        self.readers[i].addrs6()
+    }
+
     /// Index of the ZooKeeper server (ensemble member) that has a client
     /// connection from `ip`, found with the `cons` four-letter command.
     pub fn zk_server_of(&self, ip: Ipv4Addr) -> Option<usize> {
@@ -447,6 +517,13 @@ pub fn four_letter(addr: SocketAddr, cmd: &str) -> Option<String> {
     Some(out)
 }
 
+/// VIPs of both families as a set.
+pub fn ip_set(vips: &[&str]) -> BTreeSet<IpAddr> {
+    vips.iter()
+        .map(|v| v.parse().unwrap_or_else(|e| panic!("VIP {v}: {e}")))
+        .collect()
+}
+
 /// The set of VIPs as a set.
 pub fn vip_set(vips: &[&str]) -> BTreeSet<Ipv4Addr> {
     vips.iter()
@@ -469,6 +546,42 @@ pub struct NlAddr {
     pub prefix_len: u8,
 }
 
+/// One IPv6 address as netlink reports it, with its flags and vipd's mark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NlAddr6 {
+    pub ifindex: u32,
+    pub addr: Ipv6Addr,
+    pub prefix_len: u8,
+    /// IFA_FLAGS (IFA_F_*), or the header's 8 bits when absent.
+    pub flags: u32,
+    /// IFA_PROTO (vipd marks its addresses with 0x76).
+    pub proto: Option<u8>,
+}
+
+impl NlAddr6 {
+    pub const IFA_F_NODAD: u32 = 0x02;
+    pub const IFA_F_DADFAILED: u32 = 0x08;
+    pub const IFA_F_TENTATIVE: u32 = 0x40;
+    pub const IFA_F_PERMANENT: u32 = 0x80;
+    pub const IFA_F_NOPREFIXROUTE: u32 = 0x200;
+
+    pub fn tentative(&self) -> bool {
+        self.flags & Self::IFA_F_TENTATIVE != 0
+    }
+
+    pub fn dadfailed(&self) -> bool {
+        self.flags & Self::IFA_F_DADFAILED != 0
+    }
+}
+
+/// One IPv6 RTM_NEWADDR / RTM_DELADDR event.
+#[derive(Clone, Copy, Debug)]
+pub struct Addr6Event {
+    pub at: Instant,
+    pub new: bool,
+    pub addr: NlAddr6,
+}
+
 /// One RTM_NEWADDR / RTM_DELADDR event, stamped on receipt with the
 /// monotonic clock (`Instant`), the same in every namespace.
 #[derive(Clone, Copy, Debug)]
@@ -485,7 +598,10 @@ const NLMSG_DONE: u16 = 3;
 const NLMSG_ERROR: u16 = 2;
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
+const IFA_FLAGS: u16 = 8;
+const IFA_PROTO: u16 = 11;
 const RTMGRP_IPV4_IFADDR: u32 = 0x10;
+const RTMGRP_IPV6_IFADDR: u32 = 0x100;
 
 /// A NETLINK_ROUTE socket made in `ns`; it stays bound to that namespace
 /// whichever thread uses it later.
@@ -579,12 +695,55 @@ fn messages(buf: &[u8]) -> Vec<(u16, &[u8])> {
 
 /// An ifaddrmsg with its attributes, if IPv4.
 fn parse_ifaddr(payload: &[u8]) -> Option<NlAddr> {
-    if payload.len() < 8 || payload[0] != libc::AF_INET as u8 {
+    let a = parse_ifaddr_any(payload)?;
+    match a.addr {
+        IpAddr::V4(addr) => Some(NlAddr {
+            ifindex: a.ifindex,
+            addr,
+            prefix_len: a.prefix_len,
+        }),
+        IpAddr::V6(_) => None,
+    }
+}
+
+/// An ifaddrmsg with its attributes, if IPv6.
+fn parse_ifaddr6(payload: &[u8]) -> Option<NlAddr6> {
+    let a = parse_ifaddr_any(payload)?;
+    match a.addr {
+        IpAddr::V6(addr) => Some(NlAddr6 {
+            ifindex: a.ifindex,
+            addr,
+            prefix_len: a.prefix_len,
+            flags: a.flags,
+            proto: a.proto,
+        }),
+        IpAddr::V4(_) => None,
+    }
+}
+
+struct AnyAddr {
+    ifindex: u32,
+    addr: IpAddr,
+    prefix_len: u8,
+    flags: u32,
+    proto: Option<u8>,
+}
+
+/// An ifaddrmsg (struct ifaddrmsg: family, prefixlen, flags, scope,
+/// index) with its attributes, either family.
+fn parse_ifaddr_any(payload: &[u8]) -> Option<AnyAddr> {
+    if payload.len() < 8 {
         return None;
     }
+    let size = match i32::from(payload[0]) {
+        libc::AF_INET => 4,
+        libc::AF_INET6 => 16,
+        _ => return None,
+    };
     let prefix_len = payload[1];
+    let mut flags = u32::from(payload[2]);
     let ifindex = u32::from_ne_bytes(payload[4..8].try_into().ok()?);
-    let (mut local, mut address) = (None, None);
+    let (mut local, mut address, mut proto) = (None, None, None);
     let mut off = 8;
     while off + 4 <= payload.len() {
         let len = u16::from_ne_bytes(payload[off..off + 2].try_into().ok()?) as usize;
@@ -593,20 +752,28 @@ fn parse_ifaddr(payload: &[u8]) -> Option<NlAddr> {
             break;
         }
         let data = &payload[off + 4..off + len];
-        if data.len() == 4 {
-            let ip = Ipv4Addr::new(data[0], data[1], data[2], data[3]);
-            match kind {
-                IFA_LOCAL => local = Some(ip),
-                IFA_ADDRESS => address = Some(ip),
-                _ => {}
+        let ip = match data.len() {
+            4 if size == 4 => Some(IpAddr::from(<[u8; 4]>::try_from(data).ok()?)),
+            16 if size == 16 => Some(IpAddr::from(<[u8; 16]>::try_from(data).ok()?)),
+            _ => None,
+        };
+        match (kind, ip) {
+            (IFA_LOCAL, Some(ip)) => local = Some(ip),
+            (IFA_ADDRESS, Some(ip)) => address = Some(ip),
+            (IFA_FLAGS, _) if data.len() == 4 => {
+                flags = u32::from_ne_bytes(data.try_into().ok()?);
             }
+            (IFA_PROTO, _) if data.len() == 1 => proto = Some(data[0]),
+            _ => {}
         }
         off += (len + 3) & !3;
     }
-    Some(NlAddr {
+    Some(AnyAddr {
         ifindex,
         addr: local.or(address)?,
         prefix_len,
+        flags,
+        proto,
     })
 }
 
@@ -626,15 +793,24 @@ impl AddrReader {
 
     /// Every IPv4 address in the namespace now.
     pub fn addrs(&self) -> Vec<NlAddr> {
+        self.dump(libc::AF_INET, parse_ifaddr)
+    }
+
+    /// Every IPv6 address in the namespace now (link-local ones included).
+    pub fn addrs6(&self) -> Vec<NlAddr6> {
+        self.dump(libc::AF_INET6, parse_ifaddr6)
+    }
+
+    fn dump<T>(&self, family: i32, parse: fn(&[u8]) -> Option<T>) -> Vec<T> {
         let fd = self.fd.lock().unwrap();
-        // nlmsghdr (16) + ifaddrmsg (8), family AF_INET, dump.
+        // nlmsghdr (16) + ifaddrmsg (8), the family's dump.
         let mut req = [0u8; 24];
         req[0..4].copy_from_slice(&24u32.to_ne_bytes());
         req[4..6].copy_from_slice(&RTM_GETADDR.to_ne_bytes());
         let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
         req[6..8].copy_from_slice(&flags.to_ne_bytes());
         req[8..12].copy_from_slice(&1u32.to_ne_bytes());
-        req[16] = libc::AF_INET as u8;
+        req[16] = u8::try_from(family).expect("address family fits u8");
         // SAFETY: req is valid for its length.
         let n = unsafe { libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
         assert!(
@@ -664,7 +840,7 @@ impl AddrReader {
                 match kind {
                     NLMSG_DONE => return out,
                     NLMSG_ERROR => panic!("netlink dump in {} answered an error", self.ns),
-                    RTM_NEWADDR => out.extend(parse_ifaddr(payload)),
+                    RTM_NEWADDR => out.extend(parse(payload)),
                     _ => {}
                 }
             }
@@ -672,9 +848,11 @@ impl AddrReader {
     }
 }
 
-/// Records every IPv4 address event in a namespace until stopped.
+/// Records every address event in a namespace until stopped: IPv4 in
+/// [`AddrMonitor::events`], IPv6 in [`AddrMonitor::events6`].
 pub struct AddrMonitor {
     events: Arc<Mutex<Vec<AddrEvent>>>,
+    events6: Arc<Mutex<Vec<Addr6Event>>>,
     overrun: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -683,12 +861,18 @@ pub struct AddrMonitor {
 impl AddrMonitor {
     /// Subscribes (before returning) and starts recording.
     pub fn start(ns: &Netns) -> AddrMonitor {
-        let fd = route_socket(ns, RTMGRP_IPV4_IFADDR);
+        let fd = route_socket(ns, RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR);
         let events = Arc::new(Mutex::new(Vec::new()));
+        let events6 = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let overrun = Arc::new(AtomicBool::new(false));
         let thread = {
-            let (events, stop, overrun) = (events.clone(), stop.clone(), overrun.clone());
+            let (events, events6, stop, overrun) = (
+                events.clone(),
+                events6.clone(),
+                stop.clone(),
+                overrun.clone(),
+            );
             std::thread::spawn(move || {
                 let mut buf = vec![0u8; 1 << 16];
                 while !stop.load(Ordering::Relaxed) {
@@ -696,6 +880,7 @@ impl AddrMonitor {
                         Ok(n) => {
                             let at = Instant::now();
                             let mut ev = events.lock().unwrap();
+                            let mut ev6 = events6.lock().unwrap();
                             for (kind, payload) in messages(&buf[..n]) {
                                 let new = match kind {
                                     RTM_NEWADDR => true,
@@ -704,6 +889,8 @@ impl AddrMonitor {
                                 };
                                 if let Some(addr) = parse_ifaddr(payload) {
                                     ev.push(AddrEvent { at, new, addr });
+                                } else if let Some(addr) = parse_ifaddr6(payload) {
+                                    ev6.push(Addr6Event { at, new, addr });
                                 }
                             }
                         }
@@ -717,6 +904,7 @@ impl AddrMonitor {
         };
         AddrMonitor {
             events,
+            events6,
             overrun,
             stop,
             thread: Some(thread),
@@ -730,6 +918,15 @@ impl AddrMonitor {
             "address monitor overran: events lost"
         );
         self.events.lock().unwrap().clone()
+    }
+
+    /// The IPv6 events so far. Panics if the socket overran.
+    pub fn events6(&self) -> Vec<Addr6Event> {
+        assert!(
+            !self.overrun.load(Ordering::Relaxed),
+            "address monitor overran: events lost"
+        );
+        self.events6.lock().unwrap().clone()
     }
 
     /// The first event of kind `new` for `addr` at or after `since`.

@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::io::{ErrorKind, Read, Write as _};
 use std::mem::MaybeUninit;
-use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpStream};
 use std::ops::Deref;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -30,6 +30,16 @@ pub const BRIDGES: [(&str, &str); 3] = [
     ("br0", "192.0.2.0/24"),
     ("br1", "198.51.100.0/24"),
     ("br2", "203.0.113.0/24"),
+];
+
+/// The IPv6 prefix each bridge carries beside its IPv4 subnet (same index
+/// as [`BRIDGES`]); hosts get addresses in it only when a test asks
+/// ([`Host::add_addr6`]). Besides these, lab interfaces have only the
+/// link-local addresses the kernel gives them.
+pub const BRIDGES_V6: [&str; 3] = [
+    "2001:db8:0:1::/64",
+    "2001:db8:0:2::/64",
+    "2001:db8:0:3::/64",
 ];
 
 /// Every lab's namespace names start with `vl<pid>-<n>-`; the stale sweep relies on it.
@@ -239,6 +249,11 @@ impl Lab {
             lab: self.shared.clone(),
         };
         self.shared.add_netns(&netns.ns);
+        // IPv6 on, whatever the machine's defaults: the interfaces made
+        // next take the namespace's `default` settings. DAD stays on as the
+        // kernel has it, so a VIP that skipped IFA_F_NODAD would show.
+        netns.sysctl("net.ipv6.conf.all.disable_ipv6", "0");
+        netns.sysctl("net.ipv6.conf.default.disable_ipv6", "0");
         netns.ip(&["link", "set", "lo", "up"]);
         let mut ifaces = Vec::new();
         for (i, hif) in ifs.iter().enumerate() {
@@ -646,6 +661,32 @@ impl Netns {
         addrs
     }
 
+    /// The IPv6 addresses on `ifname` (link-local ones included), in
+    /// kernel order, with their DAD flags.
+    pub fn ipv6_addrs(&self, ifname: &str) -> Vec<Addr6> {
+        let json = self.ip_json(&["-6", "addr", "show", "dev", ifname]);
+        let mut addrs = Vec::new();
+        for link in json.as_array().into_iter().flatten() {
+            for a in link["addr_info"].as_array().into_iter().flatten() {
+                let (Some(local), Some(len)) = (a["local"].as_str(), a["prefixlen"].as_u64())
+                else {
+                    continue;
+                };
+                let flag = |name: &str| a[name].as_bool() == Some(true);
+                addrs.push(Addr6 {
+                    addr: local
+                        .parse()
+                        .unwrap_or_else(|e| panic!("address {local}: {e}")),
+                    prefix_len: u8::try_from(len).expect("prefix length fits u8"),
+                    tentative: flag("tentative"),
+                    dadfailed: flag("dadfailed"),
+                    nodad: flag("nodad"),
+                });
+            }
+        }
+        addrs
+    }
+
     /// The MAC address of `ifname`, e.g. `"aa:bb:cc:dd:ee:ff"`.
     pub fn mac(&self, ifname: &str) -> String {
         let json = self.ip_json(&["link", "show", "dev", ifname]);
@@ -665,10 +706,13 @@ impl Netns {
             .any(|f| f == "LOWER_UP")
     }
 
-    /// The neighbour entry for `ip`, if the table has one.
-    pub fn neigh(&self, ip: Ipv4Addr) -> Option<Neighbour> {
+    /// The neighbour entry for `ip` (ARP for IPv4, NDP for IPv6), if the
+    /// table has one.
+    pub fn neigh(&self, ip: impl Into<IpAddr>) -> Option<Neighbour> {
+        let ip = ip.into();
         let ip_text = ip.to_string();
-        let json = self.ip_json(&["-4", "neigh", "show", "to", &ip_text]);
+        let family = if ip.is_ipv6() { "-6" } else { "-4" };
+        let json = self.ip_json(&[family, "neigh", "show", "to", &ip_text]);
         json.as_array()?
             .iter()
             .find(|e| e["dst"].as_str() == Some(ip_text.as_str()))
@@ -684,8 +728,9 @@ impl Netns {
             })
     }
 
-    /// `ping -c1 -W1 ip`: whether one echo came back.
-    pub fn ping(&self, ip: Ipv4Addr) -> bool {
+    /// `ping -c1 -W1 ip` (IPv4 or IPv6): whether one echo came back.
+    pub fn ping(&self, ip: impl Into<IpAddr>) -> bool {
+        let ip = ip.into();
         self.exec(&["ping", "-n", "-q", "-c1", "-W1", &ip.to_string()])
             .status
             .success()
@@ -719,13 +764,14 @@ impl Netns {
         })
     }
 
-    /// A TCP server thread in this namespace on `ip:port` (bound with
-    /// IP_FREEBIND, so `ip` may be a VIP that is not there yet; use
-    /// 0.0.0.0 to serve every address). Each connection gets the banner
-    /// `served-by <host>\n` and is closed. Stops on drop.
-    pub fn tcp_echo_server(&self, ip: Ipv4Addr, port: u16) -> ServerHandle {
+    /// A TCP server thread in this namespace on `ip:port`, IPv4 or IPv6
+    /// (bound with IP_FREEBIND, so `ip` may be a VIP that is not there yet;
+    /// use 0.0.0.0 or :: to serve every address of a family). Each
+    /// connection gets the banner `served-by <host>\n` and is closed. Stops
+    /// on drop.
+    pub fn tcp_echo_server(&self, ip: impl Into<IpAddr>, port: u16) -> ServerHandle {
         let banner = format!("served-by {}\n", self.label);
-        let addr = SocketAddr::V4(SocketAddrV4::new(ip, port));
+        let addr = SocketAddr::new(ip.into(), port);
         let path = self.path();
         let stop = Arc::new(AtomicBool::new(false));
         let served = Arc::new(AtomicUsize::new(0));
@@ -780,8 +826,8 @@ impl Netns {
     /// Connects to `ip:port` from this namespace and reads what the server
     /// sends until it closes (or `timeout`). `None` when the connection fails
     /// or nothing arrives.
-    pub fn tcp_probe(&self, ip: Ipv4Addr, port: u16, timeout: Duration) -> Option<String> {
-        let addr = SocketAddr::V4(SocketAddrV4::new(ip, port));
+    pub fn tcp_probe(&self, ip: impl Into<IpAddr>, port: u16, timeout: Duration) -> Option<String> {
+        let addr = SocketAddr::new(ip.into(), port);
         self.in_netns(|| {
             let deadline = Instant::now() + timeout;
             let mut stream = TcpStream::connect_timeout(&addr, timeout).ok()?;
@@ -804,6 +850,12 @@ impl Netns {
     /// Records every ARP frame seen on `ifname` (both directions) until stopped.
     pub fn capture_arp(&self, ifname: &str) -> ArpCapture {
         self.capture(ifname, libc::ETH_P_ARP as u16)
+    }
+
+    /// Records every IPv6 frame seen on `ifname` (both directions) until
+    /// stopped; [`ArpCapture::ndp_frames`] picks out Neighbor Discovery.
+    pub fn capture_ndp(&self, ifname: &str) -> ArpCapture {
+        self.capture(ifname, libc::ETH_P_IPV6 as u16)
     }
 
     /// Records every frame of ethertype `proto` (`libc::ETH_P_ALL` for all) on
@@ -990,9 +1042,15 @@ fn enter_netns(path: &Path) {
 }
 
 fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
-    socket.set_freebind(true)?;
+    if addr.is_ipv6() {
+        // One family per server, as for IPv4.
+        socket.set_only_v6(true)?;
+        socket.set_freebind_ipv6(true)?;
+    } else {
+        socket.set_freebind(true)?;
+    }
     socket.bind(&addr.into())?;
     socket.listen(128)?;
     socket.set_nonblocking(true)?;
@@ -1107,6 +1165,29 @@ impl Host {
         self.ip(&["route", "add", "default", "via", gateway]);
     }
 
+    /// `ip -6 route add default via <gateway> dev <ifname>`.
+    pub fn add_default_route6(&self, gateway: &str, ifname: &str) {
+        self.ip(&[
+            "-6", "route", "add", "default", "via", gateway, "dev", ifname,
+        ]);
+    }
+
+    /// `ip -6 addr add <cidr> dev <ifname> nodad`: the lab's own IPv6
+    /// addresses skip DAD, so a test never waits for them to leave
+    /// `tentative`. Only 2001:db8::/32 (the lab's range) is accepted.
+    pub fn add_addr6(&self, ifname: &str, cidr: &str) {
+        let addr: Ipv6Addr = cidr
+            .split('/')
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("{cidr}: not an IPv6 address/prefix"));
+        assert!(
+            addr.segments()[..2] == [0x2001, 0x0db8],
+            "{cidr}: lab IPv6 addresses come from 2001:db8::/32 only"
+        );
+        self.ip(&["-6", "addr", "add", cidr, "dev", ifname, "nodad"]);
+    }
+
     /// `ip addr add <cidr> dev <ifname>`.
     pub fn add_addr(&self, ifname: &str, cidr: &str) {
         self.ip(&["addr", "add", cidr, "dev", ifname]);
@@ -1116,6 +1197,16 @@ impl Host {
     pub fn del_addr(&self, ifname: &str, cidr: &str) {
         self.ip(&["addr", "del", cidr, "dev", ifname]);
     }
+}
+
+/// An IPv6 address as `ip -j -6 addr` shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Addr6 {
+    pub addr: Ipv6Addr,
+    pub prefix_len: u8,
+    pub tentative: bool,
+    pub dadfailed: bool,
+    pub nodad: bool,
 }
 
 /// A neighbour table entry (`ip -j neigh`).
@@ -1251,6 +1342,12 @@ impl CapturedFrame {
     pub fn arp(&self) -> Option<ArpFrame> {
         ArpFrame::parse(&self.bytes)
     }
+
+    /// The frame parsed as a Neighbor Solicitation or Advertisement, if
+    /// it is one.
+    pub fn ndp(&self) -> Option<NdpFrame> {
+        NdpFrame::parse(&self.bytes)
+    }
 }
 
 /// An AF_PACKET capture thread; stops on [`ArpCapture::stop`] or drop.
@@ -1271,6 +1368,14 @@ impl ArpCapture {
         self.frames()
             .into_iter()
             .filter_map(|f| f.arp().map(|a| (f, a)))
+            .collect()
+    }
+
+    /// The Neighbor Discovery frames (NS, NA) so far, parsed.
+    pub fn ndp_frames(&self) -> Vec<(CapturedFrame, NdpFrame)> {
+        self.frames()
+            .into_iter()
+            .filter_map(|f| f.ndp().map(|n| (f, n)))
             .collect()
     }
 
@@ -1332,6 +1437,110 @@ impl ArpFrame {
     pub fn is_gratuitous(&self) -> bool {
         self.spa == self.tpa
     }
+}
+
+/// Ethernet + IPv6 + a Neighbor Solicitation (135) or Advertisement (136),
+/// with no extension headers (what NDP senders use).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NdpFrame {
+    pub eth_dst: [u8; 6],
+    pub eth_src: [u8; 6],
+    pub src: Ipv6Addr,
+    pub dst: Ipv6Addr,
+    pub hop_limit: u8,
+    /// 135 solicitation, 136 advertisement.
+    pub icmp_type: u8,
+    pub code: u8,
+    /// NA flags (all false in a solicitation).
+    pub router: bool,
+    pub solicited: bool,
+    pub override_flag: bool,
+    pub target: Ipv6Addr,
+    /// The link-layer address option: target's in an NA (type 2), source's
+    /// in an NS (type 1).
+    pub lladdr: Option<[u8; 6]>,
+    /// The ICMPv6 checksum over the pseudo-header verifies.
+    pub checksum_ok: bool,
+}
+
+impl NdpFrame {
+    pub const SOLICITATION: u8 = 135;
+    pub const ADVERTISEMENT: u8 = 136;
+
+    pub fn parse(b: &[u8]) -> Option<NdpFrame> {
+        if b.len() < 14 + 40 + 24 || b[12..14] != [0x86, 0xdd] || b[14] >> 4 != 6 || b[20] != 58 {
+            return None;
+        }
+        let payload_len = usize::from(u16::from_be_bytes([b[18], b[19]]));
+        let icmp = b.get(54..54 + payload_len)?;
+        let icmp_type = icmp[0];
+        if icmp.len() < 24 || !matches!(icmp_type, Self::SOLICITATION | Self::ADVERTISEMENT) {
+            return None;
+        }
+        let mac = |at: usize| -> [u8; 6] { b[at..at + 6].try_into().expect("6 bytes") };
+        let ip6 = |s: &[u8]| Ipv6Addr::from(<[u8; 16]>::try_from(s).expect("16 bytes"));
+        let (src, dst) = (ip6(&b[22..38]), ip6(&b[38..54]));
+        let want_option = if icmp_type == Self::ADVERTISEMENT {
+            2
+        } else {
+            1
+        };
+        let mut lladdr = None;
+        let mut off = 24;
+        while off + 8 <= icmp.len() {
+            let len = usize::from(icmp[off + 1]) * 8;
+            if len == 0 || off + len > icmp.len() {
+                break;
+            }
+            if icmp[off] == want_option && len == 8 {
+                lladdr = Some(icmp[off + 2..off + 8].try_into().expect("6 bytes"));
+            }
+            off += len;
+        }
+        let flags = icmp[4];
+        Some(NdpFrame {
+            eth_dst: mac(0),
+            eth_src: mac(6),
+            src,
+            dst,
+            hop_limit: b[21],
+            icmp_type,
+            code: icmp[1],
+            router: icmp_type == Self::ADVERTISEMENT && flags & 0x80 != 0,
+            solicited: icmp_type == Self::ADVERTISEMENT && flags & 0x40 != 0,
+            override_flag: icmp_type == Self::ADVERTISEMENT && flags & 0x20 != 0,
+            target: ip6(&icmp[8..24]),
+            lladdr,
+            checksum_ok: icmpv6_checksum(src, dst, icmp) == 0,
+        })
+    }
+
+    /// An unsolicited advertisement (as vipd announces a VIP).
+    pub fn is_unsolicited_na(&self) -> bool {
+        self.icmp_type == Self::ADVERTISEMENT && !self.solicited
+    }
+}
+
+/// RFC 1071 sum over the IPv6 pseudo-header and `icmp` (checksum field
+/// included): 0 for a correct message.
+fn icmpv6_checksum(src: Ipv6Addr, dst: Ipv6Addr, icmp: &[u8]) -> u16 {
+    let mut data = Vec::with_capacity(40 + icmp.len() + 1);
+    data.extend_from_slice(&src.octets());
+    data.extend_from_slice(&dst.octets());
+    data.extend_from_slice(&u32::try_from(icmp.len()).unwrap_or(u32::MAX).to_be_bytes());
+    data.extend_from_slice(&[0, 0, 0, 58]);
+    data.extend_from_slice(icmp);
+    if data.len() % 2 == 1 {
+        data.push(0);
+    }
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
 }
 
 /// `aa:bb:cc:dd:ee:ff`, the form `ip` prints.
@@ -1483,5 +1692,34 @@ mod tests {
         assert_eq!(fmt_mac(a.sha), "02:00:00:00:00:01");
         assert!(!a.is_gratuitous());
         assert!(ArpFrame::parse(&f[..41]).is_none());
+    }
+
+    #[test]
+    fn parses_an_unsolicited_na() {
+        #[rustfmt::skip]
+        let mut f = vec![
+            0x33, 0x33, 0, 0, 0, 1, 2, 0, 0x5e, 0x10, 0x20, 0x30, 0x86, 0xdd,
+            0x60, 0, 0, 0, 0, 0x20, 58, 255,
+            0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01, 0x00,
+            0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01,
+            0x88, 0, 0x78, 0xed, 0x20, 0, 0, 0,
+            0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01, 0x00,
+            2, 1, 2, 0, 0x5e, 0x10, 0x20, 0x30,
+        ];
+        let n = NdpFrame::parse(&f).expect("an NA");
+        let vip: Ipv6Addr = "2001:db8::100".parse().unwrap();
+        assert_eq!(
+            (n.src, n.target, n.dst),
+            (vip, vip, "ff02::1".parse().unwrap())
+        );
+        assert_eq!(n.hop_limit, 255);
+        assert!(n.is_unsolicited_na() && n.override_flag && !n.router);
+        assert_eq!(n.lladdr, Some([2, 0, 0x5e, 0x10, 0x20, 0x30]));
+        assert!(n.checksum_ok);
+        f[57] ^= 1;
+        assert!(!NdpFrame::parse(&f).unwrap().checksum_ok);
+        assert!(NdpFrame::parse(&f[..60]).is_none());
+        f[20] = 17;
+        assert!(NdpFrame::parse(&f).is_none(), "UDP is not NDP");
     }
 }

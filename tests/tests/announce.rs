@@ -179,7 +179,7 @@ fn both_forms_for_three_vips_on_the_wire() {
         assert_eq!(frames.len(), 6, "frames on vb: {frames:?}");
         for (i, (_, f)) in frames.iter().enumerate() {
             let p = parse_arp(f).expect("an ARP frame");
-            let v = vip(i / 2).addr();
+            let v = vip(i / 2).v4().unwrap();
             let (oper, tha) = if i % 2 == 0 {
                 (1, [0xff; 6])
             } else {
@@ -265,7 +265,7 @@ fn two_hundred_frames_at_100_per_second() {
             "200 frames took {spread:?}"
         );
         for (i, (_, f)) in frames.iter().enumerate() {
-            assert_eq!(parse_arp(f).unwrap().spa, vip(i).addr(), "in order");
+            assert_eq!(parse_arp(f).unwrap().spa, vip(i).v4().unwrap(), "in order");
         }
     });
 }

@@ -6,6 +6,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
+    net::Ipv6Addr,
     sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -21,10 +22,10 @@ use vipd_common::HeldVip;
 
 use crate::{
     announce::{Announcement, Announcer},
-    arp_offload::{ArpOffload, ConflictReader, XdpAttachment},
+    arp_offload::{ArpOffload, ConflictReader, ConflictReader6, OffloadError, XdpAttachment},
     config::{EngineArgs, XdpArgs, XdpMode},
     net::{
-        Link, Placement,
+        AddrState, Link, Placement,
         netlink::{NetEvent, NetSnapshot, Netlink, enable_promote_secondaries, monitor},
     },
     reconcile::{self, Action, Verdict},
@@ -189,7 +190,14 @@ impl Engine {
 
     /// Runs until `cancel`, then steps down: stop announcing, stop XDP
     /// replies, remove the VIPs, report that nothing is held.
-    pub async fn run(mut self, mut conflicts: Option<ConflictReader>, cancel: CancellationToken) {
+    /// `conflicts` and `conflicts6` are the XDP program's reports of
+    /// foreign claims, ARP and NDP.
+    pub async fn run(
+        mut self,
+        mut conflicts: Option<ConflictReader>,
+        mut conflicts6: Option<ConflictReader6>,
+        cancel: CancellationToken,
+    ) {
         let mut events = if self.engine.netlink_events {
             match monitor() {
                 Ok(rx) => Some(rx),
@@ -234,6 +242,7 @@ impl Engine {
                 },
                 () = sleep_opt(lease_end) => self.lease_ran_out().await,
                 Some(c) = next_conflict(&mut conflicts) => self.on_conflict(c),
+                Some(c) = next_conflict(&mut conflicts6) => self.on_conflict6(c),
                 () = sleep_opt(sync_due) => self.sync_round().await,
                 () = sleep_opt(conflict_due) => self.answer_due_conflicts(),
                 () = sleep_opt(self.delivery_check) => self.check_delivery(),
@@ -323,7 +332,7 @@ impl Engine {
             && Instant::now() < lease.until
         {
             let entries = self.xdp_entries();
-            if let Err(e) = off.lock().expect("offload lock").set_held(&entries) {
+            if let Err(e) = set_held(&mut off.lock().expect("offload lock"), &entries) {
                 warn!(error = %e, "cannot extend the XDP held-VIP entries");
             }
         }
@@ -395,9 +404,26 @@ impl Engine {
         let Ok(vip) = Vip::new(ev.vip.into()) else {
             return;
         };
+        self.on_claim(vip, ev.ifindex, ev.mac);
+    }
+
+    /// A foreign NDP claim (an advertisement of our VIP, a DAD probe for
+    /// it, a solicitation from it): handled as an ARP one, and answered
+    /// with one unsolicited NA.
+    fn on_conflict6(&mut self, ev: vipd_common::ConflictEvent6) {
+        let Ok(vip) = Vip::new_v6(ev.vip.into()) else {
+            return;
+        };
+        self.on_claim(vip, ev.ifindex, ev.mac);
+    }
+
+    /// Another node claims `vip` from `mac` on `ifindex`: count it, log it
+    /// (rate-limited), and, if we lead, answer with an announcement (at most
+    /// one per VIP per [`CONFLICT_ANSWER_EVERY`]).
+    fn on_claim(&mut self, vip: Vip, ifindex: u32, mac: [u8; 6]) {
         let now = Instant::now();
-        let mac = crate::net::format_mac(&ev.mac);
-        let ifname = self.link_name(ev.ifindex);
+        let mac = crate::net::format_mac(&mac);
+        let ifname = self.link_name(ifindex);
         let mut st = self
             .status
             .borrow()
@@ -505,6 +531,21 @@ impl Engine {
         let empty = BTreeSet::new();
         let wanted = if leader { &self.applied.vips } else { &empty };
         let plan = reconcile::plan(wanted, &snap.routes, &snap.addresses);
+        for (vip, address) in &plan.unusable {
+            let ifname = self.name_in(&snap, address.ifindex);
+            if address.state == AddrState::DadFailed {
+                // Reported as an error of the pass: another host answered
+                // for the VIP, which is also a conflict to look into.
+                let msg = format!(
+                    "VIP {vip} on {ifname} failed duplicate address detection (another host answers for it): removed, and added again without DAD"
+                );
+                error!(vip = %vip, ifname = %ifname, "{msg}");
+                errors.push(msg);
+            } else {
+                warn!(vip = %vip, ifname = %ifname, state = ?address.state,
+                      "VIP address is not usable yet; replacing it with one without DAD");
+            }
+        }
 
         // Removals first, and the XDP map forgets a VIP before it goes.
         let removing: BTreeSet<Vip> = plan
@@ -523,7 +564,7 @@ impl Engine {
                 .into_iter()
                 .filter(|(v, _)| !removing.contains(v))
                 .collect();
-            if let Err(e) = off.lock().expect("offload lock").set_held(&keep) {
+            if let Err(e) = set_held(&mut off.lock().expect("offload lock"), &keep) {
                 errors.push(format!("XDP held map: {e}"));
             }
         }
@@ -864,7 +905,19 @@ impl Engine {
                 }
             }
         }
-        if let Err(e) = off.set_watched(&self.applied.vips) {
+        let watched: BTreeSet<Vip> = self
+            .applied
+            .vips
+            .iter()
+            .copied()
+            .filter(|v| v.v4().is_some())
+            .collect();
+        let watched6: BTreeSet<Ipv6Addr> =
+            self.applied.vips.iter().filter_map(|v| v.v6()).collect();
+        if let Err(e) = off.set_watched(&watched) {
+            errors.push(e.to_string());
+        }
+        if let Err(e) = off.set_watched6(&watched6) {
             errors.push(e.to_string());
         }
         let entries: BTreeMap<Vip, HeldVip> =
@@ -887,11 +940,29 @@ impl Engine {
             } else {
                 BTreeMap::new()
             };
-        if let Err(e) = off.set_held(&entries) {
+        if let Err(e) = set_held(&mut off, &entries) {
             errors.push(e.to_string());
         }
         errors
     }
+}
+
+/// Makes the XDP held maps hold exactly `entries`: IPv4 VIPs in the ARP
+/// map, IPv6 VIPs in the NDP map. Both are written even when one fails;
+/// the first error is returned.
+fn set_held(off: &mut ArpOffload, entries: &BTreeMap<Vip, HeldVip>) -> Result<(), OffloadError> {
+    let v4: BTreeMap<Vip, HeldVip> = entries
+        .iter()
+        .filter(|(v, _)| v.v4().is_some())
+        .map(|(v, h)| (*v, *h))
+        .collect();
+    let v6: BTreeMap<Ipv6Addr, HeldVip> = entries
+        .iter()
+        .filter_map(|(v, h)| Some((v.v6()?, *h)))
+        .collect();
+    let r4 = off.set_held(&v4);
+    let r6 = off.set_held6(&v6);
+    r4.and(r6)
 }
 
 /// VIPs configured with our mark once the pass's actions ran.
@@ -904,7 +975,7 @@ fn snap_held_after(
     // Marked addresses the plan did not touch successfully still count: a
     // failed removal leaves the VIP on this node, and the source must know.
     for a in snap.addresses.iter().filter(|a| a.owned) {
-        if let Ok(v) = Vip::new(a.addr) {
+        if let Ok(v) = Vip::from_ip(a.addr) {
             let planned_removal = plan
                 .actions
                 .iter()
@@ -924,7 +995,7 @@ async fn recv_opt(rx: &mut Option<mpsc::Receiver<NetEvent>>) -> Option<NetEvent>
     }
 }
 
-async fn next_conflict(r: &mut Option<ConflictReader>) -> Option<vipd_common::ConflictEvent> {
+async fn next_conflict<E: aya::Pod>(r: &mut Option<ConflictReader<E>>) -> Option<E> {
     match r {
         Some(r) => r.next().await,
         None => std::future::pending().await,

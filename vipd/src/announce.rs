@@ -1,10 +1,12 @@
-//! Announcing VIPs: paced gratuitous ARP per interface (R7, R9). One task
-//! owns the sockets and the queues; callers hand it batches, and a node that
-//! steps down drops everything still queued at once with `clear()`, so it
-//! never announces a VIP it no longer holds.
+//! Announcing VIPs: paced gratuitous ARP (IPv4) and unsolicited Neighbor
+//! Advertisements (IPv6) per interface (R7, R9, R17), both under one budget
+//! per interface. One task owns the sockets and the queues; callers hand it
+//! batches, and a node that steps down drops everything still queued at
+//! once with `clear()`, so it never announces a VIP it no longer holds.
 
 use std::{
     collections::{BTreeMap, VecDeque},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
         atomic::{AtomicU64, Ordering},
@@ -18,7 +20,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::{
-    net::garp::{GarpForm, GarpMode, GarpSocket, garp_frame},
+    net::{
+        garp::{GarpForm, GarpMode, GarpSocket, garp_frame},
+        ndp::{forwarding, na_frame},
+    },
     vip::Vip,
 };
 
@@ -179,12 +184,22 @@ impl Pace {
     }
 }
 
+/// One frame of an announcement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FrameKind {
+    /// A gratuitous ARP frame of this form for an IPv4 VIP.
+    Arp(GarpForm, Ipv4Addr),
+    /// One unsolicited Neighbor Advertisement for an IPv6 VIP; the Router
+    /// flag as the interface forwarded when the batch was queued.
+    Na { router: bool, vip: Ipv6Addr },
+}
+
 /// One frame waiting to be sent.
 struct Pending {
     generation: u64,
     until: Option<Instant>,
     announcement: Announcement,
-    form: GarpForm,
+    kind: FrameKind,
 }
 
 impl Pending {
@@ -242,6 +257,7 @@ impl SendTask {
 
     fn enqueue(&mut self, batch: Batch) {
         let now = Instant::now();
+        let mut routers: BTreeMap<u32, bool> = BTreeMap::new();
         for announcement in batch.announcements {
             let rate = self.rate;
             let iface = self
@@ -253,13 +269,28 @@ impl SendTask {
                     socket: None,
                     failing: false,
                 });
-            for &form in self.mode.forms() {
+            let mut push = |kind| {
                 iface.queue.push_back(Pending {
                     generation: batch.generation,
                     until: batch.until,
                     announcement,
-                    form,
+                    kind,
                 });
+            };
+            match announcement.vip.ip() {
+                IpAddr::V6(vip) => {
+                    // Read per batch and interface, not per frame: a batch
+                    // of thousands reads the sysctl once.
+                    let router = *routers
+                        .entry(announcement.ifindex)
+                        .or_insert_with(|| ipv6_forwarding(announcement.ifindex));
+                    push(FrameKind::Na { router, vip });
+                }
+                IpAddr::V4(vip) => {
+                    for &form in self.mode.forms() {
+                        push(FrameKind::Arp(form, vip));
+                    }
+                }
             }
         }
     }
@@ -348,13 +379,15 @@ fn send_one(shared: &Shared, ifindex: u32, iface: &mut Interface, pending: &Pend
         if pending.stale(shared.generation.load(Ordering::SeqCst), Instant::now()) {
             return;
         }
-        let frame = garp_frame(pending.form, mac, vip.addr());
         let socket = match iface.socket.take() {
             Some(s) => Ok(s),
             None => GarpSocket::open(ifindex),
         };
         socket.and_then(|s| {
-            s.send(&frame)?;
+            match pending.kind {
+                FrameKind::Arp(form, v4) => s.send(&garp_frame(form, mac, v4))?,
+                FrameKind::Na { router, vip } => s.send(&na_frame(mac, vip, router))?,
+            }
             iface.socket = Some(s);
             Ok(())
         })
@@ -366,7 +399,7 @@ fn send_one(shared: &Shared, ifindex: u32, iface: &mut Interface, pending: &Pend
             entry.frames_sent += 1;
             entry.last_sent_unix_ms = Some(unix_ms());
             shared.total_sent.fetch_add(1, Ordering::SeqCst);
-            debug!(vip = %vip, ifindex, form = ?pending.form, "sent gratuitous ARP");
+            debug!(vip = %vip, ifindex, frame = ?pending.kind, "sent announcement");
             if iface.failing {
                 iface.failing = false;
                 info!(ifindex, "gratuitous ARP sends work again");
@@ -377,12 +410,31 @@ fn send_one(shared: &Shared, ifindex: u32, iface: &mut Interface, pending: &Pend
             // The socket was dropped above (taken, not put back): reopen next time.
             if !iface.failing {
                 iface.failing = true;
-                warn!(vip = %vip, ifindex, %error, "cannot send gratuitous ARP");
+                warn!(vip = %vip, ifindex, %error, "cannot send announcement");
             } else {
-                debug!(vip = %vip, ifindex, %error, "cannot send gratuitous ARP");
+                debug!(vip = %vip, ifindex, %error, "cannot send announcement");
             }
         }
     }
+}
+
+/// Whether interface `ifindex` forwards IPv6 (Router flag of its
+/// advertisements). Unknown counts as not: a host's advertisement never
+/// claims to be a router by mistake.
+fn ipv6_forwarding(ifindex: u32) -> bool {
+    let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: the buffer holds IF_NAMESIZE bytes, as if_indextoname needs.
+    let p = unsafe { libc::if_indextoname(ifindex, name.as_mut_ptr()) };
+    if p.is_null() {
+        debug!(ifindex, "interface gone; Router flag off");
+        return false;
+    }
+    // SAFETY: if_indextoname wrote a NUL-terminated name into the buffer.
+    let name = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) }.to_string_lossy();
+    forwarding(&name).unwrap_or_else(|error| {
+        debug!(ifindex, %error, "cannot read IPv6 forwarding; Router flag off");
+        false
+    })
 }
 
 fn unix_ms() -> u64 {

@@ -19,6 +19,7 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
+use vipd_common::ArpCounters;
 
 use crate::{
     agent::{EngineStatus, SharedOffload},
@@ -64,7 +65,11 @@ pub enum Request {
     ArpStats,
 }
 
-/// One row of `vipctl arp stats`.
+/// One row of `vipctl arp stats`. For an IPv6 VIP the counters are of
+/// Neighbor Discovery: solicitations for requests, the XDP program's
+/// solicited advertisements for replies, advertisements of the VIP for
+/// announcements, unsolicited Neighbor Advertisements sent for announcements
+/// sent.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct ArpStatsRow {
     pub vip: Vip,
@@ -127,10 +132,23 @@ impl ApiState {
 
     pub fn arp_stats(&self) -> ArpStats {
         let e = self.engine.borrow().clone();
-        let counters = self
+        // ARP counters for IPv4 VIPs and NDP counters for IPv6 ones, in
+        // the same fields (docs/API.md).
+        let counters: BTreeMap<Vip, ArpCounters> = self
             .offload
             .as_ref()
-            .and_then(|o| o.lock().ok().and_then(|o| o.counters().ok()))
+            .and_then(|o| {
+                let o = o.lock().ok()?;
+                // One family's map unreadable: the other's counters still show.
+                let mut all = o.counters().unwrap_or_default();
+                all.extend(
+                    o.counters6()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter_map(|(a, c)| Some((Vip::new_v6(a).ok()?, c))),
+                );
+                Some(all)
+            })
             .unwrap_or_default();
         let sent = self.announcer.stats();
         let mut vips: BTreeMap<Vip, ArpStatsRow> = BTreeMap::new();

@@ -129,7 +129,7 @@ pub fn render(state: &ApiState) -> String {
     metric(
         "vipd_announcements_sent_total",
         "counter",
-        "Gratuitous ARP frames sent.",
+        "Announcement frames sent (gratuitous ARP, unsolicited Neighbor Advertisements).",
         &[(String::new(), total_sent as f64)],
     );
     let per_vip = |f: &dyn Fn(&crate::api::ArpStatsRow) -> u64| -> Vec<(String, f64)> {
@@ -151,25 +151,25 @@ pub fn render(state: &ApiState) -> String {
     metric(
         "vipd_arp_requests_total",
         "counter",
-        "ARP requests for the VIP seen by XDP.",
+        "Requests for the VIP seen by XDP (ARP requests; Neighbor Solicitations for IPv6).",
         &per_vip(&|v| v.requests),
     );
     metric(
         "vipd_arp_xdp_replies_total",
         "counter",
-        "ARP requests answered by XDP.",
+        "Requests answered by XDP (ARP replies; solicited Neighbor Advertisements for IPv6).",
         &per_vip(&|v| v.xdp_replies),
     );
     metric(
         "vipd_arp_announcements_seen_total",
         "counter",
-        "ARP replies and gratuitous announcements about the VIP seen by XDP.",
+        "Announcements about the VIP seen by XDP (ARP replies and gratuitous ARP; Neighbor Advertisements for IPv6).",
         &per_vip(&|v| v.announcements_seen),
     );
     metric(
         "vipd_arp_announcements_sent_total",
         "counter",
-        "Gratuitous ARP frames this agent sent for the VIP.",
+        "Announcement frames this agent sent for the VIP (gratuitous ARP; unsolicited Neighbor Advertisements for IPv6).",
         &per_vip(&|v| v.announcements_sent),
     );
     metric(

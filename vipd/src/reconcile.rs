@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use serde::Serialize;
 
 use crate::{
-    net::{Address, Placement, RouteTable, prefix_mask},
+    net::{AddrState, Address, Placement, RouteTable, in_prefix},
     vip::Vip,
 };
 
@@ -48,6 +48,10 @@ pub enum Verdict {
 pub struct Plan {
     pub actions: Vec<Action>,
     pub verdicts: Vec<(Vip, Verdict)>,
+    /// Our own copies of wanted IPv6 VIPs that DAD left unusable
+    /// (`tentative` or `dadfailed`): removed and added again without DAD.
+    /// Reported, since `dadfailed` means another host answered for the VIP.
+    pub unusable: Vec<(Vip, Address)>,
 }
 
 impl Plan {
@@ -70,9 +74,10 @@ pub fn plan(wanted: &BTreeSet<Vip>, routes: &RouteTable, addrs: &[Address]) -> P
     let mut removes = Vec::new();
     let mut adds = Vec::new();
     let mut verdicts = Vec::new();
+    let mut unusable = Vec::new();
 
     for &vip in wanted {
-        let copies: Vec<&Address> = addrs.iter().filter(|a| a.addr == vip.addr()).collect();
+        let copies: Vec<&Address> = addrs.iter().filter(|a| a.addr == vip.ip()).collect();
         let placement = routes.placement(vip);
 
         if let Some(op) = copies.iter().find(|a| !a.owned) {
@@ -98,9 +103,18 @@ pub fn plan(wanted: &BTreeSet<Vip>, routes: &RouteTable, addrs: &[Address]) -> P
         };
         let mut in_place = false;
         for a in &copies {
-            if a.ifindex == placement.ifindex && a.prefix_len == placement.prefix_len && !in_place {
+            let usable = match a.state {
+                // Without DAD it serves the moment its link is up.
+                AddrState::Usable | AddrState::AwaitingLink => true,
+                AddrState::Tentative | AddrState::DadFailed => false,
+            };
+            let placed = a.ifindex == placement.ifindex && a.prefix_len == placement.prefix_len;
+            if placed && usable && !in_place {
                 in_place = true;
             } else {
+                if placed && !usable {
+                    unusable.push((vip, (*a).clone()));
+                }
                 // On another interface, or with another prefix: stale.
                 removes.push(remove(vip, a, addrs));
             }
@@ -115,7 +129,7 @@ pub fn plan(wanted: &BTreeSet<Vip>, routes: &RouteTable, addrs: &[Address]) -> P
 
     // Marked addresses that no wanted VIP accounts for: residue.
     for a in addrs.iter().filter(|a| a.owned) {
-        let Ok(vip) = Vip::new(a.addr) else {
+        let Ok(vip) = Vip::from_ip(a.addr) else {
             // Marked but not a valid VIP: not ours to judge; leave it.
             continue;
         };
@@ -128,6 +142,7 @@ pub fn plan(wanted: &BTreeSet<Vip>, routes: &RouteTable, addrs: &[Address]) -> P
     Plan {
         actions: removes,
         verdicts,
+        unusable,
     }
 }
 
@@ -139,14 +154,18 @@ fn remove(vip: Vip, address: &Address, all: &[Address]) -> Action {
     }
 }
 
-/// Whether `a` is the first address of its subnet on its interface while
-/// other addresses share that subnet: with `promote_secondaries=0` the
-/// kernel deletes those along with it (docs/DESIGN.md, facts).
+/// Whether `a` is the first IPv4 address of its subnet on its interface
+/// while other addresses share that subnet: with `promote_secondaries=0` the
+/// kernel deletes those along with it (docs/DESIGN.md, facts). IPv6 has no
+/// primary addresses.
 fn is_primary_with_company(a: &Address, all: &[Address]) -> bool {
-    let mask = prefix_mask(a.prefix_len);
-    let net = u32::from(a.addr) & mask;
+    if !a.addr.is_ipv4() {
+        return false;
+    }
     let mut same_subnet = all.iter().filter(|b| {
-        b.ifindex == a.ifindex && b.prefix_len == a.prefix_len && u32::from(b.addr) & mask == net
+        b.ifindex == a.ifindex
+            && b.prefix_len == a.prefix_len
+            && in_prefix(b.addr, a.addr, a.prefix_len)
     });
     // Dumps list a subnet's primary first (the kernel keeps that order).
     let first_is_a = same_subnet.next().is_some_and(|b| b.addr == a.addr);
@@ -172,6 +191,7 @@ mod tests {
             addr: s.parse().unwrap(),
             prefix_len,
             owned,
+            state: AddrState::Usable,
         }
     }
 
@@ -416,5 +436,147 @@ mod tests {
     fn marked_invalid_address_is_left_alone() {
         let a = vec![addr("127.0.0.5", 8, 1, true)];
         assert!(plan(&BTreeSet::new(), &routes(), &a).is_noop());
+    }
+
+    /// if1: 192.0.2.0/24 and 2001:db8:1::/64, default via if3 for both.
+    fn dual_routes() -> RouteTable {
+        let mut t = routes();
+        let r = |dst: &str, prefix_len, ifindex| Route {
+            dst: dst.parse().unwrap(),
+            prefix_len,
+            ifindex,
+            gateway: None,
+            metric: 256,
+        };
+        t.routes.push(r("2001:db8:1::", 64, 1));
+        t.routes.push(r("::", 0, 3));
+        t
+    }
+
+    #[test]
+    fn both_families_are_planned_side_by_side() {
+        let mut a = node_addrs();
+        a.push(addr("2001:db8:1::1", 64, 1, false));
+        let p = plan(
+            &wanted(&["192.0.2.100", "2001:db8:1::100", "2001:db8:9::9"]),
+            &dual_routes(),
+            &a,
+        );
+        assert_eq!(
+            p.actions,
+            vec![
+                Action::Add {
+                    vip: vip("192.0.2.100"),
+                    placement: Placement {
+                        ifindex: 1,
+                        prefix_len: 24
+                    }
+                },
+                Action::Add {
+                    vip: vip("2001:db8:1::100"),
+                    placement: Placement {
+                        ifindex: 1,
+                        prefix_len: 64
+                    }
+                },
+                Action::Add {
+                    vip: vip("2001:db8:9::9"),
+                    placement: Placement {
+                        ifindex: 3,
+                        prefix_len: 128
+                    }
+                },
+            ]
+        );
+        assert!(p.unusable.is_empty());
+    }
+
+    #[test]
+    fn v6_in_place_is_a_noop_and_residue_is_removed_without_guard() {
+        let mut a = node_addrs();
+        a.push(addr("2001:db8:1::100", 64, 1, true));
+        let p = plan(&wanted(&["2001:db8:1::100"]), &dual_routes(), &a);
+        assert!(p.is_noop(), "{:?}", p.actions);
+        // A v6 VIP listed first in its prefix is no primary: no guard.
+        a.push(addr("2001:db8:1::1", 64, 1, false));
+        let p = plan(&BTreeSet::new(), &dual_routes(), &a);
+        assert_eq!(
+            p.actions,
+            vec![Action::Remove {
+                vip: vip("2001:db8:1::100"),
+                address: a[2].clone(),
+                guards_secondaries: false
+            }]
+        );
+    }
+
+    #[test]
+    fn dad_failed_or_tentative_copy_is_replaced_and_reported() {
+        for state in [AddrState::DadFailed, AddrState::Tentative] {
+            let mut a = node_addrs();
+            let mut bad = addr("2001:db8:1::100", 64, 1, true);
+            bad.state = state;
+            a.push(bad.clone());
+            let p = plan(&wanted(&["2001:db8:1::100"]), &dual_routes(), &a);
+            let placement = Placement {
+                ifindex: 1,
+                prefix_len: 64,
+            };
+            assert_eq!(
+                p.actions,
+                vec![
+                    Action::Remove {
+                        vip: vip("2001:db8:1::100"),
+                        address: bad.clone(),
+                        guards_secondaries: false
+                    },
+                    Action::Add {
+                        vip: vip("2001:db8:1::100"),
+                        placement
+                    },
+                ],
+                "{state:?}"
+            );
+            assert_eq!(p.unusable, vec![(vip("2001:db8:1::100"), bad)]);
+            assert_eq!(
+                p.verdicts,
+                vec![(vip("2001:db8:1::100"), Verdict::Add { placement })]
+            );
+        }
+    }
+
+    #[test]
+    fn nodad_copy_waiting_for_its_link_is_in_place() {
+        let mut a = node_addrs();
+        let mut waiting = addr("2001:db8:1::100", 64, 1, true);
+        waiting.state = AddrState::AwaitingLink;
+        a.push(waiting);
+        let p = plan(&wanted(&["2001:db8:1::100"]), &dual_routes(), &a);
+        assert!(p.is_noop(), "{:?}", p.actions);
+        assert!(p.unusable.is_empty());
+    }
+
+    #[test]
+    fn operator_v6_address_is_never_touched() {
+        let mut a = node_addrs();
+        let mut op = addr("2001:db8:1::100", 64, 1, false);
+        op.state = AddrState::DadFailed;
+        a.push(op);
+        let p = plan(&wanted(&["2001:db8:1::100"]), &dual_routes(), &a);
+        assert!(p.is_noop());
+        assert!(p.unusable.is_empty());
+        assert_eq!(
+            p.verdicts,
+            vec![(
+                vip("2001:db8:1::100"),
+                Verdict::OperatorAddress { ifindex: 1 }
+            )]
+        );
+    }
+
+    #[test]
+    fn marked_link_local_is_left_alone() {
+        let a = vec![addr("fe80::76", 64, 1, true)];
+        assert!(plan(&BTreeSet::new(), &dual_routes(), &a).is_noop());
     }
 }

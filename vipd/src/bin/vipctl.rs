@@ -362,13 +362,15 @@ fn status_table(v: &serde_json::Value) -> String {
         out.push_str(&format!("  error: {}\n", s(e)));
     }
     out.push_str(&vipd::api::xdp_status_text(v));
+    let vips = v["vips"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let w = vip_width(vips.iter().map(|vip| s(&vip["vip"]).len()));
     out.push_str(&format!(
-        "{:<16} {:<17} {:<12} {:>6}  {}\n",
+        "{:<w$} {:<17} {:<12} {:>6}  {}\n",
         "VIP", "STATE", "INTERFACE", "PREFIX", "NOTE"
     ));
-    for vip in v["vips"].as_array().into_iter().flatten() {
+    for vip in vips {
         out.push_str(&format!(
-            "{:<16} {:<17} {:<12} {:>6}  {}\n",
+            "{:<w$} {:<17} {:<12} {:>6}  {}\n",
             s(&vip["vip"]),
             s(&vip["state"]),
             s(&vip["interface"]),
@@ -379,9 +381,16 @@ fn status_table(v: &serde_json::Value) -> String {
     out
 }
 
+/// Width of the VIP column: 15 characters hold every IPv4 address; an IPv6
+/// one may take up to 39.
+fn vip_width(lengths: impl Iterator<Item = usize>) -> usize {
+    lengths.max().unwrap_or(0).max(16)
+}
+
 fn arp_table(stats: &ArpStats) -> String {
+    let w = vip_width(stats.vips.iter().map(|r| r.vip.to_string().len()));
     let mut out = format!(
-        "role {}  xdp {}\n{:<16} {:<12} {:<5} {:>9} {:>9} {:>9} {:>9} {:>8}  {}\n",
+        "role {}  xdp {}\n{:<w$} {:<12} {:<5} {:>9} {:>9} {:>9} {:>9} {:>8}  {}\n",
         stats.role,
         if stats.xdp { "on" } else { "off" },
         "VIP",
@@ -396,7 +405,7 @@ fn arp_table(stats: &ArpStats) -> String {
     );
     for r in &stats.vips {
         out.push_str(&format!(
-            "{:<16} {:<12} {:<5} {:>9} {:>9} {:>9} {:>9} {:>8}  {}\n",
+            "{:<w$} {:<12} {:<5} {:>9} {:>9} {:>9} {:>9} {:>8}  {}\n",
             r.vip.to_string(),
             r.interface.as_deref().unwrap_or("-"),
             if r.held { "yes" } else { "no" },

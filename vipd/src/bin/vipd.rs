@@ -112,14 +112,18 @@ async fn run(config: Config) -> Result<()> {
         }
         Some(Arc::new(Mutex::new(off)))
     };
-    let conflicts = match &offload {
-        Some(o) => Some(
-            o.lock()
-                .expect("offload lock")
+    let (conflicts, conflicts6) = match &offload {
+        Some(o) => {
+            let mut o = o.lock().expect("offload lock");
+            let v4 = o
                 .take_conflicts()
-                .context("opening the XDP conflict ring buffer")?,
-        ),
-        None => None,
+                .context("opening the XDP conflict ring buffer (ARP)")?;
+            let v6 = o
+                .take_conflicts6()
+                .context("opening the XDP conflict ring buffer (NDP)")?;
+            (Some(v4), Some(v6))
+        }
+        None => (None, None),
     };
 
     // The engine stops after the source has asked it to step down; the
@@ -226,7 +230,7 @@ async fn run(config: Config) -> Result<()> {
     );
     let engine_task = {
         let c = engine_cancel.clone();
-        tokio::spawn(async move { engine.run(conflicts, c).await })
+        tokio::spawn(async move { engine.run(conflicts, conflicts6, c).await })
     };
 
     // Ready (systemd Type=notify) once the first role is known: the engine's

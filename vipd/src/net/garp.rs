@@ -163,13 +163,17 @@ fn link_addr(ifindex: u32, protocol: u16, dst: [u8; 6]) -> io::Result<SockAddr> 
 }
 
 /// Send-only AF_PACKET socket bound to one interface. Protocol 0 means the
-/// kernel delivers it no frames at all: it never becomes a receiver.
+/// kernel delivers it no frames at all: it never becomes a receiver. It
+/// sends gratuitous ARP and unsolicited Neighbor Advertisements alike.
 #[derive(Debug)]
 pub struct GarpSocket {
     socket: Socket,
     ifindex: u32,
     dst: SockAddr,
+    dst_ndp: SockAddr,
 }
+
+const ETH_P_IPV6: u16 = 0x86dd;
 
 impl GarpSocket {
     #[instrument(level = "debug")]
@@ -180,10 +184,12 @@ impl GarpSocket {
         socket.set_nonblocking(true)?;
         socket.bind(&link_addr(ifindex, 0, [0; 6])?)?;
         let dst = link_addr(ifindex, ETH_P_ARP, BROADCAST)?;
+        let dst_ndp = link_addr(ifindex, ETH_P_IPV6, super::ndp::ALL_NODES_MAC)?;
         Ok(GarpSocket {
             socket,
             ifindex,
             dst,
+            dst_ndp,
         })
     }
 
@@ -192,8 +198,12 @@ impl GarpSocket {
     }
 
     /// Sends one complete Ethernet frame (header included) on the interface.
+    /// An IPv6 frame (an advertisement) goes out as IPv6, anything else as
+    /// ARP: the kernel takes the frame's protocol from the address.
     pub fn send(&self, frame: &[u8]) -> io::Result<()> {
-        let n = self.socket.send_to(frame, &self.dst)?;
+        let ipv6 = frame.get(12..14) == Some(&ETH_P_IPV6.to_be_bytes()[..]);
+        let dst = if ipv6 { &self.dst_ndp } else { &self.dst };
+        let n = self.socket.send_to(frame, dst)?;
         if n != frame.len() {
             return Err(io::Error::new(
                 io::ErrorKind::WriteZero,

@@ -1,12 +1,14 @@
-//! The kernel's network state as vipd sees it: interfaces, the main IPv4
-//! routing table, IPv4 addresses (with vipd's ownership mark), and the
-//! gratuitous ARP frames that announce a VIP. Pure types and lookups live
-//! here; `netlink` talks to the kernel.
+//! The kernel's network state as vipd sees it: interfaces, the main IPv4 and
+//! IPv6 routing tables, addresses of both families (with vipd's ownership
+//! mark), and the frames that announce a VIP (gratuitous ARP, unsolicited
+//! Neighbor Advertisements). Pure types and lookups live here; `netlink`
+//! talks to the kernel.
 
 pub mod garp;
+pub mod ndp;
 pub mod netlink;
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use serde::Serialize;
 
@@ -29,26 +31,45 @@ pub struct Link {
     pub up: bool,
 }
 
-/// An IPv4 route of the main table.
+/// A unicast route of the main table (IPv4 or IPv6: `dst` says which).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Route {
-    pub dst: Ipv4Addr,
+    pub dst: IpAddr,
     pub prefix_len: u8,
     /// Output interface; a route without one (blackhole, multipath) is kept
     /// with 0 and never chosen.
     pub ifindex: u32,
-    pub gateway: Option<Ipv4Addr>,
+    pub gateway: Option<IpAddr>,
     pub metric: u32,
 }
 
-/// An IPv4 address on an interface.
+/// Whether an address can be used, as far as duplicate address detection
+/// goes (IPv6; an IPv4 address is always `Usable`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AddrState {
+    #[default]
+    Usable,
+    /// `tentative`: DAD runs (or will, once the link is up); the kernel
+    /// neither answers for the address nor sends from it meanwhile.
+    Tentative,
+    /// `tentative` with IFA_F_NODAD: waits for the link to come up, then is
+    /// usable at once, without DAD.
+    AwaitingLink,
+    /// `dadfailed`: another host answered for the address; the kernel will
+    /// never use it.
+    DadFailed,
+}
+
+/// An address on an interface (IPv4 or IPv6).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Address {
     pub ifindex: u32,
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub prefix_len: u8,
     /// Carries vipd's mark ([`VIPD_ADDR_PROTO`]): vipd added it.
     pub owned: bool,
+    pub state: AddrState,
 }
 
 /// Where a VIP belongs on this node: the interface and prefix length that
@@ -59,7 +80,7 @@ pub struct Placement {
     pub prefix_len: u8,
 }
 
-/// The main IPv4 routing table.
+/// The main routing tables, IPv4 and IPv6 together.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RouteTable {
     pub routes: Vec<Route>,
@@ -70,25 +91,22 @@ impl RouteTable {
         RouteTable { routes }
     }
 
-    /// Longest-prefix match for `vip` (R4). A match on the default route
-    /// alone places the VIP as /32 on the default route's interface; ties
-    /// between equal prefixes go to the lowest metric, then lowest ifindex,
-    /// so the answer does not depend on dump order.
+    /// Longest-prefix match for `vip` over the routes of its family (R4,
+    /// R17). A match on the default route alone places the VIP as a host
+    /// address (/32, /128) on the default route's interface; ties between
+    /// equal prefixes go to the lowest metric, then lowest ifindex, so the
+    /// answer does not depend on dump order.
     pub fn placement(&self, vip: Vip) -> Option<Placement> {
-        let ip = u32::from(vip.addr());
+        let ip = vip.ip();
         let best = self
             .routes
             .iter()
-            .filter(|r| r.ifindex != 0 && r.prefix_len <= 32)
-            .filter(|r| {
-                let mask = prefix_mask(r.prefix_len);
-                ip & mask == u32::from(r.dst) & mask
-            })
+            .filter(|r| r.ifindex != 0 && in_prefix(ip, r.dst, r.prefix_len))
             .min_by_key(|r| (std::cmp::Reverse(r.prefix_len), r.metric, r.ifindex))?;
         Some(Placement {
             ifindex: best.ifindex,
             prefix_len: if best.prefix_len == 0 {
-                32
+                vip.host_prefix_len()
             } else {
                 best.prefix_len
             },
@@ -96,12 +114,37 @@ impl RouteTable {
     }
 }
 
-/// The netmask of a prefix length, host order.
+/// Whether `ip` lies in `net/prefix_len`; never across families, and never
+/// for a prefix longer than the family's addresses.
+pub fn in_prefix(ip: IpAddr, net: IpAddr, prefix_len: u8) -> bool {
+    match (ip, net) {
+        (IpAddr::V4(ip), IpAddr::V4(net)) if prefix_len <= 32 => {
+            let mask = prefix_mask(prefix_len);
+            u32::from(ip) & mask == u32::from(net) & mask
+        }
+        (IpAddr::V6(ip), IpAddr::V6(net)) if prefix_len <= 128 => {
+            let mask = prefix_mask_v6(prefix_len);
+            u128::from(ip) & mask == u128::from(net) & mask
+        }
+        _ => false,
+    }
+}
+
+/// The IPv4 netmask of a prefix length, host order.
 pub fn prefix_mask(prefix_len: u8) -> u32 {
     if prefix_len == 0 {
         0
     } else {
         u32::MAX << (32 - u32::from(prefix_len.min(32)))
+    }
+}
+
+/// The IPv6 netmask of a prefix length, host order.
+pub fn prefix_mask_v6(prefix_len: u8) -> u128 {
+    if prefix_len == 0 {
+        0
+    } else {
+        u128::MAX << (128 - u32::from(prefix_len.min(128)))
     }
 }
 
@@ -216,7 +259,81 @@ mod tests {
     }
 
     #[test]
+    fn v6_longest_prefix_on_link_64_beside_a_longer_route_elsewhere() {
+        // if1 carries the on-link /64 (kernel prefix route, metric 256);
+        // a /80 inside it is routed out of if2; the default goes via if3.
+        let mut onlink = route("2001:db8:1::", 64, 1);
+        onlink.metric = 256;
+        let mut longer = route("2001:db8:1::", 80, 2);
+        longer.metric = 1024;
+        let mut default = route("::", 0, 3);
+        default.gateway = Some("2001:db8:ff::1".parse().unwrap());
+        let t = RouteTable::new(vec![
+            default,
+            onlink,
+            longer,
+            // IPv4 routes never match an IPv6 VIP, not even the default.
+            route("0.0.0.0", 0, 4),
+        ]);
+        assert_eq!(
+            t.placement(vip("2001:db8:1::7")),
+            Some(Placement {
+                ifindex: 2,
+                prefix_len: 80
+            })
+        );
+        assert_eq!(
+            t.placement(vip("2001:db8:1:0:1::7")),
+            Some(Placement {
+                ifindex: 1,
+                prefix_len: 64
+            })
+        );
+        assert_eq!(
+            t.placement(vip("2001:db8:2::7")),
+            Some(Placement {
+                ifindex: 3,
+                prefix_len: 128
+            }),
+            "default route only: a /128 on its interface"
+        );
+        assert_eq!(
+            t.placement(vip("192.0.2.7")),
+            Some(Placement {
+                ifindex: 4,
+                prefix_len: 32
+            })
+        );
+    }
+
+    #[test]
+    fn v6_without_a_route_is_none_and_families_never_mix() {
+        let t = RouteTable::new(vec![route("0.0.0.0", 0, 1), route("2001:db8:1::", 64, 2)]);
+        assert_eq!(t.placement(vip("2001:db8:2::7")), None);
+        let t = RouteTable::new(vec![route("::", 0, 1)]);
+        assert_eq!(t.placement(vip("192.0.2.7")), None);
+        assert!(!in_prefix(
+            "192.0.2.1".parse().unwrap(),
+            "::".parse().unwrap(),
+            0
+        ));
+        assert!(!in_prefix(
+            "2001:db8::1".parse().unwrap(),
+            "2001:db8::".parse().unwrap(),
+            129
+        ));
+        assert!(in_prefix(
+            "2001:db8::1".parse().unwrap(),
+            "2001:db8::1".parse().unwrap(),
+            128
+        ));
+    }
+
+    #[test]
     fn masks() {
+        assert_eq!(prefix_mask_v6(0), 0);
+        assert_eq!(prefix_mask_v6(64), u128::MAX << 64);
+        assert_eq!(prefix_mask_v6(128), u128::MAX);
         assert_eq!(prefix_mask(0), 0);
         assert_eq!(prefix_mask(24), 0xffff_ff00);
         assert_eq!(prefix_mask(32), u32::MAX);

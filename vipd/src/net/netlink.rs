@@ -1,8 +1,14 @@
-//! Talks to the kernel over rtnetlink: dumps links, the main IPv4 routes and
-//! every IPv4 address; adds and removes VIPs with vipd's mark; and streams
-//! address, route and link events on a connection of their own.
+//! Talks to the kernel over rtnetlink: dumps links, the main IPv4 and IPv6
+//! routes and every address of both families; adds and removes VIPs with
+//! vipd's mark; and streams address, route and link events on a connection
+//! of their own.
 
-use std::{io, net::Ipv4Addr, path::PathBuf, sync::Arc};
+use std::{
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+    sync::Arc,
+};
 
 use futures::{StreamExt, TryStreamExt};
 use rtnetlink::{
@@ -10,10 +16,7 @@ use rtnetlink::{
     packet_core::NetlinkPayload,
     packet_route::{
         AddressFamily, RouteNetlinkMessage,
-        address::{
-            AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressProtocol,
-            CacheInfo,
-        },
+        address::{AddressAttribute, AddressFlags, AddressMessage, AddressProtocol, CacheInfo},
         link::{LinkAttribute, LinkFlags, LinkMessage},
         route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteType},
     },
@@ -22,7 +25,9 @@ use rtnetlink::{
 use tokio::sync::mpsc;
 use tracing::{debug, instrument, warn};
 
-use super::{Address, Link, Placement, RT_TABLE_MAIN, Route, RouteTable, VIPD_ADDR_PROTO};
+use super::{
+    AddrState, Address, Link, Placement, RT_TABLE_MAIN, Route, RouteTable, VIPD_ADDR_PROTO,
+};
 use crate::vip::Vip;
 
 /// How many events may wait for the consumer before the monitor waits too;
@@ -56,7 +61,7 @@ pub enum NetError {
     },
     #[error("removing address {addr}/{prefix_len} from ifindex {ifindex}: {source}")]
     RemoveAddress {
-        addr: Ipv4Addr,
+        addr: IpAddr,
         prefix_len: u8,
         ifindex: u32,
         #[source]
@@ -66,7 +71,7 @@ pub enum NetError {
         "refusing to remove address {addr}/{prefix_len} on ifindex {ifindex}: it does not carry vipd's mark"
     )]
     NotOwned {
-        addr: Ipv4Addr,
+        addr: IpAddr,
         prefix_len: u8,
         ifindex: u32,
     },
@@ -106,7 +111,8 @@ fn errno(e: &rtnetlink::Error) -> Option<i32> {
     }
 }
 
-/// Links, the main IPv4 routing table and the IPv4 addresses, read together.
+/// Links, the main routing tables and the addresses (both families), read
+/// together.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NetSnapshot {
     pub links: Vec<Link>,
@@ -176,35 +182,40 @@ impl Netlink {
         Ok(messages.iter().map(link_of).collect())
     }
 
-    /// The main table's IPv4 unicast routes.
+    /// The main table's unicast routes, IPv4 then IPv6.
     #[instrument(level = "debug", skip(self), err)]
     pub async fn routes(&self) -> Result<RouteTable, NetError> {
         // The builder's defaults (protocol static, kind unicast) are dump
         // filters under strict checking: clear them to get every route of
         // the main table (docs/DESIGN.md, facts).
-        let request = RouteMessageBuilder::<Ipv4Addr>::new()
+        let v4 = RouteMessageBuilder::<Ipv4Addr>::new()
             .table_id(RT_TABLE_MAIN)
             .protocol(RouteProtocol::Unspec)
             .kind(RouteType::Unspec)
             .build();
-        let _turn = self.dump_turn.lock().await;
-        let messages: Vec<RouteMessage> = self
-            .handle
-            .route()
-            .get(request)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|source| NetError::Dump {
-                what: "IPv4 routes",
-                source,
-            })?;
-        Ok(RouteTable::new(
-            messages.iter().filter_map(main_unicast_route).collect(),
-        ))
+        let v6 = RouteMessageBuilder::<Ipv6Addr>::new()
+            .table_id(RT_TABLE_MAIN)
+            .protocol(RouteProtocol::Unspec)
+            .kind(RouteType::Unspec)
+            .build();
+        let mut routes = Vec::new();
+        for (what, request) in [("IPv4 routes", v4), ("IPv6 routes", v6)] {
+            let _turn = self.dump_turn.lock().await;
+            let messages: Vec<RouteMessage> = self
+                .handle
+                .route()
+                .get(request)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|source| NetError::Dump { what, source })?;
+            routes.extend(messages.iter().filter_map(main_unicast_route));
+        }
+        Ok(RouteTable::new(routes))
     }
 
-    /// Every IPv4 address, primary and secondary, in the kernel's order.
+    /// Every address of both families, primary and secondary, in the
+    /// kernel's order (IPv4 first).
     #[instrument(level = "debug", skip(self), err)]
     pub async fn addresses(&self) -> Result<Vec<Address>, NetError> {
         Ok(self
@@ -216,17 +227,22 @@ impl Netlink {
     }
 
     async fn address_messages(&self) -> Result<Vec<AddressMessage>, NetError> {
-        let mut request = self.handle.address().get();
-        request.message_mut().header.family = AddressFamily::Inet;
-        let _turn = self.dump_turn.lock().await;
-        request
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|source| NetError::Dump {
-                what: "IPv4 addresses",
-                source,
-            })
+        let mut out = Vec::new();
+        for (what, family) in [
+            ("IPv4 addresses", AddressFamily::Inet),
+            ("IPv6 addresses", AddressFamily::Inet6),
+        ] {
+            let mut request = self.handle.address().get();
+            request.message_mut().header.family = family;
+            let _turn = self.dump_turn.lock().await;
+            let messages: Vec<AddressMessage> = request
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|source| NetError::Dump { what, source })?;
+            out.extend(messages);
+        }
+        Ok(out)
     }
 
     /// Links, routes and addresses, dumped one after the other (the kernel
@@ -241,7 +257,9 @@ impl Netlink {
 
     /// Adds the VIP with vipd's mark (IFA_PROTO) and no broadcast address,
     /// as plain `ip addr add X/len dev if` would; already there = Ok. The
-    /// address is permanent.
+    /// address is permanent. An IPv6 VIP is added with IFA_F_NODAD (usable
+    /// at once, never `tentative`) and IFA_F_NOPREFIXROUTE (the route that
+    /// placed it is already there; a VIP adds none of its own).
     pub async fn add_vip(&self, vip: Vip, placement: Placement) -> Result<(), NetError> {
         self.add_vip_for(vip, placement, None).await
     }
@@ -261,8 +279,10 @@ impl Netlink {
                 debug!(vip = %vip, ifindex = placement.ifindex, prefix_len = placement.prefix_len, "VIP added");
                 Ok(())
             }
-            // The kernel answers EEXIST only for the same address and
-            // prefix on the same interface: the VIP is where it belongs.
+            // The kernel answers EEXIST for the same address and prefix on
+            // the same interface (IPv6: for the same address there, whatever
+            // its prefix; the planner removes a copy with another prefix
+            // first): the VIP is where it belongs.
             Err(e) if errno(&e) == Some(libc::EEXIST) => {
                 debug!(vip = %vip, "VIP already present");
                 Ok(())
@@ -306,7 +326,7 @@ impl Netlink {
         let mut request =
             self.handle
                 .address()
-                .add(placement.ifindex, vip.addr().into(), placement.prefix_len);
+                .add(placement.ifindex, vip.ip(), placement.prefix_len);
         if replace {
             request = request.replace();
         }
@@ -321,6 +341,13 @@ impl Netlink {
             .push(AddressAttribute::Protocol(AddressProtocol::Other(
                 VIPD_ADDR_PROTO,
             )));
+        if vip.is_ipv6() {
+            // Sent on every write: a replace resets these flags to what the
+            // request carries (inet6_addr_modify).
+            message
+                .attributes
+                .push(AddressAttribute::Flags(vip6_flags()));
+        }
         if let Some(secs) = lifetime {
             let mut info = CacheInfo::default();
             info.ifa_valid = secs;
@@ -434,7 +461,7 @@ impl Netlink {
         out
     }
 
-    /// Removes every marked IPv4 address on every interface; returns what
+    /// Removes every marked address (both families) on every interface; returns what
     /// it removed. Keeps going past a failure and reports all of them.
     #[instrument(skip(self), err)]
     pub async fn remove_all_marked(&self) -> Result<Vec<Address>, NetError> {
@@ -470,10 +497,16 @@ impl Netlink {
     }
 
     async fn delete(&self, address: &Address) -> Result<(), NetError> {
-        let mut message = AddressMessageBuilder::<Ipv4Addr>::new()
-            .index(address.ifindex)
-            .address(address.addr, address.prefix_len)
-            .build();
+        let mut message = match address.addr {
+            IpAddr::V4(a) => AddressMessageBuilder::<Ipv4Addr>::new()
+                .index(address.ifindex)
+                .address(a, address.prefix_len)
+                .build(),
+            IpAddr::V6(a) => AddressMessageBuilder::<Ipv6Addr>::new()
+                .index(address.ifindex)
+                .address(a, address.prefix_len)
+                .build(),
+        };
         // The kernel matches a delete on local address, prefix and peer; a
         // broadcast attribute is not needed to name the address.
         message
@@ -533,14 +566,25 @@ fn link_of(message: &LinkMessage) -> Link {
     }
 }
 
+/// IFA_FLAGS of every IPv6 VIP: no DAD, no prefix route of its own.
+fn vip6_flags() -> AddressFlags {
+    AddressFlags::Nodad | AddressFlags::Noprefixroute
+}
+
+/// A main-table unicast route of either family. The IPv6 main table also
+/// holds the kernel's link-local prefixes (`fe80::/64`, harmless: no VIP
+/// is link-local); local, multicast and anycast routes live in the local
+/// table or have other types and are skipped.
 fn main_unicast_route(message: &RouteMessage) -> Option<Route> {
-    if message.header.address_family != AddressFamily::Inet
-        || message.header.kind != RouteType::Unicast
-    {
+    let mut dst = match message.header.address_family {
+        AddressFamily::Inet => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        AddressFamily::Inet6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        _ => return None,
+    };
+    if message.header.kind != RouteType::Unicast {
         return None;
     }
     let mut table = u32::from(message.header.table);
-    let mut dst = Ipv4Addr::UNSPECIFIED;
     let mut ifindex = 0;
     let mut gateway = None;
     let mut metric = 0;
@@ -548,9 +592,15 @@ fn main_unicast_route(message: &RouteMessage) -> Option<Route> {
         match attribute {
             // The header holds only 8 bits of the table id.
             RouteAttribute::Table(t) => table = *t,
-            RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = *a,
+            RouteAttribute::Destination(RouteAddress::Inet(a)) if dst.is_ipv4() => {
+                dst = IpAddr::V4(*a);
+            }
+            RouteAttribute::Destination(RouteAddress::Inet6(a)) if dst.is_ipv6() => {
+                dst = IpAddr::V6(*a);
+            }
             RouteAttribute::Oif(i) => ifindex = *i,
-            RouteAttribute::Gateway(RouteAddress::Inet(g)) => gateway = Some(*g),
+            RouteAttribute::Gateway(RouteAddress::Inet(g)) => gateway = Some(IpAddr::V4(*g)),
+            RouteAttribute::Gateway(RouteAddress::Inet6(g)) => gateway = Some(IpAddr::V6(*g)),
             RouteAttribute::Priority(p) => metric = *p,
             _ => {}
         }
@@ -565,17 +615,20 @@ fn main_unicast_route(message: &RouteMessage) -> Option<Route> {
 }
 
 fn address_of(message: &AddressMessage) -> Option<Address> {
-    if message.header.family != AddressFamily::Inet {
-        return None;
-    }
+    let v6 = match message.header.family {
+        AddressFamily::Inet => false,
+        AddressFamily::Inet6 => true,
+        _ => return None,
+    };
     // IFA_LOCAL is the interface's own address; IFA_ADDRESS is the peer on
-    // point-to-point links and equal to it elsewhere.
+    // point-to-point links and equal to it elsewhere (IPv6 sends IFA_LOCAL
+    // only on point-to-point links).
     let mut local = None;
     let mut address = None;
     for attribute in &message.attributes {
         match attribute {
-            AddressAttribute::Local(std::net::IpAddr::V4(a)) => local = Some(*a),
-            AddressAttribute::Address(std::net::IpAddr::V4(a)) => address = Some(*a),
+            AddressAttribute::Local(a) if a.is_ipv6() == v6 => local = Some(*a),
+            AddressAttribute::Address(a) if a.is_ipv6() == v6 => address = Some(*a),
             _ => {}
         }
     }
@@ -584,7 +637,35 @@ fn address_of(message: &AddressMessage) -> Option<Address> {
         addr: local.or(address)?,
         prefix_len: message.header.prefix_len,
         owned: is_marked(message),
+        state: state_of(&flags_of(message)),
     })
+}
+
+/// The address's flags: IFA_FLAGS (32 bits) when present, else the
+/// header's 8-bit copy.
+fn flags_of(message: &AddressMessage) -> AddressFlags {
+    message
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            AddressAttribute::Flags(f) => Some(*f),
+            _ => None,
+        })
+        .unwrap_or_else(|| AddressFlags::from_bits_retain(u32::from(message.header.flags.bits())))
+}
+
+fn state_of(flags: &AddressFlags) -> AddrState {
+    if flags.contains(AddressFlags::Dadfailed) {
+        AddrState::DadFailed
+    } else if flags.contains(AddressFlags::Tentative) {
+        if flags.contains(AddressFlags::Nodad) {
+            AddrState::AwaitingLink
+        } else {
+            AddrState::Tentative
+        }
+    } else {
+        AddrState::Usable
+    }
 }
 
 fn is_marked(message: &AddressMessage) -> bool {
@@ -595,32 +676,24 @@ fn is_marked(message: &AddressMessage) -> bool {
 }
 
 fn is_secondary(message: &AddressMessage) -> bool {
-    // IFA_FLAGS (32 bits) supersedes the header's 8-bit copy when present.
-    message
-        .attributes
-        .iter()
-        .find_map(|a| match a {
-            AddressAttribute::Flags(f) => Some(f.contains(AddressFlags::Secondary)),
-            _ => None,
-        })
-        .unwrap_or(message.header.flags.contains(AddressHeaderFlags::Secondary))
+    flags_of(message).contains(AddressFlags::Secondary)
 }
 
-/// Whether `message` is a primary address whose removal would take other
-/// addresses of the same subnet and interface with it.
+/// Whether `message` is a primary IPv4 address whose removal would take
+/// other addresses of the same subnet and interface with it. (IPv6 has no
+/// primaries: removing an address never removes another.)
 fn is_primary_with_company(message: &AddressMessage, all: &[AddressMessage]) -> bool {
     let Some(this) = address_of(message) else {
         return false;
     };
-    if is_secondary(message) {
+    if !this.addr.is_ipv4() || is_secondary(message) {
         return false;
     }
-    let mask = super::prefix_mask(this.prefix_len);
     all.iter().filter(|m| is_secondary(m)).any(|m| {
         address_of(m).is_some_and(|o| {
             o.ifindex == this.ifindex
                 && o.prefix_len == this.prefix_len
-                && u32::from(o.addr) & mask == u32::from(this.addr) & mask
+                && super::in_prefix(o.addr, this.addr, this.prefix_len)
         })
     })
 }
@@ -645,7 +718,8 @@ fn event_of(payload: &NetlinkPayload<RouteNetlinkMessage>) -> Option<NetEvent> {
     }
 }
 
-/// Subscribes (own socket) to link, IPv4 address and IPv4 route events and
+/// Subscribes (own socket) to link, address and route events (both
+/// families) and
 /// forwards one [`NetEvent`] per message; [`NetEvent::Overrun`] on ENOBUFS.
 /// Spawns on the current runtime; ends when the receiver is dropped.
 ///
@@ -659,6 +733,8 @@ pub fn monitor() -> Result<mpsc::Receiver<NetEvent>, NetError> {
         MulticastGroup::Link,
         MulticastGroup::Ipv4Ifaddr,
         MulticastGroup::Ipv4Route,
+        MulticastGroup::Ipv6Ifaddr,
+        MulticastGroup::Ipv6Route,
     ])
     .map_err(NetError::Monitor)?;
     if let Err(e) = conn.socket_mut().socket_mut().set_rx_buf_sz(EVENT_RCVBUF) {
@@ -762,5 +838,97 @@ mod tests {
             NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelRoute(RouteMessage::default()));
         assert_eq!(event_of(&route), Some(NetEvent::Route));
         assert_eq!(event_of(&NetlinkPayload::Noop), None);
+    }
+
+    #[test]
+    fn dad_state_comes_from_the_flags() {
+        let f = |flags: AddressFlags| state_of(&flags);
+        assert_eq!(f(AddressFlags::Permanent), AddrState::Usable);
+        assert_eq!(f(AddressFlags::empty()), AddrState::Usable);
+        assert_eq!(f(AddressFlags::Tentative), AddrState::Tentative);
+        assert_eq!(
+            f(AddressFlags::Tentative | AddressFlags::Nodad),
+            AddrState::AwaitingLink
+        );
+        assert_eq!(
+            f(AddressFlags::Tentative | AddressFlags::Dadfailed),
+            AddrState::DadFailed
+        );
+        assert!(vip6_flags().contains(AddressFlags::Nodad | AddressFlags::Noprefixroute));
+    }
+
+    #[test]
+    fn v6_address_messages_parse_with_their_flags_and_mark() {
+        let mut m = AddressMessage::default();
+        m.header.family = AddressFamily::Inet6;
+        m.header.index = 3;
+        m.header.prefix_len = 64;
+        let ip: IpAddr = "2001:db8:1::100".parse().unwrap();
+        m.attributes.push(AddressAttribute::Address(ip));
+        m.attributes.push(AddressAttribute::Flags(
+            AddressFlags::Tentative | AddressFlags::Dadfailed,
+        ));
+        m.attributes
+            .push(AddressAttribute::Protocol(AddressProtocol::Other(
+                VIPD_ADDR_PROTO,
+            )));
+        assert_eq!(
+            address_of(&m),
+            Some(Address {
+                ifindex: 3,
+                addr: ip,
+                prefix_len: 64,
+                owned: true,
+                state: AddrState::DadFailed,
+            })
+        );
+        // An IPv4 attribute in an IPv6 message is no address of it.
+        m.attributes[0] = AddressAttribute::Address("192.0.2.1".parse().unwrap());
+        assert_eq!(address_of(&m), None);
+    }
+
+    #[test]
+    fn v6_routes_parse_and_non_unicast_is_skipped() {
+        let mut m = RouteMessage::default();
+        m.header.address_family = AddressFamily::Inet6;
+        m.header.kind = RouteType::Unicast;
+        m.header.destination_prefix_length = 64;
+        m.attributes.push(RouteAttribute::Table(RT_TABLE_MAIN));
+        m.attributes
+            .push(RouteAttribute::Destination(RouteAddress::Inet6(
+                "2001:db8:1::".parse().unwrap(),
+            )));
+        m.attributes.push(RouteAttribute::Oif(2));
+        m.attributes.push(RouteAttribute::Priority(256));
+        assert_eq!(
+            main_unicast_route(&m),
+            Some(Route {
+                dst: "2001:db8:1::".parse().unwrap(),
+                prefix_len: 64,
+                ifindex: 2,
+                gateway: None,
+                metric: 256,
+            })
+        );
+        // The default route has no destination attribute: `::`.
+        let mut d = m.clone();
+        d.header.destination_prefix_length = 0;
+        d.attributes
+            .retain(|a| !matches!(a, RouteAttribute::Destination(_)));
+        d.attributes
+            .push(RouteAttribute::Gateway(RouteAddress::Inet6(
+                "2001:db8:1::1".parse().unwrap(),
+            )));
+        let r = main_unicast_route(&d).unwrap();
+        assert_eq!(r.dst, "::".parse::<IpAddr>().unwrap());
+        assert_eq!(r.gateway, Some("2001:db8:1::1".parse().unwrap()));
+        for kind in [RouteType::Local, RouteType::Multicast, RouteType::Anycast] {
+            let mut x = m.clone();
+            x.header.kind = kind;
+            assert_eq!(main_unicast_route(&x), None, "{kind:?}");
+        }
+        let mut other_table = m.clone();
+        other_table.attributes[0] = RouteAttribute::Table(255);
+        assert_eq!(main_unicast_route(&other_table), None);
     }
 }
