@@ -116,7 +116,8 @@ pub struct Config {
     pub config: PathBuf,
 
     /// Single-node mode: this node always leads and serves these VIPs
-    /// (comma-separated). Without --zk this is the whole configuration.
+    /// (comma-separated, IPv4 and IPv6). Without --zk this is the whole
+    /// configuration.
     #[arg(global = true, long, env = "VIPD_STATIC_VIPS", value_parser = parse_vips, default_value = "")]
     pub static_vips: VipList,
 

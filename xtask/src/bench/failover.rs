@@ -29,7 +29,7 @@ const MARGIN: Duration = Duration::from_millis(100);
 /// The renewal interval never drops below this in vipd.
 const MIN_RENEW: Duration = Duration::from_millis(10);
 /// How late the kernel may remove an address whose lifetime ran out
-/// (its lifetime check runs on a rounded timer; FACTS.md measured 0.12-0.15 s).
+/// (its lifetime check runs on a rounded timer; docs/DESIGN.md facts: measured 0.12-0.15 s).
 const KERNEL_SLACK: Duration = Duration::from_millis(250);
 /// keepalived's priorities in the lab (n1, n2, n3).
 const PRIORITIES: [u32; 3] = [100, 99, 98];
