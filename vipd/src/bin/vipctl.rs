@@ -319,6 +319,58 @@ fn s(v: &serde_json::Value) -> String {
     }
 }
 
+/// R18 in `vipctl status`: withdrawn or not and why, VIP links, checks.
+fn serving_text(v: &serde_json::Value) -> String {
+    let mut out = String::new();
+    if let Some(why) = v["zookeeper"]["withdrawn"].as_str() {
+        out.push_str(&format!("withdrawn from the election: {why}\n"));
+    }
+    let links = &v["links"];
+    if let Some(down) = links["down"].as_array().filter(|d| !d.is_empty()) {
+        let names: Vec<String> = down.iter().map(s).collect();
+        out.push_str(&format!(
+            "VIP interfaces down: {} for {} ms{}\n",
+            names.join(" "),
+            s(&links["down_for_ms"]),
+            if links["withdrawn"].as_bool() == Some(true) {
+                " (past the grace)"
+            } else {
+                ""
+            }
+        ));
+    }
+    if let Some(h) = v.get("health").filter(|h| !h.is_null()) {
+        out.push_str(&format!(
+            "health {}\n",
+            if h["healthy"].as_bool() == Some(true) {
+                "healthy"
+            } else {
+                "UNHEALTHY"
+            }
+        ));
+        for c in h["checks"].as_array().into_iter().flatten() {
+            let state = match c["healthy"].as_bool() {
+                Some(true) => "healthy",
+                Some(false) => "unhealthy",
+                None => "pending",
+            };
+            out.push_str(&format!(
+                "  check {}: {state}  ok {} failed {} in a row, {} runs, {} failures{}\n",
+                s(&c["check"]),
+                s(&c["consecutive_ok"]),
+                s(&c["consecutive_failed"]),
+                s(&c["runs"]),
+                s(&c["failures"]),
+                c["last_error"]
+                    .as_str()
+                    .map(|e| format!("  last error: {e}"))
+                    .unwrap_or_default()
+            ));
+        }
+    }
+    out
+}
+
 fn status_table(v: &serde_json::Value) -> String {
     let mut out = String::new();
     out.push_str(&format!(
@@ -349,6 +401,7 @@ fn status_table(v: &serde_json::Value) -> String {
             }
         }
     }
+    out.push_str(&serving_text(v));
     let r = &v["last_reconcile"];
     out.push_str(&format!(
         "last reconcile: {} passes, {} us, +{} -{}, {} errors\n",

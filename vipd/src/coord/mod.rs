@@ -31,6 +31,7 @@ use self::{
 };
 use crate::{
     config::valid_name,
+    health::HealthStatus,
     role::{Desired, EngineReport, LeaseGrant, Role},
     vip::Vip,
 };
@@ -113,6 +114,9 @@ pub struct CoordStatus {
     /// VIPs named by more than one service: served once, reported.
     pub duplicate_vips: Vec<Vip>,
     pub last_error: Option<String>,
+    /// Why this node does not stand for election now (R18: a VIP
+    /// interface down, failing health checks, drained); None: it stands.
+    pub withdrawn: Option<String>,
 }
 
 /// Why coordination stopped for good.
@@ -135,6 +139,19 @@ pub async fn run(
     desired: watch::Sender<Desired>,
     report: watch::Receiver<EngineReport>,
     status: watch::Sender<CoordStatus>,
+    cancel: CancellationToken,
+) -> Result<(), CoordError> {
+    run_serving(settings, desired, report, status, None, cancel).await
+}
+
+/// [`run`], withdrawing from the election while `health` says unhealthy
+/// (R18), as it does while a VIP interface is down.
+pub async fn run_serving(
+    settings: ZkSettings,
+    desired: watch::Sender<Desired>,
+    report: watch::Receiver<EngineReport>,
+    status: watch::Sender<CoordStatus>,
+    health: Option<watch::Receiver<HealthStatus>>,
     cancel: CancellationToken,
 ) -> Result<(), CoordError> {
     for (what, v) in [
@@ -169,6 +186,7 @@ pub async fn run(
         term: desired.borrow().term,
         report,
         report_open: true,
+        health,
     };
     ctx.follower(false);
     loop {
@@ -247,6 +265,56 @@ struct Campaign {
     term: u64,
     report: watch::Receiver<EngineReport>,
     report_open: bool,
+    /// `None`: no checks (or the checks stopped): healthy.
+    health: Option<watch::Receiver<HealthStatus>>,
+}
+
+impl Campaign {
+    /// Why this node should not stand (R18), if it should not.
+    fn unfit(&self) -> Option<String> {
+        let mut why = Vec::new();
+        let links = &self.report.borrow().links_down;
+        if !links.is_empty() {
+            why.push(format!(
+                "VIP interface down: {}",
+                links.iter().cloned().collect::<Vec<_>>().join(", ")
+            ));
+        }
+        if let Some(h) = &self.health {
+            let h = h.borrow();
+            if !h.healthy {
+                why.push(format!("health checks failing: {}", h.failing().join(", ")));
+            }
+        }
+        (!why.is_empty()).then(|| why.join("; "))
+    }
+
+    /// Returns once [`Campaign::unfit`] turns to (`was` false) or from
+    /// (`was` true) a reason. Never returns while nothing can change it.
+    async fn unfit_changed(&mut self, was: bool) {
+        while self.unfit().is_some() == was {
+            tokio::select! {
+                r = self.report.changed(), if self.report_open => {
+                    if r.is_err() {
+                        self.report_open = false;
+                    }
+                }
+                r = changed_opt(&mut self.health) => {
+                    if r.is_err() {
+                        self.health = None;
+                    }
+                }
+                () = std::future::pending(), if !self.report_open && self.health.is_none() => {}
+            }
+        }
+    }
+}
+
+async fn changed_opt<T>(w: &mut Option<watch::Receiver<T>>) -> Result<(), watch::error::RecvError> {
+    match w {
+        Some(w) => w.changed().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// How a leader term ended.
@@ -260,6 +328,8 @@ enum LeadEnd {
     Terminal(SessionState),
     /// A VIP cannot be placed here (R4).
     GiveUp(BTreeSet<Vip>),
+    /// This node cannot serve (R18): hand over.
+    Withdraw(String),
 }
 
 impl Ctx<'_> {
@@ -397,6 +467,22 @@ impl Ctx<'_> {
                 }
                 _ => self.set_session("connected"),
             }
+            if let Some(why) = st.unfit() {
+                if own.is_some() {
+                    info!(reason = %why, "withdrawing from the election");
+                    self.withdraw(client, st, own, deadline).await;
+                }
+                self.set_withdrawn(Some(why));
+                tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    _ = state.changed() => {}
+                    () = st.unfit_changed(true) => {}
+                }
+                continue;
+            }
+            if self.set_withdrawn(None) {
+                info!("fit to serve again; standing for election");
+            }
             if own.is_none() {
                 match ensure_candidacy(
                     client,
@@ -452,12 +538,19 @@ impl Ctx<'_> {
                         self.give_up(client, st, own, vips, deadline, cancel).await;
                         continue;
                     }
+                    LeadEnd::Withdraw(why) => {
+                        error!(reason = %why, "this node cannot serve its VIPs; handing over");
+                        self.error(format!("handed over: {why}"));
+                        self.withdraw(client, st, own, deadline).await;
+                        continue;
+                    }
                 }
             }
             self.follower(false);
             let pred = format!("{dir}/{}", sorted[pos - 1]);
             if pos == 1 {
-                self.watch_leader(client, &pred, &mut state, cancel).await;
+                self.watch_leader(client, &pred, &mut state, st, cancel)
+                    .await;
                 continue;
             }
             match call("watch", &pred, deadline, client.check_and_watch_stat(&pred)).await {
@@ -468,6 +561,7 @@ impl Ctx<'_> {
                         _ = cancel.cancelled() => {}
                         _ = w.changed() => {}
                         _ = state.changed() => {}
+                        () = st.unfit_changed(false) => {}
                         // Only to keep `leader` in the status current: a
                         // leader change upstream does not wake us (R1).
                         _ = tokio::time::sleep(refresh) => {}
@@ -649,6 +743,18 @@ impl Ctx<'_> {
                     if rep.role == Role::Leader && rep.term == st.term && !rep.no_route.is_empty() {
                         break LeadEnd::GiveUp(rep.no_route.clone());
                     }
+                    drop(rep);
+                    if let Some(why) = st.unfit() {
+                        break LeadEnd::Withdraw(why);
+                    }
+                }
+                r = changed_opt(&mut st.health) => {
+                    if r.is_err() {
+                        st.health = None;
+                    }
+                    if let Some(why) = st.unfit() {
+                        break LeadEnd::Withdraw(why);
+                    }
                 }
             }
         }
@@ -665,6 +771,7 @@ impl Ctx<'_> {
         client: &Client,
         leader: &str,
         state: &mut StateWatcher,
+        st: &mut Campaign,
         cancel: &CancellationToken,
     ) {
         let lease = self.settings.lease;
@@ -713,6 +820,7 @@ impl Ctx<'_> {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = state.changed() => return,
+                () = st.unfit_changed(false) => return,
                 _ = tick.tick() => {}
                 () = changed => {}
             }
@@ -785,6 +893,39 @@ impl Ctx<'_> {
             _ = cancel.cancelled() => {}
             _ = tokio::time::sleep(self.settings.step_down_backoff) => {}
         }
+    }
+
+    /// R18 (and R3): publish Follower, wait until the engine holds nothing,
+    /// then delete our candidacy, whose deletion wakes the next in line at
+    /// once. The caller decides when to stand again.
+    async fn withdraw(
+        &self,
+        client: &Client,
+        st: &mut Campaign,
+        own: &mut Option<String>,
+        deadline: Duration,
+    ) {
+        self.follower(false);
+        wait_released(st, RELEASE_WAIT).await;
+        if let Some(me) = own.take() {
+            let path = format!("{}/{me}", self.paths.election);
+            match call("delete", &path, deadline, client.delete(&path, None)).await {
+                Ok(()) => info!(znode = %path, "candidacy deleted"),
+                Err(e) if e.is(&zookeeper_client::Error::NoNode) => {}
+                Err(e) => {
+                    warn!(error = %e, "could not delete our candidacy; it goes with the session")
+                }
+            }
+        }
+    }
+
+    /// Records why we do not stand; true when that changed.
+    fn set_withdrawn(&self, why: Option<String>) -> bool {
+        self.status.send_if_modified(|x| {
+            let changed = x.withdrawn != why;
+            x.withdrawn = why;
+            changed
+        })
     }
 
     /// Cancel: Follower, VIPs gone, candidacy deleted, session closed.
