@@ -431,3 +431,92 @@ fn hook_sees_transitions_in_order_and_sigterm_moves_without_overlap() {
     );
     eprintln!("[sv-hook] old leader's hook: {old_log:?}; new leader's: {new_log:?}");
 }
+
+/// `vipctl <args> --zk .. --cluster ..` on the admin host; panics on failure.
+fn admin(c: &Cluster, args: &[&str]) -> String {
+    let bin = vipd_tests::lab::vipctl_bin().display().to_string();
+    let mut argv = vec![bin.as_str()];
+    argv.extend_from_slice(args);
+    argv.extend_from_slice(&["--zk", &c.hosts, "--cluster", &c.cluster]);
+    let out = c.admin.exec(&argv);
+    assert!(
+        out.status.success(),
+        "vipctl {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// R18: drain moves the VIPs (zero overlap, the gap from both nodes'
+/// netlink events), a drained node stays out after a restart, undrain lets
+/// it stand again (without preempting), and `handover --to` picks the node.
+#[test]
+fn drain_undrain_and_handover_move_without_overlap() {
+    let _serial = serial();
+    let (mut c, vips, old) = cluster("sv-drain", 3, &[]);
+    let mons = monitors(&c);
+    let initial = c.holdings(&vips);
+    let at = Instant::now();
+    admin(&c, &["node", "drain", &c.nodes[old].id.clone()]);
+    let (new, _) = c
+        .wait_sole_holder(&vips, Some(old), Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("sv-drain: no move: {e}"));
+    std::thread::sleep(Duration::from_millis(300));
+    let took = handover(&c, &mons, &vips, old, new, at, "sv-drain drain");
+    assert_no_overlap(&c, &mons, &vips, &initial, at, "sv-drain drain");
+    eprintln!(
+        "[sv-drain] drain: {} holds the VIPs {took:.1} ms after vipctl started",
+        c.nodes[new].id
+    );
+    let list: serde_json::Value =
+        serde_json::from_str(&admin(&c, &["node", "list", "--json"])).unwrap();
+    let row = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["node"] == c.nodes[old].id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(row["drained"], true, "{list:#}");
+    assert_eq!(row["role"], "withdrawn", "{list:#}");
+    assert!(row["session"].is_string(), "{list:#}");
+    // A drained node stays out across a restart.
+    c.kill_vipd(old);
+    c.start_vipd(old);
+    within(Duration::from_secs(10), || {
+        c.try_status(old).is_some_and(|s| {
+            s["zookeeper"]["withdrawn"]
+                .as_str()
+                .is_some_and(|w| w.contains("drained"))
+        })
+    })
+    .unwrap_or_else(|e| panic!("sv-drain: restarted node not withdrawn: {e}"));
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(c.sole_holder(&vips), Some(new));
+    admin(&c, &["node", "undrain", &c.nodes[old].id.clone()]);
+    within(Duration::from_secs(5), || {
+        c.try_status(old)
+            .is_some_and(|s| s["zookeeper"]["withdrawn"].is_null())
+    })
+    .unwrap_or_else(|e| panic!("sv-drain: undrained node never stood: {e}"));
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        c.sole_holder(&vips),
+        Some(new),
+        "sv-drain: undrain preempted"
+    );
+    // Handover to a named node: the one last in line (the undrained one).
+    let mons = monitors(&c);
+    let initial = c.holdings(&vips);
+    let at = Instant::now();
+    let out = admin(&c, &["handover", "--to", &c.nodes[old].id.clone()]);
+    let (to, _) = c
+        .wait_sole_holder(&vips, Some(new), Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("sv-drain: no handover: {e}"));
+    assert_eq!(to, old, "{out}");
+    std::thread::sleep(Duration::from_millis(300));
+    let took = handover(&c, &mons, &vips, new, old, at, "sv-drain handover");
+    assert_no_overlap(&c, &mons, &vips, &initial, at, "sv-drain handover");
+    eprintln!("[sv-drain] handover --to: {out:?}, {took:.1} ms after vipctl started");
+}

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod election;
 pub mod lease;
+pub mod nodes;
 pub mod session;
 pub mod store;
 
@@ -83,15 +84,26 @@ impl ZkSettings {
 /// The paths of one cluster's znodes.
 #[derive(Clone, Debug)]
 pub struct ClusterPaths {
+    pub root: String,
     pub election: String,
     pub services: String,
+    /// Operators' drain records (R18), persistent.
+    pub nodes: String,
+    /// Running nodes' member znodes, ephemeral.
+    pub members: String,
+    /// The handover request, persistent until the next leader deletes it.
+    pub handover: String,
 }
 
 impl ClusterPaths {
     pub fn new(cluster: &str) -> Self {
         ClusterPaths {
+            root: format!("/vipd/{cluster}"),
             election: format!("/vipd/{cluster}/election"),
             services: format!("/vipd/{cluster}/services"),
+            nodes: format!("/vipd/{cluster}/nodes"),
+            members: format!("/vipd/{cluster}/members"),
+            handover: format!("/vipd/{cluster}/handover"),
         }
     }
 }
@@ -167,6 +179,7 @@ pub async fn run_serving(
     if settings.hosts.trim().is_empty() {
         return Err(CoordError::Setting("no ZooKeeper hosts".into()));
     }
+    let (drained_tx, drained) = watch::channel(false);
     let ctx = Ctx {
         paths: ClusterPaths::new(&settings.cluster),
         acl: ZnodeAcl::new(settings.auth.as_ref()),
@@ -181,8 +194,11 @@ pub async fn run_serving(
         settings: &settings,
         desired: &desired,
         status: &status,
+        drained: &drained_tx,
+        health: health.clone(),
     };
     let mut st = Campaign {
+        drained,
         term: desired.borrow().term,
         report,
         report_open: true,
@@ -259,6 +275,9 @@ struct Ctx<'a> {
     data: Vec<u8>,
     desired: &'a watch::Sender<Desired>,
     status: &'a watch::Sender<CoordStatus>,
+    /// This node's drain record, as last read (R18).
+    drained: &'a watch::Sender<bool>,
+    health: Option<watch::Receiver<HealthStatus>>,
 }
 
 struct Campaign {
@@ -267,12 +286,16 @@ struct Campaign {
     report_open: bool,
     /// `None`: no checks (or the checks stopped): healthy.
     health: Option<watch::Receiver<HealthStatus>>,
+    drained: watch::Receiver<bool>,
 }
 
 impl Campaign {
     /// Why this node should not stand (R18), if it should not.
     fn unfit(&self) -> Option<String> {
         let mut why = Vec::new();
+        if *self.drained.borrow() {
+            why.push("drained by an operator".to_string());
+        }
         let links = &self.report.borrow().links_down;
         if !links.is_empty() {
             why.push(format!(
@@ -304,7 +327,8 @@ impl Campaign {
                         self.health = None;
                     }
                 }
-                () = std::future::pending(), if !self.report_open && self.health.is_none() => {}
+                // The sender lives as long as coordination.
+                _ = self.drained.changed() => {}
             }
         }
     }
@@ -330,6 +354,8 @@ enum LeadEnd {
     GiveUp(BTreeSet<Vip>),
     /// This node cannot serve (R18): hand over.
     Withdraw(String),
+    /// An operator asked for a handover (`vipctl handover`).
+    Handover(Option<String>),
 }
 
 impl Ctx<'_> {
@@ -426,12 +452,67 @@ impl Ctx<'_> {
             store::watch_services(client, &self.paths.services, &self.acl, deadline, |r| {
                 self.publish_services(r)
             });
+        let record_path = self.paths.node(&self.settings.node_id);
+        let record = nodes::watch_record(client, &record_path, deadline, |d| {
+            if self
+                .drained
+                .send_if_modified(|x| std::mem::replace(x, d) != d)
+            {
+                info!(drained = d, "drain record changed");
+            }
+        });
+        let member = self.publish_member(client, deadline);
         let mut own = None;
         let end = tokio::select! {
             s = services => s,
+            s = record => s,
+            () = member => std::future::pending().await,
             s = self.campaign(client, st, &mut own, cancel) => s,
         };
         (end, own)
+    }
+
+    /// Keeps this node's member znode (role, health, why it does not
+    /// stand) current for `vipctl node list`.
+    async fn publish_member(&self, client: &Client, deadline: Duration) {
+        let of = |c: &CoordStatus, h: Option<&HealthStatus>| nodes::MemberData {
+            node: self.settings.node_id.clone(),
+            host: crate::config::hostname(),
+            role: if c.is_leader {
+                "leader"
+            } else if c.fenced {
+                "fenced"
+            } else {
+                "follower"
+            }
+            .into(),
+            healthy: h.map(|h| h.healthy),
+            withdrawn: c.withdrawn.clone(),
+        };
+        let mut status = self.status.subscribe();
+        let mut health = self.health.clone();
+        let now = |s: &watch::Receiver<CoordStatus>, h: &Option<watch::Receiver<HealthStatus>>| {
+            of(&s.borrow(), h.as_ref().map(|h| h.borrow().clone()).as_ref())
+        };
+        let (tx, rx) = watch::channel(now(&status, &health));
+        let path = self.paths.member(&self.settings.node_id);
+        let publish =
+            nodes::publish_member(client, &self.paths.members, &path, &self.acl, deadline, rx);
+        let follow = async {
+            loop {
+                tokio::select! {
+                    r = status.changed() => if r.is_err() { return },
+                    r = changed_opt(&mut health) => if r.is_err() { health = None },
+                }
+                let m = now(&status, &health);
+                tx.send_if_modified(|x| {
+                    let changed = *x != m;
+                    *x = m;
+                    changed
+                });
+            }
+        };
+        tokio::join!(publish, follow);
     }
 
     /// Stands for election and leads while this session lasts. Returns
@@ -525,6 +606,10 @@ impl Ctx<'_> {
                 continue;
             };
             self.note_leader(client, dir, &sorted[0], deadline).await;
+            if pos == 0 && self.yield_to_target(client, &me, &sorted, deadline).await {
+                self.withdraw(client, st, own, deadline).await;
+                continue;
+            }
             if pos == 0 {
                 match self.lead(client, st, &me, &mut state, cancel).await {
                     LeadEnd::Cancelled => return SessionState::Closed,
@@ -536,6 +621,11 @@ impl Ctx<'_> {
                     LeadEnd::Terminal(s) => return s,
                     LeadEnd::GiveUp(vips) => {
                         self.give_up(client, st, own, vips, deadline, cancel).await;
+                        continue;
+                    }
+                    LeadEnd::Handover(to) => {
+                        info!(to = ?to, "handing over on an operator's request");
+                        self.withdraw(client, st, own, deadline).await;
                         continue;
                     }
                     LeadEnd::Withdraw(why) => {
@@ -671,6 +761,10 @@ impl Ctx<'_> {
         st.term = term;
         info!(term, lease = ?lease.length, renew_every = ?lease.renew_every(), "elected leader; lease held");
         self.leader(term, self.grant(sent));
+        nodes::clear_handover(client, &self.paths.handover, me, lease.poll_deadline()).await;
+        let handover =
+            nodes::handover_requested(client, &self.paths.handover, me, lease.poll_deadline());
+        tokio::pin!(handover);
         let (ack_tx, mut ack_rx) = watch::channel(sent);
         // One renewal at a time, each waited for up to the lease (an answer
         // later than that extends nothing): a renewal that timed out and
@@ -704,6 +798,12 @@ impl Ctx<'_> {
             let fence_at = acked + lease.length;
             tokio::select! {
                 _ = cancel.cancelled() => break LeadEnd::Cancelled,
+                to = &mut handover => break LeadEnd::Handover(to),
+                _ = st.drained.changed() => {
+                    if let Some(why) = st.unfit() {
+                        break LeadEnd::Withdraw(why);
+                    }
+                }
                 e = &mut renewals => {
                     warn!(error = %e, "lease renewal refused: another node took over, or our znode is gone; the term ends");
                     self.follower(false);
@@ -917,6 +1017,30 @@ impl Ctx<'_> {
                 }
             }
         }
+    }
+
+    /// At the head of the line: true when a handover request names another
+    /// node that stands, so we step aside (we hold nothing yet) until it
+    /// leads.
+    async fn yield_to_target(
+        &self,
+        client: &Client,
+        me: &str,
+        sorted: &[String],
+        deadline: Duration,
+    ) -> bool {
+        let Ok(Some((r, _))) = nodes::read_handover(client, &self.paths.handover, deadline).await
+        else {
+            return false;
+        };
+        let yields = r.from != me
+            && r.to.as_deref().is_some_and(|t| {
+                t != self.settings.node_id && sorted.iter().any(|c| node_of(c) == t)
+            });
+        if yields {
+            info!(to = ?r.to, "a handover names another node; stepping aside");
+        }
+        yields
     }
 
     /// Records why we do not stand; true when that changed.
