@@ -105,6 +105,7 @@ fn start_node(hosts: &str, cluster: &str, id: &str, opts: NodeOpts) -> Node {
                 } else {
                     BTreeSet::new()
                 },
+                ..EngineReport::default()
             });
             if d.changed().await.is_err() {
                 return;

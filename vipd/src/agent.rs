@@ -90,6 +90,20 @@ pub struct EngineStatus {
     pub interfaces: BTreeMap<Vip, String>,
     /// Lease renewals applied (address lifetimes and XDP expiry), R16.
     pub lease: LeaseStatus,
+    /// VIP interfaces down or without carrier (R18).
+    pub links: LinkHealth,
+}
+
+/// The VIP interfaces' state (R18): down ones withdraw this node after the
+/// grace.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct LinkHealth {
+    /// Interfaces of configured VIPs that are down or without carrier now.
+    pub down: Vec<String>,
+    /// Milliseconds they have been down (None: every one is up).
+    pub down_for_ms: Option<u64>,
+    /// Down past the grace: this node does not stand, a leader hands over.
+    pub withdrawn: bool,
 }
 
 /// What the engine did with the leader's lease.
@@ -141,6 +155,15 @@ pub struct Engine {
     /// When native XDP attachments are next checked for lost answers
     /// (`None`: there are none).
     delivery_check: Option<tokio::time::Instant>,
+    /// The last interface seen for each configured VIP: a link set down
+    /// takes its routes along, but it is still the VIP's interface (R18).
+    vip_links: BTreeMap<Vip, u32>,
+    /// Since when some VIP interface is down (R18 grace).
+    links_down_since: Option<tokio::time::Instant>,
+    /// Down interfaces as last reported (after the grace).
+    links_down: BTreeSet<String>,
+    /// The next re-announcement after the sync rounds (R19).
+    refresh: Option<tokio::time::Instant>,
 }
 
 /// Conflict answers per VIP are at most this frequent, so two agents
@@ -185,6 +208,10 @@ impl Engine {
             reported: HashMap::new(),
             held: BTreeMap::new(),
             delivery_check: None,
+            vip_links: BTreeMap::new(),
+            links_down_since: None,
+            links_down: BTreeSet::new(),
+            refresh: None,
         }
     }
 
@@ -219,6 +246,10 @@ impl Engine {
 
         loop {
             let sync_due = self.sync.as_ref().map(|s| s.next);
+            let grace_due = match self.links_down_since {
+                Some(since) if self.links_down.is_empty() => Some(since + self.engine.link_grace),
+                _ => None,
+            };
             let conflict_due = self.pending_conflict_answers.values().min().copied();
             let lease_end = match (self.applied.role, self.applied.lease) {
                 (Role::Leader, Some(l)) => Some(tokio::time::Instant::from_std(l.until)),
@@ -244,6 +275,9 @@ impl Engine {
                 Some(c) = next_conflict(&mut conflicts) => self.on_conflict(c),
                 Some(c) = next_conflict(&mut conflicts6) => self.on_conflict6(c),
                 () = sleep_opt(sync_due) => self.sync_round().await,
+                () = sleep_opt(self.refresh) => self.refresh_round().await,
+                // The grace ran out: a pass reports the interfaces still down.
+                () = sleep_opt(grace_due) => self.reconcile(false).await,
                 () = sleep_opt(conflict_due) => self.answer_due_conflicts(),
                 () = sleep_opt(self.delivery_check) => self.check_delivery(),
                 _ = tick.tick() => self.reconcile(false).await,
@@ -282,12 +316,17 @@ impl Engine {
                 remaining: self.engine.garp_rounds,
                 next: tokio::time::Instant::now() + self.engine.garp_interval,
             });
+            self.refresh = None;
+            if self.sync.is_none() {
+                self.start_refresh();
+            }
         }
     }
 
     /// Stops announcing and answering, removes every VIP we hold, reports.
     async fn step_down(&mut self, why: &str) {
         self.sync = None;
+        self.refresh = None;
         self.pending_conflict_answers.clear();
         self.announcer.clear();
         if let Some(off) = &self.offload
@@ -377,11 +416,89 @@ impl Engine {
         let left = s.remaining;
         if left == 0 {
             self.sync = None;
+            self.start_refresh();
         } else {
             s.next += self.engine.garp_interval;
         }
         debug!(rounds_left = left, "sync round");
         self.reconcile(true).await;
+    }
+
+    /// After the R8 rounds: re-announce every `garp_refresh` (R19).
+    fn start_refresh(&mut self) {
+        self.refresh = (!self.engine.garp_refresh.is_zero() && self.applied.role == Role::Leader)
+            .then(|| tokio::time::Instant::now() + self.engine.garp_refresh);
+    }
+
+    /// One refresh: re-check every VIP and announce each one held (as a
+    /// sync round; the announcer paces it).
+    async fn refresh_round(&mut self) {
+        self.refresh = None;
+        if self.applied.role != Role::Leader {
+            return;
+        }
+        debug!("refresh round");
+        self.reconcile(true).await;
+        self.start_refresh();
+    }
+
+    /// R18: the interfaces of configured VIPs that are down now (not up, or
+    /// without carrier), from the last pass's links. A VIP's interface is
+    /// the one its route picks, else the last one seen for it (a link set
+    /// down loses its routes).
+    fn update_links(&mut self, snap: &NetSnapshot) {
+        let mut down = BTreeSet::new();
+        self.vip_links.retain(|v, _| self.applied.vips.contains(v));
+        for vip in &self.applied.vips {
+            let ifindex = match snap.routes.placement(*vip) {
+                Some(p) => {
+                    self.vip_links.insert(*vip, p.ifindex);
+                    Some(p.ifindex)
+                }
+                None => self.vip_links.get(vip).copied(),
+            };
+            if let Some(i) = ifindex {
+                match snap.link(i) {
+                    Some(l) if l.up => {}
+                    Some(l) => {
+                        down.insert(l.name.clone());
+                    }
+                    None => {
+                        self.vip_links.remove(vip);
+                    }
+                }
+            }
+        }
+        let now = tokio::time::Instant::now();
+        if down.is_empty() {
+            if self.links_down_since.take().is_some() {
+                info!("every VIP interface is up");
+            }
+        } else if self.links_down_since.is_none() {
+            warn!(interfaces = ?down, grace = ?self.engine.link_grace, "a VIP interface is down or without carrier");
+            self.links_down_since = Some(now);
+        }
+        let since = self.links_down_since;
+        let past_grace = since.is_some_and(|s| now >= s + self.engine.link_grace);
+        let links_down = if past_grace {
+            down.clone()
+        } else {
+            BTreeSet::new()
+        };
+        if past_grace && links_down != self.links_down {
+            warn!(interfaces = ?links_down, "VIP interface down past the grace: this node cannot serve its VIPs");
+        }
+        self.links_down = links_down;
+        let status = LinkHealth {
+            down: down.into_iter().collect(),
+            down_for_ms: since.map(|s| u64::try_from((now - s).as_millis()).unwrap_or(u64::MAX)),
+            withdrawn: !self.links_down.is_empty(),
+        };
+        self.status.send_if_modified(|s| {
+            let changed = s.links != status;
+            s.links = status;
+            changed
+        });
     }
 
     /// Waits out a burst of netlink events so it costs one pass.
@@ -528,6 +645,7 @@ impl Engine {
             }
         };
         self.links = snap.links.iter().map(|l| (l.ifindex, l.clone())).collect();
+        self.update_links(&snap);
         let empty = BTreeSet::new();
         let wanted = if leader { &self.applied.vips } else { &empty };
         let plan = reconcile::plan(wanted, &snap.routes, &snap.addresses);
@@ -748,6 +866,7 @@ impl Engine {
             term: self.applied.term,
             held: snap_held_after(&snap, &held, &plan),
             no_route,
+            links_down: self.links_down.clone(),
         };
         self.report.send_if_modified(|r| {
             if *r == report {

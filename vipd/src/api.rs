@@ -104,6 +104,8 @@ pub struct ApiState {
     pub coord: Option<watch::Receiver<CoordStatus>>,
     pub offload: Option<SharedOffload>,
     pub announcer: Announcer,
+    /// Health checks (R18); `None` without `--check`.
+    pub health: Option<watch::Receiver<crate::health::HealthStatus>>,
 }
 
 impl ApiState {
@@ -127,6 +129,8 @@ impl ApiState {
             "lease": e.lease,
             "announcements": self.announcer.stats(),
             "zookeeper": coord,
+            "links": e.links,
+            "health": self.health.as_ref().map(|h| h.borrow().clone()),
         })
     }
 

@@ -130,6 +130,9 @@ pub struct Config {
     #[command(flatten)]
     pub xdp: XdpArgs,
 
+    #[command(flatten)]
+    pub serving: ServingArgs,
+
     /// Local control socket for vipctl.
     #[arg(
         global = true,
@@ -445,6 +448,76 @@ pub struct EngineArgs {
     /// Debounce of netlink events: a burst costs one reconcile pass.
     #[arg(global = true, long, env = "VIPD_EVENT_DEBOUNCE", value_parser = parse_duration, default_value = "2ms")]
     pub event_debounce: Duration,
+
+    /// After the sync rounds, the leader announces every VIP again at this
+    /// interval for as long as it leads (R19), paced as every announcement;
+    /// 0 turns it off.
+    #[arg(global = true, long, env = "VIPD_GARP_REFRESH", value_parser = parse_duration, default_value = "60s")]
+    pub garp_refresh: Duration,
+
+    /// How long a VIP's interface may be down or without carrier before the
+    /// leader gives up leadership (R18), so a flap does not move the VIPs.
+    #[arg(global = true, long, env = "VIPD_LINK_GRACE", value_parser = parse_duration, default_value = "200ms")]
+    pub link_grace: Duration,
+}
+
+/// Serving (R18, R19): health checks and the transition hook.
+#[derive(Args, Debug, Clone)]
+pub struct ServingArgs {
+    /// A health check (repeatable): `tcp:HOST:PORT`, `http://HOST[:PORT]/PATH`
+    /// (a GET answered 2xx) or `exec:/PATH [ARGS...]` (run without a shell,
+    /// exit 0 is healthy). An unhealthy node withdraws from the election.
+    /// Several checks in one value (the environment) are separated by `;`.
+    #[arg(global = true, long = "check", env = "VIPD_CHECK", value_delimiter = ';',
+          value_parser = parse_check)]
+    pub checks: Vec<crate::health::CheckSpec>,
+
+    /// How often each check runs.
+    #[arg(global = true, long, env = "VIPD_CHECK_INTERVAL", value_parser = parse_positive_duration, default_value = "1s")]
+    pub check_interval: Duration,
+
+    /// A check not done within this fails (a hung program is killed).
+    #[arg(global = true, long, env = "VIPD_CHECK_TIMEOUT", value_parser = parse_positive_duration, default_value = "1s")]
+    pub check_timeout: Duration,
+
+    /// Consecutive failures that make a healthy check unhealthy.
+    #[arg(global = true, long, env = "VIPD_CHECK_FALL", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub check_fall: u32,
+
+    /// Consecutive successes that make an unhealthy check healthy.
+    #[arg(global = true, long, env = "VIPD_CHECK_RISE", default_value_t = 2,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub check_rise: u32,
+
+    /// A program run (without a shell) on every role change of this node and
+    /// every change of the VIPs it holds, with VIPD_ROLE, VIPD_NODE,
+    /// VIPD_TERM and VIPD_VIPS in its environment; one at a time, in order.
+    #[arg(global = true, long, env = "VIPD_ON_CHANGE")]
+    pub on_change: Option<PathBuf>,
+
+    /// The hook is killed when it runs longer than this.
+    #[arg(global = true, long, env = "VIPD_ON_CHANGE_TIMEOUT", value_parser = parse_positive_duration, default_value = "10s")]
+    pub on_change_timeout: Duration,
+}
+
+fn parse_check(s: &str) -> Result<crate::health::CheckSpec, String> {
+    s.trim()
+        .parse()
+        .map_err(|e: crate::health::InvalidCheck| e.to_string())
+}
+
+impl ServingArgs {
+    /// The health check settings.
+    pub fn check_settings(&self) -> crate::health::CheckSettings {
+        crate::health::CheckSettings {
+            checks: self.checks.clone(),
+            interval: self.check_interval,
+            timeout: self.check_timeout,
+            fall: self.check_fall,
+            rise: self.check_rise,
+        }
+    }
 }
 
 /// The XDP program.
@@ -508,6 +581,14 @@ impl Config {
             ));
         }
         self.zk.lease_times()?;
+        if let Some(p) = &self.serving.on_change
+            && !p.is_absolute()
+        {
+            return Err(format!(
+                "--on-change {}: give an absolute path (the hook runs without a shell and without PATH lookup)",
+                p.display()
+            ));
+        }
         Ok(())
     }
 

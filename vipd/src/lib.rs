@@ -10,6 +10,8 @@ pub mod api;
 pub mod arp_offload;
 pub mod config;
 pub mod coord;
+pub mod health;
+pub mod hooks;
 pub mod metrics;
 pub mod net;
 pub mod notify;

@@ -47,6 +47,45 @@ pub fn render(state: &ApiState) -> String {
         "Time the engine spent applying lease renewals.",
         &[(String::new(), e.lease.renewal_us_total as f64 / 1e6)],
     );
+    metric(
+        "vipd_vip_links_down",
+        "gauge",
+        "VIP interfaces down or without carrier now (R18).",
+        &[(String::new(), e.links.down.len() as f64)],
+    );
+    if let Some(h) = &state.health {
+        let h = h.borrow().clone();
+        metric(
+            "vipd_healthy",
+            "gauge",
+            "1 if every health check is healthy (R18).",
+            &[(String::new(), f64::from(u8::from(h.healthy)))],
+        );
+        let of = |f: &dyn Fn(&crate::health::CheckStatus) -> f64| -> Vec<(String, f64)> {
+            h.checks
+                .iter()
+                .map(|c| (format!("{{check=\"{}\"}}", label(&c.check)), f(c)))
+                .collect()
+        };
+        metric(
+            "vipd_check_healthy",
+            "gauge",
+            "1 if the check is healthy, 0 if unhealthy or without a result yet.",
+            &of(&|c| f64::from(u8::from(c.state.healthy == Some(true)))),
+        );
+        metric(
+            "vipd_check_runs_total",
+            "counter",
+            "Runs of the check.",
+            &of(&|c| c.runs as f64),
+        );
+        metric(
+            "vipd_check_failures_total",
+            "counter",
+            "Failed runs of the check (timeouts included).",
+            &of(&|c| c.failures as f64),
+        );
+    }
     if let Some(c) = &state.coord {
         let c = c.borrow().clone();
         let samples: Vec<(String, f64)> = [
@@ -75,6 +114,12 @@ pub fn render(state: &ApiState) -> String {
             "gauge",
             "1 while the node fenced itself (cannot confirm its ZooKeeper session).",
             &[(String::new(), f64::from(u8::from(c.fenced)))],
+        );
+        metric(
+            "vipd_withdrawn",
+            "gauge",
+            "1 while the node does not stand for election (R18: VIP interface down, unhealthy, drained).",
+            &[(String::new(), f64::from(u8::from(c.withdrawn.is_some())))],
         );
         if let Some(term) = c.term {
             metric(

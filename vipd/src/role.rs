@@ -66,4 +66,7 @@ pub struct EngineReport {
     pub held: BTreeSet<Vip>,
     /// Wanted VIPs that no route matches (R4): a leader should give up.
     pub no_route: BTreeSet<Vip>,
+    /// Interfaces of wanted VIPs that have been down or without carrier for
+    /// longer than the grace (R18): this node cannot serve, it withdraws.
+    pub links_down: BTreeSet<String>,
 }

@@ -8,7 +8,11 @@ use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand, parser:
 use vipd::{
     api::{self, ArpStats, Request},
     config::parse_positive_duration,
-    coord::{VipCommand, ZkAuth, admin::run_vip_command_within},
+    coord::{
+        VipCommand, ZkAuth,
+        admin::run_vip_command_within,
+        nodes::{NodeCommand, run_handover_within, run_node_command_within},
+    },
     net::netlink::Netlink,
 };
 
@@ -27,6 +31,16 @@ struct Cli {
     zk: ZkArg,
     #[command(flatten)]
     output: OutputArg,
+    #[command(flatten)]
+    handover: HandoverArg,
+}
+
+#[derive(clap::Args, Clone, Debug)]
+#[command(next_help_heading = "Handover")]
+struct HandoverArg {
+    /// Hand over to this node (it must stand for election).
+    #[arg(global = true, long)]
+    to: Option<String>,
 }
 
 #[derive(clap::Args, Clone, Debug)]
@@ -67,7 +81,7 @@ struct OutputArg {
     /// Print JSON instead of a table (status, arp stats, vip list).
     #[arg(global = true, long)]
     json: bool,
-    /// Refresh every second until interrupted (arp stats).
+    /// Refresh every second until interrupted (arp stats, status, node list).
     #[arg(global = true, long)]
     watch: bool,
 }
@@ -86,6 +100,13 @@ enum Command {
         #[command(subcommand)]
         command: VipCommand,
     },
+    /// Drain, undrain and list the cluster's nodes (through ZooKeeper).
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
+    /// The leader steps down now in favour of the next candidate (or --to).
+    Handover,
     /// Remove every address vipd added on this node (for a service manager
     /// to run after the agent stopped or crashed). Never touches others.
     Cleanup,
@@ -99,7 +120,24 @@ enum ArpCommand {
 
 /// Which options each command reads (clap ids), by the command's words.
 const OPTIONS: &[(&str, &[&str])] = &[
-    ("status", &["api_socket", "json"]),
+    ("status", &["api_socket", "json", "watch"]),
+    (
+        "node list",
+        &[
+            "hosts",
+            "cluster",
+            "zk_auth_file",
+            "connect_timeout",
+            "json",
+            "watch",
+        ],
+    ),
+    ("node drain", ZK_OPTIONS),
+    ("node undrain", ZK_OPTIONS),
+    (
+        "handover",
+        &["hosts", "cluster", "zk_auth_file", "connect_timeout", "to"],
+    ),
     ("arp stats", &["api_socket", "json", "watch"]),
     (
         "vip list",
@@ -132,6 +170,12 @@ impl Command {
                 VipCommand::Remove { .. } => "vip remove",
                 VipCommand::Clear { .. } => "vip clear",
             },
+            Command::Node { command } => match command {
+                NodeCommand::List { .. } => "node list",
+                NodeCommand::Drain { .. } => "node drain",
+                NodeCommand::Undrain { .. } => "node undrain",
+            },
+            Command::Handover => "handover",
             Command::Cleanup => "cleanup",
         }
     }
@@ -175,11 +219,13 @@ where
             ))));
         }
     }
-    if matches!(cli.command, Command::Vip { .. })
-        && cli.zk.hosts.as_deref().is_none_or(|h| h.trim().is_empty())
+    if matches!(
+        cli.command,
+        Command::Vip { .. } | Command::Node { .. } | Command::Handover
+    ) && cli.zk.hosts.as_deref().is_none_or(|h| h.trim().is_empty())
     {
         return Ok(Err(Usage(
-            "`vipctl vip` needs the ZooKeeper servers: give --zk host:port[,host:port...] \
+            "`vipctl vip`, `node` and `handover` need the ZooKeeper servers: give --zk host:port[,host:port...] \
              (before or after the subcommand) or set VIPD_ZK"
                 .into(),
         )));
@@ -215,20 +261,102 @@ async fn run(cli: Cli) -> ExitCode {
         socket,
         zk,
         output,
+        handover,
     } = cli;
     let json = output.json;
     match command {
-        Command::Status => match api::request(&socket.api_socket, Request::Status).await {
-            Ok(v) => {
-                if json {
-                    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-                } else {
-                    print!("{}", status_table(&v));
+        Command::Status => loop {
+            match api::request(&socket.api_socket, Request::Status).await {
+                Ok(v) => {
+                    if output.watch && !json {
+                        print!("\x1b[2J\x1b[H");
+                    }
+                    if json && output.watch {
+                        println!("{}", serde_json::to_string(&v).unwrap_or_default());
+                    } else if json {
+                        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                    } else {
+                        print!("{}", status_table(&v));
+                    }
+                    let _ = std::io::stdout().flush();
                 }
-                ExitCode::SUCCESS
+                Err(e) => return fail(&e.to_string()),
             }
-            Err(e) => fail(&e.to_string()),
+            if !output.watch {
+                return ExitCode::SUCCESS;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
         },
+        Command::Node { command } => {
+            let auth = match &zk.zk_auth_file {
+                Some(p) => match ZkAuth::from_file(p) {
+                    Ok(a) => Some(a),
+                    Err(e) => return fail(&e.to_string()),
+                },
+                None => None,
+            };
+            let command = match command {
+                NodeCommand::List { .. } => NodeCommand::List { json },
+                other => other,
+            };
+            let hosts = zk.hosts.unwrap_or_default();
+            loop {
+                match run_node_command_within(
+                    &hosts,
+                    &zk.cluster,
+                    auth.clone(),
+                    command.clone(),
+                    zk.connect_timeout,
+                )
+                .await
+                {
+                    Ok(out) => {
+                        if output.watch && !json {
+                            print!("\x1b[2J\x1b[H");
+                        }
+                        print!("{out}");
+                        let _ = std::io::stdout().flush();
+                    }
+                    Err(e) => {
+                        eprintln!("vipctl: {e}");
+                        return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1));
+                    }
+                }
+                if !(output.watch && matches!(command, NodeCommand::List { .. })) {
+                    return ExitCode::SUCCESS;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+        Command::Handover => {
+            let auth = match &zk.zk_auth_file {
+                Some(p) => match ZkAuth::from_file(p) {
+                    Ok(a) => Some(a),
+                    Err(e) => return fail(&e.to_string()),
+                },
+                None => None,
+            };
+            let hosts = zk.hosts.unwrap_or_default();
+            match run_handover_within(
+                &hosts,
+                &zk.cluster,
+                auth,
+                handover.to,
+                zk.connect_timeout,
+                Duration::from_secs(10),
+            )
+            .await
+            {
+                Ok(out) => {
+                    print!("{out}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("vipctl: {e}");
+                    ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
+                }
+            }
+        }
         Command::Arp {
             command: ArpCommand::Stats,
         } => loop {
@@ -319,6 +447,58 @@ fn s(v: &serde_json::Value) -> String {
     }
 }
 
+/// R18 in `vipctl status`: withdrawn or not and why, VIP links, checks.
+fn serving_text(v: &serde_json::Value) -> String {
+    let mut out = String::new();
+    if let Some(why) = v["zookeeper"]["withdrawn"].as_str() {
+        out.push_str(&format!("withdrawn from the election: {why}\n"));
+    }
+    let links = &v["links"];
+    if let Some(down) = links["down"].as_array().filter(|d| !d.is_empty()) {
+        let names: Vec<String> = down.iter().map(s).collect();
+        out.push_str(&format!(
+            "VIP interfaces down: {} for {} ms{}\n",
+            names.join(" "),
+            s(&links["down_for_ms"]),
+            if links["withdrawn"].as_bool() == Some(true) {
+                " (past the grace)"
+            } else {
+                ""
+            }
+        ));
+    }
+    if let Some(h) = v.get("health").filter(|h| !h.is_null()) {
+        out.push_str(&format!(
+            "health {}\n",
+            if h["healthy"].as_bool() == Some(true) {
+                "healthy"
+            } else {
+                "UNHEALTHY"
+            }
+        ));
+        for c in h["checks"].as_array().into_iter().flatten() {
+            let state = match c["healthy"].as_bool() {
+                Some(true) => "healthy",
+                Some(false) => "unhealthy",
+                None => "pending",
+            };
+            out.push_str(&format!(
+                "  check {}: {state}  ok {} failed {} in a row, {} runs, {} failures{}\n",
+                s(&c["check"]),
+                s(&c["consecutive_ok"]),
+                s(&c["consecutive_failed"]),
+                s(&c["runs"]),
+                s(&c["failures"]),
+                c["last_error"]
+                    .as_str()
+                    .map(|e| format!("  last error: {e}"))
+                    .unwrap_or_default()
+            ));
+        }
+    }
+    out
+}
+
 fn status_table(v: &serde_json::Value) -> String {
     let mut out = String::new();
     out.push_str(&format!(
@@ -349,6 +529,7 @@ fn status_table(v: &serde_json::Value) -> String {
             }
         }
     }
+    out.push_str(&serving_text(v));
     let r = &v["last_reconcile"];
     out.push_str(&format!(
         "last reconcile: {} passes, {} us, +{} -{}, {} errors\n",
@@ -569,8 +750,10 @@ mod tests {
     fn misplaced_and_missing_options_are_named() {
         let m = usage(&["cleanup", "--zk", "h:1"]);
         assert!(m.contains("--zk") && m.contains("vipctl cleanup"), "{m}");
-        let m = usage(&["status", "--watch"]);
+        let m = usage(&["cleanup", "--watch"]);
         assert!(m.contains("--watch") && m.contains("arp stats"), "{m}");
+        let m = usage(&["status", "--to", "n2"]);
+        assert!(m.contains("--to") && m.contains("handover"), "{m}");
         let m = usage(&["vip", "set", "--json", "--zk", "h:1", "web", "192.0.2.1"]);
         assert!(m.contains("--json") && m.contains("vip set"), "{m}");
         let m = usage(&["vip", "--cluster", "prod", "list"]);

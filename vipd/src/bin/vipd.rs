@@ -23,6 +23,8 @@ use vipd::{
     arp_offload::ArpOffload,
     config::{self, Config, ConfigError, LogFormat, VipdCommand},
     coord::{self, CoordStatus, ZkAuth, ZkSettings},
+    health,
+    hooks::Hook,
     metrics,
     net::netlink::Netlink,
     notify::notify,
@@ -140,6 +142,24 @@ async fn run(config: Config) -> Result<()> {
     let (status_tx, status_rx) = watch::channel(EngineStatus::default());
 
     let mut tasks = JoinSet::new();
+    // Health checks (R18) run in tasks of their own: a hung check never
+    // blocks the engine, coordination or the API.
+    let checks_cancel = CancellationToken::new();
+    // The hook stops last, after telling the engine's final step down.
+    let hook_cancel = CancellationToken::new();
+    let health = if config.serving.checks.is_empty() {
+        None
+    } else {
+        let settings = config.serving.check_settings();
+        info!(checks = settings.checks.len(), interval = ?settings.interval, timeout = ?settings.timeout,
+              fall = settings.fall, rise = settings.rise, "health checks");
+        let (rx, set) = health::spawn(&settings, checks_cancel.clone());
+        tasks.spawn(async move {
+            set.join_all().await;
+            "health checks"
+        });
+        Some(rx)
+    };
     let mode;
     let mut coord_status = None;
     let mut coord_task = None;
@@ -177,8 +197,11 @@ async fn run(config: Config) -> Result<()> {
             coord_status = Some(cs_rx);
             let c = cancel.clone();
             let report = report_rx.clone();
+            let health = health.clone();
             coord_task = Some(tokio::spawn(async move {
-                if let Err(e) = coord::run(settings, desired_tx, report, cs_tx, c.clone()).await {
+                if let Err(e) =
+                    coord::run_serving(settings, desired_tx, report, cs_tx, health, c.clone()).await
+                {
                     error!(error = %e, "ZooKeeper coordination failed");
                     c.cancel();
                 }
@@ -194,7 +217,21 @@ async fn run(config: Config) -> Result<()> {
         coord: coord_status,
         offload: offload.clone(),
         announcer: announcer.clone(),
+        health,
     };
+    if let Some(program) = &config.serving.on_change {
+        let hook = Hook {
+            program: program.clone(),
+            timeout: config.serving.on_change_timeout,
+            node: node_id.clone(),
+        };
+        let (report, coord) = (report_rx.clone(), state.coord.clone());
+        let c = hook_cancel.clone();
+        tasks.spawn(async move {
+            hook.run(report, coord, c).await;
+            "on-change hook"
+        });
+    }
     {
         let path = config.api_socket.clone();
         let c = engine_cancel.clone();
@@ -279,9 +316,11 @@ async fn run(config: Config) -> Result<()> {
         warn!("ZooKeeper coordination did not stop within 10 s");
     }
     engine_cancel.cancel();
+    checks_cancel.cancel();
     if let Err(e) = engine_task.await {
         error!(error = %e, "engine task failed");
     }
+    hook_cancel.cancel();
     log_counters(&state);
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         while tasks.join_next().await.is_some() {}

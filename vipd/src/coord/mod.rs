@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod election;
 pub mod lease;
+pub mod nodes;
 pub mod session;
 pub mod store;
 
@@ -31,6 +32,7 @@ use self::{
 };
 use crate::{
     config::valid_name,
+    health::HealthStatus,
     role::{Desired, EngineReport, LeaseGrant, Role},
     vip::Vip,
 };
@@ -82,15 +84,26 @@ impl ZkSettings {
 /// The paths of one cluster's znodes.
 #[derive(Clone, Debug)]
 pub struct ClusterPaths {
+    pub root: String,
     pub election: String,
     pub services: String,
+    /// Operators' drain records (R18), persistent.
+    pub nodes: String,
+    /// Running nodes' member znodes, ephemeral.
+    pub members: String,
+    /// The handover request, persistent until the next leader deletes it.
+    pub handover: String,
 }
 
 impl ClusterPaths {
     pub fn new(cluster: &str) -> Self {
         ClusterPaths {
+            root: format!("/vipd/{cluster}"),
             election: format!("/vipd/{cluster}/election"),
             services: format!("/vipd/{cluster}/services"),
+            nodes: format!("/vipd/{cluster}/nodes"),
+            members: format!("/vipd/{cluster}/members"),
+            handover: format!("/vipd/{cluster}/handover"),
         }
     }
 }
@@ -113,6 +126,9 @@ pub struct CoordStatus {
     /// VIPs named by more than one service: served once, reported.
     pub duplicate_vips: Vec<Vip>,
     pub last_error: Option<String>,
+    /// Why this node does not stand for election now (R18: a VIP
+    /// interface down, failing health checks, drained); None: it stands.
+    pub withdrawn: Option<String>,
 }
 
 /// Why coordination stopped for good.
@@ -137,6 +153,19 @@ pub async fn run(
     status: watch::Sender<CoordStatus>,
     cancel: CancellationToken,
 ) -> Result<(), CoordError> {
+    run_serving(settings, desired, report, status, None, cancel).await
+}
+
+/// [`run`], withdrawing from the election while `health` says unhealthy
+/// (R18), as it does while a VIP interface is down.
+pub async fn run_serving(
+    settings: ZkSettings,
+    desired: watch::Sender<Desired>,
+    report: watch::Receiver<EngineReport>,
+    status: watch::Sender<CoordStatus>,
+    health: Option<watch::Receiver<HealthStatus>>,
+    cancel: CancellationToken,
+) -> Result<(), CoordError> {
     for (what, v) in [
         ("cluster", &settings.cluster),
         ("node id", &settings.node_id),
@@ -150,6 +179,7 @@ pub async fn run(
     if settings.hosts.trim().is_empty() {
         return Err(CoordError::Setting("no ZooKeeper hosts".into()));
     }
+    let (drained_tx, drained) = watch::channel(false);
     let ctx = Ctx {
         paths: ClusterPaths::new(&settings.cluster),
         acl: ZnodeAcl::new(settings.auth.as_ref()),
@@ -164,11 +194,15 @@ pub async fn run(
         settings: &settings,
         desired: &desired,
         status: &status,
+        drained: &drained_tx,
+        health: health.clone(),
     };
     let mut st = Campaign {
+        drained,
         term: desired.borrow().term,
         report,
         report_open: true,
+        health,
     };
     ctx.follower(false);
     loop {
@@ -241,12 +275,70 @@ struct Ctx<'a> {
     data: Vec<u8>,
     desired: &'a watch::Sender<Desired>,
     status: &'a watch::Sender<CoordStatus>,
+    /// This node's drain record, as last read (R18).
+    drained: &'a watch::Sender<bool>,
+    health: Option<watch::Receiver<HealthStatus>>,
 }
 
 struct Campaign {
     term: u64,
     report: watch::Receiver<EngineReport>,
     report_open: bool,
+    /// `None`: no checks (or the checks stopped): healthy.
+    health: Option<watch::Receiver<HealthStatus>>,
+    drained: watch::Receiver<bool>,
+}
+
+impl Campaign {
+    /// Why this node should not stand (R18), if it should not.
+    fn unfit(&self) -> Option<String> {
+        let mut why = Vec::new();
+        if *self.drained.borrow() {
+            why.push("drained by an operator".to_string());
+        }
+        let links = &self.report.borrow().links_down;
+        if !links.is_empty() {
+            why.push(format!(
+                "VIP interface down: {}",
+                links.iter().cloned().collect::<Vec<_>>().join(", ")
+            ));
+        }
+        if let Some(h) = &self.health {
+            let h = h.borrow();
+            if !h.healthy {
+                why.push(format!("health checks failing: {}", h.failing().join(", ")));
+            }
+        }
+        (!why.is_empty()).then(|| why.join("; "))
+    }
+
+    /// Returns once [`Campaign::unfit`] turns to (`was` false) or from
+    /// (`was` true) a reason. Never returns while nothing can change it.
+    async fn unfit_changed(&mut self, was: bool) {
+        while self.unfit().is_some() == was {
+            tokio::select! {
+                r = self.report.changed(), if self.report_open => {
+                    if r.is_err() {
+                        self.report_open = false;
+                    }
+                }
+                r = changed_opt(&mut self.health) => {
+                    if r.is_err() {
+                        self.health = None;
+                    }
+                }
+                // The sender lives as long as coordination.
+                _ = self.drained.changed() => {}
+            }
+        }
+    }
+}
+
+async fn changed_opt<T>(w: &mut Option<watch::Receiver<T>>) -> Result<(), watch::error::RecvError> {
+    match w {
+        Some(w) => w.changed().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// How a leader term ended.
@@ -260,6 +352,10 @@ enum LeadEnd {
     Terminal(SessionState),
     /// A VIP cannot be placed here (R4).
     GiveUp(BTreeSet<Vip>),
+    /// This node cannot serve (R18): hand over.
+    Withdraw(String),
+    /// An operator asked for a handover (`vipctl handover`).
+    Handover(Option<String>),
 }
 
 impl Ctx<'_> {
@@ -356,12 +452,67 @@ impl Ctx<'_> {
             store::watch_services(client, &self.paths.services, &self.acl, deadline, |r| {
                 self.publish_services(r)
             });
+        let record_path = self.paths.node(&self.settings.node_id);
+        let record = nodes::watch_record(client, &record_path, deadline, |d| {
+            if self
+                .drained
+                .send_if_modified(|x| std::mem::replace(x, d) != d)
+            {
+                info!(drained = d, "drain record changed");
+            }
+        });
+        let member = self.publish_member(client, deadline);
         let mut own = None;
         let end = tokio::select! {
             s = services => s,
+            s = record => s,
+            () = member => std::future::pending().await,
             s = self.campaign(client, st, &mut own, cancel) => s,
         };
         (end, own)
+    }
+
+    /// Keeps this node's member znode (role, health, why it does not
+    /// stand) current for `vipctl node list`.
+    async fn publish_member(&self, client: &Client, deadline: Duration) {
+        let of = |c: &CoordStatus, h: Option<&HealthStatus>| nodes::MemberData {
+            node: self.settings.node_id.clone(),
+            host: crate::config::hostname(),
+            role: if c.is_leader {
+                "leader"
+            } else if c.fenced {
+                "fenced"
+            } else {
+                "follower"
+            }
+            .into(),
+            healthy: h.map(|h| h.healthy),
+            withdrawn: c.withdrawn.clone(),
+        };
+        let mut status = self.status.subscribe();
+        let mut health = self.health.clone();
+        let now = |s: &watch::Receiver<CoordStatus>, h: &Option<watch::Receiver<HealthStatus>>| {
+            of(&s.borrow(), h.as_ref().map(|h| h.borrow().clone()).as_ref())
+        };
+        let (tx, rx) = watch::channel(now(&status, &health));
+        let path = self.paths.member(&self.settings.node_id);
+        let publish =
+            nodes::publish_member(client, &self.paths.members, &path, &self.acl, deadline, rx);
+        let follow = async {
+            loop {
+                tokio::select! {
+                    r = status.changed() => if r.is_err() { return },
+                    r = changed_opt(&mut health) => if r.is_err() { health = None },
+                }
+                let m = now(&status, &health);
+                tx.send_if_modified(|x| {
+                    let changed = *x != m;
+                    *x = m;
+                    changed
+                });
+            }
+        };
+        tokio::join!(publish, follow);
     }
 
     /// Stands for election and leads while this session lasts. Returns
@@ -396,6 +547,22 @@ impl Ctx<'_> {
                     continue;
                 }
                 _ => self.set_session("connected"),
+            }
+            if let Some(why) = st.unfit() {
+                if own.is_some() {
+                    info!(reason = %why, "withdrawing from the election");
+                    self.withdraw(client, st, own, deadline).await;
+                }
+                self.set_withdrawn(Some(why));
+                tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    _ = state.changed() => {}
+                    () = st.unfit_changed(true) => {}
+                }
+                continue;
+            }
+            if self.set_withdrawn(None) {
+                info!("fit to serve again; standing for election");
             }
             if own.is_none() {
                 match ensure_candidacy(
@@ -439,6 +606,10 @@ impl Ctx<'_> {
                 continue;
             };
             self.note_leader(client, dir, &sorted[0], deadline).await;
+            if pos == 0 && self.yield_to_target(client, &me, &sorted, deadline).await {
+                self.withdraw(client, st, own, deadline).await;
+                continue;
+            }
             if pos == 0 {
                 match self.lead(client, st, &me, &mut state, cancel).await {
                     LeadEnd::Cancelled => return SessionState::Closed,
@@ -452,12 +623,24 @@ impl Ctx<'_> {
                         self.give_up(client, st, own, vips, deadline, cancel).await;
                         continue;
                     }
+                    LeadEnd::Handover(to) => {
+                        info!(to = ?to, "handing over on an operator's request");
+                        self.withdraw(client, st, own, deadline).await;
+                        continue;
+                    }
+                    LeadEnd::Withdraw(why) => {
+                        error!(reason = %why, "this node cannot serve its VIPs; handing over");
+                        self.error(format!("handed over: {why}"));
+                        self.withdraw(client, st, own, deadline).await;
+                        continue;
+                    }
                 }
             }
             self.follower(false);
             let pred = format!("{dir}/{}", sorted[pos - 1]);
             if pos == 1 {
-                self.watch_leader(client, &pred, &mut state, cancel).await;
+                self.watch_leader(client, &pred, &mut state, st, cancel)
+                    .await;
                 continue;
             }
             match call("watch", &pred, deadline, client.check_and_watch_stat(&pred)).await {
@@ -468,6 +651,7 @@ impl Ctx<'_> {
                         _ = cancel.cancelled() => {}
                         _ = w.changed() => {}
                         _ = state.changed() => {}
+                        () = st.unfit_changed(false) => {}
                         // Only to keep `leader` in the status current: a
                         // leader change upstream does not wake us (R1).
                         _ = tokio::time::sleep(refresh) => {}
@@ -577,6 +761,10 @@ impl Ctx<'_> {
         st.term = term;
         info!(term, lease = ?lease.length, renew_every = ?lease.renew_every(), "elected leader; lease held");
         self.leader(term, self.grant(sent));
+        nodes::clear_handover(client, &self.paths.handover, me, lease.poll_deadline()).await;
+        let handover =
+            nodes::handover_requested(client, &self.paths.handover, me, lease.poll_deadline());
+        tokio::pin!(handover);
         let (ack_tx, mut ack_rx) = watch::channel(sent);
         // One renewal at a time, each waited for up to the lease (an answer
         // later than that extends nothing): a renewal that timed out and
@@ -610,6 +798,12 @@ impl Ctx<'_> {
             let fence_at = acked + lease.length;
             tokio::select! {
                 _ = cancel.cancelled() => break LeadEnd::Cancelled,
+                to = &mut handover => break LeadEnd::Handover(to),
+                _ = st.drained.changed() => {
+                    if let Some(why) = st.unfit() {
+                        break LeadEnd::Withdraw(why);
+                    }
+                }
                 e = &mut renewals => {
                     warn!(error = %e, "lease renewal refused: another node took over, or our znode is gone; the term ends");
                     self.follower(false);
@@ -649,6 +843,18 @@ impl Ctx<'_> {
                     if rep.role == Role::Leader && rep.term == st.term && !rep.no_route.is_empty() {
                         break LeadEnd::GiveUp(rep.no_route.clone());
                     }
+                    drop(rep);
+                    if let Some(why) = st.unfit() {
+                        break LeadEnd::Withdraw(why);
+                    }
+                }
+                r = changed_opt(&mut st.health) => {
+                    if r.is_err() {
+                        st.health = None;
+                    }
+                    if let Some(why) = st.unfit() {
+                        break LeadEnd::Withdraw(why);
+                    }
                 }
             }
         }
@@ -665,6 +871,7 @@ impl Ctx<'_> {
         client: &Client,
         leader: &str,
         state: &mut StateWatcher,
+        st: &mut Campaign,
         cancel: &CancellationToken,
     ) {
         let lease = self.settings.lease;
@@ -713,6 +920,7 @@ impl Ctx<'_> {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = state.changed() => return,
+                () = st.unfit_changed(false) => return,
                 _ = tick.tick() => {}
                 () = changed => {}
             }
@@ -785,6 +993,63 @@ impl Ctx<'_> {
             _ = cancel.cancelled() => {}
             _ = tokio::time::sleep(self.settings.step_down_backoff) => {}
         }
+    }
+
+    /// R18 (and R3): publish Follower, wait until the engine holds nothing,
+    /// then delete our candidacy, whose deletion wakes the next in line at
+    /// once. The caller decides when to stand again.
+    async fn withdraw(
+        &self,
+        client: &Client,
+        st: &mut Campaign,
+        own: &mut Option<String>,
+        deadline: Duration,
+    ) {
+        self.follower(false);
+        wait_released(st, RELEASE_WAIT).await;
+        if let Some(me) = own.take() {
+            let path = format!("{}/{me}", self.paths.election);
+            match call("delete", &path, deadline, client.delete(&path, None)).await {
+                Ok(()) => info!(znode = %path, "candidacy deleted"),
+                Err(e) if e.is(&zookeeper_client::Error::NoNode) => {}
+                Err(e) => {
+                    warn!(error = %e, "could not delete our candidacy; it goes with the session")
+                }
+            }
+        }
+    }
+
+    /// At the head of the line: true when a handover request names another
+    /// node that stands, so we step aside (we hold nothing yet) until it
+    /// leads.
+    async fn yield_to_target(
+        &self,
+        client: &Client,
+        me: &str,
+        sorted: &[String],
+        deadline: Duration,
+    ) -> bool {
+        let Ok(Some((r, _))) = nodes::read_handover(client, &self.paths.handover, deadline).await
+        else {
+            return false;
+        };
+        let yields = r.from != me
+            && r.to.as_deref().is_some_and(|t| {
+                t != self.settings.node_id && sorted.iter().any(|c| node_of(c) == t)
+            });
+        if yields {
+            info!(to = ?r.to, "a handover names another node; stepping aside");
+        }
+        yields
+    }
+
+    /// Records why we do not stand; true when that changed.
+    fn set_withdrawn(&self, why: Option<String>) -> bool {
+        self.status.send_if_modified(|x| {
+            let changed = x.withdrawn != why;
+            x.withdrawn = why;
+            changed
+        })
     }
 
     /// Cancel: Follower, VIPs gone, candidacy deleted, session closed.
