@@ -5,6 +5,7 @@
 mod arp;
 mod engine;
 mod failover;
+mod isolated;
 mod keepalived;
 mod steady;
 pub(crate) mod timeline;

@@ -1,0 +1,1297 @@
+//! The responder on a CPU of its own (the second half of `bench arp`): a
+//! veth pair straight between client c1 and node n1, no bridge. n1's end
+//! gets a NAPI context and a threaded NAPI kthread pinned to CPU 1; the
+//! sender, the counting socket, c1's NAPI thread and every vipd run on
+//! CPU 0. Then that one kthread does n1's work for a request (the XDP
+//! program or the kernel's ARP/NDP code, and handing the reply to c1's
+//! ring; what the kernel defers to softirq there runs in ksoftirqd and is
+//! reported apart), and its scheduler run time, against a baseline where
+//! nobody answers, shows what answering costs.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    fs,
+    net::{IpAddr, Ipv6Addr},
+    os::fd::{FromRawFd as _, OwnedFd},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+use vipd_tests::lab::{Host, Lab, LabProcess};
+
+use super::arp::{
+    self, Ask, CLIENT_IP, Flood, Pace, VIP, kernel_threads, median, parse_mac, pin_process,
+    pin_thread,
+};
+
+/// The sender, the counting socket, c1's NAPI thread and vipd run here.
+const SENDER_CPU: usize = 0;
+/// n1's NAPI thread, alone of this rig's threads, runs here.
+const RESPONDER_CPU: usize = 1;
+/// At most this many runs, whatever `--runs` says.
+const MAX_RUNS: usize = 5;
+/// How long one flood lasts.
+const FLOOD_FOR: Duration = Duration::from_secs(1);
+/// The load: from the sender's CPU, at a fixed rate every case can
+/// answer, in bursts well below a veth ring's 256 frames. A thread's cost
+/// per frame depends on its load (how often it sleeps and wakes, how full
+/// the rings it shares with the other CPU are): a flood, which a cheaper
+/// case answers at a higher rate while c1's thread takes CPU 0 from the
+/// sender, compares different loads. At one rate every case handles the
+/// same load, and no answer waits in a full ring, where vipd would take
+/// it for lost and fall back to generic.
+const PACE: Pace = Pace {
+    duration: FLOOD_FOR,
+    cpu: Some(SENDER_CPU),
+    batch: 64,
+    rate: Some(150_000),
+};
+const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x100);
+const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x50);
+const ETH_P_IPV6: u16 = 0x86dd;
+const NS_TYPE: u8 = 135;
+const NA_TYPE: u8 = 136;
+
+/// Which neighbour protocol a flood asks in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Family {
+    Arp,
+    Ndp,
+}
+
+impl Family {
+    const ALL: [Family; 2] = [Family::Arp, Family::Ndp];
+
+    fn name(self) -> &'static str {
+        match self {
+            Family::Arp => "ARP requests",
+            Family::Ndp => "Neighbor Solicitations",
+        }
+    }
+
+    fn vip(self) -> IpAddr {
+        match self {
+            Family::Arp => VIP.into(),
+            Family::Ndp => VIP6.into(),
+        }
+    }
+
+    fn ask(self, mac: [u8; 6]) -> Ask {
+        match self {
+            Family::Arp => arp::arp_ask(mac),
+            Family::Ndp => Ask {
+                frame: solicitation(mac, CLIENT6, VIP6),
+                reply_proto: ETH_P_IPV6,
+                is_reply: is_advert_of_vip,
+            },
+        }
+    }
+}
+
+/// One configuration of n1 during a flood.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Case {
+    /// vipd holding no VIP, its program attached natively: every request
+    /// passes to the kernel, which answers none (not its address).
+    Baseline,
+    /// vipd holding the VIP, native mode: the program answers (XDP_TX).
+    Native,
+    /// vipd holding the VIP with `--xdp-responder false`: the same program
+    /// attached natively passes every request, the kernel answers.
+    Kernel,
+    /// As `Baseline`, the program attached in generic mode.
+    GenericBaseline,
+    /// vipd holding the VIP, generic mode: the program answers on the skb.
+    Generic,
+}
+
+/// Who answers in a case.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Answerer {
+    Nobody,
+    Program,
+    Kernel,
+}
+
+impl Case {
+    const ALL: [Case; 5] = [
+        Case::Baseline,
+        Case::Native,
+        Case::Kernel,
+        Case::GenericBaseline,
+        Case::Generic,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Case::Baseline => "no responder, program native, passing (baseline)",
+            Case::Native => "XDP (native)",
+            Case::Kernel => "kernel, program native, passing",
+            Case::GenericBaseline => "no responder, program generic, passing (baseline)",
+            Case::Generic => "XDP (generic)",
+        }
+    }
+
+    fn mode(self) -> &'static str {
+        match self {
+            Case::Baseline | Case::Native | Case::Kernel => "native",
+            Case::GenericBaseline | Case::Generic => "generic",
+        }
+    }
+
+    fn answerer(self) -> Answerer {
+        match self {
+            Case::Baseline | Case::GenericBaseline => Answerer::Nobody,
+            Case::Native | Case::Generic => Answerer::Program,
+            Case::Kernel => Answerer::Kernel,
+        }
+    }
+
+    /// The case whose per-frame cost this one's marginal cost is above:
+    /// the same program in the same mode, passing everything.
+    fn baseline(self) -> Case {
+        match self.mode() {
+            "native" => Case::Baseline,
+            _ => Case::GenericBaseline,
+        }
+    }
+
+    fn vipd_args(self, family: Family, sock: &Path) -> Vec<String> {
+        let vips = match self.answerer() {
+            Answerer::Nobody => String::new(),
+            _ => family.vip().to_string(),
+        };
+        let mut args: Vec<String> = [
+            "--config",
+            "/dev/null",
+            "--static-vips",
+            &vips,
+            "--api-socket",
+            &sock.display().to_string(),
+            // No R8 rounds: their announcements would fall into the floods.
+            "--garp-rounds",
+            "0",
+            // A VIP picks its interface itself; without one, name it.
+            "--xdp-interface",
+            "eth0",
+            "--xdp-mode",
+            self.mode(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if self == Case::Kernel {
+            args.extend(["--xdp-responder".to_string(), "false".to_string()]);
+        }
+        args
+    }
+}
+
+/// Counters of the rig at one moment, by name (`n1.link.tx_dropped`,
+/// `n1.veth.rx_queue_0_xdp_tx`, `n1.prog.run_cnt`, ...); subtract two
+/// readings with [`delta`].
+type Counters = BTreeMap<String, u64>;
+
+/// One flood of one case: what the threads spent, and every counter's change.
+struct Sample {
+    flood: Flood,
+    /// Run time of n1's NAPI thread (ns).
+    responder_ns: u64,
+    /// Run time of c1's NAPI thread (ns).
+    client_napi_ns: u64,
+    /// Run time of ksoftirqd on the sender's and the responder's CPU (ns).
+    softirqd_ns: [u64; 2],
+    /// The CPU n1's NAPI thread last ran on, after the flood.
+    responder_last_cpu: Option<usize>,
+    d: Counters,
+    /// vipd fell back to generic after the flood's last answer.
+    note: Option<String>,
+}
+
+impl Sample {
+    fn get(&self, key: &str) -> u64 {
+        self.d.get(key).copied().unwrap_or(0)
+    }
+
+    /// Frames n1's program ran on (its run count; bpf stats are on).
+    fn seen(&self) -> u64 {
+        self.get("n1.prog.run_cnt")
+    }
+
+    /// Sends that n1's full receive ring refused: veth drops the frame,
+    /// counts it as c1's transmit drop and the sender sees ENOBUFS and
+    /// sends again, so these are not lost requests (the flood's `refused`
+    /// must equal this).
+    fn refused_at_n1(&self) -> u64 {
+        self.get("c1.link.tx_dropped")
+    }
+
+    /// Answers n1 built: the program's own count, or the kernel's replies,
+    /// every frame n1's eth0 transmitted or dropped on transmit (nothing
+    /// else is sent during a flood; the kernel's NDP counter
+    /// Icmp6OutNeighborAdvertisements counts only the delivered ones).
+    fn answers(&self, case: Case) -> u64 {
+        match case.answerer() {
+            Answerer::Nobody => 0,
+            Answerer::Program => self.get("n1.vip.xdp_replies"),
+            Answerer::Kernel => self.get("n1.link.tx_packets") + self.get("n1.link.tx_dropped"),
+        }
+    }
+
+    /// The share of the flood n1's thread was running.
+    fn responder_busy(&self) -> f64 {
+        self.responder_ns as f64 / self.flood.elapsed.as_nanos().max(1) as f64
+    }
+
+    /// Answers lost on the way to c1: c1's receive ring was full (native
+    /// XDP_TX: n1's `xdp_tx_errors`; an skb: n1's transmit drops).
+    fn lost_before_c1(&self, case: Case) -> u64 {
+        match (case.answerer(), case.mode()) {
+            (Answerer::Program, "native") => self.get("n1.veth.rx_queue_0_xdp_tx_errors"),
+            _ => self.get("n1.link.tx_dropped"),
+        }
+    }
+}
+
+/// The rig: two hosts of a lab joined by one veth pair, threads pinned.
+struct Rig<'a> {
+    lab: Lab,
+    c1: Host,
+    n1: Host,
+    c1_mac: [u8; 6],
+    vipd: &'a Path,
+    vipctl: &'a Path,
+    sock: PathBuf,
+    /// n1's and c1's NAPI threads: (pid, name).
+    responder_napi: (u32, String),
+    client_napi: (u32, String),
+    /// ksoftirqd on SENDER_CPU and RESPONDER_CPU.
+    softirqd: [u32; 2],
+    peer_pass: LabProcess,
+    /// Keeps the kernel's BPF run-time statistics on while the rig lives.
+    _bpf_stats: OwnedFd,
+}
+
+pub(super) fn run(vipd: &Path, vipctl: &Path, runs: usize) -> Result<String> {
+    // Exact counters over 150,000 frames a flood: more runs than this only
+    // lengthen `bench arp` (ten cases a run).
+    let runs = runs.clamp(1, MAX_RUNS);
+    let rig = Rig::build(vipd, vipctl)?;
+    // Warm up the path (neighbour entries) once.
+    let warm = Pace {
+        duration: Duration::from_millis(200),
+        ..PACE
+    };
+    arp::flood(&rig.c1, "eth0", &Family::Arp.ask(rig.c1_mac), warm, &[])?;
+    let mut samples: Vec<(Family, Case, Vec<Sample>)> = Family::ALL
+        .iter()
+        .flat_map(|f| Case::ALL.iter().map(|c| (*f, *c, Vec::new())))
+        .collect();
+    // Cases take turns run by run, so load from other jobs spreads over all.
+    for run in 1..=runs {
+        for (family, case, list) in &mut samples {
+            eprintln!(
+                "arp bench (isolated): run {run}/{runs}: {}: {}",
+                family.name(),
+                case.name()
+            );
+            list.push(rig.measure(*family, *case)?);
+        }
+    }
+    let (responder, client) = (rig.responder_napi.clone(), rig.client_napi.clone());
+    rig.finish()?;
+    Ok(report(runs, &samples, &responder, &client))
+}
+
+impl<'a> Rig<'a> {
+    fn build(vipd: &'a Path, vipctl: &'a Path) -> Result<Rig<'a>> {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if cpus < 2 {
+            bail!(
+                "the isolated ARP rig needs 2 CPUs (one for the responder), this machine has {cpus}"
+            );
+        }
+        let bpf_stats = enable_bpf_stats()?;
+        let lab = Lab::new("bench_arp_iso");
+        let c1 = lab.add_host("c1", &[]);
+        let n1 = lab.add_host("n1", &[]);
+        // One veth pair straight between the two hosts: no bridge, so n1's
+        // end is the only receive path of a request.
+        c1.ip(&[
+            "link",
+            "add",
+            "eth0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            n1.netns(),
+        ]);
+        for (host, v4, v6) in [
+            (&c1, format!("{CLIENT_IP}/24"), format!("{CLIENT6}/64")),
+            (
+                &n1,
+                "192.0.2.11/24".to_string(),
+                "2001:db8::11/64".to_string(),
+            ),
+        ] {
+            host.add_addr("eth0", &v4);
+            host.add_addr6("eth0", &v6);
+            // TSO and GSO off: with them on, veth hands these frames to
+            // the peer's backlog on the sender's CPU, not to its NAPI.
+            // GRO on gives the veth a NAPI context also without a native
+            // XDP program (the kernel and generic cases).
+            host.exec_ok(&[
+                "ethtool", "-K", "eth0", "tso", "off", "gso", "off", "gro", "on",
+            ]);
+            host.ip(&["link", "set", "eth0", "up"]);
+        }
+        let responder_napi = threaded_napi(&n1)?;
+        let client_napi = threaded_napi(&c1)?;
+        pin_thread(responder_napi.0, RESPONDER_CPU)?;
+        pin_thread(client_napi.0, SENDER_CPU)?;
+        // Ahead of other jobs on the machine (their run time is exact
+        // either way): requests never wait for n1's thread, answers never
+        // for c1's.
+        renice(responder_napi.0, -20)?;
+        renice(client_napi.0, -20)?;
+
+        for (pid, name, cpu) in [
+            (responder_napi.0, &responder_napi.1, RESPONDER_CPU),
+            (client_napi.0, &client_napi.1, SENDER_CPU),
+        ] {
+            let allowed = cpus_allowed(pid);
+            if allowed.as_deref() != Some(cpu.to_string().as_str()) {
+                bail!("{name} (pid {pid}) was pinned to CPU {cpu}, yet may run on {allowed:?}");
+            }
+        }
+        let softirqd = |cpu: usize| -> Result<u32> {
+            kernel_threads(&format!("ksoftirqd/{cpu}"))
+                .into_iter()
+                .find(|(_, n)| *n == format!("ksoftirqd/{cpu}"))
+                .map(|(p, _)| p)
+                .with_context(|| format!("no ksoftirqd/{cpu}"))
+        };
+        let softirqd = [softirqd(SENDER_CPU)?, softirqd(RESPONDER_CPU)?];
+
+        // Native XDP_TX on a veth reaches the other end only when that end
+        // runs an XDP program (docs/DESIGN.md, facts): a vipd holding no
+        // VIP passes every frame on c1's end, in every case alike.
+        let peer_sock = lab.dir().join("c1.sock");
+        let peer_pass = arp::start_pass(&c1, vipd, vipctl, "eth0", &peer_sock)?;
+        pin_process(peer_pass.pid(), SENDER_CPU)?;
+        let c1_mac = parse_mac(&c1.mac("eth0"))?;
+        let sock = lab.dir().join("n1.sock");
+        Ok(Rig {
+            lab,
+            c1,
+            n1,
+            c1_mac,
+            vipd,
+            vipctl,
+            sock,
+            responder_napi,
+            client_napi,
+            softirqd,
+            peer_pass,
+            _bpf_stats: bpf_stats,
+        })
+    }
+
+    /// One flood of `family` with n1 set up as `case`.
+    fn measure(&self, family: Family, case: Case) -> Result<Sample> {
+        let label = format!("{} ({})", case.name(), family.name());
+        let vip = (case.answerer() != Answerer::Nobody).then(|| family.vip());
+        let proc = arp::start_vipd(
+            &self.n1,
+            self.vipd,
+            self.vipctl,
+            &self.sock,
+            &case.vipd_args(family, &self.sock),
+            "eth0",
+            vip,
+            Some(case.mode()),
+        )?;
+        // vipd's own threads stay off the responder's CPU.
+        pin_process(proc.pid(), SENDER_CPU)?;
+        let prog = xdp_prog_id(&self.n1)?;
+        for (pid, name) in [&self.responder_napi, &self.client_napi] {
+            let now = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if now.trim_end() != name {
+                bail!(
+                    "{label}: NAPI thread {name} (pid {pid}) is gone: the veth's NAPI was rebuilt"
+                );
+            }
+        }
+        let before = self.counters(prog, vip)?;
+        let watch = [
+            self.responder_napi.0,
+            self.client_napi.0,
+            self.softirqd[0],
+            self.softirqd[1],
+        ];
+        let flood = arp::flood(&self.c1, "eth0", &family.ask(self.c1_mac), PACE, &watch)?;
+        let after = self.counters(prog, vip)?;
+        let d = delta(&before, &after);
+        let mut note = None;
+        if case.mode() == "native" {
+            let get = |k: &str| d.get(k).copied().unwrap_or(0);
+            let tx = get("n1.veth.rx_queue_0_xdp_tx") + get("n1.veth.rx_queue_0_xdp_tx_errors");
+            let answered = if case.answerer() == Answerer::Program {
+                get("n1.vip.xdp_replies")
+            } else {
+                0
+            };
+            note = arp::native_throughout(self.vipctl, &self.sock, "eth0", &label, tx, answered)?;
+            if let Some(n) = &note {
+                eprintln!("  {n}");
+            }
+        } else {
+            arp::stayed_attached(self.vipctl, &self.sock, "eth0", case.mode(), &label)?;
+        }
+        if !proc.is_running() {
+            bail!("{label}: vipd died during the flood:\n{}", proc.stderr());
+        }
+        proc.terminate(Duration::from_secs(10));
+        let sample = Sample {
+            responder_ns: flood.watched_ns[0],
+            client_napi_ns: flood.watched_ns[1],
+            softirqd_ns: [flood.watched_ns[2], flood.watched_ns[3]],
+            responder_last_cpu: last_cpu(self.responder_napi.0),
+            d,
+            note,
+            flood,
+        };
+        let f = &sample.flood;
+        eprintln!(
+            "  sent {} ({} ENOBUFS, n1's ring refused {}), n1 saw {}, answered {}, lost before c1 {}, \
+             c1 got {} (socket drops {}); n1 NAPI {} ns/frame on CPU {:?}, busy {:.0}%, runs n1 {} c1 {}, c1 NAPI {} ms, \
+             sender {} ns/frame, ksoftirqd {}/{} ms",
+            f.sent,
+            f.refused,
+            sample.refused_at_n1(),
+            sample.seen(),
+            sample.answers(case),
+            sample.lost_before_c1(case),
+            f.replies,
+            f.socket_drops,
+            sample.responder_ns / sample.seen().max(1),
+            sample.responder_last_cpu,
+            sample.responder_busy() * 100.0,
+            sample.get("n1.napi.runs"),
+            sample.get("c1.napi.runs"),
+            sample.client_napi_ns / 1_000_000,
+            f.sender_ns / f.sent.max(1),
+            sample.softirqd_ns[0] / 1_000_000,
+            sample.softirqd_ns[1] / 1_000_000,
+        );
+        Ok(sample)
+    }
+
+    /// Every counter the rig reads, at this moment.
+    fn counters(&self, prog: u32, vip: Option<IpAddr>) -> Result<Counters> {
+        let mut c = Counters::new();
+        for (name, host) in [("c1", &self.c1), ("n1", &self.n1)] {
+            for (k, v) in link_stats(host)? {
+                c.insert(format!("{name}.link.{k}"), v);
+            }
+            let ethtool = host.exec_ok(&["ethtool", "-S", "eth0"]);
+            for (k, v) in parse_counters(&ethtool) {
+                c.insert(format!("{name}.veth.{k}"), v);
+            }
+        }
+        let snmp6 = self.n1.exec_ok(&["cat", "/proc/net/snmp6"]);
+        for (k, v) in parse_counters(&snmp6) {
+            if k.starts_with("Icmp6") && k.contains("Neighbor") {
+                c.insert(format!("n1.snmp6.{k}"), v);
+            }
+        }
+        for (name, pid) in [("n1", self.responder_napi.0), ("c1", self.client_napi.0)] {
+            c.insert(format!("{name}.napi.runs"), timeslices(pid));
+        }
+        let (run_cnt, run_time_ns) = prog_stats(prog)?;
+        c.insert("n1.prog.run_cnt".into(), run_cnt);
+        c.insert("n1.prog.run_time_ns".into(), run_time_ns);
+        if let Some(vip) = vip {
+            let v = arp::vip_counters(self.vipctl, &self.sock, vip)?;
+            c.insert("n1.vip.requests".into(), v.requests);
+            c.insert("n1.vip.xdp_replies".into(), v.xdp_replies);
+        }
+        Ok(c)
+    }
+
+    fn finish(self) -> Result<()> {
+        if !self.peer_pass.is_running() {
+            bail!(
+                "the pass-through vipd on c1's eth0 died:\n{}",
+                self.peer_pass.stderr()
+            );
+        }
+        self.peer_pass.terminate(Duration::from_secs(10));
+        self.lab
+            .teardown()
+            .map_err(|e| anyhow::anyhow!("lab teardown: {}", e.join("; ")))
+    }
+}
+
+/// Turns on threaded NAPI for `host`'s eth0 and returns its kthread: the
+/// one `napi/eth0-<id>` thread that appeared.
+fn threaded_napi(host: &Host) -> Result<(u32, String)> {
+    let before = kernel_threads("napi/");
+    // Inside the namespace: `ip netns exec` mounts the namespace's /sys.
+    let out = host.sh("echo 1 > /sys/class/net/eth0/threaded");
+    if !out.status.success() {
+        bail!(
+            "threaded NAPI on {}'s eth0: {}",
+            host.name(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let new: Vec<(u32, String)> = kernel_threads("napi/")
+        .into_iter()
+        .filter(|t| !before.contains(t) && t.1.starts_with("napi/eth0-"))
+        .collect();
+    match new.as_slice() {
+        [one] => Ok(one.clone()),
+        _ => bail!(
+            "threaded NAPI on {}'s eth0: expected one new napi/eth0-* thread, found {new:?}",
+            host.name()
+        ),
+    }
+}
+
+/// Sets the nice value of thread `tid` (0: the calling thread).
+fn renice(tid: u32, nice: i32) -> Result<()> {
+    // SAFETY: a plain syscall on a thread id.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("setting thread {tid}'s nice value to {nice}"));
+    }
+    Ok(())
+}
+
+/// How many times a thread was put on a CPU (`schedstat`, third field).
+fn timeslices(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/schedstat"))
+        .ok()
+        .and_then(|t| t.split_whitespace().nth(2)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `Cpus_allowed_list` of a thread.
+fn cpus_allowed(pid: u32) -> Option<String> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .map(|v| v.trim().to_string())
+}
+
+/// The CPU a thread last ran on (`/proc/<pid>/stat`, field 39).
+fn last_cpu(pid: u32) -> Option<usize> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which sits in parentheses.
+    let rest = stat.rsplit_once(')')?.1;
+    rest.split_whitespace().nth(36)?.parse().ok()
+}
+
+/// Turns on the kernel's BPF run-time statistics (what
+/// `kernel.bpf_stats_enabled` does) for as long as the returned fd is open:
+/// BPF_ENABLE_STATS, so a bench that dies leaves the machine as it was.
+fn enable_bpf_stats() -> Result<OwnedFd> {
+    const BPF_ENABLE_STATS: libc::c_long = 32;
+    // union bpf_attr { struct { __u32 type; } enable_stats; }: BPF_STATS_RUN_TIME = 0.
+    let attr: [u32; 1] = [0];
+    // SAFETY: the bpf syscall reads `size` bytes of attr, which it has.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_ENABLE_STATS,
+            attr.as_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error())
+            .context("BPF_ENABLE_STATS (bpf run-time statistics)");
+    }
+    // SAFETY: a new fd the kernel just returned, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(i32::try_from(fd)?) })
+}
+
+/// The id of the XDP program attached to n1's eth0 (`ip -d link`).
+fn xdp_prog_id(n1: &Host) -> Result<u32> {
+    let text = n1.ip(&["-j", "-d", "link", "show", "dev", "eth0"]);
+    let json: serde_json::Value = serde_json::from_str(&text)?;
+    prog_id_of(&json).with_context(|| format!("no XDP program on n1's eth0: {text}"))
+}
+
+fn prog_id_of(link: &serde_json::Value) -> Option<u32> {
+    let xdp = &link[0]["xdp"];
+    xdp["prog"]["id"]
+        .as_u64()
+        .or_else(|| xdp["attached"][0]["prog"]["id"].as_u64())
+        .and_then(|id| u32::try_from(id).ok())
+}
+
+/// (run count, run time in ns) of program `id` (`bpftool prog show`);
+/// bpftool leaves both out while they are 0.
+fn prog_stats(id: u32) -> Result<(u64, u64)> {
+    let out = std::process::Command::new("bpftool")
+        .args(["prog", "show", "id", &id.to_string(), "--json"])
+        .output()
+        .context("running bpftool")?;
+    if !out.status.success() {
+        bail!(
+            "bpftool prog show id {id}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    Ok((
+        v["run_cnt"].as_u64().unwrap_or(0),
+        v["run_time_ns"].as_u64().unwrap_or(0),
+    ))
+}
+
+/// rx/tx packets and drops of `host`'s eth0 (`ip -s link`).
+fn link_stats(host: &Host) -> Result<Vec<(String, u64)>> {
+    let text = host.ip(&["-j", "-s", "link", "show", "dev", "eth0"]);
+    let json: serde_json::Value = serde_json::from_str(&text)?;
+    let stats = &json[0]["stats64"];
+    let mut out = Vec::new();
+    for dir in ["rx", "tx"] {
+        for key in ["packets", "dropped"] {
+            let v = stats[dir][key]
+                .as_u64()
+                .with_context(|| format!("no {dir}.{key} in {text}"))?;
+            out.push((format!("{dir}_{key}"), v));
+        }
+    }
+    Ok(out)
+}
+
+/// `name: value` (ethtool -S) or `name value` (/proc/net/snmp6) lines.
+fn parse_counters(text: &str) -> Counters {
+    text.lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            let name = words.next()?.trim_end_matches(':');
+            let value = words.next()?.parse().ok()?;
+            words.next().is_none().then(|| (name.to_string(), value))
+        })
+        .collect()
+}
+
+/// How much each counter grew from `before` to `after` (0 for one that
+/// went back, e.g. reset).
+fn delta(before: &Counters, after: &Counters) -> Counters {
+    after
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v.saturating_sub(before.get(k).copied().unwrap_or(0)),
+            )
+        })
+        .collect()
+}
+
+/// `ns` over `count` things; None for none.
+fn per(ns: u64, count: u64) -> Option<f64> {
+    (count > 0).then(|| ns as f64 / count as f64)
+}
+
+/// What answering cost beyond what every frame costs anyway: the thread's
+/// run time above the baseline's per-frame cost for the frames it handled,
+/// divided by the answers.
+fn marginal_per_answer(
+    thread_ns: u64,
+    frames: u64,
+    base_ns_per_frame: f64,
+    answers: u64,
+) -> Option<f64> {
+    (answers > 0).then(|| (thread_ns as f64 - base_ns_per_frame * frames as f64) / answers as f64)
+}
+
+/// A Neighbor Solicitation for `target` from `src` at `mac`, to the
+/// target's solicited-node address, with a Source Link-Layer Address option.
+fn solicitation(mac: [u8; 6], src: Ipv6Addr, target: Ipv6Addr) -> Vec<u8> {
+    let t = target.octets();
+    let dst = Ipv6Addr::from([
+        0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01, 0xff, t[13], t[14], t[15],
+    ]);
+    let mut icmp = vec![NS_TYPE, 0, 0, 0, 0, 0, 0, 0];
+    icmp.extend_from_slice(&t);
+    icmp.extend_from_slice(&[1, 1]);
+    icmp.extend_from_slice(&mac);
+    let sum = icmpv6_checksum(src, dst, &icmp);
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    let d = dst.octets();
+    let mut f = Vec::with_capacity(14 + 40 + icmp.len());
+    f.extend_from_slice(&[0x33, 0x33, d[12], d[13], d[14], d[15]]);
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&ETH_P_IPV6.to_be_bytes());
+    f.extend_from_slice(&[0x60, 0, 0, 0]);
+    f.extend_from_slice(&u16::try_from(icmp.len()).expect("short").to_be_bytes());
+    f.extend_from_slice(&[58, 255]);
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&d);
+    f.extend_from_slice(&icmp);
+    f
+}
+
+/// The ICMPv6 checksum of `icmp` (its checksum field zero) from `src` to `dst`.
+fn icmpv6_checksum(src: Ipv6Addr, dst: Ipv6Addr, icmp: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    let mut add = |bytes: &[u8]| {
+        for pair in bytes.chunks(2) {
+            let hi = u32::from(pair[0]) << 8;
+            sum += hi | pair.get(1).copied().map_or(0, u32::from);
+        }
+    };
+    add(&src.octets());
+    add(&dst.octets());
+    add(&u32::try_from(icmp.len()).expect("short").to_be_bytes());
+    add(&[0, 0, 0, 58]);
+    add(icmp);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// A Neighbor Advertisement of the VIP.
+fn is_advert_of_vip(b: &[u8]) -> bool {
+    b.len() >= 78
+        && b[12..14] == ETH_P_IPV6.to_be_bytes()
+        && b[20] == 58
+        && b[54] == NA_TYPE
+        && b[62..78] == VIP6.octets()
+}
+
+/// A case's figures over its runs (medians of per-run figures, sums of counts).
+struct Row {
+    /// Requests sent per second (the load).
+    rate: Option<f64>,
+    sent: u64,
+    refused: u64,
+    /// c1's transmit drops: sends n1's full ring refused (= `refused`).
+    refused_at_n1: u64,
+    seen: u64,
+    answers: u64,
+    lost_before_c1: u64,
+    replies: u64,
+    socket_drops: u64,
+    /// n1's NAPI thread, per frame it handled and per answer (ns).
+    thread_per_frame: Option<f64>,
+    thread_per_answer: Option<f64>,
+    /// Above the baseline's per-frame cost (same run), per answer (ns).
+    marginal: Option<f64>,
+    /// The same with ksoftirqd's run time on the responder's CPU added to
+    /// the thread's, in the case and in its baseline.
+    marginal_with_softirq: Option<f64>,
+    /// The program's own run time per run (bpf stats, ns).
+    prog_per_run: Option<f64>,
+    /// Program counters (requests, xdp_replies), where it watches the VIP.
+    program_counted: Option<(u64, u64)>,
+    /// The kernel's count of solicitations received (NDP).
+    kernel_solicits: u64,
+    sender_per_frame: Option<f64>,
+    client_napi_per_answer: Option<f64>,
+    responder_busy: Option<f64>,
+    /// Times n1's thread was put on its CPU, per 1000 frames.
+    responder_runs_per_k: Option<f64>,
+    responder_ms: f64,
+    softirqd_ms: [f64; 2],
+    responder_cpus: Vec<usize>,
+}
+
+fn median_of(v: impl Iterator<Item = f64>) -> Option<f64> {
+    let v: Vec<f64> = v.collect();
+    (!v.is_empty()).then(|| median(v))
+}
+
+fn row(case: Case, list: &[Sample], base: &[Sample]) -> Row {
+    let sum = |f: &dyn Fn(&Sample) -> u64| list.iter().map(f).sum::<u64>();
+    let med = |f: &dyn Fn(&Sample) -> Option<f64>| median_of(list.iter().filter_map(f));
+    // Each run's case against the same run's baseline.
+    let marginal = median_of(list.iter().zip(base).filter_map(|(s, b)| {
+        let base_per_frame = per(b.responder_ns, b.seen())?;
+        marginal_per_answer(s.responder_ns, s.seen(), base_per_frame, s.answers(case))
+    }));
+    let marginal_with_softirq = median_of(list.iter().zip(base).filter_map(|(s, b)| {
+        let base_per_frame = per(b.responder_ns + b.softirqd_ns[1], b.seen())?;
+        marginal_per_answer(
+            s.responder_ns + s.softirqd_ns[1],
+            s.seen(),
+            base_per_frame,
+            s.answers(case),
+        )
+    }));
+    let mut cpus: Vec<usize> = list.iter().filter_map(|s| s.responder_last_cpu).collect();
+    cpus.sort_unstable();
+    cpus.dedup();
+    Row {
+        rate: med(&|s| Some(s.flood.sent as f64 / s.flood.elapsed.as_secs_f64())),
+        sent: sum(&|s| s.flood.sent),
+        refused: sum(&|s| s.flood.refused),
+        refused_at_n1: sum(&|s| s.refused_at_n1()),
+        seen: sum(&|s| s.seen()),
+        answers: sum(&|s| s.answers(case)),
+        lost_before_c1: sum(&|s| s.lost_before_c1(case)),
+        replies: sum(&|s| s.flood.replies),
+        socket_drops: sum(&|s| s.flood.socket_drops),
+        thread_per_frame: med(&|s| per(s.responder_ns, s.seen())),
+        thread_per_answer: med(&|s| per(s.responder_ns, s.answers(case))),
+        marginal,
+        marginal_with_softirq,
+        prog_per_run: med(&|s| per(s.get("n1.prog.run_time_ns"), s.seen())),
+        program_counted: list
+            .iter()
+            .all(|s| s.d.contains_key("n1.vip.requests"))
+            .then(|| {
+                (
+                    sum(&|s| s.get("n1.vip.requests")),
+                    sum(&|s| s.get("n1.vip.xdp_replies")),
+                )
+            }),
+        kernel_solicits: sum(&|s| s.get("n1.snmp6.Icmp6InNeighborSolicits")),
+        sender_per_frame: med(&|s| per(s.flood.sender_ns, s.flood.sent)),
+        client_napi_per_answer: med(&|s| per(s.client_napi_ns, s.answers(case))),
+        responder_busy: med(&|s| Some(s.responder_busy())),
+        responder_runs_per_k: med(&|s| per(s.get("n1.napi.runs") * 1000, s.seen())),
+        responder_ms: list.iter().map(|s| s.responder_ns as f64 / 1e6).sum(),
+        softirqd_ms: [0, 1].map(|i| list.iter().map(|s| s.softirqd_ns[i] as f64 / 1e6).sum()),
+        responder_cpus: cpus,
+    }
+}
+
+fn ns(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| format!("{v:.0} ns"))
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    Some(a? / b?)
+}
+
+fn fmt_ratio(r: Option<f64>) -> String {
+    r.map_or_else(|| "-".to_string(), |r| format!("{r:.2}"))
+}
+
+/// The two ratios of a family: marginal (XDP native / kernel) and whole
+/// thread (XDP native / kernel) with its floor (baseline / kernel).
+struct Ratios {
+    marginal: Option<f64>,
+    marginal_with_softirq: Option<f64>,
+    generic_marginal: Option<f64>,
+    whole: Option<f64>,
+    floor: Option<f64>,
+}
+
+fn ratios(native: &Row, kernel: &Row, baseline: &Row, generic: &Row) -> Ratios {
+    Ratios {
+        marginal: ratio(native.marginal, kernel.marginal),
+        marginal_with_softirq: ratio(native.marginal_with_softirq, kernel.marginal_with_softirq),
+        generic_marginal: ratio(generic.marginal, kernel.marginal),
+        whole: ratio(native.thread_per_answer, kernel.thread_per_answer),
+        floor: ratio(baseline.thread_per_frame, kernel.thread_per_answer),
+    }
+}
+
+/// What did not add up in a case's counts (empty: everything did).
+fn unbalanced(case: Case, r: &Row) -> Vec<String> {
+    let mut out = Vec::new();
+    if let (Some(rate), Some(want)) = (r.rate, PACE.rate)
+        && rate < want as f64 * 0.95
+    {
+        out.push(format!(
+            "the sender reached {rate:.0} requests/s, not {want}: this case had a lighter load"
+        ));
+    }
+    if r.refused != r.refused_at_n1 {
+        out.push(format!(
+            "{} sends refused with ENOBUFS, {} dropped at n1's ring",
+            r.refused, r.refused_at_n1
+        ));
+    }
+    let back = r.replies + r.lost_before_c1 + r.socket_drops;
+    if r.answers != back {
+        out.push(format!(
+            "{} answers, {back} replies delivered or lost on the way",
+            r.answers
+        ));
+    }
+    if case.answerer() != Answerer::Nobody && r.answers < r.sent {
+        out.push(format!("{} requests sent, {} answered", r.sent, r.answers));
+    }
+    if let Some((requests, replies)) = r.program_counted {
+        if requests != r.sent {
+            out.push(format!(
+                "the program counted {requests} requests for the VIP, {} were sent",
+                r.sent
+            ));
+        }
+        let want = if case.answerer() == Answerer::Program {
+            r.answers
+        } else {
+            0
+        };
+        if replies != want {
+            out.push(format!(
+                "the program counted {replies} answers, want {want}"
+            ));
+        }
+    }
+    out
+}
+
+fn report(
+    runs: usize,
+    samples: &[(Family, Case, Vec<Sample>)],
+    responder: &(u32, String),
+    client: &(u32, String),
+) -> String {
+    let list = |f: Family, c: Case| -> &[Sample] {
+        samples
+            .iter()
+            .find(|(ff, cc, _)| *ff == f && *cc == c)
+            .map(|(_, _, l)| l.as_slice())
+            .expect("every case is measured")
+    };
+    let rows: Vec<(Family, Case, Row)> = samples
+        .iter()
+        .map(|(f, c, l)| (*f, *c, row(*c, l, list(*f, c.baseline()))))
+        .collect();
+    let get = |f: Family, c: Case| -> &Row {
+        rows.iter()
+            .find(|(ff, cc, _)| *ff == f && *cc == c)
+            .map(|(_, _, r)| r)
+            .expect("every case has a row")
+    };
+    let family_ratios = |f: Family| {
+        ratios(
+            get(f, Case::Native),
+            get(f, Case::Kernel),
+            get(f, Case::Baseline),
+            get(f, Case::Generic),
+        )
+    };
+    let mut s = String::new();
+    let _ = writeln!(s, "### The responder on a CPU of its own\n");
+    let _ = writeln!(
+        s,
+        "Lab: c1 and n1 joined by one veth pair, no bridge. On both ends TSO and GSO are off \
+         (with them on, veth hands these frames to the receiving end's backlog on the \
+         sender's CPU) and GRO is on, which gives each end a NAPI context also without a \
+         native XDP program; threaded NAPI (`/sys/class/net/eth0/threaded`) moves each \
+         end's receive work to a kernel thread. n1's thread (`{}`) is pinned to CPU \
+         {RESPONDER_CPU}; the sender, the counting socket, c1's thread (`{}`) and every \
+         vipd are pinned to CPU {SENDER_CPU} (sched_setaffinity, the masks read back); \
+         both threads run at nice -20, so neither waits behind other jobs. So one thread \
+         does n1's work for a request: receive, the XDP program, the kernel's ARP or NDP \
+         code when it gets the frame, and putting the answer into c1's ring (softirq work \
+         the kernel defers runs in ksoftirqd on that CPU, shown apart below). A vipd \
+         holding no VIP passes every frame on c1's end (native XDP_TX on veth needs a \
+         program there, docs/DESIGN.md, facts), in every case. The sender sends {} \
+         requests/s for {} s in bursts of {} (`sendmmsg`): the same load in every case \
+         (a thread's cost per frame depends on its load: how often it sleeps and wakes, \
+         how full the rings it shares with the other CPU are), below what n1 answers in \
+         any case, and below the veth rings' 256 frames, so no answer waits in a full \
+         ring (vipd would take it for lost and fall back from native). VIPs {VIP} and \
+         {VIP6}; {runs} run(s) (`--runs`, at most {MAX_RUNS}), cases in turn, medians of \
+         per-run figures, counts summed.\n",
+        responder.1,
+        client.1,
+        PACE.rate.unwrap_or(0),
+        FLOOD_FOR.as_secs(),
+        PACE.batch
+    );
+    let _ = writeln!(
+        s,
+        "The cases: the baseline, vipd holding no VIP with its program attached natively, \
+         passing every request to a kernel that answers none (not its address); XDP native \
+         (the program answers with XDP_TX); the kernel, with the same program attached \
+         natively but `--xdp-responder false`, so it passes and the kernel answers; and in \
+         generic mode a baseline of its own and XDP generic. Thread per answer = the run \
+         time (`schedstat`) of n1's thread over the flood / the answers n1 built. Marginal \
+         per answer = (that run time - the same run's baseline per frame x the frames n1's \
+         program ran on) / answers: what answering adds on the responder's CPU beyond what \
+         every frame costs anyway; this is the figure that compares the responders. It \
+         can be below zero: the baseline's frame goes on, after the program, into an skb \
+         and the kernel's look at a request not for it, which an XDP_TX answer never \
+         pays; a ratio below zero then says XDP adds nothing over what the frame costs \
+         anyway. The whole-thread ratio (XDP native / kernel per answer) is shown beside \
+         its floor, the baseline's per frame / the kernel's per answer: the ratio a \
+         responder adding nothing to the baseline's frame would get, the most the \
+         whole-thread figure can show while the frame's own receive dominates. How far \
+         the marginal figures can be trusted is bounded by how much the baseline's per \
+         frame moves from run to run (other jobs share the machine; each run's figures \
+         are on stderr). \
+         Program per run: the program's own run time per run (`bpftool prog show`, with \
+         the kernel's BPF statistics on through BPF_ENABLE_STATS, which adds two clock \
+         reads to every run, in every case alike).\n"
+    );
+    for family in Family::ALL {
+        let _ = writeln!(s, "{}:\n", family.name());
+        let _ = writeln!(
+            s,
+            "| case | sent (per s) | n1's program ran on | answered | replies at c1 | resent (n1's ring full) / lost at c1's ring / at the socket | n1's thread per frame | per answer | marginal per answer | program per run |"
+        );
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
+        for case in Case::ALL {
+            let r = get(family, case);
+            let _ = writeln!(
+                s,
+                "| {} | {} ({:.0}) | {} | {} | {} | {} / {} / {} | {} | {} | {} | {} |",
+                case.name(),
+                r.sent,
+                r.rate.unwrap_or(f64::NAN),
+                r.seen,
+                r.answers,
+                r.replies,
+                r.refused,
+                r.lost_before_c1,
+                r.socket_drops,
+                ns(r.thread_per_frame),
+                ns(r.thread_per_answer),
+                ns(r.marginal),
+                ns(r.prog_per_run)
+            );
+        }
+        let _ = writeln!(s);
+        let q = family_ratios(family);
+        let _ = writeln!(
+            s,
+            "{}: marginal responder CPU per answer, XDP native / kernel, on the responder's \
+             own CPU: **{}** (target <= 0.33, stretch 0.2); XDP generic / kernel: {}. \
+             Whole-thread per answer, XDP native / kernel: {}, beside its floor {} (baseline \
+             per frame / kernel per answer, what a responder adding nothing to the \
+             baseline's frame would get; XDP_TX goes below it when it costs less than the \
+             skb and the kernel's look that the baseline's frame still gets).",
+            family.name(),
+            fmt_ratio(q.marginal),
+            fmt_ratio(q.generic_marginal),
+            fmt_ratio(q.whole),
+            fmt_ratio(q.floor)
+        );
+        let mut problems = Vec::new();
+        for case in Case::ALL {
+            let r = get(family, case);
+            let off = unbalanced(case, r);
+            if !off.is_empty() {
+                problems.push(format!("{}: {}", case.name(), off.join("; ")));
+            }
+        }
+        let others = Case::ALL
+            .iter()
+            .map(|c| {
+                let r = get(family, *c);
+                r.seen as i64 - r.sent as i64
+            })
+            .collect::<Vec<_>>();
+        let kernel_ndp = match family {
+            Family::Ndp => format!(
+                " The kernel counted {} solicitations received in its case \
+                 (Icmp6InNeighborSolicits), {} were sent.",
+                get(family, Case::Kernel).kernel_solicits,
+                get(family, Case::Kernel).sent
+            ),
+            Family::Arp => String::new(),
+        };
+        let _ = writeln!(
+            s,
+            "Counts: the program ran on every request sent, plus {others:?} other frames per \
+             case (the hosts' own housekeeping); sends that n1's full ring refused (ENOBUFS) \
+             were sent again and equal c1's transmit drops; every answer reached c1 or was \
+             counted lost at c1's full ring (`xdp_tx_errors` for XDP_TX, n1's transmit drops \
+             for an skb) or at the counting socket; the program's counters equal requests \
+             sent and answers given.{kernel_ndp} {}\n",
+            if problems.is_empty() {
+                "All of it held in every case.".to_string()
+            } else {
+                format!(
+                    "What did not add up (a difference of a few frames is the hosts' own \
+                     housekeeping): {}.",
+                    problems.join(" | ")
+                )
+            }
+        );
+    }
+    let _ = writeln!(s, "Where the work ran:\n");
+    let _ = writeln!(
+        s,
+        "| case | n1's thread: last CPU, busy, runs per 1000 frames, total | sender per frame sent | c1's thread per answer | ksoftirqd/{SENDER_CPU} | ksoftirqd/{RESPONDER_CPU} |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|");
+    for (family, case, r) in &rows {
+        let _ = writeln!(
+            s,
+            "| {} ({}) | {:?}, {}, {}, {:.0} ms | {} | {} | {:.1} ms | {:.1} ms |",
+            case.name(),
+            family.name(),
+            r.responder_cpus,
+            r.responder_busy
+                .map_or_else(|| "-".to_string(), |b| format!("{:.0}%", b * 100.0)),
+            r.responder_runs_per_k
+                .map_or_else(|| "-".to_string(), |v| format!("{v:.0}")),
+            r.responder_ms,
+            ns(r.sender_per_frame),
+            ns(r.client_napi_per_answer),
+            r.softirqd_ms[0],
+            r.softirqd_ms[1]
+        );
+    }
+    let _ = writeln!(s);
+
+    for note in samples
+        .iter()
+        .flat_map(|(_, _, l)| l)
+        .filter_map(|x| x.note.as_ref())
+    {
+        let _ = writeln!(s, "Note: {note}.\n");
+    }
+    // The closing note: both ratios, and how the placement was checked.
+    let responder_total: f64 = rows.iter().map(|(_, _, r)| r.responder_ms).sum();
+    let softirq_on = |answerer: Answerer| -> f64 {
+        rows.iter()
+            .filter(|(_, c, _)| c.answerer() == answerer)
+            .map(|(_, _, r)| r.softirqd_ms[1])
+            .sum()
+    };
+    let cpus: Vec<usize> = {
+        let mut c: Vec<usize> = rows
+            .iter()
+            .flat_map(|(_, _, r)| r.responder_cpus.clone())
+            .collect();
+        c.sort_unstable();
+        c.dedup();
+        c
+    };
+    let (ab, ak) = (
+        get(Family::Arp, Case::Baseline),
+        get(Family::Arp, Case::Kernel),
+    );
+    let (qa, qn) = (family_ratios(Family::Arp), family_ratios(Family::Ndp));
+    let _ = writeln!(
+        s,
+        "Closing note. Marginal responder CPU per answer on the responder's own CPU, XDP \
+         native / kernel: ARP {}, NDP {} (target <= 0.33, stretch 0.2). Whole-thread per \
+         answer, XDP native / kernel: ARP {} (floor {}), NDP {} (floor {}). The placement \
+         was checked on this kernel, not assumed: (1) n1's thread `{}` was pinned to CPU \
+         {RESPONDER_CPU} (its `Cpus_allowed_list` read back) and had last run on CPU {:?} \
+         after every flood; (2) the thread's run time is what moved with the responder: \
+         from the ARP baseline to the kernel case it rose from {} to {} per frame while the \
+         sender's stayed at {} and {} per frame sent; (3) the program's run count \
+         (`bpftool prog show`, BPF statistics on) equals the frames sent plus a few \
+         housekeeping frames in every case, its own counters equal the requests and the \
+         answers, and its own run time per run (the last column) sits inside the thread's \
+         per frame; (4) besides the thread ({responder_total:.0} ms over all floods), \
+         ksoftirqd/{RESPONDER_CPU} ran {:.1} ms in the XDP cases, {:.1} ms in the baselines \
+         and {:.1} ms in the kernel's: softirq work that the frames' way into the kernel \
+         leaves behind on the responder's CPU (what exactly was not traced), which the \
+         thread figures leave out. Counting it in, case and baseline alike, the marginal \
+         ratio is ARP {}, NDP {}.",
+        fmt_ratio(qa.marginal),
+        fmt_ratio(qn.marginal),
+        fmt_ratio(qa.whole),
+        fmt_ratio(qa.floor),
+        fmt_ratio(qn.whole),
+        fmt_ratio(qn.floor),
+        responder.1,
+        cpus,
+        ns(ab.thread_per_frame),
+        ns(ak.thread_per_frame),
+        ns(ab.sender_per_frame),
+        ns(ak.sender_per_frame),
+        softirq_on(Answerer::Program),
+        softirq_on(Answerer::Nobody),
+        softirq_on(Answerer::Kernel),
+        fmt_ratio(qa.marginal_with_softirq),
+        fmt_ratio(qn.marginal_with_softirq),
+    );
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vipd_tests::lab::NdpFrame;
+
+    #[test]
+    fn marginal_cost_is_what_answering_adds_above_the_baseline() {
+        // Baseline 1000 ns per frame; 1000 frames cost 1_500_000 ns with
+        // 1000 answers: 500 ns per answer beyond the frame's own cost.
+        assert_eq!(
+            marginal_per_answer(1_500_000, 1000, 1000.0, 1000),
+            Some(500.0)
+        );
+        // Half of the frames answered: the extra is spread over fewer answers.
+        assert_eq!(
+            marginal_per_answer(1_500_000, 1000, 1000.0, 500),
+            Some(1000.0)
+        );
+        // Cheaper than the baseline (no skb built for an XDP_TX answer).
+        assert_eq!(
+            marginal_per_answer(900_000, 1000, 1000.0, 1000),
+            Some(-100.0)
+        );
+        assert_eq!(marginal_per_answer(900_000, 1000, 1000.0, 0), None);
+        assert_eq!(per(3000, 2), Some(1500.0));
+        assert_eq!(per(3000, 0), None);
+        assert_eq!(ratio(Some(1.0), Some(4.0)), Some(0.25));
+        assert_eq!(ratio(None, Some(4.0)), None);
+    }
+
+    #[test]
+    fn counters_parse_and_subtract() {
+        let ethtool = "NIC statistics:\n     peer_ifindex: 2\n     rx_queue_0_xdp_tx: 17\n";
+        let c = parse_counters(ethtool);
+        assert_eq!(c.get("rx_queue_0_xdp_tx"), Some(&17));
+        assert_eq!(c.get("peer_ifindex"), Some(&2));
+        assert!(!c.contains_key("NIC"));
+        let snmp6 = "Icmp6InNeighborSolicits         \t5\nIp6InReceives 9\n";
+        assert_eq!(
+            parse_counters(snmp6).get("Icmp6InNeighborSolicits"),
+            Some(&5)
+        );
+        let before: Counters = [("a".into(), 5), ("b".into(), 9)].into();
+        let after: Counters = [("a".into(), 8), ("b".into(), 2), ("c".into(), 4)].into();
+        let d = delta(&before, &after);
+        assert_eq!((d["a"], d["b"], d["c"]), (3, 0, 4));
+    }
+
+    #[test]
+    fn solicitation_is_a_valid_ns_for_the_vip() {
+        let mac = [2, 0, 0, 0, 0, 0x50];
+        let f = solicitation(mac, CLIENT6, VIP6);
+        assert_eq!(f.len(), 14 + 40 + 32);
+        // Read back by the lab's own parser, which checks the checksum.
+        let ns = NdpFrame::parse(&f).expect("an NDP frame");
+        assert_eq!(ns.icmp_type, NdpFrame::SOLICITATION);
+        assert!(ns.checksum_ok);
+        assert_eq!((ns.target, ns.src, ns.lladdr), (VIP6, CLIENT6, Some(mac)));
+        assert_eq!(ns.dst, "ff02::1:ff00:100".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(ns.eth_dst, [0x33, 0x33, 0xff, 0, 0x01, 0]);
+        assert_eq!(ns.hop_limit, 255);
+        assert!(!is_advert_of_vip(&f));
+    }
+
+    #[test]
+    fn reads_the_program_id_and_thread_fields() {
+        let native: serde_json::Value =
+            serde_json::from_str(r#"[{"xdp":{"mode":1,"prog":{"id":42}}}]"#).unwrap();
+        assert_eq!(prog_id_of(&native), Some(42));
+        let none: serde_json::Value = serde_json::from_str(r#"[{"ifname":"eth0"}]"#).unwrap();
+        assert_eq!(prog_id_of(&none), None);
+        // This very thread: it runs somewhere, and may run somewhere.
+        let me = std::process::id();
+        assert!(last_cpu(me).is_some());
+        assert!(cpus_allowed(me).is_some());
+    }
+}
