@@ -1276,6 +1276,21 @@ pub fn check_config_settings(
         .collect()
 }
 
+/// Runs `ip <args>` (split on white space) in the calling thread's network
+/// namespace and returns its stdout; panics unless it succeeds.
+pub fn ip_here(args: &str) -> String {
+    let out = Command::new("ip")
+        .args(args.split_whitespace())
+        .output()
+        .expect("running `ip` (iproute2 must be installed)");
+    assert!(
+        out.status.success(),
+        "`ip {args}` failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 from ip")
+}
+
 /// Runs `f` on a thread of its own moved into a fresh network namespace;
 /// a panic in `f` fails the caller. The namespace, and every interface and
 /// socket made in it, goes away when the thread ends. Needs root.

@@ -8,7 +8,7 @@
 //! - A command is a line of a ```sh (or bash, shell) block whose first
 //!   word, after any `NAME=value` assignments, is `vipd` or `vipctl`; a
 //!   trailing `\` joins the next line. Other lines (`systemctl`, `apt`,
-//!   `curl`) are not ours. A line that runs vipd or vipctl in any other
+//!   a web client) are not ours. A line that runs vipd or vipctl in any other
 //!   way (`sudo vipctl`, `a && vipctl`, `vipctl status | jq`) fails the
 //!   test: write it as a line of its own, or teach this test.
 //! - Each line runs through `sh -c` in the namespace of a lab node, with

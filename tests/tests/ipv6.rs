@@ -13,7 +13,6 @@ use std::{
     net::{IpAddr, Ipv6Addr},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::{Path, PathBuf},
-    process::Command,
     sync::{Mutex, MutexGuard, PoisonError},
     time::{Duration, Instant},
 };
@@ -32,8 +31,8 @@ use vipd::{
 use vipd_tests::{
     cluster::{AddrMonitor, Cluster, NlAddr6, ZkKind, ip_set, monitors, within},
     lab::{
-        ArpCapture, Host, HostIf, Lab, LabProcess, NdpFrame, fmt_mac, in_new_netns, vipctl_bin,
-        vipd_bin, wait_until,
+        ArpCapture, Host, HostIf, Lab, LabProcess, NdpFrame, fmt_mac, in_new_netns, ip_here as ip,
+        vipctl_bin, vipd_bin, wait_until,
     },
 };
 
@@ -63,20 +62,6 @@ where
             .expect("tokio runtime")
             .block_on(test())
     })
-}
-
-/// Runs `ip <args>` in this thread's namespace and returns its stdout.
-fn ip(args: &str) -> String {
-    let out = Command::new("ip")
-        .args(args.split_whitespace())
-        .output()
-        .expect("running `ip` (iproute2 must be installed)");
-    assert!(
-        out.status.success(),
-        "`ip {args}` failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8 from ip")
 }
 
 fn sysctl(key: &str, value: &str) {

@@ -3,7 +3,7 @@
 //! Privileged: each test runs in a network namespace of its own, unshared by
 //! a dedicated thread, which vanishes with that thread.
 
-use std::{future::Future, process::Command, time::Duration};
+use std::{future::Future, time::Duration};
 
 use tokio::sync::mpsc;
 use vipd::{
@@ -13,7 +13,7 @@ use vipd::{
     },
     vip::Vip,
 };
-use vipd_tests::lab::in_new_netns;
+use vipd_tests::lab::{in_new_netns, ip_here as ip};
 
 /// Runs `test` on a current-thread runtime in a fresh network namespace.
 fn in_netns<F, Fut>(test: F)
@@ -28,20 +28,6 @@ where
             .expect("tokio runtime")
             .block_on(test())
     })
-}
-
-/// Runs `ip <args>` in this thread's namespace and returns its stdout.
-fn ip(args: &str) -> String {
-    let out = Command::new("ip")
-        .args(args.split_whitespace())
-        .output()
-        .expect("running `ip` (iproute2 must be installed)");
-    assert!(
-        out.status.success(),
-        "`ip {args}` failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8 from ip")
 }
 
 /// An up interface with carrier: one end of a veth pair (this kernel
