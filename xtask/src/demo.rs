@@ -191,8 +191,7 @@ fn demo(bins: &std::path::Path) -> Result<()> {
     let lost_log = timeline::log_event_at(&old_log, "ZooKeeper connection lost", t.cut_wall);
     let fenced_log = timeline::log_event_at(&old_log, "no lease renewal acknowledged", t.cut_wall);
     let new_log = cluster.nodes[new].agent.stderr();
-    let takeover_log =
-        timeline::log_event_at(&new_log, "the leader has not renewed its lease", t.cut_wall);
+    let takeover_log = timeline::log_event_at(&new_log, timeline::TAKEOVER_LINE, t.cut_wall);
     let link_down_log =
         timeline::log_event_at(&old_log, "VIP interface down past the grace", t.cut_wall);
     let lease = SETTINGS.session_timeout / 3;
@@ -228,7 +227,9 @@ fn demo(bins: &std::path::Path) -> Result<()> {
             takeover_log,
             format!(
                 "{new_name}, next in line, saw no renewal for lease + renewal + margin ({} ms) while ZooKeeper answered it: deletes {old_name}'s candidacy, conditionally ({new_name}'s log)",
-                (lease + lease / 4 + Duration::from_millis(100)).as_millis()
+                crate::bench::failover::LeaseRule::new(SETTINGS.session_timeout, None)
+                    .takeover_after
+                    .as_millis()
             ),
         ),
         (

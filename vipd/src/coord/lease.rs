@@ -13,6 +13,22 @@ pub const MIN_MARGIN: Duration = Duration::from_millis(100);
 /// already far more than the lease needs).
 const MIN_RENEW_EVERY: Duration = Duration::from_millis(10);
 
+/// Leases below this renew eight times per lease instead of four.
+const SHORT_LEASE: Duration = Duration::from_secs(1);
+
+/// The longest lease a session timeout allows (exclusive): lease + one
+/// renewal interval must stay below the session timeout.
+fn max_lease(session: Duration) -> Duration {
+    // lease + lease/4 < session  <=>  lease < 4/5 session (leases >= 1 s).
+    let quarter = session * 4 / 5;
+    if quarter >= SHORT_LEASE {
+        quarter
+    } else {
+        // lease + lease/8 < session  <=>  lease < 8/9 session (below 1 s).
+        (session * 8 / 9).min(SHORT_LEASE)
+    }
+}
+
 /// The lease's numbers, fixed for a run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LeaseTimes {
@@ -28,7 +44,7 @@ pub enum LeaseError {
     #[error("--lease must be greater than zero")]
     Zero,
     #[error(
-        "--lease {lease:?} is too long for --session-timeout {session:?}: it must be below the session timeout minus one renewal interval (lease / 4), so below {max:?}"
+        "--lease {lease:?} is too long for --session-timeout {session:?}: it must be below the session timeout minus one renewal interval (lease / 8 below 1 s, lease / 4 from 1 s), so below {max:?}"
     )]
     TooLong {
         lease: Duration,
@@ -56,11 +72,10 @@ impl LeaseTimes {
         }
         let t = LeaseTimes { length, margin };
         if length + t.renew_every() >= session {
-            // lease + lease/4 < session  <=>  lease < 4/5 session.
             return Err(LeaseError::TooLong {
                 lease: length,
                 session,
-                max: session * 4 / 5,
+                max: max_lease(session),
             });
         }
         if margin < MIN_MARGIN {
@@ -69,9 +84,16 @@ impl LeaseTimes {
         Ok(t)
     }
 
-    /// How often the leader renews: a quarter of the lease.
+    /// How often the leader renews: a quarter of the lease from 1 s on, an
+    /// eighth below 1 s. The takeover waits one renewal interval more than
+    /// the lease, so a short lease (chosen for a fast takeover) renews more
+    /// often: 40 writes/s at 200 ms, still little for ZooKeeper. From 1 s
+    /// on the kernel lifetime (whole seconds) must end before the takeover,
+    /// and the quarter keeps lease/4 + margin of room for the kernel's
+    /// slack (docs/OPERATIONS.md, "The lease").
     pub fn renew_every(&self) -> Duration {
-        (self.length / 4).max(MIN_RENEW_EVERY)
+        let part = if self.length < SHORT_LEASE { 8 } else { 4 };
+        (self.length / part).max(MIN_RENEW_EVERY)
     }
 
     /// How often the next in line reads the leader's znode (and so checks
@@ -112,10 +134,16 @@ impl LeaseTimes {
 
     /// The shortest lease for which [`LeaseTimes::kill_overlap`] is zero with
     /// this margin: the 1 s minimum lifetime plus the slack must end before
-    /// the takeover at 1.25 x lease + margin. (From 1 s on, the rounded-down
+    /// the takeover at lease + renewal + margin. (From 1 s on, the rounded-down
     /// lifetime never exceeds the lease, so every longer lease is safe too.)
     pub fn safe_min_lease(&self, kernel_slack: Duration) -> Duration {
-        (Duration::from_secs(1) + kernel_slack).saturating_sub(self.margin) * 4 / 5
+        let room = (Duration::from_secs(1) + kernel_slack).saturating_sub(self.margin);
+        // Below 1 s the takeover is at 9/8 lease + margin, from 1 s at 5/4.
+        let short = room * 8 / 9;
+        if short < SHORT_LEASE {
+            return short;
+        }
+        (room * 4 / 5).max(SHORT_LEASE)
     }
 
     /// How long a SIGKILLed agent's address can outlive the takeover (zero
@@ -216,6 +244,24 @@ impl Observer {
         self.seen = None;
     }
 
+    /// The version to delete conditionally at `now`, without another read:
+    /// the current version has been seen for the takeover wait and the
+    /// last read was answered no longer ago than a read may take after the
+    /// previous answer (so ZooKeeper kept answering us all along).
+    pub fn due(&self, now: Instant) -> Option<i32> {
+        let s = self.seen?;
+        let max_gap = self.times.poll_every() + self.times.poll_deadline();
+        (now.saturating_duration_since(s.since) >= self.times.takeover_after()
+            && now.saturating_duration_since(s.last_answer) <= max_gap)
+            .then_some(s.version)
+    }
+
+    /// When the current version's silence reaches the takeover wait: the
+    /// next in line acts then rather than at its next poll ([`Observer::due`]).
+    pub fn takeover_at(&self) -> Option<Instant> {
+        self.seen.map(|s| s.since + self.times.takeover_after())
+    }
+
     /// How long the current version has been seen, if it is being counted.
     pub fn silent_for(&self, now: Instant) -> Option<Duration> {
         self.seen.map(|s| now.saturating_duration_since(s.since))
@@ -268,7 +314,38 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("--lease 1s") && e.contains("800ms"), "{e}");
+        assert!(e.contains("--lease 1s") && e.contains("888.888"), "{e}");
+        // Below 1 s the renewal is an eighth: lease + lease/8 < session.
+        let one = Duration::from_secs(1);
+        assert!(LeaseTimes::new(one, Some(888 * MS), 100 * MS).is_ok());
+        assert!(LeaseTimes::new(one, Some(889 * MS), 100 * MS).is_err());
+        // Between: a session of 1.2 s takes any lease below 1 s, not 1 s
+        // (1 s + 250 ms is past it).
+        let s12 = 1200 * MS;
+        assert!(LeaseTimes::new(s12, Some(999 * MS), 100 * MS).is_ok());
+        assert_eq!(
+            LeaseTimes::new(s12, Some(one), 100 * MS),
+            Err(LeaseError::TooLong {
+                lease: one,
+                session: s12,
+                max: one
+            })
+        );
+        // The stated maximum is the boundary (to rounding).
+        for session_ms in (200..10_000).step_by(7) {
+            let session = Duration::from_millis(session_ms);
+            let max = max_lease(session);
+            let below = max.saturating_sub(MS);
+            assert!(
+                LeaseTimes::new(session, Some(below), 100 * MS).is_ok(),
+                "{session:?}: {below:?} should be accepted (max {max:?})"
+            );
+            let above = max + Duration::from_micros(1);
+            assert!(
+                LeaseTimes::new(session, Some(above), 100 * MS).is_err(),
+                "{session:?}: {above:?} should be refused"
+            );
+        }
     }
 
     #[test]
@@ -276,8 +353,11 @@ mod tests {
         let t = times(2000);
         let sent = Instant::now();
         assert_eq!(t.until(sent), sent + 2000 * MS);
-        assert_eq!(times(200).renew_every(), 50 * MS);
-        assert_eq!(times(200).poll_every(), 25 * MS);
+        assert_eq!(times(200).renew_every(), 25 * MS, "an eighth below 1 s");
+        assert_eq!(times(200).poll_every(), 12500 * Duration::from_micros(1));
+        assert_eq!(times(200).takeover_after(), 325 * MS);
+        assert_eq!(times(999).renew_every(), 124875 * Duration::from_micros(1));
+        assert_eq!(times(1000).renew_every(), 250 * MS, "a quarter from 1 s");
         assert_eq!(times(20).renew_every(), 10 * MS, "floor");
     }
 
@@ -313,17 +393,31 @@ mod tests {
             times(2400).kill_overlap(Duration::from_secs(1)),
             Duration::ZERO
         );
-        // The boundary: 920 ms with a 100 ms margin.
-        assert_eq!(times(500).safe_min_lease(slack), 920 * MS);
-        assert_eq!(times(920).kill_overlap(slack), Duration::ZERO);
-        assert!(times(919).kill_overlap(slack) > Duration::ZERO);
+        // The boundary: 1 s with a 100 ms margin (just below 1 s the
+        // renewal is an eighth: 999 + 125 + 100 ms < 1 s + 250 ms).
+        assert_eq!(times(500).safe_min_lease(slack), 1000 * MS);
+        assert_eq!(times(1000).kill_overlap(slack), Duration::ZERO);
+        assert!(times(999).kill_overlap(slack) > Duration::ZERO);
+        // A larger margin moves it below 1 s, where the eighth applies.
+        let wide = LeaseTimes {
+            length: 500 * MS,
+            margin: 300 * MS,
+        };
+        let min = wide.safe_min_lease(slack);
+        assert_eq!(min, 844 * MS + Duration::from_nanos(444_444));
+        let at = |ms| LeaseTimes {
+            length: ms,
+            margin: 300 * MS,
+        };
+        assert_eq!(at(min + MS).kill_overlap(slack), Duration::ZERO);
+        assert!(at(min - MS).kill_overlap(slack) > Duration::ZERO);
         assert!(times(333).describe()[1].contains("warning"));
         assert!(!times(2000).describe()[1].contains("warning"));
     }
 
     #[test]
     fn takeover_only_after_silence_while_answered() {
-        let t = times(200); // takeover after 200 + 50 + 100 = 350 ms
+        let t = times(200); // takeover after 200 + 25 + 100 = 325 ms
         let mut o = Observer::new(t);
         let t0 = Instant::now();
         let poll = |o: &mut Observer, at: u64, v: i32| {
@@ -334,12 +428,19 @@ mod tests {
             )
         };
         let mut at = 0;
-        while at < 340 {
+        while at < 325 {
             assert_eq!(poll(&mut o, at, 7), None, "{at}");
             at += 25;
         }
-        // First seen at +1 ms: 351 ms later it may go.
-        assert_eq!(poll(&mut o, 350, 7), Some(7));
+        // First seen at +1 ms: 325 ms later it may go, and the next in
+        // line is told when.
+        assert_eq!(o.takeover_at(), Some(t0 + 326 * MS));
+        assert_eq!(o.due(t0 + 325 * MS), None, "not yet");
+        assert_eq!(o.due(t0 + 326 * MS), Some(7), "at the wait's end");
+        // ... but not when the last answer is older than a read may take.
+        assert_eq!(o.due(t0 + 340 * MS), None, "last answer at 301 ms");
+        assert_eq!(poll(&mut o, 325, 7), Some(7));
+        assert_eq!(o.due(t0 + 340 * MS), Some(7));
         // A new version restarts the count.
         assert_eq!(poll(&mut o, 360, 8), None);
         assert_eq!(
@@ -357,7 +458,8 @@ mod tests {
         let t0 = Instant::now();
         let mut at = 0;
         // Polls every 25 ms, one missed in the middle: the count starts
-        // again at the next answer, so no takeover 351 ms after the first.
+        // again at the next answer (226 ms), so no takeover 325 ms after
+        // the first.
         while at <= 400 {
             if at == 200 {
                 o.missed();
@@ -370,7 +472,7 @@ mod tests {
             }
             at += 25;
         }
-        while at < 575 {
+        while at < 550 {
             assert_eq!(
                 o.answered(t0 + at * MS, t0 + (at + 1) * MS, 3),
                 None,
@@ -378,6 +480,6 @@ mod tests {
             );
             at += 25;
         }
-        assert_eq!(o.answered(t0 + 575 * MS, t0 + 576 * MS, 3), Some(3));
+        assert_eq!(o.answered(t0 + 550 * MS, t0 + 551 * MS, 3), Some(3));
     }
 }

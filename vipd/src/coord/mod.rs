@@ -530,6 +530,9 @@ impl Ctx<'_> {
         let refresh = (t * 2).max(Duration::from_secs(1));
         let dir = &self.paths.election;
         let mut state = client.state_watcher();
+        // The candidates after we deleted a silent leader's znode: we are
+        // first now (sequence numbers only grow), no need to list again.
+        let mut took_over: Option<Vec<String>> = None;
         loop {
             if cancel.is_cancelled() {
                 return SessionState::Closed;
@@ -591,13 +594,18 @@ impl Ctx<'_> {
                 call("sync", dir, deadline, client.sync(dir)).await?;
                 call("list children", dir, deadline, client.list_children(dir)).await
             };
-            let sorted = match children.await {
-                Ok(c) => sort_candidates(c),
-                Err(e) => {
-                    debug!(error = %e, "election check failed; retrying");
-                    pause(retry, &mut state, cancel).await;
-                    continue;
-                }
+            let shortcut = took_over.take().filter(|c| c.first() == Some(&me));
+            let listed = shortcut.is_some();
+            let sorted = match shortcut {
+                Some(c) => c,
+                None => match children.await {
+                    Ok(c) => sort_candidates(c),
+                    Err(e) => {
+                        debug!(error = %e, "election check failed; retrying");
+                        pause(retry, &mut state, cancel).await;
+                        continue;
+                    }
+                },
             };
             let Some(pos) = sorted.iter().position(|c| *c == me) else {
                 warn!(znode = %format!("{dir}/{me}"), "our candidacy znode is gone; standing again");
@@ -605,7 +613,9 @@ impl Ctx<'_> {
                 *own = None;
                 continue;
             };
-            self.note_leader(client, dir, &sorted[0], deadline).await;
+            if !listed {
+                self.note_leader(client, dir, &sorted[0], deadline).await;
+            }
             if pos == 0 && self.yield_to_target(client, &me, &sorted, deadline).await {
                 self.withdraw(client, st, own, deadline).await;
                 continue;
@@ -639,8 +649,12 @@ impl Ctx<'_> {
             self.follower(false);
             let pred = format!("{dir}/{}", sorted[pos - 1]);
             if pos == 1 {
-                self.watch_leader(client, &pred, &mut state, st, cancel)
-                    .await;
+                if self
+                    .watch_leader(client, &pred, &mut state, st, cancel)
+                    .await
+                {
+                    took_over = Some(sorted[1..].to_vec());
+                }
                 continue;
             }
             match call("watch", &pred, deadline, client.check_and_watch_stat(&pred)).await {
@@ -861,11 +875,12 @@ impl Ctx<'_> {
     }
 
     /// The next in line (R15, and R1: only it): reads the leader's znode
-    /// (sync, then stat with a watch) twice per renewal interval, and when
+    /// (sync, then stat with a watch) twice per renewal interval, on every
+    /// change and when the wait is up, and when
     /// it has seen no new version for lease + renewal + margin while
     /// ZooKeeper answered every one of these reads, deletes the leader's
     /// znode conditionally on that version. Returns when the election should
-    /// be looked at again.
+    /// be looked at again: true when we deleted the leader's znode.
     async fn watch_leader(
         &self,
         client: &Client,
@@ -873,7 +888,7 @@ impl Ctx<'_> {
         state: &mut StateWatcher,
         st: &mut Campaign,
         cancel: &CancellationToken,
-    ) {
+    ) -> bool {
         let lease = self.settings.lease;
         let deadline = lease.poll_deadline();
         let mut observer = Observer::new(lease);
@@ -895,11 +910,11 @@ impl Ctx<'_> {
             .await;
             let answered = std::time::Instant::now();
             let watcher = match read {
-                Ok((None, _)) => return,
+                Ok((None, _)) => return false,
                 Ok((Some(stat), w)) => {
                     if let Some(version) = observer.answered(sent, answered, stat.version) {
                         if self.take_over(client, leader, version, deadline).await {
-                            return;
+                            return true;
                         }
                         observer.missed();
                     }
@@ -917,12 +932,29 @@ impl Ctx<'_> {
                     None => std::future::pending().await,
                 }
             };
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = state.changed() => return,
-                () = st.unfit_changed(false) => return,
-                _ = tick.tick() => {}
-                () = changed => {}
+            // Read again at the poll or on a change; the moment the silence
+            // reaches the takeover wait, delete at once (not a poll later):
+            // the delete is conditional on the version we timed, and our
+            // last read was answered within one poll.
+            let due = async {
+                match observer.takeover_at() {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let due = tokio::select! {
+                _ = cancel.cancelled() => return false,
+                _ = state.changed() => return false,
+                () = st.unfit_changed(false) => return false,
+                _ = tick.tick() => false,
+                () = changed => false,
+                () = due => true,
+            };
+            if due && let Some(version) = observer.due(std::time::Instant::now()) {
+                if self.take_over(client, leader, version, deadline).await {
+                    return true;
+                }
+                observer.missed();
             }
         }
     }

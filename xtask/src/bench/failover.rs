@@ -180,7 +180,9 @@ pub struct LeaseRule {
 impl LeaseRule {
     pub fn new(session_timeout: Duration, lease: Option<Duration>) -> LeaseRule {
         let lease = lease.unwrap_or(session_timeout / 3);
-        let renew_every = (lease / 4).max(MIN_RENEW);
+        // A quarter of the lease from 1 s on, an eighth below.
+        let part = if lease < Duration::from_secs(1) { 8 } else { 4 };
+        let renew_every = (lease / part).max(MIN_RENEW);
         LeaseRule {
             lease,
             renew_every,
@@ -191,13 +193,14 @@ impl LeaseRule {
     }
 
     /// The earliest and latest takeover after a fault: the last renewal the
-    /// next in line saw is up to one renewal interval old at the fault, and
-    /// it notices the silence at its next read (up to two reads late: the
-    /// first read of that renewal, and the one that ends the wait).
+    /// next in line saw is up to one renewal interval old at the fault; it
+    /// reads that renewal when its watch fires and reads again the moment
+    /// the wait is up (a read's round trip late each time, bounded here by
+    /// one poll interval).
     pub fn takeover_window(&self) -> (Duration, Duration) {
         (
             self.takeover_after.saturating_sub(self.renew_every),
-            self.takeover_after + self.poll_every * 2,
+            self.takeover_after + self.poll_every,
         )
     }
 
@@ -649,7 +652,15 @@ fn report(
         type Phase<'a> = (&'a str, Box<dyn Fn(&Takeover) -> Option<Duration>>);
         let phases: Vec<Phase> = vec![
             (
-                "detection: cut → new leader elected (vipd's log)",
+                "detection: cut → takeover decided (the next in line's log)",
+                Box::new(|t| t.decided),
+            ),
+            (
+                "takeover decided → new leader elected (conditional delete, election, first renewal)",
+                Box::new(|t| between(t.decided, t.elected)),
+            ),
+            (
+                "cut → new leader elected (vipd's log)",
                 Box::new(|t| t.elected),
             ),
             (
@@ -832,12 +843,13 @@ fn bound_text(s: &System, rule: Option<&LeaseRule>, lease_supported: bool) -> St
             let (lo, hi) = r.takeover_window();
             let kill = r.kill_overlap();
             format!(
-                "**{}**: lease {} ms{}, renewed every {} ms (a quarter of the lease); the next in \
+                "**{}**: lease {} ms{}, renewed every {} ms ({} of the lease); the next in \
                  line takes over once it has seen no renewal for lease + renewal interval + margin \
                  = {} + {} + {} = {} ms while ZooKeeper answered it, by deleting the leader's \
                  znode conditionally. The last renewal it saw is up to one interval old at the \
-                 fault and it reads every {} ms, so the takeover comes {}–{} ms after the fault \
-                 ({} ms on average; the client is served 10–40 ms later: the gratuitous ARP, then \
+                 fault; it reads each renewal when its watch fires, every {} ms to know \
+                 ZooKeeper answers it, and once more the moment the wait is up, so the takeover \
+                 comes {}–{} ms after the fault (about {} ms on average; the client is served 10–40 ms later: the gratuitous ARP, then \
                  the probe's next connection), before the session ({} ms) could expire. The old \
                  holder fences (removes the VIP) \
                  at the lease after the send of its last acknowledged renewal, so at most {} ms \
@@ -852,6 +864,11 @@ fn bound_text(s: &System, rule: Option<&LeaseRule>, lease_supported: bool) -> St
                     ""
                 },
                 ms(r.renew_every),
+                if r.lease < Duration::from_secs(1) {
+                    "an eighth: below 1 s"
+                } else {
+                    "a quarter"
+                },
                 ms(r.lease),
                 ms(r.renew_every),
                 ms(MARGIN),
@@ -859,7 +876,7 @@ fn bound_text(s: &System, rule: Option<&LeaseRule>, lease_supported: bool) -> St
                 ms(r.poll_every),
                 ms(lo),
                 ms(hi),
-                ms((lo + hi) / 2),
+                ms(r.takeover_after.saturating_sub(r.renew_every / 2)),
                 match s {
                     System::Vipd {
                         session_timeout, ..
@@ -942,21 +959,21 @@ mod tests {
     fn lease_rule_from_settings() {
         let r = LeaseRule::new(Duration::from_secs(1), None);
         assert_eq!(r.lease, Duration::from_nanos(333_333_333));
-        assert_eq!(r.renew_every.as_millis(), 83);
-        assert_eq!(r.takeover_after.as_millis(), 516);
+        assert_eq!(r.renew_every.as_millis(), 41);
+        assert_eq!(r.takeover_after.as_millis(), 474);
         assert_eq!(r.lifetime, Duration::from_secs(1));
-        // 1 s + 250 ms slack - 516 ms.
-        assert_eq!(r.kill_overlap().as_millis(), 733);
+        // 1 s + 250 ms slack - 475 ms.
+        assert_eq!(r.kill_overlap().as_millis(), 775);
 
         let r = LeaseRule::new(Duration::from_secs(1), Some(Duration::from_millis(200)));
-        assert_eq!(r.renew_every, Duration::from_millis(50));
-        assert_eq!(r.poll_every, Duration::from_millis(25));
-        assert_eq!(r.takeover_after, Duration::from_millis(350));
+        assert_eq!(r.renew_every, Duration::from_millis(25));
+        assert_eq!(r.poll_every, Duration::from_micros(12_500));
+        assert_eq!(r.takeover_after, Duration::from_millis(325));
         assert_eq!(
             r.takeover_window(),
-            (Duration::from_millis(300), Duration::from_millis(400))
+            (Duration::from_millis(300), Duration::from_micros(337_500))
         );
-        assert_eq!(r.kill_overlap(), Duration::from_millis(900));
+        assert_eq!(r.kill_overlap(), Duration::from_millis(925));
 
         let r = LeaseRule::new(Duration::from_secs(6), None);
         assert_eq!(r.lease, Duration::from_secs(2));
@@ -998,6 +1015,7 @@ mod tests {
             old: 0,
             new: served.map(|_| 1),
             old_removed: removed.map(ms),
+            decided: None,
             elected: None,
             configured: served.map(ms),
             first_garp: None,

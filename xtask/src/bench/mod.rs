@@ -4,7 +4,7 @@
 
 mod arp;
 mod engine;
-mod failover;
+pub(crate) mod failover;
 mod isolated;
 mod keepalived;
 mod steady;

@@ -1370,6 +1370,7 @@ impl Cluster {
             old,
             new,
             old_removed: off(self.nodes[old].watch.addr_change(VIP, false, cut)),
+            decided: None,
             elected: None,
             configured: off(configured),
             first_garp: None,
@@ -1385,10 +1386,11 @@ impl Cluster {
         };
         if let Some(n) = new {
             let node = &self.nodes[n];
-            t.elected = match self.agent {
-                Agent::Vipd(_) => elected_at(&node.agent.stderr(), cut_wall),
-                Agent::Keepalived(_) => None,
-            };
+            if let Agent::Vipd(_) = self.agent {
+                let log = node.agent.stderr();
+                t.decided = log_event_at(&log, TAKEOVER_LINE, cut_wall);
+                t.elected = elected_at(&log, cut_wall);
+            }
             let garps = self.capture.from(VIP, node.mac, cut);
             t.first_garp = off(garps.first().copied());
             t.garp_frames = garps.len();
@@ -1540,6 +1542,9 @@ pub struct Takeover {
     pub new: Option<usize>,
     /// The old holder removed the VIP (its own netlink event).
     pub old_removed: Option<Duration>,
+    /// The next in line's log line deciding the takeover (its wait for a
+    /// renewal is up; it deletes the leader's znode next).
+    pub decided: Option<Duration>,
     /// vipd's "elected leader" log line on the new node.
     pub elected: Option<Duration>,
     /// The VIP appeared on the new node (netlink event there).
@@ -1583,6 +1588,9 @@ impl Takeover {
         !self.overlap.is_zero() && self.old_removed.is_none()
     }
 }
+
+/// vipd's log line when the next in line's wait for a renewal is up.
+pub const TAKEOVER_LINE: &str = "the leader has not renewed its lease";
 
 /// The first "elected leader" line of a vipd JSON log after `after`,
 /// as an offset from `after`.
