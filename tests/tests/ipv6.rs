@@ -885,6 +885,94 @@ fn parse_mac(s: &str) -> [u8; 6] {
         .unwrap()
 }
 
+/// The XDP program's answers for a v6 VIP carry the Router flag exactly
+/// while the VIP's interface forwards (`net.ipv6.conf.eth0.forwarding` in
+/// vipd's namespace, read on every reconcile pass): off, on, off again. The
+/// client resolves the VIP afresh each time; its neighbour entry follows
+/// the flag, and the program's reply counter shows the answers were its own
+/// (the kernel would set the flag the same way).
+#[test]
+fn xdp_answers_carry_the_router_flag_while_the_interface_forwards() {
+    let _serial = serial();
+    let (lab, n1, client) = one_node_lab("v6-router");
+    let target: Ipv6Addr = V6_VIP.parse().unwrap();
+    let n1_mac = n1.mac("eth0");
+    let capture = client.capture_ndp("eth0");
+    let (vipd, socket) = start_vipd(&lab, &n1, V6_VIP, &["--reconcile-interval", "300ms"]);
+    within(Duration::from_secs(5), || {
+        n1.ipv6_addrs("eth0").iter().any(|a| a.addr == target)
+    })
+    .unwrap_or_else(|e| panic!("VIP never placed: {e}"));
+    let answers = || -> Vec<NdpFrame> {
+        capture
+            .ndp_frames()
+            .into_iter()
+            .filter(|(f, n)| {
+                !f.outgoing
+                    && n.icmp_type == NdpFrame::ADVERTISEMENT
+                    && n.solicited
+                    && n.target == target
+                    && fmt_mac(n.eth_src) == n1_mac
+            })
+            .map(|(_, n)| n)
+            .collect()
+    };
+    let passes = || {
+        vipctl_json(&n1, &socket, &["status", "--json"])["last_reconcile"]["passes"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let replies = || {
+        stats_row(&n1, &socket, V6_VIP)["xdp_replies"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+
+    for forwarding in ["0", "1", "0"] {
+        let router = forwarding == "1";
+        n1.sysctl("net.ipv6.conf.eth0.forwarding", forwarding);
+        // Two passes later, one has begun after the change.
+        let since = passes();
+        within(Duration::from_secs(5), || passes() >= since + 2)
+            .unwrap_or_else(|e| panic!("no reconcile passes: {e}: {}", vipd.stderr()));
+        let (seen, replies_before) = (answers().len(), replies());
+        client.ip(&["-6", "neigh", "flush", "dev", "eth0"]);
+        assert!(
+            client.ping(target),
+            "forwarding {forwarding}: client pings the VIP"
+        );
+        within(Duration::from_secs(3), || answers().len() > seen)
+            .unwrap_or_else(|e| panic!("forwarding {forwarding}: no answer: {e}"));
+        let new = answers().split_off(seen);
+        for n in &new {
+            assert!(
+                n.router == router && n.override_flag && n.checksum_ok,
+                "forwarding {forwarding}: {n:?}"
+            );
+            assert_eq!(n.lladdr.map(fmt_mac).as_deref(), Some(n1_mac.as_str()));
+        }
+        let count = u64::try_from(new.len()).unwrap();
+        within(Duration::from_secs(3), || {
+            replies() >= replies_before + count
+        })
+        .unwrap_or_else(|e| {
+            panic!(
+                "forwarding {forwarding}: {count} answers, not all the program's: {e}: {}",
+                stats_row(&n1, &socket, V6_VIP)
+            )
+        });
+        let neigh = client.ip(&["-6", "neigh", "show", "to", V6_VIP, "dev", "eth0"]);
+        assert_eq!(
+            neigh.split_whitespace().any(|w| w == "router"),
+            router,
+            "forwarding {forwarding}: client's entry {neigh:?}"
+        );
+        println!("ipv6 router flag: forwarding {forwarding}: {count} answer(s), entry {neigh:?}");
+    }
+    let status = vipd.terminate(Duration::from_secs(5));
+    assert!(status.success(), "vipd exit {status}: {}", vipd.stderr());
+}
+
 /// An address of ours that failed DAD (left by a vipd that added it with
 /// DAD, and another host has the VIP): vipd removes it, reports it, and adds
 /// the VIP again without DAD. A marked IPv6 address that is no VIP is

@@ -194,7 +194,8 @@ fn holding_on_vlan(ifindex: u32, vlan: u16) -> ArpOffload {
             ifindex,
             mac: OUR_MAC,
             vlan,
-            _pad: [0; 4],
+            flags: 0,
+            _pad: [0; 3],
             expires_ns: NO_EXPIRY,
         },
     )]);
@@ -488,7 +489,8 @@ fn truncated_frames_pass_uncounted() {
                     ifindex,
                     mac: OUR_MAC,
                     vlan: 0,
-                    _pad: [0; 4],
+                    flags: 0,
+                    _pad: [0; 3],
                     expires_ns: NO_EXPIRY,
                 },
             )]))
@@ -773,7 +775,8 @@ fn expired_entry_is_not_answered() {
                     ifindex,
                     mac: OUR_MAC,
                     vlan: 0,
-                    _pad: [0; 4],
+                    flags: 0,
+                    _pad: [0; 3],
                     expires_ns,
                 },
             )])
@@ -814,7 +817,8 @@ fn released_vip_is_no_longer_answered() {
                 ifindex,
                 mac: OUR_MAC,
                 vlan: 0,
-                _pad: [0; 4],
+                flags: 0,
+                _pad: [0; 3],
                 expires_ns: NO_EXPIRY,
             },
         )]);
@@ -836,7 +840,8 @@ fn released_vip_is_no_longer_answered() {
                 ifindex: other,
                 mac: OUR_MAC,
                 vlan: 0,
-                _pad: [0; 4],
+                flags: 0,
+                _pad: [0; 3],
                 expires_ns: NO_EXPIRY,
             },
         )]);

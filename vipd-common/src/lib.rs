@@ -100,7 +100,9 @@ pub struct HeldVip {
     /// 0 for untagged frames. A request tagged with another VLAN passes, so
     /// the program never answers for a segment the VIP is not on.
     pub vlan: u16,
-    pub _pad: [u8; 4],
+    /// [`HELD_ROUTER`] and future bits; 0 for none.
+    pub flags: u8,
+    pub _pad: [u8; 3],
     /// The leader's lease end on the `bpf_ktime_get_ns` clock
     /// (CLOCK_MONOTONIC, nanoseconds): the program answers and reports
     /// claims only before it, so a frozen agent's program falls silent at
@@ -110,6 +112,12 @@ pub struct HeldVip {
 
 /// [`HeldVip::expires_ns`] of an entry that never expires.
 pub const NO_EXPIRY: u64 = u64::MAX;
+
+/// [`HeldVip::flags`] bit of an IPv6 VIP whose interface forwards
+/// (`net.ipv6.conf.<if>.forwarding`): the program's solicited Neighbor
+/// Advertisements carry the Router flag, as the agent's unsolicited ones
+/// do. Ignored for IPv4.
+pub const HELD_ROUTER: u8 = 1;
 
 /// A foreign claim of a held IPv4 VIP seen by the XDP program, sent to the
 /// agent through [`MAP_CONFLICTS`].

@@ -21,7 +21,7 @@
 use core::mem::size_of;
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_tail, programs::XdpContext};
-use vipd_common::{ConflictEvent6, HeldVip, NdpCounters, Vip6Key};
+use vipd_common::{ConflictEvent6, HELD_ROUTER, HeldVip, NdpCounters, Vip6Key};
 
 use crate::{
     CONFLICTS6, EthHdr, HELD_VIPS6, L2, VIP_COUNTERS6, ingress_ifindex, is_unicast, lease_runs,
@@ -42,6 +42,7 @@ const ND_MIN_LEN: usize = 24;
 const ND_MAX_LEN: usize = 64;
 /// Options are multiples of 8 bytes, and so are valid messages.
 const ND_BLOCK: usize = 8;
+const NA_FLAG_ROUTER: u8 = 0x80;
 const NA_FLAG_SOLICITED: u8 = 0x40;
 const NA_FLAG_OVERRIDE: u8 = 0x20;
 /// The answer's ICMPv6 length: the fixed part and a Target Link-Layer
@@ -257,7 +258,8 @@ fn on_solicit(ctx: &XdpContext, l2: &L2, nd: &NdMessage, eth_src: [u8; 6]) -> u3
 }
 
 /// Rewrites the solicitation at `l3` into the solicited advertisement the
-/// kernel would send (R=0, S=1, O=1, with our link-layer address), unicast
+/// kernel would send (S=1, O=1, R=1 only when the entry says the interface
+/// forwards, with our link-layer address), unicast
 /// to the solicitor's hardware and IPv6 addresses. The VLAN tag, if any,
 /// stays. Fails, the frame unchanged, when it cannot be resized.
 #[inline(always)]
@@ -283,6 +285,7 @@ fn answer(
     let na: *mut NaPacket = ptr_at(ctx, l3)?;
     let vip = nd.target;
     let solicitor = nd.src;
+    let flags = na_flags(held);
     // SAFETY: both bounds checked by `ptr_at` after the resize; the frame is
     // ours to rewrite.
     let (eth, na) = unsafe { (&mut *eth, &mut *na) };
@@ -299,8 +302,8 @@ fn answer(
     na.msg = NdMsg {
         kind: ND_NEIGHBOR_ADVERT,
         code: 0,
-        checksum: na_checksum(&vip, &solicitor, &held.mac),
-        flags: [NA_FLAG_SOLICITED | NA_FLAG_OVERRIDE, 0, 0, 0],
+        checksum: na_checksum(&vip, &solicitor, &held.mac, flags),
+        flags: [flags, 0, 0, 0],
         target: vip,
     };
     na.tlla = LinkAddrOpt {
@@ -311,10 +314,22 @@ fn answer(
     Ok(())
 }
 
+/// The answer's flags byte: Solicited and Override, and Router when the
+/// VIP's interface forwards (RFC 4861 7.2.4: as the kernel sets it).
+#[inline(always)]
+fn na_flags(held: &HeldVip) -> u8 {
+    let router = if held.flags & HELD_ROUTER != 0 {
+        NA_FLAG_ROUTER
+    } else {
+        0
+    };
+    NA_FLAG_SOLICITED | NA_FLAG_OVERRIDE | router
+}
+
 /// The ICMPv6 checksum of the answer: the pseudo-header (RFC 8200 8.1) and
 /// the fixed 32 bytes, all known without reading the frame.
 #[inline(always)]
-fn na_checksum(vip: &[u8; 16], solicitor: &[u8; 16], mac: &[u8; 6]) -> [u8; 2] {
+fn na_checksum(vip: &[u8; 16], solicitor: &[u8; 16], mac: &[u8; 6], flags: u8) -> [u8; 2] {
     let sum = sum_words(vip)
         + sum_words(solicitor)
         + NA_LEN as u32
@@ -322,7 +337,7 @@ fn na_checksum(vip: &[u8; 16], solicitor: &[u8; 16], mac: &[u8; 6]) -> [u8; 2] {
         // type, code; the checksum itself counts as zero
         + (u32::from(ND_NEIGHBOR_ADVERT) << 8)
         // flags, reserved
-        + (u32::from(NA_FLAG_SOLICITED | NA_FLAG_OVERRIDE) << 8)
+        + (u32::from(flags) << 8)
         // target
         + sum_words(vip)
         // option type, length

@@ -18,7 +18,7 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, instrument, warn};
-use vipd_common::HeldVip;
+use vipd_common::{HELD_ROUTER, HeldVip};
 
 use crate::{
     announce::{Announcement, Announcer},
@@ -26,6 +26,7 @@ use crate::{
     config::{EngineArgs, XdpArgs, XdpMode},
     net::{
         AddrState, Link, Placement,
+        ndp::forwarding,
         netlink::{NetEvent, NetSnapshot, Netlink, enable_promote_secondaries, monitor},
     },
     reconcile::{self, Action, Verdict},
@@ -147,6 +148,10 @@ pub struct Engine {
     last_conflict_log: HashMap<Vip, Instant>,
     /// Interfaces as of the last pass, by ifindex.
     links: HashMap<u32, Link>,
+    /// Whether each interface holding an IPv6 VIP forwards IPv6, read on
+    /// every pass: the XDP program's advertisements carry the Router flag
+    /// then, as the unsolicited ones do.
+    routers: HashMap<u32, bool>,
     /// The problem last logged per VIP (no route, operator address).
     reported: HashMap<Vip, &'static str>,
     /// Where each VIP we hold lives, as of the last pass: what a lease
@@ -205,6 +210,7 @@ impl Engine {
             pending_conflict_answers: BTreeMap::new(),
             last_conflict_log: HashMap::new(),
             links: HashMap::new(),
+            routers: HashMap::new(),
             reported: HashMap::new(),
             held: BTreeMap::new(),
             delivery_check: None,
@@ -952,16 +958,7 @@ impl Engine {
             .filter_map(|v| {
                 let ifindex = v.ifindex?;
                 let mac = snap.link(ifindex)?.mac;
-                Some((
-                    v.vip,
-                    HeldVip {
-                        ifindex,
-                        mac,
-                        vlan: 0,
-                        _pad: [0; 4],
-                        expires_ns,
-                    },
-                ))
+                Some((v.vip, self.held_vip(v.vip, ifindex, mac, expires_ns)))
             })
             .collect()
     }
@@ -973,18 +970,47 @@ impl Engine {
             .iter()
             .filter_map(|(vip, p)| {
                 let mac = self.links.get(&p.ifindex)?.mac;
-                Some((
-                    *vip,
-                    HeldVip {
-                        ifindex: p.ifindex,
-                        mac,
-                        vlan: 0,
-                        _pad: [0; 4],
-                        expires_ns,
-                    },
-                ))
+                Some((*vip, self.held_vip(*vip, p.ifindex, mac, expires_ns)))
             })
             .collect()
+    }
+
+    /// The held-map entry of `vip` on interface `ifindex` with `mac`: the
+    /// Router flag as read on the last pass (IPv6 only).
+    fn held_vip(&self, vip: Vip, ifindex: u32, mac: [u8; 6], expires_ns: u64) -> HeldVip {
+        let router = vip.v6().is_some() && self.routers.get(&ifindex) == Some(&true);
+        HeldVip {
+            ifindex,
+            mac,
+            vlan: 0,
+            flags: if router { HELD_ROUTER } else { 0 },
+            _pad: [0; 3],
+            expires_ns,
+        }
+    }
+
+    /// Reads `net.ipv6.conf.<if>.forwarding` of every interface holding an
+    /// IPv6 VIP in `held`. Unreadable counts as not forwarding: a host's
+    /// advertisement never claims to be a router by mistake.
+    fn refresh_routers(&mut self, snap: &NetSnapshot, held: &BTreeMap<Vip, Placement>) {
+        let mut routers = HashMap::new();
+        for (vip, p) in held.iter().filter(|(v, _)| v.v6().is_some()) {
+            if routers.contains_key(&p.ifindex) {
+                continue;
+            }
+            let Some(link) = snap.link(p.ifindex) else {
+                continue;
+            };
+            let router = forwarding(&link.name).unwrap_or_else(|error| {
+                debug!(vip = %vip, ifname = %link.name, %error, "cannot read IPv6 forwarding; Router flag off");
+                false
+            });
+            if self.routers.get(&p.ifindex) != Some(&router) {
+                debug!(ifname = %link.name, router, "IPv6 forwarding of a VIP interface");
+            }
+            routers.insert(p.ifindex, router);
+        }
+        self.routers = routers;
     }
 
     /// The lease's end on the XDP program's clock (R16).
@@ -998,6 +1024,9 @@ impl Engine {
     /// named), watches every configured VIP and holds exactly `held`.
     fn sync_xdp(&mut self, snap: &NetSnapshot, held: &BTreeMap<Vip, Placement>) -> Vec<String> {
         let expires_ns = self.xdp_expiry();
+        if self.offload.is_some() {
+            self.refresh_routers(snap, held);
+        }
         let Some(off) = &self.offload else {
             return Vec::new();
         };
@@ -1044,16 +1073,7 @@ impl Engine {
                 held.iter()
                     .filter_map(|(vip, p)| {
                         let mac = snap.link(p.ifindex)?.mac;
-                        Some((
-                            *vip,
-                            HeldVip {
-                                ifindex: p.ifindex,
-                                mac,
-                                vlan: 0,
-                                _pad: [0; 4],
-                                expires_ns,
-                            },
-                        ))
+                        Some((*vip, self.held_vip(*vip, p.ifindex, mac, expires_ns)))
                     })
                     .collect()
             } else {

@@ -22,7 +22,7 @@ use pnet_packet::{
     ipv6::{Ipv6Packet, MutableIpv6Packet},
 };
 use vipd::arp_offload::{ArpOffload, ConflictReader6};
-use vipd_common::{ArpCounters, ConflictEvent6, HeldVip, NO_EXPIRY, NdpCounters};
+use vipd_common::{ArpCounters, ConflictEvent6, HELD_ROUTER, HeldVip, NO_EXPIRY, NdpCounters};
 
 use super::{
     ASKER_MAC, FOREIGN_MAC, NONE, ONE_ANNOUNCEMENT, ONE_REQUEST, OUR_MAC, TAG_8021AD, TAG_8021Q,
@@ -169,6 +169,17 @@ impl NdpFrame {
         }
     }
 
+    /// [`NdpFrame::answer_to`] from a node whose interface forwards: the
+    /// Router flag set too.
+    fn router_answer_to(ns: &NdpFrame, mac: [u8; 6]) -> Self {
+        NdpFrame {
+            flags: NeighborAdvertFlags::Router
+                | NeighborAdvertFlags::Solicited
+                | NeighborAdvertFlags::Override,
+            ..Self::answer_to(ns, mac)
+        }
+    }
+
     fn tagged(self, tag: ([u8; 2], [u8; 2])) -> Self {
         NdpFrame {
             vlan: Some(tag),
@@ -241,6 +252,15 @@ impl NdpFrame {
 /// Checks the ICMPv6 checksum of an answer `frame` (untagged or tagged)
 /// with pnet's function, and that it is a solicited, overriding NA.
 fn assert_valid_na(frame: &[u8], what: &str) {
+    assert_valid_na_flags(
+        frame,
+        NeighborAdvertFlags::Solicited | NeighborAdvertFlags::Override,
+        what,
+    );
+}
+
+/// [`assert_valid_na`] for an answer with NA flags `flags`.
+fn assert_valid_na_flags(frame: &[u8], flags: u8, what: &str) {
     let l3 = if frame[12..14] == [0x86, 0xdd] {
         14
     } else {
@@ -259,11 +279,7 @@ fn assert_valid_na(frame: &[u8], what: &str) {
     );
     let na = NeighborAdvertPacket::new(icmp_bytes).expect("NA");
     assert_eq!(na.get_icmpv6_type(), Icmpv6Types::NeighborAdvert, "{what}");
-    assert_eq!(
-        na.get_flags(),
-        NeighborAdvertFlags::Solicited | NeighborAdvertFlags::Override,
-        "{what}: flags R=0 S=1 O=1"
-    );
+    assert_eq!(na.get_flags(), flags, "{what}: NA flags");
 }
 
 // ---------------------------------------------------------------------------
@@ -274,7 +290,8 @@ fn held_at(ifindex: u32, vlan: u16, expires_ns: u64) -> HeldVip {
         ifindex,
         mac: OUR_MAC,
         vlan,
-        _pad: [0; 4],
+        flags: 0,
+        _pad: [0; 3],
         expires_ns,
     }
 }
@@ -469,6 +486,44 @@ fn ns_for_held_vip_is_answered_with_the_exact_na() {
             ..ns.clone()
         };
         assert_answered(&offload, &proxied, ifindex, "SLLA not the source");
+    });
+}
+
+/// A held VIP whose entry has HELD_ROUTER (its interface forwards): the
+/// answer carries the Router flag too, checksum to match; the bit cleared
+/// again, it does not. Untagged and tagged.
+#[test]
+fn ns_answer_carries_the_router_flag_exactly_when_the_entry_says_so() {
+    in_netns(|| {
+        let ifindex = iface("xdp0");
+        let mut offload = loaded6();
+        let plain = NdpFrame::solicit(ASKER_MAC, ASKER6, VIP6);
+        let tagged = plain.clone().tagged(TAG_8021Q);
+        for (flags, router) in [(HELD_ROUTER, true), (0, false), (HELD_ROUTER, true)] {
+            for (ns, vlan, flags_at) in [(&plain, 0, 58), (&tagged, 100, 62)] {
+                let what = format!("router {router}, VLAN {vlan}");
+                let held = HeldVip {
+                    flags,
+                    ..held_at(ifindex, vlan, NO_EXPIRY)
+                };
+                offload
+                    .set_held6(&BTreeMap::from([(VIP6, held)]))
+                    .expect("set_held6");
+                let want = if router {
+                    NdpFrame::router_answer_to(ns, OUR_MAC)
+                } else {
+                    NdpFrame::answer_to(ns, OUR_MAC)
+                };
+                let (action, out, delta, other) = run6(&offload, &ns.bytes(), ifindex);
+                assert_eq!(action, XDP_TX, "{what}");
+                assert_eq!(out, want.bytes(), "{what}: NA bytes");
+                // R S O in the NA's first flags byte.
+                let byte = if router { 0xe0 } else { 0x60 };
+                assert_eq!(out[flags_at], byte, "{what}: flags byte");
+                assert_valid_na_flags(&out, want.flags, &what);
+                assert_eq!((delta, other), (ONE_ANSWER, NONE), "{what}");
+            }
+        }
     });
 }
 
@@ -1270,9 +1325,44 @@ fn held_vip_is_resolved_by_a_real_client_through_the_program() {
             })
             .unwrap_or_else(|e| panic!("answer {n} on the client: {e}"));
         }
+
+        // The interface forwards (the agent then sets HELD_ROUTER): the
+        // answer that reaches the client carries the Router flag.
+        let router_expected = NdpFrame::router_answer_to(&with_slla, n1_mac).bytes();
+        let router_answers = |capture: &vipd_tests::lab::ArpCapture| {
+            capture
+                .frames()
+                .iter()
+                .filter(|f| !f.outgoing && f.bytes == router_expected)
+                .count()
+        };
+        let as_router = HeldVip {
+            flags: HELD_ROUTER,
+            ..held
+        };
+        offload
+            .set_held6(&BTreeMap::from([(VIP6, as_router)]))
+            .expect("set_held6 (router)");
+        c1.in_netns(|| send_raw("eth0", &bare.bytes()));
+        vipd_tests::lab::wait_until(Duration::from_secs(3), Duration::from_millis(10), || {
+            router_answers(&capture) >= 1
+        })
+        .unwrap_or_else(|e| panic!("answer with the Router flag on the client: {e}"));
+        assert_eq!(answers(&capture), 2, "no answer without the flag meanwhile");
+        // Back to a host: the flag goes.
+        offload
+            .set_held6(&BTreeMap::from([(VIP6, held)]))
+            .expect("set_held6 (host)");
+        c1.in_netns(|| send_raw("eth0", &bare.bytes()));
+        vipd_tests::lab::wait_until(Duration::from_secs(3), Duration::from_millis(10), || {
+            answers(&capture) >= 3
+        })
+        .unwrap_or_else(|e| panic!("answer without the Router flag on the client: {e}"));
+        assert_eq!(router_answers(&capture), 1, "one answer with the flag");
+
         let counters = offload.counters6().expect("counters6")[&VIP6];
         assert!(
-            counters.xdp_replies >= 3 && counters.requests >= counters.xdp_replies,
+            counters.xdp_replies >= 5 && counters.requests >= counters.xdp_replies,
             "{counters:?}"
         );
 
@@ -1281,7 +1371,7 @@ fn held_vip_is_resolved_by_a_real_client_through_the_program() {
         offload.clear_held().expect("clear_held");
         c1.in_netns(|| send_raw("eth0", &bare.bytes()));
         std::thread::sleep(Duration::from_millis(300));
-        assert_eq!(answers(&capture), 2, "no answer once released");
+        assert_eq!(answers(&capture), 3, "no answer once released");
         capture.stop();
     });
 }

@@ -9,7 +9,7 @@ use std::{
     fmt::Write as _,
     fs::File,
     mem::size_of,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     path::{Path, PathBuf},
     process::Command,
@@ -35,6 +35,10 @@ use super::{Progress, Summary, fmt_ms};
 const NODE_ADDR: &str = "192.0.2.11/24";
 const GATEWAY: &str = "192.0.2.1";
 const CLIENT_ADDR: &str = "192.0.2.12/24";
+/// The same for IPv6: the VIPs of the IPv6 repair run (2001:db8:1::/64)
+/// match only the default route and go on eth0 as /128.
+const NODE_ADDR6: &str = "2001:db8::11/64";
+const GATEWAY6: &str = "2001:db8::1";
 /// Repetitions of the repair and `vipctl vip set` measurements.
 const REPAIR_REPS: usize = 20;
 const SET_REPS: usize = 10;
@@ -69,6 +73,13 @@ fn lab_vips() -> Vec<Ipv4Addr> {
     v
 }
 
+/// The IPv6 repair run's VIPs: 2001:db8:1::1 on, off link (default route).
+fn lab_vips6() -> Vec<IpAddr> {
+    (1..=REPAIR_VIPS as u16)
+        .map(|h| IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, h)))
+        .collect()
+}
+
 pub fn run(runs: usize) -> Result<String> {
     let all = lab_vips();
     let sizes = [1, 100, all.len()];
@@ -81,6 +92,8 @@ pub fn run(runs: usize) -> Result<String> {
         }],
     );
     node.add_default_route(GATEWAY);
+    node.add_addr6("eth0", NODE_ADDR6);
+    node.add_default_route6(GATEWAY6, "eth0");
     let client = lab.add_host(
         "c1",
         &[HostIf {
@@ -108,11 +121,19 @@ pub fn run(runs: usize) -> Result<String> {
         startup.push((n, samples));
     }
     let rss_no_xdp = rss_without_xdp(&lab, &node, all[0], &empty_config)?;
-    let repair = repair_run(&lab, &node, &all[..REPAIR_VIPS], &empty_config)?;
+    let v4: Vec<IpAddr> = all[..REPAIR_VIPS].iter().map(|&v| v.into()).collect();
+    let repair = repair_run(&lab, &node, &v4, &empty_config)?;
+    let repair6 = repair_run(&lab, &node, &lab_vips6(), &empty_config)?;
     let set = set_run(&lab, &node, &empty_config)?;
     lab.teardown()
         .map_err(|e| anyhow::anyhow!("lab teardown: {}", e.join("; ")))?;
-    Ok(section(&startup, rss_no_xdp, &repair, &set, all.len()))
+    Ok(section(
+        &startup,
+        rss_no_xdp,
+        [&repair, &repair6],
+        &set,
+        all.len(),
+    ))
 }
 
 /// One start of vipd with `vips`, timed.
@@ -155,7 +176,7 @@ fn vipd_args(config: &Path, socket: &Path) -> Vec<String> {
     ]
 }
 
-fn join_vips(vips: &[Ipv4Addr]) -> String {
+fn join_vips<A: ToString>(vips: &[A]) -> String {
     vips.iter()
         .map(ToString::to_string)
         .collect::<Vec<_>>()
@@ -325,16 +346,17 @@ struct Repair {
     pass: Vec<f64>,
 }
 
-fn repair_run(lab: &Lab, node: &Host, vips: &[Ipv4Addr], config: &Path) -> Result<Repair> {
+/// Repair figures for `vips`, all of one family, held at once.
+fn repair_run(lab: &Lab, node: &Host, vips: &[IpAddr], config: &Path) -> Result<Repair> {
     check_clean(node)?;
-    let want: BTreeSet<Ipv4Addr> = vips.iter().copied().collect();
+    let want: BTreeSet<IpAddr> = vips.iter().copied().collect();
     let monitor = AddrMonitor::start(node.path())?;
     let socket = lab.dir().join("vipd.sock");
     let mut args = vipd_args(config, &socket);
     args.extend(["--static-vips".to_string(), join_vips(vips)]);
     let vipd = node.spawn(&args);
     let start = Instant::now();
-    while monitor.first_new(&want).len() < want.len() {
+    while monitor.first_new_ip(&want).len() < want.len() {
         ensure_running(&vipd)?;
         if start.elapsed() > Duration::from_secs(20) {
             bail!(
@@ -346,15 +368,18 @@ fn repair_run(lab: &Lab, node: &Host, vips: &[Ipv4Addr], config: &Path) -> Resul
     }
     // Let the first announcement pass and the XDP attach settle.
     std::thread::sleep(Duration::from_millis(1500));
-    let mut progress = Progress::new("engine: hand-deleted VIP back");
+    let family = family(vips);
+    let mut progress = Progress::new(format!("engine: hand-deleted {family} VIP back"));
     let mut samples = Vec::new();
     let mut misses = 0;
     let mut pass = Vec::new();
     for (i, vip) in vips.iter().take(REPAIR_REPS).enumerate() {
         ensure_running(&vipd)?;
         let from = monitor.len();
-        // /32: every VIP in this set sits on the default route's interface.
-        node.del_addr("eth0", &format!("{vip}/32"));
+        // /32 or /128: every VIP in this set sits on the default route's
+        // interface.
+        let host_prefix = if vip.is_ipv4() { 32 } else { 128 };
+        node.del_addr("eth0", &format!("{vip}/{host_prefix}"));
         let t0 = Instant::now();
         let back = loop {
             let (del, new) = monitor.del_then_new(*vip, from);
@@ -388,15 +413,33 @@ fn repair_run(lab: &Lab, node: &Host, vips: &[Ipv4Addr], config: &Path) -> Resul
     }
     let s = Summary::of(&samples);
     progress.finish(format!(
-        "hand-deleted VIP back: {} ms, {misses} not back in 5 s",
+        "hand-deleted {family} VIP back: {} ms, {misses} not back in 5 s",
         s.map_or("-".into(), |s| s.cell())
     ));
     stop_vipd(&vipd, node)?;
+    let left: Vec<String> = node
+        .ipv6_addrs("eth0")
+        .iter()
+        .filter(|a| want.contains(&IpAddr::V6(a.addr)))
+        .map(|a| a.addr.to_string())
+        .collect();
+    if !left.is_empty() {
+        bail!("vipd left IPv6 VIPs behind: {}", left.join(", "));
+    }
     Ok(Repair {
         samples,
         misses,
         pass,
     })
+}
+
+/// "IPv4" or "IPv6": the family of the first of `vips`.
+fn family(vips: &[IpAddr]) -> &'static str {
+    if vips.first().is_some_and(IpAddr::is_ipv6) {
+        "IPv6"
+    } else {
+        "IPv4"
+    }
 }
 
 /// The duration of vipd's last reconcile pass, microseconds.
@@ -534,7 +577,7 @@ fn set_run(lab: &Lab, node: &Host, config: &Path) -> Result<SetFigures> {
 fn section(
     startup: &[(usize, Vec<StartupSample>)],
     rss_no_xdp_kb: f64,
-    repair: &Repair,
+    repairs: [&Repair; 2],
     set: &SetFigures,
     max_vips: usize,
 ) -> String {
@@ -597,7 +640,9 @@ fn section(
         s,
         "Hand-deleted VIP back: vipd holds {REPAIR_VIPS} VIPs; `ip addr del` of one /32 VIP, \
          then the time from its `RTM_DELADDR` to its `RTM_NEWADDR` (both seen by the listener \
-         in n1), {REPAIR_REPS} times, a different VIP each time. Both times are when the \
+         in n1), {REPAIR_REPS} times, a different VIP each time. The IPv6 row is the same with \
+         {REPAIR_VIPS} other VIPs (2001:db8:1::1 on; eth0 also has {NODE_ADDR6} and a default \
+         route via {GATEWAY6}, so each is a /128 on eth0), in a vipd of its own. Both times are when the \
          listener read the event: a late read of the `RTM_DELADDR` on a busy machine shortens \
          a sample (hence minimums near zero), a late read of the `RTM_NEWADDR` lengthens it. `vipctl vip set`: a \
          cluster-mode vipd (ZooKeeper standalone in n1 on 127.0.0.1, tickTime 100 ms), leader; \
@@ -609,24 +654,26 @@ fn section(
     let _ = writeln!(s, "| Figure | Measured: median (min-max) | Target | Met |");
     let _ = writeln!(s, "|---|---|---|---|");
     let met = |ok: bool| if ok { "yes" } else { "**no**" };
-    let rep = Summary::of(&repair.samples);
-    let _ = writeln!(
-        s,
-        "| Hand-deleted VIP back ({} of {REPAIR_REPS}{}) | {} ms | <= {TARGET_REPAIR_MS} ms | {} |",
-        repair.samples.len(),
-        if repair.misses > 0 {
-            format!("; {} not back in 5 s", repair.misses)
-        } else {
-            String::new()
-        },
-        cell(&repair.samples),
-        met(repair.misses == 0 && rep.is_some_and(|r| r.median <= TARGET_REPAIR_MS))
-    );
-    let _ = writeln!(
-        s,
-        "| ... vipd's repairing reconcile pass (`vipctl status`: dump links, routes, addresses; plan; add; XDP maps; queue the announcement) | {} ms | | |",
-        cell(&repair.pass)
-    );
+    for (repair, what) in repairs.into_iter().zip(["VIP", "IPv6 VIP"]) {
+        let rep = Summary::of(&repair.samples);
+        let _ = writeln!(
+            s,
+            "| Hand-deleted {what} back ({} of {REPAIR_REPS}{}) | {} ms | <= {TARGET_REPAIR_MS} ms | {} |",
+            repair.samples.len(),
+            if repair.misses > 0 {
+                format!("; {} not back in 5 s", repair.misses)
+            } else {
+                String::new()
+            },
+            cell(&repair.samples),
+            met(repair.misses == 0 && rep.is_some_and(|r| r.median <= TARGET_REPAIR_MS))
+        );
+        let _ = writeln!(
+            s,
+            "| ... vipd's repairing reconcile pass (`vipctl status`: dump links, routes, addresses; plan; add; XDP maps; queue the announcement) | {} ms | | |",
+            cell(&repair.pass)
+        );
+    }
     let set_s = Summary::of(&set.to_vip);
     let _ = writeln!(
         s,
@@ -800,10 +847,10 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 struct AddrEvent {
     at: Instant,
     new: bool,
-    addr: Ipv4Addr,
+    addr: IpAddr,
 }
 
-/// A netlink listener (RTMGRP_IPV4_IFADDR) in a namespace, recording every
+/// A netlink listener (RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR) in a namespace, recording every
 /// address event with the time it was read. Stops on drop.
 struct AddrMonitor {
     events: Arc<Mutex<Vec<AddrEvent>>>,
@@ -876,6 +923,18 @@ impl AddrMonitor {
 
     /// The first NEWADDR of each address in `want` seen so far.
     fn first_new(&self, want: &BTreeSet<Ipv4Addr>) -> BTreeMap<Ipv4Addr, Instant> {
+        let want: BTreeSet<IpAddr> = want.iter().map(|&a| a.into()).collect();
+        self.first_new_ip(&want)
+            .into_iter()
+            .filter_map(|(a, at)| match a {
+                IpAddr::V4(a) => Some((a, at)),
+                IpAddr::V6(_) => None,
+            })
+            .collect()
+    }
+
+    /// [`Self::first_new`] for addresses of either family.
+    fn first_new_ip(&self, want: &BTreeSet<IpAddr>) -> BTreeMap<IpAddr, Instant> {
         let mut out = BTreeMap::new();
         for e in self.events.lock().expect("events lock").iter() {
             if e.new && want.contains(&e.addr) {
@@ -887,7 +946,7 @@ impl AddrMonitor {
 
     /// From event `from` on: the first DELADDR of `addr`, and the first
     /// NEWADDR of it after that.
-    fn del_then_new(&self, addr: Ipv4Addr, from: usize) -> (Option<Instant>, Option<Instant>) {
+    fn del_then_new(&self, addr: IpAddr, from: usize) -> (Option<Instant>, Option<Instant>) {
         let events = self.events.lock().expect("events lock");
         let mut del = None;
         for e in events.iter().skip(from).filter(|e| e.addr == addr) {
@@ -902,6 +961,7 @@ impl AddrMonitor {
 
     /// The first NEWADDR of `addr` from event `from` on.
     fn new_after(&self, addr: Ipv4Addr, from: usize) -> Option<Instant> {
+        let addr = IpAddr::V4(addr);
         self.events
             .lock()
             .expect("events lock")
@@ -922,7 +982,7 @@ impl Drop for AddrMonitor {
 }
 
 /// Joins the namespace at `netns` (this thread only; it never leaves) and
-/// opens a netlink socket subscribed to IPv4 address events.
+/// opens a netlink socket subscribed to IPv4 and IPv6 address events.
 fn netlink_listener(netns: &Path) -> Result<OwnedFd> {
     let ns = File::open(netns).with_context(|| format!("opening {}", netns.display()))?;
     // SAFETY: a namespace fd; setns changes only the calling thread.
@@ -976,7 +1036,7 @@ fn netlink_listener(netns: &Path) -> Result<OwnedFd> {
     // SAFETY: all-zero is a valid sockaddr_nl.
     let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
     sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-    sa.nl_groups = libc::RTMGRP_IPV4_IFADDR as u32;
+    sa.nl_groups = (libc::RTMGRP_IPV4_IFADDR | libc::RTMGRP_IPV6_IFADDR) as u32;
     // SAFETY: bind with a sockaddr_nl and its size.
     let rc = unsafe {
         libc::bind(
@@ -994,7 +1054,7 @@ fn netlink_listener(netns: &Path) -> Result<OwnedFd> {
     Ok(sock)
 }
 
-/// The RTM_NEWADDR/RTM_DELADDR messages (IPv4) in one netlink datagram.
+/// The RTM_NEWADDR/RTM_DELADDR messages (IPv4, IPv6) in one netlink datagram.
 fn parse_addr_events(buf: &[u8], at: Instant) -> Vec<AddrEvent> {
     const NLMSG_HDR: usize = 16;
     const IFADDRMSG: usize = 8;
@@ -1015,7 +1075,7 @@ fn parse_addr_events(buf: &[u8], at: Instant) -> Vec<AddrEvent> {
             libc::RTM_DELADDR => false,
             _ => continue,
         };
-        if msg.len() < IFADDRMSG || i32::from(msg[0]) != libc::AF_INET {
+        if msg.len() < IFADDRMSG || ![libc::AF_INET, libc::AF_INET6].contains(&i32::from(msg[0])) {
             continue;
         }
         let (mut local, mut address) = (None, None);
@@ -1027,8 +1087,12 @@ fn parse_addr_events(buf: &[u8], at: Instant) -> Vec<AddrEvent> {
                 break;
             }
             let data = &msg[a + 4..a + alen];
-            if data.len() == 4 {
-                let ip = Ipv4Addr::new(data[0], data[1], data[2], data[3]);
+            let ip = match data.len() {
+                4 => Some(IpAddr::from(<[u8; 4]>::try_from(data).expect("4 bytes"))),
+                16 => Some(IpAddr::from(<[u8; 16]>::try_from(data).expect("16 bytes"))),
+                _ => None,
+            };
+            if let Some(ip) = ip {
                 match atype {
                     libc::IFA_LOCAL => local = Some(ip),
                     libc::IFA_ADDRESS => address = Some(ip),
@@ -1111,7 +1175,27 @@ mod tests {
         let ev = parse_addr_events(&m, now);
         assert_eq!(ev.len(), 1);
         assert!(ev[0].new);
-        assert_eq!(ev[0].addr, Ipv4Addr::new(198, 51, 100, 7));
+        assert_eq!(ev[0].addr, IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7)));
         assert!(parse_addr_events(&m[..20], now).is_empty());
+    }
+
+    #[test]
+    fn parses_ipv6_deladdr_messages() {
+        // nlmsghdr(len 44, RTM_DELADDR) + ifaddrmsg(AF_INET6, /128) +
+        // IFA_ADDRESS 2001:db8:1::7 (IPv6 has no IFA_LOCAL).
+        let vip: Ipv6Addr = "2001:db8:1::7".parse().unwrap();
+        let mut m = Vec::new();
+        m.extend(44u32.to_ne_bytes());
+        m.extend(libc::RTM_DELADDR.to_ne_bytes());
+        m.extend([0u8; 10]);
+        m.extend([libc::AF_INET6 as u8, 128, 0, 0]);
+        m.extend(2u32.to_ne_bytes());
+        m.extend(20u16.to_ne_bytes());
+        m.extend(libc::IFA_ADDRESS.to_ne_bytes());
+        m.extend(vip.octets());
+        let ev = parse_addr_events(&m, Instant::now());
+        assert_eq!(ev.len(), 1);
+        assert!(!ev[0].new);
+        assert_eq!(ev[0].addr, IpAddr::V6(vip));
     }
 }
