@@ -211,8 +211,10 @@ fn one_run(l: &ServicesLab, fault: Fault) -> Result<Run> {
     let (_, perf_out) = perf.stop();
     let times = io.stop();
     let resumed = up.is_some_and(|up| times.last().is_some_and(|t| *t > up));
+    // From the last completion before the fault: a hiccup earlier on is
+    // not the takeover's.
     let io_gap = resumed
-        .then(|| longest_gap(&times, cut.checked_sub(STEADY).unwrap_or(cut), end))
+        .then(|| longest_gap(&times, last_before(&times, cut), end))
         .flatten();
     if !resumed {
         eprintln!(
@@ -236,8 +238,7 @@ fn one_run(l: &ServicesLab, fault: Fault) -> Result<Run> {
         let name = &c.nodes[n].name;
         l.console.first_served_by(name, cut)
     });
-    let console =
-        console_new.and_then(|_| longest_gap(&pages, cut.checked_sub(STEADY).unwrap_or(cut), end));
+    let console = console_new.and_then(|_| longest_gap(&pages, last_before(&pages, cut), end));
     let steady_rate = rate(&times, cut.checked_sub(STEADY).unwrap_or(cut), cut);
     let bins = per_bin(&times, cut.checked_sub(PLOT_BEFORE).unwrap_or(cut), end);
     if let Err(e) = c.restore_from(&mut tk) {
@@ -253,6 +254,11 @@ fn one_run(l: &ServicesLab, fault: Fault) -> Result<Run> {
         steady_rate,
         bins,
     })
+}
+
+/// The latest of `times` (in order) at or before `t`, else `t`.
+fn last_before(times: &[Instant], t: Instant) -> Instant {
+    times.iter().rev().find(|x| **x <= t).copied().unwrap_or(t)
 }
 
 /// Completions per second in [from, to).
@@ -313,13 +319,15 @@ fn report(runs: usize, faults: &[Fault], cells: &[Cell]) -> String {
          coarse, so the bench reads the initiator's side of the wire: an AF_PACKET socket on \
          the client's interface timestamps every TCP segment from the portal that opens with a \
          SCSI Data-In or SCSI Response PDU (an I/O completed). The **stall** is the longest \
-         stretch between two completions from {} s before the fault until reads have flowed \
-         for {} s after the VIP came up on the new holder (for a fault that does not stop I/O \
-         at once, such as SIGKILL of vipd while its lease runs, the stall starts later than \
-         the fault). **Console**: an HTTP/1.0 GET of the page through the VIP every {} ms \
-         (connect timeout 30 ms); the **outage** is the longest stretch between two pages over \
-         the same span. \"Back\" columns are from the fault.\n",
-        STEADY.as_secs(),
+         stretch between two completions from the last one before the fault until reads have \
+         flowed for {} s after the VIP came up on the new holder (where a fault does not stop \
+         I/O at once, as a killed agent leaves the old holder's target serving, the stall \
+         starts later than the fault). An open session's TCP connection breaks only when a \
+         retransmitted segment reaches the new holder, which answers with a reset; the \
+         initiator's retransmission timer (200 ms at least, doubling with each retry) adds \
+         to the takeover. **Console**: an HTTP/1.0 GET of the page through the VIP every {} ms \
+         (connect timeout 30 ms, a new connection each); the **outage** is the longest stretch \
+         between two pages over the same span. \"Back\" columns are from the fault.\n",
         IO_FLOWING.as_secs(),
         CONSOLE_POLL.as_millis()
     );
@@ -519,6 +527,8 @@ mod tests {
         let t0 = Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
         let t = [at(0), at(50), at(150), at(420), at(999)];
+        assert_eq!(last_before(&t, at(200)), at(150));
+        assert_eq!(last_before(&t[1..], at(10)), at(10));
         assert_eq!(per_bin(&t, at(0), at(450)), vec![2, 1, 0, 0, 1]);
         assert_eq!(rate(&t, at(0), at(1000)), 5.0);
         assert_eq!(rate(&t, at(0), at(0)), 0.0);
