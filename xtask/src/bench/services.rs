@@ -326,8 +326,12 @@ fn report(runs: usize, faults: &[Fault], cells: &[Cell]) -> String {
          retransmitted segment reaches the new holder, which answers with a reset; the \
          initiator's retransmission timer (200 ms at least, doubling with each retry) adds \
          to the takeover. **Console**: an HTTP/1.0 GET of the page through the VIP every {} ms \
-         (connect timeout 30 ms, a new connection each); the **outage** is the longest stretch \
-         between two pages over the same span. \"Back\" columns are from the fault.\n",
+         (a new connection each, connect timeout 30 ms, reply timeout 100 ms: a request the \
+         old holder took but never answered blinds the client that long); the **outage** is \
+         the longest stretch between two pages over the same span. \"Back\" columns are from \
+         the fault, at the end of that longest stretch: under SIGKILL, where the old holder's \
+         services go on serving and the switch costs only a reconnect, the longest stretch \
+         can be another one of the same few ms.\n",
         IO_FLOWING.as_secs(),
         CONSOLE_POLL.as_millis()
     );
