@@ -1029,7 +1029,7 @@ fn sysctl_path(key: &str) -> PathBuf {
 
 /// Moves the calling thread into the namespace at `path`. The thread must be
 /// one we spawned: it never comes back to the root namespace.
-fn enter_netns(path: &Path) {
+pub(crate) fn enter_netns(path: &Path) {
     let file = File::open(path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
     // SAFETY: a valid fd of a namespace file; setns only affects this thread.
     let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
@@ -1057,7 +1057,7 @@ fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-fn packet_socket(ifname: &str, proto: u16) -> std::io::Result<Socket> {
+pub(crate) fn packet_socket(ifname: &str, proto: u16) -> std::io::Result<Socket> {
     let socket = Socket::new(
         Domain::PACKET,
         Type::RAW,

@@ -13,7 +13,8 @@
 
 use std::{
     fs,
-    io::Read as _,
+    io::{ErrorKind, Read as _},
+    mem::MaybeUninit,
     net::Ipv4Addr,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
@@ -28,7 +29,7 @@ use std::{
 
 use crate::{
     cluster::Cluster,
-    lab::{Host, LabProcess, Netns, wait_until},
+    lab::{Host, LabProcess, Netns, enter_netns, packet_socket, wait_until},
 };
 
 /// The iSCSI portal port every target listens on (all addresses).
@@ -531,6 +532,151 @@ pub fn gap_around<T>(samples: &[Sample<T>], fault: Instant) -> (Option<Instant>,
     (last.map(|s| s.at), first.map(|s| s.at))
 }
 
+/// The iSCSI PDUs (RFC 7143 opcodes) by which a target completes a
+/// command for its initiator: SCSI Response and SCSI Data-In (iscsi-perf's
+/// READ16s end with a Data-In carrying the status).
+const COMPLETING_OPCODES: [u8; 2] = [0x21, 0x25];
+
+/// The first byte of the TCP payload of Ethernet frame `frame`, if it is
+/// an IPv4 TCP segment from `src`:`sport` carrying data.
+pub fn tcp_payload_start(frame: &[u8], src: Ipv4Addr, sport: u16) -> Option<u8> {
+    let ip = frame.get(14..)?;
+    if frame.get(12..14)? != [0x08, 0x00] || ip.first()? >> 4 != 4 || *ip.get(9)? != 6 {
+        return None;
+    }
+    if ip.get(12..16)? != src.octets() {
+        return None;
+    }
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([*ip.get(2)?, *ip.get(3)?]));
+    let tcp = ip.get(ihl..total.min(ip.len()))?;
+    if u16::from_be_bytes([*tcp.first()?, *tcp.get(1)?]) != sport {
+        return None;
+    }
+    let offset = usize::from(tcp.get(12)? >> 4) * 4;
+    tcp.get(offset).copied()
+}
+
+/// The instants at which the client received, from the portal at `addr`,
+/// a TCP segment opening with a PDU that completes a command: the I/O
+/// completions of every session, as the initiator's side of the wire sees
+/// them (an AF_PACKET socket on the client's interface, microseconds
+/// apart at full rate). A segment that starts inside a PDU is not counted,
+/// which only thins a dense stream.
+pub struct IoCompletions {
+    at: Arc<Mutex<Vec<Instant>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl IoCompletions {
+    pub fn start(client: &Netns, ifname: &str, addr: Ipv4Addr) -> IoCompletions {
+        let path = client.path();
+        let ifname_owned = ifname.to_string();
+        let at = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = {
+            let (at, stop) = (at.clone(), stop.clone());
+            std::thread::spawn(move || {
+                enter_netns(&path);
+                // Incoming frames only: an ETH_P_IP socket sees no outgoing ones.
+                let socket = match packet_socket(&ifname_owned, libc::ETH_P_IP as u16) {
+                    Ok(s) => {
+                        let _ = ready_tx.send(Ok(()));
+                        s
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                // Headers are enough: the opcode is the payload's first byte.
+                let mut buf = [MaybeUninit::<u8>::uninit(); 256];
+                while !stop.load(Ordering::Relaxed) {
+                    match socket.recv(&mut buf) {
+                        Ok(n) => {
+                            let now = Instant::now();
+                            // SAFETY: recv initialised the first n bytes (at most the buffer).
+                            let bytes: Vec<u8> = buf[..n.min(buf.len())]
+                                .iter()
+                                .map(|b| unsafe { b.assume_init() })
+                                .collect();
+                            if tcp_payload_start(&bytes, addr, ISCSI_PORT)
+                                .is_some_and(|b| COMPLETING_OPCODES.contains(&(b & 0x3f)))
+                            {
+                                at.lock().unwrap().push(now);
+                            }
+                        }
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                ErrorKind::WouldBlock
+                                    | ErrorKind::TimedOut
+                                    | ErrorKind::Interrupted
+                            ) => {}
+                        Err(_) => break,
+                    }
+                }
+            })
+        };
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => panic!("capture on {ifname} in {}: {e}", client.name()),
+            Err(_) => panic!("capture thread on {ifname} in {} died", client.name()),
+        }
+        IoCompletions {
+            at,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// The completions so far, in order.
+    pub fn times(&self) -> Vec<Instant> {
+        self.at.lock().unwrap().clone()
+    }
+
+    /// The latest completion so far.
+    pub fn last(&self) -> Option<Instant> {
+        self.at.lock().unwrap().last().copied()
+    }
+
+    /// Stops the capture and returns every completion.
+    pub fn stop(mut self) -> Vec<Instant> {
+        self.halt();
+        self.times()
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for IoCompletions {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+/// The longest stretch between two consecutive instants of `times` (in
+/// order) within [from, to], as (the earlier, the later); `None` with fewer
+/// than two.
+pub fn longest_gap(times: &[Instant], from: Instant, to: Instant) -> Option<(Instant, Instant)> {
+    let inside: Vec<Instant> = times
+        .iter()
+        .copied()
+        .filter(|t| *t >= from && *t <= to)
+        .collect();
+    inside
+        .windows(2)
+        .map(|w| (w[0], w[1]))
+        .max_by_key(|(a, b)| b.saturating_duration_since(*a))
+}
+
 /// One status line of `iscsi-perf` (it prints one a second).
 #[derive(Clone, Copy, Debug)]
 pub struct PerfReport {
@@ -760,6 +906,53 @@ mod tests {
             per,
             vec![(0, 0), (1, 10_000), (2, 5_000), (3, 0), (4, 0), (5, 0)]
         );
+    }
+
+    /// An Ethernet + IPv4 + TCP frame from 192.0.2.100:3260 with `payload`.
+    fn segment(src: [u8; 4], sport: u16, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![0u8; 12];
+        f.extend([0x08, 0x00]);
+        let total = (20 + 20 + payload.len()) as u16;
+        let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 6, 0, 0];
+        ip[2..4].copy_from_slice(&total.to_be_bytes());
+        ip.extend(src);
+        ip.extend([192, 0, 2, 50]);
+        f.extend(ip);
+        let mut tcp = vec![0u8; 20];
+        tcp[0..2].copy_from_slice(&sport.to_be_bytes());
+        tcp[2..4].copy_from_slice(&40000u16.to_be_bytes());
+        tcp[12] = 5 << 4;
+        f.extend(tcp);
+        f.extend(payload);
+        // Ethernet padding past the IP length is not payload.
+        f.resize(f.len().max(60), 0);
+        f
+    }
+
+    #[test]
+    fn finds_the_opcode_of_a_targets_segment() {
+        let vip = Ipv4Addr::new(192, 0, 2, 100);
+        let data_in = segment(vip.octets(), ISCSI_PORT, &[0x25, 0x81, 0, 0]);
+        assert_eq!(tcp_payload_start(&data_in, vip, ISCSI_PORT), Some(0x25));
+        // A bare ACK (padded to 60 bytes) carries nothing.
+        let ack = segment(vip.octets(), ISCSI_PORT, &[]);
+        assert_eq!(tcp_payload_start(&ack, vip, ISCSI_PORT), None);
+        // Another source or port.
+        let other = segment([192, 0, 2, 11], ISCSI_PORT, &[0x25]);
+        assert_eq!(tcp_payload_start(&other, vip, ISCSI_PORT), None);
+        let http = segment(vip.octets(), 80, &[0x25]);
+        assert_eq!(tcp_payload_start(&http, vip, ISCSI_PORT), None);
+        assert_eq!(tcp_payload_start(&data_in[..20], vip, ISCSI_PORT), None);
+    }
+
+    #[test]
+    fn longest_gap_between_completions() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let t = [at(0), at(1), at(2), at(700), at(701), at(5000)];
+        assert_eq!(longest_gap(&t, at(0), at(1000)), Some((at(2), at(700))));
+        assert_eq!(longest_gap(&t, at(0), at(6000)), Some((at(701), at(5000))));
+        assert_eq!(longest_gap(&t[..1], at(0), at(6000)), None);
     }
 
     #[test]

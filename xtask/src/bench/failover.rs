@@ -110,7 +110,7 @@ impl System {
         }
     }
 
-    fn agent(&self) -> Agent {
+    pub(super) fn agent(&self) -> Agent {
         match *self {
             System::Vipd {
                 session_timeout, ..
@@ -125,7 +125,7 @@ impl System {
         }
     }
 
-    fn lease(&self) -> Option<Duration> {
+    pub(super) fn lease(&self) -> Option<Duration> {
         match *self {
             System::Vipd { lease, .. } => lease,
             System::Keepalived { .. } => None,
@@ -147,7 +147,7 @@ impl System {
     }
 
     /// The longest a takeover may take before the run counts as failed.
-    fn timeout(&self) -> Duration {
+    pub(super) fn timeout(&self) -> Duration {
         match *self {
             System::Vipd {
                 session_timeout, ..
@@ -323,6 +323,12 @@ pub fn run(opts: &Options) -> Result<String> {
             .filter(|f| opts.faults.contains(f))
             .collect()
     };
+    if let Some(f) = opts.faults.iter().find(|f| !Fault::ALL.contains(f)) {
+        bail!(
+            "bench failover does not measure {} (bench services does)",
+            f.arg()
+        );
+    }
     if runs < 10 {
         eprintln!(
             "bench failover: {runs} runs per fault and system (at least 10 give figures worth quoting)"

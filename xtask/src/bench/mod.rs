@@ -1,4 +1,4 @@
-//! `cargo xtask bench [all|engine|failover|steady|arp|keepalived] [--runs N]`:
+//! `cargo xtask bench [all|engine|failover|steady|arp|keepalived|services] [--runs N]`:
 //! benchmarks in the lab on release binaries. Each prints its markdown
 //! section when done; docs/BENCHMARKS.md keeps the latest section of each.
 
@@ -7,6 +7,7 @@ mod engine;
 pub(crate) mod failover;
 mod isolated;
 mod keepalived;
+mod services;
 mod steady;
 pub(crate) mod timeline;
 
@@ -26,7 +27,7 @@ use crate::{build, is_root, output_of, workspace_root};
 #[derive(clap::Args)]
 pub struct Options {
     /// Which benchmark (default: all of them, in the order engine,
-    /// failover, steady, arp, keepalived).
+    /// failover, steady, arp, keepalived, services).
     #[arg(value_enum, default_value = "all")]
     pub which: Which,
     /// Runs per measured case (default 10; failover: 20 per fault and
@@ -34,7 +35,9 @@ pub struct Options {
     /// quoting.
     #[arg(long)]
     pub runs: Option<usize>,
-    /// failover: only these faults, comma separated (default: all four).
+    /// failover, services: only these faults, comma separated (default:
+    /// all four of the bench: failover cut, partition, kill, stop;
+    /// services cut, partition, kill, handover).
     #[arg(long, value_enum, value_delimiter = ',')]
     pub faults: Vec<timeline::Fault>,
     /// steady: how long the steady run lasts, in seconds.
@@ -50,6 +53,7 @@ pub enum Which {
     Steady,
     Arp,
     Keepalived,
+    Services,
 }
 
 /// Runs per case of the benchmarks that have no default of their own.
@@ -69,7 +73,7 @@ fn runs_arg(o: &Options) -> String {
 }
 
 /// Every benchmark, in the order `all` runs them and the file lists them.
-const BENCHES: [Bench; 5] = [
+const BENCHES: [Bench; 6] = [
     Bench {
         name: "engine",
         run: |o| engine::run(o.runs.unwrap_or(DEFAULT_RUNS)),
@@ -101,6 +105,18 @@ const BENCHES: [Bench; 5] = [
         name: "keepalived",
         run: |o| keepalived::run(o.runs.unwrap_or(DEFAULT_RUNS)),
         args: runs_arg,
+    },
+    Bench {
+        name: "services",
+        run: services::run,
+        args: |o| {
+            let mut a = format!("--runs {}", o.runs.unwrap_or(services::DEFAULT_RUNS));
+            if !o.faults.is_empty() {
+                let f: Vec<&str> = o.faults.iter().map(|f| f.arg()).collect();
+                a.push_str(&format!(" --faults {}", f.join(",")));
+            }
+            a
+        },
     },
 ];
 
@@ -256,9 +272,10 @@ fn report(old: &str, done: &[(&'static str, String)], machine: &Machine) -> Stri
          <!-- Written by `cargo xtask bench`; do not edit by hand: the next run overwrites it. -->\n\n\
          Every figure here is written by `cargo xtask bench` (as root), never by hand.\n\
          `cargo xtask bench` runs every benchmark; `cargo xtask bench engine` (or `failover`,\n\
-         `steady`, `arp`, `keepalived`) runs one and replaces only its section below. `--runs N`\n\
-         sets the runs per measured case (default {DEFAULT_RUNS}; `failover`: {} per fault and system, and\n\
-         `--faults cut,partition,kill,stop` picks faults); `--seconds N` the length of the\n\
+         `steady`, `arp`, `keepalived`, `services`) runs one and replaces only its section below.\n\
+         `--runs N` sets the runs per measured case (default {DEFAULT_RUNS}; `failover`: {} per fault\n\
+         and system, and `--faults cut,partition,kill,stop` picks faults; `services`: `--faults\n\
+         cut,partition,kill,handover`); `--seconds N` the length of the\n\
          `steady` run (default {}). It builds the release binaries first and\n\
          runs everything in a lab of network namespaces joined by bridges (addresses from\n\
          192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24 only), which it removes afterwards.\n\n\

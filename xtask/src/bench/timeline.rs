@@ -7,7 +7,7 @@
 use std::{
     fmt::Write as _,
     fs::{self, File},
-    io::{ErrorKind, Read as _},
+    io::{ErrorKind, Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     path::{Path, PathBuf},
@@ -504,19 +504,60 @@ fn probe_once(addr: &SocketAddr) -> Option<String> {
     text.trim().strip_prefix("served-by ").map(str::to_string)
 }
 
+/// One HTTP/1.0 GET of `/` at `addr`: the node the page names. A page
+/// takes a millisecond or two; a request sent just as the holder dropped
+/// the VIP is never answered, and the prober is blind while it waits, so
+/// the wait is short.
+fn http_get_once(addr: &SocketAddr) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(addr, Duration::from_millis(30)).ok()?;
+    s.set_read_timeout(Some(Duration::from_millis(100))).ok()?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    http_served_by(&buf)
+}
+
+/// The node named by an HTTP reply from the lab's console (`200`, body
+/// `served-by <node>`).
+pub fn http_served_by(reply: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(reply);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.lines().next()?;
+    if !status.starts_with("HTTP/1.") || status.split_whitespace().nth(1) != Some("200") {
+        return None;
+    }
+    body.trim().strip_prefix("served-by ").map(str::to_string)
+}
+
 impl Prober {
+    /// The TCP probe of the lab's echo service ([`PORT`]) every `every`.
     pub fn start(netns: &Path, every: Duration) -> Result<Prober> {
+        Prober::start_on(netns, PORT, every, probe_once)
+    }
+
+    /// An HTTP client of the console on `port` of the VIP, a GET every
+    /// `every` (the same log: the node that served each page).
+    pub fn start_http(netns: &Path, port: u16, every: Duration) -> Result<Prober> {
+        Prober::start_on(netns, port, every, http_get_once)
+    }
+
+    fn start_on(
+        netns: &Path,
+        port: u16,
+        every: Duration,
+        probe: fn(&SocketAddr) -> Option<String>,
+    ) -> Result<Prober> {
         let results = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (res, st) = (results.clone(), stop.clone());
-        let addr = SocketAddr::V4(SocketAddrV4::new(VIP, PORT));
+        let addr = SocketAddr::V4(SocketAddrV4::new(VIP, port));
         let thread = netns_thread(
             netns,
             || Ok(()),
             move |()| {
                 while !st.load(Ordering::Relaxed) {
                     let start = Instant::now();
-                    let got = probe_once(&addr);
+                    let got = probe(&addr);
                     res.lock().unwrap().push((Instant::now(), got));
                     std::thread::sleep(every.saturating_sub(start.elapsed()));
                 }
@@ -617,6 +658,12 @@ pub enum Fault {
     /// SIGSTOP of the agent (keepalived: both processes) until the takeover
     /// is over, then SIGCONT.
     Stop,
+    /// A planned handover, each system's own: vipd's `vipctl handover` (the
+    /// leader removes its VIP and steps down; it stands again, last in
+    /// line), keepalived's SIGTERM of the master (it sends a priority-0
+    /// advert and removes the VIP as it exits; the bench starts it again).
+    /// Not one of [`Fault::ALL`]: `bench services` measures it.
+    Handover,
 }
 
 impl Fault {
@@ -629,6 +676,7 @@ impl Fault {
             Fault::Partition => "silent partition",
             Fault::Kill => "SIGKILL",
             Fault::Stop => "SIGSTOP",
+            Fault::Handover => "planned handover",
         }
     }
 
@@ -639,6 +687,7 @@ impl Fault {
             Fault::Partition => "partition",
             Fault::Kill => "kill",
             Fault::Stop => "stop",
+            Fault::Handover => "handover",
         }
     }
 }
@@ -1003,22 +1052,24 @@ impl Cluster {
 
     /// `vipctl vip --zk .. set web 192.0.2.100`, run where ZooKeeper lives.
     pub fn vipctl_set(&self) -> Result<String> {
+        let vip = VIP.to_string();
+        self.vipctl_zk(&["vip", "set", SERVICE, &vip])
+    }
+
+    /// `vipctl <command> --zk .. --cluster lab <args>`, run where ZooKeeper
+    /// lives: its output, or why not.
+    pub fn vipctl_zk(&self, args: &[&str]) -> Result<String> {
         let host = self.zk_host.as_ref().context("no ZooKeeper in this lab")?;
         let vipctl = self.bins.join("vipctl");
-        let out = host.exec(&[
-            vipctl.as_os_str(),
-            "vip".as_ref(),
-            "--zk".as_ref(),
-            ZK_HOSTS.as_ref(),
-            "--cluster".as_ref(),
-            CLUSTER.as_ref(),
-            "set".as_ref(),
-            SERVICE.as_ref(),
-            VIP.to_string().as_ref(),
-        ]);
+        // Every vipctl option is global: after the subcommand is fine.
+        let mut argv: Vec<&std::ffi::OsStr> = vec![vipctl.as_os_str()];
+        argv.extend(args.iter().map(std::ffi::OsStr::new));
+        argv.extend(["--zk", ZK_HOSTS, "--cluster", CLUSTER].map(std::ffi::OsStr::new));
+        let out = host.exec(&argv);
         if !out.status.success() {
             bail!(
-                "vipctl vip set failed: {}",
+                "vipctl {} failed: {}",
+                args.join(" "),
                 String::from_utf8_lossy(&out.stderr).trim()
             );
         }
@@ -1174,6 +1225,19 @@ impl Cluster {
             }
             Fault::Kill => self.signal_agent(node, libc::SIGKILL)?,
             Fault::Stop => self.signal_agent(node, libc::SIGSTOP)?,
+            Fault::Handover => match self.agent {
+                Agent::Vipd(_) => {
+                    self.vipctl_zk(&["handover"])?;
+                }
+                Agent::Keepalived(_) => {
+                    if !self.nodes[node].agent.kill(libc::SIGTERM) {
+                        bail!(
+                            "keepalived on {} had exited before the handover",
+                            self.nodes[node].name
+                        );
+                    }
+                }
+            },
         }
         Ok(())
     }
@@ -1196,6 +1260,20 @@ impl Cluster {
             }
             Fault::Stop => {
                 self.resume_agent(node);
+                Ok(false)
+            }
+            Fault::Handover => {
+                if let Agent::Keepalived(_) = self.agent {
+                    // It exits by itself after its priority-0 advert.
+                    let agent = self.nodes[node].agent.current();
+                    if agent.wait_timeout(Duration::from_secs(10)).is_none() {
+                        bail!(
+                            "keepalived on {} still runs 10 s after its SIGTERM",
+                            self.nodes[node].name
+                        );
+                    }
+                    self.restart_agent(node)?;
+                }
                 Ok(false)
             }
             Fault::Kill => {
@@ -1804,6 +1882,16 @@ pub fn timeline_svg(title: &str, rows: &[PlotRow]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn console_replies() {
+        let ok = b"HTTP/1.0 200 OK\r\nContent-Type: text/html\r\n\r\nserved-by n2\n";
+        assert_eq!(http_served_by(ok).as_deref(), Some("n2"));
+        let missing = b"HTTP/1.0 404 Not Found\r\n\r\nserved-by n2\n";
+        assert_eq!(http_served_by(missing), None);
+        assert_eq!(http_served_by(b"HTTP/1.0 200 OK\r\n"), None);
+        assert_eq!(http_served_by(b""), None);
+    }
 
     #[test]
     fn rfc3339_timestamps() {
