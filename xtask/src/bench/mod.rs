@@ -1,4 +1,4 @@
-//! `cargo xtask bench [all|engine|failover|steady|arp|keepalived] [--runs N]`:
+//! `cargo xtask bench [all|engine|failover|steady|arp|keepalived|serving] [--runs N]`:
 //! benchmarks in the lab on release binaries. Each prints its markdown
 //! section when done; docs/BENCHMARKS.md keeps the latest section of each.
 
@@ -7,6 +7,7 @@ mod engine;
 mod failover;
 mod isolated;
 mod keepalived;
+mod serving;
 mod steady;
 pub(crate) mod timeline;
 
@@ -26,11 +27,11 @@ use crate::{build, is_root, output_of, workspace_root};
 #[derive(clap::Args)]
 pub struct Options {
     /// Which benchmark (default: all of them, in the order engine,
-    /// failover, steady, arp, keepalived).
+    /// failover, steady, arp, keepalived, serving).
     #[arg(value_enum, default_value = "all")]
     pub which: Which,
     /// Runs per measured case (default 10; failover: 20 per fault and
-    /// system). Failover and keepalived need at least 10 for figures worth
+    /// system; serving: 20 per case). Failover and keepalived need at least 10 for figures worth
     /// quoting.
     #[arg(long)]
     pub runs: Option<usize>,
@@ -50,6 +51,7 @@ pub enum Which {
     Steady,
     Arp,
     Keepalived,
+    Serving,
 }
 
 /// Runs per case of the benchmarks that have no default of their own.
@@ -69,7 +71,7 @@ fn runs_arg(o: &Options) -> String {
 }
 
 /// Every benchmark, in the order `all` runs them and the file lists them.
-const BENCHES: [Bench; 5] = [
+const BENCHES: [Bench; 6] = [
     Bench {
         name: "engine",
         run: |o| engine::run(o.runs.unwrap_or(DEFAULT_RUNS)),
@@ -101,6 +103,11 @@ const BENCHES: [Bench; 5] = [
         name: "keepalived",
         run: |o| keepalived::run(o.runs.unwrap_or(DEFAULT_RUNS)),
         args: runs_arg,
+    },
+    Bench {
+        name: "serving",
+        run: |o| serving::run(o.runs.unwrap_or(serving::DEFAULT_RUNS)),
+        args: |o| format!("--runs {}", o.runs.unwrap_or(serving::DEFAULT_RUNS)),
     },
 ];
 
@@ -256,8 +263,9 @@ fn report(old: &str, done: &[(&'static str, String)], machine: &Machine) -> Stri
          <!-- Written by `cargo xtask bench`; do not edit by hand: the next run overwrites it. -->\n\n\
          Every figure here is written by `cargo xtask bench` (as root), never by hand.\n\
          `cargo xtask bench` runs every benchmark; `cargo xtask bench engine` (or `failover`,\n\
-         `steady`, `arp`, `keepalived`) runs one and replaces only its section below. `--runs N`\n\
-         sets the runs per measured case (default {DEFAULT_RUNS}; `failover`: {} per fault and system, and\n\
+         `steady`, `arp`, `keepalived`, `serving`) runs one and replaces only its section below.\n\
+         `--runs N` sets the runs per measured case (default {DEFAULT_RUNS}; `failover`: {} per fault and\n\
+         system, `serving`: {} per case, and\n\
          `--faults cut,partition,kill,stop` picks faults); `--seconds N` the length of the\n\
          `steady` run (default {}). It builds the release binaries first and\n\
          runs everything in a lab of network namespaces joined by bridges (addresses from\n\
@@ -269,6 +277,7 @@ fn report(old: &str, done: &[(&'static str, String)], machine: &Machine) -> Stri
          and the scheduler's (other work on the machine shows up in the max).\n\n\
          Last written {} on {}.\n",
         failover::DEFAULT_RUNS,
+        serving::DEFAULT_RUNS,
         steady::DEFAULT_SECONDS,
         machine.date,
         machine.summary()
