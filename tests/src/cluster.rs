@@ -1044,6 +1044,40 @@ pub fn monitors(c: &Cluster) -> Vec<AddrMonitor> {
         .collect()
 }
 
+/// Probes the client's TCP service at `vip:port` (each attempt waits at most
+/// `attempt`) until a node other than `not` answers (the lab's echo servers
+/// send `served-by <host>`); returns that node and when it answered.
+pub fn first_served(
+    c: &Cluster,
+    vip: Ipv4Addr,
+    port: u16,
+    not: Option<usize>,
+    attempt: Duration,
+    timeout: Duration,
+) -> Result<(usize, Instant), String> {
+    let banners: Vec<String> = c
+        .nodes
+        .iter()
+        .map(|n| format!("served-by {}", n.host.name()))
+        .collect();
+    let deadline = Instant::now() + timeout;
+    let mut last = None;
+    while Instant::now() < deadline {
+        last = c.client.tcp_probe(vip, port, attempt);
+        let at = Instant::now();
+        if let Some(b) = &last
+            && let Some(i) = banners.iter().position(|w| b.contains(w.as_str()))
+            && Some(i) != not
+        {
+            return Ok((i, at));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Err(format!(
+        "no node but {not:?} served {vip}:{port} within {timeout:?}; last answer {last:?}"
+    ))
+}
+
 /// Runs `f` until it returns true or `timeout`; the elapsed time or an error.
 pub fn within(timeout: Duration, f: impl FnMut() -> bool) -> Result<Duration, String> {
     wait_until(timeout, Duration::from_millis(10), f)

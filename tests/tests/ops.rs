@@ -197,6 +197,12 @@ fn package_holds_every_file_and_runs() {
         .filter_map(|l| l.split_whitespace().last())
         .collect();
     files.sort_unstable();
+    let (shell_files, files): (Vec<&str>, Vec<&str>) = files.into_iter().partition(|f| {
+        SHELL_FILE_DIRS
+            .iter()
+            .any(|d| f.strip_prefix("./").is_some_and(|f| f.starts_with(d)))
+    });
+    shell_files_are_complete(&tree, &shell_files);
     assert_eq!(
         files,
         [
@@ -233,6 +239,124 @@ fn package_holds_every_file_and_runs() {
             .env_remove("VIPD_CONFIG"),
     );
     assert!(check.contains("# configuration is valid"), "{check}");
+}
+
+/// Where the package's completions and man pages go (Debian's paths).
+const SHELL_FILE_DIRS: &[&str] = &[
+    "usr/share/bash-completion/completions/",
+    "usr/share/zsh/vendor-completions/",
+    "usr/share/fish/vendor_completions.d/",
+    "usr/share/man/man1/",
+];
+
+/// The subcommands `vipctl --help` lists (its "Commands:" section).
+fn subcommands_in_help(help: &str) -> Vec<String> {
+    help.lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|w| *w != "help")
+        .map(str::to_string)
+        .collect()
+}
+
+/// What bash's completion of `words` (the last one being completed) offers,
+/// with the package's completion file for `words[0]` loaded.
+fn bash_completes(tree: &Path, words: &[&str]) -> Vec<String> {
+    let file = tree
+        .join("usr/share/bash-completion/completions")
+        .join(words[0]);
+    let script = format!(
+        "source {}; COMP_WORDS=({}); COMP_CWORD={}; _{} {} '{}' '{}'; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+        file.display(),
+        words
+            .iter()
+            .map(|w| format!("'{w}'"))
+            .collect::<Vec<_>>()
+            .join(" "),
+        words.len() - 1,
+        words[0],
+        words[0],
+        words[words.len() - 1],
+        words[words.len().saturating_sub(2)],
+    );
+    run_ok(Command::new("bash").arg("-c").arg(script))
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Both binaries' completions for bash, zsh and fish, and a gzipped man
+/// page for each binary and each subcommand; bash really completes
+/// vipctl's subcommands (those `vipctl --help` lists) and their options.
+fn shell_files_are_complete(tree: &Path, files: &[&str]) {
+    for bin in ["vipd", "vipctl"] {
+        for want in [
+            format!("./usr/share/bash-completion/completions/{bin}"),
+            format!("./usr/share/zsh/vendor-completions/_{bin}"),
+            format!("./usr/share/fish/vendor_completions.d/{bin}.fish"),
+            format!("./usr/share/man/man1/{bin}.1.gz"),
+        ] {
+            assert!(
+                files.contains(&want.as_str()),
+                "{want} is not in the package: {files:?}"
+            );
+        }
+    }
+    let help = run_ok(Command::new(tree.join("usr/bin/vipctl")).arg("--help"));
+    let subs = subcommands_in_help(&help);
+    for sub in ["status", "arp", "vip", "node", "handover", "cleanup"] {
+        assert!(
+            subs.iter().any(|s| s == sub),
+            "vipctl --help lacks {sub}:\n{help}"
+        );
+    }
+    let offered = bash_completes(tree, &["vipctl", ""]);
+    for sub in &subs {
+        assert!(
+            offered.contains(sub),
+            "bash does not complete `vipctl {sub}`: {offered:?}"
+        );
+        let page = format!("./usr/share/man/man1/vipctl-{sub}.1.gz");
+        assert!(
+            files.contains(&page.as_str()),
+            "{page} is not in the package"
+        );
+    }
+    let offered = bash_completes(tree, &["vipctl", "node", ""]);
+    for sub in ["list", "drain", "undrain"] {
+        assert!(
+            offered.iter().any(|o| o == sub),
+            "vipctl node {sub}: {offered:?}"
+        );
+    }
+    let offered = bash_completes(tree, &["vipd", "--"]);
+    for opt in [
+        "--zk",
+        "--check",
+        "--link-grace",
+        "--garp-refresh",
+        "--on-change",
+    ] {
+        assert!(offered.iter().any(|o| o == opt), "vipd {opt}: {offered:?}");
+    }
+    for fish in ["vipd", "vipctl"] {
+        let text = std::fs::read_to_string(
+            tree.join(format!("usr/share/fish/vendor_completions.d/{fish}.fish")),
+        )
+        .unwrap();
+        assert!(text.contains(&format!("complete -c {fish}")), "{text}");
+    }
+    for f in files.iter().filter(|f| f.contains("/man/")) {
+        let page = run_ok(Command::new("gzip").arg("-dc").arg(tree.join(f)));
+        let name = f.rsplit('/').next().unwrap().trim_end_matches(".1.gz");
+        assert!(page.contains(&format!(".TH {name} 1")), "{f}: {page}");
+        assert!(
+            !page.contains("write-shell-files"),
+            "{f} shows the build-only flag"
+        );
+    }
 }
 
 // ----------------------------------------------------------- systemd unit

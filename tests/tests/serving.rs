@@ -432,6 +432,9 @@ fn hook_sees_transitions_in_order_and_sigterm_moves_without_overlap() {
     eprintln!("[sv-hook] old leader's hook: {old_log:?}; new leader's: {new_log:?}");
 }
 
+/// What `--watch` prints before each frame: clear the screen, cursor home.
+const CLEAR_SCREEN: &str = "\x1b[2J\x1b[H";
+
 /// `vipctl <args> --zk .. --cluster ..` on the admin host; panics on failure.
 fn admin(c: &Cluster, args: &[&str]) -> String {
     let bin = vipd_tests::lab::vipctl_bin().display().to_string();
@@ -455,6 +458,23 @@ fn admin(c: &Cluster, args: &[&str]) -> String {
 fn drain_undrain_and_handover_move_without_overlap() {
     let _serial = serial();
     let (mut c, vips, old) = cluster("sv-drain", 3, &[]);
+    // `node list --watch` redraws the table in place every second, like
+    // `arp stats --watch`; it must show the drain below.
+    let bin = vipd_tests::lab::vipctl_bin().display().to_string();
+    let watch = c.admin.spawn([
+        bin.as_str(),
+        "node",
+        "list",
+        "--watch",
+        "--zk",
+        &c.hosts,
+        "--cluster",
+        &c.cluster,
+    ]);
+    within(Duration::from_secs(10), || {
+        watch.stdout().matches(CLEAR_SCREEN).count() >= 2
+    })
+    .unwrap_or_else(|e| panic!("sv-drain: node list --watch redrew less than twice: {e}"));
     let mons = monitors(&c);
     let initial = c.holdings(&vips);
     let at = Instant::now();
@@ -481,6 +501,30 @@ fn drain_undrain_and_handover_move_without_overlap() {
     assert_eq!(row["drained"], true, "{list:#}");
     assert_eq!(row["role"], "withdrawn", "{list:#}");
     assert!(row["session"].is_string(), "{list:#}");
+    let frames_before = watch.stdout().matches(CLEAR_SCREEN).count();
+    let old_id = c.nodes[old].id.clone();
+    within(Duration::from_secs(5), || {
+        let out = watch.stdout();
+        let last = out.rsplit(CLEAR_SCREEN).next().unwrap_or_default();
+        out.matches(CLEAR_SCREEN).count() > frames_before
+            && last
+                .lines()
+                .any(|l| l.contains(&old_id) && l.contains("withdrawn") && l.contains("yes"))
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "sv-drain: node list --watch never redrew with {old_id} drained: {e}\n{:?}",
+            watch.stdout()
+        )
+    });
+    let frames = watch.stdout().matches(CLEAR_SCREEN).count();
+    assert!(
+        watch.is_running(),
+        "node list --watch stopped: {}",
+        watch.stderr()
+    );
+    watch.terminate(Duration::from_secs(2));
+    eprintln!("[sv-drain] node list --watch drew {frames} frames, each after clearing the screen");
     // A drained node stays out across a restart.
     c.kill_vipd(old);
     c.start_vipd(old);

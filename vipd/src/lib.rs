@@ -17,4 +17,5 @@ pub mod net;
 pub mod notify;
 pub mod reconcile;
 pub mod role;
+pub mod shell;
 pub mod vip;

@@ -1,5 +1,7 @@
 //! `cargo xtask package`: the Debian package. Lays out the installed tree
-//! (binaries, systemd unit, the commented configuration as a conffile, docs),
+//! (binaries, systemd unit, the commented configuration as a conffile, docs,
+//! shell completions and man pages the binaries generate from their clap
+//! definitions),
 //! writes DEBIAN/control with the run-time dependencies dpkg-shlibdeps finds,
 //! and builds target/debian/vipd_<version>_<arch>.deb with dpkg-deb.
 
@@ -41,6 +43,14 @@ const ARCH: &str = "amd64";
 const UNIT_DIR: &str = "lib/systemd/system";
 /// The configuration file dpkg keeps an operator's edits of.
 const CONFFILE: &str = "/etc/vipd/vipd.toml";
+/// Where Debian's shells look for a package's completions, by the
+/// directory `--write-shell-files` writes each shell's file in.
+const COMPLETION_DIRS: &[(&str, &str)] = &[
+    ("bash", "usr/share/bash-completion/completions"),
+    ("zsh", "usr/share/zsh/vendor-completions"),
+    ("fish", "usr/share/fish/vendor_completions.d"),
+];
+const MAN_DIR: &str = "usr/share/man/man1";
 
 /// Builds the package and returns the path of the .deb (also printed).
 pub fn run(opts: &Options) -> Result<PathBuf> {
@@ -96,6 +106,7 @@ pub fn run(opts: &Options) -> Result<PathBuf> {
         0o644,
     )?;
     write(&doc.join("copyright"), &copyright(), 0o644)?;
+    shell_files(&bins, &stage.join("shell"), &tree)?;
 
     let depends = shlib_depends(&stage, &tree)?;
     let control = control(version, &depends, installed_size_kib(&tree)?);
@@ -113,6 +124,39 @@ pub fn run(opts: &Options) -> Result<PathBuf> {
     fs::remove_dir_all(&stage).with_context(|| format!("removing {}", stage.display()))?;
     println!("{}", deb.display());
     Ok(deb)
+}
+
+/// Asks each binary for its completions and man pages (`vipd
+/// --write-shell-files DIR`, from the clap definitions) and installs them at
+/// the Debian paths, the pages gzipped as policy wants (`gzip -9n`: no name
+/// or time stamp, so the package is reproducible).
+fn shell_files(bins: &Path, scratch: &Path, tree: &Path) -> Result<()> {
+    for bin in ["vipd", "vipctl"] {
+        output_of(
+            Command::new(bins.join(bin))
+                .arg("--write-shell-files")
+                .arg(scratch),
+        )?;
+    }
+    for (shell, to) in COMPLETION_DIRS {
+        for entry in fs::read_dir(scratch.join(shell))? {
+            let from = entry?.path();
+            let name = from.file_name().context("completion file name")?;
+            install(&from, &tree.join(to).join(name), 0o644)?;
+        }
+    }
+    let mut pages = Vec::new();
+    for entry in fs::read_dir(scratch.join("man1"))? {
+        let from = entry?.path();
+        let name = from.file_name().context("man page name")?;
+        let to = tree.join(MAN_DIR).join(name);
+        install(&from, &to, 0o644)?;
+        pages.push(to);
+    }
+    if pages.is_empty() {
+        bail!("the binaries wrote no man page in {}", scratch.display());
+    }
+    run_checked(Command::new("gzip").arg("-9n").args(&pages))
 }
 
 /// Copies `from` to `to` (creating its directory) with `mode`.

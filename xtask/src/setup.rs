@@ -23,12 +23,16 @@ pub const PROGRAMS: &[(&str, &str)] = &[
     // The lab's web console (`busybox httpd`) and the client that reads it
     // (`busybox wget`).
     ("busybox", "busybox"),
+    // Runs the package's bash completion in its test.
+    ("bash", "bash"),
     ("cat", "coreutils"),
     ("date", "coreutils"),
     ("dpkg-deb", "dpkg"),
     ("dpkg-query", "dpkg"),
     ("dpkg-shlibdeps", "dpkg-dev"),
     ("ethtool", "ethtool"),
+    // The man pages in the package, as Debian policy wants them.
+    ("gzip", "gzip"),
     ("id", "coreutils"),
     ("ip", "iproute2"),
     // libiscsi's user-space initiator tools: the lab's iSCSI client.

@@ -234,7 +234,11 @@ where
 }
 
 fn main() -> ExitCode {
-    let cli = match parse(std::env::args_os()) {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(code) = vipd::shell::write_if_asked(&args, Cli::command) {
+        return code;
+    }
+    let cli = match parse(args) {
         Ok(Ok(cli)) => cli,
         Ok(Err(Usage(m))) => {
             eprintln!("vipctl: {m}");

@@ -32,7 +32,13 @@ use vipd::{
 };
 
 fn main() -> ExitCode {
-    let loaded = match config::load(std::env::args_os()) {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(code) =
+        vipd::shell::write_if_asked(&args, <Config as clap::CommandFactory>::command)
+    {
+        return code;
+    }
+    let loaded = match config::load(args) {
         Ok(l) => l,
         Err(ConfigError::Clap(e)) => e.exit(),
         Err(ConfigError::Invalid(m)) => {

@@ -1,4 +1,4 @@
-//! `cargo xtask bench [all|engine|failover|steady|arp|keepalived|services] [--runs N]`:
+//! `cargo xtask bench [all|engine|failover|steady|arp|keepalived|services|serving] [--runs N]`:
 //! benchmarks in the lab on release binaries. Each prints its markdown
 //! section when done; docs/BENCHMARKS.md keeps the latest section of each.
 
@@ -8,6 +8,7 @@ pub(crate) mod failover;
 mod isolated;
 mod keepalived;
 mod services;
+mod serving;
 mod steady;
 pub(crate) mod timeline;
 
@@ -27,11 +28,11 @@ use crate::{build, is_root, output_of, workspace_root};
 #[derive(clap::Args)]
 pub struct Options {
     /// Which benchmark (default: all of them, in the order engine,
-    /// failover, steady, arp, keepalived, services).
+    /// failover, steady, arp, keepalived, services, serving).
     #[arg(value_enum, default_value = "all")]
     pub which: Which,
     /// Runs per measured case (default 10; failover: 20 per fault and
-    /// system). Failover and keepalived need at least 10 for figures worth
+    /// system; serving: 20 per case). Failover and keepalived need at least 10 for figures worth
     /// quoting.
     #[arg(long)]
     pub runs: Option<usize>,
@@ -54,6 +55,7 @@ pub enum Which {
     Arp,
     Keepalived,
     Services,
+    Serving,
 }
 
 /// Runs per case of the benchmarks that have no default of their own.
@@ -73,7 +75,7 @@ fn runs_arg(o: &Options) -> String {
 }
 
 /// Every benchmark, in the order `all` runs them and the file lists them.
-const BENCHES: [Bench; 6] = [
+const BENCHES: [Bench; 7] = [
     Bench {
         name: "engine",
         run: |o| engine::run(o.runs.unwrap_or(DEFAULT_RUNS)),
@@ -117,6 +119,11 @@ const BENCHES: [Bench; 6] = [
             }
             a
         },
+    },
+    Bench {
+        name: "serving",
+        run: |o| serving::run(o.runs.unwrap_or(serving::DEFAULT_RUNS)),
+        args: |o| format!("--runs {}", o.runs.unwrap_or(serving::DEFAULT_RUNS)),
     },
 ];
 
@@ -272,10 +279,10 @@ fn report(old: &str, done: &[(&'static str, String)], machine: &Machine) -> Stri
          <!-- Written by `cargo xtask bench`; do not edit by hand: the next run overwrites it. -->\n\n\
          Every figure here is written by `cargo xtask bench` (as root), never by hand.\n\
          `cargo xtask bench` runs every benchmark; `cargo xtask bench engine` (or `failover`,\n\
-         `steady`, `arp`, `keepalived`, `services`) runs one and replaces only its section below.\n\
+         `steady`, `arp`, `keepalived`, `services`, `serving`) runs one and replaces only its section below.\n\
          `--runs N` sets the runs per measured case (default {DEFAULT_RUNS}; `failover`: {} per fault\n\
          and system, and `--faults cut,partition,kill,stop` picks faults; `services`: `--faults\n\
-         cut,partition,kill,handover`); `--seconds N` the length of the\n\
+         cut,partition,kill,handover`; `serving`: {} per case); `--seconds N` the length of the\n\
          `steady` run (default {}). It builds the release binaries first and\n\
          runs everything in a lab of network namespaces joined by bridges (addresses from\n\
          192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24 only), which it removes afterwards.\n\n\
@@ -286,6 +293,7 @@ fn report(old: &str, done: &[(&'static str, String)], machine: &Machine) -> Stri
          and the scheduler's (other work on the machine shows up in the max).\n\n\
          Last written {} on {}.\n",
         failover::DEFAULT_RUNS,
+        serving::DEFAULT_RUNS,
         steady::DEFAULT_SECONDS,
         machine.date,
         machine.summary()
