@@ -8,9 +8,13 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::warn;
 
-use crate::{api::ApiState, role::Role};
+use crate::{
+    api::ApiState,
+    connections::{Connections, Limits},
+    role::Role,
+};
 
 /// Renders every metric in the Prometheus text format.
 pub fn render(state: &ApiState) -> String {
@@ -263,24 +267,28 @@ fn label(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// Serves `GET /metrics` until `cancel`.
-pub async fn serve(
-    addr: SocketAddr,
-    state: ApiState,
-    cancel: CancellationToken,
-) -> std::io::Result<()> {
-    let listener = TcpListener::bind(addr).await?;
+/// At most this many scrapers at once, each for at most 5 s: the metrics
+/// port may face a network.
+pub const LIMITS: Limits = Limits {
+    max: 16,
+    timeout: Duration::from_secs(5),
+};
+
+/// Binds the metrics port.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Serves `GET /metrics` until `cancel`, then ends the open connections.
+pub async fn serve(listener: TcpListener, state: ApiState, cancel: CancellationToken) {
+    let conns = Connections::new("metrics", LIMITS);
     loop {
         tokio::select! {
-            () = cancel.cancelled() => return Ok(()),
+            () = cancel.cancelled() => break,
             conn = listener.accept() => match conn {
                 Ok((stream, _)) => {
                     let state = state.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = answer(stream, &state).await {
-                            debug!(error = %e, "metrics client");
-                        }
-                    });
+                    conns.serve(stream, |s| async move { answer(s, &state).await });
                 }
                 Err(e) => {
                     warn!(error = %e, "metrics accept failed");
@@ -289,25 +297,20 @@ pub async fn serve(
             }
         }
     }
+    drop(listener);
+    conns.close().await;
 }
 
 async fn answer(mut stream: TcpStream, state: &ApiState) -> std::io::Result<()> {
     let mut buf = vec![0u8; 4096];
     let mut n = 0;
-    // Read the request head (bounded, with a deadline).
-    let read = tokio::time::timeout(Duration::from_secs(5), async {
-        while n < buf.len() && !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-            let m = stream.read(&mut buf[n..]).await?;
-            if m == 0 {
-                break;
-            }
-            n += m;
+    // Read the request head (bounded; the connection's timeout bounds it in time).
+    while n < buf.len() && !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+        let m = stream.read(&mut buf[n..]).await?;
+        if m == 0 {
+            break;
         }
-        Ok::<_, std::io::Error>(())
-    })
-    .await;
-    if read.is_err() {
-        return Ok(());
+        n += m;
     }
     let head = String::from_utf8_lossy(&buf[..n]);
     let first = head.lines().next().unwrap_or_default();
