@@ -757,7 +757,7 @@ fn metrics_agree_with_vipctl() {
     assert!(
         headers
             .to_ascii_lowercase()
-            .contains("content-type: text/plain"),
+            .contains("content-type: application/openmetrics-text"),
         "{headers}"
     );
     let (status, _, _) = http_get(&n1, listen, "/nothing").expect("an answer for /nothing");
@@ -767,6 +767,18 @@ fn metrics_agree_with_vipctl() {
     assert_eq!(metric(&m, "vipd_vips_held"), 2.0);
     assert_eq!(metric(&m, "vipd_vips_wanted"), 2.0);
     assert!(metric(&m, "vipd_reconcile_passes_total") > 0.0);
+    // Pass durations as a histogram: every pass counted (a pass may end
+    // between reading the two), each in the +Inf bucket.
+    let observed = metric(&m, "vipd_reconcile_duration_seconds_count");
+    assert!(observed >= metric(&m, "vipd_reconcile_passes_total"));
+    assert_eq!(
+        metric(&m, "vipd_reconcile_duration_seconds_bucket{le=\"+Inf\"}"),
+        observed
+    );
+    assert!(
+        body.ends_with("# EOF\n"),
+        "no OpenMetrics EOF marker:\n{body}"
+    );
     assert!(metric(&m, "vipd_announcements_sent_total") > 0.0);
     let label = |vip: Ipv4Addr| format!("{{vip=\"{vip}\",interface=\"eth0\"}}");
     assert_eq!(
@@ -1217,7 +1229,7 @@ fn sd_notify_ready_after_the_vip_is_configured() {
         .unwrap_or_else(|| {
             panic!("no notification within 20 s (seen {seen:?}); vipd stderr:\n{stderr}")
         });
-    assert_eq!(ready, "READY=1\nSTATUS=role leader");
+    assert_eq!(ready, "READY=1\nSTATUS=role leader\n");
     assert_eq!(
         seen,
         [Seen::VipAdded, Seen::Notify(ready)],

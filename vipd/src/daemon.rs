@@ -11,6 +11,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow};
+use sd_notify::NotifyState;
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::{mpsc, watch},
@@ -30,7 +31,6 @@ use crate::{
     hooks::Hook,
     metrics,
     net::netlink::Netlink,
-    notify::notify,
     role::{Desired, EngineReport, Role},
 };
 
@@ -231,6 +231,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
     }
     ready.abort();
+    let _ = sd_notify::notify(false, &[NotifyState::Stopping]);
 
     // Order matters (docs/DESIGN.md, R3): the source steps down first (the
     // engine then stops announcing, clears XDP replies and removes the
@@ -279,7 +280,9 @@ async fn notify_ready(state: ApiState) {
             tokio::time::timeout(Duration::from_secs(30), c.wait_for(|c| c.leader.is_some())).await;
     }
     let role = serde_json::to_string(&st.borrow().role).unwrap_or_default();
-    if let Err(e) = notify(&format!("READY=1\nSTATUS=role {}", role.trim_matches('"'))) {
+    let status = format!("role {}", role.trim_matches('"'));
+    // Without $NOTIFY_SOCKET (not under systemd) this does nothing.
+    if let Err(e) = sd_notify::notify(false, &[NotifyState::Ready, NotifyState::Status(&status)]) {
         warn!(error = %e, "cannot notify systemd");
     }
 }

@@ -16,7 +16,6 @@ pub mod health;
 pub mod hooks;
 pub mod metrics;
 pub mod net;
-pub mod notify;
 pub mod reconcile;
 pub mod role;
 pub mod vip;
