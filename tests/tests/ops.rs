@@ -920,6 +920,38 @@ fn metrics_connections_are_capped_timed_out_and_ended_at_shutdown() {
     lab.teardown().expect("lab teardown");
 }
 
+#[test]
+fn a_metrics_port_in_use_stops_vipd_before_it_configures_a_vip() {
+    let _serial = serial();
+    let lab = Lab::new("opsport");
+    let n1 = lab.add_host("n1", &[br0("192.0.2.11/24")]);
+    let listen: SocketAddr = "127.0.0.1:9474".parse().unwrap();
+    let taken = n1.in_netns(|| std::net::TcpListener::bind(listen).expect("taking the port"));
+    let vipd = Vipd::spawn(
+        &n1,
+        lab.dir(),
+        &[],
+        &VIP_A.to_string(),
+        &["--metrics-listen", &listen.to_string()],
+        &[],
+    );
+    let exit = vipd.process.wait_timeout(Duration::from_secs(15));
+    let stderr = vipd.process.stderr();
+    let exit = exit.unwrap_or_else(|| panic!("vipd kept running with its port taken:\n{stderr}"));
+    assert!(!exit.success(), "vipd exited {exit}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with(&format!("vipd: cannot listen for metrics on {listen}")),
+        "the last line must name the port:\n{stderr}"
+    );
+    assert!(
+        !addrs_on(&n1, "eth0").contains(&VIP_A),
+        "a VIP was configured before the failure"
+    );
+    drop(taken);
+    lab.teardown().expect("lab teardown");
+}
+
 // ----------------------------------------------------------------- config
 
 fn vipd_config(file: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
