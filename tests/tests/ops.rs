@@ -1,7 +1,7 @@
 //! Operations (issue 8), checked the way an operator meets them: the Debian
 //! package's contents, the systemd unit as `systemd-analyze` reads it, vipd
 //! running as an unprivileged user with only the unit's capabilities, the
-//! Prometheus endpoint against `vipctl`, the configuration file's errors and
+//! Prometheus endpoint against `vipctl` and its connection cap, the configuration file's errors and
 //! precedence, JSON logs, and the sd_notify readiness message.
 //!
 //! The lab tests run one at a time (`serial`): the machine has few cores and
@@ -881,7 +881,7 @@ fn metrics_agree_with_vipctl() {
     assert!(
         headers
             .to_ascii_lowercase()
-            .contains("content-type: text/plain"),
+            .contains("content-type: application/openmetrics-text"),
         "{headers}"
     );
     let (status, _, _) = http_get(&n1, listen, "/nothing").expect("an answer for /nothing");
@@ -891,6 +891,18 @@ fn metrics_agree_with_vipctl() {
     assert_eq!(metric(&m, "vipd_vips_held"), 2.0);
     assert_eq!(metric(&m, "vipd_vips_wanted"), 2.0);
     assert!(metric(&m, "vipd_reconcile_passes_total") > 0.0);
+    // Pass durations as a histogram: every pass counted (a pass may end
+    // between reading the two), each in the +Inf bucket.
+    let observed = metric(&m, "vipd_reconcile_duration_seconds_count");
+    assert!(observed >= metric(&m, "vipd_reconcile_passes_total"));
+    assert_eq!(
+        metric(&m, "vipd_reconcile_duration_seconds_bucket{le=\"+Inf\"}"),
+        observed
+    );
+    assert!(
+        body.ends_with("# EOF\n"),
+        "no OpenMetrics EOF marker:\n{body}"
+    );
     assert!(metric(&m, "vipd_announcements_sent_total") > 0.0);
     let label = |vip: Ipv4Addr| format!("{{vip=\"{vip}\",interface=\"eth0\"}}");
     assert_eq!(
@@ -942,6 +954,125 @@ fn metrics_agree_with_vipctl() {
         break;
     }
     assert!(compared, "metrics never stood still for two scrapes");
+    lab.teardown().expect("lab teardown");
+}
+
+/// Whether the server closed `s` (EOF or reset) within its read timeout.
+fn closed_by_server(s: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 64];
+    match s.read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+    }
+}
+
+#[test]
+fn metrics_connections_are_capped_timed_out_and_ended_at_shutdown() {
+    let _serial = serial();
+    let lab = Lab::new("opsconns");
+    let n1 = lab.add_host("n1", &[br0("192.0.2.11/24")]);
+    let listen: SocketAddr = "127.0.0.1:9473".parse().unwrap();
+    let vipd = Vipd::spawn(
+        &n1,
+        lab.dir(),
+        &[],
+        &VIP_A.to_string(),
+        &["--metrics-listen", &listen.to_string()],
+        &[],
+    );
+    vipd.wait_held(&[VIP_A]);
+    let max = vipd::metrics::LIMITS.max;
+    let idle_for = vipd::metrics::LIMITS.timeout;
+    let connect = || {
+        n1.in_netns(|| {
+            let s = TcpStream::connect_timeout(&listen, Duration::from_secs(2))
+                .unwrap_or_else(|e| panic!("connecting to {listen}: {e}"));
+            s.set_read_timeout(Some(idle_for * 4)).unwrap();
+            s
+        })
+    };
+    // `max` idle clients take every slot; one more is closed unanswered,
+    // and so is a scrape while they stay.
+    let mut idle: Vec<TcpStream> = (0..max).map(|_| connect()).collect();
+    let mut excess = connect();
+    assert!(
+        closed_by_server(&mut excess),
+        "connection {} of {max} allowed was not closed",
+        max + 1
+    );
+    assert!(
+        http_get(&n1, listen, "/metrics").is_none(),
+        "a scrape was answered while {max} idle connections held every slot"
+    );
+    // The idle ones are closed after the connection timeout; then the
+    // port answers again.
+    for (i, s) in idle.iter_mut().enumerate() {
+        assert!(
+            closed_by_server(s),
+            "idle connection {i} still open after {:?}",
+            idle_for * 4
+        );
+    }
+    let (status, _, _) = http_get(&n1, listen, "/metrics").unwrap_or_else(|| {
+        panic!(
+            "no scrape answered after the idle connections timed out; stderr:\n{}",
+            vipd.process.stderr()
+        )
+    });
+    assert_eq!(status, "HTTP/1.1 200 OK");
+
+    // Shutdown ends open connections (metrics and the control socket)
+    // instead of waiting on them.
+    let mut open_metrics = connect();
+    let mut open_api = std::os::unix::net::UnixStream::connect(&vipd.socket)
+        .expect("connecting to the control socket");
+    open_api.set_read_timeout(Some(idle_for * 4)).unwrap();
+    open_api.write_all(b"{").unwrap();
+    let exit = vipd.process.terminate(Duration::from_secs(20));
+    assert!(
+        exit.success(),
+        "vipd exited {exit} with connections open; stderr:\n{}",
+        vipd.process.stderr()
+    );
+    assert!(closed_by_server(&mut open_metrics));
+    let mut rest = Vec::new();
+    assert!(
+        matches!(open_api.read_to_end(&mut rest), Ok(0)),
+        "the control socket connection was answered or not closed: {rest:?}"
+    );
+    lab.teardown().expect("lab teardown");
+}
+
+#[test]
+fn a_metrics_port_in_use_stops_vipd_before_it_configures_a_vip() {
+    let _serial = serial();
+    let lab = Lab::new("opsport");
+    let n1 = lab.add_host("n1", &[br0("192.0.2.11/24")]);
+    let listen: SocketAddr = "127.0.0.1:9474".parse().unwrap();
+    let taken = n1.in_netns(|| std::net::TcpListener::bind(listen).expect("taking the port"));
+    let vipd = Vipd::spawn(
+        &n1,
+        lab.dir(),
+        &[],
+        &VIP_A.to_string(),
+        &["--metrics-listen", &listen.to_string()],
+        &[],
+    );
+    let exit = vipd.process.wait_timeout(Duration::from_secs(15));
+    let stderr = vipd.process.stderr();
+    let exit = exit.unwrap_or_else(|| panic!("vipd kept running with its port taken:\n{stderr}"));
+    assert!(!exit.success(), "vipd exited {exit}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with(&format!("vipd: cannot listen for metrics on {listen}")),
+        "the last line must name the port:\n{stderr}"
+    );
+    assert!(
+        !addrs_on(&n1, "eth0").contains(&VIP_A),
+        "a VIP was configured before the failure"
+    );
+    drop(taken);
     lab.teardown().expect("lab teardown");
 }
 
@@ -1254,7 +1385,7 @@ fn sd_notify_ready_after_the_vip_is_configured() {
         .unwrap_or_else(|| {
             panic!("no notification within 20 s (seen {seen:?}); vipd stderr:\n{stderr}")
         });
-    assert_eq!(ready, "READY=1\nSTATUS=role leader");
+    assert_eq!(ready, "READY=1\nSTATUS=role leader\n");
     assert_eq!(
         seen,
         [Seen::VipAdded, Seen::Notify(ready)],

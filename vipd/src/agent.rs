@@ -59,8 +59,11 @@ pub struct ReconcileSummary {
     pub removed: usize,
     pub errors: Vec<String>,
     pub error_passes: u64,
-    /// Sum of all passes' durations, for a mean (Prometheus summary).
+    /// Sum of all passes' durations, for a mean.
     pub duration_us_total: u64,
+    /// Every pass's duration, for the metrics page's histogram.
+    #[serde(skip)]
+    pub durations: crate::metrics::PassDurations,
 }
 
 /// A foreign claim of one of our VIPs, as last seen.
@@ -925,9 +928,11 @@ impl Engine {
     }
 
     fn finish_pass(&mut self, started: Instant, added: usize, removed: usize, errors: Vec<String>) {
-        let duration_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let took = started.elapsed();
+        let duration_us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
         self.status.send_modify(|s| {
             let r = &mut s.last_reconcile;
+            r.durations.observe(took);
             r.passes += 1;
             r.at_unix_ms = unix_ms();
             r.duration_us = duration_us;

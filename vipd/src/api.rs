@@ -18,12 +18,13 @@ use tokio::{
     sync::watch,
 };
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::warn;
 use vipd_common::ArpCounters;
 
 use crate::{
     agent::{EngineStatus, SharedOffload},
     announce::Announcer,
+    connections::{Connections, Limits},
     coord::CoordStatus,
     vip::Vip,
 };
@@ -241,24 +242,28 @@ pub async fn bind(path: &Path) -> Result<UnixListener, ApiError> {
     Ok(listener)
 }
 
-/// Serves requests until `cancel`, then removes the socket file.
+/// At most this many control socket clients at once, each for at most 5 s.
+pub const LIMITS: Limits = Limits {
+    max: 16,
+    timeout: Duration::from_secs(5),
+};
+
+/// Serves requests until `cancel`, then ends the open connections and
+/// removes the socket file.
 pub async fn serve(
     listener: UnixListener,
     path: PathBuf,
     state: ApiState,
     cancel: CancellationToken,
 ) {
+    let conns = Connections::new("control socket", LIMITS);
     loop {
         tokio::select! {
             () = cancel.cancelled() => break,
             conn = listener.accept() => match conn {
                 Ok((stream, _)) => {
                     let state = state.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = handle(stream, &state).await {
-                            debug!(error = %e, "control socket client");
-                        }
-                    });
+                    conns.serve(stream, |s| async move { handle(s, &state).await });
                 }
                 Err(e) => {
                     warn!(error = %e, "control socket accept failed");
@@ -267,6 +272,8 @@ pub async fn serve(
             }
         }
     }
+    drop(listener);
+    conns.close().await;
     let _ = std::fs::remove_file(&path);
 }
 
@@ -274,9 +281,7 @@ async fn handle(stream: UnixStream, state: &ApiState) -> std::io::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(r).take(64 * 1024);
-    tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "request timed out"))??;
+    reader.read_line(&mut line).await?;
     let answer = match serde_json::from_str::<Request>(line.trim()) {
         Ok(Request::Status) => state.status(),
         Ok(Request::ArpStats) => serde_json::to_value(state.arp_stats()).unwrap_or_default(),

@@ -92,6 +92,26 @@ pub enum XdpMode {
     Generic,
 }
 
+/// `--garp-mode`'s values: the command line's view of
+/// [`GarpMode`], kept here so the frame code does not depend on clap.
+impl ValueEnum for GarpMode {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[GarpMode::Request, GarpMode::Reply, GarpMode::Both]
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        use clap::builder::PossibleValue;
+        Some(match self {
+            GarpMode::Request => PossibleValue::new("request")
+                .help("Request form, as `arping -U` and keepalived: tha ff:ff:ff:ff:ff:ff"),
+            GarpMode::Reply => {
+                PossibleValue::new("reply").help("Reply form, as `arping -A`: tha = our MAC")
+            }
+            GarpMode::Both => PossibleValue::new("both").help("Both, request first"),
+        })
+    }
+}
+
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {

@@ -1,261 +1,291 @@
-//! Prometheus metrics over plain HTTP (`--metrics-listen`): the same numbers
-//! `vipctl status` and `vipctl arp stats` show, read from the same state.
+//! Prometheus metrics over plain HTTP (`--metrics-listen`), in the
+//! OpenMetrics text format (prometheus-client): the same numbers `vipctl
+//! status` and `vipctl arp stats` show, read from the same state.
 
-use std::{fmt::Write as _, net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::atomic::AtomicU64, time::Duration};
+
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::{Registry, Unit},
+};
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
 };
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::warn;
 
-use crate::{api::ApiState, role::Role};
+use crate::{
+    api::ApiState,
+    connections::{Connections, Limits},
+    role::Role,
+};
 
-/// Renders every metric in the Prometheus text format.
+/// The reconcile passes' durations, a histogram shared by the engine (which
+/// observes each pass) and the metrics page (which exports it).
+#[derive(Clone, Debug)]
+pub struct PassDurations(Histogram);
+
+impl Default for PassDurations {
+    /// Buckets from 100 µs to 0.82 s, doubling: a pass takes a few
+    /// milliseconds (docs/BENCHMARKS.md), a slow netlink dump more.
+    fn default() -> Self {
+        PassDurations(Histogram::new(exponential_buckets(0.000_1, 2.0, 14)))
+    }
+}
+
+impl PassDurations {
+    pub fn observe(&self, took: Duration) {
+        self.0.observe(took.as_secs_f64());
+    }
+}
+
+/// The content type of [`render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+type Labels = Vec<(&'static str, String)>;
+
+/// A registry filled, at each scrape, from the state `vipctl` reads too.
+struct Page(Registry);
+
+impl Page {
+    fn gauge(&mut self, name: &str, help: &str, v: i64) {
+        let g: Gauge = Gauge::default();
+        g.set(v);
+        self.0.register(name, help, g);
+    }
+
+    fn counter(&mut self, name: &str, help: &str, v: u64) {
+        self.0.register(name, help, ConstCounter::new(v));
+    }
+
+    fn gauges(&mut self, name: &str, help: &str, samples: impl IntoIterator<Item = (Labels, i64)>) {
+        let f = Family::<Labels, Gauge>::default();
+        for (labels, v) in samples {
+            f.get_or_create(&labels).set(v);
+        }
+        self.0.register(name, help, f);
+    }
+
+    fn counters(
+        &mut self,
+        name: &str,
+        help: &str,
+        samples: impl IntoIterator<Item = (Labels, u64)>,
+    ) {
+        let f = Family::<Labels, Counter>::default();
+        for (labels, v) in samples {
+            f.get_or_create(&labels).inc_by(v);
+        }
+        self.0.register(name, help, f);
+    }
+}
+
+/// Renders every metric in the OpenMetrics text format. Counters get their
+/// `_total` suffix and units their `_seconds` from the encoder.
 pub fn render(state: &ApiState) -> String {
     let e = state.engine.borrow().clone();
-    let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (labels, v) in samples {
-            let _ = writeln!(out, "{name}{labels} {v}");
-        }
-    };
-    let leader = f64::from(u8::from(e.role == Role::Leader));
-    metric(
+    let mut p = Page(Registry::default());
+    p.gauge(
         "vipd_leader",
-        "gauge",
-        "1 if this node is the leader.",
-        &[(String::new(), leader)],
+        "1 if this node is the leader",
+        i64::from(e.role == Role::Leader),
     );
-    metric(
-        "vipd_leader_terms_total",
-        "counter",
-        "Leader terms this agent started.",
-        &[(String::new(), e.leader_terms as f64)],
+    p.counter(
+        "vipd_leader_terms",
+        "Leader terms this agent started",
+        e.leader_terms,
     );
-    metric(
-        "vipd_lease_renewals_total",
-        "counter",
-        "Lease renewals the engine applied (address lifetimes, XDP expiry).",
-        &[(String::new(), e.lease.renewals as f64)],
+    p.counter(
+        "vipd_lease_renewals",
+        "Lease renewals the engine applied (address lifetimes, XDP expiry)",
+        e.lease.renewals,
     );
-    metric(
-        "vipd_lease_renewal_seconds_total",
-        "counter",
-        "Time the engine spent applying lease renewals.",
-        &[(String::new(), e.lease.renewal_us_total as f64 / 1e6)],
+    p.0.register_with_unit(
+        "vipd_lease_renewal",
+        "Time the engine spent applying lease renewals",
+        Unit::Seconds,
+        ConstCounter::new(e.lease.renewal_us_total as f64 / 1e6),
     );
-    metric(
+    p.gauge(
         "vipd_vip_links_down",
-        "gauge",
-        "VIP interfaces down or without carrier now (R18).",
-        &[(String::new(), e.links.down.len() as f64)],
+        "VIP interfaces down or without carrier now (R18)",
+        count(e.links.down.len()),
     );
     if let Some(h) = &state.health {
         let h = h.borrow().clone();
-        metric(
+        p.gauge(
             "vipd_healthy",
-            "gauge",
-            "1 if every health check is healthy (R18).",
-            &[(String::new(), f64::from(u8::from(h.healthy)))],
+            "1 if every health check is healthy (R18)",
+            i64::from(h.healthy),
         );
-        let of = |f: &dyn Fn(&crate::health::CheckStatus) -> f64| -> Vec<(String, f64)> {
+        let of = |f: &dyn Fn(&crate::health::CheckStatus) -> u64| {
             h.checks
                 .iter()
-                .map(|c| (format!("{{check=\"{}\"}}", label(&c.check)), f(c)))
-                .collect()
+                .map(|c| (vec![("check", label(&c.check))], f(c)))
+                .collect::<Vec<_>>()
         };
-        metric(
+        p.gauges(
             "vipd_check_healthy",
-            "gauge",
-            "1 if the check is healthy, 0 if unhealthy or without a result yet.",
-            &of(&|c| f64::from(u8::from(c.state.healthy == Some(true)))),
+            "1 if the check is healthy, 0 if unhealthy or without a result yet",
+            of(&|c| u64::from(c.state.healthy == Some(true)))
+                .into_iter()
+                .map(|(l, v)| (l, v as i64)),
         );
-        metric(
-            "vipd_check_runs_total",
-            "counter",
-            "Runs of the check.",
-            &of(&|c| c.runs as f64),
-        );
-        metric(
-            "vipd_check_failures_total",
-            "counter",
-            "Failed runs of the check (timeouts included).",
-            &of(&|c| c.failures as f64),
+        p.counters("vipd_check_runs", "Runs of the check", of(&|c| c.runs));
+        p.counters(
+            "vipd_check_failures",
+            "Failed runs of the check (timeouts included)",
+            of(&|c| c.failures),
         );
     }
     if let Some(c) = &state.coord {
         let c = c.borrow().clone();
-        let samples: Vec<(String, f64)> = [
-            "connecting",
-            "connected",
-            "disconnected",
-            "expired",
-            "closed",
-        ]
-        .iter()
-        .map(|s| {
-            (
-                format!("{{state=\"{s}\"}}"),
-                f64::from(u8::from(c.session == *s)),
-            )
-        })
-        .collect();
-        metric(
+        p.gauges(
             "vipd_zookeeper_session",
-            "gauge",
-            "ZooKeeper session state (1 for the current one).",
-            &samples,
+            "ZooKeeper session state (1 for the current one)",
+            [
+                "connecting",
+                "connected",
+                "disconnected",
+                "expired",
+                "closed",
+            ]
+            .map(|s| (vec![("state", s.to_string())], i64::from(c.session == s))),
         );
-        metric(
+        p.gauge(
             "vipd_fenced",
-            "gauge",
-            "1 while the node fenced itself (cannot confirm its ZooKeeper session).",
-            &[(String::new(), f64::from(u8::from(c.fenced)))],
+            "1 while the node fenced itself (cannot confirm its ZooKeeper session)",
+            i64::from(c.fenced),
         );
-        metric(
+        p.gauge(
             "vipd_withdrawn",
-            "gauge",
-            "1 while the node does not stand for election (R18: VIP interface down, unhealthy, drained).",
-            &[(String::new(), f64::from(u8::from(c.withdrawn.is_some())))],
+            "1 while the node does not stand for election (R18: VIP interface down, unhealthy, drained)",
+            i64::from(c.withdrawn.is_some()),
         );
         if let Some(term) = c.term {
-            metric(
+            p.gauge(
                 "vipd_term",
-                "gauge",
-                "The cluster's leader term as last seen: the leader znode's sequence number.",
-                &[(String::new(), term as f64)],
+                "The cluster's leader term as last seen: the leader znode's sequence number",
+                i64::try_from(term).unwrap_or(i64::MAX),
             );
         }
     }
-    let wanted = e.vips.len() as f64;
-    let held = e.vips.iter().filter(|v| v.state == "held").count() as f64;
-    metric(
+    p.gauge(
         "vipd_vips_wanted",
-        "gauge",
-        "VIPs configured for the cluster.",
-        &[(String::new(), wanted)],
+        "VIPs configured for the cluster",
+        count(e.vips.len()),
     );
-    metric(
+    p.gauge(
         "vipd_vips_held",
-        "gauge",
-        "VIPs configured on this node.",
-        &[(String::new(), held)],
+        "VIPs configured on this node",
+        count(e.vips.iter().filter(|v| v.state == "held").count()),
     );
     let r = &e.last_reconcile;
-    metric(
-        "vipd_reconcile_passes_total",
-        "counter",
-        "Reconcile passes.",
-        &[(String::new(), r.passes as f64)],
+    p.counter("vipd_reconcile_passes", "Reconcile passes", r.passes);
+    p.counter(
+        "vipd_reconcile_errors",
+        "Reconcile passes that met an error",
+        r.error_passes,
     );
-    metric(
-        "vipd_reconcile_errors_total",
-        "counter",
-        "Reconcile passes that met an error.",
-        &[(String::new(), r.error_passes as f64)],
+    p.0.register_with_unit(
+        "vipd_reconcile_duration",
+        "Durations of the reconcile passes",
+        Unit::Seconds,
+        r.durations.0.clone(),
     );
-    metric(
-        "vipd_reconcile_duration_seconds_sum",
-        "counter",
-        "Total time spent in reconcile passes.",
-        &[(String::new(), r.duration_us_total as f64 / 1e6)],
-    );
-    metric(
-        "vipd_reconcile_last_duration_seconds",
-        "gauge",
-        "Duration of the last reconcile pass.",
-        &[(String::new(), r.duration_us as f64 / 1e6)],
+    let last: Gauge<f64, AtomicU64> = Gauge::default();
+    last.set(r.duration_us as f64 / 1e6);
+    p.0.register_with_unit(
+        "vipd_reconcile_last_duration",
+        "Duration of the last reconcile pass",
+        Unit::Seconds,
+        last,
     );
     let stats = state.arp_stats();
-    let total_sent: u64 = stats.vips.iter().map(|v| v.announcements_sent).sum();
-    metric(
-        "vipd_announcements_sent_total",
-        "counter",
-        "Announcement frames sent (gratuitous ARP, unsolicited Neighbor Advertisements).",
-        &[(String::new(), total_sent as f64)],
+    p.counter(
+        "vipd_announcements_sent",
+        "Announcement frames sent (gratuitous ARP, unsolicited Neighbor Advertisements)",
+        stats.vips.iter().map(|v| v.announcements_sent).sum(),
     );
-    let per_vip = |f: &dyn Fn(&crate::api::ArpStatsRow) -> u64| -> Vec<(String, f64)> {
+    let per_vip = |f: &dyn Fn(&crate::api::ArpStatsRow) -> u64| {
         stats
             .vips
             .iter()
             .map(|v| {
-                (
-                    format!(
-                        "{{vip=\"{}\",interface=\"{}\"}}",
-                        v.vip,
-                        v.interface.as_deref().unwrap_or("")
-                    ),
-                    f(v) as f64,
-                )
+                let labels = vec![
+                    ("vip", v.vip.to_string()),
+                    ("interface", label(v.interface.as_deref().unwrap_or(""))),
+                ];
+                (labels, f(v))
             })
-            .collect()
+            .collect::<Vec<_>>()
     };
-    metric(
-        "vipd_arp_requests_total",
-        "counter",
-        "Requests for the VIP seen by XDP (ARP requests; Neighbor Solicitations for IPv6).",
-        &per_vip(&|v| v.requests),
+    p.counters(
+        "vipd_arp_requests",
+        "Requests for the VIP seen by XDP (ARP requests; Neighbor Solicitations for IPv6)",
+        per_vip(&|v| v.requests),
     );
-    metric(
-        "vipd_arp_xdp_replies_total",
-        "counter",
-        "Requests answered by XDP (ARP replies; solicited Neighbor Advertisements for IPv6).",
-        &per_vip(&|v| v.xdp_replies),
+    p.counters(
+        "vipd_arp_xdp_replies",
+        "Requests answered by XDP (ARP replies; solicited Neighbor Advertisements for IPv6)",
+        per_vip(&|v| v.xdp_replies),
     );
-    metric(
-        "vipd_arp_announcements_seen_total",
-        "counter",
-        "Announcements about the VIP seen by XDP (ARP replies and gratuitous ARP; Neighbor Advertisements for IPv6).",
-        &per_vip(&|v| v.announcements_seen),
+    p.counters(
+        "vipd_arp_announcements_seen",
+        "Announcements about the VIP seen by XDP (ARP replies and gratuitous ARP; Neighbor Advertisements for IPv6)",
+        per_vip(&|v| v.announcements_seen),
     );
-    metric(
-        "vipd_arp_announcements_sent_total",
-        "counter",
-        "Announcement frames this agent sent for the VIP (gratuitous ARP; unsolicited Neighbor Advertisements for IPv6).",
-        &per_vip(&|v| v.announcements_sent),
+    p.counters(
+        "vipd_arp_announcements_sent",
+        "Announcement frames this agent sent for the VIP (gratuitous ARP; unsolicited Neighbor Advertisements for IPv6)",
+        per_vip(&|v| v.announcements_sent),
     );
-    metric(
-        "vipd_arp_foreign_claims_total",
-        "counter",
-        "Claims of a held VIP from a MAC that is not ours.",
-        &per_vip(&|v| v.foreign_claims),
+    p.counters(
+        "vipd_arp_foreign_claims",
+        "Claims of a held VIP from a MAC that is not ours",
+        per_vip(&|v| v.foreign_claims),
     );
-    metric(
+    p.gauges(
         "vipd_vip_held",
-        "gauge",
-        "1 if this node holds the VIP.",
-        &per_vip(&|v| u64::from(v.held)),
+        "1 if this node holds the VIP",
+        per_vip(&|v| u64::from(v.held))
+            .into_iter()
+            .map(|(l, v)| (l, v as i64)),
     );
-    let attached: Vec<(String, f64)> = e
-        .xdp_attached
-        .iter()
-        .map(|a| {
-            (
-                format!(
-                    "{{interface=\"{}\",mode=\"{}\",driver=\"{}\",reason=\"{}\"}}",
-                    label(&a.interface),
-                    a.mode,
-                    label(a.driver.as_deref().unwrap_or("")),
-                    a.reason_code
-                ),
-                1.0,
-            )
-        })
-        .collect();
-    metric(
+    p.gauges(
         "vipd_xdp_attached",
-        "gauge",
         "1 per interface the XDP program is attached to, with the mode in effect and why \
-         (reason: configured, driver_native, driver_loses_native_tx, native_refused, fallback).",
-        &attached,
+         (reason: configured, driver_native, driver_loses_native_tx, native_refused, fallback)",
+        e.xdp_attached.iter().map(|a| {
+            let labels = vec![
+                ("interface", label(&a.interface)),
+                ("mode", a.mode.to_string()),
+                ("driver", label(a.driver.as_deref().unwrap_or(""))),
+                ("reason", a.reason_code.to_string()),
+            ];
+            (labels, 1)
+        }),
     );
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = encode(&mut out, &p.0);
     out
 }
 
-/// A Prometheus label value: backslash, quote and newline escaped.
+fn count(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// A label value: backslash, quote and newline escaped (the encoder
+/// writes values as given).
 fn label(value: &str) -> String {
     value
         .replace('\\', "\\\\")
@@ -263,24 +293,28 @@ fn label(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// Serves `GET /metrics` until `cancel`.
-pub async fn serve(
-    addr: SocketAddr,
-    state: ApiState,
-    cancel: CancellationToken,
-) -> std::io::Result<()> {
-    let listener = TcpListener::bind(addr).await?;
+/// At most this many scrapers at once, each for at most 5 s: the metrics
+/// port may face a network.
+pub const LIMITS: Limits = Limits {
+    max: 16,
+    timeout: Duration::from_secs(5),
+};
+
+/// Binds the metrics port.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Serves `GET /metrics` until `cancel`, then ends the open connections.
+pub async fn serve(listener: TcpListener, state: ApiState, cancel: CancellationToken) {
+    let conns = Connections::new("metrics", LIMITS);
     loop {
         tokio::select! {
-            () = cancel.cancelled() => return Ok(()),
+            () = cancel.cancelled() => break,
             conn = listener.accept() => match conn {
                 Ok((stream, _)) => {
                     let state = state.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = answer(stream, &state).await {
-                            debug!(error = %e, "metrics client");
-                        }
-                    });
+                    conns.serve(stream, |s| async move { answer(s, &state).await });
                 }
                 Err(e) => {
                     warn!(error = %e, "metrics accept failed");
@@ -289,31 +323,26 @@ pub async fn serve(
             }
         }
     }
+    drop(listener);
+    conns.close().await;
 }
 
 async fn answer(mut stream: TcpStream, state: &ApiState) -> std::io::Result<()> {
     let mut buf = vec![0u8; 4096];
     let mut n = 0;
-    // Read the request head (bounded, with a deadline).
-    let read = tokio::time::timeout(Duration::from_secs(5), async {
-        while n < buf.len() && !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-            let m = stream.read(&mut buf[n..]).await?;
-            if m == 0 {
-                break;
-            }
-            n += m;
+    // Read the request head (bounded; the connection's timeout bounds it in time).
+    while n < buf.len() && !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+        let m = stream.read(&mut buf[n..]).await?;
+        if m == 0 {
+            break;
         }
-        Ok::<_, std::io::Error>(())
-    })
-    .await;
-    if read.is_err() {
-        return Ok(());
+        n += m;
     }
     let head = String::from_utf8_lossy(&buf[..n]);
     let first = head.lines().next().unwrap_or_default();
     let (status, body, ctype) = if first.starts_with("GET /metrics ") || first.starts_with("GET / ")
     {
-        ("200 OK", render(state), "text/plain; version=0.0.4")
+        ("200 OK", render(state), CONTENT_TYPE)
     } else {
         ("404 Not Found", "try /metrics\n".to_string(), "text/plain")
     };
@@ -323,4 +352,63 @@ async fn answer(mut stream: TcpStream, state: &ApiState) -> std::io::Result<()> 
     );
     stream.write_all(resp.as_bytes()).await?;
     stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::sync::watch;
+    use tokio_util::sync::CancellationToken;
+
+    use crate::{agent::EngineStatus, announce::Announcer, api::ApiState, net::garp::GarpMode};
+
+    #[tokio::test]
+    async fn counters_end_in_total_and_pass_durations_are_a_histogram() {
+        let cancel = CancellationToken::new();
+        let (announcer, task) = Announcer::spawn(GarpMode::Request, 10, cancel.clone());
+        let status = EngineStatus::default();
+        status
+            .last_reconcile
+            .durations
+            .observe(std::time::Duration::from_millis(3));
+        let (_tx, engine) = watch::channel(status);
+        let state = ApiState {
+            node_id: "n1".into(),
+            mode: "static",
+            engine,
+            coord: None,
+            offload: None,
+            announcer,
+            health: None,
+        };
+        let page = super::render(&state);
+        for line in [
+            "# TYPE vipd_reconcile_passes counter",
+            "vipd_reconcile_passes_total 0",
+            "# TYPE vipd_reconcile_duration_seconds histogram",
+            "# UNIT vipd_reconcile_duration_seconds seconds",
+            "vipd_reconcile_duration_seconds_count 1",
+            "vipd_reconcile_duration_seconds_bucket{le=\"0.0016\"} 0",
+            "vipd_reconcile_duration_seconds_bucket{le=\"0.0032\"} 1",
+            "vipd_lease_renewal_seconds_total 0.0",
+            "vipd_leader 0",
+            "# EOF",
+        ] {
+            assert!(
+                page.lines().any(|l| l == line),
+                "no line {line:?} in\n{page}"
+            );
+        }
+        for l in page.lines().filter(|l| l.starts_with("# TYPE ")) {
+            if l.ends_with(" counter") {
+                let name = l.split(' ').nth(2).unwrap();
+                assert!(
+                    page.lines()
+                        .any(|s| s.starts_with(&format!("{name}_total"))),
+                    "{name}: no sample ends in _total"
+                );
+            }
+        }
+        cancel.cancel();
+        let _ = task.await;
+    }
 }

@@ -5,7 +5,6 @@
 
 use std::{io, mem, net::Ipv4Addr, os::fd::AsRawFd, time::Duration};
 
-use clap::ValueEnum;
 use pnet_base::MacAddr;
 use pnet_packet::{
     Packet,
@@ -16,8 +15,9 @@ use serde::{Deserialize, Serialize};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tracing::instrument;
 
-/// Which form of gratuitous ARP to send.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+/// Which form of gratuitous ARP to send (`--garp-mode`: its command-line
+/// values are in config.rs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum GarpMode {
     /// Request form, as `arping -U` and keepalived: tha ff:ff:ff:ff:ff:ff.

@@ -1,0 +1,139 @@
+//! Bounded, tracked connection handling for vipd's servers (the control
+//! socket and the metrics port, which may face a network): at most `max`
+//! connections at once (one more is closed at once), each ended after
+//! `timeout`, every one tracked and ended at shutdown.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use tokio::sync::Semaphore;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::debug;
+
+/// How many connections a server takes at once and how long each may last.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections served at once; one more is closed without an answer.
+    pub max: usize,
+    /// A connection still open after this (a slow or idle client) is closed.
+    pub timeout: Duration,
+}
+
+/// The connections of one server.
+pub struct Connections {
+    what: &'static str,
+    limits: Limits,
+    slots: Arc<Semaphore>,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+}
+
+impl Connections {
+    /// `what` names the server in logs.
+    pub fn new(what: &'static str, limits: Limits) -> Connections {
+        Connections {
+            what,
+            limits,
+            slots: Arc::new(Semaphore::new(limits.max)),
+            tracker: TaskTracker::new(),
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    /// Serves `stream` with `handle` in a tracked task, or closes it at
+    /// once (dropping it) when `max` connections are already open. Returns
+    /// whether it was taken.
+    pub fn serve<S, F, Fut>(&self, stream: S, handle: F) -> bool
+    where
+        S: Send + 'static,
+        F: FnOnce(S) -> Fut + Send + 'static,
+        Fut: Future<Output = std::io::Result<()>> + Send + 'static,
+    {
+        let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() else {
+            debug!(
+                server = self.what,
+                max = self.limits.max,
+                "too many connections: one closed"
+            );
+            return false;
+        };
+        let (what, timeout, cancel) = (self.what, self.limits.timeout, self.cancel.clone());
+        self.tracker.spawn(async move {
+            let _permit = permit;
+            tokio::select! {
+                () = cancel.cancelled() => {}
+                r = tokio::time::timeout(timeout, handle(stream)) => match r {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => debug!(server = what, error = %e, "client"),
+                    Err(_) => debug!(server = what, ?timeout, "client timed out: closed"),
+                },
+            }
+        });
+        true
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.limits.max - self.slots.available_permits()
+    }
+
+    /// Ends every open connection and waits until their tasks are done.
+    pub async fn close(self) {
+        self.tracker.close();
+        self.cancel.cancel();
+        self.tracker.wait().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_cap_holds_and_close_ends_open_connections() {
+        let conns = Connections::new(
+            "test",
+            Limits {
+                max: 2,
+                timeout: Duration::from_secs(3600),
+            },
+        );
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let idle = |tx: tokio::sync::mpsc::UnboundedSender<()>| async move {
+            std::future::pending::<()>().await;
+            drop(tx);
+            Ok(())
+        };
+        assert!(conns.serve(tx.clone(), idle));
+        assert!(conns.serve(tx.clone(), idle));
+        assert!(
+            !conns.serve(tx.clone(), idle),
+            "a third connection was taken"
+        );
+        assert_eq!(conns.open(), 2);
+        drop(tx);
+        // Closing ends the two pending handlers (dropping their senders).
+        conns.close().await;
+        assert!(rx.recv().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_connection_past_its_timeout_frees_its_slot() {
+        let conns = Connections::new(
+            "test",
+            Limits {
+                max: 1,
+                timeout: Duration::from_millis(20),
+            },
+        );
+        assert!(conns.serve((), |()| std::future::pending()));
+        for _ in 0..500 {
+            if conns.open() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(conns.open(), 0, "the timed out connection kept its slot");
+        assert!(conns.serve((), |()| async { Ok(()) }));
+        conns.close().await;
+    }
+}
