@@ -6,9 +6,10 @@ use std::process::ExitCode;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info};
 use vipd::{
-    config::{self, ConfigError, LogFormat, VipdCommand},
+    config::{self, Config, ConfigError, LogFormat, VipdCommand},
     daemon,
 };
+
 fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if let Some(code) =
