@@ -787,8 +787,34 @@ impl Ctx<'_> {
             let every = lease.renew_every();
             let mut tick = tokio::time::interval_at(sent + every, every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // Renewals whose answer was lost (the connection dropped while
+            // one was in flight) may still have been applied, and the next
+            // would then fail with BadVersion against our own write. Before
+            // the next, read our znode: if it holds one of those writes,
+            // renew from its version (the lease still counts only from
+            // acknowledged sends).
+            let mut unsure_from: Option<u64> = None;
             loop {
                 tick.tick().await;
+                if let Some(first) = unsure_from {
+                    match call("get data", &path, lease.length, client.get_data(&path)).await {
+                        Ok((data, stat)) => {
+                            unsure_from = None;
+                            if own_write(&data, &self.settings.node_id, term, first..=renewal) {
+                                debug!(
+                                    version = stat.version,
+                                    "a renewal whose answer was lost was applied; renewing from its version"
+                                );
+                                version = stat.version;
+                            }
+                        }
+                        Err(e) if e.is(&zookeeper_client::Error::NoNode) => return e,
+                        Err(e) => {
+                            debug!(error = %e, "cannot read our election znode after a lost renewal answer");
+                            continue;
+                        }
+                    }
+                }
                 renewal += 1;
                 let (sent, r) = renew(version, renewal).await;
                 match r {
@@ -797,7 +823,10 @@ impl Ctx<'_> {
                         ack_tx.send_replace(sent);
                     }
                     Err(e) if lost_znode(&e) => return e,
-                    Err(e) => debug!(error = %e, "lease renewal failed"),
+                    Err(e) => {
+                        debug!(error = %e, "lease renewal failed");
+                        unsure_from.get_or_insert(renewal);
+                    }
                 }
             }
         };
@@ -1106,6 +1135,14 @@ impl Ctx<'_> {
 
 /// A renewal error that ends the term: our znode was deleted (a successor
 /// took over) or written by someone else (BadVersion).
+/// Whether our election znode's data is one of our own renewals numbered
+/// in `renewals` this term (the only writer of its data is its leader;
+/// others only delete it).
+fn own_write(data: &[u8], node: &str, term: u64, renewals: std::ops::RangeInclusive<u64>) -> bool {
+    serde_json::from_slice::<CandidateData>(data)
+        .is_ok_and(|d| d.node == node && d.term == term && renewals.contains(&d.renewal))
+}
+
 fn lost_znode(e: &ZkCallError) -> bool {
     e.is(&zookeeper_client::Error::NoNode) || e.is(&zookeeper_client::Error::BadVersion)
 }
@@ -1138,5 +1175,41 @@ async fn pause(d: Duration, state: &mut StateWatcher, cancel: &CancellationToken
         _ = cancel.cancelled() => {}
         _ = tokio::time::sleep(d) => {}
         _ = state.changed() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(node: &str, term: u64, renewal: u64) -> Vec<u8> {
+        serde_json::to_vec(&CandidateData {
+            node: node.into(),
+            host: "h".into(),
+            term,
+            lease_ms: 200,
+            renewal,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn only_our_own_lost_renewals_are_taken_for_ours() {
+        assert!(own_write(&data("n1", 7, 12), "n1", 7, 12..=12));
+        assert!(own_write(&data("n1", 7, 12), "n1", 7, 11..=13));
+        assert!(
+            !own_write(&data("n1", 7, 10), "n1", 7, 11..=13),
+            "acknowledged before"
+        );
+        assert!(
+            !own_write(&data("n1", 6, 12), "n1", 7, 12..=12),
+            "another term"
+        );
+        assert!(
+            !own_write(&data("n2", 7, 12), "n1", 7, 12..=12),
+            "another node"
+        );
+        assert!(!own_write(b"{not json", "n1", 7, 12..=12));
+        assert!(!own_write(b"", "n1", 7, 12..=12));
     }
 }
