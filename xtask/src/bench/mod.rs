@@ -74,6 +74,16 @@ fn runs_arg(o: &Options) -> String {
     format!("--runs {}", o.runs.unwrap_or(DEFAULT_RUNS))
 }
 
+/// `--runs N [--faults a,b]` for the benchmarks that take faults.
+fn runs_and_faults(o: &Options, default_runs: usize) -> String {
+    let mut a = format!("--runs {}", o.runs.unwrap_or(default_runs));
+    if !o.faults.is_empty() {
+        let f: Vec<&str> = o.faults.iter().map(|f| f.arg()).collect();
+        a.push_str(&format!(" --faults {}", f.join(",")));
+    }
+    a
+}
+
 /// Every benchmark, in the order `all` runs them and the file lists them.
 const BENCHES: [Bench; 7] = [
     Bench {
@@ -84,14 +94,7 @@ const BENCHES: [Bench; 7] = [
     Bench {
         name: "failover",
         run: failover::run,
-        args: |o| {
-            let mut a = format!("--runs {}", o.runs.unwrap_or(failover::DEFAULT_RUNS));
-            if !o.faults.is_empty() {
-                let f: Vec<&str> = o.faults.iter().map(|f| f.arg()).collect();
-                a.push_str(&format!(" --faults {}", f.join(",")));
-            }
-            a
-        },
+        args: |o| runs_and_faults(o, failover::DEFAULT_RUNS),
     },
     Bench {
         name: "steady",
@@ -111,14 +114,7 @@ const BENCHES: [Bench; 7] = [
     Bench {
         name: "services",
         run: services::run,
-        args: |o| {
-            let mut a = format!("--runs {}", o.runs.unwrap_or(services::DEFAULT_RUNS));
-            if !o.faults.is_empty() {
-                let f: Vec<&str> = o.faults.iter().map(|f| f.arg()).collect();
-                a.push_str(&format!(" --faults {}", f.join(",")));
-            }
-            a
-        },
+        args: |o| runs_and_faults(o, services::DEFAULT_RUNS),
     },
     Bench {
         name: "serving",
