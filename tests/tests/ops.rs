@@ -788,11 +788,8 @@ fn without_cap_bpf_vipd_stops_at_start_saying_why() {
         &[],
         &[],
     );
-    let exit = vipd.process.wait_timeout(Duration::from_secs(15));
-    let stderr = vipd.process.stderr();
-    let exit = exit.unwrap_or_else(|| panic!("vipd without CAP_BPF kept running:\n{stderr}"));
-    assert!(!exit.success(), "vipd without CAP_BPF exited {exit}");
-    let last = stderr.lines().last().unwrap_or_default();
+    let (last, stderr) = exits_failing(&vipd, "without CAP_BPF");
+    let last = last.as_str();
     assert!(
         last.starts_with("vipd: loading the XDP program")
             && last.contains("Operation not permitted"),
@@ -1059,11 +1056,8 @@ fn a_metrics_port_in_use_stops_vipd_before_it_configures_a_vip() {
         &["--metrics-listen", &listen.to_string()],
         &[],
     );
-    let exit = vipd.process.wait_timeout(Duration::from_secs(15));
-    let stderr = vipd.process.stderr();
-    let exit = exit.unwrap_or_else(|| panic!("vipd kept running with its port taken:\n{stderr}"));
-    assert!(!exit.success(), "vipd exited {exit}");
-    let last = stderr.lines().last().unwrap_or_default();
+    let (last, stderr) = exits_failing(&vipd, "with its port taken");
+    let last = last.as_str();
     assert!(
         last.starts_with(&format!("vipd: cannot listen for metrics on {listen}")),
         "the last line must name the port:\n{stderr}"
@@ -1393,4 +1387,15 @@ fn sd_notify_ready_after_the_vip_is_configured() {
     );
     assert!(addrs_on(&n1, "eth0").contains(&VIP_A));
     lab.teardown().expect("lab teardown");
+}
+
+/// Waits (15 s at most) for a vipd that must fail at start; returns its
+/// last stderr line and the whole stderr.
+fn exits_failing(vipd: &Vipd, why: &str) -> (String, String) {
+    let exit = vipd.process.wait_timeout(Duration::from_secs(15));
+    let stderr = vipd.process.stderr();
+    let exit = exit.unwrap_or_else(|| panic!("vipd {why} kept running:\n{stderr}"));
+    assert!(!exit.success(), "vipd {why} exited {exit}");
+    let last = stderr.lines().last().unwrap_or_default().to_string();
+    (last, stderr)
 }
