@@ -270,6 +270,48 @@ fn assert_passes(
 }
 
 // ---------------------------------------------------------------------------
+// The loader: built where the kernel's BTF cannot be read, without hiding it
+// from anyone else.
+
+#[test]
+fn the_loader_parses_no_kernel_btf_and_hides_it_from_nobody_else() {
+    use vipd::arp_offload::loader::{KernelBtf, loader};
+    const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
+    let before = std::fs::metadata(VMLINUX)
+        .unwrap_or_else(|e| panic!("{VMLINUX} is a prerequisite of this test: {e}"))
+        .len();
+    assert!(before > 0, "{VMLINUX} is empty");
+    let mounts_before = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+
+    let (built, how) = loader();
+    assert_eq!(
+        how,
+        KernelBtf::Hidden,
+        "as root the loader thread can hide the file"
+    );
+    // aya's loader prints the BTF it holds: none was parsed.
+    let shown = format!("{built:?}");
+    assert!(
+        shown.contains("btf: None"),
+        "the loader parsed the kernel's BTF: {}",
+        &shown[..shown.len().min(300)]
+    );
+    // Nobody else lost it: this thread, a new thread, and the mount table.
+    assert_eq!(std::fs::metadata(VMLINUX).unwrap().len(), before);
+    let other = std::thread::spawn(|| std::fs::metadata(VMLINUX).map(|m| m.len()))
+        .join()
+        .unwrap();
+    assert_eq!(other.unwrap(), before, "another thread still reads it");
+    assert_eq!(
+        std::fs::read_to_string("/proc/self/mountinfo").unwrap(),
+        mounts_before,
+        "the process's mount table changed"
+    );
+    // The program loads from such a loader (the path vipd takes).
+    in_netns(|| drop(loaded()));
+}
+
+// ---------------------------------------------------------------------------
 // Watched, not held: count and pass.
 
 #[test]

@@ -4,6 +4,7 @@
 //! answers leave (`mode`).
 
 mod ethtool;
+pub mod loader;
 mod mode;
 
 use std::{
@@ -16,7 +17,7 @@ use std::{
 };
 
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf,
     maps::{HashMap, MapData, MapError, PerCpuHashMap, PerCpuValues, RingBuf},
     programs::{ProgramError, TestRun, TestRunOptions, Xdp, xdp::XdpLinkId},
 };
@@ -220,16 +221,16 @@ impl ArpOffload {
     #[instrument(name = "xdp_load")]
     pub fn load() -> Result<Self, OffloadError> {
         raise_memlock_limit();
-        // Not `Ebpf::load`: in aya 0.14 it parses the kernel's BTF twice
-        // (EbpfLoader::new already does). And no kernel BTF at all: the
-        // program reads no kernel types (no CO-RE), and parsing
-        // /sys/kernel/btf/vmlinux (5.5 MB) is costly: with `Ebpf::load`
-        // vipd peaked at 41.7 MiB RSS and led 175 ms after start, without
-        // any kernel BTF at 24.7 MiB and 65 ms (docs/BENCHMARKS.md, engine).
-        let mut ebpf = EbpfLoader::new()
-            .btf(None)
-            .load(OBJECT)
-            .map_err(OffloadError::Load)?;
+        // Not `Ebpf::load`: in aya 0.14 it parses the kernel's BTF twice.
+        // No kernel BTF at all: the program reads no kernel types (no
+        // CO-RE), and parsing /sys/kernel/btf/vmlinux (5.5 MB) is costly:
+        // `loader` builds the loader where it cannot see that file (with
+        // `Ebpf::load` vipd peaked at 41.7 MiB RSS, with the ordinary
+        // `EbpfLoader::new` at 25 MiB, without the parse at about 9.5 MiB;
+        // docs/BENCHMARKS.md, engine).
+        let (mut loader, kernel_btf) = loader::loader();
+        debug!(?kernel_btf, "XDP loader built");
+        let mut ebpf = loader.btf(None).load(OBJECT).map_err(OffloadError::Load)?;
         let program: &mut Xdp = ebpf
             .program_mut(PROGRAM_NAME)
             .ok_or(OffloadError::MissingProgram(None))?
