@@ -475,6 +475,29 @@ impl Cluster {
         })
     }
 
+    /// The first election of a cluster serving `vips`: waits up to 15 s
+    /// for one holder, then half a second more so the followers settle
+    /// into watching (the next in line reads the leader's lease) before a
+    /// fault, and checks the holder did not change. Its index.
+    pub fn first_leader(&self, hint: &str, vips: &BTreeSet<Ipv4Addr>) -> usize {
+        let (leader, took) = self
+            .wait_sole_holder(vips, None, Duration::from_secs(15))
+            .unwrap_or_else(|e| panic!("[{hint}] first election: {e}"));
+        eprintln!(
+            "[{hint}] {} holds {vips:?} {:.0} ms after the vipds answered",
+            self.nodes[leader].id,
+            ms(took)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(
+            self.sole_holder(vips),
+            Some(leader),
+            "[{hint}] the first leader changed: {:?}",
+            self.holdings(vips)
+        );
+        leader
+    }
+
     /// Makes ensemble member `server` unreachable from every node (a
     /// blackhole route in each node namespace), so their sessions live on
     /// the other members.
@@ -1034,6 +1057,30 @@ pub fn timeline(
         }
         t.longest_unheld.insert(vip, longest);
     }
+    t
+}
+
+/// Replays the events since `since` (from the `initial` holdings) and
+/// fails on any overlap, printing the handovers; returns the timeline.
+pub fn assert_no_overlap(
+    c: &Cluster,
+    mons: &[AddrMonitor],
+    vips: &BTreeSet<Ipv4Addr>,
+    initial: &[BTreeSet<Ipv4Addr>],
+    since: Instant,
+    what: &str,
+) -> Timeline {
+    let t = timeline(mons, vips, initial, since, Instant::now());
+    eprintln!(
+        "[{what}] handovers (vip, from, to, gap ms) {:?}; overlaps {:?}; longest unheld {:?} ms",
+        t.handovers, t.overlaps, t.longest_unheld
+    );
+    assert!(
+        t.overlaps.is_empty(),
+        "{what}: two holders at once: {:?}; holdings now {:?}",
+        t.overlaps,
+        c.holdings(vips)
+    );
     t
 }
 

@@ -11,7 +11,7 @@ use std::{
 };
 
 use vipd_tests::cluster::{
-    AddrMonitor, Cluster, Timeline, ZkKind, gap_ms, leader_of, monitors, ms, timeline, vip_set,
+    AddrMonitor, Cluster, ZkKind, assert_no_overlap, gap_ms, leader_of, monitors, ms, vip_set,
     within,
 };
 
@@ -32,47 +32,8 @@ fn lease_cluster(hint: &str, t: Duration) -> (Cluster, BTreeSet<Ipv4Addr>, usize
     c.vip_ok(&["set", "web", WEB[0], WEB[1]]);
     c.start_all_with(t, &[]);
     let vips = vip_set(&WEB);
-    let (leader, took) = c
-        .wait_sole_holder(&vips, None, Duration::from_secs(15))
-        .unwrap_or_else(|e| panic!("first election: {e}"));
-    eprintln!(
-        "[{hint}] {} holds {vips:?} {:.0} ms after the vipds answered",
-        c.nodes[leader].id,
-        ms(took)
-    );
-    // Let the followers settle into watching (the next in line reads the
-    // leader's lease) before a fault.
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(
-        c.sole_holder(&vips),
-        Some(leader),
-        "{:?}",
-        c.holdings(&vips)
-    );
+    let leader = c.first_leader(hint, &vips);
     (c, vips, leader)
-}
-
-/// Replays the events since `since` and fails on any overlap.
-fn assert_no_overlap(
-    c: &Cluster,
-    mons: &[AddrMonitor],
-    vips: &BTreeSet<Ipv4Addr>,
-    initial: &[BTreeSet<Ipv4Addr>],
-    since: Instant,
-    what: &str,
-) -> Timeline {
-    let t = timeline(mons, vips, initial, since, Instant::now());
-    eprintln!(
-        "[{what}] handovers (vip, from, to, gap ms) {:?}; overlaps {:?}; longest unheld {:?} ms",
-        t.handovers, t.overlaps, t.longest_unheld
-    );
-    assert!(
-        t.overlaps.is_empty(),
-        "{what}: two holders at once: {:?}; holdings now {:?}",
-        t.overlaps,
-        c.holdings(vips)
-    );
-    t
 }
 
 /// For each VIP: when `old` lost it and `new` got it, after `since`
