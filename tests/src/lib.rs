@@ -4,4 +4,5 @@
 pub mod cluster;
 pub mod lab;
 pub mod services;
+pub mod vipd;
 pub mod zk;

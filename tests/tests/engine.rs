@@ -5,18 +5,15 @@
 //! The tests run one at a time (`serial`): several measure timing (announce
 //! rounds, repair latency) on a machine with few cores.
 
-use std::ffi::OsString;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use vipd_tests::lab::{
-    ArpFrame, CapturedFrame, Host, HostIf, Lab, LabProcess, fmt_mac, vipctl_bin, vipd_bin,
-    wait_until,
+    ArpFrame, CapturedFrame, Host, HostIf, Lab, fmt_mac, vipctl_bin, wait_until,
 };
+use vipd_tests::vipd::Vipd;
 
 const VIP_A: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
 const VIP_B: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 101);
@@ -25,7 +22,6 @@ const BROADCAST: [u8; 6] = [0xff; 6];
 const POLL: Duration = Duration::from_millis(10);
 
 static SERIAL: Mutex<()> = Mutex::new(());
-static NEXT_SOCKET: AtomicU32 = AtomicU32::new(0);
 
 /// One test at a time; a failed test must not block the others.
 fn serial() -> MutexGuard<'static, ()> {
@@ -42,129 +38,6 @@ fn br1(addr: &str) -> HostIf<'_> {
 
 fn br2(addr: &str) -> HostIf<'_> {
     HostIf { bridge: 2, addr }
-}
-
-/// A vipd started in a lab host in single-node mode, with its own control
-/// socket under the lab dir.
-struct Vipd {
-    process: LabProcess,
-    socket: PathBuf,
-    host: Host,
-    spawned_at: Instant,
-}
-
-impl Vipd {
-    /// Starts vipd leading `vips` (comma-separated) and waits for its first
-    /// reconcile pass. `extra` are more flags. XDP runs in generic mode (veth,
-    /// docs/DESIGN.md, facts); `--config /dev/null` keeps a host's /etc/vipd out of the test.
-    fn start(lab: &Lab, host: &Host, vips: &str, extra: &[&str]) -> Vipd {
-        let n = NEXT_SOCKET.fetch_add(1, Ordering::Relaxed);
-        let socket = lab.dir().join(format!("{}-{n}.sock", host.name()));
-        let mut argv: Vec<OsString> = vec![
-            vipd_bin().into(),
-            "--config".into(),
-            "/dev/null".into(),
-            "--static-vips".into(),
-            vips.into(),
-            "--api-socket".into(),
-            socket.clone().into(),
-            "--xdp-mode".into(),
-            "generic".into(),
-        ];
-        argv.extend(extra.iter().map(OsString::from));
-        let spawned_at = Instant::now();
-        let process = host.spawn_env(argv, &[("NO_COLOR", "1"), ("RUST_LOG", "info")]);
-        let vipd = Vipd {
-            process,
-            socket,
-            host: host.clone(),
-            spawned_at,
-        };
-        vipd.wait_ready();
-        vipd
-    }
-
-    fn wait_ready(&self) {
-        let ready = wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
-            !self.process.is_running()
-                || self
-                    .try_vipctl(&["status", "--json"])
-                    .is_some_and(|s| s["last_reconcile"]["passes"].as_u64() >= Some(1))
-        });
-        assert!(
-            self.process.is_running(),
-            "vipd in {} exited at start ({:?}); stderr:\n{}",
-            self.host.name(),
-            self.process.try_status(),
-            self.process.stderr()
-        );
-        ready.unwrap_or_else(|e| {
-            panic!(
-                "vipd in {} never finished a reconcile pass: {e}; stderr:\n{}",
-                self.host.name(),
-                self.process.stderr()
-            )
-        });
-    }
-
-    fn vipctl_argv(&self, args: &[&str]) -> Vec<OsString> {
-        let mut argv: Vec<OsString> = vec![vipctl_bin().into()];
-        argv.extend(args.iter().map(OsString::from));
-        argv.push("--api-socket".into());
-        argv.push(self.socket.clone().into());
-        argv
-    }
-
-    fn try_vipctl(&self, args: &[&str]) -> Option<Value> {
-        let out = self.host.exec(&self.vipctl_argv(args));
-        if !out.status.success() {
-            return None;
-        }
-        serde_json::from_slice(&out.stdout).ok()
-    }
-
-    /// `vipctl <args> --api-socket <ours>`, run in the host; panics unless it
-    /// succeeds with JSON.
-    fn vipctl(&self, args: &[&str]) -> Value {
-        let out = self.host.exec(&self.vipctl_argv(args));
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "vipctl {} failed ({}): {}{stdout}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_str(&stdout)
-            .unwrap_or_else(|e| panic!("vipctl {} printed no JSON ({e}): {stdout}", args.join(" ")))
-    }
-
-    fn status(&self) -> Value {
-        self.vipctl(&["status", "--json"])
-    }
-
-    fn arp_stats(&self) -> Value {
-        self.vipctl(&["arp", "stats", "--json"])
-    }
-
-    fn passes(&self) -> u64 {
-        self.status()["last_reconcile"]["passes"]
-            .as_u64()
-            .expect("last_reconcile.passes is a number")
-    }
-
-    /// Sends `signal` and waits up to `limit` for the exit; returns how long it took.
-    fn stop(&self, signal: i32, limit: Duration) -> (std::process::ExitStatus, Duration) {
-        let sent = Instant::now();
-        assert!(self.process.kill(signal), "vipd had already exited");
-        let status = self.process.wait_timeout(limit).unwrap_or_else(|| {
-            panic!(
-                "vipd did not exit within {limit:?} of signal {signal}; stderr:\n{}",
-                self.process.stderr()
-            )
-        });
-        (status, sent.elapsed())
-    }
 }
 
 /// The entry of `vip` in a `vipctl status --json` answer.

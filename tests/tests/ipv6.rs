@@ -8,11 +8,9 @@
 //! a dedicated thread); the others in lab namespaces.
 
 use std::{
-    ffi::OsString,
     future::Future,
     net::{IpAddr, Ipv6Addr},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
-    path::{Path, PathBuf},
     sync::{Mutex, MutexGuard, PoisonError},
     time::{Duration, Instant},
 };
@@ -28,11 +26,11 @@ use vipd::{
     },
     vip::Vip,
 };
+use vipd_tests::vipd::Vipd;
 use vipd_tests::{
     cluster::{AddrMonitor, Cluster, NlAddr6, ZkKind, ip_set, monitors, within},
     lab::{
-        ArpCapture, Host, HostIf, Lab, LabProcess, NdpFrame, fmt_mac, in_new_netns, ip_here as ip,
-        vipctl_bin, vipd_bin, wait_until,
+        ArpCapture, Host, HostIf, Lab, NdpFrame, fmt_mac, in_new_netns, ip_here as ip, wait_until,
     },
 };
 
@@ -629,52 +627,14 @@ fn one_node_lab(hint: &str) -> (Lab, Host, Host) {
     (lab, n1, client)
 }
 
-/// vipd in single-node mode on `host`, leading `vips`; its control socket.
-fn start_vipd(lab: &Lab, host: &Host, vips: &str, extra: &[&str]) -> (LabProcess, PathBuf) {
-    let socket = lab.dir().join(format!("{}.sock", host.name()));
-    let mut argv: Vec<OsString> = vec![
-        vipd_bin().into(),
-        "--config".into(),
-        "/dev/null".into(),
-        "--static-vips".into(),
-        vips.into(),
-        "--api-socket".into(),
-        socket.clone().into(),
-        "--xdp-mode".into(),
-        "generic".into(),
-    ];
-    argv.extend(extra.iter().map(OsString::from));
-    let p = host.spawn_env(argv, &[("NO_COLOR", "1"), ("RUST_LOG", "info,vipd=debug")]);
-    let ready = within(Duration::from_secs(10), || {
-        !p.is_running()
-            || try_vipctl(host, &socket, &["status", "--json"])
-                .is_some_and(|s| s["last_reconcile"]["passes"].as_u64() >= Some(1))
-    });
-    assert!(p.is_running(), "vipd exited at start: {}", p.stderr());
-    ready.unwrap_or_else(|e| panic!("vipd never reconciled: {e}: {}", p.stderr()));
-    (p, socket)
-}
-
-fn try_vipctl(host: &Host, socket: &Path, args: &[&str]) -> Option<Value> {
-    let mut argv: Vec<OsString> = vec![vipctl_bin().into()];
-    argv.extend(args.iter().map(OsString::from));
-    argv.push("--api-socket".into());
-    argv.push(socket.into());
-    let out = host.exec(&argv);
-    if !out.status.success() {
-        return None;
-    }
-    serde_json::from_slice(&out.stdout).ok()
-}
-
-fn vipctl_json(host: &Host, socket: &Path, args: &[&str]) -> Value {
-    try_vipctl(host, socket, args)
-        .unwrap_or_else(|| panic!("vipctl {} gave no JSON", args.join(" ")))
+/// vipd in single-node mode on `host`, leading `vips`, with debug logs.
+fn start_vipd(lab: &Lab, host: &Host, vips: &str, extra: &[&str]) -> Vipd {
+    Vipd::start_env(lab, host, vips, extra, &[("RUST_LOG", "info,vipd=debug")])
 }
 
 /// The `arp stats` row of `vip`.
-fn stats_row(host: &Host, socket: &Path, vip: &str) -> Value {
-    let s = vipctl_json(host, socket, &["arp", "stats", "--json"]);
+fn stats_row(vipd: &Vipd, vip: &str) -> Value {
+    let s = vipd.arp_stats();
     s["vips"]
         .as_array()
         .into_iter()
@@ -709,7 +669,7 @@ fn one_node_holds_announces_answers_and_repairs_a_v6_vip() {
     let monitor = AddrMonitor::start(&n1);
     let capture = client.capture_ndp("eth0");
     let started = Instant::now();
-    let (vipd, socket) = start_vipd(
+    let vipd = start_vipd(
         &lab,
         &n1,
         &format!("{V4_VIP},{V6_VIP}"),
@@ -733,7 +693,7 @@ fn one_node_holds_announces_answers_and_repairs_a_v6_vip() {
         (64, true, false),
         "{a:?}"
     );
-    let status = vipctl_json(&n1, &socket, &["status", "--json"]);
+    let status = vipd.status();
     let row = status["vips"]
         .as_array()
         .into_iter()
@@ -779,11 +739,11 @@ fn one_node_holds_announces_answers_and_repairs_a_v6_vip() {
     let neigh = client.neigh(target).expect("a neighbour entry for the VIP");
     assert_eq!(neigh.lladdr.as_deref(), Some(n1_mac.as_str()), "{neigh:?}");
     within(Duration::from_secs(3), || {
-        let r = stats_row(&n1, &socket, V6_VIP);
+        let r = stats_row(&vipd, V6_VIP);
         r["requests"].as_u64() >= Some(1) && r["xdp_replies"].as_u64() >= Some(1)
     })
-    .unwrap_or_else(|e| panic!("{e}: {}", stats_row(&n1, &socket, V6_VIP)));
-    let row = stats_row(&n1, &socket, V6_VIP);
+    .unwrap_or_else(|e| panic!("{e}: {}", stats_row(&vipd, V6_VIP)));
+    let row = stats_row(&vipd, V6_VIP);
     println!("ipv6 node: arp stats row {row}");
     assert_eq!(row["held"], true);
     assert_eq!(row["interface"], "eth0");
@@ -822,11 +782,11 @@ fn one_node_holds_announces_answers_and_repairs_a_v6_vip() {
     let claimed = Instant::now();
     forge_na(&client, target, 5);
     within(Duration::from_secs(3), || {
-        stats_row(&n1, &socket, V6_VIP)["foreign_claims"].as_u64() >= Some(5)
+        stats_row(&vipd, V6_VIP)["foreign_claims"].as_u64() >= Some(5)
     })
-    .unwrap_or_else(|e| panic!("{e}: {}", stats_row(&n1, &socket, V6_VIP)));
+    .unwrap_or_else(|e| panic!("{e}: {}", stats_row(&vipd, V6_VIP)));
     assert_eq!(
-        stats_row(&n1, &socket, V6_VIP)["last_foreign_mac"],
+        stats_row(&vipd, V6_VIP)["last_foreign_mac"],
         client_mac.as_str()
     );
     std::thread::sleep(Duration::from_millis(1800));
@@ -853,8 +813,12 @@ fn one_node_holds_announces_answers_and_repairs_a_v6_vip() {
         .filter(|e| e.addr.addr == target && e.new && e.addr.tentative())
         .collect();
     assert!(tentative.is_empty(), "tentative events: {tentative:?}");
-    let status = vipd.terminate(Duration::from_secs(5));
-    assert!(status.success(), "vipd exit {status}: {}", vipd.stderr());
+    let status = vipd.process.terminate(Duration::from_secs(5));
+    assert!(
+        status.success(),
+        "vipd exit {status}: {}",
+        vipd.process.stderr()
+    );
     assert!(
         !n1.ipv6_addrs("eth0").iter().any(|a| a.addr == target),
         "the VIP is removed on shutdown"
@@ -898,7 +862,7 @@ fn xdp_answers_carry_the_router_flag_while_the_interface_forwards() {
     let target: Ipv6Addr = V6_VIP.parse().unwrap();
     let n1_mac = n1.mac("eth0");
     let capture = client.capture_ndp("eth0");
-    let (vipd, socket) = start_vipd(&lab, &n1, V6_VIP, &["--reconcile-interval", "300ms"]);
+    let vipd = start_vipd(&lab, &n1, V6_VIP, &["--reconcile-interval", "300ms"]);
     within(Duration::from_secs(5), || {
         n1.ipv6_addrs("eth0").iter().any(|a| a.addr == target)
     })
@@ -918,12 +882,12 @@ fn xdp_answers_carry_the_router_flag_while_the_interface_forwards() {
             .collect()
     };
     let passes = || {
-        vipctl_json(&n1, &socket, &["status", "--json"])["last_reconcile"]["passes"]
+        vipd.status()["last_reconcile"]["passes"]
             .as_u64()
             .unwrap_or(0)
     };
     let replies = || {
-        stats_row(&n1, &socket, V6_VIP)["xdp_replies"]
+        stats_row(&vipd, V6_VIP)["xdp_replies"]
             .as_u64()
             .unwrap_or(0)
     };
@@ -934,7 +898,7 @@ fn xdp_answers_carry_the_router_flag_while_the_interface_forwards() {
         // Two passes later, one has begun after the change.
         let since = passes();
         within(Duration::from_secs(5), || passes() >= since + 2)
-            .unwrap_or_else(|e| panic!("no reconcile passes: {e}: {}", vipd.stderr()));
+            .unwrap_or_else(|e| panic!("no reconcile passes: {e}: {}", vipd.process.stderr()));
         let (seen, replies_before) = (answers().len(), replies());
         client.ip(&["-6", "neigh", "flush", "dev", "eth0"]);
         assert!(
@@ -958,7 +922,7 @@ fn xdp_answers_carry_the_router_flag_while_the_interface_forwards() {
         .unwrap_or_else(|e| {
             panic!(
                 "forwarding {forwarding}: {count} answers, not all the program's: {e}: {}",
-                stats_row(&n1, &socket, V6_VIP)
+                stats_row(&vipd, V6_VIP)
             )
         });
         let neigh = client.ip(&["-6", "neigh", "show", "to", V6_VIP, "dev", "eth0"]);
@@ -969,8 +933,12 @@ fn xdp_answers_carry_the_router_flag_while_the_interface_forwards() {
         );
         println!("ipv6 router flag: forwarding {forwarding}: {count} answer(s), entry {neigh:?}");
     }
-    let status = vipd.terminate(Duration::from_secs(5));
-    assert!(status.success(), "vipd exit {status}: {}", vipd.stderr());
+    let status = vipd.process.terminate(Duration::from_secs(5));
+    assert!(
+        status.success(),
+        "vipd exit {status}: {}",
+        vipd.process.stderr()
+    );
 }
 
 /// An address of ours that failed DAD (left by a vipd that added it with
@@ -1004,7 +972,7 @@ fn a_dad_failed_vip_is_replaced_and_reported() {
         add_marked_with_dad(ifindex, residue, 64);
     });
 
-    let (vipd, socket) = start_vipd(&lab, &n1, V6_VIP, &[]);
+    let vipd = start_vipd(&lab, &n1, V6_VIP, &[]);
     assert!(
         !n1.ipv6_addrs("eth0").iter().any(|a| a.addr == residue),
         "residue removed by the first pass: {:?}",
@@ -1023,10 +991,12 @@ fn a_dad_failed_vip_is_replaced_and_reported() {
         .count();
     assert_eq!(copies, 1);
     let logged = within(Duration::from_secs(3), || {
-        vipd.stderr().contains("failed duplicate address detection")
+        vipd.process
+            .stderr()
+            .contains("failed duplicate address detection")
     });
-    assert!(logged.is_ok(), "not reported: {}", vipd.stderr());
-    let s = vipctl_json(&n1, &socket, &["status", "--json"]);
+    assert!(logged.is_ok(), "not reported: {}", vipd.process.stderr());
+    let s = vipd.status();
     let row = s["vips"]
         .as_array()
         .into_iter()

@@ -21,7 +21,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use vipd_tests::lab::{Host, HostIf, Lab, LabProcess, fmt_mac, vipctl_bin, vipd_bin, wait_until};
+use vipd_tests::lab::{Host, HostIf, Lab, fmt_mac, vipctl_bin, vipd_bin, wait_until};
+use vipd_tests::vipd::Vipd;
 
 const VIP_A: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
 const VIP_B: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 101);
@@ -509,116 +510,6 @@ fn br0(addr: &str) -> HostIf<'_> {
     HostIf { bridge: 0, addr }
 }
 
-/// A vipd in a lab host, single-node, with its control socket in `dir`.
-struct Vipd {
-    process: LabProcess,
-    socket: PathBuf,
-    host: Host,
-}
-
-impl Vipd {
-    /// `prefix` goes before the vipd binary (setpriv); `extra` after the
-    /// usual flags. XDP runs in generic mode (veth, docs/DESIGN.md facts).
-    fn spawn(
-        host: &Host,
-        dir: &Path,
-        prefix: &[OsString],
-        vips: &str,
-        extra: &[&str],
-        env: &[(&str, &str)],
-    ) -> Vipd {
-        let socket = dir.join("vipd.sock");
-        let mut argv: Vec<OsString> = prefix.to_vec();
-        argv.extend([
-            vipd_bin().into(),
-            "--config".into(),
-            "/dev/null".into(),
-            "--static-vips".into(),
-            vips.into(),
-            "--api-socket".into(),
-            socket.clone().into(),
-            "--xdp-mode".into(),
-            "generic".into(),
-        ]);
-        argv.extend(extra.iter().map(OsString::from));
-        let mut envs = vec![("NO_COLOR", "1"), ("RUST_LOG", "info")];
-        envs.extend_from_slice(env);
-        let process = host.spawn_env(argv, &envs);
-        Vipd {
-            process,
-            socket,
-            host: host.clone(),
-        }
-    }
-
-    fn try_vipctl(&self, args: &[&str]) -> Option<Value> {
-        let out = self.host.exec(&self.vipctl_argv(args));
-        if !out.status.success() {
-            return None;
-        }
-        serde_json::from_slice(&out.stdout).ok()
-    }
-
-    fn vipctl_argv(&self, args: &[&str]) -> Vec<OsString> {
-        let mut argv: Vec<OsString> = vec![vipctl_bin().into()];
-        argv.extend(args.iter().map(OsString::from));
-        argv.push("--api-socket".into());
-        argv.push(self.socket.clone().into());
-        argv
-    }
-
-    fn vipctl(&self, args: &[&str]) -> Value {
-        let out = self.host.exec(&self.vipctl_argv(args));
-        assert!(
-            out.status.success(),
-            "vipctl {} failed ({}): {}{}\nvipd stderr:\n{}",
-            args.join(" "),
-            out.status,
-            text(&out.stderr),
-            text(&out.stdout),
-            self.process.stderr()
-        );
-        serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("vipctl {} printed no JSON: {e}", args.join(" ")))
-    }
-
-    /// Waits until `vipctl status` shows every one of `vips` held.
-    fn wait_held(&self, vips: &[Ipv4Addr]) -> Value {
-        let mut last = Value::Null;
-        let held = wait_until(Duration::from_secs(15), POLL, || {
-            if !self.process.is_running() {
-                return true;
-            }
-            let Some(s) = self.try_vipctl(&["status", "--json"]) else {
-                return false;
-            };
-            let ok =
-                vips.iter().all(|vip| {
-                    s["vips"].as_array().into_iter().flatten().any(|v| {
-                        v["vip"].as_str() == Some(&vip.to_string()) && v["state"] == "held"
-                    })
-                });
-            last = s;
-            ok
-        });
-        assert!(
-            self.process.is_running(),
-            "vipd in {} exited at start ({:?}); stderr:\n{}",
-            self.host.name(),
-            self.process.try_status(),
-            self.process.stderr()
-        );
-        held.unwrap_or_else(|e| {
-            panic!(
-                "vipd in {} never held {vips:?}: {e}; last status {last:#}; stderr:\n{}",
-                self.host.name(),
-                self.process.stderr()
-            )
-        });
-        last
-    }
-}
-
 /// The VIPs among `host`'s addresses on `ifname`.
 fn addrs_on(host: &Host, ifname: &str) -> Vec<Ipv4Addr> {
     host.ipv4_addrs(ifname)
@@ -676,7 +567,7 @@ fn unit_capabilities_are_enough_as_nobody() {
     let dir = nobody_dir(&lab, "run-nobody");
     let vipd = Vipd::spawn(
         &n1,
-        &dir,
+        dir.join("vipd.sock"),
         &setpriv_argv(&caps),
         &format!("{VIP_A},{VIP_PRIMARY}"),
         &[],
@@ -782,7 +673,7 @@ fn without_cap_bpf_vipd_stops_at_start_saying_why() {
     let dir = nobody_dir(&lab, "run-nobody");
     let vipd = Vipd::spawn(
         &n1,
-        &dir,
+        dir.join("vipd.sock"),
         &setpriv_argv(&caps),
         &VIP_A.to_string(),
         &[],
@@ -852,7 +743,7 @@ fn metrics_agree_with_vipctl() {
     let listen: SocketAddr = "127.0.0.1:9472".parse().unwrap();
     let vipd = Vipd::spawn(
         &n1,
-        lab.dir(),
+        lab.dir().join("vipd.sock"),
         &[],
         &format!("{VIP_A},{VIP_B}"),
         &["--metrics-listen", &listen.to_string()],
@@ -972,7 +863,7 @@ fn metrics_connections_are_capped_timed_out_and_ended_at_shutdown() {
     let listen: SocketAddr = "127.0.0.1:9473".parse().unwrap();
     let vipd = Vipd::spawn(
         &n1,
-        lab.dir(),
+        lab.dir().join("vipd.sock"),
         &[],
         &VIP_A.to_string(),
         &["--metrics-listen", &listen.to_string()],
@@ -1050,7 +941,7 @@ fn a_metrics_port_in_use_stops_vipd_before_it_configures_a_vip() {
     let taken = n1.in_netns(|| std::net::TcpListener::bind(listen).expect("taking the port"));
     let vipd = Vipd::spawn(
         &n1,
-        lab.dir(),
+        lab.dir().join("vipd.sock"),
         &[],
         &VIP_A.to_string(),
         &["--metrics-listen", &listen.to_string()],
@@ -1179,7 +1070,7 @@ fn json_logs_parse_and_name_the_vip() {
     let n1 = lab.add_host("n1", &[br0("192.0.2.11/24")]);
     let vipd = Vipd::spawn(
         &n1,
-        lab.dir(),
+        lab.dir().join("vipd.sock"),
         &[],
         &VIP_A.to_string(),
         &["--log-format", "json"],
@@ -1362,7 +1253,7 @@ fn sd_notify_ready_after_the_vip_is_configured() {
     ready_rx.recv().expect("observer ready");
     let vipd = Vipd::spawn(
         &n1,
-        lab.dir(),
+        lab.dir().join("vipd.sock"),
         &[],
         &VIP_A.to_string(),
         &[],
