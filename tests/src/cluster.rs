@@ -1084,6 +1084,44 @@ pub fn assert_no_overlap(
     t
 }
 
+/// For each VIP: when `old` removed it and `new` added it (ms after
+/// `since`, from the nodes' netlink events), printing the gap and asserting
+/// the removal came first.
+pub fn handover_times(
+    c: &Cluster,
+    mons: &[AddrMonitor],
+    vips: &BTreeSet<Ipv4Addr>,
+    old: usize,
+    new: usize,
+    since: Instant,
+    what: &str,
+) -> Vec<(f64, f64)> {
+    let mut out = Vec::new();
+    for &vip in vips {
+        let del = mons[old]
+            .first(false, vip, since)
+            .unwrap_or_else(|| panic!("{what}: no RTM_DELADDR of {vip} on {}", c.nodes[old].id));
+        let add = mons[new]
+            .first(true, vip, since)
+            .unwrap_or_else(|| panic!("{what}: no RTM_NEWADDR of {vip} on {}", c.nodes[new].id));
+        eprintln!(
+            "[{what}] {vip}: {} removed it at +{:.1} ms, {} added it at +{:.1} ms (gap {:.1} ms)",
+            c.nodes[old].id,
+            ms(del - since),
+            c.nodes[new].id,
+            ms(add - since),
+            gap_ms(del, add)
+        );
+        assert!(
+            del < add,
+            "{what} {vip}: added {:.1} ms before it was removed",
+            -gap_ms(del, add)
+        );
+        out.push((ms(del - since), ms(add - since)));
+    }
+    out
+}
+
 pub fn monitors(c: &Cluster) -> Vec<AddrMonitor> {
     c.nodes
         .iter()

@@ -11,8 +11,7 @@ use std::{
 };
 
 use vipd_tests::cluster::{
-    AddrMonitor, Cluster, ZkKind, assert_no_overlap, gap_ms, leader_of, monitors, ms, vip_set,
-    within,
+    Cluster, ZkKind, assert_no_overlap, handover_times, leader_of, monitors, ms, vip_set, within,
 };
 
 const WEB: [&str; 2] = ["192.0.2.100", "192.0.2.101"];
@@ -34,43 +33,6 @@ fn lease_cluster(hint: &str, t: Duration) -> (Cluster, BTreeSet<Ipv4Addr>, usize
     let vips = vip_set(&WEB);
     let leader = c.first_leader(hint, &vips);
     (c, vips, leader)
-}
-
-/// For each VIP: when `old` lost it and `new` got it, after `since`
-/// (ms), asserting the order.
-fn handover_times(
-    c: &Cluster,
-    mons: &[AddrMonitor],
-    vips: &BTreeSet<Ipv4Addr>,
-    old: usize,
-    new: usize,
-    since: Instant,
-    what: &str,
-) -> Vec<(f64, f64)> {
-    let mut out = Vec::new();
-    for &vip in vips {
-        let del = mons[old]
-            .first(false, vip, since)
-            .unwrap_or_else(|| panic!("{what}: no RTM_DELADDR of {vip} on {}", c.nodes[old].id));
-        let add = mons[new]
-            .first(true, vip, since)
-            .unwrap_or_else(|| panic!("{what}: no RTM_NEWADDR of {vip} on {}", c.nodes[new].id));
-        eprintln!(
-            "[{what}] {vip}: {} lost it at +{:.0} ms, {} added it at +{:.0} ms (gap {:.1} ms)",
-            c.nodes[old].id,
-            ms(del - since),
-            c.nodes[new].id,
-            ms(add - since),
-            gap_ms(del, add)
-        );
-        assert!(
-            del < add,
-            "{what} {vip}: added {:.1} ms before it was removed",
-            -gap_ms(del, add)
-        );
-        out.push((ms(del - since), ms(add - since)));
-    }
-    out
 }
 
 /// R15 at T = 1 s: the leader's ZooKeeper link is cut, first silently

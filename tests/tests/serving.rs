@@ -11,8 +11,8 @@ use std::{
 };
 
 use vipd_tests::cluster::{
-    AddrMonitor, Cluster, ZkKind, assert_no_overlap, gap_ms, leader_of, monitors, ms, vip_set,
-    within,
+    AddrMonitor, Cluster, ZkKind, assert_no_overlap, handover_times, leader_of, monitors, ms,
+    vip_set, within,
 };
 
 const WEB: [&str; 2] = ["192.0.2.100", "192.0.2.101"];
@@ -36,9 +36,8 @@ fn cluster(hint: &str, n: usize, extra: &[&str]) -> (Cluster, BTreeSet<Ipv4Addr>
     (c, vips, leader)
 }
 
-/// For each VIP: when `old` removed it and `new` added it, after `since`;
-/// prints the gap between the two (netlink events of both nodes) and
-/// returns the latest add (ms after `since`).
+/// The handover of every VIP from `old` to `new` (removal first); the
+/// latest add (ms after `since`).
 fn handover(
     c: &Cluster,
     mons: &[AddrMonitor],
@@ -48,30 +47,9 @@ fn handover(
     since: Instant,
     what: &str,
 ) -> f64 {
-    let mut last_add = 0.0f64;
-    for &vip in vips {
-        let del = mons[old]
-            .first(false, vip, since)
-            .unwrap_or_else(|| panic!("{what}: no RTM_DELADDR of {vip} on {}", c.nodes[old].id));
-        let add = mons[new]
-            .first(true, vip, since)
-            .unwrap_or_else(|| panic!("{what}: no RTM_NEWADDR of {vip} on {}", c.nodes[new].id));
-        eprintln!(
-            "[{what}] {vip}: {} removed it at +{:.1} ms, {} added it at +{:.1} ms (gap {:.1} ms)",
-            c.nodes[old].id,
-            ms(del - since),
-            c.nodes[new].id,
-            ms(add - since),
-            gap_ms(del, add)
-        );
-        assert!(
-            del < add,
-            "{what} {vip}: added {:.1} ms before it was removed",
-            -gap_ms(del, add)
-        );
-        last_add = last_add.max(ms(add - since));
-    }
-    last_add
+    handover_times(c, mons, vips, old, new, since, what)
+        .into_iter()
+        .fold(0.0, |last, (_, add)| f64::max(last, add))
 }
 
 /// The client reaches a VIP's service on node `want` within `timeout`.
