@@ -272,9 +272,7 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Status => loop {
             match api::request(&socket.api_socket, Request::Status).await {
                 Ok(v) => {
-                    if output.watch && !json {
-                        print!("\x1b[2J\x1b[H");
-                    }
+                    output.new_screen();
                     if json && output.watch {
                         println!("{}", serde_json::to_string(&v).unwrap_or_default());
                     } else if json {
@@ -292,12 +290,9 @@ async fn run(cli: Cli) -> ExitCode {
             tokio::time::sleep(Duration::from_secs(1)).await;
         },
         Command::Node { command } => {
-            let auth = match &zk.zk_auth_file {
-                Some(p) => match ZkAuth::from_file(p) {
-                    Ok(a) => Some(a),
-                    Err(e) => return fail(&e.to_string()),
-                },
-                None => None,
+            let auth = match zk.auth() {
+                Ok(a) => a,
+                Err(e) => return fail(&e),
             };
             let command = match command {
                 NodeCommand::List { .. } => NodeCommand::List { json },
@@ -315,9 +310,7 @@ async fn run(cli: Cli) -> ExitCode {
                 .await
                 {
                     Ok(out) => {
-                        if output.watch && !json {
-                            print!("\x1b[2J\x1b[H");
-                        }
+                        output.new_screen();
                         print!("{out}");
                         let _ = std::io::stdout().flush();
                     }
@@ -333,12 +326,9 @@ async fn run(cli: Cli) -> ExitCode {
             }
         }
         Command::Handover => {
-            let auth = match &zk.zk_auth_file {
-                Some(p) => match ZkAuth::from_file(p) {
-                    Ok(a) => Some(a),
-                    Err(e) => return fail(&e.to_string()),
-                },
-                None => None,
+            let auth = match zk.auth() {
+                Ok(a) => a,
+                Err(e) => return fail(&e),
             };
             let hosts = zk.hosts.unwrap_or_default();
             match run_handover_within(
@@ -370,9 +360,7 @@ async fn run(cli: Cli) -> ExitCode {
                         Ok(s) => s,
                         Err(e) => return fail(&format!("unreadable answer from vipd: {e}")),
                     };
-                    if output.watch && !json {
-                        print!("\x1b[2J\x1b[H");
-                    }
+                    output.new_screen();
                     if json {
                         println!("{}", serde_json::to_string(&stats).unwrap_or_default());
                     } else {
@@ -388,12 +376,9 @@ async fn run(cli: Cli) -> ExitCode {
             tokio::time::sleep(Duration::from_secs(1)).await;
         },
         Command::Vip { command } => {
-            let auth = match &zk.zk_auth_file {
-                Some(p) => match ZkAuth::from_file(p) {
-                    Ok(a) => Some(a),
-                    Err(e) => return fail(&e.to_string()),
-                },
-                None => None,
+            let auth = match zk.auth() {
+                Ok(a) => a,
+                Err(e) => return fail(&e),
             };
             let command = match command {
                 VipCommand::List { .. } => VipCommand::List { json },
@@ -434,6 +419,26 @@ async fn run(cli: Cli) -> ExitCode {
                 }
                 Err(e) => fail(&e.to_string()),
             }
+        }
+    }
+}
+
+impl ZkArg {
+    /// The digest credentials of `--zk-auth-file`, if given.
+    fn auth(&self) -> Result<Option<ZkAuth>, String> {
+        self.zk_auth_file
+            .as_deref()
+            .map(ZkAuth::from_file)
+            .transpose()
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl OutputArg {
+    /// Under `--watch` (tables only) each refresh starts on a clear screen.
+    fn new_screen(&self) {
+        if self.watch && !self.json {
+            print!("\x1b[2J\x1b[H");
         }
     }
 }
