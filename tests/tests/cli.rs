@@ -415,3 +415,56 @@ fn vipd_check_config_takes_its_file_before_or_after_the_subcommand() {
     }
     assert!(Path::new(f).exists());
 }
+
+/// `--zk-auth-file` as an operator uses it: vipctl writes with the
+/// credential (the znode then refuses writes without it, and still reads
+/// for anyone), and a missing or malformed file is refused naming the file,
+/// with nothing written.
+#[test]
+fn vipctl_zk_auth_file_writes_with_the_credential_and_refuses_a_bad_file() {
+    let (lab, zk_host, admin) = lab("cli-vipctl-auth");
+    let zk = ZkServer::start_standalone(ZK_IP, Some(zk_host.netns()));
+    let good = lab.dir().join("zk-auth");
+    std::fs::write(&good, "ops:s3cret\n").expect("writing the auth file");
+    let bad = lab.dir().join("zk-auth-bad");
+    std::fs::write(&bad, "no colon here\n").expect("writing the bad auth file");
+    let missing = lab.dir().join("zk-auth-missing");
+    let (good, bad, missing) = (
+        good.display().to_string(),
+        bad.display().to_string(),
+        missing.display().to_string(),
+    );
+    let set = |auth: Option<&str>, vip: &str| {
+        let mut args = vec!["vip", "set", "--zk", ZK, "--cluster", "auth"];
+        if let Some(f) = auth {
+            args.extend(["--zk-auth-file", f]);
+        }
+        args.extend(["web", vip]);
+        vipctl(&admin, &args)
+    };
+    assert_eq!(
+        ok(
+            &set(Some(&good), "192.0.2.100"),
+            "vip set with the credential"
+        ),
+        "web: 192.0.2.100\n"
+    );
+    // Without it: refused by ZooKeeper (the znode's ACL), exit 1.
+    let anon = set(None, "192.0.2.101");
+    assert_eq!(anon.status.code(), Some(1), "{}", text(&anon.stderr));
+    for (file, what) in [(&missing, "missing"), (&bad, "malformed")] {
+        let out = set(Some(file), "192.0.2.102");
+        assert!(!out.status.success(), "a {what} auth file was accepted");
+        let err = text(&out.stderr);
+        assert!(
+            err.contains(file.as_str()),
+            "the error for a {what} auth file does not name it: {err}"
+        );
+    }
+    // Nothing but the first write landed; anyone may read it.
+    assert_eq!(
+        services(&admin, "auth"),
+        serde_json::json!({"web": ["192.0.2.100"]})
+    );
+    drop(zk);
+}
