@@ -614,7 +614,33 @@ pub struct AddrEvent {
     pub addr: NlAddr,
 }
 
+/// One neighbour table entry as netlink reports it (RTM_NEWNEIGH /
+/// RTM_DELNEIGH), either family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NlNeigh {
+    pub ifindex: u32,
+    pub ip: IpAddr,
+    /// NDA_LLADDR; absent in states without one (INCOMPLETE, FAILED).
+    pub mac: Option<[u8; 6]>,
+    /// NUD_* (0x02 REACHABLE, 0x04 STALE, ...).
+    pub state: u16,
+}
+
+/// One neighbour event, stamped on receipt like [`AddrEvent`].
+#[derive(Clone, Copy, Debug)]
+pub struct NeighEvent {
+    pub at: Instant,
+    /// RTM_NEWNEIGH (an entry added or changed) rather than RTM_DELNEIGH.
+    pub new: bool,
+    pub neigh: NlNeigh,
+}
+
 const RTM_NEWADDR: u16 = 20;
+const RTM_NEWNEIGH: u16 = 28;
+const RTM_DELNEIGH: u16 = 29;
+const NDA_DST: u16 = 1;
+const NDA_LLADDR: u16 = 2;
+const RTMGRP_NEIGH: u32 = 0x4;
 const RTM_DELADDR: u16 = 21;
 const RTM_GETADDR: u16 = 22;
 const NLMSG_DONE: u16 = 3;
@@ -800,6 +826,48 @@ fn parse_ifaddr_any(payload: &[u8]) -> Option<AnyAddr> {
     })
 }
 
+/// An ndmsg (struct ndmsg: family, 3 pad bytes, ifindex, state, flags,
+/// type) with its attributes, either family.
+fn parse_ndmsg(payload: &[u8]) -> Option<NlNeigh> {
+    if payload.len() < 12 {
+        return None;
+    }
+    let size = match i32::from(payload[0]) {
+        libc::AF_INET => 4,
+        libc::AF_INET6 => 16,
+        _ => return None,
+    };
+    let ifindex = u32::from_ne_bytes(payload[4..8].try_into().ok()?);
+    let state = u16::from_ne_bytes(payload[8..10].try_into().ok()?);
+    let (mut ip, mut mac) = (None, None);
+    let mut off = 12;
+    while off + 4 <= payload.len() {
+        let len = u16::from_ne_bytes(payload[off..off + 2].try_into().ok()?) as usize;
+        let kind = u16::from_ne_bytes(payload[off + 2..off + 4].try_into().ok()?) & 0x3fff;
+        if len < 4 || off + len > payload.len() {
+            break;
+        }
+        let data = &payload[off + 4..off + len];
+        match kind {
+            NDA_DST if data.len() == size => {
+                ip = Some(match size {
+                    4 => IpAddr::from(<[u8; 4]>::try_from(data).ok()?),
+                    _ => IpAddr::from(<[u8; 16]>::try_from(data).ok()?),
+                });
+            }
+            NDA_LLADDR => mac = <[u8; 6]>::try_from(data).ok(),
+            _ => {}
+        }
+        off += (len + 3) & !3;
+    }
+    Some(NlNeigh {
+        ifindex,
+        ip: ip?,
+        mac,
+        state,
+    })
+}
+
 /// Dumps a namespace's IPv4 addresses on demand (RTM_GETADDR).
 pub struct AddrReader {
     fd: Mutex<OwnedFd>,
@@ -872,50 +940,104 @@ impl AddrReader {
 }
 
 /// Records every address event in a namespace until stopped: IPv4 in
-/// [`AddrMonitor::events`], IPv6 in [`AddrMonitor::events6`].
+/// [`AddrMonitor::events`], IPv6 in [`AddrMonitor::events6`]; with
+/// [`MonitorOptions::neighbours`], neighbour events of both families in
+/// [`AddrMonitor::neigh_events`].
 pub struct AddrMonitor {
     events: Arc<Mutex<Vec<AddrEvent>>>,
     events6: Arc<Mutex<Vec<Addr6Event>>>,
+    neigh: Arc<Mutex<Vec<NeighEvent>>>,
     overrun: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
+/// What an [`AddrMonitor`] records besides address events, and how.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MonitorOptions {
+    /// Neighbour events too (RTMGRP_NEIGH), both families.
+    pub neighbours: bool,
+    /// The recording thread at a real-time priority
+    /// ([`crate::lab::realtime_priority`]), so its timestamps stay exact on
+    /// a loaded machine.
+    pub realtime: bool,
+}
+
+/// The events of one netlink datagram received at `at`, sorted by kind.
+#[derive(Debug, Default)]
+struct Batch {
+    addrs: Vec<AddrEvent>,
+    addrs6: Vec<Addr6Event>,
+    neigh: Vec<NeighEvent>,
+}
+
+/// Address events of both families and neighbour events in `buf` (one
+/// datagram from a NETLINK_ROUTE socket), stamped `at`.
+fn parse_events(buf: &[u8], at: Instant) -> Batch {
+    let mut b = Batch::default();
+    for (kind, payload) in messages(buf) {
+        match kind {
+            RTM_NEWADDR | RTM_DELADDR => {
+                let new = kind == RTM_NEWADDR;
+                if let Some(addr) = parse_ifaddr(payload) {
+                    b.addrs.push(AddrEvent { at, new, addr });
+                } else if let Some(addr) = parse_ifaddr6(payload) {
+                    b.addrs6.push(Addr6Event { at, new, addr });
+                }
+            }
+            RTM_NEWNEIGH | RTM_DELNEIGH => {
+                if let Some(neigh) = parse_ndmsg(payload) {
+                    b.neigh.push(NeighEvent {
+                        at,
+                        new: kind == RTM_NEWNEIGH,
+                        neigh,
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+    b
+}
+
 impl AddrMonitor {
     /// Subscribes (before returning) and starts recording.
     pub fn start(ns: &Netns) -> AddrMonitor {
-        let fd = route_socket(ns, RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR);
+        AddrMonitor::start_with(ns, MonitorOptions::default())
+    }
+
+    /// [`AddrMonitor::start`] with options.
+    pub fn start_with(ns: &Netns, opts: MonitorOptions) -> AddrMonitor {
+        let mut groups = RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR;
+        if opts.neighbours {
+            groups |= RTMGRP_NEIGH;
+        }
+        let fd = route_socket(ns, groups);
         let events = Arc::new(Mutex::new(Vec::new()));
         let events6 = Arc::new(Mutex::new(Vec::new()));
+        let neigh = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let overrun = Arc::new(AtomicBool::new(false));
         let thread = {
-            let (events, events6, stop, overrun) = (
+            let (events, events6, neigh, stop, overrun) = (
                 events.clone(),
                 events6.clone(),
+                neigh.clone(),
                 stop.clone(),
                 overrun.clone(),
             );
             std::thread::spawn(move || {
+                if opts.realtime {
+                    crate::lab::realtime_priority();
+                }
                 let mut buf = vec![0u8; 1 << 16];
                 while !stop.load(Ordering::Relaxed) {
                     match recv(&fd, &mut buf) {
                         Ok(n) => {
-                            let at = Instant::now();
-                            let mut ev = events.lock().unwrap();
-                            let mut ev6 = events6.lock().unwrap();
-                            for (kind, payload) in messages(&buf[..n]) {
-                                let new = match kind {
-                                    RTM_NEWADDR => true,
-                                    RTM_DELADDR => false,
-                                    _ => continue,
-                                };
-                                if let Some(addr) = parse_ifaddr(payload) {
-                                    ev.push(AddrEvent { at, new, addr });
-                                } else if let Some(addr) = parse_ifaddr6(payload) {
-                                    ev6.push(Addr6Event { at, new, addr });
-                                }
-                            }
+                            let b = parse_events(&buf[..n], Instant::now());
+                            events.lock().unwrap().extend(b.addrs);
+                            events6.lock().unwrap().extend(b.addrs6);
+                            neigh.lock().unwrap().extend(b.neigh);
                         }
                         Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
                             overrun.store(true, Ordering::Relaxed);
@@ -928,6 +1050,7 @@ impl AddrMonitor {
         AddrMonitor {
             events,
             events6,
+            neigh,
             overrun,
             stop,
             thread: Some(thread),
@@ -957,6 +1080,52 @@ impl AddrMonitor {
         self.events()
             .iter()
             .find(|e| e.new == new && e.addr.addr == addr && e.at >= since)
+            .map(|e| e.at)
+    }
+
+    /// The neighbour events so far (none unless started with
+    /// [`MonitorOptions::neighbours`]). Panics if the socket overran.
+    pub fn neigh_events(&self) -> Vec<NeighEvent> {
+        assert!(
+            !self.overrun.load(Ordering::Relaxed),
+            "address monitor overran: events lost"
+        );
+        self.neigh.lock().unwrap().clone()
+    }
+
+    /// Every address event for `ip` (either family), in order: (instant,
+    /// added).
+    pub fn changes_of(&self, ip: IpAddr) -> Vec<(Instant, bool)> {
+        match ip {
+            IpAddr::V4(ip) => self
+                .events()
+                .iter()
+                .filter(|e| e.addr.addr == ip)
+                .map(|e| (e.at, e.new))
+                .collect(),
+            IpAddr::V6(ip) => self
+                .events6()
+                .iter()
+                .filter(|e| e.addr.addr == ip)
+                .map(|e| (e.at, e.new))
+                .collect(),
+        }
+    }
+
+    /// [`AddrMonitor::first`] for an address of either family.
+    pub fn first_of(&self, new: bool, ip: IpAddr, since: Instant) -> Option<Instant> {
+        self.changes_of(ip)
+            .into_iter()
+            .find(|&(at, n)| n == new && at >= since)
+            .map(|(at, _)| at)
+    }
+
+    /// When the neighbour entry for `ip` first named `mac` at or after
+    /// `since` (an RTM_NEWNEIGH with that link-layer address).
+    pub fn neigh_to(&self, ip: IpAddr, mac: [u8; 6], since: Instant) -> Option<Instant> {
+        self.neigh_events()
+            .iter()
+            .find(|e| e.new && e.neigh.ip == ip && e.neigh.mac == Some(mac) && e.at >= since)
             .map(|e| e.at)
     }
 }
@@ -1166,4 +1335,118 @@ pub fn first_served(
 /// Runs `f` until it returns true or `timeout`; the elapsed time or an error.
 pub fn within(timeout: Duration, f: impl FnMut() -> bool) -> Result<Duration, String> {
     wait_until(timeout, Duration::from_millis(10), f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A netlink message of `kind`: header, fixed part, attributes.
+    fn msg(buf: &mut Vec<u8>, kind: u16, fixed: &[u8], attrs: &[(u16, &[u8])]) {
+        let mut body = fixed.to_vec();
+        for (k, v) in attrs {
+            body.extend(((4 + v.len()) as u16).to_ne_bytes());
+            body.extend(k.to_ne_bytes());
+            body.extend(*v);
+            while !body.len().is_multiple_of(4) {
+                body.push(0);
+            }
+        }
+        buf.extend(((16 + body.len()) as u32).to_ne_bytes());
+        buf.extend(kind.to_ne_bytes());
+        buf.extend([0u8; 10]);
+        buf.extend(body);
+    }
+
+    /// An ndmsg's fixed part: family, pads, ifindex 3, state, flags, type.
+    fn ndmsg(family: i32, state: u16) -> Vec<u8> {
+        let mut f = vec![u8::try_from(family).unwrap(), 0, 0, 0];
+        f.extend(3u32.to_ne_bytes());
+        f.extend(state.to_ne_bytes());
+        f.extend([0, 1]);
+        f
+    }
+
+    #[test]
+    fn address_and_neighbour_events_of_both_families() {
+        let v4 = Ipv4Addr::new(192, 0, 2, 100);
+        let v6: Ipv6Addr = "2001:db8:0:1::100".parse().unwrap();
+        let mac = [2, 0, 0, 0, 0, 9];
+        let mut buf = Vec::new();
+        let inet = u8::try_from(libc::AF_INET).unwrap();
+        let inet6 = u8::try_from(libc::AF_INET6).unwrap();
+        msg(
+            &mut buf,
+            RTM_NEWADDR,
+            &[inet, 24, 0, 0, 3, 0, 0, 0],
+            &[(IFA_ADDRESS, &v4.octets()), (IFA_LOCAL, &v4.octets())],
+        );
+        msg(
+            &mut buf,
+            RTM_DELADDR,
+            &[inet6, 64, 0, 0, 3, 0, 0, 0],
+            &[
+                (IFA_ADDRESS, &v6.octets()),
+                (IFA_FLAGS, &0x282u32.to_ne_bytes()),
+                (IFA_PROTO, &[0x76]),
+            ],
+        );
+        msg(
+            &mut buf,
+            RTM_NEWNEIGH,
+            &ndmsg(libc::AF_INET, 0x02),
+            &[(NDA_DST, &v4.octets()), (NDA_LLADDR, &mac)],
+        );
+        msg(
+            &mut buf,
+            RTM_NEWNEIGH,
+            &ndmsg(libc::AF_INET6, 0x04),
+            &[(NDA_DST, &v6.octets()), (NDA_LLADDR, &mac)],
+        );
+        // An INCOMPLETE entry has no link-layer address.
+        msg(
+            &mut buf,
+            RTM_NEWNEIGH,
+            &ndmsg(libc::AF_INET6, 0x01),
+            &[(NDA_DST, &v6.octets())],
+        );
+        msg(
+            &mut buf,
+            RTM_DELNEIGH,
+            &ndmsg(libc::AF_INET, 0x02),
+            &[(NDA_DST, &v4.octets())],
+        );
+        // A bridge's FDB entry (AF_BRIDGE) and a route: neither is kept.
+        msg(&mut buf, RTM_NEWNEIGH, &ndmsg(libc::AF_BRIDGE, 0x80), &[]);
+        msg(&mut buf, 24, &[inet, 24, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[]);
+        let at = Instant::now();
+        let b = parse_events(&buf, at);
+        assert_eq!(b.addrs.len(), 1);
+        assert!(b.addrs[0].new && b.addrs[0].addr.addr == v4 && b.addrs[0].addr.prefix_len == 24);
+        assert_eq!(b.addrs6.len(), 1);
+        let a6 = b.addrs6[0];
+        assert!(!a6.new && a6.addr.addr == v6 && a6.addr.prefix_len == 64);
+        assert_eq!((a6.addr.flags, a6.addr.proto), (0x282, Some(0x76)));
+        let neigh: Vec<(bool, NlNeigh)> = b.neigh.iter().map(|e| (e.new, e.neigh)).collect();
+        let n = |ip: IpAddr, mac: Option<[u8; 6]>, state: u16| NlNeigh {
+            ifindex: 3,
+            ip,
+            mac,
+            state,
+        };
+        assert_eq!(
+            neigh,
+            [
+                (true, n(v4.into(), Some(mac), 0x02)),
+                (true, n(v6.into(), Some(mac), 0x04)),
+                (true, n(v6.into(), None, 0x01)),
+                (false, n(v4.into(), None, 0x02)),
+            ]
+        );
+        assert!(b.neigh.iter().all(|e| e.at == at));
+        // A truncated datagram yields what is whole and no more.
+        let b = parse_events(&buf[..buf.len() - 3], at);
+        assert_eq!(b.neigh.len(), 4);
+        assert!(parse_events(&buf[..10], at).addrs.is_empty());
+    }
 }

@@ -696,6 +696,12 @@ impl Netns {
             .to_string()
     }
 
+    /// The MAC address of `ifname` as bytes.
+    pub fn mac_bytes(&self, ifname: &str) -> [u8; 6] {
+        let text = self.mac(ifname);
+        parse_mac(&text).unwrap_or_else(|| panic!("MAC {text} of {ifname} in {}", self.ns))
+    }
+
     /// Whether `ifname` has carrier (`LOWER_UP`).
     pub fn has_carrier(&self, ifname: &str) -> bool {
         let json = self.ip_json(&["link", "show", "dev", ifname]);
@@ -864,6 +870,25 @@ impl Netns {
     /// Frames sent by XDP_TX bypass the stack and are never seen as outgoing:
     /// capture them on the receiving side.
     pub fn capture(&self, ifname: &str, proto: u16) -> ArpCapture {
+        self.capture_with(
+            ifname,
+            CaptureOptions {
+                proto,
+                keep: None,
+                realtime: false,
+            },
+        )
+    }
+
+    /// [`Netns::capture`] with options: frames of `opts.proto` that
+    /// `opts.keep` accepts (a long capture keeps only what it needs), the
+    /// thread at a real-time priority if `opts.realtime`.
+    pub fn capture_with(&self, ifname: &str, opts: CaptureOptions) -> ArpCapture {
+        let CaptureOptions {
+            proto,
+            keep,
+            realtime,
+        } = opts;
         let path = self.path();
         let ifname_owned = ifname.to_string();
         let frames = Arc::new(Mutex::new(Vec::new()));
@@ -872,6 +897,9 @@ impl Netns {
         let thread = {
             let (frames, stop) = (frames.clone(), stop.clone());
             std::thread::spawn(move || {
+                if realtime {
+                    realtime_priority();
+                }
                 enter_netns(&path);
                 let socket = match packet_socket(&ifname_owned, libc::ETH_P_ALL as u16) {
                     Ok(s) => {
@@ -903,6 +931,9 @@ impl Netns {
                                 .iter()
                                 .map(|b| unsafe { b.assume_init() })
                                 .collect();
+                            if keep.is_some_and(|keep| !keep(&bytes)) {
+                                continue;
+                            }
                             // SAFETY: an AF_PACKET socket reports a sockaddr_ll, and
                             // SockAddr's storage is a sockaddr_storage, large enough.
                             let ll = unsafe { &*from.as_ptr().cast::<libc::sockaddr_ll>() };
@@ -1342,6 +1373,35 @@ impl Drop for ServerHandle {
     }
 }
 
+/// What [`Netns::capture_with`] records.
+#[derive(Clone, Copy, Debug)]
+pub struct CaptureOptions {
+    /// The ethertype (`libc::ETH_P_ALL` for all).
+    pub proto: u16,
+    /// Only the frames (whole Ethernet frames) this accepts are kept.
+    pub keep: Option<fn(&[u8]) -> bool>,
+    /// Run the capture thread at a real-time priority ([`realtime_priority`]).
+    pub realtime: bool,
+}
+
+/// Observers timestamp what they see when they wake up; on a loaded
+/// machine a normal thread may wake tens of ms late. A real-time priority
+/// (we are root) keeps that to microseconds; observer threads only ever
+/// block. Applies to the calling thread; failure only costs precision.
+pub fn realtime_priority() {
+    let param = libc::sched_param { sched_priority: 20 };
+    // SAFETY: pid 0 is the calling thread; param is valid. The result is
+    // ignored on purpose (see above).
+    unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
+}
+
+/// A gratuitous ARP or an unsolicited Neighbor Advertisement: how a node
+/// announces that an address (a VIP) is now at its MAC.
+pub fn is_announcement(frame: &[u8]) -> bool {
+    ArpFrame::parse(frame).is_some_and(|a| a.is_gratuitous())
+        || NdpFrame::parse(frame).is_some_and(|n| n.is_unsolicited_na())
+}
+
 /// One captured frame.
 #[derive(Clone, Debug)]
 pub struct CapturedFrame {
@@ -1362,6 +1422,23 @@ impl CapturedFrame {
     /// it is one.
     pub fn ndp(&self) -> Option<NdpFrame> {
         NdpFrame::parse(&self.bytes)
+    }
+
+    /// The MAC this frame announces `ip` at, if it is a gratuitous ARP
+    /// (IPv4) or an unsolicited Neighbor Advertisement (IPv6) for `ip`:
+    /// the sender hardware address, or the NA's target link-layer address
+    /// option (its Ethernet source when the option is missing).
+    pub fn announces(&self, ip: IpAddr) -> Option<[u8; 6]> {
+        match ip {
+            IpAddr::V4(ip) => self
+                .arp()
+                .filter(|a| a.is_gratuitous() && a.spa == ip)
+                .map(|a| a.sha),
+            IpAddr::V6(ip) => self
+                .ndp()
+                .filter(|n| n.is_unsolicited_na() && n.target == ip)
+                .map(|n| n.lladdr.unwrap_or(n.eth_src)),
+        }
     }
 }
 
@@ -1566,6 +1643,15 @@ pub fn fmt_mac(mac: [u8; 6]) -> String {
         .join(":")
 }
 
+/// `aa:bb:cc:dd:ee:ff` (as `ip` prints it) as bytes.
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let bytes: Vec<u8> = text
+        .split(':')
+        .map(|b| (b.len() == 2).then(|| u8::from_str_radix(b, 16).ok())?)
+        .collect::<Option<_>>()?;
+    bytes.try_into().ok()
+}
+
 /// A process started in a lab namespace. Dropping the handle leaves it
 /// running; the lab kills it at teardown.
 #[derive(Clone)]
@@ -1707,6 +1793,77 @@ mod tests {
         assert_eq!(fmt_mac(a.sha), "02:00:00:00:00:01");
         assert!(!a.is_gratuitous());
         assert!(ArpFrame::parse(&f[..41]).is_none());
+    }
+
+    #[test]
+    fn macs_parse_as_ip_prints_them() {
+        let m = [2, 0, 0x5e, 0x10, 0x20, 0xff];
+        assert_eq!(parse_mac(&fmt_mac(m)), Some(m));
+        assert_eq!(parse_mac("02:00:5E:10:20:FF"), Some(m));
+        assert_eq!(parse_mac("02:00:5e:10:20"), None);
+        assert_eq!(parse_mac("02:00:5e:10:20:ff:01"), None);
+        assert_eq!(parse_mac("02:00:5e:10:20:f"), None);
+        assert_eq!(parse_mac("02:00:5e:10:20:gg"), None);
+        assert_eq!(parse_mac(""), None);
+    }
+
+    #[test]
+    fn announcements_of_either_family() {
+        let frame = |bytes: Vec<u8>| CapturedFrame {
+            at: Instant::now(),
+            outgoing: false,
+            bytes,
+        };
+        let mac = [2, 0, 0, 0, 0, 1];
+        let arp = |spa: [u8; 4], tpa: [u8; 4]| {
+            let mut f = vec![0xff; 6];
+            f.extend(mac);
+            f.extend([0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 1]);
+            f.extend(mac);
+            f.extend(spa);
+            f.extend([0; 6]);
+            f.extend(tpa);
+            f
+        };
+        let v4: IpAddr = "192.0.2.100".parse().unwrap();
+        let garp = frame(arp([192, 0, 2, 100], [192, 0, 2, 100]));
+        assert_eq!(garp.announces(v4), Some(mac));
+        assert!(is_announcement(&garp.bytes));
+        assert_eq!(garp.announces("192.0.2.101".parse().unwrap()), None);
+        assert_eq!(garp.announces("2001:db8::100".parse().unwrap()), None);
+        let request = frame(arp([192, 0, 2, 50], [192, 0, 2, 100]));
+        assert_eq!(request.announces(v4), None);
+        assert!(!is_announcement(&request.bytes));
+
+        let mut na = unsolicited_na();
+        let v6: IpAddr = "2001:db8::100".parse().unwrap();
+        assert_eq!(
+            frame(na.clone()).announces(v6),
+            Some([2, 0, 0x5e, 0x10, 0x20, 0x30])
+        );
+        assert!(is_announcement(&na));
+        assert_eq!(
+            frame(na.clone()).announces("2001:db8::101".parse().unwrap()),
+            None
+        );
+        assert_eq!(frame(na.clone()).announces(v4), None);
+        // Solicited (an answer to an NS): not an announcement.
+        na[58] |= 0x40;
+        assert_eq!(frame(na.clone()).announces(v6), None);
+        assert!(!is_announcement(&na));
+    }
+
+    #[rustfmt::skip]
+    fn unsolicited_na() -> Vec<u8> {
+        vec![
+            0x33, 0x33, 0, 0, 0, 1, 2, 0, 0x5e, 0x10, 0x20, 0x30, 0x86, 0xdd,
+            0x60, 0, 0, 0, 0, 0x20, 58, 255,
+            0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01, 0x00,
+            0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01,
+            0x88, 0, 0x78, 0xed, 0x20, 0, 0, 0,
+            0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01, 0x00,
+            2, 1, 2, 0, 0x5e, 0x10, 0x20, 0x30,
+        ]
     }
 
     #[test]

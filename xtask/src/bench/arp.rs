@@ -986,15 +986,9 @@ pub(super) fn median(mut v: Vec<f64>) -> f64 {
     percentile(&v, 0.5)
 }
 
+/// The lab toolkit's [`vipd_tests::lab::parse_mac`], as an error.
 pub(super) fn parse_mac(text: &str) -> Result<[u8; 6]> {
-    let bytes = text
-        .split(':')
-        .map(|b| u8::from_str_radix(b, 16))
-        .collect::<Result<Vec<u8>, _>>()
-        .with_context(|| format!("MAC {text}"))?;
-    bytes
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("MAC {text}: not 6 bytes"))
+    vipd_tests::lab::parse_mac(text).with_context(|| format!("MAC {text}: not aa:bb:cc:dd:ee:ff"))
 }
 
 /// Per-case medians: (frames sent/s, replies/s, CPU ns per sent frame,

@@ -188,6 +188,7 @@ pub fn run(runs: usize) -> Result<String> {
         &System::Vipd {
             session_timeout: VIPD.session_timeout,
             lease: None,
+            ipv6: false,
         },
     )?;
     let start = Instant::now();

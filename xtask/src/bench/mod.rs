@@ -281,7 +281,7 @@ fn report(old: &str, done: &[(&'static str, String)], machine: &Machine) -> Stri
          cut,partition,kill,handover`; `serving`: {} per case); `--seconds N` the length of the\n\
          `steady` run (default {}). It builds the release binaries first and\n\
          runs everything in a lab of network namespaces joined by bridges (addresses from\n\
-         192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24 only), which it removes afterwards.\n\n\
+         192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24, 2001:db8::/32 only), which it removes afterwards.\n\n\
          How to read the figures: times are milliseconds unless marked; a cell reads\n\
          `median (min-max)` over the runs; each section says what it measures, from which\n\
          event to which, and how the figure compares with its target. Veths on one\n\

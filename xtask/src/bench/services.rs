@@ -40,7 +40,7 @@ pub const FAULTS: [Fault; 4] = [Fault::Cut, Fault::Partition, Fault::Kill, Fault
 /// `advert_int 0.3`, whose master-down interval (3 x 0.3 s plus skew) is
 /// about the same second.
 pub fn systems() -> [System; 2] {
-    [failover::SYSTEMS[0], failover::SYSTEMS[3]]
+    [failover::SYSTEMS[0], failover::SYSTEMS[4]]
 }
 /// How often the console's client sends its GET.
 const CONSOLE_POLL: Duration = Duration::from_millis(5);
@@ -121,12 +121,24 @@ pub fn run(opts: &Options) -> Result<String> {
     for system in systems() {
         let sp = |m: &str| p(&format!("{}: {m}", system.short()));
         let hint = format!("sv{}", labs.len());
-        let cluster = Cluster::start_with(&hint, system.agent(), system.lease(), &bins, &sp)
-            .with_context(|| format!("starting the lab cluster for {}", system.label()))?;
+        let cluster = Cluster::start_with(
+            &hint,
+            system.agent(),
+            system.lease(),
+            system.vip(),
+            &bins,
+            &sp,
+        )
+        .with_context(|| format!("starting the lab cluster for {}", system.label()))?;
         sp("starting tgtd and the console on every node");
         let hosts: Vec<&Host> = cluster.nodes.iter().map(|n| &n.host).collect();
         let services = Services::start(cluster.lab.dir(), &hosts);
-        let console = Prober::start_http(&cluster.client.path(), CONSOLE_PORT, CONSOLE_POLL)?;
+        let console = Prober::start_http(
+            &cluster.client.path(),
+            cluster.vip,
+            CONSOLE_PORT,
+            CONSOLE_POLL,
+        )?;
         labs.push(ServicesLab {
             system,
             console,

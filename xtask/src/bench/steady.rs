@@ -182,12 +182,20 @@ pub fn run(opts: &Options) -> Result<String> {
     let system = System::Vipd {
         session_timeout: SESSION_TIMEOUT,
         lease: Some(LEASE),
+        ipv6: false,
     };
     let Some(rule) = vipd_lease_check(&bins, &system)? else {
         bail!("this vipd has no --lease (vipd check-config refuses it): the steady run needs it");
     };
-    let cluster = Cluster::start_with("steady", Agent::Vipd(SETTINGS), Some(LEASE), &bins, &p)
-        .context("starting the lab cluster")?;
+    let cluster = Cluster::start_with(
+        "steady",
+        Agent::Vipd(SETTINGS),
+        Some(LEASE),
+        system.vip(),
+        &bins,
+        &p,
+    )
+    .context("starting the lab cluster")?;
     let holder = cluster.wait_settled(Duration::from_secs(30))?;
     let term_of = |i: usize| {
         cluster

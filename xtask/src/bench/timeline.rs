@@ -1,15 +1,16 @@
 //! What the demo and the failover benchmarks share: a lab cluster (three
-//! agent nodes, vipd or keepalived, a ZooKeeper for vipd and a client), the
-//! observers that timestamp a takeover (netlink watchers in every namespace,
-//! the client's TCP probe and ARP capture), one takeover read off them, and
-//! the SVG plot of takeover timelines.
+//! agent nodes, vipd or keepalived, a ZooKeeper for vipd and a client; the
+//! VIP IPv4 or, for vipd, IPv6), the observers that timestamp a takeover
+//! (the lab toolkit's netlink monitors in every namespace and its capture
+//! of the client's announcements, the client's TCP probe), one takeover
+//! read off them, and the SVG plot of takeover timelines.
 
 use std::{
     fmt::Write as _,
     fs::{self, File},
-    io::{ErrorKind, Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream},
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    io::{Read as _, Write as _},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
+    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     process::Command,
     sync::{
@@ -23,12 +24,22 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use vipd_tests::{
-    lab::{ArpFrame, Host, HostIf, Lab, LabProcess, ServerHandle},
+    cluster::{AddrMonitor, MonitorOptions},
+    lab::{
+        ArpCapture, CaptureOptions, Host, HostIf, Lab, LabProcess, ServerHandle, is_announcement,
+        parse_mac, realtime_priority,
+    },
     zk::ZkServer,
 };
 
 /// The service address every lab cluster moves around.
 pub const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
+/// The service address of a cluster with an IPv6 VIP (vipd only), on the
+/// data segment's 2001:db8:0:1::/64 as in the IPv6 integration tests.
+pub const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, 0x100);
+/// The data segment's IPv6 prefix of a cluster with an IPv6 VIP (nodes
+/// ::11 to ::13, the client ::50), a /64.
+pub const NET6: &str = "2001:db8:0:1::";
 /// The TCP service each node offers on the VIP (banner `served-by <node>`).
 pub const PORT: u16 = 8080;
 const ZK_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
@@ -83,16 +94,6 @@ fn enter_netns(path: &Path) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
-}
-
-/// Observers timestamp what they see when they wake up; on a loaded
-/// machine a normal thread may wake tens of ms late. A real-time priority
-/// (we are root) keeps that to microseconds; the threads only ever block.
-fn realtime_priority() {
-    let param = libc::sched_param { sched_priority: 20 };
-    // SAFETY: pid 0 is the calling thread; param is valid. Failure only
-    // costs precision, so it is ignored.
-    unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
 }
 
 /// Starts a thread inside network namespace `path`; `setup` runs there first
@@ -168,318 +169,6 @@ pub fn progress(start: Instant, what: &str) {
     eprintln!("[{:>6.1}s] {what}", start.elapsed().as_secs_f64());
 }
 
-// ---------------------------------------------------------------- netlink
-
-/// One address or neighbour change, as the kernel announced it.
-#[derive(Clone, Copy, Debug)]
-pub enum NlEvent {
-    Addr { added: bool, ip: Ipv4Addr },
-    Neigh { ip: Ipv4Addr, mac: Option<[u8; 6]> },
-}
-
-/// A netlink listener (IPv4 addresses and neighbours) in one namespace:
-/// every event with the instant it arrived.
-pub struct NlWatch {
-    events: Arc<Mutex<Vec<(Instant, NlEvent)>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-const RTMGRP_NEIGH: u32 = 0x4;
-const RTMGRP_IPV4_IFADDR: u32 = 0x10;
-const RTM_NEWADDR: u16 = 20;
-const RTM_DELADDR: u16 = 21;
-const RTM_NEWNEIGH: u16 = 28;
-
-fn netlink_socket() -> std::io::Result<OwnedFd> {
-    // SAFETY: plain socket(2); the fd is owned right below.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a fresh fd that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: all-zero is a valid sockaddr_nl.
-    let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    sa.nl_family = libc::AF_NETLINK as u16;
-    sa.nl_groups = RTMGRP_NEIGH | RTMGRP_IPV4_IFADDR;
-    // SAFETY: sa is a valid sockaddr_nl and we pass its size.
-    let rc = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&raw const sa).cast(),
-            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    set_rcvtimeo(&fd)?;
-    Ok(fd)
-}
-
-/// A short receive timeout so observer threads see `stop` promptly.
-fn set_rcvtimeo(fd: &OwnedFd) -> std::io::Result<()> {
-    let tv = libc::timeval {
-        tv_sec: 0,
-        tv_usec: 50_000,
-    };
-    // SAFETY: tv is a valid timeval and we pass its size.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&raw const tv).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// The route attributes after a fixed header of `skip` bytes: (type, payload).
-fn attrs(body: &[u8], skip: usize) -> Vec<(u16, &[u8])> {
-    let mut out = Vec::new();
-    let mut at = skip;
-    while at + 4 <= body.len() {
-        let len = usize::from(u16::from_ne_bytes([body[at], body[at + 1]]));
-        let kind = u16::from_ne_bytes([body[at + 2], body[at + 3]]) & 0x3fff;
-        if len < 4 || at + len > body.len() {
-            break;
-        }
-        out.push((kind, &body[at + 4..at + len]));
-        at += (len + 3) & !3;
-    }
-    out
-}
-
-fn ipv4(b: &[u8]) -> Option<Ipv4Addr> {
-    <[u8; 4]>::try_from(b).ok().map(Ipv4Addr::from)
-}
-
-fn parse_netlink(buf: &[u8], mut emit: impl FnMut(NlEvent)) {
-    let mut at = 0;
-    while at + 16 <= buf.len() {
-        let len = u32::from_ne_bytes(buf[at..at + 4].try_into().expect("4 bytes")) as usize;
-        let kind = u16::from_ne_bytes([buf[at + 4], buf[at + 5]]);
-        if len < 16 || at + len > buf.len() {
-            break;
-        }
-        let body = &buf[at + 16..at + len];
-        match kind {
-            // ifaddrmsg: family, prefixlen, flags, scope, index (8 bytes).
-            RTM_NEWADDR | RTM_DELADDR if body.len() >= 8 && body[0] == libc::AF_INET as u8 => {
-                let a = attrs(body, 8);
-                // IFA_LOCAL (2) is the address itself; IFA_ADDRESS (1) the peer on p2p links.
-                let ip = a
-                    .iter()
-                    .find(|(k, _)| *k == 2)
-                    .or_else(|| a.iter().find(|(k, _)| *k == 1))
-                    .and_then(|(_, v)| ipv4(v));
-                if let Some(ip) = ip {
-                    emit(NlEvent::Addr {
-                        added: kind == RTM_NEWADDR,
-                        ip,
-                    });
-                }
-            }
-            // ndmsg: family, pad, pad, ifindex, state, flags, type (12 bytes).
-            RTM_NEWNEIGH if body.len() >= 12 && body[0] == libc::AF_INET as u8 => {
-                let a = attrs(body, 12);
-                let ip = a.iter().find(|(k, _)| *k == 1).and_then(|(_, v)| ipv4(v));
-                let mac = a
-                    .iter()
-                    .find(|(k, _)| *k == 2)
-                    .and_then(|(_, v)| <[u8; 6]>::try_from(*v).ok());
-                if let Some(ip) = ip {
-                    emit(NlEvent::Neigh { ip, mac });
-                }
-            }
-            _ => {}
-        }
-        at += (len + 3) & !3;
-    }
-}
-
-impl NlWatch {
-    pub fn start(netns: &Path) -> Result<NlWatch> {
-        let events = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (ev, st) = (events.clone(), stop.clone());
-        let thread = netns_thread(netns, netlink_socket, move |fd| {
-            let mut buf = vec![0u8; 65536];
-            while !st.load(Ordering::Relaxed) {
-                // SAFETY: buf is valid for buf.len() bytes.
-                let n =
-                    unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-                let at = Instant::now();
-                if n <= 0 {
-                    let e = std::io::Error::last_os_error();
-                    if matches!(
-                        e.kind(),
-                        ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
-                    ) || e.raw_os_error() == Some(libc::ENOBUFS)
-                    {
-                        continue;
-                    }
-                    break;
-                }
-                let mut got = Vec::new();
-                parse_netlink(&buf[..n as usize], |e| got.push((at, e)));
-                ev.lock().unwrap().extend(got);
-            }
-        })?;
-        Ok(NlWatch {
-            events,
-            stop,
-            thread: Some(thread),
-        })
-    }
-
-    pub fn events(&self) -> Vec<(Instant, NlEvent)> {
-        self.events.lock().unwrap().clone()
-    }
-
-    /// When `ip` was added (`added`) or removed after `since`, first time.
-    pub fn addr_change(&self, ip: Ipv4Addr, added: bool, since: Instant) -> Option<Instant> {
-        self.events().into_iter().find_map(|(at, e)| match e {
-            NlEvent::Addr { added: a, ip: i } if a == added && i == ip && at >= since => Some(at),
-            _ => None,
-        })
-    }
-}
-
-impl Drop for NlWatch {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-// ---------------------------------------------------------------- capture
-
-/// Gratuitous ARP frames received by the client, each with its instant.
-pub struct GarpCapture {
-    frames: Arc<Mutex<Vec<(Instant, ArpFrame)>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-fn packet_socket(ifname: &str) -> std::io::Result<OwnedFd> {
-    let proto = (libc::ETH_P_ARP as u16).to_be();
-    // SAFETY: plain socket(2); the fd is owned right below.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_PACKET,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            i32::from(proto),
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a fresh fd that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let name = std::ffi::CString::new(ifname).map_err(std::io::Error::other)?;
-    // SAFETY: a valid NUL-terminated name.
-    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    if ifindex == 0 {
-        return Err(std::io::Error::other(format!("no interface {ifname}")));
-    }
-    // SAFETY: all-zero is a valid sockaddr_ll.
-    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    sll.sll_family = libc::AF_PACKET as u16;
-    sll.sll_protocol = proto;
-    sll.sll_ifindex = ifindex as i32;
-    // SAFETY: sll is a valid sockaddr_ll and we pass its size.
-    let rc = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&raw const sll).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    set_rcvtimeo(&fd)?;
-    Ok(fd)
-}
-
-impl GarpCapture {
-    pub fn start(netns: &Path, ifname: &str) -> Result<GarpCapture> {
-        let frames = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (fr, st) = (frames.clone(), stop.clone());
-        let ifname = ifname.to_string();
-        let thread = netns_thread(
-            netns,
-            move || packet_socket(&ifname),
-            move |fd| {
-                let mut buf = [0u8; 2048];
-                while !st.load(Ordering::Relaxed) {
-                    // SAFETY: buf is valid for its length.
-                    let n = unsafe {
-                        libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0)
-                    };
-                    let at = Instant::now();
-                    if n <= 0 {
-                        let e = std::io::Error::last_os_error();
-                        if matches!(
-                            e.kind(),
-                            ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
-                        ) {
-                            continue;
-                        }
-                        break;
-                    }
-                    if let Some(a) = ArpFrame::parse(&buf[..n as usize])
-                        && a.is_gratuitous()
-                    {
-                        fr.lock().unwrap().push((at, a));
-                    }
-                }
-            },
-        )?;
-        Ok(GarpCapture {
-            frames,
-            stop,
-            thread: Some(thread),
-        })
-    }
-
-    /// Gratuitous ARP for `ip` from `mac` received at or after `since`.
-    pub fn from(&self, ip: Ipv4Addr, mac: [u8; 6], since: Instant) -> Vec<Instant> {
-        self.frames
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(at, a)| *at >= since && a.spa == ip && a.sha == mac)
-            .map(|(at, _)| *at)
-            .collect()
-    }
-}
-
-impl Drop for GarpCapture {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 // ---------------------------------------------------------------- probe
 
 /// The client's TCP probe: a connection to the VIP every 10 ms, each
@@ -530,27 +219,27 @@ pub fn http_served_by(reply: &[u8]) -> Option<String> {
 }
 
 impl Prober {
-    /// The TCP probe of the lab's echo service ([`PORT`]) every `every`.
-    pub fn start(netns: &Path, every: Duration) -> Result<Prober> {
-        Prober::start_on(netns, PORT, every, probe_once)
+    /// The TCP probe of the lab's echo service on `vip` ([`PORT`], `[vip]:PORT`
+    /// for an IPv6 VIP) every `every`.
+    pub fn start(netns: &Path, vip: IpAddr, every: Duration) -> Result<Prober> {
+        Prober::start_on(netns, SocketAddr::new(vip, PORT), every, probe_once)
     }
 
-    /// An HTTP client of the console on `port` of the VIP, a GET every
+    /// An HTTP client of the console on `port` of `vip`, a GET every
     /// `every` (the same log: the node that served each page).
-    pub fn start_http(netns: &Path, port: u16, every: Duration) -> Result<Prober> {
-        Prober::start_on(netns, port, every, http_get_once)
+    pub fn start_http(netns: &Path, vip: IpAddr, port: u16, every: Duration) -> Result<Prober> {
+        Prober::start_on(netns, SocketAddr::new(vip, port), every, http_get_once)
     }
 
     fn start_on(
         netns: &Path,
-        port: u16,
+        addr: SocketAddr,
         every: Duration,
         probe: fn(&SocketAddr) -> Option<String>,
     ) -> Result<Prober> {
         let results = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (res, st) = (results.clone(), stop.clone());
-        let addr = SocketAddr::V4(SocketAddrV4::new(VIP, port));
         let thread = netns_thread(
             netns,
             || Ok(()),
@@ -734,7 +423,8 @@ pub struct Node {
     pub socket: PathBuf,
     /// keepalived's VRRP child pid file.
     pub vrrp_pidfile: PathBuf,
-    pub watch: NlWatch,
+    /// The node's address events (the VIP's adds and removals).
+    pub watch: AddrMonitor,
     _server: ServerHandle,
 }
 
@@ -834,9 +524,14 @@ struct Node0 {
 /// observers, the nodes, ZooKeeper, then the lab with its processes).
 pub struct Cluster {
     pub agent: Agent,
-    pub client_watch: NlWatch,
+    /// The service address: [`VIP`], or [`VIP6`] for an IPv6 cluster.
+    pub vip: IpAddr,
+    /// The client's address and neighbour events.
+    pub client_watch: AddrMonitor,
     pub prober: Prober,
-    pub capture: GarpCapture,
+    /// The announcements the client receives: gratuitous ARP, or
+    /// unsolicited Neighbor Advertisements for an IPv6 VIP.
+    pub capture: ArpCapture,
     pub nodes: Vec<Node>,
     pub client: Host,
     /// Held for its Drop, which stops the server.
@@ -859,14 +554,16 @@ impl Drop for Cluster {
     }
 }
 
-fn parse_mac(s: &str) -> Result<[u8; 6]> {
-    let v: Vec<u8> = s
-        .split(':')
-        .map(|p| u8::from_str_radix(p, 16))
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("MAC {s}"))?;
-    v.try_into()
-        .map_err(|_| anyhow::anyhow!("MAC {s} is not 6 bytes"))
+/// The observers' netlink monitors: exact timestamps; the client's sees
+/// its neighbour entries too.
+fn monitor(host: &Host, neighbours: bool) -> AddrMonitor {
+    AddrMonitor::start_with(
+        host,
+        MonitorOptions {
+            neighbours,
+            realtime: true,
+        },
+    )
 }
 
 fn keepalived_conf(name: &str, priority: u32, s: &KeepalivedSettings) -> String {
@@ -915,17 +612,25 @@ impl Cluster {
         bins: &Path,
         progress: &dyn Fn(&str),
     ) -> Result<Cluster> {
-        Cluster::start_with(hint, agent, None, bins, progress)
+        Cluster::start_with(hint, agent, None, VIP.into(), bins, progress)
     }
 
-    /// [`Cluster::start`] with vipd's `--lease` (None: no flag, its default).
+    /// [`Cluster::start`] with vipd's `--lease` (None: no flag, its
+    /// default) and the service address `vip`: [`VIP`], or [`VIP6`] (vipd
+    /// only; the nodes and the client then have addresses on the data
+    /// segment's 2001:db8:0:1::/64 too, and the client reaches the service
+    /// over IPv6).
     pub fn start_with(
         hint: &str,
         agent: Agent,
         lease: Option<Duration>,
+        vip: IpAddr,
         bins: &Path,
         progress: &dyn Fn(&str),
     ) -> Result<Cluster> {
+        if vip.is_ipv6() && matches!(agent, Agent::Keepalived(_)) {
+            bail!("the lab runs keepalived with an IPv4 VIP only");
+        }
         let lab = std::panic::catch_unwind(|| Lab::new(hint)).map_err(|p| {
             let msg = p
                 .downcast_ref::<String>()
@@ -961,6 +666,9 @@ impl Cluster {
                 addr: "192.0.2.50/24",
             }],
         );
+        if vip.is_ipv6() {
+            client.add_addr6("eth0", &format!("{NET6}50/64"));
+        }
         let launch = Launch {
             agent,
             lease,
@@ -985,9 +693,12 @@ impl Cluster {
                     },
                 ],
             );
-            let server = host.tcp_echo_server(VIP, PORT);
-            let watch = NlWatch::start(&host.path())?;
-            let mac = parse_mac(&host.mac("eth0"))?;
+            if vip.is_ipv6() {
+                host.add_addr6("eth0", &format!("{NET6}{}/64", 11 + i));
+            }
+            let server = host.tcp_echo_server(vip, PORT);
+            let watch = monitor(&host, false);
+            let mac = host.mac_bytes("eth0");
             let n0 = Node0 {
                 socket: lab.dir().join(format!("{name}.sock")),
                 vrrp_pidfile: lab.dir().join(format!("{name}-vrrp.pid")),
@@ -1006,11 +717,19 @@ impl Cluster {
                 _server: server,
             });
         }
-        let client_watch = NlWatch::start(&client.path())?;
-        let capture = GarpCapture::start(&client.path(), "eth0")?;
-        let prober = Prober::start(&client.path(), Duration::from_millis(10))?;
+        let client_watch = monitor(&client, true);
+        let capture = client.capture_with(
+            "eth0",
+            CaptureOptions {
+                proto: libc::ETH_P_ALL as u16,
+                keep: Some(is_announcement),
+                realtime: true,
+            },
+        );
+        let prober = Prober::start(&client.path(), vip, Duration::from_millis(10))?;
         let cluster = Cluster {
             agent,
+            vip,
             client_watch,
             prober,
             capture,
@@ -1027,7 +746,7 @@ impl Cluster {
         if matches!(agent, Agent::Vipd(_)) {
             let out = cluster.vipctl_set()?;
             progress(&format!(
-                "vipctl vip set {SERVICE} {VIP}: {}",
+                "vipctl vip set {SERVICE} {vip}: {}",
                 out.trim().lines().next().unwrap_or("ok")
             ));
         }
@@ -1050,9 +769,9 @@ impl Cluster {
         Ok(())
     }
 
-    /// `vipctl vip --zk .. set web 192.0.2.100`, run where ZooKeeper lives.
+    /// `vipctl vip --zk .. set web <the VIP>`, run where ZooKeeper lives.
     pub fn vipctl_set(&self) -> Result<String> {
-        let vip = VIP.to_string();
+        let vip = self.vip.to_string();
         self.vipctl_zk(&["vip", "set", SERVICE, &vip])
     }
 
@@ -1111,12 +830,19 @@ impl Cluster {
 
     /// The prefix length of the VIP on `node`'s eth0, if it has it.
     fn vip_prefix(&self, node: usize) -> Option<u8> {
-        self.nodes[node]
-            .host
-            .ipv4_addrs("eth0")
-            .iter()
-            .find(|(ip, _)| *ip == VIP)
-            .map(|(_, len)| *len)
+        let host = &self.nodes[node].host;
+        match self.vip {
+            IpAddr::V4(vip) => host
+                .ipv4_addrs("eth0")
+                .iter()
+                .find(|(ip, _)| *ip == vip)
+                .map(|(_, len)| *len),
+            IpAddr::V6(vip) => host
+                .ipv6_addrs("eth0")
+                .iter()
+                .find(|a| a.addr == vip)
+                .map(|a| a.prefix_len),
+        }
     }
 
     /// Waits until exactly one node holds the VIP and the client is served by it.
@@ -1279,7 +1005,7 @@ impl Cluster {
             Fault::Kill => {
                 let leftover = self.vip_prefix(node);
                 if let Some(len) = leftover {
-                    h.del_addr("eth0", &format!("{VIP}/{len}"));
+                    h.del_addr("eth0", &format!("{}/{len}", self.vip));
                 }
                 self.restart_agent(node)?;
                 Ok(leftover.is_some())
@@ -1366,7 +1092,9 @@ impl Cluster {
                     && since.elapsed() > CLIENT_FLUSH_AFTER
                 {
                     *f = Some(self.client_neigh_node());
-                    self.client.ip(&["neigh", "flush", "to", &VIP.to_string()]);
+                    let family = if self.vip.is_ipv6() { "-6" } else { "-4" };
+                    let vip = self.vip.to_string();
+                    self.client.ip(&[family, "neigh", "flush", "to", &vip]);
                 }
             }
             if since.elapsed() > RESTORE_TIMEOUT {
@@ -1414,7 +1142,7 @@ impl Cluster {
             if new.is_none() {
                 for (i, n) in self.nodes.iter().enumerate() {
                     if i != old
-                        && let Some(at) = n.watch.addr_change(VIP, true, cut)
+                        && let Some(at) = n.watch.first_of(true, self.vip, cut)
                     {
                         new = Some(i);
                         configured = Some(at);
@@ -1425,7 +1153,10 @@ impl Cluster {
                 let node = &self.nodes[n];
                 let served = self.prober.first_served_by(&node.name, cut);
                 let switched = self.neigh_switch(node.mac, cut).is_some();
-                let fenced = self.nodes[old].watch.addr_change(VIP, false, cut).is_some();
+                let fenced = self.nodes[old]
+                    .watch
+                    .first_of(false, self.vip, cut)
+                    .is_some();
                 if let Some(served) = served
                     && switched
                     && conf.elapsed() >= linger
@@ -1447,7 +1178,7 @@ impl Cluster {
             cut_at: cut,
             old,
             new,
-            old_removed: off(self.nodes[old].watch.addr_change(VIP, false, cut)),
+            old_removed: off(self.nodes[old].watch.first_of(false, self.vip, cut)),
             decided: None,
             elected: None,
             configured: off(configured),
@@ -1469,7 +1200,7 @@ impl Cluster {
                 t.decided = log_event_at(&log, TAKEOVER_LINE, cut_wall);
                 t.elected = elected_at(&log, cut_wall);
             }
-            let garps = self.capture.from(VIP, node.mac, cut);
+            let garps = self.announcements(node.mac, cut);
             t.first_garp = off(garps.first().copied());
             t.garp_frames = garps.len();
             t.neigh_switched = off(self.neigh_switch(node.mac, cut));
@@ -1479,12 +1210,23 @@ impl Cluster {
         Ok(t)
     }
 
+    /// When the client received announcements of the VIP at `mac` (gratuitous
+    /// ARP, or unsolicited NA for an IPv6 VIP) at or after `since`.
+    fn announcements(&self, mac: [u8; 6], since: Instant) -> Vec<Instant> {
+        self.capture
+            .frames()
+            .iter()
+            .filter(|f| f.at >= since && f.announces(self.vip) == Some(mac))
+            .map(|f| f.at)
+            .collect()
+    }
+
     /// The node whose MAC the client's neighbour entry for the VIP names now.
     fn client_neigh_node(&self) -> String {
-        let entry = self.client.neigh(VIP);
+        let entry = self.client.neigh(self.vip);
         let mac = entry.as_ref().and_then(|e| e.lladdr.clone());
         let node = mac.as_deref().and_then(|m| {
-            let m = parse_mac(m).ok()?;
+            let m = parse_mac(m)?;
             self.nodes.iter().find(|n| n.mac == m)
         });
         match (node, entry) {
@@ -1496,15 +1238,7 @@ impl Cluster {
 
     /// When the client's neighbour entry for the VIP first named `mac` after `since`.
     fn neigh_switch(&self, mac: [u8; 6], since: Instant) -> Option<Instant> {
-        self.client_watch
-            .events()
-            .into_iter()
-            .find_map(|(at, e)| match e {
-                NlEvent::Neigh { ip, mac: Some(m) } if ip == VIP && m == mac && at >= since => {
-                    Some(at)
-                }
-                _ => None,
-            })
+        self.client_watch.neigh_to(self.vip, mac, since)
     }
 
     /// The VIP's address events in every node in [from, to]: (instant,
@@ -1512,12 +1246,8 @@ impl Cluster {
     pub fn vip_changes(&self, from: Instant, to: Instant) -> Vec<(Instant, usize, bool)> {
         let mut changes: Vec<(Instant, usize, bool)> = Vec::new();
         for (i, n) in self.nodes.iter().enumerate() {
-            for (at, e) in n.watch.events() {
-                if let NlEvent::Addr { added, ip } = e
-                    && ip == VIP
-                    && at >= from
-                    && at <= to
-                {
+            for (at, added) in n.watch.changes_of(self.vip) {
+                if at >= from && at <= to {
                     changes.push((at, i, added));
                 }
             }
@@ -1627,7 +1357,8 @@ pub struct Takeover {
     pub elected: Option<Duration>,
     /// The VIP appeared on the new node (netlink event there).
     pub configured: Option<Duration>,
-    /// The first gratuitous ARP from the new node seen by the client.
+    /// The first gratuitous ARP (for an IPv6 VIP: unsolicited Neighbor
+    /// Advertisement) from the new node seen by the client.
     pub first_garp: Option<Duration>,
     /// The client's neighbour entry for the VIP names the new node's MAC.
     pub neigh_switched: Option<Duration>,
@@ -1648,7 +1379,8 @@ pub struct Takeover {
     /// The bench flushed the client's neighbour entry after the fault
     /// ended (see [`CLIENT_FLUSH_AFTER`]): where that entry pointed.
     pub client_flushed: Option<String>,
-    /// Gratuitous ARP frames from the new node seen by the client.
+    /// Gratuitous ARP (IPv6 VIP: unsolicited NA) frames from the new node
+    /// seen by the client.
     pub garp_frames: usize,
     pub rss_kib: Option<u64>,
 }
@@ -1763,8 +1495,8 @@ pub struct PlotRow {
 
 /// A hand-written SVG: one row per takeover, x = ms after the cut; a bar
 /// from the cut to the VIP configured, one on to the neighbour switch, one
-/// on to the first answer, and marks for the first gratuitous ARP and the
-/// old holder's removal.
+/// on to the first answer, and marks for the first gratuitous ARP (or
+/// unsolicited NA) and the old holder's removal.
 pub fn timeline_svg(title: &str, rows: &[PlotRow]) -> String {
     let max_ms = rows
         .iter()
@@ -1861,7 +1593,7 @@ pub fn timeline_svg(title: &str, rows: &[PlotRow]) -> String {
         ("#9bb8d9", "cut → VIP configured on the new holder"),
         ("#f0b35b", "→ client's neighbour entry switched"),
         ("#7cc47c", "→ first TCP answer from the new holder"),
-        ("#c0392b", "| first gratuitous ARP at the client"),
+        ("#c0392b", "| first gratuitous ARP (IPv6: NA) at the client"),
         ("#333", "| old holder removed the VIP"),
     ];
     for (i, (color, text)) in legend.iter().enumerate() {
@@ -1962,43 +1694,5 @@ mod tests {
         assert_eq!(spread_ms(d(&[30, 10, 20])), "20 (10–30)");
         assert_eq!(spread_ms(d(&[4, 1, 2, 3])), "2.5 (1.0–4.0)");
         assert_eq!(spread_ms(vec![]), "n/a");
-    }
-
-    #[test]
-    fn netlink_address_and_neighbour_messages() {
-        // RTM_NEWADDR for 192.0.2.100 (IFA_LOCAL), then RTM_NEWNEIGH with a MAC.
-        let mut buf = Vec::new();
-        let mut msg = |kind: u16, fixed: &[u8], attrs: &[(u16, &[u8])]| {
-            let mut body = fixed.to_vec();
-            for (k, v) in attrs {
-                body.extend(((4 + v.len()) as u16).to_ne_bytes());
-                body.extend(k.to_ne_bytes());
-                body.extend(*v);
-                while !body.len().is_multiple_of(4) {
-                    body.push(0);
-                }
-            }
-            buf.extend(((16 + body.len()) as u32).to_ne_bytes());
-            buf.extend(kind.to_ne_bytes());
-            buf.extend([0u8; 10]);
-            buf.extend(body);
-        };
-        msg(
-            RTM_NEWADDR,
-            &[2, 24, 0, 0, 3, 0, 0, 0],
-            &[(2, &[192, 0, 2, 100])],
-        );
-        msg(
-            RTM_NEWNEIGH,
-            &[2, 0, 0, 0, 3, 0, 0, 0, 2, 0, 0, 1],
-            &[(1, &[192, 0, 2, 100]), (2, &[2, 0, 0, 0, 0, 9])],
-        );
-        let mut got = Vec::new();
-        parse_netlink(&buf, |e| got.push(e));
-        assert!(matches!(got[0], NlEvent::Addr { added: true, ip } if ip == VIP));
-        assert!(
-            matches!(got[1], NlEvent::Neigh { ip, mac: Some([2, 0, 0, 0, 0, 9]) } if ip == VIP)
-        );
-        assert_eq!(got.len(), 2);
     }
 }
