@@ -1135,20 +1135,32 @@ impl Cluster {
         let cut_wall = SystemTime::now();
         let cut = Instant::now();
         self.inject(fault, old)?;
-        let mut new = None;
-        let mut configured = None;
+        let (mut new, mut configured): (Option<usize>, Option<Instant>);
         loop {
             check_interrupt()?;
-            if new.is_none() {
-                for (i, n) in self.nodes.iter().enumerate() {
-                    if i != old
-                        && let Some(at) = n.watch.first_of(true, self.vip, cut)
-                    {
-                        new = Some(i);
-                        configured = Some(at);
-                    }
-                }
-            }
+            // The new holder: the one node besides the old holder that
+            // added the VIP after the fault and holds it now. Two may add it
+            // (keepalived's backups can both take over, and the higher
+            // priority keeps it): wait until one is left.
+            let holding: Vec<(usize, Instant)> = self
+                .nodes
+                .iter()
+                .enumerate()
+                .filter(|&(i, _)| i != old)
+                .filter_map(|(i, n)| {
+                    let added = n.watch.first_of(true, self.vip, cut)?;
+                    let holds = n
+                        .watch
+                        .changes_of(self.vip)
+                        .last()
+                        .is_some_and(|&(_, add)| add);
+                    holds.then_some((i, added))
+                })
+                .collect();
+            (new, configured) = match holding[..] {
+                [(i, at)] => (Some(i), Some(at)),
+                _ => (None, None),
+            };
             if let (Some(n), Some(conf)) = (new, configured) {
                 let node = &self.nodes[n];
                 let served = self.prober.first_served_by(&node.name, cut);
