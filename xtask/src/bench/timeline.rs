@@ -159,7 +159,7 @@ pub fn binaries() -> Result<std::path::PathBuf> {
 /// Which binaries the lab runs, for the reports.
 pub fn binaries_note() -> String {
     match std::env::var_os("VIPD_BIN_DIR") {
-        Some(d) => format!("binaries from VIPD_BIN_DIR={}", d.to_string_lossy()),
+        Some(d) => format!("the build in VIPD_BIN_DIR={}", d.to_string_lossy()),
         None => "release build".to_string(),
     }
 }
