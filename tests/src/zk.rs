@@ -3,6 +3,13 @@
 //! are allowed), standalone or as a three-server ensemble, each server on
 //! loopback or inside a named network namespace. Dropping it kills the
 //! java processes (by PID) and removes the data dirs.
+//!
+//! The servers' data (snapshots and the transaction log, which ZooKeeper
+//! fsyncs on every write) live in /dev/shm for the tests and the demo: on
+//! this machine's shared disk, a build writing beside the tests made those
+//! fsyncs take 200-800 ms, longer than a 666 ms lease, so a leader fenced
+//! for a moment in a test about something else. The benchmarks keep them on
+//! disk, fsyncs and all, as a deployment has it ([`keep_data_on_disk`]).
 
 use std::{
     fs,
@@ -11,7 +18,7 @@ use std::{
     os::fd::AsRawFd,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
+    sync::atomic::{AtomicBool, AtomicU32, Ordering},
     time::{Duration, Instant},
 };
 
@@ -36,7 +43,33 @@ struct Member {
 /// A running ZooKeeper (one server or an ensemble).
 pub struct ZkServer {
     members: Vec<Member>,
+    /// Configuration and logs.
     dir: PathBuf,
+    /// The servers' data dirs (in /dev/shm unless [`keep_data_on_disk`]).
+    data_root: PathBuf,
+}
+
+static DATA_ON_DISK: AtomicBool = AtomicBool::new(false);
+
+/// From now on, servers started by this process keep their data (and
+/// fsync their transaction log) on the disk beside their logs, as a
+/// deployment does: what the benchmarks measure.
+pub fn keep_data_on_disk() {
+    DATA_ON_DISK.store(true, Ordering::Relaxed);
+}
+
+/// Where the servers under `dir` keep their data.
+fn data_root(dir: &Path) -> PathBuf {
+    let shm = Path::new("/dev/shm");
+    if DATA_ON_DISK.load(Ordering::Relaxed) {
+        dir.to_path_buf()
+    } else {
+        assert!(
+            shm.is_dir(),
+            "/dev/shm is missing: the lab's ZooKeeper keeps its data there"
+        );
+        shm.join(dir.file_name().expect("unique_dir has a name"))
+    }
 }
 
 /// Where one ensemble member runs: its address and, if any, the network
@@ -78,7 +111,7 @@ fn base_config(data_dir: &Path, addr: SocketAddr) -> String {
     format!(
         "tickTime={TICK_MS}\ninitLimit=100\nsyncLimit={SYNC_LIMIT}\ndataDir={}\n\
          clientPort={}\nclientPortAddress={}\nmaxSessionTimeout=60000\nminSessionTimeout=200\n\
-         admin.enableServer=false\n4lw.commands.whitelist=*\nmaxClientCnxns=0\n",
+         admin.enableServer=false\n4lw.commands.whitelist=*\nmaxClientCnxns=0\nfsync.warningthresholdms=100\n",
         data_dir.display(),
         addr.port(),
         addr.ip()
@@ -196,7 +229,8 @@ impl ZkServer {
     /// on `bind_ip:2181`.
     pub fn start_standalone(bind_ip: Ipv4Addr, netns: Option<&str>) -> ZkServer {
         let dir = unique_dir();
-        let data = dir.join("data");
+        let data_root = data_root(&dir);
+        let data = data_root.join("data");
         fs::create_dir_all(&data).expect("create ZooKeeper data dir");
         let port = if netns.is_some() {
             2181
@@ -220,6 +254,7 @@ impl ZkServer {
                 stopped: false,
             }],
             dir,
+            data_root,
         };
         zk.wait_ready();
         zk
@@ -234,6 +269,7 @@ impl ZkServer {
     pub fn start_ensemble(members: &[ZkMemberSpec<'_>]) -> ZkServer {
         assert!(members.len() >= 3, "an ensemble needs at least 3 servers");
         let dir = unique_dir();
+        let data_root = data_root(&dir);
         let ports: Vec<(u16, u16, u16)> = members
             .iter()
             .enumerate()
@@ -254,9 +290,10 @@ impl ZkServer {
         let mut zk = ZkServer {
             members: Vec::new(),
             dir: dir.clone(),
+            data_root: data_root.clone(),
         };
         for (i, (m, (c, _, _))) in members.iter().zip(&ports).enumerate() {
-            let data = dir.join(format!("data{}", i + 1));
+            let data = data_root.join(format!("data{}", i + 1));
             fs::create_dir_all(&data).expect("create ZooKeeper data dir");
             fs::write(data.join("myid"), format!("{}\n", i + 1)).expect("write myid");
             let addr = SocketAddr::from((m.ip, *c));
@@ -370,6 +407,9 @@ impl Drop for ZkServer {
             eprintln!("ZooKeeper logs kept in {}", self.dir.display());
         } else {
             let _ = fs::remove_dir_all(&self.dir);
+        }
+        if self.data_root != self.dir {
+            let _ = fs::remove_dir_all(&self.data_root);
         }
     }
 }

@@ -600,7 +600,7 @@ fn report(
          VIP (the IPv6 row: {VIP6}/64, the nodes and the client with addresses on \
          {}/64 too, the client connecting to `[{VIP6}]`; otherwise that row's lab and settings \
          are those of the first) and a TCP service on it on every node; for vipd a standalone ZooKeeper 3.8 \
-         (tickTime 100 ms) on a second bridge, vipd as a {} with `--xdp-mode generic`, \
+         (tickTime 100 ms, its transaction log on the lab's disk, fsynced per write) on a second bridge, vipd as a {} with `--xdp-mode generic`, \
          `--garp-interval {}s --garp-rounds {GARP_ROUNDS}`; keepalived one instance per node \
          (VRRPv3, multicast adverts, `state BACKUP`, `nopreempt`, priorities 100/99/98, as in \
          the keepalived section below). The client opens a TCP connection to the VIP every 10 ms; \

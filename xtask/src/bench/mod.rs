@@ -138,6 +138,9 @@ pub fn run(opts: &Options) -> Result<()> {
     if opts.seconds == 0 {
         bail!("--seconds must be at least 1");
     }
+    // ZooKeeper as deployed: its transaction log on disk, fsynced per write
+    // (the tests keep it in memory; vipd_tests::zk).
+    vipd_tests::zk::keep_data_on_disk();
     let bins = build::build(&build::Options { release: true })?;
     for (name, env) in [("vipd", "VIPD_BIN"), ("vipctl", "VIPCTL_BIN")] {
         let path = bins.join(name);
