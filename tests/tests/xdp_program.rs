@@ -136,6 +136,21 @@ impl ArpFrame {
         }
     }
 
+    /// The answer the program must send to this request for a VIP it
+    /// holds: a unicast reply from OUR_MAC to the asker, its tag kept.
+    fn answer(self) -> Self {
+        ArpFrame {
+            eth_dst: self.sha,
+            eth_src: OUR_MAC,
+            oper: OPER_REPLY,
+            sha: OUR_MAC,
+            spa: self.tpa,
+            tha: self.sha,
+            tpa: self.spa,
+            ..self
+        }
+    }
+
     fn tagged(self, tag: ([u8; 2], [u8; 2])) -> Self {
         ArpFrame {
             vlan: Some(tag),
@@ -246,6 +261,12 @@ const NONE: ArpCounters = ArpCounters {
 };
 const ONE_REQUEST: ArpCounters = ArpCounters {
     requests: 1,
+    ..NONE
+};
+/// A request answered by the program.
+const ANSWERED: ArpCounters = ArpCounters {
+    requests: 1,
+    xdp_replies: 1,
     ..NONE
 };
 const ONE_ANNOUNCEMENT: ArpCounters = ArpCounters {
@@ -594,17 +615,15 @@ fn held_vip_request_is_answered_with_the_exact_reply() {
             // tha = asker, tpa = asker
             0x02, 0x00, 0x5e, 0x00, 0x00, 0x0a,  192, 0, 2, 10,
         ];
+        assert_eq!(
+            ArpFrame::request(ASKER_MAC, ASKER_IP, VIP).answer().bytes(),
+            expected,
+            "the tests' own answer builder"
+        );
         let (action, out, delta, other) = run(&offload, &request, ifindex);
         assert_eq!(action, XDP_TX, "a held VIP's request is answered in XDP");
         assert_eq!(out, expected, "reply bytes");
-        assert_eq!(
-            delta,
-            ArpCounters {
-                requests: 1,
-                xdp_replies: 1,
-                ..NONE
-            }
-        );
+        assert_eq!(delta, ANSWERED);
         assert_eq!(other, NONE);
 
         // A padded minimum-size frame (60 bytes): the padding comes back as is.
@@ -614,39 +633,16 @@ fn held_vip_request_is_answered_with_the_exact_reply() {
         assert_eq!(action, XDP_TX);
         assert_eq!(&out[..42], &expected[..]);
         assert_eq!(&out[42..], &[0xee; 18][..]);
-        assert_eq!(
-            delta,
-            ArpCounters {
-                requests: 1,
-                xdp_replies: 1,
-                ..NONE
-            }
-        );
+        assert_eq!(delta, ANSWERED);
 
         // An ARP probe (RFC 5227, spa 0.0.0.0) is answered to 0.0.0.0, as the
         // kernel itself does.
         let probe = ArpFrame::request(ASKER_MAC, [0; 4], VIP).bytes();
         let (action, out, delta, _) = run(&offload, &probe, ifindex);
         assert_eq!(action, XDP_TX);
-        let reply = ArpFrame {
-            eth_dst: ASKER_MAC,
-            eth_src: OUR_MAC,
-            oper: OPER_REPLY,
-            sha: OUR_MAC,
-            spa: VIP,
-            tha: ASKER_MAC,
-            tpa: [0; 4],
-            ..ArpFrame::request(ASKER_MAC, [0; 4], VIP)
-        };
+        let reply = ArpFrame::request(ASKER_MAC, [0; 4], VIP).answer();
         assert_eq!(out, reply.bytes());
-        assert_eq!(
-            delta,
-            ArpCounters {
-                requests: 1,
-                xdp_replies: 1,
-                ..NONE
-            }
-        );
+        assert_eq!(delta, ANSWERED);
     });
 }
 
@@ -674,29 +670,15 @@ fn held_vip_vlan_request_is_answered_keeping_the_tag() {
                 );
             }
             let offload = holding_on_vlan(ifindex, vid);
-            let reply = ArpFrame {
-                eth_dst: ASKER_MAC,
-                eth_src: OUR_MAC,
-                oper: OPER_REPLY,
-                sha: OUR_MAC,
-                spa: VIP,
-                tha: ASKER_MAC,
-                tpa: ASKER_IP,
-                ..ArpFrame::request(ASKER_MAC, ASKER_IP, VIP).tagged(tag)
-            }
-            .bytes();
+            let reply = ArpFrame::request(ASKER_MAC, ASKER_IP, VIP)
+                .tagged(tag)
+                .answer()
+                .bytes();
             let (action, out, delta, _) = run(&offload, &request, ifindex);
             assert_eq!(action, XDP_TX);
             assert_eq!(out, reply);
             assert_eq!(&out[12..16], &request[12..16], "the tag is kept");
-            assert_eq!(
-                delta,
-                ArpCounters {
-                    requests: 1,
-                    xdp_replies: 1,
-                    ..NONE
-                }
-            );
+            assert_eq!(delta, ANSWERED);
         }
     });
 }
