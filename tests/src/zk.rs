@@ -231,6 +231,7 @@ impl ZkServer {
         let dir = unique_dir();
         let data_root = data_root(&dir);
         let data = data_root.join("data");
+        fs::create_dir_all(&dir).expect("create ZooKeeper dir");
         fs::create_dir_all(&data).expect("create ZooKeeper data dir");
         let port = if netns.is_some() {
             2181
