@@ -37,12 +37,28 @@ use crate::{
 /// The XDP side, shared with the API (counters) behind a lock.
 pub type SharedOffload = Arc<Mutex<ArpOffload>>;
 
+/// What became of one configured VIP on the last pass. Serialized as the
+/// strings of docs/API.md (`vips[].state`).
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum VipState {
+    /// Configured here with vipd's mark.
+    Held,
+    /// No route matches: it cannot be served from this node.
+    NoRoute,
+    /// An unmarked address equal to the VIP exists: left alone.
+    OperatorAddress,
+    /// Adding (or removing a stale copy) failed.
+    Error,
+    /// Configured for the cluster; this node does not lead.
+    NotLeader,
+}
+
 /// One VIP as the engine last saw it, for `vipctl status`.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct VipStatus {
     pub vip: Vip,
-    /// held | no_route | operator_address | error | not_leader
-    pub state: &'static str,
+    pub state: VipState,
     pub interface: Option<String>,
     pub ifindex: Option<u32>,
     pub prefix_len: Option<u8>,
@@ -156,7 +172,9 @@ pub struct Engine {
     /// then, as the unsolicited ones do.
     routers: HashMap<u32, bool>,
     /// The problem last logged per VIP (no route, operator address).
-    reported: HashMap<Vip, &'static str>,
+    reported: HashMap<Vip, VipState>,
+    /// Foreign claims of our VIPs, as last seen (published as status).
+    conflicts: BTreeMap<Vip, ConflictStatus>,
     /// Where each VIP we hold lives, as of the last pass: what a lease
     /// renewal renews.
     held: BTreeMap<Vip, Placement>,
@@ -215,6 +233,7 @@ impl Engine {
             links: HashMap::new(),
             routers: HashMap::new(),
             reported: HashMap::new(),
+            conflicts: BTreeMap::new(),
             held: BTreeMap::new(),
             delivery_check: None,
             vip_links: BTreeMap::new(),
@@ -550,18 +569,13 @@ impl Engine {
         let now = Instant::now();
         let mac = crate::net::format_mac(&mac);
         let ifname = self.link_name(ifindex);
-        let mut st = self
-            .status
-            .borrow()
-            .conflicts
-            .get(&vip)
-            .cloned()
-            .unwrap_or_default();
+        let st = self.conflicts.entry(vip).or_default();
         st.events += 1;
         st.last_mac = Some(mac.clone());
         st.last_interface = ifname.clone();
         st.last_unix_ms = Some(unix_ms());
         let events = st.events;
+        let st = st.clone();
         self.status.send_modify(|s| {
             s.conflicts.insert(vip, st);
         });
@@ -608,16 +622,10 @@ impl Engine {
         if self.applied.role != Role::Leader || !self.lease_valid() {
             return;
         }
-        let held = self
-            .status
-            .borrow()
-            .vips
-            .iter()
-            .find(|v| v.vip == vip && v.state == "held")
-            .cloned();
-        if let Some(v) = held
-            && let (Some(ifindex), Some(mac)) = (v.ifindex, self.link_mac(v.ifindex))
+        if let Some(p) = self.held.get(&vip)
+            && let Some(mac) = self.link_mac(p.ifindex)
         {
+            let ifindex = p.ifindex;
             self.last_conflict_answer.insert(vip, now);
             self.announcer
                 .announce_until(vec![Announcement { vip, ifindex, mac }], self.lease_end());
@@ -626,7 +634,7 @@ impl Engine {
 
     /// Whether `state` is news for `vip` (so a standing problem is logged
     /// once, not on every pass).
-    fn first_report(&mut self, vip: Vip, state: &'static str) -> bool {
+    fn first_report(&mut self, vip: Vip, state: VipState) -> bool {
         self.reported.insert(vip, state) != Some(state)
     }
 
@@ -634,8 +642,8 @@ impl Engine {
         self.links.get(&ifindex).map(|l| l.name.clone())
     }
 
-    fn link_mac(&self, ifindex: Option<u32>) -> Option<[u8; 6]> {
-        self.links.get(&ifindex?).map(|l| l.mac)
+    fn link_mac(&self, ifindex: u32) -> Option<[u8; 6]> {
+        self.links.get(&ifindex).map(|l| l.mac)
     }
 
     /// One reconcile pass. `announce_all`: announce every VIP held after the
@@ -686,8 +694,9 @@ impl Engine {
         if !removing.is_empty()
             && let Some(off) = &self.offload
         {
+            // What the last pass held, on this pass's links.
             let keep: BTreeMap<Vip, HeldVip> = self
-                .held_entries(&snap)
+                .xdp_entries()
                 .into_iter()
                 .filter(|(v, _)| !removing.contains(v))
                 .collect();
@@ -774,37 +783,37 @@ impl Engine {
         for (vip, verdict) in &plan.verdicts {
             let (state, placement, ifindex) = match verdict {
                 Verdict::InPlace { placement } => {
-                    ("held", Some(*placement), Some(placement.ifindex))
+                    (VipState::Held, Some(*placement), Some(placement.ifindex))
                 }
                 Verdict::Add { placement } => {
                     if failed.contains_key(vip) {
-                        ("error", Some(*placement), Some(placement.ifindex))
+                        (VipState::Error, Some(*placement), Some(placement.ifindex))
                     } else {
-                        ("held", Some(*placement), Some(placement.ifindex))
+                        (VipState::Held, Some(*placement), Some(placement.ifindex))
                     }
                 }
                 Verdict::NoRoute => {
                     no_route.insert(*vip);
                     let msg =
                         format!("no route matches VIP {vip}: it cannot be served from this node");
-                    if self.first_report(*vip, "no_route") {
+                    if self.first_report(*vip, VipState::NoRoute) {
                         error!(vip = %vip, "{msg}");
                     }
                     failed.entry(*vip).or_insert(msg);
-                    ("no_route", None, None)
+                    (VipState::NoRoute, None, None)
                 }
                 Verdict::OperatorAddress { ifindex } => {
                     let msg = format!(
                         "VIP {vip} is already configured on this node without vipd's mark (an operator's address): left alone, not announced"
                     );
-                    if self.first_report(*vip, "operator_address") {
+                    if self.first_report(*vip, VipState::OperatorAddress) {
                         warn!(vip = %vip, ifindex, "{msg}");
                     }
                     failed.entry(*vip).or_insert(msg);
-                    ("operator_address", None, Some(*ifindex))
+                    (VipState::OperatorAddress, None, Some(*ifindex))
                 }
             };
-            if state == "held"
+            if state == VipState::Held
                 && let Some(p) = placement
             {
                 held.insert(*vip, p);
@@ -820,7 +829,7 @@ impl Engine {
                 interface: name,
                 ifindex,
                 prefix_len: placement.map(|p| p.prefix_len),
-                error: if state == "held" {
+                error: if state == VipState::Held {
                     None
                 } else {
                     failed.get(vip).cloned()
@@ -836,7 +845,7 @@ impl Engine {
                 }
                 statuses.push(VipStatus {
                     vip: *vip,
-                    state: "not_leader",
+                    state: VipState::NotLeader,
                     interface: name,
                     ifindex: place.map(|p| p.ifindex),
                     prefix_len: place.map(|p| p.prefix_len),
@@ -950,22 +959,6 @@ impl Engine {
         snap.link(ifindex)
             .map(|l| l.name.clone())
             .unwrap_or_else(|| format!("if{ifindex}"))
-    }
-
-    /// The held-VIP map entries for VIPs in place now.
-    fn held_entries(&self, snap: &NetSnapshot) -> BTreeMap<Vip, HeldVip> {
-        let expires_ns = self.xdp_expiry();
-        self.status
-            .borrow()
-            .vips
-            .iter()
-            .filter(|v| v.state == "held")
-            .filter_map(|v| {
-                let ifindex = v.ifindex?;
-                let mac = snap.link(ifindex)?.mac;
-                Some((v.vip, self.held_vip(v.vip, ifindex, mac, expires_ns)))
-            })
-            .collect()
     }
 
     /// The XDP held-map entries for what we hold (renewals: nothing moved).
@@ -1177,4 +1170,26 @@ pub fn unix_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vip_states_serialize_as_the_api_strings() {
+        let all = [
+            (VipState::Held, "held"),
+            (VipState::NoRoute, "no_route"),
+            (VipState::OperatorAddress, "operator_address"),
+            (VipState::Error, "error"),
+            (VipState::NotLeader, "not_leader"),
+        ];
+        for (state, text) in all {
+            assert_eq!(
+                serde_json::to_value(state).unwrap(),
+                serde_json::Value::from(text)
+            );
+        }
+    }
 }

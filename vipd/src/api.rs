@@ -22,7 +22,7 @@ use tracing::warn;
 use vipd_common::ArpCounters;
 
 use crate::{
-    agent::{EngineStatus, SharedOffload},
+    agent::{EngineStatus, SharedOffload, VipState},
     announce::Announcer,
     connections::{Connections, Limits},
     coord::CoordStatus,
@@ -169,7 +169,10 @@ impl ApiState {
             vips.entry(vip).or_insert_with(|| ArpStatsRow {
                 vip,
                 interface: e.interfaces.get(&vip).cloned(),
-                held: e.vips.iter().any(|v| v.vip == vip && v.state == "held"),
+                held: e
+                    .vips
+                    .iter()
+                    .any(|v| v.vip == vip && v.state == VipState::Held),
                 requests: c.requests,
                 xdp_replies: c.xdp_replies,
                 announcements_seen: c.announcements,

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::{
+    agent::VipState,
     api::ApiState,
     connections::{Connections, Limits},
     role::Role,
@@ -186,7 +187,7 @@ pub fn render(state: &ApiState) -> String {
     p.gauge(
         "vipd_vips_held",
         "VIPs configured on this node",
-        count(e.vips.iter().filter(|v| v.state == "held").count()),
+        count(e.vips.iter().filter(|v| v.state == VipState::Held).count()),
     );
     let r = &e.last_reconcile;
     p.counter("vipd_reconcile_passes", "Reconcile passes", r.passes);
