@@ -783,13 +783,13 @@ fn expired_entry_is_not_answered() {
         };
         let now = std::time::Instant::now();
         // Expired a millisecond ago: counted, passed to the kernel.
-        let past = vipd::agent::monotonic_ns(now) - 1_000_000;
+        let past = vipd::engine::monotonic_ns(now) - 1_000_000;
         offload.set_held(&entry(past)).expect("set_held");
         assert_passes(&offload, &request, ifindex, ONE_REQUEST, "expired entry");
         // Valid for 300 ms: answered, then no longer, with no agent action.
         let until = now + Duration::from_millis(300);
         offload
-            .set_held(&entry(vipd::agent::monotonic_ns(until)))
+            .set_held(&entry(vipd::engine::monotonic_ns(until)))
             .expect("set_held");
         assert_eq!(run(&offload, &request, ifindex).0, XDP_TX, "before expiry");
         std::thread::sleep(until.saturating_duration_since(std::time::Instant::now()));

@@ -22,10 +22,10 @@ use tracing::warn;
 use vipd_common::ArpCounters;
 
 use crate::{
-    agent::{EngineStatus, SharedOffload, VipState},
     announce::Announcer,
     connections::{Connections, Limits},
     coord::CoordStatus,
+    engine::{EngineStatus, SharedOffload, VipState},
     vip::Vip,
 };
 

@@ -21,12 +21,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::{
-    agent::{Engine, EngineStatus, SharedOffload},
     announce::Announcer,
     api::{self, ApiState},
     arp_offload::ArpOffload,
     config::Config,
     coord::{self, CoordStatus, ZkSettings},
+    engine::{Engine, EngineStatus, SharedOffload},
     health,
     hooks::Hook,
     metrics,

@@ -2,9 +2,9 @@
 //!
 //! Facts come in (ZooKeeper in `coord`, netlink in `net`, XDP counters in
 //! `arp_offload`), a pure planner decides (`reconcile::plan`), executors act
-//! (netlink writes, `announce`, XDP map updates); `agent` owns the tasks.
+//! (netlink writes, `announce`, XDP map updates); `engine` owns the VIP
+//! state and runs the passes.
 
-pub mod agent;
 pub mod announce;
 pub mod api;
 pub mod arp_offload;
@@ -12,6 +12,7 @@ pub mod config;
 pub mod connections;
 pub mod coord;
 pub mod daemon;
+pub mod engine;
 pub mod health;
 pub mod hooks;
 pub mod metrics;

@@ -23,9 +23,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::{
-    agent::VipState,
     api::ApiState,
     connections::{Connections, Limits},
+    engine::VipState,
     role::Role,
 };
 
@@ -360,7 +360,7 @@ mod tests {
     use tokio::sync::watch;
     use tokio_util::sync::CancellationToken;
 
-    use crate::{agent::EngineStatus, announce::Announcer, api::ApiState, net::garp::GarpMode};
+    use crate::{announce::Announcer, api::ApiState, engine::EngineStatus, net::garp::GarpMode};
 
     #[tokio::test]
     async fn counters_end_in_total_and_pass_durations_are_a_histogram() {

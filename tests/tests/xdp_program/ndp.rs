@@ -642,7 +642,7 @@ fn ns_for_held_vip_is_not_answered_where_it_must_not_be() {
 
         // R16: answered only before the lease's end.
         let now = std::time::Instant::now();
-        let past = vipd::agent::monotonic_ns(now) - 1_000_000;
+        let past = vipd::engine::monotonic_ns(now) - 1_000_000;
         offload
             .set_held6(&BTreeMap::from([(VIP6, held_at(ifindex, 0, past))]))
             .expect("set_held6");
@@ -651,7 +651,7 @@ fn ns_for_held_vip_is_not_answered_where_it_must_not_be() {
         offload
             .set_held6(&BTreeMap::from([(
                 VIP6,
-                held_at(ifindex, 0, vipd::agent::monotonic_ns(until)),
+                held_at(ifindex, 0, vipd::engine::monotonic_ns(until)),
             )]))
             .expect("set_held6");
         assert_eq!(run6(&offload, &bytes, ifindex).0, XDP_TX, "before expiry");

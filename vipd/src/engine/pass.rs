@@ -1,0 +1,574 @@
+//! One reconcile pass: read the kernel, plan, remove and add addresses,
+//! hold the VIPs in the XDP maps, announce, report to the source and
+//! publish the status.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::Ipv6Addr,
+    time::Instant,
+};
+
+use tracing::{debug, error, info, instrument, warn};
+use vipd_common::{HELD_ROUTER, HeldVip};
+
+use super::{Engine, LinkHealth, VipState, VipStatus, monotonic_ns, unix_ms};
+use crate::{
+    announce::Announcement,
+    arp_offload::{ArpOffload, OffloadError},
+    net::{
+        AddrState, Placement,
+        ndp::forwarding,
+        netlink::{NetSnapshot, enable_promote_secondaries},
+    },
+    reconcile::{self, Action, Verdict},
+    role::{EngineReport, Role},
+    vip::Vip,
+};
+
+impl Engine {
+    /// One reconcile pass. `announce_all`: announce every VIP held after the
+    /// pass (start of a term, sync rounds), not only those just added.
+    #[instrument(level = "debug", skip(self), fields(role = ?self.applied.role, term = self.applied.term))]
+    pub(super) async fn reconcile(&mut self, announce_all: bool) {
+        let started = Instant::now();
+        let leader = self.applied.role == Role::Leader;
+        let mut errors = Vec::new();
+        let snap = match self.netlink.snapshot().await {
+            Ok(s) => s,
+            Err(e) => {
+                error!(error = %e, "cannot read the kernel's addresses and routes");
+                self.finish_pass(started, 0, 0, vec![e.to_string()]);
+                return;
+            }
+        };
+        self.links = snap.links.iter().map(|l| (l.ifindex, l.clone())).collect();
+        self.update_links(&snap);
+        let empty = BTreeSet::new();
+        let wanted = if leader { &self.applied.vips } else { &empty };
+        let plan = reconcile::plan(wanted, &snap.routes, &snap.addresses);
+        for (vip, address) in &plan.unusable {
+            let ifname = self.name_in(&snap, address.ifindex);
+            if address.state == AddrState::DadFailed {
+                // Reported as an error of the pass: another host answered
+                // for the VIP, which is also a conflict to look into.
+                let msg = format!(
+                    "VIP {vip} on {ifname} failed duplicate address detection (another host answers for it): removed, and added again without DAD"
+                );
+                error!(vip = %vip, ifname = %ifname, "{msg}");
+                errors.push(msg);
+            } else {
+                warn!(vip = %vip, ifname = %ifname, state = ?address.state,
+                      "VIP address is not usable yet; replacing it with one without DAD");
+            }
+        }
+
+        // Removals first, and the XDP map forgets a VIP before it goes.
+        let removing: BTreeSet<Vip> = plan
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Remove { vip, .. } => Some(*vip),
+                Action::Add { .. } => None,
+            })
+            .collect();
+        if !removing.is_empty()
+            && let Some(off) = &self.offload
+        {
+            // What the last pass held, on this pass's links.
+            let keep: BTreeMap<Vip, HeldVip> = self
+                .xdp_entries()
+                .into_iter()
+                .filter(|(v, _)| !removing.contains(v))
+                .collect();
+            if let Err(e) = set_held(&mut off.lock().expect("offload lock"), &keep) {
+                errors.push(format!("XDP held map: {e}"));
+            }
+        }
+        let mut added = Vec::new();
+        let mut failed: BTreeMap<Vip, String> = BTreeMap::new();
+        let mut removed = 0;
+        // Removals first, as one batch (one dump for all the checks).
+        let mut to_remove: Vec<(Vip, crate::net::Address)> = Vec::new();
+        for action in &plan.actions {
+            if let Action::Remove {
+                vip,
+                address,
+                guards_secondaries,
+            } = action
+            {
+                if *guards_secondaries
+                    && let Some(link) = snap.link(address.ifindex)
+                    && let Err(e) = enable_promote_secondaries(&link.name)
+                {
+                    let msg = format!(
+                        "not removing VIP {vip} from {}: it is its subnet's primary address and promote_secondaries cannot be enabled ({e}); removing it would delete the operator's addresses in that subnet",
+                        link.name
+                    );
+                    error!(vip = %vip, ifname = %link.name, "{msg}");
+                    errors.push(msg.clone());
+                    failed.insert(*vip, msg);
+                    continue;
+                }
+                to_remove.push((*vip, address.clone()));
+            }
+        }
+        if !to_remove.is_empty() {
+            let addresses: Vec<crate::net::Address> =
+                to_remove.iter().map(|(_, a)| a.clone()).collect();
+            let results = self.netlink.remove_vips(&addresses).await;
+            for ((vip, address), (_, result)) in to_remove.iter().zip(results) {
+                match result {
+                    Ok(()) => {
+                        removed += 1;
+                        info!(vip = %vip, ifname = %self.name_in(&snap, address.ifindex),
+                              prefix_len = address.prefix_len, "VIP removed");
+                    }
+                    Err(e) => {
+                        error!(vip = %vip, error = %e, "cannot remove VIP");
+                        errors.push(e.to_string());
+                        failed.insert(*vip, e.to_string());
+                    }
+                }
+            }
+        }
+        let lifetime = self.applied.lease.map(|l| l.address_lifetime);
+        for action in &plan.actions {
+            if let Action::Add { vip, placement } = action {
+                // R16: checked before each write, never one after the lease.
+                if !self.lease_valid() {
+                    let msg = format!("not adding VIP {vip}: the lease has run out");
+                    debug!(vip = %vip, "{msg}");
+                    failed.insert(*vip, msg);
+                    continue;
+                }
+                match self.netlink.add_vip_for(*vip, *placement, lifetime).await {
+                    Ok(()) => {
+                        info!(vip = %vip, ifname = %self.name_in(&snap, placement.ifindex),
+                              prefix_len = placement.prefix_len, "VIP added");
+                        added.push((*vip, *placement));
+                    }
+                    Err(e) => {
+                        error!(vip = %vip, error = %e, "cannot add VIP");
+                        errors.push(e.to_string());
+                        failed.insert(*vip, e.to_string());
+                    }
+                }
+            }
+        }
+        // What we hold now, per the plan and what succeeded.
+        let mut held: BTreeMap<Vip, Placement> = BTreeMap::new();
+        let mut statuses = Vec::new();
+        let mut no_route = BTreeSet::new();
+        let mut interfaces = BTreeMap::new();
+        for (vip, verdict) in &plan.verdicts {
+            let (state, placement, ifindex) = match verdict {
+                Verdict::InPlace { placement } => {
+                    (VipState::Held, Some(*placement), Some(placement.ifindex))
+                }
+                Verdict::Add { placement } => {
+                    if failed.contains_key(vip) {
+                        (VipState::Error, Some(*placement), Some(placement.ifindex))
+                    } else {
+                        (VipState::Held, Some(*placement), Some(placement.ifindex))
+                    }
+                }
+                Verdict::NoRoute => {
+                    no_route.insert(*vip);
+                    let msg =
+                        format!("no route matches VIP {vip}: it cannot be served from this node");
+                    if self.first_report(*vip, VipState::NoRoute) {
+                        error!(vip = %vip, "{msg}");
+                    }
+                    failed.entry(*vip).or_insert(msg);
+                    (VipState::NoRoute, None, None)
+                }
+                Verdict::OperatorAddress { ifindex } => {
+                    let msg = format!(
+                        "VIP {vip} is already configured on this node without vipd's mark (an operator's address): left alone, not announced"
+                    );
+                    if self.first_report(*vip, VipState::OperatorAddress) {
+                        warn!(vip = %vip, ifindex, "{msg}");
+                    }
+                    failed.entry(*vip).or_insert(msg);
+                    (VipState::OperatorAddress, None, Some(*ifindex))
+                }
+            };
+            if state == VipState::Held
+                && let Some(p) = placement
+            {
+                held.insert(*vip, p);
+                self.reported.remove(vip);
+            }
+            let name = ifindex.map(|i| self.name_in(&snap, i));
+            if let Some(n) = &name {
+                interfaces.insert(*vip, n.clone());
+            }
+            statuses.push(VipStatus {
+                vip: *vip,
+                state,
+                interface: name,
+                ifindex,
+                prefix_len: placement.map(|p| p.prefix_len),
+                error: if state == VipState::Held {
+                    None
+                } else {
+                    failed.get(vip).cloned()
+                },
+            });
+        }
+        if !leader {
+            for vip in &self.applied.vips {
+                let place = snap.routes.placement(*vip);
+                let name = place.map(|p| self.name_in(&snap, p.ifindex));
+                if let Some(n) = &name {
+                    interfaces.insert(*vip, n.clone());
+                }
+                statuses.push(VipStatus {
+                    vip: *vip,
+                    state: VipState::NotLeader,
+                    interface: name,
+                    ifindex: place.map(|p| p.ifindex),
+                    prefix_len: place.map(|p| p.prefix_len),
+                    error: failed.get(vip).cloned(),
+                });
+            }
+        }
+
+        // XDP: attach where VIPs live, watch every configured VIP, hold ours.
+        let xdp_errors = self.sync_xdp(&snap, &held);
+
+        // Announce: what was added (R7), or everything held (new term, R8).
+        let to_announce: Vec<Announcement> = held
+            .iter()
+            .filter(|(vip, _)| announce_all || added.iter().any(|(a, _)| a == *vip))
+            .filter_map(|(vip, p)| {
+                let mac = snap.link(p.ifindex)?.mac;
+                Some(Announcement {
+                    vip: *vip,
+                    ifindex: p.ifindex,
+                    mac,
+                })
+            })
+            .collect();
+        if leader && !to_announce.is_empty() && self.lease_valid() {
+            self.announcer.announce_until(to_announce, self.lease_end());
+        }
+        self.held = if leader {
+            held.clone()
+        } else {
+            BTreeMap::new()
+        };
+
+        let report = EngineReport {
+            role: self.applied.role,
+            term: self.applied.term,
+            held: snap_held_after(&snap, &held, &plan),
+            no_route,
+            links_down: self.links_down.clone(),
+        };
+        self.report.send_if_modified(|r| {
+            if *r == report {
+                false
+            } else {
+                *r = report;
+                true
+            }
+        });
+        self.status.send_modify(|s| {
+            s.role = self.applied.role;
+            s.term = self.applied.term;
+            s.vips = statuses;
+            s.xdp_errors = xdp_errors;
+            s.interfaces = interfaces;
+            if let Some(off) = &self.offload {
+                s.xdp_attached = off.lock().expect("offload lock").attachments();
+            }
+        });
+        self.schedule_delivery_check();
+        self.finish_pass(started, added.len(), removed, errors);
+    }
+
+    /// R18: the interfaces of configured VIPs that are down now (not up, or
+    /// without carrier), from the last pass's links. A VIP's interface is
+    /// the one its route picks, else the last one seen for it (a link set
+    /// down loses its routes).
+    fn update_links(&mut self, snap: &NetSnapshot) {
+        let mut down = BTreeSet::new();
+        self.vip_links.retain(|v, _| self.applied.vips.contains(v));
+        for vip in &self.applied.vips {
+            let ifindex = match snap.routes.placement(*vip) {
+                Some(p) => {
+                    self.vip_links.insert(*vip, p.ifindex);
+                    Some(p.ifindex)
+                }
+                None => self.vip_links.get(vip).copied(),
+            };
+            if let Some(i) = ifindex {
+                match snap.link(i) {
+                    Some(l) if l.up => {}
+                    Some(l) => {
+                        down.insert(l.name.clone());
+                    }
+                    None => {
+                        self.vip_links.remove(vip);
+                    }
+                }
+            }
+        }
+        let now = tokio::time::Instant::now();
+        if down.is_empty() {
+            if self.links_down_since.take().is_some() {
+                info!("every VIP interface is up");
+            }
+        } else if self.links_down_since.is_none() {
+            warn!(interfaces = ?down, grace = ?self.engine.link_grace, "a VIP interface is down or without carrier");
+            self.links_down_since = Some(now);
+        }
+        let since = self.links_down_since;
+        let past_grace = since.is_some_and(|s| now >= s + self.engine.link_grace);
+        let links_down = if past_grace {
+            down.clone()
+        } else {
+            BTreeSet::new()
+        };
+        if past_grace && links_down != self.links_down {
+            warn!(interfaces = ?links_down, "VIP interface down past the grace: this node cannot serve its VIPs");
+        }
+        self.links_down = links_down;
+        let status = LinkHealth {
+            down: down.into_iter().collect(),
+            down_for_ms: since.map(|s| u64::try_from((now - s).as_millis()).unwrap_or(u64::MAX)),
+            withdrawn: !self.links_down.is_empty(),
+        };
+        self.status.send_if_modified(|s| {
+            let changed = s.links != status;
+            s.links = status;
+            changed
+        });
+    }
+
+    /// Checks that native XDP answers leave their interfaces; where they do
+    /// not, the offload has moved the interface to generic mode.
+    pub(super) fn check_delivery(&mut self) {
+        self.delivery_check = None;
+        let Some(off) = &self.offload else { return };
+        let mut off = off.lock().expect("offload lock");
+        if off.check_delivery() {
+            let attached = off.attachments();
+            self.status.send_modify(|s| s.xdp_attached = attached);
+        }
+        drop(off);
+        self.schedule_delivery_check();
+    }
+
+    /// Keeps a delivery check due while any native attachment is checked.
+    fn schedule_delivery_check(&mut self) {
+        let next = self
+            .offload
+            .as_ref()
+            .and_then(|o| o.lock().expect("offload lock").next_delivery_check());
+        let now = tokio::time::Instant::now();
+        self.delivery_check = match (next, self.delivery_check) {
+            (None, _) => None,
+            (Some(after), Some(due)) => Some(due.min(now + after)),
+            (Some(after), None) => Some(now + after),
+        };
+    }
+
+    pub(super) fn finish_pass(
+        &mut self,
+        started: Instant,
+        added: usize,
+        removed: usize,
+        errors: Vec<String>,
+    ) {
+        let took = started.elapsed();
+        let duration_us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.status.send_modify(|s| {
+            let r = &mut s.last_reconcile;
+            r.durations.observe(took);
+            r.passes += 1;
+            r.at_unix_ms = unix_ms();
+            r.duration_us = duration_us;
+            r.duration_us_total = r.duration_us_total.saturating_add(duration_us);
+            r.added = added;
+            r.removed = removed;
+            if !errors.is_empty() {
+                r.error_passes += 1;
+            }
+            r.errors = errors;
+        });
+    }
+
+    fn name_in(&self, snap: &NetSnapshot, ifindex: u32) -> String {
+        snap.link(ifindex)
+            .map(|l| l.name.clone())
+            .unwrap_or_else(|| format!("if{ifindex}"))
+    }
+
+    /// The XDP held-map entries for what we hold (renewals: nothing moved).
+    pub(super) fn xdp_entries(&self) -> BTreeMap<Vip, HeldVip> {
+        let expires_ns = self.xdp_expiry();
+        self.held
+            .iter()
+            .filter_map(|(vip, p)| {
+                let mac = self.links.get(&p.ifindex)?.mac;
+                Some((*vip, self.held_vip(*vip, p.ifindex, mac, expires_ns)))
+            })
+            .collect()
+    }
+
+    /// The held-map entry of `vip` on interface `ifindex` with `mac`: the
+    /// Router flag as read on the last pass (IPv6 only).
+    fn held_vip(&self, vip: Vip, ifindex: u32, mac: [u8; 6], expires_ns: u64) -> HeldVip {
+        let router = vip.v6().is_some() && self.routers.get(&ifindex) == Some(&true);
+        HeldVip {
+            ifindex,
+            mac,
+            vlan: 0,
+            flags: if router { HELD_ROUTER } else { 0 },
+            _pad: [0; 3],
+            expires_ns,
+        }
+    }
+
+    /// Reads `net.ipv6.conf.<if>.forwarding` of every interface holding an
+    /// IPv6 VIP in `held`. Unreadable counts as not forwarding: a host's
+    /// advertisement never claims to be a router by mistake.
+    fn refresh_routers(&mut self, snap: &NetSnapshot, held: &BTreeMap<Vip, Placement>) {
+        let mut routers = HashMap::new();
+        for (vip, p) in held.iter().filter(|(v, _)| v.v6().is_some()) {
+            if routers.contains_key(&p.ifindex) {
+                continue;
+            }
+            let Some(link) = snap.link(p.ifindex) else {
+                continue;
+            };
+            let router = forwarding(&link.name).unwrap_or_else(|error| {
+                debug!(vip = %vip, ifname = %link.name, %error, "cannot read IPv6 forwarding; Router flag off");
+                false
+            });
+            if self.routers.get(&p.ifindex) != Some(&router) {
+                debug!(ifname = %link.name, router, "IPv6 forwarding of a VIP interface");
+            }
+            routers.insert(p.ifindex, router);
+        }
+        self.routers = routers;
+    }
+
+    /// The lease's end on the XDP program's clock (R16).
+    fn xdp_expiry(&self) -> u64 {
+        self.applied
+            .lease
+            .map_or(vipd_common::NO_EXPIRY, |l| monotonic_ns(l.until))
+    }
+
+    /// Attaches the XDP program where VIPs live (and where the operator
+    /// named), watches every configured VIP and holds exactly `held`.
+    fn sync_xdp(&mut self, snap: &NetSnapshot, held: &BTreeMap<Vip, Placement>) -> Vec<String> {
+        let expires_ns = self.xdp_expiry();
+        if self.offload.is_some() {
+            self.refresh_routers(snap, held);
+        }
+        let Some(off) = &self.offload else {
+            return Vec::new();
+        };
+        let mut off = off.lock().expect("offload lock");
+        let mut errors = Vec::new();
+        let mut ifnames: BTreeSet<String> = self.xdp.interfaces.iter().cloned().collect();
+        for vip in &self.applied.vips {
+            if let Some(p) = snap.routes.placement(*vip)
+                && let Some(l) = snap.link(p.ifindex)
+            {
+                ifnames.insert(l.name.clone());
+            }
+        }
+        let attached: BTreeSet<String> = off.attached().into_iter().map(|(n, _)| n).collect();
+        for name in ifnames.difference(&attached) {
+            if name == "lo" {
+                continue;
+            }
+            match off.attach(name, self.xdp.mode) {
+                Ok(_) => {}
+                Err(e) => {
+                    error!(ifname = %name, error = %e, "cannot attach the XDP program");
+                    errors.push(e.to_string());
+                }
+            }
+        }
+        let watched: BTreeSet<Vip> = self
+            .applied
+            .vips
+            .iter()
+            .copied()
+            .filter(|v| v.v4().is_some())
+            .collect();
+        let watched6: BTreeSet<Ipv6Addr> =
+            self.applied.vips.iter().filter_map(|v| v.v6()).collect();
+        if let Err(e) = off.set_watched(&watched) {
+            errors.push(e.to_string());
+        }
+        if let Err(e) = off.set_watched6(&watched6) {
+            errors.push(e.to_string());
+        }
+        let entries: BTreeMap<Vip, HeldVip> =
+            if self.xdp.responder && self.applied.role == Role::Leader {
+                held.iter()
+                    .filter_map(|(vip, p)| {
+                        let mac = snap.link(p.ifindex)?.mac;
+                        Some((*vip, self.held_vip(*vip, p.ifindex, mac, expires_ns)))
+                    })
+                    .collect()
+            } else {
+                BTreeMap::new()
+            };
+        if let Err(e) = set_held(&mut off, &entries) {
+            errors.push(e.to_string());
+        }
+        errors
+    }
+}
+
+/// Makes the XDP held maps hold exactly `entries`: IPv4 VIPs in the ARP
+/// map, IPv6 VIPs in the NDP map. Both are written even when one fails;
+/// the first error is returned.
+pub(super) fn set_held(
+    off: &mut ArpOffload,
+    entries: &BTreeMap<Vip, HeldVip>,
+) -> Result<(), OffloadError> {
+    let v4: BTreeMap<Vip, HeldVip> = entries
+        .iter()
+        .filter(|(v, _)| v.v4().is_some())
+        .map(|(v, h)| (*v, *h))
+        .collect();
+    let v6: BTreeMap<Ipv6Addr, HeldVip> = entries
+        .iter()
+        .filter_map(|(v, h)| Some((v.v6()?, *h)))
+        .collect();
+    let r4 = off.set_held(&v4);
+    let r6 = off.set_held6(&v6);
+    r4.and(r6)
+}
+
+/// VIPs configured with our mark once the pass's actions ran.
+fn snap_held_after(
+    snap: &NetSnapshot,
+    held: &BTreeMap<Vip, Placement>,
+    plan: &reconcile::Plan,
+) -> BTreeSet<Vip> {
+    let mut out: BTreeSet<Vip> = held.keys().copied().collect();
+    // Marked addresses the plan did not touch successfully still count: a
+    // failed removal leaves the VIP on this node, and the source must know.
+    for a in snap.addresses.iter().filter(|a| a.owned) {
+        if let Ok(v) = Vip::from_ip(a.addr) {
+            let planned_removal = plan
+                .actions
+                .iter()
+                .any(|x| matches!(x, Action::Remove { address, .. } if address == a));
+            if !planned_removal {
+                out.insert(v);
+            }
+        }
+    }
+    out
+}
