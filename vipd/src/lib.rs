@@ -1,13 +1,12 @@
 //! vipd: keeps virtual IPs on exactly one node of a cluster.
 //!
 //! Facts come in (ZooKeeper in `coord`, netlink in `net`, XDP counters in
-//! `arp_offload`), a pure planner decides (`reconcile::plan`), executors act
+//! `xdp`), a pure planner decides (`reconcile::plan`), executors act
 //! (netlink writes, `announce`, XDP map updates); `engine` owns the VIP
 //! state and runs the passes.
 
 pub mod announce;
 pub mod api;
-pub mod arp_offload;
 pub mod config;
 pub mod connections;
 pub mod coord;
@@ -21,3 +20,4 @@ pub mod reconcile;
 pub mod role;
 pub mod shell;
 pub mod vip;
+pub mod xdp;

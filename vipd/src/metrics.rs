@@ -377,7 +377,7 @@ mod tests {
             mode: "static",
             engine,
             coord: None,
-            offload: None,
+            xdp_program: None,
             announcer,
             health: None,
         };

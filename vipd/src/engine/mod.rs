@@ -29,7 +29,6 @@ pub use self::status::{
 };
 use crate::{
     announce::Announcer,
-    arp_offload::{ArpOffload, ConflictReader, ConflictReader6},
     config::{EngineArgs, XdpArgs},
     net::{
         Link, Placement,
@@ -37,10 +36,11 @@ use crate::{
     },
     role::{Desired, EngineReport, Role},
     vip::Vip,
+    xdp::{ConflictReader, ConflictReader6, XdpProgram},
 };
 
 /// The XDP side, shared with the API (counters) behind a lock.
-pub type SharedOffload = Arc<Mutex<ArpOffload>>;
+pub type SharedXdp = Arc<Mutex<XdpProgram>>;
 
 /// The R8 sync task of a leader term: `remaining` more rounds, the next due
 /// at `next`.
@@ -54,7 +54,7 @@ pub struct Engine {
     xdp: XdpArgs,
     netlink: Netlink,
     announcer: Announcer,
-    offload: Option<SharedOffload>,
+    xdp_program: Option<SharedXdp>,
     desired: watch::Receiver<Desired>,
     report: watch::Sender<EngineReport>,
     status: watch::Sender<EngineStatus>,
@@ -102,12 +102,12 @@ impl Engine {
         xdp: XdpArgs,
         netlink: Netlink,
         announcer: Announcer,
-        offload: Option<SharedOffload>,
+        xdp_program: Option<SharedXdp>,
         desired: watch::Receiver<Desired>,
         report: watch::Sender<EngineReport>,
         status: watch::Sender<EngineStatus>,
     ) -> Self {
-        if offload.is_some() {
+        if xdp_program.is_some() {
             status.send_modify(|s| s.xdp_setting = Some(xdp.mode));
         }
         Engine {
@@ -115,7 +115,7 @@ impl Engine {
             xdp,
             netlink,
             announcer,
-            offload,
+            xdp_program,
             desired,
             report,
             status,
@@ -251,8 +251,8 @@ impl Engine {
         self.refresh = None;
         self.pending_conflict_answers.clear();
         self.announcer.clear();
-        if let Some(off) = &self.offload
-            && let Err(e) = off.lock().expect("offload lock").clear_held()
+        if let Some(off) = &self.xdp_program
+            && let Err(e) = off.lock().expect("XDP program lock").clear_held()
         {
             error!(error = %e, "cannot clear the XDP held-VIP map");
         }
@@ -288,12 +288,12 @@ impl Engine {
                 warn!(vip = %vip, error = %e, "cannot renew the VIP's lifetime");
             }
         }
-        if let Some(off) = &self.offload
+        if let Some(off) = &self.xdp_program
             && self.xdp.responder
             && Instant::now() < lease.until
         {
             let entries = self.xdp_entries();
-            if let Err(e) = set_held(&mut off.lock().expect("offload lock"), &entries) {
+            if let Err(e) = set_held(&mut off.lock().expect("XDP program lock"), &entries) {
                 warn!(error = %e, "cannot extend the XDP held-VIP entries");
             }
         }

@@ -14,7 +14,6 @@ use vipd_common::{HELD_ROUTER, HeldVip};
 use super::{Engine, LinkHealth, VipState, VipStatus, monotonic_ns, unix_ms};
 use crate::{
     announce::Announcement,
-    arp_offload::{ArpOffload, OffloadError},
     net::{
         AddrState, Placement,
         ndp::forwarding,
@@ -23,6 +22,7 @@ use crate::{
     reconcile::{self, Action, Verdict},
     role::{EngineReport, Role},
     vip::Vip,
+    xdp::{XdpError, XdpProgram},
 };
 
 impl Engine {
@@ -72,7 +72,7 @@ impl Engine {
             })
             .collect();
         if !removing.is_empty()
-            && let Some(off) = &self.offload
+            && let Some(off) = &self.xdp_program
         {
             // What the last pass held, on this pass's links.
             let keep: BTreeMap<Vip, HeldVip> = self
@@ -80,7 +80,7 @@ impl Engine {
                 .into_iter()
                 .filter(|(v, _)| !removing.contains(v))
                 .collect();
-            if let Err(e) = set_held(&mut off.lock().expect("offload lock"), &keep) {
+            if let Err(e) = set_held(&mut off.lock().expect("XDP program lock"), &keep) {
                 errors.push(format!("XDP held map: {e}"));
             }
         }
@@ -280,8 +280,8 @@ impl Engine {
             s.vips = statuses;
             s.xdp_errors = xdp_errors;
             s.interfaces = interfaces;
-            if let Some(off) = &self.offload {
-                s.xdp_attached = off.lock().expect("offload lock").attachments();
+            if let Some(off) = &self.xdp_program {
+                s.xdp_attached = off.lock().expect("XDP program lock").attachments();
             }
         });
         self.schedule_delivery_check();
@@ -348,11 +348,11 @@ impl Engine {
     }
 
     /// Checks that native XDP answers leave their interfaces; where they do
-    /// not, the offload has moved the interface to generic mode.
+    /// not, the XDP program has moved the interface to generic mode.
     pub(super) fn check_delivery(&mut self) {
         self.delivery_check = None;
-        let Some(off) = &self.offload else { return };
-        let mut off = off.lock().expect("offload lock");
+        let Some(off) = &self.xdp_program else { return };
+        let mut off = off.lock().expect("XDP program lock");
         if off.check_delivery() {
             let attached = off.attachments();
             self.status.send_modify(|s| s.xdp_attached = attached);
@@ -364,9 +364,9 @@ impl Engine {
     /// Keeps a delivery check due while any native attachment is checked.
     fn schedule_delivery_check(&mut self) {
         let next = self
-            .offload
+            .xdp_program
             .as_ref()
-            .and_then(|o| o.lock().expect("offload lock").next_delivery_check());
+            .and_then(|o| o.lock().expect("XDP program lock").next_delivery_check());
         let now = tokio::time::Instant::now();
         self.delivery_check = match (next, self.delivery_check) {
             (None, _) => None,
@@ -467,13 +467,13 @@ impl Engine {
     /// named), watches every configured VIP and holds exactly `held`.
     fn sync_xdp(&mut self, snap: &NetSnapshot, held: &BTreeMap<Vip, Placement>) -> Vec<String> {
         let expires_ns = self.xdp_expiry();
-        if self.offload.is_some() {
+        if self.xdp_program.is_some() {
             self.refresh_routers(snap, held);
         }
-        let Some(off) = &self.offload else {
+        let Some(off) = &self.xdp_program else {
             return Vec::new();
         };
-        let mut off = off.lock().expect("offload lock");
+        let mut off = off.lock().expect("XDP program lock");
         let mut errors = Vec::new();
         let mut ifnames: BTreeSet<String> = self.xdp.interfaces.iter().cloned().collect();
         for vip in &self.applied.vips {
@@ -533,9 +533,9 @@ impl Engine {
 /// map, IPv6 VIPs in the NDP map. Both are written even when one fails;
 /// the first error is returned.
 pub(super) fn set_held(
-    off: &mut ArpOffload,
+    off: &mut XdpProgram,
     entries: &BTreeMap<Vip, HeldVip>,
-) -> Result<(), OffloadError> {
+) -> Result<(), XdpError> {
     let v4: BTreeMap<Vip, HeldVip> = entries
         .iter()
         .filter(|(v, _)| v.v4().is_some())

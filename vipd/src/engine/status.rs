@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::{arp_offload::XdpAttachment, config::XdpMode, role::Role, vip::Vip};
+use crate::{config::XdpMode, role::Role, vip::Vip, xdp::XdpAttachment};
 
 /// What became of one configured VIP on the last pass. Serialized as the
 /// strings of docs/API.md (`vips[].state`).
