@@ -1,6 +1,6 @@
-//! One reconcile pass: read the kernel, plan, remove and add addresses,
-//! hold the VIPs in the XDP maps, announce, report to the source and
-//! publish the status.
+//! One reconcile pass: snapshot (read the kernel), plan (`reconcile::plan`),
+//! execute (remove and add addresses, hold the VIPs in the XDP maps,
+//! announce), report (to the source, and the status).
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -13,26 +13,34 @@ use vipd_common::{HELD_ROUTER, HeldVip};
 
 use super::{Engine, LinkHealth, VipState, VipStatus, monotonic_ns, unix_ms};
 use crate::{
-    announce::Announcement,
     net::{
-        AddrState, Placement,
+        AddrState, Address, Placement,
         ndp::forwarding,
         netlink::{NetSnapshot, enable_promote_secondaries},
     },
-    reconcile::{self, Action, Verdict},
+    reconcile::{self, Action, AddressPlan, Facts, Holdings, Plan, Verdict},
     role::{EngineReport, Role},
     vip::Vip,
     xdp::{XdpError, XdpProgram},
 };
 
+/// What executing a plan's address changes came to.
+#[derive(Default)]
+struct Executed {
+    added: usize,
+    removed: usize,
+    /// Why each VIP whose change failed did not make it.
+    failed: BTreeMap<Vip, String>,
+    errors: Vec<String>,
+}
+
 impl Engine {
-    /// One reconcile pass. `announce_all`: announce every VIP held after the
-    /// pass (start of a term, sync rounds), not only those just added.
+    /// One reconcile pass: snapshot -> plan -> execute -> report.
+    /// `announce_all`: announce every VIP held after the pass (start of a
+    /// term, sync rounds), not only those just added.
     #[instrument(level = "debug", skip(self), fields(role = ?self.applied.role, term = self.applied.term))]
     pub(super) async fn reconcile(&mut self, announce_all: bool) {
         let started = Instant::now();
-        let leader = self.applied.role == Role::Leader;
-        let mut errors = Vec::new();
         let snap = match self.netlink.snapshot().await {
             Ok(s) => s,
             Err(e) => {
@@ -43,52 +51,71 @@ impl Engine {
         };
         self.links = snap.links.iter().map(|l| (l.ifindex, l.clone())).collect();
         self.update_links(&snap);
-        let empty = BTreeSet::new();
-        let wanted = if leader { &self.applied.vips } else { &empty };
-        let plan = reconcile::plan(wanted, &snap.routes, &snap.addresses);
+        let plan = reconcile::plan(&Facts {
+            leader: self.applied.role == Role::Leader,
+            lease_valid: self.lease_valid(),
+            vips: &self.applied.vips,
+            routes: &snap.routes,
+            addresses: &snap.addresses,
+            links: &snap.links,
+            announce_all,
+        });
+        let mut done = Executed::default();
+        self.log_unusable(&snap, &plan.addresses, &mut done);
+        self.forget_removed(&plan.addresses, &mut done);
+        self.remove(&snap, &plan.addresses, &mut done).await;
+        self.add(&snap, &plan.addresses, &mut done).await;
+        let holdings = plan.outcome(&done.failed.keys().copied().collect());
+        let xdp_errors = self.sync_xdp(&snap, &holdings);
+        if !holdings.announce.is_empty() && self.lease_valid() {
+            self.announcer
+                .announce_until(holdings.announce.clone(), self.lease_end());
+        }
+        self.held = holdings.held.clone();
+        self.report_pass(&snap, &plan, &holdings, done, xdp_errors, started);
+    }
+
+    /// Logs our copies DAD left unusable; a failed DAD is an error of the
+    /// pass: another host answered for the VIP, a conflict to look into.
+    fn log_unusable(&self, snap: &NetSnapshot, plan: &AddressPlan, done: &mut Executed) {
         for (vip, address) in &plan.unusable {
-            let ifname = self.name_in(&snap, address.ifindex);
+            let ifname = self.name_in(snap, address.ifindex);
             if address.state == AddrState::DadFailed {
-                // Reported as an error of the pass: another host answered
-                // for the VIP, which is also a conflict to look into.
                 let msg = format!(
                     "VIP {vip} on {ifname} failed duplicate address detection (another host answers for it): removed, and added again without DAD"
                 );
                 error!(vip = %vip, ifname = %ifname, "{msg}");
-                errors.push(msg);
+                done.errors.push(msg);
             } else {
                 warn!(vip = %vip, ifname = %ifname, state = ?address.state,
                       "VIP address is not usable yet; replacing it with one without DAD");
             }
         }
+    }
 
-        // Removals first, and the XDP map forgets a VIP before it goes.
-        let removing: BTreeSet<Vip> = plan
-            .actions
-            .iter()
-            .filter_map(|a| match a {
-                Action::Remove { vip, .. } => Some(*vip),
-                Action::Add { .. } => None,
-            })
-            .collect();
-        if !removing.is_empty()
-            && let Some(off) = &self.xdp_program
-        {
-            // What the last pass held, on this pass's links.
-            let keep: BTreeMap<Vip, HeldVip> = self
-                .xdp_entries()
-                .into_iter()
-                .filter(|(v, _)| !removing.contains(v))
-                .collect();
-            if let Err(e) = set_held(&mut off.lock().expect("XDP program lock"), &keep) {
-                errors.push(format!("XDP held map: {e}"));
-            }
+    /// The XDP map forgets a VIP before its address goes: what the last
+    /// pass held, on this pass's links, but the VIPs to remove.
+    fn forget_removed(&self, plan: &AddressPlan, done: &mut Executed) {
+        let removing = plan.removing();
+        if removing.is_empty() {
+            return;
         }
-        let mut added = Vec::new();
-        let mut failed: BTreeMap<Vip, String> = BTreeMap::new();
-        let mut removed = 0;
-        // Removals first, as one batch (one dump for all the checks).
-        let mut to_remove: Vec<(Vip, crate::net::Address)> = Vec::new();
+        let Some(off) = &self.xdp_program else { return };
+        let keep: BTreeMap<Vip, HeldVip> = self
+            .xdp_entries()
+            .into_iter()
+            .filter(|(v, _)| !removing.contains(v))
+            .collect();
+        if let Err(e) = set_held(&mut off.lock().expect("XDP program lock"), &keep) {
+            done.errors.push(format!("XDP held map: {e}"));
+        }
+    }
+
+    /// The plan's removals, as one batch (one dump for all the checks). A
+    /// removal the plan says guards secondaries needs `promote_secondaries`
+    /// on first, or it is not made.
+    async fn remove(&self, snap: &NetSnapshot, plan: &AddressPlan, done: &mut Executed) {
+        let mut to_remove: Vec<(Vip, Address)> = Vec::new();
         for action in &plan.actions {
             if let Action::Remove {
                 vip,
@@ -105,32 +132,36 @@ impl Engine {
                         link.name
                     );
                     error!(vip = %vip, ifname = %link.name, "{msg}");
-                    errors.push(msg.clone());
-                    failed.insert(*vip, msg);
+                    done.errors.push(msg.clone());
+                    done.failed.insert(*vip, msg);
                     continue;
                 }
                 to_remove.push((*vip, address.clone()));
             }
         }
-        if !to_remove.is_empty() {
-            let addresses: Vec<crate::net::Address> =
-                to_remove.iter().map(|(_, a)| a.clone()).collect();
-            let results = self.netlink.remove_vips(&addresses).await;
-            for ((vip, address), (_, result)) in to_remove.iter().zip(results) {
-                match result {
-                    Ok(()) => {
-                        removed += 1;
-                        info!(vip = %vip, ifname = %self.name_in(&snap, address.ifindex),
-                              prefix_len = address.prefix_len, "VIP removed");
-                    }
-                    Err(e) => {
-                        error!(vip = %vip, error = %e, "cannot remove VIP");
-                        errors.push(e.to_string());
-                        failed.insert(*vip, e.to_string());
-                    }
+        if to_remove.is_empty() {
+            return;
+        }
+        let addresses: Vec<Address> = to_remove.iter().map(|(_, a)| a.clone()).collect();
+        let results = self.netlink.remove_vips(&addresses).await;
+        for ((vip, address), (_, result)) in to_remove.iter().zip(results) {
+            match result {
+                Ok(()) => {
+                    done.removed += 1;
+                    info!(vip = %vip, ifname = %self.name_in(snap, address.ifindex),
+                          prefix_len = address.prefix_len, "VIP removed");
+                }
+                Err(e) => {
+                    error!(vip = %vip, error = %e, "cannot remove VIP");
+                    done.errors.push(e.to_string());
+                    done.failed.insert(*vip, e.to_string());
                 }
             }
         }
+    }
+
+    /// The plan's adds, with vipd's mark and the lease's lifetime.
+    async fn add(&self, snap: &NetSnapshot, plan: &AddressPlan, done: &mut Executed) {
         let lifetime = self.applied.lease.map(|l| l.address_lifetime);
         for action in &plan.actions {
             if let Action::Add { vip, placement } = action {
@@ -138,39 +169,55 @@ impl Engine {
                 if !self.lease_valid() {
                     let msg = format!("not adding VIP {vip}: the lease has run out");
                     debug!(vip = %vip, "{msg}");
-                    failed.insert(*vip, msg);
+                    done.failed.insert(*vip, msg);
                     continue;
                 }
                 match self.netlink.add_vip_for(*vip, *placement, lifetime).await {
                     Ok(()) => {
-                        info!(vip = %vip, ifname = %self.name_in(&snap, placement.ifindex),
+                        info!(vip = %vip, ifname = %self.name_in(snap, placement.ifindex),
                               prefix_len = placement.prefix_len, "VIP added");
-                        added.push((*vip, *placement));
+                        done.added += 1;
                     }
                     Err(e) => {
                         error!(vip = %vip, error = %e, "cannot add VIP");
-                        errors.push(e.to_string());
-                        failed.insert(*vip, e.to_string());
+                        done.errors.push(e.to_string());
+                        done.failed.insert(*vip, e.to_string());
                     }
                 }
             }
         }
-        // What we hold now, per the plan and what succeeded.
-        let mut held: BTreeMap<Vip, Placement> = BTreeMap::new();
+    }
+
+    /// Tells the source what this node holds now and publishes the pass's
+    /// status: one entry per configured VIP.
+    fn report_pass(
+        &mut self,
+        snap: &NetSnapshot,
+        plan: &Plan,
+        holdings: &Holdings,
+        done: Executed,
+        xdp_errors: Vec<String>,
+        started: Instant,
+    ) {
+        let Executed {
+            added,
+            removed,
+            mut failed,
+            errors,
+        } = done;
         let mut statuses = Vec::new();
         let mut no_route = BTreeSet::new();
         let mut interfaces = BTreeMap::new();
-        for (vip, verdict) in &plan.verdicts {
+        for (vip, verdict) in &plan.addresses.verdicts {
             let (state, placement, ifindex) = match verdict {
-                Verdict::InPlace { placement } => {
-                    (VipState::Held, Some(*placement), Some(placement.ifindex))
-                }
-                Verdict::Add { placement } => {
-                    if failed.contains_key(vip) {
-                        (VipState::Error, Some(*placement), Some(placement.ifindex))
+                Verdict::InPlace { placement } | Verdict::Add { placement } => {
+                    let state = if holdings.held.contains_key(vip) {
+                        self.reported.remove(vip);
+                        VipState::Held
                     } else {
-                        (VipState::Held, Some(*placement), Some(placement.ifindex))
-                    }
+                        VipState::Error
+                    };
+                    (state, Some(*placement), Some(placement.ifindex))
                 }
                 Verdict::NoRoute => {
                     no_route.insert(*vip);
@@ -193,13 +240,7 @@ impl Engine {
                     (VipState::OperatorAddress, None, Some(*ifindex))
                 }
             };
-            if state == VipState::Held
-                && let Some(p) = placement
-            {
-                held.insert(*vip, p);
-                self.reported.remove(vip);
-            }
-            let name = ifindex.map(|i| self.name_in(&snap, i));
+            let name = ifindex.map(|i| self.name_in(snap, i));
             if let Some(n) = &name {
                 interfaces.insert(*vip, n.clone());
             }
@@ -216,10 +257,10 @@ impl Engine {
                 },
             });
         }
-        if !leader {
+        if !plan.holding {
             for vip in &self.applied.vips {
                 let place = snap.routes.placement(*vip);
-                let name = place.map(|p| self.name_in(&snap, p.ifindex));
+                let name = place.map(|p| self.name_in(snap, p.ifindex));
                 if let Some(n) = &name {
                     interfaces.insert(*vip, n.clone());
                 }
@@ -234,35 +275,10 @@ impl Engine {
             }
         }
 
-        // XDP: attach where VIPs live, watch every configured VIP, hold ours.
-        let xdp_errors = self.sync_xdp(&snap, &held);
-
-        // Announce: what was added (R7), or everything held (new term, R8).
-        let to_announce: Vec<Announcement> = held
-            .iter()
-            .filter(|(vip, _)| announce_all || added.iter().any(|(a, _)| a == *vip))
-            .filter_map(|(vip, p)| {
-                let mac = snap.link(p.ifindex)?.mac;
-                Some(Announcement {
-                    vip: *vip,
-                    ifindex: p.ifindex,
-                    mac,
-                })
-            })
-            .collect();
-        if leader && !to_announce.is_empty() && self.lease_valid() {
-            self.announcer.announce_until(to_announce, self.lease_end());
-        }
-        self.held = if leader {
-            held.clone()
-        } else {
-            BTreeMap::new()
-        };
-
         let report = EngineReport {
             role: self.applied.role,
             term: self.applied.term,
-            held: snap_held_after(&snap, &held, &plan),
+            held: plan.on_node(holdings, &snap.addresses),
             no_route,
             links_down: self.links_down.clone(),
         };
@@ -285,7 +301,7 @@ impl Engine {
             }
         });
         self.schedule_delivery_check();
-        self.finish_pass(started, added.len(), removed, errors);
+        self.finish_pass(started, added, removed, errors);
     }
 
     /// R18: the interfaces of configured VIPs that are down now (not up, or
@@ -465,10 +481,10 @@ impl Engine {
 
     /// Attaches the XDP program where VIPs live (and where the operator
     /// named), watches every configured VIP and holds exactly `held`.
-    fn sync_xdp(&mut self, snap: &NetSnapshot, held: &BTreeMap<Vip, Placement>) -> Vec<String> {
+    fn sync_xdp(&mut self, snap: &NetSnapshot, holdings: &Holdings) -> Vec<String> {
         let expires_ns = self.xdp_expiry();
         if self.xdp_program.is_some() {
-            self.refresh_routers(snap, held);
+            self.refresh_routers(snap, &holdings.held);
         }
         let Some(off) = &self.xdp_program else {
             return Vec::new();
@@ -513,11 +529,10 @@ impl Engine {
         }
         let entries: BTreeMap<Vip, HeldVip> =
             if self.xdp.responder && self.applied.role == Role::Leader {
-                held.iter()
-                    .filter_map(|(vip, p)| {
-                        let mac = snap.link(p.ifindex)?.mac;
-                        Some((*vip, self.held_vip(*vip, p.ifindex, mac, expires_ns)))
-                    })
+                holdings
+                    .xdp
+                    .iter()
+                    .map(|(vip, x)| (*vip, self.held_vip(*vip, x.ifindex, x.mac, expires_ns)))
                     .collect()
             } else {
                 BTreeMap::new()
@@ -548,27 +563,4 @@ pub(super) fn set_held(
     let r4 = off.set_held(&v4);
     let r6 = off.set_held6(&v6);
     r4.and(r6)
-}
-
-/// VIPs configured with our mark once the pass's actions ran.
-fn snap_held_after(
-    snap: &NetSnapshot,
-    held: &BTreeMap<Vip, Placement>,
-    plan: &reconcile::Plan,
-) -> BTreeSet<Vip> {
-    let mut out: BTreeSet<Vip> = held.keys().copied().collect();
-    // Marked addresses the plan did not touch successfully still count: a
-    // failed removal leaves the VIP on this node, and the source must know.
-    for a in snap.addresses.iter().filter(|a| a.owned) {
-        if let Ok(v) = Vip::from_ip(a.addr) {
-            let planned_removal = plan
-                .actions
-                .iter()
-                .any(|x| matches!(x, Action::Remove { address, .. } if address == a));
-            if !planned_removal {
-                out.insert(v);
-            }
-        }
-    }
-    out
 }
