@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::{
     announce::Announcement,
-    net::{AddrState, Address, Link, Placement, RouteTable, in_prefix},
+    net::{AddrState, Address, Link, Placement, RouteTable, guards_secondaries},
     vip::Vip,
 };
 
@@ -315,26 +315,8 @@ fn remove(vip: Vip, address: &Address, all: &[Address]) -> Action {
     Action::Remove {
         vip,
         address: address.clone(),
-        guards_secondaries: is_primary_with_company(address, all),
+        guards_secondaries: guards_secondaries(address, all),
     }
-}
-
-/// Whether `a` is the first IPv4 address of its subnet on its interface
-/// while other addresses share that subnet: with `promote_secondaries=0` the
-/// kernel deletes those along with it (docs/DESIGN.md, facts). IPv6 has no
-/// primary addresses.
-fn is_primary_with_company(a: &Address, all: &[Address]) -> bool {
-    if !a.addr.is_ipv4() {
-        return false;
-    }
-    let mut same_subnet = all.iter().filter(|b| {
-        b.ifindex == a.ifindex
-            && b.prefix_len == a.prefix_len
-            && in_prefix(b.addr, a.addr, a.prefix_len)
-    });
-    // Dumps list a subnet's primary first (the kernel keeps that order).
-    let first_is_a = same_subnet.next().is_some_and(|b| b.addr == a.addr);
-    first_is_a && same_subnet.next().is_some()
 }
 
 #[cfg(test)]
@@ -357,6 +339,7 @@ mod tests {
             prefix_len,
             owned,
             state: AddrState::Usable,
+            secondary: false,
         }
     }
 
@@ -582,10 +565,11 @@ mod tests {
     fn primary_vip_removal_is_flagged_to_protect_operator_addresses() {
         // The VIP came first in its subnet, so it is primary; the node's own
         // address behind it is a secondary the kernel would delete with it.
-        let a = vec![
+        let mut a = vec![
             addr("192.0.2.100", 24, 1, true),
             addr("192.0.2.1", 24, 1, false),
         ];
+        a[1].secondary = true;
         let p = addresses(&BTreeSet::new(), &routes(), &a);
         assert_eq!(
             p.actions,
@@ -594,6 +578,41 @@ mod tests {
                 address: a[0].clone(),
                 guards_secondaries: true
             }]
+        );
+        // Behind the node's address the VIP is the secondary: no guard.
+        a[0].secondary = true;
+        a[1].secondary = false;
+        let p = addresses(&BTreeSet::new(), &routes(), &a);
+        assert!(
+            matches!(
+                &p.actions[..],
+                [Action::Remove {
+                    guards_secondaries: false,
+                    ..
+                }]
+            ),
+            "{:?}",
+            p.actions
+        );
+        // A secondary of another prefix length is not the VIP's: no guard.
+        let other = vec![
+            addr("192.0.2.100", 24, 1, true),
+            Address {
+                secondary: true,
+                ..addr("192.0.2.1", 25, 1, false)
+            },
+        ];
+        let p = addresses(&BTreeSet::new(), &routes(), &other);
+        assert!(
+            matches!(
+                &p.actions[..],
+                [Action::Remove {
+                    guards_secondaries: false,
+                    ..
+                }]
+            ),
+            "{:?}",
+            p.actions
         );
     }
 
