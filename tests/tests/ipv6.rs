@@ -187,6 +187,7 @@ fn v6_vip_is_added_marked_without_dad_and_without_a_route_of_its_own() {
                 prefix_len: 64,
                 owned: true,
                 state: AddrState::Usable,
+                secondary: false,
             })
         );
         let shown = ip("-6 addr show dev d0");

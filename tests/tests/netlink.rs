@@ -65,6 +65,15 @@ fn addr(ifindex: u32, a: &str, prefix_len: u8, owned: bool) -> Address {
         prefix_len,
         owned,
         state: AddrState::Usable,
+        secondary: false,
+    }
+}
+
+/// `a` as a secondary: another address of its subnet came first.
+fn secondary(a: Address) -> Address {
+    Address {
+        secondary: true,
+        ..a
     }
 }
 
@@ -176,7 +185,7 @@ fn dumps_report_what_ip_set_up() {
             addresses_on(&nl, &[d0.ifindex, d1.ifindex]).await,
             vec![
                 addr(d0.ifindex, "192.0.2.1", 24, false),
-                addr(d0.ifindex, "192.0.2.2", 24, false),
+                secondary(addr(d0.ifindex, "192.0.2.2", 24, false)),
                 addr(d1.ifindex, "198.51.100.1", 24, false),
             ]
         );
@@ -216,7 +225,7 @@ fn add_vip_marks_it_and_is_idempotent() {
             addresses_on(&nl, &[d0]).await,
             vec![
                 addr(d0, "192.0.2.1", 24, false),
-                addr(d0, "192.0.2.100", 24, true)
+                secondary(addr(d0, "192.0.2.100", 24, true))
             ]
         );
         let shown = ip("-4 addr show dev d0");
@@ -237,7 +246,7 @@ fn remove_vip_only_removes_marked_addresses() {
         let nl = Netlink::new().unwrap();
         let d0 = ifindex(&nl, "d0").await;
 
-        let operator = addr(d0, "192.0.2.50", 24, false);
+        let operator = secondary(addr(d0, "192.0.2.50", 24, false));
         assert!(matches!(
             nl.remove_vip(&operator).await,
             Err(NetError::NotOwned { .. })
@@ -257,7 +266,7 @@ fn remove_vip_only_removes_marked_addresses() {
 
         let v = vip("192.0.2.100");
         nl.add_vip(v, place(&nl, v).await).await.unwrap();
-        let marked = addr(d0, "192.0.2.100", 24, true);
+        let marked = secondary(addr(d0, "192.0.2.100", 24, true));
         assert!(addresses_on(&nl, &[d0]).await.contains(&marked));
         nl.remove_vip(&marked).await.unwrap();
         assert_eq!(
@@ -294,8 +303,8 @@ fn remove_all_marked_leaves_operator_addresses() {
         assert_eq!(
             removed,
             vec![
-                addr(d0, "192.0.2.100", 24, true),
-                addr(d0, "192.0.2.101", 24, true),
+                secondary(addr(d0, "192.0.2.100", 24, true)),
+                secondary(addr(d0, "192.0.2.101", 24, true)),
                 addr(d1, "198.51.100.100", 24, true),
             ]
         );
@@ -303,7 +312,7 @@ fn remove_all_marked_leaves_operator_addresses() {
             addresses_on(&nl, &[d0, d1]).await,
             vec![
                 addr(d0, "192.0.2.1", 24, false),
-                addr(d0, "192.0.2.50", 24, false),
+                secondary(addr(d0, "192.0.2.50", 24, false)),
                 addr(d1, "198.51.100.1", 24, false),
             ]
         );
@@ -377,7 +386,7 @@ fn lifetimes_are_set_renewed_with_the_mark_and_expire() {
         assert!(
             addresses_on(&nl, &[d0])
                 .await
-                .contains(&addr(d0, "192.0.2.100", 24, true)),
+                .contains(&secondary(addr(d0, "192.0.2.100", 24, true))),
             "the renewal kept vipd's mark"
         );
         // A renewal is vipd's own event, never a plain Address one.

@@ -17,9 +17,9 @@ use std::{
 };
 
 use vipd::{
-    arp_offload::{ArpOffload, AttachedMode, ConflictReader},
     config::XdpMode,
     vip::Vip,
+    xdp::{AttachedMode, ConflictReader, XdpProgram},
 };
 use vipd_common::{ArpCounters, ConflictEvent, HeldVip, NO_EXPIRY};
 use vipd_tests::lab::in_new_netns as in_netns;
@@ -188,21 +188,21 @@ fn vip(octets: [u8; 4]) -> Vip {
 }
 
 /// A loaded program watching VIP and OTHER_VIP, holding none.
-fn loaded() -> ArpOffload {
-    let mut offload = ArpOffload::load().expect("loading the XDP program");
+fn loaded() -> XdpProgram {
+    let mut program = XdpProgram::load().expect("loading the XDP program");
     let watched: BTreeSet<Vip> = [vip(VIP), vip(OTHER_VIP)].into();
-    offload.set_watched(&watched).expect("set_watched");
-    offload
+    program.set_watched(&watched).expect("set_watched");
+    program
 }
 
 /// A loaded program watching VIP and OTHER_VIP and holding VIP on `ifindex`.
-fn holding(ifindex: u32) -> ArpOffload {
+fn holding(ifindex: u32) -> XdpProgram {
     holding_on_vlan(ifindex, 0)
 }
 
 /// Like [`holding`], with the VIP on VLAN `vlan` of `ifindex`.
-fn holding_on_vlan(ifindex: u32, vlan: u16) -> ArpOffload {
-    let mut offload = loaded();
+fn holding_on_vlan(ifindex: u32, vlan: u16) -> XdpProgram {
+    let mut program = loaded();
     let held = BTreeMap::from([(
         vip(VIP),
         HeldVip {
@@ -214,12 +214,12 @@ fn holding_on_vlan(ifindex: u32, vlan: u16) -> ArpOffload {
             expires_ns: NO_EXPIRY,
         },
     )]);
-    offload.set_held(&held).expect("set_held");
-    offload
+    program.set_held(&held).expect("set_held");
+    program
 }
 
-fn counters_of(offload: &ArpOffload, octets: [u8; 4]) -> ArpCounters {
-    *offload
+fn counters_of(program: &XdpProgram, octets: [u8; 4]) -> ArpCounters {
+    *program
         .counters()
         .expect("reading counters")
         .get(&vip(octets))
@@ -229,13 +229,13 @@ fn counters_of(offload: &ArpOffload, octets: [u8; 4]) -> ArpCounters {
 /// Runs `frame` once and returns the action, the frame out, and how the
 /// counters of VIP and OTHER_VIP changed.
 fn run(
-    offload: &ArpOffload,
+    program: &XdpProgram,
     frame: &[u8],
     ingress: u32,
 ) -> (u32, Vec<u8>, ArpCounters, ArpCounters) {
-    let before = (counters_of(offload, VIP), counters_of(offload, OTHER_VIP));
-    let (action, out) = offload.test_run(frame, ingress).expect("BPF_PROG_TEST_RUN");
-    let after = (counters_of(offload, VIP), counters_of(offload, OTHER_VIP));
+    let before = (counters_of(program, VIP), counters_of(program, OTHER_VIP));
+    let (action, out) = program.test_run(frame, ingress).expect("BPF_PROG_TEST_RUN");
+    let after = (counters_of(program, VIP), counters_of(program, OTHER_VIP));
     (
         action,
         out,
@@ -277,13 +277,13 @@ const ONE_ANNOUNCEMENT: ArpCounters = ArpCounters {
 /// Asserts that `frame` passes unchanged and changes the counters of VIP by
 /// `expected` (and OTHER_VIP's not at all).
 fn assert_passes(
-    offload: &ArpOffload,
+    program: &XdpProgram,
     frame: &[u8],
     ingress: u32,
     expected: ArpCounters,
     what: &str,
 ) {
-    let (action, out, vip_delta, other_delta) = run(offload, frame, ingress);
+    let (action, out, vip_delta, other_delta) = run(program, frame, ingress);
     assert_eq!(action, XDP_PASS, "{what}: action");
     assert_eq!(out, frame, "{what}: the frame must pass unchanged");
     assert_eq!(vip_delta, expected, "{what}: counters of the VIP");
@@ -296,7 +296,7 @@ fn assert_passes(
 
 #[test]
 fn the_loader_parses_no_kernel_btf_and_hides_it_from_nobody_else() {
-    use vipd::arp_offload::loader::{KernelBtf, loader};
+    use vipd::xdp::loader::{KernelBtf, loader};
     const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
     let before = std::fs::metadata(VMLINUX)
         .unwrap_or_else(|e| panic!("{VMLINUX} is a prerequisite of this test: {e}"))
@@ -338,32 +338,32 @@ fn the_loader_parses_no_kernel_btf_and_hides_it_from_nobody_else() {
 #[test]
 fn request_for_watched_vip_passes_and_counts_a_request() {
     in_netns(|| {
-        let offload = loaded();
+        let program = loaded();
         let frame = ArpFrame::request(ASKER_MAC, ASKER_IP, VIP).bytes();
-        assert_passes(&offload, &frame, 0, ONE_REQUEST, "request");
+        assert_passes(&program, &frame, 0, ONE_REQUEST, "request");
         // A second one counts again: the counter is a count, not a flag.
-        assert_passes(&offload, &frame, 0, ONE_REQUEST, "second request");
-        assert_eq!(counters_of(&offload, VIP).requests, 2);
+        assert_passes(&program, &frame, 0, ONE_REQUEST, "second request");
+        assert_eq!(counters_of(&program, VIP).requests, 2);
     });
 }
 
 #[test]
 fn reply_about_watched_vip_counts_an_announcement() {
     in_netns(|| {
-        let offload = loaded();
+        let program = loaded();
         let frame = ArpFrame::reply(FOREIGN_MAC, VIP).bytes();
-        assert_passes(&offload, &frame, 0, ONE_ANNOUNCEMENT, "reply");
+        assert_passes(&program, &frame, 0, ONE_ANNOUNCEMENT, "reply");
     });
 }
 
 #[test]
 fn gratuitous_arp_counts_an_announcement_not_a_request() {
     in_netns(|| {
-        let offload = loaded();
+        let program = loaded();
         // Request form (`arping -U`): spa == tpa, tha broadcast.
         let request_form = ArpFrame::gratuitous(FOREIGN_MAC, VIP).bytes();
         assert_passes(
-            &offload,
+            &program,
             &request_form,
             0,
             ONE_ANNOUNCEMENT,
@@ -376,7 +376,7 @@ fn gratuitous_arp_counts_an_announcement_not_a_request() {
         }
         .bytes();
         assert_passes(
-            &offload,
+            &program,
             &zero_tha,
             0,
             ONE_ANNOUNCEMENT,
@@ -392,7 +392,7 @@ fn gratuitous_arp_counts_an_announcement_not_a_request() {
         }
         .bytes();
         assert_passes(
-            &offload,
+            &program,
             &reply_form,
             0,
             ONE_ANNOUNCEMENT,
@@ -404,50 +404,50 @@ fn gratuitous_arp_counts_an_announcement_not_a_request() {
 #[test]
 fn vlan_tagged_request_counts_a_request() {
     in_netns(|| {
-        let offload = loaded();
+        let program = loaded();
         let q = ArpFrame::request(ASKER_MAC, ASKER_IP, VIP)
             .tagged(TAG_8021Q)
             .bytes();
         assert_eq!(q.len(), 46);
-        assert_passes(&offload, &q, 0, ONE_REQUEST, "802.1Q request");
+        assert_passes(&program, &q, 0, ONE_REQUEST, "802.1Q request");
         let ad = ArpFrame::request(ASKER_MAC, ASKER_IP, VIP)
             .tagged(TAG_8021AD)
             .bytes();
-        assert_passes(&offload, &ad, 0, ONE_REQUEST, "802.1ad request");
+        assert_passes(&program, &ad, 0, ONE_REQUEST, "802.1ad request");
     });
 }
 
 #[test]
 fn non_arp_frame_passes_uncounted() {
     in_netns(|| {
-        let offload = loaded();
+        let program = loaded();
         // An IPv4/UDP frame whose bytes at the ARP offsets would read as a
         // request for the VIP if the program ignored the ethertype.
         let mut frame = ArpFrame::request(ASKER_MAC, ASKER_IP, VIP).bytes();
         frame[12..14].copy_from_slice(&[0x08, 0x00]);
-        assert_passes(&offload, &frame, 0, NONE, "IPv4 ethertype");
+        assert_passes(&program, &frame, 0, NONE, "IPv4 ethertype");
         let mut ipv6 = ArpFrame::request(ASKER_MAC, ASKER_IP, VIP).bytes();
         ipv6[12..14].copy_from_slice(&[0x86, 0xdd]);
-        assert_passes(&offload, &ipv6, 0, NONE, "IPv6 ethertype");
+        assert_passes(&program, &ipv6, 0, NONE, "IPv6 ethertype");
         // A VLAN tag with a non-ARP payload.
         let mut tagged = ArpFrame::request(ASKER_MAC, ASKER_IP, VIP)
             .tagged(TAG_8021Q)
             .bytes();
         tagged[16..18].copy_from_slice(&[0x08, 0x00]);
-        assert_passes(&offload, &tagged, 0, NONE, "VLAN-tagged IPv4");
+        assert_passes(&program, &tagged, 0, NONE, "VLAN-tagged IPv4");
         // Two stacked tags: the program reads one only, so the frame passes.
         let mut stacked = ArpFrame::request(ASKER_MAC, ASKER_IP, VIP)
             .tagged(TAG_8021AD)
             .bytes();
         stacked.splice(16..16, [0x81, 0x00, 0x00, 0x64]);
-        assert_passes(&offload, &stacked, 0, NONE, "two VLAN tags");
+        assert_passes(&program, &stacked, 0, NONE, "two VLAN tags");
     });
 }
 
 #[test]
 fn malformed_arp_passes_uncounted() {
     in_netns(|| {
-        let offload = loaded();
+        let program = loaded();
         let base = ArpFrame::request(ASKER_MAC, ASKER_IP, VIP);
         let broken = [
             (
@@ -504,7 +504,7 @@ fn malformed_arp_passes_uncounted() {
             ),
         ];
         for (what, frame) in broken {
-            assert_passes(&offload, &frame.bytes(), 0, NONE, what);
+            assert_passes(&program, &frame.bytes(), 0, NONE, what);
         }
     });
 }
@@ -512,13 +512,13 @@ fn malformed_arp_passes_uncounted() {
 #[test]
 fn truncated_frames_pass_uncounted() {
     in_netns(|| {
-        let offload = loaded();
+        let program = loaded();
         // The kernel itself refuses to run a program on less than an
         // Ethernet header (bpf_test_init: EINVAL), as no driver hands one
         // to XDP: the 0- and 13-byte cases are refused before the program.
         for len in [0usize, 13] {
             let frame = &ArpFrame::request(ASKER_MAC, ASKER_IP, VIP).bytes()[..len];
-            let err = offload
+            let err = program
                 .test_run(frame, 0)
                 .expect_err("the kernel must refuse a frame shorter than 14 bytes");
             let text = format!("{:?}", err);
@@ -526,7 +526,7 @@ fn truncated_frames_pass_uncounted() {
                 text.contains("22") || text.contains("Invalid argument"),
                 "{len} bytes: unexpected error {text}"
             );
-            assert_eq!(counters_of(&offload, VIP), NONE, "{len} bytes");
+            assert_eq!(counters_of(&program, VIP), NONE, "{len} bytes");
         }
         let plain = ArpFrame::request(ASKER_MAC, ASKER_IP, VIP).bytes();
         let tagged = ArpFrame::request(ASKER_MAC, ASKER_IP, VIP)
@@ -540,12 +540,12 @@ fn truncated_frames_pass_uncounted() {
             ("VLAN: 18 + 27, one byte short of ARP", &tagged[..18 + 27]),
         ];
         for (what, frame) in cuts {
-            assert_passes(&offload, frame, 0, NONE, what);
+            assert_passes(&program, frame, 0, NONE, what);
         }
         // The same cuts of a held VIP's request are not answered either.
-        let mut offload = offload;
+        let mut program = program;
         let ifindex = iface("xdp0");
-        offload
+        program
             .set_held(&BTreeMap::from([(
                 vip(VIP),
                 HeldVip {
@@ -559,20 +559,20 @@ fn truncated_frames_pass_uncounted() {
             )]))
             .expect("set_held");
         for (what, frame) in cuts {
-            assert_passes(&offload, frame, ifindex, NONE, what);
+            assert_passes(&program, frame, ifindex, NONE, what);
         }
         // The whole frame still counts: the cuts, not the frame, were the reason.
-        assert_passes(&offload, &plain[..14 + 28], 0, ONE_REQUEST, "whole frame");
+        assert_passes(&program, &plain[..14 + 28], 0, ONE_REQUEST, "whole frame");
     });
 }
 
 #[test]
 fn request_for_unwatched_address_counts_nothing() {
     in_netns(|| {
-        let offload = loaded();
+        let program = loaded();
         let frame = ArpFrame::request(ASKER_MAC, ASKER_IP, UNWATCHED).bytes();
         assert_passes(
-            &offload,
+            &program,
             &frame,
             0,
             NONE,
@@ -580,13 +580,13 @@ fn request_for_unwatched_address_counts_nothing() {
         );
         let reply = ArpFrame::reply(FOREIGN_MAC, UNWATCHED).bytes();
         assert_passes(
-            &offload,
+            &program,
             &reply,
             0,
             NONE,
             "reply about an unwatched address",
         );
-        let counters = offload.counters().expect("counters");
+        let counters = program.counters().expect("counters");
         assert_eq!(
             counters.len(),
             2,
@@ -602,7 +602,7 @@ fn request_for_unwatched_address_counts_nothing() {
 fn held_vip_request_is_answered_with_the_exact_reply() {
     in_netns(|| {
         let ifindex = iface("xdp0");
-        let offload = holding(ifindex);
+        let program = holding(ifindex);
         let request = ArpFrame::request(ASKER_MAC, ASKER_IP, VIP).bytes();
         #[rustfmt::skip]
         let expected: [u8; 42] = [
@@ -620,7 +620,7 @@ fn held_vip_request_is_answered_with_the_exact_reply() {
             expected,
             "the tests' own answer builder"
         );
-        let (action, out, delta, other) = run(&offload, &request, ifindex);
+        let (action, out, delta, other) = run(&program, &request, ifindex);
         assert_eq!(action, XDP_TX, "a held VIP's request is answered in XDP");
         assert_eq!(out, expected, "reply bytes");
         assert_eq!(delta, ANSWERED);
@@ -629,7 +629,7 @@ fn held_vip_request_is_answered_with_the_exact_reply() {
         // A padded minimum-size frame (60 bytes): the padding comes back as is.
         let mut padded = request.clone();
         padded.resize(60, 0xee);
-        let (action, out, delta, _) = run(&offload, &padded, ifindex);
+        let (action, out, delta, _) = run(&program, &padded, ifindex);
         assert_eq!(action, XDP_TX);
         assert_eq!(&out[..42], &expected[..]);
         assert_eq!(&out[42..], &[0xee; 18][..]);
@@ -638,7 +638,7 @@ fn held_vip_request_is_answered_with_the_exact_reply() {
         // An ARP probe (RFC 5227, spa 0.0.0.0) is answered to 0.0.0.0, as the
         // kernel itself does.
         let probe = ArpFrame::request(ASKER_MAC, [0; 4], VIP).bytes();
-        let (action, out, delta, _) = run(&offload, &probe, ifindex);
+        let (action, out, delta, _) = run(&program, &probe, ifindex);
         assert_eq!(action, XDP_TX);
         let reply = ArpFrame::request(ASKER_MAC, [0; 4], VIP).answer();
         assert_eq!(out, reply.bytes());
@@ -657,8 +657,8 @@ fn held_vip_vlan_request_is_answered_keeping_the_tag() {
                 .bytes();
             // Held untagged, or on another VLAN: not our segment, it passes.
             for other in [0, vid + 1] {
-                let offload = holding_on_vlan(ifindex, other);
-                let (action, out, delta, _) = run(&offload, &request, ifindex);
+                let program = holding_on_vlan(ifindex, other);
+                let (action, out, delta, _) = run(&program, &request, ifindex);
                 assert_eq!(action, XDP_PASS, "held on VLAN {other}, asked on {vid}");
                 assert_eq!(out, request, "passed unchanged");
                 assert_eq!(
@@ -669,12 +669,12 @@ fn held_vip_vlan_request_is_answered_keeping_the_tag() {
                     }
                 );
             }
-            let offload = holding_on_vlan(ifindex, vid);
+            let program = holding_on_vlan(ifindex, vid);
             let reply = ArpFrame::request(ASKER_MAC, ASKER_IP, VIP)
                 .tagged(tag)
                 .answer()
                 .bytes();
-            let (action, out, delta, _) = run(&offload, &request, ifindex);
+            let (action, out, delta, _) = run(&program, &request, ifindex);
             assert_eq!(action, XDP_TX);
             assert_eq!(out, reply);
             assert_eq!(&out[12..16], &request[12..16], "the tag is kept");
@@ -688,23 +688,23 @@ fn held_vip_is_not_answered_where_it_must_not_be() {
     in_netns(|| {
         let ifindex = iface("xdp0");
         let elsewhere = iface("xdp1");
-        let offload = holding(ifindex);
+        let program = holding(ifindex);
         let request = ArpFrame::request(ASKER_MAC, ASKER_IP, VIP);
 
         // The right request on another interface: the kernel decides there.
         assert_passes(
-            &offload,
+            &program,
             &request.bytes(),
             elsewhere,
             ONE_REQUEST,
             "other ifindex",
         );
         // No ingress interface at all (ifindex 0).
-        assert_passes(&offload, &request.bytes(), 0, ONE_REQUEST, "no ifindex");
+        assert_passes(&program, &request.bytes(), 0, ONE_REQUEST, "no ifindex");
 
         // A watched but unheld VIP: counted for that VIP, not answered.
         let unheld = ArpFrame::request(ASKER_MAC, ASKER_IP, OTHER_VIP).bytes();
-        let (action, out, delta, other) = run(&offload, &unheld, ifindex);
+        let (action, out, delta, other) = run(&program, &unheld, ifindex);
         assert_eq!(
             (action, out.as_slice()),
             (XDP_PASS, unheld.as_slice()),
@@ -713,7 +713,7 @@ fn held_vip_is_not_answered_where_it_must_not_be() {
         assert_eq!((delta, other), (NONE, ONE_REQUEST), "unheld VIP counters");
         // An unwatched address.
         let unwatched = ArpFrame::request(ASKER_MAC, ASKER_IP, UNWATCHED).bytes();
-        assert_passes(&offload, &unwatched, ifindex, NONE, "unwatched address");
+        assert_passes(&program, &unwatched, ifindex, NONE, "unwatched address");
 
         // Senders we must never send a unicast reply to.
         let multicast_mac = [0x01, 0x00, 0x5e, 0x00, 0x00, 0x0a];
@@ -774,10 +774,10 @@ fn held_vip_is_not_answered_where_it_must_not_be() {
             ),
         ];
         for (what, frame) in cases {
-            assert_passes(&offload, &frame.bytes(), ifindex, ONE_REQUEST, what);
+            assert_passes(&program, &frame.bytes(), ifindex, ONE_REQUEST, what);
         }
         assert_eq!(
-            counters_of(&offload, VIP).xdp_replies,
+            counters_of(&program, VIP).xdp_replies,
             0,
             "nothing was answered"
         );
@@ -790,7 +790,7 @@ fn held_vip_is_not_answered_where_it_must_not_be() {
 fn expired_entry_is_not_answered() {
     in_netns(|| {
         let ifindex = iface("xdp0");
-        let mut offload = loaded();
+        let mut program = loaded();
         let request = ArpFrame::request(ASKER_MAC, ASKER_IP, VIP).bytes();
         let entry = |expires_ns| {
             BTreeMap::from([(
@@ -807,20 +807,20 @@ fn expired_entry_is_not_answered() {
         };
         let now = std::time::Instant::now();
         // Expired a millisecond ago: counted, passed to the kernel.
-        let past = vipd::agent::monotonic_ns(now) - 1_000_000;
-        offload.set_held(&entry(past)).expect("set_held");
-        assert_passes(&offload, &request, ifindex, ONE_REQUEST, "expired entry");
+        let past = vipd::engine::monotonic_ns(now) - 1_000_000;
+        program.set_held(&entry(past)).expect("set_held");
+        assert_passes(&program, &request, ifindex, ONE_REQUEST, "expired entry");
         // Valid for 300 ms: answered, then no longer, with no agent action.
         let until = now + Duration::from_millis(300);
-        offload
-            .set_held(&entry(vipd::agent::monotonic_ns(until)))
+        program
+            .set_held(&entry(vipd::engine::monotonic_ns(until)))
             .expect("set_held");
-        assert_eq!(run(&offload, &request, ifindex).0, XDP_TX, "before expiry");
+        assert_eq!(run(&program, &request, ifindex).0, XDP_TX, "before expiry");
         std::thread::sleep(until.saturating_duration_since(std::time::Instant::now()));
-        assert_passes(&offload, &request, ifindex, ONE_REQUEST, "after expiry");
+        assert_passes(&program, &request, ifindex, ONE_REQUEST, "after expiry");
         // A foreign claim of an expired VIP is not ours to report either.
         let claim = ArpFrame::gratuitous(FOREIGN_MAC, VIP).bytes();
-        let (_, _, d, _) = run(&offload, &claim, ifindex);
+        let (_, _, d, _) = run(&program, &claim, ifindex);
         assert_eq!(d.foreign_claims, 0, "claim of an expired VIP: {d:?}");
     });
 }
@@ -829,11 +829,11 @@ fn expired_entry_is_not_answered() {
 fn released_vip_is_no_longer_answered() {
     in_netns(|| {
         let ifindex = iface("xdp0");
-        let mut offload = holding(ifindex);
+        let mut program = holding(ifindex);
         let request = ArpFrame::request(ASKER_MAC, ASKER_IP, VIP).bytes();
-        assert_eq!(run(&offload, &request, ifindex).0, XDP_TX, "held: answered");
-        offload.clear_held().expect("clear_held");
-        assert_passes(&offload, &request, ifindex, ONE_REQUEST, "after clear_held");
+        assert_eq!(run(&program, &request, ifindex).0, XDP_TX, "held: answered");
+        program.clear_held().expect("clear_held");
+        assert_passes(&program, &request, ifindex, ONE_REQUEST, "after clear_held");
         // And back, then released through set_held.
         let held = BTreeMap::from([(
             vip(VIP),
@@ -846,11 +846,11 @@ fn released_vip_is_no_longer_answered() {
                 expires_ns: NO_EXPIRY,
             },
         )]);
-        offload.set_held(&held).expect("set_held");
-        assert_eq!(run(&offload, &request, ifindex).0, XDP_TX, "held again");
-        offload.set_held(&BTreeMap::new()).expect("set_held(empty)");
+        program.set_held(&held).expect("set_held");
+        assert_eq!(run(&program, &request, ifindex).0, XDP_TX, "held again");
+        program.set_held(&BTreeMap::new()).expect("set_held(empty)");
         assert_passes(
-            &offload,
+            &program,
             &request,
             ifindex,
             ONE_REQUEST,
@@ -869,9 +869,9 @@ fn released_vip_is_no_longer_answered() {
                 expires_ns: NO_EXPIRY,
             },
         )]);
-        offload.set_held(&moved).expect("set_held(moved)");
-        assert_passes(&offload, &request, ifindex, ONE_REQUEST, "old interface");
-        assert_eq!(run(&offload, &request, other).0, XDP_TX, "new interface");
+        program.set_held(&moved).expect("set_held(moved)");
+        assert_passes(&program, &request, ifindex, ONE_REQUEST, "old interface");
+        assert_eq!(run(&program, &request, other).0, XDP_TX, "new interface");
     });
 }
 
@@ -903,18 +903,18 @@ fn foreign_claim_of_held_vip_is_counted_and_reported_once() {
     in_netns(|| {
         let rt = runtime();
         let ifindex = iface("xdp0");
-        let mut offload = holding(ifindex);
+        let mut program = holding(ifindex);
         let mut reader = rt
-            .block_on(async { offload.take_conflicts() })
+            .block_on(async { program.take_conflicts() })
             .expect("take_conflicts");
         assert!(
-            offload.take_conflicts().is_err(),
+            program.take_conflicts().is_err(),
             "the ring buffer can be taken once"
         );
 
         let claim = ArpFrame::gratuitous(FOREIGN_MAC, VIP).bytes();
         assert_passes(
-            &offload,
+            &program,
             &claim,
             ifindex,
             ArpCounters {
@@ -944,7 +944,7 @@ fn foreign_claim_of_held_vip_is_counted_and_reported_once() {
         // Our own announcement coming back: counted, no claim, no event.
         let ours = ArpFrame::gratuitous(OUR_MAC, VIP).bytes();
         assert_passes(
-            &offload,
+            &program,
             &ours,
             ifindex,
             ONE_ANNOUNCEMENT,
@@ -960,7 +960,7 @@ fn foreign_claim_of_held_vip_is_counted_and_reported_once() {
         let other = iface("xdp1");
         let reply = ArpFrame::reply(FOREIGN_MAC, VIP).bytes();
         assert_passes(
-            &offload,
+            &program,
             &reply,
             other,
             ArpCounters {
@@ -985,7 +985,7 @@ fn foreign_claim_of_held_vip_is_counted_and_reported_once() {
         // VIP. A claim (not an announcement); the request itself counts
         // for the address asked about.
         let asking = ArpFrame::request(FOREIGN_MAC, VIP, OTHER_VIP).bytes();
-        let (action, out, delta, other_delta) = run(&offload, &asking, ifindex);
+        let (action, out, delta, other_delta) = run(&program, &asking, ifindex);
         assert_eq!((action, out.as_slice()), (XDP_PASS, asking.as_slice()));
         assert_eq!(
             (delta, other_delta),
@@ -1009,12 +1009,12 @@ fn foreign_claim_of_held_vip_is_counted_and_reported_once() {
         );
         // Our own kernel asking from the VIP is no claim.
         let ours_asking = ArpFrame::request(OUR_MAC, VIP, OTHER_VIP).bytes();
-        let (_, _, delta, other_delta) = run(&offload, &ours_asking, ifindex);
+        let (_, _, delta, other_delta) = run(&program, &ours_asking, ifindex);
         assert_eq!((delta, other_delta), (NONE, ONE_REQUEST));
 
         // A foreign announcement of a watched but unheld VIP is no claim.
         let unheld = ArpFrame::gratuitous(FOREIGN_MAC, OTHER_VIP).bytes();
-        let (action, _, delta, other_delta) = run(&offload, &unheld, ifindex);
+        let (action, _, delta, other_delta) = run(&program, &unheld, ifindex);
         assert_eq!(action, XDP_PASS);
         assert_eq!((delta, other_delta), (NONE, ONE_ANNOUNCEMENT));
         assert_eq!(
@@ -1031,14 +1031,14 @@ fn foreign_claim_of_held_vip_is_counted_and_reported_once() {
 #[test]
 fn set_watched_keeps_existing_counters_and_drops_unwatched_vips() {
     in_netns(|| {
-        let mut offload = loaded();
+        let mut program = loaded();
         let request = ArpFrame::request(ASKER_MAC, ASKER_IP, VIP).bytes();
-        assert_passes(&offload, &request, 0, ONE_REQUEST, "request");
+        assert_passes(&program, &request, 0, ONE_REQUEST, "request");
         let third = [192, 0, 2, 102];
-        offload
+        program
             .set_watched(&[vip(VIP), vip(third)].into())
             .expect("set_watched");
-        let counters = offload.counters().expect("counters");
+        let counters = program.counters().expect("counters");
         assert_eq!(
             counters.keys().copied().collect::<Vec<_>>(),
             vec![vip(VIP), vip(third)],
@@ -1046,19 +1046,19 @@ fn set_watched_keeps_existing_counters_and_drops_unwatched_vips() {
         );
         assert_eq!(counters[&vip(VIP)], ONE_REQUEST, "kept");
         assert_eq!(counters[&vip(third)], NONE, "new, zeroed");
-        offload
+        program
             .set_watched(&BTreeSet::new())
             .expect("set_watched(empty)");
-        assert!(offload.counters().expect("counters").is_empty());
+        assert!(program.counters().expect("counters").is_empty());
         // No longer watched: not counted.
-        let (action, _) = offload.test_run(&request, 0).expect("test_run");
+        let (action, _) = program.test_run(&request, 0).expect("test_run");
         assert_eq!(action, XDP_PASS);
-        assert!(offload.counters().expect("counters").is_empty());
+        assert!(program.counters().expect("counters").is_empty());
     });
 }
 
 // ---------------------------------------------------------------------------
-// Attachment: owned by the ArpOffload, gone with it.
+// Attachment: owned by the XdpProgram, gone with it.
 
 /// The XDP attachments `bpftool` sees on `ifname`: (mode, program id).
 fn bpftool_xdp(ifname: &str) -> Vec<(String, u64)> {
@@ -1111,7 +1111,7 @@ fn bpf_xdp_links() -> Vec<u64> {
 }
 
 #[test]
-fn attachment_lives_and_dies_with_the_offload() {
+fn attachment_lives_and_dies_with_the_program() {
     in_netns(|| {
         ip(&[
             "link", "add", "xdpa", "type", "veth", "peer", "name", "xdpb",
@@ -1120,9 +1120,9 @@ fn attachment_lives_and_dies_with_the_offload() {
         ip(&["link", "set", "xdpb", "up"]);
         assert!(bpftool_xdp("xdpa").is_empty(), "nothing attached before");
 
-        let mut offload = ArpOffload::load().expect("load");
+        let mut program = XdpProgram::load().expect("load");
         assert_eq!(
-            offload
+            program
                 .attach("xdpa", XdpMode::Generic)
                 .expect("attach generic"),
             AttachedMode::Generic
@@ -1143,18 +1143,18 @@ fn attachment_lives_and_dies_with_the_offload() {
         );
         // Idempotent: asking again keeps the attachment and its mode.
         assert_eq!(
-            offload.attach("xdpa", XdpMode::Auto).expect("attach again"),
+            program.attach("xdpa", XdpMode::Auto).expect("attach again"),
             AttachedMode::Generic
         );
         assert_eq!(bpftool_xdp("xdpa").len(), 1);
 
         // veth's native XDP_TX frames are lost unless its peer runs XDP:
         // Auto gets generic mode there; Native forces driver mode.
-        let auto = offload.attach("xdpb", XdpMode::Auto).expect("attach auto");
+        let auto = program.attach("xdpb", XdpMode::Auto).expect("attach auto");
         assert_eq!(auto, AttachedMode::Generic);
         assert_eq!(bpftool_xdp("xdpb")[0].0, "generic");
-        offload.detach("xdpb").expect("detach xdpb");
-        let native = offload
+        program.detach("xdpb").expect("detach xdpb");
+        let native = program
             .attach("xdpb", XdpMode::Native)
             .expect("attach native");
         assert_eq!(native, AttachedMode::Native);
@@ -1166,13 +1166,13 @@ fn attachment_lives_and_dies_with_the_offload() {
         );
         assert_eq!(seen[0].0, "driver");
         assert_eq!(
-            offload.attached(),
+            program.attached(),
             vec![
                 ("xdpa".to_string(), AttachedMode::Generic),
                 ("xdpb".to_string(), AttachedMode::Native)
             ]
         );
-        let why: Vec<(String, &str)> = offload
+        let why: Vec<(String, &str)> = program
             .attachments()
             .into_iter()
             .map(|a| (a.driver.unwrap_or_default(), a.reason_code))
@@ -1185,10 +1185,10 @@ fn attachment_lives_and_dies_with_the_offload() {
             ]
         );
 
-        offload.detach("xdpb").expect("detach xdpb");
+        program.detach("xdpb").expect("detach xdpb");
         assert!(bpftool_xdp("xdpb").is_empty(), "detached from xdpb");
         assert!(
-            offload.detach("xdpb").is_err(),
+            program.detach("xdpb").is_err(),
             "detaching twice is an error"
         );
         assert_eq!(bpftool_xdp("xdpa").len(), 1, "xdpa still attached");
@@ -1197,12 +1197,12 @@ fn attachment_lives_and_dies_with_the_offload() {
         ip(&["link", "add", "xdpd", "type", "bridge"]);
         ip(&["link", "set", "xdpd", "up"]);
         assert_eq!(
-            offload
+            program
                 .attach("xdpd", XdpMode::Auto)
                 .expect("attach bridge"),
             AttachedMode::Generic
         );
-        let bridge = offload
+        let bridge = program
             .attachments()
             .into_iter()
             .find(|a| a.interface == "xdpd")
@@ -1212,18 +1212,18 @@ fn attachment_lives_and_dies_with_the_offload() {
             (Some("bridge"), "native_refused"),
             "{bridge:?}"
         );
-        offload.detach("xdpd").expect("detach xdpd");
+        program.detach("xdpd").expect("detach xdpd");
 
         // An interface that does not exist is an error naming it.
-        let err = offload
+        let err = program
             .attach("nosuch0", XdpMode::Auto)
             .expect_err("no such interface");
         assert!(err.to_string().contains("nosuch0"), "{err}");
 
-        drop(offload);
+        drop(program);
         assert!(
             bpftool_xdp("xdpa").is_empty(),
-            "dropping the ArpOffload detaches"
+            "dropping the XdpProgram detaches"
         );
         assert!(bpftool_xdp("xdpb").is_empty());
     });

@@ -22,10 +22,10 @@ use tracing::warn;
 use vipd_common::ArpCounters;
 
 use crate::{
-    agent::{EngineStatus, SharedOffload},
     announce::Announcer,
     connections::{Connections, Limits},
     coord::CoordStatus,
+    engine::{EngineStatus, SharedXdp, VipState},
     vip::Vip,
 };
 
@@ -103,7 +103,7 @@ pub struct ApiState {
     pub mode: &'static str,
     pub engine: watch::Receiver<EngineStatus>,
     pub coord: Option<watch::Receiver<CoordStatus>>,
-    pub offload: Option<SharedOffload>,
+    pub xdp_program: Option<SharedXdp>,
     pub announcer: Announcer,
     /// Health checks (R18); `None` without `--check`.
     pub health: Option<watch::Receiver<crate::health::HealthStatus>>,
@@ -121,7 +121,7 @@ impl ApiState {
             "vips": e.vips,
             "last_reconcile": e.last_reconcile,
             "xdp": {
-                "enabled": self.offload.is_some(),
+                "enabled": self.xdp_program.is_some(),
                 "setting": e.xdp_setting,
                 "attached": e.xdp_attached,
                 "errors": e.xdp_errors,
@@ -140,7 +140,7 @@ impl ApiState {
         // ARP counters for IPv4 VIPs and NDP counters for IPv6 ones, in
         // the same fields (docs/API.md).
         let counters: BTreeMap<Vip, ArpCounters> = self
-            .offload
+            .xdp_program
             .as_ref()
             .and_then(|o| {
                 let o = o.lock().ok()?;
@@ -169,7 +169,10 @@ impl ApiState {
             vips.entry(vip).or_insert_with(|| ArpStatsRow {
                 vip,
                 interface: e.interfaces.get(&vip).cloned(),
-                held: e.vips.iter().any(|v| v.vip == vip && v.state == "held"),
+                held: e
+                    .vips
+                    .iter()
+                    .any(|v| v.vip == vip && v.state == VipState::Held),
                 requests: c.requests,
                 xdp_replies: c.xdp_replies,
                 announcements_seen: c.announcements,
@@ -183,7 +186,7 @@ impl ApiState {
                 .ok()
                 .and_then(|v| v.as_str().map(String::from))
                 .unwrap_or_default(),
-            xdp: self.offload.is_some(),
+            xdp: self.xdp_program.is_some(),
             vips: vips.into_values().collect(),
         }
     }

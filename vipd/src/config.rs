@@ -79,7 +79,7 @@ pub fn parse_positive_duration(s: &str) -> Result<Duration, String> {
 
 /// How the XDP program is attached. Whatever the setting, an interface
 /// where native answers are seen lost moves to generic mode (see
-/// `arp_offload::ArpOffload::check_delivery`).
+/// `xdp::XdpProgram::check_delivery`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum XdpMode {

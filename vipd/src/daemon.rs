@@ -21,17 +21,17 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::{
-    agent::{Engine, EngineStatus, SharedOffload},
     announce::Announcer,
     api::{self, ApiState},
-    arp_offload::ArpOffload,
     config::Config,
     coord::{self, CoordStatus, ZkSettings},
+    engine::{Engine, EngineStatus, SharedXdp},
     health,
     hooks::Hook,
     metrics,
     net::netlink::Netlink,
     role::{Desired, EngineReport, Role},
+    xdp::XdpProgram,
 };
 
 /// Runs vipd with `config` until `shutdown` completes, then shuts down in
@@ -50,11 +50,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         "cannot open an AF_PACKET socket to send gratuitous ARP (vipd needs CAP_NET_RAW)",
     )?;
 
-    let offload: Option<SharedOffload> = if config.xdp.disabled {
+    let xdp_program: Option<SharedXdp> = if config.xdp.disabled {
         info!("XDP disabled (--no-xdp): no ARP counters, the kernel answers ARP");
         None
     } else {
-        let mut off = ArpOffload::load().context("loading the XDP program")?;
+        let mut off = XdpProgram::load().context("loading the XDP program")?;
         for ifname in &config.xdp.interfaces {
             let mode = off
                 .attach(ifname, config.xdp.mode)
@@ -63,9 +63,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
         Some(Arc::new(Mutex::new(off)))
     };
-    let (conflicts, conflicts6) = match &offload {
+    let (conflicts, conflicts6) = match &xdp_program {
         Some(o) => {
-            let mut o = o.lock().expect("offload lock");
+            let mut o = o.lock().expect("XDP program lock");
             let v4 = o
                 .take_conflicts()
                 .context("opening the XDP conflict ring buffer (ARP)")?;
@@ -165,7 +165,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         mode,
         engine: status_rx,
         coord: coord_status,
-        offload: offload.clone(),
+        xdp_program: xdp_program.clone(),
         announcer: announcer.clone(),
         health,
     };
@@ -205,7 +205,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         config.xdp.clone(),
         netlink,
         announcer.clone(),
-        offload.clone(),
+        xdp_program.clone(),
         desired_rx,
         report_tx,
         status_tx,

@@ -1,17 +1,17 @@
 //! vipd: keeps virtual IPs on exactly one node of a cluster.
 //!
 //! Facts come in (ZooKeeper in `coord`, netlink in `net`, XDP counters in
-//! `arp_offload`), a pure planner decides (`reconcile::plan`), executors act
-//! (netlink writes, `announce`, XDP map updates); `agent` owns the tasks.
+//! `xdp`), a pure planner decides (`reconcile::plan`), executors act
+//! (netlink writes, `announce`, XDP map updates); `engine` owns the VIP
+//! state and runs the passes.
 
-pub mod agent;
 pub mod announce;
 pub mod api;
-pub mod arp_offload;
 pub mod config;
 pub mod connections;
 pub mod coord;
 pub mod daemon;
+pub mod engine;
 pub mod health;
 pub mod hooks;
 pub mod metrics;
@@ -20,3 +20,4 @@ pub mod reconcile;
 pub mod role;
 pub mod shell;
 pub mod vip;
+pub mod xdp;

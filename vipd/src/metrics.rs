@@ -25,6 +25,7 @@ use tracing::warn;
 use crate::{
     api::ApiState,
     connections::{Connections, Limits},
+    engine::VipState,
     role::Role,
 };
 
@@ -186,7 +187,7 @@ pub fn render(state: &ApiState) -> String {
     p.gauge(
         "vipd_vips_held",
         "VIPs configured on this node",
-        count(e.vips.iter().filter(|v| v.state == "held").count()),
+        count(e.vips.iter().filter(|v| v.state == VipState::Held).count()),
     );
     let r = &e.last_reconcile;
     p.counter("vipd_reconcile_passes", "Reconcile passes", r.passes);
@@ -359,7 +360,7 @@ mod tests {
     use tokio::sync::watch;
     use tokio_util::sync::CancellationToken;
 
-    use crate::{agent::EngineStatus, announce::Announcer, api::ApiState, net::garp::GarpMode};
+    use crate::{announce::Announcer, api::ApiState, engine::EngineStatus, net::garp::GarpMode};
 
     #[tokio::test]
     async fn counters_end_in_total_and_pass_durations_are_a_histogram() {
@@ -376,7 +377,7 @@ mod tests {
             mode: "static",
             engine,
             coord: None,
-            offload: None,
+            xdp_program: None,
             announcer,
             health: None,
         };

@@ -1,15 +1,155 @@
-//! The planner ("SetServiceVIP", R5): a pure function from the wanted VIPs
-//! and the kernel's routes and addresses to the actions that make the kernel
-//! right. It never plans to remove an address without vipd's mark.
+//! The planner ("SetServiceVIP", R5): a pure function from the role, the
+//! configured VIPs and the kernel's links, routes and addresses to all a pass
+//! does: the address changes that make the kernel right, the VIPs held then,
+//! the XDP held maps' contents and the announcements. It never plans to
+//! remove an address without vipd's mark.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
 use crate::{
-    net::{AddrState, Address, Placement, RouteTable, in_prefix},
+    announce::Announcement,
+    net::{AddrState, Address, Link, Placement, RouteTable, guards_secondaries},
     vip::Vip,
 };
+
+/// What one pass is planned from: what the source wants and the kernel as
+/// read at the pass's start.
+#[derive(Clone, Copy, Debug)]
+pub struct Facts<'a> {
+    /// The source wants this node to lead.
+    pub leader: bool,
+    /// The lease (if any) still runs: a leader whose lease ran out holds
+    /// nothing (R16).
+    pub lease_valid: bool,
+    /// Every VIP configured for the cluster.
+    pub vips: &'a BTreeSet<Vip>,
+    pub routes: &'a RouteTable,
+    pub addresses: &'a [Address],
+    pub links: &'a [Link],
+    /// Announce every VIP held (a term's start, sync and refresh rounds),
+    /// not only those added.
+    pub announce_all: bool,
+}
+
+/// One held VIP as the XDP program answers for it: on `ifindex`, from `mac`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct XdpHold {
+    pub ifindex: u32,
+    pub mac: [u8; 6],
+}
+
+/// What the node holds once a pass's address changes ran.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Holdings {
+    /// The VIPs held here, and where.
+    pub held: BTreeMap<Vip, Placement>,
+    /// The XDP held maps' contents: every held VIP whose interface is known.
+    pub xdp: BTreeMap<Vip, XdpHold>,
+    /// What to announce: the VIPs added, or every held one on `announce_all`.
+    pub announce: Vec<Announcement>,
+}
+
+/// Everything one pass does, in the order it does it: the address changes,
+/// then what is held, answered for and announced if they all succeed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Leading with a valid lease: the configured VIPs are wanted here.
+    pub holding: bool,
+    pub addresses: AddressPlan,
+    pub holdings: Holdings,
+}
+
+/// Plans one pass (see [`Plan`]). A follower, or a leader whose lease ran
+/// out, wants no VIP: its plan removes every marked address (R6) and holds
+/// nothing.
+pub fn plan(f: &Facts<'_>) -> Plan {
+    let none = BTreeSet::new();
+    let holding = f.leader && f.lease_valid;
+    let addresses = addresses(if holding { f.vips } else { &none }, f.routes, f.addresses);
+    let mac = |ifindex: u32| f.links.iter().find(|l| l.ifindex == ifindex).map(|l| l.mac);
+    let mut held = BTreeMap::new();
+    for (vip, verdict) in &addresses.verdicts {
+        if let Verdict::InPlace { placement } | Verdict::Add { placement } = verdict {
+            held.insert(*vip, *placement);
+        }
+    }
+    let xdp = held
+        .iter()
+        .filter_map(|(vip, p)| {
+            let hold = XdpHold {
+                ifindex: p.ifindex,
+                mac: mac(p.ifindex)?,
+            };
+            Some((*vip, hold))
+        })
+        .collect();
+    let announce = held
+        .iter()
+        .filter(|(vip, _)| f.announce_all || addresses.adds(**vip))
+        .filter_map(|(vip, p)| {
+            Some(Announcement {
+                vip: *vip,
+                ifindex: p.ifindex,
+                mac: mac(p.ifindex)?,
+            })
+        })
+        .collect();
+    Plan {
+        holding,
+        addresses,
+        holdings: Holdings {
+            held,
+            xdp,
+            announce,
+        },
+    }
+}
+
+impl Plan {
+    /// What is held once the address changes for the VIPs in `failed` did
+    /// not succeed: a VIP whose add failed is not held, not answered for in
+    /// XDP and not announced. One already in place stays held.
+    pub fn outcome(&self, failed: &BTreeSet<Vip>) -> Holdings {
+        let lost = |vip: &Vip| failed.contains(vip) && self.addresses.adds(*vip);
+        let h = &self.holdings;
+        Holdings {
+            held: h
+                .held
+                .iter()
+                .filter(|(v, _)| !lost(v))
+                .map(|(v, p)| (*v, *p))
+                .collect(),
+            xdp: h
+                .xdp
+                .iter()
+                .filter(|(v, _)| !lost(v))
+                .map(|(v, x)| (*v, *x))
+                .collect(),
+            announce: h
+                .announce
+                .iter()
+                .filter(|a| !lost(&a.vip))
+                .copied()
+                .collect(),
+        }
+    }
+
+    /// The VIPs configured here with our mark once the pass ran, held in
+    /// `holdings` or left by it: marked addresses it does not remove stay.
+    pub fn on_node(&self, holdings: &Holdings, addresses: &[Address]) -> BTreeSet<Vip> {
+        let mut out: BTreeSet<Vip> = holdings.held.keys().copied().collect();
+        for a in addresses.iter().filter(|a| a.owned) {
+            if let Ok(v) = Vip::from_ip(a.addr)
+                && !self.addresses.removes(a)
+            {
+                out.insert(v);
+            }
+        }
+        out
+    }
+}
 
 /// One change to the kernel's addresses.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,10 +182,10 @@ pub enum Verdict {
     OperatorAddress { ifindex: u32 },
 }
 
-/// The planner's answer: the actions in the order to run them (removals
+/// The address changes: the actions in the order to run them (removals
 /// first), and a verdict per wanted VIP.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Plan {
+pub struct AddressPlan {
     pub actions: Vec<Action>,
     pub verdicts: Vec<(Vip, Verdict)>,
     /// Our own copies of wanted IPv6 VIPs that DAD left unusable
@@ -54,7 +194,7 @@ pub struct Plan {
     pub unusable: Vec<(Vip, Address)>,
 }
 
-impl Plan {
+impl AddressPlan {
     pub fn is_noop(&self) -> bool {
         self.actions.is_empty()
     }
@@ -65,12 +205,37 @@ impl Plan {
             .filter(|(_, v)| *v == Verdict::NoRoute)
             .map(|(vip, _)| *vip)
     }
+
+    /// Whether `vip` is to be added.
+    pub fn adds(&self, vip: Vip) -> bool {
+        self.verdicts
+            .iter()
+            .any(|(v, verdict)| *v == vip && matches!(verdict, Verdict::Add { .. }))
+    }
+
+    /// Whether `address` is to be removed.
+    pub fn removes(&self, address: &Address) -> bool {
+        self.actions
+            .iter()
+            .any(|x| matches!(x, Action::Remove { address: a, .. } if a == address))
+    }
+
+    /// The VIPs a copy of which is to be removed.
+    pub fn removing(&self) -> BTreeSet<Vip> {
+        self.actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Remove { vip, .. } => Some(*vip),
+                Action::Add { .. } => None,
+            })
+            .collect()
+    }
 }
 
 /// Plans the actions that put every `wanted` VIP where `routes` says and
 /// remove every marked address that is not wanted there. A follower plans
 /// with an empty `wanted` set: that removes all its residue (R6).
-pub fn plan(wanted: &BTreeSet<Vip>, routes: &RouteTable, addrs: &[Address]) -> Plan {
+pub fn addresses(wanted: &BTreeSet<Vip>, routes: &RouteTable, addrs: &[Address]) -> AddressPlan {
     let mut removes = Vec::new();
     let mut adds = Vec::new();
     let mut verdicts = Vec::new();
@@ -139,7 +304,7 @@ pub fn plan(wanted: &BTreeSet<Vip>, routes: &RouteTable, addrs: &[Address]) -> P
     }
 
     removes.extend(adds);
-    Plan {
+    AddressPlan {
         actions: removes,
         verdicts,
         unusable,
@@ -150,26 +315,8 @@ fn remove(vip: Vip, address: &Address, all: &[Address]) -> Action {
     Action::Remove {
         vip,
         address: address.clone(),
-        guards_secondaries: is_primary_with_company(address, all),
+        guards_secondaries: guards_secondaries(address, all),
     }
-}
-
-/// Whether `a` is the first IPv4 address of its subnet on its interface
-/// while other addresses share that subnet: with `promote_secondaries=0` the
-/// kernel deletes those along with it (docs/DESIGN.md, facts). IPv6 has no
-/// primary addresses.
-fn is_primary_with_company(a: &Address, all: &[Address]) -> bool {
-    if !a.addr.is_ipv4() {
-        return false;
-    }
-    let mut same_subnet = all.iter().filter(|b| {
-        b.ifindex == a.ifindex
-            && b.prefix_len == a.prefix_len
-            && in_prefix(b.addr, a.addr, a.prefix_len)
-    });
-    // Dumps list a subnet's primary first (the kernel keeps that order).
-    let first_is_a = same_subnet.next().is_some_and(|b| b.addr == a.addr);
-    first_is_a && same_subnet.next().is_some()
 }
 
 #[cfg(test)]
@@ -192,6 +339,7 @@ mod tests {
             prefix_len,
             owned,
             state: AddrState::Usable,
+            secondary: false,
         }
     }
 
@@ -222,7 +370,7 @@ mod tests {
     fn already_right_is_a_noop_without_announcement() {
         let mut a = node_addrs();
         a.push(addr("192.0.2.100", 24, 1, true));
-        let p = plan(&wanted(&["192.0.2.100"]), &routes(), &a);
+        let p = addresses(&wanted(&["192.0.2.100"]), &routes(), &a);
         assert!(p.is_noop());
         assert_eq!(
             p.verdicts,
@@ -240,7 +388,7 @@ mod tests {
 
     #[test]
     fn missing_is_added_where_the_route_says() {
-        let p = plan(
+        let p = addresses(
             &wanted(&["198.51.100.7", "203.0.113.9"]),
             &routes(),
             &node_addrs(),
@@ -271,7 +419,7 @@ mod tests {
         let mut a = node_addrs();
         let stale = addr("192.0.2.100", 24, 2, true);
         a.push(stale.clone());
-        let p = plan(&wanted(&["192.0.2.100"]), &routes(), &a);
+        let p = addresses(&wanted(&["192.0.2.100"]), &routes(), &a);
         assert_eq!(
             p.actions,
             vec![
@@ -296,7 +444,7 @@ mod tests {
         let mut a = node_addrs();
         let stale = addr("192.0.2.100", 32, 1, true);
         a.push(stale.clone());
-        let p = plan(&wanted(&["192.0.2.100"]), &routes(), &a);
+        let p = addresses(&wanted(&["192.0.2.100"]), &routes(), &a);
         assert_eq!(p.actions.len(), 2);
         assert!(matches!(&p.actions[0], Action::Remove { address, .. } if *address == stale));
         assert!(matches!(
@@ -317,7 +465,7 @@ mod tests {
         let mut a = node_addrs();
         let ours = addr("203.0.113.9", 32, 3, true);
         a.push(ours.clone());
-        let p = plan(&wanted(&["203.0.113.9", "192.0.2.100"]), &only_if1, &a);
+        let p = addresses(&wanted(&["203.0.113.9", "192.0.2.100"]), &only_if1, &a);
         assert_eq!(p.no_route().collect::<Vec<_>>(), vec![vip("203.0.113.9")]);
         // The other VIP is still served.
         assert!(p.actions.contains(&Action::Add {
@@ -338,14 +486,14 @@ mod tests {
     fn operator_address_is_kept_and_reported() {
         let mut a = node_addrs();
         a.push(addr("192.0.2.100", 24, 2, false));
-        let p = plan(&wanted(&["192.0.2.100"]), &routes(), &a);
+        let p = addresses(&wanted(&["192.0.2.100"]), &routes(), &a);
         assert!(p.is_noop(), "{:?}", p.actions);
         assert_eq!(
             p.verdicts,
             vec![(vip("192.0.2.100"), Verdict::OperatorAddress { ifindex: 2 })]
         );
         // Not wanted any more: still never removed.
-        let p = plan(&BTreeSet::new(), &routes(), &a);
+        let p = addresses(&BTreeSet::new(), &routes(), &a);
         assert!(p.is_noop());
     }
 
@@ -355,7 +503,7 @@ mod tests {
         a.push(addr("192.0.2.100", 24, 1, false));
         let ours = addr("192.0.2.100", 32, 3, true);
         a.push(ours.clone());
-        let p = plan(&wanted(&["192.0.2.100"]), &routes(), &a);
+        let p = addresses(&wanted(&["192.0.2.100"]), &routes(), &a);
         assert_eq!(
             p.actions,
             vec![Action::Remove {
@@ -373,7 +521,7 @@ mod tests {
         let r2 = addr("203.0.113.9", 32, 3, true);
         a.push(r1.clone());
         a.push(r2.clone());
-        let p = plan(&BTreeSet::new(), &routes(), &a);
+        let p = addresses(&BTreeSet::new(), &routes(), &a);
         let removed: Vec<_> = p
             .actions
             .iter()
@@ -398,7 +546,7 @@ mod tests {
             gateway: None,
             metric: 0,
         });
-        let p = plan(&wanted(&["203.0.113.9"]), &t, &a);
+        let p = addresses(&wanted(&["203.0.113.9"]), &t, &a);
         assert_eq!(p.actions.len(), 2);
         assert!(matches!(&p.actions[0], Action::Remove { address, .. } if address.ifindex == 3));
         assert!(matches!(
@@ -417,11 +565,12 @@ mod tests {
     fn primary_vip_removal_is_flagged_to_protect_operator_addresses() {
         // The VIP came first in its subnet, so it is primary; the node's own
         // address behind it is a secondary the kernel would delete with it.
-        let a = vec![
+        let mut a = vec![
             addr("192.0.2.100", 24, 1, true),
             addr("192.0.2.1", 24, 1, false),
         ];
-        let p = plan(&BTreeSet::new(), &routes(), &a);
+        a[1].secondary = true;
+        let p = addresses(&BTreeSet::new(), &routes(), &a);
         assert_eq!(
             p.actions,
             vec![Action::Remove {
@@ -430,12 +579,47 @@ mod tests {
                 guards_secondaries: true
             }]
         );
+        // Behind the node's address the VIP is the secondary: no guard.
+        a[0].secondary = true;
+        a[1].secondary = false;
+        let p = addresses(&BTreeSet::new(), &routes(), &a);
+        assert!(
+            matches!(
+                &p.actions[..],
+                [Action::Remove {
+                    guards_secondaries: false,
+                    ..
+                }]
+            ),
+            "{:?}",
+            p.actions
+        );
+        // A secondary of another prefix length is not the VIP's: no guard.
+        let other = vec![
+            addr("192.0.2.100", 24, 1, true),
+            Address {
+                secondary: true,
+                ..addr("192.0.2.1", 25, 1, false)
+            },
+        ];
+        let p = addresses(&BTreeSet::new(), &routes(), &other);
+        assert!(
+            matches!(
+                &p.actions[..],
+                [Action::Remove {
+                    guards_secondaries: false,
+                    ..
+                }]
+            ),
+            "{:?}",
+            p.actions
+        );
     }
 
     #[test]
     fn marked_invalid_address_is_left_alone() {
         let a = vec![addr("127.0.0.5", 8, 1, true)];
-        assert!(plan(&BTreeSet::new(), &routes(), &a).is_noop());
+        assert!(addresses(&BTreeSet::new(), &routes(), &a).is_noop());
     }
 
     /// if1: 192.0.2.0/24 and 2001:db8:1::/64, default via if3 for both.
@@ -457,7 +641,7 @@ mod tests {
     fn both_families_are_planned_side_by_side() {
         let mut a = node_addrs();
         a.push(addr("2001:db8:1::1", 64, 1, false));
-        let p = plan(
+        let p = addresses(
             &wanted(&["192.0.2.100", "2001:db8:1::100", "2001:db8:9::9"]),
             &dual_routes(),
             &a,
@@ -495,11 +679,11 @@ mod tests {
     fn v6_in_place_is_a_noop_and_residue_is_removed_without_guard() {
         let mut a = node_addrs();
         a.push(addr("2001:db8:1::100", 64, 1, true));
-        let p = plan(&wanted(&["2001:db8:1::100"]), &dual_routes(), &a);
+        let p = addresses(&wanted(&["2001:db8:1::100"]), &dual_routes(), &a);
         assert!(p.is_noop(), "{:?}", p.actions);
         // A v6 VIP listed first in its prefix is no primary: no guard.
         a.push(addr("2001:db8:1::1", 64, 1, false));
-        let p = plan(&BTreeSet::new(), &dual_routes(), &a);
+        let p = addresses(&BTreeSet::new(), &dual_routes(), &a);
         assert_eq!(
             p.actions,
             vec![Action::Remove {
@@ -517,7 +701,7 @@ mod tests {
             let mut bad = addr("2001:db8:1::100", 64, 1, true);
             bad.state = state;
             a.push(bad.clone());
-            let p = plan(&wanted(&["2001:db8:1::100"]), &dual_routes(), &a);
+            let p = addresses(&wanted(&["2001:db8:1::100"]), &dual_routes(), &a);
             let placement = Placement {
                 ifindex: 1,
                 prefix_len: 64,
@@ -551,7 +735,7 @@ mod tests {
         let mut waiting = addr("2001:db8:1::100", 64, 1, true);
         waiting.state = AddrState::AwaitingLink;
         a.push(waiting);
-        let p = plan(&wanted(&["2001:db8:1::100"]), &dual_routes(), &a);
+        let p = addresses(&wanted(&["2001:db8:1::100"]), &dual_routes(), &a);
         assert!(p.is_noop(), "{:?}", p.actions);
         assert!(p.unusable.is_empty());
     }
@@ -562,7 +746,7 @@ mod tests {
         let mut op = addr("2001:db8:1::100", 64, 1, false);
         op.state = AddrState::DadFailed;
         a.push(op);
-        let p = plan(&wanted(&["2001:db8:1::100"]), &dual_routes(), &a);
+        let p = addresses(&wanted(&["2001:db8:1::100"]), &dual_routes(), &a);
         assert!(p.is_noop());
         assert!(p.unusable.is_empty());
         assert_eq!(
@@ -577,6 +761,171 @@ mod tests {
     #[test]
     fn marked_link_local_is_left_alone() {
         let a = vec![addr("fe80::76", 64, 1, true)];
-        assert!(plan(&BTreeSet::new(), &dual_routes(), &a).is_noop());
+        assert!(addresses(&BTreeSet::new(), &dual_routes(), &a).is_noop());
+    }
+
+    fn link(ifindex: u32, last: u8) -> Link {
+        Link {
+            ifindex,
+            name: format!("if{ifindex}"),
+            mac: [2, 0, 0, 0, 0, last],
+            up: true,
+        }
+    }
+
+    /// Leading over if1 and if2 (if3 has no route here): one VIP to add on
+    /// if1, one in place on if2, one without a route, one the operator's.
+    fn leading() -> (BTreeSet<Vip>, RouteTable, Vec<Address>, Vec<Link>) {
+        let table = RouteTable::new(routes().routes[..2].to_vec());
+        let mut a = node_addrs();
+        a.push(addr("198.51.100.7", 24, 2, true));
+        a.push(addr("192.0.2.50", 24, 1, false));
+        let vips = wanted(&["192.0.2.100", "198.51.100.7", "203.0.113.9", "192.0.2.50"]);
+        (vips, table, a, vec![link(1, 1), link(2, 2)])
+    }
+
+    fn facts<'a>(
+        (vips, routes, addresses, links): &'a (BTreeSet<Vip>, RouteTable, Vec<Address>, Vec<Link>),
+        leader: bool,
+        lease_valid: bool,
+        announce_all: bool,
+    ) -> Facts<'a> {
+        Facts {
+            leader,
+            lease_valid,
+            vips,
+            routes,
+            addresses,
+            links,
+            announce_all,
+        }
+    }
+
+    fn on(ifindex: u32, prefix_len: u8) -> Placement {
+        Placement {
+            ifindex,
+            prefix_len,
+        }
+    }
+
+    #[test]
+    fn xdp_holds_only_held_vips_on_their_interface_and_mac() {
+        let node = leading();
+        let p = plan(&facts(&node, true, true, false));
+        assert!(p.holding);
+        assert_eq!(
+            p.holdings.held,
+            BTreeMap::from([
+                (vip("192.0.2.100"), on(1, 24)),
+                (vip("198.51.100.7"), on(2, 24)),
+            ])
+        );
+        assert_eq!(
+            p.holdings.xdp,
+            BTreeMap::from([
+                (
+                    vip("192.0.2.100"),
+                    XdpHold {
+                        ifindex: 1,
+                        mac: [2, 0, 0, 0, 0, 1]
+                    }
+                ),
+                (
+                    vip("198.51.100.7"),
+                    XdpHold {
+                        ifindex: 2,
+                        mac: [2, 0, 0, 0, 0, 2]
+                    }
+                ),
+            ])
+        );
+        // An interface without a known link is held but not answered for.
+        let (vips, routes, addresses, _) = leading();
+        let unknown = (vips, routes, addresses, vec![link(2, 2)]);
+        let p = plan(&facts(&unknown, true, true, false));
+        assert_eq!(p.holdings.held.len(), 2);
+        assert_eq!(
+            p.holdings.xdp.keys().collect::<Vec<_>>(),
+            vec![&vip("198.51.100.7")]
+        );
+    }
+
+    #[test]
+    fn only_added_vips_are_announced_unless_all_are() {
+        let node = leading();
+        let added = Announcement {
+            vip: vip("192.0.2.100"),
+            ifindex: 1,
+            mac: [2, 0, 0, 0, 0, 1],
+        };
+        let in_place = Announcement {
+            vip: vip("198.51.100.7"),
+            ifindex: 2,
+            mac: [2, 0, 0, 0, 0, 2],
+        };
+        let p = plan(&facts(&node, true, true, false));
+        assert_eq!(p.holdings.announce, vec![added]);
+        let p = plan(&facts(&node, true, true, true));
+        assert_eq!(p.holdings.announce, vec![added, in_place]);
+    }
+
+    #[test]
+    fn a_failed_add_holds_nothing_and_a_vip_in_place_stays_held() {
+        let node = leading();
+        let p = plan(&facts(&node, true, true, true));
+        let failed = BTreeSet::from([vip("192.0.2.100"), vip("198.51.100.7")]);
+        let out = p.outcome(&failed);
+        assert_eq!(out.held, BTreeMap::from([(vip("198.51.100.7"), on(2, 24))]));
+        assert_eq!(
+            out.xdp.keys().collect::<Vec<_>>(),
+            vec![&vip("198.51.100.7")]
+        );
+        assert_eq!(
+            out.announce.iter().map(|a| a.vip).collect::<Vec<_>>(),
+            vec![vip("198.51.100.7")]
+        );
+        assert_eq!(p.outcome(&BTreeSet::new()), p.holdings);
+    }
+
+    #[test]
+    fn a_leader_whose_lease_ran_out_holds_nothing() {
+        let node = leading();
+        let p = plan(&facts(&node, true, false, true));
+        assert!(!p.holding);
+        assert_eq!(p.holdings, Holdings::default());
+        // Its VIP in place goes; the operator's address stays.
+        assert_eq!(
+            p.addresses.actions,
+            vec![Action::Remove {
+                vip: vip("198.51.100.7"),
+                address: node.2[2].clone(),
+                guards_secondaries: false
+            }]
+        );
+        assert!(p.on_node(&p.holdings, &node.2).is_empty());
+    }
+
+    #[test]
+    fn a_follower_holds_nothing_and_removes_only_marked_residue() {
+        let (vips, routes, mut addresses, links) = leading();
+        let residue = addr("203.0.113.9", 32, 3, true);
+        addresses.push(residue.clone());
+        let node = (vips, routes, addresses, links);
+        let p = plan(&facts(&node, false, true, true));
+        assert!(!p.holding);
+        assert_eq!(p.holdings, Holdings::default());
+        assert!(p.addresses.verdicts.is_empty());
+        let removed: Vec<&Address> = p
+            .addresses
+            .actions
+            .iter()
+            .map(|x| match x {
+                Action::Remove { address, .. } => address,
+                Action::Add { .. } => panic!("a follower adds nothing"),
+            })
+            .collect();
+        assert_eq!(removed, vec![&node.2[2], &residue]);
+        // A marked address the plan keeps would still be reported held.
+        assert!(p.on_node(&p.holdings, &node.2).is_empty());
     }
 }

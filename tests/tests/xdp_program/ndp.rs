@@ -21,7 +21,7 @@ use pnet_packet::{
     ip::{IpNextHeaderProtocol, IpNextHeaderProtocols},
     ipv6::{Ipv6Packet, MutableIpv6Packet},
 };
-use vipd::arp_offload::{ArpOffload, ConflictReader6};
+use vipd::xdp::{ConflictReader6, XdpProgram};
 use vipd_common::{ArpCounters, ConflictEvent6, HELD_ROUTER, HeldVip, NO_EXPIRY, NdpCounters};
 
 use super::{
@@ -297,25 +297,25 @@ fn held_at(ifindex: u32, vlan: u16, expires_ns: u64) -> HeldVip {
 }
 
 /// A loaded program watching VIP6 and OTHER_VIP6, holding none.
-fn loaded6() -> ArpOffload {
-    let mut offload = ArpOffload::load().expect("loading the XDP program");
+fn loaded6() -> XdpProgram {
+    let mut program = XdpProgram::load().expect("loading the XDP program");
     let watched: BTreeSet<Ipv6Addr> = [VIP6, OTHER_VIP6].into();
-    offload.set_watched6(&watched).expect("set_watched6");
-    offload
+    program.set_watched6(&watched).expect("set_watched6");
+    program
 }
 
 /// A loaded program watching VIP6 and OTHER_VIP6, holding VIP6 on
 /// `ifindex`, VLAN `vlan`.
-fn holding6(ifindex: u32, vlan: u16) -> ArpOffload {
-    let mut offload = loaded6();
-    offload
+fn holding6(ifindex: u32, vlan: u16) -> XdpProgram {
+    let mut program = loaded6();
+    program
         .set_held6(&BTreeMap::from([(VIP6, held_at(ifindex, vlan, NO_EXPIRY))]))
         .expect("set_held6");
-    offload
+    program
 }
 
-fn counters6_of(offload: &ArpOffload, vip: Ipv6Addr) -> NdpCounters {
-    *offload
+fn counters6_of(program: &XdpProgram, vip: Ipv6Addr) -> NdpCounters {
+    *program
         .counters6()
         .expect("reading counters")
         .get(&vip)
@@ -325,18 +325,18 @@ fn counters6_of(offload: &ArpOffload, vip: Ipv6Addr) -> NdpCounters {
 /// Runs `frame` once and returns the action, the frame out, and how the
 /// counters of VIP6 and OTHER_VIP6 changed.
 fn run6(
-    offload: &ArpOffload,
+    program: &XdpProgram,
     frame: &[u8],
     ingress: u32,
 ) -> (u32, Vec<u8>, NdpCounters, NdpCounters) {
     let before = (
-        counters6_of(offload, VIP6),
-        counters6_of(offload, OTHER_VIP6),
+        counters6_of(program, VIP6),
+        counters6_of(program, OTHER_VIP6),
     );
-    let (action, out) = offload.test_run(frame, ingress).expect("BPF_PROG_TEST_RUN");
+    let (action, out) = program.test_run(frame, ingress).expect("BPF_PROG_TEST_RUN");
     let after = (
-        counters6_of(offload, VIP6),
-        counters6_of(offload, OTHER_VIP6),
+        counters6_of(program, VIP6),
+        counters6_of(program, OTHER_VIP6),
     );
     (
         action,
@@ -349,13 +349,13 @@ fn run6(
 /// Asserts that `frame` passes unchanged and changes the counters of VIP6
 /// by `expected` (and OTHER_VIP6's not at all).
 fn assert_passes6(
-    offload: &ArpOffload,
+    program: &XdpProgram,
     frame: &[u8],
     ingress: u32,
     expected: NdpCounters,
     what: &str,
 ) {
-    let (action, out, vip_delta, other_delta) = run6(offload, frame, ingress);
+    let (action, out, vip_delta, other_delta) = run6(program, frame, ingress);
     assert_eq!(action, XDP_PASS, "{what}: action");
     assert_eq!(out, frame, "{what}: the frame must pass unchanged");
     assert_eq!(vip_delta, expected, "{what}: counters of the VIP");
@@ -364,9 +364,9 @@ fn assert_passes6(
 
 /// Asserts that `ns` is answered with exactly `expected` (checksum checked
 /// on its own too), counting one solicitation and one answer.
-fn assert_answered(offload: &ArpOffload, ns: &NdpFrame, ingress: u32, what: &str) {
+fn assert_answered(program: &XdpProgram, ns: &NdpFrame, ingress: u32, what: &str) {
     let expected = NdpFrame::answer_to(ns, OUR_MAC).bytes();
-    let (action, out, delta, other) = run6(offload, &ns.bytes(), ingress);
+    let (action, out, delta, other) = run6(program, &ns.bytes(), ingress);
     assert_eq!(action, XDP_TX, "{what}: answered in XDP");
     assert_eq!(out, expected, "{what}: the NA bytes");
     assert_valid_na(&out, what);
@@ -403,7 +403,7 @@ fn event6(vip: Ipv6Addr, ifindex: u32, mac: [u8; 6]) -> ConflictEvent6 {
 fn ns_for_held_vip_is_answered_with_the_exact_na() {
     in_netns(|| {
         let ifindex = iface("xdp0");
-        let offload = holding6(ifindex, 0);
+        let program = holding6(ifindex, 0);
         let ns = NdpFrame::solicit(ASKER_MAC, ASKER6, VIP6);
 
         // The expected answer, byte by byte, for the first case (the other
@@ -424,7 +424,7 @@ fn ns_for_held_vip_is_answered_with_the_exact_na() {
             // Target Link-Layer Address option: ours
             2, 1,  0x02, 0x00, 0x5e, 0x00, 0x00, 0x01,
         ];
-        let (action, out, delta, other) = run6(&offload, &ns.bytes(), ifindex);
+        let (action, out, delta, other) = run6(&program, &ns.bytes(), ifindex);
         assert_eq!(
             action, XDP_TX,
             "a held VIP's solicitation is answered in XDP"
@@ -441,14 +441,14 @@ fn ns_for_held_vip_is_answered_with_the_exact_na() {
             options: Vec::new(),
             ..ns.clone()
         };
-        assert_answered(&offload, &bare, ifindex, "NS without options");
+        assert_answered(&program, &bare, ifindex, "NS without options");
         // Unicast to the VIP (unreachability detection).
         let nud = NdpFrame {
             eth_dst: OUR_MAC,
             dst: VIP6,
             ..ns.clone()
         };
-        assert_answered(&offload, &nud, ifindex, "NS to the VIP itself");
+        assert_answered(&program, &nud, ifindex, "NS to the VIP itself");
         // More options (40 bytes): shrunk into the answer.
         let longer = NdpFrame {
             options: vec![
@@ -457,16 +457,16 @@ fn ns_for_held_vip_is_answered_with_the_exact_na() {
             ],
             ..ns.clone()
         };
-        assert_answered(&offload, &longer, ifindex, "NS with SLLA and nonce");
+        assert_answered(&program, &longer, ifindex, "NS with SLLA and nonce");
         // Ethernet padding after the packet: not in the answer.
         let padded = NdpFrame {
             padding: 6,
             ..ns.clone()
         };
-        assert_answered(&offload, &padded, ifindex, "padded NS");
+        assert_answered(&program, &padded, ifindex, "padded NS");
         // From a link-local address, answered to it.
         let link_local = NdpFrame::solicit(ASKER_MAC, ASKER_LINK_LOCAL, VIP6);
-        assert_answered(&offload, &link_local, ifindex, "link-local solicitor");
+        assert_answered(&program, &link_local, ifindex, "link-local solicitor");
         // The longest message checked: 64 bytes (five option blocks).
         let longest = NdpFrame {
             options: vec![
@@ -478,14 +478,14 @@ fn ns_for_held_vip_is_answered_with_the_exact_na() {
             ],
             ..ns.clone()
         };
-        assert_answered(&offload, &longest, ifindex, "64-byte NS");
+        assert_answered(&program, &longest, ifindex, "64-byte NS");
         // The SLLA option may differ from the frame's source (a proxy):
         // the answer goes to the frame's source.
         let proxied = NdpFrame {
             options: vec![ll_option(NdpOptionTypes::SourceLLAddr, FOREIGN_MAC)],
             ..ns.clone()
         };
-        assert_answered(&offload, &proxied, ifindex, "SLLA not the source");
+        assert_answered(&program, &proxied, ifindex, "SLLA not the source");
     });
 }
 
@@ -496,7 +496,7 @@ fn ns_for_held_vip_is_answered_with_the_exact_na() {
 fn ns_answer_carries_the_router_flag_exactly_when_the_entry_says_so() {
     in_netns(|| {
         let ifindex = iface("xdp0");
-        let mut offload = loaded6();
+        let mut program = loaded6();
         let plain = NdpFrame::solicit(ASKER_MAC, ASKER6, VIP6);
         let tagged = plain.clone().tagged(TAG_8021Q);
         for (flags, router) in [(HELD_ROUTER, true), (0, false), (HELD_ROUTER, true)] {
@@ -506,7 +506,7 @@ fn ns_answer_carries_the_router_flag_exactly_when_the_entry_says_so() {
                     flags,
                     ..held_at(ifindex, vlan, NO_EXPIRY)
                 };
-                offload
+                program
                     .set_held6(&BTreeMap::from([(VIP6, held)]))
                     .expect("set_held6");
                 let want = if router {
@@ -514,7 +514,7 @@ fn ns_answer_carries_the_router_flag_exactly_when_the_entry_says_so() {
                 } else {
                     NdpFrame::answer_to(ns, OUR_MAC)
                 };
-                let (action, out, delta, other) = run6(&offload, &ns.bytes(), ifindex);
+                let (action, out, delta, other) = run6(&program, &ns.bytes(), ifindex);
                 assert_eq!(action, XDP_TX, "{what}");
                 assert_eq!(out, want.bytes(), "{what}: NA bytes");
                 // R S O in the NA's first flags byte.
@@ -532,10 +532,10 @@ fn vlan_tagged_ns_is_answered_keeping_the_tag() {
     in_netns(|| {
         let ifindex = iface("xdp0");
         // TAG_8021Q carries VLAN 100, TAG_8021AD VLAN 101.
-        let offload = holding6(ifindex, 100);
+        let program = holding6(ifindex, 100);
         let ns = NdpFrame::solicit(ASKER_MAC, ASKER6, VIP6);
         assert_answered(
-            &offload,
+            &program,
             &ns.clone().tagged(TAG_8021Q),
             ifindex,
             "802.1Q VLAN 100",
@@ -545,20 +545,20 @@ fn vlan_tagged_ns_is_answered_keeping_the_tag() {
             ..ns.clone()
         };
         assert_answered(
-            &offload,
+            &program,
             &bare.tagged(TAG_8021Q),
             ifindex,
             "802.1Q, no options",
         );
         // Another VLAN, or none: counted, not ours to answer.
         assert_passes6(
-            &offload,
+            &program,
             &ns.clone().tagged(TAG_8021AD).bytes(),
             ifindex,
             ONE_REQUEST,
             "802.1ad VLAN 101",
         );
-        assert_passes6(&offload, &ns.bytes(), ifindex, ONE_REQUEST, "untagged");
+        assert_passes6(&program, &ns.bytes(), ifindex, ONE_REQUEST, "untagged");
 
         // Held untagged: an 802.1ad-tagged one counts, passes.
         let untagged = holding6(ifindex, 0);
@@ -577,18 +577,18 @@ fn vlan_tagged_ns_is_answered_keeping_the_tag() {
 fn ns_for_unwatched_and_for_unheld_vip_is_not_answered() {
     in_netns(|| {
         let ifindex = iface("xdp0");
-        let offload = holding6(ifindex, 0);
+        let program = holding6(ifindex, 0);
         // Unwatched: nothing counted anywhere.
         let unwatched = NdpFrame::solicit(ASKER_MAC, ASKER6, UNWATCHED6).bytes();
-        assert_passes6(&offload, &unwatched, ifindex, NONE, "unwatched address");
+        assert_passes6(&program, &unwatched, ifindex, NONE, "unwatched address");
         assert_eq!(
-            offload.counters6().expect("counters6").len(),
+            program.counters6().expect("counters6").len(),
             2,
             "only the watched VIPs have counters"
         );
         // Watched, not held: counted for that VIP, passed.
         let unheld = NdpFrame::solicit(ASKER_MAC, ASKER6, OTHER_VIP6).bytes();
-        let (action, out, delta, other) = run6(&offload, &unheld, ifindex);
+        let (action, out, delta, other) = run6(&program, &unheld, ifindex);
         assert_eq!((action, out.as_slice()), (XDP_PASS, unheld.as_slice()));
         assert_eq!((delta, other), (NONE, ONE_REQUEST), "watched, unheld");
         // And with nothing held at all.
@@ -605,11 +605,11 @@ fn ns_for_held_vip_is_not_answered_where_it_must_not_be() {
     in_netns(|| {
         let ifindex = iface("xdp0");
         let elsewhere = iface("xdp1");
-        let mut offload = holding6(ifindex, 0);
+        let mut program = holding6(ifindex, 0);
         let ns = NdpFrame::solicit(ASKER_MAC, ASKER6, VIP6);
         let bytes = ns.bytes();
-        assert_passes6(&offload, &bytes, elsewhere, ONE_REQUEST, "other ifindex");
-        assert_passes6(&offload, &bytes, 0, ONE_REQUEST, "no ifindex");
+        assert_passes6(&program, &bytes, elsewhere, ONE_REQUEST, "other ifindex");
+        assert_passes6(&program, &bytes, 0, ONE_REQUEST, "no ifindex");
 
         let multicast = [0x33, 0x33, 0, 0, 0, 0x0a];
         let cases = [
@@ -637,29 +637,29 @@ fn ns_for_held_vip_is_not_answered_where_it_must_not_be() {
             ),
         ];
         for (what, frame) in cases {
-            assert_passes6(&offload, &frame.bytes(), ifindex, ONE_REQUEST, what);
+            assert_passes6(&program, &frame.bytes(), ifindex, ONE_REQUEST, what);
         }
 
         // R16: answered only before the lease's end.
         let now = std::time::Instant::now();
-        let past = vipd::agent::monotonic_ns(now) - 1_000_000;
-        offload
+        let past = vipd::engine::monotonic_ns(now) - 1_000_000;
+        program
             .set_held6(&BTreeMap::from([(VIP6, held_at(ifindex, 0, past))]))
             .expect("set_held6");
-        assert_passes6(&offload, &bytes, ifindex, ONE_REQUEST, "expired entry");
+        assert_passes6(&program, &bytes, ifindex, ONE_REQUEST, "expired entry");
         let until = now + Duration::from_millis(300);
-        offload
+        program
             .set_held6(&BTreeMap::from([(
                 VIP6,
-                held_at(ifindex, 0, vipd::agent::monotonic_ns(until)),
+                held_at(ifindex, 0, vipd::engine::monotonic_ns(until)),
             )]))
             .expect("set_held6");
-        assert_eq!(run6(&offload, &bytes, ifindex).0, XDP_TX, "before expiry");
+        assert_eq!(run6(&program, &bytes, ifindex).0, XDP_TX, "before expiry");
         std::thread::sleep(until.saturating_duration_since(std::time::Instant::now()));
-        assert_passes6(&offload, &bytes, ifindex, ONE_REQUEST, "after expiry");
+        assert_passes6(&program, &bytes, ifindex, ONE_REQUEST, "after expiry");
         let claim = NdpFrame::unsolicited_advert(FOREIGN_MAC, VIP6).bytes();
         assert_passes6(
-            &offload,
+            &program,
             &claim,
             ifindex,
             ONE_ANNOUNCEMENT,
@@ -675,7 +675,7 @@ fn ns_for_held_vip_is_not_answered_where_it_must_not_be() {
 fn invalid_ndp_passes_uncounted() {
     in_netns(|| {
         let ifindex = iface("xdp0");
-        let offload = holding6(ifindex, 0);
+        let program = holding6(ifindex, 0);
         let ns = NdpFrame::solicit(ASKER_MAC, ASKER6, VIP6);
         let na = NdpFrame::unsolicited_advert(FOREIGN_MAC, VIP6);
         let cases: Vec<(&str, NdpFrame)> = vec![
@@ -890,13 +890,13 @@ fn invalid_ndp_passes_uncounted() {
             ),
         ];
         for (what, frame) in &cases {
-            assert_passes6(&offload, &frame.bytes(), ifindex, NONE, what);
+            assert_passes6(&program, &frame.bytes(), ifindex, NONE, what);
         }
         // The unbroken frames do count (the breakage, not the frame, was
         // the reason), so every case above tested what it names.
-        assert_answered(&offload, &ns, ifindex, "the valid NS");
+        assert_answered(&program, &ns, ifindex, "the valid NS");
         assert_passes6(
-            &offload,
+            &program,
             &na.bytes(),
             ifindex,
             ArpCounters {
@@ -944,9 +944,9 @@ fn truncated_ndp_frames_pass_uncounted() {
         }
         // Held (untagged and on VLAN 100): still neither counted nor answered.
         for vlan in [0, 100] {
-            let offload = holding6(ifindex, vlan);
+            let program = holding6(ifindex, vlan);
             for (what, frame) in cuts {
-                assert_passes6(&offload, frame, ifindex, NONE, what);
+                assert_passes6(&program, frame, ifindex, NONE, what);
             }
         }
         // The whole frames do count.
@@ -968,14 +968,14 @@ fn dad_probe_passes_and_is_a_claim_of_a_held_vip() {
     in_netns(|| {
         let rt = runtime();
         let ifindex = iface("xdp0");
-        let mut offload = holding6(ifindex, 0);
+        let mut program = holding6(ifindex, 0);
         let mut reader = rt
-            .block_on(async { offload.take_conflicts6() })
+            .block_on(async { program.take_conflicts6() })
             .expect("take_conflicts6");
 
         let probe = NdpFrame::dad(ASKER_MAC, VIP6).bytes();
         assert_passes6(
-            &offload,
+            &program,
             &probe,
             ifindex,
             ArpCounters {
@@ -996,7 +996,7 @@ fn dad_probe_passes_and_is_a_claim_of_a_held_vip() {
         }
         .bytes();
         assert_passes6(
-            &offload,
+            &program,
             &with_nonce,
             ifindex,
             ArpCounters {
@@ -1012,10 +1012,10 @@ fn dad_probe_passes_and_is_a_claim_of_a_held_vip() {
         );
         // Our own probe coming back: no claim.
         let ours = NdpFrame::dad(OUR_MAC, VIP6).bytes();
-        assert_passes6(&offload, &ours, ifindex, ONE_REQUEST, "our own DAD probe");
+        assert_passes6(&program, &ours, ifindex, ONE_REQUEST, "our own DAD probe");
         // For a watched, unheld VIP: a solicitation, no claim.
         let unheld = NdpFrame::dad(ASKER_MAC, OTHER_VIP6).bytes();
-        let (action, _, delta, other) = run6(&offload, &unheld, ifindex);
+        let (action, _, delta, other) = run6(&program, &unheld, ifindex);
         assert_eq!(action, XDP_PASS);
         assert_eq!((delta, other), (NONE, ONE_REQUEST));
         assert_eq!(
@@ -1031,15 +1031,15 @@ fn foreign_na_of_held_vip_is_counted_and_reported_once() {
     in_netns(|| {
         let rt = runtime();
         let ifindex = iface("xdp0");
-        let mut offload = holding6(ifindex, 0);
+        let mut program = holding6(ifindex, 0);
         let (mut reader, mut reader4) = rt.block_on(async {
             (
-                offload.take_conflicts6().expect("take_conflicts6"),
-                offload.take_conflicts().expect("take_conflicts"),
+                program.take_conflicts6().expect("take_conflicts6"),
+                program.take_conflicts().expect("take_conflicts"),
             )
         });
         assert!(
-            offload.take_conflicts6().is_err(),
+            program.take_conflicts6().is_err(),
             "the ring buffer can be taken once"
         );
         let claim_counted = ArpCounters {
@@ -1049,7 +1049,7 @@ fn foreign_na_of_held_vip_is_counted_and_reported_once() {
         };
 
         let claim = NdpFrame::unsolicited_advert(FOREIGN_MAC, VIP6).bytes();
-        assert_passes6(&offload, &claim, ifindex, claim_counted, "foreign NA");
+        assert_passes6(&program, &claim, ifindex, claim_counted, "foreign NA");
         assert_eq!(
             next_event6(&rt, &mut reader, Duration::from_secs(2)),
             Some(event6(VIP6, ifindex, FOREIGN_MAC))
@@ -1066,7 +1066,7 @@ fn foreign_na_of_held_vip_is_counted_and_reported_once() {
 
         // Our own advertisement coming back: counted, no claim, no event.
         let ours = NdpFrame::unsolicited_advert(OUR_MAC, VIP6).bytes();
-        assert_passes6(&offload, &ours, ifindex, ONE_ANNOUNCEMENT, "our own NA");
+        assert_passes6(&program, &ours, ifindex, ONE_ANNOUNCEMENT, "our own NA");
         // The option decides, not the frame's source (a bridge, a proxy).
         let ours_relayed = NdpFrame {
             eth_src: FOREIGN_MAC,
@@ -1074,7 +1074,7 @@ fn foreign_na_of_held_vip_is_counted_and_reported_once() {
         }
         .bytes();
         assert_passes6(
-            &offload,
+            &program,
             &ours_relayed,
             ifindex,
             ONE_ANNOUNCEMENT,
@@ -1097,7 +1097,7 @@ fn foreign_na_of_held_vip_is_counted_and_reported_once() {
             ..NdpFrame::unsolicited_advert(FOREIGN_MAC, VIP6)
         }
         .bytes();
-        assert_passes6(&offload, &bare, other, claim_counted, "NA without TLLA");
+        assert_passes6(&program, &bare, other, claim_counted, "NA without TLLA");
         assert_eq!(
             next_event6(&rt, &mut reader, Duration::from_secs(2)),
             Some(event6(VIP6, other, FOREIGN_MAC))
@@ -1106,7 +1106,7 @@ fn foreign_na_of_held_vip_is_counted_and_reported_once() {
         // A solicitation sent from our VIP by another MAC: that node uses
         // our VIP. A claim of it; the solicitation counts for its target.
         let asking = NdpFrame::solicit(FOREIGN_MAC, VIP6, OTHER_VIP6).bytes();
-        let (action, out, delta, other_delta) = run6(&offload, &asking, ifindex);
+        let (action, out, delta, other_delta) = run6(&program, &asking, ifindex);
         assert_eq!((action, out.as_slice()), (XDP_PASS, asking.as_slice()));
         assert_eq!(
             (delta, other_delta),
@@ -1124,12 +1124,12 @@ fn foreign_na_of_held_vip_is_counted_and_reported_once() {
         );
         // Our own kernel soliciting from the VIP is no claim.
         let ours_asking = NdpFrame::solicit(OUR_MAC, VIP6, OTHER_VIP6).bytes();
-        let (_, _, delta, other_delta) = run6(&offload, &ours_asking, ifindex);
+        let (_, _, delta, other_delta) = run6(&program, &ours_asking, ifindex);
         assert_eq!((delta, other_delta), (NONE, ONE_REQUEST));
 
         // A foreign advertisement of a watched, unheld VIP is no claim.
         let unheld = NdpFrame::unsolicited_advert(FOREIGN_MAC, OTHER_VIP6).bytes();
-        let (action, _, delta, other_delta) = run6(&offload, &unheld, ifindex);
+        let (action, _, delta, other_delta) = run6(&program, &unheld, ifindex);
         assert_eq!(action, XDP_PASS);
         assert_eq!((delta, other_delta), (NONE, ONE_ANNOUNCEMENT));
         assert_eq!(
@@ -1147,31 +1147,31 @@ fn foreign_na_of_held_vip_is_counted_and_reported_once() {
 fn v6_maps_follow_set_watched6_set_held6_and_clear_held() {
     in_netns(|| {
         let ifindex = iface("xdp0");
-        let mut offload = holding6(ifindex, 0);
+        let mut program = holding6(ifindex, 0);
         let ns = NdpFrame::solicit(ASKER_MAC, ASKER6, VIP6);
-        assert_answered(&offload, &ns, ifindex, "held");
+        assert_answered(&program, &ns, ifindex, "held");
 
         // Watched set changes: counters kept for VIPs still watched.
         let third = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x102);
-        offload
+        program
             .set_watched6(&[VIP6, OTHER_VIP6, third].into())
             .expect("set_watched6");
-        let counters = offload.counters6().expect("counters6");
+        let counters = program.counters6().expect("counters6");
         assert_eq!(
             counters.keys().copied().collect::<Vec<_>>(),
             vec![VIP6, OTHER_VIP6, third]
         );
         assert_eq!(counters[&VIP6], ONE_ANSWER, "kept");
         assert_eq!(counters[&third], NONE, "new, zeroed");
-        offload
+        program
             .set_watched6(&[VIP6, OTHER_VIP6].into())
             .expect("set_watched6");
-        assert_eq!(offload.counters6().expect("counters6").len(), 2);
+        assert_eq!(program.counters6().expect("counters6").len(), 2);
 
         // clear_held empties the v6 map too.
-        offload.clear_held().expect("clear_held");
+        program.clear_held().expect("clear_held");
         assert_passes6(
-            &offload,
+            &program,
             &ns.bytes(),
             ifindex,
             ONE_REQUEST,
@@ -1179,13 +1179,13 @@ fn v6_maps_follow_set_watched6_set_held6_and_clear_held() {
         );
         // Back, then released through set_held6.
         let held = BTreeMap::from([(VIP6, held_at(ifindex, 0, NO_EXPIRY))]);
-        offload.set_held6(&held).expect("set_held6");
-        assert_answered(&offload, &ns, ifindex, "held again");
-        offload
+        program.set_held6(&held).expect("set_held6");
+        assert_answered(&program, &ns, ifindex, "held again");
+        program
             .set_held6(&BTreeMap::new())
             .expect("set_held6(empty)");
         assert_passes6(
-            &offload,
+            &program,
             &ns.bytes(),
             ifindex,
             ONE_REQUEST,
@@ -1193,21 +1193,21 @@ fn v6_maps_follow_set_watched6_set_held6_and_clear_held() {
         );
         // Moved to another interface: answered there only.
         let other = iface("xdp1");
-        offload
+        program
             .set_held6(&BTreeMap::from([(VIP6, held_at(other, 0, NO_EXPIRY))]))
             .expect("set_held6(moved)");
-        assert_passes6(&offload, &ns.bytes(), ifindex, ONE_REQUEST, "old interface");
-        assert_answered(&offload, &ns, other, "new interface");
+        assert_passes6(&program, &ns.bytes(), ifindex, ONE_REQUEST, "old interface");
+        assert_answered(&program, &ns, other, "new interface");
         // The v4 maps are untouched by all of it, and v4 still answers.
-        assert!(offload.counters().expect("counters").is_empty());
+        assert!(program.counters().expect("counters").is_empty());
 
         // Unwatched: not counted, not answered even while held.
-        offload
+        program
             .set_watched6(&BTreeSet::new())
             .expect("set_watched6(empty)");
-        let (action, _) = offload.test_run(&ns.bytes(), other).expect("test_run");
+        let (action, _) = program.test_run(&ns.bytes(), other).expect("test_run");
         assert_eq!(action, XDP_PASS, "held but unwatched: passes");
-        assert!(offload.counters6().expect("counters6").is_empty());
+        assert!(program.counters6().expect("counters6").is_empty());
     });
 }
 
@@ -1276,16 +1276,16 @@ fn held_vip_is_resolved_by_a_real_client_through_the_program() {
     let c1_mac = parse_mac(&c1.mac("eth0"));
 
     n1.in_netns(|| {
-        let mut offload = ArpOffload::load().expect("loading the XDP program");
-        offload
+        let mut program = XdpProgram::load().expect("loading the XDP program");
+        program
             .attach("eth0", vipd::config::XdpMode::Generic)
             .expect("attach in generic mode");
-        offload.set_watched6(&[VIP6].into()).expect("set_watched6");
+        program.set_watched6(&[VIP6].into()).expect("set_watched6");
         let held = HeldVip {
             mac: n1_mac,
             ..held_at(super::ifindex("eth0"), 0, NO_EXPIRY)
         };
-        offload
+        program
             .set_held6(&BTreeMap::from([(VIP6, held)]))
             .expect("set_held6");
 
@@ -1340,7 +1340,7 @@ fn held_vip_is_resolved_by_a_real_client_through_the_program() {
             flags: HELD_ROUTER,
             ..held
         };
-        offload
+        program
             .set_held6(&BTreeMap::from([(VIP6, as_router)]))
             .expect("set_held6 (router)");
         c1.in_netns(|| send_raw("eth0", &bare.bytes()));
@@ -1350,7 +1350,7 @@ fn held_vip_is_resolved_by_a_real_client_through_the_program() {
         .unwrap_or_else(|e| panic!("answer with the Router flag on the client: {e}"));
         assert_eq!(answers(&capture), 2, "no answer without the flag meanwhile");
         // Back to a host: the flag goes.
-        offload
+        program
             .set_held6(&BTreeMap::from([(VIP6, held)]))
             .expect("set_held6 (host)");
         c1.in_netns(|| send_raw("eth0", &bare.bytes()));
@@ -1360,7 +1360,7 @@ fn held_vip_is_resolved_by_a_real_client_through_the_program() {
         .unwrap_or_else(|e| panic!("answer without the Router flag on the client: {e}"));
         assert_eq!(router_answers(&capture), 1, "one answer with the flag");
 
-        let counters = offload.counters6().expect("counters6")[&VIP6];
+        let counters = program.counters6().expect("counters6")[&VIP6];
         assert!(
             counters.xdp_replies >= 5 && counters.requests >= counters.xdp_replies,
             "{counters:?}"
@@ -1368,7 +1368,7 @@ fn held_vip_is_resolved_by_a_real_client_through_the_program() {
 
         // Released: the same solicitation goes unanswered (nobody else
         // has the address), so the answers above were the program's.
-        offload.clear_held().expect("clear_held");
+        program.clear_held().expect("clear_held");
         c1.in_netns(|| send_raw("eth0", &bare.bytes()));
         std::thread::sleep(Duration::from_millis(300));
         assert_eq!(answers(&capture), 3, "no answer once released");

@@ -203,8 +203,9 @@ pub async fn run_serving(
         report,
         report_open: true,
         health,
+        fenced: false,
     };
-    ctx.follower(false);
+    ctx.follower(&mut st, false);
     loop {
         ctx.set_session("connecting");
         let t = settings.session_timeout;
@@ -246,7 +247,7 @@ pub async fn run_serving(
                 return Ok(());
             }
             SessionState::AuthFailed => {
-                ctx.follower(false);
+                ctx.follower(&mut st, false);
                 ctx.set_session("closed");
                 return Err(CoordError::AuthFailed {
                     user: settings
@@ -260,7 +261,7 @@ pub async fn run_serving(
                 // Expired (or closed under us): the server dropped our
                 // candidacy; stand again on a new session.
                 error!(state = %s, "ZooKeeper session ended; opening a new one");
-                ctx.follower(false);
+                ctx.follower(&mut st, false);
                 ctx.set_session("expired");
                 ctx.status.send_modify(|x| x.leader = None);
             }
@@ -287,6 +288,9 @@ struct Campaign {
     /// `None`: no checks (or the checks stopped): healthy.
     health: Option<watch::Receiver<HealthStatus>>,
     drained: watch::Receiver<bool>,
+    /// Elected but fenced (lease not renewed in time): a follower until a
+    /// renewal is acknowledged. Published as `CoordStatus::fenced`.
+    fenced: bool,
 }
 
 impl Campaign {
@@ -371,7 +375,8 @@ impl Ctx<'_> {
         self.status.send_modify(|x| x.last_error = Some(e));
     }
 
-    fn follower(&self, fenced: bool) {
+    fn follower(&self, st: &mut Campaign, fenced: bool) {
+        st.fenced = fenced;
         self.desired.send_if_modified(|d| {
             let changed = d.role != Role::Follower;
             d.role = Role::Follower;
@@ -385,7 +390,8 @@ impl Ctx<'_> {
         });
     }
 
-    fn leader(&self, term: u64, lease: LeaseGrant) {
+    fn leader(&self, st: &mut Campaign, term: u64, lease: LeaseGrant) {
+        st.fenced = false;
         self.desired.send_modify(|d| {
             d.role = Role::Leader;
             d.term = term;
@@ -541,8 +547,8 @@ impl Ctx<'_> {
                 s if s.is_terminated() => return s,
                 SessionState::Disconnected => {
                     self.set_session("disconnected");
-                    let fenced = self.status.borrow().fenced;
-                    self.follower(fenced);
+                    let fenced = st.fenced;
+                    self.follower(st, fenced);
                     tokio::select! {
                         _ = cancel.cancelled() => {}
                         _ = state.changed() => {}
@@ -609,7 +615,7 @@ impl Ctx<'_> {
             };
             let Some(pos) = sorted.iter().position(|c| *c == me) else {
                 warn!(znode = %format!("{dir}/{me}"), "our candidacy znode is gone; standing again");
-                self.follower(false);
+                self.follower(st, false);
                 *own = None;
                 continue;
             };
@@ -646,7 +652,7 @@ impl Ctx<'_> {
                     }
                 }
             }
-            self.follower(false);
+            self.follower(st, false);
             let pred = format!("{dir}/{}", sorted[pos - 1]);
             if pos == 1 {
                 if self
@@ -774,7 +780,7 @@ impl Ctx<'_> {
         }
         st.term = term;
         info!(term, lease = ?lease.length, renew_every = ?lease.renew_every(), "elected leader; lease held");
-        self.leader(term, self.grant(sent));
+        self.leader(st, term, self.grant(sent));
         nodes::clear_handover(client, &self.paths.handover, me, lease.poll_deadline()).await;
         let handover =
             nodes::handover_requested(client, &self.paths.handover, me, lease.poll_deadline());
@@ -849,13 +855,13 @@ impl Ctx<'_> {
                 }
                 e = &mut renewals => {
                     warn!(error = %e, "lease renewal refused: another node took over, or our znode is gone; the term ends");
-                    self.follower(false);
+                    self.follower(st, false);
                     break LeadEnd::Lost;
                 }
                 _ = ack_rx.changed() => {}
                 _ = tokio::time::sleep_until(fence_at) => {
                     warn!(lease = ?lease.length, "no lease renewal acknowledged in time; fencing (VIPs go until a renewal is acknowledged)");
-                    self.follower(true);
+                    self.follower(st, true);
                     break LeadEnd::Fenced;
                 }
                 s = state.changed() => match s {
@@ -872,7 +878,7 @@ impl Ctx<'_> {
                         self.set_session("connected");
                     }
                     s if s.is_terminated() => {
-                        self.follower(false);
+                        self.follower(st, false);
                         break LeadEnd::Terminal(s);
                     }
                     _ => {}
@@ -1042,7 +1048,7 @@ impl Ctx<'_> {
             "gave up leadership: no route for VIPs {}",
             list.join(", ")
         ));
-        self.follower(false);
+        self.follower(st, false);
         wait_released(st, RELEASE_WAIT).await;
         if let Some(me) = own.take() {
             let path = format!("{}/{me}", self.paths.election);
@@ -1066,7 +1072,7 @@ impl Ctx<'_> {
         own: &mut Option<String>,
         deadline: Duration,
     ) {
-        self.follower(false);
+        self.follower(st, false);
         wait_released(st, RELEASE_WAIT).await;
         if let Some(me) = own.take() {
             let path = format!("{}/{me}", self.paths.election);
@@ -1116,7 +1122,7 @@ impl Ctx<'_> {
     /// Cancel: Follower, VIPs gone, candidacy deleted, session closed.
     async fn shutdown(&self, st: &mut Campaign, client: Option<Client>, own: Option<String>) {
         info!("coordination stopping");
-        self.follower(false);
+        self.follower(st, false);
         wait_released(st, RELEASE_WAIT).await;
         if let Some(client) = client {
             let deadline = client.session_timeout() / 3;

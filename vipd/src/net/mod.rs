@@ -70,6 +70,25 @@ pub struct Address {
     /// Carries vipd's mark ([`VIPD_ADDR_PROTO`]): vipd added it.
     pub owned: bool,
     pub state: AddrState,
+    /// IFA_F_SECONDARY (IPv4 only): another address of its subnet on its
+    /// interface is the primary one.
+    pub secondary: bool,
+}
+
+/// The secondaries rule, decided here only: whether removing `a` would take
+/// other addresses with it. It does when `a` is the primary IPv4 address of
+/// its subnet on its interface and `all` holds secondaries of that subnet:
+/// with `promote_secondaries=0` the kernel deletes them along with it
+/// (docs/DESIGN.md, facts). IPv6 has no primary addresses.
+pub fn guards_secondaries(a: &Address, all: &[Address]) -> bool {
+    a.addr.is_ipv4()
+        && !a.secondary
+        && all.iter().any(|b| {
+            b.secondary
+                && b.ifindex == a.ifindex
+                && b.prefix_len == a.prefix_len
+                && in_prefix(b.addr, a.addr, a.prefix_len)
+        })
 }
 
 /// Where a VIP belongs on this node: the interface and prefix length that

@@ -391,7 +391,7 @@ impl Netlink {
             warn!("address equal to a VIP is not vipd's; leaving it");
             return Err(not_owned());
         }
-        if is_primary_with_company(kernel, &current) {
+        if guards_secondaries_now(kernel, &current) {
             let ifname = self.link_name(address.ifindex).await?;
             enable_promote_secondaries(&ifname)?;
         }
@@ -442,7 +442,7 @@ impl Netlink {
                     Err(not_owned())
                 }
                 Some(k) => {
-                    let guard = if is_primary_with_company(k, &current) {
+                    let guard = if guards_secondaries_now(k, &current) {
                         match self.link_name(address.ifindex).await {
                             Ok(ifname) => enable_promote_secondaries(&ifname),
                             Err(e) => Err(e),
@@ -632,12 +632,15 @@ fn address_of(message: &AddressMessage) -> Option<Address> {
             _ => {}
         }
     }
+    let addr = local.or(address)?;
     Some(Address {
         ifindex: message.header.index,
-        addr: local.or(address)?,
+        addr,
         prefix_len: message.header.prefix_len,
         owned: is_marked(message),
         state: state_of(&flags_of(message)),
+        // The same bit means a temporary address in IPv6.
+        secondary: addr.is_ipv4() && is_secondary(message),
     })
 }
 
@@ -679,23 +682,15 @@ fn is_secondary(message: &AddressMessage) -> bool {
     flags_of(message).contains(AddressFlags::Secondary)
 }
 
-/// Whether `message` is a primary IPv4 address whose removal would take
-/// other addresses of the same subnet and interface with it. (IPv6 has no
-/// primaries: removing an address never removes another.)
-fn is_primary_with_company(message: &AddressMessage, all: &[AddressMessage]) -> bool {
+/// [`super::guards_secondaries`] on `all`, a dump fresher than the plan's:
+/// the removal is checked again right before it is made, so an address
+/// added since the plan is guarded too.
+fn guards_secondaries_now(message: &AddressMessage, all: &[AddressMessage]) -> bool {
     let Some(this) = address_of(message) else {
         return false;
     };
-    if !this.addr.is_ipv4() || is_secondary(message) {
-        return false;
-    }
-    all.iter().filter(|m| is_secondary(m)).any(|m| {
-        address_of(m).is_some_and(|o| {
-            o.ifindex == this.ifindex
-                && o.prefix_len == this.prefix_len
-                && super::in_prefix(o.addr, this.addr, this.prefix_len)
-        })
-    })
+    let all: Vec<Address> = all.iter().filter_map(address_of).collect();
+    super::guards_secondaries(&this, &all)
 }
 
 fn event_of(payload: &NetlinkPayload<RouteNetlinkMessage>) -> Option<NetEvent> {
@@ -880,6 +875,7 @@ mod tests {
                 prefix_len: 64,
                 owned: true,
                 state: AddrState::DadFailed,
+                secondary: false,
             })
         );
         // An IPv4 attribute in an IPv6 message is no address of it.

@@ -49,7 +49,7 @@ pub const STUCK_CHECK_EVERY: Duration = Duration::from_millis(50);
 
 /// Why the XDP half could not do what was asked.
 #[derive(Debug, thiserror::Error)]
-pub enum OffloadError {
+pub enum XdpError {
     #[error("loading the embedded XDP object failed")]
     Load(#[source] aya::EbpfError),
     #[error("the XDP object has no map {name}")]
@@ -178,7 +178,7 @@ impl NativeWatch {
 /// Dropping it detaches the program from every interface: attachments are
 /// bpf links owned by this process, never pinned, so a dead agent answers
 /// no ARP (R11).
-pub struct ArpOffload {
+pub struct XdpProgram {
     /// Owns the program and its bpf links: dropping it detaches everywhere.
     ebpf: Ebpf,
     counters: PerCpuHashMap<MapData, VipKey, ArpCounters>,
@@ -201,9 +201,9 @@ pub struct ArpOffload {
     started: Instant,
 }
 
-impl std::fmt::Debug for ArpOffload {
+impl std::fmt::Debug for XdpProgram {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ArpOffload")
+        f.debug_struct("XdpProgram")
             .field("attached", &self.attached())
             .finish_non_exhaustive()
     }
@@ -215,11 +215,11 @@ const BPF_NOEXIST: u64 = 1;
 /// The eBPF object built by `build.rs` from `vipd-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vipd"));
 
-impl ArpOffload {
+impl XdpProgram {
     /// Loads the embedded object (raises RLIMIT_MEMLOCK first for old
     /// kernels; harmless on new ones). Does not attach.
     #[instrument(name = "xdp_load")]
-    pub fn load() -> Result<Self, OffloadError> {
+    pub fn load() -> Result<Self, XdpError> {
         raise_memlock_limit();
         // Not `Ebpf::load`: in aya 0.14 it parses the kernel's BTF twice.
         // No kernel BTF at all: the program reads no kernel types (no
@@ -230,13 +230,13 @@ impl ArpOffload {
         // docs/BENCHMARKS.md, engine).
         let (mut loader, kernel_btf) = loader::loader();
         debug!(?kernel_btf, "XDP loader built");
-        let mut ebpf = loader.btf(None).load(OBJECT).map_err(OffloadError::Load)?;
+        let mut ebpf = loader.btf(None).load(OBJECT).map_err(XdpError::Load)?;
         let program: &mut Xdp = ebpf
             .program_mut(PROGRAM_NAME)
-            .ok_or(OffloadError::MissingProgram(None))?
+            .ok_or(XdpError::MissingProgram(None))?
             .try_into()
-            .map_err(|e| OffloadError::MissingProgram(Some(e)))?;
-        program.load().map_err(OffloadError::LoadProgram)?;
+            .map_err(|e| XdpError::MissingProgram(Some(e)))?;
+        program.load().map_err(XdpError::LoadProgram)?;
 
         let counters = take_typed(&mut ebpf, MAP_COUNTERS, PerCpuHashMap::try_from)?;
         let held = take_typed(&mut ebpf, MAP_HELD, HashMap::try_from)?;
@@ -245,7 +245,7 @@ impl ArpOffload {
         let held6 = take_typed(&mut ebpf, MAP_HELD6, HashMap::try_from)?;
         let conflicts6 = take_typed(&mut ebpf, MAP_CONFLICTS6, RingBuf::try_from)?;
         debug!("XDP program loaded");
-        Ok(ArpOffload {
+        Ok(XdpProgram {
             ebpf,
             counters,
             held,
@@ -266,20 +266,20 @@ impl ArpOffload {
         })
     }
 
-    fn program_mut(&mut self) -> Result<&mut Xdp, OffloadError> {
+    fn program_mut(&mut self) -> Result<&mut Xdp, XdpError> {
         self.ebpf
             .program_mut(PROGRAM_NAME)
-            .ok_or(OffloadError::MissingProgram(None))?
+            .ok_or(XdpError::MissingProgram(None))?
             .try_into()
-            .map_err(|e| OffloadError::MissingProgram(Some(e)))
+            .map_err(|e| XdpError::MissingProgram(Some(e)))
     }
 
-    fn program(&self) -> Result<&Xdp, OffloadError> {
+    fn program(&self) -> Result<&Xdp, XdpError> {
         self.ebpf
             .program(PROGRAM_NAME)
-            .ok_or(OffloadError::MissingProgram(None))?
+            .ok_or(XdpError::MissingProgram(None))?
             .try_into()
-            .map_err(|e| OffloadError::MissingProgram(Some(e)))
+            .map_err(|e| XdpError::MissingProgram(Some(e)))
     }
 
     /// Attaches to `ifname`; already attached returns the existing mode.
@@ -288,12 +288,12 @@ impl ArpOffload {
     /// native XDP_TX frames are lost ([`NATIVE_TX_LOST`], veth), and falls
     /// back to generic when the driver refuses native mode. `Native` and
     /// `Generic` force the first mode. Wherever native answers are later
-    /// seen lost ([`ArpOffload::check_delivery`]) the interface moves to
+    /// seen lost ([`XdpProgram::check_delivery`]) the interface moves to
     /// generic, forced or not, and stays there.
     /// The attachment is a bpf link owned by this process (no pinning): when
     /// vipd exits or is killed, the kernel detaches the program.
     #[instrument(skip(self))]
-    pub fn attach(&mut self, ifname: &str, mode: XdpMode) -> Result<AttachedMode, OffloadError> {
+    pub fn attach(&mut self, ifname: &str, mode: XdpMode) -> Result<AttachedMode, XdpError> {
         if let Some(existing) = self.attachments.get(ifname) {
             return Ok(existing.mode);
         }
@@ -310,7 +310,7 @@ impl ArpOffload {
             ),
             AttachedMode::Native => match self.attach_in(ifname, AttachedMode::Native) {
                 Ok(link) => (AttachedMode::Native, reason, link),
-                Err(OffloadError::Attach { source: native, .. }) if mode == XdpMode::Auto => {
+                Err(XdpError::Attach { source: native, .. }) if mode == XdpMode::Auto => {
                     warn!(
                         ifname,
                         driver = driver.as_deref().unwrap_or("unknown"),
@@ -325,10 +325,10 @@ impl ArpOffload {
                             },
                             link,
                         ),
-                        Err(OffloadError::Attach {
+                        Err(XdpError::Attach {
                             source: generic, ..
                         }) => {
-                            return Err(OffloadError::AttachAuto {
+                            return Err(XdpError::AttachAuto {
                                 ifname: ifname.to_string(),
                                 native: Box::new(native),
                                 generic: Box::new(generic),
@@ -422,7 +422,7 @@ impl ArpOffload {
     }
 
     /// Checks every native attachment for lost answers (call it when
-    /// [`ArpOffload::next_delivery_check`] says). Where answers are lost, logs an error
+    /// [`XdpProgram::next_delivery_check`] says). Where answers are lost, logs an error
     /// naming the interface and its driver and re-attaches in generic mode,
     /// for good; if even that fails nothing is attached there and the
     /// kernel answers (as far as `arp_ignore` lets it). Returns whether any
@@ -487,7 +487,7 @@ impl ArpOffload {
         let reason = ModeReason::Fallback { loss };
         self.fallen_back.insert(ifname.to_string(), reason.clone());
         let detached = self.program_mut().and_then(|p| {
-            p.detach(att.link).map_err(|source| OffloadError::Detach {
+            p.detach(att.link).map_err(|source| XdpError::Detach {
                 ifname: ifname.to_string(),
                 source,
             })
@@ -523,7 +523,7 @@ impl ArpOffload {
         }
     }
 
-    /// When [`ArpOffload::check_delivery`] should run next, from now:
+    /// When [`XdpProgram::check_delivery`] should run next, from now:
     /// `None` while no attachment is checked.
     pub fn next_delivery_check(&self) -> Option<Duration> {
         self.attachments
@@ -533,10 +533,10 @@ impl ArpOffload {
             .min()
     }
 
-    fn attach_in(&mut self, ifname: &str, mode: AttachedMode) -> Result<XdpLinkId, OffloadError> {
+    fn attach_in(&mut self, ifname: &str, mode: AttachedMode) -> Result<XdpLinkId, XdpError> {
         self.program_mut()?
             .attach(ifname, mode.aya())
-            .map_err(|source| OffloadError::Attach {
+            .map_err(|source| XdpError::Attach {
                 ifname: ifname.to_string(),
                 mode,
                 source,
@@ -545,15 +545,15 @@ impl ArpOffload {
 
     /// Detaches from `ifname`.
     #[instrument(skip(self))]
-    pub fn detach(&mut self, ifname: &str) -> Result<(), OffloadError> {
+    pub fn detach(&mut self, ifname: &str) -> Result<(), XdpError> {
         let Some(att) = self.attachments.remove(ifname) else {
-            return Err(OffloadError::NotAttached {
+            return Err(XdpError::NotAttached {
                 ifname: ifname.to_string(),
             });
         };
         self.program_mut()?
             .detach(att.link)
-            .map_err(|source| OffloadError::Detach {
+            .map_err(|source| XdpError::Detach {
                 ifname: ifname.to_string(),
                 source,
             })?;
@@ -586,14 +586,14 @@ impl ArpOffload {
     /// Makes VIP_COUNTERS hold exactly these VIPs: zeroed per-CPU counters
     /// for new ones, existing counters kept, VIPs no longer watched deleted.
     #[instrument(skip_all, fields(count = vips.len()))]
-    pub fn set_watched(&mut self, vips: &BTreeSet<Vip>) -> Result<(), OffloadError> {
+    pub fn set_watched(&mut self, vips: &BTreeSet<Vip>) -> Result<(), XdpError> {
         let present = self.counter_keys()?;
         for key in &present {
             let vip = key_to_vip(MAP_COUNTERS, *key)?;
             if !vips.contains(&vip) {
                 self.counters
                     .remove(key)
-                    .map_err(|source| OffloadError::MapUpdate {
+                    .map_err(|source| XdpError::MapUpdate {
                         map: MAP_COUNTERS,
                         vip,
                         source,
@@ -610,11 +610,11 @@ impl ArpOffload {
             return Ok(());
         }
         let cpus =
-            aya::util::nr_cpus().map_err(|(what, source)| OffloadError::Cpus { what, source })?;
+            aya::util::nr_cpus().map_err(|(what, source)| XdpError::Cpus { what, source })?;
         for vip in new {
             let zeroed =
                 PerCpuValues::try_from(vec![ArpCounters::default(); cpus]).map_err(|source| {
-                    OffloadError::Cpus {
+                    XdpError::Cpus {
                         what: "building per-CPU values",
                         source,
                     }
@@ -622,7 +622,7 @@ impl ArpOffload {
             // BPF_NOEXIST: never zero counters that appeared meanwhile.
             self.counters
                 .insert(vip_key(vip.octets()), zeroed, BPF_NOEXIST)
-                .map_err(|source| OffloadError::MapUpdate {
+                .map_err(|source| XdpError::MapUpdate {
                     map: MAP_COUNTERS,
                     vip,
                     source,
@@ -632,11 +632,11 @@ impl ArpOffload {
         Ok(())
     }
 
-    fn counter_keys(&self) -> Result<BTreeSet<VipKey>, OffloadError> {
+    fn counter_keys(&self) -> Result<BTreeSet<VipKey>, XdpError> {
         self.counters
             .keys()
             .collect::<Result<_, _>>()
-            .map_err(|source| OffloadError::MapRead {
+            .map_err(|source| XdpError::MapRead {
                 map: MAP_COUNTERS,
                 source,
             })
@@ -645,12 +645,12 @@ impl ArpOffload {
     /// Makes HELD_VIPS hold exactly these entries (VIP -> ifindex + MAC).
     /// The XDP program answers ARP for held VIPs only.
     #[instrument(skip_all, fields(count = held.len()))]
-    pub fn set_held(&mut self, held: &BTreeMap<Vip, HeldVip>) -> Result<(), OffloadError> {
+    pub fn set_held(&mut self, held: &BTreeMap<Vip, HeldVip>) -> Result<(), XdpError> {
         let present: Vec<VipKey> =
             self.held
                 .keys()
                 .collect::<Result<_, _>>()
-                .map_err(|source| OffloadError::MapRead {
+                .map_err(|source| XdpError::MapRead {
                     map: MAP_HELD,
                     source,
                 })?;
@@ -669,7 +669,7 @@ impl ArpOffload {
             }
             self.held
                 .insert(key, entry, 0)
-                .map_err(|source| OffloadError::MapUpdate {
+                .map_err(|source| XdpError::MapUpdate {
                     map: MAP_HELD,
                     vip: *vip,
                     source,
@@ -680,13 +680,13 @@ impl ArpOffload {
         Ok(())
     }
 
-    fn remove_held(&mut self, vip: Vip) -> Result<(), OffloadError> {
+    fn remove_held(&mut self, vip: Vip) -> Result<(), XdpError> {
         match self.held.remove(&vip_key(vip.octets())) {
             Ok(()) => {}
             // Gone already: what we wanted.
             Err(MapError::KeyNotFound) => {}
             Err(source) => {
-                return Err(OffloadError::MapUpdate {
+                return Err(XdpError::MapUpdate {
                     map: MAP_HELD,
                     vip,
                     source,
@@ -701,7 +701,7 @@ impl ArpOffload {
     /// step-down and on shutdown): nothing is answered in XDP afterwards,
     /// for either family.
     #[instrument(skip_all)]
-    pub fn clear_held(&mut self) -> Result<(), OffloadError> {
+    pub fn clear_held(&mut self) -> Result<(), XdpError> {
         // Both, even when one fails: the first error is returned.
         let v4 = self.set_held(&BTreeMap::new());
         let v6 = self.set_held6(&BTreeMap::new());
@@ -709,7 +709,7 @@ impl ArpOffload {
     }
 
     /// Counters of every watched VIP, summed over CPUs.
-    pub fn counters(&self) -> Result<BTreeMap<Vip, ArpCounters>, OffloadError> {
+    pub fn counters(&self) -> Result<BTreeMap<Vip, ArpCounters>, XdpError> {
         let mut out = BTreeMap::new();
         for entry in self.counters.iter() {
             let (key, values) = match entry {
@@ -717,7 +717,7 @@ impl ArpOffload {
                 // Deleted between listing and reading: not watched any more.
                 Err(MapError::KeyNotFound) => continue,
                 Err(source) => {
-                    return Err(OffloadError::MapRead {
+                    return Err(XdpError::MapRead {
                         map: MAP_COUNTERS,
                         source,
                     });
@@ -733,17 +733,17 @@ impl ArpOffload {
     }
 
     /// Makes VIP_COUNTERS6 hold exactly these IPv6 VIPs, as
-    /// [`ArpOffload::set_watched`] does for IPv4: zeroed per-CPU counters
+    /// [`XdpProgram::set_watched`] does for IPv4: zeroed per-CPU counters
     /// for new ones, existing counters kept, VIPs no longer watched deleted.
     /// The caller passes validated VIPs; the program never counts a
     /// multicast target anyway.
     #[instrument(skip_all, fields(count = vips.len()))]
-    pub fn set_watched6(&mut self, vips: &BTreeSet<Ipv6Addr>) -> Result<(), OffloadError> {
+    pub fn set_watched6(&mut self, vips: &BTreeSet<Ipv6Addr>) -> Result<(), XdpError> {
         let present: BTreeSet<Vip6Key> =
             self.counters6
                 .keys()
                 .collect::<Result<_, _>>()
-                .map_err(|source| OffloadError::MapRead {
+                .map_err(|source| XdpError::MapRead {
                     map: MAP_COUNTERS6,
                     source,
                 })?;
@@ -752,7 +752,7 @@ impl ArpOffload {
             if !vips.contains(&vip) {
                 self.counters6
                     .remove(key)
-                    .map_err(|source| OffloadError::MapUpdate6 {
+                    .map_err(|source| XdpError::MapUpdate6 {
                         map: MAP_COUNTERS6,
                         vip,
                         source,
@@ -769,11 +769,11 @@ impl ArpOffload {
             return Ok(());
         }
         let cpus =
-            aya::util::nr_cpus().map_err(|(what, source)| OffloadError::Cpus { what, source })?;
+            aya::util::nr_cpus().map_err(|(what, source)| XdpError::Cpus { what, source })?;
         for vip in new {
             let zeroed =
                 PerCpuValues::try_from(vec![NdpCounters::default(); cpus]).map_err(|source| {
-                    OffloadError::Cpus {
+                    XdpError::Cpus {
                         what: "building per-CPU values",
                         source,
                     }
@@ -781,7 +781,7 @@ impl ArpOffload {
             // BPF_NOEXIST: never zero counters that appeared meanwhile.
             self.counters6
                 .insert(vip.octets(), zeroed, BPF_NOEXIST)
-                .map_err(|source| OffloadError::MapUpdate6 {
+                .map_err(|source| XdpError::MapUpdate6 {
                     map: MAP_COUNTERS6,
                     vip,
                     source,
@@ -792,16 +792,16 @@ impl ArpOffload {
     }
 
     /// Makes HELD_VIPS6 hold exactly these entries (IPv6 VIP -> ifindex,
-    /// MAC, VLAN, lease end), as [`ArpOffload::set_held`] does for IPv4.
+    /// MAC, VLAN, lease end), as [`XdpProgram::set_held`] does for IPv4.
     /// The program answers Neighbor Solicitations for held VIPs only, and
     /// only before `expires_ns`.
     #[instrument(skip_all, fields(count = held.len()))]
-    pub fn set_held6(&mut self, held: &BTreeMap<Ipv6Addr, HeldVip>) -> Result<(), OffloadError> {
+    pub fn set_held6(&mut self, held: &BTreeMap<Ipv6Addr, HeldVip>) -> Result<(), XdpError> {
         let present: Vec<Vip6Key> =
             self.held6
                 .keys()
                 .collect::<Result<_, _>>()
-                .map_err(|source| OffloadError::MapRead {
+                .map_err(|source| XdpError::MapRead {
                     map: MAP_HELD6,
                     source,
                 })?;
@@ -816,7 +816,7 @@ impl ArpOffload {
                 // Gone already: what we wanted.
                 Ok(()) | Err(MapError::KeyNotFound) => {}
                 Err(source) => {
-                    return Err(OffloadError::MapUpdate6 {
+                    return Err(XdpError::MapUpdate6 {
                         map: MAP_HELD6,
                         vip,
                         source,
@@ -833,7 +833,7 @@ impl ArpOffload {
             }
             self.held6
                 .insert(key, entry, 0)
-                .map_err(|source| OffloadError::MapUpdate6 {
+                .map_err(|source| XdpError::MapUpdate6 {
                     map: MAP_HELD6,
                     vip: *vip,
                     source,
@@ -846,7 +846,7 @@ impl ArpOffload {
 
     /// NDP counters of every watched IPv6 VIP, summed over CPUs (fields as
     /// [`NdpCounters`] documents).
-    pub fn counters6(&self) -> Result<BTreeMap<Ipv6Addr, NdpCounters>, OffloadError> {
+    pub fn counters6(&self) -> Result<BTreeMap<Ipv6Addr, NdpCounters>, XdpError> {
         let mut out = BTreeMap::new();
         for entry in self.counters6.iter() {
             let (key, values) = match entry {
@@ -854,7 +854,7 @@ impl ArpOffload {
                 // Deleted between listing and reading: not watched any more.
                 Err(MapError::KeyNotFound) => continue,
                 Err(source) => {
-                    return Err(OffloadError::MapRead {
+                    return Err(XdpError::MapRead {
                         map: MAP_COUNTERS6,
                         source,
                     });
@@ -870,9 +870,9 @@ impl ArpOffload {
     }
 
     /// Takes the IPv6 conflict ring buffer out as an async reader (callable
-    /// once), as [`ArpOffload::take_conflicts`] does for IPv4.
-    pub fn take_conflicts6(&mut self) -> Result<ConflictReader6, OffloadError> {
-        let ring = self.conflicts6.take().ok_or(OffloadError::ConflictsTaken {
+    /// once), as [`XdpProgram::take_conflicts`] does for IPv4.
+    pub fn take_conflicts6(&mut self) -> Result<ConflictReader6, XdpError> {
+        let ring = self.conflicts6.take().ok_or(XdpError::ConflictsTaken {
             map: MAP_CONFLICTS6,
         })?;
         ConflictReader::new(ring, MAP_CONFLICTS6)
@@ -880,11 +880,11 @@ impl ArpOffload {
 
     /// Takes the conflict ring buffer out as an async reader (callable once).
     /// Call it inside a tokio runtime with IO enabled (it panics otherwise).
-    pub fn take_conflicts(&mut self) -> Result<ConflictReader, OffloadError> {
+    pub fn take_conflicts(&mut self) -> Result<ConflictReader, XdpError> {
         let ring = self
             .conflicts
             .take()
-            .ok_or(OffloadError::ConflictsTaken { map: MAP_CONFLICTS })?;
+            .ok_or(XdpError::ConflictsTaken { map: MAP_CONFLICTS })?;
         ConflictReader::new(ring, MAP_CONFLICTS)
     }
 
@@ -893,12 +893,8 @@ impl ArpOffload {
     /// the program in its `xdp_md`; the kernel accepts it only for an
     /// interface of the caller's network namespace. The kernel refuses
     /// frames shorter than an Ethernet header (14 bytes) with EINVAL.
-    pub fn test_run(
-        &self,
-        frame: &[u8],
-        ingress_ifindex: u32,
-    ) -> Result<(u32, Vec<u8>), OffloadError> {
-        let err = |source| OffloadError::TestRun {
+    pub fn test_run(&self, frame: &[u8], ingress_ifindex: u32) -> Result<(u32, Vec<u8>), XdpError> {
+        let err = |source| XdpError::TestRun {
             len: frame.len(),
             source,
         };
@@ -977,8 +973,8 @@ fn answers_on6(
         .sum()
 }
 
-fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, OffloadError> {
-    ebpf.take_map(name).ok_or(OffloadError::MissingMap { name })
+fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, XdpError> {
+    ebpf.take_map(name).ok_or(XdpError::MissingMap { name })
 }
 
 /// Takes map `name` out of the object as the type `typed` makes of it.
@@ -986,13 +982,13 @@ fn take_typed<T>(
     ebpf: &mut Ebpf,
     name: &'static str,
     typed: impl FnOnce(aya::maps::Map) -> Result<T, MapError>,
-) -> Result<T, OffloadError> {
-    typed(take_map(ebpf, name)?).map_err(|source| OffloadError::MapType { name, source })
+) -> Result<T, XdpError> {
+    typed(take_map(ebpf, name)?).map_err(|source| XdpError::MapType { name, source })
 }
 
-fn key_to_vip(map: &'static str, key: VipKey) -> Result<Vip, OffloadError> {
+fn key_to_vip(map: &'static str, key: VipKey) -> Result<Vip, XdpError> {
     let addr = Ipv4Addr::from(vip_octets(key));
-    Vip::new(addr).map_err(|_| OffloadError::InvalidKey { map, addr })
+    Vip::new(addr).map_err(|_| XdpError::InvalidKey { map, addr })
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; newer ones use
@@ -1010,8 +1006,8 @@ fn raise_memlock_limit() {
 }
 
 /// Foreign claims of held VIPs, as the XDP program reports them: IPv4
-/// ([`ConflictEvent`], from [`ArpOffload::take_conflicts`]) or IPv6
-/// ([`ConflictEvent6`], from [`ArpOffload::take_conflicts6`]).
+/// ([`ConflictEvent`], from [`XdpProgram::take_conflicts`]) or IPv6
+/// ([`ConflictEvent6`], from [`XdpProgram::take_conflicts6`]).
 pub struct ConflictReader<E = ConflictEvent> {
     fd: AsyncFd<RingBuf<MapData>>,
     map: &'static str,
@@ -1024,11 +1020,11 @@ pub type ConflictReader6 = ConflictReader<ConflictEvent6>;
 impl<E: aya::Pod> ConflictReader<E> {
     /// Registers `ring` (map `map`) with the async runtime: call it inside
     /// a tokio runtime with IO enabled (it panics otherwise).
-    fn new(ring: RingBuf<MapData>, map: &'static str) -> Result<Self, OffloadError> {
+    fn new(ring: RingBuf<MapData>, map: &'static str) -> Result<Self, XdpError> {
         // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged,
         // for as long as it lives, and the AsyncFd owns the RingBuf.
         let fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-            .map_err(|e| OffloadError::ConflictsFd {
+            .map_err(|e| XdpError::ConflictsFd {
                 map,
                 source: e.into(),
             })?;

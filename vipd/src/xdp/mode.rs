@@ -1,6 +1,6 @@
 //! Which XDP mode an interface gets, and why; and the run-time check that
 //! native answers really leave the interface. Pure: the ioctls that feed it
-//! live in `ethtool`, the attaching in `ArpOffload`.
+//! live in `ethtool`, the attaching in `XdpProgram`.
 
 use std::{fmt, time::Duration};
 

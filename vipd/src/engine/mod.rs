@@ -1,0 +1,443 @@
+//! The engine: one task that owns the node's VIP state. It takes the role
+//! and VIPs the source wants (`role::Desired`), netlink events, timers and
+//! XDP conflict events, plans with `reconcile::plan`, and executes: netlink
+//! writes, XDP map updates, announcements. It reports what it holds back to
+//! the source so leadership is released only once the VIPs are gone (R3).
+//! The loop and the lease live here; one reconcile pass in `pass`, foreign
+//! claims in `conflicts`, what it publishes in `status`.
+
+mod conflicts;
+mod pass;
+mod status;
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::{Arc, Mutex},
+    time::{Instant, SystemTime, UNIX_EPOCH},
+};
+
+use tokio::{
+    sync::{mpsc, watch},
+    time::{MissedTickBehavior, sleep_until},
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use self::pass::set_held;
+pub use self::status::{
+    ConflictStatus, EngineStatus, LeaseStatus, LinkHealth, ReconcileSummary, VipState, VipStatus,
+};
+use crate::{
+    announce::Announcer,
+    config::{EngineArgs, XdpArgs},
+    net::{
+        Link, Placement,
+        netlink::{NetEvent, Netlink, monitor},
+    },
+    role::{Desired, EngineReport, Role},
+    vip::Vip,
+    xdp::{ConflictReader, ConflictReader6, XdpProgram},
+};
+
+/// The XDP side, shared with the API (counters) behind a lock.
+pub type SharedXdp = Arc<Mutex<XdpProgram>>;
+
+/// The R8 sync task of a leader term: `remaining` more rounds, the next due
+/// at `next`.
+struct SyncRounds {
+    remaining: u32,
+    next: tokio::time::Instant,
+}
+
+pub struct Engine {
+    engine: EngineArgs,
+    xdp: XdpArgs,
+    netlink: Netlink,
+    announcer: Announcer,
+    xdp_program: Option<SharedXdp>,
+    desired: watch::Receiver<Desired>,
+    report: watch::Sender<EngineReport>,
+    status: watch::Sender<EngineStatus>,
+    applied: Desired,
+    sync: Option<SyncRounds>,
+    last_conflict_answer: HashMap<Vip, Instant>,
+    /// Conflict answers the rate limit held back, due when it allows: a
+    /// burst of claims must not end with the other node's word on the wire.
+    pending_conflict_answers: BTreeMap<Vip, tokio::time::Instant>,
+    last_conflict_log: HashMap<Vip, Instant>,
+    /// Interfaces as of the last pass, by ifindex.
+    links: HashMap<u32, Link>,
+    /// Whether each interface holding an IPv6 VIP forwards IPv6, read on
+    /// every pass: the XDP program's advertisements carry the Router flag
+    /// then, as the unsolicited ones do.
+    routers: HashMap<u32, bool>,
+    /// The problem last logged per VIP (no route, operator address).
+    reported: HashMap<Vip, VipState>,
+    /// Foreign claims of our VIPs, as last seen (published as status).
+    conflicts: BTreeMap<Vip, ConflictStatus>,
+    /// Where each VIP we hold lives, as of the last pass: what a lease
+    /// renewal renews.
+    held: BTreeMap<Vip, Placement>,
+    /// When native XDP attachments are next checked for lost answers
+    /// (`None`: there are none).
+    delivery_check: Option<tokio::time::Instant>,
+    /// The last interface seen for each configured VIP: a link set down
+    /// takes its routes along, but it is still the VIP's interface (R18).
+    vip_links: BTreeMap<Vip, u32>,
+    /// Since when some VIP interface is down (R18 grace).
+    links_down_since: Option<tokio::time::Instant>,
+    /// Down interfaces as last reported (after the grace).
+    links_down: BTreeSet<String>,
+    /// The next re-announcement after the sync rounds (R19).
+    refresh: Option<tokio::time::Instant>,
+}
+
+impl Engine {
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the engine's wiring, built once in main"
+    )]
+    pub fn new(
+        engine: EngineArgs,
+        xdp: XdpArgs,
+        netlink: Netlink,
+        announcer: Announcer,
+        xdp_program: Option<SharedXdp>,
+        desired: watch::Receiver<Desired>,
+        report: watch::Sender<EngineReport>,
+        status: watch::Sender<EngineStatus>,
+    ) -> Self {
+        if xdp_program.is_some() {
+            status.send_modify(|s| s.xdp_setting = Some(xdp.mode));
+        }
+        Engine {
+            engine,
+            xdp,
+            netlink,
+            announcer,
+            xdp_program,
+            desired,
+            report,
+            status,
+            applied: Desired::default(),
+            sync: None,
+            last_conflict_answer: HashMap::new(),
+            pending_conflict_answers: BTreeMap::new(),
+            last_conflict_log: HashMap::new(),
+            links: HashMap::new(),
+            routers: HashMap::new(),
+            reported: HashMap::new(),
+            conflicts: BTreeMap::new(),
+            held: BTreeMap::new(),
+            delivery_check: None,
+            vip_links: BTreeMap::new(),
+            links_down_since: None,
+            links_down: BTreeSet::new(),
+            refresh: None,
+        }
+    }
+
+    /// Runs until `cancel`, then steps down: stop announcing, stop XDP
+    /// replies, remove the VIPs, report that nothing is held.
+    /// `conflicts` and `conflicts6` are the XDP program's reports of
+    /// foreign claims, ARP and NDP.
+    pub async fn run(
+        mut self,
+        mut conflicts: Option<ConflictReader>,
+        mut conflicts6: Option<ConflictReader6>,
+        cancel: CancellationToken,
+    ) {
+        let mut events = if self.engine.netlink_events {
+            match monitor() {
+                Ok(rx) => Some(rx),
+                Err(e) => {
+                    error!(error = %e, "cannot watch netlink events; reconciling on the timer only");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let mut tick = tokio::time::interval(self.engine.reconcile_interval);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        tick.tick().await;
+
+        // First pass: whatever role we start in (a follower cleans residue, R6).
+        let first = self.desired.borrow_and_update().clone();
+        self.apply(first).await;
+
+        loop {
+            let sync_due = self.sync.as_ref().map(|s| s.next);
+            let grace_due = match self.links_down_since {
+                Some(since) if self.links_down.is_empty() => Some(since + self.engine.link_grace),
+                _ => None,
+            };
+            let conflict_due = self.pending_conflict_answers.values().min().copied();
+            let lease_end = match (self.applied.role, self.applied.lease) {
+                (Role::Leader, Some(l)) => Some(tokio::time::Instant::from_std(l.until)),
+                _ => None,
+            };
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => break,
+                changed = self.desired.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let d = self.desired.borrow_and_update().clone();
+                    self.apply(d).await;
+                }
+                // Our own adds and renewals (R16: one per VIP per renewal)
+                // describe what we just wrote: no pass for them.
+                Some(ev) = recv_opt(&mut events) => if ev != NetEvent::OwnAddress {
+                    self.debounce(ev, events.as_mut()).await;
+                    self.reconcile(false).await;
+                },
+                () = sleep_opt(lease_end) => self.lease_ran_out().await,
+                Some(c) = next_conflict(&mut conflicts) => self.on_conflict(c),
+                Some(c) = next_conflict(&mut conflicts6) => self.on_conflict6(c),
+                () = sleep_opt(sync_due) => self.sync_round().await,
+                () = sleep_opt(self.refresh) => self.refresh_round().await,
+                // The grace ran out: a pass reports the interfaces still down.
+                () = sleep_opt(grace_due) => self.reconcile(false).await,
+                () = sleep_opt(conflict_due) => self.answer_due_conflicts(),
+                () = sleep_opt(self.delivery_check) => self.check_delivery(),
+                _ = tick.tick() => self.reconcile(false).await,
+            }
+        }
+        self.step_down("shutdown").await;
+    }
+
+    /// Applies what the source wants now.
+    async fn apply(&mut self, d: Desired) {
+        if self.applied.role == Role::Leader && self.applied.same_but_lease(&d) {
+            self.applied.lease = d.lease;
+            self.renew_lease().await;
+            return;
+        }
+        let was_leader = self.applied.role == Role::Leader;
+        let new_term = d.role == Role::Leader && (!was_leader || d.term != self.applied.term);
+        if was_leader && d.role != Role::Leader {
+            self.applied = d;
+            self.step_down("lost leadership").await;
+            return;
+        }
+        self.applied = d;
+        if new_term {
+            info!(
+                term = self.applied.term,
+                vips = self.applied.vips.len(),
+                "leader term starts"
+            );
+            self.status.send_modify(|s| s.leader_terms += 1);
+        }
+        self.reconcile(new_term).await;
+        if new_term {
+            // The R8 rounds count from the term's first announcement.
+            self.sync = (self.engine.garp_rounds > 0).then(|| SyncRounds {
+                remaining: self.engine.garp_rounds,
+                next: tokio::time::Instant::now() + self.engine.garp_interval,
+            });
+            self.refresh = None;
+            if self.sync.is_none() {
+                self.start_refresh();
+            }
+        }
+    }
+
+    /// Stops announcing and answering, removes every VIP we hold, reports.
+    async fn step_down(&mut self, why: &str) {
+        self.sync = None;
+        self.refresh = None;
+        self.pending_conflict_answers.clear();
+        self.announcer.clear();
+        if let Some(off) = &self.xdp_program
+            && let Err(e) = off.lock().expect("XDP program lock").clear_held()
+        {
+            error!(error = %e, "cannot clear the XDP held-VIP map");
+        }
+        if self.applied.role == Role::Leader {
+            self.applied.role = Role::Follower;
+        }
+        info!(reason = why, "stepping down: removing VIPs");
+        self.reconcile(false).await;
+    }
+
+    /// An acknowledged lease renewal (R16): restart every held address's
+    /// kernel lifetime, with vipd's mark, and move the XDP entries' expiry.
+    /// No reconcile pass: nothing but the lease changed.
+    async fn renew_lease(&mut self) {
+        let Some(lease) = self.applied.lease else {
+            return;
+        };
+        let started = Instant::now();
+        let mut errors = 0;
+        for (vip, placement) in &self.held {
+            // Checked before each write: a vipd resumed after a freeze must
+            // not put back what the kernel let expire.
+            if Instant::now() >= lease.until {
+                warn!("lease ran out while renewing; no more renewals");
+                break;
+            }
+            if let Err(e) = self
+                .netlink
+                .renew_vip(*vip, *placement, lease.address_lifetime)
+                .await
+            {
+                errors += 1;
+                warn!(vip = %vip, error = %e, "cannot renew the VIP's lifetime");
+            }
+        }
+        if let Some(off) = &self.xdp_program
+            && self.xdp.responder
+            && Instant::now() < lease.until
+        {
+            let entries = self.xdp_entries();
+            if let Err(e) = set_held(&mut off.lock().expect("XDP program lock"), &entries) {
+                warn!(error = %e, "cannot extend the XDP held-VIP entries");
+            }
+        }
+        let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let remaining = lease.until.saturating_duration_since(Instant::now());
+        self.status.send_modify(|s| {
+            let l = &mut s.lease;
+            l.renewals += 1;
+            l.renewal_us_total = l.renewal_us_total.saturating_add(took);
+            l.last_renewal_us = took;
+            l.errors += errors;
+            l.remaining_ms_at_renewal = Some(u64::try_from(remaining.as_millis()).unwrap_or(0));
+            l.address_lifetime_s = Some(lease.address_lifetime);
+        });
+    }
+
+    /// The lease ended while we led (the source did not renew it in time):
+    /// fence here too, whatever the source says next.
+    async fn lease_ran_out(&mut self) {
+        warn!("the lease ran out; stepping down until a renewed lease arrives");
+        self.status.send_modify(|s| s.lease.expired += 1);
+        self.step_down("lease ran out").await;
+    }
+
+    /// When the lease (if any) ends: announcements still queued then are
+    /// dropped.
+    fn lease_end(&self) -> Option<tokio::time::Instant> {
+        self.applied
+            .lease
+            .map(|l| tokio::time::Instant::from_std(l.until))
+    }
+
+    /// Whether the lease (if any) still runs now.
+    fn lease_valid(&self) -> bool {
+        self.applied.lease_valid(Instant::now())
+    }
+
+    /// One R8 round: re-check every VIP and announce each one held.
+    async fn sync_round(&mut self) {
+        let Some(s) = self.sync.as_mut() else { return };
+        s.remaining -= 1;
+        let left = s.remaining;
+        if left == 0 {
+            self.sync = None;
+            self.start_refresh();
+        } else {
+            s.next += self.engine.garp_interval;
+        }
+        debug!(rounds_left = left, "sync round");
+        self.reconcile(true).await;
+    }
+
+    /// After the R8 rounds: re-announce every `garp_refresh` (R19).
+    fn start_refresh(&mut self) {
+        self.refresh = (!self.engine.garp_refresh.is_zero() && self.applied.role == Role::Leader)
+            .then(|| tokio::time::Instant::now() + self.engine.garp_refresh);
+    }
+
+    /// One refresh: re-check every VIP and announce each one held (as a
+    /// sync round; the announcer paces it).
+    async fn refresh_round(&mut self) {
+        self.refresh = None;
+        if self.applied.role != Role::Leader {
+            return;
+        }
+        debug!("refresh round");
+        self.reconcile(true).await;
+        self.start_refresh();
+    }
+
+    /// Waits out a burst of netlink events so it costs one pass.
+    async fn debounce(&mut self, first: NetEvent, events: Option<&mut mpsc::Receiver<NetEvent>>) {
+        let mut overrun = first == NetEvent::Overrun;
+        if let Some(rx) = events {
+            if !self.engine.event_debounce.is_zero() {
+                tokio::time::sleep(self.engine.event_debounce).await;
+            }
+            while let Ok(ev) = rx.try_recv() {
+                overrun |= ev == NetEvent::Overrun;
+            }
+        }
+        if overrun {
+            warn!("netlink event queue overran; state is re-read in full");
+        }
+    }
+
+    /// Whether `state` is news for `vip` (so a standing problem is logged
+    /// once, not on every pass).
+    fn first_report(&mut self, vip: Vip, state: VipState) -> bool {
+        self.reported.insert(vip, state) != Some(state)
+    }
+
+    fn link_name(&self, ifindex: u32) -> Option<String> {
+        self.links.get(&ifindex).map(|l| l.name.clone())
+    }
+
+    fn link_mac(&self, ifindex: u32) -> Option<[u8; 6]> {
+        self.links.get(&ifindex).map(|l| l.mac)
+    }
+}
+
+async fn recv_opt(rx: &mut Option<mpsc::Receiver<NetEvent>>) -> Option<NetEvent> {
+    match rx {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_conflict<E: aya::Pod>(r: &mut Option<ConflictReader<E>>) -> Option<E> {
+    match r {
+        Some(r) => r.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(t) => sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// `at` on CLOCK_MONOTONIC in nanoseconds, the clock of the XDP program's
+/// `bpf_ktime_get_ns` (std's `Instant` reads the same clock on Linux, but
+/// keeps its value private: convert through the distance from now).
+pub fn monotonic_ns(at: Instant) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    let now_ns = u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000
+        + u64::try_from(ts.tv_nsec).unwrap_or(0);
+    let now = Instant::now();
+    let ahead = u64::try_from(at.saturating_duration_since(now).as_nanos()).unwrap_or(u64::MAX);
+    let behind = u64::try_from(now.saturating_duration_since(at).as_nanos()).unwrap_or(u64::MAX);
+    now_ns.saturating_add(ahead).saturating_sub(behind)
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}

@@ -1,0 +1,566 @@
+//! One reconcile pass: snapshot (read the kernel), plan (`reconcile::plan`),
+//! execute (remove and add addresses, hold the VIPs in the XDP maps,
+//! announce), report (to the source, and the status).
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::Ipv6Addr,
+    time::Instant,
+};
+
+use tracing::{debug, error, info, instrument, warn};
+use vipd_common::{HELD_ROUTER, HeldVip};
+
+use super::{Engine, LinkHealth, VipState, VipStatus, monotonic_ns, unix_ms};
+use crate::{
+    net::{
+        AddrState, Address, Placement,
+        ndp::forwarding,
+        netlink::{NetSnapshot, enable_promote_secondaries},
+    },
+    reconcile::{self, Action, AddressPlan, Facts, Holdings, Plan, Verdict},
+    role::{EngineReport, Role},
+    vip::Vip,
+    xdp::{XdpError, XdpProgram},
+};
+
+/// What executing a plan's address changes came to.
+#[derive(Default)]
+struct Executed {
+    added: usize,
+    removed: usize,
+    /// Why each VIP whose change failed did not make it.
+    failed: BTreeMap<Vip, String>,
+    errors: Vec<String>,
+}
+
+impl Engine {
+    /// One reconcile pass: snapshot -> plan -> execute -> report.
+    /// `announce_all`: announce every VIP held after the pass (start of a
+    /// term, sync rounds), not only those just added.
+    #[instrument(level = "debug", skip(self), fields(role = ?self.applied.role, term = self.applied.term))]
+    pub(super) async fn reconcile(&mut self, announce_all: bool) {
+        let started = Instant::now();
+        let snap = match self.netlink.snapshot().await {
+            Ok(s) => s,
+            Err(e) => {
+                error!(error = %e, "cannot read the kernel's addresses and routes");
+                self.finish_pass(started, 0, 0, vec![e.to_string()]);
+                return;
+            }
+        };
+        self.links = snap.links.iter().map(|l| (l.ifindex, l.clone())).collect();
+        self.update_links(&snap);
+        let plan = reconcile::plan(&Facts {
+            leader: self.applied.role == Role::Leader,
+            lease_valid: self.lease_valid(),
+            vips: &self.applied.vips,
+            routes: &snap.routes,
+            addresses: &snap.addresses,
+            links: &snap.links,
+            announce_all,
+        });
+        let mut done = Executed::default();
+        self.log_unusable(&snap, &plan.addresses, &mut done);
+        self.forget_removed(&plan.addresses, &mut done);
+        self.remove(&snap, &plan.addresses, &mut done).await;
+        self.add(&snap, &plan.addresses, &mut done).await;
+        let holdings = plan.outcome(&done.failed.keys().copied().collect());
+        let xdp_errors = self.sync_xdp(&snap, &holdings);
+        if !holdings.announce.is_empty() && self.lease_valid() {
+            self.announcer
+                .announce_until(holdings.announce.clone(), self.lease_end());
+        }
+        self.held = holdings.held.clone();
+        self.report_pass(&snap, &plan, &holdings, done, xdp_errors, started);
+    }
+
+    /// Logs our copies DAD left unusable; a failed DAD is an error of the
+    /// pass: another host answered for the VIP, a conflict to look into.
+    fn log_unusable(&self, snap: &NetSnapshot, plan: &AddressPlan, done: &mut Executed) {
+        for (vip, address) in &plan.unusable {
+            let ifname = self.name_in(snap, address.ifindex);
+            if address.state == AddrState::DadFailed {
+                let msg = format!(
+                    "VIP {vip} on {ifname} failed duplicate address detection (another host answers for it): removed, and added again without DAD"
+                );
+                error!(vip = %vip, ifname = %ifname, "{msg}");
+                done.errors.push(msg);
+            } else {
+                warn!(vip = %vip, ifname = %ifname, state = ?address.state,
+                      "VIP address is not usable yet; replacing it with one without DAD");
+            }
+        }
+    }
+
+    /// The XDP map forgets a VIP before its address goes: what the last
+    /// pass held, on this pass's links, but the VIPs to remove.
+    fn forget_removed(&self, plan: &AddressPlan, done: &mut Executed) {
+        let removing = plan.removing();
+        if removing.is_empty() {
+            return;
+        }
+        let Some(off) = &self.xdp_program else { return };
+        let keep: BTreeMap<Vip, HeldVip> = self
+            .xdp_entries()
+            .into_iter()
+            .filter(|(v, _)| !removing.contains(v))
+            .collect();
+        if let Err(e) = set_held(&mut off.lock().expect("XDP program lock"), &keep) {
+            done.errors.push(format!("XDP held map: {e}"));
+        }
+    }
+
+    /// The plan's removals, as one batch (one dump for all the checks). A
+    /// removal the plan says guards secondaries needs `promote_secondaries`
+    /// on first, or it is not made.
+    async fn remove(&self, snap: &NetSnapshot, plan: &AddressPlan, done: &mut Executed) {
+        let mut to_remove: Vec<(Vip, Address)> = Vec::new();
+        for action in &plan.actions {
+            if let Action::Remove {
+                vip,
+                address,
+                guards_secondaries,
+            } = action
+            {
+                if *guards_secondaries
+                    && let Some(link) = snap.link(address.ifindex)
+                    && let Err(e) = enable_promote_secondaries(&link.name)
+                {
+                    let msg = format!(
+                        "not removing VIP {vip} from {}: it is its subnet's primary address and promote_secondaries cannot be enabled ({e}); removing it would delete the operator's addresses in that subnet",
+                        link.name
+                    );
+                    error!(vip = %vip, ifname = %link.name, "{msg}");
+                    done.errors.push(msg.clone());
+                    done.failed.insert(*vip, msg);
+                    continue;
+                }
+                to_remove.push((*vip, address.clone()));
+            }
+        }
+        if to_remove.is_empty() {
+            return;
+        }
+        let addresses: Vec<Address> = to_remove.iter().map(|(_, a)| a.clone()).collect();
+        let results = self.netlink.remove_vips(&addresses).await;
+        for ((vip, address), (_, result)) in to_remove.iter().zip(results) {
+            match result {
+                Ok(()) => {
+                    done.removed += 1;
+                    info!(vip = %vip, ifname = %self.name_in(snap, address.ifindex),
+                          prefix_len = address.prefix_len, "VIP removed");
+                }
+                Err(e) => {
+                    error!(vip = %vip, error = %e, "cannot remove VIP");
+                    done.errors.push(e.to_string());
+                    done.failed.insert(*vip, e.to_string());
+                }
+            }
+        }
+    }
+
+    /// The plan's adds, with vipd's mark and the lease's lifetime.
+    async fn add(&self, snap: &NetSnapshot, plan: &AddressPlan, done: &mut Executed) {
+        let lifetime = self.applied.lease.map(|l| l.address_lifetime);
+        for action in &plan.actions {
+            if let Action::Add { vip, placement } = action {
+                // R16: checked before each write, never one after the lease.
+                if !self.lease_valid() {
+                    let msg = format!("not adding VIP {vip}: the lease has run out");
+                    debug!(vip = %vip, "{msg}");
+                    done.failed.insert(*vip, msg);
+                    continue;
+                }
+                match self.netlink.add_vip_for(*vip, *placement, lifetime).await {
+                    Ok(()) => {
+                        info!(vip = %vip, ifname = %self.name_in(snap, placement.ifindex),
+                              prefix_len = placement.prefix_len, "VIP added");
+                        done.added += 1;
+                    }
+                    Err(e) => {
+                        error!(vip = %vip, error = %e, "cannot add VIP");
+                        done.errors.push(e.to_string());
+                        done.failed.insert(*vip, e.to_string());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Tells the source what this node holds now and publishes the pass's
+    /// status: one entry per configured VIP.
+    fn report_pass(
+        &mut self,
+        snap: &NetSnapshot,
+        plan: &Plan,
+        holdings: &Holdings,
+        done: Executed,
+        xdp_errors: Vec<String>,
+        started: Instant,
+    ) {
+        let Executed {
+            added,
+            removed,
+            mut failed,
+            errors,
+        } = done;
+        let mut statuses = Vec::new();
+        let mut no_route = BTreeSet::new();
+        let mut interfaces = BTreeMap::new();
+        for (vip, verdict) in &plan.addresses.verdicts {
+            let (state, placement, ifindex) = match verdict {
+                Verdict::InPlace { placement } | Verdict::Add { placement } => {
+                    let state = if holdings.held.contains_key(vip) {
+                        self.reported.remove(vip);
+                        VipState::Held
+                    } else {
+                        VipState::Error
+                    };
+                    (state, Some(*placement), Some(placement.ifindex))
+                }
+                Verdict::NoRoute => {
+                    no_route.insert(*vip);
+                    let msg =
+                        format!("no route matches VIP {vip}: it cannot be served from this node");
+                    if self.first_report(*vip, VipState::NoRoute) {
+                        error!(vip = %vip, "{msg}");
+                    }
+                    failed.entry(*vip).or_insert(msg);
+                    (VipState::NoRoute, None, None)
+                }
+                Verdict::OperatorAddress { ifindex } => {
+                    let msg = format!(
+                        "VIP {vip} is already configured on this node without vipd's mark (an operator's address): left alone, not announced"
+                    );
+                    if self.first_report(*vip, VipState::OperatorAddress) {
+                        warn!(vip = %vip, ifindex, "{msg}");
+                    }
+                    failed.entry(*vip).or_insert(msg);
+                    (VipState::OperatorAddress, None, Some(*ifindex))
+                }
+            };
+            let name = ifindex.map(|i| self.name_in(snap, i));
+            if let Some(n) = &name {
+                interfaces.insert(*vip, n.clone());
+            }
+            statuses.push(VipStatus {
+                vip: *vip,
+                state,
+                interface: name,
+                ifindex,
+                prefix_len: placement.map(|p| p.prefix_len),
+                error: if state == VipState::Held {
+                    None
+                } else {
+                    failed.get(vip).cloned()
+                },
+            });
+        }
+        if !plan.holding {
+            for vip in &self.applied.vips {
+                let place = snap.routes.placement(*vip);
+                let name = place.map(|p| self.name_in(snap, p.ifindex));
+                if let Some(n) = &name {
+                    interfaces.insert(*vip, n.clone());
+                }
+                statuses.push(VipStatus {
+                    vip: *vip,
+                    state: VipState::NotLeader,
+                    interface: name,
+                    ifindex: place.map(|p| p.ifindex),
+                    prefix_len: place.map(|p| p.prefix_len),
+                    error: failed.get(vip).cloned(),
+                });
+            }
+        }
+
+        let report = EngineReport {
+            role: self.applied.role,
+            term: self.applied.term,
+            held: plan.on_node(holdings, &snap.addresses),
+            no_route,
+            links_down: self.links_down.clone(),
+        };
+        self.report.send_if_modified(|r| {
+            if *r == report {
+                false
+            } else {
+                *r = report;
+                true
+            }
+        });
+        self.status.send_modify(|s| {
+            s.role = self.applied.role;
+            s.term = self.applied.term;
+            s.vips = statuses;
+            s.xdp_errors = xdp_errors;
+            s.interfaces = interfaces;
+            if let Some(off) = &self.xdp_program {
+                s.xdp_attached = off.lock().expect("XDP program lock").attachments();
+            }
+        });
+        self.schedule_delivery_check();
+        self.finish_pass(started, added, removed, errors);
+    }
+
+    /// R18: the interfaces of configured VIPs that are down now (not up, or
+    /// without carrier), from the last pass's links. A VIP's interface is
+    /// the one its route picks, else the last one seen for it (a link set
+    /// down loses its routes).
+    fn update_links(&mut self, snap: &NetSnapshot) {
+        let mut down = BTreeSet::new();
+        self.vip_links.retain(|v, _| self.applied.vips.contains(v));
+        for vip in &self.applied.vips {
+            let ifindex = match snap.routes.placement(*vip) {
+                Some(p) => {
+                    self.vip_links.insert(*vip, p.ifindex);
+                    Some(p.ifindex)
+                }
+                None => self.vip_links.get(vip).copied(),
+            };
+            if let Some(i) = ifindex {
+                match snap.link(i) {
+                    Some(l) if l.up => {}
+                    Some(l) => {
+                        down.insert(l.name.clone());
+                    }
+                    None => {
+                        self.vip_links.remove(vip);
+                    }
+                }
+            }
+        }
+        let now = tokio::time::Instant::now();
+        if down.is_empty() {
+            if self.links_down_since.take().is_some() {
+                info!("every VIP interface is up");
+            }
+        } else if self.links_down_since.is_none() {
+            warn!(interfaces = ?down, grace = ?self.engine.link_grace, "a VIP interface is down or without carrier");
+            self.links_down_since = Some(now);
+        }
+        let since = self.links_down_since;
+        let past_grace = since.is_some_and(|s| now >= s + self.engine.link_grace);
+        let links_down = if past_grace {
+            down.clone()
+        } else {
+            BTreeSet::new()
+        };
+        if past_grace && links_down != self.links_down {
+            warn!(interfaces = ?links_down, "VIP interface down past the grace: this node cannot serve its VIPs");
+        }
+        self.links_down = links_down;
+        let status = LinkHealth {
+            down: down.into_iter().collect(),
+            down_for_ms: since.map(|s| u64::try_from((now - s).as_millis()).unwrap_or(u64::MAX)),
+            withdrawn: !self.links_down.is_empty(),
+        };
+        self.status.send_if_modified(|s| {
+            let changed = s.links != status;
+            s.links = status;
+            changed
+        });
+    }
+
+    /// Checks that native XDP answers leave their interfaces; where they do
+    /// not, the XDP program has moved the interface to generic mode.
+    pub(super) fn check_delivery(&mut self) {
+        self.delivery_check = None;
+        let Some(off) = &self.xdp_program else { return };
+        let mut off = off.lock().expect("XDP program lock");
+        if off.check_delivery() {
+            let attached = off.attachments();
+            self.status.send_modify(|s| s.xdp_attached = attached);
+        }
+        drop(off);
+        self.schedule_delivery_check();
+    }
+
+    /// Keeps a delivery check due while any native attachment is checked.
+    fn schedule_delivery_check(&mut self) {
+        let next = self
+            .xdp_program
+            .as_ref()
+            .and_then(|o| o.lock().expect("XDP program lock").next_delivery_check());
+        let now = tokio::time::Instant::now();
+        self.delivery_check = match (next, self.delivery_check) {
+            (None, _) => None,
+            (Some(after), Some(due)) => Some(due.min(now + after)),
+            (Some(after), None) => Some(now + after),
+        };
+    }
+
+    pub(super) fn finish_pass(
+        &mut self,
+        started: Instant,
+        added: usize,
+        removed: usize,
+        errors: Vec<String>,
+    ) {
+        let took = started.elapsed();
+        let duration_us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.status.send_modify(|s| {
+            let r = &mut s.last_reconcile;
+            r.durations.observe(took);
+            r.passes += 1;
+            r.at_unix_ms = unix_ms();
+            r.duration_us = duration_us;
+            r.duration_us_total = r.duration_us_total.saturating_add(duration_us);
+            r.added = added;
+            r.removed = removed;
+            if !errors.is_empty() {
+                r.error_passes += 1;
+            }
+            r.errors = errors;
+        });
+    }
+
+    fn name_in(&self, snap: &NetSnapshot, ifindex: u32) -> String {
+        snap.link(ifindex)
+            .map(|l| l.name.clone())
+            .unwrap_or_else(|| format!("if{ifindex}"))
+    }
+
+    /// The XDP held-map entries for what we hold (renewals: nothing moved).
+    pub(super) fn xdp_entries(&self) -> BTreeMap<Vip, HeldVip> {
+        let expires_ns = self.xdp_expiry();
+        self.held
+            .iter()
+            .filter_map(|(vip, p)| {
+                let mac = self.links.get(&p.ifindex)?.mac;
+                Some((*vip, self.held_vip(*vip, p.ifindex, mac, expires_ns)))
+            })
+            .collect()
+    }
+
+    /// The held-map entry of `vip` on interface `ifindex` with `mac`: the
+    /// Router flag as read on the last pass (IPv6 only).
+    fn held_vip(&self, vip: Vip, ifindex: u32, mac: [u8; 6], expires_ns: u64) -> HeldVip {
+        let router = vip.v6().is_some() && self.routers.get(&ifindex) == Some(&true);
+        HeldVip {
+            ifindex,
+            mac,
+            vlan: 0,
+            flags: if router { HELD_ROUTER } else { 0 },
+            _pad: [0; 3],
+            expires_ns,
+        }
+    }
+
+    /// Reads `net.ipv6.conf.<if>.forwarding` of every interface holding an
+    /// IPv6 VIP in `held`. Unreadable counts as not forwarding: a host's
+    /// advertisement never claims to be a router by mistake.
+    fn refresh_routers(&mut self, snap: &NetSnapshot, held: &BTreeMap<Vip, Placement>) {
+        let mut routers = HashMap::new();
+        for (vip, p) in held.iter().filter(|(v, _)| v.v6().is_some()) {
+            if routers.contains_key(&p.ifindex) {
+                continue;
+            }
+            let Some(link) = snap.link(p.ifindex) else {
+                continue;
+            };
+            let router = forwarding(&link.name).unwrap_or_else(|error| {
+                debug!(vip = %vip, ifname = %link.name, %error, "cannot read IPv6 forwarding; Router flag off");
+                false
+            });
+            if self.routers.get(&p.ifindex) != Some(&router) {
+                debug!(ifname = %link.name, router, "IPv6 forwarding of a VIP interface");
+            }
+            routers.insert(p.ifindex, router);
+        }
+        self.routers = routers;
+    }
+
+    /// The lease's end on the XDP program's clock (R16).
+    fn xdp_expiry(&self) -> u64 {
+        self.applied
+            .lease
+            .map_or(vipd_common::NO_EXPIRY, |l| monotonic_ns(l.until))
+    }
+
+    /// Attaches the XDP program where VIPs live (and where the operator
+    /// named), watches every configured VIP and holds exactly `held`.
+    fn sync_xdp(&mut self, snap: &NetSnapshot, holdings: &Holdings) -> Vec<String> {
+        let expires_ns = self.xdp_expiry();
+        if self.xdp_program.is_some() {
+            self.refresh_routers(snap, &holdings.held);
+        }
+        let Some(off) = &self.xdp_program else {
+            return Vec::new();
+        };
+        let mut off = off.lock().expect("XDP program lock");
+        let mut errors = Vec::new();
+        let mut ifnames: BTreeSet<String> = self.xdp.interfaces.iter().cloned().collect();
+        for vip in &self.applied.vips {
+            if let Some(p) = snap.routes.placement(*vip)
+                && let Some(l) = snap.link(p.ifindex)
+            {
+                ifnames.insert(l.name.clone());
+            }
+        }
+        let attached: BTreeSet<String> = off.attached().into_iter().map(|(n, _)| n).collect();
+        for name in ifnames.difference(&attached) {
+            if name == "lo" {
+                continue;
+            }
+            match off.attach(name, self.xdp.mode) {
+                Ok(_) => {}
+                Err(e) => {
+                    error!(ifname = %name, error = %e, "cannot attach the XDP program");
+                    errors.push(e.to_string());
+                }
+            }
+        }
+        let watched: BTreeSet<Vip> = self
+            .applied
+            .vips
+            .iter()
+            .copied()
+            .filter(|v| v.v4().is_some())
+            .collect();
+        let watched6: BTreeSet<Ipv6Addr> =
+            self.applied.vips.iter().filter_map(|v| v.v6()).collect();
+        if let Err(e) = off.set_watched(&watched) {
+            errors.push(e.to_string());
+        }
+        if let Err(e) = off.set_watched6(&watched6) {
+            errors.push(e.to_string());
+        }
+        let entries: BTreeMap<Vip, HeldVip> =
+            if self.xdp.responder && self.applied.role == Role::Leader {
+                holdings
+                    .xdp
+                    .iter()
+                    .map(|(vip, x)| (*vip, self.held_vip(*vip, x.ifindex, x.mac, expires_ns)))
+                    .collect()
+            } else {
+                BTreeMap::new()
+            };
+        if let Err(e) = set_held(&mut off, &entries) {
+            errors.push(e.to_string());
+        }
+        errors
+    }
+}
+
+/// Makes the XDP held maps hold exactly `entries`: IPv4 VIPs in the ARP
+/// map, IPv6 VIPs in the NDP map. Both are written even when one fails;
+/// the first error is returned.
+pub(super) fn set_held(
+    off: &mut XdpProgram,
+    entries: &BTreeMap<Vip, HeldVip>,
+) -> Result<(), XdpError> {
+    let v4: BTreeMap<Vip, HeldVip> = entries
+        .iter()
+        .filter(|(v, _)| v.v4().is_some())
+        .map(|(v, h)| (*v, *h))
+        .collect();
+    let v6: BTreeMap<Ipv6Addr, HeldVip> = entries
+        .iter()
+        .filter_map(|(v, h)| Some((v.v6()?, *h)))
+        .collect();
+    let r4 = off.set_held(&v4);
+    let r6 = off.set_held6(&v6);
+    r4.and(r6)
+}
