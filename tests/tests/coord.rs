@@ -601,8 +601,12 @@ async fn frozen_server_fences_the_leader_before_anyone_else_leads() {
 
     let frozen_at = Instant::now();
     zk.freeze(0);
+    // Wait on the fake engines' logs, not on `role()`: a role is in the
+    // desired channel a moment before the engine task logs it.
     wait_until("b or c leads", Duration::from_secs(30), || {
-        b.role() == Role::Leader || c.role() == Role::Leader
+        [&b, &c]
+            .iter()
+            .any(|n| n.first(Role::Leader, frozen_at).is_some())
     })
     .await;
     let fenced = a
