@@ -137,12 +137,19 @@ impl Plan {
     }
 
     /// The VIPs configured here with our mark once the pass ran, held in
-    /// `holdings` or left by it: marked addresses it does not remove stay.
-    pub fn on_node(&self, holdings: &Holdings, addresses: &[Address]) -> BTreeSet<Vip> {
+    /// `holdings` or left by it: marked addresses it does not remove stay,
+    /// and so do those whose removal did not happen (`not_removed`: refused
+    /// or failed), so the coordinator never takes a VIP still here for gone.
+    pub fn on_node(
+        &self,
+        holdings: &Holdings,
+        addresses: &[Address],
+        not_removed: &[Address],
+    ) -> BTreeSet<Vip> {
         let mut out: BTreeSet<Vip> = holdings.held.keys().copied().collect();
         for a in addresses.iter().filter(|a| a.owned) {
             if let Ok(v) = Vip::from_ip(a.addr)
-                && !self.addresses.removes(a)
+                && (!self.addresses.removes(a) || not_removed.contains(a))
             {
                 out.insert(v);
             }
@@ -902,7 +909,13 @@ mod tests {
                 guards_secondaries: false
             }]
         );
-        assert!(p.on_node(&p.holdings, &node.2).is_empty());
+        assert!(p.on_node(&p.holdings, &node.2, &[]).is_empty());
+        // A removal that did not happen leaves the VIP on the node, and the
+        // report says so.
+        assert_eq!(
+            p.on_node(&p.holdings, &node.2, &[node.2[2].clone()]),
+            BTreeSet::from([vip("198.51.100.7")])
+        );
     }
 
     #[test]
@@ -926,6 +939,6 @@ mod tests {
             .collect();
         assert_eq!(removed, vec![&node.2[2], &residue]);
         // A marked address the plan keeps would still be reported held.
-        assert!(p.on_node(&p.holdings, &node.2).is_empty());
+        assert!(p.on_node(&p.holdings, &node.2, &[]).is_empty());
     }
 }

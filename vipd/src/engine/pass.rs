@@ -31,6 +31,9 @@ struct Executed {
     removed: usize,
     /// Why each VIP whose change failed did not make it.
     failed: BTreeMap<Vip, String>,
+    /// Our addresses the plan removes that are still there (refused by the
+    /// secondaries guard, or the removal failed).
+    not_removed: Vec<Address>,
     errors: Vec<String>,
 }
 
@@ -134,6 +137,7 @@ impl Engine {
                     error!(vip = %vip, ifname = %link.name, "{msg}");
                     done.errors.push(msg.clone());
                     done.failed.insert(*vip, msg);
+                    done.not_removed.push(address.clone());
                     continue;
                 }
                 to_remove.push((*vip, address.clone()));
@@ -155,6 +159,7 @@ impl Engine {
                     error!(vip = %vip, error = %e, "cannot remove VIP");
                     done.errors.push(e.to_string());
                     done.failed.insert(*vip, e.to_string());
+                    done.not_removed.push(address.clone());
                 }
             }
         }
@@ -203,6 +208,7 @@ impl Engine {
             added,
             removed,
             mut failed,
+            not_removed,
             errors,
         } = done;
         let mut statuses = Vec::new();
@@ -278,7 +284,7 @@ impl Engine {
         let report = EngineReport {
             role: self.applied.role,
             term: self.applied.term,
-            held: plan.on_node(holdings, &snap.addresses),
+            held: plan.on_node(holdings, &snap.addresses, &not_removed),
             no_route,
             links_down: self.links_down.clone(),
         };
