@@ -828,7 +828,7 @@ fn one_node_holds_announces_answers_and_repairs_a_v6_vip() {
 /// Sends `n` unsolicited NAs for `target` from `host`'s eth0 (another
 /// node claiming the VIP).
 fn forge_na(host: &Host, target: Ipv6Addr, n: usize) {
-    let mac = parse_mac(&host.mac("eth0"));
+    let mac = host.mac_bytes("eth0");
     host.in_netns(|| {
         // SAFETY: a valid NUL-terminated name.
         let ifindex = unsafe { libc::if_nametoindex(c"eth0".as_ptr()) };
@@ -839,14 +839,6 @@ fn forge_na(host: &Host, target: Ipv6Addr, n: usize) {
                 .expect("send a forged NA");
         }
     });
-}
-
-fn parse_mac(s: &str) -> [u8; 6] {
-    s.split(':')
-        .map(|b| u8::from_str_radix(b, 16).unwrap())
-        .collect::<Vec<_>>()
-        .try_into()
-        .unwrap()
 }
 
 /// The XDP program's answers for a v6 VIP carry the Router flag exactly

@@ -164,14 +164,6 @@ fn xdp_on(host: &Host, ifname: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-fn parse_mac(text: &str) -> [u8; 6] {
-    let bytes: Vec<u8> = text
-        .split(':')
-        .map(|b| u8::from_str_radix(b, 16).expect("hex MAC byte"))
-        .collect();
-    bytes.try_into().expect("6-byte MAC")
-}
-
 /// An Ethernet + ARP frame (42 bytes). `hlen` 6 unless a test breaks it.
 #[expect(
     clippy::too_many_arguments,
@@ -425,7 +417,7 @@ fn a_foreign_claim_is_reported_and_answered() {
 
     // Three claims in well under a second, as a second holder (keepalived
     // sends a burst of five) would.
-    let claims = vec![claim(parse_mac(&n2_mac), VIP); 3];
+    let claims = vec![claim(rig.n2().mac_bytes("eth0"), VIP); 3];
     send_frames(rig.n2(), "eth0", &claims, Duration::from_millis(200));
     let last_claim = Instant::now();
 
@@ -499,7 +491,7 @@ fn a_foreign_claim_is_reported_and_answered() {
 fn a_claim_storm_gets_rate_limited_answers() {
     let (rig, vipd) = conflict_rig("xw_storm");
     let n1_mac = rig.n1.mac("eth0");
-    let n2_mac = parse_mac(&rig.n2().mac("eth0"));
+    let n2_mac = rig.n2().mac_bytes("eth0");
     let before = vipd.arp_stats();
 
     // 50 claims within a second.
@@ -557,8 +549,8 @@ fn counters_equal_the_frames_sent() {
     let rig = Rig::new("xw_counters", false);
     let vips = format!("{VIP},{UNROUTED_VIP}");
     let vipd = rig.start_vipd(&vips, &["--xdp-mode", "generic"]);
-    let c1_mac = parse_mac(&rig.c1.mac("eth0"));
-    let n1_mac = parse_mac(&rig.n1.mac("eth0"));
+    let c1_mac = rig.c1.mac_bytes("eth0");
+    let n1_mac = rig.n1.mac_bytes("eth0");
     let other_mac = [0x02, 0x00, 0x5e, 0x00, 0x00, 0x77];
     let before = vipd.arp_stats();
     assert_eq!(row(&before, UNROUTED_VIP)["held"], false, "{before}");
@@ -821,7 +813,7 @@ fn falls_back(rig: &Rig, extra: &[&str]) -> (Vipd, Value) {
     );
 
     // 10 requests, 200 ms apart.
-    let n1_mac = parse_mac(&rig.n1.mac("eth0"));
+    let n1_mac = rig.n1.mac_bytes("eth0");
     let cap = rig.c1.capture_arp("eth0");
     let arping = rig.c1.arping(VIP, 10, "eth0");
     std::thread::sleep(Duration::from_millis(100));

@@ -1214,15 +1214,6 @@ fn v6_maps_follow_set_watched6_set_held6_and_clear_held() {
 // ---------------------------------------------------------------------------
 // On the wire: a real client's kernel takes the answer.
 
-/// `aa:bb:cc:dd:ee:ff` as bytes.
-fn parse_mac(text: &str) -> [u8; 6] {
-    let bytes: Vec<u8> = text
-        .split(':')
-        .map(|b| u8::from_str_radix(b, 16).expect("hex MAC byte"))
-        .collect();
-    bytes.try_into().expect("six MAC bytes")
-}
-
 /// Sends `frame` out of `ifname` from a raw AF_PACKET socket of this
 /// thread's namespace.
 fn send_raw(ifname: &str, frame: &[u8]) {
@@ -1272,8 +1263,8 @@ fn held_vip_is_resolved_by_a_real_client_through_the_program() {
         "eth0",
         "nodad",
     ]);
-    let n1_mac = parse_mac(&n1.mac("eth0"));
-    let c1_mac = parse_mac(&c1.mac("eth0"));
+    let n1_mac = n1.mac_bytes("eth0");
+    let c1_mac = c1.mac_bytes("eth0");
 
     n1.in_netns(|| {
         let mut offload = ArpOffload::load().expect("loading the XDP program");

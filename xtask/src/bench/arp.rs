@@ -169,7 +169,7 @@ fn bridge_rig(vipd: &Path, vipctl: &Path, runs: usize) -> Result<String> {
         }],
     );
     let sock = lab.dir().join("n1.sock");
-    let ask = arp_ask(parse_mac(&c1.mac("eth0"))?);
+    let ask = arp_ask(c1.mac_bytes("eth0"));
 
     // Native XDP_TX on a veth reaches the peer only when the peer runs an
     // XDP program itself (docs/DESIGN.md, facts): a second vipd holding no VIP passes
@@ -984,11 +984,6 @@ pub(super) fn median(mut v: Vec<f64>) -> f64 {
     }
     v.sort_by(f64::total_cmp);
     percentile(&v, 0.5)
-}
-
-/// The lab toolkit's [`vipd_tests::lab::parse_mac`], as an error.
-pub(super) fn parse_mac(text: &str) -> Result<[u8; 6]> {
-    vipd_tests::lab::parse_mac(text).with_context(|| format!("MAC {text}: not aa:bb:cc:dd:ee:ff"))
 }
 
 /// Per-case medians: (frames sent/s, replies/s, CPU ns per sent frame,
