@@ -1088,7 +1088,10 @@ fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-pub(crate) fn packet_socket(ifname: &str, proto: u16) -> std::io::Result<Socket> {
+/// An AF_PACKET socket of this thread's namespace bound to `ifname` for
+/// ethertype `proto` (host order; 0: sending only), with a 50 ms read
+/// timeout. Needs CAP_NET_RAW.
+pub fn packet_socket(ifname: &str, proto: u16) -> std::io::Result<Socket> {
     let socket = Socket::new(
         Domain::PACKET,
         Type::RAW,

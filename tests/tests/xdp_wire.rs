@@ -16,14 +16,12 @@
 use std::{
     io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, TcpStream},
-    os::fd::AsRawFd,
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
-use socket2::{Domain, Protocol, Socket, Type};
 use vipd_tests::{
-    lab::{ArpFrame, Host, HostIf, Lab, fmt_mac, wait_until},
+    lab::{ArpFrame, Host, HostIf, Lab, fmt_mac, packet_socket, wait_until},
     vipd::{Vipd, holds, try_vipctl},
 };
 
@@ -205,30 +203,8 @@ fn claim(mac: [u8; 6], vip: Ipv4Addr) -> Vec<u8> {
 /// `gap` apart. Returns when the last one is sent.
 fn send_frames(host: &Host, ifname: &str, frames: &[Vec<u8>], gap: Duration) {
     host.in_netns(|| {
-        let socket = Socket::new(Domain::PACKET, Type::RAW, Some(Protocol::from(0)))
-            .expect("AF_PACKET socket (needs CAP_NET_RAW)");
-        let c_name = std::ffi::CString::new(ifname).expect("interface name");
-        // SAFETY: a valid NUL-terminated string.
-        let ifindex = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
-        assert_ne!(ifindex, 0, "no {ifname} in {}", host.netns());
-        // SAFETY: all-zero is a valid sockaddr_ll.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_ifindex = i32::try_from(ifindex).expect("ifindex fits i32");
-        // SAFETY: sll is an initialised sockaddr_ll and we pass its size.
-        let rc = unsafe {
-            libc::bind(
-                socket.as_raw_fd(),
-                (&raw const sll).cast::<libc::sockaddr>(),
-                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(
-            rc,
-            0,
-            "bind to {ifname}: {}",
-            std::io::Error::last_os_error()
-        );
+        let socket = packet_socket(ifname, 0)
+            .unwrap_or_else(|e| panic!("packet socket on {ifname} in {}: {e}", host.netns()));
         for (i, frame) in frames.iter().enumerate() {
             if i > 0 && !gap.is_zero() {
                 std::thread::sleep(gap);

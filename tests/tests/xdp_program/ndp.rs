@@ -1217,26 +1217,8 @@ fn v6_maps_follow_set_watched6_set_held6_and_clear_held() {
 /// Sends `frame` out of `ifname` from a raw AF_PACKET socket of this
 /// thread's namespace.
 fn send_raw(ifname: &str, frame: &[u8]) {
-    use std::os::fd::AsRawFd as _;
-    let socket = socket2::Socket::new(
-        socket2::Domain::PACKET,
-        socket2::Type::RAW,
-        Some(socket2::Protocol::from(0)),
-    )
-    .expect("AF_PACKET socket (needs CAP_NET_RAW)");
-    // SAFETY: all-zero is a valid sockaddr_ll.
-    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    sll.sll_family = libc::AF_PACKET as u16;
-    sll.sll_ifindex = i32::try_from(super::ifindex(ifname)).expect("ifindex fits i32");
-    // SAFETY: sll is an initialised sockaddr_ll and we pass its size.
-    let rc = unsafe {
-        libc::bind(
-            socket.as_raw_fd(),
-            (&raw const sll).cast::<libc::sockaddr>(),
-            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+    let socket = vipd_tests::lab::packet_socket(ifname, 0)
+        .unwrap_or_else(|e| panic!("packet socket on {ifname}: {e}"));
     assert_eq!(socket.send(frame).expect("send"), frame.len(), "short send");
 }
 

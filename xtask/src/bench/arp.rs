@@ -27,7 +27,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::Socket;
 use vipd_tests::lab::{Host, HostIf, Lab, LabProcess, Netns, wait_until};
 
 use super::isolated;
@@ -791,37 +791,11 @@ fn request(mac: [u8; 6]) -> Vec<u8> {
     f
 }
 
-/// An AF_PACKET socket bound to `ifname` for ethertype `proto` (0: send only).
+/// The lab's [`vipd_tests::lab::packet_socket`], with the interface named on
+/// error.
 fn packet_socket(ifname: &str, proto: u16) -> Result<Socket> {
-    let socket = Socket::new(
-        Domain::PACKET,
-        Type::RAW,
-        Some(Protocol::from(i32::from(proto.to_be()))),
-    )
-    .context("AF_PACKET socket (needs CAP_NET_RAW)")?;
-    let c_name = std::ffi::CString::new(ifname)?;
-    // SAFETY: a valid NUL-terminated string.
-    let ifindex = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
-    if ifindex == 0 {
-        bail!("no interface {ifname}");
-    }
-    // SAFETY: all-zero is a valid sockaddr_ll.
-    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    sll.sll_family = libc::AF_PACKET as u16;
-    sll.sll_protocol = proto.to_be();
-    sll.sll_ifindex = i32::try_from(ifindex)?;
-    // SAFETY: sll is an initialised sockaddr_ll and we pass its size.
-    let rc = unsafe {
-        libc::bind(
-            socket.as_raw_fd(),
-            (&raw const sll).cast::<libc::sockaddr>(),
-            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error()).context(format!("binding to {ifname}"));
-    }
-    Ok(socket)
+    vipd_tests::lab::packet_socket(ifname, proto)
+        .with_context(|| format!("AF_PACKET socket on {ifname} (needs CAP_NET_RAW)"))
 }
 
 /// SO_RCVBUFFORCE (root may exceed rmem_max); best effort.
