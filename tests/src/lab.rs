@@ -1348,6 +1348,16 @@ pub fn in_new_netns<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     })
 }
 
+/// The ifindex of interface `name` in the calling thread's namespace;
+/// panics if there is none.
+pub fn ifindex_here(name: &str) -> u32 {
+    let c = std::ffi::CString::new(name).expect("interface name without NUL");
+    // SAFETY: a valid NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    assert_ne!(index, 0, "no interface {name} in this namespace");
+    index
+}
+
 /// A TCP banner server thread; stops (and closes its socket) on drop.
 pub struct ServerHandle {
     addr: SocketAddr,
