@@ -652,9 +652,12 @@ const IFA_PROTO: u16 = 11;
 const RTMGRP_IPV4_IFADDR: u32 = 0x10;
 const RTMGRP_IPV6_IFADDR: u32 = 0x100;
 
-/// A NETLINK_ROUTE socket made in `ns`; it stays bound to that namespace
-/// whichever thread uses it later.
-fn route_socket(ns: &Netns, groups: u32) -> OwnedFd {
+/// A NETLINK_ROUTE socket made in `ns`, subscribed to the multicast
+/// `groups` (`RTMGRP_*`), with a 50 ms receive timeout; it stays bound to
+/// that namespace whichever thread uses it later. For a test that polls it
+/// itself ([`addr_events`] reads what it gets); [`AddrMonitor`] records
+/// from one.
+pub fn route_socket(ns: &Netns, groups: u32) -> OwnedFd {
     ns.in_netns(|| {
         // SAFETY: plain socket(2) call; the result is checked.
         let fd = unsafe {
@@ -972,6 +975,12 @@ struct Batch {
     addrs: Vec<AddrEvent>,
     addrs6: Vec<Addr6Event>,
     neigh: Vec<NeighEvent>,
+}
+
+/// The IPv4 address events in `buf` (one datagram from a
+/// [`route_socket`]), stamped `at`.
+pub fn addr_events(buf: &[u8], at: Instant) -> Vec<AddrEvent> {
+    parse_events(buf, at).addrs
 }
 
 /// Address events of both families and neighbour events in `buf` (one
