@@ -82,13 +82,7 @@ impl Cluster {
         let lab = Lab::new(hint);
         let (zk_hosts, zk) = match kind {
             ZkKind::Standalone => {
-                let h = lab.add_host(
-                    "zk",
-                    &[HostIf {
-                        bridge: 2,
-                        addr: "203.0.113.2/24",
-                    }],
-                );
+                let h = lab.add_host("zk", &[HostIf::on(2, "203.0.113.2/24")]);
                 let zk = ZkServer::start_standalone(Ipv4Addr::new(203, 0, 113, 2), Some(h.netns()));
                 (vec![h], zk)
             }
@@ -99,16 +93,7 @@ impl Cluster {
                         let client = format!("203.0.113.{}/24", 2 + i);
                         lab.add_host(
                             &format!("zk{}", i + 1),
-                            &[
-                                HostIf {
-                                    bridge: 1,
-                                    addr: &quorum,
-                                },
-                                HostIf {
-                                    bridge: 2,
-                                    addr: &client,
-                                },
-                            ],
+                            &[HostIf::on(1, &quorum), HostIf::on(2, &client)],
                         )
                     })
                     .collect();
@@ -124,20 +109,8 @@ impl Cluster {
                 (hosts, zk)
             }
         };
-        let admin = lab.add_host(
-            "admin",
-            &[HostIf {
-                bridge: 2,
-                addr: ADMIN_ADDR,
-            }],
-        );
-        let client = lab.add_host(
-            "client",
-            &[HostIf {
-                bridge: 0,
-                addr: CLIENT_ADDR,
-            }],
-        );
+        let admin = lab.add_host("admin", &[HostIf::on(2, ADMIN_ADDR)]);
+        let client = lab.add_host("client", &[HostIf::on(0, CLIENT_ADDR)]);
         if kind == ZkKind::Ensemble {
             add_server_routes(&admin);
         }
@@ -161,19 +134,9 @@ impl Cluster {
             let id = format!("n{i}");
             let data = format!("192.0.2.{}/24", 10 + i);
             let mgmt = format!("203.0.113.{}/24", 10 + i);
-            let host = bench.lab.add_host(
-                &id,
-                &[
-                    HostIf {
-                        bridge: 0,
-                        addr: &data,
-                    },
-                    HostIf {
-                        bridge: 2,
-                        addr: &mgmt,
-                    },
-                ],
-            );
+            let host = bench
+                .lab
+                .add_host(&id, &[HostIf::on(0, &data), HostIf::on(2, &mgmt)]);
             if kind == ZkKind::Ensemble {
                 add_server_routes(&host);
             }

@@ -134,6 +134,13 @@ pub struct HostIf<'a> {
     pub addr: &'a str,
 }
 
+impl<'a> HostIf<'a> {
+    /// On bridge `bridge` (0 is br0) with `addr`.
+    pub const fn on(bridge: usize, addr: &'a str) -> HostIf<'a> {
+        HostIf { bridge, addr }
+    }
+}
+
 /// A uniquely named lab topology. See the module doc.
 pub struct Lab {
     shared: Arc<LabShared>,

@@ -450,20 +450,8 @@ where
 fn announcer_sends_one_na_per_v6_vip_paced_with_the_arp_frames() {
     let _serial = serial();
     let lab = Lab::new("v6-na");
-    let a = lab.add_host(
-        "a",
-        &[HostIf {
-            bridge: 0,
-            addr: "192.0.2.11/24",
-        }],
-    );
-    let b = lab.add_host(
-        "b",
-        &[HostIf {
-            bridge: 0,
-            addr: "192.0.2.12/24",
-        }],
-    );
+    let a = lab.add_host("a", &[HostIf::on(0, "192.0.2.11/24")]);
+    let b = lab.add_host("b", &[HostIf::on(0, "192.0.2.12/24")]);
     a.add_addr6("eth0", "2001:db8:0:1::11/64");
     // Frames sent before the link is up are lost without a trace.
     within(Duration::from_secs(5), || {
@@ -604,20 +592,8 @@ const V4_VIP: &str = "192.0.2.100";
 /// A node n1 and a client c on br0, both families.
 fn one_node_lab(hint: &str) -> (Lab, Host, Host) {
     let lab = Lab::new(hint);
-    let n1 = lab.add_host(
-        "n1",
-        &[HostIf {
-            bridge: 0,
-            addr: "192.0.2.11/24",
-        }],
-    );
-    let client = lab.add_host(
-        "c",
-        &[HostIf {
-            bridge: 0,
-            addr: "192.0.2.50/24",
-        }],
-    );
+    let n1 = lab.add_host("n1", &[HostIf::on(0, "192.0.2.11/24")]);
+    let client = lab.add_host("c", &[HostIf::on(0, "192.0.2.50/24")]);
     n1.add_addr6("eth0", "2001:db8:0:1::11/64");
     client.add_addr6("eth0", "2001:db8:0:1::50/64");
     within(Duration::from_secs(5), || {

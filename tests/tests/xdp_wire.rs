@@ -49,29 +49,9 @@ struct Rig {
 impl Rig {
     fn new(hint: &str, intruder: bool) -> Rig {
         let lab = Lab::new(hint);
-        let n1 = lab.add_host(
-            "n1",
-            &[HostIf {
-                bridge: 0,
-                addr: "192.0.2.11/24",
-            }],
-        );
-        let c1 = lab.add_host(
-            "c1",
-            &[HostIf {
-                bridge: 0,
-                addr: "192.0.2.50/24",
-            }],
-        );
-        let n2 = intruder.then(|| {
-            lab.add_host(
-                "n2",
-                &[HostIf {
-                    bridge: 0,
-                    addr: "192.0.2.12/24",
-                }],
-            )
-        });
+        let n1 = lab.add_host("n1", &[HostIf::on(0, "192.0.2.11/24")]);
+        let c1 = lab.add_host("c1", &[HostIf::on(0, "192.0.2.50/24")]);
+        let n2 = intruder.then(|| lab.add_host("n2", &[HostIf::on(0, "192.0.2.12/24")]));
         Rig { n1, c1, n2, lab }
     }
 

@@ -1230,10 +1230,7 @@ fn send_raw(ifname: &str, frame: &[u8]) {
 #[test]
 fn held_vip_is_resolved_by_a_real_client_through_the_program() {
     let lab = vipd_tests::lab::Lab::new("xdp-ndp");
-    let no_addr = vipd_tests::lab::HostIf {
-        bridge: 0,
-        addr: "",
-    };
+    let no_addr = vipd_tests::lab::HostIf::on(0, "");
     let n1 = lab.add_host("n1", &[no_addr]);
     let c1 = lab.add_host("c1", &[no_addr]);
     c1.ip(&[

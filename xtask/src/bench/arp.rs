@@ -154,20 +154,8 @@ pub fn run(runs: usize) -> Result<String> {
 /// runs on the sender's CPU.
 fn bridge_rig(vipd: &Path, vipctl: &Path, runs: usize) -> Result<String> {
     let lab = Lab::new("bench_arp");
-    let n1 = lab.add_host(
-        "n1",
-        &[HostIf {
-            bridge: 0,
-            addr: "192.0.2.11/24",
-        }],
-    );
-    let c1 = lab.add_host(
-        "c1",
-        &[HostIf {
-            bridge: 0,
-            addr: "192.0.2.50/24",
-        }],
-    );
+    let n1 = lab.add_host("n1", &[HostIf::on(0, "192.0.2.11/24")]);
+    let c1 = lab.add_host("c1", &[HostIf::on(0, "192.0.2.50/24")]);
     let sock = lab.dir().join("n1.sock");
     let ask = arp_ask(c1.mac_bytes("eth0"));
 

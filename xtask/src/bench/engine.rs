@@ -76,23 +76,11 @@ pub fn run(runs: usize) -> Result<String> {
     let all = lab_vips();
     let sizes = [1, 100, all.len()];
     let lab = Lab::new("bench-engine");
-    let node = lab.add_host(
-        "n1",
-        &[HostIf {
-            bridge: 0,
-            addr: NODE_ADDR,
-        }],
-    );
+    let node = lab.add_host("n1", &[HostIf::on(0, NODE_ADDR)]);
     node.add_default_route(GATEWAY);
     node.add_addr6("eth0", NODE_ADDR6);
     node.add_default_route6(GATEWAY6, "eth0");
-    let client = lab.add_host(
-        "c1",
-        &[HostIf {
-            bridge: 0,
-            addr: CLIENT_ADDR,
-        }],
-    );
+    let client = lab.add_host("c1", &[HostIf::on(0, CLIENT_ADDR)]);
     let empty_config = lab.dir().join("empty.toml");
     std::fs::write(&empty_config, "").context("writing an empty vipd config")?;
 
