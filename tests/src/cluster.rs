@@ -82,13 +82,7 @@ impl Cluster {
         let lab = Lab::new(hint);
         let (zk_hosts, zk) = match kind {
             ZkKind::Standalone => {
-                let h = lab.add_host(
-                    "zk",
-                    &[HostIf {
-                        bridge: 2,
-                        addr: "203.0.113.2/24",
-                    }],
-                );
+                let h = lab.add_host("zk", &[HostIf::on(2, "203.0.113.2/24")]);
                 let zk = ZkServer::start_standalone(Ipv4Addr::new(203, 0, 113, 2), Some(h.netns()));
                 (vec![h], zk)
             }
@@ -99,16 +93,7 @@ impl Cluster {
                         let client = format!("203.0.113.{}/24", 2 + i);
                         lab.add_host(
                             &format!("zk{}", i + 1),
-                            &[
-                                HostIf {
-                                    bridge: 1,
-                                    addr: &quorum,
-                                },
-                                HostIf {
-                                    bridge: 2,
-                                    addr: &client,
-                                },
-                            ],
+                            &[HostIf::on(1, &quorum), HostIf::on(2, &client)],
                         )
                     })
                     .collect();
@@ -124,20 +109,8 @@ impl Cluster {
                 (hosts, zk)
             }
         };
-        let admin = lab.add_host(
-            "admin",
-            &[HostIf {
-                bridge: 2,
-                addr: ADMIN_ADDR,
-            }],
-        );
-        let client = lab.add_host(
-            "client",
-            &[HostIf {
-                bridge: 0,
-                addr: CLIENT_ADDR,
-            }],
-        );
+        let admin = lab.add_host("admin", &[HostIf::on(2, ADMIN_ADDR)]);
+        let client = lab.add_host("client", &[HostIf::on(0, CLIENT_ADDR)]);
         if kind == ZkKind::Ensemble {
             add_server_routes(&admin);
         }
@@ -161,19 +134,9 @@ impl Cluster {
             let id = format!("n{i}");
             let data = format!("192.0.2.{}/24", 10 + i);
             let mgmt = format!("203.0.113.{}/24", 10 + i);
-            let host = bench.lab.add_host(
-                &id,
-                &[
-                    HostIf {
-                        bridge: 0,
-                        addr: &data,
-                    },
-                    HostIf {
-                        bridge: 2,
-                        addr: &mgmt,
-                    },
-                ],
-            );
+            let host = bench
+                .lab
+                .add_host(&id, &[HostIf::on(0, &data), HostIf::on(2, &mgmt)]);
             if kind == ZkKind::Ensemble {
                 add_server_routes(&host);
             }
@@ -652,9 +615,12 @@ const IFA_PROTO: u16 = 11;
 const RTMGRP_IPV4_IFADDR: u32 = 0x10;
 const RTMGRP_IPV6_IFADDR: u32 = 0x100;
 
-/// A NETLINK_ROUTE socket made in `ns`; it stays bound to that namespace
-/// whichever thread uses it later.
-fn route_socket(ns: &Netns, groups: u32) -> OwnedFd {
+/// A NETLINK_ROUTE socket made in `ns`, subscribed to the multicast
+/// `groups` (`RTMGRP_*`), with a 50 ms receive timeout; it stays bound to
+/// that namespace whichever thread uses it later. For a test that polls it
+/// itself ([`addr_events`] reads what it gets); [`AddrMonitor`] records
+/// from one.
+pub fn route_socket(ns: &Netns, groups: u32) -> OwnedFd {
     ns.in_netns(|| {
         // SAFETY: plain socket(2) call; the result is checked.
         let fd = unsafe {
@@ -690,7 +656,10 @@ fn route_socket(ns: &Netns, groups: u32) -> OwnedFd {
             ns.name(),
             std::io::Error::last_os_error()
         );
-        let rcvbuf: libc::c_int = 1 << 20;
+        // 32 MiB, past rmem_max (FORCE: the lab runs as root): a thousand
+        // address events at once (the engine bench's 759 VIPs) must not
+        // overrun. Only queued messages use it.
+        let rcvbuf: libc::c_int = 32 << 20;
         let tv = libc::timeval {
             tv_sec: 0,
             tv_usec: 50_000,
@@ -700,7 +669,7 @@ fn route_socket(ns: &Netns, groups: u32) -> OwnedFd {
             libc::setsockopt(
                 fd.as_raw_fd(),
                 libc::SOL_SOCKET,
-                libc::SO_RCVBUF,
+                libc::SO_RCVBUFFORCE,
                 (&raw const rcvbuf).cast(),
                 std::mem::size_of::<libc::c_int>() as u32,
             );
@@ -971,6 +940,12 @@ struct Batch {
     neigh: Vec<NeighEvent>,
 }
 
+/// The IPv4 address events in `buf` (one datagram from a
+/// [`route_socket`]), stamped `at`.
+pub fn addr_events(buf: &[u8], at: Instant) -> Vec<AddrEvent> {
+    parse_events(buf, at).addrs
+}
+
 /// Address events of both families and neighbour events in `buf` (one
 /// datagram from a NETLINK_ROUTE socket), stamped `at`.
 fn parse_events(buf: &[u8], at: Instant) -> Batch {
@@ -1118,6 +1093,26 @@ impl AddrMonitor {
             .into_iter()
             .find(|&(at, n)| n == new && at >= since)
             .map(|(at, _)| at)
+    }
+
+    /// The first add seen of each address of `want` (either family).
+    pub fn first_adds(&self, want: &BTreeSet<IpAddr>) -> BTreeMap<IpAddr, Instant> {
+        let v4 = self
+            .events()
+            .into_iter()
+            .map(|e| (e.new, IpAddr::V4(e.addr.addr), e.at));
+        let v6 = self
+            .events6()
+            .into_iter()
+            .map(|e| (e.new, IpAddr::V6(e.addr.addr), e.at));
+        let mut out = BTreeMap::new();
+        for (_, ip, at) in v4
+            .chain(v6)
+            .filter(|&(new, ip, _)| new && want.contains(&ip))
+        {
+            out.entry(ip).or_insert(at);
+        }
+        out
     }
 
     /// When the neighbour entry for `ip` first named `mac` at or after

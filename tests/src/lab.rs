@@ -134,6 +134,13 @@ pub struct HostIf<'a> {
     pub addr: &'a str,
 }
 
+impl<'a> HostIf<'a> {
+    /// On bridge `bridge` (0 is br0) with `addr`.
+    pub const fn on(bridge: usize, addr: &'a str) -> HostIf<'a> {
+        HostIf { bridge, addr }
+    }
+}
+
 /// A uniquely named lab topology. See the module doc.
 pub struct Lab {
     shared: Arc<LabShared>,
@@ -1088,7 +1095,10 @@ fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-pub(crate) fn packet_socket(ifname: &str, proto: u16) -> std::io::Result<Socket> {
+/// An AF_PACKET socket of this thread's namespace bound to `ifname` for
+/// ethertype `proto` (host order; 0: sending only), with a 50 ms read
+/// timeout. Needs CAP_NET_RAW.
+pub fn packet_socket(ifname: &str, proto: u16) -> std::io::Result<Socket> {
     let socket = Socket::new(
         Domain::PACKET,
         Type::RAW,
@@ -1343,6 +1353,16 @@ pub fn in_new_netns<R: Send>(f: impl FnOnce() -> R + Send) -> R {
             Err(panic) => std::panic::resume_unwind(panic),
         }
     })
+}
+
+/// The ifindex of interface `name` in the calling thread's namespace;
+/// panics if there is none.
+pub fn ifindex_here(name: &str) -> u32 {
+    let c = std::ffi::CString::new(name).expect("interface name without NUL");
+    // SAFETY: a valid NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    assert_ne!(index, 0, "no interface {name} in this namespace");
+    index
 }
 
 /// A TCP banner server thread; stops (and closes its socket) on drop.

@@ -4,7 +4,7 @@
 
 use std::{
     ffi::OsString,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::ExitStatus,
     sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
@@ -12,7 +12,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::lab::{Host, Lab, LabProcess, vipctl_bin, vipd_bin, wait_until};
+use crate::lab::{Host, Lab, LabProcess, Netns, vipctl_bin, vipd_bin, wait_until};
 
 static NEXT_SOCKET: AtomicU32 = AtomicU32::new(0);
 
@@ -40,19 +40,23 @@ impl Vipd {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Vipd {
-        let n = NEXT_SOCKET.fetch_add(1, Ordering::Relaxed);
-        let socket = lab.dir().join(format!("{}-{n}.sock", host.name()));
-        let vipd = Vipd::spawn(host, socket, &[], vips, extra, env);
+        let vipd = Vipd::spawn(host, Vipd::new_socket(lab, host), &[], vips, extra, env);
         vipd.wait_ready();
         vipd
     }
 
+    /// A control socket path under the lab dir no other vipd of this test
+    /// binary uses.
+    pub fn new_socket(lab: &Lab, host: &Host) -> PathBuf {
+        let n = NEXT_SOCKET.fetch_add(1, Ordering::Relaxed);
+        lab.dir().join(format!("{}-{n}.sock", host.name()))
+    }
+
     /// Spawns `prefix... vipd --config /dev/null --static-vips <vips>
-    /// --api-socket <socket> --xdp-mode generic <extra...>` in `host`
-    /// (`prefix`: e.g. setpriv) with `NO_COLOR=1 RUST_LOG=info` and `env`
-    /// (later entries win), and does not wait. `--config /dev/null` keeps the
-    /// machine's /etc/vipd out of the test; XDP runs in generic mode (veth,
-    /// docs/DESIGN.md, facts).
+    /// --xdp-mode generic <extra...> --api-socket <socket>` in `host`
+    /// (`prefix`: e.g. setpriv), as [`Vipd::spawn_args`] does, and does not
+    /// wait. `--config /dev/null` keeps the machine's /etc/vipd out of the
+    /// test; XDP runs in generic mode (veth, docs/DESIGN.md, facts).
     pub fn spawn(
         host: &Host,
         socket: PathBuf,
@@ -61,19 +65,38 @@ impl Vipd {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Vipd {
+        let mut args = vec![
+            "--config",
+            "/dev/null",
+            "--static-vips",
+            vips,
+            "--xdp-mode",
+            "generic",
+        ];
+        args.extend_from_slice(extra);
+        Vipd::spawn_argv(host, socket, prefix, &args, env)
+    }
+
+    /// Spawns `vipd <args...> --api-socket <socket>` in `host`, nothing
+    /// else on the command line (so vipd's defaults are what a test sees),
+    /// with `NO_COLOR=1 RUST_LOG=info` and `env` (later entries win), and
+    /// does not wait.
+    pub fn spawn_args(host: &Host, socket: PathBuf, args: &[&str], env: &[(&str, &str)]) -> Vipd {
+        Vipd::spawn_argv(host, socket, &[], args, env)
+    }
+
+    fn spawn_argv(
+        host: &Host,
+        socket: PathBuf,
+        prefix: &[OsString],
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Vipd {
         let mut argv: Vec<OsString> = prefix.to_vec();
-        argv.extend([
-            vipd_bin().into(),
-            "--config".into(),
-            "/dev/null".into(),
-            "--static-vips".into(),
-            vips.into(),
-            "--api-socket".into(),
-            socket.clone().into(),
-            "--xdp-mode".into(),
-            "generic".into(),
-        ]);
-        argv.extend(extra.iter().map(OsString::from));
+        argv.push(vipd_bin().into());
+        argv.extend(args.iter().map(OsString::from));
+        argv.push("--api-socket".into());
+        argv.push(socket.clone().into());
         let mut envs = vec![("NO_COLOR", "1"), ("RUST_LOG", "info")];
         envs.extend_from_slice(env);
         let spawned_at = Instant::now();
@@ -100,19 +123,8 @@ impl Vipd {
     /// Waits (10 s at most) until `vipctl status` shows a finished reconcile
     /// pass; fails at once if vipd exits.
     pub fn wait_ready(&self) {
-        let ready = wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
-            !self.process.is_running()
-                || self
-                    .try_vipctl(&["status", "--json"])
-                    .is_some_and(|s| s["last_reconcile"]["passes"].as_u64() >= Some(1))
-        });
-        self.assert_running();
-        ready.unwrap_or_else(|e| {
-            panic!(
-                "vipd in {} never finished a reconcile pass: {e}; stderr:\n{}",
-                self.host.name(),
-                self.process.stderr()
-            )
+        self.wait_until_status("finished a reconcile pass", Duration::from_secs(10), |s| {
+            s["last_reconcile"]["passes"].as_u64() >= Some(1)
         });
     }
 
@@ -120,28 +132,36 @@ impl Vipd {
     /// held; the last status.
     pub fn wait_held<V: ToString>(&self, vips: &[V]) -> Value {
         let wanted: Vec<String> = vips.iter().map(ToString::to_string).collect();
+        self.wait_until_status(&format!("held {wanted:?}"), Duration::from_secs(15), |s| {
+            wanted.iter().all(|vip| holds(s, vip))
+        })
+    }
+
+    /// Waits (`limit` at most, polling every 10 ms) until `vipctl status
+    /// --json` satisfies `ready`; the status that did. Fails at once if vipd
+    /// exits, and at the limit with `what`, the last status and vipd's stderr.
+    pub fn wait_until_status(
+        &self,
+        what: &str,
+        limit: Duration,
+        mut ready: impl FnMut(&Value) -> bool,
+    ) -> Value {
         let mut last = Value::Null;
-        let held = wait_until(Duration::from_secs(15), Duration::from_millis(10), || {
+        let done = wait_until(limit, Duration::from_millis(10), || {
             if !self.process.is_running() {
                 return true;
             }
             let Some(s) = self.try_vipctl(&["status", "--json"]) else {
                 return false;
             };
-            let ok = wanted.iter().all(|vip| {
-                s["vips"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .any(|v| v["vip"].as_str() == Some(vip) && v["state"] == "held")
-            });
+            let ok = ready(&s);
             last = s;
             ok
         });
         self.assert_running();
-        held.unwrap_or_else(|e| {
+        done.unwrap_or_else(|e| {
             panic!(
-                "vipd in {} never held {wanted:?}: {e}; last status {last:#}; stderr:\n{}",
+                "vipd in {} never {what}: {e}; last status {last:#}; stderr:\n{}",
                 self.host.name(),
                 self.process.stderr()
             )
@@ -151,20 +171,12 @@ impl Vipd {
 
     /// `vipctl <args> --api-socket <ours>`.
     pub fn vipctl_argv(&self, args: &[&str]) -> Vec<OsString> {
-        let mut argv: Vec<OsString> = vec![vipctl_bin().into()];
-        argv.extend(args.iter().map(OsString::from));
-        argv.push("--api-socket".into());
-        argv.push(self.socket.clone().into());
-        argv
+        vipctl_argv(&self.socket, args)
     }
 
     /// vipctl's JSON answer, or None if it failed or printed none.
     pub fn try_vipctl(&self, args: &[&str]) -> Option<Value> {
-        let out = self.host.exec(&self.vipctl_argv(args));
-        if !out.status.success() {
-            return None;
-        }
-        serde_json::from_slice(&out.stdout).ok()
+        try_vipctl(&self.host, &self.socket, args)
     }
 
     /// vipctl run in the host; panics (with vipd's stderr) unless it
@@ -212,4 +224,33 @@ impl Vipd {
         });
         (status, sent.elapsed())
     }
+}
+
+/// Whether a `vipctl status --json` answer shows `vip` held.
+pub fn holds(status: &Value, vip: &str) -> bool {
+    status["vips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|v| v["vip"].as_str() == Some(vip) && v["state"] == "held")
+}
+
+/// `vipctl <args> --api-socket <socket>` run in `netns`: its JSON answer, or
+/// None if it failed or printed none. For a vipd no [`Vipd`] handle stands
+/// for (one in the bridge namespace, say).
+pub fn try_vipctl(netns: &Netns, socket: &Path, args: &[&str]) -> Option<Value> {
+    let out = netns.exec(&vipctl_argv(socket, args));
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+/// `vipctl <args> --api-socket <socket>`.
+fn vipctl_argv(socket: &Path, args: &[&str]) -> Vec<OsString> {
+    let mut argv: Vec<OsString> = vec![vipctl_bin().into()];
+    argv.extend(args.iter().map(OsString::from));
+    argv.push("--api-socket".into());
+    argv.push(socket.into());
+    argv
 }

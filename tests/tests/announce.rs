@@ -22,7 +22,7 @@ use vipd::{
     },
     vip::Vip,
 };
-use vipd_tests::lab::in_new_netns as in_netns;
+use vipd_tests::lab::{ifindex_here as ifindex, in_new_netns as in_netns};
 
 const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
 const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
@@ -39,14 +39,6 @@ fn ip(args: &[&str]) {
         args.join(" "),
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-fn ifindex(name: &str) -> u32 {
-    let c = std::ffi::CString::new(name).unwrap();
-    // SAFETY: c is a valid NUL-terminated string.
-    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    assert_ne!(i, 0, "no interface {name}");
-    i
 }
 
 /// Waits until the link's operstate is UP: only then is its queue

@@ -31,20 +31,8 @@ fn text(b: &[u8]) -> String {
 fn lab(hint: &str) -> (Lab, Host, Host) {
     require_root();
     let lab = Lab::new(hint);
-    let zk = lab.add_host(
-        "zk",
-        &[HostIf {
-            bridge: 2,
-            addr: "203.0.113.2/24",
-        }],
-    );
-    let admin = lab.add_host(
-        "admin",
-        &[HostIf {
-            bridge: 2,
-            addr: "203.0.113.5/24",
-        }],
-    );
+    let zk = lab.add_host("zk", &[HostIf::on(2, "203.0.113.2/24")]);
+    let admin = lab.add_host("admin", &[HostIf::on(2, "203.0.113.5/24")]);
     (lab, zk, admin)
 }
 

@@ -171,14 +171,6 @@ fn vipctl_cleanup(host: &Host) -> std::process::Output {
     host.exec(&[vipctl_bin().into_os_string(), "cleanup".into()])
 }
 
-fn mac_bytes(mac: &str) -> [u8; 6] {
-    let v: Vec<u8> = mac
-        .split(':')
-        .map(|b| u8::from_str_radix(b, 16).expect("hex MAC byte"))
-        .collect();
-    v.try_into().expect("6 bytes")
-}
-
 // ---------------------------------------------------------------------------
 // 1. Placement (R4)
 
@@ -246,7 +238,7 @@ fn announcements(hint: &str, mode: &str) {
     let n1 = lab.add_host("n1", &[br0("192.0.2.11/24")]);
     let client = lab.add_host("c1", &[br0("192.0.2.21/24")]);
     let mac_text = n1.mac("eth0");
-    let mac = mac_bytes(&mac_text);
+    let mac = n1.mac_bytes("eth0");
     let stale_mac = "02:00:00:00:00:99";
     client.ip(&[
         "neigh",

@@ -451,20 +451,8 @@ where
 fn announcer_sends_one_na_per_v6_vip_paced_with_the_arp_frames() {
     let _serial = serial();
     let lab = Lab::new("v6-na");
-    let a = lab.add_host(
-        "a",
-        &[HostIf {
-            bridge: 0,
-            addr: "192.0.2.11/24",
-        }],
-    );
-    let b = lab.add_host(
-        "b",
-        &[HostIf {
-            bridge: 0,
-            addr: "192.0.2.12/24",
-        }],
-    );
+    let a = lab.add_host("a", &[HostIf::on(0, "192.0.2.11/24")]);
+    let b = lab.add_host("b", &[HostIf::on(0, "192.0.2.12/24")]);
     a.add_addr6("eth0", "2001:db8:0:1::11/64");
     // Frames sent before the link is up are lost without a trace.
     within(Duration::from_secs(5), || {
@@ -605,20 +593,8 @@ const V4_VIP: &str = "192.0.2.100";
 /// A node n1 and a client c on br0, both families.
 fn one_node_lab(hint: &str) -> (Lab, Host, Host) {
     let lab = Lab::new(hint);
-    let n1 = lab.add_host(
-        "n1",
-        &[HostIf {
-            bridge: 0,
-            addr: "192.0.2.11/24",
-        }],
-    );
-    let client = lab.add_host(
-        "c",
-        &[HostIf {
-            bridge: 0,
-            addr: "192.0.2.50/24",
-        }],
-    );
+    let n1 = lab.add_host("n1", &[HostIf::on(0, "192.0.2.11/24")]);
+    let client = lab.add_host("c", &[HostIf::on(0, "192.0.2.50/24")]);
     n1.add_addr6("eth0", "2001:db8:0:1::11/64");
     client.add_addr6("eth0", "2001:db8:0:1::50/64");
     within(Duration::from_secs(5), || {
@@ -829,7 +805,7 @@ fn one_node_holds_announces_answers_and_repairs_a_v6_vip() {
 /// Sends `n` unsolicited NAs for `target` from `host`'s eth0 (another
 /// node claiming the VIP).
 fn forge_na(host: &Host, target: Ipv6Addr, n: usize) {
-    let mac = parse_mac(&host.mac("eth0"));
+    let mac = host.mac_bytes("eth0");
     host.in_netns(|| {
         // SAFETY: a valid NUL-terminated name.
         let ifindex = unsafe { libc::if_nametoindex(c"eth0".as_ptr()) };
@@ -840,14 +816,6 @@ fn forge_na(host: &Host, target: Ipv6Addr, n: usize) {
                 .expect("send a forged NA");
         }
     });
-}
-
-fn parse_mac(s: &str) -> [u8; 6] {
-    s.split(':')
-        .map(|b| u8::from_str_radix(b, 16).unwrap())
-        .collect::<Vec<_>>()
-        .try_into()
-        .unwrap()
 }
 
 /// The XDP program's answers for a v6 VIP carry the Router flag exactly

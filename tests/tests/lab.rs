@@ -16,27 +16,15 @@ fn two_hosts(hint: &str) -> (Lab, vipd_tests::lab::Host, vipd_tests::lab::Host) 
     let n1 = lab.add_host(
         "n1",
         &[
-            HostIf {
-                bridge: 0,
-                addr: "192.0.2.11/24",
-            },
-            HostIf {
-                bridge: 2,
-                addr: "203.0.113.11/24",
-            },
+            HostIf::on(0, "192.0.2.11/24"),
+            HostIf::on(2, "203.0.113.11/24"),
         ],
     );
     let n2 = lab.add_host(
         "n2",
         &[
-            HostIf {
-                bridge: 0,
-                addr: "192.0.2.12/24",
-            },
-            HostIf {
-                bridge: 2,
-                addr: "203.0.113.12/24",
-            },
+            HostIf::on(0, "192.0.2.12/24"),
+            HostIf::on(2, "203.0.113.12/24"),
         ],
     );
     (lab, n1, n2)

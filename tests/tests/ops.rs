@@ -21,6 +21,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use vipd_tests::cluster::{addr_events, route_socket};
 use vipd_tests::lab::{Host, HostIf, Lab, fmt_mac, vipctl_bin, vipd_bin, wait_until};
 use vipd_tests::vipd::Vipd;
 
@@ -1122,38 +1123,6 @@ enum Seen {
     Notify(String),
 }
 
-/// RTM_NEWADDR messages in `buf` that carry `vip` (IFA_LOCAL or IFA_ADDRESS).
-fn newaddr_carries(buf: &[u8], vip: Ipv4Addr) -> bool {
-    const RTM_NEWADDR: u16 = 20;
-    const NLMSG_HDR: usize = 16;
-    const IFADDRMSG: usize = 8;
-    let mut off = 0;
-    while off + NLMSG_HDR <= buf.len() {
-        let len = u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap()) as usize;
-        let kind = u16::from_ne_bytes(buf[off + 4..off + 6].try_into().unwrap());
-        if len < NLMSG_HDR || off + len > buf.len() {
-            break;
-        }
-        if kind == RTM_NEWADDR {
-            let mut a = off + NLMSG_HDR + IFADDRMSG;
-            while a + 4 <= off + len {
-                let alen = u16::from_ne_bytes(buf[a..a + 2].try_into().unwrap()) as usize;
-                let atype = u16::from_ne_bytes(buf[a + 2..a + 4].try_into().unwrap());
-                if alen < 4 {
-                    break;
-                }
-                // IFA_ADDRESS 1, IFA_LOCAL 2.
-                if matches!(atype, 1 | 2) && alen == 8 && buf[a + 4..a + 8] == vip.octets() {
-                    return true;
-                }
-                a += alen.div_ceil(4) * 4;
-            }
-        }
-        off += len.div_ceil(4) * 4;
-    }
-    false
-}
-
 #[test]
 fn sd_notify_ready_after_the_vip_is_configured() {
     let _serial = serial();
@@ -1165,92 +1134,56 @@ fn sd_notify_ready_after_the_vip_is_configured() {
         .set_nonblocking(true)
         .expect("non-blocking notification socket");
 
-    // The observer joins n1 and listens before vipd starts.
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let observer = {
-        let n1 = n1.clone();
-        std::thread::spawn(move || {
-            n1.in_netns(move || {
-                // SAFETY: plain socket(2) call.
-                let fd = unsafe {
-                    libc::socket(
-                        libc::AF_NETLINK,
-                        libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                        libc::NETLINK_ROUTE,
-                    )
-                };
-                assert!(
-                    fd >= 0,
-                    "netlink socket: {}",
-                    std::io::Error::last_os_error()
-                );
-                // SAFETY: fd was just created and is owned here.
-                let nl =
-                    unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-                // SAFETY: all-zero is a valid sockaddr_nl.
-                let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-                sa.nl_family = libc::AF_NETLINK as u16;
-                sa.nl_groups = libc::RTMGRP_IPV4_IFADDR as u32;
-                // SAFETY: sa is a valid sockaddr_nl and we pass its size.
-                let rc = unsafe {
-                    libc::bind(
+    // The observer listens in n1 before vipd starts.
+    let nl = route_socket(&n1, libc::RTMGRP_IPV4_IFADDR as u32);
+    let observer = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut buf = vec![0u8; 65536];
+        while Instant::now() < deadline && !seen.iter().any(|s| matches!(s, Seen::Notify(_))) {
+            let mut fds = [
+                libc::pollfd {
+                    fd: nl.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: notify.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: fds is a valid array of two pollfd.
+            unsafe { libc::poll(fds.as_mut_ptr(), 2, 100) };
+            // Netlink first: when both are readable, the address
+            // event does not lose to a notification queued later.
+            if fds[0].revents & libc::POLLIN != 0 {
+                // SAFETY: buf is valid for its length.
+                let n = unsafe {
+                    libc::recv(
                         nl.as_raw_fd(),
-                        (&raw const sa).cast::<libc::sockaddr>(),
-                        std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+                        buf.as_mut_ptr().cast(),
+                        buf.len(),
+                        libc::MSG_DONTWAIT,
                     )
                 };
-                assert!(rc == 0, "netlink bind: {}", std::io::Error::last_os_error());
-                ready_tx.send(()).unwrap();
-                let mut seen = Vec::new();
-                let deadline = Instant::now() + Duration::from_secs(20);
-                let mut buf = vec![0u8; 65536];
-                while Instant::now() < deadline
-                    && !seen.iter().any(|s| matches!(s, Seen::Notify(_)))
+                if n > 0
+                    && addr_events(&buf[..n as usize], Instant::now())
+                        .iter()
+                        .any(|e| e.new && e.addr.addr == VIP_A)
+                    && !seen.contains(&Seen::VipAdded)
                 {
-                    let mut fds = [
-                        libc::pollfd {
-                            fd: nl.as_raw_fd(),
-                            events: libc::POLLIN,
-                            revents: 0,
-                        },
-                        libc::pollfd {
-                            fd: notify.as_raw_fd(),
-                            events: libc::POLLIN,
-                            revents: 0,
-                        },
-                    ];
-                    // SAFETY: fds is a valid array of two pollfd.
-                    unsafe { libc::poll(fds.as_mut_ptr(), 2, 100) };
-                    // Netlink first: when both are readable, the address
-                    // event does not lose to a notification queued later.
-                    if fds[0].revents & libc::POLLIN != 0 {
-                        // SAFETY: buf is valid for its length.
-                        let n = unsafe {
-                            libc::recv(
-                                nl.as_raw_fd(),
-                                buf.as_mut_ptr().cast(),
-                                buf.len(),
-                                libc::MSG_DONTWAIT,
-                            )
-                        };
-                        if n > 0
-                            && newaddr_carries(&buf[..n as usize], VIP_A)
-                            && !seen.contains(&Seen::VipAdded)
-                        {
-                            seen.push(Seen::VipAdded);
-                        }
-                    }
-                    if fds[1].revents & libc::POLLIN != 0
-                        && let Ok(n) = notify.recv(&mut buf)
-                    {
-                        seen.push(Seen::Notify(text(&buf[..n])));
-                    }
+                    seen.push(Seen::VipAdded);
                 }
-                seen
-            })
-        })
-    };
-    ready_rx.recv().expect("observer ready");
+            }
+            if fds[1].revents & libc::POLLIN != 0
+                && let Ok(n) = notify.recv(&mut buf)
+            {
+                seen.push(Seen::Notify(text(&buf[..n])));
+            }
+        }
+        seen
+    });
     let vipd = Vipd::spawn(
         &n1,
         lab.dir().join("vipd.sock"),

@@ -109,20 +109,11 @@ fn services_answer_on_every_node_and_stop_with_the_lab() {
         .map(|i| {
             lab.add_host(
                 &format!("n{i}"),
-                &[HostIf {
-                    bridge: 0,
-                    addr: &format!("192.0.2.{}/24", 10 + i),
-                }],
+                &[HostIf::on(0, &format!("192.0.2.{}/24", 10 + i))],
             )
         })
         .collect();
-    let client = lab.add_host(
-        "client",
-        &[HostIf {
-            bridge: 0,
-            addr: "192.0.2.50/24",
-        }],
-    );
+    let client = lab.add_host("client", &[HostIf::on(0, "192.0.2.50/24")]);
     let refs: Vec<_> = nodes.iter().collect();
     let mut svc = Services::start(lab.dir(), &refs);
     let addrs = [ip("192.0.2.11"), ip("192.0.2.12")];

@@ -10,7 +10,6 @@ mod ndp;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    ffi::CString,
     net::Ipv4Addr,
     process::Command,
     time::Duration,
@@ -22,7 +21,7 @@ use vipd::{
     xdp::{AttachedMode, ConflictReader, XdpProgram},
 };
 use vipd_common::{ArpCounters, ConflictEvent, HeldVip, NO_EXPIRY};
-use vipd_tests::lab::in_new_netns as in_netns;
+use vipd_tests::lab::{ifindex_here as ifindex, in_new_netns as in_netns};
 
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
@@ -51,14 +50,6 @@ fn ip(args: &[&str]) {
         "ip {args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-fn ifindex(name: &str) -> u32 {
-    let c = CString::new(name).expect("interface name without NUL");
-    // SAFETY: a valid NUL-terminated string.
-    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    assert_ne!(index, 0, "interface {name} not found in the test namespace");
-    index
 }
 
 /// Makes an interface (one end of a veth pair, as this kernel may lack the

@@ -16,15 +16,14 @@
 use std::{
     io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, TcpStream},
-    os::fd::AsRawFd,
-    path::{Path, PathBuf},
-    process::Command,
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
-use socket2::{Domain, Protocol, Socket, Type};
-use vipd_tests::lab::{ArpFrame, Host, HostIf, Lab, LabProcess, fmt_mac, wait_until};
+use vipd_tests::{
+    lab::{ArpFrame, Host, HostIf, Lab, fmt_mac, packet_socket, wait_until},
+    vipd::{Vipd, holds, try_vipctl},
+};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
 const OTHER_VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 101);
@@ -43,7 +42,6 @@ struct Rig {
     n1: Host,
     c1: Host,
     n2: Option<Host>,
-    sock: PathBuf,
     // Last: torn down after the handles above are gone.
     lab: Lab,
 }
@@ -51,37 +49,10 @@ struct Rig {
 impl Rig {
     fn new(hint: &str, intruder: bool) -> Rig {
         let lab = Lab::new(hint);
-        let n1 = lab.add_host(
-            "n1",
-            &[HostIf {
-                bridge: 0,
-                addr: "192.0.2.11/24",
-            }],
-        );
-        let c1 = lab.add_host(
-            "c1",
-            &[HostIf {
-                bridge: 0,
-                addr: "192.0.2.50/24",
-            }],
-        );
-        let n2 = intruder.then(|| {
-            lab.add_host(
-                "n2",
-                &[HostIf {
-                    bridge: 0,
-                    addr: "192.0.2.12/24",
-                }],
-            )
-        });
-        let sock = lab.dir().join("n1.sock");
-        Rig {
-            n1,
-            c1,
-            n2,
-            sock,
-            lab,
-        }
+        let n1 = lab.add_host("n1", &[HostIf::on(0, "192.0.2.11/24")]);
+        let c1 = lab.add_host("c1", &[HostIf::on(0, "192.0.2.50/24")]);
+        let n2 = intruder.then(|| lab.add_host("n2", &[HostIf::on(0, "192.0.2.12/24")]));
+        Rig { n1, c1, n2, lab }
     }
 
     fn n2(&self) -> &Host {
@@ -95,68 +66,36 @@ impl Rig {
     }
 
     /// Starts vipd on n1 serving `vips` (comma-separated) with `extra` flags
-    /// and waits until it holds every one of them that has a route (and, with
-    /// XDP, until the program is attached to eth0, in the mode `--xdp-mode`
-    /// names if `extra` has one).
-    fn start_vipd(&self, vips: &str, extra: &[&str]) -> LabProcess {
-        let _ = std::fs::remove_file(&self.sock);
-        let bin = vipd_tests::lab::vipd_bin();
-        let mut argv: Vec<String> = vec![
-            bin.display().to_string(),
-            "--static-vips".into(),
-            vips.into(),
-            "--api-socket".into(),
-            self.sock.display().to_string(),
-        ];
-        argv.extend(extra.iter().map(|s| s.to_string()));
-        let proc = self.n1.spawn_env(&argv, &[("RUST_LOG", "info")]);
+    /// and nothing else (vipd's defaults), and waits until it holds every one
+    /// of them that has a route (and, with XDP, until the program is attached
+    /// to eth0, in the mode `--xdp-mode` names if `extra` has one).
+    fn start_vipd(&self, vips: &str, extra: &[&str]) -> Vipd {
+        let mut args = vec!["--static-vips", vips];
+        args.extend_from_slice(extra);
+        let socket = Vipd::new_socket(&self.lab, &self.n1);
+        let vipd = Vipd::spawn_args(&self.n1, socket, &args, &[]);
         let xdp = !extra.contains(&"--no-xdp");
         let mode = extra
             .iter()
             .position(|a| *a == "--xdp-mode")
             .map(|i| extra[i + 1]);
-        let want: Vec<Ipv4Addr> = vips
+        let want: Vec<&str> = vips
             .split(',')
-            .map(|v| v.parse().expect("test VIP"))
-            .filter(|v| *v != UNROUTED_VIP)
+            .filter(|v| *v != UNROUTED_VIP.to_string())
             .collect();
-        let ready = wait_until(READY_TIMEOUT, Duration::from_millis(50), || {
-            assert!(
-                proc.is_running(),
-                "vipd exited early: {:?}\n{}",
-                proc.try_status(),
-                proc.stderr()
-            );
-            let Some(st) = try_vipctl(&self.sock, &["status", "--json"]) else {
-                return false;
-            };
-            let held = want.iter().all(|vip| {
-                st["vips"]
+        vipd.wait_until_status(
+            &format!("held {want:?} with XDP on eth0 (mode {mode:?}) unless --no-xdp"),
+            READY_TIMEOUT,
+            |st| {
+                let attached = st["xdp"]["attached"]
                     .as_array()
                     .into_iter()
                     .flatten()
-                    .any(|v| v["vip"] == vip.to_string() && v["state"] == "held")
-            });
-            let attached = st["xdp"]["attached"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|a| a["interface"] == "eth0" && mode.is_none_or(|m| a["mode"] == m));
-            held && (attached || !xdp)
-        });
-        if let Err(e) = ready {
-            panic!(
-                "vipd on n1 did not come up holding {vips}: {e}\nstatus: {:?}\nstderr:\n{}",
-                try_vipctl(&self.sock, &["status", "--json"]),
-                proc.stderr()
-            );
-        }
-        proc
-    }
-
-    /// `vipctl arp stats --json`.
-    fn arp_stats(&self) -> Value {
-        vipctl(&self.sock, &["arp", "stats", "--json"])
+                    .any(|a| a["interface"] == "eth0" && mode.is_none_or(|m| a["mode"] == m));
+                want.iter().all(|vip| holds(st, vip)) && (attached || !xdp)
+            },
+        );
+        vipd
     }
 
     /// The client's `arping` for `ip`, `count` requests 200 ms apart, with a
@@ -174,41 +113,6 @@ impl Rig {
             .count();
         (result, sent)
     }
-}
-
-/// Runs vipctl with `args` against `sock`; `None` if it fails.
-fn try_vipctl(sock: &Path, args: &[&str]) -> Option<Value> {
-    let out = Command::new(vipd_tests::lab::vipctl_bin())
-        .args(args)
-        .arg("--api-socket")
-        .arg(sock)
-        .output()
-        .expect("running vipctl");
-    if !out.status.success() {
-        return None;
-    }
-    serde_json::from_slice(&out.stdout).ok()
-}
-
-fn vipctl(sock: &Path, args: &[&str]) -> Value {
-    let out = Command::new(vipd_tests::lab::vipctl_bin())
-        .args(args)
-        .arg("--api-socket")
-        .arg(sock)
-        .output()
-        .expect("running vipctl");
-    assert!(
-        out.status.success(),
-        "vipctl {args:?} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "vipctl {args:?}: not JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
 }
 
 /// The row of `vip` in `vipctl arp stats --json`.
@@ -236,14 +140,6 @@ fn xdp_on(host: &Host, ifname: &str) -> Option<String> {
     out.split_whitespace()
         .find(|w| w.starts_with("xdp"))
         .map(str::to_string)
-}
-
-fn parse_mac(text: &str) -> [u8; 6] {
-    let bytes: Vec<u8> = text
-        .split(':')
-        .map(|b| u8::from_str_radix(b, 16).expect("hex MAC byte"))
-        .collect();
-    bytes.try_into().expect("6-byte MAC")
 }
 
 /// An Ethernet + ARP frame (42 bytes). `hlen` 6 unless a test breaks it.
@@ -287,30 +183,8 @@ fn claim(mac: [u8; 6], vip: Ipv4Addr) -> Vec<u8> {
 /// `gap` apart. Returns when the last one is sent.
 fn send_frames(host: &Host, ifname: &str, frames: &[Vec<u8>], gap: Duration) {
     host.in_netns(|| {
-        let socket = Socket::new(Domain::PACKET, Type::RAW, Some(Protocol::from(0)))
-            .expect("AF_PACKET socket (needs CAP_NET_RAW)");
-        let c_name = std::ffi::CString::new(ifname).expect("interface name");
-        // SAFETY: a valid NUL-terminated string.
-        let ifindex = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
-        assert_ne!(ifindex, 0, "no {ifname} in {}", host.netns());
-        // SAFETY: all-zero is a valid sockaddr_ll.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_ifindex = i32::try_from(ifindex).expect("ifindex fits i32");
-        // SAFETY: sll is an initialised sockaddr_ll and we pass its size.
-        let rc = unsafe {
-            libc::bind(
-                socket.as_raw_fd(),
-                (&raw const sll).cast::<libc::sockaddr>(),
-                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(
-            rc,
-            0,
-            "bind to {ifname}: {}",
-            std::io::Error::last_os_error()
-        );
+        let socket = packet_socket(ifname, 0)
+            .unwrap_or_else(|e| panic!("packet socket on {ifname} in {}: {e}", host.netns()));
         for (i, frame) in frames.iter().enumerate() {
             if i > 0 && !gap.is_zero() {
                 std::thread::sleep(gap);
@@ -327,12 +201,12 @@ fn xdp_answers_when_the_kernel_does_not() {
     rig.arp_ignore("8");
     let vipd = rig.start_vipd("192.0.2.100", &["--xdp-mode", "generic"]);
     let n1_mac = rig.n1.mac("eth0");
-    let before = rig.arp_stats();
+    let before = vipd.arp_stats();
     assert_eq!(before["xdp"], true, "{before}");
     assert_eq!(before["role"], "leader", "{before}");
 
     let (arping, sent) = rig.arping_counted(VIP, 5);
-    let after = rig.arp_stats();
+    let after = vipd.arp_stats();
     assert!(
         sent >= 5,
         "capture saw {sent} requests, arping says {}",
@@ -358,7 +232,7 @@ fn xdp_answers_when_the_kernel_does_not() {
     assert_eq!(r["held"], true, "{r}");
     assert_eq!(r["interface"], "eth0", "{r}");
     assert_eq!(counter(&after, VIP, "foreign_claims"), 0, "{r}");
-    assert!(vipd.is_running());
+    assert!(vipd.process.is_running());
 }
 
 #[test]
@@ -373,11 +247,11 @@ fn released_vip_is_not_answered() {
     );
 
     // SIGTERM: vipd clears the held map, removes the VIP and detaches.
-    let status = vipd.terminate(Duration::from_secs(10));
+    let status = vipd.process.terminate(Duration::from_secs(10));
     assert!(
         status.success(),
         "vipd exit on SIGTERM: {status}\n{}",
-        vipd.stderr()
+        vipd.process.stderr()
     );
     assert!(
         !rig.n1.ipv4_addrs("eth0").iter().any(|(a, _)| *a == VIP),
@@ -393,7 +267,7 @@ fn released_vip_is_not_answered() {
     assert_eq!(silent.received, 0, "stopped vipd still answers: {silent:?}");
 
     // A vipd serving another VIP: the program runs, and answers only that one.
-    let _vipd = rig.start_vipd("192.0.2.101", &["--xdp-mode", "generic"]);
+    let vipd = rig.start_vipd("192.0.2.101", &["--xdp-mode", "generic"]);
     assert!(
         xdp_on(&rig.n1, "eth0").is_some(),
         "XDP attached for 192.0.2.101"
@@ -405,7 +279,7 @@ fn released_vip_is_not_answered() {
         released.received, 0,
         "a VIP no longer configured is answered: {released:?}"
     );
-    let stats = rig.arp_stats();
+    let stats = vipd.arp_stats();
     assert!(
         !stats["vips"]
             .as_array()
@@ -431,9 +305,9 @@ fn killed_vipd_leaves_no_responder() {
     let answered = rig.c1.arping(VIP, 2, "eth0");
     assert_eq!(answered.received, 2, "{answered:?}");
 
-    assert!(vipd.kill(libc::SIGKILL));
+    assert!(vipd.process.kill(libc::SIGKILL));
     assert!(
-        vipd.wait_timeout(Duration::from_secs(5)).is_some(),
+        vipd.process.wait_timeout(Duration::from_secs(5)).is_some(),
         "vipd survived SIGKILL"
     );
     // The bpf link died with its last fd; the kernel may take a moment.
@@ -463,7 +337,7 @@ fn killed_vipd_leaves_no_responder() {
 
 /// Starts vipd for the conflict tests: no R8 rounds (so every announcement
 /// after start answers a conflict) and both GARP forms (two frames each).
-fn conflict_rig(hint: &str) -> (Rig, LabProcess) {
+fn conflict_rig(hint: &str) -> (Rig, Vipd) {
     let rig = Rig::new(hint, true);
     let vipd = rig.start_vipd(
         "192.0.2.100",
@@ -494,12 +368,12 @@ fn a_foreign_claim_is_reported_and_answered() {
     let (rig, vipd) = conflict_rig("xw_conflict");
     let n1_mac = rig.n1.mac("eth0");
     let n2_mac = rig.n2().mac("eth0");
-    let before = rig.arp_stats();
+    let before = vipd.arp_stats();
     let cap = rig.c1.capture_arp("eth0");
 
     // Three claims in well under a second, as a second holder (keepalived
     // sends a burst of five) would.
-    let claims = vec![claim(parse_mac(&n2_mac), VIP); 3];
+    let claims = vec![claim(rig.n2().mac_bytes("eth0"), VIP); 3];
     send_frames(rig.n2(), "eth0", &claims, Duration::from_millis(200));
     let last_claim = Instant::now();
 
@@ -510,13 +384,13 @@ fn a_foreign_claim_is_reported_and_answered() {
     });
     std::thread::sleep(Duration::from_millis(200));
     let frames = cap.stop();
-    let after = rig.arp_stats();
+    let after = vipd.arp_stats();
     let entry = rig.c1.neigh(VIP);
     assert!(
         back.is_ok() && entry.as_ref().and_then(|n| n.lladdr.as_deref()) == Some(n1_mac.as_str()),
         "client entry for the VIP should end with n1's MAC {n1_mac} (n2 is {n2_mac}): {entry:?}; \
          arp stats {after}\nvipd log:\n{}",
-        vipd.stderr()
+        vipd.process.stderr()
     );
 
     // vipd saw and reported it.
@@ -532,7 +406,7 @@ fn a_foreign_claim_is_reported_and_answered() {
         n2_mac.as_str(),
         "{after}"
     );
-    let status = vipctl(&rig.sock, &["status", "--json"]);
+    let status = vipd.status();
     let conflict = &status["conflicts"][VIP.to_string()];
     assert_eq!(
         conflict["last_mac"],
@@ -573,8 +447,8 @@ fn a_foreign_claim_is_reported_and_answered() {
 fn a_claim_storm_gets_rate_limited_answers() {
     let (rig, vipd) = conflict_rig("xw_storm");
     let n1_mac = rig.n1.mac("eth0");
-    let n2_mac = parse_mac(&rig.n2().mac("eth0"));
-    let before = rig.arp_stats();
+    let n2_mac = rig.n2().mac_bytes("eth0");
+    let before = vipd.arp_stats();
 
     // 50 claims within a second.
     let started = Instant::now();
@@ -586,7 +460,7 @@ fn a_claim_storm_gets_rate_limited_answers() {
     );
     let storm = started.elapsed();
     std::thread::sleep(Duration::from_millis(1500));
-    let after = rig.arp_stats();
+    let after = vipd.arp_stats();
 
     let d = |f: &str| counter(&after, VIP, f) - counter(&before, VIP, f);
     assert_eq!(d("foreign_claims"), 50, "every claim counted: {after}");
@@ -600,7 +474,7 @@ fn a_claim_storm_gets_rate_limited_answers() {
         (1..=3).contains(&answers),
         "{answers} answers ({frames} frames) to 50 claims in {storm:?}: at least one, at most 3 \
          (1/s per VIP)\n{after}\nvipd log:\n{}",
-        vipd.stderr()
+        vipd.process.stderr()
     );
     assert!(
         storm < Duration::from_millis(1300),
@@ -613,22 +487,28 @@ fn a_claim_storm_gets_rate_limited_answers() {
         "client entry after the storm: {entry:?}"
     );
     let warnings = vipd
+        .process
         .stderr()
         .lines()
         .filter(|l| l.contains("another node claims a VIP we hold"))
         .count();
-    assert_eq!(warnings, 1, "one log line per burst:\n{}", vipd.stderr());
+    assert_eq!(
+        warnings,
+        1,
+        "one log line per burst:\n{}",
+        vipd.process.stderr()
+    );
 }
 
 #[test]
 fn counters_equal_the_frames_sent() {
     let rig = Rig::new("xw_counters", false);
     let vips = format!("{VIP},{UNROUTED_VIP}");
-    let _vipd = rig.start_vipd(&vips, &["--xdp-mode", "generic"]);
-    let c1_mac = parse_mac(&rig.c1.mac("eth0"));
-    let n1_mac = parse_mac(&rig.n1.mac("eth0"));
+    let vipd = rig.start_vipd(&vips, &["--xdp-mode", "generic"]);
+    let c1_mac = rig.c1.mac_bytes("eth0");
+    let n1_mac = rig.n1.mac_bytes("eth0");
     let other_mac = [0x02, 0x00, 0x5e, 0x00, 0x00, 0x77];
-    let before = rig.arp_stats();
+    let before = vipd.arp_stats();
     assert_eq!(row(&before, UNROUTED_VIP)["held"], false, "{before}");
 
     const N: usize = 7; // requests for the held VIP
@@ -669,7 +549,7 @@ fn counters_equal_the_frames_sent() {
     send_frames(&rig.c1, "eth0", &frames, Duration::from_millis(2));
     std::thread::sleep(Duration::from_millis(200));
     let seen = cap.stop();
-    let after = rig.arp_stats();
+    let after = vipd.arp_stats();
 
     let d = |vip, f: &str| counter(&after, vip, f) - counter(&before, vip, f);
     assert_eq!(d(VIP, "requests"), N as u64, "{after}");
@@ -720,7 +600,7 @@ fn without_xdp_the_kernel_answers() {
         "the kernel answers: {arping:?}"
     );
     assert!(arping.reply_macs.iter().all(|m| *m == n1_mac), "{arping:?}");
-    let stats = rig.arp_stats();
+    let stats = vipd.arp_stats();
     assert_eq!(stats["xdp"], false, "{stats}");
     assert_eq!(stats["role"], "leader", "{stats}");
     let r = row(&stats, VIP);
@@ -730,7 +610,7 @@ fn without_xdp_the_kernel_answers() {
         (Some(0), Some(0)),
         "{r}"
     );
-    assert!(vipd.is_running());
+    assert!(vipd.process.is_running());
 }
 
 // ------------------------------------------------------ the XDP mode on veth
@@ -753,11 +633,11 @@ fn eth0_attachment(status: &Value) -> Value {
 /// answered, by the XDP program, with n1's MAC; and a TCP connection to the
 /// VIP served by n1. The client's neighbour table is flushed before each,
 /// so each resolves the VIP afresh.
-fn client_reaches_vip(rig: &Rig, arpings: u32) {
+fn client_reaches_vip(rig: &Rig, vipd: &Vipd, arpings: u32) {
     rig.c1.ip(&["neigh", "flush", "dev", "eth0"]);
-    let before = rig.arp_stats();
+    let before = vipd.arp_stats();
     let (arping, sent) = rig.arping_counted(VIP, arpings);
-    let after = rig.arp_stats();
+    let after = vipd.arp_stats();
     let n1_mac = rig.n1.mac("eth0");
     assert!(
         sent >= arpings as usize,
@@ -814,7 +694,7 @@ fn default_mode_case(hint: &str, arp_ignore: &str) {
     let _server = rig.n1.tcp_echo_server(VIP, PORT);
     let vipd = rig.start_vipd("192.0.2.100", &[]);
 
-    let status = vipctl(&rig.sock, &["status", "--json"]);
+    let status = vipd.status();
     assert_eq!(status["xdp"]["setting"], "auto", "{status}");
     let a = eth0_attachment(&status);
     assert_eq!(
@@ -838,11 +718,7 @@ fn default_mode_case(hint: &str, arp_ignore: &str) {
         "generic XDP on eth0: {on:?}"
     );
     // The operator's table says the same, with the reason.
-    let out = Command::new(vipd_tests::lab::vipctl_bin())
-        .args(["status", "--api-socket"])
-        .arg(&rig.sock)
-        .output()
-        .expect("running vipctl status");
+    let out = rig.n1.exec(&vipd.vipctl_argv(&["status"]));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success()
@@ -853,13 +729,13 @@ fn default_mode_case(hint: &str, arp_ignore: &str) {
         "vipctl status:\n{text}"
     );
 
-    client_reaches_vip(&rig, 5);
-    let a = eth0_attachment(&vipctl(&rig.sock, &["status", "--json"]));
+    client_reaches_vip(&rig, &vipd, 5);
+    let a = eth0_attachment(&vipd.status());
     assert_eq!(
         a["reason_code"], "driver_loses_native_tx",
         "no fallback: {a}"
     );
-    let log = vipd.stderr();
+    let log = vipd.process.stderr();
     assert!(error_lines(&log).is_empty(), "no errors:\n{log}");
 }
 
@@ -876,11 +752,11 @@ fn default_mode_on_veth_is_reached_with_arp_ignore_8() {
 /// Forced native mode where its answers are lost: the client's arping goes
 /// unanswered at first, then vipd falls back to generic within a second and
 /// the client is answered. Returns the vipd and the fallback reason.
-fn falls_back(rig: &Rig, extra: &[&str]) -> (LabProcess, Value) {
+fn falls_back(rig: &Rig, extra: &[&str]) -> (Vipd, Value) {
     let mut flags = vec!["--xdp-mode", "native"];
     flags.extend_from_slice(extra);
     let vipd = rig.start_vipd("192.0.2.100", &flags);
-    let a = eth0_attachment(&vipctl(&rig.sock, &["status", "--json"]));
+    let a = eth0_attachment(&vipd.status());
     assert_eq!(
         (&a["mode"], &a["reason_code"]),
         (&Value::from("native"), &Value::from("configured")),
@@ -893,7 +769,7 @@ fn falls_back(rig: &Rig, extra: &[&str]) -> (LabProcess, Value) {
     );
 
     // 10 requests, 200 ms apart.
-    let n1_mac = parse_mac(&rig.n1.mac("eth0"));
+    let n1_mac = rig.n1.mac_bytes("eth0");
     let cap = rig.c1.capture_arp("eth0");
     let arping = rig.c1.arping(VIP, 10, "eth0");
     std::thread::sleep(Duration::from_millis(100));
@@ -910,7 +786,7 @@ fn falls_back(rig: &Rig, extra: &[&str]) -> (LabProcess, Value) {
         .filter(|(f, a)| !f.outgoing && a.op == ArpFrame::REPLY && a.spa == VIP && a.sha == n1_mac)
         .map(|(f, _)| f.at)
         .collect();
-    let log = vipd.stderr();
+    let log = vipd.process.stderr();
     assert!(
         arping.received < arping.sent,
         "native XDP_TX here must lose the first answers (docs/DESIGN.md, facts), or this test \
@@ -933,7 +809,7 @@ fn falls_back(rig: &Rig, extra: &[&str]) -> (LabProcess, Value) {
          answers after the first one ({arping:?})"
     );
 
-    let a = eth0_attachment(&vipctl(&rig.sock, &["status", "--json"]));
+    let a = eth0_attachment(&vipd.status());
     assert_eq!(
         (&a["mode"], &a["driver"], &a["reason_code"]),
         (
@@ -955,7 +831,7 @@ fn falls_back(rig: &Rig, extra: &[&str]) -> (LabProcess, Value) {
             .any(|l| l.contains("eth0") && l.contains("driver veth")),
         "an error line names the interface and the driver:\n{log}"
     );
-    client_reaches_vip(rig, 5);
+    client_reaches_vip(rig, &vipd, 5);
     (vipd, a)
 }
 
@@ -977,7 +853,7 @@ fn forced_native_on_veth_falls_back_to_generic() {
             == "vipd_xdp_attached{interface=\"eth0\",mode=\"generic\",driver=\"veth\",reason=\"fallback\"} 1"),
         "metrics show the mode and why:\n{page}"
     );
-    assert!(vipd.is_running());
+    assert!(vipd.process.is_running());
 }
 
 #[test]
@@ -998,7 +874,7 @@ fn forced_native_falls_back_when_answers_stick_in_the_peers_queue() {
             .is_some_and(|r| r.contains("taken by the driver")),
         "{a}"
     );
-    assert!(vipd.is_running());
+    assert!(vipd.process.is_running());
 }
 
 #[test]
@@ -1032,7 +908,7 @@ fn native_with_a_pass_program_on_the_peer_stays_native() {
             "the pass vipd exited:\n{}",
             pass.stderr()
         );
-        try_vipctl(&peer_sock, &["status", "--json"]).is_some_and(|st| {
+        try_vipctl(rig.lab.bridge_netns(), &peer_sock, &["status", "--json"]).is_some_and(|st| {
             st["xdp"]["attached"]
                 .as_array()
                 .into_iter()
@@ -1056,13 +932,13 @@ fn native_with_a_pass_program_on_the_peer_stays_native() {
     );
     // A few check periods more: still native, nothing logged.
     std::thread::sleep(Duration::from_millis(600));
-    let a = eth0_attachment(&vipctl(&rig.sock, &["status", "--json"]));
+    let a = eth0_attachment(&vipd.status());
     assert_eq!(
         (&a["mode"], &a["reason_code"]),
         (&Value::from("native"), &Value::from("configured")),
         "{a}"
     );
-    let log = vipd.stderr();
+    let log = vipd.process.stderr();
     assert!(error_lines(&log).is_empty(), "no errors:\n{log}");
     assert!(pass.is_running());
 }

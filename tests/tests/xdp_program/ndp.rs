@@ -1214,38 +1214,11 @@ fn v6_maps_follow_set_watched6_set_held6_and_clear_held() {
 // ---------------------------------------------------------------------------
 // On the wire: a real client's kernel takes the answer.
 
-/// `aa:bb:cc:dd:ee:ff` as bytes.
-fn parse_mac(text: &str) -> [u8; 6] {
-    let bytes: Vec<u8> = text
-        .split(':')
-        .map(|b| u8::from_str_radix(b, 16).expect("hex MAC byte"))
-        .collect();
-    bytes.try_into().expect("six MAC bytes")
-}
-
 /// Sends `frame` out of `ifname` from a raw AF_PACKET socket of this
 /// thread's namespace.
 fn send_raw(ifname: &str, frame: &[u8]) {
-    use std::os::fd::AsRawFd as _;
-    let socket = socket2::Socket::new(
-        socket2::Domain::PACKET,
-        socket2::Type::RAW,
-        Some(socket2::Protocol::from(0)),
-    )
-    .expect("AF_PACKET socket (needs CAP_NET_RAW)");
-    // SAFETY: all-zero is a valid sockaddr_ll.
-    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    sll.sll_family = libc::AF_PACKET as u16;
-    sll.sll_ifindex = i32::try_from(super::ifindex(ifname)).expect("ifindex fits i32");
-    // SAFETY: sll is an initialised sockaddr_ll and we pass its size.
-    let rc = unsafe {
-        libc::bind(
-            socket.as_raw_fd(),
-            (&raw const sll).cast::<libc::sockaddr>(),
-            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+    let socket = vipd_tests::lab::packet_socket(ifname, 0)
+        .unwrap_or_else(|e| panic!("packet socket on {ifname}: {e}"));
     assert_eq!(socket.send(frame).expect("send"), frame.len(), "short send");
 }
 
@@ -1257,10 +1230,7 @@ fn send_raw(ifname: &str, frame: &[u8]) {
 #[test]
 fn held_vip_is_resolved_by_a_real_client_through_the_program() {
     let lab = vipd_tests::lab::Lab::new("xdp-ndp");
-    let no_addr = vipd_tests::lab::HostIf {
-        bridge: 0,
-        addr: "",
-    };
+    let no_addr = vipd_tests::lab::HostIf::on(0, "");
     let n1 = lab.add_host("n1", &[no_addr]);
     let c1 = lab.add_host("c1", &[no_addr]);
     c1.ip(&[
@@ -1272,8 +1242,8 @@ fn held_vip_is_resolved_by_a_real_client_through_the_program() {
         "eth0",
         "nodad",
     ]);
-    let n1_mac = parse_mac(&n1.mac("eth0"));
-    let c1_mac = parse_mac(&c1.mac("eth0"));
+    let n1_mac = n1.mac_bytes("eth0");
+    let c1_mac = c1.mac_bytes("eth0");
 
     n1.in_netns(|| {
         let mut program = XdpProgram::load().expect("loading the XDP program");

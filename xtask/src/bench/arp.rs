@@ -27,7 +27,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::Socket;
 use vipd_tests::lab::{Host, HostIf, Lab, LabProcess, Netns, wait_until};
 
 use super::isolated;
@@ -154,22 +154,10 @@ pub fn run(runs: usize) -> Result<String> {
 /// runs on the sender's CPU.
 fn bridge_rig(vipd: &Path, vipctl: &Path, runs: usize) -> Result<String> {
     let lab = Lab::new("bench_arp");
-    let n1 = lab.add_host(
-        "n1",
-        &[HostIf {
-            bridge: 0,
-            addr: "192.0.2.11/24",
-        }],
-    );
-    let c1 = lab.add_host(
-        "c1",
-        &[HostIf {
-            bridge: 0,
-            addr: "192.0.2.50/24",
-        }],
-    );
+    let n1 = lab.add_host("n1", &[HostIf::on(0, "192.0.2.11/24")]);
+    let c1 = lab.add_host("c1", &[HostIf::on(0, "192.0.2.50/24")]);
     let sock = lab.dir().join("n1.sock");
-    let ask = arp_ask(parse_mac(&c1.mac("eth0"))?);
+    let ask = arp_ask(c1.mac_bytes("eth0"));
 
     // Native XDP_TX on a veth reaches the peer only when the peer runs an
     // XDP program itself (docs/DESIGN.md, facts): a second vipd holding no VIP passes
@@ -791,37 +779,11 @@ fn request(mac: [u8; 6]) -> Vec<u8> {
     f
 }
 
-/// An AF_PACKET socket bound to `ifname` for ethertype `proto` (0: send only).
+/// The lab's [`vipd_tests::lab::packet_socket`], with the interface named on
+/// error.
 fn packet_socket(ifname: &str, proto: u16) -> Result<Socket> {
-    let socket = Socket::new(
-        Domain::PACKET,
-        Type::RAW,
-        Some(Protocol::from(i32::from(proto.to_be()))),
-    )
-    .context("AF_PACKET socket (needs CAP_NET_RAW)")?;
-    let c_name = std::ffi::CString::new(ifname)?;
-    // SAFETY: a valid NUL-terminated string.
-    let ifindex = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
-    if ifindex == 0 {
-        bail!("no interface {ifname}");
-    }
-    // SAFETY: all-zero is a valid sockaddr_ll.
-    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    sll.sll_family = libc::AF_PACKET as u16;
-    sll.sll_protocol = proto.to_be();
-    sll.sll_ifindex = i32::try_from(ifindex)?;
-    // SAFETY: sll is an initialised sockaddr_ll and we pass its size.
-    let rc = unsafe {
-        libc::bind(
-            socket.as_raw_fd(),
-            (&raw const sll).cast::<libc::sockaddr>(),
-            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error()).context(format!("binding to {ifname}"));
-    }
-    Ok(socket)
+    vipd_tests::lab::packet_socket(ifname, proto)
+        .with_context(|| format!("AF_PACKET socket on {ifname} (needs CAP_NET_RAW)"))
 }
 
 /// SO_RCVBUFFORCE (root may exceed rmem_max); best effort.
@@ -984,11 +946,6 @@ pub(super) fn median(mut v: Vec<f64>) -> f64 {
     }
     v.sort_by(f64::total_cmp);
     percentile(&v, 0.5)
-}
-
-/// The lab toolkit's [`vipd_tests::lab::parse_mac`], as an error.
-pub(super) fn parse_mac(text: &str) -> Result<[u8; 6]> {
-    vipd_tests::lab::parse_mac(text).with_context(|| format!("MAC {text}: not aa:bb:cc:dd:ee:ff"))
 }
 
 /// Per-case medians: (frames sent/s, replies/s, CPU ns per sent frame,

@@ -7,23 +7,15 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt::Write as _,
-    fs::File,
-    mem::size_of,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
-    path::{Path, PathBuf},
+    path::Path,
     process::Command,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
-        mpsc,
-    },
-    thread::JoinHandle,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Context as _, Result, bail};
 use vipd_tests::{
+    cluster::AddrMonitor,
     lab::{ArpFrame, Host, HostIf, Lab, LabProcess, vipctl_bin, vipd_bin},
     zk::ZkServer,
 };
@@ -84,23 +76,11 @@ pub fn run(runs: usize) -> Result<String> {
     let all = lab_vips();
     let sizes = [1, 100, all.len()];
     let lab = Lab::new("bench-engine");
-    let node = lab.add_host(
-        "n1",
-        &[HostIf {
-            bridge: 0,
-            addr: NODE_ADDR,
-        }],
-    );
+    let node = lab.add_host("n1", &[HostIf::on(0, NODE_ADDR)]);
     node.add_default_route(GATEWAY);
     node.add_addr6("eth0", NODE_ADDR6);
     node.add_default_route6(GATEWAY6, "eth0");
-    let client = lab.add_host(
-        "c1",
-        &[HostIf {
-            bridge: 0,
-            addr: CLIENT_ADDR,
-        }],
-    );
+    let client = lab.add_host("c1", &[HostIf::on(0, CLIENT_ADDR)]);
     let empty_config = lab.dir().join("empty.toml");
     std::fs::write(&empty_config, "").context("writing an empty vipd config")?;
 
@@ -239,7 +219,8 @@ fn startup_run(
 ) -> Result<StartupSample> {
     check_clean(node)?;
     let want: BTreeSet<Ipv4Addr> = vips.iter().copied().collect();
-    let monitor = AddrMonitor::start(node.path())?;
+    let want_ip: BTreeSet<IpAddr> = vips.iter().map(|&v| v.into()).collect();
+    let monitor = AddrMonitor::start(node);
     let capture = client.capture_arp("eth0");
     let clock = Clock::now();
     let started = Instant::now();
@@ -252,7 +233,7 @@ fn startup_run(
     let mut progress = Progress::new(what);
     let (configured_at, last_garp_at, first_garp_at) = loop {
         ensure_running(&vipd)?;
-        let added = monitor.first_new(&want);
+        let added = monitor.first_adds(&want_ip);
         let seen = first_garps(&capture, &want);
         progress.update(format!(
             "{}/{} VIPs configured, {}/{} announcement frames",
@@ -295,9 +276,6 @@ fn startup_run(
         log_time(&log, "leader term starts").context("vipd never logged \"leader term starts\"")?;
     let leader = clock.instant(leader);
     let stop = stop_vipd(&vipd, node)?;
-    if monitor.overruns() > 0 {
-        bail!("{what}: the netlink listener overran; the timing is incomplete");
-    }
     let s = StartupSample {
         to_leader: ms_between(started, leader),
         configured: ms_between(leader, configured_at),
@@ -350,13 +328,13 @@ struct Repair {
 fn repair_run(lab: &Lab, node: &Host, vips: &[IpAddr], config: &Path) -> Result<Repair> {
     check_clean(node)?;
     let want: BTreeSet<IpAddr> = vips.iter().copied().collect();
-    let monitor = AddrMonitor::start(node.path())?;
+    let monitor = AddrMonitor::start(node);
     let socket = lab.dir().join("vipd.sock");
     let mut args = vipd_args(config, &socket);
     args.extend(["--static-vips".to_string(), join_vips(vips)]);
     let vipd = node.spawn(&args);
     let start = Instant::now();
-    while monitor.first_new_ip(&want).len() < want.len() {
+    while monitor.first_adds(&want).len() < want.len() {
         ensure_running(&vipd)?;
         if start.elapsed() > Duration::from_secs(20) {
             bail!(
@@ -375,15 +353,15 @@ fn repair_run(lab: &Lab, node: &Host, vips: &[IpAddr], config: &Path) -> Result<
     let mut pass = Vec::new();
     for (i, vip) in vips.iter().take(REPAIR_REPS).enumerate() {
         ensure_running(&vipd)?;
-        let from = monitor.len();
+        let since = Instant::now();
         // /32 or /128: every VIP in this set sits on the default route's
         // interface.
         let host_prefix = if vip.is_ipv4() { 32 } else { 128 };
         node.del_addr("eth0", &format!("{vip}/{host_prefix}"));
         let t0 = Instant::now();
         let back = loop {
-            let (del, new) = monitor.del_then_new(*vip, from);
-            if let (Some(d), Some(n)) = (del, new) {
+            let del = monitor.first_of(false, *vip, since);
+            if let Some((d, n)) = del.and_then(|d| Some((d, monitor.first_of(true, *vip, d)?))) {
                 break Some(ms_between(d, n));
             }
             if t0.elapsed() > Duration::from_secs(5) {
@@ -472,7 +450,7 @@ fn set_run(lab: &Lab, node: &Host, config: &Path) -> Result<SetFigures> {
     progress.update("starting ZooKeeper in n1 (127.0.0.1:2181)");
     let zk = ZkServer::start_standalone(Ipv4Addr::LOCALHOST, Some(node.netns()));
     let hosts = zk.connect_string();
-    let monitor = AddrMonitor::start(node.path())?;
+    let monitor = AddrMonitor::start(node);
     let clock = Clock::now();
     let mut args = vipd_args(config, &lab.dir().join("vipd.sock"));
     args.extend(["--zk", &hosts, "--cluster", "bench", "--node-id", "n1"].map(String::from));
@@ -510,7 +488,7 @@ fn set_run(lab: &Lab, node: &Host, config: &Path) -> Result<SetFigures> {
             .to_vec();
         argv.extend(vips.iter().map(ToString::to_string));
         let log_before = vipd.stderr().lines().count();
-        let from = monitor.len();
+        let since = Instant::now();
         // A child spawned from a thread inside n1 lives in n1: no `ip netns
         // exec` (its mount namespace work) in the timed path.
         let (t0, t_exit, out) = node.in_netns(|| {
@@ -529,7 +507,7 @@ fn set_run(lab: &Lab, node: &Host, config: &Path) -> Result<SetFigures> {
         }
         let wait = Instant::now();
         let added = loop {
-            if let Some(at) = monitor.new_after(new, from) {
+            if let Some(at) = monitor.first(true, new, since) {
                 break Some(at);
             }
             if wait.elapsed() > Duration::from_secs(5) {
@@ -744,7 +722,7 @@ fn section(
 /// the peak the program's loading costs.
 fn rss_without_xdp(lab: &Lab, node: &Host, vip: Ipv4Addr, config: &Path) -> Result<f64> {
     check_clean(node)?;
-    let monitor = AddrMonitor::start(node.path())?;
+    let monitor = AddrMonitor::start(node);
     let mut args = vipd_args(config, &lab.dir().join("vipd.sock"));
     args.extend([
         "--static-vips".to_string(),
@@ -752,9 +730,8 @@ fn rss_without_xdp(lab: &Lab, node: &Host, vip: Ipv4Addr, config: &Path) -> Resu
         "--no-xdp".into(),
     ]);
     let vipd = node.spawn(&args);
-    let want = BTreeSet::from([vip]);
     let start = Instant::now();
-    while monitor.first_new(&want).is_empty() {
+    while monitor.first(true, vip, start).is_none() {
         ensure_running(&vipd)?;
         if start.elapsed() > Duration::from_secs(20) {
             bail!("vipd --no-xdp did not configure {vip} in 20 s");
@@ -842,272 +819,6 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-/// One IPv4 address event in the node's namespace.
-#[derive(Clone, Copy, Debug)]
-struct AddrEvent {
-    at: Instant,
-    new: bool,
-    addr: IpAddr,
-}
-
-/// A netlink listener (RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR) in a namespace, recording every
-/// address event with the time it was read. Stops on drop.
-struct AddrMonitor {
-    events: Arc<Mutex<Vec<AddrEvent>>>,
-    overruns: Arc<AtomicUsize>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl AddrMonitor {
-    fn start(netns: PathBuf) -> Result<AddrMonitor> {
-        let events = Arc::new(Mutex::new(Vec::new()));
-        let overruns = Arc::new(AtomicUsize::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let thread = {
-            let (events, overruns, stop) = (events.clone(), overruns.clone(), stop.clone());
-            std::thread::spawn(move || {
-                let sock = match netlink_listener(&netns) {
-                    Ok(s) => {
-                        let _ = ready_tx.send(Ok(()));
-                        s
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        return;
-                    }
-                };
-                let mut buf = vec![0u8; 1 << 18];
-                while !stop.load(Ordering::Relaxed) {
-                    // SAFETY: recv into a buffer we own, with its length.
-                    let n = unsafe {
-                        libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0)
-                    };
-                    let at = Instant::now();
-                    if n < 0 {
-                        match std::io::Error::last_os_error().raw_os_error() {
-                            Some(libc::ENOBUFS) => {
-                                overruns.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Some(libc::EAGAIN | libc::EINTR) => {}
-                            _ => return,
-                        }
-                        continue;
-                    }
-                    let parsed = parse_addr_events(&buf[..n as usize], at);
-                    events.lock().expect("events lock").extend(parsed);
-                }
-            })
-        };
-        match ready_rx.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(e),
-            Err(_) => bail!("the netlink listener thread died"),
-        }
-        Ok(AddrMonitor {
-            events,
-            overruns,
-            stop,
-            thread: Some(thread),
-        })
-    }
-
-    fn len(&self) -> usize {
-        self.events.lock().expect("events lock").len()
-    }
-
-    fn overruns(&self) -> usize {
-        self.overruns.load(Ordering::Relaxed)
-    }
-
-    /// The first NEWADDR of each address in `want` seen so far.
-    fn first_new(&self, want: &BTreeSet<Ipv4Addr>) -> BTreeMap<Ipv4Addr, Instant> {
-        let want: BTreeSet<IpAddr> = want.iter().map(|&a| a.into()).collect();
-        self.first_new_ip(&want)
-            .into_iter()
-            .filter_map(|(a, at)| match a {
-                IpAddr::V4(a) => Some((a, at)),
-                IpAddr::V6(_) => None,
-            })
-            .collect()
-    }
-
-    /// [`Self::first_new`] for addresses of either family.
-    fn first_new_ip(&self, want: &BTreeSet<IpAddr>) -> BTreeMap<IpAddr, Instant> {
-        let mut out = BTreeMap::new();
-        for e in self.events.lock().expect("events lock").iter() {
-            if e.new && want.contains(&e.addr) {
-                out.entry(e.addr).or_insert(e.at);
-            }
-        }
-        out
-    }
-
-    /// From event `from` on: the first DELADDR of `addr`, and the first
-    /// NEWADDR of it after that.
-    fn del_then_new(&self, addr: IpAddr, from: usize) -> (Option<Instant>, Option<Instant>) {
-        let events = self.events.lock().expect("events lock");
-        let mut del = None;
-        for e in events.iter().skip(from).filter(|e| e.addr == addr) {
-            match (del, e.new) {
-                (None, false) => del = Some(e.at),
-                (Some(_), true) => return (del, Some(e.at)),
-                _ => {}
-            }
-        }
-        (del, None)
-    }
-
-    /// The first NEWADDR of `addr` from event `from` on.
-    fn new_after(&self, addr: Ipv4Addr, from: usize) -> Option<Instant> {
-        let addr = IpAddr::V4(addr);
-        self.events
-            .lock()
-            .expect("events lock")
-            .iter()
-            .skip(from)
-            .find(|e| e.new && e.addr == addr)
-            .map(|e| e.at)
-    }
-}
-
-impl Drop for AddrMonitor {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Joins the namespace at `netns` (this thread only; it never leaves) and
-/// opens a netlink socket subscribed to IPv4 and IPv6 address events.
-fn netlink_listener(netns: &Path) -> Result<OwnedFd> {
-    let ns = File::open(netns).with_context(|| format!("opening {}", netns.display()))?;
-    // SAFETY: a namespace fd; setns changes only the calling thread.
-    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        bail!(
-            "setns({}): {}",
-            netns.display(),
-            std::io::Error::last_os_error()
-        );
-    }
-    // SAFETY: plain socket(2); the fd is owned right below.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        )
-    };
-    if fd < 0 {
-        bail!("netlink socket: {}", std::io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh socket nobody else owns.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-    // 32 MiB: a thousand events at once must not overrun (we are root,
-    // so FORCE goes past rmem_max).
-    let size: libc::c_int = 32 << 20;
-    // SAFETY: setsockopt with a pointer to a c_int and its size.
-    unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            (&raw const size).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    let timeout = libc::timeval {
-        tv_sec: 0,
-        tv_usec: 50_000,
-    };
-    // SAFETY: as above, with a timeval.
-    unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&raw const timeout).cast(),
-            size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    // SAFETY: all-zero is a valid sockaddr_nl.
-    let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-    sa.nl_groups = (libc::RTMGRP_IPV4_IFADDR | libc::RTMGRP_IPV6_IFADDR) as u32;
-    // SAFETY: bind with a sockaddr_nl and its size.
-    let rc = unsafe {
-        libc::bind(
-            sock.as_raw_fd(),
-            (&raw const sa).cast(),
-            size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        bail!(
-            "binding the netlink socket: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-    Ok(sock)
-}
-
-/// The RTM_NEWADDR/RTM_DELADDR messages (IPv4, IPv6) in one netlink datagram.
-fn parse_addr_events(buf: &[u8], at: Instant) -> Vec<AddrEvent> {
-    const NLMSG_HDR: usize = 16;
-    const IFADDRMSG: usize = 8;
-    let align = |n: usize| (n + 3) & !3;
-    let u16_at = |b: &[u8], i: usize| u16::from_ne_bytes([b[i], b[i + 1]]);
-    let mut out = Vec::new();
-    let mut off = 0;
-    while off + NLMSG_HDR <= buf.len() {
-        let len = u32::from_ne_bytes(buf[off..off + 4].try_into().expect("4 bytes")) as usize;
-        if len < NLMSG_HDR || off + len > buf.len() {
-            break;
-        }
-        let kind = u16_at(buf, off + 4);
-        let msg = &buf[off + NLMSG_HDR..off + len];
-        off += align(len);
-        let new = match kind {
-            libc::RTM_NEWADDR => true,
-            libc::RTM_DELADDR => false,
-            _ => continue,
-        };
-        if msg.len() < IFADDRMSG || ![libc::AF_INET, libc::AF_INET6].contains(&i32::from(msg[0])) {
-            continue;
-        }
-        let (mut local, mut address) = (None, None);
-        let mut a = IFADDRMSG;
-        while a + 4 <= msg.len() {
-            let alen = usize::from(u16_at(msg, a));
-            let atype = u16_at(msg, a + 2);
-            if alen < 4 || a + alen > msg.len() {
-                break;
-            }
-            let data = &msg[a + 4..a + alen];
-            let ip = match data.len() {
-                4 => Some(IpAddr::from(<[u8; 4]>::try_from(data).expect("4 bytes"))),
-                16 => Some(IpAddr::from(<[u8; 16]>::try_from(data).expect("16 bytes"))),
-                _ => None,
-            };
-            if let Some(ip) = ip {
-                match atype {
-                    libc::IFA_LOCAL => local = Some(ip),
-                    libc::IFA_ADDRESS => address = Some(ip),
-                    _ => {}
-                }
-            }
-            a += align(alen);
-        }
-        if let Some(addr) = local.or(address) {
-            out.push(AddrEvent { at, new, addr });
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1154,48 +865,5 @@ mod tests {
             1_795_620_149_500
         );
         assert!(log_time(log, "VIP added").is_none());
-    }
-
-    #[test]
-    fn parses_newaddr_messages() {
-        // nlmsghdr(len 40, RTM_NEWADDR) + ifaddrmsg(AF_INET, /32) + IFA_LOCAL 198.51.100.7
-        // + IFA_ADDRESS 198.51.100.7.
-        let mut m = Vec::new();
-        m.extend(40u32.to_ne_bytes());
-        m.extend(libc::RTM_NEWADDR.to_ne_bytes());
-        m.extend([0u8; 10]);
-        m.extend([libc::AF_INET as u8, 32, 0, 0]);
-        m.extend(2u32.to_ne_bytes());
-        for kind in [libc::IFA_LOCAL, libc::IFA_ADDRESS] {
-            m.extend(8u16.to_ne_bytes());
-            m.extend(kind.to_ne_bytes());
-            m.extend([198, 51, 100, 7]);
-        }
-        let now = Instant::now();
-        let ev = parse_addr_events(&m, now);
-        assert_eq!(ev.len(), 1);
-        assert!(ev[0].new);
-        assert_eq!(ev[0].addr, IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7)));
-        assert!(parse_addr_events(&m[..20], now).is_empty());
-    }
-
-    #[test]
-    fn parses_ipv6_deladdr_messages() {
-        // nlmsghdr(len 44, RTM_DELADDR) + ifaddrmsg(AF_INET6, /128) +
-        // IFA_ADDRESS 2001:db8:1::7 (IPv6 has no IFA_LOCAL).
-        let vip: Ipv6Addr = "2001:db8:1::7".parse().unwrap();
-        let mut m = Vec::new();
-        m.extend(44u32.to_ne_bytes());
-        m.extend(libc::RTM_DELADDR.to_ne_bytes());
-        m.extend([0u8; 10]);
-        m.extend([libc::AF_INET6 as u8, 128, 0, 0]);
-        m.extend(2u32.to_ne_bytes());
-        m.extend(20u16.to_ne_bytes());
-        m.extend(libc::IFA_ADDRESS.to_ne_bytes());
-        m.extend(vip.octets());
-        let ev = parse_addr_events(&m, Instant::now());
-        assert_eq!(ev.len(), 1);
-        assert!(!ev[0].new);
-        assert_eq!(ev[0].addr, IpAddr::V6(vip));
     }
 }

@@ -22,8 +22,7 @@ use anyhow::{Context as _, Result, bail};
 use vipd_tests::lab::{Host, Lab, LabProcess};
 
 use super::arp::{
-    self, Ask, CLIENT_IP, Flood, Pace, VIP, kernel_threads, median, parse_mac, pin_process,
-    pin_thread,
+    self, Ask, CLIENT_IP, Flood, Pace, VIP, kernel_threads, median, pin_process, pin_thread,
 };
 
 /// The sender, the counting socket, c1's NAPI thread and vipd run here.
@@ -384,7 +383,7 @@ impl<'a> Rig<'a> {
         let peer_sock = lab.dir().join("c1.sock");
         let peer_pass = arp::start_pass(&c1, vipd, vipctl, "eth0", &peer_sock)?;
         pin_process(peer_pass.pid(), SENDER_CPU)?;
-        let c1_mac = parse_mac(&c1.mac("eth0"))?;
+        let c1_mac = c1.mac_bytes("eth0");
         let sock = lab.dir().join("n1.sock");
         Ok(Rig {
             lab,
