@@ -1888,16 +1888,7 @@ mod tests {
 
     #[test]
     fn parses_an_unsolicited_na() {
-        #[rustfmt::skip]
-        let mut f = vec![
-            0x33, 0x33, 0, 0, 0, 1, 2, 0, 0x5e, 0x10, 0x20, 0x30, 0x86, 0xdd,
-            0x60, 0, 0, 0, 0, 0x20, 58, 255,
-            0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01, 0x00,
-            0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01,
-            0x88, 0, 0x78, 0xed, 0x20, 0, 0, 0,
-            0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01, 0x00,
-            2, 1, 2, 0, 0x5e, 0x10, 0x20, 0x30,
-        ];
+        let mut f = unsolicited_na();
         let n = NdpFrame::parse(&f).expect("an NA");
         let vip: Ipv6Addr = "2001:db8::100".parse().unwrap();
         assert_eq!(
