@@ -17,7 +17,7 @@ use std::{
 use serde::Serialize;
 use tokio::{sync::watch, time::Instant};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, instrument, warn};
+use tracing::{debug, error, info, instrument, trace, warn};
 use zookeeper_client::{Client, SessionState, StateWatcher};
 
 pub use self::{
@@ -826,6 +826,11 @@ impl Ctx<'_> {
                 match r {
                     Ok(stat) => {
                         version = stat.version;
+                        trace!(
+                            version,
+                            answered_after_us = sent.elapsed().as_micros(),
+                            "lease renewed"
+                        );
                         ack_tx.send_replace(sent);
                     }
                     Err(e) if lost_znode(&e) => return e,
@@ -947,6 +952,11 @@ impl Ctx<'_> {
             let watcher = match read {
                 Ok((None, _)) => return false,
                 Ok((Some(stat), w)) => {
+                    trace!(
+                        version = stat.version,
+                        read_us = answered.duration_since(sent).as_micros(),
+                        "leader's znode read"
+                    );
                     if let Some(version) = observer.answered(sent, answered, stat.version) {
                         if self.take_over(client, leader, version, deadline).await {
                             return true;
