@@ -327,6 +327,34 @@ impl Lab {
         self.bridge.ip(&["link", "set", &peer, "nomaster"]);
     }
 
+    /// [`Lab::cut_peer`] for several of `host`'s interfaces at once: one
+    /// `ip -batch` in the bridge namespace, so they lose carrier within a
+    /// fraction of a millisecond of each other rather than one `ip` process
+    /// apart (about 3 ms, more under load). A benchmark that cuts a node's
+    /// data and ZooKeeper links this way favours neither path.
+    pub fn cut_peers(&self, host: &Host, ifnames: &[&str]) {
+        self.bridge_batch(host, ifnames, |peer| format!("link set {peer} down"));
+    }
+
+    /// [`Lab::isolate`] for several of `host`'s interfaces at once (one
+    /// `ip -batch`, as [`Lab::cut_peers`]).
+    pub fn isolate_all(&self, host: &Host, ifnames: &[&str]) {
+        self.bridge_batch(host, ifnames, |peer| format!("link set {peer} nomaster"));
+    }
+
+    fn bridge_batch(&self, host: &Host, ifnames: &[&str], line: impl Fn(&str) -> String) {
+        let lines: String = ifnames
+            .iter()
+            .map(|i| line(&host.iface(i).peer) + "\n")
+            .collect();
+        let file = self
+            .shared
+            .dir
+            .join(format!("batch-{}-{}", host.name(), ifnames.join("-")));
+        fs::write(&file, &lines).unwrap_or_else(|e| panic!("writing {}: {e}", file.display()));
+        self.bridge.ip(&["-batch", &file.display().to_string()]);
+    }
+
     /// Undoes [`Lab::isolate`].
     pub fn rejoin(&self, host: &Host, ifname: &str) {
         let iface = host.iface(ifname);

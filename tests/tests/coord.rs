@@ -1021,3 +1021,87 @@ async fn renewal_race_is_settled_by_the_conditional_delete() {
     .await;
     a.stop().await;
 }
+
+/// R15: the takeover deletes the silent leader's znode and writes the next
+/// in line's first renewal in one ZooKeeper transaction (one zxid), so the
+/// new term's lease starts one round trip sooner. A raw client plays a
+/// leader that never renews; the next in line is a real node. Right after
+/// the delete, the new leader's znode holds renewal 1, written by the very
+/// transaction that removed the silent one (its mzxid is the election
+/// directory's pzxid, the zxid of the last child change).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takeover_writes_the_first_renewal_in_the_delete_transaction() {
+    init_log();
+    let zk = ZkServer::start_standalone(Ipv4Addr::LOCALHOST, None);
+    let hosts = zk.connect_string();
+    // Lease 2 s, renewals every 500 ms: time to read renewal 1.
+    let t = Duration::from_secs(6);
+    let lease = LeaseTimes::new(t, None, Duration::from_millis(100)).unwrap();
+    let ghost = raw_client(&hosts).await;
+    let dir = "/vipd/ghost/election";
+    for p in ["/vipd", "/vipd/ghost", dir] {
+        match ghost
+            .create(
+                p,
+                b"",
+                &CreateMode::Persistent.with_acls(zookeeper_client::Acls::anyone_all()),
+            )
+            .await
+        {
+            Ok(_) | Err(ZkError::NodeExists) => {}
+            Err(e) => panic!("create {p}: {e}"),
+        }
+    }
+    let (_, seq) = ghost
+        .create(
+            &format!("{dir}/ghost-n_"),
+            br#"{"node": "ghost", "term": 0, "lease_ms": 2000, "renewal": 1}"#,
+            &CreateMode::EphemeralSequential.with_acls(zookeeper_client::Acls::anyone_all()),
+        )
+        .await
+        .expect("the silent leader's znode");
+    let silent = format!("{dir}/ghost-n_{seq}");
+    let (_, watch) = ghost
+        .check_and_watch_stat(&silent)
+        .await
+        .expect("watch the silent leader's znode");
+    let started = Instant::now();
+    let mut b = start_node(
+        &hosts,
+        "ghost",
+        "b",
+        NodeOpts {
+            timeout: t,
+            ..Default::default()
+        },
+    );
+    let event = tokio::time::timeout(Duration::from_secs(15), watch.changed())
+        .await
+        .expect("the silent leader's znode deleted within 15 s");
+    assert_eq!(event.event_type, zookeeper_client::EventType::NodeDeleted);
+    let waited = started.elapsed();
+    let children = ghost.list_children(dir).await.expect("list election");
+    assert_eq!(children.len(), 1, "{children:?}");
+    let own = format!("{dir}/{}", children[0]);
+    let (data, stat) = ghost.get_data(&own).await.expect("the new leader's znode");
+    let (_, dir_stat) = ghost.get_data(dir).await.expect("the election directory");
+    let data: serde_json::Value = serde_json::from_slice(&data).expect("candidate data");
+    assert_eq!(data["node"], "b", "{data}");
+    assert_eq!(data["renewal"], 1, "the first renewal of b's term: {data}");
+    assert_eq!(
+        stat.mzxid, dir_stat.pzxid,
+        "b's first renewal (mzxid {:#x}) and the delete (the directory's pzxid {:#x}) are one transaction",
+        stat.mzxid, dir_stat.pzxid
+    );
+    // Not before the takeover wait, counted from b's first read.
+    assert!(
+        waited >= lease.takeover_after(),
+        "deleted after {waited:?}, before the {:?} wait",
+        lease.takeover_after()
+    );
+    wait_until("b leads", Duration::from_secs(5), || {
+        b.role() == Role::Leader
+    })
+    .await;
+    b.stop().await;
+}

@@ -126,6 +126,37 @@ fn capture_sees_the_arp_request_arping_sends() {
     assert!(frames.windows(2).all(|w| w[0].at <= w[1].at));
 }
 
+/// The bench's link faults: both of a node's links at once, in one batch.
+#[test]
+fn cut_peers_and_isolate_all_take_every_named_link() {
+    let (lab, n1, n2) = two_hosts("cutall");
+    let far = Ipv4Addr::new(203, 0, 113, 11);
+    assert!(n2.ping(N1) && n2.ping(far));
+    lab.cut_peers(&n1, &["eth0", "eth1"]);
+    wait_until(Duration::from_secs(2), Duration::from_millis(10), || {
+        !n1.has_carrier("eth0") && !n1.has_carrier("eth1")
+    })
+    .expect("carrier loss on both links after cut_peers");
+    assert!(!n2.ping(N1) && !n2.ping(far));
+    lab.restore_peer(&n1, "eth0");
+    lab.restore_peer(&n1, "eth1");
+    wait_until(Duration::from_secs(3), Duration::from_millis(50), || {
+        n2.ping(N1) && n2.ping(far)
+    })
+    .expect("ping on both links after restore_peer");
+
+    lab.isolate_all(&n1, &["eth0", "eth1"]);
+    assert!(n1.has_carrier("eth0") && n1.has_carrier("eth1"));
+    assert!(!n2.ping(N1) && !n2.ping(far));
+    lab.rejoin(&n1, "eth0");
+    // Only the named links: eth1 stays cut off after eth0 rejoins.
+    wait_until(Duration::from_secs(3), Duration::from_millis(50), || {
+        n2.ping(N1)
+    })
+    .expect("ping after rejoin");
+    assert!(!n2.ping(far), "eth1 still isolated");
+}
+
 #[test]
 fn cut_peer_gives_carrier_loss_and_isolate_does_not() {
     let (lab, n1, n2) = two_hosts("cut");

@@ -407,7 +407,7 @@ pub struct ZkArgs {
     #[arg(global = true, long, env = "VIPD_STEP_DOWN_BACKOFF", value_parser = parse_positive_duration, default_value = "5s")]
     pub step_down_backoff: Duration,
 
-    /// The leader's lease (R15): it renews it every lease / 4 (lease / 8
+    /// The leader's lease (R15): it renews it every lease / 4 (lease / 16
     /// below 1 s) and fences when
     /// its last acknowledged renewal was sent longer ago; the VIP addresses'
     /// kernel lifetime follows it. Must be below the session timeout minus

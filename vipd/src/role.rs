@@ -2,7 +2,10 @@
 //! engine: the source says what this node should do; the engine says what it
 //! has done, so the source can release leadership only once VIPs are gone.
 
-use std::{collections::BTreeSet, time::Instant};
+use std::{
+    collections::BTreeSet,
+    time::{Duration, Instant},
+};
 
 use serde::Serialize;
 
@@ -44,6 +47,19 @@ pub struct LeaseGrant {
     pub address_lifetime: u32,
 }
 
+impl LeaseGrant {
+    /// Whether this grant should renew addresses last renewed (or added)
+    /// at `last`: when their lifetime would have less than half left at
+    /// this lease's end. A lifetime no longer than the lease (leases from
+    /// 1 s on) renews at every grant; a 1 s lifetime under a 200 ms lease
+    /// about every 0.3 s, not at each of the lease's 80 renewals a second.
+    /// Renewing less often only makes a dead agent's address go sooner.
+    pub fn renews_addresses(&self, last: Option<Instant>) -> bool {
+        let half = Duration::from_secs(u64::from(self.address_lifetime)) / 2;
+        last.is_none_or(|last| last + half < self.until)
+    }
+}
+
 impl Desired {
     /// Whether the lease (if any) still runs at `now`.
     pub fn lease_valid(&self, now: Instant) -> bool {
@@ -69,4 +85,49 @@ pub struct EngineReport {
     /// Interfaces of wanted VIPs that have been down or without carrier for
     /// longer than the grace (R18): this node cannot serve, it withdraws.
     pub links_down: BTreeSet<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// Renewals every 12.5 ms of a 200 ms lease (1 s lifetime), and every
+    /// 500 ms of a 2 s lease (2 s lifetime): which grants renew addresses.
+    fn renewing_acks(lease: Duration, every: Duration, lifetime: u32, acks: u32) -> Vec<u32> {
+        let t0 = Instant::now();
+        let mut last = None;
+        let mut out = Vec::new();
+        for k in 0..acks {
+            let sent = t0 + every * k;
+            let acked = sent + 2 * MS;
+            let grant = LeaseGrant {
+                until: sent + lease,
+                address_lifetime: lifetime,
+            };
+            if grant.renews_addresses(last) {
+                last = Some(acked);
+                out.push(k);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn addresses_renew_when_half_their_lifetime_is_gone_by_the_lease_end() {
+        // 200 ms lease: renew when last + 500 ms < sent + 200 ms, so the
+        // address renewed at ack 0 (2 ms) is renewed again by the grant
+        // sent at 312.5 ms (ack 25), then 25 acks later: every 312.5 ms.
+        let short = renewing_acks(200 * MS, Duration::from_micros(12_500), 1, 80);
+        assert_eq!(short, vec![0, 25, 50, 75]);
+        // So the address always has more than 0.6 s left, well past the
+        // 200 ms lease of the last acknowledged renewal.
+        // 2 s lease, 2 s lifetime: every grant renews.
+        let long = renewing_acks(2000 * MS, 500 * MS, 2, 8);
+        assert_eq!(long, (0..8).collect::<Vec<_>>());
+        // 1.9 s lease, 1 s lifetime (rounded down): every grant too.
+        let mid = renewing_acks(1900 * MS, 475 * MS, 1, 8);
+        assert_eq!(mid, (0..8).collect::<Vec<_>>());
+    }
 }

@@ -13,8 +13,12 @@ pub const MIN_MARGIN: Duration = Duration::from_millis(100);
 /// already far more than the lease needs).
 const MIN_RENEW_EVERY: Duration = Duration::from_millis(10);
 
-/// Leases below this renew eight times per lease instead of four.
+/// Leases below this renew sixteen times per lease instead of four.
 const SHORT_LEASE: Duration = Duration::from_secs(1);
+
+/// Renewals per lease below [`SHORT_LEASE`] and from it on.
+const SHORT_PARTS: u32 = 16;
+const LONG_PARTS: u32 = 4;
 
 /// The longest lease a session timeout allows (exclusive): lease + one
 /// renewal interval must stay below the session timeout.
@@ -24,8 +28,8 @@ fn max_lease(session: Duration) -> Duration {
     if quarter >= SHORT_LEASE {
         quarter
     } else {
-        // lease + lease/8 < session  <=>  lease < 8/9 session (below 1 s).
-        (session * 8 / 9).min(SHORT_LEASE)
+        // lease + lease/16 < session  <=>  lease < 16/17 session (below 1 s).
+        (session * SHORT_PARTS / (SHORT_PARTS + 1)).min(SHORT_LEASE)
     }
 }
 
@@ -44,7 +48,7 @@ pub enum LeaseError {
     #[error("--lease must be greater than zero")]
     Zero,
     #[error(
-        "--lease {lease:?} is too long for --session-timeout {session:?}: it must be below the session timeout minus one renewal interval (lease / 8 below 1 s, lease / 4 from 1 s), so below {max:?}"
+        "--lease {lease:?} is too long for --session-timeout {session:?}: it must be below the session timeout minus one renewal interval (lease / 16 below 1 s, lease / 4 from 1 s), so below {max:?}"
     )]
     TooLong {
         lease: Duration,
@@ -84,27 +88,39 @@ impl LeaseTimes {
         Ok(t)
     }
 
-    /// How often the leader renews: a quarter of the lease from 1 s on, an
-    /// eighth below 1 s. The takeover waits one renewal interval more than
-    /// the lease, so a short lease (chosen for a fast takeover) renews more
-    /// often: 40 writes/s at 200 ms, still little for ZooKeeper. From 1 s
+    /// Below 1 s of lease, the short rules apply (more renewals per lease).
+    fn short(&self) -> bool {
+        self.length < SHORT_LEASE
+    }
+
+    /// How often the leader renews: a quarter of the lease from 1 s on, a
+    /// sixteenth below 1 s. The takeover waits one renewal interval more
+    /// than the lease, and the last renewal is on average half an interval
+    /// old at a fault, so a short lease (chosen for a fast takeover) renews
+    /// often: 80 writes/s at 200 ms, still little for ZooKeeper. From 1 s
     /// on the kernel lifetime (whole seconds) must end before the takeover,
     /// and the quarter keeps lease/4 + margin of room for the kernel's
     /// slack (docs/OPERATIONS.md, "The lease").
     pub fn renew_every(&self) -> Duration {
-        let part = if self.length < SHORT_LEASE { 8 } else { 4 };
-        (self.length / part).max(MIN_RENEW_EVERY)
+        let parts = if self.short() {
+            SHORT_PARTS
+        } else {
+            LONG_PARTS
+        };
+        (self.length / parts).max(MIN_RENEW_EVERY)
     }
 
     /// How often the next in line reads the leader's znode (and so checks
-    /// that ZooKeeper answers it): twice per renewal.
+    /// that ZooKeeper answers it), besides each time its watch fires: an
+    /// eighth of the lease from 1 s on, a sixteenth below.
     pub fn poll_every(&self) -> Duration {
-        (self.renew_every() / 2).max(MIN_RENEW_EVERY)
+        let parts = if self.short() { 16 } else { 8 };
+        (self.length / parts).max(MIN_RENEW_EVERY)
     }
 
-    /// The deadline of one of the successor's reads.
+    /// The deadline of one of the successor's reads: two polls.
     pub fn poll_deadline(&self) -> Duration {
-        self.renew_every()
+        self.poll_every() * 2
     }
 
     /// When a lease renewed by a write sent at `sent` ends. The leader
@@ -138,8 +154,8 @@ impl LeaseTimes {
     /// lifetime never exceeds the lease, so every longer lease is safe too.)
     pub fn safe_min_lease(&self, kernel_slack: Duration) -> Duration {
         let room = (Duration::from_secs(1) + kernel_slack).saturating_sub(self.margin);
-        // Below 1 s the takeover is at 9/8 lease + margin, from 1 s at 5/4.
-        let short = room * 8 / 9;
+        // Below 1 s the takeover is at 17/16 lease + margin, from 1 s at 5/4.
+        let short = room * SHORT_PARTS / (SHORT_PARTS + 1);
         if short < SHORT_LEASE {
             return short;
         }
@@ -314,11 +330,11 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("--lease 1s") && e.contains("888.888"), "{e}");
-        // Below 1 s the renewal is an eighth: lease + lease/8 < session.
+        assert!(e.contains("--lease 1s") && e.contains("941.176"), "{e}");
+        // Below 1 s the renewal is a sixteenth: lease + lease/16 < session.
         let one = Duration::from_secs(1);
-        assert!(LeaseTimes::new(one, Some(888 * MS), 100 * MS).is_ok());
-        assert!(LeaseTimes::new(one, Some(889 * MS), 100 * MS).is_err());
+        assert!(LeaseTimes::new(one, Some(941 * MS), 100 * MS).is_ok());
+        assert!(LeaseTimes::new(one, Some(942 * MS), 100 * MS).is_err());
         // Between: a session of 1.2 s takes any lease below 1 s, not 1 s
         // (1 s + 250 ms is past it).
         let s12 = 1200 * MS;
@@ -353,12 +369,22 @@ mod tests {
         let t = times(2000);
         let sent = Instant::now();
         assert_eq!(t.until(sent), sent + 2000 * MS);
-        assert_eq!(times(200).renew_every(), 25 * MS, "an eighth below 1 s");
-        assert_eq!(times(200).poll_every(), 12500 * Duration::from_micros(1));
-        assert_eq!(times(200).takeover_after(), 325 * MS);
-        assert_eq!(times(999).renew_every(), 124875 * Duration::from_micros(1));
+        let us = Duration::from_micros(1);
+        assert_eq!(
+            times(200).renew_every(),
+            12500 * us,
+            "a sixteenth below 1 s"
+        );
+        assert_eq!(times(200).poll_every(), 12500 * us);
+        assert_eq!(times(200).poll_deadline(), 25 * MS);
+        assert_eq!(times(200).takeover_after(), 312500 * us);
+        assert_eq!(times(999).renew_every(), 62437500 * Duration::from_nanos(1));
         assert_eq!(times(1000).renew_every(), 250 * MS, "a quarter from 1 s");
+        assert_eq!(times(1000).poll_every(), 125 * MS);
+        assert_eq!(times(1000).poll_deadline(), 250 * MS);
+        assert_eq!(times(2000).takeover_after(), 2600 * MS);
         assert_eq!(times(20).renew_every(), 10 * MS, "floor");
+        assert_eq!(times(20).poll_every(), 10 * MS, "floor");
     }
 
     #[test]
@@ -394,17 +420,18 @@ mod tests {
             Duration::ZERO
         );
         // The boundary: 1 s with a 100 ms margin (just below 1 s the
-        // renewal is an eighth: 999 + 125 + 100 ms < 1 s + 250 ms).
+        // renewal is a sixteenth: 999 + 62 + 100 ms < 1 s + 250 ms).
         assert_eq!(times(500).safe_min_lease(slack), 1000 * MS);
         assert_eq!(times(1000).kill_overlap(slack), Duration::ZERO);
         assert!(times(999).kill_overlap(slack) > Duration::ZERO);
-        // A larger margin moves it below 1 s, where the eighth applies.
+        // A larger margin moves it below 1 s, where the sixteenth applies.
         let wide = LeaseTimes {
             length: 500 * MS,
             margin: 300 * MS,
         };
         let min = wide.safe_min_lease(slack);
-        assert_eq!(min, 844 * MS + Duration::from_nanos(444_444));
+        // (1.25 s - 300 ms) * 16 / 17.
+        assert_eq!(min, 894 * MS + Duration::from_nanos(117_647));
         let at = |ms| LeaseTimes {
             length: ms,
             margin: 300 * MS,
@@ -417,7 +444,7 @@ mod tests {
 
     #[test]
     fn takeover_only_after_silence_while_answered() {
-        let t = times(200); // takeover after 200 + 25 + 100 = 325 ms
+        let t = margin_to_325(); // takeover after 200 + 12.5 + 112.5 = 325 ms
         let mut o = Observer::new(t);
         let t0 = Instant::now();
         let poll = |o: &mut Observer, at: u64, v: i32| {
@@ -451,9 +478,20 @@ mod tests {
         assert_eq!(o.silent_for(t0 + 701 * MS), Some(Duration::ZERO));
     }
 
+    /// A 200 ms lease (renewed and polled every 12.5 ms, reads due within
+    /// 25 ms) with a 112.5 ms margin: the takeover wait is a round 325 ms.
+    fn margin_to_325() -> LeaseTimes {
+        let t = LeaseTimes {
+            length: 200 * MS,
+            margin: 1125 * Duration::from_micros(100),
+        };
+        assert_eq!(t.takeover_after(), 325 * MS);
+        t
+    }
+
     #[test]
     fn unanswered_reads_restart_the_count() {
-        let t = times(200);
+        let t = margin_to_325();
         let mut o = Observer::new(t);
         let t0 = Instant::now();
         let mut at = 0;

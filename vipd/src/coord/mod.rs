@@ -17,7 +17,7 @@ use std::{
 use serde::Serialize;
 use tokio::{sync::watch, time::Instant};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, instrument, warn};
+use tracing::{debug, error, info, instrument, trace, warn};
 use zookeeper_client::{Client, SessionState, StateWatcher};
 
 pub use self::{
@@ -538,7 +538,7 @@ impl Ctx<'_> {
         let mut state = client.state_watcher();
         // The candidates after we deleted a silent leader's znode: we are
         // first now (sequence numbers only grow), no need to list again.
-        let mut took_over: Option<Vec<String>> = None;
+        let mut took_over: Option<(Vec<String>, Option<FirstRenewal>)> = None;
         loop {
             if cancel.is_cancelled() {
                 return SessionState::Closed;
@@ -600,7 +600,10 @@ impl Ctx<'_> {
                 call("sync", dir, deadline, client.sync(dir)).await?;
                 call("list children", dir, deadline, client.list_children(dir)).await
             };
-            let shortcut = took_over.take().filter(|c| c.first() == Some(&me));
+            let (shortcut, first) = match took_over.take() {
+                Some((c, first)) if c.first() == Some(&me) => (Some(c), first),
+                _ => (None, None),
+            };
             let listed = shortcut.is_some();
             let sorted = match shortcut {
                 Some(c) => c,
@@ -627,7 +630,7 @@ impl Ctx<'_> {
                 continue;
             }
             if pos == 0 {
-                match self.lead(client, st, &me, &mut state, cancel).await {
+                match self.lead(client, st, &me, first, &mut state, cancel).await {
                     LeadEnd::Cancelled => return SessionState::Closed,
                     LeadEnd::Fenced => continue,
                     LeadEnd::Lost => {
@@ -655,11 +658,11 @@ impl Ctx<'_> {
             self.follower(st, false);
             let pred = format!("{dir}/{}", sorted[pos - 1]);
             if pos == 1 {
-                if self
-                    .watch_leader(client, &pred, &mut state, st, cancel)
+                if let Some(first) = self
+                    .watch_leader(client, &pred, &me, &mut state, st, cancel)
                     .await
                 {
-                    took_over = Some(sorted[1..].to_vec());
+                    took_over = Some((sorted[1..].to_vec(), first));
                 }
                 continue;
             }
@@ -711,6 +714,7 @@ impl Ctx<'_> {
         client: &Client,
         st: &mut Campaign,
         me: &str,
+        first: Option<FirstRenewal>,
         state: &mut StateWatcher,
         cancel: &CancellationToken,
     ) -> LeadEnd {
@@ -720,30 +724,11 @@ impl Ctx<'_> {
         let term = sequence(me)
             .and_then(|s| u64::try_from(s).ok())
             .unwrap_or(0);
-        // Only this session writes its znode; others may only delete it.
-        let mut version = match call("stat", &path, lease.length, client.check_stat(&path)).await {
-            Ok(Some(stat)) => stat.version,
-            Ok(None) => return LeadEnd::Lost,
-            Err(e) => {
-                debug!(error = %e, "cannot read our election znode; retrying");
-                pause(retry, state, cancel).await;
-                return LeadEnd::Fenced;
-            }
-        };
         let host = crate::config::hostname();
-        let data = |renewal: u64| {
-            serde_json::to_vec(&CandidateData {
-                node: self.settings.node_id.clone(),
-                host: host.clone(),
-                term,
-                lease_ms: u64::try_from(lease.length.as_millis()).unwrap_or(u64::MAX),
-                renewal,
-            })
-            .expect("plain data serializes")
-        };
+        let data = |renewal: u64| self.renewal_data(&host, term, renewal);
         // A renewal: write our znode at the version we last wrote; the
         // answer's time does not matter, only when it was sent.
-        let renew = |version: i32, renewal: u64| {
+        let renew = |version: Option<i32>, renewal: u64| {
             let data = data(renewal);
             let path = path.clone();
             async move {
@@ -752,7 +737,7 @@ impl Ctx<'_> {
                     "renew lease",
                     &path,
                     lease.length,
-                    client.set_data(&path, &data, Some(version)),
+                    client.set_data(&path, &data, version),
                 )
                 .await;
                 (sent, r)
@@ -761,9 +746,20 @@ impl Ctx<'_> {
         let mut renewal = 1;
         // The term starts with an acknowledged renewal, never before: a
         // node that fenced adds no VIP until it knows its lease is valid.
-        let (sent, r) = renew(version, renewal).await;
-        match r {
-            Ok(stat) => version = stat.version,
+        // The first is written at any version (only this session writes
+        // its znode; others may only delete it, which fails the write with
+        // NoNode): no read of the version first, one round trip less
+        // between a takeover and the VIPs. After a takeover it went in the
+        // same transaction as the delete.
+        let (sent, r) = match first {
+            Some(f) => (f.sent, Ok(f.version)),
+            None => {
+                let (sent, r) = renew(None, renewal).await;
+                (sent, r.map(|stat| stat.version))
+            }
+        };
+        let mut version = match r {
+            Ok(v) => v,
             Err(e) if lost_znode(&e) => {
                 warn!(error = %e, "our election znode was taken from us; standing again");
                 return LeadEnd::Lost;
@@ -773,7 +769,7 @@ impl Ctx<'_> {
                 pause(retry, state, cancel).await;
                 return LeadEnd::Fenced;
             }
-        }
+        };
         if Instant::now() >= sent + lease.length {
             debug!("first lease renewal answered after the lease; retrying");
             return LeadEnd::Fenced;
@@ -822,10 +818,15 @@ impl Ctx<'_> {
                     }
                 }
                 renewal += 1;
-                let (sent, r) = renew(version, renewal).await;
+                let (sent, r) = renew(Some(version), renewal).await;
                 match r {
                     Ok(stat) => {
                         version = stat.version;
+                        trace!(
+                            version,
+                            answered_after_us = sent.elapsed().as_micros(),
+                            "lease renewed"
+                        );
                         ack_tx.send_replace(sent);
                     }
                     Err(e) if lost_znode(&e) => return e,
@@ -915,15 +916,18 @@ impl Ctx<'_> {
     /// it has seen no new version for lease + renewal + margin while
     /// ZooKeeper answered every one of these reads, deletes the leader's
     /// znode conditionally on that version. Returns when the election should
-    /// be looked at again: true when we deleted the leader's znode.
+    /// be looked at again: `Some` when the leader's znode is gone (by our
+    /// delete or otherwise), with our first renewal if it went with the
+    /// delete.
     async fn watch_leader(
         &self,
         client: &Client,
         leader: &str,
+        me: &str,
         state: &mut StateWatcher,
         st: &mut Campaign,
         cancel: &CancellationToken,
-    ) -> bool {
+    ) -> Option<Option<FirstRenewal>> {
         let lease = self.settings.lease;
         let deadline = lease.poll_deadline();
         let mut observer = Observer::new(lease);
@@ -945,11 +949,18 @@ impl Ctx<'_> {
             .await;
             let answered = std::time::Instant::now();
             let watcher = match read {
-                Ok((None, _)) => return false,
+                Ok((None, _)) => return Some(None),
                 Ok((Some(stat), w)) => {
+                    trace!(
+                        version = stat.version,
+                        read_us = answered.duration_since(sent).as_micros(),
+                        "leader's znode read"
+                    );
                     if let Some(version) = observer.answered(sent, answered, stat.version) {
-                        if self.take_over(client, leader, version, deadline).await {
-                            return true;
+                        if let Some(first) =
+                            self.take_over(client, leader, me, version, deadline).await
+                        {
+                            return Some(first);
                         }
                         observer.missed();
                     }
@@ -978,56 +989,104 @@ impl Ctx<'_> {
                 }
             };
             let due = tokio::select! {
-                _ = cancel.cancelled() => return false,
-                _ = state.changed() => return false,
-                () = st.unfit_changed(false) => return false,
+                _ = cancel.cancelled() => return None,
+                _ = state.changed() => return None,
+                () = st.unfit_changed(false) => return None,
                 _ = tick.tick() => false,
                 () = changed => false,
                 () = due => true,
             };
             if due && let Some(version) = observer.due(std::time::Instant::now()) {
-                if self.take_over(client, leader, version, deadline).await {
-                    return true;
+                if let Some(first) = self.take_over(client, leader, me, version, deadline).await {
+                    return Some(first);
                 }
                 observer.missed();
             }
         }
     }
 
-    /// Deletes the silent leader's znode if it is still at `version`.
-    /// True when it is gone (by us or otherwise).
+    /// Deletes the silent leader's znode if it is still at `version`, and
+    /// in the same transaction writes our own znode: the first renewal of
+    /// our term, whose lease counts from this send, one round trip (and
+    /// one log fsync) sooner than a renewal after the delete. `Some` when
+    /// the leader's znode is gone (by us or otherwise), with our renewal
+    /// when the transaction went through.
     async fn take_over(
         &self,
         client: &Client,
         leader: &str,
+        me: &str,
         version: i32,
         deadline: Duration,
-    ) -> bool {
+    ) -> Option<Option<FirstRenewal>> {
+        use zookeeper_client::{Error as ZkError, MultiWriteError, MultiWriteResult};
         let lease = self.settings.lease;
         warn!(leader = %leader, version, silent_for = ?lease.takeover_after(),
             "the leader has not renewed its lease while ZooKeeper answered us; taking over");
-        match call(
-            "delete",
-            leader,
-            deadline,
-            client.delete(leader, Some(version)),
-        )
-        .await
-        {
-            Ok(()) => {
-                info!(leader = %leader, version, "deleted the silent leader's znode; standing as leader");
-                true
-            }
-            Err(e) if e.is(&zookeeper_client::Error::NoNode) => true,
-            Err(e) if e.is(&zookeeper_client::Error::BadVersion) => {
-                info!(leader = %leader, "the leader renewed its lease at the last moment; still following");
-                false
-            }
-            Err(e) => {
-                warn!(error = %e, "takeover delete failed; counting the leader's silence again");
-                false
-            }
+        let own = format!("{}/{me}", self.paths.election);
+        let term = sequence(me)
+            .and_then(|s| u64::try_from(s).ok())
+            .unwrap_or(0);
+        let data = self.renewal_data(&crate::config::hostname(), term, 1);
+        let mut writer = client.new_multi_writer();
+        let built = writer
+            .add_delete(leader, Some(version))
+            .and_then(|()| writer.add_set_data(&own, &data, None));
+        if let Err(e) = built {
+            warn!(error = %e, "cannot build the takeover transaction");
+            return None;
         }
+        let sent = Instant::now();
+        let r = match tokio::time::timeout(deadline, writer.commit()).await {
+            Ok(Ok(results)) => Ok(results),
+            Ok(Err(MultiWriteError::OperationFailed { index, source })) => {
+                Err(Some((index, source)))
+            }
+            Ok(Err(MultiWriteError::RequestFailed { source })) => {
+                warn!(error = %source, "takeover transaction failed; counting the leader's silence again");
+                Err(None)
+            }
+            Err(_) => {
+                warn!(after = ?deadline, "takeover transaction unanswered; counting the leader's silence again");
+                Err(None)
+            }
+        };
+        match r {
+            Ok(results) => {
+                info!(leader = %leader, version, "deleted the silent leader's znode; standing as leader");
+                match results.get(1) {
+                    Some(MultiWriteResult::SetData { stat }) => Some(Some(FirstRenewal {
+                        sent,
+                        version: stat.version,
+                    })),
+                    _ => Some(None),
+                }
+            }
+            Err(Some((0, ZkError::NoNode))) => Some(None),
+            Err(Some((0, ZkError::BadVersion))) => {
+                info!(leader = %leader, "the leader renewed its lease at the last moment; still following");
+                None
+            }
+            Err(Some((index, e))) => {
+                // Index 1: our own znode is gone (the election listing will
+                // show it); nothing was deleted either way.
+                warn!(error = %e, index, "takeover transaction refused; counting the leader's silence again");
+                None
+            }
+            Err(None) => None,
+        }
+    }
+
+    /// Our election znode's data for renewal `renewal` of term `term`.
+    fn renewal_data(&self, host: &str, term: u64, renewal: u64) -> Vec<u8> {
+        serde_json::to_vec(&CandidateData {
+            node: self.settings.node_id.clone(),
+            host: host.to_string(),
+            term,
+            lease_ms: u64::try_from(self.settings.lease.length.as_millis()).unwrap_or(u64::MAX),
+            renewal,
+        })
+        .expect("plain data serializes")
     }
 
     /// R4: publish Follower, wait until the engine holds nothing, release
@@ -1144,6 +1203,14 @@ impl Ctx<'_> {
 /// Whether our election znode's data is one of our own renewals numbered
 /// in `renewals` this term (the only writer of its data is its leader;
 /// others only delete it).
+/// The first lease renewal of a term when it went with the takeover delete:
+/// when it was sent (the lease counts from then) and the version written.
+#[derive(Clone, Copy, Debug)]
+struct FirstRenewal {
+    sent: Instant,
+    version: i32,
+}
+
 fn own_write(data: &[u8], node: &str, term: u64, renewals: std::ops::RangeInclusive<u64>) -> bool {
     serde_json::from_slice::<CandidateData>(data)
         .is_ok_and(|d| d.node == node && d.term == term && renewals.contains(&d.renewal))

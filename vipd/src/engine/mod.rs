@@ -78,6 +78,9 @@ pub struct Engine {
     /// Where each VIP we hold lives, as of the last pass: what a lease
     /// renewal renews.
     held: BTreeMap<Vip, Placement>,
+    /// When this term's addresses' lifetimes were last renewed (`None`:
+    /// not yet): [`crate::role::LeaseGrant::renews_addresses`].
+    addresses_renewed: Option<Instant>,
     /// When native XDP attachments are next checked for lost answers
     /// (`None`: there are none).
     delivery_check: Option<tokio::time::Instant>,
@@ -129,6 +132,7 @@ impl Engine {
             reported: HashMap::new(),
             conflicts: BTreeMap::new(),
             held: BTreeMap::new(),
+            addresses_renewed: None,
             delivery_check: None,
             vip_links: BTreeMap::new(),
             links_down_since: None,
@@ -224,6 +228,7 @@ impl Engine {
         }
         self.applied = d;
         if new_term {
+            self.addresses_renewed = None;
             info!(
                 term = self.applied.term,
                 vips = self.applied.vips.len(),
@@ -248,6 +253,7 @@ impl Engine {
     /// Stops announcing and answering, removes every VIP we hold, reports.
     async fn step_down(&mut self, why: &str) {
         self.sync = None;
+        self.addresses_renewed = None;
         self.refresh = None;
         self.pending_conflict_answers.clear();
         self.announcer.clear();
@@ -264,7 +270,8 @@ impl Engine {
     }
 
     /// An acknowledged lease renewal (R16): restart every held address's
-    /// kernel lifetime, with vipd's mark, and move the XDP entries' expiry.
+    /// kernel lifetime, with vipd's mark (when the lifetime has run down
+    /// enough to need it), and move the XDP entries' expiry.
     /// No reconcile pass: nothing but the lease changed.
     async fn renew_lease(&mut self) {
         let Some(lease) = self.applied.lease else {
@@ -272,7 +279,11 @@ impl Engine {
         };
         let started = Instant::now();
         let mut errors = 0;
-        for (vip, placement) in &self.held {
+        let addresses = lease.renews_addresses(self.addresses_renewed);
+        if addresses {
+            self.addresses_renewed = Some(started);
+        }
+        for (vip, placement) in self.held.iter().filter(|_| addresses) {
             // Checked before each write: a vipd resumed after a freeze must
             // not put back what the kernel let expire.
             if Instant::now() >= lease.until {

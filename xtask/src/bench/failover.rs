@@ -214,13 +214,15 @@ pub struct LeaseRule {
 impl LeaseRule {
     pub fn new(session_timeout: Duration, lease: Option<Duration>) -> LeaseRule {
         let lease = lease.unwrap_or(session_timeout / 3);
-        // A quarter of the lease from 1 s on, an eighth below.
-        let part = if lease < Duration::from_secs(1) { 8 } else { 4 };
-        let renew_every = (lease / part).max(MIN_RENEW);
+        // Renewals: a quarter of the lease from 1 s on, a sixteenth below;
+        // the next in line's reads: an eighth, a sixteenth below.
+        let short = lease < Duration::from_secs(1);
+        let (renew_part, poll_part) = if short { (16, 16) } else { (4, 8) };
+        let renew_every = (lease / renew_part).max(MIN_RENEW);
         LeaseRule {
             lease,
             renew_every,
-            poll_every: (renew_every / 2).max(MIN_RENEW),
+            poll_every: (lease / poll_part).max(MIN_RENEW),
             takeover_after: lease + renew_every + MARGIN,
             lifetime: Duration::from_secs(lease.as_secs().max(1)),
         }
@@ -927,7 +929,7 @@ fn bound_text(s: &System, rule: Option<&LeaseRule>, lease_supported: bool) -> St
                 },
                 ms(r.renew_every),
                 if r.lease < Duration::from_secs(1) {
-                    "an eighth: below 1 s"
+                    "a sixteenth: below 1 s"
                 } else {
                     "a quarter"
                 },
@@ -1026,23 +1028,25 @@ mod tests {
     fn lease_rule_from_settings() {
         let r = LeaseRule::new(Duration::from_secs(1), None);
         assert_eq!(r.lease, Duration::from_nanos(333_333_333));
-        assert_eq!(r.renew_every.as_millis(), 41);
-        assert_eq!(r.takeover_after.as_millis(), 474);
+        assert_eq!(r.renew_every.as_millis(), 20);
+        assert_eq!(r.takeover_after.as_millis(), 454);
         assert_eq!(r.lifetime, Duration::from_secs(1));
-        // 1 s + 250 ms slack - 475 ms.
-        assert_eq!(r.kill_overlap().as_millis(), 775);
+        // 1 s + 250 ms slack - 454.2 ms.
+        assert_eq!(r.kill_overlap().as_millis(), 795);
 
         let r = LeaseRule::new(Duration::from_secs(1), Some(Duration::from_millis(200)));
-        assert_eq!(r.renew_every, Duration::from_millis(25));
+        assert_eq!(r.renew_every, Duration::from_micros(12_500));
         assert_eq!(r.poll_every, Duration::from_micros(12_500));
-        assert_eq!(r.takeover_after, Duration::from_millis(325));
+        assert_eq!(r.takeover_after, Duration::from_micros(312_500));
         assert_eq!(
             r.takeover_window(),
-            (Duration::from_millis(300), Duration::from_micros(337_500))
+            (Duration::from_millis(300), Duration::from_millis(325))
         );
-        assert_eq!(r.kill_overlap(), Duration::from_millis(925));
+        assert_eq!(r.kill_overlap(), Duration::from_micros(937_500));
 
         let r = LeaseRule::new(Duration::from_secs(6), None);
+        assert_eq!(r.renew_every, Duration::from_millis(500));
+        assert_eq!(r.poll_every, Duration::from_millis(250));
         assert_eq!(r.lease, Duration::from_secs(2));
         assert_eq!(r.takeover_after, Duration::from_millis(2600));
         assert_eq!(r.lifetime, Duration::from_secs(2));

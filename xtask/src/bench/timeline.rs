@@ -872,8 +872,9 @@ impl Cluster {
     /// Cuts every link of `node` (carrier loss, as a holder failure).
     pub fn cut(&self, node: usize) {
         let h = &self.nodes[node].host;
-        self.lab.cut_peer(h, "eth0");
-        self.lab.cut_peer(h, "eth1");
+        // Both at once: keepalived's adverts use eth0, vipd's ZooKeeper
+        // path eth1; cutting one before the other would favour one system.
+        self.lab.cut_peers(h, &["eth0", "eth1"]);
     }
 
     /// The keepalived VRRP child of `node` (from its pid file), only while
@@ -946,8 +947,7 @@ impl Cluster {
         match fault {
             Fault::Cut => self.cut(node),
             Fault::Partition => {
-                self.lab.isolate(h, "eth0");
-                self.lab.isolate(h, "eth1");
+                self.lab.isolate_all(h, &["eth0", "eth1"]);
             }
             Fault::Kill => self.signal_agent(node, libc::SIGKILL)?,
             Fault::Stop => self.signal_agent(node, libc::SIGSTOP)?,
