@@ -916,9 +916,9 @@ impl Ctx<'_> {
     /// it has seen no new version for lease + renewal + margin while
     /// ZooKeeper answered every one of these reads, deletes the leader's
     /// znode conditionally on that version. Returns when the election should
-    /// be looked at again: `Some` when the leader's znode is gone (by our
-    /// delete or otherwise), with our first renewal if it went with the
-    /// delete.
+    /// be looked at again: `Some` when our takeover deleted the leader's
+    /// znode, with our first renewal if it went with the delete; `None`
+    /// when the election must be listed again.
     async fn watch_leader(
         &self,
         client: &Client,
@@ -949,7 +949,12 @@ impl Ctx<'_> {
             .await;
             let answered = std::time::Instant::now();
             let watcher = match read {
-                Ok((None, _)) => return Some(None),
+                // Gone by the leader's own hand (a handover, a withdrawal,
+                // a shutdown): list the election again. Only our own
+                // delete may take the shortcut, since a list from before
+                // the leader left misses the candidates that stood since
+                // (a handover's target among them).
+                Ok((None, _)) => return None,
                 Ok((Some(stat), w)) => {
                     trace!(
                         version = stat.version,
@@ -1062,7 +1067,9 @@ impl Ctx<'_> {
                     _ => Some(None),
                 }
             }
-            Err(Some((0, ZkError::NoNode))) => Some(None),
+            // Gone a moment before our delete (its own withdrawal): list
+            // the election again, as when the watch sees it go.
+            Err(Some((0, ZkError::NoNode))) => None,
             Err(Some((0, ZkError::BadVersion))) => {
                 info!(leader = %leader, "the leader renewed its lease at the last moment; still following");
                 None
@@ -1159,14 +1166,29 @@ impl Ctx<'_> {
         else {
             return false;
         };
-        let yields = r.from != me
-            && r.to.as_deref().is_some_and(|t| {
-                t != self.settings.node_id && sorted.iter().any(|c| node_of(c) == t)
-            });
-        if yields {
+        let Some(target) =
+            r.to.as_deref()
+                .filter(|t| r.from != me && *t != self.settings.node_id)
+        else {
+            return false;
+        };
+        // `sorted` may be the list from before our takeover: a target that
+        // stood since is only in a fresh one.
+        let mut stands = sorted.iter().any(|c| node_of(c) == target);
+        if !stands {
+            let dir = &self.paths.election;
+            let fresh = async {
+                call("sync", dir, deadline, client.sync(dir)).await?;
+                call("list children", dir, deadline, client.list_children(dir)).await
+            };
+            stands = fresh
+                .await
+                .is_ok_and(|c| c.iter().any(|c| node_of(c) == target));
+        }
+        if stands {
             info!(to = ?r.to, "a handover names another node; stepping aside");
         }
-        yields
+        stands
     }
 
     /// Records why we do not stand; true when that changed.
