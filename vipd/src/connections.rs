@@ -58,15 +58,22 @@ impl Connections {
         };
         let (what, timeout, cancel) = (self.what, self.limits.timeout, self.cancel.clone());
         self.tracker.spawn(async move {
-            let _permit = permit;
+            let mut work = Box::pin(tokio::time::timeout(timeout, handle(stream)));
             tokio::select! {
                 () = cancel.cancelled() => {}
-                r = tokio::time::timeout(timeout, handle(stream)) => match r {
+                r = &mut work => match r {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => debug!(server = what, error = %e, "client"),
                     Err(_) => debug!(server = what, ?timeout, "client timed out: closed"),
                 },
             }
+            // The slot frees before a timed-out or cancelled handler (and
+            // the stream it owns) is dropped: a client that sees its
+            // connection closed finds the slot free when it connects again.
+            // (A handler that ends by itself drops its stream as it
+            // returns, a moment before this.)
+            drop(permit);
+            drop(work);
         });
         true
     }
@@ -114,6 +121,46 @@ mod tests {
         // Closing ends the two pending handlers (dropping their senders).
         conns.close().await;
         assert!(rx.recv().await.is_none());
+    }
+
+    /// Records the free slots at the moment it is dropped.
+    struct Probe {
+        slots: Arc<Semaphore>,
+        seen: Arc<std::sync::Mutex<Option<usize>>>,
+    }
+
+    impl Drop for Probe {
+        fn drop(&mut self) {
+            *self.seen.lock().unwrap() = Some(self.slots.available_permits());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_timed_out_connection_frees_its_slot_before_its_stream_closes() {
+        let conns = Connections::new(
+            "test",
+            Limits {
+                max: 1,
+                timeout: Duration::from_millis(10),
+            },
+        );
+        let seen = Arc::new(std::sync::Mutex::new(None));
+        let probe = Probe {
+            slots: Arc::clone(&conns.slots),
+            seen: Arc::clone(&seen),
+        };
+        assert!(conns.serve(probe, |p| async move {
+            std::future::pending::<()>().await;
+            drop(p);
+            Ok(())
+        }));
+        conns.tracker.close();
+        conns.tracker.wait().await;
+        assert_eq!(
+            *seen.lock().unwrap(),
+            Some(1),
+            "the stream of a timed-out connection closed while it still held its slot"
+        );
     }
 
     #[tokio::test]
