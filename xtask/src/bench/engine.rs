@@ -10,7 +10,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::Path,
     process::Command,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -20,7 +20,7 @@ use vipd_tests::{
     zk::ZkServer,
 };
 
-use super::{Progress, Summary, fmt_ms};
+use super::{Progress, Summary, fmt_ms, timeline::log_time};
 
 /// The node's own address, its gateway (which need not exist: the default
 /// route only has to place the VIPs) and the client's address, all on br0.
@@ -779,46 +779,6 @@ impl Clock {
     }
 }
 
-/// The timestamp of the first JSON log line whose message is `message`.
-fn log_time(log: &str, message: &str) -> Option<SystemTime> {
-    log.lines().find_map(|line| {
-        let v: serde_json::Value = serde_json::from_str(line).ok()?;
-        if v["fields"]["message"].as_str()? != message {
-            return None;
-        }
-        parse_utc(v["timestamp"].as_str()?)
-    })
-}
-
-/// `2026-11-25T15:22:29.123456Z` (tracing-subscriber's format) as a time.
-fn parse_utc(s: &str) -> Option<SystemTime> {
-    let (date, time) = s.strip_suffix('Z')?.split_once('T')?;
-    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
-    let (y, mo, day) = (d.next()??, d.next()??, d.next()??);
-    let mut t = time.split(':');
-    let (h, mi, sec) = (
-        t.next()?.parse::<u64>().ok()?,
-        t.next()?.parse::<u64>().ok()?,
-        t.next()?,
-    );
-    let (whole, frac) = sec.split_once('.').unwrap_or((sec, "0"));
-    let nanos: u32 = format!("{:0<9}", &frac[..frac.len().min(9)]).parse().ok()?;
-    let days = u64::try_from(days_from_civil(y, mo, day)).ok()?;
-    let secs = days * 86_400 + h * 3600 + mi * 60 + whole.parse::<u64>().ok()?;
-    Some(UNIX_EPOCH + Duration::new(secs, nanos))
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -841,29 +801,5 @@ mod tests {
                 "{taken}"
             );
         }
-    }
-
-    #[test]
-    fn parses_tracing_timestamps() {
-        let t = parse_utc("2026-11-25T15:22:29.123456Z").unwrap();
-        let d = t.duration_since(UNIX_EPOCH).unwrap();
-        // date -u -d 2026-11-25T15:22:29Z +%s
-        assert_eq!(d.as_secs(), 1_795_620_149);
-        assert_eq!(d.subsec_micros(), 123_456);
-        assert!(parse_utc("2026-11-25 15:22:29").is_none());
-        assert_eq!(days_from_civil(1970, 1, 1), 0);
-        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
-    }
-
-    #[test]
-    fn finds_log_lines_by_message() {
-        let log = "{\"timestamp\":\"2026-11-25T15:22:29.5Z\",\"level\":\"INFO\",\
-                   \"fields\":{\"message\":\"leader term starts\",\"term\":1},\"target\":\"vipd::agent\"}\n";
-        let t = log_time(log, "leader term starts").unwrap();
-        assert_eq!(
-            t.duration_since(UNIX_EPOCH).unwrap().as_millis(),
-            1_795_620_149_500
-        );
-        assert!(log_time(log, "VIP added").is_none());
     }
 }

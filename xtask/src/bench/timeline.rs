@@ -1434,6 +1434,17 @@ pub fn log_event_at(log: &str, message: &str, after: SystemTime) -> Option<Durat
     })
 }
 
+/// The timestamp of the first JSON log line whose message is `message`.
+pub fn log_time(log: &str, message: &str) -> Option<SystemTime> {
+    log.lines().find_map(|line| {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        if v["fields"]["message"].as_str()? != message {
+            return None;
+        }
+        parse_rfc3339(v["timestamp"].as_str()?)
+    })
+}
+
 /// `2026-11-25T15:22:39.123456Z` (UTC, as tracing writes it).
 pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
     let s = s.strip_suffix('Z')?;
@@ -1635,6 +1646,18 @@ mod tests {
         assert_eq!(http_served_by(missing), None);
         assert_eq!(http_served_by(b"HTTP/1.0 200 OK\r\n"), None);
         assert_eq!(http_served_by(b""), None);
+    }
+
+    #[test]
+    fn finds_log_lines_by_message() {
+        let log = "{\"timestamp\":\"2026-11-25T15:22:29.5Z\",\"level\":\"INFO\",\
+                   \"fields\":{\"message\":\"leader term starts\",\"term\":1},\"target\":\"vipd::agent\"}\n";
+        let t = log_time(log, "leader term starts").unwrap();
+        assert_eq!(
+            t.duration_since(UNIX_EPOCH).unwrap().as_millis(),
+            1_795_620_149_500
+        );
+        assert!(log_time(log, "VIP added").is_none());
     }
 
     #[test]
