@@ -61,11 +61,21 @@ struct KillResult {
     served_by: Option<String>,
 }
 
-fn holder_names(c: &Cluster) -> Vec<String> {
-    c.holders()
-        .into_iter()
-        .map(|i| c.nodes[i].name.clone())
-        .collect()
+impl KillResult {
+    /// Who holds the VIP now and who served the probe over the next 200 ms.
+    fn observe(c: &Cluster, what: String) -> Result<KillResult> {
+        let since = Instant::now();
+        sleep(Duration::from_millis(200))?;
+        Ok(KillResult {
+            what,
+            holders: c
+                .holders()
+                .into_iter()
+                .map(|i| c.nodes[i].name.clone())
+                .collect(),
+            served_by: c.prober.last_served(since),
+        })
+    }
 }
 
 /// Waits until the VIP is on a node other than `killed` (or `timeout`),
@@ -88,26 +98,20 @@ fn vipd_kill(c: &Cluster) -> Result<Vec<KillResult>> {
     let name = c.nodes[h].name.clone();
     c.nodes[h].agent.kill(libc::SIGKILL);
     settle_after_kill(c, h, Duration::from_secs(10))?;
-    let since = Instant::now();
-    sleep(Duration::from_millis(200))?;
-    let mut out = vec![KillResult {
-        what: format!("vipd: SIGKILL of the holder's vipd ({name})"),
-        holders: holder_names(c),
-        served_by: c.prober.last_served(since),
-    }];
+    let mut out = vec![KillResult::observe(
+        c,
+        format!("vipd: SIGKILL of the holder's vipd ({name})"),
+    )?];
     // What the systemd unit's ExecStopPost does after any exit of the agent.
     let vipctl = c.bins.join("vipctl");
     c.nodes[h]
         .host
         .exec(&[vipctl.as_os_str(), "cleanup".as_ref()]);
     sleep(Duration::from_millis(500))?;
-    let since = Instant::now();
-    sleep(Duration::from_millis(200))?;
-    out.push(KillResult {
-        what: format!("vipd: then `vipctl cleanup` on {name} (the unit's ExecStopPost)"),
-        holders: holder_names(c),
-        served_by: c.prober.last_served(since),
-    });
+    out.push(KillResult::observe(
+        c,
+        format!("vipd: then `vipctl cleanup` on {name} (the unit's ExecStopPost)"),
+    )?);
     Ok(out)
 }
 
@@ -117,13 +121,10 @@ fn keepalived_kill(c: &Cluster) -> Result<Vec<KillResult>> {
     let name = c.nodes[h].name.clone();
     c.nodes[h].agent.kill(libc::SIGKILL);
     settle_after_kill(c, h, Duration::from_secs(10))?;
-    let since = Instant::now();
-    sleep(Duration::from_millis(200))?;
-    out.push(KillResult {
-        what: format!("keepalived: SIGKILL of the holder's main process ({name})"),
-        holders: holder_names(c),
-        served_by: c.prober.last_served(since),
-    });
+    out.push(KillResult::observe(
+        c,
+        format!("keepalived: SIGKILL of the holder's main process ({name})"),
+    )?);
     let Some(&h2) = c.holders().iter().find(|&&i| i != h) else {
         return Ok(out);
     };
@@ -134,13 +135,10 @@ fn keepalived_kill(c: &Cluster) -> Result<Vec<KillResult>> {
         kill_pid(pid);
     }
     settle_after_kill(c, h2, Duration::from_secs(10))?;
-    let since = Instant::now();
-    sleep(Duration::from_millis(200))?;
-    out.push(KillResult {
-        what: format!("keepalived: SIGKILL of main and VRRP child on the new holder ({name})"),
-        holders: holder_names(c),
-        served_by: c.prober.last_served(since),
-    });
+    out.push(KillResult::observe(
+        c,
+        format!("keepalived: SIGKILL of main and VRRP child on the new holder ({name})"),
+    )?);
     Ok(out)
 }
 
