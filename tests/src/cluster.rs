@@ -24,6 +24,15 @@ use std::{
     time::{Duration, Instant},
 };
 
+use netlink_packet_core::{
+    NLM_F_DUMP, NLM_F_REQUEST, NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+};
+use netlink_packet_route::{
+    AddressFamily, RouteNetlinkMessage,
+    address::{AddressAttribute, AddressMessage},
+    neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage},
+};
+
 use crate::{
     lab::{Host, HostIf, Lab, LabProcess, Netns, vipctl_bin, vipd_bin, wait_until},
     zk::{ZkMemberSpec, ZkServer},
@@ -598,20 +607,7 @@ pub struct NeighEvent {
     pub neigh: NlNeigh,
 }
 
-const RTM_NEWADDR: u16 = 20;
-const RTM_NEWNEIGH: u16 = 28;
-const RTM_DELNEIGH: u16 = 29;
-const NDA_DST: u16 = 1;
-const NDA_LLADDR: u16 = 2;
 const RTMGRP_NEIGH: u32 = 0x4;
-const RTM_DELADDR: u16 = 21;
-const RTM_GETADDR: u16 = 22;
-const NLMSG_DONE: u16 = 3;
-const NLMSG_ERROR: u16 = 2;
-const IFA_ADDRESS: u16 = 1;
-const IFA_LOCAL: u16 = 2;
-const IFA_FLAGS: u16 = 8;
-const IFA_PROTO: u16 = 11;
 const RTMGRP_IPV4_IFADDR: u32 = 0x10;
 const RTMGRP_IPV6_IFADDR: u32 = 0x100;
 
@@ -695,25 +691,28 @@ fn recv(fd: &OwnedFd, buf: &mut [u8]) -> std::io::Result<usize> {
     }
 }
 
-/// Netlink messages in `buf`: (type, payload).
-fn messages(buf: &[u8]) -> Vec<(u16, &[u8])> {
+/// The route messages in `buf` (one datagram), parsed by
+/// netlink-packet-route; a message it cannot parse is passed over, and a
+/// truncated one ends the datagram.
+fn messages(buf: &[u8]) -> Vec<NetlinkPayload<RouteNetlinkMessage>> {
     let mut out = Vec::new();
     let mut off = 0;
-    while off + 16 <= buf.len() {
-        let len = u32::from_ne_bytes(buf[off..off + 4].try_into().expect("4")) as usize;
-        let kind = u16::from_ne_bytes(buf[off + 4..off + 6].try_into().expect("2"));
-        if len < 16 || off + len > buf.len() {
+    while let Ok(nl) = NetlinkBuffer::new_checked(&buf[off..]) {
+        let len = nl.length() as usize;
+        if let Ok(m) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[off..off + len]) {
+            out.push(m.payload);
+        }
+        off += (len + 3) & !3;
+        if off >= buf.len() {
             break;
         }
-        out.push((kind, &buf[off + 16..off + len]));
-        off += (len + 3) & !3;
     }
     out
 }
 
-/// An ifaddrmsg with its attributes, if IPv4.
-fn parse_ifaddr(payload: &[u8]) -> Option<NlAddr> {
-    let a = parse_ifaddr_any(payload)?;
+/// An address message, if IPv4.
+fn parse_ifaddr(m: &AddressMessage) -> Option<NlAddr> {
+    let a = parse_ifaddr_any(m)?;
     match a.addr {
         IpAddr::V4(addr) => Some(NlAddr {
             ifindex: a.ifindex,
@@ -724,9 +723,9 @@ fn parse_ifaddr(payload: &[u8]) -> Option<NlAddr> {
     }
 }
 
-/// An ifaddrmsg with its attributes, if IPv6.
-fn parse_ifaddr6(payload: &[u8]) -> Option<NlAddr6> {
-    let a = parse_ifaddr_any(payload)?;
+/// An address message, if IPv6.
+fn parse_ifaddr6(m: &AddressMessage) -> Option<NlAddr6> {
+    let a = parse_ifaddr_any(m)?;
     match a.addr {
         IpAddr::V6(addr) => Some(NlAddr6 {
             ifindex: a.ifindex,
@@ -747,93 +746,48 @@ struct AnyAddr {
     proto: Option<u8>,
 }
 
-/// An ifaddrmsg (struct ifaddrmsg: family, prefixlen, flags, scope,
-/// index) with its attributes, either family.
-fn parse_ifaddr_any(payload: &[u8]) -> Option<AnyAddr> {
-    if payload.len() < 8 {
-        return None;
-    }
-    let size = match i32::from(payload[0]) {
-        libc::AF_INET => 4,
-        libc::AF_INET6 => 16,
-        _ => return None,
-    };
-    let prefix_len = payload[1];
-    let mut flags = u32::from(payload[2]);
-    let ifindex = u32::from_ne_bytes(payload[4..8].try_into().ok()?);
+/// An address message of either family: IFA_LOCAL, else IFA_ADDRESS (a
+/// point-to-point peer's); IFA_FLAGS over the header's 8 bits.
+fn parse_ifaddr_any(m: &AddressMessage) -> Option<AnyAddr> {
     let (mut local, mut address, mut proto) = (None, None, None);
-    let mut off = 8;
-    while off + 4 <= payload.len() {
-        let len = u16::from_ne_bytes(payload[off..off + 2].try_into().ok()?) as usize;
-        let kind = u16::from_ne_bytes(payload[off + 2..off + 4].try_into().ok()?);
-        if len < 4 || off + len > payload.len() {
-            break;
-        }
-        let data = &payload[off + 4..off + len];
-        let ip = match data.len() {
-            4 if size == 4 => Some(IpAddr::from(<[u8; 4]>::try_from(data).ok()?)),
-            16 if size == 16 => Some(IpAddr::from(<[u8; 16]>::try_from(data).ok()?)),
-            _ => None,
-        };
-        match (kind, ip) {
-            (IFA_LOCAL, Some(ip)) => local = Some(ip),
-            (IFA_ADDRESS, Some(ip)) => address = Some(ip),
-            (IFA_FLAGS, _) if data.len() == 4 => {
-                flags = u32::from_ne_bytes(data.try_into().ok()?);
-            }
-            (IFA_PROTO, _) if data.len() == 1 => proto = Some(data[0]),
+    let mut flags = u32::from(m.header.flags.bits());
+    for attr in &m.attributes {
+        match attr {
+            AddressAttribute::Local(ip) => local = Some(*ip),
+            AddressAttribute::Address(ip) => address = Some(*ip),
+            AddressAttribute::Flags(f) => flags = f.bits(),
+            AddressAttribute::Protocol(p) => proto = Some(u8::from(*p)),
             _ => {}
         }
-        off += (len + 3) & !3;
     }
     Some(AnyAddr {
-        ifindex,
+        ifindex: m.header.index,
         addr: local.or(address)?,
-        prefix_len,
+        prefix_len: m.header.prefix_len,
         flags,
         proto,
     })
 }
 
-/// An ndmsg (struct ndmsg: family, 3 pad bytes, ifindex, state, flags,
-/// type) with its attributes, either family.
-fn parse_ndmsg(payload: &[u8]) -> Option<NlNeigh> {
-    if payload.len() < 12 {
-        return None;
-    }
-    let size = match i32::from(payload[0]) {
-        libc::AF_INET => 4,
-        libc::AF_INET6 => 16,
-        _ => return None,
-    };
-    let ifindex = u32::from_ne_bytes(payload[4..8].try_into().ok()?);
-    let state = u16::from_ne_bytes(payload[8..10].try_into().ok()?);
+/// A neighbour message of either family (a bridge's FDB entry has no IP
+/// destination and is passed over).
+fn parse_ndmsg(m: &NeighbourMessage) -> Option<NlNeigh> {
     let (mut ip, mut mac) = (None, None);
-    let mut off = 12;
-    while off + 4 <= payload.len() {
-        let len = u16::from_ne_bytes(payload[off..off + 2].try_into().ok()?) as usize;
-        let kind = u16::from_ne_bytes(payload[off + 2..off + 4].try_into().ok()?) & 0x3fff;
-        if len < 4 || off + len > payload.len() {
-            break;
-        }
-        let data = &payload[off + 4..off + len];
-        match kind {
-            NDA_DST if data.len() == size => {
-                ip = Some(match size {
-                    4 => IpAddr::from(<[u8; 4]>::try_from(data).ok()?),
-                    _ => IpAddr::from(<[u8; 16]>::try_from(data).ok()?),
-                });
+    for attr in &m.attributes {
+        match attr {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => ip = Some(IpAddr::V4(*a)),
+            NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => {
+                ip = Some(IpAddr::V6(*a));
             }
-            NDA_LLADDR => mac = <[u8; 6]>::try_from(data).ok(),
+            NeighbourAttribute::LinkLayerAddress(l) => mac = <[u8; 6]>::try_from(&l[..]).ok(),
             _ => {}
         }
-        off += (len + 3) & !3;
     }
     Some(NlNeigh {
-        ifindex,
+        ifindex: m.header.ifindex,
         ip: ip?,
         mac,
-        state,
+        state: u16::from(m.header.state),
     })
 }
 
@@ -853,28 +807,32 @@ impl AddrReader {
 
     /// Every IPv4 address in the namespace now.
     pub fn addrs(&self) -> Vec<NlAddr> {
-        self.dump(libc::AF_INET, parse_ifaddr)
+        self.dump(AddressFamily::Inet, parse_ifaddr)
     }
 
     /// Every IPv6 address in the namespace now (link-local ones included).
     pub fn addrs6(&self) -> Vec<NlAddr6> {
-        self.dump(libc::AF_INET6, parse_ifaddr6)
+        self.dump(AddressFamily::Inet6, parse_ifaddr6)
     }
 
-    fn dump<T>(&self, family: i32, parse: fn(&[u8]) -> Option<T>) -> Vec<T> {
+    fn dump<T>(&self, family: AddressFamily, parse: fn(&AddressMessage) -> Option<T>) -> Vec<T> {
         let fd = self.fd.lock().unwrap();
-        // nlmsghdr (16) + ifaddrmsg (8), the family's dump.
-        let mut req = [0u8; 24];
-        req[0..4].copy_from_slice(&24u32.to_ne_bytes());
-        req[4..6].copy_from_slice(&RTM_GETADDR.to_ne_bytes());
-        let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
-        req[6..8].copy_from_slice(&flags.to_ne_bytes());
-        req[8..12].copy_from_slice(&1u32.to_ne_bytes());
-        req[16] = u8::try_from(family).expect("address family fits u8");
-        // SAFETY: req is valid for its length.
-        let n = unsafe { libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
+        let mut msg = AddressMessage::default();
+        msg.header.family = family;
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+        header.sequence_number = 1;
+        let mut req = NetlinkMessage::new(
+            header,
+            NetlinkPayload::from(RouteNetlinkMessage::GetAddress(msg)),
+        );
+        req.finalize();
+        let mut bytes = vec![0u8; req.buffer_len()];
+        req.serialize(&mut bytes);
+        // SAFETY: bytes is valid for its length.
+        let n = unsafe { libc::send(fd.as_raw_fd(), bytes.as_ptr().cast(), bytes.len(), 0) };
         assert!(
-            n == 24,
+            usize::try_from(n).is_ok_and(|n| n == bytes.len()),
             "netlink dump request in {}: {}",
             self.ns,
             std::io::Error::last_os_error()
@@ -896,11 +854,15 @@ impl AddrReader {
                 }
                 Err(e) => panic!("netlink dump in {}: {e}", self.ns),
             };
-            for (kind, payload) in messages(&buf[..n]) {
-                match kind {
-                    NLMSG_DONE => return out,
-                    NLMSG_ERROR => panic!("netlink dump in {} answered an error", self.ns),
-                    RTM_NEWADDR => out.extend(parse(payload)),
+            for m in messages(&buf[..n]) {
+                match m {
+                    NetlinkPayload::Done(_) => return out,
+                    NetlinkPayload::Error(e) => {
+                        panic!("netlink dump in {} answered an error: {e:?}", self.ns)
+                    }
+                    NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewAddress(a)) => {
+                        out.extend(parse(&a));
+                    }
                     _ => {}
                 }
             }
@@ -950,21 +912,24 @@ pub fn addr_events(buf: &[u8], at: Instant) -> Vec<AddrEvent> {
 /// datagram from a NETLINK_ROUTE socket), stamped `at`.
 fn parse_events(buf: &[u8], at: Instant) -> Batch {
     let mut b = Batch::default();
-    for (kind, payload) in messages(buf) {
-        match kind {
-            RTM_NEWADDR | RTM_DELADDR => {
-                let new = kind == RTM_NEWADDR;
-                if let Some(addr) = parse_ifaddr(payload) {
+    for m in messages(buf) {
+        let NetlinkPayload::InnerMessage(m) = m else {
+            continue;
+        };
+        match m {
+            RouteNetlinkMessage::NewAddress(ref a) | RouteNetlinkMessage::DelAddress(ref a) => {
+                let new = matches!(m, RouteNetlinkMessage::NewAddress(_));
+                if let Some(addr) = parse_ifaddr(a) {
                     b.addrs.push(AddrEvent { at, new, addr });
-                } else if let Some(addr) = parse_ifaddr6(payload) {
+                } else if let Some(addr) = parse_ifaddr6(a) {
                     b.addrs6.push(Addr6Event { at, new, addr });
                 }
             }
-            RTM_NEWNEIGH | RTM_DELNEIGH => {
-                if let Some(neigh) = parse_ndmsg(payload) {
+            RouteNetlinkMessage::NewNeighbour(ref n) | RouteNetlinkMessage::DelNeighbour(ref n) => {
+                if let Some(neigh) = parse_ndmsg(n) {
                     b.neigh.push(NeighEvent {
                         at,
-                        new: kind == RTM_NEWNEIGH,
+                        new: matches!(m, RouteNetlinkMessage::NewNeighbour(_)),
                         neigh,
                     });
                 }
@@ -1335,6 +1300,19 @@ pub fn within(timeout: Duration, f: impl FnMut() -> bool) -> Result<Duration, St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // The kernel's numbers (linux/rtnetlink.h, if_addr.h, neighbour.h),
+    // written out so the fixtures do not lean on the parser's crate.
+    const RTM_NEWADDR: u16 = 20;
+    const RTM_DELADDR: u16 = 21;
+    const RTM_NEWNEIGH: u16 = 28;
+    const RTM_DELNEIGH: u16 = 29;
+    const IFA_ADDRESS: u16 = 1;
+    const IFA_LOCAL: u16 = 2;
+    const IFA_FLAGS: u16 = 8;
+    const IFA_PROTO: u16 = 11;
+    const NDA_DST: u16 = 1;
+    const NDA_LLADDR: u16 = 2;
 
     /// A netlink message of `kind`: header, fixed part, attributes.
     fn msg(buf: &mut Vec<u8>, kind: u16, fixed: &[u8], attrs: &[(u16, &[u8])]) {
