@@ -7,6 +7,7 @@ mod engine;
 pub(crate) mod failover;
 mod isolated;
 mod keepalived;
+mod plot;
 mod services;
 mod serving;
 mod steady;

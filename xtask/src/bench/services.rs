@@ -18,6 +18,11 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use plotters::{
+    element::DashedPathElement,
+    prelude::*,
+    style::text_anchor::{HPos, Pos, VPos},
+};
 use vipd_tests::{
     lab::Host,
     services::{CONSOLE_PORT, IoCompletions, PerfRun, Services, longest_gap},
@@ -26,6 +31,7 @@ use vipd_tests::{
 use super::{
     Options,
     failover::{self, System},
+    plot,
     timeline::{
         self, Cluster, Fault, Prober, Takeover, VIP, binaries, install_sigint_handler, preflight,
         progress, sleep, spread_ms,
@@ -426,101 +432,95 @@ fn plot(cells: &[Cell]) -> Option<String> {
 
 /// A line plot of per-[`BIN`] counts, the fault at [`PLOT_BEFORE`].
 fn series_svg(title: &str, series: &[(String, &[u64])]) -> String {
-    let colors = ["#2a6fb0", "#d0632b", "#3c9a3c"];
-    let bin_s = BIN.as_secs_f64();
-    let before = PLOT_BEFORE.as_secs_f64();
+    let colors = [
+        plot::rgb(0x2a6fb0),
+        plot::rgb(0xd0632b),
+        plot::rgb(0x3c9a3c),
+    ];
+    // x in ms (plotters' exact ticks need an integer axis), a tick a second.
+    let bin_ms = BIN.as_millis() as f64;
+    let before = PLOT_BEFORE.as_millis() as i64;
     let longest = series
         .iter()
         .map(|(_, b)| b.len())
         .max()
         .unwrap_or(1)
         .max(1);
-    let span = longest as f64 * bin_s;
-    let x_max = (span - before).ceil().max(1.0);
+    let span = longest as f64 * bin_ms;
+    let x_max = ((span - before as f64) / 1000.0).ceil().max(1.0) as i64 * 1000;
     let y_peak = series
         .iter()
         .flat_map(|(_, b)| b.iter().copied())
         .max()
         .unwrap_or(1)
-        .max(1) as f64;
-    let y_step = nice_step(y_peak / 5.0);
-    let y_max = (y_peak / y_step).ceil() * y_step;
-    let (left, top, width, height) = (70.0, 40.0, 700.0, 260.0);
-    let x = |secs: f64| left + width * (secs + before) / (x_max + before);
-    let y = |n: f64| top + height * (1.0 - n / y_max);
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{}" font-family="sans-serif" font-size="11">"#,
-        left + width + 30.0,
-        top + height + 60.0 + 14.0 * series.len() as f64
-    );
-    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(
-        s,
-        r#"<text x="{left}" y="20" font-size="14" font-weight="bold">{title}</text>"#
-    );
-    let bottom = top + height;
-    let mut t = -before;
-    while t <= x_max + 1e-9 {
-        let tx = x(t);
-        let _ = writeln!(
-            s,
-            r##"<line x1="{tx:.1}" y1="{top}" x2="{tx:.1}" y2="{bottom}" stroke="#ddd"/><text x="{tx:.1}" y="{}" text-anchor="middle">{t:.0}</text>"##,
-            bottom + 14.0
-        );
-        t += 1.0;
-    }
-    let mut n = 0.0;
-    while n <= y_max + 1e-9 {
-        let ty = y(n);
-        let _ = writeln!(
-            s,
-            r##"<line x1="{left}" y1="{ty:.1}" x2="{}" y2="{ty:.1}" stroke="#eee"/><text x="{}" y="{:.1}" text-anchor="end">{n:.0}</text>"##,
-            left + width,
-            left - 6.0,
-            ty + 4.0
-        );
-        n += y_step;
-    }
-    let _ = writeln!(
-        s,
-        r##"<line x1="{0:.1}" y1="{top}" x2="{0:.1}" y2="{bottom}" stroke="#c0392b" stroke-width="1.5" stroke-dasharray="4 3"/><text x="{0:.1}" y="{1}" fill="#c0392b"> fault</text>"##,
-        x(0.0),
-        top - 4.0
-    );
-    let _ = writeln!(
-        s,
-        r#"<text x="{}" y="{}" text-anchor="middle">s after the fault</text>"#,
-        left + width / 2.0,
-        bottom + 30.0
-    );
-    for (i, (label, bins)) in series.iter().enumerate() {
-        let color = colors[i % colors.len()];
-        let points: Vec<String> = bins
-            .iter()
-            .enumerate()
-            .map(|(k, &c)| {
-                let mid = (k as f64 + 0.5) * bin_s - before;
-                format!("{:.1},{:.1}", x(mid), y(c as f64))
-            })
-            .collect();
-        let _ = writeln!(
-            s,
-            r#"<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{}"/>"#,
-            points.join(" ")
-        );
-        let ly = bottom + 48.0 + 14.0 * i as f64;
-        let _ = writeln!(
-            s,
-            r#"<rect x="{left}" y="{}" width="10" height="10" fill="{color}"/><text x="{}" y="{ly}">{}</text>"#,
-            ly - 9.0,
-            left + 14.0,
-            label.replace('`', "")
-        );
-    }
-    s.push_str("</svg>\n");
-    s
+        .max(1);
+    let y_step = nice_step(y_peak as f64 / 5.0) as u64;
+    let y_max = y_peak.div_ceil(y_step) * y_step;
+    let x_ticks = (-before..=x_max).step_by(1000).collect();
+    let y_ticks = (0..=y_max).step_by(y_step as usize).collect();
+    let fault = plot::rgb(0xc0392b);
+    let labels: Vec<String> = series.iter().map(|(l, _)| l.replace('`', "")).collect();
+    let legend: Vec<_> = labels
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (colors[i % colors.len()], l.as_str()))
+        .collect();
+    let (left, top, plot_h, x_labels) = (70u32, 16u32, 260u32, 45u32);
+    let layout = plot::LegendLayout {
+        left: left as i32,
+        columns: 1,
+        column_width: 0,
+    };
+    plot::svg(
+        left + 700 + 30,
+        top + plot_h + x_labels,
+        title,
+        &legend,
+        &layout,
+        |area| {
+            let mut chart = ChartBuilder::on(area)
+                .margin_top(top)
+                .margin_right(30)
+                .y_label_area_size(left)
+                .x_label_area_size(x_labels)
+                .build_cartesian_2d(
+                    (-before..x_max).with_key_points(x_ticks),
+                    (0..y_max).with_key_points(y_ticks),
+                )?;
+            chart
+                .configure_mesh()
+                .bold_line_style(plot::rgb(0xdddddd))
+                .x_label_formatter(&|t| format!("{:.0}", *t as f64 / 1000.0))
+                .x_desc("s after the fault")
+                .label_style(("sans-serif", plot::TEXT).into_font())
+                .axis_desc_style(("sans-serif", plot::TEXT).into_font())
+                .draw()?;
+            chart.draw_series([DashedPathElement::new(
+                [(0, 0), (0, y_max)],
+                4,
+                3,
+                fault.stroke_width(2),
+            )])?;
+            chart.draw_series([Text::new(
+                " fault",
+                (0, y_max),
+                TextStyle::from(("sans-serif", plot::TEXT).into_font())
+                    .color(&fault)
+                    .pos(Pos::new(HPos::Left, VPos::Bottom)),
+            )])?;
+            for (i, (_, bins)) in series.iter().enumerate() {
+                let points = bins.iter().enumerate().map(|(k, &c)| {
+                    let mid = ((k as f64 + 0.5) * bin_ms).round() as i64 - before;
+                    (mid, c)
+                });
+                chart.draw_series(LineSeries::new(
+                    points,
+                    colors[i % colors.len()].stroke_width(2),
+                ))?;
+            }
+            Ok(())
+        },
+    )
 }
 
 /// A round axis step (1, 2 or 5 times a power of ten) at least `raw`.
@@ -569,9 +569,43 @@ mod tests {
                 ("keepalived".to_string(), &b[..]),
             ],
         );
-        assert_eq!(svg.matches("<polyline").count(), 2);
-        assert!(svg.contains(">vipd x</text>") && svg.contains("fault"));
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        // One line per system in its colour, a point per bin.
+        for (color, points) in [("#2A6FB0", a.len()), ("#D0632B", b.len())] {
+            let lines: Vec<&str> = svg
+                .lines()
+                .filter(|l| {
+                    l.starts_with("<polyline") && l.contains(&format!(r#"stroke="{color}""#))
+                })
+                .collect();
+            assert_eq!(lines.len(), 1, "{color}: {lines:?}");
+            let listed = lines[0].split(r#"points=""#).nth(1).unwrap_or_default();
+            assert_eq!(
+                listed.split_whitespace().count() - 1,
+                points,
+                "{color}: {listed}"
+            );
+        }
+        let texts = plot::texts(&svg);
+        // Bins reach 0.5 s after the fault: ticks from -2 s to 1 s.
+        for text in [
+            "t",
+            "vipd x",
+            "keepalived",
+            " fault",
+            "s after the fault",
+            "-2",
+            "-1",
+            "0",
+            "1",
+        ] {
+            assert!(
+                texts.iter().any(|t| t == text),
+                "no text {text:?} in {texts:?}"
+            );
+        }
+        // The fault's dashed line.
+        assert!(svg.contains(r##"stroke="#C0392B""##));
     }
 
     #[test]

@@ -6,7 +6,6 @@
 //! read off them, and the SVG plot of takeover timelines.
 
 use std::{
-    fmt::Write as _,
     fs::{self, File},
     io::{Read as _, Write as _},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
@@ -23,6 +22,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use plotters::prelude::*;
 use vipd_tests::{
     cluster::{AddrMonitor, MonitorOptions},
     lab::{
@@ -31,6 +31,8 @@ use vipd_tests::{
     },
     zk::ZkServer,
 };
+
+use super::plot;
 
 /// The service address every lab cluster moves around.
 pub const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
@@ -1516,7 +1518,7 @@ pub struct PlotRow {
     pub takeover: Takeover,
 }
 
-/// A hand-written SVG: one row per takeover, x = ms after the cut; a bar
+/// The timeline plot: one row per takeover, x = ms after the cut; a bar
 /// from the cut to the VIP configured, one on to the neighbour switch, one
 /// on to the first answer, and marks for the first gratuitous ARP (or
 /// unsolicited NA) and the old holder's removal.
@@ -1537,101 +1539,94 @@ pub fn timeline_svg(title: &str, rows: &[PlotRow]) -> String {
         .find(|s| max_ms / s <= 10)
         .unwrap_or(10_000);
     let axis_ms = max_ms.div_ceil(step).max(1) * step;
-    let (left, top, row_h, width) = (180.0, 50.0, 14.0, 700.0);
-    let height = top + row_h * rows.len() as f64 + 70.0;
-    let x = |d: Duration| left + width * d.as_millis() as f64 / axis_ms as f64;
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{height}" font-family="sans-serif" font-size="11">"#,
-        left + width + 30.0
+    // x in µs (plotters' exact ticks need an integer axis), ticks every
+    // `step` ms; y in rows of 14 units from the top, 14 px each.
+    let us = |d: Duration| d.as_micros() as i64;
+    let axis_us = axis_ms as i64 * 1000;
+    let ticks = (0..=axis_us).step_by(step as usize * 1000).collect();
+    let (label_w, plot_w, row_h) = (180u32, 700u32, 14i32);
+    let (top, x_labels) = (6, 45);
+    // A bar stays at least a pixel wide, as a zero-length phase still happened.
+    let pixel_us = axis_us / plot_w as i64;
+    let (configured, switched, served, garp, removed) = (
+        plot::rgb(0x9bb8d9),
+        plot::rgb(0xf0b35b),
+        plot::rgb(0x7cc47c),
+        plot::rgb(0xc0392b),
+        plot::rgb(0x333333),
     );
-    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(
-        s,
-        r#"<text x="{left}" y="20" font-size="14" font-weight="bold">{title}</text>"#
-    );
-    let mut tick = 0;
-    while tick <= axis_ms {
-        let tx = left + width * tick as f64 / axis_ms as f64;
-        let bottom = top + row_h * rows.len() as f64;
-        let _ = writeln!(
-            s,
-            r##"<line x1="{tx}" y1="{top}" x2="{tx}" y2="{bottom}" stroke="#ddd"/><text x="{tx}" y="{}" text-anchor="middle">{tick}</text>"##,
-            bottom + 14.0
-        );
-        tick += step;
-    }
-    let bottom = top + row_h * rows.len() as f64;
-    let _ = writeln!(
-        s,
-        r#"<text x="{}" y="{}" text-anchor="middle">ms after the holder's links were cut</text>"#,
-        left + width / 2.0,
-        bottom + 30.0
-    );
-    for (i, r) in rows.iter().enumerate() {
-        let y = top + row_h * i as f64;
-        let t = &r.takeover;
-        let _ = writeln!(
-            s,
-            r#"<text x="{}" y="{}" text-anchor="end">{}</text>"#,
-            left - 6.0,
-            y + row_h - 4.0,
-            r.label
-        );
-        let seg = |s: &mut String, a: Option<Duration>, b: Option<Duration>, color: &str| {
-            if let (Some(a), Some(b)) = (a, b) {
-                let _ = writeln!(
-                    s,
-                    r#"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{color}"/>"#,
-                    x(a),
-                    y + 2.0,
-                    (x(b) - x(a)).max(1.0),
-                    row_h - 4.0
-                );
-            }
-        };
-        seg(&mut s, Some(Duration::ZERO), t.configured, "#9bb8d9");
-        seg(&mut s, t.configured, t.neigh_switched, "#f0b35b");
-        seg(
-            &mut s,
-            t.neigh_switched.or(t.configured),
-            t.served,
-            "#7cc47c",
-        );
-        for (mark, color) in [(t.first_garp, "#c0392b"), (t.old_removed, "#333")] {
-            if let Some(m) = mark {
-                let _ = writeln!(
-                    s,
-                    r#"<line x1="{:.1}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="{color}" stroke-width="2"/>"#,
-                    x(m),
-                    y + 1.0,
-                    x(m),
-                    y + row_h - 1.0
-                );
-            }
-        }
-    }
     let legend = [
-        ("#9bb8d9", "cut → VIP configured on the new holder"),
-        ("#f0b35b", "→ client's neighbour entry switched"),
-        ("#7cc47c", "→ first TCP answer from the new holder"),
-        ("#c0392b", "| first gratuitous ARP (IPv6: NA) at the client"),
-        ("#333", "| old holder removed the VIP"),
+        (configured, "cut → VIP configured on the new holder"),
+        (switched, "→ client's neighbour entry switched"),
+        (served, "→ first TCP answer from the new holder"),
+        (garp, "| first gratuitous ARP (IPv6: NA) at the client"),
+        (removed, "| old holder removed the VIP"),
     ];
-    for (i, (color, text)) in legend.iter().enumerate() {
-        let lx = left + (i % 3) as f64 * 240.0;
-        let ly = bottom + 44.0 + (i / 3) as f64 * 14.0;
-        let _ = writeln!(
-            s,
-            r#"<rect x="{lx}" y="{}" width="10" height="10" fill="{color}"/><text x="{}" y="{}">{text}</text>"#,
-            ly - 9.0,
-            lx + 14.0,
-            ly
-        );
-    }
-    s.push_str("</svg>\n");
-    s
+    let layout = plot::LegendLayout {
+        left: label_w as i32,
+        columns: 3,
+        column_width: 240,
+    };
+    plot::svg(
+        label_w + plot_w + 30,
+        top + row_h as u32 * rows.len().max(1) as u32 + x_labels,
+        title,
+        &legend,
+        &layout,
+        |area| {
+            let bottom = row_h * rows.len().max(1) as i32;
+            let middles = (0..rows.len() as i32)
+                .map(|i| i * row_h + row_h / 2)
+                .collect();
+            let label = |y: &i32| {
+                rows.get((y / row_h) as usize)
+                    .map_or(String::new(), |r| r.label.clone())
+            };
+            let mut chart = ChartBuilder::on(area)
+                .margin_top(top)
+                .margin_right(30)
+                .y_label_area_size(label_w)
+                .x_label_area_size(x_labels)
+                .build_cartesian_2d(
+                    (0..axis_us).with_key_points(ticks),
+                    (bottom..0).with_key_points(middles),
+                )?;
+            chart
+                .configure_mesh()
+                .disable_y_mesh()
+                .bold_line_style(plot::rgb(0xdddddd))
+                .x_label_formatter(&|t| (t / 1000).to_string())
+                .y_label_formatter(&label)
+                .x_desc("ms after the holder's links were cut")
+                .label_style(("sans-serif", plot::TEXT).into_font())
+                .axis_desc_style(("sans-serif", plot::TEXT).into_font())
+                .draw()?;
+            for (i, r) in rows.iter().enumerate() {
+                let (y, t) = (i as i32 * row_h, &r.takeover);
+                let bars = [
+                    (Some(Duration::ZERO), t.configured, configured),
+                    (t.configured, t.neigh_switched, switched),
+                    (t.neigh_switched.or(t.configured), t.served, served),
+                ];
+                chart.draw_series(bars.into_iter().filter_map(|(a, b, color)| {
+                    let (a, b) = (us(a?), us(b?));
+                    Some(Rectangle::new(
+                        [(a, y + 2), (b.max(a + pixel_us), y + row_h - 2)],
+                        color.filled(),
+                    ))
+                }))?;
+                let marks = [(t.first_garp, garp), (t.old_removed, removed)];
+                chart.draw_series(marks.into_iter().filter_map(|(m, color)| {
+                    let m = us(m?);
+                    Some(PathElement::new(
+                        [(m, y + 1), (m, y + row_h - 1)],
+                        color.stroke_width(2),
+                    ))
+                }))?;
+            }
+            Ok(())
+        },
+    )
 }
 
 #[cfg(test)]
@@ -1729,5 +1724,87 @@ mod tests {
         assert_eq!(spread_ms(d(&[30, 10, 20])), "20 (10–30)");
         assert_eq!(spread_ms(d(&[4, 1, 2, 3])), "2.5 (1.0–4.0)");
         assert_eq!(spread_ms(vec![]), "n/a");
+    }
+
+    /// A takeover with these marks, in ms after the cut.
+    fn marked(
+        configured: Option<u64>,
+        neigh_switched: Option<u64>,
+        served: Option<u64>,
+        first_garp: Option<u64>,
+        old_removed: Option<u64>,
+    ) -> Takeover {
+        let ms = |m: Option<u64>| m.map(Duration::from_millis);
+        Takeover {
+            fault: Fault::Cut,
+            cut_wall: UNIX_EPOCH,
+            cut_at: Instant::now(),
+            old: 0,
+            new: Some(1),
+            old_removed: ms(old_removed),
+            decided: None,
+            elected: None,
+            configured: ms(configured),
+            first_garp: ms(first_garp),
+            neigh_switched: ms(neigh_switched),
+            served: ms(served),
+            overlap: Duration::ZERO,
+            healed: None,
+            leftover_removed: false,
+            after_heal_outage: None,
+            client_flushed: None,
+            garp_frames: 0,
+            rss_kib: None,
+        }
+    }
+
+    #[test]
+    fn the_timeline_draws_every_segment_and_mark() {
+        let rows = [
+            PlotRow {
+                label: "vipd #1".to_string(),
+                takeover: marked(Some(300), Some(310), Some(420), Some(305), Some(900)),
+            },
+            // Not served: the bar stops at the VIP configured, no marks.
+            PlotRow {
+                label: "keepalived <#2>".to_string(),
+                takeover: marked(Some(1000), None, None, None, None),
+            },
+        ];
+        let svg = timeline_svg("link cut & takeover", &rows);
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        let texts = plot::texts(&svg);
+        let ticks = (0..=1000).step_by(100).map(|t| t.to_string());
+        for text in ["link cut & takeover", "vipd #1", "keepalived <#2>"]
+            .map(str::to_string)
+            .into_iter()
+            .chain(["ms after the holder's links were cut".to_string()])
+            .chain(ticks)
+            .chain(
+                [
+                    "cut → VIP configured on the new holder",
+                    "→ client's neighbour entry switched",
+                    "→ first TCP answer from the new holder",
+                    "| first gratuitous ARP (IPv6: NA) at the client",
+                    "| old holder removed the VIP",
+                ]
+                .map(str::to_string),
+            )
+        {
+            assert!(texts.contains(&text), "no text {text:?} in {texts:?}");
+        }
+        // Each colour: its legend square plus one bar or mark per row that has it.
+        for (what, count) in [
+            (r##"<rect"##, 1 + 5 + 4),
+            (r##"fill="#9BB8D9""##, 1 + 2),
+            (r##"fill="#F0B35B""##, 1 + 1),
+            (r##"fill="#7CC47C""##, 1 + 1),
+            (r##"fill="#C0392B""##, 1),
+            (r##"stroke="#C0392B""##, 1),
+            (r##"fill="#333333""##, 1),
+            (r##"stroke="#333333""##, 1),
+        ] {
+            assert_eq!(svg.matches(what).count(), count, "{what}");
+        }
     }
 }
