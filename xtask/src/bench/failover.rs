@@ -1075,25 +1075,18 @@ mod tests {
     fn run_with(served: Option<u64>, removed: Option<u64>, overlap: u64, healed: u64) -> Takeover {
         let ms = Duration::from_millis;
         Takeover {
-            fault: Fault::Kill,
-            cut_wall: SystemTime::UNIX_EPOCH,
-            cut_at: Instant::now(),
-            old: 0,
-            new: served.map(|_| 1),
             old_removed: removed.map(ms),
-            decided: None,
-            elected: None,
             configured: served.map(ms),
-            first_garp: None,
-            neigh_switched: None,
             served: served.map(ms),
             overlap: ms(overlap),
             healed: Some(ms(healed)),
-            leftover_removed: false,
-            after_heal_outage: None,
-            client_flushed: None,
-            garp_frames: 0,
-            rss_kib: None,
+            ..Takeover::at_fault(
+                Fault::Kill,
+                SystemTime::UNIX_EPOCH,
+                Instant::now(),
+                0,
+                served.map(|_| 1),
+            )
         }
     }
 

@@ -1187,25 +1187,10 @@ impl Cluster {
         let end = Instant::now();
         let off = |t: Option<Instant>| t.map(|t| t.saturating_duration_since(cut));
         let mut t = Takeover {
-            fault,
-            cut_wall,
-            cut_at: cut,
-            old,
-            new,
             old_removed: off(self.nodes[old].watch.first_of(false, self.vip, cut)),
-            decided: None,
-            elected: None,
             configured: off(configured),
-            first_garp: None,
-            neigh_switched: None,
-            served: None,
             overlap: self.overlap(old, cut, end),
-            healed: None,
-            leftover_removed: false,
-            after_heal_outage: None,
-            client_flushed: None,
-            garp_frames: 0,
-            rss_kib: None,
+            ..Takeover::at_fault(fault, cut_wall, cut, old, new)
         };
         if let Some(n) = new {
             let node = &self.nodes[n];
@@ -1400,6 +1385,38 @@ pub struct Takeover {
 }
 
 impl Takeover {
+    /// A takeover after `fault` at `cut_at` (`cut_wall` on the wall clock)
+    /// from `old` to `new`, nothing observed yet.
+    pub fn at_fault(
+        fault: Fault,
+        cut_wall: SystemTime,
+        cut_at: Instant,
+        old: usize,
+        new: Option<usize>,
+    ) -> Takeover {
+        Takeover {
+            fault,
+            cut_wall,
+            cut_at,
+            old,
+            new,
+            old_removed: None,
+            decided: None,
+            elected: None,
+            configured: None,
+            first_garp: None,
+            neigh_switched: None,
+            served: None,
+            overlap: Duration::ZERO,
+            healed: None,
+            leftover_removed: false,
+            after_heal_outage: None,
+            client_flushed: None,
+            garp_frames: 0,
+            rss_kib: None,
+        }
+    }
+
     /// The client reached the service through the new node.
     pub fn complete(&self) -> bool {
         self.served.is_some() && self.configured.is_some()
@@ -1736,25 +1753,12 @@ mod tests {
     ) -> Takeover {
         let ms = |m: Option<u64>| m.map(Duration::from_millis);
         Takeover {
-            fault: Fault::Cut,
-            cut_wall: UNIX_EPOCH,
-            cut_at: Instant::now(),
-            old: 0,
-            new: Some(1),
             old_removed: ms(old_removed),
-            decided: None,
-            elected: None,
             configured: ms(configured),
             first_garp: ms(first_garp),
             neigh_switched: ms(neigh_switched),
             served: ms(served),
-            overlap: Duration::ZERO,
-            healed: None,
-            leftover_removed: false,
-            after_heal_outage: None,
-            client_flushed: None,
-            garp_frames: 0,
-            rss_kib: None,
+            ..Takeover::at_fault(Fault::Cut, UNIX_EPOCH, Instant::now(), 0, Some(1))
         }
     }
 
