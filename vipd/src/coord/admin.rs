@@ -19,36 +19,31 @@ use super::{
 };
 use crate::{config::valid_name, vip::Vip};
 
-/// `vipctl vip ...`: the VIP configuration in ZooKeeper.
-#[derive(clap::Subcommand, Debug, Clone, PartialEq, Eq)]
+/// What `vipctl vip ...` asks of the VIP configuration in ZooKeeper (the
+/// command line itself is vipctl's): list it, or change one service's VIPs
+/// (given as text, validated before anything is written).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VipCommand {
-    /// Show every service with its VIPs, and the leader.
+    /// Every service with its VIPs, and the leader; JSON or a table.
     List {
-        /// Print JSON instead of a table (vipctl's `--json`, an option of
-        /// vipctl as a whole so that it may stand anywhere on the line).
-        #[arg(skip)]
         json: bool,
     },
-    /// Replace a service's VIPs (creates the service).
     Set {
         service: String,
-        #[arg(required = true)]
         vips: Vec<String>,
     },
-    /// Add VIPs to a service (creates the service).
     Add {
         service: String,
-        #[arg(required = true)]
         vips: Vec<String>,
     },
-    /// Remove VIPs from a service.
     Remove {
         service: String,
-        #[arg(required = true)]
         vips: Vec<String>,
     },
-    /// Remove a service and all its VIPs.
-    Clear { service: String },
+    /// The service and all its VIPs go.
+    Clear {
+        service: String,
+    },
 }
 
 /// Why a vipctl command failed.

@@ -285,19 +285,22 @@ pub async fn clear_handover(client: &Client, path: &str, me: &str, deadline: Dur
     }
 }
 
-/// `vipctl node ...`.
-#[derive(clap::Subcommand, Debug, Clone, PartialEq, Eq)]
+/// What `vipctl node ...` asks (the command line itself is vipctl's).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NodeCommand {
-    /// Every node: role, health, drained, and the ZooKeeper session it holds.
+    /// Every node: role, health, drained, and its ZooKeeper session; JSON
+    /// or a table.
     List {
-        #[arg(skip)]
         json: bool,
     },
-    /// Keep a node out of the election (a drained leader hands over); it
-    /// stays drained across restarts until undrained.
-    Drain { node: String },
-    /// Let a drained node stand again.
-    Undrain { node: String },
+    /// Keep `node` out of the election across restarts (a drained leader
+    /// hands over).
+    Drain {
+        node: String,
+    },
+    Undrain {
+        node: String,
+    },
 }
 
 /// One row of `vipctl node list`.
