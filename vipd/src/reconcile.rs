@@ -552,50 +552,52 @@ mod tests {
 
     #[test]
     fn primary_vip_removal_is_flagged_to_protect_operator_addresses() {
-        // The VIP came first in its subnet, so it is primary; the node's own
-        // address behind it is a secondary the kernel would delete with it.
-        let mut a = vec![
-            addr("192.0.2.100", 24, 1, true),
-            addr("192.0.2.1", 24, 1, false),
-        ];
-        a[1].secondary = true;
-        let p = addresses(&BTreeSet::new(), &routes(), &a);
-        assert_eq!(p.actions, vec![removal("192.0.2.100", a[0].clone(), true)]);
-        // Behind the node's address the VIP is the secondary: no guard.
-        a[0].secondary = true;
-        a[1].secondary = false;
-        let p = addresses(&BTreeSet::new(), &routes(), &a);
-        assert!(
-            matches!(
-                &p.actions[..],
-                [Action::Remove {
-                    guards_secondaries: false,
-                    ..
-                }]
+        let vip_first = addr("192.0.2.100", 24, 1, true);
+        let node_second = Address {
+            secondary: true,
+            ..addr("192.0.2.1", 24, 1, false)
+        };
+        let cases = [
+            (
+                "the VIP came first in its subnet, so it is primary; the node's own \
+                 address behind it is a secondary the kernel would delete with it",
+                vec![vip_first.clone(), node_second.clone()],
+                true,
             ),
-            "{:?}",
-            p.actions
-        );
-        // A secondary of another prefix length is not the VIP's: no guard.
-        let other = vec![
-            addr("192.0.2.100", 24, 1, true),
-            Address {
-                secondary: true,
-                ..addr("192.0.2.1", 25, 1, false)
-            },
-        ];
-        let p = addresses(&BTreeSet::new(), &routes(), &other);
-        assert!(
-            matches!(
-                &p.actions[..],
-                [Action::Remove {
-                    guards_secondaries: false,
-                    ..
-                }]
+            (
+                "behind the node's address the VIP is the secondary: no guard",
+                vec![
+                    Address {
+                        secondary: true,
+                        ..vip_first.clone()
+                    },
+                    Address {
+                        secondary: false,
+                        ..node_second
+                    },
+                ],
+                false,
             ),
-            "{:?}",
-            p.actions
-        );
+            (
+                "a secondary of another prefix length is not the VIP's: no guard",
+                vec![
+                    vip_first,
+                    Address {
+                        secondary: true,
+                        ..addr("192.0.2.1", 25, 1, false)
+                    },
+                ],
+                false,
+            ),
+        ];
+        for (case, a, guards) in cases {
+            let p = addresses(&BTreeSet::new(), &routes(), &a);
+            assert_eq!(
+                p.actions,
+                vec![removal("192.0.2.100", a[0].clone(), guards)],
+                "{case}"
+            );
+        }
     }
 
     #[test]
