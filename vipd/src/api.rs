@@ -18,7 +18,6 @@ use tokio::{
     sync::watch,
 };
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
 use vipd_common::ArpCounters;
 
 use crate::{
@@ -259,24 +258,12 @@ pub async fn serve(
     state: ApiState,
     cancel: CancellationToken,
 ) {
-    let conns = Connections::new("control socket", LIMITS);
-    loop {
-        tokio::select! {
-            () = cancel.cancelled() => break,
-            conn = listener.accept() => match conn {
-                Ok((stream, _)) => {
-                    let state = state.clone();
-                    conns.serve(stream, |s| async move { handle(s, &state).await });
-                }
-                Err(e) => {
-                    warn!(error = %e, "control socket accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-    }
-    drop(listener);
-    conns.close().await;
+    Connections::new("control socket", LIMITS)
+        .accept_until(listener, &cancel, move |s| {
+            let state = state.clone();
+            async move { handle(s, &state).await }
+        })
+        .await;
     let _ = std::fs::remove_file(&path);
 }
 

@@ -3,11 +3,34 @@
 //! connections at once (one more is closed at once), each ended after
 //! `timeout`, every one tracked and ended at shutdown.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{future::Future, io, sync::Arc, time::Duration};
 
-use tokio::sync::Semaphore;
+use tokio::{
+    net::{TcpListener, TcpStream, UnixListener, UnixStream},
+    sync::Semaphore,
+};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::debug;
+use tracing::{debug, warn};
+
+/// A listening socket of one of vipd's servers.
+pub trait Listener: Send {
+    type Stream: Send + 'static;
+    fn accept_stream(&self) -> impl Future<Output = io::Result<Self::Stream>> + Send;
+}
+
+impl Listener for UnixListener {
+    type Stream = UnixStream;
+    async fn accept_stream(&self) -> io::Result<UnixStream> {
+        self.accept().await.map(|(stream, _)| stream)
+    }
+}
+
+impl Listener for TcpListener {
+    type Stream = TcpStream;
+    async fn accept_stream(&self) -> io::Result<TcpStream> {
+        self.accept().await.map(|(stream, _)| stream)
+    }
+}
 
 /// How many connections a server takes at once and how long each may last.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,6 +99,34 @@ impl Connections {
             drop(work);
         });
         true
+    }
+
+    /// Accepts connections on `listener` and serves each with `handle`
+    /// until `cancel`, then closes the listener and ends the open
+    /// connections. A failed accept (out of file descriptors) is logged and
+    /// retried after a pause rather than spinning.
+    pub async fn accept_until<L, F, Fut>(self, listener: L, cancel: &CancellationToken, handle: F)
+    where
+        L: Listener,
+        F: Fn(L::Stream) -> Fut + Clone + Send + 'static,
+        Fut: Future<Output = io::Result<()>> + Send + 'static,
+    {
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                conn = listener.accept_stream() => match conn {
+                    Ok(stream) => {
+                        self.serve(stream, handle.clone());
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "{} accept failed", self.what);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        }
+        drop(listener);
+        self.close().await;
     }
 
     /// Connections open now.

@@ -20,7 +20,6 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
 
 use crate::{
     api::ApiState,
@@ -229,31 +228,38 @@ pub fn render(state: &ApiState) -> String {
             })
             .collect::<Vec<_>>()
     };
-    p.counters(
-        "vipd_arp_requests",
-        "Requests for the VIP seen by XDP (ARP requests; Neighbor Solicitations for IPv6)",
-        per_vip(&|v| v.requests),
-    );
-    p.counters(
-        "vipd_arp_xdp_replies",
-        "Requests answered by XDP (ARP replies; solicited Neighbor Advertisements for IPv6)",
-        per_vip(&|v| v.xdp_replies),
-    );
-    p.counters(
-        "vipd_arp_announcements_seen",
-        "Announcements about the VIP seen by XDP (ARP replies and gratuitous ARP; Neighbor Advertisements for IPv6)",
-        per_vip(&|v| v.announcements_seen),
-    );
-    p.counters(
-        "vipd_arp_announcements_sent",
-        "Announcement frames this agent sent for the VIP (gratuitous ARP; unsolicited Neighbor Advertisements for IPv6)",
-        per_vip(&|v| v.announcements_sent),
-    );
-    p.counters(
-        "vipd_arp_foreign_claims",
-        "Claims of a held VIP from a MAC that is not ours",
-        per_vip(&|v| v.foreign_claims),
-    );
+    // The per-VIP counters, as `vipctl arp stats` shows them.
+    type PerVip = fn(&crate::api::ArpStatsRow) -> u64;
+    let per_vip_counters: [(&str, &str, PerVip); 5] = [
+        (
+            "vipd_arp_requests",
+            "Requests for the VIP seen by XDP (ARP requests; Neighbor Solicitations for IPv6)",
+            |v| v.requests,
+        ),
+        (
+            "vipd_arp_xdp_replies",
+            "Requests answered by XDP (ARP replies; solicited Neighbor Advertisements for IPv6)",
+            |v| v.xdp_replies,
+        ),
+        (
+            "vipd_arp_announcements_seen",
+            "Announcements about the VIP seen by XDP (ARP replies and gratuitous ARP; Neighbor Advertisements for IPv6)",
+            |v| v.announcements_seen,
+        ),
+        (
+            "vipd_arp_announcements_sent",
+            "Announcement frames this agent sent for the VIP (gratuitous ARP; unsolicited Neighbor Advertisements for IPv6)",
+            |v| v.announcements_sent,
+        ),
+        (
+            "vipd_arp_foreign_claims",
+            "Claims of a held VIP from a MAC that is not ours",
+            |v| v.foreign_claims,
+        ),
+    ];
+    for (name, help, value) in per_vip_counters {
+        p.counters(name, help, per_vip(&value));
+    }
     p.gauges(
         "vipd_vip_held",
         "1 if this node holds the VIP",
@@ -308,24 +314,12 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Serves `GET /metrics` until `cancel`, then ends the open connections.
 pub async fn serve(listener: TcpListener, state: ApiState, cancel: CancellationToken) {
-    let conns = Connections::new("metrics", LIMITS);
-    loop {
-        tokio::select! {
-            () = cancel.cancelled() => break,
-            conn = listener.accept() => match conn {
-                Ok((stream, _)) => {
-                    let state = state.clone();
-                    conns.serve(stream, |s| async move { answer(s, &state).await });
-                }
-                Err(e) => {
-                    warn!(error = %e, "metrics accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-    }
-    drop(listener);
-    conns.close().await;
+    Connections::new("metrics", LIMITS)
+        .accept_until(listener, &cancel, move |s| {
+            let state = state.clone();
+            async move { answer(s, &state).await }
+        })
+        .await;
 }
 
 async fn answer(mut stream: TcpStream, state: &ApiState) -> std::io::Result<()> {

@@ -339,6 +339,30 @@ mod tests {
         v.iter().map(|s| vip(s)).collect()
     }
 
+    fn on(ifindex: u32, prefix_len: u8) -> Placement {
+        Placement {
+            ifindex,
+            prefix_len,
+        }
+    }
+
+    /// The planned addition of `v` on `ifindex` with `prefix_len`.
+    fn add(v: &str, ifindex: u32, prefix_len: u8) -> Action {
+        Action::Add {
+            vip: vip(v),
+            placement: on(ifindex, prefix_len),
+        }
+    }
+
+    /// The planned removal of `address`, the copy of `v`.
+    fn removal(v: &str, address: Address, guards_secondaries: bool) -> Action {
+        Action::Remove {
+            vip: vip(v),
+            address,
+            guards_secondaries,
+        }
+    }
+
     fn addr(s: &str, prefix_len: u8, ifindex: u32, owned: bool) -> Address {
         Address {
             ifindex,
@@ -402,22 +426,7 @@ mod tests {
         );
         assert_eq!(
             p.actions,
-            vec![
-                Action::Add {
-                    vip: vip("198.51.100.7"),
-                    placement: Placement {
-                        ifindex: 2,
-                        prefix_len: 24
-                    }
-                },
-                Action::Add {
-                    vip: vip("203.0.113.9"),
-                    placement: Placement {
-                        ifindex: 3,
-                        prefix_len: 32
-                    }
-                },
-            ]
+            vec![add("198.51.100.7", 2, 24), add("203.0.113.9", 3, 32)]
         );
     }
 
@@ -430,18 +439,8 @@ mod tests {
         assert_eq!(
             p.actions,
             vec![
-                Action::Remove {
-                    vip: vip("192.0.2.100"),
-                    address: stale,
-                    guards_secondaries: false
-                },
-                Action::Add {
-                    vip: vip("192.0.2.100"),
-                    placement: Placement {
-                        ifindex: 1,
-                        prefix_len: 24
-                    }
-                },
+                removal("192.0.2.100", stale, false),
+                add("192.0.2.100", 1, 24),
             ]
         );
     }
@@ -475,18 +474,8 @@ mod tests {
         let p = addresses(&wanted(&["203.0.113.9", "192.0.2.100"]), &only_if1, &a);
         assert_eq!(p.no_route().collect::<Vec<_>>(), vec![vip("203.0.113.9")]);
         // The other VIP is still served.
-        assert!(p.actions.contains(&Action::Add {
-            vip: vip("192.0.2.100"),
-            placement: Placement {
-                ifindex: 1,
-                prefix_len: 24
-            }
-        }));
-        assert!(p.actions.contains(&Action::Remove {
-            vip: vip("203.0.113.9"),
-            address: ours,
-            guards_secondaries: false
-        }));
+        assert!(p.actions.contains(&add("192.0.2.100", 1, 24)));
+        assert!(p.actions.contains(&removal("203.0.113.9", ours, false)));
     }
 
     #[test]
@@ -511,14 +500,7 @@ mod tests {
         let ours = addr("192.0.2.100", 32, 3, true);
         a.push(ours.clone());
         let p = addresses(&wanted(&["192.0.2.100"]), &routes(), &a);
-        assert_eq!(
-            p.actions,
-            vec![Action::Remove {
-                vip: vip("192.0.2.100"),
-                address: ours,
-                guards_secondaries: false
-            }]
-        );
+        assert_eq!(p.actions, vec![removal("192.0.2.100", ours, false)]);
     }
 
     #[test]
@@ -570,57 +552,52 @@ mod tests {
 
     #[test]
     fn primary_vip_removal_is_flagged_to_protect_operator_addresses() {
-        // The VIP came first in its subnet, so it is primary; the node's own
-        // address behind it is a secondary the kernel would delete with it.
-        let mut a = vec![
-            addr("192.0.2.100", 24, 1, true),
-            addr("192.0.2.1", 24, 1, false),
-        ];
-        a[1].secondary = true;
-        let p = addresses(&BTreeSet::new(), &routes(), &a);
-        assert_eq!(
-            p.actions,
-            vec![Action::Remove {
-                vip: vip("192.0.2.100"),
-                address: a[0].clone(),
-                guards_secondaries: true
-            }]
-        );
-        // Behind the node's address the VIP is the secondary: no guard.
-        a[0].secondary = true;
-        a[1].secondary = false;
-        let p = addresses(&BTreeSet::new(), &routes(), &a);
-        assert!(
-            matches!(
-                &p.actions[..],
-                [Action::Remove {
-                    guards_secondaries: false,
-                    ..
-                }]
+        let vip_first = addr("192.0.2.100", 24, 1, true);
+        let node_second = Address {
+            secondary: true,
+            ..addr("192.0.2.1", 24, 1, false)
+        };
+        let cases = [
+            (
+                "the VIP came first in its subnet, so it is primary; the node's own \
+                 address behind it is a secondary the kernel would delete with it",
+                vec![vip_first.clone(), node_second.clone()],
+                true,
             ),
-            "{:?}",
-            p.actions
-        );
-        // A secondary of another prefix length is not the VIP's: no guard.
-        let other = vec![
-            addr("192.0.2.100", 24, 1, true),
-            Address {
-                secondary: true,
-                ..addr("192.0.2.1", 25, 1, false)
-            },
-        ];
-        let p = addresses(&BTreeSet::new(), &routes(), &other);
-        assert!(
-            matches!(
-                &p.actions[..],
-                [Action::Remove {
-                    guards_secondaries: false,
-                    ..
-                }]
+            (
+                "behind the node's address the VIP is the secondary: no guard",
+                vec![
+                    Address {
+                        secondary: true,
+                        ..vip_first.clone()
+                    },
+                    Address {
+                        secondary: false,
+                        ..node_second
+                    },
+                ],
+                false,
             ),
-            "{:?}",
-            p.actions
-        );
+            (
+                "a secondary of another prefix length is not the VIP's: no guard",
+                vec![
+                    vip_first,
+                    Address {
+                        secondary: true,
+                        ..addr("192.0.2.1", 25, 1, false)
+                    },
+                ],
+                false,
+            ),
+        ];
+        for (case, a, guards) in cases {
+            let p = addresses(&BTreeSet::new(), &routes(), &a);
+            assert_eq!(
+                p.actions,
+                vec![removal("192.0.2.100", a[0].clone(), guards)],
+                "{case}"
+            );
+        }
     }
 
     #[test]
@@ -656,27 +633,9 @@ mod tests {
         assert_eq!(
             p.actions,
             vec![
-                Action::Add {
-                    vip: vip("192.0.2.100"),
-                    placement: Placement {
-                        ifindex: 1,
-                        prefix_len: 24
-                    }
-                },
-                Action::Add {
-                    vip: vip("2001:db8:1::100"),
-                    placement: Placement {
-                        ifindex: 1,
-                        prefix_len: 64
-                    }
-                },
-                Action::Add {
-                    vip: vip("2001:db8:9::9"),
-                    placement: Placement {
-                        ifindex: 3,
-                        prefix_len: 128
-                    }
-                },
+                add("192.0.2.100", 1, 24),
+                add("2001:db8:1::100", 1, 64),
+                add("2001:db8:9::9", 3, 128),
             ]
         );
         assert!(p.unusable.is_empty());
@@ -693,11 +652,7 @@ mod tests {
         let p = addresses(&BTreeSet::new(), &dual_routes(), &a);
         assert_eq!(
             p.actions,
-            vec![Action::Remove {
-                vip: vip("2001:db8:1::100"),
-                address: a[2].clone(),
-                guards_secondaries: false
-            }]
+            vec![removal("2001:db8:1::100", a[2].clone(), false)]
         );
     }
 
@@ -716,11 +671,7 @@ mod tests {
             assert_eq!(
                 p.actions,
                 vec![
-                    Action::Remove {
-                        vip: vip("2001:db8:1::100"),
-                        address: bad.clone(),
-                        guards_secondaries: false
-                    },
+                    removal("2001:db8:1::100", bad.clone(), false),
                     Action::Add {
                         vip: vip("2001:db8:1::100"),
                         placement
@@ -805,13 +756,6 @@ mod tests {
             addresses,
             links,
             announce_all,
-        }
-    }
-
-    fn on(ifindex: u32, prefix_len: u8) -> Placement {
-        Placement {
-            ifindex,
-            prefix_len,
         }
     }
 
@@ -903,11 +847,7 @@ mod tests {
         // Its VIP in place goes; the operator's address stays.
         assert_eq!(
             p.addresses.actions,
-            vec![Action::Remove {
-                vip: vip("198.51.100.7"),
-                address: node.2[2].clone(),
-                guards_secondaries: false
-            }]
+            vec![removal("198.51.100.7", node.2[2].clone(), false)]
         );
         assert!(p.on_node(&p.holdings, &node.2, &[]).is_empty());
         // A removal that did not happen leaves the VIP on the node, and the

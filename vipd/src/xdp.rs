@@ -181,17 +181,11 @@ impl NativeWatch {
 pub struct XdpProgram {
     /// Owns the program and its bpf links: dropping it detaches everywhere.
     ebpf: Ebpf,
-    counters: PerCpuHashMap<MapData, VipKey, ArpCounters>,
-    held: HashMap<MapData, VipKey, HeldVip>,
-    conflicts: Option<RingBuf<MapData>>,
-    counters6: PerCpuHashMap<MapData, Vip6Key, NdpCounters>,
-    held6: HashMap<MapData, Vip6Key, HeldVip>,
-    conflicts6: Option<RingBuf<MapData>>,
+    /// VIP_COUNTERS, HELD_VIPS and the IPv4 conflicts.
+    v4: FamilyMaps<V4>,
+    /// VIP_COUNTERS6, HELD_VIPS6 and the IPv6 conflicts.
+    v6: FamilyMaps<V6>,
     attachments: BTreeMap<String, Attachment>,
-    /// What HELD_VIPS holds, to count answers per interface.
-    held_now: BTreeMap<Vip, HeldVip>,
-    /// What HELD_VIPS6 holds, likewise.
-    held_now6: BTreeMap<Ipv6Addr, HeldVip>,
     /// Interfaces where native answers were lost: generic from then on,
     /// also when attached again, until vipd restarts.
     fallen_back: BTreeMap<String, ModeReason>,
@@ -238,24 +232,14 @@ impl XdpProgram {
             .map_err(|e| XdpError::MissingProgram(Some(e)))?;
         program.load().map_err(XdpError::LoadProgram)?;
 
-        let counters = take_typed(&mut ebpf, MAP_COUNTERS, PerCpuHashMap::try_from)?;
-        let held = take_typed(&mut ebpf, MAP_HELD, HashMap::try_from)?;
-        let conflicts = take_typed(&mut ebpf, MAP_CONFLICTS, RingBuf::try_from)?;
-        let counters6 = take_typed(&mut ebpf, MAP_COUNTERS6, PerCpuHashMap::try_from)?;
-        let held6 = take_typed(&mut ebpf, MAP_HELD6, HashMap::try_from)?;
-        let conflicts6 = take_typed(&mut ebpf, MAP_CONFLICTS6, RingBuf::try_from)?;
+        let v4 = FamilyMaps::take(&mut ebpf)?;
+        let v6 = FamilyMaps::take(&mut ebpf)?;
         debug!("XDP program loaded");
         Ok(XdpProgram {
             ebpf,
-            counters,
-            held,
-            conflicts: Some(conflicts),
-            counters6,
-            held6,
-            conflicts6: Some(conflicts6),
+            v4,
+            v6,
             attachments: BTreeMap::new(),
-            held_now: BTreeMap::new(),
-            held_now6: BTreeMap::new(),
             fallen_back: BTreeMap::new(),
             ethtool: Ethtool::new()
                 .inspect_err(|e| {
@@ -390,8 +374,7 @@ impl XdpProgram {
             );
             return None;
         }
-        let answers = answers_on(&self.counters, &self.held_now, ifindex)
-            + answers_on6(&self.counters6, &self.held_now6, ifindex);
+        let answers = self.v4.answers_on(ifindex) + self.v6.answers_on(ifindex);
         Some(NativeWatch {
             counters,
             delivery: DeliveryWatch::new(first, answers),
@@ -452,17 +435,17 @@ impl XdpProgram {
                 }
                 continue;
             };
-            let (counters, held) = (&self.counters, &self.held_now);
-            let (counters6, held6) = (&self.counters6, &self.held_now6);
+            let (v4, v6) = (&self.v4, &self.v6);
             let Some(att) = self.attachments.get_mut(&ifname) else {
                 continue;
             };
             let Some(watch) = att.watch.as_mut() else {
                 continue;
             };
-            if let Verdict::Lost(loss) = watch.delivery.observe(sample, || {
-                answers_on(counters, held, ifindex) + answers_on6(counters6, held6, ifindex)
-            }) {
+            if let Verdict::Lost(loss) = watch
+                .delivery
+                .observe(sample, || v4.answers_on(ifindex) + v6.answers_on(ifindex))
+            {
                 lost.push((ifname, loss));
             }
         }
@@ -587,114 +570,14 @@ impl XdpProgram {
     /// for new ones, existing counters kept, VIPs no longer watched deleted.
     #[instrument(skip_all, fields(count = vips.len()))]
     pub fn set_watched(&mut self, vips: &BTreeSet<Vip>) -> Result<(), XdpError> {
-        let present = self.counter_keys()?;
-        for key in &present {
-            let vip = key_to_vip(MAP_COUNTERS, *key)?;
-            if !vips.contains(&vip) {
-                self.counters
-                    .remove(key)
-                    .map_err(|source| XdpError::MapUpdate {
-                        map: MAP_COUNTERS,
-                        vip,
-                        source,
-                    })?;
-                debug!(vip = %vip, "VIP no longer watched");
-            }
-        }
-        let new: Vec<Vip> = vips
-            .iter()
-            .filter(|vip| !present.contains(&vip_key(vip.octets())))
-            .copied()
-            .collect();
-        if new.is_empty() {
-            return Ok(());
-        }
-        let cpus =
-            aya::util::nr_cpus().map_err(|(what, source)| XdpError::Cpus { what, source })?;
-        for vip in new {
-            let zeroed =
-                PerCpuValues::try_from(vec![ArpCounters::default(); cpus]).map_err(|source| {
-                    XdpError::Cpus {
-                        what: "building per-CPU values",
-                        source,
-                    }
-                })?;
-            // BPF_NOEXIST: never zero counters that appeared meanwhile.
-            self.counters
-                .insert(vip_key(vip.octets()), zeroed, BPF_NOEXIST)
-                .map_err(|source| XdpError::MapUpdate {
-                    map: MAP_COUNTERS,
-                    vip,
-                    source,
-                })?;
-            debug!(vip = %vip, "VIP watched");
-        }
-        Ok(())
-    }
-
-    fn counter_keys(&self) -> Result<BTreeSet<VipKey>, XdpError> {
-        self.counters
-            .keys()
-            .collect::<Result<_, _>>()
-            .map_err(|source| XdpError::MapRead {
-                map: MAP_COUNTERS,
-                source,
-            })
+        self.v4.set_watched(vips)
     }
 
     /// Makes HELD_VIPS hold exactly these entries (VIP -> ifindex + MAC).
     /// The XDP program answers ARP for held VIPs only.
     #[instrument(skip_all, fields(count = held.len()))]
     pub fn set_held(&mut self, held: &BTreeMap<Vip, HeldVip>) -> Result<(), XdpError> {
-        let present: Vec<VipKey> =
-            self.held
-                .keys()
-                .collect::<Result<_, _>>()
-                .map_err(|source| XdpError::MapRead {
-                    map: MAP_HELD,
-                    source,
-                })?;
-        // Remove first: a released VIP must stop being answered before
-        // anything else changes.
-        for key in present {
-            let vip = key_to_vip(MAP_HELD, key)?;
-            if !held.contains_key(&vip) {
-                self.remove_held(vip)?;
-            }
-        }
-        for (vip, entry) in held {
-            let key = vip_key(vip.octets());
-            if self.held.get(&key, 0).ok().as_ref() == Some(entry) {
-                continue;
-            }
-            self.held
-                .insert(key, entry, 0)
-                .map_err(|source| XdpError::MapUpdate {
-                    map: MAP_HELD,
-                    vip: *vip,
-                    source,
-                })?;
-            debug!(vip = %vip, ifindex = entry.ifindex, "XDP answers ARP for VIP");
-        }
-        self.held_now = held.clone();
-        Ok(())
-    }
-
-    fn remove_held(&mut self, vip: Vip) -> Result<(), XdpError> {
-        match self.held.remove(&vip_key(vip.octets())) {
-            Ok(()) => {}
-            // Gone already: what we wanted.
-            Err(MapError::KeyNotFound) => {}
-            Err(source) => {
-                return Err(XdpError::MapUpdate {
-                    map: MAP_HELD,
-                    vip,
-                    source,
-                });
-            }
-        }
-        debug!(vip = %vip, "XDP no longer answers ARP for VIP");
-        Ok(())
+        self.v4.set_held(held)
     }
 
     /// Empties HELD_VIPS and HELD_VIPS6 (called before VIPs are removed, on
@@ -710,26 +593,7 @@ impl XdpProgram {
 
     /// Counters of every watched VIP, summed over CPUs.
     pub fn counters(&self) -> Result<BTreeMap<Vip, ArpCounters>, XdpError> {
-        let mut out = BTreeMap::new();
-        for entry in self.counters.iter() {
-            let (key, values) = match entry {
-                Ok(entry) => entry,
-                // Deleted between listing and reading: not watched any more.
-                Err(MapError::KeyNotFound) => continue,
-                Err(source) => {
-                    return Err(XdpError::MapRead {
-                        map: MAP_COUNTERS,
-                        source,
-                    });
-                }
-            };
-            let mut sum = ArpCounters::default();
-            for cpu in values.iter() {
-                sum.accumulate(cpu);
-            }
-            out.insert(key_to_vip(MAP_COUNTERS, key)?, sum);
-        }
-        Ok(out)
+        self.v4.counters()
     }
 
     /// Makes VIP_COUNTERS6 hold exactly these IPv6 VIPs, as
@@ -739,56 +603,7 @@ impl XdpProgram {
     /// multicast target anyway.
     #[instrument(skip_all, fields(count = vips.len()))]
     pub fn set_watched6(&mut self, vips: &BTreeSet<Ipv6Addr>) -> Result<(), XdpError> {
-        let present: BTreeSet<Vip6Key> =
-            self.counters6
-                .keys()
-                .collect::<Result<_, _>>()
-                .map_err(|source| XdpError::MapRead {
-                    map: MAP_COUNTERS6,
-                    source,
-                })?;
-        for key in &present {
-            let vip = Ipv6Addr::from(*key);
-            if !vips.contains(&vip) {
-                self.counters6
-                    .remove(key)
-                    .map_err(|source| XdpError::MapUpdate6 {
-                        map: MAP_COUNTERS6,
-                        vip,
-                        source,
-                    })?;
-                debug!(vip = %vip, "VIP no longer watched");
-            }
-        }
-        let new: Vec<Ipv6Addr> = vips
-            .iter()
-            .filter(|vip| !present.contains(&vip.octets()))
-            .copied()
-            .collect();
-        if new.is_empty() {
-            return Ok(());
-        }
-        let cpus =
-            aya::util::nr_cpus().map_err(|(what, source)| XdpError::Cpus { what, source })?;
-        for vip in new {
-            let zeroed =
-                PerCpuValues::try_from(vec![NdpCounters::default(); cpus]).map_err(|source| {
-                    XdpError::Cpus {
-                        what: "building per-CPU values",
-                        source,
-                    }
-                })?;
-            // BPF_NOEXIST: never zero counters that appeared meanwhile.
-            self.counters6
-                .insert(vip.octets(), zeroed, BPF_NOEXIST)
-                .map_err(|source| XdpError::MapUpdate6 {
-                    map: MAP_COUNTERS6,
-                    vip,
-                    source,
-                })?;
-            debug!(vip = %vip, "VIP watched");
-        }
-        Ok(())
+        self.v6.set_watched(vips)
     }
 
     /// Makes HELD_VIPS6 hold exactly these entries (IPv6 VIP -> ifindex,
@@ -797,95 +612,25 @@ impl XdpProgram {
     /// only before `expires_ns`.
     #[instrument(skip_all, fields(count = held.len()))]
     pub fn set_held6(&mut self, held: &BTreeMap<Ipv6Addr, HeldVip>) -> Result<(), XdpError> {
-        let present: Vec<Vip6Key> =
-            self.held6
-                .keys()
-                .collect::<Result<_, _>>()
-                .map_err(|source| XdpError::MapRead {
-                    map: MAP_HELD6,
-                    source,
-                })?;
-        // Remove first: a released VIP must stop being answered before
-        // anything else changes.
-        for key in present {
-            let vip = Ipv6Addr::from(key);
-            if held.contains_key(&vip) {
-                continue;
-            }
-            match self.held6.remove(&key) {
-                // Gone already: what we wanted.
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(source) => {
-                    return Err(XdpError::MapUpdate6 {
-                        map: MAP_HELD6,
-                        vip,
-                        source,
-                    });
-                }
-            }
-            self.held_now6.remove(&vip);
-            debug!(vip = %vip, "XDP no longer answers NDP for VIP");
-        }
-        for (vip, entry) in held {
-            let key = vip.octets();
-            if self.held6.get(&key, 0).ok().as_ref() == Some(entry) {
-                continue;
-            }
-            self.held6
-                .insert(key, entry, 0)
-                .map_err(|source| XdpError::MapUpdate6 {
-                    map: MAP_HELD6,
-                    vip: *vip,
-                    source,
-                })?;
-            debug!(vip = %vip, ifindex = entry.ifindex, "XDP answers NDP for VIP");
-        }
-        self.held_now6 = held.clone();
-        Ok(())
+        self.v6.set_held(held)
     }
 
     /// NDP counters of every watched IPv6 VIP, summed over CPUs (fields as
     /// [`NdpCounters`] documents).
     pub fn counters6(&self) -> Result<BTreeMap<Ipv6Addr, NdpCounters>, XdpError> {
-        let mut out = BTreeMap::new();
-        for entry in self.counters6.iter() {
-            let (key, values) = match entry {
-                Ok(entry) => entry,
-                // Deleted between listing and reading: not watched any more.
-                Err(MapError::KeyNotFound) => continue,
-                Err(source) => {
-                    return Err(XdpError::MapRead {
-                        map: MAP_COUNTERS6,
-                        source,
-                    });
-                }
-            };
-            let mut sum = NdpCounters::default();
-            for cpu in values.iter() {
-                sum.accumulate(cpu);
-            }
-            out.insert(Ipv6Addr::from(key), sum);
-        }
-        Ok(out)
+        self.v6.counters()
     }
 
     /// Takes the IPv6 conflict ring buffer out as an async reader (callable
     /// once), as [`XdpProgram::take_conflicts`] does for IPv4.
     pub fn take_conflicts6(&mut self) -> Result<ConflictReader6, XdpError> {
-        let ring = self.conflicts6.take().ok_or(XdpError::ConflictsTaken {
-            map: MAP_CONFLICTS6,
-        })?;
-        ConflictReader::new(ring, MAP_CONFLICTS6)
+        self.v6.take_conflicts()
     }
 
     /// Takes the conflict ring buffer out as an async reader (callable once).
     /// Call it inside a tokio runtime with IO enabled (it panics otherwise).
     pub fn take_conflicts(&mut self) -> Result<ConflictReader, XdpError> {
-        let ring = self
-            .conflicts
-            .take()
-            .ok_or(XdpError::ConflictsTaken { map: MAP_CONFLICTS })?;
-        ConflictReader::new(ring, MAP_CONFLICTS)
+        self.v4.take_conflicts()
     }
 
     /// Runs the program once on `frame` with BPF_PROG_TEST_RUN and returns
@@ -926,19 +671,6 @@ impl XdpProgram {
     }
 }
 
-/// The program's answers (XDP_TX) so far for the VIPs held on `ifindex`.
-fn answers_on(
-    counters: &PerCpuHashMap<MapData, VipKey, ArpCounters>,
-    held: &BTreeMap<Vip, HeldVip>,
-    ifindex: u32,
-) -> u64 {
-    held.iter()
-        .filter(|(_, h)| h.ifindex == ifindex)
-        .filter_map(|(vip, _)| counters.get(&vip_key(vip.octets()), 0).ok())
-        .map(|values| values.iter().map(|c| c.xdp_replies).sum::<u64>())
-        .sum()
-}
-
 /// The interface index of `ifname`, 0 if there is none.
 fn if_index(ifname: &str) -> u32 {
     std::ffi::CString::new(ifname)
@@ -959,18 +691,218 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// The program's answers (XDP_TX) so far for the IPv6 VIPs held on
-/// `ifindex`.
-fn answers_on6(
-    counters: &PerCpuHashMap<MapData, Vip6Key, NdpCounters>,
-    held: &BTreeMap<Ipv6Addr, HeldVip>,
-    ifindex: u32,
-) -> u64 {
-    held.iter()
-        .filter(|(_, h)| h.ifindex == ifindex)
-        .filter_map(|(vip, _)| counters.get(&vip.octets(), 0).ok())
-        .map(|values| values.iter().map(|c| c.xdp_replies).sum::<u64>())
-        .sum()
+/// What differs between the IPv4 and the IPv6 maps: the VIP's type, the
+/// key the program looks it up by, the maps' names and the protocol the
+/// program answers. The code that keeps the maps in step is the same for both.
+trait Family {
+    type Vip: Copy + Ord + std::fmt::Display;
+    type Key: aya::Pod + Ord;
+    type Event: aya::Pod;
+    const COUNTERS: &'static str;
+    const HELD: &'static str;
+    const CONFLICTS: &'static str;
+    /// What the program answers for a held VIP, as the logs name it.
+    const ANSWERS: &'static str;
+    fn key(vip: &Self::Vip) -> Self::Key;
+    /// The VIP stored under `key` in map `map`.
+    fn vip(map: &'static str, key: Self::Key) -> Result<Self::Vip, XdpError>;
+    /// Updating `vip` in map `map` failed.
+    fn update_error(map: &'static str, vip: Self::Vip, source: MapError) -> XdpError;
+}
+
+/// IPv4: ARP, keys in network byte order ([`vip_key`]).
+struct V4;
+
+impl Family for V4 {
+    type Vip = Vip;
+    type Key = VipKey;
+    type Event = ConflictEvent;
+    const COUNTERS: &'static str = MAP_COUNTERS;
+    const HELD: &'static str = MAP_HELD;
+    const CONFLICTS: &'static str = MAP_CONFLICTS;
+    const ANSWERS: &'static str = "ARP";
+    fn key(vip: &Vip) -> VipKey {
+        vip_key(vip.octets())
+    }
+    fn vip(map: &'static str, key: VipKey) -> Result<Vip, XdpError> {
+        key_to_vip(map, key)
+    }
+    fn update_error(map: &'static str, vip: Vip, source: MapError) -> XdpError {
+        XdpError::MapUpdate { map, vip, source }
+    }
+}
+
+/// IPv6: Neighbor Discovery, keys are the address's octets.
+struct V6;
+
+impl Family for V6 {
+    type Vip = Ipv6Addr;
+    type Key = Vip6Key;
+    type Event = ConflictEvent6;
+    const COUNTERS: &'static str = MAP_COUNTERS6;
+    const HELD: &'static str = MAP_HELD6;
+    const CONFLICTS: &'static str = MAP_CONFLICTS6;
+    const ANSWERS: &'static str = "NDP";
+    fn key(vip: &Ipv6Addr) -> Vip6Key {
+        vip.octets()
+    }
+    fn vip(_map: &'static str, key: Vip6Key) -> Result<Ipv6Addr, XdpError> {
+        Ok(Ipv6Addr::from(key))
+    }
+    fn update_error(map: &'static str, vip: Ipv6Addr, source: MapError) -> XdpError {
+        XdpError::MapUpdate6 { map, vip, source }
+    }
+}
+
+/// One family's maps, and what vipd last put in its held map.
+struct FamilyMaps<F: Family> {
+    counters: PerCpuHashMap<MapData, F::Key, ArpCounters>,
+    held: HashMap<MapData, F::Key, HeldVip>,
+    /// `None` once taken out as a [`ConflictReader`].
+    conflicts: Option<RingBuf<MapData>>,
+    /// What the held map holds, to count answers per interface.
+    held_now: BTreeMap<F::Vip, HeldVip>,
+}
+
+impl<F: Family> FamilyMaps<F> {
+    fn take(ebpf: &mut Ebpf) -> Result<Self, XdpError> {
+        Ok(FamilyMaps {
+            counters: take_typed(ebpf, F::COUNTERS, PerCpuHashMap::try_from)?,
+            held: take_typed(ebpf, F::HELD, HashMap::try_from)?,
+            conflicts: Some(take_typed(ebpf, F::CONFLICTS, RingBuf::try_from)?),
+            held_now: BTreeMap::new(),
+        })
+    }
+
+    /// The counters map holds exactly `vips`: zeroed per-CPU counters for
+    /// new ones, existing counters kept, VIPs no longer watched deleted.
+    fn set_watched(&mut self, vips: &BTreeSet<F::Vip>) -> Result<(), XdpError> {
+        let present: BTreeSet<F::Key> =
+            self.counters
+                .keys()
+                .collect::<Result<_, _>>()
+                .map_err(|source| XdpError::MapRead {
+                    map: F::COUNTERS,
+                    source,
+                })?;
+        for key in &present {
+            let vip = F::vip(F::COUNTERS, *key)?;
+            if !vips.contains(&vip) {
+                self.counters
+                    .remove(key)
+                    .map_err(|source| F::update_error(F::COUNTERS, vip, source))?;
+                debug!(vip = %vip, "VIP no longer watched");
+            }
+        }
+        let new: Vec<F::Vip> = vips
+            .iter()
+            .filter(|vip| !present.contains(&F::key(vip)))
+            .copied()
+            .collect();
+        if new.is_empty() {
+            return Ok(());
+        }
+        let cpus =
+            aya::util::nr_cpus().map_err(|(what, source)| XdpError::Cpus { what, source })?;
+        for vip in new {
+            let zeroed =
+                PerCpuValues::try_from(vec![ArpCounters::default(); cpus]).map_err(|source| {
+                    XdpError::Cpus {
+                        what: "building per-CPU values",
+                        source,
+                    }
+                })?;
+            // BPF_NOEXIST: never zero counters that appeared meanwhile.
+            self.counters
+                .insert(F::key(&vip), zeroed, BPF_NOEXIST)
+                .map_err(|source| F::update_error(F::COUNTERS, vip, source))?;
+            debug!(vip = %vip, "VIP watched");
+        }
+        Ok(())
+    }
+
+    /// The held map holds exactly `held`.
+    fn set_held(&mut self, held: &BTreeMap<F::Vip, HeldVip>) -> Result<(), XdpError> {
+        let present: Vec<F::Key> =
+            self.held
+                .keys()
+                .collect::<Result<_, _>>()
+                .map_err(|source| XdpError::MapRead {
+                    map: F::HELD,
+                    source,
+                })?;
+        // Remove first: a released VIP must stop being answered before
+        // anything else changes.
+        for key in present {
+            let vip = F::vip(F::HELD, key)?;
+            if held.contains_key(&vip) {
+                continue;
+            }
+            match self.held.remove(&key) {
+                // Gone already: what we wanted.
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(source) => return Err(F::update_error(F::HELD, vip, source)),
+            }
+            self.held_now.remove(&vip);
+            debug!(vip = %vip, "XDP no longer answers {} for VIP", F::ANSWERS);
+        }
+        for (vip, entry) in held {
+            let key = F::key(vip);
+            if self.held.get(&key, 0).ok().as_ref() == Some(entry) {
+                continue;
+            }
+            self.held
+                .insert(key, entry, 0)
+                .map_err(|source| F::update_error(F::HELD, *vip, source))?;
+            debug!(vip = %vip, ifindex = entry.ifindex, "XDP answers {} for VIP", F::ANSWERS);
+        }
+        self.held_now = held.clone();
+        Ok(())
+    }
+
+    /// Counters of every watched VIP, summed over CPUs.
+    fn counters(&self) -> Result<BTreeMap<F::Vip, ArpCounters>, XdpError> {
+        let mut out = BTreeMap::new();
+        for entry in self.counters.iter() {
+            let (key, values) = match entry {
+                Ok(entry) => entry,
+                // Deleted between listing and reading: not watched any more.
+                Err(MapError::KeyNotFound) => continue,
+                Err(source) => {
+                    return Err(XdpError::MapRead {
+                        map: F::COUNTERS,
+                        source,
+                    });
+                }
+            };
+            let mut sum = ArpCounters::default();
+            for cpu in values.iter() {
+                sum.accumulate(cpu);
+            }
+            out.insert(F::vip(F::COUNTERS, key)?, sum);
+        }
+        Ok(out)
+    }
+
+    /// The program's answers (XDP_TX) so far for the VIPs held on `ifindex`.
+    fn answers_on(&self, ifindex: u32) -> u64 {
+        self.held_now
+            .iter()
+            .filter(|(_, h)| h.ifindex == ifindex)
+            .filter_map(|(vip, _)| self.counters.get(&F::key(vip), 0).ok())
+            .map(|values| values.iter().map(|c| c.xdp_replies).sum::<u64>())
+            .sum()
+    }
+
+    /// The conflict ring buffer as an async reader (callable once). Call it
+    /// inside a tokio runtime with IO enabled (it panics otherwise).
+    fn take_conflicts(&mut self) -> Result<ConflictReader<F::Event>, XdpError> {
+        let ring = self
+            .conflicts
+            .take()
+            .ok_or(XdpError::ConflictsTaken { map: F::CONFLICTS })?;
+        ConflictReader::new(ring, F::CONFLICTS)
+    }
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, XdpError> {

@@ -9,7 +9,7 @@ use vipd::{
     api::{self, ArpStats, Request},
     config::parse_positive_duration,
     coord::{
-        VipCommand, ZkAuth,
+        AdminError, VipCommand, ZkAuth,
         admin::run_vip_command_within,
         nodes::{NodeCommand, run_handover_within, run_node_command_within},
     },
@@ -98,12 +98,12 @@ enum Command {
     /// Read or change the VIP configuration in ZooKeeper.
     Vip {
         #[command(subcommand)]
-        command: VipCommand,
+        command: VipArgs,
     },
     /// Drain, undrain and list the cluster's nodes (through ZooKeeper).
     Node {
         #[command(subcommand)]
-        command: NodeCommand,
+        command: NodeArgs,
     },
     /// The leader steps down now in favour of the next candidate (or --to).
     Handover,
@@ -116,6 +116,70 @@ enum Command {
 enum ArpCommand {
     /// Counters per VIP.
     Stats,
+}
+
+/// `vipctl vip ...`: the VIP configuration in ZooKeeper.
+#[derive(Subcommand, Debug)]
+enum VipArgs {
+    /// Show every service with its VIPs, and the leader.
+    List,
+    /// Replace a service's VIPs (creates the service).
+    Set {
+        service: String,
+        #[arg(required = true)]
+        vips: Vec<String>,
+    },
+    /// Add VIPs to a service (creates the service).
+    Add {
+        service: String,
+        #[arg(required = true)]
+        vips: Vec<String>,
+    },
+    /// Remove VIPs from a service.
+    Remove {
+        service: String,
+        #[arg(required = true)]
+        vips: Vec<String>,
+    },
+    /// Remove a service and all its VIPs.
+    Clear { service: String },
+}
+
+impl VipArgs {
+    /// The library's command; `json` is vipctl's `--json`, an option of
+    /// vipctl as a whole so that it may stand anywhere on the line.
+    fn command(self, json: bool) -> VipCommand {
+        match self {
+            VipArgs::List => VipCommand::List { json },
+            VipArgs::Set { service, vips } => VipCommand::Set { service, vips },
+            VipArgs::Add { service, vips } => VipCommand::Add { service, vips },
+            VipArgs::Remove { service, vips } => VipCommand::Remove { service, vips },
+            VipArgs::Clear { service } => VipCommand::Clear { service },
+        }
+    }
+}
+
+/// `vipctl node ...`.
+#[derive(Subcommand, Debug)]
+enum NodeArgs {
+    /// Every node: role, health, drained, and the ZooKeeper session it holds.
+    List,
+    /// Keep a node out of the election (a drained leader hands over); it
+    /// stays drained across restarts until undrained.
+    Drain { node: String },
+    /// Let a drained node stand again.
+    Undrain { node: String },
+}
+
+impl NodeArgs {
+    /// The library's command; `json` as for [`VipArgs::command`].
+    fn command(self, json: bool) -> NodeCommand {
+        match self {
+            NodeArgs::List => NodeCommand::List { json },
+            NodeArgs::Drain { node } => NodeCommand::Drain { node },
+            NodeArgs::Undrain { node } => NodeCommand::Undrain { node },
+        }
+    }
 }
 
 /// Which options each command reads (clap ids), by the command's words.
@@ -164,16 +228,16 @@ impl Command {
             Command::Status => "status",
             Command::Arp { .. } => "arp stats",
             Command::Vip { command } => match command {
-                VipCommand::List { .. } => "vip list",
-                VipCommand::Set { .. } => "vip set",
-                VipCommand::Add { .. } => "vip add",
-                VipCommand::Remove { .. } => "vip remove",
-                VipCommand::Clear { .. } => "vip clear",
+                VipArgs::List => "vip list",
+                VipArgs::Set { .. } => "vip set",
+                VipArgs::Add { .. } => "vip add",
+                VipArgs::Remove { .. } => "vip remove",
+                VipArgs::Clear { .. } => "vip clear",
             },
             Command::Node { command } => match command {
-                NodeCommand::List { .. } => "node list",
-                NodeCommand::Drain { .. } => "node drain",
-                NodeCommand::Undrain { .. } => "node undrain",
+                NodeArgs::List => "node list",
+                NodeArgs::Drain { .. } => "node drain",
+                NodeArgs::Undrain { .. } => "node undrain",
             },
             Command::Handover => "handover",
             Command::Cleanup => "cleanup",
@@ -269,135 +333,84 @@ async fn run(cli: Cli) -> ExitCode {
     } = cli;
     let json = output.json;
     match command {
-        Command::Status => loop {
-            match api::request(&socket.api_socket, Request::Status).await {
-                Ok(v) => {
-                    output.new_screen();
-                    if json && output.watch {
-                        println!("{}", serde_json::to_string(&v).unwrap_or_default());
-                    } else if json {
-                        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-                    } else {
-                        print!("{}", status_table(&v));
-                    }
-                    let _ = std::io::stdout().flush();
-                }
-                Err(e) => return fail(&e.to_string()),
-            }
-            if !output.watch {
-                return ExitCode::SUCCESS;
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        },
-        Command::Node { command } => {
-            let auth = match zk.auth() {
-                Ok(a) => a,
-                Err(e) => return fail(&e),
+        Command::Status => {
+            let path = &socket.api_socket;
+            let watch = output.watch;
+            let status = move || async move {
+                let v = api::request(path, Request::Status)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(if json && watch {
+                    format!("{}\n", serde_json::to_string(&v).unwrap_or_default())
+                } else if json {
+                    format!("{}\n", serde_json::to_string_pretty(&v).unwrap_or_default())
+                } else {
+                    status_table(&v)
+                })
             };
-            let command = match command {
-                NodeCommand::List { .. } => NodeCommand::List { json },
-                other => other,
-            };
-            let hosts = zk.hosts.unwrap_or_default();
-            loop {
-                match run_node_command_within(
-                    &hosts,
-                    &zk.cluster,
-                    auth.clone(),
-                    command.clone(),
-                    zk.connect_timeout,
-                )
-                .await
-                {
-                    Ok(out) => {
-                        output.new_screen();
-                        print!("{out}");
-                        let _ = std::io::stdout().flush();
-                    }
-                    Err(e) => {
-                        eprintln!("vipctl: {e}");
-                        return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1));
-                    }
-                }
-                if !(output.watch && matches!(command, NodeCommand::List { .. })) {
-                    return ExitCode::SUCCESS;
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
-        Command::Handover => {
-            let auth = match zk.auth() {
-                Ok(a) => a,
-                Err(e) => return fail(&e),
-            };
-            let hosts = zk.hosts.unwrap_or_default();
-            match run_handover_within(
-                &hosts,
-                &zk.cluster,
-                auth,
-                handover.to,
-                zk.connect_timeout,
-                Duration::from_secs(10),
-            )
-            .await
-            {
-                Ok(out) => {
-                    print!("{out}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("vipctl: {e}");
-                    ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
-                }
-            }
+            print_each(&output, watch, status, |e: String| fail(&e)).await
         }
         Command::Arp {
             command: ArpCommand::Stats,
-        } => loop {
-            match api::request(&socket.api_socket, Request::ArpStats).await {
-                Ok(v) => {
-                    let stats: ArpStats = match serde_json::from_value(v) {
-                        Ok(s) => s,
-                        Err(e) => return fail(&format!("unreadable answer from vipd: {e}")),
-                    };
-                    output.new_screen();
-                    if json {
-                        println!("{}", serde_json::to_string(&stats).unwrap_or_default());
-                    } else {
-                        print!("{}", arp_table(&stats));
-                    }
-                    let _ = std::io::stdout().flush();
-                }
-                Err(e) => return fail(&e.to_string()),
-            }
-            if !output.watch {
-                return ExitCode::SUCCESS;
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        },
-        Command::Vip { command } => {
-            let auth = match zk.auth() {
-                Ok(a) => a,
+        } => {
+            let path = &socket.api_socket;
+            let stats = move || async move {
+                let v = api::request(path, Request::ArpStats)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let stats: ArpStats = serde_json::from_value(v)
+                    .map_err(|e| format!("unreadable answer from vipd: {e}"))?;
+                Ok(if json {
+                    format!("{}\n", serde_json::to_string(&stats).unwrap_or_default())
+                } else {
+                    arp_table(&stats)
+                })
+            };
+            print_each(&output, output.watch, stats, |e: String| fail(&e)).await
+        }
+        Command::Node { command } => {
+            let (hosts, auth) = match zk.connection() {
+                Ok(c) => c,
                 Err(e) => return fail(&e),
             };
-            let command = match command {
-                VipCommand::List { .. } => VipCommand::List { json },
-                other => other,
+            let command = command.command(json);
+            let watch = output.watch && matches!(command, NodeCommand::List { .. });
+            let (hosts, cluster, timeout) = (&hosts, &zk.cluster, zk.connect_timeout);
+            let node = move || {
+                run_node_command_within(hosts, cluster, auth.clone(), command.clone(), timeout)
             };
-            // `parse` made sure the servers are there.
-            let hosts = zk.hosts.unwrap_or_default();
-            match run_vip_command_within(&hosts, &zk.cluster, auth, command, zk.connect_timeout)
-                .await
-            {
-                Ok(out) => {
-                    print!("{out}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("vipctl: {e}");
-                    ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
-                }
-            }
+            print_each(&output, watch, node, zk_failure).await
+        }
+        Command::Handover => {
+            let (hosts, auth) = match zk.connection() {
+                Ok(c) => c,
+                Err(e) => return fail(&e),
+            };
+            let (hosts, cluster, timeout) = (&hosts, &zk.cluster, zk.connect_timeout);
+            let handover = move || {
+                let wait = Duration::from_secs(10);
+                run_handover_within(
+                    hosts,
+                    cluster,
+                    auth.clone(),
+                    handover.to.clone(),
+                    timeout,
+                    wait,
+                )
+            };
+            print_each(&output, false, handover, zk_failure).await
+        }
+        Command::Vip { command } => {
+            let (hosts, auth) = match zk.connection() {
+                Ok(c) => c,
+                Err(e) => return fail(&e),
+            };
+            let command = command.command(json);
+            let (hosts, cluster, timeout) = (&hosts, &zk.cluster, zk.connect_timeout);
+            let vip = move || {
+                run_vip_command_within(hosts, cluster, auth.clone(), command.clone(), timeout)
+            };
+            print_each(&output, false, vip, zk_failure).await
         }
         Command::Cleanup => {
             let nl = match Netlink::new() {
@@ -424,14 +437,51 @@ async fn run(cli: Cli) -> ExitCode {
 }
 
 impl ZkArg {
-    /// The digest credentials of `--zk-auth-file`, if given.
-    fn auth(&self) -> Result<Option<ZkAuth>, String> {
-        self.zk_auth_file
+    /// The servers and the digest credentials of `--zk-auth-file`, if given.
+    fn connection(&self) -> Result<(String, Option<ZkAuth>), String> {
+        let auth = self
+            .zk_auth_file
             .as_deref()
             .map(ZkAuth::from_file)
             .transpose()
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        // `parse` made sure the servers are there.
+        Ok((self.hosts.clone().unwrap_or_default(), auth))
     }
+}
+
+/// Prints what `once` answers, again every second under `watch` (each
+/// refresh on a new screen); its first failure ends vipctl as `failed` says.
+async fn print_each<F, Fut, E>(
+    output: &OutputArg,
+    watch: bool,
+    mut once: F,
+    failed: impl Fn(E) -> ExitCode,
+) -> ExitCode
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<String, E>>,
+{
+    loop {
+        match once().await {
+            Ok(text) => {
+                output.new_screen();
+                print!("{text}");
+                let _ = std::io::stdout().flush();
+            }
+            Err(e) => return failed(e),
+        }
+        if !watch {
+            return ExitCode::SUCCESS;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// A ZooKeeper command failed: its message, and the exit status it asks for.
+fn zk_failure(e: AdminError) -> ExitCode {
+    eprintln!("vipctl: {e}");
+    ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
 }
 
 impl OutputArg {
@@ -710,7 +760,7 @@ mod tests {
                 format!(
                     "{:?}",
                     Command::Vip {
-                        command: VipCommand::Set {
+                        command: VipArgs::Set {
                             service: "web".into(),
                             vips: vec!["192.0.2.100".into(), "192.0.2.101".into()],
                         }

@@ -14,41 +14,36 @@ use zookeeper_client::{Client, CreateMode, Error as ZkError};
 use super::{
     ClusterPaths,
     election::{CandidateData, node_of, sort_candidates},
-    session::{self, ConnectError, ZkAuth, ZkCallError, ZnodeAcl, call},
+    session::{self, ConnectError, ZkAuth, ZkCallError, ZnodeAcl, call, mkdir},
     store::{encode_service, parse_service},
 };
 use crate::{config::valid_name, vip::Vip};
 
-/// `vipctl vip ...`: the VIP configuration in ZooKeeper.
-#[derive(clap::Subcommand, Debug, Clone, PartialEq, Eq)]
+/// What `vipctl vip ...` asks of the VIP configuration in ZooKeeper (the
+/// command line itself is vipctl's): list it, or change one service's VIPs
+/// (given as text, validated before anything is written).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VipCommand {
-    /// Show every service with its VIPs, and the leader.
+    /// Every service with its VIPs, and the leader; JSON or a table.
     List {
-        /// Print JSON instead of a table (vipctl's `--json`, an option of
-        /// vipctl as a whole so that it may stand anywhere on the line).
-        #[arg(skip)]
         json: bool,
     },
-    /// Replace a service's VIPs (creates the service).
     Set {
         service: String,
-        #[arg(required = true)]
         vips: Vec<String>,
     },
-    /// Add VIPs to a service (creates the service).
     Add {
         service: String,
-        #[arg(required = true)]
         vips: Vec<String>,
     },
-    /// Remove VIPs from a service.
     Remove {
         service: String,
-        #[arg(required = true)]
         vips: Vec<String>,
     },
-    /// Remove a service and all its VIPs.
-    Clear { service: String },
+    /// The service and all its VIPs go.
+    Clear {
+        service: String,
+    },
 }
 
 /// Why a vipctl command failed.
@@ -83,7 +78,7 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
 const MAX_ATTEMPTS: u32 = 100;
 
-fn check_name(what: &str, v: &str) -> Result<(), AdminError> {
+pub(super) fn check_name(what: &str, v: &str) -> Result<(), AdminError> {
     if valid_name(v) {
         Ok(())
     } else {
@@ -91,6 +86,19 @@ fn check_name(what: &str, v: &str) -> Result<(), AdminError> {
             "invalid {what} {v:?}: use 1-128 letters, digits, '-', '_' and '.'"
         )))
     }
+}
+
+/// The session of one vipctl command (`vip`, `node`, `handover`): no
+/// servers given is an input error, and nothing is tried.
+pub(super) async fn admin_session(
+    hosts: &str,
+    auth: Option<&ZkAuth>,
+    connect_timeout: Duration,
+) -> Result<Client, AdminError> {
+    if hosts.trim().is_empty() {
+        return Err(AdminError::Invalid("no ZooKeeper hosts given".into()));
+    }
+    Ok(session::connect_within(hosts, SESSION_TIMEOUT, auth, connect_timeout).await?)
 }
 
 fn parse_vips(vips: &[String]) -> Result<BTreeSet<Vip>, AdminError> {
@@ -155,12 +163,8 @@ pub async fn run_vip_command_within(
     if let Ok((service, _)) = &edit {
         check_name("service name", service)?;
     }
-    if hosts.trim().is_empty() {
-        return Err(AdminError::Invalid("no ZooKeeper hosts given".into()));
-    }
     let paths = ClusterPaths::new(cluster);
-    let client =
-        session::connect_within(hosts, SESSION_TIMEOUT, auth.as_ref(), connect_timeout).await?;
+    let client = admin_session(hosts, auth.as_ref(), connect_timeout).await?;
     let acl = ZnodeAcl::new(auth.as_ref());
     let out = match edit {
         Err(json) => list(&client, &paths, json).await,
@@ -216,13 +220,7 @@ async fn apply(
         let result = match (next.as_ref(), current.as_ref()) {
             (Some(vips), None) => {
                 let data = encode_service(vips);
-                call(
-                    "mkdir",
-                    &paths.services,
-                    d,
-                    client.mkdir(&paths.services, &acl.options(CreateMode::Persistent)),
-                )
-                .await?;
+                mkdir(client, &paths.services, acl, d).await?;
                 call(
                     "create",
                     &path,

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, instrument, warn};
 use zookeeper_client::{Client, CreateMode};
 
-use super::session::{ZkCallError, ZnodeAcl, call};
+use super::session::{ZkCallError, ZnodeAcl, call, mkdir};
 
 /// What a candidate's znode holds. The leader rewrites it with every lease
 /// renewal (R15): the znode's version is the renewal the next in line sees.
@@ -66,13 +66,7 @@ pub async fn ensure_candidacy(
     acl: &ZnodeAcl,
     deadline: Duration,
 ) -> Result<String, ZkCallError> {
-    call(
-        "mkdir",
-        dir,
-        deadline,
-        client.mkdir(dir, &acl.options(CreateMode::Persistent)),
-    )
-    .await?;
+    mkdir(client, dir, acl, deadline).await?;
     let prefix = format!("{dir}/{node}-n_");
     let mut mine: Vec<String> = call(
         "list ephemerals",

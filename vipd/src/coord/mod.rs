@@ -140,6 +140,19 @@ pub enum CoordError {
     AuthFailed { user: String },
 }
 
+impl CoordError {
+    /// The server refused the credentials of `settings`.
+    fn auth_failed(settings: &ZkSettings) -> CoordError {
+        CoordError::AuthFailed {
+            user: settings
+                .auth
+                .as_ref()
+                .map(|a| a.user.clone())
+                .unwrap_or_default(),
+        }
+    }
+}
+
 /// How long the engine gets to remove VIPs before we release the election.
 const RELEASE_WAIT: Duration = Duration::from_secs(5);
 
@@ -222,13 +235,7 @@ pub async fn run_serving(
                 warn!(error = %e, hosts = %settings.hosts, "cannot open a ZooKeeper session; retrying");
                 ctx.error(e.to_string());
                 if e.is(&zookeeper_client::Error::AuthFailed) {
-                    return Err(CoordError::AuthFailed {
-                        user: settings
-                            .auth
-                            .as_ref()
-                            .map(|a| a.user.clone())
-                            .unwrap_or_default(),
-                    });
+                    return Err(CoordError::auth_failed(&settings));
                 }
                 tokio::select! {
                     _ = cancel.cancelled() => {}
@@ -249,13 +256,7 @@ pub async fn run_serving(
             SessionState::AuthFailed => {
                 ctx.follower(&mut st, false);
                 ctx.set_session("closed");
-                return Err(CoordError::AuthFailed {
-                    user: settings
-                        .auth
-                        .as_ref()
-                        .map(|a| a.user.clone())
-                        .unwrap_or_default(),
-                });
+                return Err(CoordError::auth_failed(&settings));
             }
             s => {
                 // Expired (or closed under us): the server dropped our

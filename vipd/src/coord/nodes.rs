@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 use zookeeper_client::{Client, CreateMode, Error as ZkError, SessionState};
 
-use super::session::{ZkCallError, ZnodeAcl, call};
+use super::session::{ZkCallError, ZnodeAcl, call, mkdir, until_terminated};
 
 /// The operator's record of a node.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,25 +86,16 @@ pub async fn watch_record(
                 publish(r.drained);
                 tokio::select! {
                     _ = w.changed() => {}
-                    s = terminal(&mut state) => return s,
+                    s = until_terminated(&mut state) => return s,
                 }
             }
             Err(e) => {
                 debug!(error = %e, znode = %path, "cannot read the node record; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(deadline / 2) => {}
-                    s = terminal(&mut state) => return s,
+                    s = until_terminated(&mut state) => return s,
                 }
             }
-        }
-    }
-}
-
-async fn terminal(state: &mut zookeeper_client::StateWatcher) -> SessionState {
-    loop {
-        let s = state.changed().await;
-        if s.is_terminated() {
-            return s;
         }
     }
 }
@@ -119,13 +110,7 @@ pub async fn put(
     acl: &ZnodeAcl,
     deadline: Duration,
 ) -> Result<(), ZkCallError> {
-    call(
-        "mkdir",
-        dir,
-        deadline,
-        client.mkdir(dir, &acl.options(CreateMode::Persistent)),
-    )
-    .await?;
+    mkdir(client, dir, acl, deadline).await?;
     for _ in 0..10 {
         match call(
             "set data",
@@ -186,13 +171,7 @@ pub async fn publish_member(
             .await
             .map(drop)
         } else {
-            let _ = call(
-                "mkdir",
-                dir,
-                deadline,
-                client.mkdir(dir, &acl.options(CreateMode::Persistent)),
-            )
-            .await;
+            let _ = mkdir(client, dir, acl, deadline).await;
             match call(
                 "create",
                 path,
@@ -285,19 +264,22 @@ pub async fn clear_handover(client: &Client, path: &str, me: &str, deadline: Dur
     }
 }
 
-/// `vipctl node ...`.
-#[derive(clap::Subcommand, Debug, Clone, PartialEq, Eq)]
+/// What `vipctl node ...` asks (the command line itself is vipctl's).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NodeCommand {
-    /// Every node: role, health, drained, and the ZooKeeper session it holds.
+    /// Every node: role, health, drained, and its ZooKeeper session; JSON
+    /// or a table.
     List {
-        #[arg(skip)]
         json: bool,
     },
-    /// Keep a node out of the election (a drained leader hands over); it
-    /// stays drained across restarts until undrained.
-    Drain { node: String },
-    /// Let a drained node stand again.
-    Undrain { node: String },
+    /// Keep `node` out of the election across restarts (a drained leader
+    /// hands over).
+    Drain {
+        node: String,
+    },
+    Undrain {
+        node: String,
+    },
 }
 
 /// One row of `vipctl node list`.
@@ -429,30 +411,13 @@ pub async fn run_node_command_within(
     cmd: NodeCommand,
     connect_timeout: Duration,
 ) -> Result<String, super::AdminError> {
-    use super::AdminError;
-    for (what, v) in [("cluster name", cluster)].into_iter().chain(match &cmd {
-        NodeCommand::Drain { node } | NodeCommand::Undrain { node } => {
-            Some(("node id", node.as_str()))
-        }
-        NodeCommand::List { .. } => None,
-    }) {
-        if !crate::config::valid_name(v) {
-            return Err(AdminError::Invalid(format!(
-                "invalid {what} {v:?}: use 1-128 letters, digits, '-', '_' and '.'"
-            )));
-        }
-    }
-    if hosts.trim().is_empty() {
-        return Err(AdminError::Invalid("no ZooKeeper hosts given".into()));
+    use super::admin::{admin_session, check_name};
+    check_name("cluster name", cluster)?;
+    if let NodeCommand::Drain { node } | NodeCommand::Undrain { node } = &cmd {
+        check_name("node id", node)?;
     }
     let paths = super::ClusterPaths::new(cluster);
-    let client = super::session::connect_within(
-        hosts,
-        Duration::from_secs(10),
-        auth.as_ref(),
-        connect_timeout,
-    )
-    .await?;
+    let client = admin_session(hosts, auth.as_ref(), connect_timeout).await?;
     let acl = ZnodeAcl::new(auth.as_ref());
     let d = Duration::from_secs(5);
     let out = async {
@@ -491,27 +456,16 @@ pub async fn run_handover_within(
     connect_timeout: Duration,
     wait: Duration,
 ) -> Result<String, super::AdminError> {
-    use super::AdminError;
-    if let Some(t) = &to
-        && !crate::config::valid_name(t)
-    {
-        return Err(AdminError::Invalid(format!(
-            "invalid node id {t:?}: use 1-128 letters, digits, '-', '_' and '.'"
-        )));
+    use super::{
+        AdminError,
+        admin::{admin_session, check_name},
+    };
+    if let Some(t) = &to {
+        check_name("node id", t)?;
     }
-    if !crate::config::valid_name(cluster) {
-        return Err(AdminError::Invalid(format!(
-            "invalid cluster name {cluster:?}"
-        )));
-    }
+    check_name("cluster name", cluster)?;
     let paths = super::ClusterPaths::new(cluster);
-    let client = super::session::connect_within(
-        hosts,
-        Duration::from_secs(10),
-        auth.as_ref(),
-        connect_timeout,
-    )
-    .await?;
+    let client = admin_session(hosts, auth.as_ref(), connect_timeout).await?;
     let acl = ZnodeAcl::new(auth.as_ref());
     let d = Duration::from_secs(5);
     let out = async {

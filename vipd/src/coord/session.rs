@@ -119,6 +119,35 @@ pub async fn call<T>(
     }
 }
 
+/// Creates the persistent directory `dir` (and its parents) if missing.
+pub async fn mkdir(
+    client: &Client,
+    dir: &str,
+    acl: &ZnodeAcl,
+    deadline: Duration,
+) -> Result<(), ZkCallError> {
+    call(
+        "mkdir",
+        dir,
+        deadline,
+        client.mkdir(dir, &acl.options(CreateMode::Persistent)),
+    )
+    .await
+}
+
+/// Waits until the session behind `state` has ended for good (expired,
+/// closed, auth failed), and says how.
+pub async fn until_terminated(
+    state: &mut zookeeper_client::StateWatcher,
+) -> zookeeper_client::SessionState {
+    loop {
+        let s = state.changed().await;
+        if s.is_terminated() {
+            return s;
+        }
+    }
+}
+
 /// The ACL of every znode vipd or vipctl creates: without auth, open to
 /// all (ZooKeeper's default); with auth, full rights for the authenticated
 /// digest identity (the `auth` scheme: the server substitutes the session's

@@ -9,9 +9,9 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
-use zookeeper_client::{Client, CreateMode, SessionState};
+use zookeeper_client::{Client, SessionState};
 
-use super::session::{ZkCallError, ZnodeAcl, call};
+use super::session::{ZkCallError, ZnodeAcl, call, mkdir, until_terminated};
 use crate::vip::Vip;
 
 /// What one service's znode holds.
@@ -96,13 +96,7 @@ async fn read_services(
         .await
         {
             Err(e) if e.is(&zookeeper_client::Error::NoNode) => {
-                call(
-                    "mkdir",
-                    dir,
-                    deadline,
-                    client.mkdir(dir, &acl.options(CreateMode::Persistent)),
-                )
-                .await?;
+                mkdir(client, dir, acl, deadline).await?;
             }
             r => break r?,
         }
@@ -170,7 +164,7 @@ pub async fn watch_services(
                 );
                 tokio::select! {
                     _ = any => {}
-                    s = wait_terminal(&mut state) => return s,
+                    s = until_terminated(&mut state) => return s,
                 }
             }
             Err(e) => {
@@ -178,18 +172,9 @@ pub async fn watch_services(
                 publish(Err(e.to_string()));
                 tokio::select! {
                     _ = tokio::time::sleep(deadline / 2) => {}
-                    s = wait_terminal(&mut state) => return s,
+                    s = until_terminated(&mut state) => return s,
                 }
             }
-        }
-    }
-}
-
-async fn wait_terminal(state: &mut zookeeper_client::StateWatcher) -> SessionState {
-    loop {
-        let s = state.changed().await;
-        if s.is_terminated() {
-            return s;
         }
     }
 }

@@ -294,41 +294,33 @@ mod tests {
         Ipv4Addr::new(192, 0, 2, 100)
     }
 
+    /// The request form, byte by byte.
+    #[rustfmt::skip]
+    const REQUEST: [u8; GARP_FRAME_LEN] = [
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, // eth dst: broadcast
+        0x02, 0x00, 0x5e, 0x10, 0x20, 0x30, // eth src: our MAC
+        0x08, 0x06,                         // ethertype ARP
+        0x00, 0x01,                         // htype Ethernet
+        0x08, 0x00,                         // ptype IPv4
+        0x06, 0x04,                         // hlen, plen
+        0x00, 0x01,                         // oper request
+        0x02, 0x00, 0x5e, 0x10, 0x20, 0x30, // sha
+        0xc0, 0x00, 0x02, 0x64,             // spa 192.0.2.100
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, // tha
+        0xc0, 0x00, 0x02, 0x64,             // tpa 192.0.2.100
+    ];
+
     #[test]
     fn request_form_bytes() {
-        #[rustfmt::skip]
-        let want: [u8; GARP_FRAME_LEN] = [
-            0xff, 0xff, 0xff, 0xff, 0xff, 0xff, // eth dst: broadcast
-            0x02, 0x00, 0x5e, 0x10, 0x20, 0x30, // eth src: our MAC
-            0x08, 0x06,                         // ethertype ARP
-            0x00, 0x01,                         // htype Ethernet
-            0x08, 0x00,                         // ptype IPv4
-            0x06, 0x04,                         // hlen, plen
-            0x00, 0x01,                         // oper request
-            0x02, 0x00, 0x5e, 0x10, 0x20, 0x30, // sha
-            0xc0, 0x00, 0x02, 0x64,             // spa 192.0.2.100
-            0xff, 0xff, 0xff, 0xff, 0xff, 0xff, // tha
-            0xc0, 0x00, 0x02, 0x64,             // tpa 192.0.2.100
-        ];
-        assert_eq!(garp_frame(GarpForm::Request, MAC, vip()), want);
+        assert_eq!(garp_frame(GarpForm::Request, MAC, vip()), REQUEST);
     }
 
     #[test]
     fn reply_form_bytes() {
-        #[rustfmt::skip]
-        let want: [u8; GARP_FRAME_LEN] = [
-            0xff, 0xff, 0xff, 0xff, 0xff, 0xff, // eth dst: broadcast
-            0x02, 0x00, 0x5e, 0x10, 0x20, 0x30, // eth src: our MAC
-            0x08, 0x06,                         // ethertype ARP
-            0x00, 0x01,                         // htype Ethernet
-            0x08, 0x00,                         // ptype IPv4
-            0x06, 0x04,                         // hlen, plen
-            0x00, 0x02,                         // oper reply
-            0x02, 0x00, 0x5e, 0x10, 0x20, 0x30, // sha
-            0xc0, 0x00, 0x02, 0x64,             // spa 192.0.2.100
-            0x02, 0x00, 0x5e, 0x10, 0x20, 0x30, // tha = our MAC
-            0xc0, 0x00, 0x02, 0x64,             // tpa 192.0.2.100
-        ];
+        // The reply form is the request but for two fields.
+        let mut want = REQUEST;
+        want[20..22].copy_from_slice(&[0x00, 0x02]); // oper reply
+        want[32..38].copy_from_slice(&MAC); // tha = our MAC
         assert_eq!(garp_frame(GarpForm::Reply, MAC, vip()), want);
     }
 

@@ -193,6 +193,17 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// Checks where `t` places each VIP: (VIP, ifindex, prefix length).
+    fn assert_placements(t: &RouteTable, cases: &[(&str, u32, u8)]) {
+        for &(v, ifindex, prefix_len) in cases {
+            let want = Placement {
+                ifindex,
+                prefix_len,
+            };
+            assert_eq!(t.placement(vip(v)), Some(want), "{v}");
+        }
+    }
+
     #[test]
     fn longest_prefix_wins_as_in_r4() {
         // R4's example, in lab ranges: a /16 via if1 and a /24 inside it via if2.
@@ -200,39 +211,13 @@ mod tests {
             route("198.51.0.0", 16, 1),
             route("198.51.100.0", 24, 2),
         ]);
-        assert_eq!(
-            t.placement(vip("198.51.100.7")),
-            Some(Placement {
-                ifindex: 2,
-                prefix_len: 24
-            })
-        );
-        assert_eq!(
-            t.placement(vip("198.51.1.7")),
-            Some(Placement {
-                ifindex: 1,
-                prefix_len: 16
-            })
-        );
+        assert_placements(&t, &[("198.51.100.7", 2, 24), ("198.51.1.7", 1, 16)]);
     }
 
     #[test]
     fn default_route_only_gives_slash_32() {
         let t = RouteTable::new(vec![route("0.0.0.0", 0, 3), route("192.0.2.0", 24, 1)]);
-        assert_eq!(
-            t.placement(vip("203.0.113.9")),
-            Some(Placement {
-                ifindex: 3,
-                prefix_len: 32
-            })
-        );
-        assert_eq!(
-            t.placement(vip("192.0.2.9")),
-            Some(Placement {
-                ifindex: 1,
-                prefix_len: 24
-            })
-        );
+        assert_placements(&t, &[("203.0.113.9", 3, 32), ("192.0.2.9", 1, 24)]);
     }
 
     #[test]
@@ -261,20 +246,7 @@ mod tests {
     #[test]
     fn host_route_matches_exactly() {
         let t = RouteTable::new(vec![route("192.0.2.0", 24, 1), route("192.0.2.50", 32, 2)]);
-        assert_eq!(
-            t.placement(vip("192.0.2.50")),
-            Some(Placement {
-                ifindex: 2,
-                prefix_len: 32
-            })
-        );
-        assert_eq!(
-            t.placement(vip("192.0.2.51")),
-            Some(Placement {
-                ifindex: 1,
-                prefix_len: 24
-            })
-        );
+        assert_placements(&t, &[("192.0.2.50", 2, 32), ("192.0.2.51", 1, 24)]);
     }
 
     #[test]
@@ -294,34 +266,15 @@ mod tests {
             // IPv4 routes never match an IPv6 VIP, not even the default.
             route("0.0.0.0", 0, 4),
         ]);
-        assert_eq!(
-            t.placement(vip("2001:db8:1::7")),
-            Some(Placement {
-                ifindex: 2,
-                prefix_len: 80
-            })
-        );
-        assert_eq!(
-            t.placement(vip("2001:db8:1:0:1::7")),
-            Some(Placement {
-                ifindex: 1,
-                prefix_len: 64
-            })
-        );
-        assert_eq!(
-            t.placement(vip("2001:db8:2::7")),
-            Some(Placement {
-                ifindex: 3,
-                prefix_len: 128
-            }),
-            "default route only: a /128 on its interface"
-        );
-        assert_eq!(
-            t.placement(vip("192.0.2.7")),
-            Some(Placement {
-                ifindex: 4,
-                prefix_len: 32
-            })
+        assert_placements(
+            &t,
+            &[
+                ("2001:db8:1::7", 2, 80),
+                ("2001:db8:1:0:1::7", 1, 64),
+                // Default route only: a /128 on its interface.
+                ("2001:db8:2::7", 3, 128),
+                ("192.0.2.7", 4, 32),
+            ],
         );
     }
 
