@@ -573,6 +573,17 @@ fn served_median(ts: &[Takeover]) -> Option<f64> {
 }
 
 /// A target row: `| what | measured | target | met |`.
+/// A Markdown table's head and rule: `first`, then one column each.
+fn table_head<'a>(first: &str, columns: impl Iterator<Item = &'a str>) -> String {
+    let mut head = format!("| {first} |");
+    let mut rule = "|---|".to_string();
+    for c in columns {
+        let _ = write!(head, " {c} |");
+        rule.push_str("---|");
+    }
+    format!("{head}\n{rule}")
+}
+
 pub fn target_row(what: &str, measured: Option<(String, bool)>, target: &str) -> String {
     match measured {
         Some((m, ok)) => format!(
@@ -640,13 +651,11 @@ fn report(
 
     let table = |md: &mut String, title: &str, f: &dyn Fn(&[Takeover]) -> String| {
         let _ = writeln!(md, "{title}\n");
-        let mut head = "| system |".to_string();
-        let mut rule = "|---|".to_string();
-        for fault in faults {
-            let _ = write!(head, " {} |", fault.label());
-            rule.push_str("---|");
-        }
-        let _ = writeln!(md, "{head}\n{rule}");
+        let _ = writeln!(
+            md,
+            "{}",
+            table_head("system", faults.iter().map(|f| f.label()))
+        );
         for s in systems {
             let mut line = format!("| {} |", s.label());
             for &fault in faults {
@@ -690,13 +699,12 @@ fn report(
     // Phases of the link cut, as before.
     if faults.contains(&Fault::Cut) {
         let _ = writeln!(md, "**The link cut in phases:**\n");
-        let mut head = "| phase |".to_string();
-        let mut rule = "|---|".to_string();
-        for s in systems {
-            let _ = write!(head, " {} |", s.label());
-            rule.push_str("---|");
-        }
-        let _ = writeln!(md, "{head}\n{rule}");
+        let labels: Vec<String> = systems.iter().map(System::label).collect();
+        let _ = writeln!(
+            md,
+            "{}",
+            table_head("phase", labels.iter().map(String::as_str))
+        );
         type Phase<'a> = (&'a str, Box<dyn Fn(&Takeover) -> Option<Duration>>);
         let phases: Vec<Phase> = vec![
             (
