@@ -22,7 +22,7 @@ use vipd_tests::{
 };
 
 use crate::bench::timeline::{
-    self, Agent, Cluster, INTERRUPTED, PORT, VIP, VipdSettings, binaries, check_interrupt,
+    self, Agent, FailoverLab, INTERRUPTED, PORT, VIP, VipdSettings, binaries, check_interrupt,
     install_sigint_handler, preflight, progress,
 };
 
@@ -64,7 +64,7 @@ fn demo(bins: &std::path::Path) -> Result<()> {
     p(
         "building the lab: nodes n1, n2, n3 and a client on 192.0.2.0/24, ZooKeeper on 203.0.113.0/24",
     );
-    let cluster = Cluster::start("demo", Agent::Vipd(SETTINGS), bins, &p)?;
+    let cluster = FailoverLab::start("demo", Agent::Vipd(SETTINGS), bins, &p)?;
     let leader = *cluster.holders().first().context("no leader")?;
     // Every node answers on its control socket once it is up.
     let up = Instant::now();

@@ -17,7 +17,7 @@ use anyhow::{Context as _, Result, bail};
 use super::{
     Options,
     timeline::{
-        self, Agent, Cluster, Fault, KeepalivedSettings, PlotRow, Takeover, VIP, VIP6,
+        self, Agent, FailoverLab, Fault, KeepalivedSettings, PlotRow, Takeover, VIP, VIP6,
         VipdSettings, between, binaries, install_sigint_handler, preflight, progress, spread,
         spread_ms,
     },
@@ -398,7 +398,7 @@ pub fn run(opts: &Options) -> Result<String> {
     let mut clusters = Vec::new();
     for s in &systems {
         let sp = |m: &str| p(&format!("{}: {m}", s.short()));
-        let c = Cluster::start_with(&s.lab_hint(), s.agent(), s.lease(), s.vip(), &bins, &sp)
+        let c = FailoverLab::start_with(&s.lab_hint(), s.agent(), s.lease(), s.vip(), &bins, &sp)
             .with_context(|| format!("starting the lab cluster for {}", s.label()))?;
         clusters.push(c);
     }
@@ -465,7 +465,7 @@ pub fn run(opts: &Options) -> Result<String> {
 }
 
 /// One line per run for the progress output.
-pub fn summary(c: &Cluster, t: &Takeover) -> String {
+pub fn summary(c: &FailoverLab, t: &Takeover) -> String {
     let f = |d: Option<Duration>| d.map_or("-".to_string(), timeline::ms);
     format!(
         "{} -> {}: elected {} ms, VIP configured {} ms, first {} {} ms, neighbour {} ms, served {} ms, old holder removed {} ms, overlap {} ms",

@@ -14,8 +14,8 @@ use anyhow::{Context as _, Result, bail};
 use super::{
     failover::{self, LeaseRule, System, summary},
     timeline::{
-        self, Agent, Cluster, KeepalivedSettings, PlotRow, Takeover, VIP, VipdSettings, between,
-        binaries, install_sigint_handler, preflight, progress, sleep, spread, spread_ms,
+        self, Agent, FailoverLab, KeepalivedSettings, PlotRow, Takeover, VIP, VipdSettings,
+        between, binaries, install_sigint_handler, preflight, progress, sleep, spread, spread_ms,
     },
 };
 
@@ -63,7 +63,7 @@ struct KillResult {
 
 impl KillResult {
     /// Who holds the VIP now and who served the probe over the next 200 ms.
-    fn observe(c: &Cluster, what: String) -> Result<KillResult> {
+    fn observe(c: &FailoverLab, what: String) -> Result<KillResult> {
         let since = Instant::now();
         sleep(Duration::from_millis(200))?;
         Ok(KillResult {
@@ -80,7 +80,7 @@ impl KillResult {
 
 /// Waits until the VIP is on a node other than `killed` (or `timeout`),
 /// then a little longer so late changes show.
-fn settle_after_kill(c: &Cluster, killed: usize, timeout: Duration) -> Result<()> {
+fn settle_after_kill(c: &FailoverLab, killed: usize, timeout: Duration) -> Result<()> {
     let start = Instant::now();
     while start.elapsed() < timeout && !c.holders().iter().any(|&h| h != killed) {
         sleep(Duration::from_millis(50))?;
@@ -93,7 +93,7 @@ fn kill_pid(pid: u32) {
     unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
 }
 
-fn vipd_kill(c: &Cluster) -> Result<Vec<KillResult>> {
+fn vipd_kill(c: &FailoverLab) -> Result<Vec<KillResult>> {
     let h = *c.holders().first().context("no holder before the kill")?;
     let name = c.nodes[h].name.clone();
     c.nodes[h].agent.kill(libc::SIGKILL);
@@ -115,7 +115,7 @@ fn vipd_kill(c: &Cluster) -> Result<Vec<KillResult>> {
     Ok(out)
 }
 
-fn keepalived_kill(c: &Cluster) -> Result<Vec<KillResult>> {
+fn keepalived_kill(c: &FailoverLab) -> Result<Vec<KillResult>> {
     let mut out = Vec::new();
     let h = *c.holders().first().context("no holder before the kill")?;
     let name = c.nodes[h].name.clone();
@@ -196,9 +196,9 @@ pub fn run(runs: usize) -> Result<String> {
         VIPD.session_timeout.as_millis(),
         KEEPALIVED.advert_int.as_millis()
     ));
-    let vipd =
-        Cluster::start("kavipd", Agent::Vipd(VIPD), &bins, &p).context("starting the vipd lab")?;
-    let ka = Cluster::start("kaka", Agent::Keepalived(KEEPALIVED), &bins, &p)
+    let vipd = FailoverLab::start("kavipd", Agent::Vipd(VIPD), &bins, &p)
+        .context("starting the vipd lab")?;
+    let ka = FailoverLab::start("kaka", Agent::Keepalived(KEEPALIVED), &bins, &p)
         .context("starting the keepalived lab")?;
     let mut done: [Vec<Takeover>; 2] = [Vec::new(), Vec::new()];
     for r in 0..runs {

@@ -33,8 +33,8 @@ use super::{
     failover::{self, System},
     plot,
     timeline::{
-        self, Cluster, Fault, Prober, Takeover, VIP, binaries, install_sigint_handler, preflight,
-        progress, sleep, spread_ms,
+        self, FailoverLab, Fault, Prober, Takeover, VIP, binaries, install_sigint_handler,
+        preflight, progress, sleep, spread_ms,
     },
 };
 
@@ -68,7 +68,7 @@ struct ServicesLab {
     console: Prober,
     /// Held for its Drop, which stops the servers.
     _services: Services,
-    cluster: Cluster,
+    cluster: FailoverLab,
 }
 
 /// What the clients saw in one takeover.
@@ -127,7 +127,7 @@ pub fn run(opts: &Options) -> Result<String> {
     for system in systems() {
         let sp = |m: &str| p(&format!("{}: {m}", system.short()));
         let hint = format!("sv{}", labs.len());
-        let cluster = Cluster::start_with(
+        let cluster = FailoverLab::start_with(
             &hint,
             system.agent(),
             system.lease(),

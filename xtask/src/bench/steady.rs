@@ -18,8 +18,8 @@ use super::{
     Options,
     failover::{LeaseRule, System, vipd_lease_check},
     timeline::{
-        self, Agent, Cluster, VipdSettings, binaries, install_sigint_handler, preflight, progress,
-        sleep,
+        self, Agent, FailoverLab, VipdSettings, binaries, install_sigint_handler, preflight,
+        progress, sleep,
     },
 };
 
@@ -187,7 +187,7 @@ pub fn run(opts: &Options) -> Result<String> {
     let Some(rule) = vipd_lease_check(&bins, &system)? else {
         bail!("this vipd has no --lease (vipd check-config refuses it): the steady run needs it");
     };
-    let cluster = Cluster::start_with(
+    let cluster = FailoverLab::start_with(
         "steady",
         Agent::Vipd(SETTINGS),
         Some(LEASE),

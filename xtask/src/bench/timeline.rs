@@ -522,9 +522,12 @@ struct Node0 {
     vrrp_pidfile: PathBuf,
 }
 
-/// A lab with three agent nodes and a client (fields drop in order: the
-/// observers, the nodes, ZooKeeper, then the lab with its processes).
-pub struct Cluster {
+/// A lab with three agent nodes (vipd, or keepalived as the peer we are
+/// measured against: hence not the tests' vipd-only `vipd_tests::cluster::
+/// Cluster`), each with an access and a ZooKeeper link, and a client that
+/// probes the VIP and captures its announcements (fields drop in order:
+/// the observers, the nodes, ZooKeeper, then the lab with its processes).
+pub struct FailoverLab {
     pub agent: Agent,
     /// The service address: [`VIP`], or [`VIP6`] for an IPv6 cluster.
     pub vip: IpAddr,
@@ -547,7 +550,7 @@ pub struct Cluster {
     pub lab: Lab,
 }
 
-impl Drop for Cluster {
+impl Drop for FailoverLab {
     fn drop(&mut self) {
         for pid in self.stopped.lock().unwrap().drain(..) {
             // SAFETY: kill(2) on a process of this lab that we stopped.
@@ -605,7 +608,7 @@ const RESTORE_TIMEOUT: Duration = Duration::from_secs(30);
 /// the kernel's reachable time, tens of seconds).
 pub const CLIENT_FLUSH_AFTER: Duration = Duration::from_secs(5);
 
-impl Cluster {
+impl FailoverLab {
     /// Builds the lab and starts everything; returns once exactly one node
     /// holds the VIP and the client is served through it.
     pub fn start(
@@ -613,11 +616,11 @@ impl Cluster {
         agent: Agent,
         bins: &Path,
         progress: &dyn Fn(&str),
-    ) -> Result<Cluster> {
-        Cluster::start_with(hint, agent, None, VIP.into(), bins, progress)
+    ) -> Result<FailoverLab> {
+        FailoverLab::start_with(hint, agent, None, VIP.into(), bins, progress)
     }
 
-    /// [`Cluster::start`] with vipd's `--lease` (None: no flag, its
+    /// [`FailoverLab::start`] with vipd's `--lease` (None: no flag, its
     /// default) and the service address `vip`: [`VIP`], or [`VIP6`] (vipd
     /// only; the nodes and the client then have addresses on the data
     /// segment's 2001:db8:0:1::/64 too, and the client reaches the service
@@ -629,7 +632,7 @@ impl Cluster {
         vip: IpAddr,
         bins: &Path,
         progress: &dyn Fn(&str),
-    ) -> Result<Cluster> {
+    ) -> Result<FailoverLab> {
         if vip.is_ipv6() && matches!(agent, Agent::Keepalived(_)) {
             bail!("the lab runs keepalived with an IPv4 VIP only");
         }
@@ -729,7 +732,7 @@ impl Cluster {
             },
         );
         let prober = Prober::start(&client.path(), vip, Duration::from_millis(10))?;
-        let cluster = Cluster {
+        let cluster = FailoverLab {
             agent,
             vip,
             client_watch,
@@ -929,7 +932,7 @@ impl Cluster {
         Ok(())
     }
 
-    /// Resumes what [`Cluster::signal_agent`] stopped on `node`.
+    /// Resumes what [`FailoverLab::signal_agent`] stopped on `node`.
     fn resume_agent(&self, node: usize) {
         let main = self.nodes[node].agent.pid();
         let child = self.vrrp_child(node);
@@ -1126,7 +1129,7 @@ impl Cluster {
     /// past the VIP's add on the new node, and the old holder's VIP gone
     /// (waited for at most [`FENCE_WAIT`] after the client was served), or
     /// `timeout` after the fault. The fault is still on when this returns:
-    /// [`Cluster::restore_from`] ends it.
+    /// [`FailoverLab::restore_from`] ends it.
     pub fn takeover_on(
         &self,
         fault: Fault,
@@ -1364,10 +1367,10 @@ pub struct Takeover {
     /// The first probe answered by the new node.
     pub served: Option<Duration>,
     /// Time with the VIP on two nodes at once: until the takeover was
-    /// over, and after [`Cluster::restore_from`] until the cluster was
+    /// over, and after [`FailoverLab::restore_from`] until the cluster was
     /// quiet again.
     pub overlap: Duration,
-    /// When the bench ended the fault (set by [`Cluster::restore_from`]).
+    /// When the bench ended the fault (set by [`FailoverLab::restore_from`]).
     pub healed: Option<Duration>,
     /// The old holder still had the VIP when the fault ended (after a
     /// SIGKILL) and the bench removed it.
