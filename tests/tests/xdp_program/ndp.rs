@@ -25,8 +25,9 @@ use vipd::xdp::{ConflictReader6, XdpProgram};
 use vipd_common::{ArpCounters, ConflictEvent6, HELD_ROUTER, HeldVip, NO_EXPIRY, NdpCounters};
 
 use super::{
-    ASKER_MAC, FOREIGN_MAC, NONE, ONE_ANNOUNCEMENT, ONE_REQUEST, OUR_MAC, TAG_8021AD, TAG_8021Q,
-    XDP_PASS, XDP_TX, diff, iface, in_netns, runtime,
+    ASKER_MAC, FOREIGN_ANNOUNCEMENT, FOREIGN_MAC, FOREIGN_REQUEST, NONE, ONE_ANNOUNCEMENT,
+    ONE_CLAIM, ONE_REQUEST, OUR_MAC, Ran, TAG_8021AD, TAG_8021Q, XDP_PASS, XDP_TX, assert_passed,
+    held_at, iface, in_netns, run_counted, runtime,
 };
 
 const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x100);
@@ -285,17 +286,6 @@ fn assert_valid_na_flags(frame: &[u8], flags: u8, what: &str) {
 // ---------------------------------------------------------------------------
 // The program under test, for IPv6.
 
-fn held_at(ifindex: u32, vlan: u16, expires_ns: u64) -> HeldVip {
-    HeldVip {
-        ifindex,
-        mac: OUR_MAC,
-        vlan,
-        flags: 0,
-        _pad: [0; 3],
-        expires_ns,
-    }
-}
-
 /// A loaded program watching VIP6 and OTHER_VIP6, holding none.
 fn loaded6() -> XdpProgram {
     let mut program = XdpProgram::load().expect("loading the XDP program");
@@ -324,26 +314,10 @@ fn counters6_of(program: &XdpProgram, vip: Ipv6Addr) -> NdpCounters {
 
 /// Runs `frame` once and returns the action, the frame out, and how the
 /// counters of VIP6 and OTHER_VIP6 changed.
-fn run6(
-    program: &XdpProgram,
-    frame: &[u8],
-    ingress: u32,
-) -> (u32, Vec<u8>, NdpCounters, NdpCounters) {
-    let before = (
-        counters6_of(program, VIP6),
-        counters6_of(program, OTHER_VIP6),
-    );
-    let (action, out) = program.test_run(frame, ingress).expect("BPF_PROG_TEST_RUN");
-    let after = (
-        counters6_of(program, VIP6),
-        counters6_of(program, OTHER_VIP6),
-    );
-    (
-        action,
-        out,
-        diff(after.0, before.0),
-        diff(after.1, before.1),
-    )
+fn run6(program: &XdpProgram, frame: &[u8], ingress: u32) -> Ran {
+    run_counted(program, frame, ingress, |p| {
+        (counters6_of(p, VIP6), counters6_of(p, OTHER_VIP6))
+    })
 }
 
 /// Asserts that `frame` passes unchanged and changes the counters of VIP6
@@ -355,11 +329,7 @@ fn assert_passes6(
     expected: NdpCounters,
     what: &str,
 ) {
-    let (action, out, vip_delta, other_delta) = run6(program, frame, ingress);
-    assert_eq!(action, XDP_PASS, "{what}: action");
-    assert_eq!(out, frame, "{what}: the frame must pass unchanged");
-    assert_eq!(vip_delta, expected, "{what}: counters of the VIP");
-    assert_eq!(other_delta, NONE, "{what}: counters of the other VIP");
+    assert_passed(run6(program, frame, ingress), frame, (expected, NONE), what);
 }
 
 /// Asserts that `ns` is answered with exactly `expected` (checksum checked
@@ -899,11 +869,7 @@ fn invalid_ndp_passes_uncounted() {
             &program,
             &na.bytes(),
             ifindex,
-            ArpCounters {
-                announcements: 1,
-                foreign_claims: 1,
-                ..NONE
-            },
+            FOREIGN_ANNOUNCEMENT,
             "the valid NA",
         );
     });
@@ -978,11 +944,7 @@ fn dad_probe_passes_and_is_a_claim_of_a_held_vip() {
             &program,
             &probe,
             ifindex,
-            ArpCounters {
-                requests: 1,
-                foreign_claims: 1,
-                ..NONE
-            },
+            FOREIGN_REQUEST,
             "DAD probe for the held VIP",
         );
         assert_eq!(
@@ -999,11 +961,7 @@ fn dad_probe_passes_and_is_a_claim_of_a_held_vip() {
             &program,
             &with_nonce,
             ifindex,
-            ArpCounters {
-                requests: 1,
-                foreign_claims: 1,
-                ..NONE
-            },
+            FOREIGN_REQUEST,
             "DAD probe with a nonce",
         );
         assert_eq!(
@@ -1042,14 +1000,15 @@ fn foreign_na_of_held_vip_is_counted_and_reported_once() {
             program.take_conflicts6().is_err(),
             "the ring buffer can be taken once"
         );
-        let claim_counted = ArpCounters {
-            announcements: 1,
-            foreign_claims: 1,
-            ..NONE
-        };
 
         let claim = NdpFrame::unsolicited_advert(FOREIGN_MAC, VIP6).bytes();
-        assert_passes6(&program, &claim, ifindex, claim_counted, "foreign NA");
+        assert_passes6(
+            &program,
+            &claim,
+            ifindex,
+            FOREIGN_ANNOUNCEMENT,
+            "foreign NA",
+        );
         assert_eq!(
             next_event6(&rt, &mut reader, Duration::from_secs(2)),
             Some(event6(VIP6, ifindex, FOREIGN_MAC))
@@ -1097,7 +1056,13 @@ fn foreign_na_of_held_vip_is_counted_and_reported_once() {
             ..NdpFrame::unsolicited_advert(FOREIGN_MAC, VIP6)
         }
         .bytes();
-        assert_passes6(&program, &bare, other, claim_counted, "NA without TLLA");
+        assert_passes6(
+            &program,
+            &bare,
+            other,
+            FOREIGN_ANNOUNCEMENT,
+            "NA without TLLA",
+        );
         assert_eq!(
             next_event6(&rt, &mut reader, Duration::from_secs(2)),
             Some(event6(VIP6, other, FOREIGN_MAC))
@@ -1106,17 +1071,11 @@ fn foreign_na_of_held_vip_is_counted_and_reported_once() {
         // A solicitation sent from our VIP by another MAC: that node uses
         // our VIP. A claim of it; the solicitation counts for its target.
         let asking = NdpFrame::solicit(FOREIGN_MAC, VIP6, OTHER_VIP6).bytes();
-        let (action, out, delta, other_delta) = run6(&program, &asking, ifindex);
-        assert_eq!((action, out.as_slice()), (XDP_PASS, asking.as_slice()));
-        assert_eq!(
-            (delta, other_delta),
-            (
-                ArpCounters {
-                    foreign_claims: 1,
-                    ..NONE
-                },
-                ONE_REQUEST
-            )
+        assert_passed(
+            run6(&program, &asking, ifindex),
+            &asking,
+            (ONE_CLAIM, ONE_REQUEST),
+            "asked from our VIP by another MAC",
         );
         assert_eq!(
             next_event6(&rt, &mut reader, Duration::from_secs(2)),
@@ -1124,14 +1083,21 @@ fn foreign_na_of_held_vip_is_counted_and_reported_once() {
         );
         // Our own kernel soliciting from the VIP is no claim.
         let ours_asking = NdpFrame::solicit(OUR_MAC, VIP6, OTHER_VIP6).bytes();
-        let (_, _, delta, other_delta) = run6(&program, &ours_asking, ifindex);
-        assert_eq!((delta, other_delta), (NONE, ONE_REQUEST));
+        assert_passed(
+            run6(&program, &ours_asking, ifindex),
+            &ours_asking,
+            (NONE, ONE_REQUEST),
+            "asked from our VIP by our own MAC",
+        );
 
         // A foreign advertisement of a watched, unheld VIP is no claim.
         let unheld = NdpFrame::unsolicited_advert(FOREIGN_MAC, OTHER_VIP6).bytes();
-        let (action, _, delta, other_delta) = run6(&program, &unheld, ifindex);
-        assert_eq!(action, XDP_PASS);
-        assert_eq!((delta, other_delta), (NONE, ONE_ANNOUNCEMENT));
+        assert_passed(
+            run6(&program, &unheld, ifindex),
+            &unheld,
+            (NONE, ONE_ANNOUNCEMENT),
+            "foreign announcement of an unheld VIP",
+        );
         assert_eq!(
             next_event6(&rt, &mut reader, Duration::from_millis(200)),
             None,
