@@ -1346,6 +1346,20 @@ pub fn check_config_settings(
         .collect()
 }
 
+/// The standard output of a command that succeeded; panics with both of its
+/// outputs, naming it `what`, when it did not.
+pub fn succeeded(out: &Output, what: &str) -> String {
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}{}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
 /// Runs `ip <args>` (split on white space) in the calling thread's network
 /// namespace and returns its stdout; panics unless it succeeds.
 pub fn ip_here(args: &str) -> String {
