@@ -37,8 +37,6 @@ const NOBODY: u32 = 65534;
 static SERIAL: Mutex<()> = Mutex::new(());
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
-/// One lab test at a time; a failed test must not block the others.
-
 /// vipd on `host` as root, serving metrics on `listen`.
 fn vipd_with_metrics(lab: &Lab, host: &Host, vips: &str, listen: SocketAddr) -> Vipd {
     vipd_as_root(
@@ -56,6 +54,7 @@ fn vipd_as_root(lab: &Lab, host: &Host, vips: &str, args: &[&str], env: &[(&str,
     Vipd::spawn(host, lab.dir().join("vipd.sock"), &[], vips, args, env)
 }
 
+/// One lab test at a time; a failed test must not block the others.
 fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
 }
