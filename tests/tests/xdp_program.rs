@@ -881,6 +881,34 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("tokio runtime")
 }
 
+/// One claim case: what it is, the frame, the interface it comes in on,
+/// the counter changes of the VIP and of the other watched VIP, and the
+/// conflict event it must raise (`None`: none).
+type ClaimCase<'a, E> = (&'a str, Vec<u8>, u32, (ArpCounters, ArpCounters), Option<E>);
+
+/// Runs each case in turn through `program` (`run` for the family under
+/// test): the frame passes unchanged with its counter changes, raises its
+/// event, read by `next` (the ring's next event within a wait), and no
+/// other within 200 ms.
+fn assert_claim_cases<E: PartialEq + std::fmt::Debug>(
+    program: &XdpProgram,
+    run: fn(&XdpProgram, &[u8], u32) -> Ran,
+    mut next: impl FnMut(Duration) -> Option<E>,
+    cases: Vec<ClaimCase<'_, E>>,
+) {
+    for (what, frame, ingress, counted, event) in cases {
+        assert_passed(run(program, &frame, ingress), &frame, counted, what);
+        if event.is_some() {
+            assert_eq!(next(Duration::from_secs(2)), event, "{what}: its event");
+        }
+        assert_eq!(
+            next(Duration::from_millis(200)),
+            None,
+            "{what}: no other event"
+        );
+    }
+}
+
 /// The event the program sends when `mac` claims `vip` on `ifindex`.
 fn conflict(vip: [u8; 4], ifindex: u32, mac: [u8; 6]) -> ConflictEvent {
     ConflictEvent {
@@ -918,84 +946,65 @@ fn foreign_claim_of_held_vip_is_counted_and_reported_once() {
             "the ring buffer can be taken once"
         );
 
-        let claim = ArpFrame::gratuitous(FOREIGN_MAC, VIP).bytes();
-        assert_passes(
-            &program,
-            &claim,
-            ifindex,
-            FOREIGN_ANNOUNCEMENT,
-            "foreign gratuitous ARP",
-        );
-        let event =
-            next_event(&rt, &mut reader, Duration::from_secs(2)).expect("one conflict event");
-        assert_eq!(event, conflict(VIP, ifindex, FOREIGN_MAC));
-        assert_eq!(
-            next_event(&rt, &mut reader, Duration::from_millis(200)),
-            None,
-            "exactly one event"
-        );
-
-        // Our own announcement coming back: counted, no claim, no event.
-        let ours = ArpFrame::gratuitous(OUR_MAC, VIP).bytes();
-        assert_passes(
-            &program,
-            &ours,
-            ifindex,
-            ONE_ANNOUNCEMENT,
-            "our own gratuitous ARP",
-        );
-        assert_eq!(
-            next_event(&rt, &mut reader, Duration::from_millis(200)),
-            None,
-            "no event for our own MAC"
-        );
-
-        // A foreign reply about the VIP on another interface is a claim too.
         let other = iface("xdp1");
-        let reply = ArpFrame::reply(FOREIGN_MAC, VIP).bytes();
-        assert_passes(
+        assert_claim_cases(
             &program,
-            &reply,
-            other,
-            FOREIGN_ANNOUNCEMENT,
-            "foreign reply",
-        );
-        let event = next_event(&rt, &mut reader, Duration::from_secs(2)).expect("conflict event");
-        assert_eq!(event, conflict(VIP, other, FOREIGN_MAC));
-
-        // A request asked from our VIP by another MAC: that node uses our
-        // VIP. A claim (not an announcement); the request itself counts
-        // for the address asked about.
-        let asking = ArpFrame::request(FOREIGN_MAC, VIP, OTHER_VIP).bytes();
-        assert_passed(
-            run(&program, &asking, ifindex),
-            &asking,
-            (ONE_CLAIM, ONE_REQUEST),
-            "asked from our VIP by another MAC",
-        );
-        let event = next_event(&rt, &mut reader, Duration::from_secs(2)).expect("conflict event");
-        assert_eq!(event, conflict(VIP, ifindex, FOREIGN_MAC));
-        // Our own kernel asking from the VIP is no claim.
-        let ours_asking = ArpFrame::request(OUR_MAC, VIP, OTHER_VIP).bytes();
-        assert_passed(
-            run(&program, &ours_asking, ifindex),
-            &ours_asking,
-            (NONE, ONE_REQUEST),
-            "asked from our VIP by our own MAC",
-        );
-
-        // A foreign announcement of a watched but unheld VIP is no claim.
-        let unheld = ArpFrame::gratuitous(FOREIGN_MAC, OTHER_VIP).bytes();
-        assert_passed(
-            run(&program, &unheld, ifindex),
-            &unheld,
-            (NONE, ONE_ANNOUNCEMENT),
-            "foreign announcement of an unheld VIP",
-        );
-        assert_eq!(
-            next_event(&rt, &mut reader, Duration::from_millis(200)),
-            None,
-            "no event for an unheld VIP"
+            run,
+            |wait| next_event(&rt, &mut reader, wait),
+            vec![
+                (
+                    "foreign gratuitous ARP",
+                    ArpFrame::gratuitous(FOREIGN_MAC, VIP).bytes(),
+                    ifindex,
+                    (FOREIGN_ANNOUNCEMENT, NONE),
+                    Some(conflict(VIP, ifindex, FOREIGN_MAC)),
+                ),
+                // Our own announcement coming back: counted, no claim, no
+                // event.
+                (
+                    "our own gratuitous ARP",
+                    ArpFrame::gratuitous(OUR_MAC, VIP).bytes(),
+                    ifindex,
+                    (ONE_ANNOUNCEMENT, NONE),
+                    None,
+                ),
+                // A foreign reply about the VIP on another interface is a
+                // claim too.
+                (
+                    "foreign reply",
+                    ArpFrame::reply(FOREIGN_MAC, VIP).bytes(),
+                    other,
+                    (FOREIGN_ANNOUNCEMENT, NONE),
+                    Some(conflict(VIP, other, FOREIGN_MAC)),
+                ),
+                // A request asked from our VIP by another MAC: that node
+                // uses our VIP. A claim (not an announcement); the request
+                // itself counts for the address asked about.
+                (
+                    "asked from our VIP by another MAC",
+                    ArpFrame::request(FOREIGN_MAC, VIP, OTHER_VIP).bytes(),
+                    ifindex,
+                    (ONE_CLAIM, ONE_REQUEST),
+                    Some(conflict(VIP, ifindex, FOREIGN_MAC)),
+                ),
+                // Our own kernel asking from the VIP is no claim.
+                (
+                    "asked from our VIP by our own MAC",
+                    ArpFrame::request(OUR_MAC, VIP, OTHER_VIP).bytes(),
+                    ifindex,
+                    (NONE, ONE_REQUEST),
+                    None,
+                ),
+                // A foreign announcement of a watched but unheld VIP is no
+                // claim.
+                (
+                    "foreign announcement of an unheld VIP",
+                    ArpFrame::gratuitous(FOREIGN_MAC, OTHER_VIP).bytes(),
+                    ifindex,
+                    (NONE, ONE_ANNOUNCEMENT),
+                    None,
+                ),
+            ],
         );
     });
 }

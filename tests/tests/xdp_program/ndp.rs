@@ -26,8 +26,8 @@ use vipd_common::{ArpCounters, ConflictEvent6, HELD_ROUTER, HeldVip, NO_EXPIRY, 
 
 use super::{
     ASKER_MAC, FOREIGN_ANNOUNCEMENT, FOREIGN_MAC, FOREIGN_REQUEST, NONE, ONE_ANNOUNCEMENT,
-    ONE_CLAIM, ONE_REQUEST, OUR_MAC, Ran, TAG_8021AD, TAG_8021Q, XDP_PASS, XDP_TX, assert_passed,
-    held_at, iface, in_netns, run_counted, runtime,
+    ONE_CLAIM, ONE_REQUEST, OUR_MAC, Ran, TAG_8021AD, TAG_8021Q, XDP_PASS, XDP_TX,
+    assert_claim_cases, assert_passed, held_at, iface, in_netns, run_counted, runtime,
 };
 
 const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x100);
@@ -1001,108 +1001,87 @@ fn foreign_na_of_held_vip_is_counted_and_reported_once() {
             "the ring buffer can be taken once"
         );
 
-        let claim = NdpFrame::unsolicited_advert(FOREIGN_MAC, VIP6).bytes();
-        assert_passes6(
+        let other = iface("xdp1");
+        assert_claim_cases(
             &program,
-            &claim,
-            ifindex,
-            FOREIGN_ANNOUNCEMENT,
-            "foreign NA",
-        );
-        assert_eq!(
-            next_event6(&rt, &mut reader, Duration::from_secs(2)),
-            Some(event6(VIP6, ifindex, FOREIGN_MAC))
-        );
-        assert_eq!(
-            next_event6(&rt, &mut reader, Duration::from_millis(200)),
-            None,
-            "exactly one event"
+            run6,
+            |wait| next_event6(&rt, &mut reader, wait),
+            vec![
+                (
+                    "foreign NA",
+                    NdpFrame::unsolicited_advert(FOREIGN_MAC, VIP6).bytes(),
+                    ifindex,
+                    (FOREIGN_ANNOUNCEMENT, NONE),
+                    Some(event6(VIP6, ifindex, FOREIGN_MAC)),
+                ),
+                // Our own advertisement coming back: counted, no claim, no event.
+                (
+                    "our own NA",
+                    NdpFrame::unsolicited_advert(OUR_MAC, VIP6).bytes(),
+                    ifindex,
+                    (ONE_ANNOUNCEMENT, NONE),
+                    None,
+                ),
+                // The option decides, not the frame's source (a bridge, a proxy).
+                (
+                    "our TLLA from another source",
+                    NdpFrame {
+                        eth_src: FOREIGN_MAC,
+                        ..NdpFrame::unsolicited_advert(OUR_MAC, VIP6)
+                    }
+                    .bytes(),
+                    ifindex,
+                    (ONE_ANNOUNCEMENT, NONE),
+                    None,
+                ),
+                // A solicited NA without TLLA, unicast, on another interface:
+                // the frame's source is the claimant.
+                (
+                    "NA without TLLA",
+                    NdpFrame {
+                        eth_dst: ASKER_MAC,
+                        dst: ASKER6,
+                        flags: NeighborAdvertFlags::Solicited,
+                        options: Vec::new(),
+                        ..NdpFrame::unsolicited_advert(FOREIGN_MAC, VIP6)
+                    }
+                    .bytes(),
+                    other,
+                    (FOREIGN_ANNOUNCEMENT, NONE),
+                    Some(event6(VIP6, other, FOREIGN_MAC)),
+                ),
+                // A solicitation sent from our VIP by another MAC: that node
+                // uses our VIP. A claim of it; the solicitation counts for its
+                // target.
+                (
+                    "asked from our VIP by another MAC",
+                    NdpFrame::solicit(FOREIGN_MAC, VIP6, OTHER_VIP6).bytes(),
+                    ifindex,
+                    (ONE_CLAIM, ONE_REQUEST),
+                    Some(event6(VIP6, ifindex, FOREIGN_MAC)),
+                ),
+                // Our own kernel soliciting from the VIP is no claim.
+                (
+                    "asked from our VIP by our own MAC",
+                    NdpFrame::solicit(OUR_MAC, VIP6, OTHER_VIP6).bytes(),
+                    ifindex,
+                    (NONE, ONE_REQUEST),
+                    None,
+                ),
+                // A foreign advertisement of a watched, unheld VIP is no claim.
+                (
+                    "foreign announcement of an unheld VIP",
+                    NdpFrame::unsolicited_advert(FOREIGN_MAC, OTHER_VIP6).bytes(),
+                    ifindex,
+                    (NONE, ONE_ANNOUNCEMENT),
+                    None,
+                ),
+            ],
         );
         let v4 = rt.block_on(async {
             tokio::time::timeout(Duration::from_millis(200), reader4.next()).await
         });
         assert!(v4.is_err(), "no IPv4 event for an IPv6 claim: {v4:?}");
-
-        // Our own advertisement coming back: counted, no claim, no event.
-        let ours = NdpFrame::unsolicited_advert(OUR_MAC, VIP6).bytes();
-        assert_passes6(&program, &ours, ifindex, ONE_ANNOUNCEMENT, "our own NA");
-        // The option decides, not the frame's source (a bridge, a proxy).
-        let ours_relayed = NdpFrame {
-            eth_src: FOREIGN_MAC,
-            ..NdpFrame::unsolicited_advert(OUR_MAC, VIP6)
-        }
-        .bytes();
-        assert_passes6(
-            &program,
-            &ours_relayed,
-            ifindex,
-            ONE_ANNOUNCEMENT,
-            "our TLLA from another source",
-        );
-        assert_eq!(
-            next_event6(&rt, &mut reader, Duration::from_millis(200)),
-            None,
-            "no event for our own MAC"
-        );
-
-        // A solicited NA without TLLA, unicast, on another interface: the
-        // frame's source is the claimant.
-        let other = iface("xdp1");
-        let bare = NdpFrame {
-            eth_dst: ASKER_MAC,
-            dst: ASKER6,
-            flags: NeighborAdvertFlags::Solicited,
-            options: Vec::new(),
-            ..NdpFrame::unsolicited_advert(FOREIGN_MAC, VIP6)
-        }
-        .bytes();
-        assert_passes6(
-            &program,
-            &bare,
-            other,
-            FOREIGN_ANNOUNCEMENT,
-            "NA without TLLA",
-        );
-        assert_eq!(
-            next_event6(&rt, &mut reader, Duration::from_secs(2)),
-            Some(event6(VIP6, other, FOREIGN_MAC))
-        );
-
-        // A solicitation sent from our VIP by another MAC: that node uses
-        // our VIP. A claim of it; the solicitation counts for its target.
-        let asking = NdpFrame::solicit(FOREIGN_MAC, VIP6, OTHER_VIP6).bytes();
-        assert_passed(
-            run6(&program, &asking, ifindex),
-            &asking,
-            (ONE_CLAIM, ONE_REQUEST),
-            "asked from our VIP by another MAC",
-        );
-        assert_eq!(
-            next_event6(&rt, &mut reader, Duration::from_secs(2)),
-            Some(event6(VIP6, ifindex, FOREIGN_MAC))
-        );
-        // Our own kernel soliciting from the VIP is no claim.
-        let ours_asking = NdpFrame::solicit(OUR_MAC, VIP6, OTHER_VIP6).bytes();
-        assert_passed(
-            run6(&program, &ours_asking, ifindex),
-            &ours_asking,
-            (NONE, ONE_REQUEST),
-            "asked from our VIP by our own MAC",
-        );
-
-        // A foreign advertisement of a watched, unheld VIP is no claim.
-        let unheld = NdpFrame::unsolicited_advert(FOREIGN_MAC, OTHER_VIP6).bytes();
-        assert_passed(
-            run6(&program, &unheld, ifindex),
-            &unheld,
-            (NONE, ONE_ANNOUNCEMENT),
-            "foreign announcement of an unheld VIP",
-        );
-        assert_eq!(
-            next_event6(&rt, &mut reader, Duration::from_millis(200)),
-            None,
-            "no event for an unheld VIP"
-        );
     });
 }
 
