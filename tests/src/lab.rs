@@ -679,7 +679,38 @@ impl Netns {
 
     /// The IPv4 addresses on `ifname`, in kernel order.
     pub fn ipv4_addrs(&self, ifname: &str) -> Vec<(Ipv4Addr, u8)> {
-        let json = self.ip_json(&["-4", "addr", "show", "dev", ifname]);
+        self.addr_info("-4", ifname)
+            .into_iter()
+            .map(|(ip, len, _)| (ip, len))
+            .collect()
+    }
+
+    /// The IPv6 addresses on `ifname` (link-local ones included), in
+    /// kernel order, with their DAD flags.
+    pub fn ipv6_addrs(&self, ifname: &str) -> Vec<Addr6> {
+        self.addr_info("-6", ifname)
+            .into_iter()
+            .map(|(addr, prefix_len, a)| {
+                let flag = |name: &str| a[name].as_bool() == Some(true);
+                Addr6 {
+                    addr,
+                    prefix_len,
+                    tentative: flag("tentative"),
+                    dadfailed: flag("dadfailed"),
+                    nodad: flag("nodad"),
+                }
+            })
+            .collect()
+    }
+
+    /// What `ip -j <family> addr show dev <ifname>` lists, in kernel order:
+    /// each address, its prefix length, and its entry (for the flags).
+    fn addr_info<A>(&self, family: &str, ifname: &str) -> Vec<(A, u8, serde_json::Value)>
+    where
+        A: std::str::FromStr,
+        A::Err: std::fmt::Display,
+    {
+        let json = self.ip_json(&[family, "addr", "show", "dev", ifname]);
         let mut addrs = Vec::new();
         for link in json.as_array().into_iter().flatten() {
             for a in link["addr_info"].as_array().into_iter().flatten() {
@@ -690,33 +721,8 @@ impl Netns {
                 let ip = local
                     .parse()
                     .unwrap_or_else(|e| panic!("address {local}: {e}"));
-                addrs.push((ip, u8::try_from(len).expect("prefix length fits u8")));
-            }
-        }
-        addrs
-    }
-
-    /// The IPv6 addresses on `ifname` (link-local ones included), in
-    /// kernel order, with their DAD flags.
-    pub fn ipv6_addrs(&self, ifname: &str) -> Vec<Addr6> {
-        let json = self.ip_json(&["-6", "addr", "show", "dev", ifname]);
-        let mut addrs = Vec::new();
-        for link in json.as_array().into_iter().flatten() {
-            for a in link["addr_info"].as_array().into_iter().flatten() {
-                let (Some(local), Some(len)) = (a["local"].as_str(), a["prefixlen"].as_u64())
-                else {
-                    continue;
-                };
-                let flag = |name: &str| a[name].as_bool() == Some(true);
-                addrs.push(Addr6 {
-                    addr: local
-                        .parse()
-                        .unwrap_or_else(|e| panic!("address {local}: {e}")),
-                    prefix_len: u8::try_from(len).expect("prefix length fits u8"),
-                    tentative: flag("tentative"),
-                    dadfailed: flag("dadfailed"),
-                    nodad: flag("nodad"),
-                });
+                let len = u8::try_from(len).expect("prefix length fits u8");
+                addrs.push((ip, len, a.clone()));
             }
         }
         addrs

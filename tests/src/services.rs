@@ -273,43 +273,27 @@ fn start_target(host: &Host, image: &Path) -> Target {
 fn configure_target(t: &Target, image: &Path) {
     let image = image.display().to_string();
     let params = format!("scsi_sn={SCSI_SN},scsi_id={SCSI_ID}");
+    // The fixed words, then one that may hold anything (a path).
+    let argv = |words: &str, last: &str| -> Vec<String> {
+        words
+            .split_whitespace()
+            .chain([last])
+            .map(str::to_string)
+            .collect()
+    };
     for args in [
-        &[
-            "--lld", "iscsi", "--op", "new", "--mode", "target", "--tid", "1", "-T", IQN,
-        ][..],
-        &[
-            "--lld",
-            "iscsi",
-            "--op",
-            "new",
-            "--mode",
-            "logicalunit",
-            "--tid",
-            "1",
-            "--lun",
-            "1",
-            "-b",
+        argv("--lld iscsi --op new --mode target --tid 1 -T", IQN),
+        argv(
+            "--lld iscsi --op new --mode logicalunit --tid 1 --lun 1 -b",
             &image,
-        ],
-        &[
-            "--lld",
-            "iscsi",
-            "--op",
-            "update",
-            "--mode",
-            "logicalunit",
-            "--tid",
-            "1",
-            "--lun",
-            "1",
-            "--params",
+        ),
+        argv(
+            "--lld iscsi --op update --mode logicalunit --tid 1 --lun 1 --params",
             &params,
-        ],
-        &[
-            "--lld", "iscsi", "--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL",
-        ],
+        ),
+        argv("--lld iscsi --op bind --mode target --tid 1 -I", "ALL"),
     ] {
-        t.tgtadm_ok(args);
+        t.tgtadm_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
     }
 }
 

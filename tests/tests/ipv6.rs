@@ -574,16 +574,25 @@ fn start_vipd(lab: &Lab, host: &Host, vips: &str, extra: &[&str]) -> Vipd {
     Vipd::start_env(lab, host, vips, extra, &[("RUST_LOG", "info,vipd=debug")])
 }
 
+/// The row of `vip` in `vipctl status`.
+fn status_row(vipd: &Vipd, vip: &str) -> Value {
+    vip_row(&vipd.status(), vip, "vipctl status")
+}
+
 /// The `arp stats` row of `vip`.
 fn stats_row(vipd: &Vipd, vip: &str) -> Value {
-    let s = vipd.arp_stats();
-    s["vips"]
+    vip_row(&vipd.arp_stats(), vip, "arp stats")
+}
+
+/// The row of `vip` among the `vips` of `report` (`what` names it).
+fn vip_row(report: &Value, vip: &str, what: &str) -> Value {
+    report["vips"]
         .as_array()
         .into_iter()
         .flatten()
         .find(|r| r["vip"] == vip)
         .cloned()
-        .unwrap_or_else(|| panic!("no arp stats row for {vip}: {s}"))
+        .unwrap_or_else(|| panic!("no {what} row for {vip}: {report}"))
 }
 
 /// Unsolicited NAs for `target` from `mac` seen on a capture.
@@ -635,14 +644,7 @@ fn one_node_holds_announces_answers_and_repairs_a_v6_vip() {
         (64, true, false),
         "{a:?}"
     );
-    let status = vipd.status();
-    let row = status["vips"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|v| v["vip"] == V6_VIP)
-        .cloned()
-        .unwrap_or_else(|| panic!("no {V6_VIP} in {}", status["vips"]));
+    let row = status_row(&vipd, V6_VIP);
     assert_eq!(
         (&row["state"], &row["interface"], &row["prefix_len"]),
         (&Value::from("held"), &Value::from("eth0"), &Value::from(64)),
@@ -930,14 +932,7 @@ fn a_dad_failed_vip_is_replaced_and_reported() {
             .contains("failed duplicate address detection")
     });
     assert!(logged.is_ok(), "not reported: {}", vipd.process.stderr());
-    let s = vipd.status();
-    let row = s["vips"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|v| v["vip"] == V6_VIP)
-        .cloned()
-        .unwrap();
+    let row = status_row(&vipd, V6_VIP);
     assert_eq!(row["state"], "held", "{row}");
 }
 
