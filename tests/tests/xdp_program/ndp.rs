@@ -1226,31 +1226,28 @@ fn held_vip_is_resolved_by_a_real_client_through_the_program() {
         };
         let expected = NdpFrame::answer_to(&with_slla, n1_mac).bytes();
         assert_eq!(expected, NdpFrame::answer_to(&bare, n1_mac).bytes());
-        let answers = |capture: &vipd_tests::lab::ArpCapture| {
+        // How many frames of exactly `bytes` reached the client.
+        let arrived = |bytes: &[u8]| {
             capture
                 .frames()
                 .iter()
-                .filter(|f| !f.outgoing && f.bytes == expected)
+                .filter(|f| !f.outgoing && f.bytes == bytes)
                 .count()
         };
-        for (n, ns) in [(1, &with_slla), (2, &bare)] {
+        // The client sends `ns`; waits until `n` answers of `want` arrived.
+        let ask = |ns: &NdpFrame, want: &[u8], n: usize, what: &str| {
             c1.in_netns(|| send_raw("eth0", &ns.bytes()));
             vipd_tests::lab::wait_until(Duration::from_secs(3), Duration::from_millis(10), || {
-                answers(&capture) >= n
+                arrived(want) >= n
             })
-            .unwrap_or_else(|e| panic!("answer {n} on the client: {e}"));
-        }
+            .unwrap_or_else(|e| panic!("{what} on the client: {e}"));
+        };
+        ask(&with_slla, &expected, 1, "answer 1");
+        ask(&bare, &expected, 2, "answer 2");
 
         // The interface forwards (the agent then sets HELD_ROUTER): the
         // answer that reaches the client carries the Router flag.
         let router_expected = NdpFrame::router_answer_to(&with_slla, n1_mac).bytes();
-        let router_answers = |capture: &vipd_tests::lab::ArpCapture| {
-            capture
-                .frames()
-                .iter()
-                .filter(|f| !f.outgoing && f.bytes == router_expected)
-                .count()
-        };
         let as_router = HeldVip {
             flags: HELD_ROUTER,
             ..held
@@ -1258,22 +1255,18 @@ fn held_vip_is_resolved_by_a_real_client_through_the_program() {
         program
             .set_held6(&BTreeMap::from([(VIP6, as_router)]))
             .expect("set_held6 (router)");
-        c1.in_netns(|| send_raw("eth0", &bare.bytes()));
-        vipd_tests::lab::wait_until(Duration::from_secs(3), Duration::from_millis(10), || {
-            router_answers(&capture) >= 1
-        })
-        .unwrap_or_else(|e| panic!("answer with the Router flag on the client: {e}"));
-        assert_eq!(answers(&capture), 2, "no answer without the flag meanwhile");
+        ask(&bare, &router_expected, 1, "answer with the Router flag");
+        assert_eq!(
+            arrived(&expected),
+            2,
+            "no answer without the flag meanwhile"
+        );
         // Back to a host: the flag goes.
         program
             .set_held6(&BTreeMap::from([(VIP6, held)]))
             .expect("set_held6 (host)");
-        c1.in_netns(|| send_raw("eth0", &bare.bytes()));
-        vipd_tests::lab::wait_until(Duration::from_secs(3), Duration::from_millis(10), || {
-            answers(&capture) >= 3
-        })
-        .unwrap_or_else(|e| panic!("answer without the Router flag on the client: {e}"));
-        assert_eq!(router_answers(&capture), 1, "one answer with the flag");
+        ask(&bare, &expected, 3, "answer without the Router flag");
+        assert_eq!(arrived(&router_expected), 1, "one answer with the flag");
 
         let counters = program.counters6().expect("counters6")[&VIP6];
         assert!(
@@ -1286,7 +1279,7 @@ fn held_vip_is_resolved_by_a_real_client_through_the_program() {
         program.clear_held().expect("clear_held");
         c1.in_netns(|| send_raw("eth0", &bare.bytes()));
         std::thread::sleep(Duration::from_millis(300));
-        assert_eq!(answers(&capture), 3, "no answer once released");
+        assert_eq!(arrived(&expected), 3, "no answer once released");
         capture.stop();
     });
 }
