@@ -20,7 +20,6 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
-    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
@@ -34,7 +33,9 @@ use netlink_packet_route::{
 };
 
 use crate::{
-    lab::{Host, HostIf, Lab, LabProcess, Netns, vipctl_bin, vipd_bin, wait_until},
+    lab::{
+        Host, HostIf, Lab, LabProcess, Netns, StoppableThread, vipctl_bin, vipd_bin, wait_until,
+    },
     zk::{ZkMemberSpec, ZkServer},
 };
 
@@ -879,8 +880,8 @@ pub struct AddrMonitor {
     events6: Arc<Mutex<Vec<Addr6Event>>>,
     neigh: Arc<Mutex<Vec<NeighEvent>>>,
     overrun: Arc<AtomicBool>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    /// Stopped when this is dropped.
+    _thread: StoppableThread,
 }
 
 /// What an [`AddrMonitor`] records besides address events, and how.
@@ -992,8 +993,7 @@ impl AddrMonitor {
             events6,
             neigh,
             overrun,
-            stop,
-            thread: Some(thread),
+            _thread: StoppableThread::new(stop, thread),
         }
     }
 
@@ -1087,15 +1087,6 @@ impl AddrMonitor {
             .iter()
             .find(|e| e.new && e.neigh.ip == ip && e.neigh.mac == Some(mac) && e.at >= since)
             .map(|e| e.at)
-    }
-}
-
-impl Drop for AddrMonitor {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

@@ -679,7 +679,38 @@ impl Netns {
 
     /// The IPv4 addresses on `ifname`, in kernel order.
     pub fn ipv4_addrs(&self, ifname: &str) -> Vec<(Ipv4Addr, u8)> {
-        let json = self.ip_json(&["-4", "addr", "show", "dev", ifname]);
+        self.addr_info("-4", ifname)
+            .into_iter()
+            .map(|(ip, len, _)| (ip, len))
+            .collect()
+    }
+
+    /// The IPv6 addresses on `ifname` (link-local ones included), in
+    /// kernel order, with their DAD flags.
+    pub fn ipv6_addrs(&self, ifname: &str) -> Vec<Addr6> {
+        self.addr_info("-6", ifname)
+            .into_iter()
+            .map(|(addr, prefix_len, a)| {
+                let flag = |name: &str| a[name].as_bool() == Some(true);
+                Addr6 {
+                    addr,
+                    prefix_len,
+                    tentative: flag("tentative"),
+                    dadfailed: flag("dadfailed"),
+                    nodad: flag("nodad"),
+                }
+            })
+            .collect()
+    }
+
+    /// What `ip -j <family> addr show dev <ifname>` lists, in kernel order:
+    /// each address, its prefix length, and its entry (for the flags).
+    fn addr_info<A>(&self, family: &str, ifname: &str) -> Vec<(A, u8, serde_json::Value)>
+    where
+        A: std::str::FromStr,
+        A::Err: std::fmt::Display,
+    {
+        let json = self.ip_json(&[family, "addr", "show", "dev", ifname]);
         let mut addrs = Vec::new();
         for link in json.as_array().into_iter().flatten() {
             for a in link["addr_info"].as_array().into_iter().flatten() {
@@ -690,33 +721,8 @@ impl Netns {
                 let ip = local
                     .parse()
                     .unwrap_or_else(|e| panic!("address {local}: {e}"));
-                addrs.push((ip, u8::try_from(len).expect("prefix length fits u8")));
-            }
-        }
-        addrs
-    }
-
-    /// The IPv6 addresses on `ifname` (link-local ones included), in
-    /// kernel order, with their DAD flags.
-    pub fn ipv6_addrs(&self, ifname: &str) -> Vec<Addr6> {
-        let json = self.ip_json(&["-6", "addr", "show", "dev", ifname]);
-        let mut addrs = Vec::new();
-        for link in json.as_array().into_iter().flatten() {
-            for a in link["addr_info"].as_array().into_iter().flatten() {
-                let (Some(local), Some(len)) = (a["local"].as_str(), a["prefixlen"].as_u64())
-                else {
-                    continue;
-                };
-                let flag = |name: &str| a[name].as_bool() == Some(true);
-                addrs.push(Addr6 {
-                    addr: local
-                        .parse()
-                        .unwrap_or_else(|e| panic!("address {local}: {e}")),
-                    prefix_len: u8::try_from(len).expect("prefix length fits u8"),
-                    tentative: flag("tentative"),
-                    dadfailed: flag("dadfailed"),
-                    nodad: flag("nodad"),
-                });
+                let len = u8::try_from(len).expect("prefix length fits u8");
+                addrs.push((ip, len, a.clone()));
             }
         }
         addrs
@@ -813,54 +819,39 @@ impl Netns {
     pub fn tcp_echo_server(&self, ip: impl Into<IpAddr>, port: u16) -> ServerHandle {
         let banner = format!("served-by {}\n", self.label);
         let addr = SocketAddr::new(ip.into(), port);
-        let path = self.path();
         let stop = Arc::new(AtomicBool::new(false));
         let served = Arc::new(AtomicUsize::new(0));
-        let (ready_tx, ready_rx) = mpsc::channel();
         let thread = {
             let (stop, served) = (stop.clone(), served.clone());
-            std::thread::spawn(move || {
-                enter_netns(&path);
-                let listener = match listen(addr) {
-                    Ok(l) => {
-                        let _ = ready_tx.send(Ok(()));
-                        l
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e.to_string()));
-                        return;
-                    }
-                };
-                while !stop.load(Ordering::Relaxed) {
-                    match listener.accept() {
-                        Ok((mut stream, _)) => {
-                            // Counted before the banner is written: a client
-                            // that has read the banner must see the count
-                            // (counting after the write raced the client).
-                            served.fetch_add(1, Ordering::SeqCst);
-                            let _ = stream.set_nonblocking(false);
-                            let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-                            let _ = stream.write_all(banner.as_bytes());
-                            let _ = stream.shutdown(Shutdown::Both);
+            self.spawn_opened(
+                &format!("tcp server on {addr}"),
+                move || listen(addr),
+                move |listener| {
+                    while !stop.load(Ordering::Relaxed) {
+                        match listener.accept() {
+                            Ok((mut stream, _)) => {
+                                // Counted before the banner is written: a client
+                                // that has read the banner must see the count
+                                // (counting after the write raced the client).
+                                served.fetch_add(1, Ordering::SeqCst);
+                                let _ = stream.set_nonblocking(false);
+                                let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+                                let _ = stream.write_all(banner.as_bytes());
+                                let _ = stream.shutdown(Shutdown::Both);
+                            }
+                            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                                std::thread::sleep(Duration::from_millis(5));
+                            }
+                            Err(_) => std::thread::sleep(Duration::from_millis(5)),
                         }
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                            std::thread::sleep(Duration::from_millis(5));
-                        }
-                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
                     }
-                }
-            })
+                },
+            )
         };
-        match ready_rx.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => panic!("tcp server on {addr} in {}: {e}", self.ns),
-            Err(_) => panic!("tcp server thread on {addr} in {} died", self.ns),
-        }
         ServerHandle {
             addr,
-            stop,
             served,
-            thread: Some(thread),
+            _thread: StoppableThread::new(stop, thread),
         }
     }
 
@@ -924,28 +915,18 @@ impl Netns {
             keep,
             realtime,
         } = opts;
-        let path = self.path();
         let ifname_owned = ifname.to_string();
         let frames = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (ready_tx, ready_rx) = mpsc::channel();
         let thread = {
             let (frames, stop) = (frames.clone(), stop.clone());
-            std::thread::spawn(move || {
+            let open = move || {
                 if realtime {
                     realtime_priority();
                 }
-                enter_netns(&path);
-                let socket = match packet_socket(&ifname_owned, libc::ETH_P_ALL as u16) {
-                    Ok(s) => {
-                        let _ = ready_tx.send(Ok(()));
-                        s
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e.to_string()));
-                        return;
-                    }
-                };
+                packet_socket(&ifname_owned, libc::ETH_P_ALL as u16)
+            };
+            self.spawn_opened(&format!("capture on {ifname}"), open, move |socket| {
                 let mut buf = vec![MaybeUninit::<u8>::uninit(); 65536];
                 while !stop.load(Ordering::Relaxed) {
                     match socket.recv_from(&mut buf) {
@@ -988,15 +969,41 @@ impl Netns {
                 }
             })
         };
-        match ready_rx.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => panic!("capture on {ifname} in {}: {e}", self.ns),
-            Err(_) => panic!("capture thread on {ifname} in {} died", self.ns),
-        }
         ArpCapture {
             frames,
-            stop,
-            thread: Some(thread),
+            thread: StoppableThread::new(stop, thread),
+        }
+    }
+}
+
+impl Netns {
+    /// Runs `open` on a thread of its own inside this namespace, then `serve`
+    /// there with what it opened; returns once `open` succeeded, so nothing
+    /// sent after it is missed. Panics, naming `what`, when `open` fails.
+    pub(crate) fn spawn_opened<T, E: std::fmt::Display>(
+        &self,
+        what: &str,
+        open: impl FnOnce() -> Result<T, E> + Send + 'static,
+        serve: impl FnOnce(T) + Send + 'static,
+    ) -> JoinHandle<()> {
+        let path = self.path();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            enter_netns(&path);
+            match open() {
+                Ok(opened) => {
+                    let _ = ready_tx.send(Ok(()));
+                    serve(opened);
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.to_string()));
+                }
+            }
+        });
+        match ready_rx.recv() {
+            Ok(Ok(())) => thread,
+            Ok(Err(e)) => panic!("{what} in {}: {e}", self.ns),
+            Err(_) => panic!("{what} in {}: its thread died", self.ns),
         }
     }
 }
@@ -1345,6 +1352,20 @@ pub fn check_config_settings(
         .collect()
 }
 
+/// The standard output of a command that succeeded; panics with both of its
+/// outputs, naming it `what`, when it did not.
+pub fn succeeded(out: &Output, what: &str) -> String {
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}{}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
 /// Runs `ip <args>` (split on white space) in the calling thread's network
 /// namespace and returns its stdout; panics unless it succeeds.
 pub fn ip_here(args: &str) -> String {
@@ -1393,12 +1414,42 @@ pub fn ifindex_here(name: &str) -> u32 {
     index
 }
 
+/// A lab thread that runs until its `stop` flag is set: [`Self::halt`], or
+/// dropping it, sets the flag and waits for the thread to end.
+pub(crate) struct StoppableThread {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl StoppableThread {
+    /// `thread`, which polls `stop`.
+    pub(crate) fn new(stop: Arc<AtomicBool>, thread: JoinHandle<()>) -> Self {
+        StoppableThread {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub(crate) fn halt(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for StoppableThread {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
 /// A TCP banner server thread; stops (and closes its socket) on drop.
 pub struct ServerHandle {
     addr: SocketAddr,
-    stop: Arc<AtomicBool>,
     served: Arc<AtomicUsize>,
-    thread: Option<JoinHandle<()>>,
+    /// Stopped when this is dropped.
+    _thread: StoppableThread,
 }
 
 impl ServerHandle {
@@ -1409,15 +1460,6 @@ impl ServerHandle {
     /// Connections accepted so far (counted before the banner is written).
     pub fn served(&self) -> usize {
         self.served.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for ServerHandle {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
@@ -1493,8 +1535,7 @@ impl CapturedFrame {
 /// An AF_PACKET capture thread; stops on [`ArpCapture::stop`] or drop.
 pub struct ArpCapture {
     frames: Arc<Mutex<Vec<CapturedFrame>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    thread: StoppableThread,
 }
 
 impl ArpCapture {
@@ -1521,21 +1562,8 @@ impl ArpCapture {
 
     /// Stops the thread and returns everything captured.
     pub fn stop(mut self) -> Vec<CapturedFrame> {
-        self.halt();
+        self.thread.halt();
         self.frames()
-    }
-
-    fn halt(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for ArpCapture {
-    fn drop(&mut self) {
-        self.halt();
     }
 }
 

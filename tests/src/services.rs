@@ -23,13 +23,12 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU32, Ordering},
     },
-    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
 use crate::{
     cluster::Cluster,
-    lab::{Host, LabProcess, Netns, enter_netns, packet_socket, wait_until},
+    lab::{Host, LabProcess, Netns, StoppableThread, packet_socket, wait_until},
 };
 
 /// The iSCSI portal port every target listens on (all addresses).
@@ -274,43 +273,27 @@ fn start_target(host: &Host, image: &Path) -> Target {
 fn configure_target(t: &Target, image: &Path) {
     let image = image.display().to_string();
     let params = format!("scsi_sn={SCSI_SN},scsi_id={SCSI_ID}");
+    // The fixed words, then one that may hold anything (a path).
+    let argv = |words: &str, last: &str| -> Vec<String> {
+        words
+            .split_whitespace()
+            .chain([last])
+            .map(str::to_string)
+            .collect()
+    };
     for args in [
-        &[
-            "--lld", "iscsi", "--op", "new", "--mode", "target", "--tid", "1", "-T", IQN,
-        ][..],
-        &[
-            "--lld",
-            "iscsi",
-            "--op",
-            "new",
-            "--mode",
-            "logicalunit",
-            "--tid",
-            "1",
-            "--lun",
-            "1",
-            "-b",
+        argv("--lld iscsi --op new --mode target --tid 1 -T", IQN),
+        argv(
+            "--lld iscsi --op new --mode logicalunit --tid 1 --lun 1 -b",
             &image,
-        ],
-        &[
-            "--lld",
-            "iscsi",
-            "--op",
-            "update",
-            "--mode",
-            "logicalunit",
-            "--tid",
-            "1",
-            "--lun",
-            "1",
-            "--params",
+        ),
+        argv(
+            "--lld iscsi --op update --mode logicalunit --tid 1 --lun 1 --params",
             &params,
-        ],
-        &[
-            "--lld", "iscsi", "--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL",
-        ],
+        ),
+        argv("--lld iscsi --op bind --mode target --tid 1 -I", "ALL"),
     ] {
-        t.tgtadm_ok(args);
+        t.tgtadm_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
     }
 }
 
@@ -465,8 +448,7 @@ pub struct Sample<T> {
 /// Runs a probe every `every` on a thread and records each outcome.
 pub struct Poller<T> {
     samples: Arc<Mutex<Vec<Sample<T>>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    thread: StoppableThread,
 }
 
 impl<T: Clone + Send + 'static> Poller<T> {
@@ -490,8 +472,7 @@ impl<T: Clone + Send + 'static> Poller<T> {
         };
         Poller {
             samples,
-            stop,
-            thread: Some(thread),
+            thread: StoppableThread::new(stop, thread),
         }
     }
 
@@ -502,24 +483,8 @@ impl<T: Clone + Send + 'static> Poller<T> {
 
     /// Stops the thread and returns every outcome.
     pub fn stop(mut self) -> Vec<Sample<T>> {
-        self.halt();
+        self.thread.halt();
         self.samples()
-    }
-
-    fn halt(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl<T> Drop for Poller<T> {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
@@ -565,32 +530,19 @@ pub fn tcp_payload_start(frame: &[u8], src: Ipv4Addr, sport: u16) -> Option<u8> 
 /// which only thins a dense stream.
 pub struct IoCompletions {
     at: Arc<Mutex<Vec<Instant>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    thread: StoppableThread,
 }
 
 impl IoCompletions {
     pub fn start(client: &Netns, ifname: &str, addr: Ipv4Addr) -> IoCompletions {
-        let path = client.path();
         let ifname_owned = ifname.to_string();
         let at = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let thread = {
             let (at, stop) = (at.clone(), stop.clone());
-            std::thread::spawn(move || {
-                enter_netns(&path);
-                // Incoming frames only: an ETH_P_IP socket sees no outgoing ones.
-                let socket = match packet_socket(&ifname_owned, libc::ETH_P_IP as u16) {
-                    Ok(s) => {
-                        let _ = ready_tx.send(Ok(()));
-                        s
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e.to_string()));
-                        return;
-                    }
-                };
+            // Incoming frames only: an ETH_P_IP socket sees no outgoing ones.
+            let open = move || packet_socket(&ifname_owned, libc::ETH_P_IP as u16);
+            client.spawn_opened(&format!("capture on {ifname}"), open, move |socket| {
                 // Headers are enough: the opcode is the payload's first byte.
                 let mut buf = [MaybeUninit::<u8>::uninit(); 256];
                 while !stop.load(Ordering::Relaxed) {
@@ -620,15 +572,9 @@ impl IoCompletions {
                 }
             })
         };
-        match ready_rx.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => panic!("capture on {ifname} in {}: {e}", client.name()),
-            Err(_) => panic!("capture thread on {ifname} in {} died", client.name()),
-        }
         IoCompletions {
             at,
-            stop,
-            thread: Some(thread),
+            thread: StoppableThread::new(stop, thread),
         }
     }
 
@@ -644,21 +590,8 @@ impl IoCompletions {
 
     /// Stops the capture and returns every completion.
     pub fn stop(mut self) -> Vec<Instant> {
-        self.halt();
+        self.thread.halt();
         self.times()
-    }
-
-    fn halt(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for IoCompletions {
-    fn drop(&mut self) {
-        self.halt();
     }
 }
 
@@ -697,8 +630,7 @@ pub const PERF_POLL: Duration = Duration::from_millis(20);
 pub struct PerfRun {
     pub process: LabProcess,
     reports: Arc<Mutex<Vec<PerfReport>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    thread: StoppableThread,
 }
 
 impl PerfRun {
@@ -739,8 +671,7 @@ impl PerfRun {
         PerfRun {
             process,
             reports,
-            stop,
-            thread: Some(thread),
+            thread: StoppableThread::new(stop, thread),
         }
     }
 
@@ -772,10 +703,7 @@ impl PerfRun {
             self.process.kill(libc::SIGKILL);
             let _ = self.process.wait_timeout(Duration::from_secs(5));
         }
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.thread.halt();
     }
 }
 

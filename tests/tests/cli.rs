@@ -13,13 +13,25 @@ use std::{
 };
 
 use vipd_tests::{
-    lab::{Host, HostIf, Lab, require_root, vipctl_bin, vipd_bin},
+    lab::{Host, HostIf, Lab, require_root, succeeded, vipctl_bin, vipd_bin},
     zk::ZkServer,
 };
 
 /// The lab's ZooKeeper host (the zk.rs launcher listens on port 2181 there).
 const ZK_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
 const ZK: &str = "203.0.113.2:2181";
+/// README's form of `vipctl vip set`: the options after `set`.
+const SET_WEB: [&str; 9] = [
+    "vip",
+    "set",
+    "--zk",
+    ZK,
+    "--cluster",
+    "prod",
+    "web",
+    "192.0.2.100",
+    "192.0.2.101",
+];
 /// An address on the segment that no host has.
 const NOBODY: &str = "203.0.113.9:2181";
 
@@ -50,24 +62,13 @@ fn vipctl_env(host: &Host, env: &[&str], args: &[&str]) -> Output {
     host.exec(&argv)
 }
 
-fn ok(out: &Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}): {}{}",
-        out.status,
-        text(&out.stderr),
-        text(&out.stdout)
-    );
-    text(&out.stdout)
-}
-
 /// The services in `vipctl vip list --json`.
 fn services(host: &Host, cluster: &str) -> serde_json::Value {
     let out = vipctl(
         host,
         &["vip", "list", "--json", "--zk", ZK, "--cluster", cluster],
     );
-    let v: serde_json::Value = serde_json::from_str(&ok(&out, "vipctl vip list --json"))
+    let v: serde_json::Value = serde_json::from_str(&succeeded(&out, "vipctl vip list --json"))
         .expect("vip list --json prints JSON");
     v["services"].clone()
 }
@@ -82,20 +83,10 @@ fn vipctl_waits_for_a_zookeeper_that_is_starting() {
     let started = Instant::now();
     // A long connect timeout: how long the JVM takes to start on a busy
     // machine is not what this test is about; that vipctl waits is.
-    let p = admin.spawn([
-        bin.as_str(),
-        "vip",
-        "set",
-        "--zk",
-        ZK,
-        "--cluster",
-        "prod",
-        "--connect-timeout",
-        "120s",
-        "web",
-        "192.0.2.100",
-        "192.0.2.101",
-    ]);
+    let mut argv = vec![bin.as_str()];
+    argv.extend_from_slice(&SET_WEB);
+    argv.extend_from_slice(&["--connect-timeout", "120s"]);
+    let p = admin.spawn(argv);
     std::thread::sleep(Duration::from_millis(1500));
     assert!(
         p.is_running(),
@@ -167,7 +158,7 @@ fn vipctl_gives_up_naming_each_server_and_what_it_did() {
         "{err}"
     );
     zk.thaw(0);
-    ok(
+    succeeded(
         &vipctl(
             &admin,
             &["vip", "list", "--zk", ZK, "--connect-timeout", "30s"],
@@ -185,73 +176,29 @@ fn vipctl_options_stand_before_or_after_the_subcommand() {
     let (lab, zk_host, admin) = lab("cli-vipctl-opts");
     let zk = ZkServer::start_standalone(ZK_IP, Some(zk_host.netns()));
     // README's form: the options after `set`.
-    let out = vipctl(
-        &admin,
-        &[
-            "vip",
-            "set",
-            "--zk",
-            ZK,
-            "--cluster",
-            "prod",
-            "web",
-            "192.0.2.100",
-            "192.0.2.101",
-        ],
-    );
+    let out = vipctl(&admin, &SET_WEB);
     assert_eq!(
-        ok(&out, "vip set --zk .."),
+        succeeded(&out, "vip set --zk .."),
         "web: 192.0.2.100 192.0.2.101\n"
     );
     // Before `vip`, between `vip` and `add`, mixed with the positionals.
-    ok(
-        &vipctl(
-            &admin,
-            &[
-                "--zk",
-                ZK,
-                "--cluster",
-                "prod",
-                "vip",
-                "add",
-                "web",
-                "192.0.2.102",
-            ],
+    for (args, what) in [
+        (
+            format!("--zk {ZK} --cluster prod vip add web 192.0.2.102"),
+            "vipctl --zk .. vip add",
         ),
-        "vipctl --zk .. vip add",
-    );
-    ok(
-        &vipctl(
-            &admin,
-            &[
-                "vip",
-                "--zk",
-                ZK,
-                "remove",
-                "web",
-                "192.0.2.100",
-                "--cluster",
-                "prod",
-            ],
+        (
+            format!("vip --zk {ZK} remove web 192.0.2.100 --cluster prod"),
+            "vipctl vip --zk .. remove .. --cluster",
         ),
-        "vipctl vip --zk .. remove .. --cluster",
-    );
-    ok(
-        &vipctl(
-            &admin,
-            &[
-                "vip",
-                "add",
-                "--cluster",
-                "other",
-                "db",
-                "--zk",
-                ZK,
-                "192.0.2.110",
-            ],
+        (
+            format!("vip add --cluster other db --zk {ZK} 192.0.2.110"),
+            "vip add into another cluster",
         ),
-        "vip add into another cluster",
-    );
+    ] {
+        let args: Vec<&str> = args.split_whitespace().collect();
+        succeeded(&vipctl(&admin, &args), what);
+    }
     assert_eq!(
         services(&admin, "prod"),
         serde_json::json!({"web": ["192.0.2.101", "192.0.2.102"]})
@@ -264,7 +211,7 @@ fn vipctl_options_stand_before_or_after_the_subcommand() {
         &["--json", "vip", "list"],
     );
     let v: serde_json::Value =
-        serde_json::from_str(&ok(&out, "VIPD_ZK=.. vipctl --json vip list")).expect("JSON");
+        serde_json::from_str(&succeeded(&out, "VIPD_ZK=.. vipctl --json vip list")).expect("JSON");
     assert_eq!(
         v["services"]["web"],
         serde_json::json!(["192.0.2.101", "192.0.2.102"])
@@ -275,7 +222,7 @@ fn vipctl_options_stand_before_or_after_the_subcommand() {
         &["vip", "list", "--json", "--cluster", "other"],
     );
     let v: serde_json::Value =
-        serde_json::from_str(&ok(&out, "--cluster over VIPD_CLUSTER")).expect("JSON");
+        serde_json::from_str(&succeeded(&out, "--cluster over VIPD_CLUSTER")).expect("JSON");
     assert_eq!(v["services"], serde_json::json!({"db": ["192.0.2.110"]}));
     // Without servers, or with an option another command owns: exit 2,
     // nothing written.
@@ -431,7 +378,7 @@ fn vipctl_zk_auth_file_writes_with_the_credential_and_refuses_a_bad_file() {
         vipctl(&admin, &args)
     };
     assert_eq!(
-        ok(
+        succeeded(
             &set(Some(&good), "192.0.2.100"),
             "vip set with the credential"
         ),

@@ -211,6 +211,30 @@ async fn vip(hosts: &str, cluster: &str, cmd: VipCommand) -> String {
         .unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
 }
 
+/// A node started alone in its cluster, once it leads (within 20 s: the
+/// first election waits for ZooKeeper's first session).
+async fn start_leader(hosts: &str, cluster: &str, id: &str, opts: NodeOpts) -> Node {
+    let node = start_node(hosts, cluster, id, opts);
+    wait_until(&format!("{id} leads"), Duration::from_secs(20), || {
+        node.role() == Role::Leader
+    })
+    .await;
+    node
+}
+
+/// `vipctl vip set <service> <vips>` in `cluster`: what it printed.
+async fn set_vips(hosts: &str, cluster: &str, service: &str, vips: &[&str]) -> String {
+    vip(
+        hosts,
+        cluster,
+        VipCommand::Set {
+            service: service.into(),
+            vips: strings(vips),
+        },
+    )
+    .await
+}
+
 async fn raw_client(hosts: &str) -> Client {
     Client::connector()
         .with_session_timeout(Duration::from_secs(5))
@@ -332,23 +356,11 @@ async fn service_config_follows_writes_and_isolates_bad_data() {
     let zk = ZkServer::start_standalone(Ipv4Addr::LOCALHOST, None);
     let hosts = zk.connect_string();
     let c = "svc";
-    let mut leader = start_node(&hosts, c, "a", NodeOpts::default());
-    wait_until("a leads", Duration::from_secs(20), || {
-        leader.role() == Role::Leader
-    })
-    .await;
+    let mut leader = start_leader(&hosts, c, "a", NodeOpts::default()).await;
     let mut follower = start_node(&hosts, c, "b", NodeOpts::default());
     let second = Duration::from_secs(1);
 
-    let out = vip(
-        &hosts,
-        c,
-        VipCommand::Set {
-            service: "web".into(),
-            vips: strings(&["192.0.2.100", "192.0.2.101"]),
-        },
-    )
-    .await;
+    let out = set_vips(&hosts, c, "web", &["192.0.2.100", "192.0.2.101"]).await;
     assert!(out.contains("192.0.2.100"), "{out}");
     wait_until("set applied", second, || {
         leader.vips() == ["192.0.2.100", "192.0.2.101"]
@@ -383,15 +395,7 @@ async fn service_config_follows_writes_and_isolates_bad_data() {
         leader.vips() == ["192.0.2.101", "192.0.2.102"]
     })
     .await;
-    vip(
-        &hosts,
-        c,
-        VipCommand::Set {
-            service: "db".into(),
-            vips: strings(&["198.51.100.7", "192.0.2.101"]),
-        },
-    )
-    .await;
+    set_vips(&hosts, c, "db", &["198.51.100.7", "192.0.2.101"]).await;
     wait_until("second service merged", second, || {
         leader.vips() == ["192.0.2.101", "192.0.2.102", "198.51.100.7"]
     })
@@ -515,15 +519,7 @@ async fn invalid_input_exits_2_and_writes_nothing() {
     init_log();
     let zk = ZkServer::start_standalone(Ipv4Addr::LOCALHOST, None);
     let hosts = zk.connect_string();
-    vip(
-        &hosts,
-        "inv",
-        VipCommand::Set {
-            service: "web".into(),
-            vips: strings(&["192.0.2.1"]),
-        },
-    )
-    .await;
+    set_vips(&hosts, "inv", "web", &["192.0.2.1"]).await;
     let raw = raw_client(&hosts).await;
     let path = "/vipd/inv/services/web";
     let before = raw.get_data(path).await.unwrap();
@@ -584,11 +580,7 @@ async fn frozen_server_fences_the_leader_before_anyone_else_leads() {
         ..Default::default()
     };
     // Each node talks to one server only, so only the leader loses its server.
-    let mut a = start_node(&zk.addr(0).to_string(), "fence", "a", opts());
-    wait_until("a leads", Duration::from_secs(20), || {
-        a.role() == Role::Leader
-    })
-    .await;
+    let mut a = start_leader(&zk.addr(0).to_string(), "fence", "a", opts()).await;
     let mut b = start_node(&zk.addr(1).to_string(), "fence", "b", opts());
     let mut c = start_node(&zk.addr(2).to_string(), "fence", "c", opts());
     wait_until("b and c follow", Duration::from_secs(20), || {
@@ -657,7 +649,7 @@ async fn same_session_back_leads_again_after_a_renewal() {
     init_log();
     let mut zk = ZkServer::start_standalone(Ipv4Addr::LOCALHOST, None);
     let t = Duration::from_secs(4);
-    let mut a = start_node(
+    let mut a = start_leader(
         &zk.connect_string(),
         "back",
         "a",
@@ -665,10 +657,7 @@ async fn same_session_back_leads_again_after_a_renewal() {
             timeout: t,
             ..Default::default()
         },
-    );
-    wait_until("a leads", Duration::from_secs(20), || {
-        a.role() == Role::Leader
-    })
+    )
     .await;
     let term = a.term();
     let frozen_at = Instant::now();
@@ -702,15 +691,7 @@ async fn leader_without_route_gives_up() {
     init_log();
     let zk = ZkServer::start_standalone(Ipv4Addr::LOCALHOST, None);
     let hosts = zk.connect_string();
-    vip(
-        &hosts,
-        "r4",
-        VipCommand::Set {
-            service: "web".into(),
-            vips: strings(&["192.0.2.50"]),
-        },
-    )
-    .await;
+    set_vips(&hosts, "r4", "web", &["192.0.2.50"]).await;
     let started = Instant::now();
     let mut a = start_node(
         &hosts,
@@ -752,7 +733,7 @@ async fn digest_auth_protects_writes_not_reads() {
         user: "vipd".into(),
         password: "s3cret".into(),
     };
-    let mut a = start_node(
+    let mut a = start_leader(
         &hosts,
         "auth",
         "a",
@@ -760,10 +741,7 @@ async fn digest_auth_protects_writes_not_reads() {
             auth: Some(auth.clone()),
             ..Default::default()
         },
-    );
-    wait_until("a leads", Duration::from_secs(20), || {
-        a.role() == Role::Leader
-    })
+    )
     .await;
     let cmd = VipCommand::Set {
         service: "web".into(),
@@ -877,15 +855,7 @@ fn launcher_runs_servers_inside_a_namespace() {
                 .build()
                 .unwrap();
             rt.block_on(async {
-                vip(
-                    &hosts,
-                    "ns",
-                    VipCommand::Set {
-                        service: "web".into(),
-                        vips: strings(&["192.0.2.77"]),
-                    },
-                )
-                .await;
+                set_vips(&hosts, "ns", "web", &["192.0.2.77"]).await;
                 vip(&hosts, "ns", VipCommand::List { json: true }).await
             })
         })
@@ -918,7 +888,7 @@ async fn renewal_race_is_settled_by_the_conditional_delete() {
     let hosts = zk.connect_string();
     let t = Duration::from_secs(2);
     let lease = LeaseTimes::new(t, None, Duration::from_millis(100)).unwrap();
-    let mut a = start_node(
+    let mut a = start_leader(
         &hosts,
         "race",
         "a",
@@ -926,10 +896,7 @@ async fn renewal_race_is_settled_by_the_conditional_delete() {
             timeout: t,
             ..Default::default()
         },
-    );
-    wait_until("a leads", Duration::from_secs(20), || {
-        a.role() == Role::Leader
-    })
+    )
     .await;
     let client = raw_client(&hosts).await;
     let dir = "/vipd/race/election";

@@ -126,6 +126,19 @@ fn wait_vips(host: &Host, vips: &[Ipv4Addr], want: &[(String, Ipv4Addr, u8)], wi
     }
 }
 
+/// vipd on `host` for VIP_A alone (192.0.2.100, with `extra` flags), once
+/// the VIP stands on eth0 in br0's /24.
+fn start_holding_vip_a(lab: &Lab, host: &Host, extra: &[&str]) -> Vipd {
+    let vipd = Vipd::start(lab, host, "192.0.2.100", extra);
+    wait_vips(
+        host,
+        &[VIP_A],
+        &[place("eth0", VIP_A, 24)],
+        Duration::from_secs(3),
+    );
+    vipd
+}
+
 /// ARP frames that mention `vip` (as sender or target), in arrival order.
 fn frames_about(frames: &[CapturedFrame], vip: Ipv4Addr) -> Vec<(CapturedFrame, ArpFrame)> {
     frames
@@ -416,13 +429,7 @@ fn vip_deleted_by_hand_is_back_at_once() {
     let _serial = serial();
     let lab = Lab::new("repair_events");
     let n1 = lab.add_host("n1", &[br0("192.0.2.11/24")]);
-    let vipd = Vipd::start(&lab, &n1, "192.0.2.100", &[]);
-    wait_vips(
-        &n1,
-        &[VIP_A],
-        &[place("eth0", VIP_A, 24)],
-        Duration::from_secs(3),
-    );
+    let vipd = start_holding_vip_a(&lab, &n1, &[]);
     let took = repair_times(&n1, 5, Duration::from_secs(2));
     println!("repair with netlink events: {took:?}");
     for t in &took {
@@ -441,17 +448,10 @@ fn vip_deleted_by_hand_is_back_on_the_timer_without_events() {
     let _serial = serial();
     let lab = Lab::new("repair_timer");
     let n1 = lab.add_host("n1", &[br0("192.0.2.11/24")]);
-    let _vipd = Vipd::start(
+    let _vipd = start_holding_vip_a(
         &lab,
         &n1,
-        "192.0.2.100",
         &["--netlink-events", "false", "--reconcile-interval", "1s"],
-    );
-    wait_vips(
-        &n1,
-        &[VIP_A],
-        &[place("eth0", VIP_A, 24)],
-        Duration::from_secs(3),
     );
     let took = repair_times(&n1, 2, Duration::from_millis(1500));
     println!("repair on the 1 s timer (no netlink events): {took:?}");
@@ -466,13 +466,7 @@ fn vip_left_on_the_wrong_interface_moves() {
     let _serial = serial();
     let lab = Lab::new("wrong_if");
     let n1 = lab.add_host("n1", &[br0("192.0.2.11/24"), br1("198.51.100.11/24")]);
-    let first = Vipd::start(&lab, &n1, "192.0.2.100", &[]);
-    wait_vips(
-        &n1,
-        &[VIP_A],
-        &[place("eth0", VIP_A, 24)],
-        Duration::from_secs(3),
-    );
+    let first = start_holding_vip_a(&lab, &n1, &[]);
     first.stop(libc::SIGKILL, Duration::from_secs(5));
     assert_eq!(
         vip_addrs(&n1, &[VIP_A]),
@@ -598,14 +592,12 @@ fn status_reports_what_ip_shows() {
             held_in_status(&vipd.status())
         );
     };
-    agree(
-        vec![
-            place("eth0", VIP_A, 24),
-            place("eth0", VIP_B, 24),
-            place("eth1", VIP_NET1, 24),
-        ],
-        "at start",
-    );
+    let at_start = vec![
+        place("eth0", VIP_A, 24),
+        place("eth0", VIP_B, 24),
+        place("eth1", VIP_NET1, 24),
+    ];
+    agree(at_start.clone(), "at start");
     // A route change moves a VIP; status follows.
     n1.ip(&["route", "add", "192.0.2.101/32", "dev", "eth1"]);
     agree(
@@ -617,14 +609,7 @@ fn status_reports_what_ip_shows() {
         "after a /32 route to eth1",
     );
     n1.ip(&["route", "del", "192.0.2.101/32", "dev", "eth1"]);
-    agree(
-        vec![
-            place("eth0", VIP_A, 24),
-            place("eth0", VIP_B, 24),
-            place("eth1", VIP_NET1, 24),
-        ],
-        "after the /32 route is gone",
-    );
+    agree(at_start, "after the /32 route is gone");
     let status = vipd.status();
     for vip in vips {
         let e = vip_entry(&status, vip);
@@ -768,13 +753,7 @@ fn cleanup_keeps_operator_secondary_of_a_primary_vip() {
     let _serial = serial();
     let lab = Lab::new("cleanup_primary");
     let n1 = primary_vip_host(&lab);
-    let vipd = Vipd::start(&lab, &n1, "192.0.2.100", &[]);
-    wait_vips(
-        &n1,
-        &[VIP_A],
-        &[place("eth0", VIP_A, 24)],
-        Duration::from_secs(3),
-    );
+    let vipd = start_holding_vip_a(&lab, &n1, &[]);
     n1.add_addr("eth0", "192.0.2.50/24");
     vipd.stop(libc::SIGKILL, Duration::from_secs(5));
     let out = vipctl_cleanup(&n1);
@@ -797,13 +776,7 @@ fn sigterm_keeps_operator_secondary_of_a_primary_vip() {
     let _serial = serial();
     let lab = Lab::new("sigterm_primary");
     let n1 = primary_vip_host(&lab);
-    let vipd = Vipd::start(&lab, &n1, "192.0.2.100", &[]);
-    wait_vips(
-        &n1,
-        &[VIP_A],
-        &[place("eth0", VIP_A, 24)],
-        Duration::from_secs(3),
-    );
+    let vipd = start_holding_vip_a(&lab, &n1, &[]);
     n1.add_addr("eth0", "192.0.2.50/24");
     let (exit, _) = vipd.stop(libc::SIGTERM, Duration::from_secs(5));
     assert!(
@@ -866,13 +839,7 @@ fn xdp_counts_arp_requests_per_vip_and_answers_them() {
     let n2 = lab.add_host("n2", &[br0("192.0.2.12/24")]);
     let n1_mac = n1.mac("eth0");
     let not_vip = Ipv4Addr::new(192, 0, 2, 222);
-    let vipd = Vipd::start(&lab, &n1, "192.0.2.100", &["--xdp-interface", "eth0"]);
-    wait_vips(
-        &n1,
-        &[VIP_A],
-        &[place("eth0", VIP_A, 24)],
-        Duration::from_secs(3),
-    );
+    let vipd = start_holding_vip_a(&lab, &n1, &["--xdp-interface", "eth0"]);
     let status = vipd.status();
     assert_eq!(status["xdp"]["enabled"], true, "{status:#}");
     assert!(

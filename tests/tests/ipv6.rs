@@ -29,10 +29,11 @@ use vipd::{
 use vipd_tests::vipd::Vipd;
 use vipd_tests::{
     cluster::{AddrMonitor, Cluster, NlAddr6, ZkKind, ip_set, monitors, within},
-    lab::{
-        ArpCapture, Host, HostIf, Lab, NdpFrame, fmt_mac, in_new_netns, ip_here as ip, wait_until,
-    },
+    lab::{ArpCapture, Host, HostIf, Lab, NdpFrame, fmt_mac, ip_here as ip, wait_until},
 };
+
+mod own_netns;
+use own_netns::{ifindex, in_netns, place, vip};
 
 /// vipd's ownership mark (IFA_PROTO), as vipd::net::VIPD_ADDR_PROTO.
 const MARK: u8 = vipd::net::VIPD_ADDR_PROTO;
@@ -46,21 +47,6 @@ fn serial() -> MutexGuard<'static, ()> {
 }
 
 // ---- netlink, in a namespace of the test's own ----
-
-/// Runs `test` on a current-thread runtime in a fresh network namespace.
-fn in_netns<F, Fut>(test: F)
-where
-    F: FnOnce() -> Fut + Send,
-    Fut: Future<Output = ()>,
-{
-    in_new_netns(|| {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("tokio runtime")
-            .block_on(test())
-    })
-}
 
 fn sysctl(key: &str, value: &str) {
     let path = format!("/proc/sys/{}", key.replace('.', "/"));
@@ -76,28 +62,6 @@ fn iface(name: &str) {
         sysctl(&format!("net.ipv6.conf.{n}.accept_dad"), "1");
         ip(&format!("link set {n} up"));
     }
-}
-
-async fn ifindex(nl: &Netlink, name: &str) -> u32 {
-    nl.links()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|l| l.name == name)
-        .unwrap_or_else(|| panic!("link {name} not in the dump"))
-        .ifindex
-}
-
-fn vip(s: &str) -> Vip {
-    s.parse().unwrap()
-}
-
-async fn place(nl: &Netlink, v: Vip) -> Placement {
-    nl.routes()
-        .await
-        .unwrap()
-        .placement(v)
-        .unwrap_or_else(|| panic!("no route for {v}"))
 }
 
 /// The kernel's view of `addr`, if present.
@@ -380,33 +344,17 @@ fn dad_failed_and_tentative_vips_are_seen_for_what_they_are() {
         let a = find_on(&nl, "2001:db8:0:1::200", d0).await.unwrap();
         assert!(a.owned);
         assert_eq!(a.state, AddrState::Tentative, "DAD runs on a fresh address");
-        let usable = wait_async(Duration::from_secs(5), || async {
-            find_on(&nl, "2001:db8:0:1::200", d0)
-                .await
-                .is_some_and(|a| a.state == AddrState::Usable)
-        })
-        .await;
-        assert!(
-            usable.is_ok(),
-            "DAD never ended: {}",
-            ip("-6 addr show dev d0")
-        );
+        wait_state(&nl, ("d0", d0), "2001:db8:0:1::200", AddrState::Usable)
+            .await
+            .unwrap_or_else(|e| panic!("DAD never ended: {e}"));
         // Duplicate: DAD fails.
         add_marked_with_dad(d0, "2001:db8:0:1::100".parse().unwrap(), 64);
-        let failed = wait_async(Duration::from_secs(5), || async {
-            find_on(&nl, "2001:db8:0:1::100", d0)
-                .await
-                .is_some_and(|a| a.state == AddrState::DadFailed)
-        })
-        .await;
-        assert!(
-            failed.is_ok(),
-            "DAD never failed: {}",
-            ip("-6 addr show dev d0")
-        );
+        let failed = wait_state(&nl, ("d0", d0), "2001:db8:0:1::100", AddrState::DadFailed)
+            .await
+            .unwrap_or_else(|e| panic!("DAD never failed: {e}"));
         println!(
             "ipv6 dad: a duplicate address was dadfailed {:.2} s after it was added",
-            failed.unwrap().as_secs_f64()
+            failed.as_secs_f64()
         );
         // vipd's remove works on it like on any of its addresses.
         let a = find_on(&nl, "2001:db8:0:1::100", d0).await.unwrap();
@@ -422,6 +370,23 @@ async fn find_on(nl: &Netlink, addr: &str, ifindex: u32) -> Option<Address> {
         .unwrap()
         .into_iter()
         .find(|a| a.addr == addr && a.ifindex == ifindex)
+}
+
+/// Waits up to 5 s for `addr` on interface `dev` (name, ifindex) to be in
+/// `state`: how long that took, or what `ip` shows on `dev` by then.
+async fn wait_state(
+    nl: &Netlink,
+    (ifname, ifindex): (&str, u32),
+    addr: &str,
+    state: AddrState,
+) -> Result<Duration, String> {
+    wait_async(Duration::from_secs(5), || async {
+        find_on(nl, addr, ifindex)
+            .await
+            .is_some_and(|a| a.state == state)
+    })
+    .await
+    .map_err(|e| format!("{e}: {}", ip(&format!("-6 addr show dev {ifname}"))))
 }
 
 async fn wait_async<F, Fut>(timeout: Duration, mut cond: F) -> Result<Duration, String>
@@ -609,16 +574,25 @@ fn start_vipd(lab: &Lab, host: &Host, vips: &str, extra: &[&str]) -> Vipd {
     Vipd::start_env(lab, host, vips, extra, &[("RUST_LOG", "info,vipd=debug")])
 }
 
+/// The row of `vip` in `vipctl status`.
+fn status_row(vipd: &Vipd, vip: &str) -> Value {
+    vip_row(&vipd.status(), vip, "vipctl status")
+}
+
 /// The `arp stats` row of `vip`.
 fn stats_row(vipd: &Vipd, vip: &str) -> Value {
-    let s = vipd.arp_stats();
-    s["vips"]
+    vip_row(&vipd.arp_stats(), vip, "arp stats")
+}
+
+/// The row of `vip` among the `vips` of `report` (`what` names it).
+fn vip_row(report: &Value, vip: &str, what: &str) -> Value {
+    report["vips"]
         .as_array()
         .into_iter()
         .flatten()
         .find(|r| r["vip"] == vip)
         .cloned()
-        .unwrap_or_else(|| panic!("no arp stats row for {vip}: {s}"))
+        .unwrap_or_else(|| panic!("no {what} row for {vip}: {report}"))
 }
 
 /// Unsolicited NAs for `target` from `mac` seen on a capture.
@@ -670,14 +644,7 @@ fn one_node_holds_announces_answers_and_repairs_a_v6_vip() {
         (64, true, false),
         "{a:?}"
     );
-    let status = vipd.status();
-    let row = status["vips"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|v| v["vip"] == V6_VIP)
-        .cloned()
-        .unwrap_or_else(|| panic!("no {V6_VIP} in {}", status["vips"]));
+    let row = status_row(&vipd, V6_VIP);
     assert_eq!(
         (&row["state"], &row["interface"], &row["prefix_len"]),
         (&Value::from("held"), &Value::from("eth0"), &Value::from(64)),
@@ -965,14 +932,7 @@ fn a_dad_failed_vip_is_replaced_and_reported() {
             .contains("failed duplicate address detection")
     });
     assert!(logged.is_ok(), "not reported: {}", vipd.process.stderr());
-    let s = vipd.status();
-    let row = s["vips"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|v| v["vip"] == V6_VIP)
-        .cloned()
-        .unwrap();
+    let row = status_row(&vipd, V6_VIP);
     assert_eq!(row["state"], "held", "{row}");
 }
 

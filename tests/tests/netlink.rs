@@ -3,7 +3,7 @@
 //! Privileged: each test runs in a network namespace of its own, unshared by
 //! a dedicated thread, which vanishes with that thread.
 
-use std::{future::Future, time::Duration};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use vipd::{
@@ -13,22 +13,10 @@ use vipd::{
     },
     vip::Vip,
 };
-use vipd_tests::lab::{in_new_netns, ip_here as ip};
+use vipd_tests::lab::ip_here as ip;
 
-/// Runs `test` on a current-thread runtime in a fresh network namespace.
-fn in_netns<F, Fut>(test: F)
-where
-    F: FnOnce() -> Fut + Send,
-    Fut: Future<Output = ()>,
-{
-    in_new_netns(|| {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("tokio runtime")
-            .block_on(test())
-    })
-}
+mod own_netns;
+use own_netns::{ifindex, in_netns, place, vip};
 
 /// An up interface with carrier: one end of a veth pair (this kernel
 /// has no dummy driver), the peer `<name>p` up too. IPv4 only: these are
@@ -42,20 +30,6 @@ fn iface(name: &str) {
             .expect("turning IPv6 off on a test interface");
         ip(&format!("link set {n} up"));
     }
-}
-
-async fn ifindex(nl: &Netlink, name: &str) -> u32 {
-    nl.links()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|l| l.name == name)
-        .unwrap_or_else(|| panic!("link {name} not in the dump"))
-        .ifindex
-}
-
-fn vip(s: &str) -> Vip {
-    s.parse().unwrap()
 }
 
 fn addr(ifindex: u32, a: &str, prefix_len: u8, owned: bool) -> Address {
@@ -88,12 +62,16 @@ async fn addresses_on(nl: &Netlink, ifindexes: &[u32]) -> Vec<Address> {
         .collect()
 }
 
-async fn place(nl: &Netlink, v: Vip) -> Placement {
-    nl.routes()
-        .await
-        .unwrap()
-        .placement(v)
-        .unwrap_or_else(|| panic!("no route for {v}"))
+/// Interface d0 with the operator's 192.0.2.1/24, and the VIP
+/// 192.0.2.100 with its placement there (not added yet).
+async fn d0_and_its_vip() -> (Netlink, u32, Vip, Placement) {
+    iface("d0");
+    ip("addr add 192.0.2.1/24 dev d0");
+    let nl = Netlink::new().unwrap();
+    let d0 = ifindex(&nl, "d0").await;
+    let v = vip("192.0.2.100");
+    let placement = place(&nl, v).await;
+    (nl, d0, v, placement)
 }
 
 /// Waits up to `within` for `want`, skipping other events.
@@ -204,12 +182,7 @@ fn dumps_report_what_ip_set_up() {
 #[test]
 fn add_vip_marks_it_and_is_idempotent() {
     in_netns(|| async {
-        iface("d0");
-        ip("addr add 192.0.2.1/24 dev d0");
-        let nl = Netlink::new().unwrap();
-        let d0 = ifindex(&nl, "d0").await;
-        let v = vip("192.0.2.100");
-        let placement = place(&nl, v).await;
+        let (nl, d0, v, placement) = d0_and_its_vip().await;
         assert_eq!(
             placement,
             Placement {
@@ -365,12 +338,7 @@ fn addr_lines(ifname: &str, cidr: &str) -> Option<String> {
 #[test]
 fn lifetimes_are_set_renewed_with_the_mark_and_expire() {
     in_netns(|| async {
-        iface("d0");
-        ip("addr add 192.0.2.1/24 dev d0");
-        let nl = Netlink::new().unwrap();
-        let d0 = ifindex(&nl, "d0").await;
-        let v = vip("192.0.2.100");
-        let p = place(&nl, v).await;
+        let (nl, d0, v, p) = d0_and_its_vip().await;
         let mut events = monitor().unwrap();
         nl.add_vip_for(v, p, Some(3)).await.unwrap();
         let shown = addr_lines("d0", "192.0.2.100/24").expect("VIP shown");

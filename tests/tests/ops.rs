@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use vipd_tests::cluster::{addr_events, route_socket};
-use vipd_tests::lab::{Host, HostIf, Lab, fmt_mac, vipctl_bin, vipd_bin, wait_until};
+use vipd_tests::lab::{Host, HostIf, Lab, fmt_mac, succeeded, vipctl_bin, vipd_bin, wait_until};
 use vipd_tests::vipd::Vipd;
 
 const VIP_A: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
@@ -36,6 +36,23 @@ const NOBODY: u32 = 65534;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// vipd on `host` as root, serving metrics on `listen`.
+fn vipd_with_metrics(lab: &Lab, host: &Host, vips: &str, listen: SocketAddr) -> Vipd {
+    vipd_as_root(
+        lab,
+        host,
+        vips,
+        &["--metrics-listen", &listen.to_string()],
+        &[],
+    )
+}
+
+/// vipd on `host` as root (no setpriv), its control socket in the lab's
+/// directory.
+fn vipd_as_root(lab: &Lab, host: &Host, vips: &str, args: &[&str], env: &[(&str, &str)]) -> Vipd {
+    Vipd::spawn(host, lab.dir().join("vipd.sock"), &[], vips, args, env)
+}
 
 /// One lab test at a time; a failed test must not block the others.
 fn serial() -> MutexGuard<'static, ()> {
@@ -98,14 +115,7 @@ fn text(b: &[u8]) -> String {
 /// Panics with the command's output unless it succeeded; returns stdout.
 fn run_ok(cmd: &mut Command) -> String {
     let out = run(cmd);
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\n{}{}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
+    succeeded(&out, &format!("{cmd:?}"))
 }
 
 // ---------------------------------------------------------------- package
@@ -742,14 +752,7 @@ fn metrics_agree_with_vipctl() {
     let n1 = lab.add_host("n1", &[br0("192.0.2.11/24")]);
     let c1 = lab.add_host("c1", &[br0("192.0.2.21/24")]);
     let listen: SocketAddr = "127.0.0.1:9472".parse().unwrap();
-    let vipd = Vipd::spawn(
-        &n1,
-        lab.dir().join("vipd.sock"),
-        &[],
-        &format!("{VIP_A},{VIP_B}"),
-        &["--metrics-listen", &listen.to_string()],
-        &[],
-    );
+    let vipd = vipd_with_metrics(&lab, &n1, &format!("{VIP_A},{VIP_B}"), listen);
     vipd.wait_held(&[VIP_A, VIP_B]);
     // Requests from a client: 3 for A, 5 for B (XDP counts them on n1).
     let a = c1.arping(VIP_A, 3, "eth0");
@@ -862,14 +865,7 @@ fn metrics_connections_are_capped_timed_out_and_ended_at_shutdown() {
     let lab = Lab::new("opsconns");
     let n1 = lab.add_host("n1", &[br0("192.0.2.11/24")]);
     let listen: SocketAddr = "127.0.0.1:9473".parse().unwrap();
-    let vipd = Vipd::spawn(
-        &n1,
-        lab.dir().join("vipd.sock"),
-        &[],
-        &VIP_A.to_string(),
-        &["--metrics-listen", &listen.to_string()],
-        &[],
-    );
+    let vipd = vipd_with_metrics(&lab, &n1, &VIP_A.to_string(), listen);
     vipd.wait_held(&[VIP_A]);
     let max = vipd::metrics::LIMITS.max;
     let idle_for = vipd::metrics::LIMITS.timeout;
@@ -946,14 +942,7 @@ fn a_metrics_port_in_use_stops_vipd_before_it_configures_a_vip() {
     let n1 = lab.add_host("n1", &[br0("192.0.2.11/24")]);
     let listen: SocketAddr = "127.0.0.1:9474".parse().unwrap();
     let taken = n1.in_netns(|| std::net::TcpListener::bind(listen).expect("taking the port"));
-    let vipd = Vipd::spawn(
-        &n1,
-        lab.dir().join("vipd.sock"),
-        &[],
-        &VIP_A.to_string(),
-        &["--metrics-listen", &listen.to_string()],
-        &[],
-    );
+    let vipd = vipd_with_metrics(&lab, &n1, &VIP_A.to_string(), listen);
     let (last, stderr) = exits_failing(&vipd, "with its port taken");
     let last = last.as_str();
     assert!(
@@ -1075,10 +1064,9 @@ fn json_logs_parse_and_name_the_vip() {
     let _serial = serial();
     let lab = Lab::new("opslogs");
     let n1 = lab.add_host("n1", &[br0("192.0.2.11/24")]);
-    let vipd = Vipd::spawn(
+    let vipd = vipd_as_root(
+        &lab,
         &n1,
-        lab.dir().join("vipd.sock"),
-        &[],
         &VIP_A.to_string(),
         &["--log-format", "json"],
         &[],
@@ -1190,10 +1178,9 @@ fn sd_notify_ready_after_the_vip_is_configured() {
         }
         seen
     });
-    let vipd = Vipd::spawn(
+    let vipd = vipd_as_root(
+        &lab,
         &n1,
-        lab.dir().join("vipd.sock"),
-        &[],
         &VIP_A.to_string(),
         &[],
         &[("NOTIFY_SOCKET", notify_path.to_str().unwrap())],

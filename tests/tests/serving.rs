@@ -11,8 +11,7 @@ use std::{
 };
 
 use vipd_tests::cluster::{
-    AddrMonitor, Cluster, ZkKind, assert_no_overlap, handover_times, leader_of, monitors, ms,
-    vip_set, within,
+    Cluster, ZkKind, assert_no_overlap, handover_times, leader_of, monitors, ms, vip_set, within,
 };
 
 const WEB: [&str; 2] = ["192.0.2.100", "192.0.2.101"];
@@ -36,20 +35,12 @@ fn cluster(hint: &str, n: usize, extra: &[&str]) -> (Cluster, BTreeSet<Ipv4Addr>
     (c, vips, leader)
 }
 
-/// The handover of every VIP from `old` to `new` (removal first); the
-/// latest add (ms after `since`).
-fn handover(
-    c: &Cluster,
-    mons: &[AddrMonitor],
-    vips: &BTreeSet<Ipv4Addr>,
-    old: usize,
-    new: usize,
-    since: Instant,
-    what: &str,
-) -> f64 {
-    handover_times(c, mons, vips, old, new, since, what)
-        .into_iter()
-        .fold(0.0, |last, (_, add)| f64::max(last, add))
+/// The latest add of a handover (ms after its start), from
+/// [`handover_times`].
+fn latest_add(times: &[(f64, f64)]) -> f64 {
+    times
+        .iter()
+        .fold(0.0, |last, &(_, add)| f64::max(last, add))
 }
 
 /// The client reaches a VIP's service on node `want` within `timeout`.
@@ -88,7 +79,8 @@ fn leader_data_link_lost_hands_over_after_the_grace() {
         .wait_sole_holder(&vips, Some(old), Duration::from_secs(5))
         .unwrap_or_else(|e| panic!("sv-link: no takeover: {e}"));
     std::thread::sleep(Duration::from_millis(300));
-    let took = handover(&c, &mons, &vips, old, new, cut, "sv-link");
+    let times = handover_times(&c, &mons, &vips, old, new, cut, "sv-link");
+    let took = latest_add(&times);
     assert_no_overlap(&c, &mons, &vips, &initial, cut, "sv-link");
     eprintln!(
         "[sv-link] carrier lost on {} eth0: {} holds the VIPs {took:.0} ms after the cut (grace 200 ms)",
@@ -190,7 +182,8 @@ fn failing_tcp_check_hands_over_and_recovery_does_not_preempt() {
         .wait_sole_holder(&vips, Some(old), Duration::from_secs(5))
         .unwrap_or_else(|e| panic!("sv-tcp: no takeover: {e}"));
     std::thread::sleep(Duration::from_millis(300));
-    let took = handover(&c, &mons, &vips, old, new, killed, "sv-tcp");
+    let times = handover_times(&c, &mons, &vips, old, new, killed, "sv-tcp");
+    let took = latest_add(&times);
     assert_no_overlap(&c, &mons, &vips, &initial, killed, "sv-tcp");
     eprintln!(
         "[sv-tcp] service killed on {}: {} holds the VIPs {took:.0} ms later (interval 200 ms, fall 2)",
@@ -327,7 +320,8 @@ fn hook_sees_transitions_in_order_and_sigterm_moves_without_overlap() {
     c.wait_sole_holder(&vips, Some(old), Duration::from_secs(5))
         .unwrap_or_else(|e| panic!("sv-hook: no takeover after SIGTERM: {e}"));
     std::thread::sleep(Duration::from_millis(500));
-    let took = handover(&c, &mons, &vips, old, new, term, "sv-hook sigterm");
+    let times = handover_times(&c, &mons, &vips, old, new, term, "sv-hook sigterm");
+    let took = latest_add(&times);
     assert_no_overlap(&c, &mons, &vips, &initial, term, "sv-hook sigterm");
     eprintln!("[sv-hook] SIGTERM of the leader: successor holds the VIPs {took:.1} ms later");
     within(Duration::from_secs(5), || {
@@ -430,7 +424,8 @@ fn drain_undrain_and_handover_move_without_overlap() {
         .wait_sole_holder(&vips, Some(old), Duration::from_secs(5))
         .unwrap_or_else(|e| panic!("sv-drain: no move: {e}"));
     std::thread::sleep(Duration::from_millis(300));
-    let took = handover(&c, &mons, &vips, old, new, at, "sv-drain drain");
+    let times = handover_times(&c, &mons, &vips, old, new, at, "sv-drain drain");
+    let took = latest_add(&times);
     assert_no_overlap(&c, &mons, &vips, &initial, at, "sv-drain drain");
     eprintln!(
         "[sv-drain] drain: {} holds the VIPs {took:.1} ms after vipctl started",
@@ -507,7 +502,8 @@ fn drain_undrain_and_handover_move_without_overlap() {
         .unwrap_or_else(|e| panic!("sv-drain: no handover: {e}"));
     assert_eq!(to, old, "{out}");
     std::thread::sleep(Duration::from_millis(300));
-    let took = handover(&c, &mons, &vips, new, old, at, "sv-drain handover");
+    let times = handover_times(&c, &mons, &vips, new, old, at, "sv-drain handover");
+    let took = latest_add(&times);
     assert_no_overlap(&c, &mons, &vips, &initial, at, "sv-drain handover");
     eprintln!("[sv-drain] handover --to: {out:?}, {took:.1} ms after vipctl started");
 }

@@ -194,19 +194,27 @@ fn holding(ifindex: u32) -> XdpProgram {
 /// Like [`holding`], with the VIP on VLAN `vlan` of `ifindex`.
 fn holding_on_vlan(ifindex: u32, vlan: u16) -> XdpProgram {
     let mut program = loaded();
-    let held = BTreeMap::from([(
-        vip(VIP),
-        HeldVip {
-            ifindex,
-            mac: OUR_MAC,
-            vlan,
-            flags: 0,
-            _pad: [0; 3],
-            expires_ns: NO_EXPIRY,
-        },
-    )]);
+    let held = vip_held(held_at(ifindex, vlan, NO_EXPIRY));
     program.set_held(&held).expect("set_held");
     program
+}
+
+/// What the agent writes for a VIP it holds: answered on `ifindex`, VLAN
+/// `vlan` (0: untagged), with OUR_MAC, until `expires_ns`.
+fn held_at(ifindex: u32, vlan: u16, expires_ns: u64) -> HeldVip {
+    HeldVip {
+        ifindex,
+        mac: OUR_MAC,
+        vlan,
+        flags: 0,
+        _pad: [0; 3],
+        expires_ns,
+    }
+}
+
+/// The held map with VIP alone in it.
+fn vip_held(held: HeldVip) -> BTreeMap<Vip, HeldVip> {
+    BTreeMap::from([(vip(VIP), held)])
 }
 
 fn counters_of(program: &XdpProgram, octets: [u8; 4]) -> ArpCounters {
@@ -217,22 +225,35 @@ fn counters_of(program: &XdpProgram, octets: [u8; 4]) -> ArpCounters {
         .unwrap_or_else(|| panic!("{} is not watched", Ipv4Addr::from(octets)))
 }
 
-/// Runs `frame` once and returns the action, the frame out, and how the
-/// counters of VIP and OTHER_VIP changed.
-fn run(
+/// What one frame did: the action, the frame out, and how the counters of
+/// the VIP and of the other watched VIP changed.
+type Ran = (u32, Vec<u8>, ArpCounters, ArpCounters);
+
+/// Runs `frame` once; `both` reads the counters of the VIP and of the other
+/// watched VIP of the family under test, before and after.
+fn run_counted(
     program: &XdpProgram,
     frame: &[u8],
     ingress: u32,
-) -> (u32, Vec<u8>, ArpCounters, ArpCounters) {
-    let before = (counters_of(program, VIP), counters_of(program, OTHER_VIP));
+    both: impl Fn(&XdpProgram) -> (ArpCounters, ArpCounters),
+) -> Ran {
+    let before = both(program);
     let (action, out) = program.test_run(frame, ingress).expect("BPF_PROG_TEST_RUN");
-    let after = (counters_of(program, VIP), counters_of(program, OTHER_VIP));
+    let after = both(program);
     (
         action,
         out,
         diff(after.0, before.0),
         diff(after.1, before.1),
     )
+}
+
+/// Runs `frame` once and returns the action, the frame out, and how the
+/// counters of VIP and OTHER_VIP changed.
+fn run(program: &XdpProgram, frame: &[u8], ingress: u32) -> Ran {
+    run_counted(program, frame, ingress, |p| {
+        (counters_of(p, VIP), counters_of(p, OTHER_VIP))
+    })
 }
 
 fn diff(after: ArpCounters, before: ArpCounters) -> ArpCounters {
@@ -265,6 +286,36 @@ const ONE_ANNOUNCEMENT: ArpCounters = ArpCounters {
     ..NONE
 };
 
+/// `counters` with a claim of the VIP by another MAC on top.
+const fn claimed(counters: ArpCounters) -> ArpCounters {
+    ArpCounters {
+        foreign_claims: counters.foreign_claims + 1,
+        ..counters
+    }
+}
+/// A claim of a held VIP by another MAC, counted on its own.
+const ONE_CLAIM: ArpCounters = claimed(NONE);
+/// Another MAC announcing a VIP we hold.
+const FOREIGN_ANNOUNCEMENT: ArpCounters = claimed(ONE_ANNOUNCEMENT);
+/// Another MAC asking about a VIP we hold as if it were its own (a DAD probe).
+const FOREIGN_REQUEST: ArpCounters = claimed(ONE_REQUEST);
+
+/// Asserts that `frame`, which `ran`, passed unchanged and changed the
+/// counters of the VIP by `vip_want` and of the other watched VIP by
+/// `other_want`.
+fn assert_passed(
+    ran: Ran,
+    frame: &[u8],
+    (vip_want, other_want): (ArpCounters, ArpCounters),
+    what: &str,
+) {
+    let (action, out, vip_delta, other_delta) = ran;
+    assert_eq!(action, XDP_PASS, "{what}: action");
+    assert_eq!(out, frame, "{what}: the frame must pass unchanged");
+    assert_eq!(vip_delta, vip_want, "{what}: counters of the VIP");
+    assert_eq!(other_delta, other_want, "{what}: counters of the other VIP");
+}
+
 /// Asserts that `frame` passes unchanged and changes the counters of VIP by
 /// `expected` (and OTHER_VIP's not at all).
 fn assert_passes(
@@ -274,11 +325,7 @@ fn assert_passes(
     expected: ArpCounters,
     what: &str,
 ) {
-    let (action, out, vip_delta, other_delta) = run(program, frame, ingress);
-    assert_eq!(action, XDP_PASS, "{what}: action");
-    assert_eq!(out, frame, "{what}: the frame must pass unchanged");
-    assert_eq!(vip_delta, expected, "{what}: counters of the VIP");
-    assert_eq!(other_delta, NONE, "{what}: counters of the other VIP");
+    assert_passed(run(program, frame, ingress), frame, (expected, NONE), what);
 }
 
 // ---------------------------------------------------------------------------
@@ -537,17 +584,7 @@ fn truncated_frames_pass_uncounted() {
         let mut program = program;
         let ifindex = iface("xdp0");
         program
-            .set_held(&BTreeMap::from([(
-                vip(VIP),
-                HeldVip {
-                    ifindex,
-                    mac: OUR_MAC,
-                    vlan: 0,
-                    flags: 0,
-                    _pad: [0; 3],
-                    expires_ns: NO_EXPIRY,
-                },
-            )]))
+            .set_held(&vip_held(held_at(ifindex, 0, NO_EXPIRY)))
             .expect("set_held");
         for (what, frame) in cuts {
             assert_passes(&program, frame, ifindex, NONE, what);
@@ -783,19 +820,7 @@ fn expired_entry_is_not_answered() {
         let ifindex = iface("xdp0");
         let mut program = loaded();
         let request = ArpFrame::request(ASKER_MAC, ASKER_IP, VIP).bytes();
-        let entry = |expires_ns| {
-            BTreeMap::from([(
-                vip(VIP),
-                HeldVip {
-                    ifindex,
-                    mac: OUR_MAC,
-                    vlan: 0,
-                    flags: 0,
-                    _pad: [0; 3],
-                    expires_ns,
-                },
-            )])
-        };
+        let entry = |expires_ns| vip_held(held_at(ifindex, 0, expires_ns));
         let now = std::time::Instant::now();
         // Expired a millisecond ago: counted, passed to the kernel.
         let past = vipd::engine::monotonic_ns(now) - 1_000_000;
@@ -826,17 +851,7 @@ fn released_vip_is_no_longer_answered() {
         program.clear_held().expect("clear_held");
         assert_passes(&program, &request, ifindex, ONE_REQUEST, "after clear_held");
         // And back, then released through set_held.
-        let held = BTreeMap::from([(
-            vip(VIP),
-            HeldVip {
-                ifindex,
-                mac: OUR_MAC,
-                vlan: 0,
-                flags: 0,
-                _pad: [0; 3],
-                expires_ns: NO_EXPIRY,
-            },
-        )]);
+        let held = vip_held(held_at(ifindex, 0, NO_EXPIRY));
         program.set_held(&held).expect("set_held");
         assert_eq!(run(&program, &request, ifindex).0, XDP_TX, "held again");
         program.set_held(&BTreeMap::new()).expect("set_held(empty)");
@@ -849,17 +864,7 @@ fn released_vip_is_no_longer_answered() {
         );
         // Moved to another interface: answered there only.
         let other = iface("xdp1");
-        let moved = BTreeMap::from([(
-            vip(VIP),
-            HeldVip {
-                ifindex: other,
-                mac: OUR_MAC,
-                vlan: 0,
-                flags: 0,
-                _pad: [0; 3],
-                expires_ns: NO_EXPIRY,
-            },
-        )]);
+        let moved = vip_held(held_at(other, 0, NO_EXPIRY));
         program.set_held(&moved).expect("set_held(moved)");
         assert_passes(&program, &request, ifindex, ONE_REQUEST, "old interface");
         assert_eq!(run(&program, &request, other).0, XDP_TX, "new interface");
@@ -874,6 +879,44 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("tokio runtime")
+}
+
+/// One claim case: what it is, the frame, the interface it comes in on,
+/// the counter changes of the VIP and of the other watched VIP, and the
+/// conflict event it must raise (`None`: none).
+type ClaimCase<'a, E> = (&'a str, Vec<u8>, u32, (ArpCounters, ArpCounters), Option<E>);
+
+/// Runs each case in turn through `program` (`run` for the family under
+/// test): the frame passes unchanged with its counter changes, raises its
+/// event, read by `next` (the ring's next event within a wait), and no
+/// other within 200 ms.
+fn assert_claim_cases<E: PartialEq + std::fmt::Debug>(
+    program: &XdpProgram,
+    run: fn(&XdpProgram, &[u8], u32) -> Ran,
+    mut next: impl FnMut(Duration) -> Option<E>,
+    cases: Vec<ClaimCase<'_, E>>,
+) {
+    for (what, frame, ingress, counted, event) in cases {
+        assert_passed(run(program, &frame, ingress), &frame, counted, what);
+        if event.is_some() {
+            assert_eq!(next(Duration::from_secs(2)), event, "{what}: its event");
+        }
+        assert_eq!(
+            next(Duration::from_millis(200)),
+            None,
+            "{what}: no other event"
+        );
+    }
+}
+
+/// The event the program sends when `mac` claims `vip` on `ifindex`.
+fn conflict(vip: [u8; 4], ifindex: u32, mac: [u8; 6]) -> ConflictEvent {
+    ConflictEvent {
+        vip,
+        ifindex,
+        mac,
+        _pad: [0; 2],
+    }
 }
 
 fn next_event(
@@ -903,115 +946,65 @@ fn foreign_claim_of_held_vip_is_counted_and_reported_once() {
             "the ring buffer can be taken once"
         );
 
-        let claim = ArpFrame::gratuitous(FOREIGN_MAC, VIP).bytes();
-        assert_passes(
-            &program,
-            &claim,
-            ifindex,
-            ArpCounters {
-                announcements: 1,
-                foreign_claims: 1,
-                ..NONE
-            },
-            "foreign gratuitous ARP",
-        );
-        let event =
-            next_event(&rt, &mut reader, Duration::from_secs(2)).expect("one conflict event");
-        assert_eq!(
-            event,
-            ConflictEvent {
-                vip: VIP,
-                ifindex,
-                mac: FOREIGN_MAC,
-                _pad: [0; 2]
-            }
-        );
-        assert_eq!(
-            next_event(&rt, &mut reader, Duration::from_millis(200)),
-            None,
-            "exactly one event"
-        );
-
-        // Our own announcement coming back: counted, no claim, no event.
-        let ours = ArpFrame::gratuitous(OUR_MAC, VIP).bytes();
-        assert_passes(
-            &program,
-            &ours,
-            ifindex,
-            ONE_ANNOUNCEMENT,
-            "our own gratuitous ARP",
-        );
-        assert_eq!(
-            next_event(&rt, &mut reader, Duration::from_millis(200)),
-            None,
-            "no event for our own MAC"
-        );
-
-        // A foreign reply about the VIP on another interface is a claim too.
         let other = iface("xdp1");
-        let reply = ArpFrame::reply(FOREIGN_MAC, VIP).bytes();
-        assert_passes(
+        assert_claim_cases(
             &program,
-            &reply,
-            other,
-            ArpCounters {
-                announcements: 1,
-                foreign_claims: 1,
-                ..NONE
-            },
-            "foreign reply",
-        );
-        let event = next_event(&rt, &mut reader, Duration::from_secs(2)).expect("conflict event");
-        assert_eq!(
-            event,
-            ConflictEvent {
-                vip: VIP,
-                ifindex: other,
-                mac: FOREIGN_MAC,
-                _pad: [0; 2]
-            }
-        );
-
-        // A request asked from our VIP by another MAC: that node uses our
-        // VIP. A claim (not an announcement); the request itself counts
-        // for the address asked about.
-        let asking = ArpFrame::request(FOREIGN_MAC, VIP, OTHER_VIP).bytes();
-        let (action, out, delta, other_delta) = run(&program, &asking, ifindex);
-        assert_eq!((action, out.as_slice()), (XDP_PASS, asking.as_slice()));
-        assert_eq!(
-            (delta, other_delta),
-            (
-                ArpCounters {
-                    foreign_claims: 1,
-                    ..NONE
-                },
-                ONE_REQUEST
-            )
-        );
-        let event = next_event(&rt, &mut reader, Duration::from_secs(2)).expect("conflict event");
-        assert_eq!(
-            event,
-            ConflictEvent {
-                vip: VIP,
-                ifindex,
-                mac: FOREIGN_MAC,
-                _pad: [0; 2]
-            }
-        );
-        // Our own kernel asking from the VIP is no claim.
-        let ours_asking = ArpFrame::request(OUR_MAC, VIP, OTHER_VIP).bytes();
-        let (_, _, delta, other_delta) = run(&program, &ours_asking, ifindex);
-        assert_eq!((delta, other_delta), (NONE, ONE_REQUEST));
-
-        // A foreign announcement of a watched but unheld VIP is no claim.
-        let unheld = ArpFrame::gratuitous(FOREIGN_MAC, OTHER_VIP).bytes();
-        let (action, _, delta, other_delta) = run(&program, &unheld, ifindex);
-        assert_eq!(action, XDP_PASS);
-        assert_eq!((delta, other_delta), (NONE, ONE_ANNOUNCEMENT));
-        assert_eq!(
-            next_event(&rt, &mut reader, Duration::from_millis(200)),
-            None,
-            "no event for an unheld VIP"
+            run,
+            |wait| next_event(&rt, &mut reader, wait),
+            vec![
+                (
+                    "foreign gratuitous ARP",
+                    ArpFrame::gratuitous(FOREIGN_MAC, VIP).bytes(),
+                    ifindex,
+                    (FOREIGN_ANNOUNCEMENT, NONE),
+                    Some(conflict(VIP, ifindex, FOREIGN_MAC)),
+                ),
+                // Our own announcement coming back: counted, no claim, no
+                // event.
+                (
+                    "our own gratuitous ARP",
+                    ArpFrame::gratuitous(OUR_MAC, VIP).bytes(),
+                    ifindex,
+                    (ONE_ANNOUNCEMENT, NONE),
+                    None,
+                ),
+                // A foreign reply about the VIP on another interface is a
+                // claim too.
+                (
+                    "foreign reply",
+                    ArpFrame::reply(FOREIGN_MAC, VIP).bytes(),
+                    other,
+                    (FOREIGN_ANNOUNCEMENT, NONE),
+                    Some(conflict(VIP, other, FOREIGN_MAC)),
+                ),
+                // A request asked from our VIP by another MAC: that node
+                // uses our VIP. A claim (not an announcement); the request
+                // itself counts for the address asked about.
+                (
+                    "asked from our VIP by another MAC",
+                    ArpFrame::request(FOREIGN_MAC, VIP, OTHER_VIP).bytes(),
+                    ifindex,
+                    (ONE_CLAIM, ONE_REQUEST),
+                    Some(conflict(VIP, ifindex, FOREIGN_MAC)),
+                ),
+                // Our own kernel asking from the VIP is no claim.
+                (
+                    "asked from our VIP by our own MAC",
+                    ArpFrame::request(OUR_MAC, VIP, OTHER_VIP).bytes(),
+                    ifindex,
+                    (NONE, ONE_REQUEST),
+                    None,
+                ),
+                // A foreign announcement of a watched but unheld VIP is no
+                // claim.
+                (
+                    "foreign announcement of an unheld VIP",
+                    ArpFrame::gratuitous(FOREIGN_MAC, OTHER_VIP).bytes(),
+                    ifindex,
+                    (NONE, ONE_ANNOUNCEMENT),
+                    None,
+                ),
+            ],
         );
     });
 }

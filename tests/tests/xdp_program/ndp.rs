@@ -25,8 +25,9 @@ use vipd::xdp::{ConflictReader6, XdpProgram};
 use vipd_common::{ArpCounters, ConflictEvent6, HELD_ROUTER, HeldVip, NO_EXPIRY, NdpCounters};
 
 use super::{
-    ASKER_MAC, FOREIGN_MAC, NONE, ONE_ANNOUNCEMENT, ONE_REQUEST, OUR_MAC, TAG_8021AD, TAG_8021Q,
-    XDP_PASS, XDP_TX, diff, iface, in_netns, runtime,
+    ASKER_MAC, FOREIGN_ANNOUNCEMENT, FOREIGN_MAC, FOREIGN_REQUEST, NONE, ONE_ANNOUNCEMENT,
+    ONE_CLAIM, ONE_REQUEST, OUR_MAC, Ran, TAG_8021AD, TAG_8021Q, XDP_PASS, XDP_TX,
+    assert_claim_cases, assert_passed, held_at, iface, in_netns, run_counted, runtime,
 };
 
 const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x100);
@@ -285,17 +286,6 @@ fn assert_valid_na_flags(frame: &[u8], flags: u8, what: &str) {
 // ---------------------------------------------------------------------------
 // The program under test, for IPv6.
 
-fn held_at(ifindex: u32, vlan: u16, expires_ns: u64) -> HeldVip {
-    HeldVip {
-        ifindex,
-        mac: OUR_MAC,
-        vlan,
-        flags: 0,
-        _pad: [0; 3],
-        expires_ns,
-    }
-}
-
 /// A loaded program watching VIP6 and OTHER_VIP6, holding none.
 fn loaded6() -> XdpProgram {
     let mut program = XdpProgram::load().expect("loading the XDP program");
@@ -324,26 +314,10 @@ fn counters6_of(program: &XdpProgram, vip: Ipv6Addr) -> NdpCounters {
 
 /// Runs `frame` once and returns the action, the frame out, and how the
 /// counters of VIP6 and OTHER_VIP6 changed.
-fn run6(
-    program: &XdpProgram,
-    frame: &[u8],
-    ingress: u32,
-) -> (u32, Vec<u8>, NdpCounters, NdpCounters) {
-    let before = (
-        counters6_of(program, VIP6),
-        counters6_of(program, OTHER_VIP6),
-    );
-    let (action, out) = program.test_run(frame, ingress).expect("BPF_PROG_TEST_RUN");
-    let after = (
-        counters6_of(program, VIP6),
-        counters6_of(program, OTHER_VIP6),
-    );
-    (
-        action,
-        out,
-        diff(after.0, before.0),
-        diff(after.1, before.1),
-    )
+fn run6(program: &XdpProgram, frame: &[u8], ingress: u32) -> Ran {
+    run_counted(program, frame, ingress, |p| {
+        (counters6_of(p, VIP6), counters6_of(p, OTHER_VIP6))
+    })
 }
 
 /// Asserts that `frame` passes unchanged and changes the counters of VIP6
@@ -355,11 +329,7 @@ fn assert_passes6(
     expected: NdpCounters,
     what: &str,
 ) {
-    let (action, out, vip_delta, other_delta) = run6(program, frame, ingress);
-    assert_eq!(action, XDP_PASS, "{what}: action");
-    assert_eq!(out, frame, "{what}: the frame must pass unchanged");
-    assert_eq!(vip_delta, expected, "{what}: counters of the VIP");
-    assert_eq!(other_delta, NONE, "{what}: counters of the other VIP");
+    assert_passed(run6(program, frame, ingress), frame, (expected, NONE), what);
 }
 
 /// Asserts that `ns` is answered with exactly `expected` (checksum checked
@@ -899,11 +869,7 @@ fn invalid_ndp_passes_uncounted() {
             &program,
             &na.bytes(),
             ifindex,
-            ArpCounters {
-                announcements: 1,
-                foreign_claims: 1,
-                ..NONE
-            },
+            FOREIGN_ANNOUNCEMENT,
             "the valid NA",
         );
     });
@@ -978,11 +944,7 @@ fn dad_probe_passes_and_is_a_claim_of_a_held_vip() {
             &program,
             &probe,
             ifindex,
-            ArpCounters {
-                requests: 1,
-                foreign_claims: 1,
-                ..NONE
-            },
+            FOREIGN_REQUEST,
             "DAD probe for the held VIP",
         );
         assert_eq!(
@@ -999,11 +961,7 @@ fn dad_probe_passes_and_is_a_claim_of_a_held_vip() {
             &program,
             &with_nonce,
             ifindex,
-            ArpCounters {
-                requests: 1,
-                foreign_claims: 1,
-                ..NONE
-            },
+            FOREIGN_REQUEST,
             "DAD probe with a nonce",
         );
         assert_eq!(
@@ -1042,101 +1000,88 @@ fn foreign_na_of_held_vip_is_counted_and_reported_once() {
             program.take_conflicts6().is_err(),
             "the ring buffer can be taken once"
         );
-        let claim_counted = ArpCounters {
-            announcements: 1,
-            foreign_claims: 1,
-            ..NONE
-        };
 
-        let claim = NdpFrame::unsolicited_advert(FOREIGN_MAC, VIP6).bytes();
-        assert_passes6(&program, &claim, ifindex, claim_counted, "foreign NA");
-        assert_eq!(
-            next_event6(&rt, &mut reader, Duration::from_secs(2)),
-            Some(event6(VIP6, ifindex, FOREIGN_MAC))
-        );
-        assert_eq!(
-            next_event6(&rt, &mut reader, Duration::from_millis(200)),
-            None,
-            "exactly one event"
+        let other = iface("xdp1");
+        assert_claim_cases(
+            &program,
+            run6,
+            |wait| next_event6(&rt, &mut reader, wait),
+            vec![
+                (
+                    "foreign NA",
+                    NdpFrame::unsolicited_advert(FOREIGN_MAC, VIP6).bytes(),
+                    ifindex,
+                    (FOREIGN_ANNOUNCEMENT, NONE),
+                    Some(event6(VIP6, ifindex, FOREIGN_MAC)),
+                ),
+                // Our own advertisement coming back: counted, no claim, no event.
+                (
+                    "our own NA",
+                    NdpFrame::unsolicited_advert(OUR_MAC, VIP6).bytes(),
+                    ifindex,
+                    (ONE_ANNOUNCEMENT, NONE),
+                    None,
+                ),
+                // The option decides, not the frame's source (a bridge, a proxy).
+                (
+                    "our TLLA from another source",
+                    NdpFrame {
+                        eth_src: FOREIGN_MAC,
+                        ..NdpFrame::unsolicited_advert(OUR_MAC, VIP6)
+                    }
+                    .bytes(),
+                    ifindex,
+                    (ONE_ANNOUNCEMENT, NONE),
+                    None,
+                ),
+                // A solicited NA without TLLA, unicast, on another interface:
+                // the frame's source is the claimant.
+                (
+                    "NA without TLLA",
+                    NdpFrame {
+                        eth_dst: ASKER_MAC,
+                        dst: ASKER6,
+                        flags: NeighborAdvertFlags::Solicited,
+                        options: Vec::new(),
+                        ..NdpFrame::unsolicited_advert(FOREIGN_MAC, VIP6)
+                    }
+                    .bytes(),
+                    other,
+                    (FOREIGN_ANNOUNCEMENT, NONE),
+                    Some(event6(VIP6, other, FOREIGN_MAC)),
+                ),
+                // A solicitation sent from our VIP by another MAC: that node
+                // uses our VIP. A claim of it; the solicitation counts for its
+                // target.
+                (
+                    "asked from our VIP by another MAC",
+                    NdpFrame::solicit(FOREIGN_MAC, VIP6, OTHER_VIP6).bytes(),
+                    ifindex,
+                    (ONE_CLAIM, ONE_REQUEST),
+                    Some(event6(VIP6, ifindex, FOREIGN_MAC)),
+                ),
+                // Our own kernel soliciting from the VIP is no claim.
+                (
+                    "asked from our VIP by our own MAC",
+                    NdpFrame::solicit(OUR_MAC, VIP6, OTHER_VIP6).bytes(),
+                    ifindex,
+                    (NONE, ONE_REQUEST),
+                    None,
+                ),
+                // A foreign advertisement of a watched, unheld VIP is no claim.
+                (
+                    "foreign announcement of an unheld VIP",
+                    NdpFrame::unsolicited_advert(FOREIGN_MAC, OTHER_VIP6).bytes(),
+                    ifindex,
+                    (NONE, ONE_ANNOUNCEMENT),
+                    None,
+                ),
+            ],
         );
         let v4 = rt.block_on(async {
             tokio::time::timeout(Duration::from_millis(200), reader4.next()).await
         });
         assert!(v4.is_err(), "no IPv4 event for an IPv6 claim: {v4:?}");
-
-        // Our own advertisement coming back: counted, no claim, no event.
-        let ours = NdpFrame::unsolicited_advert(OUR_MAC, VIP6).bytes();
-        assert_passes6(&program, &ours, ifindex, ONE_ANNOUNCEMENT, "our own NA");
-        // The option decides, not the frame's source (a bridge, a proxy).
-        let ours_relayed = NdpFrame {
-            eth_src: FOREIGN_MAC,
-            ..NdpFrame::unsolicited_advert(OUR_MAC, VIP6)
-        }
-        .bytes();
-        assert_passes6(
-            &program,
-            &ours_relayed,
-            ifindex,
-            ONE_ANNOUNCEMENT,
-            "our TLLA from another source",
-        );
-        assert_eq!(
-            next_event6(&rt, &mut reader, Duration::from_millis(200)),
-            None,
-            "no event for our own MAC"
-        );
-
-        // A solicited NA without TLLA, unicast, on another interface: the
-        // frame's source is the claimant.
-        let other = iface("xdp1");
-        let bare = NdpFrame {
-            eth_dst: ASKER_MAC,
-            dst: ASKER6,
-            flags: NeighborAdvertFlags::Solicited,
-            options: Vec::new(),
-            ..NdpFrame::unsolicited_advert(FOREIGN_MAC, VIP6)
-        }
-        .bytes();
-        assert_passes6(&program, &bare, other, claim_counted, "NA without TLLA");
-        assert_eq!(
-            next_event6(&rt, &mut reader, Duration::from_secs(2)),
-            Some(event6(VIP6, other, FOREIGN_MAC))
-        );
-
-        // A solicitation sent from our VIP by another MAC: that node uses
-        // our VIP. A claim of it; the solicitation counts for its target.
-        let asking = NdpFrame::solicit(FOREIGN_MAC, VIP6, OTHER_VIP6).bytes();
-        let (action, out, delta, other_delta) = run6(&program, &asking, ifindex);
-        assert_eq!((action, out.as_slice()), (XDP_PASS, asking.as_slice()));
-        assert_eq!(
-            (delta, other_delta),
-            (
-                ArpCounters {
-                    foreign_claims: 1,
-                    ..NONE
-                },
-                ONE_REQUEST
-            )
-        );
-        assert_eq!(
-            next_event6(&rt, &mut reader, Duration::from_secs(2)),
-            Some(event6(VIP6, ifindex, FOREIGN_MAC))
-        );
-        // Our own kernel soliciting from the VIP is no claim.
-        let ours_asking = NdpFrame::solicit(OUR_MAC, VIP6, OTHER_VIP6).bytes();
-        let (_, _, delta, other_delta) = run6(&program, &ours_asking, ifindex);
-        assert_eq!((delta, other_delta), (NONE, ONE_REQUEST));
-
-        // A foreign advertisement of a watched, unheld VIP is no claim.
-        let unheld = NdpFrame::unsolicited_advert(FOREIGN_MAC, OTHER_VIP6).bytes();
-        let (action, _, delta, other_delta) = run6(&program, &unheld, ifindex);
-        assert_eq!(action, XDP_PASS);
-        assert_eq!((delta, other_delta), (NONE, ONE_ANNOUNCEMENT));
-        assert_eq!(
-            next_event6(&rt, &mut reader, Duration::from_millis(200)),
-            None,
-            "no event for an unheld VIP"
-        );
     });
 }
 
@@ -1281,31 +1226,28 @@ fn held_vip_is_resolved_by_a_real_client_through_the_program() {
         };
         let expected = NdpFrame::answer_to(&with_slla, n1_mac).bytes();
         assert_eq!(expected, NdpFrame::answer_to(&bare, n1_mac).bytes());
-        let answers = |capture: &vipd_tests::lab::ArpCapture| {
+        // How many frames of exactly `bytes` reached the client.
+        let arrived = |bytes: &[u8]| {
             capture
                 .frames()
                 .iter()
-                .filter(|f| !f.outgoing && f.bytes == expected)
+                .filter(|f| !f.outgoing && f.bytes == bytes)
                 .count()
         };
-        for (n, ns) in [(1, &with_slla), (2, &bare)] {
+        // The client sends `ns`; waits until `n` answers of `want` arrived.
+        let ask = |ns: &NdpFrame, want: &[u8], n: usize, what: &str| {
             c1.in_netns(|| send_raw("eth0", &ns.bytes()));
             vipd_tests::lab::wait_until(Duration::from_secs(3), Duration::from_millis(10), || {
-                answers(&capture) >= n
+                arrived(want) >= n
             })
-            .unwrap_or_else(|e| panic!("answer {n} on the client: {e}"));
-        }
+            .unwrap_or_else(|e| panic!("{what} on the client: {e}"));
+        };
+        ask(&with_slla, &expected, 1, "answer 1");
+        ask(&bare, &expected, 2, "answer 2");
 
         // The interface forwards (the agent then sets HELD_ROUTER): the
         // answer that reaches the client carries the Router flag.
         let router_expected = NdpFrame::router_answer_to(&with_slla, n1_mac).bytes();
-        let router_answers = |capture: &vipd_tests::lab::ArpCapture| {
-            capture
-                .frames()
-                .iter()
-                .filter(|f| !f.outgoing && f.bytes == router_expected)
-                .count()
-        };
         let as_router = HeldVip {
             flags: HELD_ROUTER,
             ..held
@@ -1313,22 +1255,18 @@ fn held_vip_is_resolved_by_a_real_client_through_the_program() {
         program
             .set_held6(&BTreeMap::from([(VIP6, as_router)]))
             .expect("set_held6 (router)");
-        c1.in_netns(|| send_raw("eth0", &bare.bytes()));
-        vipd_tests::lab::wait_until(Duration::from_secs(3), Duration::from_millis(10), || {
-            router_answers(&capture) >= 1
-        })
-        .unwrap_or_else(|e| panic!("answer with the Router flag on the client: {e}"));
-        assert_eq!(answers(&capture), 2, "no answer without the flag meanwhile");
+        ask(&bare, &router_expected, 1, "answer with the Router flag");
+        assert_eq!(
+            arrived(&expected),
+            2,
+            "no answer without the flag meanwhile"
+        );
         // Back to a host: the flag goes.
         program
             .set_held6(&BTreeMap::from([(VIP6, held)]))
             .expect("set_held6 (host)");
-        c1.in_netns(|| send_raw("eth0", &bare.bytes()));
-        vipd_tests::lab::wait_until(Duration::from_secs(3), Duration::from_millis(10), || {
-            answers(&capture) >= 3
-        })
-        .unwrap_or_else(|e| panic!("answer without the Router flag on the client: {e}"));
-        assert_eq!(router_answers(&capture), 1, "one answer with the flag");
+        ask(&bare, &expected, 3, "answer without the Router flag");
+        assert_eq!(arrived(&router_expected), 1, "one answer with the flag");
 
         let counters = program.counters6().expect("counters6")[&VIP6];
         assert!(
@@ -1341,7 +1279,7 @@ fn held_vip_is_resolved_by_a_real_client_through_the_program() {
         program.clear_held().expect("clear_held");
         c1.in_netns(|| send_raw("eth0", &bare.bytes()));
         std::thread::sleep(Duration::from_millis(300));
-        assert_eq!(answers(&capture), 3, "no answer once released");
+        assert_eq!(arrived(&expected), 3, "no answer once released");
         capture.stop();
     });
 }
