@@ -72,7 +72,7 @@ struct Bench {
 }
 
 fn runs_arg(o: &Options) -> String {
-    format!("--runs {}", o.runs.unwrap_or(DEFAULT_RUNS))
+    format!("--runs {}", runs(o))
 }
 
 /// `--runs N [--faults a,b]` for the benchmarks that take faults.
@@ -87,42 +87,37 @@ fn runs_and_faults(o: &Options, default_runs: usize) -> String {
 
 /// Every benchmark, in the order `all` runs them and the file lists them.
 const BENCHES: [Bench; 7] = [
-    Bench {
-        name: "engine",
-        run: |o| engine::run(o.runs.unwrap_or(DEFAULT_RUNS)),
-        args: runs_arg,
-    },
-    Bench {
-        name: "failover",
-        run: failover::run,
-        args: |o| runs_and_faults(o, failover::DEFAULT_RUNS),
-    },
-    Bench {
-        name: "steady",
-        run: steady::run,
-        args: |o| format!("--seconds {}", o.seconds),
-    },
-    Bench {
-        name: "arp",
-        run: |o| arp::run(o.runs.unwrap_or(DEFAULT_RUNS)),
-        args: runs_arg,
-    },
-    Bench {
-        name: "keepalived",
-        run: |o| keepalived::run(o.runs.unwrap_or(DEFAULT_RUNS)),
-        args: runs_arg,
-    },
-    Bench {
-        name: "services",
-        run: services::run,
-        args: |o| runs_and_faults(o, services::DEFAULT_RUNS),
-    },
-    Bench {
-        name: "serving",
-        run: |o| serving::run(o.runs.unwrap_or(serving::DEFAULT_RUNS)),
-        args: |o| format!("--runs {}", o.runs.unwrap_or(serving::DEFAULT_RUNS)),
-    },
+    bench("engine", |o| engine::run(runs(o)), runs_arg),
+    bench("failover", failover::run, |o| {
+        runs_and_faults(o, failover::DEFAULT_RUNS)
+    }),
+    bench("steady", steady::run, |o| {
+        format!("--seconds {}", o.seconds)
+    }),
+    bench("arp", |o| arp::run(runs(o)), runs_arg),
+    bench("keepalived", |o| keepalived::run(runs(o)), runs_arg),
+    bench("services", services::run, |o| {
+        runs_and_faults(o, services::DEFAULT_RUNS)
+    }),
+    bench(
+        "serving",
+        |o| serving::run(o.runs.unwrap_or(serving::DEFAULT_RUNS)),
+        |o| format!("--runs {}", o.runs.unwrap_or(serving::DEFAULT_RUNS)),
+    ),
 ];
+
+const fn bench(
+    name: &'static str,
+    run: fn(&Options) -> Result<String>,
+    args: fn(&Options) -> String,
+) -> Bench {
+    Bench { name, run, args }
+}
+
+/// `--runs`, or [`DEFAULT_RUNS`].
+fn runs(o: &Options) -> usize {
+    o.runs.unwrap_or(DEFAULT_RUNS)
+}
 
 const REPORT: &str = "docs/BENCHMARKS.md";
 
