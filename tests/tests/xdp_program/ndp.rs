@@ -294,6 +294,15 @@ fn loaded6() -> XdpProgram {
     program
 }
 
+/// Runs `test` in a fresh namespace with [`holding6`] on xdp0 (its
+/// ifindex and the program).
+fn held6(vlan: u16, test: impl FnOnce(u32, XdpProgram) + Send) {
+    in_netns(|| {
+        let ifindex = iface("xdp0");
+        test(ifindex, holding6(ifindex, vlan));
+    });
+}
+
 /// A loaded program watching VIP6 and OTHER_VIP6, holding VIP6 on
 /// `ifindex`, VLAN `vlan`.
 fn holding6(ifindex: u32, vlan: u16) -> XdpProgram {
@@ -371,9 +380,7 @@ fn event6(vip: Ipv6Addr, ifindex: u32, mac: [u8; 6]) -> ConflictEvent6 {
 
 #[test]
 fn ns_for_held_vip_is_answered_with_the_exact_na() {
-    in_netns(|| {
-        let ifindex = iface("xdp0");
-        let program = holding6(ifindex, 0);
+    held6(0, |ifindex, program| {
         let ns = NdpFrame::solicit(ASKER_MAC, ASKER6, VIP6);
 
         // The expected answer, byte by byte, for the first case (the other
@@ -499,10 +506,8 @@ fn ns_answer_carries_the_router_flag_exactly_when_the_entry_says_so() {
 
 #[test]
 fn vlan_tagged_ns_is_answered_keeping_the_tag() {
-    in_netns(|| {
-        let ifindex = iface("xdp0");
-        // TAG_8021Q carries VLAN 100, TAG_8021AD VLAN 101.
-        let program = holding6(ifindex, 100);
+    // TAG_8021Q carries VLAN 100, TAG_8021AD VLAN 101.
+    held6(100, |ifindex, program| {
         let ns = NdpFrame::solicit(ASKER_MAC, ASKER6, VIP6);
         assert_answered(
             &program,
@@ -545,9 +550,7 @@ fn vlan_tagged_ns_is_answered_keeping_the_tag() {
 
 #[test]
 fn ns_for_unwatched_and_for_unheld_vip_is_not_answered() {
-    in_netns(|| {
-        let ifindex = iface("xdp0");
-        let program = holding6(ifindex, 0);
+    held6(0, |ifindex, program| {
         // Unwatched: nothing counted anywhere.
         let unwatched = NdpFrame::solicit(ASKER_MAC, ASKER6, UNWATCHED6).bytes();
         assert_passes6(&program, &unwatched, ifindex, NONE, "unwatched address");
@@ -643,9 +646,7 @@ fn ns_for_held_vip_is_not_answered_where_it_must_not_be() {
 
 #[test]
 fn invalid_ndp_passes_uncounted() {
-    in_netns(|| {
-        let ifindex = iface("xdp0");
-        let program = holding6(ifindex, 0);
+    held6(0, |ifindex, program| {
         let ns = NdpFrame::solicit(ASKER_MAC, ASKER6, VIP6);
         let na = NdpFrame::unsolicited_advert(FOREIGN_MAC, VIP6);
         let cases: Vec<(&str, NdpFrame)> = vec![
@@ -1090,9 +1091,7 @@ fn foreign_na_of_held_vip_is_counted_and_reported_once() {
 
 #[test]
 fn v6_maps_follow_set_watched6_set_held6_and_clear_held() {
-    in_netns(|| {
-        let ifindex = iface("xdp0");
-        let mut program = holding6(ifindex, 0);
+    held6(0, |ifindex, mut program| {
         let ns = NdpFrame::solicit(ASKER_MAC, ASKER6, VIP6);
         assert_answered(&program, &ns, ifindex, "held");
 
