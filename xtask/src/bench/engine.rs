@@ -105,6 +105,10 @@ pub fn run(runs: usize) -> Result<String> {
     let repair = repair_run(&lab, &node, &v4, &empty_config)?;
     let repair6 = repair_run(&lab, &node, &lab_vips6(), &empty_config)?;
     let set = set_run(&lab, &node, &empty_config)?;
+    let renewals = [1, all.len()]
+        .into_iter()
+        .map(|n| renewal_run(&lab, &node, &empty_config, &all[..n]))
+        .collect::<Result<Vec<_>>>()?;
     lab.teardown()
         .map_err(|e| anyhow::anyhow!("lab teardown: {}", e.join("; ")))?;
     Ok(section(
@@ -112,6 +116,7 @@ pub fn run(runs: usize) -> Result<String> {
         rss_no_xdp,
         [&repair, &repair6],
         &set,
+        &renewals,
         all.len(),
     ))
 }
@@ -552,11 +557,145 @@ fn set_run(lab: &Lab, node: &Host, config: &Path) -> Result<SetFigures> {
     Ok(figures)
 }
 
+/// The lease's steady cost: a leader holding `vips` at `--lease 200ms`
+/// (renewed every 12.5 ms; addresses renewed with their lifetime about
+/// every 0.3 s), left alone for [`RENEWAL_WINDOW`].
+struct RenewalFigures {
+    vips: usize,
+    /// vipd's CPU time (user + system) over the window, ms.
+    cpu_ms: f64,
+    window: Duration,
+    /// `RTM_NEWADDR` of our VIPs seen in the window: the lifetime renewals.
+    address_renewals: usize,
+    /// Reconcile passes in the window (`vipctl status`).
+    passes: u64,
+}
+
+const RENEWAL_WINDOW: Duration = Duration::from_secs(10);
+const RENEWAL_ARGS: [&str; 4] = ["--session-timeout", "1s", "--lease", "200ms"];
+
+/// vipd's user + system CPU time so far (`/proc/PID/stat`), ms.
+fn cpu_ms(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces): state is
+    // field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(')').context("no ')' in /proc/PID/stat")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> Result<f64> {
+        f.get(i - 3)
+            .and_then(|v| v.parse::<f64>().ok())
+            .with_context(|| format!("field {i} of /proc/{pid}/stat"))
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok((ticks(14)? + ticks(15)?) * 1000.0 / hz)
+}
+
+fn passes(socket: &Path) -> Result<u64> {
+    let out = Command::new(vipctl_bin())
+        .args(["status", "--json", "--api-socket"])
+        .arg(socket)
+        .output()
+        .context("running vipctl status")?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("vipctl status --json")?;
+    v["last_reconcile"]["passes"]
+        .as_u64()
+        .context("no last_reconcile.passes in vipctl status")
+}
+
+fn renewal_run(lab: &Lab, node: &Host, config: &Path, vips: &[Ipv4Addr]) -> Result<RenewalFigures> {
+    check_clean(node)?;
+    let n = vips.len();
+    let mut progress = Progress::new(format!("engine: lease renewals, {n} VIPs"));
+    let zk = ZkServer::start_standalone(Ipv4Addr::LOCALHOST, Some(node.netns()));
+    let hosts = zk.connect_string();
+    let monitor = AddrMonitor::start(node);
+    let socket = lab.dir().join("vipd.sock");
+    let mut args = vipd_args(config, &socket);
+    args.extend(["--zk", &hosts, "--cluster", "renew", "--node-id", "n1"].map(String::from));
+    args.extend(RENEWAL_ARGS.map(String::from));
+    let vipd = node.spawn(&args);
+    let mut argv: Vec<String> = ["vip", "--zk", &hosts, "--cluster", "renew", "set", "bench"]
+        .map(String::from)
+        .to_vec();
+    argv.extend(vips.iter().map(ToString::to_string));
+    let out = node
+        .in_netns(|| Command::new(vipctl_bin()).args(&argv).output())
+        .context("running vipctl vip set")?;
+    if !out.status.success() {
+        bail!(
+            "vipctl vip set failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let want: BTreeSet<Ipv4Addr> = vips.iter().copied().collect();
+    let start = Instant::now();
+    loop {
+        ensure_running(&vipd)?;
+        let added: BTreeSet<Ipv4Addr> = monitor
+            .events()
+            .iter()
+            .filter(|e| e.new && want.contains(&e.addr.addr))
+            .map(|e| e.addr.addr)
+            .collect();
+        if added.len() == n {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            bail!(
+                "{} of {n} VIPs on the leader after 30 s; its log:\n{}",
+                added.len(),
+                tail(&vipd.stderr(), 30)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Past the first pass and its announcements' pacing.
+    progress.update("all VIPs held; settling 5 s");
+    std::thread::sleep(Duration::from_secs(5));
+    ensure_running(&vipd)?;
+    let (cpu0, passes0, t0) = (cpu_ms(vipd.pid())?, passes(&socket)?, Instant::now());
+    progress.update(format!("measuring for {} s", RENEWAL_WINDOW.as_secs()));
+    std::thread::sleep(RENEWAL_WINDOW);
+    let (cpu1, passes1, t1) = (cpu_ms(vipd.pid())?, passes(&socket)?, Instant::now());
+    let address_renewals = monitor
+        .events()
+        .iter()
+        .filter(|e| e.new && e.at >= t0 && e.at < t1 && want.contains(&e.addr.addr))
+        .count();
+    let f = RenewalFigures {
+        vips: n,
+        cpu_ms: cpu1 - cpu0,
+        window: t1 - t0,
+        address_renewals,
+        passes: passes1.saturating_sub(passes0),
+    };
+    progress.finish(format!(
+        "{n} VIPs: {:.1}% of a CPU, {address_renewals} address renewals, {} passes",
+        f.cpu_share() * 100.0,
+        f.passes
+    ));
+    stop_vipd(&vipd, node)?;
+    drop(zk);
+    Ok(f)
+}
+
+impl RenewalFigures {
+    /// vipd's CPU time over the window's length.
+    fn cpu_share(&self) -> f64 {
+        self.cpu_ms / (self.window.as_secs_f64() * 1000.0)
+    }
+}
+
 fn section(
     startup: &[(usize, Vec<StartupSample>)],
     rss_no_xdp_kb: f64,
     repairs: [&Repair; 2],
     set: &SetFigures,
+    renewals: &[RenewalFigures],
     max_vips: usize,
 ) -> String {
     let cell = |v: &[f64]| Summary::of(v).map_or("-".to_string(), |s| s.cell());
@@ -715,6 +854,51 @@ fn section(
         "| ... the same with `--no-xdp` (1 VIP): what the XDP program costs | {:.1} MiB | | |",
         rss_no_xdp_kb / 1024.0
     );
+    if !renewals.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nThe lease's steady cost: a cluster-mode vipd (ZooKeeper standalone in n1 on \
+             127.0.0.1), leader with `{}`: its lease renewed every 12.5 ms, its VIPs' kernel \
+             lifetime (1 s) renewed with an address replace about every 0.3 s, its XDP \
+             held-map expiry moved with every acknowledged renewal. Left alone 5 s after the \
+             last VIP was added, then measured for {} s: vipd's CPU time (utime + stime in \
+             `/proc/PID/stat`, 10 ms ticks), the VIPs' `RTM_NEWADDR` seen by the listener (the \
+             lifetime renewals), and the reconcile passes counted in `vipctl status`. A \
+             renewal's own address events must start no pass; the periodic ones (every \
+             `--reconcile-interval`, 3 s by default, and each announcement round) are counted \
+             too. {}\n",
+            RENEWAL_ARGS.join(" "),
+            RENEWAL_WINDOW.as_secs(),
+            match (renewals.first(), renewals.last()) {
+                (Some(a), Some(b)) if a.vips < b.vips && a.passes == b.passes => format!(
+                    "As many passes ran with {} VIP(s) as with {}, whose address renewals \
+                     were {:.0} times more: the renewals started none.",
+                    a.vips,
+                    b.vips,
+                    b.address_renewals as f64 / a.address_renewals.max(1) as f64
+                ),
+                _ => "The pass counts differ between the rows: see whether renewals \
+                      started passes."
+                    .to_string(),
+            }
+        );
+        let _ = writeln!(
+            s,
+            "| VIPs | vipd CPU (share of one CPU) | address renewals | per VIP per second | reconcile passes |\n|---|---|---|---|---|"
+        );
+        for r in renewals {
+            let secs = r.window.as_secs_f64();
+            let _ = writeln!(
+                s,
+                "| {} | {:.1}% | {} | {:.2} | {} |",
+                r.vips,
+                r.cpu_share() * 100.0,
+                r.address_renewals,
+                r.address_renewals as f64 / r.vips as f64 / secs,
+                r.passes
+            );
+        }
+    }
     s
 }
 
