@@ -941,34 +941,23 @@ fn dad_probe_passes_and_is_a_claim_of_a_held_vip() {
             .expect("take_conflicts6");
 
         let probe = NdpFrame::dad(ASKER_MAC, VIP6).bytes();
-        assert_passes6(
-            &program,
-            &probe,
-            ifindex,
-            FOREIGN_REQUEST,
-            "DAD probe for the held VIP",
-        );
-        assert_eq!(
-            next_event6(&rt, &mut reader, Duration::from_secs(2)),
-            Some(event6(VIP6, ifindex, ASKER_MAC))
-        );
         // With a nonce option, as Linux sends them.
         let with_nonce = NdpFrame {
             options: vec![nonce_option()],
             ..NdpFrame::dad(ASKER_MAC, VIP6)
         }
         .bytes();
-        assert_passes6(
-            &program,
-            &with_nonce,
-            ifindex,
-            FOREIGN_REQUEST,
-            "DAD probe with a nonce",
-        );
-        assert_eq!(
-            next_event6(&rt, &mut reader, Duration::from_secs(2)),
-            Some(event6(VIP6, ifindex, ASKER_MAC))
-        );
+        for (frame, what) in [
+            (probe, "DAD probe for the held VIP"),
+            (with_nonce, "DAD probe with a nonce"),
+        ] {
+            assert_passes6(&program, &frame, ifindex, FOREIGN_REQUEST, what);
+            assert_eq!(
+                next_event6(&rt, &mut reader, Duration::from_secs(2)),
+                Some(event6(VIP6, ifindex, ASKER_MAC)),
+                "{what}"
+            );
+        }
         // Our own probe coming back: no claim.
         let ours = NdpFrame::dad(OUR_MAC, VIP6).bytes();
         assert_passes6(&program, &ours, ifindex, ONE_REQUEST, "our own DAD probe");
