@@ -595,12 +595,7 @@ impl Ctx<'_> {
                 }
             }
             let me = own.clone().expect("set above");
-            // sync first: a server cut off from its quorum still answers
-            // reads from its stale tree (FACTS "Ensemble trap").
-            let children = async {
-                call("sync", dir, deadline, client.sync(dir)).await?;
-                call("list children", dir, deadline, client.list_children(dir)).await
-            };
+            let children = list_election(client, dir, deadline);
             let (shortcut, first) = match took_over.take() {
                 Some((c, first)) if c.first() == Some(&me) => (Some(c), first),
                 _ => (None, None),
@@ -1177,12 +1172,7 @@ impl Ctx<'_> {
         // stood since is only in a fresh one.
         let mut stands = sorted.iter().any(|c| node_of(c) == target);
         if !stands {
-            let dir = &self.paths.election;
-            let fresh = async {
-                call("sync", dir, deadline, client.sync(dir)).await?;
-                call("list children", dir, deadline, client.list_children(dir)).await
-            };
-            stands = fresh
+            stands = list_election(client, &self.paths.election, deadline)
                 .await
                 .is_ok_and(|c| c.iter().any(|c| node_of(c) == target));
         }
@@ -1237,6 +1227,17 @@ struct FirstRenewal {
 fn own_write(data: &[u8], node: &str, term: u64, renewals: std::ops::RangeInclusive<u64>) -> bool {
     serde_json::from_slice::<CandidateData>(data)
         .is_ok_and(|d| d.node == node && d.term == term && renewals.contains(&d.renewal))
+}
+
+/// The election's candidates, after a sync: a server cut off from its
+/// quorum still answers reads from its stale tree (FACTS "Ensemble trap").
+async fn list_election(
+    client: &Client,
+    dir: &str,
+    deadline: Duration,
+) -> Result<Vec<String>, ZkCallError> {
+    call("sync", dir, deadline, client.sync(dir)).await?;
+    call("list children", dir, deadline, client.list_children(dir)).await
 }
 
 fn lost_znode(e: &ZkCallError) -> bool {
