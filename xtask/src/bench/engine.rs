@@ -425,15 +425,20 @@ fn family(vips: &[IpAddr]) -> &'static str {
     }
 }
 
-/// The duration of vipd's last reconcile pass, microseconds.
-fn last_pass_us(socket: &Path) -> Option<f64> {
+/// vipd's `last_reconcile` from `vipctl status --json`.
+fn last_reconcile(socket: &Path) -> Option<serde_json::Value> {
     let out = Command::new(vipctl_bin())
         .args(["status", "--json", "--api-socket"])
         .arg(socket)
         .output()
         .ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    v["last_reconcile"]["duration_us"].as_f64()
+    let mut v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    Some(v["last_reconcile"].take())
+}
+
+/// The duration of vipd's last reconcile pass, microseconds.
+fn last_pass_us(socket: &Path) -> Option<f64> {
+    last_reconcile(socket)?["duration_us"].as_f64()
 }
 
 /// `vipctl vip set` figures, ms.
@@ -593,16 +598,9 @@ fn cpu_ms(pid: u32) -> Result<f64> {
 }
 
 fn passes(socket: &Path) -> Result<u64> {
-    let out = Command::new(vipctl_bin())
-        .args(["status", "--json", "--api-socket"])
-        .arg(socket)
-        .output()
-        .context("running vipctl status")?;
-    let v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).context("vipctl status --json")?;
-    v["last_reconcile"]["passes"]
-        .as_u64()
-        .context("no last_reconcile.passes in vipctl status")
+    last_reconcile(socket)
+        .and_then(|r| r["passes"].as_u64())
+        .context("no last_reconcile.passes in vipctl status --json")
 }
 
 fn renewal_run(lab: &Lab, node: &Host, config: &Path, vips: &[Ipv4Addr]) -> Result<RenewalFigures> {
