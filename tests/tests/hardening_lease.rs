@@ -276,11 +276,13 @@ fn a_successor_with_a_shorter_lease_waits_by_the_leaders_lease() {
     std::thread::sleep(wait);
     let (new, took) = cut_and_take_over(&c, &vips, 0, cut, Duration::from_secs(10), what);
     assert_eq!(new, 1);
-    // The leader's last renewal before the cut was sent at most 500 ms
-    // before it, and the next node waits 2.6 s from its first sight of it:
-    // by its own 454 ms wait it would have taken over well before 2 s.
+    // The leader's last renewal that reached ZooKeeper was sent at most
+    // about 500 ms before the cut (a renewal in flight at the cut may be
+    // lost: then at most 1 s), and the next node waits 2.6 s from its
+    // first sight of it. By its own 454 ms wait it would have taken over
+    // within about 1 s of the cut.
     assert!(
-        took >= Duration::from_secs(2),
+        took >= Duration::from_millis(1500),
         "{what}: the next node took over {:.0} ms after the cut, before the leader's lease could end",
         ms(took)
     );
