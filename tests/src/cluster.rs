@@ -36,7 +36,7 @@ use crate::{
     lab::{
         Host, HostIf, Lab, LabProcess, Netns, StoppableThread, vipctl_bin, vipd_bin, wait_until,
     },
-    zk::{ZkMemberSpec, ZkServer},
+    zk::{ZkMemberSpec, ZkOptions, ZkServer},
 };
 
 /// The ZooKeeper session timeout every vipd of the bench uses. 2 s, not
@@ -89,11 +89,21 @@ pub struct Cluster {
 impl Cluster {
     /// Builds the lab, starts ZooKeeper, and adds `n` nodes (vipd not started).
     pub fn new(hint: &str, kind: ZkKind, n: usize) -> Cluster {
+        Self::with_zk_options(hint, kind, n, &ZkOptions::default())
+    }
+
+    /// [`Cluster::new`] with ZooKeeper server settings `opts` (a capped
+    /// session timeout, another tickTime).
+    pub fn with_zk_options(hint: &str, kind: ZkKind, n: usize, opts: &ZkOptions) -> Cluster {
         let lab = Lab::new(hint);
         let (zk_hosts, zk) = match kind {
             ZkKind::Standalone => {
                 let h = lab.add_host("zk", &[HostIf::on(2, "203.0.113.2/24")]);
-                let zk = ZkServer::start_standalone(Ipv4Addr::new(203, 0, 113, 2), Some(h.netns()));
+                let zk = ZkServer::start_standalone_with(
+                    Ipv4Addr::new(203, 0, 113, 2),
+                    Some(h.netns()),
+                    opts,
+                );
                 (vec![h], zk)
             }
             ZkKind::Ensemble => {
@@ -115,7 +125,7 @@ impl Cluster {
                         netns: Some(h.netns()),
                     })
                     .collect();
-                let zk = ZkServer::start_ensemble(&specs);
+                let zk = ZkServer::start_ensemble_with(&specs, opts);
                 (hosts, zk)
             }
         };
@@ -207,6 +217,48 @@ impl Cluster {
             .host
             .spawn_env(argv, &[("RUST_LOG", "info,vipd=debug")]);
         self.nodes[i].vipd = Some(p);
+    }
+
+    /// Starts vipd on node `i` with vipd's own defaults for the session
+    /// timeout and the lease (no `--session-timeout`, no `--lease`), the
+    /// bench's other settings and `extra` flags.
+    pub fn start_vipd_at_defaults(&mut self, i: usize, extra: &[&str]) {
+        let node = &self.nodes[i];
+        let socket = node.socket.display().to_string();
+        let bin = vipd_bin().display().to_string();
+        let argv = [
+            bin.as_str(),
+            "--zk",
+            &self.hosts,
+            "--cluster",
+            &self.cluster,
+            "--node-id",
+            &node.id,
+            "--api-socket",
+            &socket,
+            "--garp-interval",
+            "1s",
+            "--garp-rounds",
+            "2",
+        ];
+        let argv: Vec<&str> = argv.iter().chain(extra).copied().collect();
+        let p = node
+            .host
+            .spawn_env(argv, &[("RUST_LOG", "info,vipd=debug")]);
+        self.nodes[i].vipd = Some(p);
+    }
+
+    /// Waits until node `i`'s vipd answers on its socket.
+    pub fn wait_api(&self, i: usize) {
+        let r = wait_until(Duration::from_secs(15), Duration::from_millis(50), || {
+            self.try_status(i).is_some()
+        });
+        if let Err(e) = r {
+            panic!(
+                "vipd on {} never answered on its socket: {e}",
+                self.nodes[i].id
+            );
+        }
     }
 
     /// Starts every node's vipd and waits until each answers on its socket.

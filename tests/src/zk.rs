@@ -31,6 +31,30 @@ pub const TICK_MS: u64 = 100;
 pub const SYNC_LIMIT: u32 = 5;
 const START_LIMIT: Duration = Duration::from_secs(90);
 
+/// Server settings a test changes from the lab's defaults (each `None`
+/// keeps the default above: tickTime 100 ms, sessions 200 ms to 60 s).
+/// The lines go after the defaults in zoo.cfg; ZooKeeper reads it as Java
+/// properties, where the last value of a key wins.
+#[derive(Clone, Debug, Default)]
+pub struct ZkOptions {
+    pub tick_time: Option<Duration>,
+    pub min_session_timeout: Option<Duration>,
+    pub max_session_timeout: Option<Duration>,
+}
+
+impl ZkOptions {
+    fn lines(&self) -> String {
+        [
+            ("tickTime", self.tick_time),
+            ("minSessionTimeout", self.min_session_timeout),
+            ("maxSessionTimeout", self.max_session_timeout),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| format!("{k}={}\n", v.as_millis())))
+        .collect()
+    }
+}
+
 /// One server process.
 struct Member {
     child: Child,
@@ -228,6 +252,15 @@ impl ZkServer {
     /// listens on `bind_ip` (use 127.0.0.1) with a free port; in a namespace
     /// on `bind_ip:2181`.
     pub fn start_standalone(bind_ip: Ipv4Addr, netns: Option<&str>) -> ZkServer {
+        Self::start_standalone_with(bind_ip, netns, &ZkOptions::default())
+    }
+
+    /// [`ZkServer::start_standalone`] with server settings `opts`.
+    pub fn start_standalone_with(
+        bind_ip: Ipv4Addr,
+        netns: Option<&str>,
+        opts: &ZkOptions,
+    ) -> ZkServer {
         let dir = unique_dir();
         let data_root = data_root(&dir);
         let data = data_root.join("data");
@@ -242,7 +275,7 @@ impl ZkServer {
         let cfg = dir.join("zoo.cfg");
         let log4j = dir.join("log4j.properties");
         fs::write(&log4j, LOG4J).expect("write log4j.properties");
-        fs::write(&cfg, base_config(&data, addr)).expect("write zoo.cfg");
+        fs::write(&cfg, base_config(&data, addr) + &opts.lines()).expect("write zoo.cfg");
         let log = dir.join("zk.log");
         assert_port_free(addr, netns);
         let child = spawn_java(&cfg, netns, &log, &log4j);
@@ -268,6 +301,11 @@ impl ZkServer {
     /// ports in the root namespace.
     /// Every member must be able to reach every other member's ip.
     pub fn start_ensemble(members: &[ZkMemberSpec<'_>]) -> ZkServer {
+        Self::start_ensemble_with(members, &ZkOptions::default())
+    }
+
+    /// [`ZkServer::start_ensemble`] with server settings `opts` on every member.
+    pub fn start_ensemble_with(members: &[ZkMemberSpec<'_>], opts: &ZkOptions) -> ZkServer {
         assert!(members.len() >= 3, "an ensemble needs at least 3 servers");
         let dir = unique_dir();
         let data_root = data_root(&dir);
@@ -299,8 +337,11 @@ impl ZkServer {
             fs::write(data.join("myid"), format!("{}\n", i + 1)).expect("write myid");
             let addr = SocketAddr::from((m.ip, *c));
             let cfg = dir.join(format!("zoo{}.cfg", i + 1));
-            fs::write(&cfg, format!("{}{servers}", base_config(&data, addr)))
-                .expect("write zoo.cfg");
+            fs::write(
+                &cfg,
+                format!("{}{}{servers}", base_config(&data, addr), opts.lines()),
+            )
+            .expect("write zoo.cfg");
             let log = dir.join(format!("zk{}.log", i + 1));
             assert_port_free(addr, m.netns);
             let child = spawn_java(&cfg, m.netns, &log, &log4j);

@@ -910,9 +910,10 @@ async fn renewal_race_is_settled_by_the_conditional_delete() {
         a.term(),
         "the term is the znode's sequence: {data}"
     );
+    // The stated lease is rounded up: a successor never waits less.
     assert_eq!(
         data["lease_ms"],
-        u64::try_from(lease.length.as_millis()).unwrap(),
+        u64::try_from(lease.length.as_nanos().div_ceil(1_000_000)).unwrap(),
         "{data}"
     );
     // The leader renews after our read: our delete at the old version loses.

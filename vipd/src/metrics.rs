@@ -170,6 +170,19 @@ pub fn render(state: &ApiState) -> String {
             "1 while the node does not stand for election (R18: VIP interface down, unhealthy, drained)",
             i64::from(c.withdrawn.is_some()),
         );
+        let lease: Gauge<f64, AtomicU64> = Gauge::default();
+        lease.set(c.lease_ms as f64 / 1e3);
+        p.0.register_with_unit(
+            "vipd_lease",
+            "The lease this node leads on in its current ZooKeeper session",
+            Unit::Seconds,
+            lease,
+        );
+        p.gauge(
+            "vipd_lease_adjusted",
+            "1 while ZooKeeper granted a session too short for the configured lease (shortened, or not standing)",
+            i64::from(c.lease_adjusted.is_some()),
+        );
         if let Some(term) = c.term {
             p.gauge(
                 "vipd_term",
@@ -402,6 +415,40 @@ mod tests {
                     "{name}: no sample ends in _total"
                 );
             }
+        }
+        cancel.cancel();
+        let _ = task.await;
+    }
+
+    #[tokio::test]
+    async fn the_lease_of_the_session_and_whether_it_was_shortened() {
+        let cancel = CancellationToken::new();
+        let (announcer, task) = Announcer::spawn(GarpMode::Request, 10, cancel.clone());
+        let (_tx, engine) = watch::channel(EngineStatus::default());
+        let (_ctx, coord) = watch::channel(crate::coord::CoordStatus {
+            lease_ms: 333,
+            lease_adjusted: Some("ZooKeeper granted a 1000 ms session".into()),
+            ..Default::default()
+        });
+        let state = ApiState {
+            node_id: "n1".into(),
+            mode: "zookeeper",
+            engine,
+            coord: Some(coord),
+            xdp_program: None,
+            announcer,
+            health: None,
+        };
+        let page = super::render(&state);
+        for line in [
+            "# UNIT vipd_lease_seconds seconds",
+            "vipd_lease_seconds 0.333",
+            "vipd_lease_adjusted 1",
+        ] {
+            assert!(
+                page.lines().any(|l| l == line),
+                "no line {line:?} in\n{page}"
+            );
         }
         cancel.cancel();
         let _ = task.await;

@@ -569,11 +569,15 @@ fn status_table(v: &serde_json::Value) -> String {
     ));
     if let Some(zk) = v.get("zookeeper").filter(|z| !z.is_null()) {
         out.push_str(&format!(
-            "zookeeper session {}  leader {}  fenced {}\n",
+            "zookeeper session {}  leader {}  fenced {}  lease {} ms\n",
             s(&zk["session"]),
             s(&zk["leader"]),
-            s(&zk["fenced"])
+            s(&zk["fenced"]),
+            s(&zk["lease_ms"])
         ));
+        if let Some(why) = zk["lease_adjusted"].as_str() {
+            out.push_str(&format!("lease adjusted: {why}\n"));
+        }
         if let Some(services) = zk["services"].as_object() {
             for (name, svc) in services {
                 let vips: Vec<String> = svc["vips"]

@@ -8,7 +8,10 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, instrument, warn};
 use zookeeper_client::{Client, CreateMode};
 
-use super::session::{ZkCallError, ZnodeAcl, call, mkdir};
+use super::{
+    lease::StatedLease,
+    session::{ZkCallError, ZnodeAcl, call, mkdir},
+};
 
 /// What a candidate's znode holds. The leader rewrites it with every lease
 /// renewal (R15): the znode's version is the renewal the next in line sees.
@@ -23,9 +26,31 @@ pub struct CandidateData {
     /// The lease length in milliseconds; 0 while a candidate.
     #[serde(default)]
     pub lease_ms: u64,
+    /// How often the leader renews, in milliseconds; 0 while a candidate
+    /// (and from a vipd that did not write it).
+    #[serde(default)]
+    pub renew_ms: u64,
+    /// The takeover margin the leader's own successor would add, in
+    /// milliseconds; 0 as `renew_ms`.
+    #[serde(default)]
+    pub margin_ms: u64,
     /// Renewals written this term.
     #[serde(default)]
     pub renewal: u64,
+}
+
+impl CandidateData {
+    /// What this data says about the writer's lease, for the next in line.
+    pub fn stated_lease(&self) -> StatedLease {
+        StatedLease::from_ms(self.lease_ms, self.renew_ms, self.margin_ms)
+    }
+}
+
+/// Milliseconds for a znode field, rounded up so a stated lease is never
+/// shorter than the real one (and a 333.3 ms lease reads 334).
+pub fn ms_up(d: Duration) -> u64 {
+    let ms = d.as_nanos().div_ceil(1_000_000);
+    u64::try_from(ms).unwrap_or(u64::MAX)
 }
 
 /// The sequence number of a candidate znode name (`<node>-n_0000000007`).
@@ -120,5 +145,37 @@ mod tests {
         );
         assert_eq!(node_of("c-n-x-n_0000000001"), "c-n-x");
         assert_eq!(sequence("a-n_0000000010"), Some(10));
+    }
+
+    #[test]
+    fn older_and_newer_data_parse() {
+        let old: CandidateData = serde_json::from_str(
+            r#"{"node":"n1","host":"h","term":3,"lease_ms":2000,"renewal":9}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            old.stated_lease(),
+            StatedLease::Stated {
+                length: Duration::from_secs(2),
+                renew_every: None,
+                margin: None
+            }
+        );
+        let new: CandidateData = serde_json::from_str(
+            r#"{"node":"n1","lease_ms":334,"renew_ms":21,"margin_ms":100,"future":1}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            new.stated_lease(),
+            StatedLease::Stated {
+                length: Duration::from_millis(334),
+                renew_every: Some(Duration::from_millis(21)),
+                margin: Some(Duration::from_millis(100))
+            }
+        );
+        let candidate: CandidateData = serde_json::from_str(r#"{"node":"n1"}"#).unwrap();
+        assert_eq!(candidate.stated_lease(), StatedLease::Unknown);
+        assert_eq!(ms_up(Duration::from_nanos(333_333_334)), 334);
+        assert_eq!(ms_up(Duration::from_millis(500)), 500);
     }
 }

@@ -173,7 +173,59 @@ impl LeaseTimes {
     }
 }
 
+/// The lease one ZooKeeper session leads on: the configured one when the
+/// session timeout the server granted can outlive it, else the lease the
+/// default rule gives the granted timeout, else none at all.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SessionLease {
+    AsConfigured(LeaseTimes),
+    /// The configured lease does not fit the granted session (`refused`
+    /// says why); `times` is the shorter lease this session leads on.
+    Shortened {
+        times: LeaseTimes,
+        refused: LeaseError,
+    },
+    /// Not even the default rule fits the granted session: the node does
+    /// not stand on it.
+    Refused {
+        configured: LeaseError,
+        default: LeaseError,
+    },
+}
+
+impl SessionLease {
+    /// Checks `configured` against the session timeout ZooKeeper granted
+    /// with the rule [`LeaseTimes::new`] applies to the configured one.
+    pub fn for_granted(configured: LeaseTimes, granted: Duration) -> SessionLease {
+        match LeaseTimes::new(granted, Some(configured.length), configured.margin) {
+            Ok(t) => SessionLease::AsConfigured(t),
+            Err(refused) => match LeaseTimes::new(granted, None, configured.margin) {
+                Ok(times) => SessionLease::Shortened { times, refused },
+                Err(default) => SessionLease::Refused {
+                    configured: refused,
+                    default,
+                },
+            },
+        }
+    }
+
+    /// The lease to lead on, if any.
+    pub fn times(&self) -> Option<LeaseTimes> {
+        match self {
+            SessionLease::AsConfigured(t) | SessionLease::Shortened { times: t, .. } => Some(*t),
+            SessionLease::Refused { .. } => None,
+        }
+    }
+}
+
 impl LeaseTimes {
+    /// The shortest session timeout ZooKeeper must grant for this lease to
+    /// be used as configured: the session must outlive the lease by more
+    /// than one renewal interval.
+    pub fn min_session(&self) -> Duration {
+        self.length + self.renew_every()
+    }
+
     /// What the lease means, for `vipd check-config`: one comment line each.
     pub fn describe(&self) -> Vec<String> {
         let ms = |d: Duration| d.as_millis();
@@ -197,6 +249,10 @@ impl LeaseTimes {
                 ms(self.safe_min_lease(KERNEL_LIFETIME_SLACK))
             ));
         }
+        out.push(format!(
+            "# ZooKeeper must grant a session timeout above {} ms (its maxSessionTimeout, by default 20 x tickTime); if it grants less, vipd leads on a third of the granted timeout and reports the shortened lease",
+            ms(self.min_session())
+        ));
         out
     }
 }
@@ -204,6 +260,66 @@ impl LeaseTimes {
 /// The kernel removes an expired address up to about this long after its
 /// lifetime ends (its lifetime check runs on a rounded timer; docs/DESIGN.md, facts).
 pub const KERNEL_LIFETIME_SLACK: Duration = Duration::from_millis(250);
+
+/// The longest takeover wait a leader's stated lease can ask for. A larger
+/// one (garbage, or a lease no session could outlive) is cut to this; the
+/// leader's session expiry removes its znode long before anyway.
+const MAX_STATED_WAIT: Duration = Duration::from_secs(24 * 3600);
+
+/// What a leader's znode says about its lease. Older leaders state only
+/// the lease: the missing parts are derived by the shared rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatedLease {
+    /// Nothing usable: a candidate that has not renewed yet, or data that
+    /// does not parse.
+    Unknown,
+    Stated {
+        length: Duration,
+        renew_every: Option<Duration>,
+        margin: Option<Duration>,
+    },
+}
+
+impl StatedLease {
+    /// From the fields of a leader's znode, in milliseconds; 0 is missing.
+    pub fn from_ms(lease_ms: u64, renew_ms: u64, margin_ms: u64) -> StatedLease {
+        let opt = |v: u64| (v > 0).then(|| Duration::from_millis(v));
+        match opt(lease_ms) {
+            None => StatedLease::Unknown,
+            Some(length) => StatedLease::Stated {
+                length,
+                renew_every: opt(renew_ms),
+                margin: opt(margin_ms),
+            },
+        }
+    }
+}
+
+impl LeaseTimes {
+    /// How long the next in line with these settings waits for a leader
+    /// that stated `leader`: the longer of the leader's rule (its lease,
+    /// renewal interval and margin as stated; a missing renewal interval by
+    /// the shared rule, a missing margin ours) and our own, so a node with
+    /// other settings never shortens a leader's lease.
+    pub fn takeover_wait(&self, leader: StatedLease) -> Duration {
+        let own = self.takeover_after();
+        let StatedLease::Stated {
+            length,
+            renew_every,
+            margin,
+        } = leader
+        else {
+            return own;
+        };
+        let margin = margin.unwrap_or(self.margin);
+        let renew = renew_every.unwrap_or_else(|| LeaseTimes { length, margin }.renew_every());
+        let theirs = length
+            .saturating_add(renew)
+            .saturating_add(margin)
+            .min(MAX_STATED_WAIT);
+        own.max(theirs)
+    }
+}
 
 /// The next in line's view of the leader's znode: the version it reads and
 /// since when, counted only while its own reads are answered.
@@ -216,6 +332,9 @@ pub struct Observer {
 #[derive(Clone, Copy, Debug)]
 struct Seen {
     version: i32,
+    /// The takeover wait for this version: the longer of the leader's
+    /// stated rule and ours.
+    wait: Duration,
     /// When a read returning `version` was first answered (after the
     /// leader sent that write, whatever the clocks say).
     since: Instant,
@@ -228,9 +347,15 @@ impl Observer {
     }
 
     /// A read sent at `sent` was answered at `answered` with the leader's
-    /// znode at `version`. Returns the version to delete conditionally when
-    /// the leader has been silent long enough.
-    pub fn answered(&mut self, sent: Instant, answered: Instant, version: i32) -> Option<i32> {
+    /// znode at `version`, whose data stated `leader`. Returns the version
+    /// to delete conditionally when the leader has been silent long enough.
+    pub fn answered(
+        &mut self,
+        sent: Instant,
+        answered: Instant,
+        version: i32,
+        leader: StatedLease,
+    ) -> Option<i32> {
         // A long stretch without an answered read (we were stopped, or
         // ZooKeeper kept us waiting) restarts the count.
         let max_gap = self.times.poll_every() + self.times.poll_deadline();
@@ -240,12 +365,12 @@ impl Observer {
                     && sent.saturating_duration_since(s.last_answer) <= max_gap =>
             {
                 s.last_answer = answered;
-                (answered.saturating_duration_since(s.since) >= self.times.takeover_after())
-                    .then_some(version)
+                (answered.saturating_duration_since(s.since) >= s.wait).then_some(version)
             }
             _ => {
                 self.seen = Some(Seen {
                     version,
+                    wait: self.times.takeover_wait(leader),
                     since: answered,
                     last_answer: answered,
                 });
@@ -267,7 +392,7 @@ impl Observer {
     pub fn due(&self, now: Instant) -> Option<i32> {
         let s = self.seen?;
         let max_gap = self.times.poll_every() + self.times.poll_deadline();
-        (now.saturating_duration_since(s.since) >= self.times.takeover_after()
+        (now.saturating_duration_since(s.since) >= s.wait
             && now.saturating_duration_since(s.last_answer) <= max_gap)
             .then_some(s.version)
     }
@@ -275,7 +400,12 @@ impl Observer {
     /// When the current version's silence reaches the takeover wait: the
     /// next in line acts then rather than at its next poll ([`Observer::due`]).
     pub fn takeover_at(&self) -> Option<Instant> {
-        self.seen.map(|s| s.since + self.times.takeover_after())
+        self.seen.map(|s| s.since + s.wait)
+    }
+
+    /// The takeover wait for the version being counted, if any.
+    pub fn wait(&self) -> Option<Duration> {
+        self.seen.map(|s| s.wait)
     }
 
     /// How long the current version has been seen, if it is being counted.
@@ -452,6 +582,7 @@ mod tests {
                 t0 + Duration::from_millis(at),
                 t0 + Duration::from_millis(at + 1),
                 v,
+                StatedLease::Unknown,
             )
         };
         let mut at = 0;
@@ -503,7 +634,7 @@ mod tests {
                 o.missed();
             } else {
                 assert_eq!(
-                    o.answered(t0 + at * MS, t0 + (at + 1) * MS, 3),
+                    o.answered(t0 + at * MS, t0 + (at + 1) * MS, 3, StatedLease::Unknown),
                     None,
                     "{at}"
                 );
@@ -512,12 +643,160 @@ mod tests {
         }
         while at < 550 {
             assert_eq!(
-                o.answered(t0 + at * MS, t0 + (at + 1) * MS, 3),
+                o.answered(t0 + at * MS, t0 + (at + 1) * MS, 3, StatedLease::Unknown),
                 None,
                 "{at}"
             );
             at += 25;
         }
-        assert_eq!(o.answered(t0 + 550 * MS, t0 + 551 * MS, 3), Some(3));
+        assert_eq!(
+            o.answered(t0 + 550 * MS, t0 + 551 * MS, 3, StatedLease::Unknown),
+            Some(3)
+        );
+    }
+
+    #[test]
+    fn the_granted_session_decides_the_lease() {
+        let s = Duration::from_secs;
+        let defaults = LeaseTimes::new(s(6), None, 100 * MS).unwrap();
+        // Granted what was asked, or more: as configured.
+        for granted in [s(6), s(60)] {
+            assert_eq!(
+                SessionLease::for_granted(defaults, granted),
+                SessionLease::AsConfigured(defaults)
+            );
+        }
+        // Capped at 1 s: the 2 s lease does not fit; a third of 1 s does.
+        let capped = SessionLease::for_granted(defaults, s(1));
+        let SessionLease::Shortened { times, refused } = &capped else {
+            panic!("{capped:?}");
+        };
+        assert_eq!(times.length, 333 * MS + Duration::from_nanos(333_333));
+        assert_eq!(times.margin, 100 * MS);
+        assert!(matches!(refused, LeaseError::TooLong { .. }), "{refused:?}");
+        assert_eq!(capped.times(), Some(*times));
+        // The boundary is the check-config figure: above lease + renewal.
+        assert_eq!(defaults.min_session(), 2500 * MS);
+        assert!(matches!(
+            SessionLease::for_granted(defaults, 2500 * MS),
+            SessionLease::Shortened { .. }
+        ));
+        assert_eq!(
+            SessionLease::for_granted(defaults, 2501 * MS),
+            SessionLease::AsConfigured(defaults)
+        );
+        // A configured lease shorter than the default rule's stays when it fits.
+        let short = LeaseTimes::new(s(6), Some(200 * MS), 100 * MS).unwrap();
+        assert_eq!(
+            SessionLease::for_granted(short, s(1)),
+            SessionLease::AsConfigured(short)
+        );
+        // Drawn: whatever is granted, the lease led on fits the granted
+        // session by the same rule, and is never longer than configured.
+        for granted_ms in (1..20_000).step_by(13) {
+            let granted = Duration::from_millis(granted_ms);
+            for configured in [defaults, short] {
+                let r = SessionLease::for_granted(configured, granted);
+                if let Some(t) = r.times() {
+                    assert!(t.length <= configured.length, "{granted:?}: {r:?}");
+                    assert!(t.min_session() < granted, "{granted:?}: {r:?}");
+                    assert_eq!(t.margin, configured.margin);
+                }
+            }
+        }
+        // Not even a third fits (the renewal interval's floor is 10 ms):
+        // refused.
+        assert!(matches!(
+            SessionLease::for_granted(defaults, 12 * MS),
+            SessionLease::Refused { .. }
+        ));
+        assert!(
+            defaults
+                .describe()
+                .last()
+                .unwrap()
+                .contains("above 2500 ms")
+        );
+    }
+
+    #[test]
+    fn the_successor_waits_by_the_longer_rule() {
+        let own = times(333); // takeover after 333 + 20.8 + 100 ms
+        let leader = times(2000);
+        let stated = StatedLease::from_ms(2000, 500, 100);
+        assert_eq!(own.takeover_wait(stated), 2600 * MS, "the leader's rule");
+        assert_eq!(leader.takeover_wait(stated), 2600 * MS);
+        // A leader with a shorter lease never shortens our own wait.
+        assert_eq!(
+            leader.takeover_wait(StatedLease::from_ms(333, 21, 100)),
+            leader.takeover_after()
+        );
+        // A wider stated margin counts.
+        assert_eq!(
+            own.takeover_wait(StatedLease::from_ms(2000, 500, 400)),
+            2900 * MS
+        );
+        // An older leader states only its lease: renewal by the shared
+        // rule, our margin.
+        assert_eq!(
+            own.takeover_wait(StatedLease::from_ms(2000, 0, 0)),
+            2600 * MS
+        );
+        assert_eq!(
+            own.takeover_wait(StatedLease::from_ms(200, 0, 0)),
+            own.takeover_after(),
+            "200 + 12.5 + 100 ms is below our own"
+        );
+        // Nothing stated (a candidate's data, garbage): our own rule.
+        assert_eq!(StatedLease::from_ms(0, 500, 100), StatedLease::Unknown);
+        assert_eq!(
+            own.takeover_wait(StatedLease::Unknown),
+            own.takeover_after()
+        );
+        // Absurd values are bounded, not overflowed.
+        assert_eq!(
+            own.takeover_wait(StatedLease::from_ms(u64::MAX, u64::MAX, u64::MAX)),
+            MAX_STATED_WAIT
+        );
+        // Drawn: the wait is never below either rule.
+        for lease_ms in (1..5000).step_by(17) {
+            for (renew_ms, margin_ms) in [(0, 0), (1, 100), (lease_ms / 4, 300)] {
+                let stated = StatedLease::from_ms(lease_ms, renew_ms, margin_ms);
+                let w = own.takeover_wait(stated);
+                assert!(w >= own.takeover_after(), "{stated:?}");
+                let theirs = Duration::from_millis(lease_ms + margin_ms.max(100));
+                assert!(w > theirs, "{stated:?}: {w:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_observer_counts_to_the_leaders_wait() {
+        // Our own lease is 200 ms (wait 325 ms); the leader states 2 s.
+        let mut o = Observer::new(margin_to_325());
+        let t0 = Instant::now();
+        let stated = StatedLease::from_ms(2000, 500, 100);
+        let mut at = 0;
+        while at < 2600 {
+            assert_eq!(
+                o.answered(t0 + at * MS, t0 + (at + 1) * MS, 5, stated),
+                None,
+                "{at}: the leader's lease is not over"
+            );
+            assert_eq!(o.due(t0 + (at + 1) * MS), None, "{at}");
+            at += 25;
+        }
+        assert_eq!(o.wait(), Some(2600 * MS));
+        assert_eq!(o.takeover_at(), Some(t0 + 2601 * MS));
+        assert_eq!(
+            o.answered(t0 + 2600 * MS, t0 + 2601 * MS, 5, stated),
+            Some(5)
+        );
+        // A new version that states nothing: back to our own wait.
+        assert_eq!(
+            o.answered(t0 + 2625 * MS, t0 + 2626 * MS, 6, StatedLease::Unknown),
+            None
+        );
+        assert_eq!(o.wait(), Some(325 * MS));
     }
 }

@@ -26,8 +26,8 @@ pub use self::{
     store::ServiceStatus,
 };
 use self::{
-    election::{CandidateData, ensure_candidacy, node_of, sequence, sort_candidates},
-    lease::{LeaseTimes, Observer},
+    election::{CandidateData, ensure_candidacy, ms_up, node_of, sequence, sort_candidates},
+    lease::{LeaseTimes, Observer, SessionLease, StatedLease},
     session::{ZkCallError, ZnodeAcl, call},
 };
 use crate::{
@@ -129,6 +129,16 @@ pub struct CoordStatus {
     /// Why this node does not stand for election now (R18: a VIP
     /// interface down, failing health checks, drained); None: it stands.
     pub withdrawn: Option<String>,
+    /// The lease this node leads on in the current session, in
+    /// milliseconds: the configured one unless ZooKeeper granted a session
+    /// too short for it.
+    pub lease_ms: u64,
+    /// The session timeout ZooKeeper granted the current session, in
+    /// milliseconds (None before the first session).
+    pub granted_session_ms: Option<u64>,
+    /// Why `lease_ms` is not the configured lease, or why this node does
+    /// not stand at all on the current session; None: as configured.
+    pub lease_adjusted: Option<String>,
 }
 
 /// Why coordination stopped for good.
@@ -155,6 +165,15 @@ impl CoordError {
 
 /// How long the engine gets to remove VIPs before we release the election.
 const RELEASE_WAIT: Duration = Duration::from_secs(5);
+
+/// How long a node waits before it opens a new session after ZooKeeper
+/// granted one too short for any lease.
+const REFUSED_SESSION_RETRY: Duration = Duration::from_secs(10);
+
+/// A lease in whole milliseconds, for the status.
+fn lease_ms(t: LeaseTimes) -> u64 {
+    u64::try_from(t.length.as_millis()).unwrap_or(u64::MAX)
+}
 
 /// Runs until `cancel`: session, candidacy, config watches, fencing.
 /// Publishes what this node should do on `desired` and its status on
@@ -201,9 +220,12 @@ pub async fn run_serving(
             host: crate::config::hostname(),
             term: 0,
             lease_ms: 0,
+            renew_ms: 0,
+            margin_ms: 0,
             renewal: 0,
         })
         .expect("strings serialize"),
+        lease: std::sync::Mutex::new(settings.lease),
         settings: &settings,
         desired: &desired,
         status: &status,
@@ -219,6 +241,7 @@ pub async fn run_serving(
         fenced: false,
     };
     ctx.follower(&mut st, false);
+    status.send_modify(|x| x.lease_ms = lease_ms(settings.lease));
     loop {
         ctx.set_session("connecting");
         let t = settings.session_timeout;
@@ -246,6 +269,16 @@ pub async fn run_serving(
             Some(Ok(c)) => c,
         };
         info!(session = %client.session_id(), timeout = ?client.session_timeout(), "ZooKeeper session open");
+        if !ctx.session_lease(client.session_timeout()) {
+            // Perhaps another server of the ensemble grants more.
+            session::close(client, Duration::from_secs(2)).await;
+            ctx.set_session("closed");
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = tokio::time::sleep(REFUSED_SESSION_RETRY) => {}
+            }
+            continue;
+        }
         ctx.set_session("connected");
         let (end, own) = ctx.serve_session(&client, &mut st, &cancel).await;
         match end {
@@ -272,6 +305,9 @@ pub async fn run_serving(
 
 struct Ctx<'a> {
     settings: &'a ZkSettings,
+    /// The lease of the current session ([`Ctx::session_lease`]): every
+    /// lease computation of the session uses it, never `settings.lease`.
+    lease: std::sync::Mutex<LeaseTimes>,
     paths: ClusterPaths,
     acl: ZnodeAcl,
     data: Vec<u8>,
@@ -417,8 +453,67 @@ impl Ctx<'_> {
         });
     }
 
+    /// The lease of the current session.
+    fn lease(&self) -> LeaseTimes {
+        *self
+            .lease
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Checks the configured lease against the session timeout ZooKeeper
+    /// granted this session and sets the lease the session leads on,
+    /// saying so loudly when it is not the configured one. False when no
+    /// lease fits the granted session: the node must not stand on it.
+    fn session_lease(&self, granted: Duration) -> bool {
+        let configured = self.settings.lease;
+        let decided = SessionLease::for_granted(configured, granted);
+        let ms = |d: Duration| d.as_millis();
+        let fix = format!(
+            "raise the ZooKeeper servers' maxSessionTimeout (by default 20 x tickTime) above {} ms, or lower --session-timeout or --lease to fit",
+            ms(configured.min_session())
+        );
+        let (effective, why) = match &decided {
+            SessionLease::AsConfigured(t) => (*t, None),
+            SessionLease::Shortened { times, .. } => {
+                error!(asked = ?self.settings.session_timeout, granted = ?granted,
+                    configured_lease = ?configured.length, lease = ?times.length, fix = %fix,
+                    "ZooKeeper granted a shorter session than asked; leading on a shorter lease");
+                let why = format!(
+                    "ZooKeeper granted a {} ms session (asked {} ms), too short for the configured {} ms lease; leading on {} ms: {fix}",
+                    ms(granted),
+                    ms(self.settings.session_timeout),
+                    ms(configured.length),
+                    ms(times.length)
+                );
+                (*times, Some(why))
+            }
+            SessionLease::Refused { default, .. } => {
+                error!(asked = ?self.settings.session_timeout, granted = ?granted,
+                    configured_lease = ?configured.length, error = %default, fix = %fix,
+                    "ZooKeeper granted a session too short for any lease; not standing for election");
+                let why = format!(
+                    "ZooKeeper granted a {} ms session (asked {} ms), too short for any lease; not standing: {fix}",
+                    ms(granted),
+                    ms(self.settings.session_timeout)
+                );
+                (configured, Some(why))
+            }
+        };
+        *self
+            .lease
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = effective;
+        self.status.send_modify(|x| {
+            x.lease_ms = lease_ms(effective);
+            x.granted_session_ms = Some(u64::try_from(granted.as_millis()).unwrap_or(u64::MAX));
+            x.lease_adjusted = why;
+        });
+        decided.times().is_some()
+    }
+
     fn grant(&self, sent: Instant) -> LeaseGrant {
-        let lease = &self.settings.lease;
+        let lease = self.lease();
         LeaseGrant {
             until: lease.until(sent.into_std()),
             address_lifetime: lease.address_lifetime(),
@@ -714,7 +809,7 @@ impl Ctx<'_> {
         state: &mut StateWatcher,
         cancel: &CancellationToken,
     ) -> LeadEnd {
-        let lease = self.settings.lease;
+        let lease = self.lease();
         let retry = (lease.renew_every() / 2).max(Duration::from_millis(20));
         let path = format!("{}/{me}", self.paths.election);
         let term = sequence(me)
@@ -924,9 +1019,13 @@ impl Ctx<'_> {
         st: &mut Campaign,
         cancel: &CancellationToken,
     ) -> Option<Option<FirstRenewal>> {
-        let lease = self.settings.lease;
+        let lease = self.lease();
         let deadline = lease.poll_deadline();
         let mut observer = Observer::new(lease);
+        // What the leader's data said last, to say once when it cannot be
+        // read or changes the wait.
+        let mut unparseable_logged = false;
+        let mut wait_logged = lease.takeover_after();
         let mut tick = tokio::time::interval(lease.poll_every());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         debug!(leader = %leader, takeover_after = ?lease.takeover_after(), "next in line; watching the leader's lease");
@@ -934,13 +1033,9 @@ impl Ctx<'_> {
             let sent = std::time::Instant::now();
             let read = async {
                 call("sync", leader, deadline, client.sync(leader)).await?;
-                call(
-                    "watch",
-                    leader,
-                    deadline,
-                    client.check_and_watch_stat(leader),
-                )
-                .await
+                // The data, not only the stat: the leader states its lease
+                // there, and its rule may be longer than ours.
+                call("watch", leader, deadline, client.get_and_watch_data(leader)).await
             }
             .await;
             let answered = std::time::Instant::now();
@@ -950,16 +1045,35 @@ impl Ctx<'_> {
                 // delete may take the shortcut, since a list from before
                 // the leader left misses the candidates that stood since
                 // (a handover's target among them).
-                Ok((None, _)) => return None,
-                Ok((Some(stat), w)) => {
+                Err(e) if e.is(&zookeeper_client::Error::NoNode) => return None,
+                Ok((data, stat, w)) => {
                     trace!(
                         version = stat.version,
                         read_us = answered.duration_since(sent).as_micros(),
                         "leader's znode read"
                     );
-                    if let Some(version) = observer.answered(sent, answered, stat.version) {
-                        if let Some(first) =
-                            self.take_over(client, leader, me, version, deadline).await
+                    let stated = match serde_json::from_slice::<CandidateData>(&data) {
+                        Ok(d) => d.stated_lease(),
+                        Err(e) => {
+                            if !std::mem::replace(&mut unparseable_logged, true) {
+                                warn!(leader = %leader, error = %e,
+                                    "cannot parse the leader's znode data; timing it by our own lease");
+                            }
+                            StatedLease::Unknown
+                        }
+                    };
+                    let taken = observer.answered(sent, answered, stat.version, stated);
+                    if let Some(wait) = observer.wait()
+                        && wait != wait_logged
+                    {
+                        wait_logged = wait;
+                        info!(leader = %leader, takeover_after = ?wait, own = ?lease.takeover_after(),
+                            "timing the leader by the longer of its stated lease and ours");
+                    }
+                    if let Some(version) = taken {
+                        if let Some(first) = self
+                            .take_over(client, leader, me, version, wait_logged, deadline)
+                            .await
                         {
                             return Some(first);
                         }
@@ -998,7 +1112,11 @@ impl Ctx<'_> {
                 () = due => true,
             };
             if due && let Some(version) = observer.due(std::time::Instant::now()) {
-                if let Some(first) = self.take_over(client, leader, me, version, deadline).await {
+                let waited = observer.wait().unwrap_or(wait_logged);
+                if let Some(first) = self
+                    .take_over(client, leader, me, version, waited, deadline)
+                    .await
+                {
                     return Some(first);
                 }
                 observer.missed();
@@ -1018,11 +1136,11 @@ impl Ctx<'_> {
         leader: &str,
         me: &str,
         version: i32,
+        waited: Duration,
         deadline: Duration,
     ) -> Option<Option<FirstRenewal>> {
         use zookeeper_client::{Error as ZkError, MultiWriteError, MultiWriteResult};
-        let lease = self.settings.lease;
-        warn!(leader = %leader, version, silent_for = ?lease.takeover_after(),
+        warn!(leader = %leader, version, silent_for = ?waited,
             "the leader has not renewed its lease while ZooKeeper answered us; taking over");
         let own = format!("{}/{me}", self.paths.election);
         let term = sequence(me)
@@ -1082,11 +1200,14 @@ impl Ctx<'_> {
 
     /// Our election znode's data for renewal `renewal` of term `term`.
     fn renewal_data(&self, host: &str, term: u64, renewal: u64) -> Vec<u8> {
+        let lease = self.lease();
         serde_json::to_vec(&CandidateData {
             node: self.settings.node_id.clone(),
             host: host.to_string(),
             term,
-            lease_ms: u64::try_from(self.settings.lease.length.as_millis()).unwrap_or(u64::MAX),
+            lease_ms: ms_up(lease.length),
+            renew_ms: ms_up(lease.renew_every()),
+            margin_ms: ms_up(lease.margin),
             renewal,
         })
         .expect("plain data serializes")
@@ -1285,6 +1406,8 @@ mod tests {
             host: "h".into(),
             term,
             lease_ms: 200,
+            renew_ms: 13,
+            margin_ms: 100,
             renewal,
         })
         .unwrap()
