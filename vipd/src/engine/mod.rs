@@ -32,7 +32,7 @@ use crate::{
     config::{EngineArgs, XdpArgs},
     net::{
         Link, Placement,
-        netlink::{NetEvent, Netlink, monitor},
+        netlink::{NetEvent, Netlink},
     },
     role::{Desired, EngineReport, Role},
     vip::Vip,
@@ -152,7 +152,7 @@ impl Engine {
         cancel: CancellationToken,
     ) {
         let mut events = if self.engine.netlink_events {
-            match monitor() {
+            match self.netlink.monitor() {
                 Ok(rx) => Some(rx),
                 Err(e) => {
                     error!(error = %e, "cannot watch netlink events; reconciling on the timer only");
