@@ -122,10 +122,13 @@ fn unannounced_after_takeover(
         bound
     );
     let status = c.status(new);
-    eprintln!(
-        "[{hint}] announcements dropped by the new leader: {}",
-        status["announcements_dropped"]
-    );
+    let dropped: u64 = status["announcements"]
+        .as_object()
+        .into_iter()
+        .flat_map(|m| m.values())
+        .filter_map(|v| v["dropped"].as_u64())
+        .sum();
+    eprintln!("[{hint}] announcement frames the new leader dropped unsent: {dropped}");
     let missing: BTreeSet<IpAddr> = set
         .difference(&first.keys().copied().collect())
         .copied()
