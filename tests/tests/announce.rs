@@ -150,6 +150,15 @@ fn announcements(n: usize, ifindex: u32, mac: [u8; 6]) -> Vec<Announcement> {
         .collect()
 }
 
+/// Tells `announcer` the node holds every VIP of `batches` where they
+/// are announced, with no lease: what single-node mode does.
+fn hold_all(announcer: &Announcer, batches: &[&[Announcement]]) {
+    let held = batches
+        .iter()
+        .flat_map(|b| b.iter().map(|a| (a.vip, a.ifindex)));
+    announcer.hold(held, None);
+}
+
 #[test]
 fn both_forms_for_three_vips_on_the_wire() {
     in_netns(|| {
@@ -158,7 +167,9 @@ fn both_forms_for_three_vips_on_the_wire() {
         let (announcer, stats) = block_on(async {
             let cancel = CancellationToken::new();
             let (announcer, task) = Announcer::spawn(GarpMode::Both, 100, cancel.clone());
-            announcer.announce(announcements(3, a, MAC_A));
+            let batch = announcements(3, a, MAC_A);
+            hold_all(&announcer, &[&batch]);
+            announcer.announce(batch);
             cap.wait_for(6, Duration::from_secs(3)).await;
             // Anything extra would show up now.
             tokio::time::sleep(Duration::from_millis(300)).await;
@@ -200,7 +211,9 @@ fn clear_stops_the_flow_at_once() {
         let (cleared_at, sent_at_clear, sent_later) = block_on(async {
             let cancel = CancellationToken::new();
             let (announcer, task) = Announcer::spawn(GarpMode::Request, 100, cancel.clone());
-            announcer.announce(announcements(2000, a, MAC_A));
+            let batch = announcements(2000, a, MAC_A);
+            hold_all(&announcer, &[&batch]);
+            announcer.announce(batch);
             tokio::time::sleep(Duration::from_millis(400)).await;
             announcer.clear();
             let cleared_at = Instant::now();
@@ -208,11 +221,13 @@ fn clear_stops_the_flow_at_once() {
             tokio::time::sleep(Duration::from_secs(1)).await;
             let sent_later = announcer.total_sent();
             // The announcer still serves what comes after clear().
-            announcer.announce(vec![Announcement {
+            let one = vec![Announcement {
                 vip: "198.51.100.250".parse().unwrap(),
                 ifindex: a,
                 mac: MAC_A,
-            }]);
+            }];
+            hold_all(&announcer, &[&one]);
+            announcer.announce(one);
             cap.wait_for(sent_later as usize + 1, Duration::from_secs(2))
                 .await;
             cancel.cancel();
@@ -242,7 +257,9 @@ fn two_hundred_frames_at_100_per_second() {
         block_on(async {
             let cancel = CancellationToken::new();
             let (announcer, task) = Announcer::spawn(GarpMode::Request, 100, cancel.clone());
-            announcer.announce(announcements(200, a, MAC_A));
+            let batch = announcements(200, a, MAC_A);
+            hold_all(&announcer, &[&batch]);
+            announcer.announce(batch);
             cap.wait_for(200, Duration::from_secs(6)).await;
             tokio::time::sleep(Duration::from_millis(100)).await;
             cancel.cancel();
@@ -262,24 +279,27 @@ fn two_hundred_frames_at_100_per_second() {
     });
 }
 
-/// The lease bounds what goes out: frames still queued when the batch's
-/// deadline passes are dropped, the rest of the queue with them.
+/// The lease bounds what goes out: frames still queued when a lease that
+/// is not renewed ends are dropped (and counted), the rest of the queue
+/// with them.
 #[test]
-fn frames_queued_past_their_deadline_are_never_sent() {
+fn frames_queued_past_the_lease_are_never_sent() {
     in_netns(|| {
         let (a, b) = veth("va", MAC_A, "vb", MAC_B);
         let cap = Capture::start(b);
-        let (queued, until) = block_on(async {
+        let (queued, until, dropped) = block_on(async {
             let cancel = CancellationToken::new();
             let (announcer, task) = Announcer::spawn(GarpMode::Request, 100, cancel.clone());
             let queued = Instant::now();
             let until = tokio::time::Instant::now() + Duration::from_millis(500);
-            announcer.announce_until(announcements(200, a, MAC_A), Some(until));
-            // 200 frames at 100/s take 1.7 s; wait well past the deadline.
+            let batch = announcements(200, a, MAC_A);
+            announcer.hold(batch.iter().map(|x| (x.vip, x.ifindex)), Some(until));
+            announcer.announce(batch);
+            // 200 frames at 100/s take 1.7 s; wait well past the lease.
             tokio::time::sleep(Duration::from_millis(1500)).await;
             cancel.cancel();
             task.await.unwrap();
-            (queued, until.into_std())
+            (queued, until.into_std(), announcer.total_dropped())
         });
         let frames = cap.snapshot();
         // 32 at once, then one every 10 ms until the deadline: about 80
@@ -292,9 +312,113 @@ fn frames_queued_past_their_deadline_are_never_sent() {
         let last = frames.last().unwrap().0;
         assert!(
             last < until + Duration::from_millis(20),
-            "a frame went out {:?} after the batch was queued, past its deadline",
+            "a frame went out {:?} after the batch was queued, past the lease",
             last - queued
         );
+        assert_eq!(
+            dropped as usize,
+            200 - frames.len(),
+            "every frame not sent is counted as dropped"
+        );
+    });
+}
+
+/// Renewals extend what is queued: a paced queue five times longer than
+/// one lease goes out in full while the lease keeps being renewed, whatever
+/// lease was current when the frames were queued.
+#[test]
+fn a_renewed_lease_keeps_the_whole_queue_going() {
+    in_netns(|| {
+        let (a, b) = veth("va", MAC_A, "vb", MAC_B);
+        let cap = Capture::start(b);
+        let lease = Duration::from_millis(200);
+        let dropped = block_on(async {
+            let cancel = CancellationToken::new();
+            let (announcer, task) = Announcer::spawn(GarpMode::Request, 200, cancel.clone());
+            let batch = announcements(200, a, MAC_A);
+            let until = tokio::time::Instant::now() + lease;
+            announcer.hold(batch.iter().map(|x| (x.vip, x.ifindex)), Some(until));
+            announcer.announce(batch);
+            // 200 frames at 200/s take about 0.85 s: renew every 50 ms.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while cap.count() < 200 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                announcer.extend(Some(tokio::time::Instant::now() + lease));
+            }
+            cancel.cancel();
+            task.await.unwrap();
+            announcer.total_dropped()
+        });
+        let frames = cap.snapshot();
+        assert_eq!(frames.len(), 200, "frames sent under a renewed lease");
+        assert_eq!(dropped, 0);
+        for (i, (_, f)) in frames.iter().enumerate() {
+            assert_eq!(parse_arp(f).unwrap().spa, vip(i).v4().unwrap(), "in order");
+        }
+    });
+}
+
+/// A frame goes out only for a VIP still held, and on the interface it is
+/// held on: frames of a VIP released (or moved) while they wait are
+/// dropped and counted per VIP; a round that repeats frames still waiting
+/// queues nothing twice.
+#[test]
+fn frames_of_vips_no_longer_held_are_dropped_and_counted() {
+    in_netns(|| {
+        let (a, b) = veth("va", MAC_A, "vb", MAC_B);
+        let cap = Capture::start(b);
+        let (stats, dropped, sent) = block_on(async {
+            let cancel = CancellationToken::new();
+            let (announcer, task) = Announcer::spawn(GarpMode::Request, 100, cancel.clone());
+            let batch = announcements(100, a, MAC_A);
+            hold_all(&announcer, &[&batch]);
+            announcer.announce(batch.clone());
+            // The same round again at once: already waiting, not queued twice.
+            announcer.announce(batch.clone());
+            // Keep the even VIPs; the odd ones move to another interface
+            // (held, but not where these frames would go out).
+            announcer.hold(
+                batch
+                    .iter()
+                    .map(|x| (x.vip, if x.vip == vip(1) { a + 1000 } else { x.ifindex }))
+                    .enumerate()
+                    .filter(|(i, _)| i % 2 == 0 || *i == 1)
+                    .map(|(_, h)| h),
+                None,
+            );
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while announcer.total_sent() + announcer.total_dropped() < 100
+                && Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            cancel.cancel();
+            task.await.unwrap();
+            (
+                announcer.stats(),
+                announcer.total_dropped(),
+                announcer.total_sent(),
+            )
+        });
+        let frames = cap.snapshot();
+        assert_eq!(
+            sent + dropped,
+            100,
+            "each frame queued once: sent {sent}, dropped {dropped}"
+        );
+        assert_eq!(frames.len() as u64, sent);
+        // Only the first burst (sent before the release) may carry an odd VIP.
+        for (_, f) in &frames[32.min(frames.len())..] {
+            let spa = parse_arp(f).unwrap().spa;
+            let i = (0..100).find(|&i| vip(i).v4() == Some(spa)).unwrap();
+            assert!(i % 2 == 0, "{spa} was released but announced");
+        }
+        assert!(dropped >= 40, "dropped {dropped}");
+        for i in (33..100).step_by(2) {
+            let s = &stats[&vip(i)];
+            assert_eq!((s.frames_sent, s.dropped), (0, 1), "{}", vip(i));
+        }
     });
 }
 
@@ -309,8 +433,12 @@ fn interfaces_are_paced_separately_and_take_turns() {
             let cancel = CancellationToken::new();
             let (announcer, task) = Announcer::spawn(GarpMode::Request, 50, cancel.clone());
             // All of a1's frames are queued first; a2 must not wait for them.
-            announcer.announce(announcements(60, a1, MAC_A));
-            announcer.announce(announcements(60, a2, MAC_C));
+            // A VIP is held on one interface: the second takes other VIPs.
+            let b1 = announcements(60, a1, MAC_A);
+            let b2: Vec<Announcement> = announcements(120, a2, MAC_C).split_off(60);
+            hold_all(&announcer, &[&b1, &b2]);
+            announcer.announce(b1);
+            announcer.announce(b2);
             cap1.wait_for(60, Duration::from_secs(5)).await;
             cap2.wait_for(60, Duration::from_secs(5)).await;
             cancel.cancel();
@@ -350,16 +478,19 @@ fn send_errors_are_counted_and_the_socket_reopened() {
         block_on(async {
             let cancel = CancellationToken::new();
             let (announcer, task) = Announcer::spawn(GarpMode::Request, 100, cancel.clone());
+            hold_all(&announcer, &[&one]);
             // Open the socket while the link is up, then take it down.
             announcer.announce(one.clone());
             cap.wait_for(1, Duration::from_secs(2)).await;
             assert_eq!(cap.count(), 1);
             ip(&["link", "set", "va", "down"]);
-            announcer.announce(one.clone());
-            announcer.announce(one.clone());
-            let deadline = Instant::now() + Duration::from_secs(2);
-            while announcer.stats()[&v].errors < 2 && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(10)).await;
+            // One at a time: a frame still waiting is not queued twice.
+            for errors in 1..=2 {
+                announcer.announce(one.clone());
+                let deadline = Instant::now() + Duration::from_secs(2);
+                while announcer.stats()[&v].errors < errors && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
             }
             let s = announcer.stats()[&v].clone();
             assert_eq!((s.frames_sent, s.errors), (1, 2), "link down: ENETDOWN");

@@ -1,11 +1,15 @@
 //! Announcing VIPs: paced gratuitous ARP (IPv4) and unsolicited Neighbor
 //! Advertisements (IPv6) per interface (R7, R9, R17), both under one budget
 //! per interface. One task owns the sockets and the queues; callers hand it
-//! batches, and a node that steps down drops everything still queued at
-//! once with `clear()`, so it never announces a VIP it no longer holds.
+//! batches, and tell it what the node claims now (the VIPs it holds, where,
+//! and until when its lease runs). Each frame is checked against those
+//! claims when it goes out, not when it was queued: a renewed lease keeps
+//! a long paced queue going, and a frame of a VIP no longer held (or past
+//! the lease) is dropped and counted. A node that steps down drops
+//! everything still queued at once with `clear()`.
 
 use std::{
-    collections::{BTreeMap, VecDeque},
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
@@ -46,6 +50,9 @@ pub struct AnnounceStats {
     pub last_sent_unix_ms: Option<u64>,
     /// Frames that could not be sent (socket open or send failed).
     pub errors: u64,
+    /// Frames dropped unsent: the VIP was no longer held (or held on
+    /// another interface), or the lease had run out, when its turn came.
+    pub dropped: u64,
 }
 
 /// Handle to the announcing task; cheap to clone.
@@ -64,14 +71,32 @@ struct Shared {
     /// `clear()` while it bumps the generation: once `clear()` returns, no
     /// frame queued before it can still be on its way out.
     gate: Mutex<()>,
+    /// What the node claims now; every frame is checked against it as it
+    /// goes out. Taken after `gate` when both are held.
+    claims: Mutex<Claims>,
     stats: Mutex<BTreeMap<Vip, AnnounceStats>>,
     total_sent: AtomicU64,
+    total_dropped: AtomicU64,
+}
+
+/// The VIPs the node holds, on which interface, and until when.
+#[derive(Debug, Default)]
+struct Claims {
+    held: HashMap<Vip, u32>,
+    /// The current lease's end; `None`: no lease bounds the claims
+    /// (single-node mode).
+    until: Option<Instant>,
+}
+
+impl Claims {
+    /// Whether a frame for `vip` on `ifindex` may go out at `now`.
+    fn allow(&self, vip: Vip, ifindex: u32, now: Instant) -> bool {
+        self.held.get(&vip) == Some(&ifindex) && self.until.is_none_or(|u| now < u)
+    }
 }
 
 struct Batch {
     generation: u64,
-    /// Frames of this batch not sent by then are dropped (the lease ran out).
-    until: Option<Instant>,
     announcements: Vec<Announcement>,
 }
 
@@ -99,22 +124,16 @@ impl Announcer {
     }
 
     /// Queues announcements without waiting. Each interface sends its own in
-    /// order; interfaces take turns.
+    /// order; interfaces take turns. A frame goes out only if, when its turn
+    /// comes, the node still holds the VIP on that interface under a lease
+    /// that still runs ([`Announcer::hold`]); a frame already waiting is not
+    /// queued twice.
     pub fn announce(&self, batch: Vec<Announcement>) {
-        self.announce_until(batch, None);
-    }
-
-    /// As [`Announcer::announce`], but a frame still queued at `until` is
-    /// dropped: the leader's lease (R16) bounds its claims on the wire too,
-    /// so a vipd frozen in the middle of a paced burst and thawed after the
-    /// lease ran out sends nothing more for VIPs it no longer holds.
-    pub fn announce_until(&self, batch: Vec<Announcement>, until: Option<Instant>) {
         if batch.is_empty() {
             return;
         }
         let batch = Batch {
             generation: self.shared.generation.load(Ordering::SeqCst),
-            until,
             announcements: batch,
         };
         if self.tx.send(batch).is_err() {
@@ -122,12 +141,32 @@ impl Announcer {
         }
     }
 
-    /// Drops every announcement queued and not yet sent. Nothing queued
+    /// What the node claims from now on: the VIPs it holds, each on its
+    /// interface, and the end of its lease (`None`: no lease). The leader's
+    /// lease (R16) bounds its claims on the wire too: a vipd frozen in the
+    /// middle of a paced burst and thawed after the lease ran out sends
+    /// nothing more.
+    pub fn hold(&self, held: impl IntoIterator<Item = (Vip, u32)>, until: Option<Instant>) {
+        let held: HashMap<Vip, u32> = held.into_iter().collect();
+        let mut claims = lock(&self.shared.claims);
+        claims.held = held;
+        claims.until = until;
+    }
+
+    /// A renewed lease: what is held (and queued) is claimed until `until`.
+    pub fn extend(&self, until: Option<Instant>) {
+        lock(&self.shared.claims).until = until;
+    }
+
+    /// Drops every announcement queued and not yet sent, and claims
+    /// nothing more until the next [`Announcer::hold`]. Nothing queued
     /// before this call is sent after it returns; later `announce` calls are
     /// served as usual.
     pub fn clear(&self) {
         let _gate = lock(&self.shared.gate);
         let generation = self.shared.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut claims = lock(&self.shared.claims);
+        claims.held.clear();
         debug!(generation, "queued announcements cleared");
     }
 
@@ -139,6 +178,12 @@ impl Announcer {
     /// Frames sent, all VIPs together.
     pub fn total_sent(&self) -> u64 {
         self.shared.total_sent.load(Ordering::SeqCst)
+    }
+
+    /// Frames dropped unsent (not held, or past the lease, when their turn
+    /// came; or cleared at a step-down), all VIPs together.
+    pub fn total_dropped(&self) -> u64 {
+        self.shared.total_dropped.load(Ordering::SeqCst)
     }
 }
 
@@ -185,7 +230,7 @@ impl Pace {
 }
 
 /// One frame of an announcement.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum FrameKind {
     /// A gratuitous ARP frame of this form for an IPv4 VIP.
     Arp(GarpForm, Ipv4Addr),
@@ -197,20 +242,29 @@ enum FrameKind {
 /// One frame waiting to be sent.
 struct Pending {
     generation: u64,
-    until: Option<Instant>,
     announcement: Announcement,
     kind: FrameKind,
 }
 
 impl Pending {
-    /// Cleared by `clear()`, or past its batch's deadline.
-    fn stale(&self, current_generation: u64, now: Instant) -> bool {
-        self.generation < current_generation || self.until.is_some_and(|u| now >= u)
+    /// Cleared by `clear()`, or not claimed now (not held there, or the
+    /// lease ran out).
+    fn stale(&self, current_generation: u64, claims: &Claims, now: Instant) -> bool {
+        let Announcement { vip, ifindex, .. } = self.announcement;
+        self.generation < current_generation || !claims.allow(vip, ifindex, now)
+    }
+
+    /// What makes two waiting frames the same frame.
+    fn key(&self) -> (Vip, [u8; 6], FrameKind) {
+        (self.announcement.vip, self.announcement.mac, self.kind)
     }
 }
 
 struct Interface {
     queue: VecDeque<Pending>,
+    /// The keys of the frames in `queue`: a round that repeats a frame still
+    /// waiting adds nothing, so the queue stays bounded by the VIPs held.
+    queued: HashSet<(Vip, [u8; 6], FrameKind)>,
     pace: Pace,
     /// Opened on first use; dropped after an error so the next frame reopens
     /// it (the interface may have been down, or replaced).
@@ -265,17 +319,20 @@ impl SendTask {
                 .entry(announcement.ifindex)
                 .or_insert_with(|| Interface {
                     queue: VecDeque::new(),
+                    queued: HashSet::new(),
                     pace: Pace::new(rate, now),
                     socket: None,
                     failing: false,
                 });
             let mut push = |kind| {
-                iface.queue.push_back(Pending {
+                let pending = Pending {
                     generation: batch.generation,
-                    until: batch.until,
                     announcement,
                     kind,
-                });
+                };
+                if iface.queued.insert(pending.key()) {
+                    iface.queue.push_back(pending);
+                }
             };
             match announcement.vip.ip() {
                 IpAddr::V6(vip) => {
@@ -302,14 +359,22 @@ impl SendTask {
             return;
         }
         self.seen_generation = current;
-        let mut dropped = 0usize;
+        let mut dropped: BTreeMap<Vip, u64> = BTreeMap::new();
         for iface in self.interfaces.values_mut() {
-            let before = iface.queue.len();
-            iface.queue.retain(|p| p.generation >= current);
-            dropped += before - iface.queue.len();
+            let Interface { queue, queued, .. } = iface;
+            queue.retain(|p| {
+                let keep = p.generation >= current;
+                if !keep {
+                    queued.remove(&p.key());
+                    *dropped.entry(p.announcement.vip).or_default() += 1;
+                }
+                keep
+            });
         }
-        if dropped > 0 {
-            debug!(dropped, "dropped cleared gratuitous ARP frames");
+        if !dropped.is_empty() {
+            let total: u64 = dropped.values().sum();
+            debug!(dropped = total, "dropped cleared announcement frames");
+            count_dropped(&self.shared, dropped);
         }
         // Idle interfaces keep nothing worth remembering but their socket;
         // forgetting them bounds the map by the interfaces in use.
@@ -337,8 +402,19 @@ impl SendTask {
                     continue;
                 };
                 // Stale frames cost no token.
-                while iface.queue.front().is_some_and(|p| p.stale(current, now)) {
-                    iface.queue.pop_front();
+                let mut dropped: BTreeMap<Vip, u64> = BTreeMap::new();
+                {
+                    let claims = lock(&self.shared.claims);
+                    while let Some(p) = iface.queue.front()
+                        && p.stale(current, &claims, now)
+                    {
+                        iface.queued.remove(&p.key());
+                        *dropped.entry(p.announcement.vip).or_default() += 1;
+                        iface.queue.pop_front();
+                    }
+                }
+                if !dropped.is_empty() {
+                    count_dropped(&self.shared, dropped);
                 }
                 if iface.queue.is_empty() {
                     continue;
@@ -346,6 +422,7 @@ impl SendTask {
                 match iface.pace.try_take(now) {
                     Ok(()) => {
                         let pending = iface.queue.pop_front().expect("queue is not empty");
+                        iface.queued.remove(&pending.key());
                         send_one(&self.shared, ifindex, iface, &pending);
                         sent_any = true;
                         self.next_ifindex = ifindex.wrapping_add(1);
@@ -371,12 +448,30 @@ async fn sleep_for(wait: Option<Duration>) {
     }
 }
 
-/// Sends one frame unless `clear()` made it stale, and records the outcome.
+/// Frames dropped unsent, per VIP: counted, and logged at debug (a
+/// step-down drops thousands at once; the counters say it).
+fn count_dropped(shared: &Shared, dropped: BTreeMap<Vip, u64>) {
+    let mut stats = lock(&shared.stats);
+    for (vip, n) in dropped {
+        stats.entry(vip).or_default().dropped += n;
+        shared.total_dropped.fetch_add(n, Ordering::SeqCst);
+        debug!(vip = %vip, frames = n, "announcement dropped: VIP not held or lease over");
+    }
+}
+
+/// Sends one frame unless it became stale (cleared, no longer held, the
+/// lease over) since the queue was checked, and records the outcome.
 fn send_one(shared: &Shared, ifindex: u32, iface: &mut Interface, pending: &Pending) {
     let Announcement { vip, mac, .. } = pending.announcement;
     let result = {
         let _gate = lock(&shared.gate);
-        if pending.stale(shared.generation.load(Ordering::SeqCst), Instant::now()) {
+        let stale = pending.stale(
+            shared.generation.load(Ordering::SeqCst),
+            &lock(&shared.claims),
+            Instant::now(),
+        );
+        if stale {
+            count_dropped(shared, BTreeMap::from([(vip, 1)]));
             return;
         }
         let socket = match iface.socket.take() {

@@ -153,14 +153,25 @@ pub struct Config {
     #[command(flatten)]
     pub serving: ServingArgs,
 
-    /// Local control socket for vipctl.
-    #[arg(
-        global = true,
-        long,
-        env = "VIPD_API_SOCKET",
-        default_value = "/run/vipd/vipd.sock"
-    )]
-    pub api_socket: PathBuf,
+    /// Local control socket for vipctl. Default: /run/vipd/vipd.sock, or
+    /// /run/vipd/<instance>.sock for a named instance.
+    #[arg(global = true, long, env = "VIPD_API_SOCKET")]
+    pub api_socket: Option<PathBuf>,
+
+    /// This vipd's instance name, for several vipd on one host (two
+    /// clusters, a test and a production instance): each instance has its
+    /// own ownership mark on the addresses it adds, its own control socket
+    /// and its own interfaces. The default instance keeps a host with one
+    /// vipd as it was.
+    #[arg(global = true, long, env = "VIPD_INSTANCE", default_value = crate::instance::DEFAULT_INSTANCE)]
+    pub instance: String,
+
+    /// The ownership mark (IFA_PROTO, 4-255) of this instance's addresses,
+    /// when the one derived from its name is taken by another instance on
+    /// the host. Default: 118 for the default instance, 128-183 from the
+    /// name for another.
+    #[arg(global = true, long, env = "VIPD_INSTANCE_MARK")]
+    pub instance_mark: Option<u8>,
 
     /// Serve Prometheus metrics on this address (off when unset).
     #[arg(global = true, long, env = "VIPD_METRICS_LISTEN")]
@@ -602,6 +613,7 @@ impl Config {
             ));
         }
         self.zk.lease_times()?;
+        self.instance()?;
         if let Some(p) = &self.serving.on_change
             && !p.is_absolute()
         {
@@ -611,6 +623,56 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The instance: its name and ownership mark.
+    pub fn instance(&self) -> Result<crate::instance::Instance, String> {
+        crate::instance::Instance::new(&self.instance, self.instance_mark)
+            .map_err(|e| e.to_string())
+    }
+
+    /// The control socket: `--api-socket`, or the instance's default.
+    pub fn api_socket(&self) -> PathBuf {
+        match &self.api_socket {
+            Some(p) => p.clone(),
+            None => self
+                .instance()
+                .map(|i| i.default_socket())
+                .unwrap_or_else(|_| PathBuf::from(crate::instance::DEFAULT_SOCKET)),
+        }
+    }
+
+    /// What `check-config` says about the instance: its mark and control
+    /// socket, and warnings about settings that would make instances on
+    /// one host collide.
+    pub fn instance_lines(&self) -> Vec<String> {
+        let Ok(instance) = self.instance() else {
+            return Vec::new();
+        };
+        let socket = self.api_socket();
+        let mut lines = vec![format!(
+            "# instance {:?}: ownership mark {} on the addresses it adds, control socket {}",
+            instance.name(),
+            instance.mark(),
+            socket.display()
+        )];
+        if !instance.is_default() {
+            if instance.mark() == crate::instance::DEFAULT_MARK {
+                lines.push(format!(
+                    "# warning: instance {:?} uses the default instance's mark {}: the two cannot run on one host",
+                    instance.name(),
+                    instance.mark()
+                ));
+            }
+            if socket == Path::new(crate::instance::DEFAULT_SOCKET) {
+                lines.push(format!(
+                    "# warning: instance {:?} uses the default instance's control socket {}: the two cannot run on one host",
+                    instance.name(),
+                    socket.display()
+                ));
+            }
+        }
+        lines
     }
 
     /// The node id: `--node-id`, or the host name.

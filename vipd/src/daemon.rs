@@ -42,7 +42,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let node_id = config.node_id();
     // Settings first: a bad one stops vipd before it touches anything.
     let zk = ZkSettings::from_args(&config.zk, node_id.clone())?;
-    let netlink = Netlink::new().context("opening netlink")?;
+    let instance = config.instance().map_err(|e| anyhow!(e))?;
+    let api_socket = config.api_socket();
+    // Before anything is touched: another vipd on this host with the same
+    // name or mark would take this one's addresses for its own.
+    let _claims = instance.claim()?;
+    info!(instance = instance.name(), mark = instance.mark(), socket = %api_socket.display(),
+          "instance");
+    let netlink = Netlink::new()
+        .context("opening netlink")?
+        .with_mark(instance.mark());
     // Announcing needs an AF_PACKET socket (CAP_NET_RAW): find out now, not
     // at the first takeover, when a missing capability would leave the
     // network with stale ARP caches.
@@ -55,12 +64,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         None
     } else {
         let mut off = XdpProgram::load().context("loading the XDP program")?;
+        off.serve_as(instance.clone());
         for ifname in &config.xdp.interfaces {
             let mode = off
                 .attach(ifname, config.xdp.mode)
                 .with_context(|| format!("attaching the XDP program to {ifname}"))?;
             info!(ifname = %ifname, mode = ?mode, "XDP program attached");
         }
+        attach_static(&mut off, &netlink, &config).await?;
         Some(Arc::new(Mutex::new(off)))
     };
     let (conflicts, conflicts6) = match &xdp_program {
@@ -76,7 +87,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
         None => (None, None),
     };
-    let api_listener = api::bind(&config.api_socket).await?;
+    let api_listener = api::bind(&api_socket).await?;
     let metrics_listener = match config.metrics_listen {
         Some(addr) => Some(
             metrics::bind(addr)
@@ -182,11 +193,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         });
     }
     {
-        let (path, state, c) = (
-            config.api_socket.clone(),
-            state.clone(),
-            engine_cancel.clone(),
-        );
+        let (path, state, c) = (api_socket.clone(), state.clone(), engine_cancel.clone());
         tasks.spawn(async move {
             api::serve(api_listener, path, state, c).await;
             "api"
@@ -268,6 +275,38 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         Some(why) => Err(anyhow!(why)),
         None => Ok(()),
     }
+}
+
+/// In single-node mode, attaches the XDP program to the interfaces the
+/// static VIPs route to now, so an interface another instance on the host
+/// serves stops this one at start rather than at its first pass. Other
+/// failures are left to the engine's passes, which retry.
+async fn attach_static(off: &mut XdpProgram, netlink: &Netlink, config: &Config) -> Result<()> {
+    if config.static_vips.0.is_empty() {
+        return Ok(());
+    }
+    let snap = netlink
+        .snapshot()
+        .await
+        .context("reading the kernel's routes")?;
+    let ifnames: std::collections::BTreeSet<String> = config
+        .static_vips
+        .0
+        .iter()
+        .filter_map(|vip| snap.routes.placement(*vip))
+        .filter_map(|p| snap.link(p.ifindex).map(|l| l.name.clone()))
+        .filter(|name| name != "lo")
+        .collect();
+    for ifname in ifnames {
+        match off.attach(&ifname, config.xdp.mode) {
+            Ok(mode) => info!(ifname = %ifname, mode = ?mode, "XDP program attached"),
+            Err(e @ crate::xdp::XdpError::InterfaceTaken { .. }) => {
+                return Err(anyhow::Error::new(e));
+            }
+            Err(e) => warn!(ifname = %ifname, error = %e, "cannot attach the XDP program yet"),
+        }
+    }
+    Ok(())
 }
 
 /// Tells systemd (Type=notify) vipd is ready once the first role is known:

@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod engine;
 pub mod health;
 pub mod hooks;
+pub mod instance;
 pub mod metrics;
 pub mod net;
 pub mod reconcile;

@@ -228,6 +228,11 @@ pub fn render(state: &ApiState) -> String {
         "Announcement frames sent (gratuitous ARP, unsolicited Neighbor Advertisements)",
         stats.vips.iter().map(|v| v.announcements_sent).sum(),
     );
+    p.counter(
+        "vipd_announcements_dropped",
+        "Announcement frames dropped unsent: the VIP was no longer held there, or the lease had ended, when their turn came",
+        state.announcer.total_dropped(),
+    );
     let per_vip = |f: &dyn Fn(&crate::api::ArpStatsRow) -> u64| {
         stats
             .vips

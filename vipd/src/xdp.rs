@@ -78,6 +78,12 @@ pub enum XdpError {
         #[source]
         generic: Box<ProgramError>,
     },
+    #[error("not attaching XDP to {ifname}")]
+    InterfaceTaken {
+        ifname: String,
+        #[source]
+        source: crate::instance::InstanceError,
+    },
     #[error("XDP is not attached to {ifname}")]
     NotAttached { ifname: String },
     #[error("detaching XDP from {ifname} failed")]
@@ -193,6 +199,12 @@ pub struct XdpProgram {
     ethtool: Option<Ethtool>,
     /// Origin of the delivery samples' times.
     started: Instant,
+    /// The instance this program serves (`None`: no claims are taken, as
+    /// in tests of the program alone).
+    instance: Option<crate::instance::Instance>,
+    /// The interfaces claimed for `instance` on this host: one instance's
+    /// program per interface.
+    claims: BTreeMap<String, crate::instance::Claim>,
 }
 
 impl std::fmt::Debug for XdpProgram {
@@ -247,7 +259,16 @@ impl XdpProgram {
                 })
                 .ok(),
             started: Instant::now(),
+            instance: None,
+            claims: BTreeMap::new(),
         })
+    }
+
+    /// From now on, every interface this program attaches to is claimed for
+    /// `instance` first: an interface another instance on the host serves
+    /// is refused ([`XdpError::InterfaceTaken`]).
+    pub fn serve_as(&mut self, instance: crate::instance::Instance) {
+        self.instance = Some(instance);
     }
 
     fn program_mut(&mut self) -> Result<&mut Xdp, XdpError> {
@@ -280,6 +301,18 @@ impl XdpProgram {
     pub fn attach(&mut self, ifname: &str, mode: XdpMode) -> Result<AttachedMode, XdpError> {
         if let Some(existing) = self.attachments.get(ifname) {
             return Ok(existing.mode);
+        }
+        if let Some(instance) = &self.instance
+            && !self.claims.contains_key(ifname)
+        {
+            let claim =
+                instance
+                    .claim_interface(ifname)
+                    .map_err(|source| XdpError::InterfaceTaken {
+                        ifname: ifname.to_string(),
+                        source,
+                    })?;
+            self.claims.insert(ifname.to_string(), claim);
         }
         let driver = self.driver(ifname);
         let (first, reason) = match self.fallen_back.get(ifname) {

@@ -13,6 +13,7 @@ use vipd::{
         admin::run_vip_command_within,
         nodes::{NodeCommand, run_handover_within, run_node_command_within},
     },
+    instance::Instance,
     net::netlink::Netlink,
 };
 
@@ -44,16 +45,34 @@ struct HandoverArg {
 }
 
 #[derive(clap::Args, Clone, Debug)]
-#[command(next_help_heading = "Agent (status, arp stats)")]
+#[command(next_help_heading = "Agent (status, arp stats, cleanup)")]
 struct SocketArg {
-    /// The agent's control socket.
-    #[arg(
-        global = true,
-        long,
-        env = "VIPD_API_SOCKET",
-        default_value = "/run/vipd/vipd.sock"
-    )]
-    api_socket: PathBuf,
+    /// The agent's control socket. Default: the instance's,
+    /// /run/vipd/vipd.sock (the default instance) or /run/vipd/<instance>.sock.
+    #[arg(global = true, long, env = "VIPD_API_SOCKET")]
+    api_socket: Option<PathBuf>,
+    /// The vipd instance on this host (status, arp stats: its socket;
+    /// cleanup: only its addresses).
+    #[arg(global = true, long, env = "VIPD_INSTANCE", default_value = vipd::instance::DEFAULT_INSTANCE)]
+    instance: String,
+    /// The instance's ownership mark, if vipd was given one with
+    /// --instance-mark (cleanup).
+    #[arg(global = true, long, env = "VIPD_INSTANCE_MARK")]
+    instance_mark: Option<u8>,
+}
+
+impl SocketArg {
+    fn instance(&self) -> Result<Instance, String> {
+        Instance::new(&self.instance, self.instance_mark).map_err(|e| e.to_string())
+    }
+
+    /// `--api-socket`, or the instance's control socket.
+    fn path(&self) -> Result<PathBuf, String> {
+        match &self.api_socket {
+            Some(p) => Ok(p.clone()),
+            None => self.instance().map(|i| i.default_socket()),
+        }
+    }
 }
 
 #[derive(clap::Args, Clone, Debug)]
@@ -184,7 +203,7 @@ impl NodeArgs {
 
 /// Which options each command reads (clap ids), by the command's words.
 const OPTIONS: &[(&str, &[&str])] = &[
-    ("status", &["api_socket", "json", "watch"]),
+    ("status", &["api_socket", "instance", "json", "watch"]),
     (
         "node list",
         &[
@@ -202,7 +221,7 @@ const OPTIONS: &[(&str, &[&str])] = &[
         "handover",
         &["hosts", "cluster", "zk_auth_file", "connect_timeout", "to"],
     ),
-    ("arp stats", &["api_socket", "json", "watch"]),
+    ("arp stats", &["api_socket", "instance", "json", "watch"]),
     (
         "vip list",
         &[
@@ -217,7 +236,7 @@ const OPTIONS: &[(&str, &[&str])] = &[
     ("vip add", ZK_OPTIONS),
     ("vip remove", ZK_OPTIONS),
     ("vip clear", ZK_OPTIONS),
-    ("cleanup", &[]),
+    ("cleanup", &["instance", "instance_mark"]),
 ];
 const ZK_OPTIONS: &[&str] = &["hosts", "cluster", "zk_auth_file", "connect_timeout"];
 
@@ -334,7 +353,11 @@ async fn run(cli: Cli) -> ExitCode {
     let json = output.json;
     match command {
         Command::Status => {
-            let path = &socket.api_socket;
+            let path = match socket.path() {
+                Ok(p) => p,
+                Err(e) => return usage_failure(&e),
+            };
+            let path = &path;
             let watch = output.watch;
             let status = move || async move {
                 let v = api::request(path, Request::Status)
@@ -353,7 +376,11 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Arp {
             command: ArpCommand::Stats,
         } => {
-            let path = &socket.api_socket;
+            let path = match socket.path() {
+                Ok(p) => p,
+                Err(e) => return usage_failure(&e),
+            };
+            let path = &path;
             let stats = move || async move {
                 let v = api::request(path, Request::ArpStats)
                     .await
@@ -413,8 +440,12 @@ async fn run(cli: Cli) -> ExitCode {
             print_each(&output, false, vip, zk_failure).await
         }
         Command::Cleanup => {
+            let instance = match socket.instance() {
+                Ok(i) => i,
+                Err(e) => return usage_failure(&e),
+            };
             let nl = match Netlink::new() {
-                Ok(n) => n,
+                Ok(n) => n.with_mark(instance.mark()),
                 Err(e) => return fail(&e.to_string()),
             };
             match nl.remove_all_marked().await {
@@ -426,7 +457,11 @@ async fn run(cli: Cli) -> ExitCode {
                         );
                     }
                     if removed.is_empty() {
-                        println!("no vipd addresses on this node");
+                        println!(
+                            "no addresses of vipd instance {:?} (mark {}) on this node",
+                            instance.name(),
+                            instance.mark()
+                        );
                     }
                     ExitCode::SUCCESS
                 }
@@ -496,6 +531,12 @@ impl OutputArg {
 fn fail(msg: &str) -> ExitCode {
     eprintln!("vipctl: {msg}");
     ExitCode::FAILURE
+}
+
+/// A bad value on the command line (exit status 2, as clap's).
+fn usage_failure(msg: &str) -> ExitCode {
+    eprintln!("vipctl: {msg}");
+    ExitCode::from(2)
 }
 
 fn s(v: &serde_json::Value) -> String {
@@ -796,7 +837,7 @@ mod tests {
         ] {
             let cli = ok(args);
             assert!(cli.output.json, "{args:?}");
-            assert_eq!(cli.socket.api_socket, PathBuf::from("/s"), "{args:?}");
+            assert_eq!(cli.socket.path(), Ok(PathBuf::from("/s")), "{args:?}");
         }
         for args in [
             &["arp", "stats", "--watch", "--api-socket", "/s"][..],
@@ -805,8 +846,26 @@ mod tests {
         ] {
             let cli = ok(args);
             assert!(cli.output.watch && !cli.output.json, "{args:?}");
-            assert_eq!(cli.socket.api_socket, PathBuf::from("/s"), "{args:?}");
+            assert_eq!(cli.socket.path(), Ok(PathBuf::from("/s")), "{args:?}");
         }
+    }
+
+    #[test]
+    fn the_instance_picks_the_socket_and_the_cleanup_mark() {
+        let cli = ok(&["status"]);
+        assert_eq!(cli.socket.path(), Ok(PathBuf::from("/run/vipd/vipd.sock")));
+        assert_eq!(cli.socket.instance().unwrap().mark(), 0x76);
+        let cli = ok(&["status", "--instance", "b"]);
+        assert_eq!(cli.socket.path(), Ok(PathBuf::from("/run/vipd/b.sock")));
+        let cli = ok(&["cleanup", "--instance", "b"]);
+        assert_eq!(
+            cli.socket.instance().unwrap().mark(),
+            vipd::instance::mark_of("b")
+        );
+        let cli = ok(&["cleanup", "--instance", "b", "--instance-mark", "200"]);
+        assert_eq!(cli.socket.instance().unwrap().mark(), 200);
+        let cli = ok(&["cleanup", "--instance", "a/b"]);
+        assert!(cli.socket.instance().unwrap_err().contains("a/b"));
     }
 
     #[test]

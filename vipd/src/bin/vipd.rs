@@ -36,6 +36,9 @@ fn main() -> ExitCode {
                 println!("{line}");
             }
         }
+        for line in loaded.config.instance_lines() {
+            println!("{line}");
+        }
         println!("# configuration is valid");
         return ExitCode::SUCCESS;
     }

@@ -99,7 +99,7 @@ impl Engine {
             let ifindex = p.ifindex;
             self.last_conflict_answer.insert(vip, now);
             self.announcer
-                .announce_until(vec![Announcement { vip, ifindex, mac }], self.lease_end());
+                .announce(vec![Announcement { vip, ifindex, mac }]);
         }
     }
 }

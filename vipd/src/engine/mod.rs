@@ -32,7 +32,7 @@ use crate::{
     config::{EngineArgs, XdpArgs},
     net::{
         Link, Placement,
-        netlink::{NetEvent, Netlink, monitor},
+        netlink::{NetEvent, Netlink},
     },
     role::{Desired, EngineReport, Role},
     vip::Vip,
@@ -152,7 +152,7 @@ impl Engine {
         cancel: CancellationToken,
     ) {
         let mut events = if self.engine.netlink_events {
-            match monitor() {
+            match self.netlink.monitor() {
                 Ok(rx) => Some(rx),
                 Err(e) => {
                     error!(error = %e, "cannot watch netlink events; reconciling on the timer only");
@@ -277,6 +277,8 @@ impl Engine {
         let Some(lease) = self.applied.lease else {
             return;
         };
+        // Announcements still queued go on under the renewed lease.
+        self.announcer.extend(self.lease_end());
         let started = Instant::now();
         let mut errors = 0;
         let addresses = lease.renews_addresses(self.addresses_renewed);
@@ -330,16 +332,33 @@ impl Engine {
     }
 
     /// When the lease (if any) ends: announcements still queued then are
-    /// dropped.
+    /// dropped, unless a renewal extends it first.
     fn lease_end(&self) -> Option<tokio::time::Instant> {
-        self.applied
-            .lease
+        self.lease()
             .map(|l| tokio::time::Instant::from_std(l.until))
     }
 
     /// Whether the lease (if any) still runs now.
     fn lease_valid(&self) -> bool {
-        self.applied.lease_valid(Instant::now())
+        self.lease().is_none_or(|l| Instant::now() < l.until)
+    }
+
+    /// The lease in force: the applied one, or a renewal of it that arrived
+    /// while this task was busy (a pass adding thousands of VIPs outlasts a
+    /// short lease; its renewals wait in `desired` until the pass ends, and
+    /// are as valid as applied ones: the source granted them).
+    fn lease(&self) -> Option<crate::role::LeaseGrant> {
+        let applied = self.applied.lease?;
+        if self.applied.role != Role::Leader {
+            return Some(applied);
+        }
+        let desired = self.desired.borrow();
+        match desired.lease {
+            Some(newer) if desired.same_but_lease(&self.applied) && newer.until > applied.until => {
+                Some(newer)
+            }
+            _ => Some(applied),
+        }
     }
 
     /// One R8 round: re-check every VIP and announce each one held.

@@ -70,9 +70,13 @@ impl Engine {
         self.add(&snap, &plan.addresses, &mut done).await;
         let holdings = plan.outcome(&done.failed.keys().copied().collect());
         let xdp_errors = self.sync_xdp(&snap, &holdings);
+        // What is queued goes out only while held, under the current lease.
+        self.announcer.hold(
+            holdings.held.iter().map(|(vip, p)| (*vip, p.ifindex)),
+            self.lease_end(),
+        );
         if !holdings.announce.is_empty() && self.lease_valid() {
-            self.announcer
-                .announce_until(holdings.announce.clone(), self.lease_end());
+            self.announcer.announce(holdings.announce.clone());
         }
         self.held = holdings.held.clone();
         self.report_pass(&snap, &plan, &holdings, done, xdp_errors, started);
@@ -480,8 +484,7 @@ impl Engine {
 
     /// The lease's end on the XDP program's clock (R16).
     fn xdp_expiry(&self) -> u64 {
-        self.applied
-            .lease
+        self.lease()
             .map_or(vipd_common::NO_EXPIRY, |l| monotonic_ns(l.until))
     }
 

@@ -47,7 +47,7 @@ const BROADCAST: [u8; 6] = [0xff; 6];
 const ETH_P_ARP: u16 = 0x0806;
 
 /// One frame of a gratuitous ARP announcement.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum GarpForm {
     /// ARP request, oper 1, tha ff:ff:ff:ff:ff:ff (as `arping -U` and keepalived).
     Request,

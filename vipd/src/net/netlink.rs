@@ -143,6 +143,9 @@ pub enum NetEvent {
 #[derive(Clone, Debug)]
 pub struct Netlink {
     handle: Handle,
+    /// The ownership mark (IFA_PROTO) this instance's addresses carry:
+    /// the only addresses it ever removes.
+    mark: u8,
     /// The kernel runs one dump at a time per socket and answers EBUSY to
     /// a second: dumps through this connection (and its clones) take turns.
     dump_turn: Arc<tokio::sync::Mutex<()>>,
@@ -159,8 +162,28 @@ impl Netlink {
         runtime.spawn(conn);
         Ok(Netlink {
             handle,
+            mark: VIPD_ADDR_PROTO,
             dump_turn: Arc::default(),
         })
+    }
+
+    /// The same connection, adding and removing addresses with ownership
+    /// mark `mark` (a named instance's) instead of the default one.
+    #[must_use]
+    pub fn with_mark(mut self, mark: u8) -> Self {
+        self.mark = mark;
+        self
+    }
+
+    /// The ownership mark of the addresses this connection adds.
+    pub fn mark(&self) -> u8 {
+        self.mark
+    }
+
+    /// [`monitor`] for this connection's mark: its own addresses' events
+    /// come as [`NetEvent::OwnAddress`].
+    pub fn monitor(&self) -> Result<mpsc::Receiver<NetEvent>, NetError> {
+        monitor_marked(self.mark)
     }
 
     /// All links: ifindex, name, MAC (zero if none) and whether usable.
@@ -222,7 +245,7 @@ impl Netlink {
             .address_messages()
             .await?
             .iter()
-            .filter_map(address_of)
+            .filter_map(|m| address_of(m, self.mark))
             .collect())
     }
 
@@ -339,7 +362,7 @@ impl Netlink {
         message
             .attributes
             .push(AddressAttribute::Protocol(AddressProtocol::Other(
-                VIPD_ADDR_PROTO,
+                self.mark,
             )));
         if vip.is_ipv6() {
             // Sent on every write: a replace resets these flags to what the
@@ -378,7 +401,7 @@ impl Netlink {
         }
         let current = self.address_messages().await?;
         let Some(kernel) = current.iter().find(|m| {
-            address_of(m).is_some_and(|a| {
+            address_of(m, self.mark).is_some_and(|a| {
                 a.ifindex == address.ifindex
                     && a.addr == address.addr
                     && a.prefix_len == address.prefix_len
@@ -387,7 +410,7 @@ impl Netlink {
             debug!("address already gone");
             return Ok(());
         };
-        if !is_marked(kernel) {
+        if !is_marked(kernel, self.mark) {
             warn!("address equal to a VIP is not vipd's; leaving it");
             return Err(not_owned());
         }
@@ -429,7 +452,7 @@ impl Netlink {
                 continue;
             }
             let kernel = current.iter().find(|m| {
-                address_of(m).is_some_and(|a| {
+                address_of(m, self.mark).is_some_and(|a| {
                     a.ifindex == address.ifindex
                         && a.addr == address.addr
                         && a.prefix_len == address.prefix_len
@@ -437,7 +460,7 @@ impl Netlink {
             });
             let result = match kernel {
                 None => Ok(()),
-                Some(k) if !is_marked(k) => {
+                Some(k) if !is_marked(k, self.mark) => {
                     warn!(addr = %address.addr, "address equal to a VIP is not vipd's; leaving it");
                     Err(not_owned())
                 }
@@ -470,7 +493,7 @@ impl Netlink {
             .await?
             .iter()
             .filter_map(|m| {
-                let a = address_of(m)?;
+                let a = address_of(m, self.mark)?;
                 a.owned.then(|| (a, is_secondary(m)))
             })
             .collect();
@@ -614,7 +637,7 @@ fn main_unicast_route(message: &RouteMessage) -> Option<Route> {
     })
 }
 
-fn address_of(message: &AddressMessage) -> Option<Address> {
+fn address_of(message: &AddressMessage, mark: u8) -> Option<Address> {
     let v6 = match message.header.family {
         AddressFamily::Inet => false,
         AddressFamily::Inet6 => true,
@@ -637,7 +660,7 @@ fn address_of(message: &AddressMessage) -> Option<Address> {
         ifindex: message.header.index,
         addr,
         prefix_len: message.header.prefix_len,
-        owned: is_marked(message),
+        owned: is_marked(message, mark),
         state: state_of(&flags_of(message)),
         // The same bit means a temporary address in IPv6.
         secondary: addr.is_ipv4() && is_secondary(message),
@@ -671,11 +694,11 @@ fn state_of(flags: &AddressFlags) -> AddrState {
     }
 }
 
-fn is_marked(message: &AddressMessage) -> bool {
+fn is_marked(message: &AddressMessage, mark: u8) -> bool {
     message
         .attributes
         .iter()
-        .any(|a| matches!(a, AddressAttribute::Protocol(p) if u8::from(*p) == VIPD_ADDR_PROTO))
+        .any(|a| matches!(a, AddressAttribute::Protocol(p) if u8::from(*p) == mark))
 }
 
 fn is_secondary(message: &AddressMessage) -> bool {
@@ -686,18 +709,22 @@ fn is_secondary(message: &AddressMessage) -> bool {
 /// the removal is checked again right before it is made, so an address
 /// added since the plan is guarded too.
 fn guards_secondaries_now(message: &AddressMessage, all: &[AddressMessage]) -> bool {
-    let Some(this) = address_of(message) else {
+    // Ownership plays no part here: any mark does.
+    let Some(this) = address_of(message, VIPD_ADDR_PROTO) else {
         return false;
     };
-    let all: Vec<Address> = all.iter().filter_map(address_of).collect();
+    let all: Vec<Address> = all
+        .iter()
+        .filter_map(|m| address_of(m, VIPD_ADDR_PROTO))
+        .collect();
     super::guards_secondaries(&this, &all)
 }
 
-fn event_of(payload: &NetlinkPayload<RouteNetlinkMessage>) -> Option<NetEvent> {
+fn event_of(payload: &NetlinkPayload<RouteNetlinkMessage>, mark: u8) -> Option<NetEvent> {
     match payload {
         NetlinkPayload::Overrun(_) => Some(NetEvent::Overrun),
         NetlinkPayload::InnerMessage(message) => match message {
-            RouteNetlinkMessage::NewAddress(m) if is_marked(m) => Some(NetEvent::OwnAddress),
+            RouteNetlinkMessage::NewAddress(m) if is_marked(m, mark) => Some(NetEvent::OwnAddress),
             RouteNetlinkMessage::NewAddress(_) | RouteNetlinkMessage::DelAddress(_) => {
                 Some(NetEvent::Address)
             }
@@ -721,6 +748,11 @@ fn event_of(payload: &NetlinkPayload<RouteNetlinkMessage>) -> Option<NetEvent> {
 /// A link going down removes its routes without route events (docs/DESIGN.md, facts):
 /// consumers re-dump routes on `Link` events too.
 pub fn monitor() -> Result<mpsc::Receiver<NetEvent>, NetError> {
+    monitor_marked(VIPD_ADDR_PROTO)
+}
+
+/// [`monitor`], where "own" addresses are those carrying `mark`.
+pub fn monitor_marked(mark: u8) -> Result<mpsc::Receiver<NetEvent>, NetError> {
     let runtime = tokio::runtime::Handle::try_current().map_err(|_| NetError::NoRuntime)?;
     // Its own socket: the kernel does not echo events caused by requests
     // to the socket that sent them.
@@ -747,7 +779,7 @@ pub fn monitor() -> Result<mpsc::Receiver<NetEvent>, NetError> {
                     warn!("netlink event socket closed");
                     return;
                 };
-                if let Some(event) = event_of(&message.payload) {
+                if let Some(event) = event_of(&message.payload, mark) {
                     if event == NetEvent::Overrun {
                         warn!("netlink events lost (ENOBUFS); consumers must re-dump");
                     }
@@ -821,18 +853,18 @@ mod tests {
         let address = NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelAddress(
             AddressMessage::default(),
         ));
-        assert_eq!(event_of(&address), Some(NetEvent::Address));
+        assert_eq!(event_of(&address, VIPD_ADDR_PROTO), Some(NetEvent::Address));
         assert_eq!(
-            event_of(&NetlinkPayload::Overrun(Vec::new())),
+            event_of(&NetlinkPayload::Overrun(Vec::new()), VIPD_ADDR_PROTO),
             Some(NetEvent::Overrun)
         );
         let link =
             NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(LinkMessage::default()));
-        assert_eq!(event_of(&link), Some(NetEvent::Link));
+        assert_eq!(event_of(&link, VIPD_ADDR_PROTO), Some(NetEvent::Link));
         let route =
             NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelRoute(RouteMessage::default()));
-        assert_eq!(event_of(&route), Some(NetEvent::Route));
-        assert_eq!(event_of(&NetlinkPayload::Noop), None);
+        assert_eq!(event_of(&route, VIPD_ADDR_PROTO), Some(NetEvent::Route));
+        assert_eq!(event_of(&NetlinkPayload::Noop, VIPD_ADDR_PROTO), None);
     }
 
     #[test]
@@ -867,8 +899,10 @@ mod tests {
             .push(AddressAttribute::Protocol(AddressProtocol::Other(
                 VIPD_ADDR_PROTO,
             )));
+        // Another instance's mark: the same address, not ours.
+        assert!(address_of(&m, 130).is_some_and(|a| !a.owned));
         assert_eq!(
-            address_of(&m),
+            address_of(&m, VIPD_ADDR_PROTO),
             Some(Address {
                 ifindex: 3,
                 addr: ip,
@@ -880,7 +914,7 @@ mod tests {
         );
         // An IPv4 attribute in an IPv6 message is no address of it.
         m.attributes[0] = AddressAttribute::Address("192.0.2.1".parse().unwrap());
-        assert_eq!(address_of(&m), None);
+        assert_eq!(address_of(&m, VIPD_ADDR_PROTO), None);
     }
 
     #[test]
