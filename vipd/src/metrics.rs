@@ -170,6 +170,11 @@ pub fn render(state: &ApiState) -> String {
             "1 while the node does not stand for election (R18: VIP interface down, unhealthy, drained)",
             i64::from(c.withdrawn.is_some()),
         );
+        p.gauge(
+            "vipd_vips_unplaceable",
+            "On the leader: configured VIPs it cannot serve while no standing member can serve more (held nowhere)",
+            count(c.unplaceable.len()),
+        );
         if let Some(term) = c.term {
             p.gauge(
                 "vipd_term",
