@@ -440,7 +440,12 @@ impl Cluster {
 impl Cluster {
     /// Samples every `every` for `span` which nodes hold `vip` (IPv4):
     /// one list of node indices per sample.
-    pub fn sample_holders(&self, vip: Ipv4Addr, span: Duration, every: Duration) -> Vec<Vec<usize>> {
+    pub fn sample_holders(
+        &self,
+        vip: Ipv4Addr,
+        span: Duration,
+        every: Duration,
+    ) -> Vec<Vec<usize>> {
         let one = BTreeSet::from([vip]);
         let start = Instant::now();
         let mut samples = Vec::new();

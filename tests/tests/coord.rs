@@ -104,7 +104,10 @@ fn start_node(hosts: &str, cluster: &str, id: &str, opts: NodeOpts) -> Node {
                     want.vips.clone()
                 },
                 unservable: if no_route {
-                    want.vips.iter().map(|v| (*v, "no route".to_string())).collect()
+                    want.vips
+                        .iter()
+                        .map(|v| (*v, "no route".to_string()))
+                        .collect()
                 } else {
                     Default::default()
                 },
@@ -708,17 +711,29 @@ async fn leader_without_route_keeps_leading_until_a_better_member_stands() {
         a.first(Role::Leader, started).is_some()
     })
     .await;
-    wait_until("a reports the VIP unplaceable", Duration::from_secs(5), || {
-        a.status
-            .borrow()
-            .unplaceable
-            .contains_key(&"192.0.2.50".parse::<Vip>().unwrap())
-    })
+    wait_until(
+        "a reports the VIP unplaceable",
+        Duration::from_secs(5),
+        || {
+            a.status
+                .borrow()
+                .unplaceable
+                .contains_key(&"192.0.2.50".parse::<Vip>().unwrap())
+        },
+    )
     .await;
     // Alone, it keeps leading.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(a.role(), Role::Leader);
-    assert_eq!(a.seen.lock().unwrap().iter().filter(|s| s.role == Role::Leader).count(), 1);
+    assert_eq!(
+        a.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.role == Role::Leader)
+            .count(),
+        1
+    );
     let mut b = start_node(&hosts, "r4", "b", NodeOpts::default());
     wait_until("b leads", Duration::from_secs(10), || {
         b.role() == Role::Leader
@@ -734,7 +749,15 @@ async fn leader_without_route_keeps_leading_until_a_better_member_stands() {
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(b.role(), Role::Leader);
-    assert_eq!(b.seen.lock().unwrap().iter().filter(|s| s.role == Role::Leader).count(), 1);
+    assert_eq!(
+        b.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.role == Role::Leader)
+            .count(),
+        1
+    );
     a.stop().await;
     b.stop().await;
 }

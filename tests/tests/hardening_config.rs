@@ -50,10 +50,21 @@ fn zk_write(c: &Cluster, path: &str, data: &[u8]) {
     let data = data.to_vec();
     zk(c, async move |client: &Client| {
         let mut parent = String::new();
-        for part in path.trim_start_matches('/').split('/').collect::<Vec<_>>().split_last().unwrap().1 {
+        for part in path
+            .trim_start_matches('/')
+            .split('/')
+            .collect::<Vec<_>>()
+            .split_last()
+            .unwrap()
+            .1
+        {
             parent = format!("{parent}/{part}");
             match client
-                .create(&parent, b"", &CreateMode::Persistent.with_acls(Acls::anyone_all()))
+                .create(
+                    &parent,
+                    b"",
+                    &CreateMode::Persistent.with_acls(Acls::anyone_all()),
+                )
                 .await
             {
                 Ok(_) | Err(ZkError::NodeExists) => {}
@@ -64,7 +75,11 @@ fn zk_write(c: &Cluster, path: &str, data: &[u8]) {
             Ok(_) => {}
             Err(ZkError::NoNode) => {
                 client
-                    .create(&path, &data, &CreateMode::Persistent.with_acls(Acls::anyone_all()))
+                    .create(
+                        &path,
+                        &data,
+                        &CreateMode::Persistent.with_acls(Acls::anyone_all()),
+                    )
                     .await
                     .unwrap_or_else(|e| panic!("create {path}: {e}"));
             }
@@ -75,10 +90,12 @@ fn zk_write(c: &Cluster, path: &str, data: &[u8]) {
 
 fn zk_read(c: &Cluster, path: &str) -> Option<Vec<u8>> {
     let path = path.to_string();
-    zk(c, async move |client: &Client| match client.get_data(&path).await {
-        Ok((data, _)) => Some(data),
-        Err(ZkError::NoNode) => None,
-        Err(e) => panic!("get {path}: {e}"),
+    zk(c, async move |client: &Client| {
+        match client.get_data(&path).await {
+            Ok((data, _)) => Some(data),
+            Err(ZkError::NoNode) => None,
+            Err(e) => panic!("get {path}: {e}"),
+        }
     })
 }
 
@@ -94,12 +111,23 @@ fn zk_delete(c: &Cluster, path: &str) {
 
 /// Fails unless every sample has exactly one holder of `vip`, but for
 /// `gaps` samples at most (a handover's moment without a holder).
-fn assert_one_holder(c: &Cluster, what: &str, vip: &str, span: Duration, gaps: usize) -> Vec<Vec<usize>> {
+fn assert_one_holder(
+    c: &Cluster,
+    what: &str,
+    vip: &str,
+    span: Duration,
+    gaps: usize,
+) -> Vec<Vec<usize>> {
     let ip: Ipv4Addr = vip.parse().unwrap();
     let samples = c.sample_holders(ip, span, EVERY);
     let two = samples.iter().filter(|s| s.len() > 1).count();
     let none = samples.iter().filter(|s| s.is_empty()).count();
-    assert_eq!(two, 0, "[{what}] {vip} on two nodes in {two} of {} samples", samples.len());
+    assert_eq!(
+        two,
+        0,
+        "[{what}] {vip} on two nodes in {two} of {} samples",
+        samples.len()
+    );
     assert!(
         none <= gaps,
         "[{what}] {vip} held by exactly one node in only {} of {} samples over {span:?} ({none} without a holder)",
@@ -110,7 +138,13 @@ fn assert_one_holder(c: &Cluster, what: &str, vip: &str, span: Duration, gaps: u
 }
 
 /// The status of node `i` once `ok` holds for it (up to `limit`).
-fn wait_status(c: &Cluster, i: usize, what: &str, limit: Duration, ok: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+fn wait_status(
+    c: &Cluster,
+    i: usize,
+    what: &str,
+    limit: Duration,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
     let start = Instant::now();
     loop {
         if let Some(s) = c.try_status(i)
@@ -151,8 +185,13 @@ fn bad_entries() -> Vec<(String, String)> {
     .map(|s| (format!("{s:?}"), s.to_string()))
     .collect();
     v.extend(
-        [("17", "17"), ("null", "null"), ("true", "true"), ("[\"192.0.2.9\"]", "[\"192.0.2.9\"]")]
-            .map(|(j, shown)| (j.to_string(), shown.to_string())),
+        [
+            ("17", "17"),
+            ("null", "null"),
+            ("true", "true"),
+            ("[\"192.0.2.9\"]", "[\"192.0.2.9\"]"),
+        ]
+        .map(|(j, shown)| (j.to_string(), shown.to_string())),
     );
     v
 }
@@ -176,13 +215,29 @@ fn invalid_entry_drops_alone_and_unparseable_data_keeps_last_good() {
         .unwrap_or_else(|e| panic!("the good VIPs beside {}: {e}", entries[0].0));
     for (json, shown) in &entries {
         zk_write(&c, &service, with(json).as_bytes());
-        wait_status(&c, leader, &format!("refused {json}"), Duration::from_secs(5), |s| {
-            s["zookeeper"]["services"]["web"]["refused"]
-                .as_array()
-                .is_some_and(|r| r.len() == 1 && r[0]["value"] == shown.as_str() && r[0]["reason"].as_str().is_some_and(|x| !x.is_empty()))
-        });
+        wait_status(
+            &c,
+            leader,
+            &format!("refused {json}"),
+            Duration::from_secs(5),
+            |s| {
+                s["zookeeper"]["services"]["web"]["refused"]
+                    .as_array()
+                    .is_some_and(|r| {
+                        r.len() == 1
+                            && r[0]["value"] == shown.as_str()
+                            && r[0]["reason"].as_str().is_some_and(|x| !x.is_empty())
+                    })
+            },
+        );
         for v in GOOD {
-            assert_one_holder(&c, &format!("beside {json}"), v, Duration::from_millis(500), 0);
+            assert_one_holder(
+                &c,
+                &format!("beside {json}"),
+                v,
+                Duration::from_millis(500),
+                0,
+            );
         }
         assert_eq!(c.sole_holder(&vips), Some(leader), "beside {json}");
     }
@@ -191,15 +246,27 @@ fn invalid_entry_drops_alone_and_unparseable_data_keeps_last_good() {
     assert_eq!(recorded, serde_json::json!({"vips": GOOD}));
 
     let oversized = vec![b'{'; 600 * 1024];
-    let garbage: [&[u8]; 4] = [b"{not json", b"[\"192.0.2.100\"]", b"\xff\xfe\x00vips", &oversized];
+    let garbage: [&[u8]; 4] = [
+        b"{not json",
+        b"[\"192.0.2.100\"]",
+        b"\xff\xfe\x00vips",
+        &oversized,
+    ];
     for g in garbage {
-        let what = format!("garbage {:?}", String::from_utf8_lossy(&g[..g.len().min(16)]));
+        let what = format!(
+            "garbage {:?}",
+            String::from_utf8_lossy(&g[..g.len().min(16)])
+        );
         zk_write(&c, &service, g);
         let s = wait_status(&c, leader, &what, Duration::from_secs(5), |s| {
             let w = &s["zookeeper"]["services"]["web"];
             w["error"].is_string() && w["last_good"] == true
         });
-        assert_eq!(s["zookeeper"]["services"]["web"]["vips"], serde_json::json!(GOOD), "[{what}]");
+        assert_eq!(
+            s["zookeeper"]["services"]["web"]["vips"],
+            serde_json::json!(GOOD),
+            "[{what}]"
+        );
         for v in GOOD {
             assert_one_holder(&c, &what, v, Duration::from_millis(500), 0);
         }
@@ -213,16 +280,33 @@ fn invalid_entry_drops_alone_and_unparseable_data_keeps_last_good() {
     let (next, took) = c
         .wait_sole_holder(&vips, Some(leader), Duration::from_secs(15))
         .unwrap_or_else(|e| panic!("after the leader was killed: {e}"));
-    eprintln!("{} leads and holds the last good VIPs {took:?} after the kill", c.nodes[next].id);
-    let s = wait_status(&c, next, "the next leader keeps the last good VIPs", Duration::from_secs(5), |s| {
-        s["zookeeper"]["services"]["web"]["last_good"] == true
-    });
-    assert_eq!(s["zookeeper"]["services"]["web"]["vips"], serde_json::json!(GOOD));
+    eprintln!(
+        "{} leads and holds the last good VIPs {took:?} after the kill",
+        c.nodes[next].id
+    );
+    let s = wait_status(
+        &c,
+        next,
+        "the next leader keeps the last good VIPs",
+        Duration::from_secs(5),
+        |s| s["zookeeper"]["services"]["web"]["last_good"] == true,
+    );
+    assert_eq!(
+        s["zookeeper"]["services"]["web"]["vips"],
+        serde_json::json!(GOOD)
+    );
     c.start_vipd(leader);
-    let s = wait_status(&c, leader, "a restarted node keeps the last good VIPs", Duration::from_secs(15), |s| {
-        s["zookeeper"]["services"]["web"]["last_good"] == true
-    });
-    assert_eq!(s["zookeeper"]["services"]["web"]["vips"], serde_json::json!(GOOD));
+    let s = wait_status(
+        &c,
+        leader,
+        "a restarted node keeps the last good VIPs",
+        Duration::from_secs(15),
+        |s| s["zookeeper"]["services"]["web"]["last_good"] == true,
+    );
+    assert_eq!(
+        s["zookeeper"]["services"]["web"]["vips"],
+        serde_json::json!(GOOD)
+    );
     for v in GOOD {
         assert_one_holder(&c, "after the restart", v, Duration::from_secs(1), 0);
     }
@@ -243,7 +327,9 @@ fn invalid_entry_drops_alone_and_unparseable_data_keeps_last_good() {
 
 /// Routes 198.51.100.0/24 on node `i`'s data interface.
 fn route_to_unroutable(c: &Cluster, i: usize) {
-    c.nodes[i].host.ip(&["route", "add", "198.51.100.0/24", "dev", "eth0"]);
+    c.nodes[i]
+        .host
+        .ip(&["route", "add", "198.51.100.0/24", "dev", "eth0"]);
 }
 
 const UNROUTABLE: &str = "198.51.100.50";
@@ -261,21 +347,52 @@ fn vip_no_node_can_route_costs_only_itself() {
     let (leader, _) = c
         .wait_sole_holder(&one, None, Duration::from_secs(20))
         .unwrap_or_else(|e| panic!("first election: {e}"));
-    let samples = assert_one_holder(&c, "an unroutable VIP beside", GOOD[0], Duration::from_secs(15), 3);
+    let samples = assert_one_holder(
+        &c,
+        "an unroutable VIP beside",
+        GOOD[0],
+        Duration::from_secs(15),
+        3,
+    );
     assert!(
         samples.iter().all(|s| s.as_slice() == [leader]),
         "the VIP moved: {:?}",
-        samples.iter().filter(|s| s.as_slice() != [leader]).collect::<Vec<_>>()
+        samples
+            .iter()
+            .filter(|s| s.as_slice() != [leader])
+            .collect::<Vec<_>>()
     );
     let terms = c.leader_terms();
-    assert_eq!(terms.iter().sum::<u64>(), 1, "leader terms by node: {terms:?}");
-    let s = wait_status(&c, leader, "unplaceable reported", Duration::from_secs(5), |s| {
-        s["zookeeper"]["unplaceable"][UNROUTABLE].as_str().is_some_and(|w| w.contains("no route"))
-    });
+    assert_eq!(
+        terms.iter().sum::<u64>(),
+        1,
+        "leader terms by node: {terms:?}"
+    );
+    let s = wait_status(
+        &c,
+        leader,
+        "unplaceable reported",
+        Duration::from_secs(5),
+        |s| {
+            s["zookeeper"]["unplaceable"][UNROUTABLE]
+                .as_str()
+                .is_some_and(|w| w.contains("no route"))
+        },
+    );
     assert_eq!(s["role"], "leader");
-    let text = c.vipctl_on(leader, &["status", "--api-socket", &c.nodes[leader].socket.display().to_string()]);
+    let text = c.vipctl_on(
+        leader,
+        &[
+            "status",
+            "--api-socket",
+            &c.nodes[leader].socket.display().to_string(),
+        ],
+    );
     let text = String::from_utf8_lossy(&text.stdout);
-    assert!(text.contains(&format!("unplaceable {UNROUTABLE}")), "{text}");
+    assert!(
+        text.contains(&format!("unplaceable {UNROUTABLE}")),
+        "{text}"
+    );
 }
 
 /// Only n3 routes the second VIP: leadership moves to n3 once (from the
@@ -300,9 +417,16 @@ fn leadership_moves_once_to_the_node_that_can_serve_more() {
     assert_eq!(holder, 2, "holds both");
     eprintln!("n3 holds both {took:?} after the others started");
     let samples = assert_one_holder(&c, "after the move", GOOD[0], Duration::from_secs(10), 0);
-    assert!(samples.iter().all(|s| s.as_slice() == [2]), "moved again: {samples:?}");
+    assert!(
+        samples.iter().all(|s| s.as_slice() == [2]),
+        "moved again: {samples:?}"
+    );
     let terms = c.leader_terms();
-    assert_eq!(terms, vec![1, 0, 1], "leader terms by node: one move, from n1 straight to n3");
+    assert_eq!(
+        terms,
+        vec![1, 0, 1],
+        "leader terms by node: one move, from n1 straight to n3"
+    );
     assert_eq!(c.sole_holder(&both), Some(2));
 }
 
@@ -316,7 +440,8 @@ fn vip_the_kernel_refuses_costs_only_itself() {
     let mut c = Cluster::new("cfg_addfail", ZkKind::Standalone, 3);
     for (i, n) in c.nodes.iter().enumerate() {
         let own = format!("198.51.100.{}/24", 11 + i);
-        n.host.ip(&["addr", "add", &own, "dev", "eth0", "scope", "link"]);
+        n.host
+            .ip(&["addr", "add", &own, "dev", "eth0", "scope", "link"]);
     }
     c.vip_ok(&["set", "web", GOOD[0], UNROUTABLE]);
     c.start_all();
@@ -328,7 +453,8 @@ fn vip_the_kernel_refuses_costs_only_itself() {
     let start = Instant::now();
     let leader = loop {
         if let Some(l) = c.leading_node()
-            && c.try_status(l).is_some_and(|s| s["zookeeper"]["unplaceable"][UNROUTABLE].is_string())
+            && c.try_status(l)
+                .is_some_and(|s| s["zookeeper"]["unplaceable"][UNROUTABLE].is_string())
         {
             break l;
         }
@@ -340,13 +466,30 @@ fn vip_the_kernel_refuses_costs_only_itself() {
         std::thread::sleep(Duration::from_millis(200));
     };
     let terms = c.leader_terms();
-    let samples = assert_one_holder(&c, "a refused VIP beside", GOOD[0], Duration::from_secs(10), 0);
-    assert!(samples.iter().all(|s| s.as_slice() == [leader]), "moved: {samples:?}");
+    let samples = assert_one_holder(
+        &c,
+        "a refused VIP beside",
+        GOOD[0],
+        Duration::from_secs(10),
+        0,
+    );
+    assert!(
+        samples.iter().all(|s| s.as_slice() == [leader]),
+        "moved: {samples:?}"
+    );
     assert_eq!(c.leader_terms(), terms, "leadership moved after settling");
-    assert!(terms.iter().sum::<u64>() <= 3 && terms.iter().all(|&t| t <= 1), "terms {terms:?}");
+    assert!(
+        terms.iter().sum::<u64>() <= 3 && terms.iter().all(|&t| t <= 1),
+        "terms {terms:?}"
+    );
     let s = c.status(leader);
-    let why = s["zookeeper"]["unplaceable"][UNROUTABLE].as_str().unwrap_or_default();
-    assert!(why.contains("Invalid argument") || why.contains("os error 22"), "{why}");
+    let why = s["zookeeper"]["unplaceable"][UNROUTABLE]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        why.contains("Invalid argument") || why.contains("os error 22"),
+        "{why}"
+    );
     let state = s["vips"]
         .as_array()
         .unwrap()

@@ -10,10 +10,7 @@ mod placement;
 pub mod session;
 pub mod store;
 
-use std::{
-    collections::BTreeMap,
-    time::Duration,
-};
+use std::{collections::BTreeMap, time::Duration};
 
 use serde::Serialize;
 use tokio::{sync::watch, time::Instant};
@@ -509,7 +506,8 @@ impl Ctx<'_> {
                 }
             }
         };
-        let persist = store::persist_applied(client, &self.paths, &self.acl, deadline, parsed, leading);
+        let persist =
+            store::persist_applied(client, &self.paths, &self.acl, deadline, parsed, leading);
         tokio::join!(follow, persist);
     }
 
@@ -684,7 +682,9 @@ impl Ctx<'_> {
                     }
                     LeadEnd::Terminal(s) => return s,
                     LeadEnd::Place(to) => {
-                        self.error(format!("handed over to {to}: it can serve more of the configured VIPs"));
+                        self.error(format!(
+                            "handed over to {to}: it can serve more of the configured VIPs"
+                        ));
                         self.withdraw(client, st, own, deadline).await;
                         continue;
                     }

@@ -37,7 +37,10 @@ pub(crate) struct Member {
 }
 
 /// The configured VIPs the engine says it cannot serve here, with why.
-pub(crate) fn unplaceable(configured: &BTreeSet<Vip>, report: &EngineReport) -> BTreeMap<Vip, String> {
+pub(crate) fn unplaceable(
+    configured: &BTreeSet<Vip>,
+    report: &EngineReport,
+) -> BTreeMap<Vip, String> {
     report
         .unservable
         .iter()
@@ -86,10 +89,11 @@ async fn read_members(
     paths: &super::ClusterPaths,
     deadline: Duration,
 ) -> Result<(Vec<Member>, Vec<OneshotWatcher>), ZkCallError> {
-    let standing: Vec<String> = sort_candidates(list_election(client, &paths.election, deadline).await?)
-        .iter()
-        .map(|c| node_of(c).to_string())
-        .collect();
+    let standing: Vec<String> =
+        sort_candidates(list_election(client, &paths.election, deadline).await?)
+            .iter()
+            .map(|c| node_of(c).to_string())
+            .collect();
     let dir = &paths.members;
     let (mut names, w) = call(
         "list children",
@@ -103,7 +107,14 @@ async fn read_members(
     let mut members = Vec::new();
     for node in names {
         let path = paths.member(&node);
-        let data = match call("get data", &path, deadline, client.get_and_watch_data(&path)).await {
+        let data = match call(
+            "get data",
+            &path,
+            deadline,
+            client.get_and_watch_data(&path),
+        )
+        .await
+        {
             Ok((data, _, w)) => {
                 watchers.push(w);
                 serde_json::from_slice::<MemberData>(&data).unwrap_or_default()
@@ -217,7 +228,13 @@ impl Ctx<'_> {
     }
 
     /// Writes the handover request naming `to`; true when written.
-    async fn request_handover(&self, client: &Client, me: &str, to: &str, deadline: Duration) -> bool {
+    async fn request_handover(
+        &self,
+        client: &Client,
+        me: &str,
+        to: &str,
+        deadline: Duration,
+    ) -> bool {
         let req = HandoverRequest {
             from: me.to_string(),
             to: Some(to.to_string()),
@@ -264,16 +281,27 @@ mod tests {
         let configured = vips(&[A, B, C]);
         let own = vips(&[A, C]);
         // Equal: no move (that would rotate for ever).
-        assert_eq!(better_member("n1", &configured, &own, &[member("n2", &[A, C])]), None);
+        assert_eq!(
+            better_member("n1", &configured, &own, &[member("n2", &[A, C])]),
+            None
+        );
         // More, but not all of ours: no move (no strict order).
-        assert_eq!(better_member("n1", &configured, &own, &[member("n2", &[A, B])]), None);
+        assert_eq!(
+            better_member("n1", &configured, &own, &[member("n2", &[A, B])]),
+            None
+        );
         assert_eq!(
             better_member("n1", &configured, &own, &[member("n2", &[A, B, C])]),
             Some("n2".into())
         );
         // VIPs outside the configuration do not count.
         assert_eq!(
-            better_member("n1", &configured, &own, &[member("n2", &[A, C, "192.0.2.200"])]),
+            better_member(
+                "n1",
+                &configured,
+                &own,
+                &[member("n2", &[A, C, "192.0.2.200"])]
+            ),
             None
         );
     }
@@ -309,7 +337,11 @@ mod tests {
             member("n1", &[A, B]),
         ];
         for m in unfit {
-            assert_eq!(better_member("n1", &configured, &own, &[m.clone()]), None, "{m:?}");
+            assert_eq!(
+                better_member("n1", &configured, &own, std::slice::from_ref(&m)),
+                None,
+                "{m:?}"
+            );
         }
     }
 
@@ -317,8 +349,15 @@ mod tests {
     fn the_member_serving_most_wins_then_the_first_in_line() {
         let configured = vips(&[A, B, C]);
         let own = vips(&[A]);
-        let ms = [member("n2", &[A, B]), member("n3", &[A, B, C]), member("n4", &[A, C, B])];
-        assert_eq!(better_member("n1", &configured, &own, &ms), Some("n3".into()));
+        let ms = [
+            member("n2", &[A, B]),
+            member("n3", &[A, B, C]),
+            member("n4", &[A, C, B]),
+        ];
+        assert_eq!(
+            better_member("n1", &configured, &own, &ms),
+            Some("n3".into())
+        );
     }
 
     #[test]

@@ -98,8 +98,8 @@ pub fn parse_service(path: &str, data: &[u8]) -> Result<ParsedService, String> {
             data.len()
         ));
     }
-    let text = std::str::from_utf8(data)
-        .map_err(|e| format!("{path}: data is not UTF-8 text ({e})"))?;
+    let text =
+        std::str::from_utf8(data).map_err(|e| format!("{path}: data is not UTF-8 text ({e})"))?;
     if text.trim().is_empty() {
         return Ok(ParsedService::default());
     }
@@ -288,7 +288,10 @@ async fn read_services(
 }
 
 /// Logs what changed in a service's refusals: one line per change.
-fn log_changes(before: Option<&BTreeMap<String, ServiceStatus>>, now: &BTreeMap<String, ServiceStatus>) {
+fn log_changes(
+    before: Option<&BTreeMap<String, ServiceStatus>>,
+    now: &BTreeMap<String, ServiceStatus>,
+) {
     for (name, s) in now {
         let was = before.and_then(|b| b.get(name));
         if was.map(|w| &w.refused) != Some(&s.refused) && !s.refused.is_empty() {

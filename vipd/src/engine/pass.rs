@@ -188,9 +188,10 @@ impl Engine {
                     }
                     Err(e) => {
                         // One line per new error, not one per pass.
-                        let again = self.add_failures.get(vip).is_some_and(|f| {
-                            f.placement == *placement && f.error == e.to_string()
-                        });
+                        let again = self
+                            .add_failures
+                            .get(vip)
+                            .is_some_and(|f| f.placement == *placement && f.error == e.to_string());
                         if again {
                             debug!(vip = %vip, error = %e, "cannot add VIP (again)");
                         } else {
