@@ -490,6 +490,50 @@ impl Cluster {
 }
 
 impl Cluster {
+    /// Samples every `every` for `span` which nodes hold `vip` (IPv4):
+    /// one list of node indices per sample.
+    pub fn sample_holders(
+        &self,
+        vip: Ipv4Addr,
+        span: Duration,
+        every: Duration,
+    ) -> Vec<Vec<usize>> {
+        let one = BTreeSet::from([vip]);
+        let start = Instant::now();
+        let mut samples = Vec::new();
+        while start.elapsed() < span {
+            samples.push(
+                (0..self.nodes.len())
+                    .filter(|&i| !self.held(i, &one).is_empty())
+                    .collect(),
+            );
+            std::thread::sleep(every);
+        }
+        samples
+    }
+
+    /// Leader terms started so far, by node (`leader_terms` of each
+    /// running vipd's status; 0 for one that does not answer).
+    pub fn leader_terms(&self) -> Vec<u64> {
+        (0..self.nodes.len())
+            .map(|i| {
+                self.try_status(i)
+                    .and_then(|s| s["leader_terms"].as_u64())
+                    .unwrap_or(0)
+            })
+            .collect()
+    }
+
+    /// The index of the node whose status says it leads, if exactly one.
+    pub fn leading_node(&self) -> Option<usize> {
+        let leaders: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.try_status(i).is_some_and(|s| s["role"] == "leader"))
+            .collect();
+        (leaders.len() == 1).then(|| leaders[0])
+    }
+}
+
+impl Cluster {
     /// Index of the ensemble member in `Mode: leader` (the `srvr` command).
     pub fn zk_quorum_leader(&self) -> Option<usize> {
         (0..self.zk_hosts.len()).find(|&i| {

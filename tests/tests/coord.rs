@@ -52,7 +52,6 @@ struct NodeOpts {
     auth: Option<ZkAuth>,
     /// The fake engine reports every desired VIP as unroutable (R4).
     no_route: bool,
-    backoff: Duration,
     /// `--lease` (default: a third of the session timeout).
     lease: Option<Duration>,
 }
@@ -63,7 +62,6 @@ impl Default for NodeOpts {
             timeout: Duration::from_secs(1),
             auth: None,
             no_route: false,
-            backoff: Duration::from_secs(1),
             lease: None,
         }
     }
@@ -100,10 +98,18 @@ fn start_node(hosts: &str, cluster: &str, id: &str, opts: NodeOpts) -> Node {
                 } else {
                     BTreeSet::new()
                 },
-                no_route: if leader && no_route {
-                    want.vips.clone()
-                } else {
+                servable: if no_route {
                     BTreeSet::new()
+                } else {
+                    want.vips.clone()
+                },
+                unservable: if no_route {
+                    want.vips
+                        .iter()
+                        .map(|v| (*v, "no route".to_string()))
+                        .collect()
+                } else {
+                    Default::default()
                 },
                 ..EngineReport::default()
             });
@@ -118,7 +124,6 @@ fn start_node(hosts: &str, cluster: &str, id: &str, opts: NodeOpts) -> Node {
         node_id: id.to_string(),
         session_timeout: opts.timeout,
         auth: opts.auth,
-        step_down_backoff: opts.backoff,
         lease: LeaseTimes::new(opts.timeout, opts.lease, Duration::from_millis(100))
             .expect("valid lease"),
     };
@@ -443,8 +448,7 @@ async fn service_config_follows_writes_and_isolates_bad_data() {
             .is_some_and(|e| e.contains(bad) && e.contains("oops"))
             && s.services
                 .get("mcast")
-                .and_then(|x| x.error.clone())
-                .is_some_and(|e| e.contains(invalid) && e.contains("224.0.0.18"))
+                .is_some_and(|x| x.refused.iter().any(|r| r.value == "224.0.0.18"))
     })
     .await;
     assert_eq!(leader.vips(), ["192.0.2.101", "192.0.2.102"]);
@@ -684,10 +688,11 @@ async fn same_session_back_leads_again_after_a_renewal() {
     a.stop().await;
 }
 
-/// R4: a leader that cannot route a VIP gives up (its VIPs released first),
-/// another node leads, and it stands again after the backoff.
+/// A leader that cannot route a VIP keeps leading (it serves the others)
+/// and reports it unplaceable until a member that can serve strictly more
+/// stands: then it hands over to it, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn leader_without_route_gives_up() {
+async fn leader_without_route_keeps_leading_until_a_better_member_stands() {
     init_log();
     let zk = ZkServer::start_standalone(Ipv4Addr::LOCALHOST, None);
     let hosts = zk.connect_string();
@@ -699,7 +704,6 @@ async fn leader_without_route_gives_up() {
         "a",
         NodeOpts {
             no_route: true,
-            backoff: Duration::from_millis(500),
             ..Default::default()
         },
     );
@@ -707,6 +711,29 @@ async fn leader_without_route_gives_up() {
         a.first(Role::Leader, started).is_some()
     })
     .await;
+    wait_until(
+        "a reports the VIP unplaceable",
+        Duration::from_secs(5),
+        || {
+            a.status
+                .borrow()
+                .unplaceable
+                .contains_key(&"192.0.2.50".parse::<Vip>().unwrap())
+        },
+    )
+    .await;
+    // Alone, it keeps leading.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(a.role(), Role::Leader);
+    assert_eq!(
+        a.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.role == Role::Leader)
+            .count(),
+        1
+    );
     let mut b = start_node(&hosts, "r4", "b", NodeOpts::default());
     wait_until("b leads", Duration::from_secs(10), || {
         b.role() == Role::Leader
@@ -714,12 +741,23 @@ async fn leader_without_route_gives_up() {
     .await;
     assert_eq!(a.role(), Role::Follower);
     let err = a.status.borrow().last_error.clone().unwrap_or_default();
-    assert!(err.contains("192.0.2.50"), "{err}");
-    // a stood again: b stays leader and a follows it.
+    assert!(err.contains("handed over to b"), "{err}");
+    // b serves more than a: it keeps leading, a follows it.
     wait_until("a follows b", Duration::from_secs(10), || {
         a.status.borrow().leader.as_deref() == Some("b")
     })
     .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(b.role(), Role::Leader);
+    assert_eq!(
+        b.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.role == Role::Leader)
+            .count(),
+        1
+    );
     a.stop().await;
     b.stop().await;
 }

@@ -117,6 +117,7 @@ impl ApiState {
             "mode": self.mode,
             "role": e.role,
             "term": e.term,
+            "leader_terms": e.leader_terms,
             "vips": e.vips,
             "last_reconcile": e.last_reconcile,
             "xdp": {

@@ -413,8 +413,9 @@ pub struct ZkArgs {
     #[arg(global = true, long, env = "VIPD_ZK_AUTH_FILE")]
     pub zk_auth_file: Option<PathBuf>,
 
-    /// How long a leader that gave up (no route for a VIP) waits before it
-    /// stands for election again.
+    /// Deprecated and ignored: a leader no longer gives up leadership for
+    /// a VIP it cannot route (it serves the others and hands over only to a
+    /// member that can serve more). Accepted so older configurations load.
     #[arg(global = true, long, env = "VIPD_STEP_DOWN_BACKOFF", value_parser = parse_positive_duration, default_value = "5s")]
     pub step_down_backoff: Duration,
 

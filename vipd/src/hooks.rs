@@ -219,7 +219,6 @@ mod tests {
             role: Role::Leader,
             term: 7,
             held: [vip("192.0.2.101"), vip("192.0.2.100")].into(),
-            no_route: BTreeSet::new(),
             ..EngineReport::default()
         };
         let t = Transition::of(&r, None);

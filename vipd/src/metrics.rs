@@ -183,6 +183,11 @@ pub fn render(state: &ApiState) -> String {
             "1 while ZooKeeper granted a session too short for the configured lease (shortened, or not standing)",
             i64::from(c.lease_adjusted.is_some()),
         );
+        p.gauge(
+            "vipd_vips_unplaceable",
+            "On the leader: configured VIPs it cannot serve while no standing member can serve more (held nowhere)",
+            count(c.unplaceable.len()),
+        );
         if let Some(term) = c.term {
             p.gauge(
                 "vipd_term",

@@ -318,6 +318,54 @@ pub fn addresses(wanted: &BTreeSet<Vip>, routes: &RouteTable, addrs: &[Address])
     }
 }
 
+/// Failed adds of one VIP in a row, at one placement.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AddFailure {
+    pub placement: Placement,
+    pub count: u32,
+    /// The kernel's error of the last one.
+    pub error: String,
+}
+
+/// Failed adds in a row that make a VIP one this node cannot serve: the
+/// first failure is retried at the next pass, a second one counts.
+pub const ADD_FAILURES_UNSERVABLE: u32 = 2;
+
+/// Which of `vips` this node can serve, and why it cannot serve the
+/// others: no route matches, or adding it where the route says failed
+/// [`ADD_FAILURES_UNSERVABLE`] times in a row. Whatever the role: a
+/// follower's set is what it could serve if it led.
+pub fn servable(
+    vips: &BTreeSet<Vip>,
+    routes: &RouteTable,
+    failures: &BTreeMap<Vip, AddFailure>,
+) -> (BTreeSet<Vip>, BTreeMap<Vip, String>) {
+    let mut yes = BTreeSet::new();
+    let mut no = BTreeMap::new();
+    for &vip in vips {
+        match routes.placement(vip) {
+            None => {
+                no.insert(vip, format!("no route matches VIP {vip} on this node"));
+            }
+            Some(p) => match failures.get(&vip) {
+                Some(f) if f.placement == p && f.count >= ADD_FAILURES_UNSERVABLE => {
+                    no.insert(
+                        vip,
+                        format!(
+                            "adding VIP {vip} failed {} times in a row: {}",
+                            f.count, f.error
+                        ),
+                    );
+                }
+                _ => {
+                    yes.insert(vip);
+                }
+            },
+        }
+    }
+    (yes, no)
+}
+
 fn remove(vip: Vip, address: &Address, all: &[Address]) -> Action {
     Action::Remove {
         vip,
@@ -880,5 +928,35 @@ mod tests {
         assert_eq!(removed, vec![&node.2[2], &residue]);
         // A marked address the plan keeps would still be reported held.
         assert!(p.on_node(&p.holdings, &node.2, &[]).is_empty());
+    }
+
+    #[test]
+    fn servable_is_routable_and_not_failing_to_be_added() {
+        let vips = wanted(&["192.0.2.100", "198.51.100.7", "203.0.113.9"]);
+        let table = RouteTable::new(routes().routes[..2].to_vec());
+        let fail = |count| {
+            BTreeMap::from([(
+                vip("198.51.100.7"),
+                AddFailure {
+                    placement: on(2, 24),
+                    count,
+                    error: "Address already in use (os error 98)".into(),
+                },
+            )])
+        };
+        let (yes, no) = servable(&vips, &table, &BTreeMap::new());
+        assert_eq!(yes, wanted(&["192.0.2.100", "198.51.100.7"]));
+        assert!(no[&vip("203.0.113.9")].contains("no route"));
+        // One failure is retried first; the second counts.
+        let (yes, _) = servable(&vips, &table, &fail(1));
+        assert!(yes.contains(&vip("198.51.100.7")));
+        let (yes, no) = servable(&vips, &table, &fail(2));
+        assert_eq!(yes, wanted(&["192.0.2.100"]));
+        assert!(no[&vip("198.51.100.7")].contains("Address already in use"));
+        // Failures at another placement (the route moved) do not count.
+        let mut moved = fail(5);
+        moved.get_mut(&vip("198.51.100.7")).unwrap().placement = on(1, 24);
+        let (yes, _) = servable(&vips, &table, &moved);
+        assert!(yes.contains(&vip("198.51.100.7")));
     }
 }

@@ -3,7 +3,7 @@
 //! has done, so the source can release leadership only once VIPs are gone.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     time::{Duration, Instant},
 };
 
@@ -80,8 +80,13 @@ pub struct EngineReport {
     pub term: u64,
     /// VIPs configured on this node (with vipd's mark) after the last pass.
     pub held: BTreeSet<Vip>,
-    /// Wanted VIPs that no route matches (R4): a leader should give up.
-    pub no_route: BTreeSet<Vip>,
+    /// The configured VIPs this node can serve: a route matches and adding
+    /// them has not failed twice in a row. Computed on every pass, whatever
+    /// the role, and published for the leader to compare.
+    pub servable: BTreeSet<Vip>,
+    /// The configured VIPs it cannot serve, with why (no route, or the
+    /// kernel's error from the last add).
+    pub unservable: BTreeMap<Vip, String>,
     /// Interfaces of wanted VIPs that have been down or without carrier for
     /// longer than the grace (R18): this node cannot serve, it withdraws.
     pub links_down: BTreeSet<String>,

@@ -627,9 +627,27 @@ fn status_table(v: &serde_json::Value) -> String {
                     .unwrap_or_default();
                 let err = svc["error"]
                     .as_str()
-                    .map(|e| format!("  ERROR: {e}"))
+                    .map(|e| {
+                        if svc["last_good"].as_bool() == Some(true) {
+                            format!("  (LAST GOOD VIPs kept) ERROR: {e}")
+                        } else {
+                            format!("  ERROR: {e}")
+                        }
+                    })
                     .unwrap_or_default();
                 out.push_str(&format!("service {name}: {}{err}\n", vips.join(" ")));
+                for r in svc["refused"].as_array().into_iter().flatten() {
+                    out.push_str(&format!(
+                        "  refused {:?}: {}\n",
+                        s(&r["value"]),
+                        s(&r["reason"])
+                    ));
+                }
+            }
+        }
+        if let Some(u) = zk["unplaceable"].as_object() {
+            for (vip, why) in u {
+                out.push_str(&format!("unplaceable {vip}: {}\n", s(why)));
             }
         }
     }

@@ -196,6 +196,7 @@ async fn apply(
         };
         let merge_base = |data: &[u8]| {
             parse_service(&path, data)
+                .and_then(|p| p.strict(&path))
                 .map(|v| v.into_iter().collect::<BTreeSet<_>>())
                 .map_err(|reason| AdminError::Corrupt {
                     path: path.clone(),
@@ -306,9 +307,14 @@ async fn list(client: &Client, paths: &ClusterPaths, json: bool) -> Result<Strin
     for name in names {
         let path = format!("{}/{name}", paths.services);
         match call("get data", &path, d, client.get_data(&path)).await {
+            // A refused entry is listed as invalid beside the service's
+            // good VIPs, which the cluster serves.
             Ok((data, _)) => match parse_service(&path, &data) {
-                Ok(vips) => {
-                    listing.services.insert(name, vips);
+                Ok(p) => {
+                    listing.services.insert(name.clone(), p.vips.clone());
+                    if let Err(e) = p.strict(&path) {
+                        listing.invalid.insert(name, e);
+                    }
                 }
                 Err(e) => {
                     listing.invalid.insert(name, e);

@@ -6,13 +6,11 @@ pub mod admin;
 pub mod election;
 pub mod lease;
 pub mod nodes;
+mod placement;
 pub mod session;
 pub mod store;
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    time::Duration,
-};
+use std::{collections::BTreeMap, time::Duration};
 
 use serde::Serialize;
 use tokio::{sync::watch, time::Instant};
@@ -23,7 +21,7 @@ use zookeeper_client::{Client, SessionState, StateWatcher};
 pub use self::{
     admin::{AdminError, VipCommand, run_vip_command},
     session::{ZkAuth, ZkAuthError},
-    store::ServiceStatus,
+    store::{RefusedValue, ServiceStatus},
 };
 use self::{
     election::{CandidateData, ensure_candidacy, ms_up, node_of, sequence, sort_candidates},
@@ -46,8 +44,6 @@ pub struct ZkSettings {
     pub node_id: String,
     pub session_timeout: Duration,
     pub auth: Option<ZkAuth>,
-    /// Wait after giving up leadership (no route for a VIP) before standing again.
-    pub step_down_backoff: Duration,
     /// The leader's lease and the successor's takeover (R15).
     pub lease: LeaseTimes,
 }
@@ -75,7 +71,6 @@ impl ZkSettings {
             node_id,
             session_timeout: args.session_timeout,
             auth,
-            step_down_backoff: args.step_down_backoff,
             lease,
         }))
     }
@@ -125,6 +120,9 @@ pub struct CoordStatus {
     pub services: BTreeMap<String, ServiceStatus>,
     /// VIPs named by more than one service: served once, reported.
     pub duplicate_vips: Vec<Vip>,
+    /// On the leader: configured VIPs it cannot serve (with why) while no
+    /// standing member can serve more: held nowhere, the others served.
+    pub unplaceable: BTreeMap<Vip, String>,
     pub last_error: Option<String>,
     /// Why this node does not stand for election now (R18: a VIP
     /// interface down, failing health checks, drained); None: it stands.
@@ -391,8 +389,9 @@ enum LeadEnd {
     Lost,
     /// The session ended.
     Terminal(SessionState),
-    /// A VIP cannot be placed here (R4).
-    GiveUp(BTreeSet<Vip>),
+    /// A member can serve more of the configured VIPs: the handover
+    /// request naming it is written, withdraw.
+    Place(String),
     /// This node cannot serve (R18): hand over.
     Withdraw(String),
     /// An operator asked for a handover (`vipctl handover`).
@@ -420,9 +419,10 @@ impl Ctx<'_> {
             changed
         });
         self.status.send_if_modified(|x| {
-            let changed = x.is_leader || x.fenced != fenced;
+            let changed = x.is_leader || x.fenced != fenced || !x.unplaceable.is_empty();
             x.is_leader = false;
             x.fenced = fenced;
+            x.unplaceable.clear();
             changed
         });
     }
@@ -520,9 +520,14 @@ impl Ctx<'_> {
         }
     }
 
-    fn publish_services(&self, r: Result<BTreeMap<String, ServiceStatus>, String>) {
+    fn publish_services(
+        &self,
+        r: Result<BTreeMap<String, ServiceStatus>, String>,
+        parsed: &watch::Sender<Option<BTreeMap<String, ServiceStatus>>>,
+    ) {
         match r {
             Ok(services) => {
+                parsed.send_replace(Some(services.clone()));
                 let (all, dup) = store::merge(&services);
                 if !dup.is_empty() {
                     warn!(vips = ?dup.iter().map(ToString::to_string).collect::<Vec<_>>(), "VIPs named by more than one service; each is served once");
@@ -550,10 +555,11 @@ impl Ctx<'_> {
         cancel: &CancellationToken,
     ) -> (SessionState, Option<String>) {
         let deadline = client.session_timeout() / 3;
-        let services =
-            store::watch_services(client, &self.paths.services, &self.acl, deadline, |r| {
-                self.publish_services(r)
-            });
+        let (parsed_tx, parsed) = watch::channel(None);
+        let services = store::watch_services(client, &self.paths, &self.acl, deadline, |r| {
+            self.publish_services(r, &parsed_tx)
+        });
+        let persist = self.persist_applied(client, deadline, parsed);
         let record_path = self.paths.node(&self.settings.node_id);
         let record = nodes::watch_record(client, &record_path, deadline, |d| {
             if self
@@ -563,21 +569,53 @@ impl Ctx<'_> {
                 info!(drained = d, "drain record changed");
             }
         });
-        let member = self.publish_member(client, deadline);
+        let member = self.publish_member(client, deadline, st.report.clone());
         let mut own = None;
         let end = tokio::select! {
             s = services => s,
             s = record => s,
             () = member => std::future::pending().await,
+            () = persist => std::future::pending().await,
             s = self.campaign(client, st, &mut own, cancel) => s,
         };
         (end, own)
     }
 
+    /// While this node leads, keeps the last good record of each service
+    /// (see `store::persist_applied`).
+    async fn persist_applied(
+        &self,
+        client: &Client,
+        deadline: Duration,
+        parsed: watch::Receiver<Option<BTreeMap<String, ServiceStatus>>>,
+    ) {
+        let (leading_tx, leading) = watch::channel(false);
+        let mut desired = self.desired.subscribe();
+        // Only a change of role matters, not the lease renewals.
+        let follow = async {
+            loop {
+                let lead = desired.borrow_and_update().role == Role::Leader;
+                leading_tx.send_if_modified(|x| std::mem::replace(x, lead) != lead);
+                if desired.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        let persist =
+            store::persist_applied(client, &self.paths, &self.acl, deadline, parsed, leading);
+        tokio::join!(follow, persist);
+    }
+
     /// Keeps this node's member znode (role, health, why it does not
-    /// stand) current for `vipctl node list`.
-    async fn publish_member(&self, client: &Client, deadline: Duration) {
-        let of = |c: &CoordStatus, h: Option<&HealthStatus>| nodes::MemberData {
+    /// stand, which configured VIPs it can serve) current for `vipctl node
+    /// list` and for the leader's placement.
+    async fn publish_member(
+        &self,
+        client: &Client,
+        deadline: Duration,
+        mut report: watch::Receiver<EngineReport>,
+    ) {
+        let of = |c: &CoordStatus, h: Option<&HealthStatus>, r: &EngineReport| nodes::MemberData {
             node: self.settings.node_id.clone(),
             host: crate::config::hostname(),
             role: if c.is_leader {
@@ -590,13 +628,21 @@ impl Ctx<'_> {
             .into(),
             healthy: h.map(|h| h.healthy),
             withdrawn: c.withdrawn.clone(),
+            servable: Some(r.servable.clone()),
         };
         let mut status = self.status.subscribe();
         let mut health = self.health.clone();
-        let now = |s: &watch::Receiver<CoordStatus>, h: &Option<watch::Receiver<HealthStatus>>| {
-            of(&s.borrow(), h.as_ref().map(|h| h.borrow().clone()).as_ref())
+        let mut report_open = true;
+        let now = |s: &watch::Receiver<CoordStatus>,
+                   h: &Option<watch::Receiver<HealthStatus>>,
+                   r: &watch::Receiver<EngineReport>| {
+            of(
+                &s.borrow(),
+                h.as_ref().map(|h| h.borrow().clone()).as_ref(),
+                &r.borrow(),
+            )
         };
-        let (tx, rx) = watch::channel(now(&status, &health));
+        let (tx, rx) = watch::channel(now(&status, &health, &report));
         let path = self.paths.member(&self.settings.node_id);
         let publish =
             nodes::publish_member(client, &self.paths.members, &path, &self.acl, deadline, rx);
@@ -605,8 +651,9 @@ impl Ctx<'_> {
                 tokio::select! {
                     r = status.changed() => if r.is_err() { return },
                     r = changed_opt(&mut health) => if r.is_err() { health = None },
+                    r = report.changed(), if report_open => if r.is_err() { report_open = false },
                 }
-                let m = now(&status, &health);
+                let m = now(&status, &health, &report);
                 tx.send_if_modified(|x| {
                     let changed = *x != m;
                     *x = m;
@@ -729,8 +776,11 @@ impl Ctx<'_> {
                         continue;
                     }
                     LeadEnd::Terminal(s) => return s,
-                    LeadEnd::GiveUp(vips) => {
-                        self.give_up(client, st, own, vips, deadline, cancel).await;
+                    LeadEnd::Place(to) => {
+                        self.error(format!(
+                            "handed over to {to}: it can serve more of the configured VIPs"
+                        ));
+                        self.withdraw(client, st, own, deadline).await;
                         continue;
                     }
                     LeadEnd::Handover(to) => {
@@ -872,6 +922,8 @@ impl Ctx<'_> {
         let handover =
             nodes::handover_requested(client, &self.paths.handover, me, lease.poll_deadline());
         tokio::pin!(handover);
+        let better = self.seek_better_leader(client, me, term, st.report.clone());
+        tokio::pin!(better);
         let (ack_tx, mut ack_rx) = watch::channel(sent);
         // One renewal at a time, each waited for up to the lease (an answer
         // later than that extends nothing): a renewal that timed out and
@@ -940,6 +992,7 @@ impl Ctx<'_> {
             tokio::select! {
                 _ = cancel.cancelled() => break LeadEnd::Cancelled,
                 to = &mut handover => break LeadEnd::Handover(to),
+                to = &mut better => break LeadEnd::Place(to),
                 _ = st.drained.changed() => {
                     if let Some(why) = st.unfit() {
                         break LeadEnd::Withdraw(why);
@@ -980,11 +1033,7 @@ impl Ctx<'_> {
                         st.report_open = false;
                         continue;
                     }
-                    let rep = st.report.borrow_and_update();
-                    if rep.role == Role::Leader && rep.term == st.term && !rep.no_route.is_empty() {
-                        break LeadEnd::GiveUp(rep.no_route.clone());
-                    }
-                    drop(rep);
+                    st.report.borrow_and_update();
                     if let Some(why) = st.unfit() {
                         break LeadEnd::Withdraw(why);
                     }
@@ -1211,38 +1260,6 @@ impl Ctx<'_> {
             renewal,
         })
         .expect("plain data serializes")
-    }
-
-    /// R4: publish Follower, wait until the engine holds nothing, release
-    /// the candidacy, wait the backoff, then the caller stands again.
-    async fn give_up(
-        &self,
-        client: &Client,
-        st: &mut Campaign,
-        own: &mut Option<String>,
-        vips: BTreeSet<Vip>,
-        deadline: Duration,
-        cancel: &CancellationToken,
-    ) {
-        let list: Vec<String> = vips.iter().map(ToString::to_string).collect();
-        error!(vips = ?list, backoff = ?self.settings.step_down_backoff,
-            "no route for these VIPs on this node; giving up leadership so another node can serve them");
-        self.error(format!(
-            "gave up leadership: no route for VIPs {}",
-            list.join(", ")
-        ));
-        self.follower(st, false);
-        wait_released(st, RELEASE_WAIT).await;
-        if let Some(me) = own.take() {
-            let path = format!("{}/{me}", self.paths.election);
-            if let Err(e) = call("delete", &path, deadline, client.delete(&path, None)).await {
-                warn!(error = %e, "could not delete our candidacy; it goes with the session");
-            }
-        }
-        tokio::select! {
-            _ = cancel.cancelled() => {}
-            _ = tokio::time::sleep(self.settings.step_down_backoff) => {}
-        }
     }
 
     /// R18 (and R3): publish Follower, wait until the engine holds nothing,

@@ -2,10 +2,10 @@
 //! `/vipd/<cluster>/nodes/<node>` (persistent, written by vipctl, so it
 //! survives restarts and works from any machine), each running vipd's
 //! member znode `/vipd/<cluster>/members/<node>` (ephemeral: role, health,
-//! why it does not stand), and the handover request
+//! why it does not stand, which VIPs it can serve), and the handover request
 //! `/vipd/<cluster>/handover` (persistent, deleted by the next leader).
 
-use std::time::Duration;
+use std::{collections::BTreeSet, time::Duration};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -13,6 +13,7 @@ use tracing::{debug, info, warn};
 use zookeeper_client::{Client, CreateMode, Error as ZkError, SessionState};
 
 use super::session::{ZkCallError, ZnodeAcl, call, mkdir, until_terminated};
+use crate::vip::Vip;
 
 /// The operator's record of a node.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,6 +37,11 @@ pub struct MemberData {
     /// Why it does not stand (None: it stands).
     #[serde(default)]
     pub withdrawn: Option<String>,
+    /// The configured VIPs it can serve (routable, and not failing to be
+    /// added), as its engine found on its last pass; `None` from a vipd
+    /// that does not say, which is never handed over to.
+    #[serde(default)]
+    pub servable: Option<BTreeSet<Vip>>,
 }
 
 /// A request that the leader whose election znode is `from` steps down,

@@ -73,6 +73,9 @@ pub struct Engine {
     routers: HashMap<u32, bool>,
     /// The problem last logged per VIP (no route, operator address).
     reported: HashMap<Vip, VipState>,
+    /// Failed adds in a row per VIP: two make it one this node cannot
+    /// serve (reported to the source, published for the leader).
+    add_failures: BTreeMap<Vip, crate::reconcile::AddFailure>,
     /// Foreign claims of our VIPs, as last seen (published as status).
     conflicts: BTreeMap<Vip, ConflictStatus>,
     /// Where each VIP we hold lives, as of the last pass: what a lease
@@ -130,6 +133,7 @@ impl Engine {
             links: HashMap::new(),
             routers: HashMap::new(),
             reported: HashMap::new(),
+            add_failures: BTreeMap::new(),
             conflicts: BTreeMap::new(),
             held: BTreeMap::new(),
             addresses_renewed: None,

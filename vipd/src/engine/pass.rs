@@ -18,7 +18,7 @@ use crate::{
         ndp::forwarding,
         netlink::{NetSnapshot, enable_promote_secondaries},
     },
-    reconcile::{self, Action, AddressPlan, Facts, Holdings, Plan, Verdict},
+    reconcile::{self, Action, AddFailure, AddressPlan, Facts, Holdings, Plan, Verdict},
     role::{EngineReport, Role},
     vip::Vip,
     xdp::{XdpError, XdpProgram},
@@ -31,6 +31,8 @@ struct Executed {
     removed: usize,
     /// Why each VIP whose change failed did not make it.
     failed: BTreeMap<Vip, String>,
+    /// The kernel's error for each add that failed.
+    add_errors: BTreeMap<Vip, String>,
     /// Our addresses the plan removes that are still there (refused by the
     /// secondaries guard, or the removal failed).
     not_removed: Vec<Address>,
@@ -68,6 +70,7 @@ impl Engine {
         self.forget_removed(&plan.addresses, &mut done);
         self.remove(&snap, &plan.addresses, &mut done).await;
         self.add(&snap, &plan.addresses, &mut done).await;
+        self.count_add_failures(&snap, &plan.addresses, &done);
         let holdings = plan.outcome(&done.failed.keys().copied().collect());
         let xdp_errors = self.sync_xdp(&snap, &holdings);
         // What is queued goes out only while held, under the current lease.
@@ -188,13 +191,56 @@ impl Engine {
                         done.added += 1;
                     }
                     Err(e) => {
-                        error!(vip = %vip, error = %e, "cannot add VIP");
+                        // One line per new error, not one per pass.
+                        let again = self
+                            .add_failures
+                            .get(vip)
+                            .is_some_and(|f| f.placement == *placement && f.error == e.to_string());
+                        if again {
+                            debug!(vip = %vip, error = %e, "cannot add VIP (again)");
+                        } else {
+                            error!(vip = %vip, error = %e, "cannot add VIP");
+                        }
                         done.errors.push(e.to_string());
                         done.failed.insert(*vip, e.to_string());
+                        done.add_errors.insert(*vip, e.to_string());
                     }
                 }
             }
         }
+    }
+
+    /// Counts failed adds in a row per VIP (a success, a route to another
+    /// place or the VIP leaving the configuration forgets them); the
+    /// count decides whether this node can serve the VIP.
+    fn count_add_failures(&mut self, snap: &NetSnapshot, plan: &AddressPlan, done: &Executed) {
+        for action in &plan.actions {
+            let Action::Add { vip, placement } = action else {
+                continue;
+            };
+            match done.add_errors.get(vip) {
+                Some(error) => {
+                    let f = self.add_failures.entry(*vip).or_insert(AddFailure {
+                        placement: *placement,
+                        count: 0,
+                        error: String::new(),
+                    });
+                    if f.placement != *placement {
+                        f.placement = *placement;
+                        f.count = 0;
+                    }
+                    f.count += 1;
+                    f.error.clone_from(error);
+                }
+                None if !done.failed.contains_key(vip) => {
+                    self.add_failures.remove(vip);
+                }
+                None => {}
+            }
+        }
+        let vips = &self.applied.vips;
+        self.add_failures
+            .retain(|v, f| vips.contains(v) && snap.routes.placement(*v) == Some(f.placement));
     }
 
     /// Tells the source what this node holds now and publishes the pass's
@@ -214,9 +260,9 @@ impl Engine {
             mut failed,
             not_removed,
             errors,
+            ..
         } = done;
         let mut statuses = Vec::new();
-        let mut no_route = BTreeSet::new();
         let mut interfaces = BTreeMap::new();
         for (vip, verdict) in &plan.addresses.verdicts {
             let (state, placement, ifindex) = match verdict {
@@ -230,7 +276,6 @@ impl Engine {
                     (state, Some(*placement), Some(placement.ifindex))
                 }
                 Verdict::NoRoute => {
-                    no_route.insert(*vip);
                     let msg =
                         format!("no route matches VIP {vip}: it cannot be served from this node");
                     if self.first_report(*vip, VipState::NoRoute) {
@@ -285,11 +330,14 @@ impl Engine {
             }
         }
 
+        let (servable, unservable) =
+            reconcile::servable(&self.applied.vips, &snap.routes, &self.add_failures);
         let report = EngineReport {
             role: self.applied.role,
             term: self.applied.term,
             held: plan.on_node(holdings, &snap.addresses, &not_removed),
-            no_route,
+            servable,
+            unservable,
             links_down: self.links_down.clone(),
         };
         self.report.send_if_modified(|r| {
