@@ -130,6 +130,7 @@ impl ApiState {
             "announcements": self.announcer.stats(),
             "zookeeper": coord,
             "links": e.links,
+            "probes": e.probes,
             "health": self.health.as_ref().map(|h| h.borrow().clone()),
         })
     }

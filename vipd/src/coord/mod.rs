@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod election;
+pub mod held;
 pub mod lease;
 pub mod nodes;
 pub mod session;
@@ -468,11 +469,20 @@ impl Ctx<'_> {
                 info!(drained = d, "drain record changed");
             }
         });
-        let member = self.publish_member(client, deadline);
+        let member = self.publish_member(client, deadline, st.report.clone());
+        let held = held::keep(
+            client,
+            &self.paths,
+            &self.acl,
+            deadline,
+            self.desired,
+            st.report.clone(),
+        );
         let mut own = None;
         let end = tokio::select! {
             s = services => s,
             s = record => s,
+            s = held => s,
             () = member => std::future::pending().await,
             s = self.campaign(client, st, &mut own, cancel) => s,
         };
@@ -481,8 +491,20 @@ impl Ctx<'_> {
 
     /// Keeps this node's member znode (role, health, why it does not
     /// stand) current for `vipctl node list`.
-    async fn publish_member(&self, client: &Client, deadline: Duration) {
-        let of = |c: &CoordStatus, h: Option<&HealthStatus>| nodes::MemberData {
+    async fn publish_member(
+        &self,
+        client: &Client,
+        deadline: Duration,
+        mut report: watch::Receiver<EngineReport>,
+    ) {
+        let macs = |r: &watch::Receiver<EngineReport>| -> Vec<String> {
+            r.borrow()
+                .macs
+                .iter()
+                .map(|m| held::format_mac(*m))
+                .collect()
+        };
+        let of = |c: &CoordStatus, h: Option<&HealthStatus>, macs: Vec<String>| nodes::MemberData {
             node: self.settings.node_id.clone(),
             host: crate::config::hostname(),
             role: if c.is_leader {
@@ -495,13 +517,20 @@ impl Ctx<'_> {
             .into(),
             healthy: h.map(|h| h.healthy),
             withdrawn: c.withdrawn.clone(),
+            macs,
         };
         let mut status = self.status.subscribe();
         let mut health = self.health.clone();
-        let now = |s: &watch::Receiver<CoordStatus>, h: &Option<watch::Receiver<HealthStatus>>| {
-            of(&s.borrow(), h.as_ref().map(|h| h.borrow().clone()).as_ref())
+        let now = |s: &watch::Receiver<CoordStatus>,
+                   h: &Option<watch::Receiver<HealthStatus>>,
+                   r: &watch::Receiver<EngineReport>| {
+            of(
+                &s.borrow(),
+                h.as_ref().map(|h| h.borrow().clone()).as_ref(),
+                macs(r),
+            )
         };
-        let (tx, rx) = watch::channel(now(&status, &health));
+        let (tx, rx) = watch::channel(now(&status, &health, &report));
         let path = self.paths.member(&self.settings.node_id);
         let publish =
             nodes::publish_member(client, &self.paths.members, &path, &self.acl, deadline, rx);
@@ -510,8 +539,9 @@ impl Ctx<'_> {
                 tokio::select! {
                     r = status.changed() => if r.is_err() { return },
                     r = changed_opt(&mut health) => if r.is_err() { health = None },
+                    r = report.changed() => if r.is_err() { return },
                 }
-                let m = now(&status, &health);
+                let m = now(&status, &health, &report);
                 tx.send_if_modified(|x| {
                     let changed = *x != m;
                     *x = m;

@@ -36,6 +36,10 @@ pub struct MemberData {
     /// Why it does not stand (None: it stands).
     #[serde(default)]
     pub withdrawn: Option<String>,
+    /// Its interfaces' MACs (`aa:bb:cc:dd:ee:ff`): an answer to an address
+    /// probe from one of them is the cluster's own, not a conflict.
+    #[serde(default)]
+    pub macs: Vec<String>,
 }
 
 /// A request that the leader whose election znode is `from` steps down,
