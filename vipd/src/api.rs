@@ -131,6 +131,7 @@ impl ApiState {
             "announcements": self.announcer.stats(),
             "zookeeper": coord,
             "links": e.links,
+            "probes": e.probes,
             "health": self.health.as_ref().map(|h| h.borrow().clone()),
         })
     }

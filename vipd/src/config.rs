@@ -492,6 +492,18 @@ pub struct EngineArgs {
     /// leader gives up leadership (R18), so a flap does not move the VIPs.
     #[arg(global = true, long, env = "VIPD_LINK_GRACE", value_parser = parse_duration, default_value = "200ms")]
     pub link_grace: Duration,
+
+    /// Before first adding a VIP the cluster never held, probe whether
+    /// another host answers for it (ARP probes, IPv6 duplicate address
+    /// detection): three probes over the first half of this wait; 0 turns
+    /// probing off.
+    #[arg(global = true, long, env = "VIPD_PROBE_WAIT", value_parser = parse_duration, default_value = "200ms")]
+    pub probe_wait: Duration,
+
+    /// How often a VIP found in use by another host is probed again (it is
+    /// added once nobody answers).
+    #[arg(global = true, long, env = "VIPD_PROBE_RETRY", value_parser = parse_positive_duration, default_value = "5s")]
+    pub probe_retry: Duration,
 }
 
 /// Serving (R18, R19): health checks and the transition hook.

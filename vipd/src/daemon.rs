@@ -148,6 +148,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 vips,
                 term: 1,
                 lease: None,
+                record: Default::default(),
             });
         }
         Some(settings) => {

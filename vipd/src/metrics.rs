@@ -206,6 +206,28 @@ pub fn render(state: &ApiState) -> String {
         "VIPs configured on this node",
         count(e.vips.iter().filter(|v| v.state == VipState::Held).count()),
     );
+    p.gauge(
+        "vipd_vips_address_in_use",
+        "VIPs not added because a host outside the cluster answers for the address",
+        count(
+            e.vips
+                .iter()
+                .filter(|v| v.state == VipState::AddressInUse)
+                .count(),
+        ),
+    );
+    let pr = &e.probes;
+    p.counters(
+        "vipd_address_probes",
+        "Address-conflict probes before a VIP is first added, one per VIP probed, by result",
+        [
+            ("free", pr.free),
+            ("cluster", pr.cluster_answers),
+            ("in_use", pr.in_use),
+            ("error", pr.errors),
+        ]
+        .map(|(r, v)| (vec![("result", r.to_string())], v)),
+    );
     let r = &e.last_reconcile;
     p.counter("vipd_reconcile_passes", "Reconcile passes", r.passes);
     p.counter(

@@ -31,6 +31,24 @@ pub struct Facts<'a> {
     /// Announce every VIP held (a term's start, sync and refresh rounds),
     /// not only those added.
     pub announce_all: bool,
+    /// Which VIPs may be added without an address-conflict probe first.
+    pub probe: ProbeGate<'a>,
+}
+
+/// Which VIPs may be added at once, and which wait for the address-conflict
+/// probe (`net::probe`): a VIP the cluster never held might be another
+/// host's address.
+#[derive(Clone, Copy, Debug)]
+pub enum ProbeGate<'a> {
+    /// Probing is off: every VIP is added at once.
+    Off,
+    On {
+        /// Added at once: held by the cluster before (a takeover is never
+        /// delayed), or probed and found free just now.
+        cleared: &'a BTreeSet<Vip>,
+        /// Probed, and a host outside the cluster answered: not added.
+        in_use: &'a BTreeSet<Vip>,
+    },
 }
 
 /// One held VIP as the XDP program answers for it: on `ifindex`, from `mac`.
@@ -67,7 +85,10 @@ pub struct Plan {
 pub fn plan(f: &Facts<'_>) -> Plan {
     let none = BTreeSet::new();
     let holding = f.leader && f.lease_valid;
-    let addresses = addresses(if holding { f.vips } else { &none }, f.routes, f.addresses);
+    let addresses = gate(
+        addresses(if holding { f.vips } else { &none }, f.routes, f.addresses),
+        f.probe,
+    );
     let mac = |ifindex: u32| f.links.iter().find(|l| l.ifindex == ifindex).map(|l| l.mac);
     let mut held = BTreeMap::new();
     for (vip, verdict) in &addresses.verdicts {
@@ -187,6 +208,12 @@ pub enum Verdict {
     /// An address equal to the VIP exists without our mark: the operator's.
     /// Left alone and reported; vipd does not add its own copy.
     OperatorAddress { ifindex: u32 },
+    /// To be added once the address-conflict probe finds it free: the
+    /// cluster never held it.
+    Probe { placement: Placement },
+    /// The probe found a host outside the cluster answering for it: not
+    /// added (probed again later).
+    InUse { placement: Placement },
 }
 
 /// The address changes: the actions in the order to run them (removals
@@ -364,6 +391,30 @@ pub fn servable(
         }
     }
     (yes, no)
+}
+
+/// Holds back the adds of VIPs that `probe` does not clear: each becomes
+/// [`Verdict::Probe`] (never probed, or probing now) or [`Verdict::InUse`],
+/// and its `Add` action goes. Removals of stale copies stay.
+pub fn gate(mut plan: AddressPlan, probe: ProbeGate<'_>) -> AddressPlan {
+    let ProbeGate::On { cleared, in_use } = probe else {
+        return plan;
+    };
+    let held_back = |vip: &Vip| !cleared.contains(vip);
+    for (vip, verdict) in &mut plan.verdicts {
+        if let Verdict::Add { placement } = *verdict
+            && held_back(vip)
+        {
+            *verdict = if in_use.contains(vip) {
+                Verdict::InUse { placement }
+            } else {
+                Verdict::Probe { placement }
+            };
+        }
+    }
+    plan.actions
+        .retain(|a| !matches!(a, Action::Add { vip, .. } if held_back(vip)));
+    plan
 }
 
 fn remove(vip: Vip, address: &Address, all: &[Address]) -> Action {
@@ -804,7 +855,54 @@ mod tests {
             addresses,
             links,
             announce_all,
+            probe: ProbeGate::Off,
         }
+    }
+
+    #[test]
+    fn only_cleared_vips_are_added_while_probing_is_on() {
+        let node = leading();
+        let none = BTreeSet::new();
+        let in_use = BTreeSet::from([vip("192.0.2.100")]);
+        let f = |cleared, in_use| Facts {
+            probe: ProbeGate::On { cleared, in_use },
+            ..facts(&node, true, true, false)
+        };
+        // Never held, not probed: probe it, add nothing, hold nothing new.
+        let p = plan(&f(&none, &none));
+        let verdict = |p: &Plan, v: &str| {
+            p.addresses
+                .verdicts
+                .iter()
+                .find(|(x, _)| *x == vip(v))
+                .map(|(_, d)| *d)
+        };
+        assert_eq!(
+            verdict(&p, "192.0.2.100"),
+            Some(Verdict::Probe {
+                placement: on(1, 24)
+            })
+        );
+        assert!(p.addresses.actions.is_empty(), "{:?}", p.addresses.actions);
+        assert_eq!(
+            p.holdings.held.keys().collect::<Vec<_>>(),
+            vec![&vip("198.51.100.7")],
+            "the VIP in place stays held without a probe"
+        );
+        assert!(p.holdings.announce.is_empty());
+        // Found in use: reported as such, still not added.
+        let p = plan(&f(&none, &in_use));
+        assert_eq!(
+            verdict(&p, "192.0.2.100"),
+            Some(Verdict::InUse {
+                placement: on(1, 24)
+            })
+        );
+        assert!(p.addresses.actions.is_empty());
+        // Cleared (held before, or probed free): added as without probing.
+        let cleared = BTreeSet::from([vip("192.0.2.100")]);
+        let p = plan(&f(&cleared, &none));
+        assert_eq!(p, plan(&facts(&node, true, true, false)));
     }
 
     #[test]

@@ -35,6 +35,9 @@ pub struct Desired {
     /// The leader's lease (R16): `None` in single-node mode, where nothing
     /// expires. A change of `lease` alone is a renewal, never a new term.
     pub lease: Option<LeaseGrant>,
+    /// What the cluster remembers for the address-conflict probe (empty in
+    /// single-node mode). Like the lease, a change of it starts no term.
+    pub record: ClusterRecord,
 }
 
 /// How long the leader may hold its VIPs, as the engine needs it.
@@ -66,7 +69,7 @@ impl Desired {
         self.lease.is_none_or(|l| now < l.until)
     }
 
-    /// Whether `other` differs from this only in its lease.
+    /// Whether `other` differs from this only in its lease (and record).
     pub fn same_but_lease(&self, other: &Desired) -> bool {
         self.role == other.role && self.term == other.term && self.vips == other.vips
     }
@@ -90,6 +93,21 @@ pub struct EngineReport {
     /// Interfaces of wanted VIPs that have been down or without carrier for
     /// longer than the grace (R18): this node cannot serve, it withdraws.
     pub links_down: BTreeSet<String>,
+    /// The MACs of this node's interfaces: an answer to an address probe
+    /// from one of them comes from the cluster, not from a foreign host.
+    pub macs: BTreeSet<[u8; 6]>,
+}
+
+/// What the cluster remembers that the address-conflict probe needs, as
+/// the source last read it. Sent on a `watch` channel.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterRecord {
+    /// VIPs the cluster has held: added at once, never probed, so a
+    /// takeover is never delayed.
+    pub held: BTreeSet<Vip>,
+    /// Every member's interface MACs: an answer from one of them is no
+    /// conflict.
+    pub macs: BTreeSet<[u8; 6]>,
 }
 
 #[cfg(test)]

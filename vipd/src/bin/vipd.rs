@@ -39,6 +39,17 @@ fn main() -> ExitCode {
         for line in loaded.config.instance_lines() {
             println!("{line}");
         }
+        if loaded.config.engine.probe_wait.is_zero() {
+            println!(
+                "# warning: probe_wait is 0: a new VIP is added without probing, so a VIP equal to another host's address (a client, the gateway) takes that address away from it (docs/OPERATIONS.md, \"An address another host uses\")"
+            );
+        } else {
+            println!(
+                "# a VIP the cluster never held is probed for {} ms before it is first added; one another host answers for is not added and is probed again every {} ms",
+                loaded.config.engine.probe_wait.as_millis(),
+                loaded.config.engine.probe_retry.as_millis()
+            );
+        }
         println!("# configuration is valid");
         return ExitCode::SUCCESS;
     }

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod election;
+pub mod held;
 pub mod lease;
 pub mod nodes;
 mod placement;
@@ -570,10 +571,19 @@ impl Ctx<'_> {
             }
         });
         let member = self.publish_member(client, deadline, st.report.clone());
+        let held = held::keep(
+            client,
+            &self.paths,
+            &self.acl,
+            deadline,
+            self.desired,
+            st.report.clone(),
+        );
         let mut own = None;
         let end = tokio::select! {
             s = services => s,
             s = record => s,
+            s = held => s,
             () = member => std::future::pending().await,
             () = persist => std::future::pending().await,
             s = self.campaign(client, st, &mut own, cancel) => s,
@@ -615,6 +625,9 @@ impl Ctx<'_> {
         deadline: Duration,
         mut report: watch::Receiver<EngineReport>,
     ) {
+        let macs = |r: &EngineReport| -> Vec<String> {
+            r.macs.iter().map(|m| held::format_mac(*m)).collect()
+        };
         let of = |c: &CoordStatus, h: Option<&HealthStatus>, r: &EngineReport| nodes::MemberData {
             node: self.settings.node_id.clone(),
             host: crate::config::hostname(),
@@ -629,6 +642,7 @@ impl Ctx<'_> {
             healthy: h.map(|h| h.healthy),
             withdrawn: c.withdrawn.clone(),
             servable: Some(r.servable.clone()),
+            macs: macs(r),
         };
         let mut status = self.status.subscribe();
         let mut health = self.health.clone();

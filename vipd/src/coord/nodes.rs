@@ -42,6 +42,10 @@ pub struct MemberData {
     /// that does not say, which is never handed over to.
     #[serde(default)]
     pub servable: Option<BTreeSet<Vip>>,
+    /// Its interfaces' MACs (`aa:bb:cc:dd:ee:ff`): an answer to an address
+    /// probe from one of them is the cluster's own, not a conflict.
+    #[serde(default)]
+    pub macs: Vec<String>,
 }
 
 /// A request that the leader whose election znode is `from` steps down,

@@ -8,6 +8,7 @@
 
 mod conflicts;
 mod pass;
+mod probing;
 mod status;
 
 use std::{
@@ -23,10 +24,11 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use self::pass::set_held;
 pub use self::status::{
-    ConflictStatus, EngineStatus, LeaseStatus, LinkHealth, ReconcileSummary, VipState, VipStatus,
+    ConflictStatus, EngineStatus, LeaseStatus, LinkHealth, ProbeStats, ReconcileSummary, VipState,
+    VipStatus,
 };
+use self::{pass::set_held, probing::Probing};
 use crate::{
     announce::Announcer,
     config::{EngineArgs, XdpArgs},
@@ -96,6 +98,8 @@ pub struct Engine {
     links_down: BTreeSet<String>,
     /// The next re-announcement after the sync rounds (R19).
     refresh: Option<tokio::time::Instant>,
+    /// The address-conflict probe: what may be added at once, what waits.
+    probing: Probing,
 }
 
 impl Engine {
@@ -117,6 +121,7 @@ impl Engine {
             status.send_modify(|s| s.xdp_setting = Some(xdp.mode));
         }
         Engine {
+            probing: Probing::new(&engine),
             engine,
             xdp,
             netlink,
@@ -185,6 +190,10 @@ impl Engine {
                 (Role::Leader, Some(l)) => Some(tokio::time::Instant::from_std(l.until)),
                 _ => None,
             };
+            let probe_due = match self.applied.role {
+                Role::Leader => self.probing.due(),
+                Role::Follower => None,
+            };
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => break,
@@ -210,6 +219,12 @@ impl Engine {
                 () = sleep_opt(grace_due) => self.reconcile(false).await,
                 () = sleep_opt(conflict_due) => self.answer_due_conflicts(),
                 () = sleep_opt(self.delivery_check) => self.check_delivery(),
+                Some(done) = self.probing.done_rx.recv() => {
+                    self.on_probe_done(done);
+                    self.reconcile(false).await;
+                }
+                // A VIP found in use is due to be probed again.
+                () = sleep_opt(probe_due) => self.reconcile(false).await,
                 _ = tick.tick() => self.reconcile(false).await,
             }
         }
@@ -219,8 +234,17 @@ impl Engine {
     /// Applies what the source wants now.
     async fn apply(&mut self, d: Desired) {
         if self.applied.role == Role::Leader && self.applied.same_but_lease(&d) {
+            let renewed = self.applied.lease != d.lease;
+            let recorded = self.applied.record != d.record;
             self.applied.lease = d.lease;
-            self.renew_lease().await;
+            self.applied.record = d.record;
+            if renewed {
+                self.renew_lease().await;
+            }
+            // A VIP the probe holds back may be cleared by the record now.
+            if recorded {
+                self.reconcile(false).await;
+            }
             return;
         }
         let was_leader = self.applied.role == Role::Leader;
@@ -260,6 +284,7 @@ impl Engine {
         self.addresses_renewed = None;
         self.refresh = None;
         self.pending_conflict_answers.clear();
+        self.probing.step_down();
         self.announcer.clear();
         if let Some(off) = &self.xdp_program
             && let Err(e) = off.lock().expect("XDP program lock").clear_held()

@@ -11,14 +11,14 @@ use std::{
 use tracing::{debug, error, info, instrument, warn};
 use vipd_common::{HELD_ROUTER, HeldVip};
 
-use super::{Engine, LinkHealth, VipState, VipStatus, monotonic_ns, unix_ms};
+use super::{Engine, LinkHealth, VipState, VipStatus, monotonic_ns, probing::mac_text, unix_ms};
 use crate::{
     net::{
         AddrState, Address, Placement,
         ndp::forwarding,
         netlink::{NetSnapshot, enable_promote_secondaries},
     },
-    reconcile::{self, Action, AddFailure, AddressPlan, Facts, Holdings, Plan, Verdict},
+    reconcile::{self, Action, AddFailure, AddressPlan, Facts, Holdings, Plan, ProbeGate, Verdict},
     role::{EngineReport, Role},
     vip::Vip,
     xdp::{XdpError, XdpProgram},
@@ -56,6 +56,11 @@ impl Engine {
         };
         self.links = snap.links.iter().map(|l| (l.ifindex, l.clone())).collect();
         self.update_links(&snap);
+        let probe_sets = self.probe_sets();
+        let probe = match &probe_sets {
+            None => ProbeGate::Off,
+            Some((cleared, in_use)) => ProbeGate::On { cleared, in_use },
+        };
         let plan = reconcile::plan(&Facts {
             leader: self.applied.role == Role::Leader,
             lease_valid: self.lease_valid(),
@@ -64,6 +69,7 @@ impl Engine {
             addresses: &snap.addresses,
             links: &snap.links,
             announce_all,
+            probe,
         });
         let mut done = Executed::default();
         self.log_unusable(&snap, &plan.addresses, &mut done);
@@ -82,6 +88,7 @@ impl Engine {
             self.announcer.announce(holdings.announce.clone());
         }
         self.held = holdings.held.clone();
+        self.after_pass_probes(&snap, &plan, &holdings.held);
         self.report_pass(&snap, &plan, &holdings, done, xdp_errors, started);
     }
 
@@ -294,6 +301,30 @@ impl Engine {
                     failed.entry(*vip).or_insert(msg);
                     (VipState::OperatorAddress, None, Some(*ifindex))
                 }
+                Verdict::Probe { placement } => {
+                    let msg = format!(
+                        "VIP {vip} is probed before it is first added: the cluster never held it, and another host might use the address"
+                    );
+                    failed.entry(*vip).or_insert(msg);
+                    (VipState::Probing, Some(*placement), Some(placement.ifindex))
+                }
+                Verdict::InUse { placement } => {
+                    let msg = match self.probing.in_use(vip) {
+                        Some(u) => format!(
+                            "VIP {vip} not added: {} (a host outside the cluster) answers for it on {}; probed again every {:?}",
+                            mac_text(u.mac),
+                            u.interface,
+                            self.engine.probe_retry
+                        ),
+                        None => format!("VIP {vip} not added: another host answers for it"),
+                    };
+                    failed.entry(*vip).or_insert(msg);
+                    (
+                        VipState::AddressInUse,
+                        Some(*placement),
+                        Some(placement.ifindex),
+                    )
+                }
             };
             let name = ifindex.map(|i| self.name_in(snap, i));
             if let Some(n) = &name {
@@ -310,6 +341,9 @@ impl Engine {
                 } else {
                     failed.get(vip).cloned()
                 },
+                in_use_by: (state == VipState::AddressInUse)
+                    .then(|| self.probing.in_use(vip).map(|u| mac_text(u.mac)))
+                    .flatten(),
             });
         }
         if !plan.holding {
@@ -326,6 +360,7 @@ impl Engine {
                     ifindex: place.map(|p| p.ifindex),
                     prefix_len: place.map(|p| p.prefix_len),
                     error: failed.get(vip).cloned(),
+                    in_use_by: None,
                 });
             }
         }
@@ -339,6 +374,12 @@ impl Engine {
             servable,
             unservable,
             links_down: self.links_down.clone(),
+            macs: snap
+                .links
+                .iter()
+                .map(|l| l.mac)
+                .filter(|m| *m != [0; 6])
+                .collect(),
         };
         self.report.send_if_modified(|r| {
             if *r == report {

@@ -22,6 +22,12 @@ pub enum VipState {
     Error,
     /// Configured for the cluster; this node does not lead.
     NotLeader,
+    /// Never held by the cluster: being probed for another host using the
+    /// address before it is first added.
+    Probing,
+    /// A host outside the cluster answers for the address: not added,
+    /// probed again every `--probe-retry`.
+    AddressInUse,
 }
 
 /// One VIP as the engine last saw it, for `vipctl status`.
@@ -33,6 +39,8 @@ pub struct VipStatus {
     pub ifindex: Option<u32>,
     pub prefix_len: Option<u8>,
     pub error: Option<String>,
+    /// With `address_in_use`: the MAC of the host answering for it.
+    pub in_use_by: Option<String>,
 }
 
 /// Outcome of the last reconcile pass.
@@ -82,6 +90,22 @@ pub struct EngineStatus {
     pub lease: LeaseStatus,
     /// VIP interfaces down or without carrier (R18).
     pub links: LinkHealth,
+    /// Address-conflict probes, counted per VIP probed.
+    pub probes: ProbeStats,
+}
+
+/// What the address-conflict probes found, one count per VIP probed.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ProbeStats {
+    pub probed: u64,
+    /// Nobody answered: added.
+    pub free: u64,
+    /// Only cluster nodes answered (a leftover copy): added.
+    pub cluster_answers: u64,
+    /// A host outside the cluster answered: not added.
+    pub in_use: u64,
+    /// Probes that could not be made (a socket error).
+    pub errors: u64,
 }
 
 /// The VIP interfaces' state (R18): down ones withdraw this node after the
@@ -124,6 +148,8 @@ mod tests {
             (VipState::OperatorAddress, "operator_address"),
             (VipState::Error, "error"),
             (VipState::NotLeader, "not_leader"),
+            (VipState::Probing, "probing"),
+            (VipState::AddressInUse, "address_in_use"),
         ];
         for (state, text) in all {
             assert_eq!(

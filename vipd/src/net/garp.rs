@@ -44,7 +44,7 @@ pub const GARP_FRAME_LEN: usize = 42;
 
 const ETH_HEADER_LEN: usize = 14;
 const BROADCAST: [u8; 6] = [0xff; 6];
-const ETH_P_ARP: u16 = 0x0806;
+pub(crate) const ETH_P_ARP: u16 = 0x0806;
 
 /// One frame of a gratuitous ARP announcement.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -137,7 +137,7 @@ pub fn parse_arp(frame: &[u8]) -> Option<ParsedArp> {
 }
 
 /// A `sockaddr_ll` for `ifindex`; `protocol` in host order (0 = none).
-fn link_addr(ifindex: u32, protocol: u16, dst: [u8; 6]) -> io::Result<SockAddr> {
+pub(crate) fn link_addr(ifindex: u32, protocol: u16, dst: [u8; 6]) -> io::Result<SockAddr> {
     let ifindex = i32::try_from(ifindex).map_err(|_| {
         io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -173,7 +173,7 @@ pub struct GarpSocket {
     dst_ndp: SockAddr,
 }
 
-const ETH_P_IPV6: u16 = 0x86dd;
+pub(crate) const ETH_P_IPV6: u16 = 0x86dd;
 
 impl GarpSocket {
     #[instrument(level = "debug")]
@@ -263,7 +263,7 @@ impl ArpCapture {
 
 /// One frame from a packet socket: its length and whether it was sent by
 /// this host (PACKET_OUTGOING).
-fn recv_frame(socket: &Socket, buf: &mut [u8]) -> io::Result<(usize, bool)> {
+pub(crate) fn recv_frame(socket: &Socket, buf: &mut [u8]) -> io::Result<(usize, bool)> {
     // SAFETY: sockaddr_ll is plain data; all zero bytes are valid.
     let mut from: libc::sockaddr_ll = unsafe { mem::zeroed() };
     let mut len = mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;

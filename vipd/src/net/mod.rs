@@ -7,6 +7,7 @@
 pub mod garp;
 pub mod ndp;
 pub mod netlink;
+pub mod probe;
 
 use std::net::IpAddr;
 
