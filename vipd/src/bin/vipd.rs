@@ -36,6 +36,9 @@ fn main() -> ExitCode {
                 println!("{line}");
             }
         }
+        for w in vipd::coord::ZkSettings::credential_warnings(&loaded.config.zk) {
+            println!("# warning: {w}");
+        }
         println!("# configuration is valid");
         return ExitCode::SUCCESS;
     }
