@@ -216,6 +216,37 @@ fn a_new_tree_is_not_created_open_unless_asked() {
         );
         assert!(!exists(&c, &root), "{case}: {root} was created");
     }
+    // check-config sees it: a warning without a credential, louder with
+    // --zk-insecure.
+    for (flag, warning) in [
+        (
+            None,
+            "no ZooKeeper credential (the systemd credential vipd-zk",
+        ),
+        (
+            Some("--zk-insecure"),
+            "no ZooKeeper credential and zk_insecure",
+        ),
+    ] {
+        let out = std::process::Command::new(vipd_bin())
+            .env_clear()
+            .args([
+                "--config",
+                "/dev/null",
+                "--zk",
+                "192.0.2.1:2181",
+                "check-config",
+            ])
+            .args(flag)
+            .output()
+            .expect("vipd check-config");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(
+            text(&out.stdout).contains(&format!("# warning: {warning}")),
+            "{flag:?}: {}",
+            text(&out.stdout)
+        );
+    }
     // vipctl the same: nothing written, exit 1.
     let out = vipctl_without_credential(&c, &["vip", "set", "web", "192.0.2.100"]);
     assert_eq!(out.status.code(), Some(1), "vipctl: {}", text(&out.stderr));
