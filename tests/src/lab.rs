@@ -50,8 +50,40 @@ const TERM_GRACE: Duration = Duration::from_secs(3);
 /// Lines of each process log printed when a test fails.
 const LOG_TAIL_LINES: usize = 200;
 
+/// The ZooKeeper user of every lab's cluster credential.
+pub const ZK_USER: &str = "vipd";
+/// The systemd credential name vipd reads (`LoadCredential=vipd-zk:...`).
+const CREDENTIAL_NAME: &str = "vipd-zk";
+
 static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
 static SWEEP: Once = Once::new();
+
+fn credential_dir(lab_dir: &Path) -> PathBuf {
+    lab_dir.join("credentials")
+}
+
+/// Writes the lab's cluster credential: user [`ZK_USER`], a password no
+/// other lab shares.
+fn write_credential(lab_dir: &Path) {
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+    let dir = credential_dir(lab_dir);
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let password = format!("lab-{}-{nanos:x}", std::process::id());
+    let path = dir.join(CREDENTIAL_NAME);
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut f| writeln!(f, "{ZK_USER}:{password}"))
+        .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+}
 
 /// Panics unless we run as root: privileged tests never skip.
 pub fn require_root() {
@@ -176,6 +208,7 @@ impl Lab {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir)
             .unwrap_or_else(|e| panic!("creating lab dir {}: {e}", dir.display()));
+        write_credential(&dir);
         let shared = Arc::new(LabShared {
             prefix: prefix.clone(),
             hint,
@@ -225,6 +258,12 @@ impl Lab {
     /// The per-lab temp dir (process logs live here); removed on drop.
     pub fn dir(&self) -> &Path {
         &self.shared.dir
+    }
+
+    /// The cluster credential file every vipd and vipctl of the lab uses
+    /// (see [`Netns::zk_credential_file`]).
+    pub fn zk_credential_file(&self) -> PathBuf {
+        credential_dir(&self.shared.dir).join(CREDENTIAL_NAME)
     }
 
     /// The namespace holding the bridges (to capture on `br0`, run `bridge fdb`, ...).
@@ -590,7 +629,41 @@ impl Netns {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.ns]);
         cmd.args(argv);
+        // Every vipd and vipctl the lab runs gets the cluster credential as
+        // an operator gives it: vipd from systemd's credentials directory
+        // (LoadCredential=), vipctl through VIPD_ZK_AUTH_FILE. A caller's
+        // own environment (`spawn_env`) comes after and wins: an empty
+        // CREDENTIALS_DIRECTORY runs vipd without one.
+        let dir = credential_dir(&self.lab.dir);
+        match Path::new(argv[0].as_ref())
+            .file_name()
+            .and_then(OsStr::to_str)
+        {
+            Some("vipd") => {
+                cmd.env("CREDENTIALS_DIRECTORY", &dir);
+            }
+            Some("vipctl") => {
+                cmd.env("VIPD_ZK_AUTH_FILE", dir.join(CREDENTIAL_NAME));
+            }
+            _ => {}
+        }
         cmd
+    }
+
+    /// The file holding the lab's cluster credential `vipd:<password>`
+    /// (mode 0600, as /etc/vipd/zk-auth on a node): every vipd and vipctl
+    /// this namespace runs uses it unless told otherwise.
+    pub fn zk_credential_file(&self) -> PathBuf {
+        credential_dir(&self.lab.dir).join(CREDENTIAL_NAME)
+    }
+
+    /// The lab's cluster credential, `user:password`.
+    pub fn zk_credential(&self) -> String {
+        let path = self.zk_credential_file();
+        fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+            .trim()
+            .to_string()
     }
 
     /// Starts `argv` inside the namespace with stdout and stderr going to

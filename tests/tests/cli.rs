@@ -48,12 +48,20 @@ fn lab(hint: &str) -> (Lab, Host, Host) {
     (lab, zk, admin)
 }
 
-/// `vipctl <args>` on `host`, with no VIPD_* variable from our environment.
+/// `vipctl <args>` on `host`, with no VIPD_* variable from our environment
+/// but the lab's cluster credential (VIPD_ZK_AUTH_FILE, as an operator's
+/// shell has it).
 fn vipctl(host: &Host, args: &[&str]) -> Output {
     vipctl_env(host, &[], args)
 }
 
 fn vipctl_env(host: &Host, env: &[&str], args: &[&str]) -> Output {
+    let credential = format!("VIPD_ZK_AUTH_FILE={}", host.zk_credential_file().display());
+    vipctl_bare(host, &[&[credential.as_str()], env].concat(), args)
+}
+
+/// `vipctl <args>` on `host` with nothing but `env` (no credential).
+fn vipctl_bare(host: &Host, env: &[&str], args: &[&str]) -> Output {
     let bin = vipctl_bin().display().to_string();
     let mut argv = vec!["env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin"];
     argv.extend_from_slice(env);
@@ -375,7 +383,7 @@ fn vipctl_zk_auth_file_writes_with_the_credential_and_refuses_a_bad_file() {
             args.extend(["--zk-auth-file", f]);
         }
         args.extend(["web", vip]);
-        vipctl(&admin, &args)
+        vipctl_bare(&admin, &[], &args)
     };
     assert_eq!(
         succeeded(

@@ -333,9 +333,10 @@ fn leader_cut_from_zookeeper_removes_vips_before_the_new_leader_adds_them() {
 }
 
 /// Writes `data` into a service znode with the ZooKeeper client, from the
-/// admin namespace.
+/// admin namespace, with the cluster's credential (as automation has it).
 fn write_znode(c: &Cluster, path: &str, data: &[u8]) {
     let hosts = c.hosts.clone();
+    let credential = c.admin.zk_credential();
     c.admin.in_netns(|| {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -344,6 +345,7 @@ fn write_znode(c: &Cluster, path: &str, data: &[u8]) {
         rt.block_on(async {
             let client = zookeeper_client::Client::connector()
                 .with_session_timeout(Duration::from_secs(5))
+                .with_auth("digest", credential.as_bytes())
                 .connect(&hosts)
                 .await
                 .unwrap_or_else(|e| panic!("connect {hosts}: {e}"));

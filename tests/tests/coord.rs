@@ -14,7 +14,7 @@ use tokio::{sync::watch, task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
 use vipd::{
     coord::{
-        self, CoordError, CoordStatus, VipCommand, ZkAuth, ZkSettings, lease::LeaseTimes,
+        self, CoordError, CoordStatus, VipCommand, ZkAccess, ZkAuth, ZkSettings, lease::LeaseTimes,
         run_vip_command,
     },
     role::{Desired, EngineReport, Role},
@@ -123,6 +123,8 @@ fn start_node(hosts: &str, cluster: &str, id: &str, opts: NodeOpts) -> Node {
         cluster: cluster.to_string(),
         node_id: id.to_string(),
         session_timeout: opts.timeout,
+        // In-process nodes without a credential stand for an insecure run.
+        insecure: opts.auth.is_none(),
         auth: opts.auth,
         lease: LeaseTimes::new(opts.timeout, opts.lease, Duration::from_millis(100))
             .expect("valid lease"),
@@ -211,7 +213,7 @@ fn strings(v: &[&str]) -> Vec<String> {
 }
 
 async fn vip(hosts: &str, cluster: &str, cmd: VipCommand) -> String {
-    run_vip_command(hosts, cluster, None, cmd.clone())
+    run_vip_command(hosts, cluster, ZkAccess::insecure(), cmd.clone())
         .await
         .unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
 }
@@ -499,7 +501,7 @@ async fn concurrent_adds_are_never_lost() {
                     service: "web".into(),
                     vips: vec![format!("192.0.2.{}", 10 + i)],
                 };
-                run_vip_command(&hosts, "cas", None, cmd).await
+                run_vip_command(&hosts, "cas", ZkAccess::insecure(), cmd).await
             })
         })
         .collect();
@@ -543,7 +545,7 @@ async fn invalid_input_exits_2_and_writes_nothing() {
                 vips: strings(&[bad]),
             },
         ] {
-            let e = run_vip_command(&hosts, "inv", None, cmd.clone())
+            let e = run_vip_command(&hosts, "inv", ZkAccess::insecure(), cmd.clone())
                 .await
                 .unwrap_err();
             assert_eq!(e.exit_code(), 2, "{cmd:?}: {e}");
@@ -561,9 +563,14 @@ async fn invalid_input_exits_2_and_writes_nothing() {
             .is_none()
     );
     // A ZooKeeper error is exit code 1 (nothing listens on this port).
-    let e = run_vip_command("127.0.0.1:1", "inv", None, VipCommand::List { json: false })
-        .await
-        .unwrap_err();
+    let e = run_vip_command(
+        "127.0.0.1:1",
+        "inv",
+        ZkAccess::insecure(),
+        VipCommand::List { json: false },
+    )
+    .await
+    .unwrap_err();
     assert_eq!(e.exit_code(), 1, "{e}");
 }
 
@@ -785,7 +792,7 @@ async fn digest_auth_protects_writes_not_reads() {
         service: "web".into(),
         vips: strings(&["192.0.2.9"]),
     };
-    run_vip_command(&hosts, "auth", Some(auth.clone()), cmd.clone())
+    run_vip_command(&hosts, "auth", ZkAccess::with(auth.clone()), cmd.clone())
         .await
         .unwrap();
     wait_until("applied", Duration::from_secs(1), || {
@@ -814,11 +821,14 @@ async fn digest_auth_protects_writes_not_reads() {
         service: "web".into(),
         vips: strings(&["192.0.2.10"]),
     };
-    let e = run_vip_command(&hosts, "auth", None, cmd)
+    let e = run_vip_command(&hosts, "auth", ZkAccess::default(), cmd)
         .await
         .unwrap_err();
     assert_eq!(e.exit_code(), 1, "{e}");
-    assert!(e.to_string().contains(path), "{e}");
+    assert!(
+        e.to_string().contains("/vipd/auth") && e.to_string().contains("NoAuth"),
+        "{e}"
+    );
     // A wrong password is refused the same way.
     let wrong = ZkAuth {
         password: "nope".into(),
@@ -827,7 +837,7 @@ async fn digest_auth_protects_writes_not_reads() {
     let e = run_vip_command(
         &hosts,
         "auth",
-        Some(wrong),
+        ZkAccess::with(wrong),
         VipCommand::Clear {
             service: "web".into(),
         },

@@ -28,9 +28,11 @@
 //!   ZooKeeper is fresh.
 //! - What is a file of the machine comes from the environment, the way
 //!   the documents say each setting may be given: `VIPD_API_SOCKET` (the
-//!   node's socket in the lab dir, for vipd and vipctl) and `VIPD_CONFIG`
+//!   node's socket in the lab dir, for vipd and vipctl), `VIPD_CONFIG`
 //!   (a lab file standing for the edited /etc/vipd/vipd.toml; it sets
-//!   nothing, so every documented command runs with the defaults).
+//!   nothing, so every documented command runs with the defaults), and the
+//!   cluster's ZooKeeper credential: `CREDENTIALS_DIRECTORY` for vipd (as
+//!   systemd's LoadCredential= gives it) and `VIPD_ZK_AUTH_FILE` for vipctl.
 //! - Lines run in document order, README.md first, as an operator
 //!   follows them, and each must exit 0. `vipd` without a subcommand is
 //!   the agent: it is started, must answer `vipctl status` (in cluster
@@ -505,6 +507,21 @@ fn every_documented_vipd_and_vipctl_command_runs_as_written() {
             format!("PATH={bin_dir}:/usr/sbin:/usr/bin:/sbin:/bin"),
             format!("VIPD_API_SOCKET={socket}"),
             format!("VIPD_CONFIG={}", config.display()),
+            // The cluster credential as the documents give it: to vipd by
+            // systemd (LoadCredential=vipd-zk:...), to vipctl through
+            // VIPD_ZK_AUTH_FILE.
+            format!(
+                "CREDENTIALS_DIRECTORY={}",
+                node.host
+                    .zk_credential_file()
+                    .parent()
+                    .expect("in a directory")
+                    .display()
+            ),
+            format!(
+                "VIPD_ZK_AUTH_FILE={}",
+                node.host.zk_credential_file().display()
+            ),
         ],
         socket,
     };

@@ -409,9 +409,17 @@ pub struct ZkArgs {
     #[arg(global = true, long, env = "VIPD_SESSION_TIMEOUT", value_parser = parse_positive_duration, default_value = "6s")]
     pub session_timeout: Duration,
 
-    /// File with `user:password` for ZooKeeper digest authentication.
+    /// File with the cluster's ZooKeeper credential, `user:password` (the
+    /// same on every node). Without it vipd reads the systemd credential
+    /// `vipd-zk` ($CREDENTIALS_DIRECTORY/vipd-zk) if the unit loads one.
     #[arg(global = true, long, env = "VIPD_ZK_AUTH_FILE")]
     pub zk_auth_file: Option<PathBuf>,
+
+    /// Without a credential, create the cluster's ZooKeeper tree open to
+    /// anyone who reaches ZooKeeper (refused otherwise). Ignored when a
+    /// credential is configured.
+    #[arg(global = true, long, env = "VIPD_ZK_INSECURE")]
+    pub zk_insecure: bool,
 
     /// Deprecated and ignored: a leader no longer gives up leadership for
     /// a VIP it cannot route (it serves the others and hands over only to a

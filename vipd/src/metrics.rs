@@ -161,6 +161,11 @@ pub fn render(state: &ApiState) -> String {
             .map(|s| (vec![("state", s.to_string())], i64::from(c.session == s))),
         );
         p.gauge(
+            "vipd_zookeeper_open_znodes",
+            "Znodes of the cluster's ZooKeeper tree anyone who reaches ZooKeeper may change, as last searched",
+            count(c.tree_acl.open_znodes),
+        );
+        p.gauge(
             "vipd_fenced",
             "1 while the node fenced itself (cannot confirm its ZooKeeper session)",
             i64::from(c.fenced),

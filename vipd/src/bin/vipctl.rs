@@ -9,8 +9,8 @@ use vipd::{
     api::{self, ArpStats, Request},
     config::parse_positive_duration,
     coord::{
-        AdminError, VipCommand, ZkAuth,
-        admin::run_vip_command_within,
+        AdminError, VipCommand, ZkAccess, ZkAuth,
+        admin::{run_acl_repair_within, run_vip_command_within},
         nodes::{NodeCommand, run_handover_within, run_node_command_within},
     },
     instance::Instance,
@@ -84,9 +84,14 @@ struct ZkArg {
     /// Cluster name (znodes under /vipd/<cluster>).
     #[arg(global = true, long, env = "VIPD_CLUSTER", default_value = "default")]
     cluster: String,
-    /// File with `user:password` for ZooKeeper digest authentication.
+    /// File with the cluster's ZooKeeper credential, `user:password`
+    /// (default: the systemd credential vipd-zk, if one was passed).
     #[arg(global = true, long, env = "VIPD_ZK_AUTH_FILE")]
     zk_auth_file: Option<PathBuf>,
+    /// Without a credential, create the cluster's tree open to anyone who
+    /// reaches ZooKeeper (refused otherwise); ignored with a credential.
+    #[arg(global = true, long, env = "VIPD_ZK_INSECURE")]
+    zk_insecure: bool,
     /// How long to keep trying the servers (refused, not serving yet)
     /// before giving up.
     #[arg(global = true, long, env = "VIPCTL_CONNECT_TIMEOUT",
@@ -126,9 +131,22 @@ enum Command {
     },
     /// The leader steps down now in favour of the next candidate (or --to).
     Handover,
+    /// Who may change the cluster's tree in ZooKeeper.
+    Acl {
+        #[command(subcommand)]
+        command: AclArgs,
+    },
     /// Remove every address vipd added on this node (for a service manager
     /// to run after the agent stopped or crashed). Never touches others.
     Cleanup,
+}
+
+/// `vipctl acl ...`.
+#[derive(Subcommand, Debug)]
+enum AclArgs {
+    /// Give every znode of the cluster's tree that anyone may change the
+    /// cluster's digest ACL (needs the credential); prints what it changed.
+    Repair,
 }
 
 #[derive(Subcommand, Debug)]
@@ -215,12 +233,20 @@ const OPTIONS: &[(&str, &[&str])] = &[
             "watch",
         ],
     ),
-    ("node drain", ZK_OPTIONS),
-    ("node undrain", ZK_OPTIONS),
+    ("node drain", ZK_WRITE_OPTIONS),
+    ("node undrain", ZK_WRITE_OPTIONS),
     (
         "handover",
-        &["hosts", "cluster", "zk_auth_file", "connect_timeout", "to"],
+        &[
+            "hosts",
+            "cluster",
+            "zk_auth_file",
+            "zk_insecure",
+            "connect_timeout",
+            "to",
+        ],
     ),
+    ("acl repair", ZK_OPTIONS),
     ("arp stats", &["api_socket", "instance", "json", "watch"]),
     (
         "vip list",
@@ -232,13 +258,21 @@ const OPTIONS: &[(&str, &[&str])] = &[
             "json",
         ],
     ),
-    ("vip set", ZK_OPTIONS),
-    ("vip add", ZK_OPTIONS),
-    ("vip remove", ZK_OPTIONS),
-    ("vip clear", ZK_OPTIONS),
+    ("vip set", ZK_WRITE_OPTIONS),
+    ("vip add", ZK_WRITE_OPTIONS),
+    ("vip remove", ZK_WRITE_OPTIONS),
+    ("vip clear", ZK_WRITE_OPTIONS),
     ("cleanup", &["instance", "instance_mark"]),
 ];
 const ZK_OPTIONS: &[&str] = &["hosts", "cluster", "zk_auth_file", "connect_timeout"];
+/// Commands that write may create the cluster's tree: open only when asked.
+const ZK_WRITE_OPTIONS: &[&str] = &[
+    "hosts",
+    "cluster",
+    "zk_auth_file",
+    "zk_insecure",
+    "connect_timeout",
+];
 
 impl Command {
     /// The command's words (`arp stats`), as in [`OPTIONS`].
@@ -259,6 +293,9 @@ impl Command {
                 NodeArgs::Undrain { .. } => "node undrain",
             },
             Command::Handover => "handover",
+            Command::Acl {
+                command: AclArgs::Repair,
+            } => "acl repair",
             Command::Cleanup => "cleanup",
         }
     }
@@ -304,11 +341,11 @@ where
     }
     if matches!(
         cli.command,
-        Command::Vip { .. } | Command::Node { .. } | Command::Handover
+        Command::Vip { .. } | Command::Node { .. } | Command::Handover | Command::Acl { .. }
     ) && cli.zk.hosts.as_deref().is_none_or(|h| h.trim().is_empty())
     {
         return Ok(Err(Usage(
-            "`vipctl vip`, `node` and `handover` need the ZooKeeper servers: give --zk host:port[,host:port...] \
+            "`vipctl vip`, `node`, `handover` and `acl` need the ZooKeeper servers: give --zk host:port[,host:port...] \
              (before or after the subcommand) or set VIPD_ZK"
                 .into(),
         )));
@@ -396,7 +433,7 @@ async fn run(cli: Cli) -> ExitCode {
             print_each(&output, output.watch, stats, |e: String| fail(&e)).await
         }
         Command::Node { command } => {
-            let (hosts, auth) = match zk.connection() {
+            let (hosts, access) = match zk.connection() {
                 Ok(c) => c,
                 Err(e) => return fail(&e),
             };
@@ -404,12 +441,12 @@ async fn run(cli: Cli) -> ExitCode {
             let watch = output.watch && matches!(command, NodeCommand::List { .. });
             let (hosts, cluster, timeout) = (&hosts, &zk.cluster, zk.connect_timeout);
             let node = move || {
-                run_node_command_within(hosts, cluster, auth.clone(), command.clone(), timeout)
+                run_node_command_within(hosts, cluster, access.clone(), command.clone(), timeout)
             };
             print_each(&output, watch, node, zk_failure).await
         }
         Command::Handover => {
-            let (hosts, auth) = match zk.connection() {
+            let (hosts, access) = match zk.connection() {
                 Ok(c) => c,
                 Err(e) => return fail(&e),
             };
@@ -419,7 +456,7 @@ async fn run(cli: Cli) -> ExitCode {
                 run_handover_within(
                     hosts,
                     cluster,
-                    auth.clone(),
+                    access.clone(),
                     handover.to.clone(),
                     timeout,
                     wait,
@@ -428,16 +465,27 @@ async fn run(cli: Cli) -> ExitCode {
             print_each(&output, false, handover, zk_failure).await
         }
         Command::Vip { command } => {
-            let (hosts, auth) = match zk.connection() {
+            let (hosts, access) = match zk.connection() {
                 Ok(c) => c,
                 Err(e) => return fail(&e),
             };
             let command = command.command(json);
             let (hosts, cluster, timeout) = (&hosts, &zk.cluster, zk.connect_timeout);
             let vip = move || {
-                run_vip_command_within(hosts, cluster, auth.clone(), command.clone(), timeout)
+                run_vip_command_within(hosts, cluster, access.clone(), command.clone(), timeout)
             };
             print_each(&output, false, vip, zk_failure).await
+        }
+        Command::Acl {
+            command: AclArgs::Repair,
+        } => {
+            let (hosts, access) = match zk.connection() {
+                Ok(c) => c,
+                Err(e) => return fail(&e),
+            };
+            let (hosts, cluster, timeout) = (&hosts, &zk.cluster, zk.connect_timeout);
+            let repair = move || run_acl_repair_within(hosts, cluster, access.clone(), timeout);
+            print_each(&output, false, repair, zk_failure).await
         }
         Command::Cleanup => {
             let instance = match socket.instance() {
@@ -472,16 +520,18 @@ async fn run(cli: Cli) -> ExitCode {
 }
 
 impl ZkArg {
-    /// The servers and the digest credentials of `--zk-auth-file`, if given.
-    fn connection(&self) -> Result<(String, Option<ZkAuth>), String> {
-        let auth = self
-            .zk_auth_file
-            .as_deref()
-            .map(ZkAuth::from_file)
-            .transpose()
-            .map_err(|e| e.to_string())?;
+    /// The servers and the credential: `--zk-auth-file`, else the systemd
+    /// credential vipd-zk if one was passed.
+    fn connection(&self) -> Result<(String, ZkAccess), String> {
+        let auth = ZkAuth::resolve(self.zk_auth_file.as_deref())
+            .map_err(|e| e.to_string())?
+            .map(|(a, _)| a);
+        let access = ZkAccess {
+            auth,
+            insecure: self.zk_insecure,
+        };
         // `parse` made sure the servers are there.
-        Ok((self.hosts.clone().unwrap_or_default(), auth))
+        Ok((self.hosts.clone().unwrap_or_default(), access))
     }
 }
 
@@ -618,6 +668,17 @@ fn status_table(v: &serde_json::Value) -> String {
         ));
         if let Some(why) = zk["lease_adjusted"].as_str() {
             out.push_str(&format!("lease adjusted: {why}\n"));
+        }
+        let open = zk["tree_acl"]["open_znodes"].as_u64().unwrap_or(0);
+        if open > 0 {
+            let examples: Vec<String> = zk["tree_acl"]["examples"]
+                .as_array()
+                .map(|a| a.iter().map(s).collect())
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "zookeeper tree OPEN: {open} znodes anyone can change (e.g. {}): run `vipctl acl repair` with the cluster's credential\n",
+                examples.join(" ")
+            ));
         }
         if let Some(services) = zk["services"].as_object() {
             for (name, svc) in services {

@@ -50,6 +50,9 @@ fn main() -> ExitCode {
                 loaded.config.engine.probe_retry.as_millis()
             );
         }
+        for w in vipd::coord::ZkSettings::credential_warnings(&loaded.config.zk) {
+            println!("# warning: {w}");
+        }
         println!("# configuration is valid");
         return ExitCode::SUCCESS;
     }

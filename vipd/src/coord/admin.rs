@@ -13,8 +13,9 @@ use zookeeper_client::{Client, CreateMode, Error as ZkError};
 
 use super::{
     ClusterPaths,
+    acl::{self, AclError},
     election::{CandidateData, node_of, sort_candidates},
-    session::{self, ConnectError, ZkAuth, ZkCallError, ZnodeAcl, call, mkdir},
+    session::{self, ConnectError, ZkAccess, ZkAuth, ZkCallError, ZnodeAcl, call, mkdir},
     store::{encode_service, parse_service},
 };
 use crate::{config::valid_name, vip::Vip};
@@ -60,13 +61,17 @@ pub enum AdminError {
     Corrupt { path: String, reason: String },
     #[error("{path} kept changing under us ({attempts} attempts); try again")]
     Contention { path: String, attempts: u32 },
+    #[error(transparent)]
+    Acl(#[from] AclError),
 }
 
 impl AdminError {
     /// 2 for invalid input (nothing written), 1 for everything else.
     pub fn exit_code(&self) -> i32 {
         match self {
-            AdminError::Invalid(_) | AdminError::Connect(ConnectError::Invalid { .. }) => 2,
+            AdminError::Invalid(_)
+            | AdminError::Connect(ConnectError::Invalid { .. })
+            | AdminError::Acl(AclError::NeedsCredential { .. }) => 2,
             _ => 1,
         }
     }
@@ -99,6 +104,65 @@ pub(super) async fn admin_session(
         return Err(AdminError::Invalid("no ZooKeeper hosts given".into()));
     }
     Ok(session::connect_within(hosts, SESSION_TIMEOUT, auth, connect_timeout).await?)
+}
+
+/// Before a command's first write: the tree is created protected (or open
+/// with `--zk-insecure`), and a credential that cannot write it is refused.
+pub(super) async fn check_writable(
+    client: &Client,
+    paths: &ClusterPaths,
+    access: &ZkAccess,
+) -> Result<(), AdminError> {
+    Ok(acl::prepare(
+        client,
+        paths,
+        access.auth.as_ref(),
+        access.insecure,
+        REQUEST_DEADLINE,
+    )
+    .await?)
+}
+
+/// `vipctl acl repair`: gives every znode of the cluster's tree that anyone
+/// may change the cluster's digest ACL; returns what it did.
+#[instrument(skip(access), fields(user = access.auth.as_ref().map(|a| a.user.as_str())))]
+pub async fn run_acl_repair_within(
+    hosts: &str,
+    cluster: &str,
+    access: ZkAccess,
+    connect_timeout: Duration,
+) -> Result<String, AdminError> {
+    check_name("cluster name", cluster)?;
+    let Some(auth) = access.auth else {
+        return Err(AclError::NeedsCredential {
+            what: "`vipctl acl repair`",
+        }
+        .into());
+    };
+    let paths = ClusterPaths::new(cluster);
+    let client = admin_session(hosts, Some(&auth), connect_timeout).await?;
+    let out = async {
+        call("sync", "/", REQUEST_DEADLINE, client.sync("/")).await?;
+        let exists = call(
+            "exists",
+            &paths.root,
+            REQUEST_DEADLINE,
+            client.check_stat(&paths.root),
+        )
+        .await?;
+        if exists.is_none() {
+            return Ok(format!(
+                "{}: no such tree (nothing to repair)\n",
+                paths.root
+            ));
+        }
+        Ok(acl::repair(&client, &paths, &auth, REQUEST_DEADLINE)
+            .await?
+            .to_string())
+    }
+    .await;
+    session::close(client, Duration::from_secs(1)).await;
+    out
 }
 
 fn parse_vips(vips: &[String]) -> Result<BTreeSet<Vip>, AdminError> {
@@ -134,20 +198,20 @@ enum Edit {
 pub async fn run_vip_command(
     hosts: &str,
     cluster: &str,
-    auth: Option<ZkAuth>,
+    access: ZkAccess,
     cmd: VipCommand,
 ) -> Result<String, AdminError> {
-    run_vip_command_within(hosts, cluster, auth, cmd, DEFAULT_CONNECT_TIMEOUT).await
+    run_vip_command_within(hosts, cluster, access, cmd, DEFAULT_CONNECT_TIMEOUT).await
 }
 
 /// Runs one command, trying to open a session for up to `connect_timeout`
 /// (a ZooKeeper that is still starting is waited for); returns what to
 /// print on stdout.
-#[instrument(skip(auth), fields(user = auth.as_ref().map(|a| a.user.as_str())))]
+#[instrument(skip(access), fields(user = access.auth.as_ref().map(|a| a.user.as_str())))]
 pub async fn run_vip_command_within(
     hosts: &str,
     cluster: &str,
-    auth: Option<ZkAuth>,
+    access: ZkAccess,
     cmd: VipCommand,
     connect_timeout: Duration,
 ) -> Result<String, AdminError> {
@@ -164,11 +228,14 @@ pub async fn run_vip_command_within(
         check_name("service name", service)?;
     }
     let paths = ClusterPaths::new(cluster);
-    let client = admin_session(hosts, auth.as_ref(), connect_timeout).await?;
-    let acl = ZnodeAcl::new(auth.as_ref());
+    let client = admin_session(hosts, access.auth.as_ref(), connect_timeout).await?;
+    let acl = ZnodeAcl::new(access.auth.as_ref());
     let out = match edit {
         Err(json) => list(&client, &paths, json).await,
-        Ok((service, edit)) => apply(&client, &paths, &acl, &service, edit).await,
+        Ok((service, edit)) => match check_writable(&client, &paths, &access).await {
+            Ok(()) => apply(&client, &paths, &acl, &service, edit).await,
+            Err(e) => Err(e),
+        },
     };
     session::close(client, Duration::from_secs(1)).await;
     out
@@ -387,19 +454,29 @@ mod tests {
             service: service.into(),
             vips: vips.iter().map(|s| s.to_string()).collect(),
         };
-        let e = run_vip_command(hosts, "c", None, set("web", &["192.0.2.10", "300.1.1.1"]))
-            .await
-            .unwrap_err();
+        let e = run_vip_command(
+            hosts,
+            "c",
+            ZkAccess::default(),
+            set("web", &["192.0.2.10", "300.1.1.1"]),
+        )
+        .await
+        .unwrap_err();
         assert_eq!(e.exit_code(), 2);
         assert!(e.to_string().contains("300.1.1.1"), "{e}");
-        let e = run_vip_command(hosts, "c", None, set("a/b", &["192.0.2.10"]))
+        let e = run_vip_command(hosts, "c", ZkAccess::default(), set("a/b", &["192.0.2.10"]))
             .await
             .unwrap_err();
         assert_eq!(e.exit_code(), 2);
         assert!(e.to_string().contains("a/b"), "{e}");
-        let e = run_vip_command(hosts, "", None, VipCommand::List { json: false })
-            .await
-            .unwrap_err();
+        let e = run_vip_command(
+            hosts,
+            "",
+            ZkAccess::default(),
+            VipCommand::List { json: false },
+        )
+        .await
+        .unwrap_err();
         assert_eq!(e.exit_code(), 2);
     }
 }

@@ -2,6 +2,7 @@
 //! configuration watch (R2) and fencing (R3). `run` turns all of it into one
 //! `Desired` for the engine and one `CoordStatus` for operators.
 
+pub mod acl;
 pub mod admin;
 pub mod election;
 pub mod held;
@@ -21,7 +22,7 @@ use zookeeper_client::{Client, SessionState, StateWatcher};
 
 pub use self::{
     admin::{AdminError, VipCommand, run_vip_command},
-    session::{ZkAuth, ZkAuthError},
+    session::{CREDENTIAL_NAME, ZkAccess, ZkAuth, ZkAuthError},
     store::{RefusedValue, ServiceStatus},
 };
 use self::{
@@ -45,13 +46,17 @@ pub struct ZkSettings {
     pub node_id: String,
     pub session_timeout: Duration,
     pub auth: Option<ZkAuth>,
+    /// Without a credential, create the cluster's tree open to anyone
+    /// (refused otherwise). Ignored with a credential.
+    pub insecure: bool,
     /// The leader's lease and the successor's takeover (R15).
     pub lease: LeaseTimes,
 }
 
 impl ZkSettings {
     /// Cluster mode settings from the flags, or `None` without `--zk`
-    /// (single-node mode). Reads the auth file, if one is named.
+    /// (single-node mode). Reads the credential: the auth file if one is
+    /// named, else the systemd credential `vipd-zk` if the unit loads one.
     pub fn from_args(
         args: &crate::config::ZkArgs,
         node_id: String,
@@ -59,12 +64,23 @@ impl ZkSettings {
         let Some(hosts) = &args.hosts else {
             return Ok(None);
         };
-        let auth = args
-            .zk_auth_file
-            .as_deref()
-            .map(ZkAuth::from_file)
-            .transpose()
+        let auth = ZkAuth::resolve(args.zk_auth_file.as_deref())
             .map_err(|e| CoordError::Setting(e.to_string()))?;
+        match &auth {
+            Some((a, source)) => {
+                info!(user = %a.user, %source, "ZooKeeper credential read");
+                if args.zk_insecure {
+                    warn!("--zk-insecure is ignored: a ZooKeeper credential is configured");
+                }
+            }
+            None if args.zk_insecure => {
+                warn!(
+                    "no ZooKeeper credential and --zk-insecure: the cluster's tree may be created open to anyone who reaches ZooKeeper"
+                );
+            }
+            None => {}
+        }
+        let auth = auth.map(|(a, _)| a);
         let lease = args.lease_times().map_err(CoordError::Setting)?;
         Ok(Some(ZkSettings {
             hosts: hosts.clone(),
@@ -72,8 +88,40 @@ impl ZkSettings {
             node_id,
             session_timeout: args.session_timeout,
             auth,
+            insecure: args.zk_insecure,
             lease,
         }))
+    }
+}
+
+impl ZkSettings {
+    /// What `vipd check-config` warns about the ZooKeeper credential, one
+    /// line each; nothing in single-node mode.
+    pub fn credential_warnings(args: &crate::config::ZkArgs) -> Vec<String> {
+        if args.hosts.is_none() {
+            return Vec::new();
+        }
+        let credential = match ZkAuth::resolve(args.zk_auth_file.as_deref()) {
+            Ok(c) => c,
+            Err(e) => return vec![e.to_string()],
+        };
+        match (credential, args.zk_insecure) {
+            (Some(_), true) => {
+                vec!["zk_insecure is ignored: a ZooKeeper credential is configured".into()]
+            }
+            (Some(_), false) => Vec::new(),
+            (None, true) => vec![
+                "no ZooKeeper credential and zk_insecure: the cluster's tree may be created \
+                 open, and anyone who reaches ZooKeeper can change or delete its VIPs and \
+                 election; configure the systemd credential vipd-zk or zk_auth_file"
+                    .into(),
+            ],
+            (None, false) => vec![
+                "no ZooKeeper credential (the systemd credential vipd-zk or zk_auth_file): \
+                 vipd refuses to create the cluster's tree and cannot write a protected one"
+                    .into(),
+            ],
+        }
     }
 }
 
@@ -138,6 +186,17 @@ pub struct CoordStatus {
     /// Why `lease_ms` is not the configured lease, or why this node does
     /// not stand at all on the current session; None: as configured.
     pub lease_adjusted: Option<String>,
+    /// Znodes of the cluster's tree anyone who reaches ZooKeeper may change.
+    pub tree_acl: TreeAcl,
+}
+
+/// The cluster's tree as last searched for znodes anyone may change.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct TreeAcl {
+    /// How many znodes are open; 0 when all are protected.
+    pub open_znodes: usize,
+    /// The first few of them.
+    pub examples: Vec<String>,
 }
 
 /// Why coordination stopped for good.
@@ -147,6 +206,8 @@ pub enum CoordError {
     Setting(String),
     #[error("ZooKeeper refused the credentials of user {user:?} (session state AuthFailed)")]
     AuthFailed { user: String },
+    #[error(transparent)]
+    Acl(#[from] acl::AclError),
 }
 
 impl CoordError {
@@ -161,6 +222,12 @@ impl CoordError {
         }
     }
 }
+
+/// How often vipd searches its cluster's tree for znodes anyone may change
+/// (a vipd or vipctl without the credential can add some at any time).
+const TREE_ACL_EVERY: Duration = Duration::from_secs(60);
+/// How often the warning about an open tree is repeated while it lasts.
+const OPEN_TREE_REMINDER: Duration = Duration::from_secs(600);
 
 /// How long the engine gets to remove VIPs before we release the election.
 const RELEASE_WAIT: Duration = Duration::from_secs(5);
@@ -279,6 +346,32 @@ pub async fn run_serving(
             continue;
         }
         ctx.set_session("connected");
+        let access = acl::prepare(
+            &client,
+            &ctx.paths,
+            settings.auth.as_ref(),
+            settings.insecure,
+            client.session_timeout() / 3,
+        )
+        .await;
+        match access {
+            Ok(()) => {}
+            Err(e) if e.is_transient() => {
+                warn!(error = %e, "cannot check the cluster's ZooKeeper tree; retrying on a new session");
+                ctx.error(e.to_string());
+                session::close(client, Duration::from_secs(1)).await;
+                tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                continue;
+            }
+            Err(e) => {
+                ctx.error(e.to_string());
+                ctx.shutdown(&mut st, Some(client), None).await;
+                return Err(e.into());
+            }
+        }
         let (end, own) = ctx.serve_session(&client, &mut st, &cancel).await;
         match end {
             SessionState::Closed if cancel.is_cancelled() => {
@@ -579,6 +672,7 @@ impl Ctx<'_> {
             self.desired,
             st.report.clone(),
         );
+        let tree = self.watch_tree_acl(client, deadline);
         let mut own = None;
         let end = tokio::select! {
             s = services => s,
@@ -586,6 +680,7 @@ impl Ctx<'_> {
             s = held => s,
             () = member => std::future::pending().await,
             () = persist => std::future::pending().await,
+            () = tree => std::future::pending().await,
             s = self.campaign(client, st, &mut own, cancel) => s,
         };
         (end, own)
@@ -614,6 +709,57 @@ impl Ctx<'_> {
         let persist =
             store::persist_applied(client, &self.paths, &self.acl, deadline, parsed, leading);
         tokio::join!(follow, persist);
+    }
+
+    /// Searches the cluster's tree for znodes anyone may change, at start,
+    /// every [`TREE_ACL_EVERY`] and when the root's data changes (`vipctl acl
+    /// repair` touches it when done); publishes what it found and warns
+    /// while any are open.
+    async fn watch_tree_acl(&self, client: &Client, deadline: Duration) {
+        let root = &self.paths.root;
+        let mut warned: Option<Instant> = None;
+        loop {
+            let watch = call("watch", root, deadline, client.check_and_watch_stat(root))
+                .await
+                .ok()
+                .map(|(_, w)| w);
+            match acl::open_znodes(client, &self.paths, deadline).await {
+                Ok(open) => {
+                    let now = TreeAcl {
+                        open_znodes: open.len(),
+                        examples: open.iter().take(5).cloned().collect(),
+                    };
+                    let was = self.status.borrow().tree_acl.open_znodes;
+                    let remind = warned.is_none_or(|at| at.elapsed() >= OPEN_TREE_REMINDER);
+                    if !open.is_empty() && (now.open_znodes != was || remind) {
+                        warn!(open_znodes = open.len(), examples = ?now.examples,
+                            "znodes of the cluster's ZooKeeper tree can be changed by anyone who reaches ZooKeeper; protect them with `vipctl acl repair` and the cluster's credential");
+                        warned = Some(Instant::now());
+                    } else if open.is_empty() && was > 0 {
+                        info!(znode = %root, "the cluster's ZooKeeper tree is protected now");
+                        warned = None;
+                    }
+                    self.status.send_if_modified(|x| {
+                        let changed = x.tree_acl != now;
+                        x.tree_acl = now;
+                        changed
+                    });
+                }
+                Err(e) => {
+                    debug!(error = %e, "cannot read the ACLs of the cluster's tree; trying again later")
+                }
+            }
+            let changed = async {
+                match watch {
+                    Some(w) => drop(w.changed().await),
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = changed => {}
+                _ = tokio::time::sleep(TREE_ACL_EVERY) => {}
+            }
+        }
     }
 
     /// Keeps this node's member znode (role, health, why it does not

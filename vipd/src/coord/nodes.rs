@@ -417,18 +417,18 @@ pub fn nodes_table(rows: &[NodeRow]) -> String {
 pub async fn run_node_command_within(
     hosts: &str,
     cluster: &str,
-    auth: Option<super::ZkAuth>,
+    access: super::session::ZkAccess,
     cmd: NodeCommand,
     connect_timeout: Duration,
 ) -> Result<String, super::AdminError> {
-    use super::admin::{admin_session, check_name};
+    use super::admin::{admin_session, check_name, check_writable};
     check_name("cluster name", cluster)?;
     if let NodeCommand::Drain { node } | NodeCommand::Undrain { node } = &cmd {
         check_name("node id", node)?;
     }
     let paths = super::ClusterPaths::new(cluster);
-    let client = admin_session(hosts, auth.as_ref(), connect_timeout).await?;
-    let acl = ZnodeAcl::new(auth.as_ref());
+    let client = admin_session(hosts, access.auth.as_ref(), connect_timeout).await?;
+    let acl = ZnodeAcl::new(access.auth.as_ref());
     let d = Duration::from_secs(5);
     let out = async {
         match cmd {
@@ -441,6 +441,7 @@ pub async fn run_node_command_within(
                 })
             }
             NodeCommand::Drain { ref node } | NodeCommand::Undrain { ref node } => {
+                check_writable(&client, &paths, &access).await?;
                 let drained = matches!(cmd, NodeCommand::Drain { .. });
                 let data = serde_json::to_vec(&NodeRecord { drained }).expect("plain data");
                 put(&client, &paths.nodes, &paths.node(node), &data, &acl, d).await?;
@@ -461,24 +462,25 @@ pub async fn run_node_command_within(
 pub async fn run_handover_within(
     hosts: &str,
     cluster: &str,
-    auth: Option<super::ZkAuth>,
+    access: super::session::ZkAccess,
     to: Option<String>,
     connect_timeout: Duration,
     wait: Duration,
 ) -> Result<String, super::AdminError> {
     use super::{
         AdminError,
-        admin::{admin_session, check_name},
+        admin::{admin_session, check_name, check_writable},
     };
     if let Some(t) = &to {
         check_name("node id", t)?;
     }
     check_name("cluster name", cluster)?;
     let paths = super::ClusterPaths::new(cluster);
-    let client = admin_session(hosts, auth.as_ref(), connect_timeout).await?;
-    let acl = ZnodeAcl::new(auth.as_ref());
+    let client = admin_session(hosts, access.auth.as_ref(), connect_timeout).await?;
+    let acl = ZnodeAcl::new(access.auth.as_ref());
     let d = Duration::from_secs(5);
     let out = async {
+        check_writable(&client, &paths, &access).await?;
         call("sync", "/", d, client.sync("/")).await?;
         let candidates =
             super::election::sort_candidates(children(&client, &paths.election, d).await?);

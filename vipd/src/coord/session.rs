@@ -37,6 +37,28 @@ pub enum ZkAuthError {
     Format { path: String },
 }
 
+/// The name of the systemd credential (`LoadCredential=vipd-zk:...`) vipd
+/// and vipctl read from `$CREDENTIALS_DIRECTORY` when no auth file is named.
+pub const CREDENTIAL_NAME: &str = "vipd-zk";
+
+/// Where the credential came from, for the start-up log and check-config.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CredentialSource {
+    /// `--zk-auth-file` (flag, environment or configuration file).
+    File(std::path::PathBuf),
+    /// `$CREDENTIALS_DIRECTORY/vipd-zk`, as systemd provides it.
+    Systemd(std::path::PathBuf),
+}
+
+impl std::fmt::Display for CredentialSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CredentialSource::File(p) => write!(f, "auth file {}", p.display()),
+            CredentialSource::Systemd(p) => write!(f, "systemd credential {}", p.display()),
+        }
+    }
+}
+
 impl ZkAuth {
     /// Reads `user:password` (one line; surrounding whitespace ignored).
     pub fn from_file(path: &Path) -> Result<Self, ZkAuthError> {
@@ -61,8 +83,75 @@ impl ZkAuth {
         })
     }
 
+    /// The credential to use: the named file, else the systemd credential
+    /// [`CREDENTIAL_NAME`] if the service manager passed one (an empty one,
+    /// the unit's fallback when the file it loads is missing, is none).
+    pub fn resolve(file: Option<&Path>) -> Result<Option<(ZkAuth, CredentialSource)>, ZkAuthError> {
+        if let Some(path) = file {
+            return Ok(Some((
+                Self::from_file(path)?,
+                CredentialSource::File(path.to_path_buf()),
+            )));
+        }
+        let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY").filter(|d| !d.is_empty()) else {
+            return Ok(None);
+        };
+        let path = Path::new(&dir).join(CREDENTIAL_NAME);
+        match std::fs::read_to_string(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Ok(text) if text.trim().is_empty() => Ok(None),
+            Ok(text) => Self::parse(text.trim())
+                .map(|a| Some((a, CredentialSource::Systemd(path.clone()))))
+                .ok_or_else(|| ZkAuthError::Format {
+                    path: path.display().to_string(),
+                }),
+            Err(source) => Err(ZkAuthError::Read {
+                path: path.display().to_string(),
+                source,
+            }),
+        }
+    }
+
     fn digest(&self) -> Vec<u8> {
         format!("{}:{}", self.user, self.password).into_bytes()
+    }
+
+    /// The id ZooKeeper's digest scheme gives a session authenticated with
+    /// this credential: `user:base64(sha1(user:password))`. ACLs name it.
+    pub fn digest_id(&self) -> String {
+        use base64::Engine as _;
+        let hash = sha1_smol::Sha1::from(self.digest()).digest().bytes();
+        format!(
+            "{}:{}",
+            self.user,
+            base64::engine::general_purpose::STANDARD.encode(hash)
+        )
+    }
+}
+
+/// How vipctl's session authenticates, and whether it may create the
+/// cluster's tree open (`--zk-insecure`, without a credential).
+#[derive(Clone, Debug, Default)]
+pub struct ZkAccess {
+    pub auth: Option<ZkAuth>,
+    pub insecure: bool,
+}
+
+impl ZkAccess {
+    /// With the cluster's credential.
+    pub fn with(auth: ZkAuth) -> Self {
+        ZkAccess {
+            auth: Some(auth),
+            insecure: false,
+        }
+    }
+
+    /// Without a credential, creating an open tree if there is none.
+    pub fn insecure() -> Self {
+        ZkAccess {
+            auth: None,
+            insecure: true,
+        }
     }
 }
 
@@ -148,23 +237,37 @@ pub async fn until_terminated(
     }
 }
 
-/// The ACL of every znode vipd or vipctl creates: without auth, open to
-/// all (ZooKeeper's default); with auth, full rights for the authenticated
-/// digest identity (the `auth` scheme: the server substitutes the session's
-/// `digest:user:<hash>` id, so we never compute the hash) and read for anyone,
-/// so anybody can read the configuration but only credential holders write.
-#[derive(Clone, Debug)]
+/// The ACL of every znode vipd or vipctl creates: with a credential, all
+/// rights for the cluster's digest identity and read for anyone, so anybody
+/// can read the configuration but only credential holders change it;
+/// without one (`--zk-insecure`), open to all (ZooKeeper's default).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ZnodeAcl(Vec<Acl>);
 
 impl ZnodeAcl {
     pub fn new(auth: Option<&ZkAuth>) -> Self {
         ZnodeAcl(match auth {
             None => vec![Acl::new(Permission::ALL, AuthId::anyone())],
-            Some(_) => vec![
-                Acl::new(Permission::ALL, AuthId::authed()),
+            Some(auth) => vec![
+                Acl::new(Permission::ALL, AuthId::new("digest", &auth.digest_id())),
                 Acl::new(Permission::READ, AuthId::anyone()),
             ],
         })
+    }
+
+    /// The ACL of `/vipd`, the parent every cluster shares: as
+    /// [`ZnodeAcl::new`], but anyone may also create in it, so that another
+    /// cluster, with a credential of its own, can make its tree there.
+    pub fn namespace(auth: Option<&ZkAuth>) -> Self {
+        let mut acl = Self::new(auth);
+        if auth.is_some() {
+            acl.0[1] = Acl::new(Permission::READ | Permission::CREATE, AuthId::anyone());
+        }
+        acl
+    }
+
+    pub fn acls(&self) -> &[Acl] {
+        &self.0
     }
 
     pub fn options(&self, mode: CreateMode) -> CreateOptions<'_> {
@@ -489,6 +592,13 @@ mod tests {
         for bad in ["", "vipd", ":pw", "vipd:", "a:b\nc"] {
             assert!(ZkAuth::parse(bad).is_none(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn digest_ids_are_zookeepers() {
+        // The example of ZooKeeper's administrator guide (superDigest).
+        let a = ZkAuth::parse("super:test").unwrap();
+        assert_eq!(a.digest_id(), "super:D/InIHSb7yEEbrWz8b9l71RjZJU=");
     }
 
     #[test]

@@ -477,6 +477,8 @@ fn set_run(lab: &Lab, node: &Host, config: &Path) -> Result<SetFigures> {
         std::thread::sleep(Duration::from_millis(20));
     }
     let vipctl = vipctl_bin();
+    // Outside the lab's `ip netns exec`: the cluster credential by hand.
+    let credential = node.zk_credential_file();
     let pool: Vec<Ipv4Addr> = (1..=SET_REPS as u8 + 1)
         .map(|h| Ipv4Addr::new(198, 51, 100, h))
         .collect();
@@ -503,7 +505,10 @@ fn set_run(lab: &Lab, node: &Host, config: &Path) -> Result<SetFigures> {
         // exec` (its mount namespace work) in the timed path.
         let (t0, t_exit, out) = node.in_netns(|| {
             let t0 = Instant::now();
-            let out = Command::new(&vipctl).args(&argv).output();
+            let out = Command::new(&vipctl)
+                .args(&argv)
+                .env("VIPD_ZK_AUTH_FILE", &credential)
+                .output();
             (t0, Instant::now(), out)
         });
         let out = out.with_context(|| format!("running {}", vipctl.display()))?;
@@ -620,7 +625,12 @@ fn renewal_run(lab: &Lab, node: &Host, config: &Path, vips: &[Ipv4Addr]) -> Resu
         .to_vec();
     argv.extend(vips.iter().map(ToString::to_string));
     let out = node
-        .in_netns(|| Command::new(vipctl_bin()).args(&argv).output())
+        .in_netns(|| {
+            Command::new(vipctl_bin())
+                .args(&argv)
+                .env("VIPD_ZK_AUTH_FILE", node.zk_credential_file())
+                .output()
+        })
         .context("running vipctl vip set")?;
     if !out.status.success() {
         bail!(
