@@ -25,9 +25,10 @@ const GOOD: [&str; 2] = ["192.0.2.100", "192.0.2.101"];
 const EVERY: Duration = Duration::from_millis(50);
 
 /// Runs `f` with a plain ZooKeeper client on the admin host, as zkCli.sh
-/// or an operator's automation would write.
+/// or an operator's automation would write, with the cluster's credential.
 fn zk<R: Send>(c: &Cluster, f: impl AsyncFnOnce(&Client) -> R + Send) -> R {
     let hosts = c.hosts.clone();
+    let credential = c.admin.zk_credential();
     c.admin.in_netns(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -36,6 +37,7 @@ fn zk<R: Send>(c: &Cluster, f: impl AsyncFnOnce(&Client) -> R + Send) -> R {
         rt.block_on(async move {
             let client = Client::connector()
                 .with_session_timeout(Duration::from_secs(5))
+                .with_auth("digest", credential.as_bytes())
                 .connect(&hosts)
                 .await
                 .expect("raw ZooKeeper client");
@@ -63,7 +65,7 @@ fn zk_write(c: &Cluster, path: &str, data: &[u8]) {
                 .create(
                     &parent,
                     b"",
-                    &CreateMode::Persistent.with_acls(Acls::anyone_all()),
+                    &CreateMode::Persistent.with_acls(Acls::creator_all()),
                 )
                 .await
             {
@@ -78,7 +80,7 @@ fn zk_write(c: &Cluster, path: &str, data: &[u8]) {
                     .create(
                         &path,
                         &data,
-                        &CreateMode::Persistent.with_acls(Acls::anyone_all()),
+                        &CreateMode::Persistent.with_acls(Acls::creator_all()),
                     )
                     .await
                     .unwrap_or_else(|e| panic!("create {path}: {e}"));
