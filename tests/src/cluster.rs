@@ -190,8 +190,17 @@ impl Cluster {
 
     /// Starts vipd on node `i` with session timeout `t` and `extra` flags.
     pub fn start_vipd_with(&mut self, i: usize, t: Duration, extra: &[&str]) {
-        let node = &self.nodes[i];
         let timeout = format!("{}ms", t.as_millis());
+        let mut flags = vec!["--session-timeout", timeout.as_str()];
+        flags.extend_from_slice(extra);
+        self.start_vipd_flags(i, &flags);
+    }
+
+    /// Starts vipd on node `i` with the bench's fixed flags and `extra`
+    /// only: no `--session-timeout`, so vipd's default session and lease
+    /// apply unless `extra` names them.
+    pub fn start_vipd_flags(&mut self, i: usize, extra: &[&str]) {
+        let node = &self.nodes[i];
         let socket = node.socket.display().to_string();
         let bin = vipd_bin().display().to_string();
         let argv = [
@@ -202,8 +211,6 @@ impl Cluster {
             &self.cluster,
             "--node-id",
             &node.id,
-            "--session-timeout",
-            &timeout,
             "--api-socket",
             &socket,
             // No --xdp-mode: the default must deliver on veth (issue 11).
@@ -271,6 +278,20 @@ impl Cluster {
         for i in 0..self.nodes.len() {
             self.start_vipd_with(i, t, extra);
         }
+        self.wait_all_answer();
+    }
+
+    /// [`Cluster::start_all`] with vipd's own default session timeout and
+    /// lease (no `--session-timeout`) and `extra` flags.
+    pub fn start_all_flags(&mut self, extra: &[&str]) {
+        for i in 0..self.nodes.len() {
+            self.start_vipd_flags(i, extra);
+        }
+        self.wait_all_answer();
+    }
+
+    /// Waits until every node's vipd answers on its socket.
+    fn wait_all_answer(&self) {
         for i in 0..self.nodes.len() {
             let r = wait_until(Duration::from_secs(15), Duration::from_millis(50), || {
                 self.try_status(i).is_some()
@@ -452,6 +473,19 @@ impl Cluster {
         not: Option<usize>,
         timeout: Duration,
     ) -> Result<(usize, Duration), String> {
+        self.wait_sole_holder_ips_every(vips, not, timeout, Duration::from_millis(10))
+    }
+
+    /// [`Cluster::wait_sole_holder_ips`] looking every `every`: a dump of
+    /// thousands of addresses on every node costs the shared CPUs the
+    /// nodes under test need, so large sets are looked at less often.
+    pub fn wait_sole_holder_ips_every(
+        &self,
+        vips: &BTreeSet<IpAddr>,
+        not: Option<usize>,
+        timeout: Duration,
+        every: Duration,
+    ) -> Result<(usize, Duration), String> {
         let start = Instant::now();
         loop {
             if let Some(i) = self.sole_holder_ips(vips)
@@ -467,7 +501,7 @@ impl Cluster {
                     "no single holder of {vips:?} (excluding {not:?}) after {timeout:?}; holdings {h:?}"
                 ));
             }
-            std::thread::sleep(Duration::from_millis(10));
+            std::thread::sleep(every);
         }
     }
 
