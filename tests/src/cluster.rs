@@ -180,6 +180,11 @@ impl Cluster {
 
     /// Starts vipd on node `i` with session timeout `t` and `extra` flags.
     pub fn start_vipd_with(&mut self, i: usize, t: Duration, extra: &[&str]) {
+        self.start_vipd_env(i, t, extra, &[]);
+    }
+
+    /// [`Cluster::start_vipd_with`] with more environment.
+    pub fn start_vipd_env(&mut self, i: usize, t: Duration, extra: &[&str], env: &[(&str, &str)]) {
         let node = &self.nodes[i];
         let timeout = format!("{}ms", t.as_millis());
         let socket = node.socket.display().to_string();
@@ -203,9 +208,9 @@ impl Cluster {
             "2",
         ];
         let argv: Vec<&str> = argv.iter().chain(extra).copied().collect();
-        let p = node
-            .host
-            .spawn_env(argv, &[("RUST_LOG", "info,vipd=debug")]);
+        let mut envs = vec![("RUST_LOG", "info,vipd=debug")];
+        envs.extend_from_slice(env);
+        let p = node.host.spawn_env(argv, &envs);
         self.nodes[i].vipd = Some(p);
     }
 

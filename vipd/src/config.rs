@@ -613,6 +613,20 @@ impl Config {
         Ok(())
     }
 
+    /// The check and hook programs that vipd would refuse to run, each with
+    /// why (`sandbox::check_program`): someone other than root could change them.
+    pub fn unsafe_programs(&self) -> Vec<crate::sandbox::UnsafeProgram> {
+        let checks = self.serving.checks.iter().filter_map(|c| match c {
+            crate::health::CheckSpec::Exec { path, .. } => Some(("--check", path)),
+            _ => None,
+        });
+        let hook = self.serving.on_change.iter().map(|p| ("--on-change", p));
+        checks
+            .chain(hook)
+            .filter_map(|(what, p)| crate::sandbox::check_program(what, p).err())
+            .collect()
+    }
+
     /// The node id: `--node-id`, or the host name.
     pub fn node_id(&self) -> String {
         self.zk.node_id.clone().unwrap_or_else(hostname)

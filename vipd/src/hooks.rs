@@ -6,7 +6,6 @@
 use std::{
     collections::{BTreeSet, VecDeque},
     path::PathBuf,
-    process::Stdio,
     time::Duration,
 };
 
@@ -163,12 +162,7 @@ impl Hook {
 
     /// One run: logged, killed at the timeout, failure logged.
     async fn run_one(&self, t: &Transition) {
-        let mut cmd = tokio::process::Command::new(&self.program);
-        cmd.envs(t.env(&self.node))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true);
+        let mut cmd = crate::sandbox::command(&self.program, t.env(&self.node));
         debug!(program = %self.program.display(), role = t.role, term = t.term, vips = t.vips.len(), "running the on-change hook");
         let child = match cmd.spawn() {
             Ok(c) => c,
@@ -177,20 +171,18 @@ impl Hook {
                 return;
             }
         };
-        let mut child = child;
-        match tokio::time::timeout(self.timeout, child.wait()).await {
-            Ok(Ok(s)) if s.success() => {
+        match crate::sandbox::wait_or_kill(child, self.timeout).await {
+            Some(Ok(s)) if s.success() => {
                 info!(program = %self.program.display(), role = t.role, term = t.term, "on-change hook done");
             }
-            Ok(Ok(s)) => {
+            Some(Ok(s)) => {
                 warn!(program = %self.program.display(), role = t.role, status = %s, "on-change hook failed");
             }
-            Ok(Err(e)) => {
+            Some(Err(e)) => {
                 warn!(program = %self.program.display(), error = %e, "on-change hook: wait failed")
             }
-            Err(_) => {
-                let _ = child.kill().await;
-                warn!(program = %self.program.display(), timeout = ?self.timeout, role = t.role, "on-change hook killed at its timeout");
+            None => {
+                warn!(program = %self.program.display(), timeout = ?self.timeout, role = t.role, "on-change hook killed at its timeout (its whole process group)");
             }
         }
     }

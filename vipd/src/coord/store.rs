@@ -37,13 +37,20 @@ pub fn parse_service(path: &str, data: &[u8]) -> Result<Vec<Vip>, String> {
     }
     let parsed: ServiceData = serde_json::from_slice(data).map_err(|e| {
         format!(
-            "{path}: invalid data {:?}: {e} (expected {{\"vips\": [\"192.0.2.100\", ...]}})",
-            String::from_utf8_lossy(data)
+            "{path}: invalid data {}: {} (expected {{\"vips\": [\"192.0.2.100\", ...]}})",
+            super::session::echo(data),
+            super::session::clip(&e.to_string())
         )
     })?;
     let mut vips = BTreeSet::new();
     for v in &parsed.vips {
-        let vip: Vip = v.parse().map_err(|e| format!("{path}: {e}"))?;
+        let vip: Vip = v.parse().map_err(|e: crate::vip::InvalidVip| {
+            format!(
+                "{path}: invalid VIP {}: {}",
+                super::session::echo(e.value.as_bytes()),
+                e.reason
+            )
+        })?;
         vips.insert(vip);
     }
     Ok(vips.into_iter().collect())

@@ -287,6 +287,9 @@ impl Engine {
             held: plan.on_node(holdings, &snap.addresses, &not_removed),
             no_route,
             links_down: self.links_down.clone(),
+            // Brought up to date by `finish_pass`, next.
+            passes: self.passes,
+            lease_applied: self.report.borrow().lease_applied,
         };
         self.report.send_if_modified(|r| {
             if *r == report {
@@ -404,6 +407,8 @@ impl Engine {
         removed: usize,
         errors: Vec<String>,
     ) {
+        self.passes += 1;
+        self.beat();
         let took = started.elapsed();
         let duration_us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
         self.status.send_modify(|s| {
