@@ -261,7 +261,7 @@ mod tests {
             (1000, 0o100755, false, Some("not owned by root")),
             (0, 0o40755, true, None),
             (0, 0o41777, true, None),
-            (0, 0o40777, true, Some("a directory writable by others")),
+            (0, 0o40757, true, Some("a directory writable by others")),
             (0, 0o40775, true, Some("a directory writable by its group")),
             (1000, 0o40755, true, Some("a directory not owned by root")),
         ];
