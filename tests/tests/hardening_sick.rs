@@ -416,3 +416,129 @@ fn a_one_megabyte_znode_keeps_status_and_log_short() {
         log.lines().max_by_key(|l| l.len()).unwrap_or("")
     );
 }
+
+/// What the XDP maps hold per family (`MAX_VIPS` in vipd-common).
+const XDP_CAPACITY: usize = 8192;
+
+/// The IPv6 VIPs of the capacity test: 2001:db8:0:1::1:0 and up.
+fn many_vips(n: usize) -> Vec<std::net::Ipv6Addr> {
+    let base = u128::from("2001:db8:0:1::1:0".parse::<std::net::Ipv6Addr>().unwrap());
+    (0..n as u128).map(|i| (base + i).into()).collect()
+}
+
+/// `GET /metrics` on `addr` from inside `host`.
+fn metrics_body(host: &vipd_tests::lab::Host, addr: std::net::SocketAddr) -> Option<String> {
+    use std::io::{Read, Write};
+    host.in_netns(|| {
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).ok()?;
+        Some(buf.split_once("\r\n\r\n")?.1.to_string())
+    })
+}
+
+/// More VIPs than the XDP maps hold, in single-node mode at the default
+/// settings (XDP on): every VIP is still configured on the interface (the
+/// kernel answers for those without an XDP entry), and the excess shows in
+/// `vipctl status`, in the metrics and in one log line.
+#[test]
+fn more_vips_than_the_xdp_maps_hold_are_all_configured_and_reported() {
+    require_root();
+    let _serial = serial();
+    let lab = Lab::new("sick-many");
+    let host = lab.add_host("n1", &[HostIf::on(0, "192.0.2.11/24")]);
+    host.add_addr6("eth0", "2001:db8:0:1::11/64");
+    let extra = 5;
+    let vips = many_vips(XDP_CAPACITY + extra);
+    // In a file: the list is longer than one argument may be.
+    let conf = lab.dir().join("many.toml");
+    let list: Vec<String> = vips.iter().map(ToString::to_string).collect();
+    std::fs::write(&conf, format!("static_vips = \"{}\"\n", list.join(","))).unwrap();
+    let conf = conf.display().to_string();
+    let listen = "127.0.0.1:9473";
+    let vipd = Vipd::spawn_args(
+        &host,
+        Vipd::new_socket(&lab, &host),
+        &[
+            "--config",
+            &conf,
+            "--xdp-mode",
+            "generic",
+            "--metrics-listen",
+            listen,
+        ],
+        &[],
+    );
+    let held = |s: &serde_json::Value| {
+        s["vips"]
+            .as_array()
+            .map_or(0, |v| v.iter().filter(|v| v["state"] == "held").count())
+    };
+    let mut last = None;
+    let done = within(Duration::from_secs(240), || {
+        assert!(
+            vipd.process.is_running(),
+            "vipd exited: {:?}\n{}",
+            vipd.process.try_status(),
+            vipd.process.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        last = vipd.try_vipctl(&["status", "--json"]);
+        last.as_ref().is_some_and(|s| held(s) == vips.len())
+    });
+    let s = last.unwrap_or_default();
+    done.unwrap_or_else(|e| {
+        panic!(
+            "not every VIP held: {e}; {} of {} held; xdp {}; last_reconcile {}",
+            held(&s),
+            vips.len(),
+            s["xdp"],
+            s["last_reconcile"]
+        )
+    });
+    // In the kernel, every one of them.
+    let on: BTreeSet<std::net::Ipv6Addr> = host
+        .ipv6_addrs("eth0")
+        .into_iter()
+        .map(|a| a.addr)
+        .collect();
+    let missing: Vec<_> = vips.iter().filter(|v| !on.contains(v)).take(5).collect();
+    assert!(missing.is_empty(), "not on eth0: {missing:?}...");
+    // The report: status, metric, one log line.
+    assert_eq!(s["xdp"]["capacity"], XDP_CAPACITY, "xdp {}", s["xdp"]);
+    assert_eq!(s["xdp"]["over_capacity"], extra, "xdp {}", s["xdp"]);
+    let errors = s["xdp"]["errors"].as_array().map_or(0, Vec::len);
+    assert_eq!(errors, 0, "XDP errors: {:.600}", s["xdp"]["errors"]);
+    let body = metrics_body(&host, listen.parse().unwrap()).expect("GET /metrics");
+    let line = body
+        .lines()
+        .find(|l| l.starts_with("vipd_xdp_vips_over_capacity "))
+        .unwrap_or_else(|| panic!("no vipd_xdp_vips_over_capacity metric"));
+    assert_eq!(line, format!("vipd_xdp_vips_over_capacity {extra}"));
+    // More passes change nothing: still one line.
+    let passes = vipd.passes();
+    host.add_addr6("eth0", "2001:db8:0:2::11/64");
+    within(Duration::from_secs(30), || {
+        std::thread::sleep(Duration::from_millis(200));
+        vipd.passes() > passes
+    })
+    .unwrap_or_else(|e| panic!("no pass after an address change: {e}"));
+    let log = vipd.process.stderr();
+    let reports: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("more VIPs than the XDP maps hold"))
+        .collect();
+    assert_eq!(reports.len(), 1, "{reports:#?}");
+    assert!(
+        reports[0].contains(&format!("{extra} VIPs have no XDP entry"))
+            && reports[0].contains("capacity=8192"),
+        "{}",
+        reports[0]
+    );
+}

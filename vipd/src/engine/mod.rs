@@ -95,6 +95,11 @@ pub struct Engine {
     refresh: Option<tokio::time::Instant>,
     /// Passes finished, failed ones included (the heartbeat).
     passes: u64,
+    /// The configured VIPs that have XDP entries (all of them unless there
+    /// are more than the maps hold), as of the last pass.
+    xdp_fits: BTreeSet<Vip>,
+    /// Configured VIPs without XDP entries, per family, as last logged.
+    xdp_over: pass::XdpOver,
 }
 
 impl Engine {
@@ -141,6 +146,8 @@ impl Engine {
             links_down: BTreeSet::new(),
             refresh: None,
             passes: 0,
+            xdp_fits: BTreeSet::new(),
+            xdp_over: pass::XdpOver::default(),
         }
     }
 
