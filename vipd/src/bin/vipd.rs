@@ -33,6 +33,13 @@ fn main() -> ExitCode {
         for e in &unsafe_programs {
             println!("# warning: vipd will refuse to start: {e}");
         }
+        let over = loaded.config.static_vips_over_xdp_capacity();
+        if over > 0 {
+            println!(
+                "# warning: {over} static VIPs beyond the XDP maps' {} per family: the kernel answers ARP/NDP for them",
+                vipd_common::MAX_VIPS
+            );
+        }
         if loaded.config.zk.hosts.is_some()
             && let Ok(lease) = loaded.config.zk.lease_times()
         {
