@@ -92,8 +92,17 @@ impl Hook {
                     .map(|c| c.borrow_and_update().clone())
                     .as_ref(),
             );
-            // Before the engine's first pass there is nothing to tell.
-            let first_pass_pending = last.is_none() && *report.borrow() == EngineReport::default();
+            // Before the engine's first pass there is nothing to tell, and
+            // a starting follower has nothing to tell either: its heartbeat
+            // (passes, lease applied) is no change of role or VIPs.
+            let first_pass_pending = last.is_none() && {
+                let r = report.borrow();
+                EngineReport {
+                    passes: 0,
+                    lease_applied: None,
+                    ..r.clone()
+                } == EngineReport::default()
+            };
             if last.as_ref() != Some(&now) && !first_pass_pending {
                 last = Some(now.clone());
                 if queue.len() >= QUEUE_LIMIT {
@@ -264,6 +273,14 @@ mod tests {
             node: "n1".into(),
         };
         let task = tokio::spawn(hook.run(rx, None, cancel.clone()));
+        // A starting follower's heartbeat alone is no transition.
+        for passes in 1..=3 {
+            tx.send_replace(EngineReport {
+                passes,
+                ..EngineReport::default()
+            });
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         tx.send_replace(EngineReport {
             role: Role::Leader,
             term: 3,
