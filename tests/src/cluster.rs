@@ -190,16 +190,26 @@ impl Cluster {
 
     /// Starts vipd on node `i` with session timeout `t` and `extra` flags.
     pub fn start_vipd_with(&mut self, i: usize, t: Duration, extra: &[&str]) {
+        self.start_vipd_env(i, t, extra, &[]);
+    }
+
+    /// [`Cluster::start_vipd_with`] with more environment.
+    pub fn start_vipd_env(&mut self, i: usize, t: Duration, extra: &[&str], env: &[(&str, &str)]) {
         let timeout = format!("{}ms", t.as_millis());
         let mut flags = vec!["--session-timeout", timeout.as_str()];
         flags.extend_from_slice(extra);
-        self.start_vipd_flags(i, &flags);
+        self.start_vipd_flags_env(i, &flags, env);
     }
 
     /// Starts vipd on node `i` with the bench's fixed flags and `extra`
     /// only: no `--session-timeout`, so vipd's default session and lease
     /// apply unless `extra` names them.
     pub fn start_vipd_flags(&mut self, i: usize, extra: &[&str]) {
+        self.start_vipd_flags_env(i, extra, &[]);
+    }
+
+    /// [`Cluster::start_vipd_flags`] with more environment.
+    fn start_vipd_flags_env(&mut self, i: usize, extra: &[&str], env: &[(&str, &str)]) {
         let node = &self.nodes[i];
         let socket = node.socket.display().to_string();
         let bin = vipd_bin().display().to_string();
@@ -220,9 +230,9 @@ impl Cluster {
             "2",
         ];
         let argv: Vec<&str> = argv.iter().chain(extra).copied().collect();
-        let p = node
-            .host
-            .spawn_env(argv, &[("RUST_LOG", "info,vipd=debug")]);
+        let mut envs = vec![("RUST_LOG", "info,vipd=debug")];
+        envs.extend_from_slice(env);
+        let p = node.host.spawn_env(argv, &envs);
         self.nodes[i].vipd = Some(p);
     }
 

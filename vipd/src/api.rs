@@ -125,6 +125,9 @@ impl ApiState {
                 "setting": e.xdp_setting,
                 "attached": e.xdp_attached,
                 "errors": e.xdp_errors,
+                // Per family; VIPs beyond it are served by the kernel alone.
+                "capacity": vipd_common::MAX_VIPS,
+                "over_capacity": e.xdp_over_capacity,
             },
             "conflicts": e.conflicts,
             "lease": e.lease,

@@ -696,6 +696,37 @@ impl Config {
         lines
     }
 
+    /// The check and hook programs that vipd would refuse to run, each with
+    /// why (`sandbox::check_program`): someone other than root could change them.
+    pub fn unsafe_programs(&self) -> Vec<crate::sandbox::UnsafeProgram> {
+        let checks = self.serving.checks.iter().filter_map(|c| match c {
+            crate::health::CheckSpec::Exec { path, .. } => Some(("--check", path)),
+            _ => None,
+        });
+        let hook = self.serving.on_change.iter().map(|p| ("--on-change", p));
+        checks
+            .chain(hook)
+            .filter_map(|(what, p)| crate::sandbox::check_program(what, p).err())
+            .collect()
+    }
+
+    /// Static VIPs beyond what the XDP maps hold (per family), which only
+    /// the kernel will answer for; 0 with XDP off.
+    pub fn static_vips_over_xdp_capacity(&self) -> usize {
+        if self.xdp.disabled {
+            return 0;
+        }
+        let cap = vipd_common::MAX_VIPS as usize;
+        let v4 = self
+            .static_vips
+            .0
+            .iter()
+            .filter(|v| v.v4().is_some())
+            .count();
+        let v6 = self.static_vips.0.len() - v4;
+        v4.saturating_sub(cap) + v6.saturating_sub(cap)
+    }
+
     /// The node id: `--node-id`, or the host name.
     pub fn node_id(&self) -> String {
         self.zk.node_id.clone().unwrap_or_else(hostname)
@@ -723,7 +754,34 @@ pub fn hostname() -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
     use super::*;
+
+    #[test]
+    fn check_config_sees_static_vips_beyond_the_xdp_maps() {
+        let cap = vipd_common::MAX_VIPS as usize;
+        for (n4, n6, xdp_off, want) in [
+            (2, 0, false, 0),
+            (cap, cap, false, 0),
+            (cap + 1, 0, false, 1),
+            (3, cap + 4, false, 4),
+            (cap + 2, cap + 3, false, 5),
+            (cap + 2, cap + 3, true, 0),
+        ] {
+            let mut c = Config::try_parse_from(["vipd"]).unwrap();
+            let v4 = (0..n4).map(|i| Vip::new(Ipv4Addr::from(0xc633_0000 + i as u32)).unwrap());
+            let base = u128::from("2001:db8::1:0".parse::<Ipv6Addr>().unwrap());
+            let v6 = (0..n6).map(|i| Vip::new_v6(Ipv6Addr::from(base + i as u128)).unwrap());
+            c.static_vips = VipList(v4.chain(v6).collect());
+            c.xdp.disabled = xdp_off;
+            assert_eq!(
+                c.static_vips_over_xdp_capacity(),
+                want,
+                "{n4} IPv4, {n6} IPv6, XDP off {xdp_off}"
+            );
+        }
+    }
 
     #[test]
     fn durations() {

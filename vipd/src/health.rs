@@ -5,7 +5,6 @@
 
 use std::{
     path::PathBuf,
-    process::Stdio,
     str::FromStr,
     time::{Duration, Instant},
 };
@@ -322,14 +321,16 @@ async fn attempt(spec: &CheckSpec) -> Result<(), String> {
             .map_err(|e| format!("connect to {host}:{port}: {e}")),
         CheckSpec::Http { host, port, path } => http_get(host, *port, path).await,
         CheckSpec::Exec { path, args } => {
-            let status = tokio::process::Command::new(path)
+            let no_env: [(&str, &str); 0] = [];
+            let child = crate::sandbox::command(path, no_env)
                 .args(args)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .kill_on_drop(true)
-                .status()
+                .spawn()
+                .map_err(|e| format!("cannot run {}: {e}", path.display()))?;
+            // Without a limit here: `run_once` holds the timeout, and
+            // dropping this future at it kills the check's whole group.
+            let status = crate::sandbox::wait_or_kill(child, Duration::MAX)
                 .await
+                .unwrap_or_else(|| Err(std::io::Error::from(std::io::ErrorKind::TimedOut)))
                 .map_err(|e| format!("cannot run {}: {e}", path.display()))?;
             if status.success() {
                 Ok(())

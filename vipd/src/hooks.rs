@@ -6,7 +6,6 @@
 use std::{
     collections::{BTreeSet, VecDeque},
     path::PathBuf,
-    process::Stdio,
     time::Duration,
 };
 
@@ -93,8 +92,17 @@ impl Hook {
                     .map(|c| c.borrow_and_update().clone())
                     .as_ref(),
             );
-            // Before the engine's first pass there is nothing to tell.
-            let first_pass_pending = last.is_none() && *report.borrow() == EngineReport::default();
+            // Before the engine's first pass there is nothing to tell, and
+            // a starting follower has nothing to tell either: its heartbeat
+            // (passes, lease applied) is no change of role or VIPs.
+            let first_pass_pending = last.is_none() && {
+                let r = report.borrow();
+                EngineReport {
+                    passes: 0,
+                    lease_applied: None,
+                    ..r.clone()
+                } == EngineReport::default()
+            };
             if last.as_ref() != Some(&now) && !first_pass_pending {
                 last = Some(now.clone());
                 if queue.len() >= QUEUE_LIMIT {
@@ -163,12 +171,7 @@ impl Hook {
 
     /// One run: logged, killed at the timeout, failure logged.
     async fn run_one(&self, t: &Transition) {
-        let mut cmd = tokio::process::Command::new(&self.program);
-        cmd.envs(t.env(&self.node))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true);
+        let mut cmd = crate::sandbox::command(&self.program, t.env(&self.node));
         debug!(program = %self.program.display(), role = t.role, term = t.term, vips = t.vips.len(), "running the on-change hook");
         let child = match cmd.spawn() {
             Ok(c) => c,
@@ -177,20 +180,18 @@ impl Hook {
                 return;
             }
         };
-        let mut child = child;
-        match tokio::time::timeout(self.timeout, child.wait()).await {
-            Ok(Ok(s)) if s.success() => {
+        match crate::sandbox::wait_or_kill(child, self.timeout).await {
+            Some(Ok(s)) if s.success() => {
                 info!(program = %self.program.display(), role = t.role, term = t.term, "on-change hook done");
             }
-            Ok(Ok(s)) => {
+            Some(Ok(s)) => {
                 warn!(program = %self.program.display(), role = t.role, status = %s, "on-change hook failed");
             }
-            Ok(Err(e)) => {
+            Some(Err(e)) => {
                 warn!(program = %self.program.display(), error = %e, "on-change hook: wait failed")
             }
-            Err(_) => {
-                let _ = child.kill().await;
-                warn!(program = %self.program.display(), timeout = ?self.timeout, role = t.role, "on-change hook killed at its timeout");
+            None => {
+                warn!(program = %self.program.display(), timeout = ?self.timeout, role = t.role, "on-change hook killed at its timeout (its whole process group)");
             }
         }
     }
@@ -271,6 +272,14 @@ mod tests {
             node: "n1".into(),
         };
         let task = tokio::spawn(hook.run(rx, None, cancel.clone()));
+        // A starting follower's heartbeat alone is no transition.
+        for passes in 1..=3 {
+            tx.send_replace(EngineReport {
+                passes,
+                ..EngineReport::default()
+            });
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         tx.send_replace(EngineReport {
             role: Role::Leader,
             term: 3,

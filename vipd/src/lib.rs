@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod net;
 pub mod reconcile;
 pub mod role;
+pub mod sandbox;
 pub mod shell;
 pub mod vip;
 pub mod xdp;

@@ -317,6 +317,13 @@ pub fn render(state: &ApiState) -> String {
             .into_iter()
             .map(|(l, v)| (l, v as i64)),
     );
+    if state.xdp_program.is_some() {
+        p.gauge(
+            "vipd_xdp_vips_over_capacity",
+            "Configured VIPs the XDP maps cannot hold (both families): the kernel answers ARP/NDP for them",
+            count(e.xdp_over_capacity),
+        );
+    }
     p.gauges(
         "vipd_xdp_attached",
         "1 per interface the XDP program is attached to, with the mode in effect and why \

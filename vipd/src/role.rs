@@ -96,6 +96,25 @@ pub struct EngineReport {
     /// The MACs of this node's interfaces: an answer to an address probe
     /// from one of them comes from the cluster, not from a foreign host.
     pub macs: BTreeSet<[u8; 6]>,
+    /// Passes the engine finished (failed ones too) and the end of the last
+    /// lease grant it applied: its heartbeat. A leader whose engine shows
+    /// neither for [`engine_stall_bound`] stops renewing.
+    pub passes: u64,
+    pub lease_applied: Option<Instant>,
+}
+
+/// The shortest time an engine can take to apply a new lease grant
+/// before it counts as stuck.
+const MIN_ENGINE_STALL: Duration = Duration::from_secs(2);
+
+/// How long a leader's engine may go without finishing a pass or applying
+/// the newest lease grant before the leader stops renewing: the lease (a
+/// grant not applied within it has expired unused, and the node's VIPs with
+/// it), but at least 2 s, several times the longest pass measured (adding
+/// thousands of VIPs takes a few hundred milliseconds), so a short lease
+/// does not turn a big pass into a handover.
+pub fn engine_stall_bound(lease: Duration) -> Duration {
+    lease.max(MIN_ENGINE_STALL)
 }
 
 /// What the cluster remembers that the address-conflict probe needs, as
@@ -135,6 +154,16 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn a_stuck_engine_is_given_the_lease_but_at_least_two_seconds() {
+        assert_eq!(engine_stall_bound(200 * MS), Duration::from_secs(2));
+        assert_eq!(engine_stall_bound(2000 * MS), Duration::from_secs(2));
+        assert_eq!(
+            engine_stall_bound(Duration::from_secs(8)),
+            Duration::from_secs(8)
+        );
     }
 
     #[test]

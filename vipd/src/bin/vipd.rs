@@ -25,9 +25,20 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let unsafe_programs = loaded.config.unsafe_programs();
     if loaded.config.command == Some(VipdCommand::CheckConfig) {
         for (key, value, source) in &loaded.effective {
             println!("{key} = {value:?}  # {source}");
+        }
+        for e in &unsafe_programs {
+            println!("# warning: vipd will refuse to start: {e}");
+        }
+        let over = loaded.config.static_vips_over_xdp_capacity();
+        if over > 0 {
+            println!(
+                "# warning: {over} static VIPs beyond the XDP maps' {} per family: the kernel answers ARP/NDP for them",
+                vipd_common::MAX_VIPS
+            );
         }
         if loaded.config.zk.hosts.is_some()
             && let Ok(lease) = loaded.config.zk.lease_times()
@@ -56,8 +67,15 @@ fn main() -> ExitCode {
         println!("# configuration is valid");
         return ExitCode::SUCCESS;
     }
+    if !unsafe_programs.is_empty() {
+        for e in &unsafe_programs {
+            eprintln!("vipd: {e}");
+        }
+        return ExitCode::from(2);
+    }
     let config = loaded.config;
     init_tracing(config.log_format);
+    abort_on_panic();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -77,6 +95,20 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A panic anywhere (in any task) aborts vipd: a task that died would
+/// otherwise leave the rest running, a leader renewing its lease for VIPs
+/// no engine serves. Aborted, vipd stops renewing; the kernel drops its
+/// VIPs at their lifetime's end, the next node takes over at the lease's
+/// end, and systemd restarts it.
+fn abort_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        error!(panic = %info, "vipd panicked: aborting");
+        std::process::abort();
+    }));
 }
 
 fn init_tracing(format: LogFormat) {

@@ -490,6 +490,9 @@ enum LeadEnd {
     Withdraw(String),
     /// An operator asked for a handover (`vipctl handover`).
     Handover(Option<String>),
+    /// The engine finished no pass and applied no lease grant for this
+    /// long: renewing would keep a lease for VIPs nobody serves.
+    EngineStalled(Duration),
 }
 
 impl Ctx<'_> {
@@ -948,6 +951,13 @@ impl Ctx<'_> {
                         self.withdraw(client, st, own, deadline).await;
                         continue;
                     }
+                    LeadEnd::EngineStalled(bound) => {
+                        self.error(format!(
+                            "stopped leading: the engine applied nothing for {bound:?}"
+                        ));
+                        self.wait_engine(st, &mut state, cancel).await;
+                        continue;
+                    }
                     LeadEnd::Withdraw(why) => {
                         error!(reason = %why, "this node cannot serve its VIPs; handing over");
                         self.error(format!("handed over: {why}"));
@@ -1142,15 +1152,43 @@ impl Ctx<'_> {
         };
         tokio::pin!(renewals);
         let mut published = sent;
+        // The engine's heartbeat: a leader whose engine neither finishes a
+        // pass nor applies the newest grant within the bound stops renewing.
+        let stall_bound = crate::role::engine_stall_bound(lease.length);
+        let mut newest = self.grant(sent).until;
+        let mut behind_since = Some(Instant::now());
+        let mut beat_seen = None;
+        let mut beat_at = Instant::now();
         loop {
             let acked = *ack_rx.borrow_and_update();
             if acked != published {
                 published = acked;
-                self.renewed(self.grant(acked));
+                let grant = self.grant(acked);
+                self.renewed(grant);
+                newest = grant.until;
+                behind_since.get_or_insert_with(Instant::now);
             }
+            let beat = {
+                let r = st.report.borrow();
+                (r.passes, r.lease_applied)
+            };
+            if beat_seen != Some(beat) {
+                beat_seen = Some(beat);
+                beat_at = Instant::now();
+            }
+            if beat.1.is_some_and(|a| a >= newest) {
+                behind_since = None;
+            }
+            let stalled_at = behind_since.map(|b| b.max(beat_at) + stall_bound);
             let fence_at = acked + lease.length;
             tokio::select! {
                 _ = cancel.cancelled() => break LeadEnd::Cancelled,
+                () = sleep_opt(stalled_at) => {
+                    error!(bound = ?stall_bound, passes = beat.0,
+                        "the engine has not applied a lease grant or finished a pass within the bound: it is stuck; no more renewals, the next node takes over at the lease's end");
+                    self.follower(st, true);
+                    break LeadEnd::EngineStalled(stall_bound);
+                }
                 to = &mut handover => break LeadEnd::Handover(to),
                 to = &mut better => break LeadEnd::Place(to),
                 _ = st.drained.changed() => {
@@ -1480,6 +1518,40 @@ impl Ctx<'_> {
         stands
     }
 
+    /// After a stuck engine ended our term: stand no more until the engine
+    /// shows it is alive again (a pass finished as a follower), so a node
+    /// whose engine stays stuck never leads again and the cluster settles.
+    /// Our candidacy stays: the next in line deletes it when it takes over
+    /// at the lease's end, the first moment the stuck engine's addresses
+    /// are sure to be gone from the kernel.
+    async fn wait_engine(
+        &self,
+        st: &mut Campaign,
+        state: &mut StateWatcher,
+        cancel: &CancellationToken,
+    ) {
+        let stalled_at = st.report.borrow().passes;
+        self.set_withdrawn(Some("the engine is not responding".to_string()));
+        loop {
+            {
+                let r = st.report.borrow_and_update();
+                if r.passes > stalled_at && r.role == Role::Follower {
+                    info!("the engine is responding again");
+                    return;
+                }
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                s = state.changed() => if s.is_terminated() {
+                    return;
+                },
+                r = st.report.changed(), if st.report_open => if r.is_err() {
+                    st.report_open = false;
+                },
+            }
+        }
+    }
+
     /// Records why we do not stand; true when that changed.
     fn set_withdrawn(&self, why: Option<String>) -> bool {
         self.status.send_if_modified(|x| {
@@ -1561,6 +1633,13 @@ async fn wait_released(st: &mut Campaign, limit: Duration) {
                 .collect();
             warn!(vips = ?held, "engine still holds VIPs after {limit:?}; releasing anyway");
         }
+    }
+}
+
+async fn sleep_opt(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -100,6 +100,13 @@ pub struct Engine {
     refresh: Option<tokio::time::Instant>,
     /// The address-conflict probe: what may be added at once, what waits.
     probing: Probing,
+    /// Passes finished, failed ones included (the heartbeat).
+    passes: u64,
+    /// The configured VIPs that have XDP entries (all of them unless there
+    /// are more than the maps hold), as of the last pass.
+    xdp_fits: BTreeSet<Vip>,
+    /// Configured VIPs without XDP entries, per family, as last logged.
+    xdp_over: pass::XdpOver,
 }
 
 impl Engine {
@@ -147,6 +154,9 @@ impl Engine {
             links_down_since: None,
             links_down: BTreeSet::new(),
             refresh: None,
+            passes: 0,
+            xdp_fits: BTreeSet::new(),
+            xdp_over: pass::XdpOver::default(),
         }
     }
 
@@ -180,6 +190,8 @@ impl Engine {
         self.apply(first).await;
 
         loop {
+            #[cfg(debug_assertions)]
+            debug_fault().await;
             let sync_due = self.sync.as_ref().map(|s| s.next);
             let grace_due = match self.links_down_since {
                 Some(since) if self.links_down.is_empty() => Some(since + self.engine.link_grace),
@@ -350,6 +362,19 @@ impl Engine {
             l.remaining_ms_at_renewal = Some(u64::try_from(remaining.as_millis()).unwrap_or(0));
             l.address_lifetime_s = Some(lease.address_lifetime);
         });
+        self.beat();
+    }
+
+    /// Tells the source the engine is alive: passes finished and the lease
+    /// grant applied (the source stops renewing a lease its engine ignores).
+    fn beat(&self) {
+        let (passes, lease) = (self.passes, self.applied.lease.map(|l| l.until));
+        self.report.send_if_modified(|r| {
+            let changed = r.passes != passes || r.lease_applied != lease;
+            r.passes = passes;
+            r.lease_applied = lease;
+            changed
+        });
     }
 
     /// The lease ended while we led (the source did not renew it in time):
@@ -451,6 +476,25 @@ impl Engine {
 
     fn link_mac(&self, ifindex: u32) -> Option<[u8; 6]> {
         self.links.get(&ifindex).map(|l| l.mac)
+    }
+}
+
+/// Tests only (debug builds): when the file named by
+/// `VIPD_DEBUG_ENGINE_FAULT` exists, the engine hangs (`hang`) or panics
+/// (`panic`) here, so the integration tests can make a sick engine. A
+/// release build has no such code.
+#[cfg(debug_assertions)]
+async fn debug_fault() {
+    let Some(path) = std::env::var_os("VIPD_DEBUG_ENGINE_FAULT") else {
+        return;
+    };
+    match std::fs::read_to_string(path).as_deref().map(str::trim) {
+        Ok("hang") => {
+            warn!("debug fault: the engine hangs");
+            std::future::pending::<()>().await;
+        }
+        Ok("panic") => panic!("debug fault: the engine panics"),
+        _ => {}
     }
 }
 

@@ -9,7 +9,7 @@ use std::{
 };
 
 use tracing::{debug, error, info, instrument, warn};
-use vipd_common::{HELD_ROUTER, HeldVip};
+use vipd_common::{HELD_ROUTER, HeldVip, MAX_VIPS};
 
 use super::{Engine, LinkHealth, VipState, VipStatus, monotonic_ns, probing::mac_text, unix_ms};
 use crate::{
@@ -380,6 +380,9 @@ impl Engine {
                 .map(|l| l.mac)
                 .filter(|m| *m != [0; 6])
                 .collect(),
+            // Brought up to date by `finish_pass`, next.
+            passes: self.passes,
+            lease_applied: self.report.borrow().lease_applied,
         };
         self.report.send_if_modified(|r| {
             if *r == report {
@@ -394,6 +397,7 @@ impl Engine {
             s.term = self.applied.term;
             s.vips = statuses;
             s.xdp_errors = xdp_errors;
+            s.xdp_over_capacity = self.xdp_over.total();
             s.interfaces = interfaces;
             if let Some(off) = &self.xdp_program {
                 s.xdp_attached = off.lock().expect("XDP program lock").attachments();
@@ -497,6 +501,8 @@ impl Engine {
         removed: usize,
         errors: Vec<String>,
     ) {
+        self.passes += 1;
+        self.beat();
         let took = started.elapsed();
         let duration_us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
         self.status.send_modify(|s| {
@@ -526,6 +532,7 @@ impl Engine {
         let expires_ns = self.xdp_expiry();
         self.held
             .iter()
+            .filter(|(vip, _)| self.xdp_fits.contains(vip))
             .filter_map(|(vip, p)| {
                 let mac = self.links.get(&p.ifindex)?.mac;
                 Some((*vip, self.held_vip(*vip, p.ifindex, mac, expires_ns)))
@@ -610,15 +617,19 @@ impl Engine {
                 }
             }
         }
+        let (fits, over) = xdp_fit(&self.applied.vips, MAX_VIPS as usize);
+        if over != self.xdp_over {
+            report_xdp_over(over);
+            self.xdp_over = over;
+        }
+        self.xdp_fits = fits;
         let watched: BTreeSet<Vip> = self
-            .applied
-            .vips
+            .xdp_fits
             .iter()
             .copied()
             .filter(|v| v.v4().is_some())
             .collect();
-        let watched6: BTreeSet<Ipv6Addr> =
-            self.applied.vips.iter().filter_map(|v| v.v6()).collect();
+        let watched6: BTreeSet<Ipv6Addr> = self.xdp_fits.iter().filter_map(|v| v.v6()).collect();
         if let Err(e) = off.set_watched(&watched) {
             errors.push(e.to_string());
         }
@@ -630,6 +641,7 @@ impl Engine {
                 holdings
                     .xdp
                     .iter()
+                    .filter(|(vip, _)| self.xdp_fits.contains(vip))
                     .map(|(vip, x)| (*vip, self.held_vip(*vip, x.ifindex, x.mac, expires_ns)))
                     .collect()
             } else {
@@ -639,6 +651,50 @@ impl Engine {
             errors.push(e.to_string());
         }
         errors
+    }
+}
+
+/// Configured VIPs without an XDP entry, per family.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct XdpOver {
+    pub(super) ipv4: usize,
+    pub(super) ipv6: usize,
+}
+
+impl XdpOver {
+    pub(super) fn total(self) -> usize {
+        self.ipv4 + self.ipv6
+    }
+}
+
+/// The VIPs that get XDP entries: per family, the first `capacity` in
+/// address order, and how many of each family are left over. Address order
+/// keeps the choice stable from pass to pass and across restarts, so an
+/// entry does not flap between VIPs; the others are still configured and
+/// the kernel answers ARP/NDP for them, as it does without XDP.
+pub(super) fn xdp_fit(vips: &BTreeSet<Vip>, capacity: usize) -> (BTreeSet<Vip>, XdpOver) {
+    let v4 = vips.iter().filter(|v| v.v4().is_some());
+    let v6 = vips.iter().filter(|v| v.v6().is_some());
+    let fits = v4.clone().take(capacity).chain(v6.clone().take(capacity));
+    let over = XdpOver {
+        ipv4: v4.count().saturating_sub(capacity),
+        ipv6: v6.count().saturating_sub(capacity),
+    };
+    (fits.copied().collect(), over)
+}
+
+/// One line per change of how many VIPs the XDP maps cannot hold.
+fn report_xdp_over(over: XdpOver) {
+    if over.total() == 0 {
+        info!(capacity = MAX_VIPS, "every VIP fits in the XDP maps again");
+    } else {
+        warn!(
+            capacity = MAX_VIPS,
+            ipv4 = over.ipv4,
+            ipv6 = over.ipv6,
+            "more VIPs than the XDP maps hold: {} VIPs have no XDP entry (the last in address order); the kernel answers ARP/NDP for them",
+            over.total()
+        );
     }
 }
 
@@ -661,4 +717,49 @@ pub(super) fn set_held(
     let r4 = off.set_held(&v4);
     let r6 = off.set_held6(&v6);
     r4.and(r6)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    fn v4(i: u32) -> Vip {
+        Vip::new(Ipv4Addr::from(0xc633_0000 + i)).unwrap()
+    }
+
+    fn v6(i: u32) -> Vip {
+        Vip::new_v6(Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 1, 0) | Ipv6Addr::from(u128::from(i)))
+            .unwrap()
+    }
+
+    #[test]
+    fn the_first_vips_of_each_family_in_address_order_get_the_xdp_entries() {
+        for capacity in [0, 1, 3, 8] {
+            for n4 in [0, 1, 3, 4, 9] {
+                for n6 in [0, 2, 8, 11] {
+                    // Inserted in reverse: the order given must not matter.
+                    let vips: BTreeSet<Vip> =
+                        (0..n4).rev().map(v4).chain((0..n6).rev().map(v6)).collect();
+                    let (fits, over) = xdp_fit(&vips, capacity as usize);
+                    let case = format!("capacity {capacity}, {n4} IPv4, {n6} IPv6");
+                    let want: BTreeSet<Vip> = (0..n4.min(capacity))
+                        .map(v4)
+                        .chain((0..n6.min(capacity)).map(v6))
+                        .collect();
+                    assert_eq!(fits, want, "{case}");
+                    assert_eq!(
+                        over,
+                        XdpOver {
+                            ipv4: n4.saturating_sub(capacity) as usize,
+                            ipv6: n6.saturating_sub(capacity) as usize,
+                        },
+                        "{case}"
+                    );
+                    assert_eq!(fits.len() + over.total(), vips.len(), "{case}");
+                }
+            }
+        }
+    }
 }

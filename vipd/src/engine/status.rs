@@ -83,6 +83,9 @@ pub struct EngineStatus {
     /// The `--xdp-mode` setting (`None` until the engine starts).
     pub xdp_setting: Option<XdpMode>,
     pub xdp_errors: Vec<String>,
+    /// Configured VIPs beyond what the XDP maps hold (both families): the
+    /// kernel answers ARP/NDP for them, XDP neither answers nor counts.
+    pub xdp_over_capacity: usize,
     pub conflicts: BTreeMap<Vip, ConflictStatus>,
     /// VIP -> interface name, for every VIP the engine knows a place for.
     pub interfaces: BTreeMap<Vip, String>,

@@ -4,10 +4,12 @@
 //! of their own.
 
 use std::{
+    future::Future,
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::PathBuf,
     sync::Arc,
+    time::Duration,
 };
 
 use futures::{StreamExt, TryStreamExt};
@@ -37,6 +39,14 @@ const EVENT_QUEUE: usize = 1024;
 /// Receive buffer asked for the event socket (the kernel caps it at
 /// `rmem_max`): a burst of thousands of VIP changes should not overrun it.
 const EVENT_RCVBUF: usize = 4 << 20;
+
+/// How long one request (an add, a delete, a renewal, or a whole dump)
+/// may wait for the kernel's answer. The kernel answers under the RTNL lock
+/// in microseconds, a dump of tens of thousands of addresses in tens of
+/// milliseconds; no answer within a second means the kernel (or whoever
+/// holds that lock) is stuck. The engine then fails the pass, reports the
+/// request, and retries, instead of hanging until its leader hands over.
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A failed netlink or sysctl operation, naming what and on which value.
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +95,8 @@ pub enum NetError {
         #[source]
         source: io::Error,
     },
+    #[error("{request}: the kernel did not answer within {after:?}")]
+    Timeout { request: String, after: Duration },
     #[error("subscribing to netlink events: {0}")]
     Monitor(#[source] io::Error),
     #[error("removing marked addresses: removed {removed}, {} failed: {}", errors.len(), join_errors(errors))]
@@ -100,6 +112,31 @@ fn join_errors(errors: &[NetError]) -> String {
         .map(|e| e.to_string())
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// `request` bounded by [`REQUEST_TIMEOUT`]; on a timeout the error names
+/// the request with `what` (only built then). Dropping the request is safe:
+/// a late answer is discarded, and the next pass's dump sees whatever the
+/// kernel did meanwhile.
+async fn bounded<T>(
+    what: impl FnOnce() -> String,
+    request: impl Future<Output = Result<T, NetError>>,
+) -> Result<T, NetError> {
+    bounded_by(REQUEST_TIMEOUT, what, request).await
+}
+
+async fn bounded_by<T>(
+    after: Duration,
+    what: impl FnOnce() -> String,
+    request: impl Future<Output = Result<T, NetError>>,
+) -> Result<T, NetError> {
+    match tokio::time::timeout(after, request).await {
+        Ok(result) => result,
+        Err(_) => Err(NetError::Timeout {
+            request: what(),
+            after,
+        }),
+    }
 }
 
 /// The kernel's errno in a netlink error reply, positive, if that is what
@@ -194,14 +231,16 @@ impl Netlink {
             source,
         };
         let _turn = self.dump_turn.lock().await;
-        let messages: Vec<LinkMessage> = self
-            .handle
-            .link()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(dump)?;
+        let messages: Vec<LinkMessage> = bounded(|| "dumping links".to_string(), async {
+            self.handle
+                .link()
+                .get()
+                .execute()
+                .try_collect()
+                .await
+                .map_err(dump)
+        })
+        .await?;
         Ok(messages.iter().map(link_of).collect())
     }
 
@@ -224,14 +263,16 @@ impl Netlink {
         let mut routes = Vec::new();
         for (what, request) in [("IPv4 routes", v4), ("IPv6 routes", v6)] {
             let _turn = self.dump_turn.lock().await;
-            let messages: Vec<RouteMessage> = self
-                .handle
-                .route()
-                .get(request)
-                .execute()
-                .try_collect()
-                .await
-                .map_err(|source| NetError::Dump { what, source })?;
+            let messages: Vec<RouteMessage> = bounded(|| format!("dumping {what}"), async {
+                self.handle
+                    .route()
+                    .get(request)
+                    .execute()
+                    .try_collect()
+                    .await
+                    .map_err(|source| NetError::Dump { what, source })
+            })
+            .await?;
             routes.extend(messages.iter().filter_map(main_unicast_route));
         }
         Ok(RouteTable::new(routes))
@@ -258,11 +299,14 @@ impl Netlink {
             let mut request = self.handle.address().get();
             request.message_mut().header.family = family;
             let _turn = self.dump_turn.lock().await;
-            let messages: Vec<AddressMessage> = request
-                .execute()
-                .try_collect()
-                .await
-                .map_err(|source| NetError::Dump { what, source })?;
+            let messages: Vec<AddressMessage> = bounded(|| format!("dumping {what}"), async {
+                request
+                    .execute()
+                    .try_collect()
+                    .await
+                    .map_err(|source| NetError::Dump { what, source })
+            })
+            .await?;
             out.extend(messages);
         }
         Ok(out)
@@ -297,7 +341,17 @@ impl Netlink {
         placement: Placement,
         lifetime: Option<u32>,
     ) -> Result<(), NetError> {
-        match self.write_vip(vip, placement, lifetime, false).await {
+        let request = || {
+            format!(
+                "adding VIP {vip}/{} on ifindex {}",
+                placement.prefix_len, placement.ifindex
+            )
+        };
+        let written = bounded(request, async {
+            Ok(self.write_vip(vip, placement, lifetime, false).await)
+        })
+        .await?;
+        match written {
             Ok(()) => {
                 debug!(vip = %vip, ifindex = placement.ifindex, prefix_len = placement.prefix_len, "VIP added");
                 Ok(())
@@ -329,14 +383,22 @@ impl Netlink {
         placement: Placement,
         lifetime: u32,
     ) -> Result<(), NetError> {
-        self.write_vip(vip, placement, Some(lifetime), true)
-            .await
-            .map_err(|source| NetError::AddVip {
-                vip,
-                ifindex: placement.ifindex,
-                prefix_len: placement.prefix_len,
-                source,
-            })
+        let request = || {
+            format!(
+                "renewing VIP {vip}/{} on ifindex {}",
+                placement.prefix_len, placement.ifindex
+            )
+        };
+        bounded(request, async {
+            Ok(self.write_vip(vip, placement, Some(lifetime), true).await)
+        })
+        .await?
+        .map_err(|source| NetError::AddVip {
+            vip,
+            ifindex: placement.ifindex,
+            prefix_len: placement.prefix_len,
+            source,
+        })
     }
 
     async fn write_vip(
@@ -535,7 +597,17 @@ impl Netlink {
         message
             .attributes
             .retain(|a| !matches!(a, AddressAttribute::Broadcast(_)));
-        match self.handle.address().del(message).execute().await {
+        let request = || {
+            format!(
+                "removing address {}/{} from ifindex {}",
+                address.addr, address.prefix_len, address.ifindex
+            )
+        };
+        let deleted = bounded(request, async {
+            Ok(self.handle.address().del(message).execute().await)
+        })
+        .await?;
+        match deleted {
             Ok(()) => {
                 debug!(addr = %address.addr, prefix_len = address.prefix_len, ifindex = address.ifindex, "VIP removed");
                 Ok(())
@@ -555,7 +627,12 @@ impl Netlink {
 
     async fn link_name(&self, ifindex: u32) -> Result<String, NetError> {
         let mut links = self.handle.link().get().match_index(ifindex).execute();
-        match links.next().await {
+        let first = bounded(
+            || format!("looking up the interface with ifindex {ifindex}"),
+            async { Ok(links.next().await) },
+        )
+        .await?;
+        match first {
             Some(Ok(message)) => Ok(link_of(&message).name),
             Some(Err(e)) if errno(&e) == Some(libc::ENODEV) => {
                 Err(NetError::NoSuchInterface { ifindex })
@@ -846,6 +923,81 @@ mod tests {
     fn needs_a_runtime() {
         assert!(matches!(Netlink::new(), Err(NetError::NoRuntime)));
         assert!(matches!(monitor(), Err(NetError::NoRuntime)));
+    }
+
+    /// Each kind of request, as the engine makes them, named in its timeout.
+    fn requests() -> Vec<(String, &'static str)> {
+        let v4 = Vip::new("192.0.2.100".parse().unwrap()).unwrap();
+        let v6 = Vip::new_v6("2001:db8::100".parse().unwrap()).unwrap();
+        let mut out = Vec::new();
+        for (vip, len) in [(v4, 24u8), (v6, 64)] {
+            for ifindex in [1u32, 3, 4096] {
+                out.push((
+                    format!("adding VIP {vip}/{len} on ifindex {ifindex}"),
+                    "adding VIP",
+                ));
+                out.push((
+                    format!("renewing VIP {vip}/{len} on ifindex {ifindex}"),
+                    "renewing VIP",
+                ));
+                out.push((
+                    format!("removing address {vip}/{len} from ifindex {ifindex}"),
+                    "removing address",
+                ));
+            }
+        }
+        for what in ["links", "IPv4 routes", "IPv6 routes", "IPv4 addresses"] {
+            out.push((format!("dumping {what}"), "dumping"));
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_request_the_kernel_never_answers_times_out_naming_it() {
+        let after = Duration::from_millis(20);
+        for (request, kind) in requests() {
+            let named = request.clone();
+            let never = std::future::pending::<Result<(), NetError>>();
+            let e = bounded_by(after, move || named, never).await.unwrap_err();
+            assert!(
+                matches!(&e, NetError::Timeout { request: r, after: a } if *r == request && *a == after),
+                "{e:?}"
+            );
+            let text = e.to_string();
+            assert!(
+                text.starts_with(&request) && text.contains(kind) && text.contains("20ms"),
+                "{text}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_answer_within_the_bound_passes_through() {
+        let ok = bounded(|| unreachable!("named only on a timeout"), async {
+            Ok::<_, NetError>(7)
+        })
+        .await;
+        assert!(matches!(ok, Ok(7)));
+        let refused = bounded(|| unreachable!("named only on a timeout"), async {
+            Err::<(), _>(NetError::NoSuchInterface { ifindex: 9 })
+        })
+        .await;
+        assert!(matches!(
+            refused,
+            Err(NetError::NoSuchInterface { ifindex: 9 })
+        ));
+    }
+
+    /// Real dumps (no privilege needed) answer well within the bound.
+    #[tokio::test]
+    async fn real_dumps_answer_within_the_bound() {
+        let nl = Netlink::new().unwrap();
+        let snap = nl.snapshot().await.unwrap();
+        assert!(
+            snap.links.iter().any(|l| l.name == "lo"),
+            "{:?}",
+            snap.links
+        );
     }
 
     #[test]
