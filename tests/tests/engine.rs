@@ -148,6 +148,15 @@ fn frames_about(frames: &[CapturedFrame], vip: Ipv4Addr) -> Vec<(CapturedFrame, 
         .collect()
 }
 
+/// The frames announcing `vip` (sender address the VIP), without the
+/// address-conflict probes for it (sender 0.0.0.0) that precede its first add.
+fn announcements_about(frames: &[CapturedFrame], vip: Ipv4Addr) -> Vec<(CapturedFrame, ArpFrame)> {
+    frames_about(frames, vip)
+        .into_iter()
+        .filter(|(_, a)| !a.spa.is_unspecified())
+        .collect()
+}
+
 fn describe(frames: &[(CapturedFrame, ArpFrame)]) -> String {
     let Some(first) = frames.first().map(|(f, _)| f.at) else {
         return "no frames".to_string();
@@ -307,19 +316,32 @@ fn announcements(hint: &str, mode: &str) {
     };
     let want = 7 * per_round.len();
     let _ = wait_until(Duration::from_secs(5), POLL, || {
-        frames_about(&capture.frames(), VIP_A).len() >= want
+        announcements_about(&capture.frames(), VIP_A).len() >= want
     });
     // Quiet for 600 ms after the last frame: no 8th round.
-    let last = frames_about(&capture.frames(), VIP_A)
+    let last = announcements_about(&capture.frames(), VIP_A)
         .last()
         .map(|(f, _)| f.at)
         .expect("at least one frame about the VIP");
     std::thread::sleep(
         (last + Duration::from_millis(650)).saturating_duration_since(Instant::now()),
     );
-    let frames = frames_about(&capture.stop(), VIP_A);
+    let captured = capture.stop();
+    let frames = announcements_about(&captured, VIP_A);
     let text = describe(&frames);
     println!("announcements, mode {mode}:\n{text}");
+    // A VIP never held is probed for before it is first added: every probe
+    // goes out before the first announcement.
+    let first = frames.first().map(|(f, _)| f.at).expect("an announcement");
+    let late_probes: Vec<_> = frames_about(&captured, VIP_A)
+        .into_iter()
+        .filter(|(f, a)| a.spa.is_unspecified() && f.at >= first)
+        .collect();
+    assert!(
+        late_probes.is_empty(),
+        "mode {mode}: probes after the first announcement:\n{}",
+        describe(&late_probes)
+    );
     assert_eq!(
         frames.len(),
         want,

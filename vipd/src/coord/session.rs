@@ -7,36 +7,6 @@ use std::{future::Future, path::Path, time::Duration};
 use tracing::{debug, instrument};
 use zookeeper_client::{Acl, AuthId, Client, CreateMode, CreateOptions, Permission};
 
-/// A library's error text about znode data (serde quotes the values it
-/// rejects), cut to a few hundred bytes on a character boundary.
-pub(crate) fn clip(text: &str) -> String {
-    const MAX: usize = 200;
-    if text.len() <= MAX {
-        return text.to_string();
-    }
-    let mut end = MAX;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}... ({} bytes)", &text[..end], text.len())
-}
-
-/// How many bytes of a znode's data an error message quotes.
-const ECHO_BYTES: usize = 64;
-
-/// Data from ZooKeeper as an error message quotes it: the first 64 bytes,
-/// then how long it is, so a huge znode never floods a status or a log line.
-pub(crate) fn echo(data: &[u8]) -> String {
-    if data.len() <= ECHO_BYTES {
-        return format!("{:?}", String::from_utf8_lossy(data));
-    }
-    format!(
-        "{:?}... ({} bytes)",
-        String::from_utf8_lossy(&data[..ECHO_BYTES]),
-        data.len()
-    )
-}
-
 /// Digest credentials (`user:password`) for ZooKeeper.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ZkAuth {
@@ -612,19 +582,6 @@ pub async fn close(client: Client, limit: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn echoed_data_is_capped() {
-        assert_eq!(echo(b"{\"vips\": 1}"), "\"{\\\"vips\\\": 1}\"");
-        let big = vec![b'x'; 1_000_000];
-        let e = echo(&big);
-        assert!(e.len() < 100 && e.ends_with("... (1000000 bytes)"), "{e}");
-        // A multi-byte character cut at byte 64 does not panic.
-        let utf = "é".repeat(100);
-        assert!(echo(utf.as_bytes()).ends_with("(200 bytes)"));
-        assert!(clip(&utf).ends_with("(200 bytes)") || clip(&utf) == utf);
-        assert!(clip(&"é".repeat(500)).ends_with("... (1000 bytes)"));
-    }
 
     #[test]
     fn auth_parsing() {
