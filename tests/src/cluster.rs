@@ -236,35 +236,6 @@ impl Cluster {
         self.nodes[i].vipd = Some(p);
     }
 
-    /// Starts vipd on node `i` with vipd's own defaults for the session
-    /// timeout and the lease (no `--session-timeout`, no `--lease`), the
-    /// bench's other settings and `extra` flags.
-    pub fn start_vipd_at_defaults(&mut self, i: usize, extra: &[&str]) {
-        let node = &self.nodes[i];
-        let socket = node.socket.display().to_string();
-        let bin = vipd_bin().display().to_string();
-        let argv = [
-            bin.as_str(),
-            "--zk",
-            &self.hosts,
-            "--cluster",
-            &self.cluster,
-            "--node-id",
-            &node.id,
-            "--api-socket",
-            &socket,
-            "--garp-interval",
-            "1s",
-            "--garp-rounds",
-            "2",
-        ];
-        let argv: Vec<&str> = argv.iter().chain(extra).copied().collect();
-        let p = node
-            .host
-            .spawn_env(argv, &[("RUST_LOG", "info,vipd=debug")]);
-        self.nodes[i].vipd = Some(p);
-    }
-
     /// Waits until node `i`'s vipd answers on its socket.
     pub fn wait_api(&self, i: usize) {
         let r = wait_until(Duration::from_secs(15), Duration::from_millis(50), || {

@@ -79,8 +79,10 @@ fn start_node(hosts: &str, cluster: &str, id: &str, opts: NodeOpts) -> Node {
     let no_route = opts.no_route;
     tokio::spawn(async move {
         let mut last = (Role::Follower, 0);
+        let mut passes = 0;
         loop {
             let want = d.borrow_and_update().clone();
+            passes += 1;
             if (want.role, want.term) != last {
                 last = (want.role, want.term);
                 log.lock().unwrap().push(Seen {
@@ -111,6 +113,9 @@ fn start_node(hosts: &str, cluster: &str, id: &str, opts: NodeOpts) -> Node {
                 } else {
                     Default::default()
                 },
+                // Its heartbeat: a pass and the grant applied at every change.
+                passes,
+                lease_applied: want.lease.map(|l| l.until),
                 ..EngineReport::default()
             });
             if d.changed().await.is_err() {

@@ -164,7 +164,7 @@ fn a_session_shorter_than_asked_shortens_the_lease_and_gives_no_two_holders() {
     let mut c = Cluster::with_zk_options(what, ZkKind::Standalone, 3, &opts);
     c.vip_ok(&["set", "web", WEB[0], WEB[1]]);
     for i in 0..c.nodes.len() {
-        c.start_vipd_at_defaults(i, &[]);
+        c.start_vipd_flags(i, &[]);
     }
     for i in 0..c.nodes.len() {
         c.wait_api(i);
@@ -223,7 +223,7 @@ fn a_successor_with_a_shorter_lease_waits_by_the_leaders_lease() {
     let mut draw = Draw::new(what);
     let mut c = Cluster::new(what, ZkKind::Standalone, 2);
     c.vip_ok(&["set", "web", WEB[0], WEB[1]]);
-    c.start_vipd_at_defaults(0, &[]);
+    c.start_vipd_flags(0, &[]);
     c.wait_api(0);
     let vips = vip_set(&WEB);
     let leader = c.first_leader(what, &vips);
@@ -234,7 +234,7 @@ fn a_successor_with_a_shorter_lease_waits_by_the_leaders_lease() {
     let mons = monitors(&c);
     let initial = c.holdings(&vips);
     let started = Instant::now();
-    c.start_vipd_at_defaults(1, &["--session-timeout", "1s"]);
+    c.start_vipd_flags(1, &["--session-timeout", "1s"]);
     c.wait_api(1);
     // The next node reads the leader's lease as soon as it follows; give it
     // at least 6 s (twelve of the leader's renewals, eighteen of its own

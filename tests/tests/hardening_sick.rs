@@ -375,6 +375,7 @@ fn a_one_megabyte_znode_keeps_status_and_log_short() {
     let path = format!("/vipd/{}/services/db", c.cluster);
     let big: Vec<u8> = std::iter::repeat_n(b'x', 1_000_000).collect();
     let hosts = c.hosts.clone();
+    let credential = c.admin.zk_credential();
     c.admin.in_netns(|| {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -383,6 +384,7 @@ fn a_one_megabyte_znode_keeps_status_and_log_short() {
         rt.block_on(async {
             let client = zookeeper_client::Client::connector()
                 .with_session_timeout(Duration::from_secs(5))
+                .with_auth("digest", credential.as_bytes())
                 .connect(&hosts)
                 .await
                 .unwrap();

@@ -311,7 +311,9 @@ async fn attach_static(off: &mut XdpProgram, netlink: &Netlink, config: &Config)
 }
 
 /// Tells systemd (Type=notify) vipd is ready once the first role is known:
-/// the engine's first pass, and in cluster mode the first election result.
+/// the engine's first pass, in cluster mode the first election result, and
+/// the address-conflict probes of VIPs never held done (so a unit ordered
+/// after vipd finds the VIPs in place; bounded, a probe takes 200 ms).
 async fn notify_ready(state: ApiState) {
     let mut st = state.engine.clone();
     let _ = st.wait_for(|s| s.last_reconcile.passes > 0).await;
@@ -319,6 +321,12 @@ async fn notify_ready(state: ApiState) {
         let _ =
             tokio::time::timeout(Duration::from_secs(30), c.wait_for(|c| c.leader.is_some())).await;
     }
+    let probed = st.wait_for(|s| {
+        !s.vips
+            .iter()
+            .any(|v| v.state == crate::engine::VipState::Probing)
+    });
+    let _ = tokio::time::timeout(Duration::from_secs(5), probed).await;
     let role = serde_json::to_string(&st.borrow().role).unwrap_or_default();
     let status = format!("role {}", role.trim_matches('"'));
     // Without $NOTIFY_SOCKET (not under systemd) this does nothing.

@@ -93,15 +93,12 @@ impl Hook {
                     .as_ref(),
             );
             // Before the engine's first pass there is nothing to tell, and
-            // a starting follower has nothing to tell either: its heartbeat
-            // (passes, lease applied) is no change of role or VIPs.
+            // a starting follower has nothing to tell either: what else its
+            // report carries (heartbeat, servable VIPs, MACs) is no change
+            // of role or VIPs.
             let first_pass_pending = last.is_none() && {
                 let r = report.borrow();
-                EngineReport {
-                    passes: 0,
-                    lease_applied: None,
-                    ..r.clone()
-                } == EngineReport::default()
+                r.role == Role::Follower && r.term == 0 && r.held.is_empty()
             };
             if last.as_ref() != Some(&now) && !first_pass_pending {
                 last = Some(now.clone());

@@ -2,14 +2,18 @@
 //! with its own ownership mark on the addresses it adds, its own control
 //! socket, and its own interfaces. The default instance keeps the mark,
 //! socket and paths of a host with one vipd. Host-wide claims (the
-//! instance's name, its mark, each interface it serves) are `flock`ed files
-//! under /run/vipd, one directory per network namespace, so a second
-//! claimant is refused with the name of the holder.
+//! instance's name, its mark, each interface it serves) are sockets bound
+//! to abstract Unix addresses: those are per network namespace, as marks and
+//! interfaces are, need no file or permission (a vipd run by the unit's
+//! unprivileged user takes them too), and go with their process, so a
+//! second claimant is refused with the name of the holder and a crashed
+//! holder leaves nothing behind.
 
 use std::{
-    fs::{self, File, OpenOptions},
-    io::{Read as _, Write as _},
-    os::{fd::AsRawFd, unix::fs::MetadataExt as _, unix::fs::OpenOptionsExt as _},
+    os::{
+        linux::net::SocketAddrExt as _,
+        unix::net::{SocketAddr, UnixDatagram},
+    },
     path::{Path, PathBuf},
 };
 
@@ -24,7 +28,7 @@ pub const DEFAULT_MARK: u8 = crate::net::VIPD_ADDR_PROTO;
 /// (zebra 11, bird 12, dhcp 16, keepalived 18, babel 42, openr 99, and
 /// FRR's 186-195), and of the default instance's 118.
 pub const NAMED_MARKS: std::ops::RangeInclusive<u8> = 128..=183;
-/// Where the control sockets and the claims live.
+/// Where the control sockets live.
 pub const RUN_DIR: &str = "/run/vipd";
 /// The default instance's control socket.
 pub const DEFAULT_SOCKET: &str = "/run/vipd/vipd.sock";
@@ -169,120 +173,71 @@ pub fn mark_of(name: &str) -> u8 {
     NAMED_MARKS.start() + u8::try_from(hash % span).expect("below 56")
 }
 
-/// A claim held on this host: an exclusively `flock`ed file naming its
-/// holder. Released (and the file removed) on drop; a crashed holder's
-/// lock goes with its process, so a stale file never blocks.
+/// A claim held on this host (network namespace): a socket bound to the
+/// abstract address `vipd/<what>`, which no other socket can take while it
+/// lives, and a second one whose address names the holder
+/// (`vipd/<what>/held-by/<instance>/<pid>`) for the error a second
+/// claimant reports. Released when dropped or when its process ends.
 #[derive(Debug)]
 pub struct Claim {
-    path: PathBuf,
-    _file: File,
+    _claim: UnixDatagram,
+    _label: Option<UnixDatagram>,
 }
+
+/// Where claims' abstract addresses start.
+const CLAIM_PREFIX: &str = "vipd/";
 
 impl Claim {
     fn take(
         instance: &Instance,
-        file: &str,
+        key: &str,
         what: &str,
         hint: &'static str,
     ) -> Result<Claim, InstanceError> {
-        let dir = claims_dir().map_err(|source| InstanceError::Io {
-            what: what.to_string(),
-            path: PathBuf::from("/proc/self/ns/net"),
-            source,
-        })?;
-        let path = dir.join(format!("{file}.lock"));
+        let name = format!("{CLAIM_PREFIX}{key}");
         let io = |source| InstanceError::Io {
             what: what.to_string(),
-            path: path.clone(),
+            path: PathBuf::from(format!("@{name}")),
             source,
         };
-        // A holder that exits removes its file while it still holds the
-        // lock; whoever opened the old file then locks a file no longer at
-        // `path` and tries again.
-        for _ in 0..100 {
-            fs::create_dir_all(&dir).map_err(io)?;
-            let mut f = match OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o644)
-                .open(&path)
-            {
-                Ok(f) => f,
-                // The directory went with the last claim in it: again.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(io(e)),
-            };
-            // SAFETY: flock on a descriptor we own.
-            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-                let e = std::io::Error::last_os_error();
-                if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
-                    return Err(io(e));
-                }
-                let mut holder = String::new();
-                let _ = f.read_to_string(&mut holder);
+        let addr = SocketAddr::from_abstract_name(name.as_bytes()).map_err(io)?;
+        let claim = match UnixDatagram::bind_addr(&addr) {
+            Ok(s) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                let listing = std::fs::read_to_string("/proc/net/unix").unwrap_or_default();
                 return Err(InstanceError::Taken {
                     what: what.to_string(),
-                    holder: describe_holder(&holder),
+                    holder: describe_holder(&listing, &name),
                     hint,
                 });
             }
-            let same = fs::metadata(&path)
-                .ok()
-                .zip(f.metadata().ok())
-                .is_some_and(|(at_path, ours)| at_path.ino() == ours.ino());
-            if !same {
-                continue;
-            }
-            f.set_len(0).map_err(io)?;
-            writeln!(
-                f,
-                "instance={} mark={} pid={}",
-                instance.name,
-                instance.mark,
-                std::process::id()
-            )
-            .map_err(io)?;
-            debug!(claim = %path.display(), "claimed");
-            return Ok(Claim { path, _file: f });
-        }
-        Err(io(std::io::Error::other(
-            "the claim file kept being replaced",
-        )))
+            Err(e) => return Err(io(e)),
+        };
+        // The label only names the holder; a claim without one still holds.
+        let label = format!("{name}/held-by/{}/{}", instance.name, std::process::id());
+        let label = SocketAddr::from_abstract_name(label.as_bytes())
+            .and_then(|a| UnixDatagram::bind_addr(&a))
+            .ok();
+        debug!(claim = %name, "claimed");
+        Ok(Claim {
+            _claim: claim,
+            _label: label,
+        })
     }
 }
 
-impl Drop for Claim {
-    fn drop(&mut self) {
-        // Removed while still locked (see `take`), then the empty
-        // directory of a namespace that has no vipd left.
-        let _ = fs::remove_file(&self.path);
-        if let Some(dir) = self.path.parent() {
-            let _ = fs::remove_dir(dir);
-        }
-    }
-}
-
-/// "\"b\" (pid 123)" from a claim file's "instance=b mark=.. pid=123".
-fn describe_holder(text: &str) -> String {
-    let field = |key: &str| {
-        text.split_whitespace()
-            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
-            .map(str::to_string)
-    };
-    match (field("instance"), field("pid")) {
-        (Some(name), Some(pid)) => format!("{name:?} (pid {pid})"),
-        (Some(name), None) => format!("{name:?}"),
-        _ => "(unknown)".to_string(),
-    }
-}
-
-/// /run/vipd/netns-<inode>: claims are per network namespace (marks and
-/// interfaces are), and vipds in other namespaces never see each other's.
-fn claims_dir() -> std::io::Result<PathBuf> {
-    let ino = fs::metadata("/proc/self/ns/net")?.ino();
-    Ok(Path::new(RUN_DIR).join(format!("netns-{ino}")))
+/// "\"b\" (pid 123)" from the holder's label for claim `name` in a
+/// /proc/net/unix listing (abstract addresses show as `@...`).
+fn describe_holder(listing: &str, name: &str) -> String {
+    let prefix = format!("@{name}/held-by/");
+    listing
+        .lines()
+        .filter_map(|l| l.split_whitespace().last()?.strip_prefix(&prefix))
+        .find_map(|rest| {
+            let (instance, pid) = rest.split_once('/')?;
+            Some(format!("{instance:?} (pid {pid})"))
+        })
+        .unwrap_or_else(|| "(unknown)".to_string())
 }
 
 #[cfg(test)]
@@ -330,10 +285,34 @@ mod tests {
 
     #[test]
     fn holders_are_described() {
-        assert_eq!(
-            describe_holder("instance=a mark=130 pid=77\n"),
-            "\"a\" (pid 77)"
+        let listing = "Num       RefCount Protocol Flags    Type St Inode Path\n\
+            0000000000000000: 00000002 00000000 00000000 0002 01 12345 @vipd/mark-130\n\
+            0000000000000000: 00000002 00000000 00000000 0002 01 12346 @vipd/mark-130/held-by/a/77\n\
+            0000000000000000: 00000002 00000000 00000000 0002 01 12347 /run/vipd/a.sock\n";
+        assert_eq!(describe_holder(listing, "vipd/mark-130"), "\"a\" (pid 77)");
+        assert_eq!(describe_holder(listing, "vipd/mark-131"), "(unknown)");
+        assert_eq!(describe_holder("", "vipd/mark-130"), "(unknown)");
+    }
+
+    #[test]
+    fn a_claim_is_refused_to_a_second_claimant_naming_the_first() {
+        // Abstract addresses need no privilege; a key unique to this run.
+        let key = format!(
+            "test-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
         );
-        assert_eq!(describe_holder(""), "(unknown)");
+        let a = Instance::new("a", None).unwrap();
+        let b = Instance::new("b", None).unwrap();
+        let held = Claim::take(&a, &key, "the thing", "hint").unwrap();
+        let e = Claim::take(&b, &key, "the thing", "hint")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("the thing is taken by vipd instance \"a\""),
+            "{e}"
+        );
+        drop(held);
+        Claim::take(&b, &key, "the thing", "hint").unwrap();
     }
 }
