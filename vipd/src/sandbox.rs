@@ -165,7 +165,11 @@ struct CapData {
 const CAP_V3: u32 = 0x2008_0522;
 
 /// In the child: empties every capability set. The bounding set first
-/// (dropping needs CAP_SETPCAP, which the last step removes).
+/// (dropping needs CAP_SETPCAP, which the last step removes). A vipd
+/// without CAP_SETPCAP (an unprivileged user, or the unit's capabilities
+/// only) cannot shrink the bounding set (EPERM) and leaves it: the child
+/// still holds no capability (ambient, permitted, effective and
+/// inheritable are emptied) and, under no_new_privs, no exec can grant one.
 fn drop_privileges(last_cap: u32) -> io::Result<()> {
     let check = |r: libc::c_int| {
         if r < 0 {
@@ -177,9 +181,14 @@ fn drop_privileges(last_cap: u32) -> io::Result<()> {
     for cap in 0..=last_cap {
         // SAFETY: prctl with plain integer arguments.
         let r = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap), 0, 0, 0) };
-        // EINVAL: a capability this kernel does not have.
-        if r < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL) {
-            return Err(io::Error::last_os_error());
+        if r < 0 {
+            match io::Error::last_os_error().raw_os_error() {
+                // A capability this kernel does not have.
+                Some(libc::EINVAL) => {}
+                // No CAP_SETPCAP: the bounding set stays (see above).
+                Some(libc::EPERM) => break,
+                _ => return Err(io::Error::last_os_error()),
+            }
         }
     }
     // SAFETY: prctl with plain integer arguments.
