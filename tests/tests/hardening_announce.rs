@@ -43,6 +43,23 @@ fn v6_vips(n: u16) -> Vec<IpAddr> {
         .collect()
 }
 
+/// [`unannounced_after_takeover`], failing with the VIPs never announced.
+fn assert_all_announced_after_takeover(
+    hint: &str,
+    vips: &[IpAddr],
+    short: bool,
+    bound_every: (Duration, Duration),
+) {
+    let (missing, sent) = unannounced_after_takeover(hint, vips, short, &[], bound_every);
+    assert!(
+        missing.is_empty(),
+        "the new leader announced {sent} of {} VIPs; never announced ({}): {}",
+        vips.len(),
+        missing.len(),
+        show(&missing)
+    );
+}
+
 /// The takeover scenario: `vips` in one service, the leader SIGKILLed, and
 /// the VIPs the new leader did NOT announce (from its own MAC) within
 /// `bound` of holding them all, with how many it did.
@@ -162,19 +179,11 @@ fn show(missing: &BTreeSet<IpAddr>) -> String {
 fn every_vip_of_150_is_announced_after_a_takeover_under_a_200ms_lease() {
     let _serial = serial();
     let vips = v4_vips(150);
-    let (missing, sent) = unannounced_after_takeover(
+    assert_all_announced_after_takeover(
         "ha-150",
         &vips,
         true,
-        &[],
         (Duration::from_secs(4), Duration::from_millis(10)),
-    );
-    assert!(
-        missing.is_empty(),
-        "the new leader announced {sent} of {} VIPs; never announced ({}): {}",
-        vips.len(),
-        missing.len(),
-        show(&missing)
     );
 }
 
@@ -195,18 +204,10 @@ fn every_vip_of_1000_is_announced_after_a_takeover_at_the_default_lease() {
     let mut vips = v4_vips(150);
     vips.extend(v6_vips(1000 - 150));
     assert_eq!(vips.len(), 1000);
-    let (missing, sent) = unannounced_after_takeover(
+    assert_all_announced_after_takeover(
         "ha-1000",
         &vips,
         false,
-        &[],
         (Duration::from_secs(15), Duration::from_millis(100)),
-    );
-    assert!(
-        missing.is_empty(),
-        "the new leader announced {sent} of {} VIPs; never announced ({}): {}",
-        vips.len(),
-        missing.len(),
-        show(&missing)
     );
 }
