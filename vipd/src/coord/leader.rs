@@ -56,7 +56,7 @@ impl Ctx<'_> {
         let term = sequence(me)
             .and_then(|s| u64::try_from(s).ok())
             .unwrap_or(0);
-        let host = crate::config::hostname();
+        let host = crate::names::hostname();
         let data = |renewal: u64| self.renewal_data(&host, term, renewal);
         // A renewal: write our znode at the version we last wrote; the
         // answer's time does not matter, only when it was sent.

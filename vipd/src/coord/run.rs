@@ -19,8 +19,8 @@ use super::{
     store,
 };
 use crate::{
-    config::valid_name,
     health::HealthStatus,
+    names::{hostname, valid_name},
     role::{Desired, EngineReport},
 };
 
@@ -70,7 +70,7 @@ pub async fn run_serving(
         acl: ZnodeAcl::new(settings.auth.as_ref()),
         data: serde_json::to_vec(&CandidateData {
             node: settings.node_id.clone(),
-            host: crate::config::hostname(),
+            host: hostname(),
             term: 0,
             lease_ms: 0,
             renew_ms: 0,

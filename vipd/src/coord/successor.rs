@@ -163,7 +163,7 @@ impl Ctx<'_> {
         let term = sequence(me)
             .and_then(|s| u64::try_from(s).ok())
             .unwrap_or(0);
-        let data = self.renewal_data(&crate::config::hostname(), term, 1);
+        let data = self.renewal_data(&crate::names::hostname(), term, 1);
         let mut writer = client.new_multi_writer();
         let built = writer
             .add_delete(leader, Some(version))

@@ -143,7 +143,7 @@ impl Ctx<'_> {
         };
         let of = |c: &CoordStatus, h: Option<&HealthStatus>, r: &EngineReport| nodes::MemberData {
             node: self.settings.node_id.clone(),
-            host: crate::config::hostname(),
+            host: crate::names::hostname(),
             role: if c.is_leader {
                 "leader"
             } else if c.fenced {
