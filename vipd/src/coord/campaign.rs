@@ -9,7 +9,7 @@ use tracing::{debug, error, info, warn};
 use zookeeper_client::{Client, SessionState, StateWatcher};
 
 use super::{
-    ctx::{Campaign, Ctx, pause, wait_released},
+    ctx::{Campaign, Ctx, pause},
     election::{CandidateData, ensure_candidacy, node_of, sequence, sort_candidates},
     leader::{FirstRenewal, LeadEnd},
     nodes,
@@ -17,8 +17,31 @@ use super::{
 };
 use crate::role::Role;
 
-/// How long the engine gets to remove VIPs before we release the election.
-pub(super) const RELEASE_WAIT: Duration = Duration::from_secs(5);
+/// The campaign's timings on one session.
+#[derive(Clone, Copy)]
+struct Timings {
+    /// For one ZooKeeper call.
+    deadline: Duration,
+    /// Before a failed step is tried again.
+    retry: Duration,
+    /// How often a follower looks at the election anyway.
+    refresh: Duration,
+}
+
+impl Timings {
+    fn of(client: &Client) -> Timings {
+        let t = client.session_timeout();
+        Timings {
+            deadline: t / 3,
+            retry: (t / 10).max(Duration::from_millis(20)),
+            refresh: (t * 2).max(Duration::from_secs(1)),
+        }
+    }
+}
+
+/// The candidates after we deleted a silent leader's znode: we are first
+/// now (sequence numbers only grow), no need to list again.
+type TookOver = (Vec<String>, FirstRenewal);
 
 impl Ctx<'_> {
     /// Stands for election and leads while this session lasts. Returns
@@ -30,15 +53,12 @@ impl Ctx<'_> {
         own: &mut Option<String>,
         cancel: &CancellationToken,
     ) -> SessionState {
-        let t = client.session_timeout();
-        let deadline = t / 3;
-        let retry = (t / 10).max(Duration::from_millis(20));
-        let refresh = (t * 2).max(Duration::from_secs(1));
+        let Timings {
+            deadline, retry, ..
+        } = Timings::of(client);
         let dir = &self.paths.election;
         let mut state = client.state_watcher();
-        // The candidates after we deleted a silent leader's znode: we are
-        // first now (sequence numbers only grow), no need to list again.
-        let mut took_over: Option<(Vec<String>, Option<FirstRenewal>)> = None;
+        let mut took_over: Option<TookOver> = None;
         loop {
             if cancel.is_cancelled() {
                 return SessionState::Closed;
@@ -57,59 +77,17 @@ impl Ctx<'_> {
                 }
                 _ => self.set_session("connected"),
             }
-            if let Some(why) = st.unfit() {
-                if own.is_some() {
-                    info!(reason = %why, "withdrawing from the election");
-                    self.withdraw(client, st, own, deadline).await;
-                }
-                self.set_withdrawn(Some(why));
-                tokio::select! {
-                    _ = cancel.cancelled() => {}
-                    _ = state.changed() => {}
-                    () = st.unfit_changed(true) => {}
-                }
+            if !self.stand(client, st, own, &mut state, cancel).await {
                 continue;
             }
-            if self.set_withdrawn(None) {
-                info!("fit to serve again; standing for election");
-            }
-            if own.is_none() {
-                match ensure_candidacy(
-                    client,
-                    dir,
-                    &self.settings.node_id,
-                    &self.data,
-                    &self.acl,
-                    deadline,
-                )
-                .await
-                {
-                    Ok(name) => *own = Some(name),
-                    Err(e) => {
-                        warn!(error = %e, "cannot stand for election; retrying");
-                        self.error(e.to_string());
-                        pause(retry, &mut state, cancel).await;
-                        continue;
-                    }
-                }
-            }
             let me = own.clone().expect("set above");
-            let children = list_election(client, dir, deadline);
-            let (shortcut, first) = match took_over.take() {
-                Some((c, first)) if c.first() == Some(&me) => (Some(c), first),
-                _ => (None, None),
-            };
-            let listed = shortcut.is_some();
-            let sorted = match shortcut {
-                Some(c) => c,
-                None => match children.await {
-                    Ok(c) => sort_candidates(c),
-                    Err(e) => {
-                        debug!(error = %e, "election check failed; retrying");
-                        pause(retry, &mut state, cancel).await;
-                        continue;
-                    }
-                },
+            let (sorted, first, listed) = match self.line_up(client, &me, took_over.take()).await {
+                Ok(line) => line,
+                Err(e) => {
+                    debug!(error = %e, "election check failed; retrying");
+                    pause(retry, &mut state, cancel).await;
+                    continue;
+                }
             };
             let Some(pos) = sorted.iter().position(|c| *c == me) else {
                 warn!(znode = %format!("{dir}/{me}"), "our candidacy znode is gone; standing again");
@@ -117,48 +95,22 @@ impl Ctx<'_> {
                 *own = None;
                 continue;
             };
-            if !listed {
+            if listed {
                 self.note_leader(client, dir, &sorted[0], deadline).await;
             }
             if pos == 0 && self.yield_to_target(client, &me, &sorted, deadline).await {
-                self.withdraw(client, st, own, deadline).await;
+                self.release(st, Some(client), own.take()).await;
                 continue;
             }
             if pos == 0 {
-                match self.lead(client, st, &me, first, &mut state, cancel).await {
-                    LeadEnd::Cancelled => return SessionState::Closed,
-                    LeadEnd::Fenced => continue,
-                    LeadEnd::Lost => {
-                        *own = None;
-                        continue;
-                    }
-                    LeadEnd::Terminal(s) => return s,
-                    LeadEnd::Place(to) => {
-                        self.error(format!(
-                            "handed over to {to}: it can serve more of the configured VIPs"
-                        ));
-                        self.withdraw(client, st, own, deadline).await;
-                        continue;
-                    }
-                    LeadEnd::Handover(to) => {
-                        info!(to = ?to, "handing over on an operator's request");
-                        self.withdraw(client, st, own, deadline).await;
-                        continue;
-                    }
-                    LeadEnd::EngineStalled(bound) => {
-                        self.error(format!(
-                            "stopped leading: the engine applied nothing for {bound:?}"
-                        ));
-                        self.wait_engine(st, &mut state, cancel).await;
-                        continue;
-                    }
-                    LeadEnd::Withdraw(why) => {
-                        error!(reason = %why, "this node cannot serve its VIPs; handing over");
-                        self.error(format!("handed over: {why}"));
-                        self.withdraw(client, st, own, deadline).await;
-                        continue;
-                    }
+                let end = self.lead(client, st, &me, first, &mut state, cancel).await;
+                if let Some(s) = self
+                    .after_term(end, client, st, own, &mut state, cancel)
+                    .await
+                {
+                    return s;
                 }
+                continue;
             }
             self.follower(st, false);
             let pred = format!("{dir}/{}", sorted[pos - 1]);
@@ -171,24 +123,154 @@ impl Ctx<'_> {
                 }
                 continue;
             }
-            match call("watch", &pred, deadline, client.check_and_watch_stat(&pred)).await {
-                Ok((None, _)) => continue,
-                Ok((Some(_), w)) => {
-                    debug!(predecessor = %pred, "following; watching the predecessor");
-                    tokio::select! {
-                        _ = cancel.cancelled() => {}
-                        _ = w.changed() => {}
-                        _ = state.changed() => {}
-                        () = st.unfit_changed(false) => {}
-                        // Only to keep `leader` in the status current: a
-                        // leader change upstream does not wake us (R1).
-                        _ = tokio::time::sleep(refresh) => {}
-                    }
-                }
+            self.follow(client, &pred, st, &mut state, cancel).await;
+        }
+    }
+
+    /// Withdraws while this node is unfit to serve, and stands (creates
+    /// our candidacy) when it is fit and has none. True when we stand.
+    async fn stand(
+        &self,
+        client: &Client,
+        st: &mut Campaign,
+        own: &mut Option<String>,
+        state: &mut StateWatcher,
+        cancel: &CancellationToken,
+    ) -> bool {
+        let Timings {
+            deadline, retry, ..
+        } = Timings::of(client);
+        if let Some(why) = st.unfit() {
+            if own.is_some() {
+                info!(reason = %why, "withdrawing from the election");
+                self.release(st, Some(client), own.take()).await;
+            }
+            self.set_withdrawn(Some(why));
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = state.changed() => {}
+                () = st.unfit_changed(true) => {}
+            }
+            return false;
+        }
+        if self.set_withdrawn(None) {
+            info!("fit to serve again; standing for election");
+        }
+        if own.is_none() {
+            match ensure_candidacy(
+                client,
+                &self.paths.election,
+                &self.settings.node_id,
+                &self.data,
+                &self.acl,
+                deadline,
+            )
+            .await
+            {
+                Ok(name) => *own = Some(name),
                 Err(e) => {
-                    debug!(error = %e, "cannot watch the predecessor; retrying");
-                    pause(retry, &mut state, cancel).await;
+                    warn!(error = %e, "cannot stand for election; retrying");
+                    self.error(e.to_string());
+                    pause(retry, state, cancel).await;
+                    return false;
                 }
+            }
+        }
+        true
+    }
+
+    /// The candidates in order: those our takeover left when we are first
+    /// among them, else listed now. With our term's first renewal (written
+    /// with the takeover, or still to write) and whether they were listed.
+    async fn line_up(
+        &self,
+        client: &Client,
+        me: &str,
+        took_over: Option<TookOver>,
+    ) -> Result<(Vec<String>, FirstRenewal, bool), ZkCallError> {
+        let deadline = Timings::of(client).deadline;
+        match took_over {
+            Some((c, first)) if c.first().map(String::as_str) == Some(me) => Ok((c, first, false)),
+            _ => {
+                let c = list_election(client, &self.paths.election, deadline).await?;
+                Ok((sort_candidates(c), FirstRenewal::ToWrite, true))
+            }
+        }
+    }
+
+    /// After a term: releases our candidacy or waits as the end asks.
+    /// `Some` when the campaign ends with the session (or on cancel).
+    async fn after_term(
+        &self,
+        end: LeadEnd,
+        client: &Client,
+        st: &mut Campaign,
+        own: &mut Option<String>,
+        state: &mut StateWatcher,
+        cancel: &CancellationToken,
+    ) -> Option<SessionState> {
+        match end {
+            LeadEnd::Cancelled => return Some(SessionState::Closed),
+            LeadEnd::Fenced => {}
+            LeadEnd::Lost => *own = None,
+            LeadEnd::Terminal(s) => return Some(s),
+            LeadEnd::Place(to) => {
+                self.error(format!(
+                    "handed over to {to}: it can serve more of the configured VIPs"
+                ));
+                self.release(st, Some(client), own.take()).await;
+            }
+            LeadEnd::Handover(to) => {
+                info!(to = ?to, "handing over on an operator's request");
+                self.release(st, Some(client), own.take()).await;
+            }
+            LeadEnd::EngineStalled(bound) => {
+                self.error(format!(
+                    "stopped leading: the engine applied nothing for {bound:?}"
+                ));
+                self.wait_engine(st, state, cancel).await;
+            }
+            LeadEnd::Withdraw(why) => {
+                error!(reason = %why, "this node cannot serve its VIPs; handing over");
+                self.error(format!("handed over: {why}"));
+                self.release(st, Some(client), own.take()).await;
+            }
+        }
+        None
+    }
+
+    /// Further down the line: waits until the predecessor's znode goes,
+    /// the session or our fitness changes, or the refresh is due.
+    async fn follow(
+        &self,
+        client: &Client,
+        pred: &str,
+        st: &mut Campaign,
+        state: &mut StateWatcher,
+        cancel: &CancellationToken,
+    ) {
+        let Timings {
+            deadline,
+            retry,
+            refresh,
+        } = Timings::of(client);
+        match call("watch", pred, deadline, client.check_and_watch_stat(pred)).await {
+            Ok((None, _)) => {}
+            Ok((Some(_), w)) => {
+                debug!(predecessor = %pred, "following; watching the predecessor");
+                tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    _ = w.changed() => {}
+                    _ = state.changed() => {}
+                    () = st.unfit_changed(false) => {}
+                    // Only to keep `leader` in the status current: a
+                    // leader change upstream does not wake us.
+                    _ = tokio::time::sleep(refresh) => {}
+                }
+            }
+            Err(e) => {
+                debug!(error = %e, "cannot watch the predecessor; retrying");
+                pause(retry, state, cancel).await;
             }
         }
     }
@@ -215,30 +297,6 @@ impl Ctx<'_> {
             x.term = term;
             changed
         });
-    }
-
-    /// R18 (and R3): publish Follower, wait until the engine holds nothing,
-    /// then delete our candidacy, whose deletion wakes the next in line at
-    /// once. The caller decides when to stand again.
-    pub(super) async fn withdraw(
-        &self,
-        client: &Client,
-        st: &mut Campaign,
-        own: &mut Option<String>,
-        deadline: Duration,
-    ) {
-        self.follower(st, false);
-        wait_released(st, RELEASE_WAIT).await;
-        if let Some(me) = own.take() {
-            let path = format!("{}/{me}", self.paths.election);
-            match call("delete", &path, deadline, client.delete(&path, None)).await {
-                Ok(()) => info!(znode = %path, "candidacy deleted"),
-                Err(e) if e.is(&zookeeper_client::Error::NoNode) => {}
-                Err(e) => {
-                    warn!(error = %e, "could not delete our candidacy; it goes with the session")
-                }
-            }
-        }
     }
 
     /// At the head of the line: true when a handover request names another

@@ -6,19 +6,22 @@ use std::time::Duration;
 
 use tokio::{sync::watch, time::Instant};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, warn};
-use zookeeper_client::StateWatcher;
+use tracing::{debug, error, info, warn};
+use zookeeper_client::{Client, StateWatcher};
 
 use super::{
     ClusterPaths, CoordStatus, ZkSettings,
     election::{CandidateData, ms_up},
     lease::{LeaseTimes, SessionLease},
-    session::ZnodeAcl,
+    session::{ZnodeAcl, call},
 };
 use crate::{
     health::HealthStatus,
     role::{Desired, EngineReport, LeaseGrant, Role},
 };
+
+/// How long the engine gets to remove VIPs before we release the election.
+const RELEASE_WAIT: Duration = Duration::from_secs(5);
 
 /// A lease in whole milliseconds, for the status.
 pub(super) fn lease_ms(t: LeaseTimes) -> u64 {
@@ -228,6 +231,32 @@ impl Ctx<'_> {
         }
     }
 
+    /// Releases our candidacy, the one way every role lets it go: publish
+    /// Follower, wait (bounded) until the engine holds nothing, then
+    /// delete our election znode, whose deletion wakes the next in line at
+    /// once. The caller decides when to stand again.
+    pub(super) async fn release(
+        &self,
+        st: &mut Campaign,
+        client: Option<&Client>,
+        own: Option<String>,
+    ) {
+        self.follower(st, false);
+        wait_released(st, RELEASE_WAIT).await;
+        let (Some(client), Some(me)) = (client, own) else {
+            return;
+        };
+        let deadline = client.session_timeout() / 3;
+        let path = format!("{}/{me}", self.paths.election);
+        match call("delete", &path, deadline, client.delete(&path, None)).await {
+            Ok(()) => info!(znode = %path, "candidacy deleted"),
+            Err(e) if e.is(&zookeeper_client::Error::NoNode) => {}
+            Err(e) => {
+                warn!(error = %e, "could not delete our candidacy; it goes with the session")
+            }
+        }
+    }
+
     /// Our election znode's data for renewal `renewal` of term `term`.
     pub(super) fn renewal_data(&self, host: &str, term: u64, renewal: u64) -> Vec<u8> {
         let lease = self.lease();
@@ -245,7 +274,7 @@ impl Ctx<'_> {
 }
 
 /// Waits (bounded) until the engine reports no VIP held.
-pub(super) async fn wait_released(st: &mut Campaign, limit: Duration) {
+async fn wait_released(st: &mut Campaign, limit: Duration) {
     let r = tokio::time::timeout(limit, async {
         st.report.wait_for(|r| r.held.is_empty()).await.map(drop)
     })

@@ -1,6 +1,25 @@
-//! ZooKeeper coordination: the session, the election (R1), the VIP
-//! configuration watch (R2) and fencing (R3). `run` turns all of it into one
+//! ZooKeeper coordination: the session, the election, the VIP
+//! configuration watch and fencing. `run` turns all of it into one
 //! `Desired` for the engine and one `CoordStatus` for operators.
+//!
+//! A file per role: the session loop (`run`), what runs beside the
+//! campaign on every session (`tasks`), the campaign (`campaign`), the
+//! leader's term (`leader`), the next in line (`successor`), and what they
+//! share (`ctx`: the settings, the session's lease, the channels to the
+//! engine and to operators, the candidacy's state, the one way to release
+//! a candidacy). Below them: the session's calls (`session`), the election
+//! znodes (`election`), the lease arithmetic (`lease`), the VIP
+//! configuration (`store`), drain records, members and handovers
+//! (`nodes`), placement, the held record (`held`), ACLs and vipctl's side
+//! (`admin`).
+//!
+//! A new role lands as a new file, not as more of `Ctx`: one that runs on
+//! every session (a node lease) is one more future in
+//! `Ctx::serve_session`; one that runs while leading (a placement
+//! assigner) is started by the term in `leader`, as `seek_better_leader`
+//! (`placement`) is. It keeps its own state in its own struct, as the
+//! leader's `Term` and the successor's `LeaderTiming` do; `Ctx` gains a
+//! field only for what every role shares.
 
 pub mod acl;
 pub mod admin;

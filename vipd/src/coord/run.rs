@@ -11,11 +11,10 @@ use zookeeper_client::{Client, SessionState};
 
 use super::{
     ClusterPaths, CoordError, CoordStatus, ZkSettings, acl,
-    campaign::RELEASE_WAIT,
-    ctx::{Campaign, Ctx, lease_ms, wait_released},
+    ctx::{Campaign, Ctx, lease_ms},
     election::CandidateData,
     held, nodes,
-    session::{self, ZnodeAcl, call},
+    session::{self, ZnodeAcl},
     store,
 };
 use crate::{
@@ -41,8 +40,8 @@ pub async fn run(
     run_serving(settings, desired, report, status, None, cancel).await
 }
 
-/// [`run`], withdrawing from the election while `health` says unhealthy
-/// (R18), as it does while a VIP interface is down.
+/// [`run`], withdrawing from the election while `health` says unhealthy,
+/// as it does while a VIP interface is down.
 pub async fn run_serving(
     settings: ZkSettings,
     desired: watch::Sender<Desired>,
@@ -51,19 +50,7 @@ pub async fn run_serving(
     health: Option<watch::Receiver<HealthStatus>>,
     cancel: CancellationToken,
 ) -> Result<(), CoordError> {
-    for (what, v) in [
-        ("cluster", &settings.cluster),
-        ("node id", &settings.node_id),
-    ] {
-        if !valid_name(v) {
-            return Err(CoordError::Setting(format!(
-                "invalid {what} {v:?}: use letters, digits, '-', '_' and '.'"
-            )));
-        }
-    }
-    if settings.hosts.trim().is_empty() {
-        return Err(CoordError::Setting("no ZooKeeper hosts".into()));
-    }
+    check_settings(&settings)?;
     let (drained_tx, drained) = watch::channel(false);
     let ctx = Ctx {
         paths: ClusterPaths::new(&settings.cluster),
@@ -96,69 +83,11 @@ pub async fn run_serving(
     ctx.follower(&mut st, false);
     status.send_modify(|x| x.lease_ms = lease_ms(settings.lease));
     loop {
-        ctx.set_session("connecting");
-        let t = settings.session_timeout;
-        let connected = tokio::select! {
-            _ = cancel.cancelled() => None,
-            c = session::connect(&settings.hosts, t, settings.auth.as_ref(), false, t.max(Duration::from_secs(2))) => Some(c),
+        let client = match ctx.open_session(&mut st, &cancel).await? {
+            Opened::Ready(c) => c,
+            Opened::Retry => continue,
+            Opened::Stopped => return Ok(()),
         };
-        let client = match connected {
-            None => {
-                ctx.shutdown(&mut st, None, None).await;
-                return Ok(());
-            }
-            Some(Err(e)) => {
-                warn!(error = %e, hosts = %settings.hosts, "cannot open a ZooKeeper session; retrying");
-                ctx.error(e.to_string());
-                if e.is(&zookeeper_client::Error::AuthFailed) {
-                    return Err(CoordError::auth_failed(&settings));
-                }
-                tokio::select! {
-                    _ = cancel.cancelled() => {}
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-                continue;
-            }
-            Some(Ok(c)) => c,
-        };
-        info!(session = %client.session_id(), timeout = ?client.session_timeout(), "ZooKeeper session open");
-        if !ctx.session_lease(client.session_timeout()) {
-            // Perhaps another server of the ensemble grants more.
-            session::close(client, Duration::from_secs(2)).await;
-            ctx.set_session("closed");
-            tokio::select! {
-                _ = cancel.cancelled() => {}
-                _ = tokio::time::sleep(REFUSED_SESSION_RETRY) => {}
-            }
-            continue;
-        }
-        ctx.set_session("connected");
-        let access = acl::prepare(
-            &client,
-            &ctx.paths,
-            settings.auth.as_ref(),
-            settings.insecure,
-            client.session_timeout() / 3,
-        )
-        .await;
-        match access {
-            Ok(()) => {}
-            Err(e) if e.is_transient() => {
-                warn!(error = %e, "cannot check the cluster's ZooKeeper tree; retrying on a new session");
-                ctx.error(e.to_string());
-                session::close(client, Duration::from_secs(1)).await;
-                tokio::select! {
-                    _ = cancel.cancelled() => {}
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-                continue;
-            }
-            Err(e) => {
-                ctx.error(e.to_string());
-                ctx.shutdown(&mut st, Some(client), None).await;
-                return Err(e.into());
-            }
-        }
         let (end, own) = ctx.serve_session(&client, &mut st, &cancel).await;
         match end {
             SessionState::Closed if cancel.is_cancelled() => {
@@ -182,7 +111,119 @@ pub async fn run_serving(
     }
 }
 
+/// What the settings must hold before any session is opened.
+fn check_settings(settings: &ZkSettings) -> Result<(), CoordError> {
+    for (what, v) in [
+        ("cluster", &settings.cluster),
+        ("node id", &settings.node_id),
+    ] {
+        if !valid_name(v) {
+            return Err(CoordError::Setting(format!(
+                "invalid {what} {v:?}: use letters, digits, '-', '_' and '.'"
+            )));
+        }
+    }
+    if settings.hosts.trim().is_empty() {
+        return Err(CoordError::Setting("no ZooKeeper hosts".into()));
+    }
+    Ok(())
+}
+
+/// How an attempt to open a session to serve on ended.
+enum Opened {
+    /// A session whose lease fits and whose tree is ready.
+    Ready(Client),
+    /// Not this time: try again.
+    Retry,
+    /// Cancelled, and coordination shut down.
+    Stopped,
+}
+
 impl Ctx<'_> {
+    /// Opens a session, checks the lease it allows and the cluster's tree.
+    /// An error when coordination must stop for good.
+    async fn open_session(
+        &self,
+        st: &mut Campaign,
+        cancel: &CancellationToken,
+    ) -> Result<Opened, CoordError> {
+        let settings = self.settings;
+        self.set_session("connecting");
+        let t = settings.session_timeout;
+        let connected = tokio::select! {
+            _ = cancel.cancelled() => None,
+            c = session::connect(&settings.hosts, t, settings.auth.as_ref(), false, t.max(Duration::from_secs(2))) => Some(c),
+        };
+        let client = match connected {
+            None => {
+                self.shutdown(st, None, None).await;
+                return Ok(Opened::Stopped);
+            }
+            Some(Err(e)) => {
+                warn!(error = %e, hosts = %settings.hosts, "cannot open a ZooKeeper session; retrying");
+                self.error(e.to_string());
+                if e.is(&zookeeper_client::Error::AuthFailed) {
+                    return Err(CoordError::auth_failed(settings));
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                return Ok(Opened::Retry);
+            }
+            Some(Ok(c)) => c,
+        };
+        info!(session = %client.session_id(), timeout = ?client.session_timeout(), "ZooKeeper session open");
+        if !self.session_lease(client.session_timeout()) {
+            // Perhaps another server of the ensemble grants more.
+            session::close(client, Duration::from_secs(2)).await;
+            self.set_session("closed");
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = tokio::time::sleep(REFUSED_SESSION_RETRY) => {}
+            }
+            return Ok(Opened::Retry);
+        }
+        self.set_session("connected");
+        self.check_tree(client, st, cancel).await
+    }
+
+    /// Prepares the cluster's tree (its ACLs) on a new session.
+    async fn check_tree(
+        &self,
+        client: Client,
+        st: &mut Campaign,
+        cancel: &CancellationToken,
+    ) -> Result<Opened, CoordError> {
+        let settings = self.settings;
+        let access = acl::prepare(
+            &client,
+            &self.paths,
+            settings.auth.as_ref(),
+            settings.insecure,
+            client.session_timeout() / 3,
+        )
+        .await;
+        match access {
+            Ok(()) => Ok(Opened::Ready(client)),
+            Err(e) if e.is_transient() => {
+                warn!(error = %e, "cannot check the cluster's ZooKeeper tree; retrying on a new session");
+                self.error(e.to_string());
+                session::close(client, Duration::from_secs(1)).await;
+                tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                Ok(Opened::Retry)
+            }
+            Err(e) => {
+                self.error(e.to_string());
+                self.shutdown(st, Some(client), None).await;
+                Err(e.into())
+            }
+        }
+    }
+
     /// One session: the services watch and the campaign side by side.
     /// Returns the session's end and our candidacy's znode name, if any.
     pub(super) async fn serve_session(
@@ -237,16 +278,8 @@ impl Ctx<'_> {
         own: Option<String>,
     ) {
         info!("coordination stopping");
-        self.follower(st, false);
-        wait_released(st, RELEASE_WAIT).await;
+        self.release(st, client.as_ref(), own).await;
         if let Some(client) = client {
-            let deadline = client.session_timeout() / 3;
-            if let Some(me) = own {
-                let path = format!("{}/{me}", self.paths.election);
-                if let Err(e) = call("delete", &path, deadline, client.delete(&path, None)).await {
-                    warn!(error = %e, "could not delete our candidacy; it goes with the session");
-                }
-            }
             session::close(client, Duration::from_secs(2)).await;
         }
         self.set_session("closed");

@@ -9,24 +9,25 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, trace, warn};
 use zookeeper_client::{Client, StateWatcher};
 
+use zookeeper_client::{OneshotWatcher, Stat};
+
 use super::{
     ctx::{Campaign, Ctx},
     election::{CandidateData, sequence},
-    leader::FirstRenewal,
-    lease::{Observer, StatedLease},
-    session::call,
+    leader::{FirstRenewal, sleep_opt},
+    lease::{LeaseTimes, Observer, StatedLease},
+    session::{ZkCallError, call},
 };
 
 impl Ctx<'_> {
-    /// The next in line (R15, and R1: only it): reads the leader's znode
-    /// (sync, then stat with a watch) twice per renewal interval, on every
-    /// change and when the wait is up, and when
-    /// it has seen no new version for lease + renewal + margin while
-    /// ZooKeeper answered every one of these reads, deletes the leader's
-    /// znode conditionally on that version. Returns when the election should
-    /// be looked at again: `Some` when our takeover deleted the leader's
-    /// znode, with our first renewal if it went with the delete; `None`
-    /// when the election must be listed again.
+    /// The next in line (and only it): reads the leader's znode (sync,
+    /// then stat with a watch) twice per renewal interval, on every change
+    /// and when the wait is up, and when it has seen no new version for
+    /// lease + renewal + margin while ZooKeeper answered every one of these
+    /// reads, deletes the leader's znode conditionally on that version.
+    /// Returns when the election should be looked at again: `Some` when our
+    /// takeover deleted the leader's znode, with our term's first renewal;
+    /// `None` when the election must be listed again.
     pub(super) async fn watch_leader(
         &self,
         client: &Client,
@@ -35,26 +36,16 @@ impl Ctx<'_> {
         state: &mut StateWatcher,
         st: &mut Campaign,
         cancel: &CancellationToken,
-    ) -> Option<Option<FirstRenewal>> {
+    ) -> Option<FirstRenewal> {
         let lease = self.lease();
         let deadline = lease.poll_deadline();
-        let mut observer = Observer::new(lease);
-        // What the leader's data said last, to say once when it cannot be
-        // read or changes the wait.
-        let mut unparseable_logged = false;
-        let mut wait_logged = lease.takeover_after();
+        let mut timing = LeaderTiming::new(lease);
         let mut tick = tokio::time::interval(lease.poll_every());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         debug!(leader = %leader, takeover_after = ?lease.takeover_after(), "next in line; watching the leader's lease");
         loop {
             let sent = std::time::Instant::now();
-            let read = async {
-                call("sync", leader, deadline, client.sync(leader)).await?;
-                // The data, not only the stat: the leader states its lease
-                // there, and its rule may be longer than ours.
-                call("watch", leader, deadline, client.get_and_watch_data(leader)).await
-            }
-            .await;
+            let read = read_leader(client, leader, deadline).await;
             let answered = std::time::Instant::now();
             let watcher = match read {
                 // Gone by the leader's own hand (a handover, a withdrawal,
@@ -69,57 +60,31 @@ impl Ctx<'_> {
                         read_us = answered.duration_since(sent).as_micros(),
                         "leader's znode read"
                     );
-                    let stated = match serde_json::from_slice::<CandidateData>(&data) {
-                        Ok(d) => d.stated_lease(),
-                        Err(e) => {
-                            if !std::mem::replace(&mut unparseable_logged, true) {
-                                warn!(leader = %leader, error = %e,
-                                    "cannot parse the leader's znode data; timing it by our own lease");
-                            }
-                            StatedLease::Unknown
-                        }
-                    };
-                    let taken = observer.answered(sent, answered, stat.version, stated);
-                    if let Some(wait) = observer.wait()
-                        && wait != wait_logged
+                    if let Some(version) =
+                        timing.answered(leader, sent, answered, &data, stat.version)
                     {
-                        wait_logged = wait;
-                        info!(leader = %leader, takeover_after = ?wait, own = ?lease.takeover_after(),
-                            "timing the leader by the longer of its stated lease and ours");
-                    }
-                    if let Some(version) = taken {
                         if let Some(first) = self
-                            .take_over(client, leader, me, version, wait_logged, deadline)
+                            .take_over(client, leader, me, version, timing.wait_logged, deadline)
                             .await
                         {
                             return Some(first);
                         }
-                        observer.missed();
+                        timing.observer.missed();
                     }
                     Some(w)
                 }
                 Err(e) => {
                     debug!(error = %e, "cannot read the leader's znode; its silence does not count meanwhile");
-                    observer.missed();
+                    timing.observer.missed();
                     None
                 }
             };
-            let changed = async {
-                match watcher {
-                    Some(w) => drop(w.changed().await),
-                    None => std::future::pending().await,
-                }
-            };
+            let changed = changed_or_never(watcher);
             // Read again at the poll or on a change; the moment the silence
             // reaches the takeover wait, delete at once (not a poll later):
             // the delete is conditional on the version we timed, and our
             // last read was answered within one poll.
-            let due = async {
-                match observer.takeover_at() {
-                    Some(at) => tokio::time::sleep_until(at.into()).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let due = sleep_opt(timing.observer.takeover_at().map(Instant::from));
             let due = tokio::select! {
                 _ = cancel.cancelled() => return None,
                 _ = state.changed() => return None,
@@ -128,15 +93,15 @@ impl Ctx<'_> {
                 () = changed => false,
                 () = due => true,
             };
-            if due && let Some(version) = observer.due(std::time::Instant::now()) {
-                let waited = observer.wait().unwrap_or(wait_logged);
+            if due && let Some(version) = timing.observer.due(std::time::Instant::now()) {
+                let waited = timing.observer.wait().unwrap_or(timing.wait_logged);
                 if let Some(first) = self
                     .take_over(client, leader, me, version, waited, deadline)
                     .await
                 {
                     return Some(first);
                 }
-                observer.missed();
+                timing.observer.missed();
             }
         }
     }
@@ -146,7 +111,7 @@ impl Ctx<'_> {
     /// our term, whose lease counts from this send, one round trip (and
     /// one log fsync) sooner than a renewal after the delete. `Some` when
     /// the leader's znode is gone (by us or otherwise), with our renewal
-    /// when the transaction went through.
+    /// written when the transaction went through.
     pub(super) async fn take_over(
         &self,
         client: &Client,
@@ -155,7 +120,7 @@ impl Ctx<'_> {
         version: i32,
         waited: Duration,
         deadline: Duration,
-    ) -> Option<Option<FirstRenewal>> {
+    ) -> Option<FirstRenewal> {
         use zookeeper_client::{Error as ZkError, MultiWriteError, MultiWriteResult};
         warn!(leader = %leader, version, silent_for = ?waited,
             "the leader has not renewed its lease while ZooKeeper answered us; taking over");
@@ -191,11 +156,11 @@ impl Ctx<'_> {
             Ok(results) => {
                 info!(leader = %leader, version, "deleted the silent leader's znode; standing as leader");
                 match results.get(1) {
-                    Some(MultiWriteResult::SetData { stat }) => Some(Some(FirstRenewal {
+                    Some(MultiWriteResult::SetData { stat }) => Some(FirstRenewal::Written {
                         sent,
                         version: stat.version,
-                    })),
-                    _ => Some(None),
+                    }),
+                    _ => Some(FirstRenewal::ToWrite),
                 }
             }
             // Gone a moment before our delete (its own withdrawal): list
@@ -213,5 +178,78 @@ impl Ctx<'_> {
             }
             Err(None) => None,
         }
+    }
+}
+
+/// The leader's znode, after a sync so that a server cut off from its
+/// quorum cannot answer from its stale tree.
+async fn read_leader(
+    client: &Client,
+    leader: &str,
+    deadline: Duration,
+) -> Result<(Vec<u8>, Stat, OneshotWatcher), ZkCallError> {
+    call("sync", leader, deadline, client.sync(leader)).await?;
+    // The data, not only the stat: the leader states its lease there, and
+    // its rule may be longer than ours.
+    call("watch", leader, deadline, client.get_and_watch_data(leader)).await
+}
+
+/// How the next in line times the leader: the observer of its renewals,
+/// and what the leader's data said last, to say once when it cannot be
+/// read or changes the wait.
+struct LeaderTiming {
+    observer: Observer,
+    own: Duration,
+    unparseable_logged: bool,
+    wait_logged: Duration,
+}
+
+impl LeaderTiming {
+    fn new(lease: LeaseTimes) -> LeaderTiming {
+        LeaderTiming {
+            observer: Observer::new(lease),
+            own: lease.takeover_after(),
+            unparseable_logged: false,
+            wait_logged: lease.takeover_after(),
+        }
+    }
+
+    /// An answered read of the leader's znode; the version to delete when
+    /// the leader's silence has reached the takeover wait.
+    fn answered(
+        &mut self,
+        leader: &str,
+        sent: std::time::Instant,
+        answered: std::time::Instant,
+        data: &[u8],
+        version: i32,
+    ) -> Option<i32> {
+        let stated = match serde_json::from_slice::<CandidateData>(data) {
+            Ok(d) => d.stated_lease(),
+            Err(e) => {
+                if !std::mem::replace(&mut self.unparseable_logged, true) {
+                    warn!(leader = %leader, error = %e,
+                        "cannot parse the leader's znode data; timing it by our own lease");
+                }
+                StatedLease::Unknown
+            }
+        };
+        let taken = self.observer.answered(sent, answered, version, stated);
+        if let Some(wait) = self.observer.wait()
+            && wait != self.wait_logged
+        {
+            self.wait_logged = wait;
+            info!(leader = %leader, takeover_after = ?wait, own = ?self.own,
+                "timing the leader by the longer of its stated lease and ours");
+        }
+        taken
+    }
+}
+
+/// Until the watch fires; never without one.
+async fn changed_or_never(watcher: Option<OneshotWatcher>) {
+    match watcher {
+        Some(w) => drop(w.changed().await),
+        None => std::future::pending().await,
     }
 }
