@@ -454,4 +454,43 @@ mod tests {
         assert!(!own_write(b"{not json", "n1", 7, 12..=12));
         assert!(!own_write(b"", "n1", 7, 12..=12));
     }
+
+    fn report(passes: u64, applied: Option<std::time::Instant>) -> watch::Receiver<EngineReport> {
+        let (_, rx) = watch::channel(EngineReport {
+            passes,
+            lease_applied: applied,
+            ..EngineReport::default()
+        });
+        rx
+    }
+
+    #[test]
+    fn the_engine_counts_as_stalled_only_while_behind_the_newest_grant() {
+        let bound = Duration::from_secs(2);
+        let start = Instant::now();
+        let first = std::time::Instant::now() + Duration::from_secs(10);
+        let mut heart = Heartbeat::new(bound, first);
+        let (_, stalled) = heart.beat(&report(0, None));
+        let at = stalled.expect("behind until the first grant is applied");
+        assert!(at >= start + bound, "a stall is judged a bound after the start");
+
+        let (passes, stalled) = heart.beat(&report(3, Some(first)));
+        assert_eq!(passes, 3);
+        assert_eq!(stalled, None, "the newest grant is applied");
+
+        let later = first + Duration::from_secs(1);
+        heart.granted(later);
+        let (_, stalled) = heart.beat(&report(3, Some(first)));
+        assert!(stalled.is_some(), "a newer grant not yet applied");
+
+        let before = stalled.unwrap();
+        let (_, stalled) = heart.beat(&report(4, Some(first)));
+        assert!(
+            stalled.unwrap() >= before,
+            "a finished pass moves the stall no earlier"
+        );
+
+        let (_, stalled) = heart.beat(&report(4, Some(later)));
+        assert_eq!(stalled, None, "caught up again");
+    }
 }
