@@ -15,6 +15,7 @@ use clap::{
 };
 
 use crate::{
+    names::{hostname, valid_name},
     net::garp::GarpMode,
     vip::{InvalidVip, Vip, parse_vip_list},
 };
@@ -731,25 +732,6 @@ impl Config {
     pub fn node_id(&self) -> String {
         self.zk.node_id.clone().unwrap_or_else(hostname)
     }
-}
-
-/// A znode-safe name: non-empty, at most 128 of `[A-Za-z0-9._-]`, not `.`/`..`.
-pub fn valid_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 128
-        && s != "."
-        && s != ".."
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-}
-
-/// This machine's host name (`unknown` if it has none).
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .ok()
-        .filter(|s| valid_name(s))
-        .unwrap_or_else(|| "unknown".to_string())
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ pub mod health;
 pub mod hooks;
 pub mod instance;
 pub mod metrics;
+pub(crate) mod names;
 pub mod net;
 pub mod reconcile;
 pub mod role;

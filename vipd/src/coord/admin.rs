@@ -18,7 +18,7 @@ use super::{
     session::{self, ConnectError, ZkAccess, ZkAuth, ZkCallError, ZnodeAcl, call, mkdir},
     store::{encode_service, parse_service},
 };
-use crate::{config::valid_name, vip::Vip};
+use crate::{names::valid_name, vip::Vip};
 
 /// What `vipctl vip ...` asks of the VIP configuration in ZooKeeper (the
 /// command line itself is vipctl's): list it, or change one service's VIPs

@@ -14,9 +14,9 @@ use tracing::{debug, info, warn};
 use zookeeper_client::{Client, Error as ZkError, OneshotWatcher};
 
 use super::{
-    Ctx,
+    campaign::list_election,
+    ctx::Ctx,
     election::{node_of, sort_candidates},
-    list_election,
     nodes::{self, HandoverRequest, MemberData},
     session::{ZkCallError, call},
 };
