@@ -36,8 +36,10 @@ use crate::{
     lab::{
         Host, HostIf, Lab, LabProcess, Netns, StoppableThread, vipctl_bin, vipd_bin, wait_until,
     },
+    vipd::as_status,
     zk::{ZkMemberSpec, ZkOptions, ZkServer},
 };
+use vipd_api::{Role, Status};
 
 /// The ZooKeeper session timeout every vipd of the bench uses. 2 s, not
 /// 1 s: a cold-machine CI run saw the lab's ZooKeeper stall for over 250 ms
@@ -374,6 +376,17 @@ impl Cluster {
         })
     }
 
+    /// Node `i`'s status read as the API's type, if its vipd answers (and
+    /// the answer reads as one: a field missing or retyped fails here).
+    pub fn try_api_status(&self, i: usize) -> Option<Status> {
+        self.try_status(i).map(|v| as_status(&v))
+    }
+
+    /// Like [`Cluster::status`], read as the API's type.
+    pub fn api_status(&self, i: usize) -> Status {
+        as_status(&self.status(i))
+    }
+
     /// The IPv4 addresses of node `i` that are in `vips` (any interface),
     /// read through netlink in-process (cheap enough to poll every 20 ms).
     pub fn held(&self, i: usize, vips: &BTreeSet<Ipv4Addr>) -> BTreeSet<Ipv4Addr> {
@@ -531,18 +544,17 @@ impl Cluster {
     /// running vipd's status; 0 for one that does not answer).
     pub fn leader_terms(&self) -> Vec<u64> {
         (0..self.nodes.len())
-            .map(|i| {
-                self.try_status(i)
-                    .and_then(|s| s["leader_terms"].as_u64())
-                    .unwrap_or(0)
-            })
+            .map(|i| self.try_api_status(i).map_or(0, |s| s.leader_terms))
             .collect()
     }
 
     /// The index of the node whose status says it leads, if exactly one.
     pub fn leading_node(&self) -> Option<usize> {
         let leaders: Vec<usize> = (0..self.nodes.len())
-            .filter(|&i| self.try_status(i).is_some_and(|s| s["role"] == "leader"))
+            .filter(|&i| {
+                self.try_api_status(i)
+                    .is_some_and(|s| s.role == Role::Leader)
+            })
             .collect();
         (leaders.len() == 1).then(|| leaders[0])
     }
@@ -640,7 +652,7 @@ pub fn vip_set(vips: &[&str]) -> BTreeSet<Ipv4Addr> {
 
 /// The node id of the leader in a `vipctl status --json` answer.
 pub fn leader_of(status: &serde_json::Value) -> Option<String> {
-    status["zookeeper"]["leader"].as_str().map(str::to_string)
+    as_status(status).zookeeper?.leader
 }
 
 // ---- netlink: address dumps and address events, in a namespace ----

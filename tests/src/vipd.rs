@@ -11,6 +11,7 @@ use std::{
 };
 
 use serde_json::Value;
+use vipd_api::{ArpStats, Status};
 
 use crate::lab::{Host, Lab, LabProcess, Netns, vipctl_bin, vipd_bin, wait_until};
 
@@ -123,8 +124,8 @@ impl Vipd {
     /// Waits (10 s at most) until `vipctl status` shows a finished reconcile
     /// pass; fails at once if vipd exits.
     pub fn wait_ready(&self) {
-        self.wait_until_status("finished a reconcile pass", Duration::from_secs(10), |s| {
-            s["last_reconcile"]["passes"].as_u64() >= Some(1)
+        self.wait_until_api_status("finished a reconcile pass", Duration::from_secs(10), |s| {
+            s.last_reconcile.passes >= 1
         });
     }
 
@@ -135,6 +136,17 @@ impl Vipd {
         self.wait_until_status(&format!("held {wanted:?}"), Duration::from_secs(15), |s| {
             wanted.iter().all(|vip| holds(s, vip))
         })
+    }
+
+    /// [`Vipd::wait_until_status`] with the status read as the API's type
+    /// (an answer that does not read as one fails the test).
+    pub fn wait_until_api_status(
+        &self,
+        what: &str,
+        limit: Duration,
+        mut ready: impl FnMut(&Status) -> bool,
+    ) -> Status {
+        as_status(&self.wait_until_status(what, limit, |s| ready(&as_status(s))))
     }
 
     /// Waits (`limit` at most, polling every 10 ms) until `vipctl status
@@ -204,11 +216,22 @@ impl Vipd {
         self.vipctl(&["arp", "stats", "--json"])
     }
 
+    /// `vipctl status --json` read as the API's type.
+    pub fn api_status(&self) -> Status {
+        as_status(&self.status())
+    }
+
+    /// `vipctl arp stats --json` read as the API's type.
+    pub fn api_arp_stats(&self) -> ArpStats {
+        let v = self.arp_stats();
+        serde_json::from_value(v.clone()).unwrap_or_else(|e| {
+            panic!("vipctl arp stats --json does not read as ArpStats: {e}; {v:#}")
+        })
+    }
+
     /// Reconcile passes so far.
     pub fn passes(&self) -> u64 {
-        self.status()["last_reconcile"]["passes"]
-            .as_u64()
-            .expect("last_reconcile.passes is a number")
+        self.api_status().last_reconcile.passes
     }
 
     /// Sends `signal` and waits up to `limit` for the exit; returns how long
@@ -228,11 +251,17 @@ impl Vipd {
 
 /// Whether a `vipctl status --json` answer shows `vip` held.
 pub fn holds(status: &Value, vip: &str) -> bool {
-    status["vips"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|v| v["vip"].as_str() == Some(vip) && v["state"] == "held")
+    let vip = vip
+        .parse()
+        .unwrap_or_else(|e| panic!("{vip:?} is not an address: {e}"));
+    as_status(status).holds(vip)
+}
+
+/// A `vipctl status --json` answer read as the API's type; fails the test
+/// (with the answer) when it does not read as one.
+pub fn as_status(status: &Value) -> Status {
+    serde_json::from_value(status.clone())
+        .unwrap_or_else(|e| panic!("the status does not read as the API's Status: {e}; {status:#}"))
 }
 
 /// `vipctl <args> --api-socket <socket>` run in `netns`: its JSON answer, or

@@ -2,16 +2,18 @@
 //! sends one JSON request line and reads one JSON answer line.
 //!
 //! Requests: `{"request":"status"}` and `{"request":"arp_stats"}`. The
-//! answers' fields are documented in docs/API.md and stay stable.
+//! answers are vipd-api's types (docs/API.md describes them); their fields
+//! stay stable.
 
 use std::{
     collections::BTreeMap,
+    net::IpAddr,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     time::Duration,
 };
 
-use serde::{Deserialize, Serialize};
+use serde::de::DeserializeOwned;
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
@@ -22,10 +24,12 @@ use vipd_common::ArpCounters;
 
 use crate::{
     announce::Announcer,
+    config::XdpMode,
     connections::{Connections, Limits},
     coord::CoordStatus,
     engine::{EngineStatus, SharedXdp, VipState},
     vip::Vip,
+    xdp::{AttachedMode, XdpAttachment},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -58,42 +62,7 @@ pub enum ApiError {
     Protocol { path: PathBuf, detail: String },
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
-#[serde(tag = "request", rename_all = "snake_case")]
-pub enum Request {
-    Status,
-    ArpStats,
-}
-
-/// One row of `vipctl arp stats`. For an IPv6 VIP the counters are of
-/// Neighbor Discovery: solicitations for requests, the XDP program's
-/// solicited advertisements for replies, advertisements of the VIP for
-/// announcements, unsolicited Neighbor Advertisements sent for announcements
-/// sent.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-pub struct ArpStatsRow {
-    pub vip: Vip,
-    pub interface: Option<String>,
-    pub held: bool,
-    /// ARP requests for the VIP seen by the XDP program.
-    pub requests: u64,
-    /// Requests answered by the XDP program.
-    pub xdp_replies: u64,
-    /// Replies and gratuitous announcements about the VIP seen coming in.
-    pub announcements_seen: u64,
-    /// Gratuitous ARP frames this agent sent for the VIP.
-    pub announcements_sent: u64,
-    /// Claims of the VIP from a MAC that is not ours, while we held it.
-    pub foreign_claims: u64,
-    pub last_foreign_mac: Option<String>,
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-pub struct ArpStats {
-    pub role: String,
-    pub xdp: bool,
-    pub vips: Vec<ArpStatsRow>,
-}
+pub use vipd_api::{ArpStats, ArpStatsRow, Request, Status};
 
 /// What the API server reads from.
 #[derive(Clone)]
@@ -109,34 +78,43 @@ pub struct ApiState {
 }
 
 impl ApiState {
-    pub fn status(&self) -> serde_json::Value {
+    /// The answer to `{"request":"status"}`.
+    pub fn status(&self) -> Status {
         let e = self.engine.borrow().clone();
         let coord = self.coord.as_ref().map(|c| c.borrow().clone());
-        serde_json::json!({
-            "node_id": self.node_id,
-            "mode": self.mode,
-            "role": e.role,
-            "term": e.term,
-            "leader_terms": e.leader_terms,
-            "vips": e.vips,
-            "last_reconcile": e.last_reconcile,
-            "xdp": {
-                "enabled": self.xdp_program.is_some(),
-                "setting": e.xdp_setting,
-                "attached": e.xdp_attached,
-                "errors": e.xdp_errors,
+        Status {
+            node_id: self.node_id.clone(),
+            mode: self.mode.to_string(),
+            role: e.role,
+            term: e.term,
+            leader_terms: e.leader_terms,
+            vips: e.vips,
+            last_reconcile: e.last_reconcile,
+            xdp: vipd_api::XdpStatus {
+                enabled: self.xdp_program.is_some(),
+                setting: e.xdp_setting.map(xdp_setting),
+                attached: e.xdp_attached.into_iter().map(xdp_attachment).collect(),
+                errors: e.xdp_errors,
                 // Per family; VIPs beyond it are served by the kernel alone.
-                "capacity": vipd_common::MAX_VIPS,
-                "over_capacity": e.xdp_over_capacity,
+                capacity: vipd_common::MAX_VIPS,
+                over_capacity: e.xdp_over_capacity,
             },
-            "conflicts": e.conflicts,
-            "lease": e.lease,
-            "announcements": self.announcer.stats(),
-            "zookeeper": coord,
-            "links": e.links,
-            "probes": e.probes,
-            "health": self.health.as_ref().map(|h| h.borrow().clone()),
-        })
+            conflicts: by_ip(e.conflicts),
+            lease: e.lease,
+            announcements: by_ip(self.announcer.stats().into_iter().map(|(v, a)| {
+                let a = vipd_api::AnnounceStats {
+                    frames_sent: a.frames_sent,
+                    last_sent_unix_ms: a.last_sent_unix_ms,
+                    errors: a.errors,
+                    dropped: a.dropped,
+                };
+                (v, a)
+            })),
+            zookeeper: coord.map(zookeeper_status),
+            links: e.links,
+            probes: e.probes,
+            health: self.health.as_ref().map(|h| health_status(&h.borrow())),
+        }
     }
 
     pub fn arp_stats(&self) -> ArpStats {
@@ -159,8 +137,12 @@ impl ApiState {
                 Some(all)
             })
             .unwrap_or_default();
-        let sent = self.announcer.stats();
-        let mut vips: BTreeMap<Vip, ArpStatsRow> = BTreeMap::new();
+        // Keyed by address, as the engine's VIP entries are.
+        let counters = by_ip(counters);
+        let sent = by_ip(self.announcer.stats());
+        let conflicts = by_ip(e.conflicts);
+        let interfaces = by_ip(e.interfaces);
+        let mut vips: BTreeMap<IpAddr, ArpStatsRow> = BTreeMap::new();
         let all = e
             .vips
             .iter()
@@ -169,10 +151,10 @@ impl ApiState {
             .chain(sent.keys().copied());
         for vip in all {
             let c = counters.get(&vip).copied().unwrap_or_default();
-            let conflict = e.conflicts.get(&vip);
+            let conflict = conflicts.get(&vip);
             vips.entry(vip).or_insert_with(|| ArpStatsRow {
                 vip,
-                interface: e.interfaces.get(&vip).cloned(),
+                interface: interfaces.get(&vip).cloned(),
                 held: e
                     .vips
                     .iter()
@@ -186,35 +168,125 @@ impl ApiState {
             });
         }
         ArpStats {
-            role: serde_json::to_value(e.role)
-                .ok()
-                .and_then(|v| v.as_str().map(String::from))
-                .unwrap_or_default(),
+            role: e.role,
             xdp: self.xdp_program.is_some(),
             vips: vips.into_values().collect(),
         }
     }
 }
 
-/// The XDP part of `vipctl status` as text, from a status answer: the
-/// setting, then one line per interface with the mode in effect and why.
-pub fn xdp_status_text(status: &serde_json::Value) -> String {
-    let xdp = &status["xdp"];
-    if xdp["enabled"] != serde_json::Value::Bool(true) {
+/// A map keyed by VIP as the API keys it: by address.
+fn by_ip<T>(m: impl IntoIterator<Item = (Vip, T)>) -> BTreeMap<IpAddr, T> {
+    m.into_iter().map(|(v, t)| (v.ip(), t)).collect()
+}
+
+fn xdp_setting(m: XdpMode) -> vipd_api::XdpSetting {
+    match m {
+        XdpMode::Auto => vipd_api::XdpSetting::Auto,
+        XdpMode::Native => vipd_api::XdpSetting::Native,
+        XdpMode::Generic => vipd_api::XdpSetting::Generic,
+    }
+}
+
+fn xdp_attachment(a: XdpAttachment) -> vipd_api::XdpAttachment {
+    vipd_api::XdpAttachment {
+        interface: a.interface,
+        mode: match a.mode {
+            AttachedMode::Native => vipd_api::AttachedMode::Native,
+            AttachedMode::Generic => vipd_api::AttachedMode::Generic,
+        },
+        driver: a.driver,
+        reason: a.reason,
+        reason_code: a.reason_code.to_string(),
+    }
+}
+
+fn zookeeper_status(c: CoordStatus) -> vipd_api::ZooKeeperStatus {
+    let ips = |v: Vec<Vip>| v.into_iter().map(Vip::ip).collect();
+    vipd_api::ZooKeeperStatus {
+        session: c.session,
+        leader: c.leader,
+        is_leader: c.is_leader,
+        term: c.term,
+        fenced: c.fenced,
+        services: c
+            .services
+            .into_iter()
+            .map(|(name, s)| {
+                let s = vipd_api::ServiceStatus {
+                    vips: ips(s.vips),
+                    refused: s
+                        .refused
+                        .into_iter()
+                        .map(|r| vipd_api::RefusedValue {
+                            value: r.value,
+                            reason: r.reason,
+                        })
+                        .collect(),
+                    error: s.error,
+                    last_good: s.last_good,
+                };
+                (name, s)
+            })
+            .collect(),
+        duplicate_vips: ips(c.duplicate_vips),
+        unplaceable: by_ip(c.unplaceable),
+        last_error: c.last_error,
+        withdrawn: c.withdrawn,
+        lease_ms: c.lease_ms,
+        granted_session_ms: c.granted_session_ms,
+        lease_adjusted: c.lease_adjusted,
+        tree_acl: vipd_api::TreeAcl {
+            open_znodes: c.tree_acl.open_znodes,
+            examples: c.tree_acl.examples,
+        },
+    }
+}
+
+fn health_status(h: &crate::health::HealthStatus) -> vipd_api::HealthStatus {
+    vipd_api::HealthStatus {
+        healthy: h.healthy,
+        checks: h
+            .checks
+            .iter()
+            .map(|c| vipd_api::CheckStatus {
+                check: c.check.clone(),
+                healthy: c.state.healthy,
+                consecutive_ok: c.state.consecutive_ok,
+                consecutive_failed: c.state.consecutive_failed,
+                runs: c.runs,
+                failures: c.failures,
+                last_error: c.last_error.clone(),
+                last_duration_ms: c.last_duration_ms,
+            })
+            .collect(),
+    }
+}
+
+/// The XDP part of `vipctl status` as text: the setting, then one line per
+/// interface with the mode in effect and why.
+pub fn xdp_status_text(xdp: &vipd_api::XdpStatus) -> String {
+    if !xdp.enabled {
         return "xdp off (--no-xdp): the kernel answers ARP\n".to_string();
     }
-    let mut out = format!("xdp setting {}\n", xdp["setting"].as_str().unwrap_or("-"));
-    for a in xdp["attached"].as_array().into_iter().flatten() {
+    let setting = match xdp.setting {
+        Some(vipd_api::XdpSetting::Auto) => "auto",
+        Some(vipd_api::XdpSetting::Native) => "native",
+        Some(vipd_api::XdpSetting::Generic) => "generic",
+        None => "-",
+    };
+    let mut out = format!("xdp setting {setting}\n");
+    for a in &xdp.attached {
         out.push_str(&format!(
             "xdp {}: {} ({}; driver {})\n",
-            a["interface"].as_str().unwrap_or("?"),
-            a["mode"].as_str().unwrap_or("?"),
-            a["reason"].as_str().unwrap_or("?"),
-            a["driver"].as_str().unwrap_or("unknown"),
+            a.interface,
+            a.mode.as_str(),
+            a.reason,
+            a.driver.as_deref().unwrap_or("unknown"),
         ));
     }
-    for e in xdp["errors"].as_array().into_iter().flatten() {
-        out.push_str(&format!("xdp error: {}\n", e.as_str().unwrap_or("?")));
+    for e in &xdp.errors {
+        out.push_str(&format!("xdp error: {e}\n"));
     }
     out
 }
@@ -277,19 +349,25 @@ async fn handle(stream: UnixStream, state: &ApiState) -> std::io::Result<()> {
     let mut line = String::new();
     let mut reader = BufReader::new(r).take(64 * 1024);
     reader.read_line(&mut line).await?;
+    // Through `Value`, whose objects keep their keys sorted: the answer's
+    // bytes stay what scripts have seen so far.
     let answer = match serde_json::from_str::<Request>(line.trim()) {
-        Ok(Request::Status) => state.status(),
-        Ok(Request::ArpStats) => serde_json::to_value(state.arp_stats()).unwrap_or_default(),
-        Err(e) => serde_json::json!({"error": format!("bad request {:?}: {e}", line.trim())}),
-    };
+        Ok(Request::Status) => serde_json::to_value(state.status()),
+        Ok(Request::ArpStats) => serde_json::to_value(state.arp_stats()),
+        Err(e) => serde_json::to_value(vipd_api::ErrorAnswer {
+            error: format!("bad request {:?}: {e}", line.trim()),
+        }),
+    }
+    .unwrap_or_default();
     let mut out = serde_json::to_vec(&answer).unwrap_or_default();
     out.push(b'\n');
     w.write_all(&out).await?;
     w.shutdown().await
 }
 
-/// Sends one request to the agent and returns its JSON answer.
-pub async fn request(path: &Path, req: Request) -> Result<serde_json::Value, ApiError> {
+/// Sends one request to the agent and returns its answer, read as `T`
+/// ([`Status`] for a status request, [`ArpStats`] for ARP statistics).
+pub async fn request<T: DeserializeOwned>(path: &Path, req: Request) -> Result<T, ApiError> {
     let io = |source| ApiError::Io {
         path: path.to_path_buf(),
         source,
@@ -320,13 +398,16 @@ pub async fn request(path: &Path, req: Request) -> Result<serde_json::Value, Api
             path: path.to_path_buf(),
             detail: e.to_string(),
         })?;
-    if let Some(err) = v.get("error").and_then(|e| e.as_str()) {
+    if let Ok(e) = serde_json::from_value::<vipd_api::ErrorAnswer>(v.clone()) {
         return Err(ApiError::Protocol {
             path: path.to_path_buf(),
-            detail: err.to_string(),
+            detail: e.error,
         });
     }
-    Ok(v)
+    serde_json::from_value(v).map_err(|e| ApiError::Protocol {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -335,20 +416,31 @@ mod tests {
 
     #[test]
     fn xdp_text_shows_each_interface_with_its_mode_and_why() {
-        let status = serde_json::json!({"xdp": {
-            "enabled": true,
-            "setting": "native",
-            "attached": [{"interface": "eth0", "mode": "generic", "driver": "veth",
-                          "reason": "fallback from native: 1 XDP_TX errors for 1 answers in 250 ms",
-                          "reason_code": "fallback"}],
-            "errors": [],
-        }});
+        let xdp = vipd_api::XdpStatus {
+            enabled: true,
+            setting: Some(vipd_api::XdpSetting::Native),
+            attached: vec![vipd_api::XdpAttachment {
+                interface: "eth0".into(),
+                mode: vipd_api::AttachedMode::Generic,
+                driver: Some("veth".into()),
+                reason: "fallback from native: 1 XDP_TX errors for 1 answers in 250 ms".into(),
+                reason_code: "fallback".into(),
+            }],
+            errors: vec![],
+            capacity: vipd_common::MAX_VIPS,
+            over_capacity: 0,
+        };
         assert_eq!(
-            xdp_status_text(&status),
+            xdp_status_text(&xdp),
             "xdp setting native\n\
              xdp eth0: generic (fallback from native: 1 XDP_TX errors for 1 answers in 250 ms; driver veth)\n"
         );
-        let off = serde_json::json!({"xdp": {"enabled": false, "attached": [], "errors": []}});
+        let off = vipd_api::XdpStatus {
+            enabled: false,
+            setting: None,
+            attached: vec![],
+            ..xdp
+        };
         assert_eq!(
             xdp_status_text(&off),
             "xdp off (--no-xdp): the kernel answers ARP\n"

@@ -327,8 +327,7 @@ async fn notify_ready(state: ApiState) {
             .any(|v| v.state == crate::engine::VipState::Probing)
     });
     let _ = tokio::time::timeout(Duration::from_secs(5), probed).await;
-    let role = serde_json::to_string(&st.borrow().role).unwrap_or_default();
-    let status = format!("role {}", role.trim_matches('"'));
+    let status = format!("role {}", st.borrow().role);
     // Without $NOTIFY_SOCKET (not under systemd) this does nothing.
     if let Err(e) = sd_notify::notify(false, &[NotifyState::Ready, NotifyState::Status(&status)]) {
         warn!(error = %e, "cannot notify systemd");

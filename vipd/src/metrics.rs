@@ -10,7 +10,6 @@ use prometheus_client::{
         counter::{ConstCounter, Counter},
         family::Family,
         gauge::Gauge,
-        histogram::{Histogram, exponential_buckets},
     },
     registry::{Registry, Unit},
 };
@@ -27,25 +26,6 @@ use crate::{
     engine::VipState,
     role::Role,
 };
-
-/// The reconcile passes' durations, a histogram shared by the engine (which
-/// observes each pass) and the metrics page (which exports it).
-#[derive(Clone, Debug)]
-pub struct PassDurations(Histogram);
-
-impl Default for PassDurations {
-    /// Buckets from 100 µs to 0.82 s, doubling: a pass takes a few
-    /// milliseconds (docs/BENCHMARKS.md), a slow netlink dump more.
-    fn default() -> Self {
-        PassDurations(Histogram::new(exponential_buckets(0.000_1, 2.0, 14)))
-    }
-}
-
-impl PassDurations {
-    pub fn observe(&self, took: Duration) {
-        self.0.observe(took.as_secs_f64());
-    }
-}
 
 /// The content type of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -244,7 +224,7 @@ pub fn render(state: &ApiState) -> String {
         "vipd_reconcile_duration",
         "Durations of the reconcile passes",
         Unit::Seconds,
-        r.durations.0.clone(),
+        e.pass_durations.histogram(),
     );
     let last: Gauge<f64, AtomicU64> = Gauge::default();
     last.set(r.duration_us as f64 / 1e6);
@@ -419,8 +399,7 @@ mod tests {
         let (announcer, task) = Announcer::spawn(GarpMode::Request, 10, cancel.clone());
         let status = EngineStatus::default();
         status
-            .last_reconcile
-            .durations
+            .pass_durations
             .observe(std::time::Duration::from_millis(3));
         let (_tx, engine) = watch::channel(status);
         let state = ApiState {

@@ -7,20 +7,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde::Serialize;
-
 use crate::vip::Vip;
 
-/// This node's role.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    /// Not the leader (also: fenced, stepping down, not yet elected).
-    #[default]
-    Follower,
-    /// The leader: places and announces every configured VIP.
-    Leader,
-}
+/// This node's role: the API's type, so the status shows it as it is.
+pub use vipd_api::Role;
 
 /// What the source wants of the engine. Sent on a `watch` channel.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -6,7 +6,7 @@ use std::{io::Write as _, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand, parser::ValueSource};
 use vipd::{
-    api::{self, ArpStats, Request},
+    api::{self, ArpStats, Request, Status},
     config::parse_positive_duration,
     coord::{
         AdminError, VipCommand, ZkAccess, ZkAuth,
@@ -397,15 +397,17 @@ async fn run(cli: Cli) -> ExitCode {
             let path = &path;
             let watch = output.watch;
             let status = move || async move {
-                let v = api::request(path, Request::Status)
+                let status: Status = api::request(path, Request::Status)
                     .await
                     .map_err(|e| e.to_string())?;
+                // Through `Value`, which sorts the keys, as the agent's answer.
+                let v = serde_json::to_value(&status).unwrap_or_default();
                 Ok(if json && watch {
                     format!("{}\n", serde_json::to_string(&v).unwrap_or_default())
                 } else if json {
                     format!("{}\n", serde_json::to_string_pretty(&v).unwrap_or_default())
                 } else {
-                    status_table(&v)
+                    status_table(&status)
                 })
             };
             print_each(&output, watch, status, |e: String| fail(&e)).await
@@ -419,11 +421,9 @@ async fn run(cli: Cli) -> ExitCode {
             };
             let path = &path;
             let stats = move || async move {
-                let v = api::request(path, Request::ArpStats)
+                let stats: ArpStats = api::request(path, Request::ArpStats)
                     .await
                     .map_err(|e| e.to_string())?;
-                let stats: ArpStats = serde_json::from_value(v)
-                    .map_err(|e| format!("unreadable answer from vipd: {e}"))?;
                 Ok(if json {
                     format!("{}\n", serde_json::to_string(&stats).unwrap_or_default())
                 } else {
@@ -589,58 +589,51 @@ fn usage_failure(msg: &str) -> ExitCode {
     ExitCode::from(2)
 }
 
-fn s(v: &serde_json::Value) -> String {
-    match v {
-        serde_json::Value::Null => "-".into(),
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
+/// An optional value in a table: `-` when absent.
+fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".into(), |v| v.to_string())
 }
 
-/// R18 in `vipctl status`: withdrawn or not and why, VIP links, checks.
-fn serving_text(v: &serde_json::Value) -> String {
+/// Whether this node serves in `vipctl status`: withdrawn or not and why,
+/// VIP links, checks.
+fn serving_text(v: &Status) -> String {
     let mut out = String::new();
-    if let Some(why) = v["zookeeper"]["withdrawn"].as_str() {
+    if let Some(why) = v.zookeeper.as_ref().and_then(|z| z.withdrawn.as_ref()) {
         out.push_str(&format!("withdrawn from the election: {why}\n"));
     }
-    let links = &v["links"];
-    if let Some(down) = links["down"].as_array().filter(|d| !d.is_empty()) {
-        let names: Vec<String> = down.iter().map(s).collect();
+    let links = &v.links;
+    if !links.down.is_empty() {
         out.push_str(&format!(
             "VIP interfaces down: {} for {} ms{}\n",
-            names.join(" "),
-            s(&links["down_for_ms"]),
-            if links["withdrawn"].as_bool() == Some(true) {
+            links.down.join(" "),
+            opt(links.down_for_ms),
+            if links.withdrawn {
                 " (past the grace)"
             } else {
                 ""
             }
         ));
     }
-    if let Some(h) = v.get("health").filter(|h| !h.is_null()) {
+    if let Some(h) = &v.health {
         out.push_str(&format!(
             "health {}\n",
-            if h["healthy"].as_bool() == Some(true) {
-                "healthy"
-            } else {
-                "UNHEALTHY"
-            }
+            if h.healthy { "healthy" } else { "UNHEALTHY" }
         ));
-        for c in h["checks"].as_array().into_iter().flatten() {
-            let state = match c["healthy"].as_bool() {
+        for c in &h.checks {
+            let state = match c.healthy {
                 Some(true) => "healthy",
                 Some(false) => "unhealthy",
                 None => "pending",
             };
             out.push_str(&format!(
                 "  check {}: {state}  ok {} failed {} in a row, {} runs, {} failures{}\n",
-                s(&c["check"]),
-                s(&c["consecutive_ok"]),
-                s(&c["consecutive_failed"]),
-                s(&c["runs"]),
-                s(&c["failures"]),
-                c["last_error"]
-                    .as_str()
+                c.check,
+                c.consecutive_ok,
+                c.consecutive_failed,
+                c.runs,
+                c.failures,
+                c.last_error
+                    .as_ref()
                     .map(|e| format!("  last error: {e}"))
                     .unwrap_or_default()
             ));
@@ -649,97 +642,85 @@ fn serving_text(v: &serde_json::Value) -> String {
     out
 }
 
-fn status_table(v: &serde_json::Value) -> String {
+/// The ZooKeeper part of `vipctl status`: session, lease, tree, services.
+fn zookeeper_text(zk: &vipd_api::ZooKeeperStatus) -> String {
+    let mut out = format!(
+        "zookeeper session {}  leader {}  fenced {}  lease {} ms\n",
+        zk.session,
+        opt(zk.leader.as_ref()),
+        zk.fenced,
+        zk.lease_ms
+    );
+    if let Some(why) = &zk.lease_adjusted {
+        out.push_str(&format!("lease adjusted: {why}\n"));
+    }
+    let open = zk.tree_acl.open_znodes;
+    if open > 0 {
+        out.push_str(&format!(
+            "zookeeper tree OPEN: {open} znodes anyone can change (e.g. {}): run `vipctl acl repair` with the cluster's credential\n",
+            zk.tree_acl.examples.join(" ")
+        ));
+    }
+    for (name, svc) in &zk.services {
+        let vips: Vec<String> = svc.vips.iter().map(ToString::to_string).collect();
+        let err = svc
+            .error
+            .as_ref()
+            .map(|e| {
+                if svc.last_good {
+                    format!("  (LAST GOOD VIPs kept) ERROR: {e}")
+                } else {
+                    format!("  ERROR: {e}")
+                }
+            })
+            .unwrap_or_default();
+        out.push_str(&format!("service {name}: {}{err}\n", vips.join(" ")));
+        for r in &svc.refused {
+            out.push_str(&format!("  refused {:?}: {}\n", r.value, r.reason));
+        }
+    }
+    for (vip, why) in &zk.unplaceable {
+        out.push_str(&format!("unplaceable {vip}: {why}\n"));
+    }
+    out
+}
+
+fn status_table(v: &Status) -> String {
     let mut out = String::new();
     out.push_str(&format!(
         "node {}  mode {}  role {}  term {}\n",
-        s(&v["node_id"]),
-        s(&v["mode"]),
-        s(&v["role"]),
-        s(&v["term"])
+        v.node_id, v.mode, v.role, v.term
     ));
-    if let Some(zk) = v.get("zookeeper").filter(|z| !z.is_null()) {
-        out.push_str(&format!(
-            "zookeeper session {}  leader {}  fenced {}  lease {} ms\n",
-            s(&zk["session"]),
-            s(&zk["leader"]),
-            s(&zk["fenced"]),
-            s(&zk["lease_ms"])
-        ));
-        if let Some(why) = zk["lease_adjusted"].as_str() {
-            out.push_str(&format!("lease adjusted: {why}\n"));
-        }
-        let open = zk["tree_acl"]["open_znodes"].as_u64().unwrap_or(0);
-        if open > 0 {
-            let examples: Vec<String> = zk["tree_acl"]["examples"]
-                .as_array()
-                .map(|a| a.iter().map(s).collect())
-                .unwrap_or_default();
-            out.push_str(&format!(
-                "zookeeper tree OPEN: {open} znodes anyone can change (e.g. {}): run `vipctl acl repair` with the cluster's credential\n",
-                examples.join(" ")
-            ));
-        }
-        if let Some(services) = zk["services"].as_object() {
-            for (name, svc) in services {
-                let vips: Vec<String> = svc["vips"]
-                    .as_array()
-                    .map(|a| a.iter().map(s).collect())
-                    .unwrap_or_default();
-                let err = svc["error"]
-                    .as_str()
-                    .map(|e| {
-                        if svc["last_good"].as_bool() == Some(true) {
-                            format!("  (LAST GOOD VIPs kept) ERROR: {e}")
-                        } else {
-                            format!("  ERROR: {e}")
-                        }
-                    })
-                    .unwrap_or_default();
-                out.push_str(&format!("service {name}: {}{err}\n", vips.join(" ")));
-                for r in svc["refused"].as_array().into_iter().flatten() {
-                    out.push_str(&format!(
-                        "  refused {:?}: {}\n",
-                        s(&r["value"]),
-                        s(&r["reason"])
-                    ));
-                }
-            }
-        }
-        if let Some(u) = zk["unplaceable"].as_object() {
-            for (vip, why) in u {
-                out.push_str(&format!("unplaceable {vip}: {}\n", s(why)));
-            }
-        }
+    if let Some(zk) = &v.zookeeper {
+        out.push_str(&zookeeper_text(zk));
     }
     out.push_str(&serving_text(v));
-    let r = &v["last_reconcile"];
+    let r = &v.last_reconcile;
     out.push_str(&format!(
         "last reconcile: {} passes, {} us, +{} -{}, {} errors\n",
-        s(&r["passes"]),
-        s(&r["duration_us"]),
-        s(&r["added"]),
-        s(&r["removed"]),
-        r["errors"].as_array().map_or(0, Vec::len)
+        r.passes,
+        r.duration_us,
+        r.added,
+        r.removed,
+        r.errors.len()
     ));
-    for e in r["errors"].as_array().into_iter().flatten() {
-        out.push_str(&format!("  error: {}\n", s(e)));
+    for e in &r.errors {
+        out.push_str(&format!("  error: {e}\n"));
     }
-    out.push_str(&vipd::api::xdp_status_text(v));
-    let vips = v["vips"].as_array().map(Vec::as_slice).unwrap_or_default();
-    let w = vip_width(vips.iter().map(|vip| s(&vip["vip"]).len()));
+    out.push_str(&vipd::api::xdp_status_text(&v.xdp));
+    let w = vip_width(v.vips.iter().map(|vip| vip.vip.to_string().len()));
     out.push_str(&format!(
         "{:<w$} {:<17} {:<12} {:>6}  {}\n",
         "VIP", "STATE", "INTERFACE", "PREFIX", "NOTE"
     ));
-    for vip in vips {
+    for vip in &v.vips {
         out.push_str(&format!(
             "{:<w$} {:<17} {:<12} {:>6}  {}\n",
-            s(&vip["vip"]),
-            s(&vip["state"]),
-            s(&vip["interface"]),
-            s(&vip["prefix_len"]),
-            vip["error"].as_str().unwrap_or("")
+            vip.vip.to_string(),
+            vip.state.as_str(),
+            opt(vip.interface.as_ref()),
+            opt(vip.prefix_len),
+            vip.error.as_deref().unwrap_or("")
         ));
     }
     out

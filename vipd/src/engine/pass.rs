@@ -331,7 +331,7 @@ impl Engine {
                 interfaces.insert(*vip, n.clone());
             }
             statuses.push(VipStatus {
-                vip: *vip,
+                vip: vip.ip(),
                 state,
                 interface: name,
                 ifindex,
@@ -354,7 +354,7 @@ impl Engine {
                     interfaces.insert(*vip, n.clone());
                 }
                 statuses.push(VipStatus {
-                    vip: *vip,
+                    vip: vip.ip(),
                     state: VipState::NotLeader,
                     interface: name,
                     ifindex: place.map(|p| p.ifindex),
@@ -507,7 +507,7 @@ impl Engine {
         let duration_us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
         self.status.send_modify(|s| {
             let r = &mut s.last_reconcile;
-            r.durations.observe(took);
+            s.pass_durations.observe(took);
             r.passes += 1;
             r.at_unix_ms = unix_ms();
             r.duration_us = duration_us;
