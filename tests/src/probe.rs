@@ -21,6 +21,13 @@
 //!   ([`AddrMonitor`]), on top of a dump taken when the observer started.
 //! - **The client's own connections** to each VIP ([`Options::service`]).
 //!
+//! What probing changes: a node answering a SYN may first have to resolve
+//! the client's address, and Linux asks from the packet's source, the VIP;
+//! the client's kernel then points its own entry for the VIP at that node.
+//! With one holder that is the holder; during an overlap the client's
+//! connections may thus follow the second node (and fail when it lets go).
+//! The neighbour probes leave the nodes' entry for the client alone.
+//!
 //! The analysis turns samples into intervals as follows:
 //! - A round stands for the interval from its send time to the next
 //!   round's send time (the last round: one `every`). What it saw is what

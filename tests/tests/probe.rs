@@ -16,7 +16,7 @@ use std::{
 
 use vipd_tests::{
     cluster::{Cluster, ZkKind, ms, vip_set},
-    lab::{Host, HostIf, Lab},
+    lab::{Host, HostIf, Lab, LabProcess, wait_until},
     probe::{
         Evidence, Observations, Observer, Options, Overlap, ProbeKind, Service, Target,
         address_overlaps, client_failures, serving_overlaps, unserved, unserved_by,
@@ -25,6 +25,8 @@ use vipd_tests::{
 
 /// The port the nodes' banner servers listen on (the client's connections).
 const PORT: u16 = 8080;
+/// The port of the nodes' web servers.
+const HTTP_PORT: u16 = 8081;
 /// Probe round interval of these tests.
 const EVERY: Duration = Duration::from_millis(20);
 /// Slack on top of the probe resolution for the address monitors' and the
@@ -92,6 +94,37 @@ fn lab(hint: &str) -> (Lab, Vec<Host>, Host) {
     let client = lab.add_host("client", &[HostIf::on(0, "192.0.2.50/24")]);
     client.add_addr6("eth0", "2001:db8:0:1::50/64");
     (lab, nodes, client)
+}
+
+/// A web server on `host`'s every address whose page names the host (as
+/// the lab's console does), up before this returns.
+fn console(lab: &Lab, host: &Host) -> LabProcess {
+    let root = lab.dir().join(format!("www-{}", host.name()));
+    std::fs::create_dir_all(&root).expect("creating the web root");
+    std::fs::write(
+        root.join("index.html"),
+        format!("served-by {}\n", host.name()),
+    )
+    .expect("writing the page");
+    let root = root.display().to_string();
+    let port = HTTP_PORT.to_string();
+    let p = host.spawn(["busybox", "httpd", "-f", "-p", &port, "-h", &root]);
+    let up = wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
+        host.in_netns(|| {
+            std::net::TcpStream::connect_timeout(
+                &(Ipv4Addr::LOCALHOST, HTTP_PORT).into(),
+                Duration::from_millis(200),
+            )
+            .is_ok()
+        })
+    });
+    assert!(
+        up.is_ok() && p.is_running(),
+        "busybox httpd on {}: {}",
+        host.name(),
+        p.stderr()
+    );
+    p
 }
 
 fn targets(nodes: &[Host]) -> Vec<Target> {
@@ -358,7 +391,7 @@ fn each_vip_is_answered_by_its_holder_alone() {
     let _serial = serial();
     let hint = "probe-many";
     let mut d = Draw::new(hint);
-    let (_lab, nodes, client) = lab(hint);
+    let (lab, nodes, client) = lab(hint);
     let vips: Vec<IpAddr> = [
         "192.0.2.100",
         "192.0.2.101",
@@ -376,8 +409,12 @@ fn each_vip_is_answered_by_its_holder_alone() {
             add_vip(&nodes[h], *vip);
         }
     }
+    let _consoles: Vec<LabProcess> = nodes.iter().map(|h| console(&lab, h)).collect();
     let opts = Options {
         every: EVERY,
+        service: Some(Service::HttpGet(HTTP_PORT)),
+        connect_every: Duration::from_millis(100),
+        connect_timeout: CONNECT_TIMEOUT,
         ..Options::default()
     };
     let observer = Observer::start(&client, "eth0", targets(&nodes), vips.clone(), opts);
@@ -413,6 +450,25 @@ fn each_vip_is_answered_by_its_holder_alone() {
     assert!(serving_overlaps(&o).is_empty(), "[{hint}] serving overlaps");
     assert!(address_overlaps(&o).is_empty(), "[{hint}] address overlaps");
     for (vip, &h) in vips.iter().zip(&holder) {
+        // The client's page loads: each from the holder, none where nobody is.
+        let outcomes: Vec<_> = o
+            .connections
+            .iter()
+            .filter(|c| c.vip == *vip)
+            .map(|c| c.outcome.clone())
+            .collect();
+        let fine = if h < 3 {
+            let name = o.targets[h].as_str();
+            outcomes
+                .iter()
+                .all(|r| r.as_ref().is_ok_and(|n| n.as_deref() == Some(name)))
+        } else {
+            outcomes.iter().all(Result::is_err)
+        };
+        assert!(
+            !outcomes.is_empty() && fine,
+            "[{hint}] {vip} (holder {h}): the client's page loads {outcomes:?}"
+        );
         for kind in [ProbeKind::Neighbour, ProbeKind::Tcp] {
             let wrong: Vec<_> = o
                 .answers
