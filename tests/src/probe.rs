@@ -81,6 +81,8 @@ const SEQ_TAG: u32 = 0x5a;
 /// the next round's way.
 const SPORT_BASE: u16 = 61000;
 const SPORT_SPAN: u32 = 1000;
+/// The receive buffer of the observer's packet socket, in bytes.
+const RECEIVE_BUFFER: libc::c_int = 8 << 20;
 /// How long the last round's answers get before the receiver stops.
 const ANSWER_GRACE: Duration = Duration::from_millis(100);
 const ETH_P_ARP: u16 = 0x0806;
@@ -696,6 +698,22 @@ fn checksum(parts: &[&[u8]]) -> u16 {
 /// (the probe MACs): promiscuous for as long as it is open.
 fn receive_socket(ifname: &str) -> std::io::Result<Socket> {
     let socket = packet_socket(ifname, libc::ETH_P_ALL as u16)?;
+    // Room for a few seconds of answers, should the thread be kept from
+    // reading: a dropped answer would read as a node not serving.
+    let bytes: libc::c_int = RECEIVE_BUFFER;
+    // SAFETY: an int option of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&raw const bytes).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
     let c_name = std::ffi::CString::new(ifname).map_err(std::io::Error::other)?;
     // SAFETY: a valid NUL-terminated string.
     let ifindex = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
