@@ -61,8 +61,10 @@ use std::time::{Duration, Instant};
 
 use socket2::Socket;
 
-use crate::cluster::{AddrMonitor, AddrReader};
-use crate::lab::{ArpFrame, Host, NdpFrame, Netns, StoppableThread, enter_netns, packet_socket};
+use crate::cluster::{AddrMonitor, AddrReader, MonitorOptions};
+use crate::lab::{
+    ArpFrame, Host, NdpFrame, Netns, StoppableThread, enter_netns, packet_socket, realtime_priority,
+};
 
 /// The IPv6 source of the neighbour probes: link-local, so every node can
 /// answer it on the segment, and no address anyone uses.
@@ -339,9 +341,15 @@ impl Observer {
         // Subscribed before the dump, and the clock read before it too: an
         // event during the dump is then replayed on top of it, which
         // changes nothing (adding what is there, removing what is not).
+        // At a real-time priority, so an event's stamp is when it happened
+        // even on a machine the chaos run keeps busy.
+        let monitor = MonitorOptions {
+            realtime: true,
+            ..MonitorOptions::default()
+        };
         let monitors: Vec<AddrMonitor> = targets
             .iter()
-            .map(|t| AddrMonitor::start(&t.host))
+            .map(|t| AddrMonitor::start_with(&t.host, monitor))
             .collect();
         let started = Instant::now();
         let mut initial = Vec::new();
@@ -384,6 +392,8 @@ impl Observer {
             let thread = client.spawn_opened(
                 &format!("the observer's sender on {ifname}"),
                 move || {
+                    // Rounds on time under load: the sender only ever sleeps.
+                    realtime_priority();
                     let socket = packet_socket(&ifname, 0)?;
                     socket.set_nonblocking(true)?;
                     Ok::<_, std::io::Error>(socket)
