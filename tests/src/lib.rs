@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod lab;
+pub mod probe;
 pub mod services;
 pub mod vipd;
 pub mod zk;
