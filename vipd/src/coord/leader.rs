@@ -472,7 +472,10 @@ mod tests {
         let mut heart = Heartbeat::new(bound, first);
         let (_, stalled) = heart.beat(&report(0, None));
         let at = stalled.expect("behind until the first grant is applied");
-        assert!(at >= start + bound, "a stall is judged a bound after the start");
+        assert!(
+            at >= start + bound,
+            "a stall is judged a bound after the start"
+        );
 
         let (passes, stalled) = heart.beat(&report(3, Some(first)));
         assert_eq!(passes, 3);
