@@ -15,8 +15,8 @@ use super::{Engine, LinkHealth, VipState, VipStatus, monotonic_ns, probing::mac_
 use crate::{
     net::{
         AddrState, Address, Placement,
-        ndp::forwarding,
-        netlink::{NetSnapshot, enable_promote_secondaries},
+        netlink::NetSnapshot,
+        sysctl::{enable_promote_secondaries, forwarding},
     },
     reconcile::{self, Action, AddFailure, AddressPlan, Facts, Holdings, Plan, ProbeGate, Verdict},
     role::{EngineReport, Role},
