@@ -146,18 +146,7 @@ impl ApiState {
         let counters: BTreeMap<Vip, ArpCounters> = self
             .xdp_program
             .as_ref()
-            .and_then(|o| {
-                let o = o.lock().ok()?;
-                // One family's map unreadable: the other's counters still show.
-                let mut all = o.counters().unwrap_or_default();
-                all.extend(
-                    o.counters6()
-                        .unwrap_or_default()
-                        .into_iter()
-                        .filter_map(|(a, c)| Some((Vip::new_v6(a).ok()?, c))),
-                );
-                Some(all)
-            })
+            .and_then(|xdp| xdp.lock().ok()?.counters().ok())
             .unwrap_or_default();
         let sent = self.announcer.stats();
         let mut vips: BTreeMap<Vip, ArpStatsRow> = BTreeMap::new();

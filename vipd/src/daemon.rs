@@ -63,29 +63,25 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         info!("XDP disabled (--no-xdp): no ARP counters, the kernel answers ARP");
         None
     } else {
-        let mut off = XdpProgram::load().context("loading the XDP program")?;
-        off.serve_as(instance.clone());
+        let mut xdp = XdpProgram::load().context("loading the XDP program")?;
+        xdp.serve_as(instance.clone());
         for ifname in &config.xdp.interfaces {
-            let mode = off
+            let mode = xdp
                 .attach(ifname, config.xdp.mode)
                 .with_context(|| format!("attaching the XDP program to {ifname}"))?;
             info!(ifname = %ifname, mode = ?mode, "XDP program attached");
         }
-        attach_static(&mut off, &netlink, &config).await?;
-        Some(Arc::new(Mutex::new(off)))
+        attach_static(&mut xdp, &netlink, &config).await?;
+        Some(Arc::new(Mutex::new(xdp)))
     };
-    let (conflicts, conflicts6) = match &xdp_program {
-        Some(o) => {
-            let mut o = o.lock().expect("XDP program lock");
-            let v4 = o
+    let conflicts = match &xdp_program {
+        Some(xdp) => Some(
+            xdp.lock()
+                .expect("XDP program lock")
                 .take_conflicts()
-                .context("opening the XDP conflict ring buffer (ARP)")?;
-            let v6 = o
-                .take_conflicts6()
-                .context("opening the XDP conflict ring buffer (NDP)")?;
-            (Some(v4), Some(v6))
-        }
-        None => (None, None),
+                .context("opening the XDP conflict ring buffers")?,
+        ),
+        None => None,
     };
     let api_listener = api::bind(&api_socket).await?;
     let metrics_listener = match config.metrics_listen {
@@ -220,7 +216,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     );
     let engine_task = {
         let c = engine_cancel.clone();
-        tokio::spawn(async move { engine.run(conflicts, conflicts6, c).await })
+        tokio::spawn(async move { engine.run(conflicts, c).await })
     };
     let ready = tokio::spawn(notify_ready(state.clone()));
 
@@ -282,7 +278,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 /// static VIPs route to now, so an interface another instance on the host
 /// serves stops this one at start rather than at its first pass. Other
 /// failures are left to the engine's passes, which retry.
-async fn attach_static(off: &mut XdpProgram, netlink: &Netlink, config: &Config) -> Result<()> {
+async fn attach_static(xdp: &mut XdpProgram, netlink: &Netlink, config: &Config) -> Result<()> {
     if config.static_vips.0.is_empty() {
         return Ok(());
     }
@@ -299,7 +295,7 @@ async fn attach_static(off: &mut XdpProgram, netlink: &Netlink, config: &Config)
         .filter(|name| name != "lo")
         .collect();
     for ifname in ifnames {
-        match off.attach(&ifname, config.xdp.mode) {
+        match xdp.attach(&ifname, config.xdp.mode) {
             Ok(mode) => info!(ifname = %ifname, mode = ?mode, "XDP program attached"),
             Err(e @ crate::xdp::XdpError::InterfaceTaken { .. }) => {
                 return Err(anyhow::Error::new(e));
