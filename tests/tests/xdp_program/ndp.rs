@@ -1131,7 +1131,7 @@ fn v6_maps_follow_set_watched_set_held_and_clear_held() {
             ONE_REQUEST,
             "after clear_held",
         );
-        // Back, then released through set_held6.
+        // Back, then released through set_held.
         let held = BTreeMap::from([(VIP6, held_at(ifindex, 0, NO_EXPIRY))]);
         program.set_held(&held6_map(held)).expect("set_held");
         assert_answered(&program, &ns, ifindex, "held again");
