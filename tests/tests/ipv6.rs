@@ -240,6 +240,12 @@ fn v6_lifetime_is_renewed_with_mark_and_flags_and_runs_out() {
         nl.add_vip_for(v, p, Some(3)).await.unwrap();
         let shown = ip("-6 addr show dev d0");
         assert!(shown.contains("valid_lft 3sec"), "{shown}");
+        // The kernel finishes an added address in a work queue: its
+        // notification and then its local route. Both before the monitor.
+        wait_until(Duration::from_secs(5), Duration::from_millis(20), || {
+            ip("-6 route show table local").contains("2001:db8:0:1::100")
+        })
+        .expect("the VIP's local route");
         nl.renew_vip(v, p, 3).await.unwrap();
         let mut events = monitor().unwrap();
         for _ in 0..3 {
