@@ -223,18 +223,29 @@ fn v6_lifetime_is_renewed_with_mark_and_flags_and_runs_out() {
         iface("d0");
         ip("-6 addr add 2001:db8:0:1::1/64 dev d0 nodad");
         let nl = Netlink::new().unwrap();
+        // Once both ends have their link-local address (the kernel adds it,
+        // and its fe80::/64 route, when the pair has carrier) and it has
+        // done its DAD, nothing else changes here: every event and route
+        // below is the renewal's.
+        wait_until(Duration::from_secs(5), Duration::from_millis(20), || {
+            ["d0", "d0p"].iter().all(|n| {
+                let shown = ip(&format!("-6 addr show dev {n} scope link"));
+                shown.contains("fe80::") && !shown.contains("tentative")
+            })
+        })
+        .expect("both ends have a link-local address out of tentative");
         let before = v6_routes();
         let v = vip("2001:db8:0:1::100");
         let p = place(&nl, v).await;
         nl.add_vip_for(v, p, Some(3)).await.unwrap();
         let shown = ip("-6 addr show dev d0");
         assert!(shown.contains("valid_lft 3sec"), "{shown}");
-        // Once the interface's own link-local address has done its DAD,
-        // nothing else changes here: every event below is the renewal's.
+        // The kernel finishes an added address in a work queue: its
+        // notification and then its local route. Both before the monitor.
         wait_until(Duration::from_secs(5), Duration::from_millis(20), || {
-            !ip("-6 addr show").contains("tentative")
+            ip("-6 route show table local").contains("2001:db8:0:1::100")
         })
-        .expect("the link-local addresses leave tentative");
+        .expect("the VIP's local route");
         nl.renew_vip(v, p, 3).await.unwrap();
         let mut events = monitor().unwrap();
         for _ in 0..3 {

@@ -9,7 +9,8 @@ use tokio::sync::mpsc;
 use vipd::{
     net::{
         AddrState, Address, Placement, Route,
-        netlink::{NetError, NetEvent, Netlink, enable_promote_secondaries, monitor},
+        netlink::{NetError, NetEvent, Netlink, monitor},
+        sysctl::enable_promote_secondaries,
     },
     vip::Vip,
 };

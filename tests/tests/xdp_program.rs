@@ -18,9 +18,9 @@ use std::{
 use vipd::{
     config::XdpMode,
     vip::Vip,
-    xdp::{AttachedMode, ConflictReader, XdpProgram},
+    xdp::{AttachedMode, Conflict, ConflictReader, XdpProgram},
 };
-use vipd_common::{ArpCounters, ConflictEvent, HeldVip, NO_EXPIRY};
+use vipd_common::{ArpCounters, HeldVip, NO_EXPIRY};
 use vipd_tests::lab::{ifindex_here as ifindex, in_new_netns as in_netns};
 
 const XDP_PASS: u32 = 2;
@@ -823,13 +823,13 @@ fn expired_entry_is_not_answered() {
         let entry = |expires_ns| vip_held(held_at(ifindex, 0, expires_ns));
         let now = std::time::Instant::now();
         // Expired a millisecond ago: counted, passed to the kernel.
-        let past = vipd::engine::monotonic_ns(now) - 1_000_000;
+        let past = vipd::xdp::monotonic_ns(now) - 1_000_000;
         program.set_held(&entry(past)).expect("set_held");
         assert_passes(&program, &request, ifindex, ONE_REQUEST, "expired entry");
         // Valid for 300 ms: answered, then no longer, with no agent action.
         let until = now + Duration::from_millis(300);
         program
-            .set_held(&entry(vipd::engine::monotonic_ns(until)))
+            .set_held(&entry(vipd::xdp::monotonic_ns(until)))
             .expect("set_held");
         assert_eq!(run(&program, &request, ifindex).0, XDP_TX, "before expiry");
         std::thread::sleep(until.saturating_duration_since(std::time::Instant::now()));
@@ -910,12 +910,11 @@ fn assert_claim_cases<E: PartialEq + std::fmt::Debug>(
 }
 
 /// The event the program sends when `mac` claims `vip` on `ifindex`.
-fn conflict(vip: [u8; 4], ifindex: u32, mac: [u8; 6]) -> ConflictEvent {
-    ConflictEvent {
-        vip,
+fn conflict(octets: [u8; 4], ifindex: u32, mac: [u8; 6]) -> Conflict {
+    Conflict {
+        vip: vip(octets),
         ifindex,
         mac,
-        _pad: [0; 2],
     }
 }
 
@@ -923,7 +922,7 @@ fn next_event(
     rt: &tokio::runtime::Runtime,
     reader: &mut ConflictReader,
     wait: Duration,
-) -> Option<ConflictEvent> {
+) -> Option<Conflict> {
     rt.block_on(async {
         tokio::time::timeout(wait, reader.next())
             .await

@@ -26,7 +26,8 @@ use tracing::{debug, info, warn};
 use crate::{
     net::{
         garp::{GarpForm, GarpMode, GarpSocket, garp_frame},
-        ndp::{forwarding, na_frame},
+        ndp::na_frame,
+        sysctl::forwarding,
     },
     vip::Vip,
 };

@@ -124,18 +124,7 @@ impl ApiState {
         let counters: BTreeMap<Vip, ArpCounters> = self
             .xdp_program
             .as_ref()
-            .and_then(|o| {
-                let o = o.lock().ok()?;
-                // One family's map unreadable: the other's counters still show.
-                let mut all = o.counters().unwrap_or_default();
-                all.extend(
-                    o.counters6()
-                        .unwrap_or_default()
-                        .into_iter()
-                        .filter_map(|(a, c)| Some((Vip::new_v6(a).ok()?, c))),
-                );
-                Some(all)
-            })
+            .and_then(|xdp| xdp.lock().ok()?.counters().ok())
             .unwrap_or_default();
         // Keyed by address, as the engine's VIP entries are.
         let counters = by_ip(counters);

@@ -6,6 +6,7 @@
 
 use std::{
     future::Future,
+    path::PathBuf,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -13,9 +14,10 @@ use std::{
 use anyhow::{Context as _, Result, anyhow};
 use sd_notify::NotifyState;
 use tokio::{
+    net::{TcpListener, UnixListener},
     signal::unix::{SignalKind, signal},
     sync::{mpsc, watch},
-    task::JoinSet,
+    task::{JoinHandle, JoinSet},
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -26,12 +28,13 @@ use crate::{
     config::Config,
     coord::{self, CoordStatus, ZkSettings},
     engine::{Engine, EngineStatus, SharedXdp},
-    health,
+    health::{self, HealthStatus},
     hooks::Hook,
+    instance::Instance,
     metrics,
     net::netlink::Netlink,
     role::{Desired, EngineReport, Role},
-    xdp::XdpProgram,
+    xdp::{ConflictReader, XdpProgram},
 };
 
 /// Runs vipd with `config` until `shutdown` completes, then shuts down in
@@ -52,229 +55,343 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let netlink = Netlink::new()
         .context("opening netlink")?
         .with_mark(instance.mark());
-    // Announcing needs an AF_PACKET socket (CAP_NET_RAW): find out now, not
-    // at the first takeover, when a missing capability would leave the
-    // network with stale ARP caches.
-    socket2::Socket::new(socket2::Domain::PACKET, socket2::Type::RAW, None).context(
-        "cannot open an AF_PACKET socket to send gratuitous ARP (vipd needs CAP_NET_RAW)",
-    )?;
+    can_announce()?;
+    let (xdp_program, conflicts) = open_xdp(&config, &instance, &netlink).await?;
+    let listeners = Listeners::bind(&config, api_socket).await?;
 
-    let xdp_program: Option<SharedXdp> = if config.xdp.disabled {
-        info!("XDP disabled (--no-xdp): no ARP counters, the kernel answers ARP");
-        None
-    } else {
-        let mut off = XdpProgram::load().context("loading the XDP program")?;
-        off.serve_as(instance.clone());
-        for ifname in &config.xdp.interfaces {
-            let mode = off
-                .attach(ifname, config.xdp.mode)
-                .with_context(|| format!("attaching the XDP program to {ifname}"))?;
-            info!(ifname = %ifname, mode = ?mode, "XDP program attached");
-        }
-        attach_static(&mut off, &netlink, &config).await?;
-        Some(Arc::new(Mutex::new(off)))
-    };
-    let (conflicts, conflicts6) = match &xdp_program {
-        Some(o) => {
-            let mut o = o.lock().expect("XDP program lock");
-            let v4 = o
-                .take_conflicts()
-                .context("opening the XDP conflict ring buffer (ARP)")?;
-            let v6 = o
-                .take_conflicts6()
-                .context("opening the XDP conflict ring buffer (NDP)")?;
-            (Some(v4), Some(v6))
-        }
-        None => (None, None),
-    };
-    let api_listener = api::bind(&api_socket).await?;
-    let metrics_listener = match config.metrics_listen {
-        Some(addr) => Some(
-            metrics::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen for metrics on {addr}"))?,
-        ),
-        None => None,
-    };
-
-    // Cancelled first at shutdown: the source steps down. The engine stops
-    // after the source has asked it to step down; the source (ZooKeeper)
-    // leaves only once the engine reports nothing held.
-    let source_cancel = CancellationToken::new();
-    // The engine, the announcer, the API and the metrics port.
-    let engine_cancel = CancellationToken::new();
-    // Health checks (R18) run in tasks of their own: a hung check never
-    // blocks the engine, coordination or the API.
-    let checks_cancel = CancellationToken::new();
-    // The hook stops last, after telling the engine's final step down.
-    let hook_cancel = CancellationToken::new();
+    let stops = Stops::default();
     // A part that fails says why here; vipd then shuts down.
     let (failed_tx, mut failed_rx) = mpsc::unbounded_channel::<String>();
-
     let (announcer, announcer_task) = Announcer::spawn(
         config.engine.garp_mode,
         config.engine.garp_rate,
-        engine_cancel.child_token(),
+        stops.engine.child_token(),
     );
     let (desired_tx, desired_rx) = watch::channel(Desired::default());
     let (report_tx, report_rx) = watch::channel(EngineReport::default());
     let (status_tx, status_rx) = watch::channel(EngineStatus::default());
 
     let mut tasks = JoinSet::new();
-    let health = if config.serving.checks.is_empty() {
-        None
-    } else {
-        let settings = config.serving.check_settings();
-        info!(checks = settings.checks.len(), interval = ?settings.interval, timeout = ?settings.timeout,
-              fall = settings.fall, rise = settings.rise, "health checks");
-        let (rx, set) = health::spawn(&settings, checks_cancel.clone());
-        tasks.spawn(async move {
-            set.join_all().await;
-            "health checks"
-        });
-        Some(rx)
+    let health = spawn_checks(&config, &stops, &mut tasks);
+    let source = Source {
+        desired: desired_tx,
+        report: report_rx.clone(),
+        health: health.clone(),
+        failed: failed_tx,
+    }
+    .start(zk, &config, &node_id, &stops);
+    let state = ApiState {
+        node_id,
+        mode: source.mode,
+        engine: status_rx,
+        coord: source.status,
+        xdp_program: xdp_program.clone(),
+        announcer: announcer.clone(),
+        health,
     };
+    spawn_hook(&config, &state, report_rx, &stops, &mut tasks);
+    listeners.serve(&state, &stops, &mut tasks);
 
-    let mode;
-    let mut coord_status = None;
-    let mut coord_task = None;
-    match zk {
-        None => {
-            mode = "static";
+    let engine = Engine::new(
+        config.engine.clone(),
+        config.xdp.clone(),
+        netlink,
+        announcer,
+        xdp_program,
+        desired_rx,
+        report_tx,
+        status_tx,
+    );
+    let engine_task = {
+        let c = stops.engine.clone();
+        tokio::spawn(async move { engine.run(conflicts, c).await })
+    };
+    let ready = tokio::spawn(notify_ready(state.clone()));
+    let failure = wait_for_stop(shutdown, &mut failed_rx, &state).await?;
+    ready.abort();
+    let _ = sd_notify::notify(false, &[NotifyState::Stopping]);
+    let running = Running {
+        coord: source.task,
+        engine: engine_task,
+        tasks,
+        announcer: announcer_task,
+    };
+    running.stop_in_order(&stops, &state).await;
+    drop(source.desired);
+    info!("vipd stopped");
+    failure.map_or(Ok(()), |why| Err(anyhow!(why)))
+}
+
+/// Announcing needs an AF_PACKET socket (CAP_NET_RAW): find out at start,
+/// not at the first takeover, when a missing capability would leave the
+/// network with stale ARP caches.
+fn can_announce() -> Result<()> {
+    socket2::Socket::new(socket2::Domain::PACKET, socket2::Type::RAW, None).context(
+        "cannot open an AF_PACKET socket to send gratuitous ARP (vipd needs CAP_NET_RAW)",
+    )?;
+    Ok(())
+}
+
+/// What stops each part, in the order [`Running::stop_in_order`] cancels
+/// them.
+#[derive(Default)]
+struct Stops {
+    /// Cancelled first at shutdown: the source steps down. The engine stops
+    /// after the source has asked it to step down; the source (ZooKeeper)
+    /// leaves only once the engine reports nothing held.
+    source: CancellationToken,
+    /// The engine, the announcer, the API and the metrics port.
+    engine: CancellationToken,
+    /// Health checks (R18) run in tasks of their own: a hung check never
+    /// blocks the engine, coordination or the API.
+    checks: CancellationToken,
+    /// The hook stops last, after telling the engine's final step down.
+    hook: CancellationToken,
+}
+
+/// Loads the XDP program and attaches it where the operator said and where
+/// static VIPs route to, unless XDP is disabled; with its conflict reader.
+async fn open_xdp(
+    config: &Config,
+    instance: &Instance,
+    netlink: &Netlink,
+) -> Result<(Option<SharedXdp>, Option<ConflictReader>)> {
+    if config.xdp.disabled {
+        info!("XDP disabled (--no-xdp): no ARP counters, the kernel answers ARP");
+        return Ok((None, None));
+    }
+    let mut xdp = XdpProgram::load().context("loading the XDP program")?;
+    xdp.serve_as(instance.clone());
+    for ifname in &config.xdp.interfaces {
+        let mode = xdp
+            .attach(ifname, config.xdp.mode)
+            .with_context(|| format!("attaching the XDP program to {ifname}"))?;
+        info!(ifname = %ifname, mode = ?mode, "XDP program attached");
+    }
+    attach_static(&mut xdp, netlink, config).await?;
+    let conflicts = xdp
+        .take_conflicts()
+        .context("opening the XDP conflict ring buffers")?;
+    Ok((Some(Arc::new(Mutex::new(xdp))), Some(conflicts)))
+}
+
+/// The control socket and the metrics port, bound before any part starts.
+struct Listeners {
+    api: UnixListener,
+    api_path: PathBuf,
+    metrics: Option<TcpListener>,
+}
+
+impl Listeners {
+    async fn bind(config: &Config, api_path: PathBuf) -> Result<Self> {
+        let api = api::bind(&api_path).await?;
+        let metrics = match config.metrics_listen {
+            Some(addr) => Some(
+                metrics::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen for metrics on {addr}"))?,
+            ),
+            None => None,
+        };
+        Ok(Listeners {
+            api,
+            api_path,
+            metrics,
+        })
+    }
+
+    /// Serves the control socket and the metrics port until the engine stops.
+    fn serve(self, state: &ApiState, stops: &Stops, tasks: &mut JoinSet<&'static str>) {
+        let (state_api, c) = (state.clone(), stops.engine.clone());
+        let (listener, path) = (self.api, self.api_path);
+        tasks.spawn(async move {
+            api::serve(listener, path, state_api, c).await;
+            "api"
+        });
+        if let Some(listener) = self.metrics {
+            let (state, c) = (state.clone(), stops.engine.clone());
+            tasks.spawn(async move {
+                metrics::serve(listener, state, c).await;
+                "metrics"
+            });
+        }
+    }
+}
+
+/// Starts the health checks, if any are configured.
+fn spawn_checks(
+    config: &Config,
+    stops: &Stops,
+    tasks: &mut JoinSet<&'static str>,
+) -> Option<watch::Receiver<HealthStatus>> {
+    if config.serving.checks.is_empty() {
+        return None;
+    }
+    let settings = config.serving.check_settings();
+    info!(checks = settings.checks.len(), interval = ?settings.interval, timeout = ?settings.timeout,
+          fall = settings.fall, rise = settings.rise, "health checks");
+    let (rx, set) = health::spawn(&settings, stops.checks.clone());
+    tasks.spawn(async move {
+        set.join_all().await;
+        "health checks"
+    });
+    Some(rx)
+}
+
+/// Starts the `--on-change` hook, if one is configured.
+fn spawn_hook(
+    config: &Config,
+    state: &ApiState,
+    report: watch::Receiver<EngineReport>,
+    stops: &Stops,
+    tasks: &mut JoinSet<&'static str>,
+) {
+    let Some(program) = &config.serving.on_change else {
+        return;
+    };
+    let hook = Hook {
+        program: program.clone(),
+        timeout: config.serving.on_change_timeout,
+        node: state.node_id.clone(),
+    };
+    let (coord, c) = (state.coord.clone(), stops.hook.clone());
+    tasks.spawn(async move {
+        hook.run(report, coord, c).await;
+        "on-change hook"
+    });
+}
+
+/// The source of truth's ends of the engine's channels.
+struct Source {
+    desired: watch::Sender<Desired>,
+    report: watch::Receiver<EngineReport>,
+    health: Option<watch::Receiver<HealthStatus>>,
+    failed: mpsc::UnboundedSender<String>,
+}
+
+/// The source of truth, started.
+struct Started {
+    mode: &'static str,
+    status: Option<watch::Receiver<CoordStatus>>,
+    task: Option<JoinHandle<()>>,
+    /// The static source's sender, kept for as long as vipd runs: the
+    /// engine stops when the sender is gone.
+    desired: Option<watch::Sender<Desired>>,
+}
+
+impl Source {
+    /// Without ZooKeeper settings this node leads the static VIPs; with
+    /// them, ZooKeeper coordination runs in a task of its own and reports
+    /// its failure on `failed`.
+    fn start(
+        self,
+        zk: Option<ZkSettings>,
+        config: &Config,
+        node_id: &str,
+        stops: &Stops,
+    ) -> Started {
+        let Some(settings) = zk else {
             let vips = config.static_vips.0.iter().copied().collect();
             info!(node_id = %node_id, vips = config.static_vips.0.len(), "single-node mode: this node leads");
-            desired_tx.send_replace(Desired {
+            self.desired.send_replace(Desired {
                 role: Role::Leader,
                 vips,
                 term: 1,
                 lease: None,
                 record: Default::default(),
             });
-        }
-        Some(settings) => {
-            mode = "zookeeper";
-            let (cs_tx, cs_rx) = watch::channel(CoordStatus::default());
-            coord_status = Some(cs_rx);
-            let (c, report, health, failed) = (
-                source_cancel.clone(),
-                report_rx.clone(),
-                health.clone(),
-                failed_tx.clone(),
-            );
-            coord_task = Some(tokio::spawn(async move {
-                if let Err(e) =
-                    coord::run_serving(settings, desired_tx, report, cs_tx, health, c).await
-                {
-                    error!(error = %e, "ZooKeeper coordination failed");
-                    let _ = failed.send(format!("ZooKeeper coordination failed: {e}"));
-                }
-            }));
-        }
-    }
-
-    let state = ApiState {
-        node_id: node_id.clone(),
-        mode,
-        engine: status_rx,
-        coord: coord_status,
-        xdp_program: xdp_program.clone(),
-        announcer: announcer.clone(),
-        health,
-    };
-    if let Some(program) = &config.serving.on_change {
-        let hook = Hook {
-            program: program.clone(),
-            timeout: config.serving.on_change_timeout,
-            node: node_id.clone(),
+            return Started {
+                mode: "static",
+                status: None,
+                task: None,
+                desired: Some(self.desired),
+            };
         };
-        let (report, coord, c) = (report_rx.clone(), state.coord.clone(), hook_cancel.clone());
-        tasks.spawn(async move {
-            hook.run(report, coord, c).await;
-            "on-change hook"
+        let (cs_tx, cs_rx) = watch::channel(CoordStatus::default());
+        let c = stops.source.clone();
+        let task = tokio::spawn(async move {
+            let Source {
+                desired,
+                report,
+                health,
+                failed,
+            } = self;
+            if let Err(e) = coord::run_serving(settings, desired, report, cs_tx, health, c).await {
+                error!(error = %e, "ZooKeeper coordination failed");
+                let _ = failed.send(format!("ZooKeeper coordination failed: {e}"));
+            }
         });
+        Started {
+            mode: "zookeeper",
+            status: Some(cs_rx),
+            task: Some(task),
+            desired: None,
+        }
     }
-    {
-        let (path, state, c) = (api_socket.clone(), state.clone(), engine_cancel.clone());
-        tasks.spawn(async move {
-            api::serve(api_listener, path, state, c).await;
-            "api"
-        });
-    }
-    if let Some(listener) = metrics_listener {
-        let (state, c) = (state.clone(), engine_cancel.clone());
-        tasks.spawn(async move {
-            metrics::serve(listener, state, c).await;
-            "metrics"
-        });
-    }
+}
 
-    let engine = Engine::new(
-        config.engine.clone(),
-        config.xdp.clone(),
-        netlink,
-        announcer.clone(),
-        xdp_program.clone(),
-        desired_rx,
-        report_tx,
-        status_tx,
-    );
-    let engine_task = {
-        let c = engine_cancel.clone();
-        tokio::spawn(async move { engine.run(conflicts, conflicts6, c).await })
-    };
-    let ready = tokio::spawn(notify_ready(state.clone()));
-
+/// Waits for `shutdown` or a part's failure (the reason, returned); logs
+/// the ARP counters on each SIGUSR1 meanwhile.
+async fn wait_for_stop(
+    shutdown: impl Future<Output = ()>,
+    failed: &mut mpsc::UnboundedReceiver<String>,
+    state: &ApiState,
+) -> Result<Option<String>> {
     let mut usr1 = signal(SignalKind::user_defined1())?;
-    let mut failure = None;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            () = &mut shutdown => { break; }
-            _ = usr1.recv() => log_counters(&state),
-            Some(why) = failed_rx.recv() => {
+            () = &mut shutdown => return Ok(None),
+            _ = usr1.recv() => log_counters(state),
+            Some(why) = failed.recv() => {
                 warn!("a part failed: shutting down");
-                failure = Some(why);
-                break;
+                return Ok(Some(why));
             }
         }
     }
-    ready.abort();
-    let _ = sd_notify::notify(false, &[NotifyState::Stopping]);
+}
 
-    // Order matters (docs/DESIGN.md, R3): the source steps down first (the
-    // engine then stops announcing, clears XDP replies and removes the
-    // VIPs), and ZooKeeper is left only once nothing is held; then the
-    // engine, the API, the metrics port and the announcer stop.
-    source_cancel.cancel();
-    if let Some(task) = coord_task
-        && tokio::time::timeout(Duration::from_secs(10), task)
-            .await
-            .is_err()
-    {
-        warn!("ZooKeeper coordination did not stop within 10 s");
-    }
-    engine_cancel.cancel();
-    checks_cancel.cancel();
-    if let Err(e) = engine_task.await {
-        error!(error = %e, "engine task failed");
-    }
-    hook_cancel.cancel();
-    log_counters(&state);
-    let stopped = tokio::time::timeout(Duration::from_secs(2), async {
-        while tasks.join_next().await.is_some() {}
-        let _ = announcer_task.await;
-    })
-    .await;
-    if stopped.is_err() {
-        warn!(
-            tasks = tasks.len(),
-            "tasks still running 2 s after the engine stopped"
-        );
-    }
-    info!("vipd stopped");
-    match failure {
-        Some(why) => Err(anyhow!(why)),
-        None => Ok(()),
+/// The running parts, stopped by [`Running::stop_in_order`].
+struct Running {
+    coord: Option<JoinHandle<()>>,
+    engine: JoinHandle<()>,
+    tasks: JoinSet<&'static str>,
+    announcer: JoinHandle<()>,
+}
+
+impl Running {
+    /// Order matters (docs/DESIGN.md, R3): the source steps down first (the
+    /// engine then stops announcing, clears XDP replies and removes the
+    /// VIPs), and ZooKeeper is left only once nothing is held; then the
+    /// engine, the API, the metrics port and the announcer stop.
+    async fn stop_in_order(mut self, stops: &Stops, state: &ApiState) {
+        stops.source.cancel();
+        if let Some(task) = self.coord
+            && tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .is_err()
+        {
+            warn!("ZooKeeper coordination did not stop within 10 s");
+        }
+        stops.engine.cancel();
+        stops.checks.cancel();
+        if let Err(e) = self.engine.await {
+            error!(error = %e, "engine task failed");
+        }
+        stops.hook.cancel();
+        log_counters(state);
+        let tasks = &mut self.tasks;
+        let stopped = tokio::time::timeout(Duration::from_secs(2), async {
+            while tasks.join_next().await.is_some() {}
+            let _ = self.announcer.await;
+        })
+        .await;
+        if stopped.is_err() {
+            warn!(
+                tasks = self.tasks.len(),
+                "tasks still running 2 s after the engine stopped"
+            );
+        }
     }
 }
 
@@ -282,7 +399,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 /// static VIPs route to now, so an interface another instance on the host
 /// serves stops this one at start rather than at its first pass. Other
 /// failures are left to the engine's passes, which retry.
-async fn attach_static(off: &mut XdpProgram, netlink: &Netlink, config: &Config) -> Result<()> {
+async fn attach_static(xdp: &mut XdpProgram, netlink: &Netlink, config: &Config) -> Result<()> {
     if config.static_vips.0.is_empty() {
         return Ok(());
     }
@@ -299,7 +416,7 @@ async fn attach_static(off: &mut XdpProgram, netlink: &Netlink, config: &Config)
         .filter(|name| name != "lo")
         .collect();
     for ifname in ifnames {
-        match off.attach(&ifname, config.xdp.mode) {
+        match xdp.attach(&ifname, config.xdp.mode) {
             Ok(mode) => info!(ifname = %ifname, mode = ?mode, "XDP program attached"),
             Err(e @ crate::xdp::XdpError::InterfaceTaken { .. }) => {
                 return Err(anyhow::Error::new(e));

@@ -24,14 +24,6 @@ pub struct InvalidVip {
     pub reason: &'static str,
 }
 
-/// The address family of a VIP.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Family {
-    V4,
-    V6,
-}
-
 impl Vip {
     /// Validates an IPv4 address as a VIP.
     pub fn new(addr: Ipv4Addr) -> Result<Self, InvalidVip> {
@@ -89,13 +81,6 @@ impl Vip {
 
     pub fn ip(self) -> IpAddr {
         self.0
-    }
-
-    pub fn family(self) -> Family {
-        match self.0 {
-            IpAddr::V4(_) => Family::V4,
-            IpAddr::V6(_) => Family::V6,
-        }
     }
 
     pub fn is_ipv6(self) -> bool {
@@ -237,7 +222,7 @@ mod tests {
         let v: Vip = "2001:DB8:0:0:0:0:0:0100".parse().unwrap();
         assert_eq!(v.to_string(), "2001:db8::100");
         assert_eq!(v, "2001:db8::100".parse().unwrap());
-        assert_eq!(v.family(), Family::V6);
+        assert!(v.is_ipv6());
         assert_eq!(v.host_prefix_len(), 128);
         assert_eq!(v.v4(), None);
         assert_eq!(v.v6(), Some("2001:db8::100".parse().unwrap()));
@@ -290,7 +275,7 @@ mod tests {
         assert_eq!(v.octets(), [192, 0, 2, 7]);
         assert_eq!(v.v4(), Some(Ipv4Addr::new(192, 0, 2, 7)));
         assert_eq!(v.v6(), None);
-        assert_eq!(v.family(), Family::V4);
+        assert!(!v.is_ipv6());
         assert_eq!(v.host_prefix_len(), 32);
         assert_eq!(Vip::new(Ipv4Addr::new(192, 0, 2, 7)), Ok(v));
     }
@@ -318,7 +303,7 @@ mod tests {
         let v = parse_vip_list("192.0.2.100, 192.0.2.101").unwrap();
         assert_eq!(v.len(), 2);
         let v = parse_vip_list("192.0.2.100,2001:db8::100").unwrap();
-        assert_eq!(v[1].family(), Family::V6);
+        assert!(v[1].is_ipv6());
         assert!(parse_vip_list("").unwrap().is_empty());
         assert!(parse_vip_list("192.0.2.1,,192.0.2.2").is_err());
         assert!(parse_vip_list("192.0.2.1,127.0.0.1").is_err());

@@ -21,13 +21,16 @@ use pnet_packet::{
     ip::{IpNextHeaderProtocol, IpNextHeaderProtocols},
     ipv6::{Ipv6Packet, MutableIpv6Packet},
 };
-use vipd::xdp::{ConflictReader6, XdpProgram};
-use vipd_common::{ArpCounters, ConflictEvent6, HELD_ROUTER, HeldVip, NO_EXPIRY, NdpCounters};
+use vipd::{
+    vip::Vip,
+    xdp::{Conflict, ConflictReader, XdpProgram},
+};
+use vipd_common::{ArpCounters, HELD_ROUTER, HeldVip, NO_EXPIRY, NdpCounters};
 
 use super::{
-    ASKER_MAC, FOREIGN_ANNOUNCEMENT, FOREIGN_MAC, FOREIGN_REQUEST, NONE, ONE_ANNOUNCEMENT,
-    ONE_CLAIM, ONE_REQUEST, OUR_MAC, Ran, TAG_8021AD, TAG_8021Q, XDP_PASS, XDP_TX,
-    assert_claim_cases, assert_passed, held_at, iface, in_netns, run_counted, runtime,
+    ASKER_IP, ASKER_MAC, ArpFrame, FOREIGN_ANNOUNCEMENT, FOREIGN_MAC, FOREIGN_REQUEST, NONE,
+    ONE_ANNOUNCEMENT, ONE_CLAIM, ONE_REQUEST, OUR_MAC, Ran, TAG_8021AD, TAG_8021Q, XDP_PASS,
+    XDP_TX, assert_claim_cases, assert_passed, held_at, iface, in_netns, run_counted, runtime,
 };
 
 const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x100);
@@ -290,7 +293,7 @@ fn assert_valid_na_flags(frame: &[u8], flags: u8, what: &str) {
 fn loaded6() -> XdpProgram {
     let mut program = XdpProgram::load().expect("loading the XDP program");
     let watched: BTreeSet<Ipv6Addr> = [VIP6, OTHER_VIP6].into();
-    program.set_watched6(&watched).expect("set_watched6");
+    program.set_watched(&vips6(watched)).expect("set_watched");
     program
 }
 
@@ -308,17 +311,39 @@ fn held6(vlan: u16, test: impl FnOnce(u32, XdpProgram) + Send) {
 fn holding6(ifindex: u32, vlan: u16) -> XdpProgram {
     let mut program = loaded6();
     program
-        .set_held6(&BTreeMap::from([(VIP6, held_at(ifindex, vlan, NO_EXPIRY))]))
-        .expect("set_held6");
+        .set_held(&held6_map([(VIP6, held_at(ifindex, vlan, NO_EXPIRY))]))
+        .expect("set_held");
     program
 }
 
 fn counters6_of(program: &XdpProgram, vip: Ipv6Addr) -> NdpCounters {
-    *program
-        .counters6()
-        .expect("reading counters")
+    *counters6(program)
         .get(&vip)
         .unwrap_or_else(|| panic!("{vip} is not watched"))
+}
+
+/// The counters of the watched IPv6 VIPs.
+fn counters6(program: &XdpProgram) -> BTreeMap<Ipv6Addr, NdpCounters> {
+    program
+        .counters()
+        .expect("reading counters")
+        .into_iter()
+        .filter_map(|(vip, c)| Some((vip.v6()?, c)))
+        .collect()
+}
+
+fn vip6(addr: Ipv6Addr) -> Vip {
+    Vip::new_v6(addr).expect("test VIP is valid")
+}
+
+/// The VIPs of `addrs`, for `set_watched`.
+fn vips6(addrs: impl IntoIterator<Item = Ipv6Addr>) -> BTreeSet<Vip> {
+    addrs.into_iter().map(vip6).collect()
+}
+
+/// The held entries of `entries`, for `set_held`.
+fn held6_map(entries: impl IntoIterator<Item = (Ipv6Addr, HeldVip)>) -> BTreeMap<Vip, HeldVip> {
+    entries.into_iter().map(|(a, h)| (vip6(a), h)).collect()
 }
 
 /// Runs `frame` once and returns the action, the frame out, and how the
@@ -355,9 +380,9 @@ fn assert_answered(program: &XdpProgram, ns: &NdpFrame, ingress: u32, what: &str
 
 fn next_event6(
     rt: &tokio::runtime::Runtime,
-    reader: &mut ConflictReader6,
+    reader: &mut ConflictReader,
     wait: Duration,
-) -> Option<ConflictEvent6> {
+) -> Option<Conflict> {
     rt.block_on(async {
         tokio::time::timeout(wait, reader.next())
             .await
@@ -366,12 +391,11 @@ fn next_event6(
     })
 }
 
-fn event6(vip: Ipv6Addr, ifindex: u32, mac: [u8; 6]) -> ConflictEvent6 {
-    ConflictEvent6 {
-        vip: vip.octets(),
+fn event6(vip: Ipv6Addr, ifindex: u32, mac: [u8; 6]) -> Conflict {
+    Conflict {
+        vip: vip6(vip),
         ifindex,
         mac,
-        _pad: [0; 2],
     }
 }
 
@@ -484,8 +508,8 @@ fn ns_answer_carries_the_router_flag_exactly_when_the_entry_says_so() {
                     ..held_at(ifindex, vlan, NO_EXPIRY)
                 };
                 program
-                    .set_held6(&BTreeMap::from([(VIP6, held)]))
-                    .expect("set_held6");
+                    .set_held(&held6_map([(VIP6, held)]))
+                    .expect("set_held");
                 let want = if router {
                     NdpFrame::router_answer_to(ns, OUR_MAC)
                 } else {
@@ -555,7 +579,7 @@ fn ns_for_unwatched_and_for_unheld_vip_is_not_answered() {
         let unwatched = NdpFrame::solicit(ASKER_MAC, ASKER6, UNWATCHED6).bytes();
         assert_passes6(&program, &unwatched, ifindex, NONE, "unwatched address");
         assert_eq!(
-            program.counters6().expect("counters6").len(),
+            counters6(&program).len(),
             2,
             "only the watched VIPs have counters"
         );
@@ -568,8 +592,14 @@ fn ns_for_unwatched_and_for_unheld_vip_is_not_answered() {
         let none_held = loaded6();
         let ns = NdpFrame::solicit(ASKER_MAC, ASKER6, VIP6).bytes();
         assert_passes6(&none_held, &ns, ifindex, ONE_REQUEST, "nothing held");
-        // The v4 counters see none of it.
-        assert!(none_held.counters().expect("counters").is_empty());
+        // No IPv4 VIP is counted for any of it.
+        assert!(
+            none_held
+                .counters()
+                .expect("counters")
+                .keys()
+                .all(|v| v.is_ipv6())
+        );
     });
 }
 
@@ -615,18 +645,18 @@ fn ns_for_held_vip_is_not_answered_where_it_must_not_be() {
 
         // R16: answered only before the lease's end.
         let now = std::time::Instant::now();
-        let past = vipd::engine::monotonic_ns(now) - 1_000_000;
+        let past = vipd::xdp::monotonic_ns(now) - 1_000_000;
         program
-            .set_held6(&BTreeMap::from([(VIP6, held_at(ifindex, 0, past))]))
-            .expect("set_held6");
+            .set_held(&held6_map([(VIP6, held_at(ifindex, 0, past))]))
+            .expect("set_held");
         assert_passes6(&program, &bytes, ifindex, ONE_REQUEST, "expired entry");
         let until = now + Duration::from_millis(300);
         program
-            .set_held6(&BTreeMap::from([(
+            .set_held(&held6_map([(
                 VIP6,
-                held_at(ifindex, 0, vipd::engine::monotonic_ns(until)),
+                held_at(ifindex, 0, vipd::xdp::monotonic_ns(until)),
             )]))
-            .expect("set_held6");
+            .expect("set_held");
         assert_eq!(run6(&program, &bytes, ifindex).0, XDP_TX, "before expiry");
         std::thread::sleep(until.saturating_duration_since(std::time::Instant::now()));
         assert_passes6(&program, &bytes, ifindex, ONE_REQUEST, "after expiry");
@@ -937,8 +967,8 @@ fn dad_probe_passes_and_is_a_claim_of_a_held_vip() {
         let ifindex = iface("xdp0");
         let mut program = holding6(ifindex, 0);
         let mut reader = rt
-            .block_on(async { program.take_conflicts6() })
-            .expect("take_conflicts6");
+            .block_on(async { program.take_conflicts() })
+            .expect("take_conflicts");
 
         let probe = NdpFrame::dad(ASKER_MAC, VIP6).bytes();
         // With a nonce option, as Linux sends them.
@@ -980,15 +1010,10 @@ fn foreign_na_of_held_vip_is_counted_and_reported_once() {
         let rt = runtime();
         let ifindex = iface("xdp0");
         let mut program = holding6(ifindex, 0);
-        let (mut reader, mut reader4) = rt.block_on(async {
-            (
-                program.take_conflicts6().expect("take_conflicts6"),
-                program.take_conflicts().expect("take_conflicts"),
-            )
-        });
+        let mut reader = rt.block_on(async { program.take_conflicts().expect("take_conflicts") });
         assert!(
-            program.take_conflicts6().is_err(),
-            "the ring buffer can be taken once"
+            program.take_conflicts().is_err(),
+            "the ring buffers can be taken once"
         );
 
         let other = iface("xdp1");
@@ -1068,10 +1093,6 @@ fn foreign_na_of_held_vip_is_counted_and_reported_once() {
                 ),
             ],
         );
-        let v4 = rt.block_on(async {
-            tokio::time::timeout(Duration::from_millis(200), reader4.next()).await
-        });
-        assert!(v4.is_err(), "no IPv4 event for an IPv6 claim: {v4:?}");
     });
 }
 
@@ -1079,7 +1100,7 @@ fn foreign_na_of_held_vip_is_counted_and_reported_once() {
 // Map upkeep.
 
 #[test]
-fn v6_maps_follow_set_watched6_set_held6_and_clear_held() {
+fn v6_maps_follow_set_watched_set_held_and_clear_held() {
     held6(0, |ifindex, mut program| {
         let ns = NdpFrame::solicit(ASKER_MAC, ASKER6, VIP6);
         assert_answered(&program, &ns, ifindex, "held");
@@ -1087,9 +1108,9 @@ fn v6_maps_follow_set_watched6_set_held6_and_clear_held() {
         // Watched set changes: counters kept for VIPs still watched.
         let third = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x102);
         program
-            .set_watched6(&[VIP6, OTHER_VIP6, third].into())
-            .expect("set_watched6");
-        let counters = program.counters6().expect("counters6");
+            .set_watched(&vips6([VIP6, OTHER_VIP6, third]))
+            .expect("set_watched");
+        let counters = counters6(&program);
         assert_eq!(
             counters.keys().copied().collect::<Vec<_>>(),
             vec![VIP6, OTHER_VIP6, third]
@@ -1097,9 +1118,9 @@ fn v6_maps_follow_set_watched6_set_held6_and_clear_held() {
         assert_eq!(counters[&VIP6], ONE_ANSWER, "kept");
         assert_eq!(counters[&third], NONE, "new, zeroed");
         program
-            .set_watched6(&[VIP6, OTHER_VIP6].into())
-            .expect("set_watched6");
-        assert_eq!(program.counters6().expect("counters6").len(), 2);
+            .set_watched(&vips6([VIP6, OTHER_VIP6]))
+            .expect("set_watched");
+        assert_eq!(counters6(&program).len(), 2);
 
         // clear_held empties the v6 map too.
         program.clear_held().expect("clear_held");
@@ -1110,37 +1131,139 @@ fn v6_maps_follow_set_watched6_set_held6_and_clear_held() {
             ONE_REQUEST,
             "after clear_held",
         );
-        // Back, then released through set_held6.
+        // Back, then released through set_held.
         let held = BTreeMap::from([(VIP6, held_at(ifindex, 0, NO_EXPIRY))]);
-        program.set_held6(&held).expect("set_held6");
+        program.set_held(&held6_map(held)).expect("set_held");
         assert_answered(&program, &ns, ifindex, "held again");
-        program
-            .set_held6(&BTreeMap::new())
-            .expect("set_held6(empty)");
+        program.set_held(&BTreeMap::new()).expect("set_held(empty)");
         assert_passes6(
             &program,
             &ns.bytes(),
             ifindex,
             ONE_REQUEST,
-            "after set_held6(empty)",
+            "after set_held(empty)",
         );
         // Moved to another interface: answered there only.
         let other = iface("xdp1");
         program
-            .set_held6(&BTreeMap::from([(VIP6, held_at(other, 0, NO_EXPIRY))]))
-            .expect("set_held6(moved)");
+            .set_held(&held6_map([(VIP6, held_at(other, 0, NO_EXPIRY))]))
+            .expect("set_held(moved)");
         assert_passes6(&program, &ns.bytes(), ifindex, ONE_REQUEST, "old interface");
         assert_answered(&program, &ns, other, "new interface");
-        // The v4 maps are untouched by all of it, and v4 still answers.
-        assert!(program.counters().expect("counters").is_empty());
+        // No IPv4 VIP appears in the maps through any of it.
+        assert!(
+            program
+                .counters()
+                .expect("counters")
+                .keys()
+                .all(|v| v.is_ipv6())
+        );
 
         // Unwatched: not counted, not answered even while held.
         program
-            .set_watched6(&BTreeSet::new())
-            .expect("set_watched6(empty)");
+            .set_watched(&BTreeSet::new())
+            .expect("set_watched(empty)");
         let (action, _) = program.test_run(&ns.bytes(), other).expect("test_run");
         assert_eq!(action, XDP_PASS, "held but unwatched: passes");
-        assert!(program.counters6().expect("counters6").is_empty());
+        assert!(counters6(&program).is_empty());
+    });
+}
+
+/// One call per operation for both families: every subset of three IPv4
+/// and three IPv6 VIPs, watched and then partly held through `set_watched`
+/// and `set_held` with mixed sets, lands in the right family's maps (the
+/// counters show exactly the watched VIPs; exactly the held ones are
+/// answered, by ARP or NDP); one conflict reader brings the claims of both
+/// families.
+#[test]
+fn one_api_keeps_both_families_maps_from_mixed_vip_sets() {
+    in_netns(|| {
+        let rt = runtime();
+        let ifindex = iface("xdp0");
+        let v4: [[u8; 4]; 3] = [[192, 0, 2, 100], [192, 0, 2, 101], [198, 51, 100, 7]];
+        let v6: [Ipv6Addr; 3] = [
+            VIP6,
+            OTHER_VIP6,
+            Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 7),
+        ];
+        let all: Vec<Vip> = v4
+            .iter()
+            .map(|o| Vip::new((*o).into()).expect("valid"))
+            .chain(v6.iter().map(|a| vip6(*a)))
+            .collect();
+        // The frame that asks for `vip` in its family.
+        let ask = |vip: Vip| match (vip.v4(), vip.v6()) {
+            (Some(a), _) => ArpFrame::request(ASKER_MAC, ASKER_IP, a.octets()).bytes(),
+            (_, Some(a)) => NdpFrame::solicit(ASKER_MAC, ASKER6, a).bytes(),
+            _ => unreachable!("a VIP is of one family"),
+        };
+        let mut program = XdpProgram::load().expect("loading the XDP program");
+        for watched_mask in 0u32..64 {
+            let watched: BTreeSet<Vip> = (0..6)
+                .filter(|i| watched_mask & (1 << i) != 0)
+                .map(|i| all[i])
+                .collect();
+            program.set_watched(&watched).expect("set_watched");
+            let counted: BTreeSet<Vip> =
+                program.counters().expect("counters").into_keys().collect();
+            assert_eq!(counted, watched, "watched set {watched_mask:06b}");
+            // Held: every other watched VIP, the pattern shifting with the set.
+            let held: BTreeMap<Vip, HeldVip> = watched
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| (i + watched_mask as usize).is_multiple_of(2))
+                .map(|(_, v)| (*v, held_at(ifindex, 0, NO_EXPIRY)))
+                .collect();
+            program.set_held(&held).expect("set_held");
+            for vip in &all {
+                let (action, _) = program.test_run(&ask(*vip), ifindex).expect("test_run");
+                let want = if held.contains_key(vip) {
+                    XDP_TX
+                } else {
+                    XDP_PASS
+                };
+                assert_eq!(
+                    action,
+                    want,
+                    "{vip} with watched set {watched_mask:06b}, held {:?}",
+                    held.keys().collect::<Vec<_>>()
+                );
+            }
+        }
+        // The claims of both families come through one reader.
+        let (a4, a6) = (all[0], all[3]);
+        program.set_watched(&[a4, a6].into()).expect("set_watched");
+        program
+            .set_held(&BTreeMap::from([
+                (a4, held_at(ifindex, 0, NO_EXPIRY)),
+                (a6, held_at(ifindex, 0, NO_EXPIRY)),
+            ]))
+            .expect("set_held");
+        let mut reader = rt
+            .block_on(async { program.take_conflicts() })
+            .expect("take_conflicts");
+        let claims = [
+            (ArpFrame::gratuitous(FOREIGN_MAC, v4[0]).bytes(), a4),
+            (NdpFrame::unsolicited_advert(FOREIGN_MAC, v6[0]).bytes(), a6),
+        ];
+        for (frame, vip) in claims {
+            let (action, _) = program.test_run(&frame, ifindex).expect("test_run");
+            assert_eq!(action, XDP_PASS, "a claim of {vip} passes");
+            assert_eq!(
+                next_event6(&rt, &mut reader, Duration::from_secs(2)),
+                Some(Conflict {
+                    vip,
+                    ifindex,
+                    mac: FOREIGN_MAC
+                }),
+                "the claim of {vip}"
+            );
+        }
+        program.clear_held().expect("clear_held");
+        for vip in [a4, a6] {
+            let (action, _) = program.test_run(&ask(vip), ifindex).expect("test_run");
+            assert_eq!(action, XDP_PASS, "{vip} after clear_held");
+        }
     });
 }
 
@@ -1183,14 +1306,14 @@ fn held_vip_is_resolved_by_a_real_client_through_the_program() {
         program
             .attach("eth0", vipd::config::XdpMode::Generic)
             .expect("attach in generic mode");
-        program.set_watched6(&[VIP6].into()).expect("set_watched6");
+        program.set_watched(&vips6([VIP6])).expect("set_watched");
         let held = HeldVip {
             mac: n1_mac,
             ..held_at(super::ifindex("eth0"), 0, NO_EXPIRY)
         };
         program
-            .set_held6(&BTreeMap::from([(VIP6, held)]))
-            .expect("set_held6");
+            .set_held(&held6_map([(VIP6, held)]))
+            .expect("set_held");
 
         // The client's kernel resolves the VIP (a datagram to it).
         c1.in_netns(|| {
@@ -1241,8 +1364,8 @@ fn held_vip_is_resolved_by_a_real_client_through_the_program() {
             ..held
         };
         program
-            .set_held6(&BTreeMap::from([(VIP6, as_router)]))
-            .expect("set_held6 (router)");
+            .set_held(&held6_map([(VIP6, as_router)]))
+            .expect("set_held (router)");
         ask(&bare, &router_expected, 1, "answer with the Router flag");
         assert_eq!(
             arrived(&expected),
@@ -1251,12 +1374,12 @@ fn held_vip_is_resolved_by_a_real_client_through_the_program() {
         );
         // Back to a host: the flag goes.
         program
-            .set_held6(&BTreeMap::from([(VIP6, held)]))
-            .expect("set_held6 (host)");
+            .set_held(&held6_map([(VIP6, held)]))
+            .expect("set_held (host)");
         ask(&bare, &expected, 3, "answer without the Router flag");
         assert_eq!(arrived(&router_expected), 1, "one answer with the flag");
 
-        let counters = program.counters6().expect("counters6")[&VIP6];
+        let counters = counters6(&program)[&VIP6];
         assert!(
             counters.xdp_replies >= 5 && counters.requests >= counters.xdp_replies,
             "{counters:?}"

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use tracing::warn;
 
 use super::{Engine, unix_ms};
-use crate::{announce::Announcement, role::Role, vip::Vip};
+use crate::{announce::Announcement, role::Role, vip::Vip, xdp::Conflict};
 
 /// Conflict answers per VIP are at most this frequent, so two agents
 /// claiming one VIP cannot start an ARP storm.
@@ -16,27 +16,13 @@ const CONFLICT_ANSWER_EVERY: Duration = Duration::from_secs(1);
 const CONFLICT_LOG_EVERY: Duration = Duration::from_secs(5);
 
 impl Engine {
-    pub(super) fn on_conflict(&mut self, ev: vipd_common::ConflictEvent) {
-        let Ok(vip) = Vip::new(ev.vip.into()) else {
-            return;
-        };
-        self.on_claim(vip, ev.ifindex, ev.mac);
-    }
-
-    /// A foreign NDP claim (an advertisement of our VIP, a DAD probe for
-    /// it, a solicitation from it): handled as an ARP one, and answered
-    /// with one unsolicited NA.
-    pub(super) fn on_conflict6(&mut self, ev: vipd_common::ConflictEvent6) {
-        let Ok(vip) = Vip::new_v6(ev.vip.into()) else {
-            return;
-        };
-        self.on_claim(vip, ev.ifindex, ev.mac);
-    }
-
-    /// Another node claims `vip` from `mac` on `ifindex`: count it, log it
-    /// (rate-limited), and, if we lead, answer with an announcement (at most
+    /// Another node claims `vip` from `mac` on `ifindex` (by ARP, or by
+    /// NDP: an advertisement of our VIP, a DAD probe for it, a solicitation
+    /// from it): count it, log it (rate-limited), and, if we lead, answer
+    /// with an announcement, a gratuitous ARP or an unsolicited NA (at most
     /// one per VIP per [`CONFLICT_ANSWER_EVERY`]).
-    fn on_claim(&mut self, vip: Vip, ifindex: u32, mac: [u8; 6]) {
+    pub(super) fn on_conflict(&mut self, claim: Conflict) {
+        let Conflict { vip, ifindex, mac } = claim;
         let now = Instant::now();
         let mac = crate::net::format_mac(&mac);
         let ifname = self.link_name(ifindex);

@@ -3,13 +3,15 @@
 //! XDP conflict events, plans with `reconcile::plan`, and executes: netlink
 //! writes, XDP map updates, announcements. It reports what it holds back to
 //! the source so leadership is released only once the VIPs are gone (R3).
-//! The loop and the lease live here; one reconcile pass in `pass`, foreign
+//! The loop and the lease live here; one reconcile pass in `pass`, its
+//! XDP side (map entries, attaching, delivery checks) in `xdp`, foreign
 //! claims in `conflicts`, what it publishes in `status`.
 
 mod conflicts;
 mod pass;
 mod probing;
 mod status;
+mod xdp;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -24,11 +26,11 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use self::probing::Probing;
 pub use self::status::{
     ConflictStatus, EngineStatus, LeaseStatus, LinkHealth, ProbeStats, ReconcileSummary, VipState,
     VipStatus,
 };
-use self::{pass::set_held, probing::Probing};
 use crate::{
     announce::Announcer,
     config::{EngineArgs, XdpArgs},
@@ -38,7 +40,7 @@ use crate::{
     },
     role::{Desired, EngineReport, Role},
     vip::Vip,
-    xdp::{ConflictReader, ConflictReader6, XdpProgram},
+    xdp::{Conflict, ConflictReader, XdpProgram},
 };
 
 /// The XDP side, shared with the API (counters) behind a lock.
@@ -106,7 +108,7 @@ pub struct Engine {
     /// are more than the maps hold), as of the last pass.
     xdp_fits: BTreeSet<Vip>,
     /// Configured VIPs without XDP entries, per family, as last logged.
-    xdp_over: pass::XdpOver,
+    xdp_over: xdp::XdpOver,
 }
 
 impl Engine {
@@ -156,20 +158,15 @@ impl Engine {
             refresh: None,
             passes: 0,
             xdp_fits: BTreeSet::new(),
-            xdp_over: pass::XdpOver::default(),
+            xdp_over: xdp::XdpOver::default(),
         }
     }
 
     /// Runs until `cancel`, then steps down: stop announcing, stop XDP
     /// replies, remove the VIPs, report that nothing is held.
-    /// `conflicts` and `conflicts6` are the XDP program's reports of
-    /// foreign claims, ARP and NDP.
-    pub async fn run(
-        mut self,
-        mut conflicts: Option<ConflictReader>,
-        mut conflicts6: Option<ConflictReader6>,
-        cancel: CancellationToken,
-    ) {
+    /// `conflicts` are the XDP program's reports of foreign claims (ARP
+    /// and NDP).
+    pub async fn run(mut self, mut conflicts: Option<ConflictReader>, cancel: CancellationToken) {
         let mut events = if self.engine.netlink_events {
             match self.netlink.monitor() {
                 Ok(rx) => Some(rx),
@@ -224,7 +221,6 @@ impl Engine {
                 },
                 () = sleep_opt(lease_end) => self.lease_ran_out().await,
                 Some(c) = next_conflict(&mut conflicts) => self.on_conflict(c),
-                Some(c) = next_conflict(&mut conflicts6) => self.on_conflict6(c),
                 () = sleep_opt(sync_due) => self.sync_round().await,
                 () = sleep_opt(self.refresh) => self.refresh_round().await,
                 // The grace ran out: a pass reports the interfaces still down.
@@ -298,8 +294,8 @@ impl Engine {
         self.pending_conflict_answers.clear();
         self.probing.step_down();
         self.announcer.clear();
-        if let Some(off) = &self.xdp_program
-            && let Err(e) = off.lock().expect("XDP program lock").clear_held()
+        if let Some(xdp) = &self.xdp_program
+            && let Err(e) = xdp.lock().expect("XDP program lock").clear_held()
         {
             error!(error = %e, "cannot clear the XDP held-VIP map");
         }
@@ -342,12 +338,12 @@ impl Engine {
                 warn!(vip = %vip, error = %e, "cannot renew the VIP's lifetime");
             }
         }
-        if let Some(off) = &self.xdp_program
+        if let Some(xdp) = &self.xdp_program
             && self.xdp.responder
             && Instant::now() < lease.until
         {
             let entries = self.xdp_entries();
-            if let Err(e) = set_held(&mut off.lock().expect("XDP program lock"), &entries) {
+            if let Err(e) = xdp.lock().expect("XDP program lock").set_held(&entries) {
                 warn!(error = %e, "cannot extend the XDP held-VIP entries");
             }
         }
@@ -505,7 +501,7 @@ async fn recv_opt(rx: &mut Option<mpsc::Receiver<NetEvent>>) -> Option<NetEvent>
     }
 }
 
-async fn next_conflict<E: aya::Pod>(r: &mut Option<ConflictReader<E>>) -> Option<E> {
+async fn next_conflict(r: &mut Option<ConflictReader>) -> Option<Conflict> {
     match r {
         Some(r) => r.next().await,
         None => std::future::pending().await,
@@ -517,24 +513,6 @@ async fn sleep_opt(at: Option<tokio::time::Instant>) {
         Some(t) => sleep_until(t).await,
         None => std::future::pending().await,
     }
-}
-
-/// `at` on CLOCK_MONOTONIC in nanoseconds, the clock of the XDP program's
-/// `bpf_ktime_get_ns` (std's `Instant` reads the same clock on Linux, but
-/// keeps its value private: convert through the distance from now).
-pub fn monotonic_ns(at: Instant) -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
-    let now_ns = u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000
-        + u64::try_from(ts.tv_nsec).unwrap_or(0);
-    let now = Instant::now();
-    let ahead = u64::try_from(at.saturating_duration_since(now).as_nanos()).unwrap_or(u64::MAX);
-    let behind = u64::try_from(now.saturating_duration_since(at).as_nanos()).unwrap_or(u64::MAX);
-    now_ns.saturating_add(ahead).saturating_sub(behind)
 }
 
 /// Milliseconds since the Unix epoch.

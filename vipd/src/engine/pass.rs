@@ -3,25 +3,21 @@
 //! announce), report (to the source, and the status).
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
-    net::Ipv6Addr,
+    collections::{BTreeMap, BTreeSet},
     time::Instant,
 };
 
 use tracing::{debug, error, info, instrument, warn};
-use vipd_common::{HELD_ROUTER, HeldVip, MAX_VIPS};
+use vipd_common::HeldVip;
 
-use super::{Engine, LinkHealth, VipState, VipStatus, monotonic_ns, probing::mac_text, unix_ms};
+use super::{Engine, LinkHealth, VipState, VipStatus, probing::mac_text, unix_ms};
 use crate::{
     net::{
-        AddrState, Address, Placement,
-        ndp::forwarding,
-        netlink::{NetSnapshot, enable_promote_secondaries},
+        AddrState, Address, Placement, netlink::NetSnapshot, sysctl::enable_promote_secondaries,
     },
     reconcile::{self, Action, AddFailure, AddressPlan, Facts, Holdings, Plan, ProbeGate, Verdict},
     role::{EngineReport, Role},
     vip::Vip,
-    xdp::{XdpError, XdpProgram},
 };
 
 /// What executing a plan's address changes came to.
@@ -117,13 +113,13 @@ impl Engine {
         if removing.is_empty() {
             return;
         }
-        let Some(off) = &self.xdp_program else { return };
+        let Some(xdp) = &self.xdp_program else { return };
         let keep: BTreeMap<Vip, HeldVip> = self
             .xdp_entries()
             .into_iter()
             .filter(|(v, _)| !removing.contains(v))
             .collect();
-        if let Err(e) = set_held(&mut off.lock().expect("XDP program lock"), &keep) {
+        if let Err(e) = xdp.lock().expect("XDP program lock").set_held(&keep) {
             done.errors.push(format!("XDP held map: {e}"));
         }
     }
@@ -269,63 +265,36 @@ impl Engine {
             errors,
             ..
         } = done;
+        let (statuses, interfaces) = self.vip_statuses(snap, plan, holdings, &mut failed);
+        self.send_report(snap, plan, holdings, &not_removed);
+        self.status.send_modify(|s| {
+            s.role = self.applied.role;
+            s.term = self.applied.term;
+            s.vips = statuses;
+            s.xdp_errors = xdp_errors;
+            s.xdp_over_capacity = self.xdp_over.total();
+            s.interfaces = interfaces;
+            if let Some(xdp) = &self.xdp_program {
+                s.xdp_attached = xdp.lock().expect("XDP program lock").attachments();
+            }
+        });
+        self.schedule_delivery_check();
+        self.finish_pass(started, added, removed, errors);
+    }
+
+    /// One status per configured VIP, and the interface of each that has
+    /// one; `failed` gains the reason of each VIP not served.
+    fn vip_statuses(
+        &mut self,
+        snap: &NetSnapshot,
+        plan: &Plan,
+        holdings: &Holdings,
+        failed: &mut BTreeMap<Vip, String>,
+    ) -> (Vec<VipStatus>, BTreeMap<Vip, String>) {
         let mut statuses = Vec::new();
         let mut interfaces = BTreeMap::new();
         for (vip, verdict) in &plan.addresses.verdicts {
-            let (state, placement, ifindex) = match verdict {
-                Verdict::InPlace { placement } | Verdict::Add { placement } => {
-                    let state = if holdings.held.contains_key(vip) {
-                        self.reported.remove(vip);
-                        VipState::Held
-                    } else {
-                        VipState::Error
-                    };
-                    (state, Some(*placement), Some(placement.ifindex))
-                }
-                Verdict::NoRoute => {
-                    let msg =
-                        format!("no route matches VIP {vip}: it cannot be served from this node");
-                    if self.first_report(*vip, VipState::NoRoute) {
-                        error!(vip = %vip, "{msg}");
-                    }
-                    failed.entry(*vip).or_insert(msg);
-                    (VipState::NoRoute, None, None)
-                }
-                Verdict::OperatorAddress { ifindex } => {
-                    let msg = format!(
-                        "VIP {vip} is already configured on this node without vipd's mark (an operator's address): left alone, not announced"
-                    );
-                    if self.first_report(*vip, VipState::OperatorAddress) {
-                        warn!(vip = %vip, ifindex, "{msg}");
-                    }
-                    failed.entry(*vip).or_insert(msg);
-                    (VipState::OperatorAddress, None, Some(*ifindex))
-                }
-                Verdict::Probe { placement } => {
-                    let msg = format!(
-                        "VIP {vip} is probed before it is first added: the cluster never held it, and another host might use the address"
-                    );
-                    failed.entry(*vip).or_insert(msg);
-                    (VipState::Probing, Some(*placement), Some(placement.ifindex))
-                }
-                Verdict::InUse { placement } => {
-                    let msg = match self.probing.in_use(vip) {
-                        Some(u) => format!(
-                            "VIP {vip} not added: {} (a host outside the cluster) answers for it on {}; probed again every {:?}",
-                            mac_text(u.mac),
-                            u.interface,
-                            self.engine.probe_retry
-                        ),
-                        None => format!("VIP {vip} not added: another host answers for it"),
-                    };
-                    failed.entry(*vip).or_insert(msg);
-                    (
-                        VipState::AddressInUse,
-                        Some(*placement),
-                        Some(placement.ifindex),
-                    )
-                }
-            };
+            let (state, placement, ifindex) = self.verdict_state(*vip, verdict, holdings, failed);
             let name = ifindex.map(|i| self.name_in(snap, i));
             if let Some(n) = &name {
                 interfaces.insert(*vip, n.clone());
@@ -365,12 +334,87 @@ impl Engine {
             }
         }
 
+        (statuses, interfaces)
+    }
+
+    /// The state a verdict leaves `vip` in, its placement and interface;
+    /// the reason is added to `failed` unless the VIP is held.
+    fn verdict_state(
+        &mut self,
+        vip: Vip,
+        verdict: &Verdict,
+        holdings: &Holdings,
+        failed: &mut BTreeMap<Vip, String>,
+    ) -> (VipState, Option<Placement>, Option<u32>) {
+        match verdict {
+            Verdict::InPlace { placement } | Verdict::Add { placement } => {
+                let state = if holdings.held.contains_key(&vip) {
+                    self.reported.remove(&vip);
+                    VipState::Held
+                } else {
+                    VipState::Error
+                };
+                (state, Some(*placement), Some(placement.ifindex))
+            }
+            Verdict::NoRoute => {
+                let msg = format!("no route matches VIP {vip}: it cannot be served from this node");
+                if self.first_report(vip, VipState::NoRoute) {
+                    error!(vip = %vip, "{msg}");
+                }
+                failed.entry(vip).or_insert(msg);
+                (VipState::NoRoute, None, None)
+            }
+            Verdict::OperatorAddress { ifindex } => {
+                let msg = format!(
+                    "VIP {vip} is already configured on this node without vipd's mark (an operator's address): left alone, not announced"
+                );
+                if self.first_report(vip, VipState::OperatorAddress) {
+                    warn!(vip = %vip, ifindex, "{msg}");
+                }
+                failed.entry(vip).or_insert(msg);
+                (VipState::OperatorAddress, None, Some(*ifindex))
+            }
+            Verdict::Probe { placement } => {
+                let msg = format!(
+                    "VIP {vip} is probed before it is first added: the cluster never held it, and another host might use the address"
+                );
+                failed.entry(vip).or_insert(msg);
+                (VipState::Probing, Some(*placement), Some(placement.ifindex))
+            }
+            Verdict::InUse { placement } => {
+                let msg = match self.probing.in_use(&vip) {
+                    Some(u) => format!(
+                        "VIP {vip} not added: {} (a host outside the cluster) answers for it on {}; probed again every {:?}",
+                        mac_text(u.mac),
+                        u.interface,
+                        self.engine.probe_retry
+                    ),
+                    None => format!("VIP {vip} not added: another host answers for it"),
+                };
+                failed.entry(vip).or_insert(msg);
+                (
+                    VipState::AddressInUse,
+                    Some(*placement),
+                    Some(placement.ifindex),
+                )
+            }
+        }
+    }
+
+    /// Tells the source what this node holds now, if that changed.
+    fn send_report(
+        &mut self,
+        snap: &NetSnapshot,
+        plan: &Plan,
+        holdings: &Holdings,
+        not_removed: &[Address],
+    ) {
         let (servable, unservable) =
             reconcile::servable(&self.applied.vips, &snap.routes, &self.add_failures);
         let report = EngineReport {
             role: self.applied.role,
             term: self.applied.term,
-            held: plan.on_node(holdings, &snap.addresses, &not_removed),
+            held: plan.on_node(holdings, &snap.addresses, not_removed),
             servable,
             unservable,
             links_down: self.links_down.clone(),
@@ -392,19 +436,6 @@ impl Engine {
                 true
             }
         });
-        self.status.send_modify(|s| {
-            s.role = self.applied.role;
-            s.term = self.applied.term;
-            s.vips = statuses;
-            s.xdp_errors = xdp_errors;
-            s.xdp_over_capacity = self.xdp_over.total();
-            s.interfaces = interfaces;
-            if let Some(off) = &self.xdp_program {
-                s.xdp_attached = off.lock().expect("XDP program lock").attachments();
-            }
-        });
-        self.schedule_delivery_check();
-        self.finish_pass(started, added, removed, errors);
     }
 
     /// R18: the interfaces of configured VIPs that are down now (not up, or
@@ -466,34 +497,6 @@ impl Engine {
         });
     }
 
-    /// Checks that native XDP answers leave their interfaces; where they do
-    /// not, the XDP program has moved the interface to generic mode.
-    pub(super) fn check_delivery(&mut self) {
-        self.delivery_check = None;
-        let Some(off) = &self.xdp_program else { return };
-        let mut off = off.lock().expect("XDP program lock");
-        if off.check_delivery() {
-            let attached = off.attachments();
-            self.status.send_modify(|s| s.xdp_attached = attached);
-        }
-        drop(off);
-        self.schedule_delivery_check();
-    }
-
-    /// Keeps a delivery check due while any native attachment is checked.
-    fn schedule_delivery_check(&mut self) {
-        let next = self
-            .xdp_program
-            .as_ref()
-            .and_then(|o| o.lock().expect("XDP program lock").next_delivery_check());
-        let now = tokio::time::Instant::now();
-        self.delivery_check = match (next, self.delivery_check) {
-            (None, _) => None,
-            (Some(after), Some(due)) => Some(due.min(now + after)),
-            (Some(after), None) => Some(now + after),
-        };
-    }
-
     pub(super) fn finish_pass(
         &mut self,
         started: Instant,
@@ -525,241 +528,5 @@ impl Engine {
         snap.link(ifindex)
             .map(|l| l.name.clone())
             .unwrap_or_else(|| format!("if{ifindex}"))
-    }
-
-    /// The XDP held-map entries for what we hold (renewals: nothing moved).
-    pub(super) fn xdp_entries(&self) -> BTreeMap<Vip, HeldVip> {
-        let expires_ns = self.xdp_expiry();
-        self.held
-            .iter()
-            .filter(|(vip, _)| self.xdp_fits.contains(vip))
-            .filter_map(|(vip, p)| {
-                let mac = self.links.get(&p.ifindex)?.mac;
-                Some((*vip, self.held_vip(*vip, p.ifindex, mac, expires_ns)))
-            })
-            .collect()
-    }
-
-    /// The held-map entry of `vip` on interface `ifindex` with `mac`: the
-    /// Router flag as read on the last pass (IPv6 only).
-    fn held_vip(&self, vip: Vip, ifindex: u32, mac: [u8; 6], expires_ns: u64) -> HeldVip {
-        let router = vip.v6().is_some() && self.routers.get(&ifindex) == Some(&true);
-        HeldVip {
-            ifindex,
-            mac,
-            vlan: 0,
-            flags: if router { HELD_ROUTER } else { 0 },
-            _pad: [0; 3],
-            expires_ns,
-        }
-    }
-
-    /// Reads `net.ipv6.conf.<if>.forwarding` of every interface holding an
-    /// IPv6 VIP in `held`. Unreadable counts as not forwarding: a host's
-    /// advertisement never claims to be a router by mistake.
-    fn refresh_routers(&mut self, snap: &NetSnapshot, held: &BTreeMap<Vip, Placement>) {
-        let mut routers = HashMap::new();
-        for (vip, p) in held.iter().filter(|(v, _)| v.v6().is_some()) {
-            if routers.contains_key(&p.ifindex) {
-                continue;
-            }
-            let Some(link) = snap.link(p.ifindex) else {
-                continue;
-            };
-            let router = forwarding(&link.name).unwrap_or_else(|error| {
-                debug!(vip = %vip, ifname = %link.name, %error, "cannot read IPv6 forwarding; Router flag off");
-                false
-            });
-            if self.routers.get(&p.ifindex) != Some(&router) {
-                debug!(ifname = %link.name, router, "IPv6 forwarding of a VIP interface");
-            }
-            routers.insert(p.ifindex, router);
-        }
-        self.routers = routers;
-    }
-
-    /// The lease's end on the XDP program's clock (R16).
-    fn xdp_expiry(&self) -> u64 {
-        self.lease()
-            .map_or(vipd_common::NO_EXPIRY, |l| monotonic_ns(l.until))
-    }
-
-    /// Attaches the XDP program where VIPs live (and where the operator
-    /// named), watches every configured VIP and holds exactly `held`.
-    fn sync_xdp(&mut self, snap: &NetSnapshot, holdings: &Holdings) -> Vec<String> {
-        let expires_ns = self.xdp_expiry();
-        if self.xdp_program.is_some() {
-            self.refresh_routers(snap, &holdings.held);
-        }
-        let Some(off) = &self.xdp_program else {
-            return Vec::new();
-        };
-        let mut off = off.lock().expect("XDP program lock");
-        let mut errors = Vec::new();
-        let mut ifnames: BTreeSet<String> = self.xdp.interfaces.iter().cloned().collect();
-        for vip in &self.applied.vips {
-            if let Some(p) = snap.routes.placement(*vip)
-                && let Some(l) = snap.link(p.ifindex)
-            {
-                ifnames.insert(l.name.clone());
-            }
-        }
-        let attached: BTreeSet<String> = off.attached().into_iter().map(|(n, _)| n).collect();
-        for name in ifnames.difference(&attached) {
-            if name == "lo" {
-                continue;
-            }
-            match off.attach(name, self.xdp.mode) {
-                Ok(_) => {}
-                Err(e) => {
-                    error!(ifname = %name, error = %e, "cannot attach the XDP program");
-                    errors.push(e.to_string());
-                }
-            }
-        }
-        let (fits, over) = xdp_fit(&self.applied.vips, MAX_VIPS as usize);
-        if over != self.xdp_over {
-            report_xdp_over(over);
-            self.xdp_over = over;
-        }
-        self.xdp_fits = fits;
-        let watched: BTreeSet<Vip> = self
-            .xdp_fits
-            .iter()
-            .copied()
-            .filter(|v| v.v4().is_some())
-            .collect();
-        let watched6: BTreeSet<Ipv6Addr> = self.xdp_fits.iter().filter_map(|v| v.v6()).collect();
-        if let Err(e) = off.set_watched(&watched) {
-            errors.push(e.to_string());
-        }
-        if let Err(e) = off.set_watched6(&watched6) {
-            errors.push(e.to_string());
-        }
-        let entries: BTreeMap<Vip, HeldVip> =
-            if self.xdp.responder && self.applied.role == Role::Leader {
-                holdings
-                    .xdp
-                    .iter()
-                    .filter(|(vip, _)| self.xdp_fits.contains(vip))
-                    .map(|(vip, x)| (*vip, self.held_vip(*vip, x.ifindex, x.mac, expires_ns)))
-                    .collect()
-            } else {
-                BTreeMap::new()
-            };
-        if let Err(e) = set_held(&mut off, &entries) {
-            errors.push(e.to_string());
-        }
-        errors
-    }
-}
-
-/// Configured VIPs without an XDP entry, per family.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(super) struct XdpOver {
-    pub(super) ipv4: usize,
-    pub(super) ipv6: usize,
-}
-
-impl XdpOver {
-    pub(super) fn total(self) -> usize {
-        self.ipv4 + self.ipv6
-    }
-}
-
-/// The VIPs that get XDP entries: per family, the first `capacity` in
-/// address order, and how many of each family are left over. Address order
-/// keeps the choice stable from pass to pass and across restarts, so an
-/// entry does not flap between VIPs; the others are still configured and
-/// the kernel answers ARP/NDP for them, as it does without XDP.
-pub(super) fn xdp_fit(vips: &BTreeSet<Vip>, capacity: usize) -> (BTreeSet<Vip>, XdpOver) {
-    let v4 = vips.iter().filter(|v| v.v4().is_some());
-    let v6 = vips.iter().filter(|v| v.v6().is_some());
-    let fits = v4.clone().take(capacity).chain(v6.clone().take(capacity));
-    let over = XdpOver {
-        ipv4: v4.count().saturating_sub(capacity),
-        ipv6: v6.count().saturating_sub(capacity),
-    };
-    (fits.copied().collect(), over)
-}
-
-/// One line per change of how many VIPs the XDP maps cannot hold.
-fn report_xdp_over(over: XdpOver) {
-    if over.total() == 0 {
-        info!(capacity = MAX_VIPS, "every VIP fits in the XDP maps again");
-    } else {
-        warn!(
-            capacity = MAX_VIPS,
-            ipv4 = over.ipv4,
-            ipv6 = over.ipv6,
-            "more VIPs than the XDP maps hold: {} VIPs have no XDP entry (the last in address order); the kernel answers ARP/NDP for them",
-            over.total()
-        );
-    }
-}
-
-/// Makes the XDP held maps hold exactly `entries`: IPv4 VIPs in the ARP
-/// map, IPv6 VIPs in the NDP map. Both are written even when one fails;
-/// the first error is returned.
-pub(super) fn set_held(
-    off: &mut XdpProgram,
-    entries: &BTreeMap<Vip, HeldVip>,
-) -> Result<(), XdpError> {
-    let v4: BTreeMap<Vip, HeldVip> = entries
-        .iter()
-        .filter(|(v, _)| v.v4().is_some())
-        .map(|(v, h)| (*v, *h))
-        .collect();
-    let v6: BTreeMap<Ipv6Addr, HeldVip> = entries
-        .iter()
-        .filter_map(|(v, h)| Some((v.v6()?, *h)))
-        .collect();
-    let r4 = off.set_held(&v4);
-    let r6 = off.set_held6(&v6);
-    r4.and(r6)
-}
-
-#[cfg(test)]
-mod tests {
-    use std::net::Ipv4Addr;
-
-    use super::*;
-
-    fn v4(i: u32) -> Vip {
-        Vip::new(Ipv4Addr::from(0xc633_0000 + i)).unwrap()
-    }
-
-    fn v6(i: u32) -> Vip {
-        Vip::new_v6(Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 1, 0) | Ipv6Addr::from(u128::from(i)))
-            .unwrap()
-    }
-
-    #[test]
-    fn the_first_vips_of_each_family_in_address_order_get_the_xdp_entries() {
-        for capacity in [0, 1, 3, 8] {
-            for n4 in [0, 1, 3, 4, 9] {
-                for n6 in [0, 2, 8, 11] {
-                    // Inserted in reverse: the order given must not matter.
-                    let vips: BTreeSet<Vip> =
-                        (0..n4).rev().map(v4).chain((0..n6).rev().map(v6)).collect();
-                    let (fits, over) = xdp_fit(&vips, capacity as usize);
-                    let case = format!("capacity {capacity}, {n4} IPv4, {n6} IPv6");
-                    let want: BTreeSet<Vip> = (0..n4.min(capacity))
-                        .map(v4)
-                        .chain((0..n6.min(capacity)).map(v6))
-                        .collect();
-                    assert_eq!(fits, want, "{case}");
-                    assert_eq!(
-                        over,
-                        XdpOver {
-                            ipv4: n4.saturating_sub(capacity) as usize,
-                            ipv6: n6.saturating_sub(capacity) as usize,
-                        },
-                        "{case}"
-                    );
-                    assert_eq!(fits.len() + over.total(), vips.len(), "{case}");
-                }
-            }
-        }
     }
 }

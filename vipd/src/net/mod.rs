@@ -2,12 +2,13 @@
 //! IPv6 routing tables, addresses of both families (with vipd's ownership
 //! mark), and the frames that announce a VIP (gratuitous ARP, unsolicited
 //! Neighbor Advertisements). Pure types and lookups live here; `netlink`
-//! talks to the kernel.
+//! talks to the kernel, `sysctl` reads and writes its per-interface settings.
 
 pub mod garp;
 pub mod ndp;
 pub mod netlink;
 pub mod probe;
+pub mod sysctl;
 
 use std::net::IpAddr;
 

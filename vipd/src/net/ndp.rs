@@ -3,7 +3,7 @@
 //! Built with pnet_packet, sent on the same AF_PACKET socket as the ARP
 //! frames ([`super::garp::GarpSocket`]).
 
-use std::{io, net::Ipv6Addr, path::PathBuf};
+use std::net::Ipv6Addr;
 
 use pnet_base::MacAddr;
 use pnet_packet::{
@@ -89,21 +89,6 @@ pub fn na_frame(mac: [u8; 6], vip: Ipv6Addr, router: bool) -> [u8; NA_FRAME_LEN]
     na.set_checksum(checksum);
     debug_assert_eq!(na.packet().len(), NA_LEN + TLLA_OPTION_LEN);
     frame
-}
-
-/// Whether the interface forwards IPv6 (`net.ipv6.conf.<ifname>.forwarding`
-/// of the caller's namespace): then its advertisements carry the Router
-/// flag, so hosts that use it as a router keep doing so.
-pub fn forwarding(ifname: &str) -> io::Result<bool> {
-    if ifname.is_empty() || ifname.len() > 15 || ifname.contains(['/', '\0']) || ifname == ".." {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("not an interface name: {ifname:?}"),
-        ));
-    }
-    let path = PathBuf::from(format!("/proc/sys/net/ipv6/conf/{ifname}/forwarding"));
-    let text = std::fs::read_to_string(&path)?;
-    Ok(text.trim() != "0")
 }
 
 #[cfg(test)]
@@ -204,12 +189,5 @@ mod tests {
             reference_checksum(other, ALL_NODES, &icmp),
             u16::from_be_bytes([f[56], f[57]])
         );
-    }
-
-    #[test]
-    fn forwarding_refuses_bad_names() {
-        for name in ["", "..", "a/b", "sixteen-chars-xx"] {
-            assert!(forwarding(name).is_err(), "{name:?}");
-        }
     }
 }
