@@ -421,7 +421,7 @@ pub fn markdown(runs: &[Report]) -> String {
          (ARP/NS and TCP SYN to each node's MAC every 25 ms) and every node's address events. \
          Faults are drawn from the seed and overlap; each heals within the run. \
          *Unserved after heal* is the longest time any configured VIP was answered by no node \
-         after the last fault touching it healed, against the bound of docs/DESIGN.md \
+         after the last fault touching it healed, against the bound of docs/OPERATIONS.md \
          \"Chaos\". Serving overlap (two nodes answering one VIP) must be 0.\n\n",
     );
     let _ = writeln!(
