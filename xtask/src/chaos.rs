@@ -25,6 +25,17 @@ pub struct Options {
     /// Use the release binaries (the default is the debug build the tests use).
     #[arg(long)]
     pub release: bool,
+    /// Where ZooKeeper keeps its data: `disk` as deployed (and the slow-disk
+    /// fault can throttle it), or `shm` as the integration tests have it
+    /// (slow-disk faults are then skipped).
+    #[arg(long, value_enum, default_value = "disk")]
+    pub zk_data: ZkData,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ZkData {
+    Disk,
+    Shm,
 }
 
 /// The shortest window the run accepts.
@@ -50,9 +61,7 @@ pub fn run(o: &Options) -> Result<()> {
         o.nodes as usize,
         Duration::from_secs_f64(o.minutes * 60.0),
     );
-    // ZooKeeper as deployed: its transaction log on disk (and so a disk the
-    // slow-disk fault can throttle).
-    opts.zk_on_disk = true;
+    opts.zk_on_disk = o.zk_data == ZkData::Disk;
     let report = chaos::run(&opts)?;
     println!("{}", report.text());
     if !report.passed() {

@@ -67,7 +67,12 @@ impl AdminQueue {
                 let started = Instant::now();
                 let mut argv: Vec<String> = vec![bin.clone()];
                 argv.extend(op.args.iter().cloned());
-                argv.extend(["--zk".into(), zk.clone(), "--cluster".into(), cluster.clone()]);
+                argv.extend([
+                    "--zk".into(),
+                    zk.clone(),
+                    "--cluster".into(),
+                    cluster.clone(),
+                ]);
                 let mut error = String::new();
                 let mut acked = None;
                 while started.elapsed() < ADMIN_PATIENCE {
@@ -148,7 +153,10 @@ pub(crate) struct Nemesis {
 /// The disk device (`major:minor`, the whole disk) `dir` sits on, if blkio
 /// can throttle it: a block device with a blkio hierarchy mounted.
 pub fn throttle_device(dir: &Path) -> Result<String, String> {
-    if !Path::new(BLKIO).join("blkio.throttle.write_iops_device").exists() {
+    if !Path::new(BLKIO)
+        .join("blkio.throttle.write_iops_device")
+        .exists()
+    {
         return Err(format!("no cgroup v1 blkio hierarchy at {BLKIO}"));
     }
     let dev = fs::metadata(dir)
@@ -256,14 +264,19 @@ impl Nemesis {
                     return Err("slow disk without a rate".into());
                 };
                 let dev = self.disk.clone()?;
-                let dir = PathBuf::from(BLKIO).join(format!("vipd-chaos-{}-zk{z}", std::process::id()));
+                let dir =
+                    PathBuf::from(BLKIO).join(format!("vipd-chaos-{}-zk{z}", std::process::id()));
                 let pid = c.zk.pid(z);
                 let w = |file: &str, v: &str| {
-                    fs::write(dir.join(file), v).map_err(|e| format!("{}/{file} <- {v}: {e}", dir.display()))
+                    fs::write(dir.join(file), v)
+                        .map_err(|e| format!("{}/{file} <- {v}: {e}", dir.display()))
                 };
                 fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
                 w("blkio.throttle.write_iops_device", &format!("{dev} {iops}"))?;
-                w("blkio.throttle.write_bps_device", &format!("{dev} {}", iops * 64 * 1024))?;
+                w(
+                    "blkio.throttle.write_bps_device",
+                    &format!("{dev} {}", iops * 64 * 1024),
+                )?;
                 w("cgroup.procs", &pid.to_string())?;
                 self.throttles[z] = Some(Throttle { dir, pid });
             }
@@ -293,7 +306,9 @@ impl Nemesis {
                 args: vec!["handover".into()],
             }),
             (kind, node, zk) => {
-                return Err(format!("{kind} cannot apply to node {node:?} / server {zk:?}"));
+                return Err(format!(
+                    "{kind} cannot apply to node {node:?} / server {zk:?}"
+                ));
             }
         }
         Ok(())
@@ -365,8 +380,14 @@ impl Drop for Nemesis {
 }
 
 fn unthrottle(t: &Throttle, dev: &str) -> Result<(), String> {
-    let _ = fs::write(t.dir.join("blkio.throttle.write_iops_device"), format!("{dev} 0"));
-    let _ = fs::write(t.dir.join("blkio.throttle.write_bps_device"), format!("{dev} 0"));
+    let _ = fs::write(
+        t.dir.join("blkio.throttle.write_iops_device"),
+        format!("{dev} 0"),
+    );
+    let _ = fs::write(
+        t.dir.join("blkio.throttle.write_bps_device"),
+        format!("{dev} 0"),
+    );
     // Back to the root group (the process may have died: a killed server).
     let _ = fs::write(Path::new(BLKIO).join("cgroup.procs"), t.pid.to_string());
     fs::remove_dir(&t.dir).map_err(|e| format!("rmdir {}: {e}", t.dir.display()))

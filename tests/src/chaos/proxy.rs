@@ -38,9 +38,9 @@ impl ZkProxy {
         let mut local = Vec::new();
         for (i, upstream) in servers.iter().copied().enumerate() {
             let addr = SocketAddr::from(([127, 0, 0, 1], BASE_PORT + i as u16));
-            let listener = ns.in_netns(|| TcpListener::bind(addr)).unwrap_or_else(|e| {
-                panic!("ZooKeeper proxy: bind {addr} in {}: {e}", ns.name())
-            });
+            let listener = ns
+                .in_netns(|| TcpListener::bind(addr))
+                .unwrap_or_else(|e| panic!("ZooKeeper proxy: bind {addr} in {}: {e}", ns.name()));
             listener
                 .set_nonblocking(true)
                 .expect("non-blocking listener");
@@ -137,8 +137,8 @@ fn pump_pair(a: TcpStream, b: TcpStream, delay_ms: &Arc<AtomicU64>, stop: &Arc<A
                 match from.read(&mut buf) {
                     Ok(0) => break,
                     Ok(n) => {
-                        let due =
-                            Instant::now() + Duration::from_millis(delay_ms.load(Ordering::Relaxed));
+                        let due = Instant::now()
+                            + Duration::from_millis(delay_ms.load(Ordering::Relaxed));
                         if tx.send((due, buf[..n].to_vec())).is_err() {
                             break;
                         }

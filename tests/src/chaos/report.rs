@@ -80,6 +80,9 @@ pub struct Applied {
     /// When it healed (instant faults: when done; vipctl: acknowledged).
     pub ended: Option<Instant>,
     pub error: Option<String>,
+    /// Not injected on this machine, and why (the schedule keeps it, so a
+    /// seed names the same schedule everywhere).
+    pub skipped: Option<String>,
 }
 
 /// One `vipctl vip set` of the run.
@@ -144,6 +147,8 @@ pub struct Inputs {
     pub without: Vec<(FaultKind, String)>,
     /// The run added an overlap by hand (the checker's self-test).
     pub hand_overlap: bool,
+    /// ZooKeeper's data was on disk (else in /dev/shm).
+    pub zk_on_disk: bool,
 }
 
 /// The longest unserved stretch after a heal, for one fault kind.
@@ -165,6 +170,8 @@ pub struct Report {
     pub applied: Vec<Applied>,
     pub t0: Instant,
     pub overlaps: Vec<Overlap>,
+    /// Two nodes with the address at once, from their address events.
+    pub address_overlaps: Vec<Overlap>,
     /// By fault kind (`None`: a gap with no fault before it).
     pub unserved: BTreeMap<Option<FaultKind>, Unserved>,
     pub config_lost: Vec<String>,
@@ -172,6 +179,10 @@ pub struct Report {
     pub injected: BTreeMap<FaultKind, usize>,
     pub without: Vec<(FaultKind, String)>,
     pub hand_overlap: bool,
+    pub zk_on_disk: bool,
+    /// The longest stretch any configured VIP went unserved at all,
+    /// faults under way included (what the faults did), and when.
+    pub longest_gap: (Duration, Option<IpAddr>, Duration),
     pub probe_rounds: usize,
     pub client_connections: usize,
 }
@@ -180,23 +191,22 @@ impl Report {
     pub fn check(i: Inputs) -> Report {
         let o = &i.observations;
         let overlaps = probe::serving_overlaps(o);
+        let address_overlaps = probe::address_overlaps(o);
         // Each VIP is required while configured: from the start (or the
         // acknowledgement of the write that added it) until the write that
         // removed it was issued.
         let mut required: BTreeMap<IpAddr, Vec<(Instant, Instant)>> = BTreeMap::new();
-        let mut since: BTreeMap<IpAddr, Instant> = i
-            .pools
-            .iter()
-            .flatten()
-            .map(|v| (*v, o.started))
-            .collect();
+        let mut since: BTreeMap<IpAddr, Instant> =
+            i.pools.iter().flatten().map(|v| (*v, o.started)).collect();
         let mut current: BTreeMap<String, BTreeSet<IpAddr>> = SERVICES
             .iter()
             .zip(&i.pools)
             .map(|((n, _), p)| (n.to_string(), p.iter().copied().collect()))
             .collect();
         for w in i.writes.iter().filter(|w| w.acked.is_some()) {
-            let old = current.insert(w.service.clone(), w.vips.clone()).unwrap_or_default();
+            let old = current
+                .insert(w.service.clone(), w.vips.clone())
+                .unwrap_or_default();
             for gone in old.difference(&w.vips) {
                 if let Some(s) = since.remove(gone) {
                     required.entry(*gone).or_default().push((s, w.issued));
@@ -210,17 +220,22 @@ impl Report {
             required.entry(vip).or_default().push((s, i.end));
         }
         let mut unserved: BTreeMap<Option<FaultKind>, Unserved> = BTreeMap::new();
+        let mut longest_gap = (Duration::ZERO, None, Duration::ZERO);
         for (vip, spans) in &required {
             for &(from, to) in spans {
                 if to <= from {
                     continue;
                 }
                 for (a, b) in probe::unserved(o, *vip, from, to) {
+                    let whole = b.saturating_duration_since(a);
+                    if whole > longest_gap.0 {
+                        longest_gap = (whole, Some(*vip), a.saturating_duration_since(i.t0));
+                    }
                     // The faults touching this VIP that began before the gap
                     // ended; the one that healed last names the kind.
                     let mut last: Option<(Instant, FaultKind)> = None;
                     let mut open = false;
-                    for f in &i.applied {
+                    for f in i.applied.iter().filter(|f| f.skipped.is_none()) {
                         if f.started >= b || !touched(&f.fault, &i.pools).contains(vip) {
                             continue;
                         }
@@ -256,7 +271,7 @@ impl Report {
         }
         let mut injected = BTreeMap::new();
         for a in &i.applied {
-            if a.error.is_none() {
+            if a.error.is_none() && a.skipped.is_none() {
                 *injected.entry(a.fault.kind).or_insert(0) += 1;
             }
         }
@@ -268,12 +283,15 @@ impl Report {
             applied: i.applied,
             t0: i.t0,
             overlaps,
+            address_overlaps,
             unserved,
             config_lost: i.config_lost,
             crashed: i.crashed,
             injected,
             without: i.without,
             hand_overlap: i.hand_overlap,
+            zk_on_disk: i.zk_on_disk,
+            longest_gap,
             probe_rounds: o.rounds.len(),
             client_connections: o.connections.len(),
         }
@@ -292,6 +310,16 @@ impl Report {
                 o.from.saturating_duration_since(self.t0).as_secs_f64(),
                 o.how,
                 o.rounds
+            ));
+        }
+        for o in &self.address_overlaps {
+            v.push(format!(
+                "address overlap: {} on {} and {} for {:.0} ms at {:.1} s",
+                o.vip,
+                o.nodes.0,
+                o.nodes.1,
+                o.duration().as_secs_f64() * 1e3,
+                o.from.saturating_duration_since(self.t0).as_secs_f64()
             ));
         }
         for (kind, u) in &self.unserved {
@@ -314,7 +342,10 @@ impl Report {
         }
         for a in &self.applied {
             if let Some(e) = &a.error {
-                v.push(format!("fault not applied or not healed: {} ({e})", a.fault));
+                v.push(format!(
+                    "fault not applied or not healed: {} ({e})",
+                    a.fault
+                ));
             }
         }
         v
@@ -335,12 +366,16 @@ impl Report {
                 .unwrap_or(f64::NAN);
             let _ = writeln!(
                 s,
-                "  {}  (applied at {at:.1} s to {}, healed after {took:.1} s){}",
+                "  {}  (applied at {at:.1} s to {}, healed after {took:.1} s){}{}",
                 a.fault,
                 a.target,
                 a.error
                     .as_ref()
                     .map(|e| format!(" ERROR {e}"))
+                    .unwrap_or_default(),
+                a.skipped
+                    .as_ref()
+                    .map(|e| format!(" skipped: {e}"))
                     .unwrap_or_default()
             );
         }
@@ -365,7 +400,20 @@ impl Report {
             "  {} probe rounds, {} client connections observed",
             self.probe_rounds, self.client_connections
         );
-        let _ = writeln!(s, "  serving overlap: {}", self.overlaps.len());
+        let (gap, vip, at) = self.longest_gap;
+        let _ = writeln!(
+            s,
+            "  longest unserved stretch of any VIP, faults under way included: {:.0} ms ({}, at {:.1} s)",
+            gap.as_secs_f64() * 1e3,
+            vip.map(|v| v.to_string()).unwrap_or_else(|| "none".into()),
+            at.as_secs_f64()
+        );
+        let _ = writeln!(
+            s,
+            "  serving overlap: {} (address overlap: {})",
+            self.overlaps.len(),
+            self.address_overlaps.len()
+        );
         for (kind, n) in &self.injected {
             let u = self.unserved.get(&Some(*kind));
             let _ = writeln!(
@@ -400,10 +448,15 @@ impl Report {
             s.push_str(&self.schedule_text());
             let _ = writeln!(
                 s,
-                "reproduce: cargo xtask chaos --seed {} --nodes {} --minutes {}",
+                "reproduce: cargo xtask chaos --seed {} --nodes {} --minutes {}{}",
                 self.seed,
                 self.nodes,
-                self.window.as_secs_f64() / 60.0
+                self.window.as_secs_f64() / 60.0,
+                if self.zk_on_disk {
+                    ""
+                } else {
+                    " --zk-data shm"
+                }
             );
         }
         s
@@ -426,19 +479,20 @@ pub fn markdown(runs: &[Report]) -> String {
     );
     let _ = writeln!(
         s,
-        "| run | seed | nodes | minutes | faults | serving overlap | configuration lost | verdict |"
+        "| run | seed | nodes | minutes | faults | serving overlap | longest unserved (faults under way) | configuration lost | verdict |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
     for (k, r) in runs.iter().enumerate() {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {:.0} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {:.0} | {} | {} | {:.0} ms | {} | {} |",
             k + 1,
             r.seed,
             r.nodes,
             r.window.as_secs_f64() / 60.0,
             r.injected.values().sum::<usize>(),
             r.overlaps.len(),
+            r.longest_gap.0.as_secs_f64() * 1e3,
             r.config_lost.len(),
             if r.passed() { "passed" } else { "FAILED" }
         );
@@ -466,7 +520,11 @@ pub fn markdown(runs: &[Report]) -> String {
     }
     let without: BTreeSet<String> = runs
         .iter()
-        .flat_map(|r| r.without.iter().map(|(k, why)| format!("{}: {why}", k.name())))
+        .flat_map(|r| {
+            r.without
+                .iter()
+                .map(|(k, why)| format!("{}: {why}", k.name()))
+        })
         .collect();
     for w in without {
         let _ = writeln!(s, "\nNot injected: {w}.");

@@ -302,7 +302,9 @@ pub fn draw(seed: u64, shape: &Shape) -> Vec<Fault> {
             rng.millis(lo, hi)
         };
         let detail = match kind {
-            FaultKind::LinkCut | FaultKind::Partition => Detail::Links(LINKS[rng.below(3) as usize]),
+            FaultKind::LinkCut | FaultKind::Partition => {
+                Detail::Links(LINKS[rng.below(3) as usize])
+            }
             FaultKind::Loss => Detail::LossPercent(10 + 10 * rng.below(6)),
             FaultKind::Delay => Detail::Delay(rng.millis(50, 1_500)),
             FaultKind::SlowDisk => Detail::Iops(1 + rng.below(10)),

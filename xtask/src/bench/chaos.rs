@@ -46,7 +46,11 @@ pub fn run(minutes: u64) -> Result<String> {
         k += 1;
     }
     let body = chaos::report::markdown(&reports);
-    let failed: Vec<u64> = reports.iter().filter(|r| !r.passed()).map(|r| r.seed).collect();
+    let failed: Vec<u64> = reports
+        .iter()
+        .filter(|r| !r.passed())
+        .map(|r| r.seed)
+        .collect();
     if !failed.is_empty() {
         // The section is still worth reading; the failure is reported too.
         eprintln!("{body}");

@@ -109,9 +109,11 @@ const BENCHES: [Bench; 8] = [
         |o| serving::run(o.runs.unwrap_or(serving::DEFAULT_RUNS)),
         |o| format!("--runs {}", o.runs.unwrap_or(serving::DEFAULT_RUNS)),
     ),
-    bench("chaos", |o| chaos::run(o.minutes), |o| {
-        format!("--minutes {}", o.minutes)
-    }),
+    bench(
+        "chaos",
+        |o| chaos::run(o.minutes),
+        |o| format!("--minutes {}", o.minutes),
+    ),
 ];
 
 const fn bench(
