@@ -210,15 +210,25 @@ impl Cluster {
         self.start_vipd_flags_env(i, extra, &[]);
     }
 
+    /// [`Cluster::start_vipd_flags`] with another ZooKeeper connect string
+    /// than the ensemble's own (e.g. a proxy in the node's namespace).
+    pub fn start_vipd_via(&mut self, i: usize, zk: &str, extra: &[&str]) {
+        self.start_vipd_argv(i, zk.to_string(), extra, &[]);
+    }
+
     /// [`Cluster::start_vipd_flags`] with more environment.
     fn start_vipd_flags_env(&mut self, i: usize, extra: &[&str], env: &[(&str, &str)]) {
+        self.start_vipd_argv(i, self.hosts.clone(), extra, env);
+    }
+
+    fn start_vipd_argv(&mut self, i: usize, zk: String, extra: &[&str], env: &[(&str, &str)]) {
         let node = &self.nodes[i];
         let socket = node.socket.display().to_string();
         let bin = vipd_bin().display().to_string();
         let argv = [
             bin.as_str(),
             "--zk",
-            &self.hosts,
+            &zk,
             "--cluster",
             &self.cluster,
             "--node-id",

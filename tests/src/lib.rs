@@ -1,6 +1,7 @@
 //! The lab for vipd's integration tests: network namespaces, processes, and
 //! a real ZooKeeper server.
 
+pub mod chaos;
 pub mod cluster;
 pub mod lab;
 pub mod probe;

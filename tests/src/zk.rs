@@ -62,6 +62,9 @@ struct Member {
     netns: Option<String>,
     log: PathBuf,
     stopped: bool,
+    /// Its zoo.cfg and how often it was started ([`ZkServer::restart`]).
+    cfg: PathBuf,
+    starts: u32,
 }
 
 /// A running ZooKeeper (one server or an ensemble).
@@ -286,6 +289,8 @@ impl ZkServer {
                 netns: netns.map(str::to_string),
                 log,
                 stopped: false,
+                cfg,
+                starts: 1,
             }],
             dir,
             data_root,
@@ -351,6 +356,8 @@ impl ZkServer {
                 netns: m.netns.map(str::to_string),
                 log,
                 stopped: false,
+                cfg,
+                starts: 1,
             });
         }
         zk.wait_ready();
@@ -427,6 +434,35 @@ impl ZkServer {
             "kill({pid}, {sig}): {}",
             std::io::Error::last_os_error()
         );
+    }
+
+    /// SIGKILLs member `i` and waits for it to be gone (its data stays).
+    pub fn kill(&mut self, i: usize) {
+        let m = &mut self.members[i];
+        if m.stopped {
+            // SAFETY: as in `signal`; a stopped process must run to die of SIGKILL cleanly.
+            unsafe { libc::kill(m.child.id() as libc::pid_t, libc::SIGCONT) };
+            m.stopped = false;
+        }
+        let _ = m.child.kill();
+        let _ = m.child.wait();
+    }
+
+    /// Starts member `i` again after [`ZkServer::kill`], with its own
+    /// configuration and data, logging to a new file (`zk<N>.<k>.log`). It
+    /// rejoins the ensemble in the background: this does not wait.
+    pub fn restart(&mut self, i: usize) {
+        let log4j = self.dir.join("log4j.properties");
+        let m = &mut self.members[i];
+        m.starts += 1;
+        let log = self.dir.join(format!("zk{}.{}.log", i + 1, m.starts));
+        m.child = spawn_java(&m.cfg, m.netns.as_deref(), &log, &log4j);
+        m.log = log;
+    }
+
+    /// Where the servers keep their data (snapshots, transaction logs).
+    pub fn data_root(&self) -> &Path {
+        &self.data_root
     }
 
     /// The data/log directory (logs are zk.log or zk<N>.log).

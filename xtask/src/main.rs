@@ -5,6 +5,7 @@
 
 mod bench;
 mod build;
+mod chaos;
 mod demo;
 mod package;
 mod setup;
@@ -36,6 +37,9 @@ enum Cmd {
     Run(build::RunOptions),
     /// Setup, build, fmt, clippy and every test, privileged ones included.
     Test(test::Options),
+    /// Random faults from a seed against a lab cluster, and a checker of
+    /// what the client and the kernels saw.
+    Chaos(chaos::Options),
     /// Three vipd nodes, a ZooKeeper and a client in a lab: a failover, live.
     Demo(demo::Options),
     /// Benchmarks: engine, failover, arp, and vipd against keepalived.
@@ -50,6 +54,7 @@ fn main() -> Result<()> {
         Cmd::Build(o) => build::build(&o).map(|_| ()),
         Cmd::Run(o) => build::run(&o),
         Cmd::Test(o) => test::run(&o),
+        Cmd::Chaos(o) => chaos::run(&o),
         Cmd::Demo(o) => demo::run(&o),
         Cmd::Bench(o) => bench::run(&o),
         Cmd::Package(o) => package::run(&o).map(|_| ()),

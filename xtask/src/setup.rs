@@ -42,6 +42,8 @@ pub const PROGRAMS: &[(&str, &str)] = &[
     // Through the alternatives system: the JRE package it depends on owns it.
     ("java", "default-jre-headless"),
     ("keepalived", "keepalived"),
+    // The chaos run's nemesis drops a node's packets with it.
+    ("nft", "nftables"),
     ("nice", "coreutils"),
     ("nproc", "coreutils"),
     ("ping", "iputils-ping"),

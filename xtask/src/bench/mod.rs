@@ -1,8 +1,9 @@
-//! `cargo xtask bench [all|engine|failover|steady|arp|keepalived|services|serving] [--runs N]`:
+//! `cargo xtask bench [all|engine|failover|steady|arp|keepalived|services|serving|chaos] [--runs N]`:
 //! benchmarks in the lab on release binaries. Each prints its markdown
 //! section when done; docs/BENCHMARKS.md keeps the latest section of each.
 
 mod arp;
+mod chaos;
 mod engine;
 pub(crate) mod failover;
 mod isolated;
@@ -29,7 +30,7 @@ use crate::{build, is_root, output_of, workspace_root};
 #[derive(clap::Args)]
 pub struct Options {
     /// Which benchmark (default: all of them, in the order engine,
-    /// failover, steady, arp, keepalived, services, serving).
+    /// failover, steady, arp, keepalived, services, serving, chaos).
     #[arg(value_enum, default_value = "all")]
     pub which: Which,
     /// Runs per measured case (default 10; failover: 20 per fault and
@@ -45,6 +46,9 @@ pub struct Options {
     /// steady: how long the steady run lasts, in seconds.
     #[arg(long, default_value_t = steady::DEFAULT_SECONDS)]
     pub seconds: u64,
+    /// chaos: how long faults are injected in all, in minutes.
+    #[arg(long, default_value_t = chaos::DEFAULT_MINUTES)]
+    pub minutes: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -57,6 +61,7 @@ pub enum Which {
     Keepalived,
     Services,
     Serving,
+    Chaos,
 }
 
 /// Runs per case of the benchmarks that have no default of their own.
@@ -86,7 +91,7 @@ fn runs_and_faults(o: &Options, default_runs: usize) -> String {
 }
 
 /// Every benchmark, in the order `all` runs them and the file lists them.
-const BENCHES: [Bench; 7] = [
+const BENCHES: [Bench; 8] = [
     bench("engine", |o| engine::run(runs(o)), runs_arg),
     bench("failover", failover::run, |o| {
         runs_and_faults(o, failover::DEFAULT_RUNS)
@@ -103,6 +108,11 @@ const BENCHES: [Bench; 7] = [
         "serving",
         |o| serving::run(o.runs.unwrap_or(serving::DEFAULT_RUNS)),
         |o| format!("--runs {}", o.runs.unwrap_or(serving::DEFAULT_RUNS)),
+    ),
+    bench(
+        "chaos",
+        |o| chaos::run(o.minutes),
+        |o| format!("--minutes {}", o.minutes),
     ),
 ];
 
@@ -274,11 +284,11 @@ fn report(old: &str, done: &[(&'static str, String)], machine: &Machine) -> Stri
          <!-- Written by `cargo xtask bench`; do not edit by hand: the next run overwrites it. -->\n\n\
          Every figure here is written by `cargo xtask bench` (as root), never by hand.\n\
          `cargo xtask bench` runs every benchmark; `cargo xtask bench engine` (or `failover`,\n\
-         `steady`, `arp`, `keepalived`, `services`, `serving`) runs one and replaces only its section below.\n\
+         `steady`, `arp`, `keepalived`, `services`, `serving`, `chaos`) runs one and replaces only its section below.\n\
          `--runs N` sets the runs per measured case (default {DEFAULT_RUNS}; `failover`: {} per fault\n\
          and system, and `--faults cut,partition,kill,stop` picks faults; `services`: `--faults\n\
          cut,partition,kill,handover`; `serving`: {} per case); `--seconds N` the length of the\n\
-         `steady` run (default {}). It builds the release binaries first and\n\
+         `steady` run (default {}); `--minutes N` the length of the `chaos` runs (default {}). It builds the release binaries first and\n\
          runs everything in a lab of network namespaces joined by bridges (addresses from\n\
          192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24, 2001:db8::/32 only), which it removes afterwards.\n\n\
          How to read the figures: times are milliseconds unless marked; a cell reads\n\
@@ -290,6 +300,7 @@ fn report(old: &str, done: &[(&'static str, String)], machine: &Machine) -> Stri
         failover::DEFAULT_RUNS,
         serving::DEFAULT_RUNS,
         steady::DEFAULT_SECONDS,
+        chaos::DEFAULT_MINUTES,
         machine.date,
         machine.summary()
     );
