@@ -6,9 +6,9 @@
 //! - **Probe rounds.** Every [`Options::every`] the client sends, for each
 //!   VIP and each node, a neighbour probe and a TCP SYN, unicast to the
 //!   node's MAC, from one AF_PACKET socket kept open for the whole run. The
-//!   neighbour probe is an ARP request with sender address 0.0.0.0 (IPv4)
-//!   or a Neighbor Solicitation from a link-local address of its own
-//!   ([`PROBE_SRC6`], IPv6), both from a locally administered MAC that
+//!   neighbour probe is an ARP request from an address of its own on the
+//!   data segment ([`PROBE_SRC4`], IPv4) or a Neighbor Solicitation from a
+//!   link-local address of its own ([`PROBE_SRC6`], IPv6), both from a locally administered MAC that
 //!   carries the round number ([`probe_mac`]): an answer goes back to that
 //!   MAC, so it names its round whenever it arrives, and neither form
 //!   touches the nodes' entry for the client's real address. The SYN goes
@@ -66,6 +66,11 @@ use crate::lab::{
     ArpFrame, Host, NdpFrame, Netns, StoppableThread, enter_netns, packet_socket, realtime_priority,
 };
 
+/// The IPv4 sender of the neighbour probes: on the data segment, and no
+/// address anyone uses. Not 0.0.0.0: an ARP request from 0.0.0.0 for an
+/// address is another host's RFC 5227 probe for it, and vipd rightly keeps
+/// a VIP another host is probing for off its node.
+pub const PROBE_SRC4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 253);
 /// The IPv6 source of the neighbour probes: link-local, so every node can
 /// answer it on the segment, and no address anyone uses.
 pub const PROBE_SRC6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0x76, 0x7072, 0x6f62);
@@ -568,7 +573,7 @@ fn unwrap_round(low: u32, cycle: u32, last: u32) -> Option<u32> {
     (low <= last).then(|| last - (last - low) % cycle)
 }
 
-/// An ARP request (sender address 0.0.0.0) or a Neighbor Solicitation
+/// An ARP request (from [`PROBE_SRC4`]) or a Neighbor Solicitation
 /// (from [`PROBE_SRC6`], to the VIP itself) for `vip`, to `node`'s MAC,
 /// from round `seq`'s probe MAC.
 fn neighbour_probe(node: [u8; 6], vip: IpAddr, seq: u32) -> Vec<u8> {
@@ -578,7 +583,7 @@ fn neighbour_probe(node: [u8; 6], vip: IpAddr, seq: u32) -> Vec<u8> {
             let mut f = eth(node, me, ETH_P_ARP);
             f.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
             f.extend_from_slice(&me);
-            f.extend_from_slice(&[0; 4]);
+            f.extend_from_slice(&PROBE_SRC4.octets());
             f.extend_from_slice(&[0; 6]);
             f.extend_from_slice(&vip.octets());
             f
@@ -843,7 +848,7 @@ fn classify(frame: &[u8], plan: &Plan, last: Option<u32>) -> Seen {
     // Replies to the client's own kernel (its address resolution, its
     // connections) are no answers to probes, and no strays either.
     if let Some(a) = ArpFrame::parse(frame) {
-        if a.op != ArpFrame::REPLY || mac_round(a.tha).is_none() {
+        if a.op != ArpFrame::REPLY || a.tpa != PROBE_SRC4 || mac_round(a.tha).is_none() {
             return Seen::Other;
         }
         return answer(IpAddr::V4(a.spa), ProbeKind::Neighbour, unwrap_mac(a.tha));
@@ -1265,7 +1270,7 @@ mod tests {
                     probe_mac(seq),
                     ArpFrame::REQUEST,
                     probe_mac(seq),
-                    Ipv4Addr::UNSPECIFIED,
+                    PROBE_SRC4,
                     V4
                 )
             );

@@ -362,15 +362,10 @@ impl Nemesis {
         Ok(())
     }
 
-    /// Starts node `n`'s vipd at its defaults, through its proxy, with one
-    /// exception: no address-conflict probe. The observer's ARP probes
-    /// (sender 0.0.0.0, to each node's MAC, every round) are RFC 5227
-    /// probes for the VIP to vipd, so a leader probing a VIP before adding
-    /// it would always find it "in use" and never add it. The lab has no
-    /// host outside the cluster, so the probe has nothing to find.
+    /// Starts node `n`'s vipd at its defaults, through its proxy.
     pub fn start_vipd(&self, c: &mut Cluster, n: usize) {
         let zk = self.proxies[n].connect_string();
-        c.start_vipd_via(n, &zk, &["--probe-wait", "0s"]);
+        c.start_vipd_via(n, &zk, &[]);
     }
 }
 
