@@ -443,6 +443,145 @@ mod tests {
         let _ = task.await;
     }
 
+    /// The whole page for a state with every section filled: the exposition
+    /// an operator's dashboards read, held to the byte.
+    #[tokio::test]
+    async fn the_full_page_for_a_filled_state() {
+        use std::collections::BTreeMap;
+
+        use crate::{
+            coord::{CoordStatus, TreeAcl},
+            engine::{VipState, VipStatus},
+            health::{CheckStatus, HealthStatus, RiseFall},
+            role::Role,
+            vip::Vip,
+            xdp::{AttachedMode, XdpAttachment},
+        };
+
+        let cancel = CancellationToken::new();
+        let (announcer, task) = Announcer::spawn(GarpMode::Request, 10, cancel.clone());
+        let held: Vip = "192.0.2.10".parse().unwrap();
+        let in_use: Vip = "2001:db8::20".parse().unwrap();
+        let mut status = EngineStatus {
+            role: Role::Leader,
+            term: 7,
+            leader_terms: 3,
+            xdp_over_capacity: 1,
+            ..Default::default()
+        };
+        status.vips = vec![
+            VipStatus {
+                vip: held.ip(),
+                state: VipState::Held,
+                interface: Some("eth0".into()),
+                ifindex: Some(2),
+                prefix_len: Some(24),
+                error: None,
+                in_use_by: None,
+            },
+            VipStatus {
+                vip: in_use.ip(),
+                state: VipState::AddressInUse,
+                interface: Some("eth\"1".into()),
+                ifindex: Some(3),
+                prefix_len: Some(64),
+                error: None,
+                in_use_by: Some("02:00:00:00:00:09".into()),
+            },
+        ];
+        status.interfaces =
+            BTreeMap::from([(held, "eth0".to_string()), (in_use, "eth\"1".to_string())]);
+        status.lease.renewals = 5;
+        status.lease.renewal_us_total = 1_500;
+        status.links.down = vec!["eth9".into()];
+        status.probes.free = 2;
+        status.probes.cluster_answers = 1;
+        status.probes.in_use = 1;
+        status.probes.errors = 4;
+        status.last_reconcile.passes = 11;
+        status.last_reconcile.error_passes = 2;
+        status.last_reconcile.duration_us = 2_500;
+        status
+            .pass_durations
+            .observe(std::time::Duration::from_micros(2_500));
+        status
+            .pass_durations
+            .observe(std::time::Duration::from_millis(40));
+        status.xdp_attached = vec![XdpAttachment {
+            interface: "eth0".into(),
+            mode: AttachedMode::Native,
+            driver: Some("veth".into()),
+            reason: "auto: driver veth".into(),
+            reason_code: "driver_native",
+        }];
+        let (_tx, engine) = watch::channel(status);
+        let (_ctx, coord) = watch::channel(CoordStatus {
+            session: "connected".into(),
+            term: Some(7),
+            fenced: false,
+            withdrawn: Some("drained".into()),
+            lease_ms: 2_000,
+            unplaceable: BTreeMap::from([(in_use, "no interface".to_string())]),
+            tree_acl: TreeAcl {
+                open_znodes: 2,
+                ..Default::default()
+            },
+            ..Default::default()
+        });
+        let check = |name: &str, healthy: Option<bool>, runs, failures| CheckStatus {
+            check: name.into(),
+            state: RiseFall {
+                healthy,
+                consecutive_ok: 0,
+                consecutive_failed: 0,
+            },
+            runs,
+            failures,
+            last_error: None,
+            last_duration_ms: None,
+        };
+        let (_htx, health) = watch::channel(HealthStatus {
+            healthy: false,
+            checks: vec![
+                check("http \"/\"", Some(true), 9, 1),
+                check("tcp:80", None, 0, 0),
+            ],
+        });
+        let state = ApiState {
+            node_id: "n1".into(),
+            mode: "zookeeper",
+            engine,
+            coord: Some(coord),
+            xdp_program: None,
+            announcer,
+            health: Some(health),
+        };
+        let page = samples_sorted(&super::render(&state));
+        let want = include_str!("metrics_page.txt");
+        assert_eq!(page, want, "the metrics page changed");
+        cancel.cancel();
+        let _ = task.await;
+    }
+
+    /// The page with each metric's samples sorted: the encoder writes a
+    /// family's label sets in hash order, which differs from run to run.
+    fn samples_sorted(page: &str) -> String {
+        let mut out = Vec::new();
+        let mut samples: Vec<&str> = Vec::new();
+        for line in page.lines() {
+            if line.starts_with('#') {
+                samples.sort_unstable();
+                out.append(&mut samples);
+                out.push(line);
+            } else {
+                samples.push(line);
+            }
+        }
+        samples.sort_unstable();
+        out.append(&mut samples);
+        out.iter().map(|l| format!("{l}\n")).collect()
+    }
+
     #[tokio::test]
     async fn the_lease_of_the_session_and_whether_it_was_shortened() {
         let cancel = CancellationToken::new();
