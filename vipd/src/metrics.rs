@@ -21,9 +21,11 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    api::ApiState,
+    api::{ApiState, ArpStats, ArpStatsRow},
     connections::{Connections, Limits},
-    engine::VipState,
+    coord::CoordStatus,
+    engine::{EngineStatus, VipState},
+    health::{CheckStatus, HealthStatus},
     role::Role,
 };
 
@@ -54,6 +56,12 @@ impl Page {
         self.0.register(name, help, f);
     }
 
+    fn seconds_gauge(&mut self, name: &str, help: &str, v: f64) {
+        let g: Gauge<f64, AtomicU64> = Gauge::default();
+        g.set(v);
+        self.0.register_with_unit(name, help, Unit::Seconds, g);
+    }
+
     fn counters(
         &mut self,
         name: &str,
@@ -73,62 +81,85 @@ impl Page {
 pub fn render(state: &ApiState) -> String {
     let e = state.engine.borrow().clone();
     let mut p = Page(Registry::default());
-    p.gauge(
-        "vipd_leader",
-        "1 if this node is the leader",
-        i64::from(e.role == Role::Leader),
-    );
-    p.counter(
-        "vipd_leader_terms",
-        "Leader terms this agent started",
-        e.leader_terms,
-    );
-    p.counter(
-        "vipd_lease_renewals",
-        "Lease renewals the engine applied (address lifetimes, XDP expiry)",
-        e.lease.renewals,
-    );
-    p.0.register_with_unit(
-        "vipd_lease_renewal",
-        "Time the engine spent applying lease renewals",
-        Unit::Seconds,
-        ConstCounter::new(e.lease.renewal_us_total as f64 / 1e6),
-    );
-    p.gauge(
-        "vipd_vip_links_down",
-        "VIP interfaces down or without carrier now (R18)",
-        count(e.links.down.len()),
-    );
+    p.leadership_and_lease(&e);
     if let Some(h) = &state.health {
-        let h = h.borrow().clone();
-        p.gauge(
+        p.health(&h.borrow().clone());
+    }
+    if let Some(c) = &state.coord {
+        p.coordination(&c.borrow().clone());
+    }
+    p.vips(&e);
+    p.reconcile(&e);
+    let stats = state.arp_stats();
+    p.announcements(&stats, state.announcer.total_dropped());
+    p.per_vip(&stats);
+    p.xdp(&e, state.xdp_program.is_some());
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = encode(&mut out, &p.0);
+    out
+}
+
+/// One section of the page per method, in the order they appear.
+impl Page {
+    fn leadership_and_lease(&mut self, e: &EngineStatus) {
+        self.gauge(
+            "vipd_leader",
+            "1 if this node is the leader",
+            i64::from(e.role == Role::Leader),
+        );
+        self.counter(
+            "vipd_leader_terms",
+            "Leader terms this agent started",
+            e.leader_terms,
+        );
+        self.counter(
+            "vipd_lease_renewals",
+            "Lease renewals the engine applied (address lifetimes, XDP expiry)",
+            e.lease.renewals,
+        );
+        self.0.register_with_unit(
+            "vipd_lease_renewal",
+            "Time the engine spent applying lease renewals",
+            Unit::Seconds,
+            ConstCounter::new(e.lease.renewal_us_total as f64 / 1e6),
+        );
+        self.gauge(
+            "vipd_vip_links_down",
+            "VIP interfaces down or without carrier now (past a grace, the node stops standing for election)",
+            count(e.links.down.len()),
+        );
+    }
+
+    fn health(&mut self, h: &HealthStatus) {
+        self.gauge(
             "vipd_healthy",
-            "1 if every health check is healthy (R18)",
+            "1 if every health check is healthy (otherwise the node does not stand for election)",
             i64::from(h.healthy),
         );
-        let of = |f: &dyn Fn(&crate::health::CheckStatus) -> u64| {
+        let of = |f: &dyn Fn(&CheckStatus) -> u64| {
             h.checks
                 .iter()
                 .map(|c| (vec![("check", label(&c.check))], f(c)))
                 .collect::<Vec<_>>()
         };
-        p.gauges(
+        self.gauges(
             "vipd_check_healthy",
             "1 if the check is healthy, 0 if unhealthy or without a result yet",
             of(&|c| u64::from(c.state.healthy == Some(true)))
                 .into_iter()
                 .map(|(l, v)| (l, v as i64)),
         );
-        p.counters("vipd_check_runs", "Runs of the check", of(&|c| c.runs));
-        p.counters(
+        self.counters("vipd_check_runs", "Runs of the check", of(&|c| c.runs));
+        self.counters(
             "vipd_check_failures",
             "Failed runs of the check (timeouts included)",
             of(&|c| c.failures),
         );
     }
-    if let Some(c) = &state.coord {
-        let c = c.borrow().clone();
-        p.gauges(
+
+    fn coordination(&mut self, c: &CoordStatus) {
+        self.gauges(
             "vipd_zookeeper_session",
             "ZooKeeper session state (1 for the current one)",
             [
@@ -140,188 +171,188 @@ pub fn render(state: &ApiState) -> String {
             ]
             .map(|s| (vec![("state", s.to_string())], i64::from(c.session == s))),
         );
-        p.gauge(
+        self.gauge(
             "vipd_zookeeper_open_znodes",
             "Znodes of the cluster's ZooKeeper tree anyone who reaches ZooKeeper may change, as last searched",
             count(c.tree_acl.open_znodes),
         );
-        p.gauge(
+        self.gauge(
             "vipd_fenced",
             "1 while the node fenced itself (cannot confirm its ZooKeeper session)",
             i64::from(c.fenced),
         );
-        p.gauge(
+        self.gauge(
             "vipd_withdrawn",
-            "1 while the node does not stand for election (R18: VIP interface down, unhealthy, drained)",
+            "1 while the node does not stand for election (a VIP interface down, a health check failing, or drained)",
             i64::from(c.withdrawn.is_some()),
         );
-        let lease: Gauge<f64, AtomicU64> = Gauge::default();
-        lease.set(c.lease_ms as f64 / 1e3);
-        p.0.register_with_unit(
+        self.seconds_gauge(
             "vipd_lease",
             "The lease this node leads on in its current ZooKeeper session",
-            Unit::Seconds,
-            lease,
+            c.lease_ms as f64 / 1e3,
         );
-        p.gauge(
+        self.gauge(
             "vipd_lease_adjusted",
             "1 while ZooKeeper granted a session too short for the configured lease (shortened, or not standing)",
             i64::from(c.lease_adjusted.is_some()),
         );
-        p.gauge(
+        self.gauge(
             "vipd_vips_unplaceable",
             "On the leader: configured VIPs it cannot serve while no standing member can serve more (held nowhere)",
             count(c.unplaceable.len()),
         );
         if let Some(term) = c.term {
-            p.gauge(
+            self.gauge(
                 "vipd_term",
                 "The cluster's leader term as last seen: the leader znode's sequence number",
                 i64::try_from(term).unwrap_or(i64::MAX),
             );
         }
     }
-    p.gauge(
-        "vipd_vips_wanted",
-        "VIPs configured for the cluster",
-        count(e.vips.len()),
-    );
-    p.gauge(
-        "vipd_vips_held",
-        "VIPs configured on this node",
-        count(e.vips.iter().filter(|v| v.state == VipState::Held).count()),
-    );
-    p.gauge(
-        "vipd_vips_address_in_use",
-        "VIPs not added because a host outside the cluster answers for the address",
-        count(
-            e.vips
-                .iter()
-                .filter(|v| v.state == VipState::AddressInUse)
-                .count(),
-        ),
-    );
-    let pr = &e.probes;
-    p.counters(
-        "vipd_address_probes",
-        "Address-conflict probes before a VIP is first added, one per VIP probed, by result",
-        [
-            ("free", pr.free),
-            ("cluster", pr.cluster_answers),
-            ("in_use", pr.in_use),
-            ("error", pr.errors),
-        ]
-        .map(|(r, v)| (vec![("result", r.to_string())], v)),
-    );
-    let r = &e.last_reconcile;
-    p.counter("vipd_reconcile_passes", "Reconcile passes", r.passes);
-    p.counter(
-        "vipd_reconcile_errors",
-        "Reconcile passes that met an error",
-        r.error_passes,
-    );
-    p.0.register_with_unit(
-        "vipd_reconcile_duration",
-        "Durations of the reconcile passes",
-        Unit::Seconds,
-        e.pass_durations.histogram(),
-    );
-    let last: Gauge<f64, AtomicU64> = Gauge::default();
-    last.set(r.duration_us as f64 / 1e6);
-    p.0.register_with_unit(
-        "vipd_reconcile_last_duration",
-        "Duration of the last reconcile pass",
-        Unit::Seconds,
-        last,
-    );
-    let stats = state.arp_stats();
-    p.counter(
-        "vipd_announcements_sent",
-        "Announcement frames sent (gratuitous ARP, unsolicited Neighbor Advertisements)",
-        stats.vips.iter().map(|v| v.announcements_sent).sum(),
-    );
-    p.counter(
-        "vipd_announcements_dropped",
-        "Announcement frames dropped unsent: the VIP was no longer held there, or the lease had ended, when their turn came",
-        state.announcer.total_dropped(),
-    );
-    let per_vip = |f: &dyn Fn(&crate::api::ArpStatsRow) -> u64| {
-        stats
-            .vips
-            .iter()
-            .map(|v| {
-                let labels = vec![
-                    ("vip", v.vip.to_string()),
-                    ("interface", label(v.interface.as_deref().unwrap_or(""))),
-                ];
-                (labels, f(v))
-            })
-            .collect::<Vec<_>>()
-    };
-    // The per-VIP counters, as `vipctl arp stats` shows them.
-    type PerVip = fn(&crate::api::ArpStatsRow) -> u64;
-    let per_vip_counters: [(&str, &str, PerVip); 5] = [
-        (
-            "vipd_arp_requests",
-            "Requests for the VIP seen by XDP (ARP requests; Neighbor Solicitations for IPv6)",
-            |v| v.requests,
-        ),
-        (
-            "vipd_arp_xdp_replies",
-            "Requests answered by XDP (ARP replies; solicited Neighbor Advertisements for IPv6)",
-            |v| v.xdp_replies,
-        ),
-        (
-            "vipd_arp_announcements_seen",
-            "Announcements about the VIP seen by XDP (ARP replies and gratuitous ARP; Neighbor Advertisements for IPv6)",
-            |v| v.announcements_seen,
-        ),
-        (
-            "vipd_arp_announcements_sent",
-            "Announcement frames this agent sent for the VIP (gratuitous ARP; unsolicited Neighbor Advertisements for IPv6)",
-            |v| v.announcements_sent,
-        ),
-        (
-            "vipd_arp_foreign_claims",
-            "Claims of a held VIP from a MAC that is not ours",
-            |v| v.foreign_claims,
-        ),
-    ];
-    for (name, help, value) in per_vip_counters {
-        p.counters(name, help, per_vip(&value));
-    }
-    p.gauges(
-        "vipd_vip_held",
-        "1 if this node holds the VIP",
-        per_vip(&|v| u64::from(v.held))
-            .into_iter()
-            .map(|(l, v)| (l, v as i64)),
-    );
-    if state.xdp_program.is_some() {
-        p.gauge(
-            "vipd_xdp_vips_over_capacity",
-            "Configured VIPs the XDP maps cannot hold (both families): the kernel answers ARP/NDP for them",
-            count(e.xdp_over_capacity),
+
+    fn vips(&mut self, e: &EngineStatus) {
+        let in_state = |s: VipState| count(e.vips.iter().filter(|v| v.state == s).count());
+        self.gauge(
+            "vipd_vips_wanted",
+            "VIPs configured for the cluster",
+            count(e.vips.len()),
+        );
+        self.gauge(
+            "vipd_vips_held",
+            "VIPs configured on this node",
+            in_state(VipState::Held),
+        );
+        self.gauge(
+            "vipd_vips_address_in_use",
+            "VIPs not added because a host outside the cluster answers for the address",
+            in_state(VipState::AddressInUse),
+        );
+        let pr = &e.probes;
+        self.counters(
+            "vipd_address_probes",
+            "Address-conflict probes before a VIP is first added, one per VIP probed, by result",
+            [
+                ("free", pr.free),
+                ("cluster", pr.cluster_answers),
+                ("in_use", pr.in_use),
+                ("error", pr.errors),
+            ]
+            .map(|(r, v)| (vec![("result", r.to_string())], v)),
         );
     }
-    p.gauges(
-        "vipd_xdp_attached",
-        "1 per interface the XDP program is attached to, with the mode in effect and why \
-         (reason: configured, driver_native, driver_loses_native_tx, native_refused, fallback)",
-        e.xdp_attached.iter().map(|a| {
-            let labels = vec![
-                ("interface", label(&a.interface)),
-                ("mode", a.mode.to_string()),
-                ("driver", label(a.driver.as_deref().unwrap_or(""))),
-                ("reason", a.reason_code.to_string()),
-            ];
-            (labels, 1)
-        }),
-    );
-    let mut out = String::new();
-    // Writing to a String cannot fail.
-    let _ = encode(&mut out, &p.0);
-    out
+
+    fn reconcile(&mut self, e: &EngineStatus) {
+        let r = &e.last_reconcile;
+        self.counter("vipd_reconcile_passes", "Reconcile passes", r.passes);
+        self.counter(
+            "vipd_reconcile_errors",
+            "Reconcile passes that met an error",
+            r.error_passes,
+        );
+        self.0.register_with_unit(
+            "vipd_reconcile_duration",
+            "Durations of the reconcile passes",
+            Unit::Seconds,
+            e.pass_durations.histogram(),
+        );
+        self.seconds_gauge(
+            "vipd_reconcile_last_duration",
+            "Duration of the last reconcile pass",
+            r.duration_us as f64 / 1e6,
+        );
+    }
+
+    fn announcements(&mut self, stats: &ArpStats, dropped: u64) {
+        self.counter(
+            "vipd_announcements_sent",
+            "Announcement frames sent (gratuitous ARP, unsolicited Neighbor Advertisements)",
+            stats.vips.iter().map(|v| v.announcements_sent).sum(),
+        );
+        self.counter(
+            "vipd_announcements_dropped",
+            "Announcement frames dropped unsent: the VIP was no longer held there, or the lease had ended, when their turn came",
+            dropped,
+        );
+    }
+
+    /// The per-VIP counters, as `vipctl arp stats` shows them.
+    fn per_vip(&mut self, stats: &ArpStats) {
+        let per_vip = |f: &dyn Fn(&ArpStatsRow) -> u64| {
+            stats
+                .vips
+                .iter()
+                .map(|v| {
+                    let labels = vec![
+                        ("vip", v.vip.to_string()),
+                        ("interface", label(v.interface.as_deref().unwrap_or(""))),
+                    ];
+                    (labels, f(v))
+                })
+                .collect::<Vec<_>>()
+        };
+        type PerVip = fn(&ArpStatsRow) -> u64;
+        let per_vip_counters: [(&str, &str, PerVip); 5] = [
+            (
+                "vipd_arp_requests",
+                "Requests for the VIP seen by XDP (ARP requests; Neighbor Solicitations for IPv6)",
+                |v| v.requests,
+            ),
+            (
+                "vipd_arp_xdp_replies",
+                "Requests answered by XDP (ARP replies; solicited Neighbor Advertisements for IPv6)",
+                |v| v.xdp_replies,
+            ),
+            (
+                "vipd_arp_announcements_seen",
+                "Announcements about the VIP seen by XDP (ARP replies and gratuitous ARP; Neighbor Advertisements for IPv6)",
+                |v| v.announcements_seen,
+            ),
+            (
+                "vipd_arp_announcements_sent",
+                "Announcement frames this agent sent for the VIP (gratuitous ARP; unsolicited Neighbor Advertisements for IPv6)",
+                |v| v.announcements_sent,
+            ),
+            (
+                "vipd_arp_foreign_claims",
+                "Claims of a held VIP from a MAC that is not ours",
+                |v| v.foreign_claims,
+            ),
+        ];
+        for (name, help, value) in per_vip_counters {
+            self.counters(name, help, per_vip(&value));
+        }
+        self.gauges(
+            "vipd_vip_held",
+            "1 if this node holds the VIP",
+            per_vip(&|v| u64::from(v.held))
+                .into_iter()
+                .map(|(l, v)| (l, v as i64)),
+        );
+    }
+
+    fn xdp(&mut self, e: &EngineStatus, loaded: bool) {
+        if loaded {
+            self.gauge(
+                "vipd_xdp_vips_over_capacity",
+                "Configured VIPs the XDP maps cannot hold (both families): the kernel answers ARP/NDP for them",
+                count(e.xdp_over_capacity),
+            );
+        }
+        self.gauges(
+            "vipd_xdp_attached",
+            "1 per interface the XDP program is attached to, with the mode in effect and why \
+             (reason: configured, driver_native, driver_loses_native_tx, native_refused, fallback)",
+            e.xdp_attached.iter().map(|a| {
+                let labels = vec![
+                    ("interface", label(&a.interface)),
+                    ("mode", a.mode.to_string()),
+                    ("driver", label(a.driver.as_deref().unwrap_or(""))),
+                    ("reason", a.reason_code.to_string()),
+                ];
+                (labels, 1)
+            }),
+        );
+    }
 }
 
 fn count(n: usize) -> i64 {
