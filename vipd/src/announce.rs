@@ -1,5 +1,5 @@
 //! Announcing VIPs: paced gratuitous ARP (IPv4) and unsolicited Neighbor
-//! Advertisements (IPv6) per interface (R7, R9, R17), both under one budget
+//! Advertisements (IPv6) per interface, both under one budget
 //! per interface. One task owns the sockets and the queues; callers hand it
 //! batches, and tell it what the node claims now (the VIPs it holds, where,
 //! and until when its lease runs). Each frame is checked against those
@@ -31,7 +31,7 @@ use crate::{
     vip::Vip,
 };
 
-/// Largest burst an interface may send back to back (R9: thousands of VIPs
+/// Largest burst an interface may send back to back (thousands of VIPs
 /// must not flood a segment, yet a handful should go out at once).
 pub const MAX_BURST: u32 = 32;
 
@@ -143,7 +143,7 @@ impl Announcer {
 
     /// What the node claims from now on: the VIPs it holds, each on its
     /// interface, and the end of its lease (`None`: no lease). The leader's
-    /// lease (R16) bounds its claims on the wire too: a vipd frozen in the
+    /// lease bounds its claims on the wire too, as it bounds the addresses: a vipd frozen in the
     /// middle of a paced burst and thawed after the lease ran out sends
     /// nothing more.
     pub fn hold(&self, held: impl IntoIterator<Item = (Vip, u32)>, until: Option<Instant>) {

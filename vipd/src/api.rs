@@ -73,7 +73,8 @@ pub struct ApiState {
     pub coord: Option<watch::Receiver<CoordStatus>>,
     pub xdp_program: Option<SharedXdp>,
     pub announcer: Announcer,
-    /// Health checks (R18); `None` without `--check`.
+    /// Health checks, which decide whether the node stands; `None` without
+    /// `--check`.
     pub health: Option<watch::Receiver<crate::health::HealthStatus>>,
 }
 

@@ -1,4 +1,4 @@
-//! Health checks (R18): `tcp:HOST:PORT`, `http://...` and `exec:PATH ARGS`,
+//! Health checks: `tcp:HOST:PORT`, `http://...` and `exec:PATH ARGS`,
 //! each run in a task of its own every interval under a timeout, turned into
 //! healthy/unhealthy with rise/fall counts. An unhealthy node withdraws from
 //! the election (coord); the state is shown in `vipctl status` and metrics.

@@ -1,4 +1,4 @@
-//! The transition hook (R19, `--on-change`): an operator's program run on
+//! The transition hook (`--on-change`): an operator's program run on
 //! every role change of this node (leader, follower, fenced) and every change
 //! of the VIPs it holds. It watches what the engine reports, so it never
 //! delays the engine; runs go one at a time, in order, each under a timeout.

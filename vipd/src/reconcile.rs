@@ -1,4 +1,4 @@
-//! The planner ("SetServiceVIP", R5): a pure function from the role, the
+//! The planner: a pure function from the role, the
 //! configured VIPs and the kernel's links, routes and addresses to all a pass
 //! does: the address changes that make the kernel right, the VIPs held then,
 //! the XDP held maps' contents and the announcements. It never plans to
@@ -21,7 +21,7 @@ pub struct Facts<'a> {
     /// The source wants this node to lead.
     pub leader: bool,
     /// The lease (if any) still runs: a leader whose lease ran out holds
-    /// nothing (R16).
+    /// nothing, so a leader cut off cannot overlap its successor.
     pub lease_valid: bool,
     /// Every VIP configured for the cluster.
     pub vips: &'a BTreeSet<Vip>,
@@ -80,7 +80,8 @@ pub struct Plan {
 }
 
 /// Plans one pass (see [`Plan`]). A follower, or a leader whose lease ran
-/// out, wants no VIP: its plan removes every marked address (R6) and holds
+/// out, wants no VIP: its plan removes every marked address (leftovers of
+/// an earlier term or a crash) and holds
 /// nothing.
 pub fn plan(f: &Facts<'_>) -> Plan {
     let none = BTreeSet::new();
@@ -191,7 +192,8 @@ pub enum Action {
         address: Address,
         guards_secondaries: bool,
     },
-    /// Add the VIP with vipd's mark, then announce it (R7).
+    /// Add the VIP with vipd's mark, then announce it so neighbours learn
+    /// the new MAC at once.
     Add { vip: Vip, placement: Placement },
 }
 
@@ -203,7 +205,8 @@ pub enum Verdict {
     InPlace { placement: Placement },
     /// To be added (maybe after removing a stale copy), then announced.
     Add { placement: Placement },
-    /// No route matches: cannot be served here (R4).
+    /// No route matches: cannot be served here (a VIP goes on the interface
+    /// whose route covers it).
     NoRoute,
     /// An address equal to the VIP exists without our mark: the operator's.
     /// Left alone and reported; vipd does not add its own copy.
@@ -268,7 +271,7 @@ impl AddressPlan {
 
 /// Plans the actions that put every `wanted` VIP where `routes` says and
 /// remove every marked address that is not wanted there. A follower plans
-/// with an empty `wanted` set: that removes all its residue (R6).
+/// with an empty `wanted` set: that removes all its residue.
 pub fn addresses(wanted: &BTreeSet<Vip>, routes: &RouteTable, addrs: &[Address]) -> AddressPlan {
     let mut removes = Vec::new();
     let mut adds = Vec::new();

@@ -20,9 +20,10 @@ pub struct Desired {
     /// watch them (ARP counters); only a leader places them.
     pub vips: BTreeSet<Vip>,
     /// Leader term: a new value starts a new term (fresh announcements and a
-    /// new R8 sync task), even when `role` stays `Leader`.
+    /// new round of sync passes), even when `role` stays `Leader`.
     pub term: u64,
-    /// The leader's lease (R16): `None` in single-node mode, where nothing
+    /// The leader's lease, which bounds how long it may hold the VIPs:
+    /// `None` in single-node mode, where nothing
     /// expires. A change of `lease` alone is a renewal, never a new term.
     pub lease: Option<LeaseGrant>,
     /// What the cluster remembers for the address-conflict probe (empty in
@@ -81,7 +82,7 @@ pub struct EngineReport {
     /// kernel's error from the last add).
     pub unservable: BTreeMap<Vip, String>,
     /// Interfaces of wanted VIPs that have been down or without carrier for
-    /// longer than the grace (R18): this node cannot serve, it withdraws.
+    /// longer than the grace: this node cannot serve, it withdraws.
     pub links_down: BTreeSet<String>,
     /// The MACs of this node's interfaces: an answer to an address probe
     /// from one of them comes from the cluster, not from a foreign host.

@@ -1,4 +1,4 @@
-//! vipctl's ZooKeeper side (R2): list, set, add, remove and clear a
+//! vipctl's ZooKeeper side: list, set, add, remove and clear a
 //! service's VIPs. Input is validated before anything is written; writes
 //! are compare-and-set on the znode version and retried, never lost.
 

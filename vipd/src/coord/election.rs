@@ -1,6 +1,7 @@
-//! Leader election (R1): every candidate owns one ephemeral sequential znode
-//! /vipd/<cluster>/election/<node>-n_XXXXXXXXXX; the lowest sequence leads and
-//! every other candidate watches only its predecessor.
+//! Leader election, one leader per cluster: every candidate owns one
+//! ephemeral sequential znode /vipd/<cluster>/election/<node>-n_XXXXXXXXXX;
+//! the lowest sequence leads and every other candidate watches only its
+//! predecessor.
 
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use super::{
 };
 
 /// What a candidate's znode holds. The leader rewrites it with every lease
-/// renewal (R15): the znode's version is the renewal the next in line sees.
+/// renewal: the znode's version is the renewal the next in line sees.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct CandidateData {
     pub node: String,

@@ -63,7 +63,8 @@ pub struct ZkSettings {
     /// Without a credential, create the cluster's tree open to anyone
     /// (refused otherwise). Ignored with a credential.
     pub insecure: bool,
-    /// The leader's lease and the successor's takeover (R15).
+    /// The leader's lease and the successor's takeover: the timing that
+    /// keeps two nodes from holding the VIPs at once.
     pub lease: LeaseTimes,
 }
 
@@ -145,7 +146,7 @@ pub struct ClusterPaths {
     pub root: String,
     pub election: String,
     pub services: String,
-    /// Operators' drain records (R18), persistent.
+    /// Operators' drain records, persistent so a drain outlives restarts.
     pub nodes: String,
     /// Running nodes' member znodes, ephemeral.
     pub members: String,
@@ -187,7 +188,7 @@ pub struct CoordStatus {
     /// standing member can serve more: held nowhere, the others served.
     pub unplaceable: BTreeMap<Vip, String>,
     pub last_error: Option<String>,
-    /// Why this node does not stand for election now (R18: a VIP
+    /// Why this node does not stand for election now (a VIP
     /// interface down, failing health checks, drained); None: it stands.
     pub withdrawn: Option<String>,
     /// The lease this node leads on in the current session, in

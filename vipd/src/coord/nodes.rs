@@ -1,6 +1,7 @@
-//! Nodes as operators see and steer them (R18): the drain record
-//! `/vipd/<cluster>/nodes/<node>` (persistent, written by vipctl, so it
-//! survives restarts and works from any machine), each running vipd's
+//! Nodes as operators see and steer them (a drained node hands over): the
+//! drain record `/vipd/<cluster>/nodes/<node>` (persistent, written by
+//! vipctl, so it survives restarts and works from any machine), each running
+//! vipd's
 //! member znode `/vipd/<cluster>/members/<node>` (ephemeral: role, health,
 //! why it does not stand, which VIPs it can serve), and the handover request
 //! `/vipd/<cluster>/handover` (persistent, deleted by the next leader).
