@@ -33,7 +33,7 @@ use crate::{
 
 /// Largest burst an interface may send back to back (thousands of VIPs
 /// must not flood a segment, yet a handful should go out at once).
-pub const MAX_BURST: u32 = 32;
+pub(crate) const MAX_BURST: u32 = 32;
 
 /// One VIP to announce on one interface, from that interface's MAC.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -197,7 +197,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// exact integer time, no refill loop. Frames are spaced `1/rate` apart on
 /// average, with up to `burst` frames back to back after an idle spell.
 #[derive(Clone, Debug)]
-pub struct Pace {
+pub(crate) struct Pace {
     interval: Duration,
     /// How far ahead of now the schedule may run: (burst - 1) intervals.
     tolerance: Duration,
@@ -206,7 +206,7 @@ pub struct Pace {
 
 impl Pace {
     /// A full bucket at `now`. `rate` 0 is taken as 1 frame per second.
-    pub fn new(rate: u32, now: Instant) -> Self {
+    pub(crate) fn new(rate: u32, now: Instant) -> Self {
         let rate = rate.max(1);
         let burst = rate.min(MAX_BURST);
         let interval = Duration::from_secs(1) / rate;
@@ -218,7 +218,7 @@ impl Pace {
     }
 
     /// Takes one token at `now`, or says how long until one is available.
-    pub fn try_take(&mut self, now: Instant) -> Result<(), Duration> {
+    pub(crate) fn try_take(&mut self, now: Instant) -> Result<(), Duration> {
         let tat = self.tat.max(now);
         let ahead = tat - now;
         if ahead > self.tolerance {

@@ -30,7 +30,7 @@ use crate::{
 };
 
 /// The content type of [`render`]'s output.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -78,7 +78,7 @@ impl Page {
 
 /// Renders every metric in the OpenMetrics text format. Counters get their
 /// `_total` suffix and units their `_seconds` from the encoder.
-pub fn render(state: &ApiState) -> String {
+pub(crate) fn render(state: &ApiState) -> String {
     let e = state.engine.borrow().clone();
     let mut p = Page(Registry::default());
     p.leadership_and_lease(&e);
@@ -376,12 +376,12 @@ pub const LIMITS: Limits = Limits {
 };
 
 /// Binds the metrics port.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
 /// Serves `GET /metrics` until `cancel`, then ends the open connections.
-pub async fn serve(listener: TcpListener, state: ApiState, cancel: CancellationToken) {
+pub(crate) async fn serve(listener: TcpListener, state: ApiState, cancel: CancellationToken) {
     Connections::new("metrics", LIMITS)
         .accept_until(listener, &cancel, move |s| {
             let state = state.clone();

@@ -48,7 +48,7 @@ impl LeaseGrant {
     /// 1 s on) renews at every grant; a 1 s lifetime under a 200 ms lease
     /// about every 0.3 s, not at each of the lease's 80 renewals a second.
     /// Renewing less often only makes a dead agent's address go sooner.
-    pub fn renews_addresses(&self, last: Option<Instant>) -> bool {
+    pub(crate) fn renews_addresses(&self, last: Option<Instant>) -> bool {
         let half = Duration::from_secs(u64::from(self.address_lifetime)) / 2;
         last.is_none_or(|last| last + half < self.until)
     }
@@ -61,7 +61,7 @@ impl Desired {
     }
 
     /// Whether `other` differs from this only in its lease (and record).
-    pub fn same_but_lease(&self, other: &Desired) -> bool {
+    pub(crate) fn same_but_lease(&self, other: &Desired) -> bool {
         self.role == other.role && self.term == other.term && self.vips == other.vips
     }
 }
@@ -104,7 +104,7 @@ const MIN_ENGINE_STALL: Duration = Duration::from_secs(2);
 /// it), but at least 2 s, several times the longest pass measured (adding
 /// thousands of VIPs takes a few hundred milliseconds), so a short lease
 /// does not turn a big pass into a handover.
-pub fn engine_stall_bound(lease: Duration) -> Duration {
+pub(crate) fn engine_stall_bound(lease: Duration) -> Duration {
     lease.max(MIN_ENGINE_STALL)
 }
 

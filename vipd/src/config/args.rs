@@ -229,7 +229,7 @@ fn parse_check(s: &str) -> Result<crate::health::CheckSpec, String> {
 
 impl ServingArgs {
     /// The health check settings.
-    pub fn check_settings(&self) -> crate::health::CheckSettings {
+    pub(crate) fn check_settings(&self) -> crate::health::CheckSettings {
         crate::health::CheckSettings {
             checks: self.checks.clone(),
             interval: self.check_interval,

@@ -91,7 +91,7 @@ pub struct Config {
 }
 
 /// Where vipd looks for its configuration file by default.
-pub const DEFAULT_CONFIG_PATH: &str = "/etc/vipd/vipd.toml";
+pub(crate) const DEFAULT_CONFIG_PATH: &str = "/etc/vipd/vipd.toml";
 
 #[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
 pub enum VipdCommand {
@@ -102,7 +102,7 @@ pub enum VipdCommand {
 
 impl Config {
     /// Checks what clap cannot: combinations of settings.
-    pub fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), String> {
         if self.zk.hosts.is_some() && !self.static_vips.0.is_empty() {
             return Err("--static-vips and --zk exclude each other: in cluster mode the VIPs come from ZooKeeper".into());
         }
@@ -141,13 +141,13 @@ impl Config {
     }
 
     /// The instance: its name and ownership mark.
-    pub fn instance(&self) -> Result<crate::instance::Instance, String> {
+    pub(crate) fn instance(&self) -> Result<crate::instance::Instance, String> {
         crate::instance::Instance::new(&self.instance, self.instance_mark)
             .map_err(|e| e.to_string())
     }
 
     /// The control socket: `--api-socket`, or the instance's default.
-    pub fn api_socket(&self) -> PathBuf {
+    pub(crate) fn api_socket(&self) -> PathBuf {
         match &self.api_socket {
             Some(p) => p.clone(),
             None => self
@@ -222,7 +222,7 @@ impl Config {
     }
 
     /// The node id: `--node-id`, or the host name.
-    pub fn node_id(&self) -> String {
+    pub(crate) fn node_id(&self) -> String {
         self.zk.node_id.clone().unwrap_or_else(hostname)
     }
 }
@@ -307,9 +307,9 @@ mod tests {
 
     /// A file in the target's tmp dir, removed on drop (no extra crate).
     mod tempfile_path {
-        pub struct TempPath(pub std::path::PathBuf);
+        pub(crate) struct TempPath(pub std::path::PathBuf);
         impl TempPath {
-            pub fn new(text: &str) -> Self {
+            pub(crate) fn new(text: &str) -> Self {
                 use std::sync::atomic::{AtomicU32, Ordering};
                 static N: AtomicU32 = AtomicU32::new(0);
                 let p = std::env::temp_dir().join(format!(

@@ -33,13 +33,13 @@ const MACS_REREAD: Duration = Duration::from_secs(30);
 
 /// The held record's data.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HeldRecord {
+pub(crate) struct HeldRecord {
     pub vips: BTreeSet<Vip>,
 }
 
 impl ClusterPaths {
     /// The record of the VIPs the cluster has held.
-    pub fn held(&self) -> String {
+    pub(crate) fn held(&self) -> String {
         format!("{}/held", self.root)
     }
 }
@@ -57,7 +57,7 @@ fn parse(path: &str, data: &[u8]) -> HeldRecord {
 }
 
 /// Parses `aa:bb:cc:dd:ee:ff`.
-pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+pub(crate) fn parse_mac(s: &str) -> Option<[u8; 6]> {
     let mut mac = [0u8; 6];
     let mut parts = s.split(':');
     for b in &mut mac {
@@ -67,7 +67,7 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
 }
 
 /// `aa:bb:cc:dd:ee:ff`.
-pub fn format_mac(mac: [u8; 6]) -> String {
+pub(crate) fn format_mac(mac: [u8; 6]) -> String {
     mac.iter()
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
@@ -77,7 +77,7 @@ pub fn format_mac(mac: [u8; 6]) -> String {
 /// The record's next content, if it must change: what the leader holds of
 /// the configuration is added; VIPs `removed` from the configuration go,
 /// and so does everything unconfigured whenever the record is written.
-pub fn next_record(
+pub(crate) fn next_record(
     record: &BTreeSet<Vip>,
     configured: &BTreeSet<Vip>,
     held: &BTreeSet<Vip>,

@@ -21,19 +21,19 @@
 //! leader's `Term` and the successor's `LeaderTiming` do; `Ctx` gains a
 //! field only for what every role shares.
 
-pub mod acl;
+pub(crate) mod acl;
 pub mod admin;
 mod campaign;
 mod ctx;
-pub mod election;
-pub mod held;
+pub(crate) mod election;
+pub(crate) mod held;
 mod leader;
 pub mod lease;
 pub mod nodes;
 mod placement;
 mod run;
-pub mod session;
-pub mod store;
+pub(crate) mod session;
+pub(crate) mod store;
 mod successor;
 mod tasks;
 
@@ -72,7 +72,7 @@ impl ZkSettings {
     /// Cluster mode settings from the flags, or `None` without `--zk`
     /// (single-node mode). Reads the credential: the auth file if one is
     /// named, else the systemd credential `vipd-zk` if the unit loads one.
-    pub fn from_args(
+    pub(crate) fn from_args(
         args: &crate::config::ZkArgs,
         node_id: String,
     ) -> Result<Option<ZkSettings>, CoordError> {
@@ -155,7 +155,7 @@ pub struct ClusterPaths {
 }
 
 impl ClusterPaths {
-    pub fn new(cluster: &str) -> Self {
+    pub(crate) fn new(cluster: &str) -> Self {
         ClusterPaths {
             root: format!("/vipd/{cluster}"),
             election: format!("/vipd/{cluster}/election"),
