@@ -235,7 +235,7 @@ impl Cluster {
             &node.id,
             "--api-socket",
             &socket,
-            // No --xdp-mode: the default must deliver on veth (issue 11).
+            // No --xdp-mode: the default must deliver on veth, the lab's links.
             "--garp-interval",
             "1s",
             "--garp-rounds",

@@ -25,7 +25,7 @@ use std::{
 /// ZooKeeper tick: session timeouts may range from 2 to 600 ticks
 /// (minSessionTimeout/maxSessionTimeout below).
 pub const TICK_MS: u64 = 100;
-/// syncLimit in ticks: FACTS says keep syncLimit x tickTime below the
+/// syncLimit in ticks: syncLimit x tickTime must stay below the
 /// session timeout (here 0.5 s) so a server cut off from its quorum stops
 /// serving before sessions can expire elsewhere.
 pub const SYNC_LIMIT: u32 = 5;

@@ -1,4 +1,4 @@
-//! vipd's and vipctl's command lines as operators type them (issue 11):
+//! vipd's and vipctl's command lines as operators type them:
 //! every option before or after the subcommand, with the environment and
 //! the configuration file still in force; and vipctl against a ZooKeeper
 //! that is not there yet, is still starting, or takes connections but

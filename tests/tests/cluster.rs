@@ -1,4 +1,4 @@
-//! Cluster integration tests (issue 5): real vipd processes in lab
+//! Cluster integration tests: real vipd processes in lab
 //! namespaces against a real ZooKeeper on the management bridge. Each test
 //! builds its own lab and ZooKeeper. What is checked is what an operator
 //! would see: addresses in each node's namespace (read through netlink),
@@ -457,8 +457,8 @@ fn ensemble_server_of_the_leader_dies_vips_stay_on_one_node() {
     // leader talks to is a quorum follower and the surviving two keep
     // serving without a quorum election. (Killing the quorum leader instead
     // leaves no server serving for the quorum's re-election, about 1 s
-    // here: the vipd leader then cannot confirm its session, and R3 makes
-    // it drop the VIPs for that time; that case is not "exactly one".)
+    // here: the vipd leader then cannot confirm its session, and fencing
+    // makes it drop the VIPs for that time; that case is not "exactly one".)
     let mut quorum_leader = None;
     let (c, vips, leader) = web_cluster_with("cl-zkkill", ZkKind::Ensemble, |c| {
         let q = c

@@ -1,6 +1,6 @@
-//! Coordination against a real ZooKeeper: election and failover (R1), the
-//! VIP configuration and vipctl's writes (R2), fencing (R3), giving up (R4)
-//! and digest auth. Each "node" is a `coord::run` task with a fake engine
+//! Coordination against a real ZooKeeper: election and failover, the
+//! VIP configuration and vipctl's writes, fencing, VIPs that cannot be
+//! served, and digest auth. Each "node" is a `coord::run` task with a fake engine
 //! that does what it is told at once and records when.
 
 use std::{
@@ -50,7 +50,7 @@ struct Node {
 struct NodeOpts {
     timeout: Duration,
     auth: Option<ZkAuth>,
-    /// The fake engine reports every desired VIP as unroutable (R4).
+    /// The fake engine reports every desired VIP as unroutable.
     no_route: bool,
     /// `--lease` (default: a third of the session timeout).
     lease: Option<Duration>,
@@ -579,7 +579,7 @@ async fn invalid_input_exits_2_and_writes_nothing() {
     assert_eq!(e.exit_code(), 1, "{e}");
 }
 
-/// R3: the leader's ZooKeeper server freezes (SIGSTOP) in a three-server
+/// Fencing: the leader's ZooKeeper server freezes (SIGSTOP) in a three-server
 /// ensemble; the leader must publish Follower before another node can be
 /// elected (its session has to expire on the quorum first).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -656,7 +656,7 @@ async fn frozen_server_fences_the_leader_before_anyone_else_leads() {
     }
 }
 
-/// R3, R15: a freeze longer than the lease but well under the session
+/// Fencing on the lease: a freeze longer than the lease but well under the session
 /// timeout: the leader fences at the lease's end, keeps its session and its
 /// candidacy, and leads again (the same term: the same znode) only after an
 /// acknowledged renewal.
@@ -928,7 +928,7 @@ async fn znode(client: &Client, path: &str) -> (i32, serde_json::Value) {
     (stat.version, v)
 }
 
-/// R15: the renewal race, driven by hand. A raw client plays the next in
+/// The renewal race, driven by hand. A raw client plays the next in
 /// line against a real leader: a conditional delete at a version the leader
 /// has renewed since fails (BadVersion) and changes nothing; one at the
 /// current version wins, and the leader's next renewal (NoNode) ends its
@@ -1043,7 +1043,7 @@ async fn renewal_race_is_settled_by_the_conditional_delete() {
     a.stop().await;
 }
 
-/// R15: the takeover deletes the silent leader's znode and writes the next
+/// The takeover deletes the silent leader's znode and writes the next
 /// in line's first renewal in one ZooKeeper transaction (one zxid), so the
 /// new term's lease starts one round trip sooner. A raw client plays a
 /// leader that never renews; the next in line is a real node. Right after

@@ -1,5 +1,5 @@
 //! Every `vipd` and `vipctl` command line shown in README.md and
-//! docs/OPERATIONS.md runs as written against a lab cluster (issue 11):
+//! docs/OPERATIONS.md runs as written against a lab cluster:
 //! the documents are read when the test runs, so a changed or added
 //! command is tested as the document has it.
 //!

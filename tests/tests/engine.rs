@@ -1,6 +1,6 @@
-//! Integration tests of the VIP engine (issue 4, and issue 3's first XDP
-//! test): a real vipd in a lab host, observed as a user would see it, with
-//! `ip -j addr`, frames on the wire, a client's neighbour table and `vipctl`.
+//! Integration tests of the VIP engine (and the first XDP test): a real
+//! vipd in a lab host, observed as a user would see it, with `ip -j addr`,
+//! frames on the wire, a client's neighbour table and `vipctl`.
 //!
 //! The tests run one at a time (`serial`): several measure timing (announce
 //! rounds, repair latency) on a machine with few cores.
@@ -194,7 +194,7 @@ fn vipctl_cleanup(host: &Host) -> std::process::Output {
 }
 
 // ---------------------------------------------------------------------------
-// 1. Placement (R4)
+// 1. Placement: on the interface whose route covers the VIP
 
 #[test]
 fn vips_are_placed_by_longest_prefix_match() {
@@ -210,7 +210,7 @@ fn vips_are_placed_by_longest_prefix_match() {
         ],
     );
     n1.add_default_route("203.0.113.1");
-    // A longer prefix inside eth1's /24 points elsewhere (R4's /16 vs /24 example).
+    // A longer prefix inside eth1's /24 points elsewhere (the longest prefix wins: /24 over /16).
     n1.ip(&["route", "add", "198.51.100.128/25", "dev", "eth2"]);
     let vip_longer = Ipv4Addr::new(198, 51, 100, 200);
     let vip_default = Ipv4Addr::new(203, 0, 113, 200);
@@ -250,7 +250,7 @@ fn vips_are_placed_by_longest_prefix_match() {
 }
 
 // ---------------------------------------------------------------------------
-// 2. Announcements (R7, R8, R9)
+// 2. Announcements: at once, in sync rounds, paced
 
 /// Starts vipd with 200 ms x 6 rounds in `mode` and checks every frame the
 /// client sees about the VIP, their timing, and the client's neighbour entry.
@@ -439,7 +439,7 @@ fn announces_both_forms_once_then_six_rounds() {
 }
 
 // ---------------------------------------------------------------------------
-// 3. Repair (R6)
+// 3. Repair: a VIP removed by hand comes back
 
 /// Deletes VIP_A by hand `times` times and returns how long each took to
 /// come back, polling `ip -j addr` every 2 ms.
@@ -492,7 +492,7 @@ fn vip_deleted_by_hand_is_back_on_the_timer_without_events() {
 }
 
 // ---------------------------------------------------------------------------
-// 4. Stale placement and operator addresses (R5)
+// 4. Stale placement and operator addresses
 
 #[test]
 fn vip_left_on_the_wrong_interface_moves() {
@@ -654,7 +654,7 @@ fn status_reports_what_ip_shows() {
 }
 
 // ---------------------------------------------------------------------------
-// 6. Shutdown, crash and cleanup (R3, R11)
+// 6. Shutdown, crash and cleanup
 
 #[test]
 fn sigterm_removes_every_vip_and_stops_announcing() {
@@ -826,7 +826,7 @@ fn sigterm_keeps_operator_secondary_of_a_primary_vip() {
 }
 
 // ---------------------------------------------------------------------------
-// 7. No route (R4)
+// 7. No route: the VIP is not served here
 
 #[test]
 fn vip_without_a_route_is_reported_and_the_others_held() {
@@ -862,7 +862,7 @@ fn vip_without_a_route_is_reported_and_the_others_held() {
 }
 
 // ---------------------------------------------------------------------------
-// 8. XDP ARP counters and responder (issue 3, R10-R12)
+// 8. XDP ARP counters and responder
 
 #[test]
 fn xdp_counts_arp_requests_per_vip_and_answers_them() {
@@ -956,7 +956,7 @@ fn xdp_counts_arp_requests_per_vip_and_answers_them() {
         assert_eq!(other["requests"].as_u64(), Some(0), "{other}");
     }
 
-    // The program belongs to the process: it must not outlive a crash (R11).
+    // The program belongs to the process: it must not outlive a crash.
     vipd.stop(libc::SIGKILL, Duration::from_secs(5));
     wait_until(Duration::from_secs(2), POLL, || !xdp_attached(&n1, "eth0"))
         .expect("the XDP program is detached from eth0 once vipd is dead");

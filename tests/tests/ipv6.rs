@@ -1,4 +1,4 @@
-//! IPv6 VIPs (issue 13, R17) against the kernel and on the wire: placement
+//! IPv6 VIPs against the kernel and on the wire: placement
 //! over the IPv6 main table, addresses without DAD and with vipd's mark,
 //! the lease's lifetime, `dadfailed` repair, unsolicited Neighbor
 //! Advertisements, and a 3-node cluster failing over a v4 and a v6 VIP of
@@ -664,7 +664,7 @@ fn one_node_holds_announces_answers_and_repairs_a_v6_vip() {
         "{row}"
     );
 
-    // R7 + R8: one NA at once, one per sync round (two, 1 s apart).
+    // One NA at once, then one per sync round (two, 1 s apart).
     within(Duration::from_secs(5), || {
         nas_from(&capture, target, &n1_mac).len() >= 3
     })

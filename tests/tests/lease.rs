@@ -1,4 +1,4 @@
-//! The lease (issue 12: R15, R16) in a real cluster: three vipd processes in
+//! The lease (fencing, takeover, address lifetimes) in a real cluster: three vipd processes in
 //! lab namespaces against a real ZooKeeper. Each test records every node's
 //! address events (netlink, one monotonic clock) and asserts that no VIP was
 //! ever on two nodes at once, and prints the takeover time it measured.
@@ -35,7 +35,7 @@ fn lease_cluster(hint: &str, t: Duration) -> (Cluster, BTreeSet<Ipv4Addr>, usize
     (c, vips, leader)
 }
 
-/// R15 at T = 1 s: the leader's ZooKeeper link is cut, first silently
+/// At T = 1 s: the leader's ZooKeeper link is cut, first silently
 /// (carrier kept: the bridge port detached), then as a pulled cable
 /// (carrier lost). The next in line takes over at the lease's end, well
 /// before ZooKeeper would expire the session.
@@ -94,7 +94,7 @@ fn zookeeper_link_cut_at_t_1s_takes_over_before_session_expiry() {
     }
 }
 
-/// R16 at the default session timeout: the leader's vipd is SIGKILLed and
+/// At the default session timeout: the leader's vipd is SIGKILLed and
 /// nothing cleans up. Its VIPs leave the kernel by their lifetime before
 /// the next in line takes over at the lease's end.
 #[test]
@@ -122,7 +122,7 @@ fn sigkilled_leader_vips_leave_by_themselves_before_the_takeover() {
     assert!(takeover < ms(DEFAULT_T), "takeover {takeover:.0} ms");
 }
 
-/// R15, R16: the leader's vipd is frozen (SIGSTOP) past its lease. Its VIPs
+/// The leader's vipd is frozen (SIGSTOP) past its lease. Its VIPs
 /// leave by themselves, the next in line takes over; resumed (SIGCONT), it
 /// learns it lost (its renewal finds its znode gone) and never puts a VIP
 /// back.
@@ -172,7 +172,7 @@ fn frozen_leader_loses_its_vips_and_never_puts_them_back() {
     );
 }
 
-/// R15: ZooKeeper itself stops answering (SIGSTOP) for longer than the
+/// ZooKeeper itself stops answering (SIGSTOP) for longer than the
 /// lease. The leader fences; the next in line's own reads go unanswered, so
 /// it must not take over. Resumed, the same leader holds the VIPs again.
 #[test]

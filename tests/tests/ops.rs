@@ -1,4 +1,4 @@
-//! Operations (issue 8), checked the way an operator meets them: the Debian
+//! Operations, checked the way an operator meets them: the Debian
 //! package's contents, the systemd unit as `systemd-analyze` reads it, vipd
 //! running as an unprivileged user with only the unit's capabilities, the
 //! Prometheus endpoint against `vipctl` and its connection cap, the configuration file's errors and

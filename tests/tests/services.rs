@@ -1,4 +1,4 @@
-//! What the VIP is for (issue 16): a real iSCSI initiator keeps its storage
+//! What the VIP is for: a real iSCSI initiator keeps its storage
 //! and a real HTTP client its console through a takeover. Every node runs
 //! Debian's `tgtd` (one target, one LUN backed by one image file all nodes
 //! share) and `busybox httpd` on the wildcard address; the client uses

@@ -1,4 +1,4 @@
-//! Serving (issue 14: R18, R19) in a real cluster: ZooKeeper on the
+//! Serving (health checks, link state, drain, the hook) in a real cluster: ZooKeeper on the
 //! management bridge (eth1), the VIPs on the data bridge (eth0), so a fault
 //! on the data side leaves every ZooKeeper session healthy. Each test records
 //! every node's address events (netlink, one monotonic clock), asserts that
@@ -56,7 +56,7 @@ fn served_by(c: &Cluster, vip: Ipv4Addr, want: usize, timeout: Duration, what: &
     });
 }
 
-/// R18: the leader's data link loses carrier (its ZooKeeper link stays up).
+/// The leader's data link loses carrier (its ZooKeeper link stays up).
 /// After the grace it hands over; the client is served by the new leader;
 /// with the link back, the old leader stands again without taking over.
 #[test]
@@ -126,7 +126,7 @@ fn leader_data_link_lost_hands_over_after_the_grace() {
     drop(servers);
 }
 
-/// R18: a flap shorter than the grace moves nothing.
+/// A flap shorter than the grace moves nothing.
 #[test]
 fn a_flap_shorter_than_the_grace_moves_nothing() {
     let _serial = serial();
@@ -140,7 +140,7 @@ fn a_flap_shorter_than_the_grace_moves_nothing() {
     assert!(c.status(old)["zookeeper"]["withdrawn"].is_null());
 }
 
-/// R18: the leader's service dies (a `tcp:` check fails): it hands over;
+/// The leader's service dies (a `tcp:` check fails): it hands over;
 /// when the service is back it stands again but does not take the VIPs
 /// back from the healthy leader.
 #[test]
@@ -230,7 +230,7 @@ fn failing_tcp_check_hands_over_and_recovery_does_not_preempt() {
     assert_no_overlap(&c, &mons, &vips, &initial, back, "sv-tcp back");
 }
 
-/// R18: a check that hangs fails at its timeout; vipctl status answers at
+/// A check that hangs fails at its timeout; vipctl status answers at
 /// once meanwhile, and the node does not stand.
 #[test]
 fn hanging_exec_check_fails_at_its_timeout_and_status_still_answers() {
@@ -280,7 +280,7 @@ fn hanging_exec_check_fails_at_its_timeout_and_status_still_answers() {
     assert!(c.held(0, &vip_set(&WEB[..1])).is_empty());
 }
 
-/// R19: the hook sees the leader's term and its end in order (SIGTERM of
+/// The hook sees the leader's term and its end in order (SIGTERM of
 /// the leader, a planned move: zero overlap, the gap printed), and the
 /// successor's new term.
 #[test]
@@ -400,7 +400,7 @@ fn admin(c: &Cluster, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// R18: drain moves the VIPs (zero overlap, the gap from both nodes'
+/// Drain moves the VIPs (zero overlap, the gap from both nodes'
 /// netlink events), a drained node stays out after a restart, undrain lets
 /// it stand again (without preempting), and `handover --to` picks the node.
 #[test]

@@ -812,7 +812,7 @@ fn held_vip_is_not_answered_where_it_must_not_be() {
     });
 }
 
-/// R16: a held entry answers only before its expiry (the lease's end on
+/// A held entry answers only before its expiry (the lease's end on
 /// the program's `bpf_ktime_get_ns` clock), whatever the agent does after.
 #[test]
 fn expired_entry_is_not_answered() {

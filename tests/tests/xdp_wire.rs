@@ -335,7 +335,7 @@ fn killed_vipd_leaves_no_responder() {
     assert_eq!(silent.received, 0, "answers after SIGKILL: {silent:?}");
 }
 
-/// Starts vipd for the conflict tests: no R8 rounds (so every announcement
+/// Starts vipd for the conflict tests: no sync rounds (so every announcement
 /// after start answers a conflict) and both GARP forms (two frames each).
 fn conflict_rig(hint: &str) -> (Rig, Vipd) {
     let rig = Rig::new(hint, true);
@@ -350,7 +350,7 @@ fn conflict_rig(hint: &str) -> (Rig, Vipd) {
             "both",
         ],
     );
-    // Let the start-up announcement (R7) go out before counting.
+    // Let the start-up announcement go out before counting.
     std::thread::sleep(Duration::from_millis(300));
     // The client learns the VIP the ordinary way.
     assert!(rig.c1.ping(VIP), "client pings the VIP");

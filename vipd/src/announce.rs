@@ -1,5 +1,5 @@
 //! Announcing VIPs: paced gratuitous ARP (IPv4) and unsolicited Neighbor
-//! Advertisements (IPv6) per interface (R7, R9, R17), both under one budget
+//! Advertisements (IPv6) per interface, both under one budget
 //! per interface. One task owns the sockets and the queues; callers hand it
 //! batches, and tell it what the node claims now (the VIPs it holds, where,
 //! and until when its lease runs). Each frame is checked against those
@@ -32,9 +32,9 @@ use crate::{
     vip::Vip,
 };
 
-/// Largest burst an interface may send back to back (R9: thousands of VIPs
+/// Largest burst an interface may send back to back (thousands of VIPs
 /// must not flood a segment, yet a handful should go out at once).
-pub const MAX_BURST: u32 = 32;
+pub(crate) const MAX_BURST: u32 = 32;
 
 /// One VIP to announce on one interface, from that interface's MAC.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -144,7 +144,7 @@ impl Announcer {
 
     /// What the node claims from now on: the VIPs it holds, each on its
     /// interface, and the end of its lease (`None`: no lease). The leader's
-    /// lease (R16) bounds its claims on the wire too: a vipd frozen in the
+    /// lease bounds its claims on the wire too, as it bounds the addresses: a vipd frozen in the
     /// middle of a paced burst and thawed after the lease ran out sends
     /// nothing more.
     pub fn hold(&self, held: impl IntoIterator<Item = (Vip, u32)>, until: Option<Instant>) {
@@ -198,7 +198,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// exact integer time, no refill loop. Frames are spaced `1/rate` apart on
 /// average, with up to `burst` frames back to back after an idle spell.
 #[derive(Clone, Debug)]
-pub struct Pace {
+pub(crate) struct Pace {
     interval: Duration,
     /// How far ahead of now the schedule may run: (burst - 1) intervals.
     tolerance: Duration,
@@ -207,7 +207,7 @@ pub struct Pace {
 
 impl Pace {
     /// A full bucket at `now`. `rate` 0 is taken as 1 frame per second.
-    pub fn new(rate: u32, now: Instant) -> Self {
+    pub(crate) fn new(rate: u32, now: Instant) -> Self {
         let rate = rate.max(1);
         let burst = rate.min(MAX_BURST);
         let interval = Duration::from_secs(1) / rate;
@@ -219,7 +219,7 @@ impl Pace {
     }
 
     /// Takes one token at `now`, or says how long until one is available.
-    pub fn try_take(&mut self, now: Instant) -> Result<(), Duration> {
+    pub(crate) fn try_take(&mut self, now: Instant) -> Result<(), Duration> {
         let tat = self.tat.max(now);
         let ahead = tat - now;
         if ahead > self.tolerance {

@@ -73,13 +73,14 @@ pub struct ApiState {
     pub coord: Option<watch::Receiver<CoordStatus>>,
     pub xdp_program: Option<SharedXdp>,
     pub announcer: Announcer,
-    /// Health checks (R18); `None` without `--check`.
+    /// Health checks, which decide whether the node stands; `None` without
+    /// `--check`.
     pub health: Option<watch::Receiver<crate::health::HealthStatus>>,
 }
 
 impl ApiState {
     /// The answer to `{"request":"status"}`.
-    pub fn status(&self) -> Status {
+    pub(crate) fn status(&self) -> Status {
         let e = self.engine.borrow().clone();
         let coord = self.coord.as_ref().map(|c| c.borrow().clone());
         Status {
@@ -117,7 +118,7 @@ impl ApiState {
         }
     }
 
-    pub fn arp_stats(&self) -> ArpStats {
+    pub(crate) fn arp_stats(&self) -> ArpStats {
         let e = self.engine.borrow().clone();
         // ARP counters for IPv4 VIPs and NDP counters for IPv6 ones, in
         // the same fields (docs/API.md).
@@ -282,7 +283,7 @@ pub fn xdp_status_text(xdp: &vipd_api::XdpStatus) -> String {
 
 /// Binds the control socket: creates its directory, refuses to steal a
 /// socket another live vipd serves, replaces a stale one, sets mode 0600.
-pub async fn bind(path: &Path) -> Result<UnixListener, ApiError> {
+pub(crate) async fn bind(path: &Path) -> Result<UnixListener, ApiError> {
     if let Some(dir) = path.parent()
         && !dir.as_os_str().is_empty()
     {
@@ -318,7 +319,7 @@ pub const LIMITS: Limits = Limits {
 
 /// Serves requests until `cancel`, then ends the open connections and
 /// removes the socket file.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: UnixListener,
     path: PathBuf,
     state: ApiState,

@@ -1,4 +1,4 @@
-//! Health checks (R18): `tcp:HOST:PORT`, `http://...` and `exec:PATH ARGS`,
+//! Health checks: `tcp:HOST:PORT`, `http://...` and `exec:PATH ARGS`,
 //! each run in a task of its own every interval under a timeout, turned into
 //! healthy/unhealthy with rise/fall counts. An unhealthy node withdraws from
 //! the election (coord); the state is shown in `vipctl status` and metrics.
@@ -149,7 +149,7 @@ impl std::fmt::Display for CheckSpec {
 
 /// The check settings, validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CheckSettings {
+pub(crate) struct CheckSettings {
     pub checks: Vec<CheckSpec>,
     pub interval: Duration,
     pub timeout: Duration,
@@ -171,7 +171,7 @@ pub struct RiseFall {
 
 impl RiseFall {
     /// Records one result; true when the state changed.
-    pub fn record(&mut self, ok: bool, rise: u32, fall: u32) -> bool {
+    pub(crate) fn record(&mut self, ok: bool, rise: u32, fall: u32) -> bool {
         if ok {
             self.consecutive_ok = self.consecutive_ok.saturating_add(1);
             self.consecutive_failed = 0;
@@ -228,7 +228,7 @@ impl HealthStatus {
     }
 
     /// The failing checks, for a log line or an error.
-    pub fn failing(&self) -> Vec<String> {
+    pub(crate) fn failing(&self) -> Vec<String> {
         self.checks
             .iter()
             .filter(|c| c.state.healthy != Some(true))
@@ -238,7 +238,7 @@ impl HealthStatus {
 }
 
 /// Starts one task per check; the watch carries every result.
-pub fn spawn(
+pub(crate) fn spawn(
     settings: &CheckSettings,
     cancel: CancellationToken,
 ) -> (watch::Receiver<HealthStatus>, JoinSet<()>) {
@@ -306,7 +306,7 @@ pub fn spawn(
 
 /// Runs one check under `timeout`; a hang counts as a failure at the timeout
 /// (the exec child is killed when its future is dropped).
-pub async fn run_once(spec: &CheckSpec, timeout: Duration) -> Result<(), String> {
+pub(crate) async fn run_once(spec: &CheckSpec, timeout: Duration) -> Result<(), String> {
     match tokio::time::timeout(timeout, attempt(spec)).await {
         Ok(r) => r,
         Err(_) => Err(format!("no answer within {timeout:?}")),

@@ -1,4 +1,4 @@
-//! The transition hook (R19, `--on-change`): an operator's program run on
+//! The transition hook (`--on-change`): an operator's program run on
 //! every role change of this node (leader, follower, fenced) and every change
 //! of the VIPs it holds. It watches what the engine reports, so it never
 //! delays the engine; runs go one at a time, in order, each under a timeout.
@@ -25,7 +25,7 @@ const QUEUE_LIMIT: usize = 64;
 
 /// This node's state as the hook sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Transition {
+pub(crate) struct Transition {
     /// `leader`, `follower` or `fenced`.
     pub role: &'static str,
     pub term: u64,
@@ -34,7 +34,7 @@ pub struct Transition {
 
 impl Transition {
     /// From the engine's report and, in cluster mode, coordination's view.
-    pub fn of(report: &EngineReport, coord: Option<&CoordStatus>) -> Transition {
+    pub(crate) fn of(report: &EngineReport, coord: Option<&CoordStatus>) -> Transition {
         let role = match report.role {
             Role::Leader => "leader",
             Role::Follower if coord.is_some_and(|c| c.fenced) => "fenced",
@@ -48,7 +48,7 @@ impl Transition {
     }
 
     /// The hook's environment.
-    pub fn env(&self, node: &str) -> Vec<(&'static str, String)> {
+    pub(crate) fn env(&self, node: &str) -> Vec<(&'static str, String)> {
         vec![
             ("VIPD_ROLE", self.role.to_string()),
             ("VIPD_NODE", node.to_string()),
@@ -67,7 +67,7 @@ impl Transition {
 
 /// The hook's settings.
 #[derive(Clone, Debug)]
-pub struct Hook {
+pub(crate) struct Hook {
     pub program: PathBuf,
     pub timeout: Duration,
     pub node: String,

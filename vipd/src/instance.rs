@@ -22,16 +22,16 @@ use tracing::debug;
 /// The instance a host with one vipd runs.
 pub const DEFAULT_INSTANCE: &str = "default";
 /// The default instance's ownership mark (IFA_PROTO), as before instances.
-pub const DEFAULT_MARK: u8 = crate::net::VIPD_ADDR_PROTO;
+pub(crate) const DEFAULT_MARK: u8 = crate::net::VIPD_ADDR_PROTO;
 /// Marks of named instances: 128..=183. Clear of the kernel's own address
 /// protocols (0-3), of the route protocol numbers routing daemons use
 /// (zebra 11, bird 12, dhcp 16, keepalived 18, babel 42, openr 99, and
 /// FRR's 186-195), and of the default instance's 118.
-pub const NAMED_MARKS: std::ops::RangeInclusive<u8> = 128..=183;
+pub(crate) const NAMED_MARKS: std::ops::RangeInclusive<u8> = 128..=183;
 /// Where the control sockets live.
-pub const RUN_DIR: &str = "/run/vipd";
+pub(crate) const RUN_DIR: &str = "/run/vipd";
 /// The default instance's control socket.
-pub const DEFAULT_SOCKET: &str = "/run/vipd/vipd.sock";
+pub(crate) const DEFAULT_SOCKET: &str = "/run/vipd/vipd.sock";
 /// The longest instance name (it is part of file names and the socket
 /// path, which the kernel limits to 107 bytes).
 const MAX_NAME: usize = 32;
@@ -106,7 +106,7 @@ impl Instance {
         self.mark
     }
 
-    pub fn is_default(&self) -> bool {
+    pub(crate) fn is_default(&self) -> bool {
         self.name == DEFAULT_INSTANCE
     }
 
@@ -122,7 +122,7 @@ impl Instance {
 
     /// Claims the instance's name and mark on this host (this network
     /// namespace) for as long as the returned claims live.
-    pub fn claim(&self) -> Result<Vec<Claim>, InstanceError> {
+    pub(crate) fn claim(&self) -> Result<Vec<Claim>, InstanceError> {
         let name = Claim::take(
             self,
             &format!("instance-{}", self.name),
@@ -140,7 +140,7 @@ impl Instance {
 
     /// Claims interface `ifname` for this instance: one instance serves
     /// VIPs (and attaches its XDP program) on an interface.
-    pub fn claim_interface(&self, ifname: &str) -> Result<Claim, InstanceError> {
+    pub(crate) fn claim_interface(&self, ifname: &str) -> Result<Claim, InstanceError> {
         Claim::take(
             self,
             &format!("interface-{ifname}"),
@@ -151,7 +151,7 @@ impl Instance {
 }
 
 /// Whether `name` may name an instance.
-pub fn valid_instance_name(name: &str) -> bool {
+pub(crate) fn valid_instance_name(name: &str) -> bool {
     (1..=MAX_NAME).contains(&name.len())
         && name.starts_with(|c: char| c.is_ascii_alphanumeric())
         && name
@@ -179,7 +179,7 @@ pub fn mark_of(name: &str) -> u8 {
 /// (`vipd/<what>/held-by/<instance>/<pid>`) for the error a second
 /// claimant reports. Released when dropped or when its process ends.
 #[derive(Debug)]
-pub struct Claim {
+pub(crate) struct Claim {
     _claim: UnixDatagram,
     _label: Option<UnixDatagram>,
 }

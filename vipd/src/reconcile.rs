@@ -1,4 +1,4 @@
-//! The planner ("SetServiceVIP", R5): a pure function from the role, the
+//! The planner: a pure function from the role, the
 //! configured VIPs and the kernel's links, routes and addresses to all a pass
 //! does: the address changes that make the kernel right, the VIPs held then,
 //! the XDP held maps' contents and the announcements. It never plans to
@@ -17,11 +17,11 @@ use crate::{
 /// What one pass is planned from: what the source wants and the kernel as
 /// read at the pass's start.
 #[derive(Clone, Copy, Debug)]
-pub struct Facts<'a> {
+pub(crate) struct Facts<'a> {
     /// The source wants this node to lead.
     pub leader: bool,
     /// The lease (if any) still runs: a leader whose lease ran out holds
-    /// nothing (R16).
+    /// nothing, so a leader cut off cannot overlap its successor.
     pub lease_valid: bool,
     /// Every VIP configured for the cluster.
     pub vips: &'a BTreeSet<Vip>,
@@ -39,7 +39,7 @@ pub struct Facts<'a> {
 /// probe (`net::probe`): a VIP the cluster never held might be another
 /// host's address.
 #[derive(Clone, Copy, Debug)]
-pub enum ProbeGate<'a> {
+pub(crate) enum ProbeGate<'a> {
     /// Probing is off: every VIP is added at once.
     Off,
     On {
@@ -53,14 +53,14 @@ pub enum ProbeGate<'a> {
 
 /// One held VIP as the XDP program answers for it: on `ifindex`, from `mac`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct XdpHold {
+pub(crate) struct XdpHold {
     pub ifindex: u32,
     pub mac: [u8; 6],
 }
 
 /// What the node holds once a pass's address changes ran.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Holdings {
+pub(crate) struct Holdings {
     /// The VIPs held here, and where.
     pub held: BTreeMap<Vip, Placement>,
     /// The XDP held maps' contents: every held VIP whose interface is known.
@@ -72,7 +72,7 @@ pub struct Holdings {
 /// Everything one pass does, in the order it does it: the address changes,
 /// then what is held, answered for and announced if they all succeed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// Leading with a valid lease: the configured VIPs are wanted here.
     pub holding: bool,
     pub addresses: AddressPlan,
@@ -80,9 +80,10 @@ pub struct Plan {
 }
 
 /// Plans one pass (see [`Plan`]). A follower, or a leader whose lease ran
-/// out, wants no VIP: its plan removes every marked address (R6) and holds
+/// out, wants no VIP: its plan removes every marked address (leftovers of
+/// an earlier term or a crash) and holds
 /// nothing.
-pub fn plan(f: &Facts<'_>) -> Plan {
+pub(crate) fn plan(f: &Facts<'_>) -> Plan {
     let none = BTreeSet::new();
     let holding = f.leader && f.lease_valid;
     let addresses = gate(
@@ -132,7 +133,7 @@ impl Plan {
     /// What is held once the address changes for the VIPs in `failed` did
     /// not succeed: a VIP whose add failed is not held, not answered for in
     /// XDP and not announced. One already in place stays held.
-    pub fn outcome(&self, failed: &BTreeSet<Vip>) -> Holdings {
+    pub(crate) fn outcome(&self, failed: &BTreeSet<Vip>) -> Holdings {
         let lost = |vip: &Vip| failed.contains(vip) && self.addresses.adds(*vip);
         let h = &self.holdings;
         Holdings {
@@ -161,7 +162,7 @@ impl Plan {
     /// `holdings` or left by it: marked addresses it does not remove stay,
     /// and so do those whose removal did not happen (`not_removed`: refused
     /// or failed), so the coordinator never takes a VIP still here for gone.
-    pub fn on_node(
+    pub(crate) fn on_node(
         &self,
         holdings: &Holdings,
         addresses: &[Address],
@@ -181,7 +182,7 @@ impl Plan {
 
 /// One change to the kernel's addresses.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Action {
+pub(crate) enum Action {
     /// Remove an address vipd added (`address.owned` is always true).
     /// `guards_secondaries`: the address is its subnet's primary and other
     /// addresses share the subnet, which the kernel would delete with it
@@ -191,19 +192,21 @@ pub enum Action {
         address: Address,
         guards_secondaries: bool,
     },
-    /// Add the VIP with vipd's mark, then announce it (R7).
+    /// Add the VIP with vipd's mark, then announce it so neighbours learn
+    /// the new MAC at once.
     Add { vip: Vip, placement: Placement },
 }
 
 /// What the planner concluded about one wanted VIP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "state")]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Already where the route says, with our mark: nothing to do, no ARP.
     InPlace { placement: Placement },
     /// To be added (maybe after removing a stale copy), then announced.
     Add { placement: Placement },
-    /// No route matches: cannot be served here (R4).
+    /// No route matches: cannot be served here (a VIP goes on the interface
+    /// whose route covers it).
     NoRoute,
     /// An address equal to the VIP exists without our mark: the operator's.
     /// Left alone and reported; vipd does not add its own copy.
@@ -219,7 +222,7 @@ pub enum Verdict {
 /// The address changes: the actions in the order to run them (removals
 /// first), and a verdict per wanted VIP.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct AddressPlan {
+pub(crate) struct AddressPlan {
     pub actions: Vec<Action>,
     pub verdicts: Vec<(Vip, Verdict)>,
     /// Our own copies of wanted IPv6 VIPs that DAD left unusable
@@ -228,34 +231,38 @@ pub struct AddressPlan {
     pub unusable: Vec<(Vip, Address)>,
 }
 
+/// What the tests ask of a plan; the engine reads its fields.
+#[cfg(test)]
 impl AddressPlan {
-    pub fn is_noop(&self) -> bool {
+    pub(crate) fn is_noop(&self) -> bool {
         self.actions.is_empty()
     }
 
-    pub fn no_route(&self) -> impl Iterator<Item = Vip> + '_ {
+    pub(crate) fn no_route(&self) -> impl Iterator<Item = Vip> + '_ {
         self.verdicts
             .iter()
             .filter(|(_, v)| *v == Verdict::NoRoute)
             .map(|(vip, _)| *vip)
     }
+}
 
+impl AddressPlan {
     /// Whether `vip` is to be added.
-    pub fn adds(&self, vip: Vip) -> bool {
+    pub(crate) fn adds(&self, vip: Vip) -> bool {
         self.verdicts
             .iter()
             .any(|(v, verdict)| *v == vip && matches!(verdict, Verdict::Add { .. }))
     }
 
     /// Whether `address` is to be removed.
-    pub fn removes(&self, address: &Address) -> bool {
+    pub(crate) fn removes(&self, address: &Address) -> bool {
         self.actions
             .iter()
             .any(|x| matches!(x, Action::Remove { address: a, .. } if a == address))
     }
 
     /// The VIPs a copy of which is to be removed.
-    pub fn removing(&self) -> BTreeSet<Vip> {
+    pub(crate) fn removing(&self) -> BTreeSet<Vip> {
         self.actions
             .iter()
             .filter_map(|a| match a {
@@ -268,8 +275,12 @@ impl AddressPlan {
 
 /// Plans the actions that put every `wanted` VIP where `routes` says and
 /// remove every marked address that is not wanted there. A follower plans
-/// with an empty `wanted` set: that removes all its residue (R6).
-pub fn addresses(wanted: &BTreeSet<Vip>, routes: &RouteTable, addrs: &[Address]) -> AddressPlan {
+/// with an empty `wanted` set: that removes all its residue.
+pub(crate) fn addresses(
+    wanted: &BTreeSet<Vip>,
+    routes: &RouteTable,
+    addrs: &[Address],
+) -> AddressPlan {
     let mut removes = Vec::new();
     let mut adds = Vec::new();
     let mut verdicts = Vec::new();
@@ -347,7 +358,7 @@ pub fn addresses(wanted: &BTreeSet<Vip>, routes: &RouteTable, addrs: &[Address])
 
 /// Failed adds of one VIP in a row, at one placement.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AddFailure {
+pub(crate) struct AddFailure {
     pub placement: Placement,
     pub count: u32,
     /// The kernel's error of the last one.
@@ -356,13 +367,13 @@ pub struct AddFailure {
 
 /// Failed adds in a row that make a VIP one this node cannot serve: the
 /// first failure is retried at the next pass, a second one counts.
-pub const ADD_FAILURES_UNSERVABLE: u32 = 2;
+pub(crate) const ADD_FAILURES_UNSERVABLE: u32 = 2;
 
 /// Which of `vips` this node can serve, and why it cannot serve the
 /// others: no route matches, or adding it where the route says failed
 /// [`ADD_FAILURES_UNSERVABLE`] times in a row. Whatever the role: a
 /// follower's set is what it could serve if it led.
-pub fn servable(
+pub(crate) fn servable(
     vips: &BTreeSet<Vip>,
     routes: &RouteTable,
     failures: &BTreeMap<Vip, AddFailure>,
@@ -396,7 +407,7 @@ pub fn servable(
 /// Holds back the adds of VIPs that `probe` does not clear: each becomes
 /// [`Verdict::Probe`] (never probed, or probing now) or [`Verdict::InUse`],
 /// and its `Add` action goes. Removals of stale copies stay.
-pub fn gate(mut plan: AddressPlan, probe: ProbeGate<'_>) -> AddressPlan {
+pub(crate) fn gate(mut plan: AddressPlan, probe: ProbeGate<'_>) -> AddressPlan {
     let ProbeGate::On { cleared, in_use } = probe else {
         return plan;
     };

@@ -20,9 +20,10 @@ pub struct Desired {
     /// watch them (ARP counters); only a leader places them.
     pub vips: BTreeSet<Vip>,
     /// Leader term: a new value starts a new term (fresh announcements and a
-    /// new R8 sync task), even when `role` stays `Leader`.
+    /// new round of sync passes), even when `role` stays `Leader`.
     pub term: u64,
-    /// The leader's lease (R16): `None` in single-node mode, where nothing
+    /// The leader's lease, which bounds how long it may hold the VIPs:
+    /// `None` in single-node mode, where nothing
     /// expires. A change of `lease` alone is a renewal, never a new term.
     pub lease: Option<LeaseGrant>,
     /// What the cluster remembers for the address-conflict probe (empty in
@@ -47,7 +48,7 @@ impl LeaseGrant {
     /// 1 s on) renews at every grant; a 1 s lifetime under a 200 ms lease
     /// about every 0.3 s, not at each of the lease's 80 renewals a second.
     /// Renewing less often only makes a dead agent's address go sooner.
-    pub fn renews_addresses(&self, last: Option<Instant>) -> bool {
+    pub(crate) fn renews_addresses(&self, last: Option<Instant>) -> bool {
         let half = Duration::from_secs(u64::from(self.address_lifetime)) / 2;
         last.is_none_or(|last| last + half < self.until)
     }
@@ -60,7 +61,7 @@ impl Desired {
     }
 
     /// Whether `other` differs from this only in its lease (and record).
-    pub fn same_but_lease(&self, other: &Desired) -> bool {
+    pub(crate) fn same_but_lease(&self, other: &Desired) -> bool {
         self.role == other.role && self.term == other.term && self.vips == other.vips
     }
 }
@@ -81,7 +82,7 @@ pub struct EngineReport {
     /// kernel's error from the last add).
     pub unservable: BTreeMap<Vip, String>,
     /// Interfaces of wanted VIPs that have been down or without carrier for
-    /// longer than the grace (R18): this node cannot serve, it withdraws.
+    /// longer than the grace: this node cannot serve, it withdraws.
     pub links_down: BTreeSet<String>,
     /// The MACs of this node's interfaces: an answer to an address probe
     /// from one of them comes from the cluster, not from a foreign host.
@@ -103,7 +104,7 @@ const MIN_ENGINE_STALL: Duration = Duration::from_secs(2);
 /// it), but at least 2 s, several times the longest pass measured (adding
 /// thousands of VIPs takes a few hundred milliseconds), so a short lease
 /// does not turn a big pass into a handover.
-pub fn engine_stall_bound(lease: Duration) -> Duration {
+pub(crate) fn engine_stall_bound(lease: Duration) -> Duration {
     lease.max(MIN_ENGINE_STALL)
 }
 

@@ -16,7 +16,7 @@ use tokio::process::{Child, Command};
 
 /// The search path a program gets (the rest of vipd's environment is not
 /// passed on).
-pub(crate) const SAFE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub const SAFE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Why a program may not be run.
 #[derive(Debug, thiserror::Error)]

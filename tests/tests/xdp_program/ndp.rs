@@ -643,7 +643,7 @@ fn ns_for_held_vip_is_not_answered_where_it_must_not_be() {
             assert_passes6(&program, &frame.bytes(), ifindex, ONE_REQUEST, what);
         }
 
-        // R16: answered only before the lease's end.
+        // Answered only before the lease's end: a frozen agent's claims end with its lease.
         let now = std::time::Instant::now();
         let past = vipd::xdp::monotonic_ns(now) - 1_000_000;
         program

@@ -6,8 +6,9 @@ use std::process::ExitCode;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info};
 use vipd::{
-    config::{self, Config, ConfigError, LogFormat, VipdCommand},
+    config::{self, Config, ConfigError, Loaded, LogFormat, VipdCommand},
     daemon,
+    sandbox::UnsafeProgram,
 };
 
 fn main() -> ExitCode {
@@ -27,44 +28,7 @@ fn main() -> ExitCode {
     };
     let unsafe_programs = loaded.config.unsafe_programs();
     if loaded.config.command == Some(VipdCommand::CheckConfig) {
-        for (key, value, source) in &loaded.effective {
-            println!("{key} = {value:?}  # {source}");
-        }
-        for e in &unsafe_programs {
-            println!("# warning: vipd will refuse to start: {e}");
-        }
-        let over = loaded.config.static_vips_over_xdp_capacity();
-        if over > 0 {
-            println!(
-                "# warning: {over} static VIPs beyond the XDP maps' {} per family: the kernel answers ARP/NDP for them",
-                vipd_common::MAX_VIPS
-            );
-        }
-        if loaded.config.zk.hosts.is_some()
-            && let Ok(lease) = loaded.config.zk.lease_times()
-        {
-            for line in lease.describe() {
-                println!("{line}");
-            }
-        }
-        for line in loaded.config.instance_lines() {
-            println!("{line}");
-        }
-        if loaded.config.engine.probe_wait.is_zero() {
-            println!(
-                "# warning: probe_wait is 0: a new VIP is added without probing, so a VIP equal to another host's address (a client, the gateway) takes that address away from it (docs/OPERATIONS.md, \"An address another host uses\")"
-            );
-        } else {
-            println!(
-                "# a VIP the cluster never held is probed for {} ms before it is first added; one another host answers for is not added and is probed again every {} ms",
-                loaded.config.engine.probe_wait.as_millis(),
-                loaded.config.engine.probe_retry.as_millis()
-            );
-        }
-        for w in vipd::coord::ZkSettings::credential_warnings(&loaded.config.zk) {
-            println!("# warning: {w}");
-        }
-        println!("# configuration is valid");
+        check_config(&loaded, &unsafe_programs);
         return ExitCode::SUCCESS;
     }
     if !unsafe_programs.is_empty() {
@@ -95,6 +59,49 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `vipd check-config`: every setting with its origin, then what the
+/// settings imply and the warnings an operator should read before starting.
+fn check_config(loaded: &Loaded, unsafe_programs: &[UnsafeProgram]) {
+    for (key, value, source) in &loaded.effective {
+        println!("{key} = {value:?}  # {source}");
+    }
+    for e in unsafe_programs {
+        println!("# warning: vipd will refuse to start: {e}");
+    }
+    let over = loaded.config.static_vips_over_xdp_capacity();
+    if over > 0 {
+        println!(
+            "# warning: {over} static VIPs beyond the XDP maps' {} per family: the kernel answers ARP/NDP for them",
+            vipd_common::MAX_VIPS
+        );
+    }
+    if loaded.config.zk.hosts.is_some()
+        && let Ok(lease) = loaded.config.zk.lease_times()
+    {
+        for line in lease.describe() {
+            println!("{line}");
+        }
+    }
+    for line in loaded.config.instance_lines() {
+        println!("{line}");
+    }
+    if loaded.config.engine.probe_wait.is_zero() {
+        println!(
+            "# warning: probe_wait is 0: a new VIP is added without probing, so a VIP equal to another host's address (a client, the gateway) takes that address away from it (docs/OPERATIONS.md, \"An address another host uses\")"
+        );
+    } else {
+        println!(
+            "# a VIP the cluster never held is probed for {} ms before it is first added; one another host answers for is not added and is probed again every {} ms",
+            loaded.config.engine.probe_wait.as_millis(),
+            loaded.config.engine.probe_retry.as_millis()
+        );
+    }
+    for w in vipd::coord::ZkSettings::credential_warnings(&loaded.config.zk) {
+        println!("# warning: {w}");
+    }
+    println!("# configuration is valid");
 }
 
 /// A panic anywhere (in any task) aborts vipd: a task that died would

@@ -49,7 +49,7 @@ pub enum AclError {
 impl AclError {
     /// True when trying again later may succeed (no answer, connection
     /// lost); false when the tree or the credential must change first.
-    pub fn is_transient(&self) -> bool {
+    pub(crate) fn is_transient(&self) -> bool {
         match self {
             AclError::Zk(e) => !e.is(&ZkError::NoAuth),
             _ => false,
@@ -66,7 +66,7 @@ fn changing(p: Permission) -> bool {
 /// Whether anyone who reaches ZooKeeper may change the znode at `path`
 /// with ACL `acl`. In `/vipd` anyone may create: another cluster makes its
 /// tree there.
-pub fn is_open(path: &str, acl: &[Acl]) -> bool {
+pub(crate) fn is_open(path: &str, acl: &[Acl]) -> bool {
     acl.iter().any(|a| {
         let mut p = a.permission();
         if path == NAMESPACE {
@@ -88,7 +88,7 @@ fn writers(acl: &[Acl]) -> Vec<String> {
 /// the first write: creates a missing tree protected (with a credential),
 /// or open only when `insecure` asks for it; refuses a protected tree
 /// without a credential or with another one.
-pub async fn prepare(
+pub(crate) async fn prepare(
     client: &Client,
     paths: &ClusterPaths,
     auth: Option<&ZkAuth>,

@@ -1,4 +1,4 @@
-//! vipctl's ZooKeeper side (R2): list, set, add, remove and clear a
+//! vipctl's ZooKeeper side: list, set, add, remove and clear a
 //! service's VIPs. Input is validated before anything is written; writes
 //! are compare-and-set on the znode version and retried, never lost.
 
@@ -241,6 +241,38 @@ pub async fn run_vip_command_within(
     out
 }
 
+/// What an edit leaves of a service.
+enum Next {
+    /// The new VIPs; `None`: delete the service.
+    Vips(Option<BTreeSet<Vip>>),
+    /// Nothing to do: the service to remove from or clear does not exist.
+    Nothing(&'static str),
+}
+
+/// The service's VIPs after `edit`, from its current data (`None`: no such
+/// service). Adding to or removing from a service whose data is refused
+/// is an error naming the znode: the edit would drop its entries.
+fn next_vips(edit: &Edit, current: Option<&[u8]>, path: &str) -> Result<Next, AdminError> {
+    let merge_base = |data: &[u8]| {
+        parse_service(path, data)
+            .and_then(|p| p.strict(path))
+            .map(|v| v.into_iter().collect::<BTreeSet<_>>())
+            .map_err(|reason| AdminError::Corrupt {
+                path: path.to_string(),
+                reason,
+            })
+    };
+    Ok(Next::Vips(match (edit, current) {
+        (Edit::Set(v), _) => Some(v.clone()),
+        (Edit::Add(v), None) => Some(v.clone()),
+        (Edit::Add(v), Some(data)) => Some(merge_base(data)?.union(v).copied().collect()),
+        (Edit::Remove(_), None) => return Ok(Next::Nothing("remove")),
+        (Edit::Remove(v), Some(data)) => Some(merge_base(data)?.difference(v).copied().collect()),
+        (Edit::Clear, None) => return Ok(Next::Nothing("clear")),
+        (Edit::Clear, Some(_)) => None,
+    }))
+}
+
 /// Compare-and-set loop: read the znode and its version, compute the new
 /// set, write it only if nobody wrote in between; else read again.
 async fn apply(
@@ -261,29 +293,11 @@ async fn apply(
             Err(e) if e.is(&ZkError::NoNode) => None,
             Err(e) => return Err(e.into()),
         };
-        let merge_base = |data: &[u8]| {
-            parse_service(&path, data)
-                .and_then(|p| p.strict(&path))
-                .map(|v| v.into_iter().collect::<BTreeSet<_>>())
-                .map_err(|reason| AdminError::Corrupt {
-                    path: path.clone(),
-                    reason,
-                })
-        };
-        let next: Option<BTreeSet<Vip>> = match (&edit, &current) {
-            (Edit::Set(v), _) => Some(v.clone()),
-            (Edit::Add(v), None) => Some(v.clone()),
-            (Edit::Add(v), Some((data, _))) => Some(merge_base(data)?.union(v).copied().collect()),
-            (Edit::Remove(_), None) => {
-                return Ok(format!("{service}: no such service (nothing to remove)\n"));
+        let next = match next_vips(&edit, current.as_ref().map(|(d, _)| d.as_slice()), &path)? {
+            Next::Vips(v) => v,
+            Next::Nothing(what) => {
+                return Ok(format!("{service}: no such service (nothing to {what})\n"));
             }
-            (Edit::Remove(v), Some((data, _))) => {
-                Some(merge_base(data)?.difference(v).copied().collect())
-            }
-            (Edit::Clear, None) => {
-                return Ok(format!("{service}: no such service (nothing to clear)\n"));
-            }
-            (Edit::Clear, Some(_)) => None,
         };
         let result = match (next.as_ref(), current.as_ref()) {
             (Some(vips), None) => {
@@ -404,21 +418,30 @@ async fn list(client: &Client, paths: &ClusterPaths, json: bool) -> Result<Strin
         Err(e) => return Err(e.into()),
     };
     if let Some(lowest) = candidates.first() {
-        let path = format!("{}/{lowest}", paths.election);
-        listing.leader = Some(
-            match call("get data", &path, d, client.get_data(&path)).await {
-                Ok((data, _)) => serde_json::from_slice::<CandidateData>(&data)
-                    .map(|c| c.node)
-                    .unwrap_or_else(|_| node_of(lowest).to_string()),
-                Err(_) => node_of(lowest).to_string(),
-            },
-        );
+        listing.leader = Some(leader_node(client, paths, lowest).await);
     }
     if json {
         let mut s = serde_json::to_string_pretty(&listing).expect("plain data serializes");
         s.push('\n');
         return Ok(s);
     }
+    Ok(listing_table(&listing))
+}
+
+/// The node id of the lowest candidate: from its data, or its znode's name
+/// when the data cannot be read.
+async fn leader_node(client: &Client, paths: &ClusterPaths, lowest: &str) -> String {
+    let path = format!("{}/{lowest}", paths.election);
+    match call("get data", &path, REQUEST_DEADLINE, client.get_data(&path)).await {
+        Ok((data, _)) => serde_json::from_slice::<CandidateData>(&data)
+            .map(|c| c.node)
+            .unwrap_or_else(|_| node_of(lowest).to_string()),
+        Err(_) => node_of(lowest).to_string(),
+    }
+}
+
+/// `vipctl vip list` without `--json`.
+fn listing_table(listing: &Listing) -> String {
     let width = listing
         .services
         .keys()
@@ -438,7 +461,7 @@ async fn list(client: &Client, paths: &ClusterPaths, json: bool) -> Result<Strin
         "leader: {}\n",
         listing.leader.as_deref().unwrap_or("(none)")
     );
-    Ok(out)
+    out
 }
 
 #[cfg(test)]

@@ -378,7 +378,8 @@ impl Ctx<'_> {
 }
 
 /// The election's candidates, after a sync: a server cut off from its
-/// quorum still answers reads from its stale tree (FACTS "Ensemble trap").
+/// quorum still answers reads from its stale tree for a few seconds after
+/// the quorum expired its sessions.
 pub(super) async fn list_election(
     client: &Client,
     dir: &str,

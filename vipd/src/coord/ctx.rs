@@ -38,7 +38,7 @@ pub(super) struct Ctx<'a> {
     pub(super) data: Vec<u8>,
     pub(super) desired: &'a watch::Sender<Desired>,
     pub(super) status: &'a watch::Sender<CoordStatus>,
-    /// This node's drain record, as last read (R18).
+    /// This node's drain record, as last read (drained: do not stand).
     pub(super) drained: &'a watch::Sender<bool>,
     pub(super) health: Option<watch::Receiver<HealthStatus>>,
 }
@@ -56,7 +56,8 @@ pub(super) struct Campaign {
 }
 
 impl Campaign {
-    /// Why this node should not stand (R18), if it should not.
+    /// Why this node should not stand (a VIP interface down, unhealthy,
+    /// drained), if it should not.
     pub(super) fn unfit(&self) -> Option<String> {
         let mut why = Vec::new();
         if *self.drained.borrow() {

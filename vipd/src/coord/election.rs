@@ -1,6 +1,7 @@
-//! Leader election (R1): every candidate owns one ephemeral sequential znode
-//! /vipd/<cluster>/election/<node>-n_XXXXXXXXXX; the lowest sequence leads and
-//! every other candidate watches only its predecessor.
+//! Leader election, one leader per cluster: every candidate owns one
+//! ephemeral sequential znode /vipd/<cluster>/election/<node>-n_XXXXXXXXXX;
+//! the lowest sequence leads and every other candidate watches only its
+//! predecessor.
 
 use std::time::Duration;
 
@@ -14,9 +15,9 @@ use super::{
 };
 
 /// What a candidate's znode holds. The leader rewrites it with every lease
-/// renewal (R15): the znode's version is the renewal the next in line sees.
+/// renewal: the znode's version is the renewal the next in line sees.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct CandidateData {
+pub(crate) struct CandidateData {
     pub node: String,
     #[serde(default)]
     pub host: String,
@@ -41,20 +42,20 @@ pub struct CandidateData {
 
 impl CandidateData {
     /// What this data says about the writer's lease, for the next in line.
-    pub fn stated_lease(&self) -> StatedLease {
+    pub(crate) fn stated_lease(&self) -> StatedLease {
         StatedLease::from_ms(self.lease_ms, self.renew_ms, self.margin_ms)
     }
 }
 
 /// Milliseconds for a znode field, rounded up so a stated lease is never
 /// shorter than the real one (and a 333.3 ms lease reads 334).
-pub fn ms_up(d: Duration) -> u64 {
+pub(crate) fn ms_up(d: Duration) -> u64 {
     let ms = d.as_nanos().div_ceil(1_000_000);
     u64::try_from(ms).unwrap_or(u64::MAX)
 }
 
 /// The sequence number of a candidate znode name (`<node>-n_0000000007`).
-pub fn sequence(name: &str) -> Option<i64> {
+pub(crate) fn sequence(name: &str) -> Option<i64> {
     let (_, seq) = name.rsplit_once("-n_")?;
     if seq.is_empty() || !seq.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -63,13 +64,13 @@ pub fn sequence(name: &str) -> Option<i64> {
 }
 
 /// The node id a candidate znode name carries.
-pub fn node_of(name: &str) -> &str {
+pub(crate) fn node_of(name: &str) -> &str {
     name.rsplit_once("-n_").map_or(name, |(node, _)| node)
 }
 
 /// Candidates in election order (ZooKeeper lists children unsorted); names
 /// that are not candidates are dropped.
-pub fn sort_candidates(children: Vec<String>) -> Vec<String> {
+pub(crate) fn sort_candidates(children: Vec<String>) -> Vec<String> {
     let mut c: Vec<(i64, String)> = children
         .into_iter()
         .filter_map(|n| sequence(&n).map(|s| (s, n)))
@@ -83,7 +84,7 @@ pub fn sort_candidates(children: Vec<String>) -> Vec<String> {
 /// this session's own ephemerals are looked up first (an orphan of ours
 /// that sorts lowest would otherwise block the election until we expire).
 #[instrument(skip(client, acl, data), fields(dir = %dir, node = %node))]
-pub async fn ensure_candidacy(
+pub(crate) async fn ensure_candidacy(
     client: &Client,
     dir: &str,
     node: &str,

@@ -15,7 +15,7 @@ use std::{collections::BTreeSet, time::Duration};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
-use zookeeper_client::{Client, CreateMode, Error as ZkError, SessionState};
+use zookeeper_client::{Client, CreateMode, Error as ZkError, OneshotWatcher, SessionState};
 
 use super::{
     ClusterPaths,
@@ -33,13 +33,13 @@ const MACS_REREAD: Duration = Duration::from_secs(30);
 
 /// The held record's data.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HeldRecord {
+pub(crate) struct HeldRecord {
     pub vips: BTreeSet<Vip>,
 }
 
 impl ClusterPaths {
     /// The record of the VIPs the cluster has held.
-    pub fn held(&self) -> String {
+    pub(crate) fn held(&self) -> String {
         format!("{}/held", self.root)
     }
 }
@@ -57,7 +57,7 @@ fn parse(path: &str, data: &[u8]) -> HeldRecord {
 }
 
 /// Parses `aa:bb:cc:dd:ee:ff`.
-pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+pub(crate) fn parse_mac(s: &str) -> Option<[u8; 6]> {
     let mut mac = [0u8; 6];
     let mut parts = s.split(':');
     for b in &mut mac {
@@ -67,7 +67,7 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
 }
 
 /// `aa:bb:cc:dd:ee:ff`.
-pub fn format_mac(mac: [u8; 6]) -> String {
+pub(crate) fn format_mac(mac: [u8; 6]) -> String {
     mac.iter()
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
@@ -77,7 +77,7 @@ pub fn format_mac(mac: [u8; 6]) -> String {
 /// The record's next content, if it must change: what the leader holds of
 /// the configuration is added; VIPs `removed` from the configuration go,
 /// and so does everything unconfigured whenever the record is written.
-pub fn next_record(
+pub(crate) fn next_record(
     record: &BTreeSet<Vip>,
     configured: &BTreeSet<Vip>,
     held: &BTreeSet<Vip>,
@@ -167,6 +167,51 @@ async fn watch_record(
     }
 }
 
+/// Every member's MACs, with watches on the children and on each member's
+/// data: a member publishes its MACs after its first pass, not always at
+/// creation. `None` for the watches: no member yet.
+async fn read_macs(
+    client: &Client,
+    dir: &str,
+    deadline: Duration,
+) -> Result<(BTreeSet<[u8; 6]>, Option<Vec<OneshotWatcher>>), ZkCallError> {
+    let (children, w) = match call(
+        "watch children",
+        dir,
+        deadline,
+        client.list_and_watch_children(dir),
+    )
+    .await
+    {
+        Ok((c, w)) => (c, w),
+        // No member yet (the first is being created): look again soon.
+        Err(e) if e.is(&ZkError::NoNode) => return Ok((BTreeSet::new(), None)),
+        Err(e) => return Err(e),
+    };
+    let mut watchers = vec![w];
+    let mut macs = BTreeSet::new();
+    for child in children {
+        let path = format!("{dir}/{child}");
+        match call(
+            "get data",
+            &path,
+            deadline,
+            client.get_and_watch_data(&path),
+        )
+        .await
+        {
+            Ok((data, _, w)) => {
+                watchers.push(w);
+                let m: MemberData = serde_json::from_slice(&data).unwrap_or_default();
+                macs.extend(m.macs.iter().filter_map(|s| parse_mac(s)));
+            }
+            Err(e) if e.is(&ZkError::NoNode) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((macs, Some(watchers)))
+}
+
 async fn watch_macs(
     client: &Client,
     dir: &str,
@@ -178,46 +223,7 @@ async fn watch_macs(
         if state.peek_state().is_terminated() {
             return state.peek_state();
         }
-        // Watches on the children and on each member's data: a member
-        // publishes its MACs after its first pass, not always at creation.
-        let read = async {
-            let (children, w) = match call(
-                "watch children",
-                dir,
-                deadline,
-                client.list_and_watch_children(dir),
-            )
-            .await
-            {
-                Ok((c, w)) => (c, w),
-                // No member yet (the first is being created): look again soon.
-                Err(e) if e.is(&ZkError::NoNode) => return Ok((BTreeSet::new(), None)),
-                Err(e) => return Err(e),
-            };
-            let mut watchers = vec![w];
-            let mut macs = BTreeSet::new();
-            for child in children {
-                let path = format!("{dir}/{child}");
-                match call(
-                    "get data",
-                    &path,
-                    deadline,
-                    client.get_and_watch_data(&path),
-                )
-                .await
-                {
-                    Ok((data, _, w)) => {
-                        watchers.push(w);
-                        let m: MemberData = serde_json::from_slice(&data).unwrap_or_default();
-                        macs.extend(m.macs.iter().filter_map(|s| parse_mac(s)));
-                    }
-                    Err(e) if e.is(&ZkError::NoNode) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            Ok::<_, ZkCallError>((macs, Some(watchers)))
-        };
-        let (wait, watchers) = match read.await {
+        let (wait, watchers) = match read_macs(client, dir, deadline).await {
             Ok((_, None)) => {
                 debug!(znode = %dir, "no member znodes yet; reading again");
                 (deadline / 2, Vec::new())

@@ -30,7 +30,8 @@ pub(super) enum LeadEnd {
     /// A member can serve more of the configured VIPs: the handover
     /// request naming it is written, withdraw.
     Place(String),
-    /// This node cannot serve (R18): hand over.
+    /// This node cannot serve (a VIP interface down, unhealthy, drained):
+    /// hand over.
     Withdraw(String),
     /// An operator asked for a handover (`vipctl handover`).
     Handover(Option<String>),

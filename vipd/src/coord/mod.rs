@@ -21,19 +21,19 @@
 //! leader's `Term` and the successor's `LeaderTiming` do; `Ctx` gains a
 //! field only for what every role shares.
 
-pub mod acl;
+pub(crate) mod acl;
 pub mod admin;
 mod campaign;
 mod ctx;
-pub mod election;
-pub mod held;
+pub(crate) mod election;
+pub(crate) mod held;
 mod leader;
 pub mod lease;
 pub mod nodes;
 mod placement;
 mod run;
-pub mod session;
-pub mod store;
+pub(crate) mod session;
+pub(crate) mod store;
 mod successor;
 mod tasks;
 
@@ -63,7 +63,8 @@ pub struct ZkSettings {
     /// Without a credential, create the cluster's tree open to anyone
     /// (refused otherwise). Ignored with a credential.
     pub insecure: bool,
-    /// The leader's lease and the successor's takeover (R15).
+    /// The leader's lease and the successor's takeover: the timing that
+    /// keeps two nodes from holding the VIPs at once.
     pub lease: LeaseTimes,
 }
 
@@ -71,7 +72,7 @@ impl ZkSettings {
     /// Cluster mode settings from the flags, or `None` without `--zk`
     /// (single-node mode). Reads the credential: the auth file if one is
     /// named, else the systemd credential `vipd-zk` if the unit loads one.
-    pub fn from_args(
+    pub(crate) fn from_args(
         args: &crate::config::ZkArgs,
         node_id: String,
     ) -> Result<Option<ZkSettings>, CoordError> {
@@ -145,7 +146,7 @@ pub struct ClusterPaths {
     pub root: String,
     pub election: String,
     pub services: String,
-    /// Operators' drain records (R18), persistent.
+    /// Operators' drain records, persistent so a drain outlives restarts.
     pub nodes: String,
     /// Running nodes' member znodes, ephemeral.
     pub members: String,
@@ -154,7 +155,7 @@ pub struct ClusterPaths {
 }
 
 impl ClusterPaths {
-    pub fn new(cluster: &str) -> Self {
+    pub(crate) fn new(cluster: &str) -> Self {
         ClusterPaths {
             root: format!("/vipd/{cluster}"),
             election: format!("/vipd/{cluster}/election"),
@@ -187,7 +188,7 @@ pub struct CoordStatus {
     /// standing member can serve more: held nowhere, the others served.
     pub unplaceable: BTreeMap<Vip, String>,
     pub last_error: Option<String>,
-    /// Why this node does not stand for election now (R18: a VIP
+    /// Why this node does not stand for election now (a VIP
     /// interface down, failing health checks, drained); None: it stands.
     pub withdrawn: Option<String>,
     /// The lease this node leads on in the current session, in

@@ -1,6 +1,7 @@
-//! Nodes as operators see and steer them (R18): the drain record
-//! `/vipd/<cluster>/nodes/<node>` (persistent, written by vipctl, so it
-//! survives restarts and works from any machine), each running vipd's
+//! Nodes as operators see and steer them (a drained node hands over): the
+//! drain record `/vipd/<cluster>/nodes/<node>` (persistent, written by
+//! vipctl, so it survives restarts and works from any machine), each running
+//! vipd's
 //! member znode `/vipd/<cluster>/members/<node>` (ephemeral: role, health,
 //! why it does not stand, which VIPs it can serve), and the handover request
 //! `/vipd/<cluster>/handover` (persistent, deleted by the next leader).
@@ -17,14 +18,14 @@ use crate::vip::Vip;
 
 /// The operator's record of a node.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeRecord {
+pub(crate) struct NodeRecord {
     #[serde(default)]
     pub drained: bool,
 }
 
 /// What a running vipd says of itself.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MemberData {
+pub(crate) struct MemberData {
     pub node: String,
     #[serde(default)]
     pub host: String,
@@ -51,14 +52,14 @@ pub struct MemberData {
 /// A request that the leader whose election znode is `from` steps down,
 /// in favour of `to` if given.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HandoverRequest {
+pub(crate) struct HandoverRequest {
     pub from: String,
     #[serde(default)]
     pub to: Option<String>,
 }
 
 /// Reads a node's drain record (absent: not drained).
-pub async fn read_record(
+pub(crate) async fn read_record(
     client: &Client,
     path: &str,
     deadline: Duration,
@@ -75,7 +76,7 @@ pub async fn read_record(
 
 /// Watches this node's drain record for the session's life; `publish`
 /// gets every value read. Returns the session's terminal state.
-pub async fn watch_record(
+pub(crate) async fn watch_record(
     client: &Client,
     path: &str,
     deadline: Duration,
@@ -112,7 +113,7 @@ pub async fn watch_record(
 
 /// Writes (creates or replaces) a persistent znode's data, creating its
 /// parent.
-pub async fn put(
+pub(crate) async fn put(
     client: &Client,
     dir: &str,
     path: &str,
@@ -159,7 +160,7 @@ pub async fn put(
 
 /// Publishes this node's member znode (ephemeral) and keeps it current
 /// with `member`. Returns when `member`'s sender is gone.
-pub async fn publish_member(
+pub(crate) async fn publish_member(
     client: &Client,
     dir: &str,
     path: &str,
@@ -219,7 +220,7 @@ pub async fn publish_member(
 }
 
 /// Reads the handover request, if any, with its version.
-pub async fn read_handover(
+pub(crate) async fn read_handover(
     client: &Client,
     path: &str,
     deadline: Duration,
@@ -236,7 +237,7 @@ pub async fn read_handover(
 /// Waits until a handover request names `me` (our election znode) and
 /// returns its target. Never returns on errors (the caller's other
 /// branches, the lease among them, decide then).
-pub async fn handover_requested(
+pub(crate) async fn handover_requested(
     client: &Client,
     path: &str,
     me: &str,
@@ -263,7 +264,7 @@ pub async fn handover_requested(
 }
 
 /// Deletes a served handover request (one that does not name `me`).
-pub async fn clear_handover(client: &Client, path: &str, me: &str, deadline: Duration) {
+pub(crate) async fn clear_handover(client: &Client, path: &str, me: &str, deadline: Duration) {
     if let Ok(Some((r, version))) = read_handover(client, path, deadline).await
         && r.from != me
     {
@@ -309,7 +310,7 @@ pub struct NodeRow {
 
 impl super::ClusterPaths {
     /// The drain record of `node`.
-    pub fn node(&self, node: &str) -> String {
+    pub(crate) fn node(&self, node: &str) -> String {
         format!("{}/{node}", self.nodes)
     }
 

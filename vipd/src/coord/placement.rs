@@ -187,23 +187,7 @@ impl Ctx<'_> {
                     Err(e) => debug!(error = %e, "cannot read the members; retrying"),
                 }
             }
-            if missing != logged {
-                if missing.is_empty() {
-                    info!("every configured VIP can be served here again");
-                } else {
-                    let list: Vec<String> = missing
-                        .iter()
-                        .map(|(v, why)| format!("{v}: {why}"))
-                        .collect();
-                    warn!(vips = ?list, "VIPs that cannot be served here and that no standing member can serve with the others: held nowhere, the rest served");
-                }
-                logged = missing.clone();
-            }
-            self.status.send_if_modified(|x| {
-                let changed = x.unplaceable != missing;
-                x.unplaceable = missing.clone();
-                changed
-            });
+            self.publish_unplaceable(&missing, &mut logged);
             let any = async {
                 if watchers.is_empty() {
                     std::future::pending::<()>().await;
@@ -225,6 +209,32 @@ impl Ctx<'_> {
                 () = recheck => {}
             }
         }
+    }
+
+    /// Shows the VIPs no member can serve in the status, with one log line
+    /// per change of the set (`logged` is the set last logged).
+    fn publish_unplaceable(
+        &self,
+        missing: &BTreeMap<Vip, String>,
+        logged: &mut BTreeMap<Vip, String>,
+    ) {
+        if missing != logged {
+            if missing.is_empty() {
+                info!("every configured VIP can be served here again");
+            } else {
+                let list: Vec<String> = missing
+                    .iter()
+                    .map(|(v, why)| format!("{v}: {why}"))
+                    .collect();
+                warn!(vips = ?list, "VIPs that cannot be served here and that no standing member can serve with the others: held nowhere, the rest served");
+            }
+            logged.clone_from(missing);
+        }
+        self.status.send_if_modified(|x| {
+            let changed = &x.unplaceable != missing;
+            x.unplaceable.clone_from(missing);
+            changed
+        });
     }
 
     /// Writes the handover request naming `to`; true when written.

@@ -24,7 +24,7 @@ use crate::vip::Vip;
 /// A service's data larger than this is refused whole: ZooKeeper's own
 /// limit is 1 MB, and 8192 IPv6 VIPs (what the XDP maps hold) take about
 /// 350 kB.
-pub const MAX_SERVICE_DATA: usize = 512 * 1024;
+pub(crate) const MAX_SERVICE_DATA: usize = 512 * 1024;
 
 /// How much of a refused value an error message quotes.
 const QUOTE_MAX: usize = 64;
@@ -58,7 +58,7 @@ pub struct ServiceStatus {
 /// A service znode's data, parsed: the valid VIPs (sorted, without
 /// duplicates) and the entries refused.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ParsedService {
+pub(crate) struct ParsedService {
     pub vips: Vec<Vip>,
     pub refused: Vec<RefusedValue>,
 }
@@ -91,7 +91,7 @@ fn quote(text: &str) -> String {
 /// made by hand with `create` and no data). An entry that is not a VIP is
 /// refused alone; data that is no `{"vips": [...]}` at all is an error
 /// naming the znode path and (the start of) the data.
-pub fn parse_service(path: &str, data: &[u8]) -> Result<ParsedService, String> {
+pub(crate) fn parse_service(path: &str, data: &[u8]) -> Result<ParsedService, String> {
     if data.len() > MAX_SERVICE_DATA {
         return Err(format!(
             "{path}: {} bytes of data, more than the {MAX_SERVICE_DATA} a service may hold",
@@ -138,7 +138,7 @@ pub fn parse_service(path: &str, data: &[u8]) -> Result<ParsedService, String> {
 }
 
 /// The data written for a service (and for its last good record).
-pub fn encode_service(vips: &BTreeSet<Vip>) -> Vec<u8> {
+pub(crate) fn encode_service(vips: &BTreeSet<Vip>) -> Vec<u8> {
     let data = ServiceData {
         vips: vips.iter().map(|v| v.to_string()).collect(),
     };
@@ -148,7 +148,7 @@ pub fn encode_service(vips: &BTreeSet<Vip>) -> Vec<u8> {
 /// Every service's VIPs merged (the last good ones of a service whose
 /// znode cannot be parsed), and the VIPs that more than one service names
 /// (served once, reported).
-pub fn merge(services: &BTreeMap<String, ServiceStatus>) -> (BTreeSet<Vip>, Vec<Vip>) {
+pub(crate) fn merge(services: &BTreeMap<String, ServiceStatus>) -> (BTreeSet<Vip>, Vec<Vip>) {
     let mut all = BTreeSet::new();
     let mut dup = BTreeSet::new();
     for s in services.values() {
@@ -163,12 +163,12 @@ pub fn merge(services: &BTreeMap<String, ServiceStatus>) -> (BTreeSet<Vip>, Vec<
 
 impl ClusterPaths {
     /// Where the leader keeps each service's last good VIPs.
-    pub fn applied(&self) -> String {
+    pub(crate) fn applied(&self) -> String {
         format!("{}/applied", self.root)
     }
 
     /// The last good record of `service`.
-    pub fn applied_service(&self, service: &str) -> String {
+    pub(crate) fn applied_service(&self, service: &str) -> String {
         format!("{}/applied/{service}", self.root)
     }
 }
@@ -320,7 +320,7 @@ fn log_changes(
 
 /// Keeps `publish` fed with the services until the session ends (returns
 /// its terminal state). Errors are retried; the last good view stays.
-pub async fn watch_services(
+pub(crate) async fn watch_services(
     client: &Client,
     paths: &ClusterPaths,
     acl: &ZnodeAcl,
@@ -366,7 +366,7 @@ pub async fn watch_services(
 /// with the version read: compare-and-set) and nothing for a service that
 /// is gone. A service whose znode cannot be parsed keeps its record.
 /// Runs for the session's life.
-pub async fn persist_applied(
+pub(crate) async fn persist_applied(
     client: &Client,
     paths: &ClusterPaths,
     acl: &ZnodeAcl,

@@ -1,0 +1,94 @@
+//! The commands that talk to the agent on this host: `status` and
+//! `arp stats` over its control socket, and `cleanup`, which removes the
+//! instance's addresses after the agent stopped.
+
+use std::process::ExitCode;
+
+use vipd::{
+    api::{self, ArpStats, Request, Status},
+    net::netlink::Netlink,
+};
+
+use crate::{
+    cli::{OutputArg, SocketArg},
+    fail, print_each,
+    tables::{arp_table, status_table},
+    usage_failure,
+};
+
+/// `vipctl status`.
+pub(crate) async fn status(socket: &SocketArg, output: &OutputArg) -> ExitCode {
+    let path = match socket.path() {
+        Ok(p) => p,
+        Err(e) => return usage_failure(&e),
+    };
+    let path = &path;
+    let (json, watch) = (output.json, output.watch);
+    let status = move || async move {
+        let status: Status = api::request(path, Request::Status)
+            .await
+            .map_err(|e| e.to_string())?;
+        // Through `Value`, which sorts the keys, as the agent's answer.
+        let v = serde_json::to_value(&status).unwrap_or_default();
+        Ok(if json && watch {
+            format!("{}\n", serde_json::to_string(&v).unwrap_or_default())
+        } else if json {
+            format!("{}\n", serde_json::to_string_pretty(&v).unwrap_or_default())
+        } else {
+            status_table(&status)
+        })
+    };
+    print_each(output, watch, status, |e: String| fail(&e)).await
+}
+
+/// `vipctl arp stats`.
+pub(crate) async fn arp_stats(socket: &SocketArg, output: &OutputArg) -> ExitCode {
+    let path = match socket.path() {
+        Ok(p) => p,
+        Err(e) => return usage_failure(&e),
+    };
+    let path = &path;
+    let json = output.json;
+    let stats = move || async move {
+        let stats: ArpStats = api::request(path, Request::ArpStats)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(if json {
+            format!("{}\n", serde_json::to_string(&stats).unwrap_or_default())
+        } else {
+            arp_table(&stats)
+        })
+    };
+    print_each(output, output.watch, stats, |e: String| fail(&e)).await
+}
+
+/// `vipctl cleanup`: only the instance's own addresses, by its mark.
+pub(crate) async fn cleanup(socket: &SocketArg) -> ExitCode {
+    let instance = match socket.instance() {
+        Ok(i) => i,
+        Err(e) => return usage_failure(&e),
+    };
+    let nl = match Netlink::new() {
+        Ok(n) => n.with_mark(instance.mark()),
+        Err(e) => return fail(&e.to_string()),
+    };
+    match nl.remove_all_marked().await {
+        Ok(removed) => {
+            for a in &removed {
+                println!(
+                    "removed {}/{} (ifindex {})",
+                    a.addr, a.prefix_len, a.ifindex
+                );
+            }
+            if removed.is_empty() {
+                println!(
+                    "no addresses of vipd instance {:?} (mark {}) on this node",
+                    instance.name(),
+                    instance.mark()
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e.to_string()),
+    }
+}
