@@ -1,0 +1,154 @@
+//! The checker at the size `cargo test` runs: the faithful model finds no
+//! counterexample where today's protocol is safe, each seeded bug is found,
+//! and the known gaps of today's kernel side are shown, and closed by the
+//! in-kernel fence. Traces are printed (`-- --nocapture`) for the record.
+
+use std::time::Duration;
+
+use vipd_model::{Bug, Config, Faults, NO_LATE, ONE_SERVES, Outcome, SOMETIMES_TAKEOVER, check};
+
+fn run(what: &str, c: &Config) -> Outcome {
+    let o = check(c, 1);
+    println!(
+        "{what}: {} states, depth {}, {:?}; violations: {:?}",
+        o.states,
+        o.depth,
+        o.elapsed,
+        o.violations()
+    );
+    o
+}
+
+/// Asserts a counterexample for `property` and prints it.
+fn counterexample(what: &str, o: &Outcome, property: &str) -> String {
+    let t = o
+        .trace(property)
+        .unwrap_or_else(|| panic!("{what}: no counterexample for {property:?}: {o:?}"))
+        .to_string();
+    println!("--- {what}: {property}\n{t}");
+    t
+}
+
+fn only(kinds: &str, budget: u8) -> Faults {
+    Faults {
+        budget,
+        kill: kinds.contains('k'),
+        pause: kinds.contains('p'),
+        zk_partition: kinds.contains('z'),
+        lose: kinds.contains('l'),
+        delay: kinds.contains('d'),
+        server_lost: kinds.contains('s'),
+        ..Faults::none()
+    }
+}
+
+/// Today's protocol with the engine's lease check and its lifetime write
+/// as one step (see `a_pause_between_the_lease_check_and_the_lifetime_write`
+/// for why it is not): no fault of any kind, once in a run, at any step,
+/// breaks a property, and a takeover does happen.
+#[test]
+fn faithful_default_one_fault_of_any_kind() {
+    let mut c = Config::default_rule(Faults::all(1));
+    c.faults.lagging = false;
+    c.faults.drift_ticks = 0;
+    c.engine_atomic = true;
+    let o = run("default, one fault", &c);
+    assert_eq!(o.violations(), Vec::<&str>::new(), "{o:?}");
+    assert!(o.trace(SOMETIMES_TAKEOVER).is_some(), "no takeover reached");
+    assert!(o.states > 100_000, "{o:?}");
+}
+
+/// Lagging replicas and drifting clocks, with a killed or cut-off leader.
+#[test]
+fn faithful_default_lagging_replicas_and_drift() {
+    let mut c = Config::default_rule(only("kz", 1));
+    c.faults.lagging = true;
+    c.faults.drift_ticks = 1;
+    c.faults.targets = [true, false];
+    c.horizon = Duration::from_millis(3800);
+    c.engine_atomic = true;
+    let o = run("default, lagging and drift", &c);
+    assert_eq!(o.violations(), Vec::<&str>::new(), "{o:?}");
+    assert!(o.trace(SOMETIMES_TAKEOVER).is_some(), "no takeover reached");
+}
+
+/// A ZooKeeper server lost under lagging replicas: the successor
+/// reconnects, lists the election again (with a sync) and still takes over.
+#[test]
+fn faithful_default_server_lost() {
+    let mut c = Config::default_rule(only("ks", 2));
+    c.faults.lagging = true;
+    c.engine_atomic = true;
+    let o = run("default, server lost", &c);
+    assert_eq!(o.violations(), Vec::<&str>::new(), "{o:?}");
+}
+
+fn seeded(bug: Bug, faults: Faults) -> (Config, Config) {
+    let mut faithful = Config::default_rule(faults);
+    faithful.engine_atomic = true;
+    let mut buggy = faithful.clone();
+    buggy.bug = Some(bug);
+    (faithful, buggy)
+}
+
+#[test]
+fn seeded_takeover_without_the_version_condition_is_found() {
+    let (faithful, buggy) = seeded(Bug::TakeoverWithoutVersion, only("p", 1));
+    let o = run("faithful, pause", &faithful);
+    assert_eq!(o.violations(), Vec::<&str>::new(), "{o:?}");
+    let o = run("takeover without version", &buggy);
+    counterexample("takeover without the version condition", &o, ONE_SERVES);
+}
+
+#[test]
+fn seeded_lifetime_renewed_after_the_lease_is_found() {
+    let (faithful, buggy) = seeded(Bug::LifetimeRenewedAfterLease, only("p", 1));
+    let mut faithful = faithful;
+    faithful.faults.targets = [true, false];
+    let mut buggy = buggy;
+    buggy.faults.targets = [true, false];
+    let o = run("faithful, pause of the leader", &faithful);
+    assert_eq!(o.violations(), Vec::<&str>::new(), "{o:?}");
+    let o = run("lifetime renewed after the lease", &buggy);
+    counterexample("lifetime renewed after the lease", &o, NO_LATE);
+}
+
+#[test]
+fn seeded_lease_counted_from_the_answer_is_found() {
+    let (faithful, buggy) = seeded(Bug::LeaseFromAnswer, only("d", 1));
+    let o = run("faithful, delay", &faithful);
+    assert_eq!(o.violations(), Vec::<&str>::new(), "{o:?}");
+    let o = run("lease from the answer", &buggy);
+    counterexample("lease counted from the answer", &o, ONE_SERVES);
+}
+
+/// Today's engine checks that the lease runs, then (after an await) writes
+/// the address's lifetime: a leader paused in between writes a whole
+/// lifetime after its lease ended, and serves beside its successor. The
+/// in-kernel fence (XDP ends the answers at the lease's end) closes it.
+#[test]
+fn a_pause_between_the_lease_check_and_the_lifetime_write() {
+    let mut c = Config::default_rule(only("p", 1));
+    c.faults.targets = [true, false];
+    let o = run("default, code's engine, pause", &c);
+    counterexample("pause between check and write", &o, NO_LATE);
+    counterexample("pause between check and write", &o, ONE_SERVES);
+    c.fence = Some(Duration::ZERO);
+    let o = run("default, code's engine, pause, fence", &c);
+    assert_eq!(o.violations(), Vec::<&str>::new(), "{o:?}");
+}
+
+/// At sub-second leases the kernel lifetime (whole seconds, at least 1 s)
+/// outlives the takeover: a killed leader's address is still in its kernel
+/// when the successor serves. The in-kernel fence closes it.
+#[test]
+fn short_lease_killed_leader_overlaps_without_the_fence() {
+    let mut c = Config::short_lease(200, only("k", 1));
+    c.engine_atomic = true;
+    let o = run("200 ms lease, kill", &c);
+    counterexample("200 ms lease, killed leader", &o, ONE_SERVES);
+    c.fence = Some(Duration::ZERO);
+    let o = run("200 ms lease, kill, fence", &c);
+    assert_eq!(o.violations(), Vec::<&str>::new(), "{o:?}");
+    assert!(o.trace(SOMETIMES_TAKEOVER).is_some(), "no takeover reached");
+}
