@@ -10,7 +10,7 @@ mod zk;
 
 use std::time::Duration;
 
-use stateright::{Model, Property};
+use stateright::{Expectation, Model, Property};
 use vipd_lease::{KERNEL_LIFETIME_SLACK, LeaseTimes, Observer, StatedLease, Time};
 
 pub use trace::format_trace;
@@ -1050,7 +1050,11 @@ impl Lease {
                     s.zk.sync(srv, &mut s.nodes);
                     let view = s.zk.view(srv);
                     let first = view.first().map(|z| z.seq);
-                    let pred = view.iter().filter(|z| z.seq < own).map(|z| z.seq).next_back();
+                    let pred = view
+                        .iter()
+                        .filter(|z| z.seq < own)
+                        .map(|z| z.seq)
+                        .next_back();
                     let mine = view.iter().any(|z| z.seq == own);
                     RespKind::Children { first, pred, mine }
                 }
@@ -1220,8 +1224,13 @@ impl Model for Lease {
             }
         }
         if self.cfg().faults.lagging {
+            // A server nobody is connected to catches up only once someone
+            // connects: its replica matters only to its clients, and any
+            // prefix it could have applied before is still reachable after
+            // (the client's next request waits for its turn like any other).
             for srv in 0..SERVERS {
-                if s.zk.lagging(srv) {
+                let connected = s.nodes.iter().any(|n| n.server == Some(srv as u8));
+                if connected && s.zk.lagging(srv) {
                     lazy.push(Action::Replicate(srv as u8));
                 }
             }
@@ -1356,9 +1365,10 @@ pub fn check(config: &Config, threads: usize) -> Outcome {
         .map(|p| {
             (
                 p.name,
-                checker
-                    .discovery(p.name)
-                    .map(|path| format_trace(&model, &path)),
+                checker.discovery(p.name).map(|path| {
+                    let holds = matches!(p.expectation, Expectation::Always).then_some(p.condition);
+                    format_trace(&model, &path, holds)
+                }),
             )
         })
         .collect();

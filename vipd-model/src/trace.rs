@@ -152,8 +152,14 @@ pub(crate) fn step_line(m: &Lease, last: &State, action: Action) -> String {
     format!("{:>6} ms  {what}  [serves: {serving}]", last.now)
 }
 
-/// A counterexample, one line per step.
-pub fn format_trace(m: &Lease, path: &Path<State, Action>) -> String {
+/// A counterexample, one line per step. With `holds`, the trace ends at
+/// the first step after which it no longer holds (the checker's path may
+/// run on past the violation).
+pub fn format_trace(
+    m: &Lease,
+    path: &Path<State, Action>,
+    holds: Option<fn(&Lease, &State) -> bool>,
+) -> String {
     let mut out = String::new();
     // Plain ticks in a row make one line.
     let mut quiet: Option<(u64, u64)> = None;
@@ -172,6 +178,12 @@ pub fn format_trace(m: &Lease, path: &Path<State, Action>) -> String {
         }
         out += &step_line(m, &state, a);
         out.push('\n');
+        if let Some(holds) = holds
+            && let Some(after) = m.next_state(&state, a)
+            && !holds(m, &after)
+        {
+            return out;
+        }
     }
     if let Some((from, to)) = quiet {
         out += &format!("{from:>6} ms  time passes to {to} ms\n");

@@ -65,7 +65,7 @@ fn faithful_default_lagging_replicas_and_drift() {
     c.faults.lagging = true;
     c.faults.drift_ticks = 1;
     c.faults.targets = [true, false];
-    c.horizon = Duration::from_millis(3800);
+    c.horizon = Duration::from_millis(3400);
     c.engine_atomic = true;
     let o = run("default, lagging and drift", &c);
     assert_eq!(o.violations(), Vec::<&str>::new(), "{o:?}");
@@ -78,6 +78,7 @@ fn faithful_default_lagging_replicas_and_drift() {
 fn faithful_default_server_lost() {
     let mut c = Config::default_rule(only("ks", 2));
     c.faults.lagging = true;
+    c.horizon = Duration::from_millis(3400);
     c.engine_atomic = true;
     let o = run("default, server lost", &c);
     assert_eq!(o.violations(), Vec::<&str>::new(), "{o:?}");
@@ -113,10 +114,19 @@ fn seeded_lifetime_renewed_after_the_lease_is_found() {
     counterexample("lifetime renewed after the lease", &o, NO_LATE);
 }
 
+/// A renewal answered late, then the leader stopped: the lease counted
+/// from the answer outlasts the successor's wait, which counts from the
+/// write. (With the in-kernel fence on both sides, so that the faithful
+/// model's own late-answer gap, `a_late_answer_then_a_kill_...`, does not
+/// hide the bug.)
 #[test]
 fn seeded_lease_counted_from_the_answer_is_found() {
-    let (faithful, buggy) = seeded(Bug::LeaseFromAnswer, only("d", 1));
-    let o = run("faithful, delay", &faithful);
+    let mut faults = only("dk", 2);
+    faults.targets = [true, false];
+    let (mut faithful, mut buggy) = seeded(Bug::LeaseFromAnswer, faults);
+    faithful.fence = Some(Duration::ZERO);
+    buggy.fence = Some(Duration::ZERO);
+    let o = run("faithful, delay and kill, fence", &faithful);
     assert_eq!(o.violations(), Vec::<&str>::new(), "{o:?}");
     let o = run("lease from the answer", &buggy);
     counterexample("lease counted from the answer", &o, ONE_SERVES);
@@ -144,6 +154,7 @@ fn a_pause_between_the_lease_check_and_the_lifetime_write() {
 #[test]
 fn short_lease_killed_leader_overlaps_without_the_fence() {
     let mut c = Config::short_lease(200, only("k", 1));
+    c.horizon = Duration::from_millis(900);
     c.engine_atomic = true;
     let o = run("200 ms lease, kill", &c);
     counterexample("200 ms lease, killed leader", &o, ONE_SERVES);
@@ -151,4 +162,51 @@ fn short_lease_killed_leader_overlaps_without_the_fence() {
     let o = run("200 ms lease, kill, fence", &c);
     assert_eq!(o.violations(), Vec::<&str>::new(), "{o:?}");
     assert!(o.trace(SOMETIMES_TAKEOVER).is_some(), "no takeover reached");
+}
+
+/// Found by the model at the default settings: a renewal whose answer
+/// comes late (here its write 400 ms on the way, the answer 1.1 s) still
+/// extends the lease to its send + the lease, and the engine then writes a
+/// whole lease of kernel lifetime from the answer. Killed (or frozen) right
+/// after, the leader's address outlives the successor's takeover, which
+/// counts from when it saw the write. The in-kernel fence at the lease's
+/// end closes it.
+#[test]
+fn a_late_answer_then_a_kill_with_the_fence_is_safe() {
+    let mut c = late_answer_then_kill();
+    c.fence = Some(Duration::ZERO);
+    let o = run("default, delay and kill, fence", &c);
+    assert_eq!(o.violations(), Vec::<&str>::new(), "{o:?}");
+}
+
+/// Today's protocol has the gap above: this fails until the kernel side
+/// (the in-kernel fence, or a lifetime cut to what is left of the lease)
+/// changes. Run it with `-- --ignored` to print the counterexample.
+#[test]
+#[ignore = "today's protocol: a late renewal answer then a kill serves beside the successor"]
+fn a_late_answer_then_a_kill_today() {
+    let o = run("default, delay and kill", &late_answer_then_kill());
+    if let Some(t) = o.trace(ONE_SERVES) {
+        println!("--- late answer then kill: {ONE_SERVES}\n{t}");
+    }
+    assert_eq!(o.violations(), Vec::<&str>::new());
+}
+
+/// The same pause between the engine's lease check and its lifetime write
+/// as `a_pause_between_the_lease_check_and_the_lifetime_write`, stated as
+/// what should hold: fails today.
+#[test]
+#[ignore = "today's engine: a pause between the lease check and the lifetime write serves beside the successor"]
+fn the_engine_as_coded_today() {
+    let mut c = Config::default_rule(only("p", 1));
+    c.faults.targets = [true, false];
+    let o = run("default, code's engine, pause", &c);
+    assert_eq!(o.violations(), Vec::<&str>::new());
+}
+
+fn late_answer_then_kill() -> Config {
+    let mut c = Config::default_rule(only("dk", 2));
+    c.engine_atomic = true;
+    c.faults.targets = [true, false];
+    c
 }

@@ -1,5 +1,6 @@
-//! `cargo xtask bench [all|engine|failover|steady|arp|keepalived|services|serving] [--runs N]`:
-//! benchmarks in the lab on release binaries. Each prints its markdown
+//! `cargo xtask bench [all|engine|failover|steady|arp|keepalived|services|serving|model] [--runs N]`:
+//! benchmarks in the lab on release binaries (`model` runs the model
+//! checker and needs neither). Each prints its markdown
 //! section when done; docs/BENCHMARKS.md keeps the latest section of each.
 
 mod arp;
@@ -7,6 +8,7 @@ mod engine;
 pub(crate) mod failover;
 mod isolated;
 mod keepalived;
+mod model;
 mod plot;
 mod services;
 mod serving;
@@ -45,6 +47,9 @@ pub struct Options {
     /// steady: how long the steady run lasts, in seconds.
     #[arg(long, default_value_t = steady::DEFAULT_SECONDS)]
     pub seconds: u64,
+    /// model: faults per checked run (the size of the check).
+    #[arg(long, default_value_t = model::DEFAULT_FAULTS)]
+    pub model_faults: u8,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -57,6 +62,7 @@ pub enum Which {
     Keepalived,
     Services,
     Serving,
+    Model,
 }
 
 /// Runs per case of the benchmarks that have no default of their own.
@@ -86,7 +92,7 @@ fn runs_and_faults(o: &Options, default_runs: usize) -> String {
 }
 
 /// Every benchmark, in the order `all` runs them and the file lists them.
-const BENCHES: [Bench; 7] = [
+const BENCHES: [Bench; 8] = [
     bench("engine", |o| engine::run(runs(o)), runs_arg),
     bench("failover", failover::run, |o| {
         runs_and_faults(o, failover::DEFAULT_RUNS)
@@ -104,6 +110,9 @@ const BENCHES: [Bench; 7] = [
         |o| serving::run(o.runs.unwrap_or(serving::DEFAULT_RUNS)),
         |o| format!("--runs {}", o.runs.unwrap_or(serving::DEFAULT_RUNS)),
     ),
+    bench("model", model::run, |o| {
+        format!("--model-faults {}", o.model_faults)
+    }),
 ];
 
 const fn bench(
@@ -122,7 +131,9 @@ fn runs(o: &Options) -> usize {
 const REPORT: &str = "docs/BENCHMARKS.md";
 
 pub fn run(opts: &Options) -> Result<()> {
-    if !is_root() {
+    // The model checker needs no lab, no root and no release build.
+    let lab = opts.which != Which::Model;
+    if lab && !is_root() {
         bail!(
             "cargo xtask bench needs root: it builds network namespaces, veths and XDP \
              programs in a lab. Run it as root, e.g. `sudo -E cargo xtask bench`"
@@ -134,11 +145,21 @@ pub fn run(opts: &Options) -> Result<()> {
     if opts.seconds == 0 {
         bail!("--seconds must be at least 1");
     }
+    if opts.model_faults == 0 {
+        bail!("--model-faults must be at least 1");
+    }
     // ZooKeeper as deployed: its transaction log on disk, fsynced per write
     // (the tests keep it in memory; vipd_tests::zk).
     vipd_tests::zk::keep_data_on_disk();
-    let bins = build::build(&build::Options { release: true })?;
-    for (name, env) in [("vipd", "VIPD_BIN"), ("vipctl", "VIPCTL_BIN")] {
+    let bins = if lab {
+        build::build(&build::Options { release: true })?
+    } else {
+        Default::default()
+    };
+    for (name, env) in [("vipd", "VIPD_BIN"), ("vipctl", "VIPCTL_BIN")]
+        .into_iter()
+        .filter(|_| lab)
+    {
         let path = bins.join(name);
         if !path.is_file() {
             bail!("the release build did not produce {}", path.display());
@@ -274,7 +295,7 @@ fn report(old: &str, done: &[(&'static str, String)], machine: &Machine) -> Stri
          <!-- Written by `cargo xtask bench`; do not edit by hand: the next run overwrites it. -->\n\n\
          Every figure here is written by `cargo xtask bench` (as root), never by hand.\n\
          `cargo xtask bench` runs every benchmark; `cargo xtask bench engine` (or `failover`,\n\
-         `steady`, `arp`, `keepalived`, `services`, `serving`) runs one and replaces only its section below.\n\
+         `steady`, `arp`, `keepalived`, `services`, `serving`, `model`) runs one and replaces only its section below.\n\
          `--runs N` sets the runs per measured case (default {DEFAULT_RUNS}; `failover`: {} per fault\n\
          and system, and `--faults cut,partition,kill,stop` picks faults; `services`: `--faults\n\
          cut,partition,kill,handover`; `serving`: {} per case); `--seconds N` the length of the\n\
