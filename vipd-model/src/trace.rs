@@ -64,7 +64,24 @@ pub(crate) fn step_line(m: &Lease, last: &State, action: Action) -> String {
             let n = &last.nodes[usize::from(i)];
             let did = match step {
                 Step::Receive => match n.from_zk.first() {
-                    Some(r) => format!("receives: {}", resp(r.kind)),
+                    Some(r) => {
+                        let reading = n
+                            .wait
+                            .is_some_and(|w| matches!(w.kind, ReqKind::Read { .. }));
+                        let starts = reading
+                            && m.next_state(last, action).is_some_and(|a| {
+                                matches!(
+                                    a.nodes[usize::from(i)].wait,
+                                    Some(w) if matches!(w.kind, ReqKind::Takeover { .. })
+                                )
+                            });
+                        let then = if starts {
+                            "; the takeover wait is over: sends the takeover"
+                        } else {
+                            ""
+                        };
+                        format!("receives: {}{then}", resp(r.kind))
+                    }
                     None => "receives nothing".to_string(),
                 },
                 Step::Timeout => match n.wait {
@@ -152,34 +169,97 @@ pub(crate) fn step_line(m: &Lease, last: &State, action: Action) -> String {
     format!("{:>6} ms  {what}  [serves: {serving}]", last.now)
 }
 
-/// A counterexample, one line per step. With `holds`, the trace ends at
-/// the first step after which it no longer holds (the checker's path may
-/// run on past the violation).
+/// A successor's read that changes nothing: its poll, ZooKeeper's answer,
+/// and the same version as before (the takeover count goes on).
+fn routine_read(m: &Lease, steps: &[(State, Option<Action>)], j: usize) -> bool {
+    let (
+        Some((s0, Some(Action::Node(i, Step::Poll)))),
+        Some((_, Some(Action::Zk(k)))),
+        Some((s2, Some(Action::Node(r, Step::Receive)))),
+    ) = (steps.get(j), steps.get(j + 1), steps.get(j + 2))
+    else {
+        return false;
+    };
+    if k != i || r != i {
+        return false;
+    }
+    let count = |s: &State| match &s.nodes[usize::from(*i)].role {
+        Role::Next { observer, .. } => observer.takeover_at(),
+        _ => None,
+    };
+    let before = count(s0);
+    let after = m.next_state(s2, Action::Node(*r, Step::Receive));
+    // An answer that starts the takeover is not routine.
+    before.is_some()
+        && after.is_some_and(|a| count(&a) == before && a.nodes[usize::from(*i)].wait.is_none())
+}
+
+/// A counterexample, one line per step. The steady state before the run's
+/// last renewal ahead of its first fault is one line, and so are a
+/// successor's reads that change nothing (they fold into the time that
+/// passes). With `holds`, the trace ends at the first step after which it
+/// no longer holds (the checker's path may run on past the violation).
 pub fn format_trace(
     m: &Lease,
     path: &Path<State, Action>,
     holds: Option<fn(&Lease, &State) -> bool>,
 ) -> String {
+    let steps = path.clone().into_vec();
     let mut out = String::new();
-    // Plain ticks in a row make one line.
+    let first_fault = steps
+        .iter()
+        .position(|(_, a)| matches!(a, Some(Action::Fault(_))))
+        .unwrap_or(steps.len());
+    let start = steps[..first_fault]
+        .iter()
+        .rposition(|(_, a)| matches!(a, Some(Action::Node(_, Step::Renew))))
+        .unwrap_or(0);
+    if start > 0 {
+        let l = m.0.lease;
+        out += &format!(
+            "{:>6} ms  ... to {} ms: {} steps of the steady state folded (the leader renews every {} ms, each renewal acknowledged and applied; the successor reads each version)\n",
+            steps[0].0.now,
+            steps[start].0.now,
+            start,
+            crate::ceil_ms(l.renew_every()).max(m.0.tick_ms())
+        );
+    }
+    // Plain ticks and routine reads in a row make one line.
     let mut quiet: Option<(u64, u64)> = None;
-    for (state, action) in path.clone().into_vec() {
-        let Some(a) = action else { continue };
-        if a == (Action::Tick {
+    let mut reads = false;
+    let mut j = start;
+    while j < steps.len() {
+        let (state, action) = &steps[j];
+        let Some(a) = *action else { break };
+        if routine_read(m, &steps, j) {
+            j += 3;
+            reads = true;
+            let (from, _) = quiet.unwrap_or((state.now, state.now));
+            quiet = Some((from, state.now));
+            continue;
+        }
+        j += 1;
+        if let Action::Tick {
             slow: None,
             fast: None,
-        }) {
+        } = a
+        {
             let (from, _) = quiet.unwrap_or((state.now, state.now));
             quiet = Some((from, state.now + m.0.tick_ms()));
             continue;
         }
         if let Some((from, to)) = quiet.take() {
-            out += &format!("{from:>6} ms  time passes to {to} ms\n");
+            let note = if std::mem::take(&mut reads) {
+                " (the successor's reads answered: the same version)"
+            } else {
+                ""
+            };
+            out += &format!("{from:>6} ms  time passes to {to} ms{note}\n");
         }
-        out += &step_line(m, &state, a);
+        out += &step_line(m, state, a);
         out.push('\n');
         if let Some(holds) = holds
-            && let Some(after) = m.next_state(&state, a)
+            && let Some(after) = m.next_state(state, a)
             && !holds(m, &after)
         {
             return out;
