@@ -1316,6 +1316,8 @@ impl Model for Lease {
 /// What one exhaustive check found.
 #[derive(Debug)]
 pub struct Outcome {
+    /// Every reachable state was explored (no state cap was reached).
+    pub complete: bool,
     pub states: usize,
     pub depth: usize,
     pub elapsed: Duration,
@@ -1351,14 +1353,21 @@ pub const SOMETIMES_TAKEOVER: &str = "a takeover";
 /// Explores every state of `config` up to its horizon (breadth first, on
 /// `threads` threads).
 pub fn check(config: &Config, threads: usize) -> Outcome {
+    check_at_most(config, threads, None)
+}
+
+/// [`check`], stopping after about `max_states` states (the memory a check
+/// takes grows with them): [`Outcome::complete`] says whether it explored
+/// everything.
+pub fn check_at_most(config: &Config, threads: usize, max_states: Option<usize>) -> Outcome {
     use stateright::Checker as _;
     let started = std::time::Instant::now();
     let model = Lease(config.clone());
-    let checker = Lease(config.clone())
-        .checker()
-        .threads(threads)
-        .spawn_bfs()
-        .join();
+    let mut builder = Lease(config.clone()).checker().threads(threads);
+    if let Some(n) = max_states {
+        builder = builder.target_state_count(n);
+    }
+    let checker = builder.spawn_bfs().join();
     let found = model
         .properties()
         .iter()
@@ -1373,6 +1382,7 @@ pub fn check(config: &Config, threads: usize) -> Outcome {
         })
         .collect();
     Outcome {
+        complete: max_states.is_none_or(|n| checker.unique_state_count() < n),
         states: checker.unique_state_count(),
         depth: checker.max_depth(),
         elapsed: started.elapsed(),

@@ -299,8 +299,9 @@ fn report(old: &str, done: &[(&'static str, String)], machine: &Machine) -> Stri
          `--runs N` sets the runs per measured case (default {DEFAULT_RUNS}; `failover`: {} per fault\n\
          and system, and `--faults cut,partition,kill,stop` picks faults; `services`: `--faults\n\
          cut,partition,kill,handover`; `serving`: {} per case); `--seconds N` the length of the\n\
-         `steady` run (default {}). It builds the release binaries first and\n\
-         runs everything in a lab of network namespaces joined by bridges (addresses from\n\
+         `steady` run (default {}); `--model-faults N` the faults per run of `model` (default {}),\n\
+         which runs the model checker without a lab or root. The others build the release binaries first and\n\
+         run everything in a lab of network namespaces joined by bridges (addresses from\n\
          192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24, 2001:db8::/32 only), which it removes afterwards.\n\n\
          How to read the figures: times are milliseconds unless marked; a cell reads\n\
          `median (min-max)` over the runs; each section says what it measures, from which\n\
@@ -311,6 +312,7 @@ fn report(old: &str, done: &[(&'static str, String)], machine: &Machine) -> Stri
         failover::DEFAULT_RUNS,
         serving::DEFAULT_RUNS,
         steady::DEFAULT_SECONDS,
+        model::DEFAULT_FAULTS,
         machine.date,
         machine.summary()
     );
