@@ -1356,8 +1356,8 @@ pub fn check(config: &Config, threads: usize) -> Outcome {
     check_at_most(config, threads, None)
 }
 
-/// [`check`], stopping after about `max_states` states (the memory a check
-/// takes grows with them): [`Outcome::complete`] says whether it explored
+/// [`check`], stopping after about `max_states` states generated (repeats
+/// included; the memory a check takes grows with them): [`Outcome::complete`] says whether it explored
 /// everything.
 pub fn check_at_most(config: &Config, threads: usize, max_states: Option<usize>) -> Outcome {
     use stateright::Checker as _;
@@ -1382,7 +1382,8 @@ pub fn check_at_most(config: &Config, threads: usize, max_states: Option<usize>)
         })
         .collect();
     Outcome {
-        complete: max_states.is_none_or(|n| checker.unique_state_count() < n),
+        // The cap counts states generated, repeats included.
+        complete: max_states.is_none_or(|n| checker.state_count() < n),
         states: checker.unique_state_count(),
         depth: checker.max_depth(),
         elapsed: started.elapsed(),
