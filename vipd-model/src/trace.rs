@@ -104,10 +104,29 @@ pub(crate) fn step_line(m: &Lease, last: &State, action: Action) -> String {
                     Role::Listing { seq: None, .. } => "stands for election".to_string(),
                     _ => "lists the election".to_string(),
                 },
-                Step::EngineCheck => format!(
-                    "engine: applies the lease until {} ms (checks it still runs)",
-                    n.engine.pending.unwrap_or_default()
-                ),
+                Step::EngineCheck => {
+                    let check = if m.0.bug == Some(crate::Bug::LifetimeRenewedAfterLease) {
+                        "without checking that it still runs"
+                    } else {
+                        "checks it still runs"
+                    };
+                    // With the check and the write as one step, say so.
+                    let wrote = m.next_state(last, action).is_some_and(|a| {
+                        a.nodes[usize::from(i)].engine.last_renewed != n.engine.last_renewed
+                    });
+                    let write = if wrote {
+                        format!(
+                            " and sets the VIP's kernel lifetime ({} s)",
+                            m.0.lease.address_lifetime()
+                        )
+                    } else {
+                        String::new()
+                    };
+                    format!(
+                        "engine: applies the lease until {} ms ({check}){write}",
+                        n.engine.pending.unwrap_or_default()
+                    )
+                }
                 Step::EngineWrite => format!(
                     "engine: sets the VIP's kernel lifetime ({} s; lease until {} ms)",
                     m.0.lease.address_lifetime(),
@@ -262,6 +281,14 @@ pub fn format_trace(
             && let Some(after) = m.next_state(state, a)
             && !holds(m, &after)
         {
+            for (k, n) in after.nodes.iter().enumerate() {
+                if let Some(a) = n.engine.addr.filter(|_| n.serving(m.0.fence)) {
+                    out += &format!(
+                        "        {}'s address: in its kernel until {} ms, its lease ends {} ms (its clock, now {} ms)\n",
+                        NAMES[k], a.expires, a.xdp_until, n.clock
+                    );
+                }
+            }
             return out;
         }
     }
