@@ -1,5 +1,6 @@
-//! `cargo xtask bench [all|engine|failover|steady|arp|keepalived|services|serving|chaos] [--runs N]`:
-//! benchmarks in the lab on release binaries. Each prints its markdown
+//! `cargo xtask bench [all|engine|failover|steady|arp|keepalived|services|serving|chaos|model] [--runs N]`:
+//! benchmarks in the lab on release binaries (`model` runs the model
+//! checker and needs neither). Each prints its markdown
 //! section when done; docs/BENCHMARKS.md keeps the latest section of each.
 
 mod arp;
@@ -8,6 +9,7 @@ mod engine;
 pub(crate) mod failover;
 mod isolated;
 mod keepalived;
+mod model;
 mod plot;
 mod services;
 mod serving;
@@ -30,7 +32,7 @@ use crate::{build, is_root, output_of, workspace_root};
 #[derive(clap::Args)]
 pub struct Options {
     /// Which benchmark (default: all of them, in the order engine,
-    /// failover, steady, arp, keepalived, services, serving, chaos).
+    /// failover, steady, arp, keepalived, services, serving, chaos, model).
     #[arg(value_enum, default_value = "all")]
     pub which: Which,
     /// Runs per measured case (default 10; failover: 20 per fault and
@@ -49,6 +51,9 @@ pub struct Options {
     /// chaos: how long faults are injected in all, in minutes.
     #[arg(long, default_value_t = chaos::DEFAULT_MINUTES)]
     pub minutes: u64,
+    /// model: faults per checked run (the size of the check).
+    #[arg(long, default_value_t = model::DEFAULT_FAULTS)]
+    pub model_faults: u8,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -62,6 +67,7 @@ pub enum Which {
     Services,
     Serving,
     Chaos,
+    Model,
 }
 
 /// Runs per case of the benchmarks that have no default of their own.
@@ -91,7 +97,7 @@ fn runs_and_faults(o: &Options, default_runs: usize) -> String {
 }
 
 /// Every benchmark, in the order `all` runs them and the file lists them.
-const BENCHES: [Bench; 8] = [
+const BENCHES: [Bench; 9] = [
     bench("engine", |o| engine::run(runs(o)), runs_arg),
     bench("failover", failover::run, |o| {
         runs_and_faults(o, failover::DEFAULT_RUNS)
@@ -114,6 +120,9 @@ const BENCHES: [Bench; 8] = [
         |o| chaos::run(o.minutes),
         |o| format!("--minutes {}", o.minutes),
     ),
+    bench("model", model::run, |o| {
+        format!("--model-faults {}", o.model_faults)
+    }),
 ];
 
 const fn bench(
@@ -132,7 +141,9 @@ fn runs(o: &Options) -> usize {
 const REPORT: &str = "docs/BENCHMARKS.md";
 
 pub fn run(opts: &Options) -> Result<()> {
-    if !is_root() {
+    // The model checker needs no lab, no root and no release build.
+    let lab = opts.which != Which::Model;
+    if lab && !is_root() {
         bail!(
             "cargo xtask bench needs root: it builds network namespaces, veths and XDP \
              programs in a lab. Run it as root, e.g. `sudo -E cargo xtask bench`"
@@ -144,11 +155,21 @@ pub fn run(opts: &Options) -> Result<()> {
     if opts.seconds == 0 {
         bail!("--seconds must be at least 1");
     }
+    if opts.model_faults == 0 {
+        bail!("--model-faults must be at least 1");
+    }
     // ZooKeeper as deployed: its transaction log on disk, fsynced per write
     // (the tests keep it in memory; vipd_tests::zk).
     vipd_tests::zk::keep_data_on_disk();
-    let bins = build::build(&build::Options { release: true })?;
-    for (name, env) in [("vipd", "VIPD_BIN"), ("vipctl", "VIPCTL_BIN")] {
+    let bins = if lab {
+        build::build(&build::Options { release: true })?
+    } else {
+        Default::default()
+    };
+    for (name, env) in [("vipd", "VIPD_BIN"), ("vipctl", "VIPCTL_BIN")]
+        .into_iter()
+        .filter(|_| lab)
+    {
         let path = bins.join(name);
         if !path.is_file() {
             bail!("the release build did not produce {}", path.display());
@@ -284,12 +305,12 @@ fn report(old: &str, done: &[(&'static str, String)], machine: &Machine) -> Stri
          <!-- Written by `cargo xtask bench`; do not edit by hand: the next run overwrites it. -->\n\n\
          Every figure here is written by `cargo xtask bench` (as root), never by hand.\n\
          `cargo xtask bench` runs every benchmark; `cargo xtask bench engine` (or `failover`,\n\
-         `steady`, `arp`, `keepalived`, `services`, `serving`, `chaos`) runs one and replaces only its section below.\n\
+         `steady`, `arp`, `keepalived`, `services`, `serving`, `chaos`, `model`) runs one and replaces only its section below.\n\
          `--runs N` sets the runs per measured case (default {DEFAULT_RUNS}; `failover`: {} per fault\n\
          and system, and `--faults cut,partition,kill,stop` picks faults; `services`: `--faults\n\
          cut,partition,kill,handover`; `serving`: {} per case); `--seconds N` the length of the\n\
-         `steady` run (default {}); `--minutes N` the length of the `chaos` runs (default {}). It builds the release binaries first and\n\
-         runs everything in a lab of network namespaces joined by bridges (addresses from\n\
+         `steady` run (default {}); `--minutes N` the length of the `chaos` runs (default {}); `--model-faults N` the faults per run of `model` (default {}),\n\
+         which runs the model checker without a lab or root. The others build the release binaries first and\n\
          192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24, 2001:db8::/32 only), which it removes afterwards.\n\n\
          How to read the figures: times are milliseconds unless marked; a cell reads\n\
          `median (min-max)` over the runs; each section says what it measures, from which\n\
@@ -301,6 +322,7 @@ fn report(old: &str, done: &[(&'static str, String)], machine: &Machine) -> Stri
         serving::DEFAULT_RUNS,
         steady::DEFAULT_SECONDS,
         chaos::DEFAULT_MINUTES,
+        model::DEFAULT_FAULTS,
         machine.date,
         machine.summary()
     );
