@@ -105,8 +105,8 @@ pub struct ZkArgs {
 
 impl ZkArgs {
     /// The lease settings, validated against the session timeout.
-    pub fn lease_times(&self) -> Result<crate::coord::lease::LeaseTimes, String> {
-        crate::coord::lease::LeaseTimes::new(self.session_timeout, self.lease, self.takeover_margin)
+    pub fn lease_times(&self) -> Result<vipd_lease::LeaseTimes, String> {
+        vipd_lease::LeaseTimes::new(self.session_timeout, self.lease, self.takeover_margin)
             .map_err(|e| e.to_string())
     }
 }
