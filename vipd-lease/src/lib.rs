@@ -202,13 +202,42 @@ impl LeaseTimes {
     }
 
     /// How long a SIGKILLed agent's address can outlive the takeover (zero
-    /// when it cannot), given the kernel's lifetime check slack. The address
-    /// goes at most `lifetime + slack` after the last renewal was
-    /// acknowledged (which is after it was sent); the takeover comes at the
-    /// earliest `takeover_after` after that send.
+    /// when it cannot), given the kernel's lifetime check slack, for a
+    /// renewal acknowledged at once: the address goes at most `lifetime +
+    /// slack` after the renewal; the takeover comes at the earliest
+    /// `takeover_after` after its send. A renewal acknowledged late gets a
+    /// shorter lifetime ([`LeaseTimes::lifetime_at`]) so that this holds.
     pub fn kill_overlap(&self, kernel_slack: Duration) -> Duration {
         (Duration::from_secs(u64::from(self.address_lifetime())) + kernel_slack)
             .saturating_sub(self.takeover_after())
+    }
+
+    /// The lifetime to write at `now` into an address held under a lease
+    /// that ends at `until`, in whole seconds; `None` when no lifetime of at
+    /// least 1 s would end in time, so nothing may be written.
+    ///
+    /// The successor takes over no sooner than `takeover_after` after the
+    /// renewal's send, that is `renew_every + margin` after `until`; the
+    /// address must be out of the kernel (lifetime + slack) by then. A
+    /// renewal acknowledged at once gets [`LeaseTimes::address_lifetime`];
+    /// one acknowledged late (ZooKeeper slow to answer, up to a lease after
+    /// the send) gets less, or none: a full lifetime counted from a late
+    /// answer would keep a killed or frozen agent's address in its kernel
+    /// past the takeover.
+    ///
+    /// Below [`LeaseTimes::safe_min_lease`] even the 1 s minimum outlives
+    /// the takeover (by [`LeaseTimes::kill_overlap`], documented for such
+    /// leases): there the lifetime stays the 1 s minimum.
+    pub fn lifetime_at<T: Time>(&self, until: T, now: T, kernel_slack: Duration) -> Option<u32> {
+        if !self.kill_overlap(kernel_slack).is_zero() {
+            return Some(self.address_lifetime());
+        }
+        let room =
+            (until.since(now) + self.renew_every() + self.margin).saturating_sub(kernel_slack);
+        let secs = u32::try_from(room.as_secs())
+            .unwrap_or(u32::MAX)
+            .min(self.address_lifetime());
+        (secs >= 1).then_some(secs)
     }
 }
 
@@ -562,6 +591,53 @@ mod tests {
         // Lifetime never exceeds the lease once the lease is 1 s or more.
         for ms in (1000..20_000).step_by(37) {
             assert!(u64::from(times(ms).address_lifetime()) * 1000 <= ms, "{ms}");
+        }
+    }
+
+    /// Drawn answer delays: the lifetime written at the answer, plus the
+    /// kernel's slack, never outlives the earliest takeover (the send plus
+    /// `takeover_after`) at any lease that claims no kill overlap; an
+    /// answer at once still gets the whole lifetime.
+    #[test]
+    fn lifetime_at_a_late_answer_ends_before_the_takeover() {
+        let t0 = std::time::Instant::now();
+        let mut seed = 0x5eed_u64;
+        for lease_ms in [
+            200_u64, 333, 666, 1_000, 1_333, 1_999, 2_000, 3_000, 6_500, 20_000,
+        ] {
+            let t = times(lease_ms);
+            let until = t.until(t0);
+            if t.kill_overlap(KERNEL_LIFETIME_SLACK).is_zero() {
+                assert_eq!(
+                    t.lifetime_at(until, t0, KERNEL_LIFETIME_SLACK),
+                    Some(t.address_lifetime())
+                );
+            }
+            for _ in 0..500 {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let late = Duration::from_micros((seed >> 33) % (t.length.as_micros() as u64 + 1));
+                let answered = t0 + late;
+                match t.lifetime_at(until, answered, KERNEL_LIFETIME_SLACK) {
+                    Some(secs) if t.kill_overlap(KERNEL_LIFETIME_SLACK).is_zero() => {
+                        let gone =
+                            answered + Duration::from_secs(u64::from(secs)) + KERNEL_LIFETIME_SLACK;
+                        assert!(
+                            gone <= t0 + t.takeover_after(),
+                            "lease {lease_ms} ms, answered {late:?} late: lifetime {secs} s outlives the takeover"
+                        );
+                        assert!(secs >= 1 && secs <= t.address_lifetime());
+                    }
+                    Some(secs) => assert_eq!(secs, t.address_lifetime()),
+                    None => assert!(
+                        t.kill_overlap(KERNEL_LIFETIME_SLACK).is_zero()
+                            && late + Duration::from_secs(1) + KERNEL_LIFETIME_SLACK
+                                > t.takeover_after(),
+                        "lease {lease_ms} ms, answered {late:?} late: refused although 1 s fits"
+                    ),
+                }
+            }
         }
     }
 

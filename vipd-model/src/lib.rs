@@ -53,6 +53,9 @@ pub enum Bug {
     LifetimeRenewedAfterLease,
     /// The leader counts its lease from the renewal's answer, not its send.
     LeaseFromAnswer,
+    /// The engine writes a whole address lifetime however late the
+    /// renewal's answer came (vipd before the model found it).
+    FullLifetimeAtLateAnswer,
 }
 
 /// Which faults the checker may inject, and how many in one run.
@@ -185,6 +188,21 @@ impl Config {
         u64::from(self.lease.address_lifetime()) * 1000 + ceil_ms(KERNEL_LIFETIME_SLACK)
     }
 
+    /// How long the kernel keeps an address whose lifetime the engine
+    /// writes at `now` for a lease ending at `until` (the agent's rule,
+    /// `LeaseTimes::lifetime_at`); `None`: the engine writes none.
+    fn kernel_keeps_at(&self, until: u64, now: u64) -> Option<u64> {
+        let secs = if self.has(Bug::FullLifetimeAtLateAnswer)
+            || self.has(Bug::LifetimeRenewedAfterLease)
+        {
+            Some(self.lease.address_lifetime())
+        } else {
+            self.lease
+                .lifetime_at(Tick(until), Tick(now), KERNEL_LIFETIME_SLACK)
+        };
+        secs.map(|s| u64::from(s) * 1000 + ceil_ms(KERNEL_LIFETIME_SLACK))
+    }
+
     /// What every leader's znode states (all nodes run these settings).
     fn stated(&self) -> StatedLease {
         StatedLease::Stated {
@@ -312,8 +330,9 @@ pub struct Engine {
     grant: Option<u64>,
     /// A renewed lease waiting to be applied.
     pending: Option<u64>,
-    /// Checked valid; the lifetime write comes next.
-    checked: Option<u64>,
+    /// Checked valid (the lease's end, how long the kernel will keep the
+    /// address from the write); the lifetime write comes next.
+    checked: Option<(u64, u64)>,
     /// Told to step down.
     stop: bool,
     addr: Option<Addr>,
@@ -885,8 +904,12 @@ impl Lease {
                 let half = u64::from(l.address_lifetime()) * 500;
                 let renews = n.engine.addr.is_none()
                     || n.engine.last_renewed.is_none_or(|last| last + half < until);
-                if renews {
-                    n.engine.checked = Some(until);
+                // The lifetime is reckoned at the check, as the agent does
+                // before its write (`LeaseGrant::lifetime_at`); `None`: the
+                // answer came too late for any, the address keeps its own.
+                let keeps = c.kernel_keeps_at(until, n.clock);
+                if let (true, Some(keeps)) = (renews, keeps) {
+                    n.engine.checked = Some((until, keeps));
                     if c.engine_atomic {
                         self.node_step(s, i, Step::EngineWrite);
                     }
@@ -895,9 +918,8 @@ impl Lease {
                 }
             }
             Step::EngineWrite => {
-                let keeps = c.kernel_keeps();
                 let n = &mut s.nodes[i];
-                let Some(until) = n.engine.checked.take() else {
+                let Some((until, keeps)) = n.engine.checked.take() else {
                     return;
                 };
                 n.engine.addr = Some(Addr {

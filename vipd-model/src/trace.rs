@@ -111,27 +111,28 @@ pub(crate) fn step_line(m: &Lease, last: &State, action: Action) -> String {
                         "checks it still runs"
                     };
                     // With the check and the write as one step, say so.
-                    let wrote = m.next_state(last, action).is_some_and(|a| {
-                        a.nodes[usize::from(i)].engine.last_renewed != n.engine.last_renewed
-                    });
-                    let write = if wrote {
-                        format!(
-                            " and sets the VIP's kernel lifetime ({} s)",
-                            m.0.lease.address_lifetime()
-                        )
-                    } else {
-                        String::new()
+                    let next = m.next_state(last, action);
+                    let after = next.as_ref().map(|a| &a.nodes[usize::from(i)]);
+                    let kept = after
+                        .filter(|a| a.engine.last_renewed != n.engine.last_renewed)
+                        .and_then(|a| a.engine.addr.as_ref().map(|x| x.expires - a.clock));
+                    let write = match kept {
+                        Some(ms) => format!(
+                            " and sets the VIP's kernel lifetime (kept {ms} ms with the slack)"
+                        ),
+                        None => String::new(),
                     };
                     format!(
                         "engine: applies the lease until {} ms ({check}){write}",
                         n.engine.pending.unwrap_or_default()
                     )
                 }
-                Step::EngineWrite => format!(
-                    "engine: sets the VIP's kernel lifetime ({} s; lease until {} ms)",
-                    m.0.lease.address_lifetime(),
-                    n.engine.checked.unwrap_or_default()
-                ),
+                Step::EngineWrite => {
+                    let (until, keeps) = n.engine.checked.unwrap_or_default();
+                    format!(
+                        "engine: sets the VIP's kernel lifetime (kept {keeps} ms with the slack; lease until {until} ms)"
+                    )
+                }
                 Step::EngineRemove => "engine: steps down, removes the VIP".to_string(),
                 Step::Reconnect(s) => format!("reconnects to ZooKeeper server {s}"),
             };

@@ -116,9 +116,8 @@ fn seeded_lifetime_renewed_after_the_lease_is_found() {
 
 /// A renewal answered late, then the leader stopped: the lease counted
 /// from the answer outlasts the successor's wait, which counts from the
-/// write. (With the in-kernel fence on both sides, so that the faithful
-/// model's own late-answer gap, `a_late_answer_then_a_kill_...`, does not
-/// hide the bug.)
+/// write. (With the in-kernel fence on both sides: the configuration of
+/// `a_late_answer_then_a_kill_with_the_fence_is_safe`.)
 #[test]
 fn seeded_lease_counted_from_the_answer_is_found() {
     let mut faults = only("dk", 2);
@@ -171,9 +170,11 @@ fn short_lease_killed_leader_overlaps_without_the_fence() {
 /// comes late (here its write 400 ms on the way, the answer 1.1 s) still
 /// extends the lease to its send + the lease, and the engine then writes a
 /// whole lease of kernel lifetime from the answer. Killed (or frozen) right
-/// after, the leader's address outlives the successor's takeover, which
-/// counts from when it saw the write. The in-kernel fence at the lease's
-/// end closes it.
+/// after, the leader's address outlived the successor's takeover, which
+/// counts from when it saw the write. vipd now writes only the lifetime
+/// that ends before the takeover can come (`LeaseTimes::lifetime_at`;
+/// `Bug::FullLifetimeAtLateAnswer` is the old rule); the in-kernel fence
+/// at the lease's end closes it as well.
 #[test]
 fn a_late_answer_then_a_kill_with_the_fence_is_safe() {
     let mut c = late_answer_then_kill();
@@ -182,17 +183,26 @@ fn a_late_answer_then_a_kill_with_the_fence_is_safe() {
     assert_eq!(o.violations(), Vec::<&str>::new(), "{o:?}");
 }
 
-/// Today's protocol has the gap above: this fails until the kernel side
-/// (the in-kernel fence, or a lifetime cut to what is left of the lease)
-/// changes. Run it with `-- --ignored` to print the counterexample.
+/// The gap above, closed without the fence: the engine writes only the
+/// lifetime that ends before the successor's takeover can come
+/// (`LeaseTimes::lifetime_at`), counted from the renewal's send.
 #[test]
-#[ignore = "today's protocol: a late renewal answer then a kill serves beside the successor"]
-fn a_late_answer_then_a_kill_today() {
+fn a_late_answer_then_a_kill_is_safe() {
     let o = run("default, delay and kill", &late_answer_then_kill());
     if let Some(t) = o.trace(ONE_SERVES) {
         println!("--- late answer then kill: {ONE_SERVES}\n{t}");
     }
-    assert_eq!(o.violations(), Vec::<&str>::new());
+    assert_eq!(o.violations(), Vec::<&str>::new(), "{o:?}");
+}
+
+/// What vipd did before the model found it: a whole lifetime written at a
+/// late answer. The checker finds the overlap.
+#[test]
+fn seeded_full_lifetime_at_a_late_answer_is_found() {
+    let mut buggy = late_answer_then_kill();
+    buggy.bug = Some(Bug::FullLifetimeAtLateAnswer);
+    let o = run("full lifetime at a late answer", &buggy);
+    counterexample("full lifetime at a late answer", &o, ONE_SERVES);
 }
 
 /// The same pause between the engine's lease check and its lifetime write

@@ -37,11 +37,26 @@ pub struct LeaseGrant {
     /// The lease ends here (monotonic clock): no address is added or renewed,
     /// no frame announced, no ARP answered in XDP from then on.
     pub until: Instant,
-    /// Valid and preferred lifetime of every VIP address, whole seconds.
+    /// Valid and preferred lifetime of every VIP address, whole seconds,
+    /// when the renewal was answered at once (see [`LeaseGrant::lifetime_at`]).
     pub address_lifetime: u32,
+    /// The lease's rules, for the lifetime of a write made later.
+    pub times: vipd_lease::LeaseTimes,
 }
 
 impl LeaseGrant {
+    /// The lifetime to write into an address at `now`: the whole lifetime
+    /// when the renewal was answered at once, less when its answer came
+    /// late, `None` when no lifetime of 1 s would leave the kernel before a
+    /// successor may take over (the address then keeps the lifetime it
+    /// has). Counted from the renewal's send, as the successor's wait is,
+    /// so a killed or frozen agent's address is gone before the takeover
+    /// however late ZooKeeper answered.
+    pub fn lifetime_at(&self, now: Instant) -> Option<u32> {
+        self.times
+            .lifetime_at(self.until, now, vipd_lease::KERNEL_LIFETIME_SLACK)
+    }
+
     /// Whether this grant should renew addresses last renewed (or added)
     /// at `last`: when their lifetime would have less than half left at
     /// this lease's end. A lifetime no longer than the lease (leases from
@@ -138,6 +153,8 @@ mod tests {
             let grant = LeaseGrant {
                 until: sent + lease,
                 address_lifetime: lifetime,
+                times: vipd_lease::LeaseTimes::new(lease * 4, Some(lease), 100 * MS)
+                    .expect("lease times"),
             };
             if grant.renews_addresses(last) {
                 last = Some(acked);

@@ -229,6 +229,7 @@ impl Ctx<'_> {
         LeaseGrant {
             until: lease.until(sent.into_std()),
             address_lifetime: lease.address_lifetime(),
+            times: lease,
         }
     }
 

@@ -318,22 +318,33 @@ impl Engine {
         self.announcer.extend(self.lease_end());
         let started = Instant::now();
         let mut errors = 0;
-        let addresses = lease.renews_addresses(self.addresses_renewed);
+        let mut addresses = lease.renews_addresses(self.addresses_renewed);
+        if addresses && lease.lifetime_at(started).is_none() {
+            // Answered so late that even 1 s of lifetime would outlive a
+            // successor's takeover: the addresses keep what they have, and
+            // the next renewal answered in time renews them.
+            warn!(
+                lease_left_ms = lease.until.saturating_duration_since(started).as_millis(),
+                "lease renewal answered too late to extend the VIPs' kernel lifetime"
+            );
+            addresses = false;
+        }
         if addresses {
             self.addresses_renewed = Some(started);
         }
         for (vip, placement) in self.held.iter().filter(|_| addresses) {
             // Checked before each write: a vipd resumed after a freeze must
-            // not put back what the kernel let expire.
+            // not put back what the kernel let expire, nor a lifetime that
+            // outlives the lease's takeover.
+            let Some(lifetime) = lease.lifetime_at(Instant::now()) else {
+                warn!("too little of the lease left while renewing; no more renewals");
+                break;
+            };
             if Instant::now() >= lease.until {
                 warn!("lease ran out while renewing; no more renewals");
                 break;
             }
-            if let Err(e) = self
-                .netlink
-                .renew_vip(*vip, *placement, lease.address_lifetime)
-                .await
-            {
+            if let Err(e) = self.netlink.renew_vip(*vip, *placement, lifetime).await {
                 errors += 1;
                 warn!(vip = %vip, error = %e, "cannot renew the VIP's lifetime");
             }

@@ -177,12 +177,16 @@ impl Engine {
 
     /// The plan's adds, with vipd's mark and the lease's lifetime.
     async fn add(&self, snap: &NetSnapshot, plan: &AddressPlan, done: &mut Executed) {
-        let lifetime = self.applied.lease.map(|l| l.address_lifetime);
         for action in &plan.actions {
             if let Action::Add { vip, placement } = action {
-                // R16: checked before each write, never one after the lease.
-                if !self.lease_valid() {
-                    let msg = format!("not adding VIP {vip}: the lease has run out");
+                // Checked before each write, never one after the lease, nor
+                // a lifetime that would outlive a successor's takeover.
+                let lifetime = match self.applied.lease {
+                    None => None,
+                    Some(l) => l.lifetime_at(Instant::now()),
+                };
+                if !self.lease_valid() || (self.applied.lease.is_some() && lifetime.is_none()) {
+                    let msg = format!("not adding VIP {vip}: too little of the lease is left");
                     debug!(vip = %vip, "{msg}");
                     done.failed.insert(*vip, msg);
                     continue;
