@@ -74,8 +74,7 @@ fn cases(n: u8) -> Vec<Case> {
         Case {
             what: "default lease, every fault kind (engine check and write as one step)".into(),
             config: default(every, true, false, 4500),
-            // Two faults reach the late answer then the kill below.
-            expect: if n >= 2 { vec![ONE_SERVES] } else { vec![] },
+            expect: vec![],
         },
         Case {
             what: "default lease, lagging replicas and clock drift, the leader killed or cut off"
@@ -101,6 +100,17 @@ fn cases(n: u8) -> Vec<Case> {
         Case {
             what: "default lease, a late renewal answer and a kill".into(),
             config: default(late, true, false, 4500),
+            expect: vec![],
+        },
+        Case {
+            what: "default lease, a late renewal answer and a kill, a whole lifetime at the \
+                   answer (vipd's rule before the model found it: seeded)"
+                .into(),
+            config: {
+                let mut c = default(late, true, false, 4500);
+                c.bug = Some(vipd_model::Bug::FullLifetimeAtLateAnswer);
+                c
+            },
             expect: vec![ONE_SERVES],
         },
         Case {
@@ -224,11 +234,11 @@ pub fn run(opts: &Options) -> Result<String> {
     let _ = writeln!(
         md,
         "\nExpected: no counterexample at the default lease with the engine's check and \
-         write as one step and one fault per run; counterexamples (today's kernel-side gaps, \
-         docs/DESIGN.md \"The model\") for the engine as coded (a pause between the lease \
-         check and the lifetime write), for a renewal answered late and then a kill (so \
-         also for every fault kind at two faults per run), and for the 200 ms lease (the \
-         kernel lifetime is at least 1 s), each closed by the in-kernel fence. {}",
+         write as one step, a renewal answered late then a kill included (the lifetime counts \
+         from the renewal's send); counterexamples (the kernel-side gaps left, docs/DESIGN.md \
+         \"The model\") for the engine as coded (a pause between the lease check and the \
+         lifetime write) and for the 200 ms lease (the kernel lifetime is at least 1 s), each \
+         closed by the in-kernel fence, and for the seeded old lifetime rule. {}",
         if unexpected.is_empty() {
             "**Every result as expected.**".to_string()
         } else {
