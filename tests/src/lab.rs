@@ -339,6 +339,35 @@ impl Lab {
         host
     }
 
+    /// Waits until every link of `host` carries frames. The kernel applies
+    /// a new link's carrier (operstate, and the bridge port's move to
+    /// forwarding) from its link-watch work, which may run up to a second
+    /// after [`Lab::add_host`] returned: until then frames are dropped. A
+    /// test that needs the first packet through waits here; vipd and
+    /// ZooKeeper clients retry and need not.
+    pub fn wait_links(&self, host: &Host) {
+        for iface in &host.inner.ifaces {
+            wait_until(Duration::from_secs(5), Duration::from_millis(10), || {
+                let port = &self
+                    .bridge
+                    .ip_json(&["-d", "link", "show", "dev", &iface.peer])[0];
+                let end = &host
+                    .inner
+                    .netns
+                    .ip_json(&["link", "show", "dev", &iface.ifname])[0];
+                port["operstate"] == "UP"
+                    && port["linkinfo"]["info_slave_data"]["state"] == "forwarding"
+                    && end["operstate"] == "UP"
+            })
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{}: {} not forwarding frames: {e}",
+                    host.inner.netns.ns, iface.ifname
+                )
+            });
+        }
+    }
+
     /// The hosts added so far.
     pub fn hosts(&self) -> Vec<Host> {
         self.hosts.lock().unwrap().clone()

@@ -27,6 +27,8 @@ fn two_hosts(hint: &str) -> (Lab, vipd_tests::lab::Host, vipd_tests::lab::Host) 
             HostIf::on(2, "203.0.113.12/24"),
         ],
     );
+    lab.wait_links(&n1);
+    lab.wait_links(&n2);
     (lab, n1, n2)
 }
 
