@@ -261,38 +261,15 @@ pub fn probe(
     vips: &[Vip],
     timing: ProbeTiming,
 ) -> Result<Answers, ProbeError> {
-    let open = |e| ProbeError::Open { ifindex, source: e };
-    let has_v4 = vips.iter().any(|v| v.v4().is_some());
-    let has_v6 = vips.iter().any(|v| v.v6().is_some());
-    let arp = has_v4
-        .then(|| receiver(ifindex, ETH_P_ARP))
-        .transpose()
-        .map_err(open)?;
-    let ndp = has_v6
-        .then(|| receiver(ifindex, ETH_P_IPV6))
-        .transpose()
-        .map_err(open)?;
-    let sender = super::garp::GarpSocket::open(ifindex).map_err(open)?;
+    let sockets = ProbeSockets::open(ifindex, mac, vips)?;
     let mut answers: Answers = vips.iter().map(|v| (*v, BTreeSet::new())).collect();
     let started = Instant::now();
     let end = started + timing.wait;
     let mut sent = 0;
-    let mut buf = [0u8; 2048];
     loop {
         let now = Instant::now();
         if sent < timing.probes && now >= started + timing.send_at(sent) {
-            for vip in vips {
-                let r = match (vip.v4(), vip.v6()) {
-                    (Some(v4), _) => sender.send(&arp_probe_frame(mac, v4)),
-                    (_, Some(v6)) => sender.send(&dad_ns_frame(mac, v6)),
-                    _ => Ok(()),
-                };
-                r.map_err(|e| ProbeError::Send {
-                    vip: *vip,
-                    ifindex,
-                    source: e,
-                })?;
-            }
+            sockets.send_probes(vips)?;
             sent += 1;
             continue;
         }
@@ -304,36 +281,110 @@ pub fn probe(
         } else {
             end
         };
-        let mut fds: Vec<libc::pollfd> = [&arp, &ndp]
-            .into_iter()
-            .flatten()
+        if sockets.wait_until(next)? {
+            sockets.collect(&mut answers)?;
+        }
+    }
+    Ok(answers)
+}
+
+/// The sockets of one probe run: a receiver for each family probed, and the
+/// sender of the probes.
+struct ProbeSockets {
+    ifindex: u32,
+    mac: [u8; 6],
+    arp: Option<Socket>,
+    ndp: Option<Socket>,
+    sender: super::garp::GarpSocket,
+}
+
+impl ProbeSockets {
+    /// A receiver only for a family that has a VIP to probe: an IPv4-only
+    /// probe reads no IPv6 traffic.
+    fn open(ifindex: u32, mac: [u8; 6], vips: &[Vip]) -> Result<Self, ProbeError> {
+        let open = |e| ProbeError::Open { ifindex, source: e };
+        let has_v4 = vips.iter().any(|v| v.v4().is_some());
+        let has_v6 = vips.iter().any(|v| v.v6().is_some());
+        let arp = has_v4
+            .then(|| receiver(ifindex, ETH_P_ARP))
+            .transpose()
+            .map_err(open)?;
+        let ndp = has_v6
+            .then(|| receiver(ifindex, ETH_P_IPV6))
+            .transpose()
+            .map_err(open)?;
+        let sender = super::garp::GarpSocket::open(ifindex).map_err(open)?;
+        Ok(ProbeSockets {
+            ifindex,
+            mac,
+            arp,
+            ndp,
+            sender,
+        })
+    }
+
+    fn receivers(&self) -> impl Iterator<Item = &Socket> {
+        [&self.arp, &self.ndp].into_iter().flatten()
+    }
+
+    /// One probe for every VIP: an ARP probe or a DAD solicitation.
+    fn send_probes(&self, vips: &[Vip]) -> Result<(), ProbeError> {
+        for vip in vips {
+            let r = match (vip.v4(), vip.v6()) {
+                (Some(v4), _) => self.sender.send(&arp_probe_frame(self.mac, v4)),
+                (_, Some(v6)) => self.sender.send(&dad_ns_frame(self.mac, v6)),
+                _ => Ok(()),
+            };
+            r.map_err(|e| ProbeError::Send {
+                vip: *vip,
+                ifindex: self.ifindex,
+                source: e,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Waits until a receiver has a frame or `until` comes. `false`: a
+    /// signal interrupted the wait, nothing to read yet.
+    fn wait_until(&self, until: Instant) -> Result<bool, ProbeError> {
+        let mut fds: Vec<libc::pollfd> = self
+            .receivers()
             .map(|s| libc::pollfd {
                 fd: s.as_raw_fd(),
                 events: libc::POLLIN,
                 revents: 0,
             })
             .collect();
-        let ms = next.saturating_duration_since(now).as_millis().max(1);
+        let ms = until
+            .saturating_duration_since(Instant::now())
+            .as_millis()
+            .max(1);
         let ms = i32::try_from(ms).unwrap_or(i32::MAX);
         // SAFETY: fds is a valid array of fds.len() pollfd structs.
         let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
         if r < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
-                continue;
+                return Ok(false);
             }
-            return Err(ProbeError::Receive { ifindex, source: e });
+            return Err(ProbeError::Receive {
+                ifindex: self.ifindex,
+                source: e,
+            });
         }
-        for socket in [&arp, &ndp].into_iter().flatten() {
+        Ok(true)
+    }
+
+    /// Reads every frame waiting on the receivers and adds each claim of a
+    /// probed VIP by another MAC to `answers`.
+    fn collect(&self, answers: &mut Answers) -> Result<(), ProbeError> {
+        let mut buf = [0u8; 2048];
+        for socket in self.receivers() {
             loop {
                 match recv_frame(socket, &mut buf) {
                     Ok((_, true)) => {}
                     Ok((n, false)) => {
-                        let frame = &buf[..n];
-                        let claim = arp_claim(frame, mac)
-                            .map(|(ip, m)| (Vip::new(ip), m))
-                            .or_else(|| ndp_claim(frame, mac).map(|(ip, m)| (Vip::new_v6(ip), m)));
-                        if let Some((Ok(vip), m)) = claim
+                        if let Some((vip, m)) = self.claim(&buf[..n])
                             && let Some(macs) = answers.get_mut(&vip)
                         {
                             macs.insert(m);
@@ -341,12 +392,26 @@ pub fn probe(
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(ProbeError::Receive { ifindex, source: e }),
+                    Err(e) => {
+                        return Err(ProbeError::Receive {
+                            ifindex: self.ifindex,
+                            source: e,
+                        });
+                    }
                 }
             }
         }
+        Ok(())
     }
-    Ok(answers)
+
+    /// The VIP and MAC a received frame claims, if it is an ARP or NDP
+    /// claim by a MAC other than ours.
+    fn claim(&self, frame: &[u8]) -> Option<(Vip, [u8; 6])> {
+        let (vip, m) = arp_claim(frame, self.mac)
+            .map(|(ip, m)| (Vip::new(ip), m))
+            .or_else(|| ndp_claim(frame, self.mac).map(|(ip, m)| (Vip::new_v6(ip), m)))?;
+        Some((vip.ok()?, m))
+    }
 }
 
 #[cfg(test)]
