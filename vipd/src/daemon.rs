@@ -142,8 +142,9 @@ struct Stops {
     source: CancellationToken,
     /// The engine, the announcer, the API and the metrics port.
     engine: CancellationToken,
-    /// Health checks (R18) run in tasks of their own: a hung check never
-    /// blocks the engine, coordination or the API.
+    /// Health checks (a failing one makes the leader hand over) run in
+    /// tasks of their own: a hung check never blocks the engine,
+    /// coordination or the API.
     checks: CancellationToken,
     /// The hook stops last, after telling the engine's final step down.
     hook: CancellationToken,
@@ -360,7 +361,8 @@ struct Running {
 }
 
 impl Running {
-    /// Order matters (docs/DESIGN.md, R3): the source steps down first (the
+    /// Order matters, so that no two nodes ever hold a VIP at once (see
+    /// docs/DESIGN.md): the source steps down first (the
     /// engine then stops announcing, clears XDP replies and removes the
     /// VIPs), and ZooKeeper is left only once nothing is held; then the
     /// engine, the API, the metrics port and the announcer stop.

@@ -1,5 +1,6 @@
-//! A VIP is an IPv4 or IPv6 unicast address a cluster serves from one node
-//! (R17). This module is the one place that decides what counts as a valid
+//! A VIP is an IPv4 or IPv6 unicast address a cluster serves from one node;
+//! both families go through the same placement, lease and announcements.
+//! This module is the one place that decides what counts as a valid
 //! VIP.
 
 use std::{

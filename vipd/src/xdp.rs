@@ -135,8 +135,8 @@ pub enum XdpError {
 /// The loaded XDP program, its attachments and its maps.
 ///
 /// Dropping it detaches the program from every interface: attachments are
-/// bpf links owned by this process, never pinned, so a dead agent answers
-/// no ARP (R11).
+/// bpf links owned by this process, never pinned, so nothing keeps
+/// answering ARP or NDP for the VIPs of an agent that died.
 pub struct XdpProgram {
     /// Owns the program and its bpf links: dropping it detaches everywhere.
     ebpf: Ebpf,

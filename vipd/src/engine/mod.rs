@@ -2,7 +2,8 @@
 //! and VIPs the source wants (`role::Desired`), netlink events, timers and
 //! XDP conflict events, plans with `reconcile::plan`, and executes: netlink
 //! writes, XDP map updates, announcements. It reports what it holds back to
-//! the source so leadership is released only once the VIPs are gone (R3).
+//! the source so leadership is released only once the VIPs are gone (no
+//! two nodes hold a VIP at once).
 //! The loop and the lease live here; one reconcile pass in `pass`, its
 //! XDP side (map entries, attaching, delivery checks) in `xdp`, foreign
 //! claims in `conflicts`, what it publishes in `status`.
@@ -46,8 +47,9 @@ use crate::{
 /// The XDP side, shared with the API (counters) behind a lock.
 pub type SharedXdp = Arc<Mutex<XdpProgram>>;
 
-/// The R8 sync task of a leader term: `remaining` more rounds, the next due
-/// at `next`.
+/// The sync rounds of a leader term (every VIP re-checked and announced
+/// `garp_rounds` times, `garp_interval` apart): `remaining` more rounds,
+/// the next due at `next`.
 struct SyncRounds {
     remaining: u32,
     next: tokio::time::Instant,
@@ -92,13 +94,15 @@ pub struct Engine {
     /// (`None`: there are none).
     delivery_check: Option<tokio::time::Instant>,
     /// The last interface seen for each configured VIP: a link set down
-    /// takes its routes along, but it is still the VIP's interface (R18).
+    /// takes its routes along, but it is still the VIP's interface (and the
+    /// leader must hand over when it stays down).
     vip_links: BTreeMap<Vip, u32>,
-    /// Since when some VIP interface is down (R18 grace).
+    /// Since when some VIP interface is down: the leader hands over only
+    /// after a grace, so a link that flaps back costs no move.
     links_down_since: Option<tokio::time::Instant>,
     /// Down interfaces as last reported (after the grace).
     links_down: BTreeSet<String>,
-    /// The next re-announcement after the sync rounds (R19).
+    /// The next re-announcement after the sync rounds (every `garp_refresh`).
     refresh: Option<tokio::time::Instant>,
     /// The address-conflict probe: what may be added at once, what waits.
     probing: Probing,
@@ -182,7 +186,8 @@ impl Engine {
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         tick.tick().await;
 
-        // First pass: whatever role we start in (a follower cleans residue, R6).
+        // First pass: whatever role we start in (a follower removes the VIPs
+        // an earlier term or a crash left behind).
         let first = self.desired.borrow_and_update().clone();
         self.apply(first).await;
 
@@ -213,7 +218,7 @@ impl Engine {
                     let d = self.desired.borrow_and_update().clone();
                     self.apply(d).await;
                 }
-                // Our own adds and renewals (R16: one per VIP per renewal)
+                // Our own adds and renewals (one per VIP per lease renewal)
                 // describe what we just wrote: no pass for them.
                 Some(ev) = recv_opt(&mut events) => if ev != NetEvent::OwnAddress {
                     self.debounce(ev, events.as_mut()).await;
@@ -274,7 +279,7 @@ impl Engine {
         }
         self.reconcile(new_term).await;
         if new_term {
-            // The R8 rounds count from the term's first announcement.
+            // The sync rounds count from the term's first announcement.
             self.sync = (self.engine.garp_rounds > 0).then(|| SyncRounds {
                 remaining: self.engine.garp_rounds,
                 next: tokio::time::Instant::now() + self.engine.garp_interval,
@@ -306,9 +311,10 @@ impl Engine {
         self.reconcile(false).await;
     }
 
-    /// An acknowledged lease renewal (R16): restart every held address's
-    /// kernel lifetime, with vipd's mark (when the lifetime has run down
-    /// enough to need it), and move the XDP entries' expiry.
+    /// An acknowledged lease renewal (and only that) may extend an address:
+    /// restart every held address's kernel lifetime, with vipd's mark (when
+    /// the lifetime has run down enough to need it), and move the XDP
+    /// entries' expiry.
     /// No reconcile pass: nothing but the lease changed.
     async fn renew_lease(&mut self) {
         let Some(lease) = self.applied.lease else {
@@ -422,7 +428,7 @@ impl Engine {
         }
     }
 
-    /// One R8 round: re-check every VIP and announce each one held.
+    /// One sync round: re-check every VIP and announce each one held.
     async fn sync_round(&mut self) {
         let Some(s) = self.sync.as_mut() else { return };
         s.remaining -= 1;
@@ -437,7 +443,8 @@ impl Engine {
         self.reconcile(true).await;
     }
 
-    /// After the R8 rounds: re-announce every `garp_refresh` (R19).
+    /// After the sync rounds: re-announce every `garp_refresh` (zero: never),
+    /// so a receiver that missed them still learns where the VIPs live.
     fn start_refresh(&mut self) {
         self.refresh = (!self.engine.garp_refresh.is_zero() && self.applied.role == Role::Leader)
             .then(|| tokio::time::Instant::now() + self.engine.garp_refresh);

@@ -442,7 +442,7 @@ impl Engine {
         });
     }
 
-    /// R18: the interfaces of configured VIPs that are down now (not up, or
+    /// The interfaces of configured VIPs that are down now (not up, or
     /// without carrier), from the last pass's links. A VIP's interface is
     /// the one its route picks, else the last one seen for it (a link set
     /// down loses its routes).

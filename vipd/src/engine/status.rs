@@ -59,9 +59,9 @@ pub struct EngineStatus {
     pub conflicts: BTreeMap<Vip, ConflictStatus>,
     /// VIP -> interface name, for every VIP the engine knows a place for.
     pub interfaces: BTreeMap<Vip, String>,
-    /// Lease renewals applied (address lifetimes and XDP expiry), R16.
+    /// Lease renewals applied (address lifetimes and XDP expiry).
     pub lease: LeaseStatus,
-    /// VIP interfaces down or without carrier (R18).
+    /// VIP interfaces down or without carrier (a leader hands over then).
     pub links: LinkHealth,
     /// Address-conflict probes, counted per VIP probed.
     pub probes: ProbeStats,

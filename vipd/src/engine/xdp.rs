@@ -97,7 +97,8 @@ impl Engine {
         self.routers = routers;
     }
 
-    /// The lease's end on the XDP program's clock (R16).
+    /// The lease's end on the XDP program's clock: a held-VIP entry stops
+    /// being answered then, even if this agent is frozen.
     fn xdp_expiry(&self) -> u64 {
         self.lease()
             .map_or(vipd_common::NO_EXPIRY, |l| monotonic_ns(l.until))

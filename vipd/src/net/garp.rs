@@ -1,7 +1,9 @@
-//! Gratuitous ARP (R9): the frames that tell a segment where a VIP lives,
-//! and an AF_PACKET sender for them. Frames are built with pnet_packet and
-//! sent on a plain send-only packet socket (docs/DESIGN.md (facts): pnet_datalink's channel
-//! would open a promiscuous receiver we do not want).
+//! Gratuitous ARP: the frames that tell a segment where a VIP lives (the
+//! request form, the reply form or both, as receivers differ in which they
+//! take), and an AF_PACKET sender for them. Frames are built with
+//! pnet_packet and sent on a plain send-only packet socket (docs/DESIGN.md
+//! (facts): pnet_datalink's channel would open a promiscuous receiver we do
+//! not want).
 
 use std::{io, mem, net::Ipv4Addr, os::fd::AsRawFd, time::Duration};
 

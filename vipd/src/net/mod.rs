@@ -94,7 +94,8 @@ pub fn guards_secondaries(a: &Address, all: &[Address]) -> bool {
 }
 
 /// Where a VIP belongs on this node: the interface and prefix length that
-/// the main table's longest-prefix match gives (R4).
+/// the main table's longest-prefix match gives: a VIP is configured by
+/// address alone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Placement {
     pub ifindex: u32,
@@ -112,11 +113,11 @@ impl RouteTable {
         RouteTable { routes }
     }
 
-    /// Longest-prefix match for `vip` over the routes of its family (R4,
-    /// R17). A match on the default route alone places the VIP as a host
-    /// address (/32, /128) on the default route's interface; ties between
-    /// equal prefixes go to the lowest metric, then lowest ifindex, so the
-    /// answer does not depend on dump order.
+    /// Longest-prefix match for `vip` over the routes of its family (the
+    /// IPv4 or the IPv6 main table). A match on the default route alone
+    /// places the VIP as a host address (/32, /128) on the default route's
+    /// interface; ties between equal prefixes go to the lowest metric, then
+    /// lowest ifindex, so the answer does not depend on dump order.
     pub fn placement(&self, vip: Vip) -> Option<Placement> {
         let ip = vip.ip();
         let best = self
@@ -207,8 +208,9 @@ mod tests {
     }
 
     #[test]
-    fn longest_prefix_wins_as_in_r4() {
-        // R4's example, in lab ranges: a /16 via if1 and a /24 inside it via if2.
+    fn longest_prefix_wins_over_a_wider_route() {
+        // A /16 via if1 and a /24 inside it via if2, in lab ranges: a VIP in
+        // the /24 goes on if2, one elsewhere in the /16 on if1.
         let t = RouteTable::new(vec![
             route("198.51.0.0", 16, 1),
             route("198.51.100.0", 24, 2),

@@ -1,5 +1,6 @@
 //! Unsolicited Neighbor Advertisements (RFC 4861 § 7.2.6): what tells an
-//! IPv6 segment where a VIP lives, as gratuitous ARP does for IPv4 (R17).
+//! IPv6 segment where a VIP lives, as gratuitous ARP does for IPv4: an IPv6
+//! VIP is announced when added and on the sync rounds, like an IPv4 one.
 //! Built with pnet_packet, sent on the same AF_PACKET socket as the ARP
 //! frames ([`super::garp::GarpSocket`]).
 
