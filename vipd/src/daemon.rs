@@ -27,12 +27,12 @@ use crate::{
     api::{self, ApiState},
     config::Config,
     coord::{self, CoordStatus, ZkSettings},
-    engine::{Engine, EngineStatus, SharedXdp},
+    engine::{Engine, EngineSettings, EngineStatus, SharedXdp},
     health::{self, HealthStatus},
     hooks::Hook,
     instance::Instance,
     metrics,
-    net::netlink::Netlink,
+    net::{netlink::Netlink, probe::ProbeTiming},
     role::{Desired, EngineReport, Role},
     xdp::{ConflictReader, XdpProgram},
 };
@@ -93,8 +93,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     listeners.serve(&state, &stops, &mut tasks);
 
     let engine = Engine::new(
-        config.engine.clone(),
-        config.xdp.clone(),
+        engine_settings(&config),
         netlink,
         announcer,
         xdp_program,
@@ -120,6 +119,26 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     drop(source.desired);
     info!("vipd stopped");
     failure.map_or(Ok(()), |why| Err(anyhow!(why)))
+}
+
+/// The engine's settings from the configuration (a zero probe wait turns
+/// the probe off).
+fn engine_settings(config: &Config) -> EngineSettings {
+    let e = &config.engine;
+    EngineSettings {
+        reconcile_interval: e.reconcile_interval,
+        netlink_events: e.netlink_events,
+        event_debounce: e.event_debounce,
+        garp_rounds: e.garp_rounds,
+        garp_interval: e.garp_interval,
+        garp_refresh: e.garp_refresh,
+        link_grace: e.link_grace,
+        probe: (!e.probe_wait.is_zero()).then(|| ProbeTiming::new(e.probe_wait)),
+        probe_retry: e.probe_retry,
+        xdp_interfaces: config.xdp.interfaces.clone(),
+        xdp_mode: config.xdp.mode,
+        xdp_responder: config.xdp.responder,
+    }
 }
 
 /// Announcing needs an AF_PACKET socket (CAP_NET_RAW): find out at start,

@@ -11,6 +11,7 @@
 mod conflicts;
 mod pass;
 mod probing;
+mod settings;
 mod status;
 mod xdp;
 
@@ -28,13 +29,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use self::probing::Probing;
+pub(crate) use self::settings::EngineSettings;
 pub use self::status::{
     ConflictStatus, EngineStatus, LeaseStatus, LinkHealth, ProbeStats, ReconcileSummary, VipState,
     VipStatus,
 };
 use crate::{
     announce::Announcer,
-    config::{EngineArgs, XdpArgs},
     net::{
         Link, Placement,
         netlink::{NetEvent, Netlink},
@@ -56,8 +57,7 @@ struct SyncRounds {
 }
 
 pub struct Engine {
-    engine: EngineArgs,
-    xdp: XdpArgs,
+    settings: EngineSettings,
     netlink: Netlink,
     announcer: Announcer,
     xdp_program: Option<SharedXdp>,
@@ -116,13 +116,8 @@ pub struct Engine {
 }
 
 impl Engine {
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "the engine's wiring, built once in main"
-    )]
-    pub fn new(
-        engine: EngineArgs,
-        xdp: XdpArgs,
+    pub(crate) fn new(
+        settings: EngineSettings,
         netlink: Netlink,
         announcer: Announcer,
         xdp_program: Option<SharedXdp>,
@@ -131,12 +126,11 @@ impl Engine {
         status: watch::Sender<EngineStatus>,
     ) -> Self {
         if xdp_program.is_some() {
-            status.send_modify(|s| s.xdp_setting = Some(xdp.mode));
+            status.send_modify(|s| s.xdp_setting = Some(settings.xdp_mode));
         }
         Engine {
-            probing: Probing::new(&engine),
-            engine,
-            xdp,
+            probing: Probing::new(settings.probe, settings.probe_retry),
+            settings,
             netlink,
             announcer,
             xdp_program,
@@ -171,7 +165,7 @@ impl Engine {
     /// `conflicts` are the XDP program's reports of foreign claims (ARP
     /// and NDP).
     pub async fn run(mut self, mut conflicts: Option<ConflictReader>, cancel: CancellationToken) {
-        let mut events = if self.engine.netlink_events {
+        let mut events = if self.settings.netlink_events {
             match self.netlink.monitor() {
                 Ok(rx) => Some(rx),
                 Err(e) => {
@@ -182,7 +176,7 @@ impl Engine {
         } else {
             None
         };
-        let mut tick = tokio::time::interval(self.engine.reconcile_interval);
+        let mut tick = tokio::time::interval(self.settings.reconcile_interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         tick.tick().await;
 
@@ -196,7 +190,7 @@ impl Engine {
             debug_fault().await;
             let sync_due = self.sync.as_ref().map(|s| s.next);
             let grace_due = match self.links_down_since {
-                Some(since) if self.links_down.is_empty() => Some(since + self.engine.link_grace),
+                Some(since) if self.links_down.is_empty() => Some(since + self.settings.link_grace),
                 _ => None,
             };
             let conflict_due = self.pending_conflict_answers.values().min().copied();
@@ -280,9 +274,9 @@ impl Engine {
         self.reconcile(new_term).await;
         if new_term {
             // The sync rounds count from the term's first announcement.
-            self.sync = (self.engine.garp_rounds > 0).then(|| SyncRounds {
-                remaining: self.engine.garp_rounds,
-                next: tokio::time::Instant::now() + self.engine.garp_interval,
+            self.sync = (self.settings.garp_rounds > 0).then(|| SyncRounds {
+                remaining: self.settings.garp_rounds,
+                next: tokio::time::Instant::now() + self.settings.garp_interval,
             });
             self.refresh = None;
             if self.sync.is_none() {
@@ -356,7 +350,7 @@ impl Engine {
             }
         }
         if let Some(xdp) = &self.xdp_program
-            && self.xdp.responder
+            && self.settings.xdp_responder
             && Instant::now() < lease.until
         {
             let entries = self.xdp_entries();
@@ -437,7 +431,7 @@ impl Engine {
             self.sync = None;
             self.start_refresh();
         } else {
-            s.next += self.engine.garp_interval;
+            s.next += self.settings.garp_interval;
         }
         debug!(rounds_left = left, "sync round");
         self.reconcile(true).await;
@@ -446,8 +440,8 @@ impl Engine {
     /// After the sync rounds: re-announce every `garp_refresh` (zero: never),
     /// so a receiver that missed them still learns where the VIPs live.
     fn start_refresh(&mut self) {
-        self.refresh = (!self.engine.garp_refresh.is_zero() && self.applied.role == Role::Leader)
-            .then(|| tokio::time::Instant::now() + self.engine.garp_refresh);
+        self.refresh = (!self.settings.garp_refresh.is_zero() && self.applied.role == Role::Leader)
+            .then(|| tokio::time::Instant::now() + self.settings.garp_refresh);
     }
 
     /// One refresh: re-check every VIP and announce each one held (as a
@@ -466,8 +460,8 @@ impl Engine {
     async fn debounce(&mut self, first: NetEvent, events: Option<&mut mpsc::Receiver<NetEvent>>) {
         let mut overrun = first == NetEvent::Overrun;
         if let Some(rx) = events {
-            if !self.engine.event_debounce.is_zero() {
-                tokio::time::sleep(self.engine.event_debounce).await;
+            if !self.settings.event_debounce.is_zero() {
+                tokio::time::sleep(self.settings.event_debounce).await;
             }
             while let Ok(ev) = rx.try_recv() {
                 overrun |= ev == NetEvent::Overrun;

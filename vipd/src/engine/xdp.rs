@@ -116,7 +116,7 @@ impl Engine {
         };
         let mut xdp = xdp.lock().expect("XDP program lock");
         let mut errors = Vec::new();
-        let mut ifnames: BTreeSet<String> = self.xdp.interfaces.iter().cloned().collect();
+        let mut ifnames: BTreeSet<String> = self.settings.xdp_interfaces.iter().cloned().collect();
         for vip in &self.applied.vips {
             if let Some(p) = snap.routes.placement(*vip)
                 && let Some(l) = snap.link(p.ifindex)
@@ -129,7 +129,7 @@ impl Engine {
             if name == "lo" {
                 continue;
             }
-            match xdp.attach(name, self.xdp.mode) {
+            match xdp.attach(name, self.settings.xdp_mode) {
                 Ok(_) => {}
                 Err(e) => {
                     error!(ifname = %name, error = %e, "cannot attach the XDP program");
@@ -147,7 +147,7 @@ impl Engine {
             errors.push(e.to_string());
         }
         let entries: BTreeMap<Vip, HeldVip> =
-            if self.xdp.responder && self.applied.role == Role::Leader {
+            if self.settings.xdp_responder && self.applied.role == Role::Leader {
                 holdings
                     .xdp
                     .iter()
