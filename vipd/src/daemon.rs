@@ -473,7 +473,7 @@ async fn notify_ready(state: ApiState) {
 }
 
 /// Logs every watched VIP's ARP counters (at exit and on SIGUSR1).
-pub fn log_counters(state: &ApiState) {
+pub(crate) fn log_counters(state: &ApiState) {
     let stats = state.arp_stats();
     for r in stats.vips {
         info!(vip = %r.vip, interface = r.interface.as_deref().unwrap_or("-"), held = r.held,

@@ -36,11 +36,11 @@ use self::{
     ethtool::Ethtool,
     maps::{FamilyMaps, V4, V6},
 };
+pub(crate) use self::{attach::XdpAttachment, mode::ModeReason};
 pub use self::{
-    attach::{DELIVERY_CHECK_EVERY, STUCK_CHECK_EVERY, XdpAttachment},
     clock::monotonic_ns,
     conflicts::{Conflict, ConflictReader},
-    mode::{AttachedMode, Loss, ModeReason, NATIVE_TX_LOST, native_tx_lost},
+    mode::AttachedMode,
 };
 
 /// Why the XDP half could not do what was asked.
@@ -217,7 +217,7 @@ impl XdpProgram {
     /// From now on, every interface this program attaches to is claimed for
     /// `instance` first: an interface another instance on the host serves
     /// is refused ([`XdpError::InterfaceTaken`]).
-    pub fn serve_as(&mut self, instance: crate::instance::Instance) {
+    pub(crate) fn serve_as(&mut self, instance: crate::instance::Instance) {
         self.instance = Some(instance);
     }
 

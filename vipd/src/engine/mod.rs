@@ -30,10 +30,7 @@ use tracing::{debug, error, info, warn};
 
 use self::probing::Probing;
 pub(crate) use self::settings::EngineSettings;
-pub use self::status::{
-    ConflictStatus, EngineStatus, LeaseStatus, LinkHealth, ProbeStats, ReconcileSummary, VipState,
-    VipStatus,
-};
+pub(crate) use self::status::{ConflictStatus, EngineStatus, LinkHealth, VipState, VipStatus};
 use crate::{
     announce::Announcer,
     net::{
@@ -46,7 +43,7 @@ use crate::{
 };
 
 /// The XDP side, shared with the API (counters) behind a lock.
-pub type SharedXdp = Arc<Mutex<XdpProgram>>;
+pub(crate) type SharedXdp = Arc<Mutex<XdpProgram>>;
 
 /// The sync rounds of a leader term (every VIP re-checked and announced
 /// `garp_rounds` times, `garp_interval` apart): `remaining` more rounds,
@@ -56,7 +53,7 @@ struct SyncRounds {
     next: tokio::time::Instant,
 }
 
-pub struct Engine {
+pub(crate) struct Engine {
     settings: EngineSettings,
     netlink: Netlink,
     announcer: Announcer,
@@ -164,7 +161,11 @@ impl Engine {
     /// replies, remove the VIPs, report that nothing is held.
     /// `conflicts` are the XDP program's reports of foreign claims (ARP
     /// and NDP).
-    pub async fn run(mut self, mut conflicts: Option<ConflictReader>, cancel: CancellationToken) {
+    pub(crate) async fn run(
+        mut self,
+        mut conflicts: Option<ConflictReader>,
+        cancel: CancellationToken,
+    ) {
         let mut events = if self.settings.netlink_events {
             match self.netlink.monitor() {
                 Ok(rx) => Some(rx),
@@ -528,7 +529,7 @@ async fn sleep_opt(at: Option<tokio::time::Instant>) {
 }
 
 /// Milliseconds since the Unix epoch.
-pub fn unix_ms() -> u64 {
+pub(crate) fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

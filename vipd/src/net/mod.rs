@@ -7,7 +7,7 @@
 pub mod garp;
 pub mod ndp;
 pub mod netlink;
-pub mod probe;
+pub(crate) mod probe;
 pub mod sysctl;
 
 use std::net::IpAddr;
@@ -21,7 +21,7 @@ use crate::vip::Vip;
 pub const VIPD_ADDR_PROTO: u8 = 0x76;
 
 /// The main routing table's id.
-pub const RT_TABLE_MAIN: u32 = 254;
+pub(crate) const RT_TABLE_MAIN: u32 = 254;
 
 /// A network interface.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -82,7 +82,7 @@ pub struct Address {
 /// its subnet on its interface and `all` holds secondaries of that subnet:
 /// with `promote_secondaries=0` the kernel deletes them along with it
 /// (docs/DESIGN.md, facts). IPv6 has no primary addresses.
-pub fn guards_secondaries(a: &Address, all: &[Address]) -> bool {
+pub(crate) fn guards_secondaries(a: &Address, all: &[Address]) -> bool {
     a.addr.is_ipv4()
         && !a.secondary
         && all.iter().any(|b| {
@@ -109,7 +109,7 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    pub fn new(routes: Vec<Route>) -> Self {
+    pub(crate) fn new(routes: Vec<Route>) -> Self {
         RouteTable { routes }
     }
 
@@ -138,7 +138,7 @@ impl RouteTable {
 
 /// Whether `ip` lies in `net/prefix_len`; never across families, and never
 /// for a prefix longer than the family's addresses.
-pub fn in_prefix(ip: IpAddr, net: IpAddr, prefix_len: u8) -> bool {
+pub(crate) fn in_prefix(ip: IpAddr, net: IpAddr, prefix_len: u8) -> bool {
     match (ip, net) {
         (IpAddr::V4(ip), IpAddr::V4(net)) if prefix_len <= 32 => {
             let mask = prefix_mask(prefix_len);
@@ -153,7 +153,7 @@ pub fn in_prefix(ip: IpAddr, net: IpAddr, prefix_len: u8) -> bool {
 }
 
 /// The IPv4 netmask of a prefix length, host order.
-pub fn prefix_mask(prefix_len: u8) -> u32 {
+pub(crate) fn prefix_mask(prefix_len: u8) -> u32 {
     if prefix_len == 0 {
         0
     } else {
@@ -162,7 +162,7 @@ pub fn prefix_mask(prefix_len: u8) -> u32 {
 }
 
 /// The IPv6 netmask of a prefix length, host order.
-pub fn prefix_mask_v6(prefix_len: u8) -> u128 {
+pub(crate) fn prefix_mask_v6(prefix_len: u8) -> u128 {
     if prefix_len == 0 {
         0
     } else {

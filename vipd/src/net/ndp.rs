@@ -20,7 +20,7 @@ use pnet_packet::{
 
 /// Ethernet (14) + IPv6 (40) + Neighbor Advertisement (24) + Target
 /// Link-Layer Address option (8).
-pub const NA_FRAME_LEN: usize = 86;
+pub(crate) const NA_FRAME_LEN: usize = 86;
 
 const ETH_HEADER_LEN: usize = 14;
 const IPV6_HEADER_LEN: usize = 40;
@@ -28,9 +28,9 @@ const NA_LEN: usize = 24;
 const TLLA_OPTION_LEN: usize = 8;
 
 /// All-nodes multicast, where unsolicited advertisements go.
-pub const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+pub(crate) const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
 /// Its Ethernet address (33:33 + the group's low 32 bits, RFC 2464 § 7).
-pub const ALL_NODES_MAC: [u8; 6] = [0x33, 0x33, 0, 0, 0, 1];
+pub(crate) const ALL_NODES_MAC: [u8; 6] = [0x33, 0x33, 0, 0, 0, 1];
 
 /// NDP messages must arrive with hop limit 255, or receivers drop them
 /// (RFC 4861 § 7.1.2): the proof they were not routed.

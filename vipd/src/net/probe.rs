@@ -35,7 +35,7 @@ use crate::vip::Vip;
 
 /// Ethernet (14) + IPv6 (40) + Neighbor Solicitation (24), no option: a
 /// solicitation from `::` must not carry a source link-layer address.
-pub const DAD_NS_FRAME_LEN: usize = 78;
+pub(crate) const DAD_NS_FRAME_LEN: usize = 78;
 
 const ETH_HEADER_LEN: usize = 14;
 const IPV6_HEADER_LEN: usize = 40;
@@ -49,31 +49,31 @@ const ICMPV6_NA: u8 = 136;
 /// which answers within a millisecond or two, also when one frame is lost;
 /// RFC 5227's own 1-2 s would delay every new VIP for nothing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ProbeTiming {
+pub(crate) struct ProbeTiming {
     pub probes: u32,
     pub wait: Duration,
 }
 
 impl ProbeTiming {
     /// Three probes over `wait`.
-    pub fn new(wait: Duration) -> Self {
+    pub(crate) fn new(wait: Duration) -> Self {
         ProbeTiming { probes: 3, wait }
     }
 
     /// When probe `k` (from 0) is sent, after the first.
-    pub fn send_at(&self, k: u32) -> Duration {
+    pub(crate) fn send_at(&self, k: u32) -> Duration {
         let gaps = (self.probes.max(2) - 1) * 2;
         self.wait / gaps * k
     }
 }
 
 /// For each probed VIP, the MACs that answered for it (none: free).
-pub type Answers = BTreeMap<Vip, BTreeSet<[u8; 6]>>;
+pub(crate) type Answers = BTreeMap<Vip, BTreeSet<[u8; 6]>>;
 
 /// Why a probe could not be made. Nothing is configured then: the VIP is
 /// probed again at the next attempt.
 #[derive(Debug, thiserror::Error)]
-pub enum ProbeError {
+pub(crate) enum ProbeError {
     #[error("cannot open a packet socket on interface index {ifindex} to probe VIPs: {source}")]
     Open { ifindex: u32, source: io::Error },
     #[error("cannot send the address probe for VIP {vip} on interface index {ifindex}: {source}")]
@@ -88,7 +88,7 @@ pub enum ProbeError {
 
 /// The ARP probe for `vip` from `mac` (RFC 5227 § 2.1.1): a broadcast
 /// request with sender IP 0.0.0.0 and target hardware address zero.
-pub fn arp_probe_frame(mac: [u8; 6], vip: Ipv4Addr) -> [u8; super::garp::GARP_FRAME_LEN] {
+pub(crate) fn arp_probe_frame(mac: [u8; 6], vip: Ipv4Addr) -> [u8; super::garp::GARP_FRAME_LEN] {
     let mut frame = garp_frame(GarpForm::Request, mac, vip);
     // spa (bytes 28..32) and tha (32..38) of the announcement's request form.
     frame[28..38].fill(0);
@@ -115,7 +115,7 @@ fn solicited_node(addr: Ipv6Addr) -> (Ipv6Addr, [u8; 6]) {
 /// The duplicate address detection probe for `vip` from `mac` (RFC 4862
 /// § 5.4.2): a Neighbor Solicitation from `::` to the VIP's solicited-node
 /// group, hop limit 255, no options.
-pub fn dad_ns_frame(mac: [u8; 6], vip: Ipv6Addr) -> [u8; DAD_NS_FRAME_LEN] {
+pub(crate) fn dad_ns_frame(mac: [u8; 6], vip: Ipv6Addr) -> [u8; DAD_NS_FRAME_LEN] {
     let (group, group_mac) = solicited_node(vip);
     let mut frame = [0u8; DAD_NS_FRAME_LEN];
     {
@@ -155,7 +155,7 @@ pub fn dad_ns_frame(mac: [u8; 6], vip: Ipv6Addr) -> [u8; DAD_NS_FRAME_LEN] {
 /// a sender protocol address (a reply to our probe, an announcement, a
 /// request from the address), or the target of another host's probe
 /// (RFC 5227: two hosts probing one address conflict too).
-pub fn arp_claim(frame: &[u8], ours: [u8; 6]) -> Option<(Ipv4Addr, [u8; 6])> {
+pub(crate) fn arp_claim(frame: &[u8], ours: [u8; 6]) -> Option<(Ipv4Addr, [u8; 6])> {
     let arp = parse_arp(frame)?;
     if arp.sha == ours || arp.eth_src == ours {
         return None;
@@ -169,7 +169,7 @@ pub fn arp_claim(frame: &[u8], ours: [u8; 6]) -> Option<(Ipv4Addr, [u8; 6])> {
 /// Who says it has an IPv6 address, from one frame not sent by `ours`: a
 /// Neighbor Advertisement's target (its link-layer address from the option,
 /// else the frame's source), or the target of another host's DAD probe.
-pub fn ndp_claim(frame: &[u8], ours: [u8; 6]) -> Option<(Ipv6Addr, [u8; 6])> {
+pub(crate) fn ndp_claim(frame: &[u8], ours: [u8; 6]) -> Option<(Ipv6Addr, [u8; 6])> {
     let eth = EthernetPacket::new(frame)?;
     let src = eth.get_source().octets();
     if eth.get_ethertype() != EtherTypes::Ipv6 || src == ours {
@@ -255,7 +255,7 @@ fn receiver(ifindex: u32, protocol: u16) -> io::Result<Socket> {
 /// Probes every VIP of `vips` on interface `ifindex` (whose MAC is `mac`)
 /// and returns who answered for each. Blocks for `timing.wait`: run it on
 /// a blocking thread.
-pub fn probe(
+pub(crate) fn probe(
     ifindex: u32,
     mac: [u8; 6],
     vips: &[Vip],

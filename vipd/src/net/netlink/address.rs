@@ -162,7 +162,10 @@ impl Netlink {
     /// per address (stepping down from 1000 VIPs stays linear). Returns each
     /// address with its outcome, in the order given.
     #[instrument(skip_all, fields(count = addresses.len()))]
-    pub async fn remove_vips(&self, addresses: &[Address]) -> Vec<(Address, Result<(), NetError>)> {
+    pub(crate) async fn remove_vips(
+        &self,
+        addresses: &[Address],
+    ) -> Vec<(Address, Result<(), NetError>)> {
         if let [one] = addresses {
             return vec![(one.clone(), self.remove_vip(one).await)];
         }
