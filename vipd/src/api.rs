@@ -66,7 +66,7 @@ pub use vipd_api::{ArpStats, ArpStatsRow, Request, Status};
 
 /// What the API server reads from.
 #[derive(Clone)]
-pub struct ApiState {
+pub(crate) struct ApiState {
     pub node_id: String,
     pub mode: &'static str,
     pub engine: watch::Receiver<EngineStatus>,

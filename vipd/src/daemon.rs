@@ -27,12 +27,12 @@ use crate::{
     api::{self, ApiState},
     config::Config,
     coord::{self, CoordStatus, ZkSettings},
-    engine::{Engine, EngineStatus, SharedXdp},
+    engine::{Engine, EngineSettings, EngineStatus, SharedXdp},
     health::{self, HealthStatus},
     hooks::Hook,
     instance::Instance,
     metrics,
-    net::netlink::Netlink,
+    net::{netlink::Netlink, probe::ProbeTiming},
     role::{Desired, EngineReport, Role},
     xdp::{ConflictReader, XdpProgram},
 };
@@ -93,8 +93,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     listeners.serve(&state, &stops, &mut tasks);
 
     let engine = Engine::new(
-        config.engine.clone(),
-        config.xdp.clone(),
+        engine_settings(&config),
         netlink,
         announcer,
         xdp_program,
@@ -122,6 +121,26 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     failure.map_or(Ok(()), |why| Err(anyhow!(why)))
 }
 
+/// The engine's settings from the configuration (a zero probe wait turns
+/// the probe off).
+fn engine_settings(config: &Config) -> EngineSettings {
+    let e = &config.engine;
+    EngineSettings {
+        reconcile_interval: e.reconcile_interval,
+        netlink_events: e.netlink_events,
+        event_debounce: e.event_debounce,
+        garp_rounds: e.garp_rounds,
+        garp_interval: e.garp_interval,
+        garp_refresh: e.garp_refresh,
+        link_grace: e.link_grace,
+        probe: (!e.probe_wait.is_zero()).then(|| ProbeTiming::new(e.probe_wait)),
+        probe_retry: e.probe_retry,
+        xdp_interfaces: config.xdp.interfaces.clone(),
+        xdp_mode: config.xdp.mode,
+        xdp_responder: config.xdp.responder,
+    }
+}
+
 /// Announcing needs an AF_PACKET socket (CAP_NET_RAW): find out at start,
 /// not at the first takeover, when a missing capability would leave the
 /// network with stale ARP caches.
@@ -142,8 +161,9 @@ struct Stops {
     source: CancellationToken,
     /// The engine, the announcer, the API and the metrics port.
     engine: CancellationToken,
-    /// Health checks (R18) run in tasks of their own: a hung check never
-    /// blocks the engine, coordination or the API.
+    /// Health checks (a failing one makes the leader hand over) run in
+    /// tasks of their own: a hung check never blocks the engine,
+    /// coordination or the API.
     checks: CancellationToken,
     /// The hook stops last, after telling the engine's final step down.
     hook: CancellationToken,
@@ -360,7 +380,8 @@ struct Running {
 }
 
 impl Running {
-    /// Order matters (docs/DESIGN.md, R3): the source steps down first (the
+    /// Order matters, so that no two nodes ever hold a VIP at once (see
+    /// docs/DESIGN.md): the source steps down first (the
     /// engine then stops announcing, clears XDP replies and removes the
     /// VIPs), and ZooKeeper is left only once nothing is held; then the
     /// engine, the API, the metrics port and the announcer stop.
@@ -452,7 +473,7 @@ async fn notify_ready(state: ApiState) {
 }
 
 /// Logs every watched VIP's ARP counters (at exit and on SIGUSR1).
-pub fn log_counters(state: &ApiState) {
+pub(crate) fn log_counters(state: &ApiState) {
     let stats = state.arp_stats();
     for r in stats.vips {
         info!(vip = %r.vip, interface = r.interface.as_deref().unwrap_or("-"), held = r.held,

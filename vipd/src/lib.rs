@@ -11,7 +11,7 @@ pub mod config;
 pub mod connections;
 pub mod coord;
 pub mod daemon;
-pub mod engine;
+pub(crate) mod engine;
 pub(crate) mod health;
 pub(crate) mod hooks;
 pub mod instance;

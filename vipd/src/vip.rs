@@ -1,5 +1,6 @@
-//! A VIP is an IPv4 or IPv6 unicast address a cluster serves from one node
-//! (R17). This module is the one place that decides what counts as a valid
+//! A VIP is an IPv4 or IPv6 unicast address a cluster serves from one node;
+//! both families go through the same placement, lease and announcements.
+//! This module is the one place that decides what counts as a valid
 //! VIP.
 
 use std::{
@@ -72,7 +73,7 @@ impl Vip {
     }
 
     /// Validates an address of either family as a VIP.
-    pub fn from_ip(addr: IpAddr) -> Result<Self, InvalidVip> {
+    pub(crate) fn from_ip(addr: IpAddr) -> Result<Self, InvalidVip> {
         match addr {
             IpAddr::V4(a) => Vip::new(a),
             IpAddr::V6(a) => Vip::new_v6(a),
@@ -110,7 +111,7 @@ impl Vip {
     /// On an IPv6 VIP: callers that see both families filter with
     /// [`Vip::v4`] first. A made-up key would be worse than a crash: it
     /// would count or answer ARP for an address nobody configured.
-    pub fn octets(self) -> [u8; 4] {
+    pub(crate) fn octets(self) -> [u8; 4] {
         match self.0 {
             IpAddr::V4(a) => a.octets(),
             IpAddr::V6(a) => panic!("Vip::octets() on IPv6 VIP {a}: use Vip::v4 or Vip::v6"),
@@ -118,7 +119,7 @@ impl Vip {
     }
 
     /// A host prefix of the VIP's family: 32 or 128.
-    pub fn host_prefix_len(self) -> u8 {
+    pub(crate) fn host_prefix_len(self) -> u8 {
         match self.0 {
             IpAddr::V4(_) => 32,
             IpAddr::V6(_) => 128,
@@ -189,7 +190,7 @@ impl fmt::Display for Vip {
 
 /// Parses a comma-separated list of VIPs (`192.0.2.100,2001:db8::100`), as
 /// the `--static-vips` flag takes them. Empty items are refused.
-pub fn parse_vip_list(s: &str) -> Result<Vec<Vip>, InvalidVip> {
+pub(crate) fn parse_vip_list(s: &str) -> Result<Vec<Vip>, InvalidVip> {
     if s.trim().is_empty() {
         return Ok(Vec::new());
     }

@@ -36,11 +36,11 @@ use self::{
     ethtool::Ethtool,
     maps::{FamilyMaps, V4, V6},
 };
+pub(crate) use self::{attach::XdpAttachment, mode::ModeReason};
 pub use self::{
-    attach::{DELIVERY_CHECK_EVERY, STUCK_CHECK_EVERY, XdpAttachment},
     clock::monotonic_ns,
     conflicts::{Conflict, ConflictReader},
-    mode::{AttachedMode, Loss, ModeReason, NATIVE_TX_LOST, native_tx_lost},
+    mode::AttachedMode,
 };
 
 /// Why the XDP half could not do what was asked.
@@ -135,8 +135,8 @@ pub enum XdpError {
 /// The loaded XDP program, its attachments and its maps.
 ///
 /// Dropping it detaches the program from every interface: attachments are
-/// bpf links owned by this process, never pinned, so a dead agent answers
-/// no ARP (R11).
+/// bpf links owned by this process, never pinned, so nothing keeps
+/// answering ARP or NDP for the VIPs of an agent that died.
 pub struct XdpProgram {
     /// Owns the program and its bpf links: dropping it detaches everywhere.
     ebpf: Ebpf,
@@ -217,7 +217,7 @@ impl XdpProgram {
     /// From now on, every interface this program attaches to is claimed for
     /// `instance` first: an interface another instance on the host serves
     /// is refused ([`XdpError::InterfaceTaken`]).
-    pub fn serve_as(&mut self, instance: crate::instance::Instance) {
+    pub(crate) fn serve_as(&mut self, instance: crate::instance::Instance) {
         self.instance = Some(instance);
     }
 

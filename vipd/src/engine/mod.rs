@@ -2,7 +2,8 @@
 //! and VIPs the source wants (`role::Desired`), netlink events, timers and
 //! XDP conflict events, plans with `reconcile::plan`, and executes: netlink
 //! writes, XDP map updates, announcements. It reports what it holds back to
-//! the source so leadership is released only once the VIPs are gone (R3).
+//! the source so leadership is released only once the VIPs are gone (no
+//! two nodes hold a VIP at once).
 //! The loop and the lease live here; one reconcile pass in `pass`, its
 //! XDP side (map entries, attaching, delivery checks) in `xdp`, foreign
 //! claims in `conflicts`, what it publishes in `status`.
@@ -10,6 +11,7 @@
 mod conflicts;
 mod pass;
 mod probing;
+mod settings;
 mod status;
 mod xdp;
 
@@ -27,13 +29,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use self::probing::Probing;
-pub use self::status::{
-    ConflictStatus, EngineStatus, LeaseStatus, LinkHealth, ProbeStats, ReconcileSummary, VipState,
-    VipStatus,
-};
+pub(crate) use self::settings::EngineSettings;
+pub(crate) use self::status::{ConflictStatus, EngineStatus, LinkHealth, VipState, VipStatus};
 use crate::{
     announce::Announcer,
-    config::{EngineArgs, XdpArgs},
     net::{
         Link, Placement,
         netlink::{NetEvent, Netlink},
@@ -44,18 +43,18 @@ use crate::{
 };
 
 /// The XDP side, shared with the API (counters) behind a lock.
-pub type SharedXdp = Arc<Mutex<XdpProgram>>;
+pub(crate) type SharedXdp = Arc<Mutex<XdpProgram>>;
 
-/// The R8 sync task of a leader term: `remaining` more rounds, the next due
-/// at `next`.
+/// The sync rounds of a leader term (every VIP re-checked and announced
+/// `garp_rounds` times, `garp_interval` apart): `remaining` more rounds,
+/// the next due at `next`.
 struct SyncRounds {
     remaining: u32,
     next: tokio::time::Instant,
 }
 
-pub struct Engine {
-    engine: EngineArgs,
-    xdp: XdpArgs,
+pub(crate) struct Engine {
+    settings: EngineSettings,
     netlink: Netlink,
     announcer: Announcer,
     xdp_program: Option<SharedXdp>,
@@ -92,13 +91,15 @@ pub struct Engine {
     /// (`None`: there are none).
     delivery_check: Option<tokio::time::Instant>,
     /// The last interface seen for each configured VIP: a link set down
-    /// takes its routes along, but it is still the VIP's interface (R18).
+    /// takes its routes along, but it is still the VIP's interface (and the
+    /// leader must hand over when it stays down).
     vip_links: BTreeMap<Vip, u32>,
-    /// Since when some VIP interface is down (R18 grace).
+    /// Since when some VIP interface is down: the leader hands over only
+    /// after a grace, so a link that flaps back costs no move.
     links_down_since: Option<tokio::time::Instant>,
     /// Down interfaces as last reported (after the grace).
     links_down: BTreeSet<String>,
-    /// The next re-announcement after the sync rounds (R19).
+    /// The next re-announcement after the sync rounds (every `garp_refresh`).
     refresh: Option<tokio::time::Instant>,
     /// The address-conflict probe: what may be added at once, what waits.
     probing: Probing,
@@ -112,13 +113,8 @@ pub struct Engine {
 }
 
 impl Engine {
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "the engine's wiring, built once in main"
-    )]
-    pub fn new(
-        engine: EngineArgs,
-        xdp: XdpArgs,
+    pub(crate) fn new(
+        settings: EngineSettings,
         netlink: Netlink,
         announcer: Announcer,
         xdp_program: Option<SharedXdp>,
@@ -127,12 +123,11 @@ impl Engine {
         status: watch::Sender<EngineStatus>,
     ) -> Self {
         if xdp_program.is_some() {
-            status.send_modify(|s| s.xdp_setting = Some(xdp.mode));
+            status.send_modify(|s| s.xdp_setting = Some(settings.xdp_mode));
         }
         Engine {
-            probing: Probing::new(&engine),
-            engine,
-            xdp,
+            probing: Probing::new(settings.probe, settings.probe_retry),
+            settings,
             netlink,
             announcer,
             xdp_program,
@@ -166,8 +161,12 @@ impl Engine {
     /// replies, remove the VIPs, report that nothing is held.
     /// `conflicts` are the XDP program's reports of foreign claims (ARP
     /// and NDP).
-    pub async fn run(mut self, mut conflicts: Option<ConflictReader>, cancel: CancellationToken) {
-        let mut events = if self.engine.netlink_events {
+    pub(crate) async fn run(
+        mut self,
+        mut conflicts: Option<ConflictReader>,
+        cancel: CancellationToken,
+    ) {
+        let mut events = if self.settings.netlink_events {
             match self.netlink.monitor() {
                 Ok(rx) => Some(rx),
                 Err(e) => {
@@ -178,11 +177,12 @@ impl Engine {
         } else {
             None
         };
-        let mut tick = tokio::time::interval(self.engine.reconcile_interval);
+        let mut tick = tokio::time::interval(self.settings.reconcile_interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         tick.tick().await;
 
-        // First pass: whatever role we start in (a follower cleans residue, R6).
+        // First pass: whatever role we start in (a follower removes the VIPs
+        // an earlier term or a crash left behind).
         let first = self.desired.borrow_and_update().clone();
         self.apply(first).await;
 
@@ -191,7 +191,7 @@ impl Engine {
             debug_fault().await;
             let sync_due = self.sync.as_ref().map(|s| s.next);
             let grace_due = match self.links_down_since {
-                Some(since) if self.links_down.is_empty() => Some(since + self.engine.link_grace),
+                Some(since) if self.links_down.is_empty() => Some(since + self.settings.link_grace),
                 _ => None,
             };
             let conflict_due = self.pending_conflict_answers.values().min().copied();
@@ -213,7 +213,7 @@ impl Engine {
                     let d = self.desired.borrow_and_update().clone();
                     self.apply(d).await;
                 }
-                // Our own adds and renewals (R16: one per VIP per renewal)
+                // Our own adds and renewals (one per VIP per lease renewal)
                 // describe what we just wrote: no pass for them.
                 Some(ev) = recv_opt(&mut events) => if ev != NetEvent::OwnAddress {
                     self.debounce(ev, events.as_mut()).await;
@@ -274,10 +274,10 @@ impl Engine {
         }
         self.reconcile(new_term).await;
         if new_term {
-            // The R8 rounds count from the term's first announcement.
-            self.sync = (self.engine.garp_rounds > 0).then(|| SyncRounds {
-                remaining: self.engine.garp_rounds,
-                next: tokio::time::Instant::now() + self.engine.garp_interval,
+            // The sync rounds count from the term's first announcement.
+            self.sync = (self.settings.garp_rounds > 0).then(|| SyncRounds {
+                remaining: self.settings.garp_rounds,
+                next: tokio::time::Instant::now() + self.settings.garp_interval,
             });
             self.refresh = None;
             if self.sync.is_none() {
@@ -306,9 +306,10 @@ impl Engine {
         self.reconcile(false).await;
     }
 
-    /// An acknowledged lease renewal (R16): restart every held address's
-    /// kernel lifetime, with vipd's mark (when the lifetime has run down
-    /// enough to need it), and move the XDP entries' expiry.
+    /// An acknowledged lease renewal (and only that) may extend an address:
+    /// restart every held address's kernel lifetime, with vipd's mark (when
+    /// the lifetime has run down enough to need it), and move the XDP
+    /// entries' expiry.
     /// No reconcile pass: nothing but the lease changed.
     async fn renew_lease(&mut self) {
         let Some(lease) = self.applied.lease else {
@@ -350,7 +351,7 @@ impl Engine {
             }
         }
         if let Some(xdp) = &self.xdp_program
-            && self.xdp.responder
+            && self.settings.xdp_responder
             && Instant::now() < lease.until
         {
             let entries = self.xdp_entries();
@@ -422,7 +423,7 @@ impl Engine {
         }
     }
 
-    /// One R8 round: re-check every VIP and announce each one held.
+    /// One sync round: re-check every VIP and announce each one held.
     async fn sync_round(&mut self) {
         let Some(s) = self.sync.as_mut() else { return };
         s.remaining -= 1;
@@ -431,16 +432,17 @@ impl Engine {
             self.sync = None;
             self.start_refresh();
         } else {
-            s.next += self.engine.garp_interval;
+            s.next += self.settings.garp_interval;
         }
         debug!(rounds_left = left, "sync round");
         self.reconcile(true).await;
     }
 
-    /// After the R8 rounds: re-announce every `garp_refresh` (R19).
+    /// After the sync rounds: re-announce every `garp_refresh` (zero: never),
+    /// so a receiver that missed them still learns where the VIPs live.
     fn start_refresh(&mut self) {
-        self.refresh = (!self.engine.garp_refresh.is_zero() && self.applied.role == Role::Leader)
-            .then(|| tokio::time::Instant::now() + self.engine.garp_refresh);
+        self.refresh = (!self.settings.garp_refresh.is_zero() && self.applied.role == Role::Leader)
+            .then(|| tokio::time::Instant::now() + self.settings.garp_refresh);
     }
 
     /// One refresh: re-check every VIP and announce each one held (as a
@@ -459,8 +461,8 @@ impl Engine {
     async fn debounce(&mut self, first: NetEvent, events: Option<&mut mpsc::Receiver<NetEvent>>) {
         let mut overrun = first == NetEvent::Overrun;
         if let Some(rx) = events {
-            if !self.engine.event_debounce.is_zero() {
-                tokio::time::sleep(self.engine.event_debounce).await;
+            if !self.settings.event_debounce.is_zero() {
+                tokio::time::sleep(self.settings.event_debounce).await;
             }
             while let Ok(ev) = rx.try_recv() {
                 overrun |= ev == NetEvent::Overrun;
@@ -527,7 +529,7 @@ async fn sleep_opt(at: Option<tokio::time::Instant>) {
 }
 
 /// Milliseconds since the Unix epoch.
-pub fn unix_ms() -> u64 {
+pub(crate) fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

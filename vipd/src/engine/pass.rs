@@ -391,7 +391,7 @@ impl Engine {
                         "VIP {vip} not added: {} (a host outside the cluster) answers for it on {}; probed again every {:?}",
                         mac_text(u.mac),
                         u.interface,
-                        self.engine.probe_retry
+                        self.settings.probe_retry
                     ),
                     None => format!("VIP {vip} not added: another host answers for it"),
                 };
@@ -442,7 +442,7 @@ impl Engine {
         });
     }
 
-    /// R18: the interfaces of configured VIPs that are down now (not up, or
+    /// The interfaces of configured VIPs that are down now (not up, or
     /// without carrier), from the last pass's links. A VIP's interface is
     /// the one its route picks, else the last one seen for it (a link set
     /// down loses its routes).
@@ -475,11 +475,11 @@ impl Engine {
                 info!("every VIP interface is up");
             }
         } else if self.links_down_since.is_none() {
-            warn!(interfaces = ?down, grace = ?self.engine.link_grace, "a VIP interface is down or without carrier");
+            warn!(interfaces = ?down, grace = ?self.settings.link_grace, "a VIP interface is down or without carrier");
             self.links_down_since = Some(now);
         }
         let since = self.links_down_since;
-        let past_grace = since.is_some_and(|s| now >= s + self.engine.link_grace);
+        let past_grace = since.is_some_and(|s| now >= s + self.settings.link_grace);
         let links_down = if past_grace {
             down.clone()
         } else {

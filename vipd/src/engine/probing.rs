@@ -15,7 +15,6 @@ use tracing::{debug, error, info, warn};
 
 use super::{Engine, unix_ms};
 use crate::{
-    config::EngineArgs,
     net::{
         Placement,
         netlink::NetSnapshot,
@@ -59,11 +58,11 @@ pub(super) struct Probing {
 }
 
 impl Probing {
-    pub(super) fn new(args: &EngineArgs) -> Self {
+    pub(super) fn new(timing: Option<ProbeTiming>, retry: Duration) -> Self {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         Probing {
-            timing: (!args.probe_wait.is_zero()).then(|| ProbeTiming::new(args.probe_wait)),
-            retry: args.probe_retry,
+            timing,
+            retry,
             held_here: BTreeSet::new(),
             free: BTreeSet::new(),
             running: BTreeSet::new(),

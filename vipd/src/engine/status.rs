@@ -8,7 +8,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use crate::{config::XdpMode, role::Role, vip::Vip, xdp::XdpAttachment};
 
 /// The parts of the status the engine fills in as the API shows them.
-pub use vipd_api::{
+pub(crate) use vipd_api::{
     ConflictStatus, LeaseStatus, LinkHealth, ProbeStats, ReconcileSummary, VipState, VipStatus,
 };
 
@@ -16,7 +16,7 @@ pub use vipd_api::{
 /// observes each pass) and the metrics page (which exports it). Not in the
 /// API's answers.
 #[derive(Clone, Debug)]
-pub struct PassDurations(Histogram);
+pub(crate) struct PassDurations(Histogram);
 
 impl Default for PassDurations {
     /// Buckets from 100 µs to 0.82 s, doubling: a pass takes a few
@@ -27,19 +27,19 @@ impl Default for PassDurations {
 }
 
 impl PassDurations {
-    pub fn observe(&self, took: Duration) {
+    pub(crate) fn observe(&self, took: Duration) {
         self.0.observe(took.as_secs_f64());
     }
 
     /// The histogram itself (a handle on the same buckets), for export.
-    pub fn histogram(&self) -> Histogram {
+    pub(crate) fn histogram(&self) -> Histogram {
         self.0.clone()
     }
 }
 
 /// Everything the engine shows the API.
 #[derive(Clone, Debug, Default)]
-pub struct EngineStatus {
+pub(crate) struct EngineStatus {
     pub role: Role,
     pub term: u64,
     /// Leader terms this agent started (becoming leader, or a new term).
@@ -59,9 +59,9 @@ pub struct EngineStatus {
     pub conflicts: BTreeMap<Vip, ConflictStatus>,
     /// VIP -> interface name, for every VIP the engine knows a place for.
     pub interfaces: BTreeMap<Vip, String>,
-    /// Lease renewals applied (address lifetimes and XDP expiry), R16.
+    /// Lease renewals applied (address lifetimes and XDP expiry).
     pub lease: LeaseStatus,
-    /// VIP interfaces down or without carrier (R18).
+    /// VIP interfaces down or without carrier (a leader hands over then).
     pub links: LinkHealth,
     /// Address-conflict probes, counted per VIP probed.
     pub probes: ProbeStats,

@@ -97,7 +97,8 @@ impl Engine {
         self.routers = routers;
     }
 
-    /// The lease's end on the XDP program's clock (R16).
+    /// The lease's end on the XDP program's clock: a held-VIP entry stops
+    /// being answered then, even if this agent is frozen.
     fn xdp_expiry(&self) -> u64 {
         self.lease()
             .map_or(vipd_common::NO_EXPIRY, |l| monotonic_ns(l.until))
@@ -115,7 +116,7 @@ impl Engine {
         };
         let mut xdp = xdp.lock().expect("XDP program lock");
         let mut errors = Vec::new();
-        let mut ifnames: BTreeSet<String> = self.xdp.interfaces.iter().cloned().collect();
+        let mut ifnames: BTreeSet<String> = self.settings.xdp_interfaces.iter().cloned().collect();
         for vip in &self.applied.vips {
             if let Some(p) = snap.routes.placement(*vip)
                 && let Some(l) = snap.link(p.ifindex)
@@ -128,7 +129,7 @@ impl Engine {
             if name == "lo" {
                 continue;
             }
-            match xdp.attach(name, self.xdp.mode) {
+            match xdp.attach(name, self.settings.xdp_mode) {
                 Ok(_) => {}
                 Err(e) => {
                     error!(ifname = %name, error = %e, "cannot attach the XDP program");
@@ -146,7 +147,7 @@ impl Engine {
             errors.push(e.to_string());
         }
         let entries: BTreeMap<Vip, HeldVip> =
-            if self.xdp.responder && self.applied.role == Role::Leader {
+            if self.settings.xdp_responder && self.applied.role == Role::Leader {
                 holdings
                     .xdp
                     .iter()

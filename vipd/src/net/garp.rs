@@ -1,7 +1,9 @@
-//! Gratuitous ARP (R9): the frames that tell a segment where a VIP lives,
-//! and an AF_PACKET sender for them. Frames are built with pnet_packet and
-//! sent on a plain send-only packet socket (docs/DESIGN.md (facts): pnet_datalink's channel
-//! would open a promiscuous receiver we do not want).
+//! Gratuitous ARP: the frames that tell a segment where a VIP lives (the
+//! request form, the reply form or both, as receivers differ in which they
+//! take), and an AF_PACKET sender for them. Frames are built with
+//! pnet_packet and sent on a plain send-only packet socket (docs/DESIGN.md
+//! (facts): pnet_datalink's channel would open a promiscuous receiver we do
+//! not want).
 
 use std::{io, mem, net::Ipv4Addr, os::fd::AsRawFd, time::Duration};
 
@@ -30,7 +32,7 @@ pub enum GarpMode {
 
 impl GarpMode {
     /// The frames one announcement sends, in order.
-    pub fn forms(self) -> &'static [GarpForm] {
+    pub(crate) fn forms(self) -> &'static [GarpForm] {
         match self {
             GarpMode::Request => &[GarpForm::Request],
             GarpMode::Reply => &[GarpForm::Reply],
@@ -40,7 +42,7 @@ impl GarpMode {
 }
 
 /// Ethernet header (14) + ARP for IPv4 over Ethernet (28).
-pub const GARP_FRAME_LEN: usize = 42;
+pub(crate) const GARP_FRAME_LEN: usize = 42;
 
 const ETH_HEADER_LEN: usize = 14;
 const BROADCAST: [u8; 6] = [0xff; 6];
@@ -48,7 +50,7 @@ pub(crate) const ETH_P_ARP: u16 = 0x0806;
 
 /// One frame of a gratuitous ARP announcement.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum GarpForm {
+pub(crate) enum GarpForm {
     /// ARP request, oper 1, tha ff:ff:ff:ff:ff:ff (as `arping -U` and keepalived).
     Request,
     /// ARP reply, oper 2, tha = our MAC (as `arping -A`). docs/DESIGN.md (facts): Linux
@@ -58,7 +60,7 @@ pub enum GarpForm {
 
 /// One gratuitous ARP frame, broadcast from `mac`, saying that `vip` is at
 /// `mac`: spa = tpa = vip, sha = mac.
-pub fn garp_frame(form: GarpForm, mac: [u8; 6], vip: Ipv4Addr) -> [u8; GARP_FRAME_LEN] {
+pub(crate) fn garp_frame(form: GarpForm, mac: [u8; 6], vip: Ipv4Addr) -> [u8; GARP_FRAME_LEN] {
     let mut frame = [0u8; GARP_FRAME_LEN];
     let (oper, tha) = match form {
         GarpForm::Request => (ArpOperation(1), BROADCAST),
@@ -168,7 +170,6 @@ pub(crate) fn link_addr(ifindex: u32, protocol: u16, dst: [u8; 6]) -> io::Result
 #[derive(Debug)]
 pub struct GarpSocket {
     socket: Socket,
-    ifindex: u32,
     dst: SockAddr,
     dst_ndp: SockAddr,
 }
@@ -187,14 +188,9 @@ impl GarpSocket {
         let dst_ndp = link_addr(ifindex, ETH_P_IPV6, super::ndp::ALL_NODES_MAC)?;
         Ok(GarpSocket {
             socket,
-            ifindex,
             dst,
             dst_ndp,
         })
-    }
-
-    pub fn ifindex(&self) -> u32 {
-        self.ifindex
     }
 
     /// Sends one complete Ethernet frame (header included) on the interface.

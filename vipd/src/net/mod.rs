@@ -7,7 +7,7 @@
 pub mod garp;
 pub mod ndp;
 pub mod netlink;
-pub mod probe;
+pub(crate) mod probe;
 pub mod sysctl;
 
 use std::net::IpAddr;
@@ -21,7 +21,7 @@ use crate::vip::Vip;
 pub const VIPD_ADDR_PROTO: u8 = 0x76;
 
 /// The main routing table's id.
-pub const RT_TABLE_MAIN: u32 = 254;
+pub(crate) const RT_TABLE_MAIN: u32 = 254;
 
 /// A network interface.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -82,7 +82,7 @@ pub struct Address {
 /// its subnet on its interface and `all` holds secondaries of that subnet:
 /// with `promote_secondaries=0` the kernel deletes them along with it
 /// (docs/DESIGN.md, facts). IPv6 has no primary addresses.
-pub fn guards_secondaries(a: &Address, all: &[Address]) -> bool {
+pub(crate) fn guards_secondaries(a: &Address, all: &[Address]) -> bool {
     a.addr.is_ipv4()
         && !a.secondary
         && all.iter().any(|b| {
@@ -94,7 +94,8 @@ pub fn guards_secondaries(a: &Address, all: &[Address]) -> bool {
 }
 
 /// Where a VIP belongs on this node: the interface and prefix length that
-/// the main table's longest-prefix match gives (R4).
+/// the main table's longest-prefix match gives: a VIP is configured by
+/// address alone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Placement {
     pub ifindex: u32,
@@ -108,15 +109,15 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    pub fn new(routes: Vec<Route>) -> Self {
+    pub(crate) fn new(routes: Vec<Route>) -> Self {
         RouteTable { routes }
     }
 
-    /// Longest-prefix match for `vip` over the routes of its family (R4,
-    /// R17). A match on the default route alone places the VIP as a host
-    /// address (/32, /128) on the default route's interface; ties between
-    /// equal prefixes go to the lowest metric, then lowest ifindex, so the
-    /// answer does not depend on dump order.
+    /// Longest-prefix match for `vip` over the routes of its family (the
+    /// IPv4 or the IPv6 main table). A match on the default route alone
+    /// places the VIP as a host address (/32, /128) on the default route's
+    /// interface; ties between equal prefixes go to the lowest metric, then
+    /// lowest ifindex, so the answer does not depend on dump order.
     pub fn placement(&self, vip: Vip) -> Option<Placement> {
         let ip = vip.ip();
         let best = self
@@ -137,7 +138,7 @@ impl RouteTable {
 
 /// Whether `ip` lies in `net/prefix_len`; never across families, and never
 /// for a prefix longer than the family's addresses.
-pub fn in_prefix(ip: IpAddr, net: IpAddr, prefix_len: u8) -> bool {
+pub(crate) fn in_prefix(ip: IpAddr, net: IpAddr, prefix_len: u8) -> bool {
     match (ip, net) {
         (IpAddr::V4(ip), IpAddr::V4(net)) if prefix_len <= 32 => {
             let mask = prefix_mask(prefix_len);
@@ -152,7 +153,7 @@ pub fn in_prefix(ip: IpAddr, net: IpAddr, prefix_len: u8) -> bool {
 }
 
 /// The IPv4 netmask of a prefix length, host order.
-pub fn prefix_mask(prefix_len: u8) -> u32 {
+pub(crate) fn prefix_mask(prefix_len: u8) -> u32 {
     if prefix_len == 0 {
         0
     } else {
@@ -161,7 +162,7 @@ pub fn prefix_mask(prefix_len: u8) -> u32 {
 }
 
 /// The IPv6 netmask of a prefix length, host order.
-pub fn prefix_mask_v6(prefix_len: u8) -> u128 {
+pub(crate) fn prefix_mask_v6(prefix_len: u8) -> u128 {
     if prefix_len == 0 {
         0
     } else {
@@ -207,8 +208,9 @@ mod tests {
     }
 
     #[test]
-    fn longest_prefix_wins_as_in_r4() {
-        // R4's example, in lab ranges: a /16 via if1 and a /24 inside it via if2.
+    fn longest_prefix_wins_over_a_wider_route() {
+        // A /16 via if1 and a /24 inside it via if2, in lab ranges: a VIP in
+        // the /24 goes on if2, one elsewhere in the /16 on if1.
         let t = RouteTable::new(vec![
             route("198.51.0.0", 16, 1),
             route("198.51.100.0", 24, 2),

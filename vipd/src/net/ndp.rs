@@ -1,5 +1,6 @@
 //! Unsolicited Neighbor Advertisements (RFC 4861 § 7.2.6): what tells an
-//! IPv6 segment where a VIP lives, as gratuitous ARP does for IPv4 (R17).
+//! IPv6 segment where a VIP lives, as gratuitous ARP does for IPv4: an IPv6
+//! VIP is announced when added and on the sync rounds, like an IPv4 one.
 //! Built with pnet_packet, sent on the same AF_PACKET socket as the ARP
 //! frames ([`super::garp::GarpSocket`]).
 
@@ -19,7 +20,7 @@ use pnet_packet::{
 
 /// Ethernet (14) + IPv6 (40) + Neighbor Advertisement (24) + Target
 /// Link-Layer Address option (8).
-pub const NA_FRAME_LEN: usize = 86;
+pub(crate) const NA_FRAME_LEN: usize = 86;
 
 const ETH_HEADER_LEN: usize = 14;
 const IPV6_HEADER_LEN: usize = 40;
@@ -27,9 +28,9 @@ const NA_LEN: usize = 24;
 const TLLA_OPTION_LEN: usize = 8;
 
 /// All-nodes multicast, where unsolicited advertisements go.
-pub const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+pub(crate) const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
 /// Its Ethernet address (33:33 + the group's low 32 bits, RFC 2464 § 7).
-pub const ALL_NODES_MAC: [u8; 6] = [0x33, 0x33, 0, 0, 0, 1];
+pub(crate) const ALL_NODES_MAC: [u8; 6] = [0x33, 0x33, 0, 0, 0, 1];
 
 /// NDP messages must arrive with hop limit 255, or receivers drop them
 /// (RFC 4861 § 7.1.2): the proof they were not routed.

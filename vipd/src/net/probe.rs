@@ -35,7 +35,7 @@ use crate::vip::Vip;
 
 /// Ethernet (14) + IPv6 (40) + Neighbor Solicitation (24), no option: a
 /// solicitation from `::` must not carry a source link-layer address.
-pub const DAD_NS_FRAME_LEN: usize = 78;
+pub(crate) const DAD_NS_FRAME_LEN: usize = 78;
 
 const ETH_HEADER_LEN: usize = 14;
 const IPV6_HEADER_LEN: usize = 40;
@@ -49,31 +49,31 @@ const ICMPV6_NA: u8 = 136;
 /// which answers within a millisecond or two, also when one frame is lost;
 /// RFC 5227's own 1-2 s would delay every new VIP for nothing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ProbeTiming {
+pub(crate) struct ProbeTiming {
     pub probes: u32,
     pub wait: Duration,
 }
 
 impl ProbeTiming {
     /// Three probes over `wait`.
-    pub fn new(wait: Duration) -> Self {
+    pub(crate) fn new(wait: Duration) -> Self {
         ProbeTiming { probes: 3, wait }
     }
 
     /// When probe `k` (from 0) is sent, after the first.
-    pub fn send_at(&self, k: u32) -> Duration {
+    pub(crate) fn send_at(&self, k: u32) -> Duration {
         let gaps = (self.probes.max(2) - 1) * 2;
         self.wait / gaps * k
     }
 }
 
 /// For each probed VIP, the MACs that answered for it (none: free).
-pub type Answers = BTreeMap<Vip, BTreeSet<[u8; 6]>>;
+pub(crate) type Answers = BTreeMap<Vip, BTreeSet<[u8; 6]>>;
 
 /// Why a probe could not be made. Nothing is configured then: the VIP is
 /// probed again at the next attempt.
 #[derive(Debug, thiserror::Error)]
-pub enum ProbeError {
+pub(crate) enum ProbeError {
     #[error("cannot open a packet socket on interface index {ifindex} to probe VIPs: {source}")]
     Open { ifindex: u32, source: io::Error },
     #[error("cannot send the address probe for VIP {vip} on interface index {ifindex}: {source}")]
@@ -88,7 +88,7 @@ pub enum ProbeError {
 
 /// The ARP probe for `vip` from `mac` (RFC 5227 § 2.1.1): a broadcast
 /// request with sender IP 0.0.0.0 and target hardware address zero.
-pub fn arp_probe_frame(mac: [u8; 6], vip: Ipv4Addr) -> [u8; super::garp::GARP_FRAME_LEN] {
+pub(crate) fn arp_probe_frame(mac: [u8; 6], vip: Ipv4Addr) -> [u8; super::garp::GARP_FRAME_LEN] {
     let mut frame = garp_frame(GarpForm::Request, mac, vip);
     // spa (bytes 28..32) and tha (32..38) of the announcement's request form.
     frame[28..38].fill(0);
@@ -115,7 +115,7 @@ fn solicited_node(addr: Ipv6Addr) -> (Ipv6Addr, [u8; 6]) {
 /// The duplicate address detection probe for `vip` from `mac` (RFC 4862
 /// § 5.4.2): a Neighbor Solicitation from `::` to the VIP's solicited-node
 /// group, hop limit 255, no options.
-pub fn dad_ns_frame(mac: [u8; 6], vip: Ipv6Addr) -> [u8; DAD_NS_FRAME_LEN] {
+pub(crate) fn dad_ns_frame(mac: [u8; 6], vip: Ipv6Addr) -> [u8; DAD_NS_FRAME_LEN] {
     let (group, group_mac) = solicited_node(vip);
     let mut frame = [0u8; DAD_NS_FRAME_LEN];
     {
@@ -155,7 +155,7 @@ pub fn dad_ns_frame(mac: [u8; 6], vip: Ipv6Addr) -> [u8; DAD_NS_FRAME_LEN] {
 /// a sender protocol address (a reply to our probe, an announcement, a
 /// request from the address), or the target of another host's probe
 /// (RFC 5227: two hosts probing one address conflict too).
-pub fn arp_claim(frame: &[u8], ours: [u8; 6]) -> Option<(Ipv4Addr, [u8; 6])> {
+pub(crate) fn arp_claim(frame: &[u8], ours: [u8; 6]) -> Option<(Ipv4Addr, [u8; 6])> {
     let arp = parse_arp(frame)?;
     if arp.sha == ours || arp.eth_src == ours {
         return None;
@@ -169,7 +169,7 @@ pub fn arp_claim(frame: &[u8], ours: [u8; 6]) -> Option<(Ipv4Addr, [u8; 6])> {
 /// Who says it has an IPv6 address, from one frame not sent by `ours`: a
 /// Neighbor Advertisement's target (its link-layer address from the option,
 /// else the frame's source), or the target of another host's DAD probe.
-pub fn ndp_claim(frame: &[u8], ours: [u8; 6]) -> Option<(Ipv6Addr, [u8; 6])> {
+pub(crate) fn ndp_claim(frame: &[u8], ours: [u8; 6]) -> Option<(Ipv6Addr, [u8; 6])> {
     let eth = EthernetPacket::new(frame)?;
     let src = eth.get_source().octets();
     if eth.get_ethertype() != EtherTypes::Ipv6 || src == ours {
@@ -255,44 +255,21 @@ fn receiver(ifindex: u32, protocol: u16) -> io::Result<Socket> {
 /// Probes every VIP of `vips` on interface `ifindex` (whose MAC is `mac`)
 /// and returns who answered for each. Blocks for `timing.wait`: run it on
 /// a blocking thread.
-pub fn probe(
+pub(crate) fn probe(
     ifindex: u32,
     mac: [u8; 6],
     vips: &[Vip],
     timing: ProbeTiming,
 ) -> Result<Answers, ProbeError> {
-    let open = |e| ProbeError::Open { ifindex, source: e };
-    let has_v4 = vips.iter().any(|v| v.v4().is_some());
-    let has_v6 = vips.iter().any(|v| v.v6().is_some());
-    let arp = has_v4
-        .then(|| receiver(ifindex, ETH_P_ARP))
-        .transpose()
-        .map_err(open)?;
-    let ndp = has_v6
-        .then(|| receiver(ifindex, ETH_P_IPV6))
-        .transpose()
-        .map_err(open)?;
-    let sender = super::garp::GarpSocket::open(ifindex).map_err(open)?;
+    let sockets = ProbeSockets::open(ifindex, mac, vips)?;
     let mut answers: Answers = vips.iter().map(|v| (*v, BTreeSet::new())).collect();
     let started = Instant::now();
     let end = started + timing.wait;
     let mut sent = 0;
-    let mut buf = [0u8; 2048];
     loop {
         let now = Instant::now();
         if sent < timing.probes && now >= started + timing.send_at(sent) {
-            for vip in vips {
-                let r = match (vip.v4(), vip.v6()) {
-                    (Some(v4), _) => sender.send(&arp_probe_frame(mac, v4)),
-                    (_, Some(v6)) => sender.send(&dad_ns_frame(mac, v6)),
-                    _ => Ok(()),
-                };
-                r.map_err(|e| ProbeError::Send {
-                    vip: *vip,
-                    ifindex,
-                    source: e,
-                })?;
-            }
+            sockets.send_probes(vips)?;
             sent += 1;
             continue;
         }
@@ -304,36 +281,110 @@ pub fn probe(
         } else {
             end
         };
-        let mut fds: Vec<libc::pollfd> = [&arp, &ndp]
-            .into_iter()
-            .flatten()
+        if sockets.wait_until(next)? {
+            sockets.collect(&mut answers)?;
+        }
+    }
+    Ok(answers)
+}
+
+/// The sockets of one probe run: a receiver for each family probed, and the
+/// sender of the probes.
+struct ProbeSockets {
+    ifindex: u32,
+    mac: [u8; 6],
+    arp: Option<Socket>,
+    ndp: Option<Socket>,
+    sender: super::garp::GarpSocket,
+}
+
+impl ProbeSockets {
+    /// A receiver only for a family that has a VIP to probe: an IPv4-only
+    /// probe reads no IPv6 traffic.
+    fn open(ifindex: u32, mac: [u8; 6], vips: &[Vip]) -> Result<Self, ProbeError> {
+        let open = |e| ProbeError::Open { ifindex, source: e };
+        let has_v4 = vips.iter().any(|v| v.v4().is_some());
+        let has_v6 = vips.iter().any(|v| v.v6().is_some());
+        let arp = has_v4
+            .then(|| receiver(ifindex, ETH_P_ARP))
+            .transpose()
+            .map_err(open)?;
+        let ndp = has_v6
+            .then(|| receiver(ifindex, ETH_P_IPV6))
+            .transpose()
+            .map_err(open)?;
+        let sender = super::garp::GarpSocket::open(ifindex).map_err(open)?;
+        Ok(ProbeSockets {
+            ifindex,
+            mac,
+            arp,
+            ndp,
+            sender,
+        })
+    }
+
+    fn receivers(&self) -> impl Iterator<Item = &Socket> {
+        [&self.arp, &self.ndp].into_iter().flatten()
+    }
+
+    /// One probe for every VIP: an ARP probe or a DAD solicitation.
+    fn send_probes(&self, vips: &[Vip]) -> Result<(), ProbeError> {
+        for vip in vips {
+            let r = match (vip.v4(), vip.v6()) {
+                (Some(v4), _) => self.sender.send(&arp_probe_frame(self.mac, v4)),
+                (_, Some(v6)) => self.sender.send(&dad_ns_frame(self.mac, v6)),
+                _ => Ok(()),
+            };
+            r.map_err(|e| ProbeError::Send {
+                vip: *vip,
+                ifindex: self.ifindex,
+                source: e,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Waits until a receiver has a frame or `until` comes. `false`: a
+    /// signal interrupted the wait, nothing to read yet.
+    fn wait_until(&self, until: Instant) -> Result<bool, ProbeError> {
+        let mut fds: Vec<libc::pollfd> = self
+            .receivers()
             .map(|s| libc::pollfd {
                 fd: s.as_raw_fd(),
                 events: libc::POLLIN,
                 revents: 0,
             })
             .collect();
-        let ms = next.saturating_duration_since(now).as_millis().max(1);
+        let ms = until
+            .saturating_duration_since(Instant::now())
+            .as_millis()
+            .max(1);
         let ms = i32::try_from(ms).unwrap_or(i32::MAX);
         // SAFETY: fds is a valid array of fds.len() pollfd structs.
         let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
         if r < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
-                continue;
+                return Ok(false);
             }
-            return Err(ProbeError::Receive { ifindex, source: e });
+            return Err(ProbeError::Receive {
+                ifindex: self.ifindex,
+                source: e,
+            });
         }
-        for socket in [&arp, &ndp].into_iter().flatten() {
+        Ok(true)
+    }
+
+    /// Reads every frame waiting on the receivers and adds each claim of a
+    /// probed VIP by another MAC to `answers`.
+    fn collect(&self, answers: &mut Answers) -> Result<(), ProbeError> {
+        let mut buf = [0u8; 2048];
+        for socket in self.receivers() {
             loop {
                 match recv_frame(socket, &mut buf) {
                     Ok((_, true)) => {}
                     Ok((n, false)) => {
-                        let frame = &buf[..n];
-                        let claim = arp_claim(frame, mac)
-                            .map(|(ip, m)| (Vip::new(ip), m))
-                            .or_else(|| ndp_claim(frame, mac).map(|(ip, m)| (Vip::new_v6(ip), m)));
-                        if let Some((Ok(vip), m)) = claim
+                        if let Some((vip, m)) = self.claim(&buf[..n])
                             && let Some(macs) = answers.get_mut(&vip)
                         {
                             macs.insert(m);
@@ -341,12 +392,26 @@ pub fn probe(
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(ProbeError::Receive { ifindex, source: e }),
+                    Err(e) => {
+                        return Err(ProbeError::Receive {
+                            ifindex: self.ifindex,
+                            source: e,
+                        });
+                    }
                 }
             }
         }
+        Ok(())
     }
-    Ok(answers)
+
+    /// The VIP and MAC a received frame claims, if it is an ARP or NDP
+    /// claim by a MAC other than ours.
+    fn claim(&self, frame: &[u8]) -> Option<(Vip, [u8; 6])> {
+        let (vip, m) = arp_claim(frame, self.mac)
+            .map(|(ip, m)| (Vip::new(ip), m))
+            .or_else(|| ndp_claim(frame, self.mac).map(|(ip, m)| (Vip::new_v6(ip), m)))?;
+        Some((vip.ok()?, m))
+    }
 }
 
 #[cfg(test)]

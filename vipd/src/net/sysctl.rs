@@ -23,7 +23,7 @@ pub fn enable_promote_secondaries(ifname: &str) -> Result<(), NetError> {
 /// Whether the interface forwards IPv6 (`net.ipv6.conf.<ifname>.forwarding`
 /// of the caller's namespace): then its advertisements carry the Router
 /// flag, so hosts that use it as a router keep doing so.
-pub fn forwarding(ifname: &str) -> Result<bool, NetError> {
+pub(crate) fn forwarding(ifname: &str) -> Result<bool, NetError> {
     let path = conf_path("ipv6", ifname, "forwarding")?;
     let text =
         std::fs::read_to_string(&path).map_err(|source| NetError::SysctlRead { path, source })?;

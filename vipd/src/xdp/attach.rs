@@ -20,12 +20,12 @@ use crate::config::XdpMode;
 /// How often natively attached interfaces are checked for lost answers.
 /// Two periods bound the detection (an error counted just after a look is
 /// seen at the next one), so a fallback happens well within a second.
-pub const DELIVERY_CHECK_EVERY: Duration = Duration::from_millis(250);
+pub(crate) const DELIVERY_CHECK_EVERY: Duration = Duration::from_millis(250);
 
 /// How often an interface whose lost answers show only as frames taken but
 /// not sent (veth) is checked. Its own other frames leaving in the same
 /// period hide a loss for that period, so periods are short there.
-pub const STUCK_CHECK_EVERY: Duration = Duration::from_millis(50);
+pub(crate) const STUCK_CHECK_EVERY: Duration = Duration::from_millis(50);
 
 /// One interface the program is attached to, as the status shows it.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -227,7 +227,7 @@ impl XdpProgram {
     /// for good; if even that fails nothing is attached there and the
     /// kernel answers (as far as `arp_ignore` lets it). Returns whether any
     /// attachment changed.
-    pub fn check_delivery(&mut self) -> bool {
+    pub(crate) fn check_delivery(&mut self) -> bool {
         let mut lost = Vec::new();
         let names: Vec<String> = self
             .attachments
@@ -325,7 +325,7 @@ impl XdpProgram {
 
     /// When [`XdpProgram::check_delivery`] should run next, from now:
     /// `None` while no attachment is checked.
-    pub fn next_delivery_check(&self) -> Option<Duration> {
+    pub(crate) fn next_delivery_check(&self) -> Option<Duration> {
         self.attachments
             .values()
             .filter_map(|a| a.watch.as_ref())

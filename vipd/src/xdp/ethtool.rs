@@ -44,12 +44,12 @@ struct DrvInfo {
 
 /// A socket to ask the kernel about interfaces of this namespace.
 #[derive(Debug)]
-pub struct Ethtool {
+pub(crate) struct Ethtool {
     fd: OwnedFd,
 }
 
 impl Ethtool {
-    pub fn new() -> io::Result<Self> {
+    pub(crate) fn new() -> io::Result<Self> {
         // SAFETY: plain socket(2); the result is checked.
         let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
         if fd < 0 {
@@ -98,7 +98,7 @@ impl Ethtool {
     }
 
     /// The driver's name (`veth`, `mlx5_core`, `virtio_net`, ...).
-    pub fn driver(&self, ifname: &str) -> io::Result<String> {
+    pub(crate) fn driver(&self, ifname: &str) -> io::Result<String> {
         let info = self.drvinfo(ifname)?;
         let end = info.driver.iter().position(|b| *b == 0).unwrap_or(32);
         Ok(String::from_utf8_lossy(&info.driver[..end]).into_owned())
@@ -113,7 +113,7 @@ impl Ethtool {
 
     /// The names of the driver's statistics, in the order `stats` returns
     /// their values.
-    pub fn stat_names(&self, ifname: &str) -> io::Result<Vec<String>> {
+    pub(crate) fn stat_names(&self, ifname: &str) -> io::Result<Vec<String>> {
         let n = self.drvinfo(ifname)?.n_stats;
         let room = Self::room(n);
         let mut buf = vec![0u8; 12 + room * ETH_GSTRING_LEN];
@@ -138,7 +138,7 @@ impl Ethtool {
     }
 
     /// The values of the driver's statistics.
-    pub fn stats(&self, ifname: &str) -> io::Result<Vec<u64>> {
+    pub(crate) fn stats(&self, ifname: &str) -> io::Result<Vec<u64>> {
         let n = self.drvinfo(ifname)?.n_stats;
         let room = Self::room(n);
         // u64 words: the header (cmd, n_stats) fills the first.
@@ -164,7 +164,7 @@ impl Ethtool {
 
 /// Which of a driver's statistics tell whether XDP_TX frames leave.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct XdpTxCounters {
+pub(crate) struct XdpTxCounters {
     /// Names holding `xdp_tx` and `err`, `drop` or `full`: frames the
     /// driver could not send (veth `rx_queue_0_xdp_tx_errors`, mlx5
     /// `rx_xdp_tx_err` / `rx_xdp_tx_full`, virtio_net `..._xdp_tx_drops`).
@@ -177,7 +177,7 @@ pub struct XdpTxCounters {
 }
 
 impl XdpTxCounters {
-    pub fn pick(driver: Option<&str>, names: &[String]) -> Self {
+    pub(crate) fn pick(driver: Option<&str>, names: &[String]) -> Self {
         let lower: Vec<String> = names.iter().map(|n| n.to_ascii_lowercase()).collect();
         let errors: Vec<usize> = lower
             .iter()
@@ -213,18 +213,18 @@ impl XdpTxCounters {
 
     /// Whether the driver counts frames it took (veth), so frames that
     /// never left can be told from the transmit count.
-    pub fn counts_taken(&self) -> bool {
+    pub(crate) fn counts_taken(&self) -> bool {
         !self.accepted.is_empty()
     }
 
     /// Whether `values` still match the names (same count).
-    pub fn fits(&self, values: &[u64]) -> bool {
+    pub(crate) fn fits(&self, values: &[u64]) -> bool {
         values.len() == self.len
     }
 
     /// (errors, accepted) summed from `values`; `None` where the driver
     /// has no such counter.
-    pub fn read(&self, values: &[u64]) -> (Option<u64>, Option<u64>) {
+    pub(crate) fn read(&self, values: &[u64]) -> (Option<u64>, Option<u64>) {
         let sum = |idx: &[usize]| {
             (!idx.is_empty()).then(|| {
                 idx.iter()
@@ -237,7 +237,7 @@ impl XdpTxCounters {
 }
 
 /// Transmitted packets of `ifname` from /proc/net/dev (this namespace's).
-pub fn tx_packets(ifname: &str) -> io::Result<u64> {
+pub(crate) fn tx_packets(ifname: &str) -> io::Result<u64> {
     let text = std::fs::read_to_string("/proc/net/dev")?;
     parse_tx_packets(&text, ifname).ok_or_else(|| {
         io::Error::new(

@@ -42,14 +42,14 @@ impl fmt::Display for AttachedMode {
 /// Only drivers measured or known from their source belong here. Drivers
 /// without native XDP at all (bridge, macvlan, ipvlan, 8021q VLANs, vxlan,
 /// dummy) refuse a native attach, so `auto` gets generic there anyway.
-pub const NATIVE_TX_LOST: &[(&str, &str)] = &[(
+pub(crate) const NATIVE_TX_LOST: &[(&str, &str)] = &[(
     "veth",
     "native XDP_TX does not deliver unless the peer runs an XDP program",
 )];
 
 /// What `auto` makes of a driver: `Some(why)` when native answers would be
 /// lost there.
-pub fn native_tx_lost(driver: &str) -> Option<&'static str> {
+pub(crate) fn native_tx_lost(driver: &str) -> Option<&'static str> {
     NATIVE_TX_LOST
         .iter()
         .find(|(d, _)| *d == driver)
@@ -58,7 +58,7 @@ pub fn native_tx_lost(driver: &str) -> Option<&'static str> {
 
 /// The first mode to try on an interface, from the setting and the driver
 /// (where vipd fell back before, the caller attaches generic instead).
-pub fn first_choice(setting: XdpMode, driver: Option<&str>) -> (AttachedMode, ModeReason) {
+pub(crate) fn first_choice(setting: XdpMode, driver: Option<&str>) -> (AttachedMode, ModeReason) {
     match setting {
         XdpMode::Native => (AttachedMode::Native, ModeReason::Configured),
         XdpMode::Generic => (AttachedMode::Generic, ModeReason::Configured),
@@ -74,7 +74,7 @@ pub fn first_choice(setting: XdpMode, driver: Option<&str>) -> (AttachedMode, Mo
 
 /// Why an interface runs the mode it runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ModeReason {
+pub(crate) enum ModeReason {
     /// `--xdp-mode native` or `generic`.
     Configured,
     /// `auto`, and the driver is not on [`NATIVE_TX_LOST`].
@@ -89,7 +89,7 @@ pub enum ModeReason {
 
 impl ModeReason {
     /// A stable code for scripts and metrics labels.
-    pub fn code(&self) -> &'static str {
+    pub(crate) fn code(&self) -> &'static str {
         match self {
             ModeReason::Configured => "configured",
             ModeReason::DriverNative => "driver_native",
@@ -101,7 +101,7 @@ impl ModeReason {
 
     /// The reason in the operator's words, for an interface with `driver`
     /// and the setting `setting`.
-    pub fn describe(&self, setting: XdpMode, driver: Option<&str>) -> String {
+    pub(crate) fn describe(&self, setting: XdpMode, driver: Option<&str>) -> String {
         let drv = driver.unwrap_or("unknown");
         let text = match self {
             ModeReason::Configured => format!("set by --xdp-mode {}", setting_name(setting)),
@@ -127,7 +127,7 @@ fn setting_name(setting: XdpMode) -> &'static str {
 
 /// How native answers were seen to be lost.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Loss {
+pub(crate) enum Loss {
     /// The driver's XDP_TX error counters grew by at least as many frames
     /// as the program answered on the interface.
     Dropped {
@@ -171,7 +171,7 @@ impl fmt::Display for Loss {
 
 /// One reading of an interface's counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TxSample {
+pub(crate) struct TxSample {
     /// Sum of the driver's XDP_TX error/drop counters (`None`: the driver
     /// has none).
     pub errors: Option<u64>,
@@ -187,7 +187,7 @@ pub struct TxSample {
 
 /// What one look at an interface found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Nothing lost.
     Delivered,
     /// Frames the driver took are not all sent yet: look again shortly
@@ -199,7 +199,7 @@ pub enum Verdict {
 
 /// How soon a [`Verdict::Confirm`] is looked at again. Frames a working
 /// veth takes usually leave within microseconds.
-pub const CONFIRM_AFTER: Duration = Duration::from_millis(20);
+pub(crate) const CONFIRM_AFTER: Duration = Duration::from_millis(20);
 
 /// How long frames the driver took may stay out of the transmit count
 /// before they count as stuck. Not one confirmation: with both CPUs of a
@@ -207,7 +207,7 @@ pub const CONFIRM_AFTER: Duration = Duration::from_millis(20);
 /// count) was seen to lag a single frame by more than 70 ms (`bench arp`),
 /// and a working interface fell back to generic. Frames a veth really
 /// loses stay lost, so the cost of waiting is only a later fallback.
-pub const STUCK_AFTER: Duration = Duration::from_millis(250);
+pub(crate) const STUCK_AFTER: Duration = Duration::from_millis(250);
 
 /// Watches one natively attached interface, sample by sample.
 ///
@@ -220,7 +220,7 @@ pub const STUCK_AFTER: Duration = Duration::from_millis(250);
 ///   the transmit count [`STUCK_AFTER`] later (looked at again every
 ///   [`CONFIRM_AFTER`] until then).
 #[derive(Clone, Debug)]
-pub struct DeliveryWatch {
+pub(crate) struct DeliveryWatch {
     last: TxSample,
     /// The program's answer count at the last look at it.
     answers_seen: u64,
@@ -231,7 +231,7 @@ pub struct DeliveryWatch {
 impl DeliveryWatch {
     /// A watch whose baseline is `first` and `answers` (program answers on
     /// the interface so far).
-    pub fn new(first: TxSample, answers: u64) -> Self {
+    pub(crate) fn new(first: TxSample, answers: u64) -> Self {
         DeliveryWatch {
             last: first,
             answers_seen: answers,
@@ -240,14 +240,14 @@ impl DeliveryWatch {
     }
 
     /// Whether the last look asked for a confirmation.
-    pub fn confirming(&self) -> bool {
+    pub(crate) fn confirming(&self) -> bool {
         self.pending.is_some()
     }
 
     /// Takes the next sample. `answers` is called only when the error
     /// counters grew; it returns the program's answer count on the
     /// interface.
-    pub fn observe(&mut self, now: TxSample, answers: impl FnOnce() -> u64) -> Verdict {
+    pub(crate) fn observe(&mut self, now: TxSample, answers: impl FnOnce() -> u64) -> Verdict {
         let prev = std::mem::replace(&mut self.last, now);
         let pending = self.pending.take();
 

@@ -31,8 +31,9 @@ impl Netlink {
     }
 
     /// [`Netlink::add_vip`] with a valid and preferred lifetime of
-    /// `lifetime` seconds (R16): the kernel removes the address by itself
-    /// unless [`Netlink::renew_vip`] comes first. `None`: permanent.
+    /// `lifetime` seconds: the address carries the lease, so the kernel
+    /// removes it by itself (from a killed or frozen agent too) unless
+    /// [`Netlink::renew_vip`] comes first. `None`: permanent.
     #[instrument(skip_all, fields(vip = %vip, ifindex = placement.ifindex, prefix_len = placement.prefix_len), err)]
     pub async fn add_vip_for(
         &self,
@@ -161,7 +162,10 @@ impl Netlink {
     /// per address (stepping down from 1000 VIPs stays linear). Returns each
     /// address with its outcome, in the order given.
     #[instrument(skip_all, fields(count = addresses.len()))]
-    pub async fn remove_vips(&self, addresses: &[Address]) -> Vec<(Address, Result<(), NetError>)> {
+    pub(crate) async fn remove_vips(
+        &self,
+        addresses: &[Address],
+    ) -> Vec<(Address, Result<(), NetError>)> {
         if let [one] = addresses {
             return vec![(one.clone(), self.remove_vip(one).await)];
         }

@@ -15,9 +15,9 @@ mod transport;
 
 use std::{io, net::IpAddr, path::PathBuf, time::Duration};
 
+pub(crate) use self::dump::NetSnapshot;
 pub use self::{
-    dump::NetSnapshot,
-    monitor::{NetEvent, monitor, monitor_marked},
+    monitor::{NetEvent, monitor},
     transport::Netlink,
 };
 use crate::vip::Vip;

@@ -73,7 +73,7 @@ pub fn monitor() -> Result<mpsc::Receiver<NetEvent>, NetError> {
 }
 
 /// [`monitor`], where "own" addresses are those carrying `mark`.
-pub fn monitor_marked(mark: u8) -> Result<mpsc::Receiver<NetEvent>, NetError> {
+pub(crate) fn monitor_marked(mark: u8) -> Result<mpsc::Receiver<NetEvent>, NetError> {
     let runtime = tokio::runtime::Handle::try_current().map_err(|_| NetError::NoRuntime)?;
     // Its own socket: the kernel does not echo events caused by requests
     // to the socket that sent them.
