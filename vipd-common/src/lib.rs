@@ -106,7 +106,7 @@ pub struct HeldVip {
     /// The leader's lease end on the `bpf_ktime_get_ns` clock
     /// (CLOCK_MONOTONIC, nanoseconds): the program answers and reports
     /// claims only before it, so a frozen agent's program falls silent at
-    /// the lease's end (R16). `u64::MAX`: no lease (single-node mode).
+    /// the lease's end. `u64::MAX`: no lease (single-node mode).
     pub expires_ns: u64,
 }
 
