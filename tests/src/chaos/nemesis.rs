@@ -408,7 +408,16 @@ fn nft(host: &Host, out_rule: &str, in_rule: &str) -> Result<(), String> {
          chain out {{ type filter hook output priority -10; {out_rule}; }}\n\
          chain in {{ type filter hook input priority -10; {in_rule}; }}\n}}\n"
     );
-    let out = host.exec(&["sh", "-c", "printf '%s' \"$0\" | nft -f -", &script]);
+    // The ruleset goes through a file: every namespace shares the mount
+    // namespace, and nft reads it whole (one transaction).
+    let path = std::env::temp_dir().join(format!(
+        "vipd-chaos-{}-{}.nft",
+        std::process::id(),
+        host.name()
+    ));
+    std::fs::write(&path, &script).map_err(|e| format!("{}: {e}", path.display()))?;
+    let out = host.exec(&["nft", "-f", &path.display().to_string()]);
+    let _ = std::fs::remove_file(&path);
     if out.status.success() {
         Ok(())
     } else {
