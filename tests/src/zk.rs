@@ -175,6 +175,14 @@ fn spawn_java(cfg: &Path, netns: Option<&str>, log: &Path, log4j: &Path) -> Chil
         "-XX:+UseSerialGC",
         "-XX:TieredStopAtLevel=1",
         "-Djava.net.preferIPv4Stack=true",
+        // ZooKeeper 3.8.0 (Debian's) can lose a committed transaction on a
+        // follower killed while it syncs with its leader by DIFF
+        // (ZOOKEEPER-4785, fixed in 3.8.4): that follower then serves a
+        // tree without it, and a client reading there misses a candidate
+        // that exists. A snapshot sync writes the whole tree before the
+        // follower acknowledges it. docs/OPERATIONS.md says the same to
+        // operators.
+        "-Dzookeeper.forceSnapshotSync=true",
         &format!("-Dlog4j.configuration=file:{}", log4j.display()),
         "-cp",
         "/usr/share/java/zookeeper.jar:/usr/share/java/slf4j-log4j12.jar:/usr/share/java/log4j-1.2.jar",
@@ -481,12 +489,17 @@ impl Drop for ZkServer {
             let _ = m.child.kill();
             let _ = m.child.wait();
         }
-        if std::thread::panicking() {
+        // VIPD_LAB_KEEP keeps the servers' logs and data (the transaction
+        // logs say who wrote what when), as it keeps a lab's process logs.
+        let keep = std::env::var_os("VIPD_LAB_KEEP").is_some();
+        if std::thread::panicking() || keep {
             eprintln!("ZooKeeper logs kept in {}", self.dir.display());
         } else {
             let _ = fs::remove_dir_all(&self.dir);
         }
-        if self.data_root != self.dir {
+        if keep {
+            eprintln!("ZooKeeper data kept in {}", self.data_root.display());
+        } else if self.data_root != self.dir {
             let _ = fs::remove_dir_all(&self.data_root);
         }
     }

@@ -8,6 +8,7 @@
 
 pub(crate) mod nemesis;
 pub mod proxy;
+pub(crate) mod replicas;
 pub mod report;
 pub mod schedule;
 
@@ -127,6 +128,12 @@ pub fn run(o: &Options) -> Result<Report> {
         .map(|n| ZkProxy::start(&n.host, &servers))
         .collect();
     let _banners: Vec<StoppableThread> = c.nodes.iter().map(|n| banner(&n.host)).collect();
+    let (mut replica_watch, divergences) = replicas::watch(
+        c.admin.clone(),
+        servers.clone(),
+        format!("/vipd/{}/election", c.cluster),
+        c.admin.zk_credential(),
+    );
     let disk = nemesis::throttle_device(c.zk.data_root());
     let admin = AdminQueue::start(c.admin.clone(), c.hosts.clone(), c.cluster.clone());
     let mut nem = Nemesis::new(proxies, admin, disk.clone());
@@ -262,6 +269,16 @@ pub fn run(o: &Options) -> Result<Report> {
     std::thread::sleep(Duration::from_secs(3));
     let obs = observer.stop();
     let end = Instant::now();
+    replica_watch.halt();
+    let (zk_divergences, zk_compared) = {
+        let f = divergences.lock().unwrap();
+        let mut v: Vec<String> = f.divergences.iter().map(|d| d.describe(t0)).collect();
+        if f.compared == 0 {
+            v.push("the ZooKeeper replicas were never read side by side: the replica check saw nothing".into());
+        }
+        (v, f.compared)
+    };
+    eprintln!("[chaos] ZooKeeper replicas compared {zk_compared} times");
 
     let mut config_lost = Vec::new();
     match list_config(&c) {
@@ -318,6 +335,7 @@ pub fn run(o: &Options) -> Result<Report> {
         pools,
         observations: obs,
         config_lost,
+        zk_divergences,
         crashed,
         without,
         hand_overlap: o.overlap_by_hand.is_some(),
@@ -325,9 +343,52 @@ pub fn run(o: &Options) -> Result<Report> {
     });
     if !rep.passed() {
         c.lab.dump_logs();
+        keep_evidence(&c, o.seed);
     }
     drop(nem);
     Ok(rep)
+}
+
+/// Copies every process log of the lab and the ZooKeeper servers' logs
+/// and data (their transaction logs say who wrote what, when) where they
+/// outlive the run: the tails printed above rarely reach back to the
+/// violation.
+fn keep_evidence(c: &Cluster, seed: u64) {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let to = std::path::PathBuf::from(format!("/tmp/vipd-chaos-{seed}-{secs}"));
+    let mut from = vec![c.lab.dir(), c.zk.dir()];
+    if c.zk.data_root() != c.zk.dir() {
+        from.push(c.zk.data_root());
+    }
+    let copied = from.iter().try_for_each(|dir| {
+        let name = dir.file_name().unwrap_or(dir.as_os_str());
+        copy_tree(dir, &to.join(name))
+    });
+    match copied {
+        Ok(()) => eprintln!(
+            "chaos: the lab's logs and ZooKeeper's logs and data are kept in {}",
+            to.display()
+        ),
+        Err(e) => eprintln!("chaos: could not keep the logs in {}: {e}", to.display()),
+    }
+}
+
+/// Copies the files and folders under `from` to `to` (sockets and other
+/// special files are left out).
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            copy_tree(&entry.path(), &to.join(entry.file_name()))?;
+        } else if kind.is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name()))?;
+        }
+    }
+    Ok(())
 }
 
 fn tail(text: &str) -> String {

@@ -142,6 +142,8 @@ pub struct Inputs {
     pub pools: Vec<Vec<IpAddr>>,
     pub observations: Observations,
     pub config_lost: Vec<String>,
+    /// ZooKeeper servers that disagreed ([`super::replicas`]).
+    pub zk_divergences: Vec<String>,
     pub crashed: Vec<String>,
     /// Kinds left out of the draw, and why.
     pub without: Vec<(FaultKind, String)>,
@@ -175,6 +177,9 @@ pub struct Report {
     /// By fault kind (`None`: a gap with no fault before it).
     pub unserved: BTreeMap<Option<FaultKind>, Unserved>,
     pub config_lost: Vec<String>,
+    /// ZooKeeper lost a committed transaction: vipd's guarantees rest on
+    /// ZooKeeper's, so such a run proves nothing about vipd.
+    pub zk_divergences: Vec<String>,
     pub crashed: Vec<String>,
     pub injected: BTreeMap<FaultKind, usize>,
     pub without: Vec<(FaultKind, String)>,
@@ -286,6 +291,7 @@ impl Report {
             address_overlaps,
             unserved,
             config_lost: i.config_lost,
+            zk_divergences: i.zk_divergences,
             crashed: i.crashed,
             injected,
             without: i.without,
@@ -337,6 +343,7 @@ impl Report {
         for c in &self.config_lost {
             v.push(format!("configuration lost: {c}"));
         }
+        v.extend(self.zk_divergences.iter().cloned());
         for c in &self.crashed {
             v.push(c.clone());
         }
@@ -436,6 +443,11 @@ impl Report {
             let _ = writeln!(s, "  {} not injected: {why}", k.name());
         }
         let _ = writeln!(s, "  configuration lost: {}", self.config_lost.len());
+        let _ = writeln!(
+            s,
+            "  ZooKeeper replicas diverged: {}",
+            self.zk_divergences.len()
+        );
         let v = self.violations();
         if v.is_empty() {
             let _ = writeln!(s, "PASSED (seed {})", self.seed);
