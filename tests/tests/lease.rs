@@ -294,39 +294,47 @@ fn valid_lft(c: &Cluster, i: usize, vip: &str) -> Option<u64> {
 }
 
 /// A renewal is answered about 0.7 s after its send (the leader's
-/// ZooKeeper traffic held 350 ms each way, default settings). The lease
-/// still counts from the send, and the address's kernel lifetime must be
-/// counted the same way: a whole 2 s written at the late answer would keep
-/// a SIGKILLed or frozen leader's address in its kernel up to 0.7 s past the
-/// successor's takeover (2.6 s after the send it saw). Found by the model
-/// checker (vipd-model, `seeded_full_lifetime_at_a_late_answer_is_found`);
-/// here on a real vipd, through a delaying proxy: every lifetime the kernel
-/// shows stays at 1 s while the answers are late, and the VIPs stay.
+/// ZooKeeper traffic held 350 ms each way, at a 4 s lease: renewals every
+/// second, takeover after 5.1 s, a 4 s lifetime when answered at once). The
+/// lease still counts from the send, and the address's kernel lifetime
+/// must be counted the same way, with the kernel's slack: the whole 4 s
+/// written at the late answer would keep a SIGKILLed or frozen leader's
+/// address in its kernel past the successor's takeover (5.1 s after the
+/// send it saw). Found by the model checker (vipd-model,
+/// `seeded_full_lifetime_at_a_late_answer_is_found`); here on a real vipd,
+/// through a delaying proxy: every lifetime the kernel shows stays at
+/// 3 s (5.1 s - 0.7 s - 1.1 s of kernel slack, rounded down; a whole
+/// lifetime counted from the answer would be 4 s) while the answers are
+/// late, and the VIPs stay. (Much later answers lose the
+/// ZooKeeper connection itself: the client gives up on a server that does
+/// not answer within 1.5 s.)
 #[test]
 fn late_renewal_answers_get_only_the_lifetime_that_ends_before_a_takeover() {
     let _serial = serial();
     let mut c = Cluster::new("ls-late", ZkKind::Standalone, 1);
     c.vip_ok(&["set", "web", WEB[0], WEB[1]]);
     let proxy = vipd_tests::chaos::proxy::ZkProxy::start(&c.nodes[0].host, &[c.zk.addr(0)]);
-    c.start_vipd_via(0, &proxy.connect_string(), &[]);
+    c.start_vipd_via(0, &proxy.connect_string(), &["--lease", "4s"]);
     let vips = vip_set(&WEB);
     c.wait_sole_holder(&vips, None, Duration::from_secs(20))
         .unwrap_or_else(|e| panic!("no leader: {e}"));
-    let prompt: Vec<u64> = (0..20)
+    let prompt: Vec<u64> = (0..40)
         .filter_map(|_| {
             std::thread::sleep(Duration::from_millis(50));
             valid_lft(&c, 0, WEB[0])
         })
         .collect();
+    // Counted from the send, even a prompt answer leaves 5.1 s - 1.1 s -
+    // the round trip: 3 s, never the 4 s the lease would allow alone.
     assert!(
-        prompt.contains(&2),
-        "answered at once, a renewal gives the whole 2 s lifetime: {prompt:?}"
+        prompt.contains(&3) && prompt.iter().all(|&s| s <= 3),
+        "answered at once, a renewal gives 3 s of lifetime: {prompt:?}"
     );
     proxy.set_delay(Duration::from_millis(350));
     // Lifetimes written from prompt answers run down first.
-    std::thread::sleep(Duration::from_secs(3));
+    std::thread::sleep(Duration::from_secs(5));
     let mut shown = Vec::new();
-    let until = Instant::now() + Duration::from_secs(6);
+    let until = Instant::now() + Duration::from_secs(8);
     while Instant::now() < until {
         shown.push(valid_lft(&c, 0, WEB[0]));
         std::thread::sleep(Duration::from_millis(50));
@@ -344,8 +352,96 @@ fn late_renewal_answers_get_only_the_lifetime_that_ends_before_a_takeover() {
         "the VIP must stay while renewals are answered within the lease: {shown:?}"
     );
     assert!(
-        present.iter().all(|&s| s <= 1),
-        "a renewal answered ~0.7 s late was given more than 1 s of lifetime (the address \
+        present.iter().all(|&s| s <= 3),
+        "a renewal answered ~0.7 s late was given more than 3 s of lifetime (the address \
          of a leader killed then would outlive the takeover): {shown:?}"
     );
+}
+
+/// Whether `cidr`'s address is on `ifname` of `host`.
+fn has_addr(host: &vipd_tests::lab::Host, ifname: &str, addr: &str) -> bool {
+    host.ip(&["-o", "-4", "addr", "show", "dev", ifname])
+        .contains(&format!(" {addr}/"))
+}
+
+/// The kernel's promise the lease leans on when an agent is frozen or
+/// killed: an address written with vipd's lifetime at the default lease
+/// leaves the kernel before the earliest takeover. The kernel checks
+/// lifetimes no sooner than a second after its last check, and every
+/// lifetime written on the host (another namespace's, another address's)
+/// runs a check: one such write just before the expiry moves the removal
+/// by up to a second. Drawn offsets of that write, real kernel: the
+/// address is gone within `lifetime + KERNEL_LIFETIME_SLACK`, and so before
+/// `takeover_after`. (With a 2 s lifetime at the default lease the address
+/// stayed until about 3.0 s, 0.4 s past the 2.6 s takeover: found by the
+/// chaos run, seed 2701, a frozen leader's VIP on two nodes for 93 ms.)
+#[test]
+fn a_default_lifetime_leaves_the_kernel_before_the_takeover_whatever_else_writes_lifetimes() {
+    use vipd_lease::{KERNEL_LIFETIME_SLACK, LeaseTimes};
+    use vipd_tests::lab::{HostIf, Lab};
+    let lab = Lab::new("ls-lft");
+    let held = lab.add_host("held", &[HostIf::on(0, "192.0.2.1/24")]);
+    let other = lab.add_host("other", &[HostIf::on(0, "192.0.2.2/24")]);
+    // vipd's defaults: session 6 s, the lease a third of it, margin 100 ms.
+    let lease = LeaseTimes::new(DEFAULT_T, None, Duration::from_millis(100)).expect("defaults");
+    let lifetime = lease.address_lifetime();
+    let lft = lifetime.to_string();
+    let life = Duration::from_secs(u64::from(lifetime));
+    let mut seed = 0x11fe_u64;
+    let mut worst = Duration::ZERO;
+    for round in 0..6 {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        // The other write lands in the last 300 ms of the lifetime.
+        let before = Duration::from_millis(20 + (seed >> 33) % 280);
+        held.ip(&[
+            "addr",
+            "add",
+            "192.0.2.100/24",
+            "dev",
+            "eth0",
+            "valid_lft",
+            &lft,
+            "preferred_lft",
+            &lft,
+        ]);
+        let written = Instant::now();
+        std::thread::sleep(life - before);
+        other.ip(&[
+            "addr",
+            "replace",
+            "192.0.2.200/24",
+            "dev",
+            "eth0",
+            "valid_lft",
+            "30",
+            "preferred_lft",
+            "30",
+        ]);
+        while has_addr(&held, "eth0", "192.0.2.100") {
+            assert!(
+                written.elapsed() < Duration::from_secs(10),
+                "round {round}: the address never left"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let gone = written.elapsed();
+        eprintln!(
+            "[ls-lft] round {round}: lifetime {lifetime} s, another write {} ms before its end: gone after {} ms",
+            before.as_millis(),
+            gone.as_millis()
+        );
+        worst = worst.max(gone);
+        assert!(
+            gone <= life + KERNEL_LIFETIME_SLACK,
+            "round {round}: a {lifetime} s lifetime left the kernel after {gone:?}, more than the {KERNEL_LIFETIME_SLACK:?} of slack vipd counts on"
+        );
+        assert!(
+            gone < lease.takeover_after(),
+            "round {round}: a frozen leader's address stays {gone:?}, past the takeover at {:?}",
+            lease.takeover_after()
+        );
+    }
+    eprintln!("[ls-lft] worst: {} ms", worst.as_millis());
 }
