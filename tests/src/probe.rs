@@ -61,9 +61,9 @@ use std::time::{Duration, Instant};
 
 use socket2::Socket;
 
-use crate::cluster::{AddrMonitor, AddrReader, MonitorOptions};
 use crate::lab::{
-    ArpFrame, Host, NdpFrame, Netns, StoppableThread, enter_netns, packet_socket, realtime_priority,
+    AddrMonitor, AddrReader, ArpFrame, Host, MonitorOptions, NdpFrame, Netns, StoppableThread,
+    enter_netns, packet_socket, realtime_priority,
 };
 
 /// The IPv4 sender of the neighbour probes: on the data segment, and no

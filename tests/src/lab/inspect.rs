@@ -1,61 +1,45 @@
-//! What a namespace's kernel says: its addresses, links and neighbour
-//! entries (read with `ip -j`), and what `ping` and `arping` get back.
+//! What a namespace's kernel says: its addresses (a netlink dump), links
+//! and neighbour entries (`ip -j`), and what `ping` and `arping` get back.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::frames::parse_mac;
-use super::netns::Netns;
+use super::netlink::{AddrReader, NlAddr6};
+use super::netns::{Netns, ifindex_here};
 
 impl Netns {
     /// The IPv4 addresses on `ifname`, in kernel order.
     pub fn ipv4_addrs(&self, ifname: &str) -> Vec<(Ipv4Addr, u8)> {
-        self.addr_info("-4", ifname)
+        let index = self.ifindex(ifname);
+        AddrReader::new(self)
+            .addrs()
             .into_iter()
-            .map(|(ip, len, _)| (ip, len))
+            .filter(|a| a.ifindex == index)
+            .map(|a| (a.addr, a.prefix_len))
             .collect()
     }
 
     /// The IPv6 addresses on `ifname` (link-local ones included), in
     /// kernel order, with their DAD flags.
     pub fn ipv6_addrs(&self, ifname: &str) -> Vec<Addr6> {
-        self.addr_info("-6", ifname)
+        let index = self.ifindex(ifname);
+        AddrReader::new(self)
+            .addrs6()
             .into_iter()
-            .map(|(addr, prefix_len, a)| {
-                let flag = |name: &str| a[name].as_bool() == Some(true);
-                Addr6 {
-                    addr,
-                    prefix_len,
-                    tentative: flag("tentative"),
-                    dadfailed: flag("dadfailed"),
-                    nodad: flag("nodad"),
-                }
+            .filter(|a| a.ifindex == index)
+            .map(|a| Addr6 {
+                addr: a.addr,
+                prefix_len: a.prefix_len,
+                tentative: a.tentative(),
+                dadfailed: a.dadfailed(),
+                nodad: a.flags & NlAddr6::IFA_F_NODAD != 0,
             })
             .collect()
     }
 
-    /// What `ip -j <family> addr show dev <ifname>` lists, in kernel order:
-    /// each address, its prefix length, and its entry (for the flags).
-    fn addr_info<A>(&self, family: &str, ifname: &str) -> Vec<(A, u8, serde_json::Value)>
-    where
-        A: std::str::FromStr,
-        A::Err: std::fmt::Display,
-    {
-        let json = self.ip_json(&[family, "addr", "show", "dev", ifname]);
-        let mut addrs = Vec::new();
-        for link in json.as_array().into_iter().flatten() {
-            for a in link["addr_info"].as_array().into_iter().flatten() {
-                let (Some(local), Some(len)) = (a["local"].as_str(), a["prefixlen"].as_u64())
-                else {
-                    continue;
-                };
-                let ip = local
-                    .parse()
-                    .unwrap_or_else(|e| panic!("address {local}: {e}"));
-                let len = u8::try_from(len).expect("prefix length fits u8");
-                addrs.push((ip, len, a.clone()));
-            }
-        }
-        addrs
+    /// The ifindex of `ifname` in this namespace; panics if there is none.
+    fn ifindex(&self, ifname: &str) -> u32 {
+        self.in_netns(|| ifindex_here(ifname))
     }
 
     /// The MAC address of `ifname`, e.g. `"aa:bb:cc:dd:ee:ff"`.

@@ -13,12 +13,14 @@
 //! namespace, the binaries under test, helper threads and waits), `inspect`
 //! (what a namespace's kernel holds: addresses, links, neighbours; ping and
 //! arping), `tcp` (a banner server and its client), `capture` (AF_PACKET
-//! captures), `frames` (ARP and NDP frames parsed).
+//! captures), `frames` (ARP and NDP frames parsed), `netlink` (address
+//! dumps, and address and neighbour events as they happen).
 
 mod capture;
 mod frames;
 mod host;
 mod inspect;
+mod netlink;
 mod netns;
 mod process;
 mod tcp;
@@ -37,6 +39,10 @@ pub use frames::{ArpFrame, NdpFrame, fmt_mac, is_announcement, parse_mac};
 pub use host::Host;
 use host::{HostIface, HostInner};
 pub use inspect::{Addr6, Arping, Neighbour};
+pub use netlink::{
+    Addr6Event, AddrEvent, AddrMonitor, AddrReader, MonitorOptions, NeighEvent, NlAddr, NlAddr6,
+    NlNeigh, addr_events, route_socket,
+};
 pub(crate) use netns::enter_netns;
 pub use netns::{Netns, ifindex_here, in_new_netns, ip_here};
 use process::ProcInner;
