@@ -4,6 +4,8 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use super::checksum::icmpv6_checksum;
+
 /// A gratuitous ARP or an unsolicited Neighbor Advertisement: how a node
 /// announces that an address (a VIP) is now at its MAC.
 pub fn is_announcement(frame: &[u8]) -> bool {
@@ -131,28 +133,6 @@ impl NdpFrame {
     pub fn is_unsolicited_na(&self) -> bool {
         self.icmp_type == Self::ADVERTISEMENT && !self.solicited
     }
-}
-
-/// RFC 1071 sum over the IPv6 pseudo-header and `icmp` (checksum field
-/// included): 0 for a correct message.
-fn icmpv6_checksum(src: Ipv6Addr, dst: Ipv6Addr, icmp: &[u8]) -> u16 {
-    let mut data = Vec::with_capacity(40 + icmp.len() + 1);
-    data.extend_from_slice(&src.octets());
-    data.extend_from_slice(&dst.octets());
-    data.extend_from_slice(&u32::try_from(icmp.len()).unwrap_or(u32::MAX).to_be_bytes());
-    data.extend_from_slice(&[0, 0, 0, 58]);
-    data.extend_from_slice(icmp);
-    if data.len() % 2 == 1 {
-        data.push(0);
-    }
-    let mut sum: u32 = data
-        .chunks(2)
-        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 /// `aa:bb:cc:dd:ee:ff`, the form `ip` prints.

@@ -13,10 +13,12 @@
 //! namespace, the binaries under test, helper threads and waits), `inspect`
 //! (what a namespace's kernel holds: addresses, links, neighbours; ping and
 //! arping), `tcp` (a banner server and its client), `capture` (AF_PACKET
-//! captures), `frames` (ARP and NDP frames parsed), `netlink` (address
+//! captures), `frames` (ARP and NDP frames parsed), `checksum` (the
+//! Internet checksum and its pseudo-headers), `netlink` (address
 //! dumps, and address and neighbour events as they happen).
 
 mod capture;
+mod checksum;
 mod frames;
 mod host;
 mod inspect;
@@ -35,6 +37,7 @@ use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
 pub use capture::{ArpCapture, CaptureOptions, CapturedFrame, packet_socket, realtime_priority};
+pub use checksum::{icmpv6_checksum, internet_checksum, pseudo_header4, pseudo_header6};
 pub use frames::{ArpFrame, NdpFrame, fmt_mac, is_announcement, parse_mac};
 pub use host::Host;
 use host::{HostIface, HostInner};

@@ -19,7 +19,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use vipd_tests::lab::{Host, Lab, LabProcess};
+use vipd_tests::lab::{Host, Lab, LabProcess, icmpv6_checksum};
 
 use super::arp::{
     self, Ask, CLIENT_IP, Flood, Pace, VIP, kernel_threads, median, pin_process, pin_thread,
@@ -743,26 +743,6 @@ fn solicitation(mac: [u8; 6], src: Ipv6Addr, target: Ipv6Addr) -> Vec<u8> {
     f.extend_from_slice(&d);
     f.extend_from_slice(&icmp);
     f
-}
-
-/// The ICMPv6 checksum of `icmp` (its checksum field zero) from `src` to `dst`.
-fn icmpv6_checksum(src: Ipv6Addr, dst: Ipv6Addr, icmp: &[u8]) -> u16 {
-    let mut sum: u32 = 0;
-    let mut add = |bytes: &[u8]| {
-        for pair in bytes.chunks(2) {
-            let hi = u32::from(pair[0]) << 8;
-            sum += hi | pair.get(1).copied().map_or(0, u32::from);
-        }
-    };
-    add(&src.octets());
-    add(&dst.octets());
-    add(&u32::try_from(icmp.len()).expect("short").to_be_bytes());
-    add(&[0, 0, 0, 58]);
-    add(icmp);
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 /// A Neighbor Advertisement of the VIP.
