@@ -21,9 +21,10 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use vipd_tests::lab::{Host, Lab, LabProcess, icmpv6_checksum};
 
-use super::arp::{
+use super::flood::{
     self, Ask, CLIENT_IP, Flood, Pace, VIP, kernel_threads, median, pin_process, pin_thread,
 };
+use super::responder;
 
 /// The sender, the counting socket, c1's NAPI thread and vipd run here.
 const SENDER_CPU: usize = 0;
@@ -79,7 +80,7 @@ impl Family {
 
     fn ask(self, mac: [u8; 6]) -> Ask {
         match self {
-            Family::Arp => arp::arp_ask(mac),
+            Family::Arp => flood::arp_ask(mac),
             Family::Ndp => Ask {
                 frame: solicitation(mac, CLIENT6, VIP6),
                 reply_proto: ETH_P_IPV6,
@@ -283,7 +284,7 @@ pub(super) fn run(vipd: &Path, vipctl: &Path, runs: usize) -> Result<String> {
         duration: Duration::from_millis(200),
         ..PACE
     };
-    arp::flood(&rig.c1, "eth0", &Family::Arp.ask(rig.c1_mac), warm, &[])?;
+    flood::flood(&rig.c1, "eth0", &Family::Arp.ask(rig.c1_mac), warm, &[])?;
     let mut samples: Vec<(Family, Case, Vec<Sample>)> = Family::ALL
         .iter()
         .flat_map(|f| Case::ALL.iter().map(|c| (*f, *c, Vec::new())))
@@ -381,7 +382,7 @@ impl<'a> Rig<'a> {
         // runs an XDP program (docs/DESIGN.md, facts): a vipd holding no
         // VIP passes every frame on c1's end, in every case alike.
         let peer_sock = lab.dir().join("c1.sock");
-        let peer_pass = arp::start_pass(&c1, vipd, vipctl, "eth0", &peer_sock)?;
+        let peer_pass = responder::start_pass(&c1, vipd, vipctl, "eth0", &peer_sock)?;
         pin_process(peer_pass.pid(), SENDER_CPU)?;
         let c1_mac = c1.mac_bytes("eth0");
         let sock = lab.dir().join("n1.sock");
@@ -405,7 +406,7 @@ impl<'a> Rig<'a> {
     fn measure(&self, family: Family, case: Case) -> Result<Sample> {
         let label = format!("{} ({})", case.name(), family.name());
         let vip = (case.answerer() != Answerer::Nobody).then(|| family.vip());
-        let proc = arp::start_vipd(
+        let proc = responder::start_vipd(
             &self.n1,
             self.vipd,
             self.vipctl,
@@ -433,7 +434,7 @@ impl<'a> Rig<'a> {
             self.softirqd[0],
             self.softirqd[1],
         ];
-        let flood = arp::flood(&self.c1, "eth0", &family.ask(self.c1_mac), PACE, &watch)?;
+        let flood = flood::flood(&self.c1, "eth0", &family.ask(self.c1_mac), PACE, &watch)?;
         let after = self.counters(prog, vip)?;
         let d = delta(&before, &after);
         let mut note = None;
@@ -445,12 +446,19 @@ impl<'a> Rig<'a> {
             } else {
                 0
             };
-            note = arp::native_throughout(self.vipctl, &self.sock, "eth0", &label, tx, answered)?;
+            note = responder::native_throughout(
+                self.vipctl,
+                &self.sock,
+                "eth0",
+                &label,
+                tx,
+                answered,
+            )?;
             if let Some(n) = &note {
                 eprintln!("  {n}");
             }
         } else {
-            arp::stayed_attached(self.vipctl, &self.sock, "eth0", case.mode(), &label)?;
+            responder::stayed_attached(self.vipctl, &self.sock, "eth0", case.mode(), &label)?;
         }
         if !proc.is_running() {
             bail!("{label}: vipd died during the flood:\n{}", proc.stderr());
@@ -516,7 +524,7 @@ impl<'a> Rig<'a> {
         c.insert("n1.prog.run_cnt".into(), run_cnt);
         c.insert("n1.prog.run_time_ns".into(), run_time_ns);
         if let Some(vip) = vip {
-            let v = arp::vip_counters(self.vipctl, &self.sock, vip)?;
+            let v = responder::vip_counters(self.vipctl, &self.sock, vip)?;
             c.insert("n1.vip.requests".into(), v.requests);
             c.insert("n1.vip.xdp_replies".into(), v.xdp_replies);
         }
