@@ -16,6 +16,7 @@ use anyhow::{Context as _, Result, bail};
 
 use super::{
     Options,
+    table::Table,
     timeline::{
         self, Agent, FailoverLab, Fault, KeepalivedSettings, PlotRow, Takeover, VIP, VIP6,
         VipdSettings, between, binaries, install_sigint_handler, preflight, progress, spread,
@@ -572,25 +573,22 @@ fn served_median(ts: &[Takeover]) -> Option<f64> {
     spread(ts.iter().filter_map(|t| t.served).collect()).map(|(m, _, _)| m.as_secs_f64() * 1e3)
 }
 
-/// A target row: `| what | measured | target | met |`.
-/// A Markdown table's head and rule: `first`, then one column each.
-fn table_head<'a>(first: &str, columns: impl Iterator<Item = &'a str>) -> String {
-    let mut head = format!("| {first} |");
-    let mut rule = "|---|".to_string();
-    for c in columns {
-        let _ = write!(head, " {c} |");
-        rule.push_str("---|");
-    }
-    format!("{head}\n{rule}")
-}
-
-pub fn target_row(what: &str, measured: Option<(String, bool)>, target: &str) -> String {
+/// A target row's cells: what, what was measured (or that it was not),
+/// the bound, and whether it was met.
+fn target_row(what: &str, measured: Option<(String, bool)>, target: &str) -> [String; 4] {
     match measured {
-        Some((m, ok)) => format!(
-            "| {what} | {m} | {target} | {} |",
-            if ok { "yes" } else { "**no**" }
-        ),
-        None => format!("| {what} | not measured in this run | {target} | |"),
+        Some((m, ok)) => [
+            what.to_string(),
+            m,
+            target.to_string(),
+            if ok { "yes" } else { "**no**" }.to_string(),
+        ],
+        None => [
+            what.to_string(),
+            "not measured in this run".to_string(),
+            target.to_string(),
+            String::new(),
+        ],
     }
 }
 
@@ -604,8 +602,31 @@ fn report(
     lease_supported: bool,
     cells: &[Cell],
 ) -> String {
-    let cell = |s: &System, f: Fault| cells.iter().find(|c| c.system == *s && c.fault == f);
     let mut md = String::new();
+    intro(&mut md, runs, systems);
+    let _ = writeln!(md, "**What each row compares, and what bounds it.**\n");
+    for (s, rule) in systems.iter().zip(rules) {
+        let _ = writeln!(md, "- {}", bound_text(s, rule.as_ref(), lease_supported));
+    }
+    let _ = writeln!(md);
+    fault_tables(&mut md, faults, systems, cells);
+    if faults.contains(&Fault::Cut) {
+        phase_table(&mut md, systems, cells);
+    }
+    targets(&mut md, systems, cells);
+    notes(&mut md, cells);
+    md
+}
+
+/// The cell of `system` under `fault`, if it ran.
+fn cell_of<'a>(cells: &'a [Cell], system: &System, fault: Fault) -> Option<&'a Cell> {
+    cells
+        .iter()
+        .find(|c| c.system == *system && c.fault == fault)
+}
+
+/// The heading, the lab and the faults.
+fn intro(md: &mut String, runs: usize, systems: &[System]) {
     let _ = writeln!(md, "## Failover\n");
     let _ = writeln!(
         md,
@@ -641,50 +662,40 @@ fn report(
          VIP the kernel still holds (`ip addr del`, counted below) and starting the agent again; \
          **SIGSTOP**: the agent frozen (keepalived: both processes), ended by SIGCONT.\n"
     );
+}
 
-    // What bounds each row.
-    let _ = writeln!(md, "**What each row compares, and what bounds it.**\n");
-    for (s, rule) in systems.iter().zip(rules) {
-        let _ = writeln!(md, "- {}", bound_text(s, rule.as_ref(), lease_supported));
-    }
-    let _ = writeln!(md);
-
+/// One table per figure: a row per system, a column per fault.
+fn fault_tables(md: &mut String, faults: &[Fault], systems: &[System], cells: &[Cell]) {
     let table = |md: &mut String, title: &str, f: &dyn Fn(&[Takeover]) -> String| {
         let _ = writeln!(md, "{title}\n");
-        let _ = writeln!(
-            md,
-            "{}",
-            table_head("system", faults.iter().map(|f| f.label()))
-        );
+        let mut t = Table::new(std::iter::once("system").chain(faults.iter().map(|f| f.label())));
         for s in systems {
-            let mut line = format!("| {} |", s.label());
-            for &fault in faults {
-                let v = cell(s, fault).map_or("n/a".to_string(), |c| f(&c.runs));
-                let _ = write!(line, " {v} |");
-            }
-            let _ = writeln!(md, "{line}");
+            let values = faults
+                .iter()
+                .map(|&fault| cell_of(cells, s, fault).map_or("n/a".to_string(), |c| f(&c.runs)));
+            t.row(std::iter::once(s.label()).chain(values));
         }
-        let _ = writeln!(md);
+        let _ = writeln!(md, "{t}");
     };
     table(
-        &mut md,
+        md,
         "**Fault → client served by the new holder** (its first TCP answer through the VIP):",
         &served_cell,
     );
     table(
-        &mut md,
+        md,
         "**VIP on two nodes at once** (from the nodes' address events, from the fault until the \
          cluster was quiet again; longest, median of the runs that had one, runs):",
         &overlap_cell,
     );
     table(
-        &mut md,
+        md,
         "**Old holder removed the VIP** (its own `RTM_DELADDR`; vipd: its fencing, or the \
          kernel's lifetime expiry when it was killed or frozen):",
         &removed_cell,
     );
     table(
-        &mut md,
+        md,
         &format!(
             "**After the fault ended** (links back, SIGCONT, agent restarted): the longest \
              stretch without an answered probe until the cluster was quiet. Where the client was \
@@ -695,71 +706,70 @@ fn report(
         ),
         &after_heal_cell,
     );
+}
 
-    // Phases of the link cut, as before.
-    if faults.contains(&Fault::Cut) {
-        let _ = writeln!(md, "**The link cut in phases:**\n");
-        let labels: Vec<String> = systems.iter().map(System::label).collect();
-        let _ = writeln!(
-            md,
-            "{}",
-            table_head("phase", labels.iter().map(String::as_str))
-        );
-        type Phase<'a> = (&'a str, Box<dyn Fn(&Takeover) -> Option<Duration>>);
-        let phases: Vec<Phase> = vec![
-            (
-                "detection: cut → takeover decided (the next in line's log)",
-                Box::new(|t| t.decided),
-            ),
-            (
-                "takeover decided → new leader elected (conditional delete, election, first renewal)",
-                Box::new(|t| between(t.decided, t.elected)),
-            ),
-            (
-                "cut → new leader elected (vipd's log)",
-                Box::new(|t| t.elected),
-            ),
-            (
-                "cut → VIP configured on the new holder (netlink)",
-                Box::new(|t| t.configured),
-            ),
-            (
-                "VIP configured → first gratuitous ARP at the client (IPv6 VIP: first \
-                 unsolicited NA)",
-                Box::new(|t| between(t.configured, t.first_garp)),
-            ),
-            (
-                "first gratuitous ARP (IPv6 VIP: unsolicited NA) → client served",
-                Box::new(|t| between(t.first_garp, t.served)),
-            ),
-            ("**cut → client served**", Box::new(|t| t.served)),
-        ];
-        for (label, f) in &phases {
-            let mut line = format!("| {label} |");
-            for s in systems {
-                let v = cell(s, Fault::Cut).map_or("n/a".to_string(), |c| {
-                    spread_ms(c.runs.iter().filter_map(f).collect())
-                });
-                let _ = write!(line, " {v} |");
-            }
-            let _ = writeln!(md, "{line}");
-        }
-        let _ = writeln!(
-            md,
-            "\nThe client switch is measured by the probe: a connection attempt still in flight \
-             to the old MAC when the neighbour entry moves waits out its 30 ms connect timeout, so \
-             that phase is at most about 40 ms by construction. The timelines of every link-cut \
-             run are plotted in [failover.svg](failover.svg).\n"
-        );
+/// The link cut in phases: a row per phase, a column per system.
+fn phase_table(md: &mut String, systems: &[System], cells: &[Cell]) {
+    let _ = writeln!(md, "**The link cut in phases:**\n");
+    let mut t =
+        Table::new(std::iter::once("phase".to_string()).chain(systems.iter().map(System::label)));
+    type Phase<'a> = (&'a str, Box<dyn Fn(&Takeover) -> Option<Duration>>);
+    let phases: Vec<Phase> = vec![
+        (
+            "detection: cut → takeover decided (the next in line's log)",
+            Box::new(|t| t.decided),
+        ),
+        (
+            "takeover decided → new leader elected (conditional delete, election, first renewal)",
+            Box::new(|t| between(t.decided, t.elected)),
+        ),
+        (
+            "cut → new leader elected (vipd's log)",
+            Box::new(|t| t.elected),
+        ),
+        (
+            "cut → VIP configured on the new holder (netlink)",
+            Box::new(|t| t.configured),
+        ),
+        (
+            "VIP configured → first gratuitous ARP at the client (IPv6 VIP: first \
+             unsolicited NA)",
+            Box::new(|t| between(t.configured, t.first_garp)),
+        ),
+        (
+            "first gratuitous ARP (IPv6 VIP: unsolicited NA) → client served",
+            Box::new(|t| between(t.first_garp, t.served)),
+        ),
+        ("**cut → client served**", Box::new(|t| t.served)),
+    ];
+    for (label, f) in &phases {
+        let values = systems.iter().map(|s| {
+            cell_of(cells, s, Fault::Cut).map_or("n/a".to_string(), |c| {
+                spread_ms(c.runs.iter().filter_map(f).collect())
+            })
+        });
+        t.row(std::iter::once(label.to_string()).chain(values));
     }
+    let _ = write!(md, "{t}");
+    let _ = writeln!(
+        md,
+        "\nThe client switch is measured by the probe: a connection attempt still in flight \
+         to the old MAC when the neighbour entry moves waits out its 30 ms connect timeout, so \
+         that phase is at most about 40 ms by construction. The timelines of every link-cut \
+         run are plotted in [failover.svg](failover.svg).\n"
+    );
+}
 
-    // Targets (issue 12).
+/// The targets: each vipd row against its bound and its keepalived peer,
+/// and the overlaps at the default session timeout.
+fn targets(md: &mut String, systems: &[System], cells: &[Cell]) {
     let _ = writeln!(
         md,
         "**Targets** (medians of the link cut; ratios against keepalived measured in this run):\n"
     );
-    let _ = writeln!(md, "| target | measured | bound | met |\n|---|---|---|---|");
-    let cut_median = |s: &System| cell(s, Fault::Cut).and_then(|c| served_median(&c.runs));
+    let mut t = Table::new(["target", "measured", "bound", "met"]);
+    let cut_median =
+        |s: &System| cell_of(cells, s, Fault::Cut).and_then(|c| served_median(&c.runs));
     let [v1, v1v6, v1l, v6, k3, k1] = SYSTEMS;
     let fmt = |m: f64| timeline::ms(Duration::from_secs_f64(m / 1e3));
     let median_row =
@@ -775,39 +785,43 @@ fn report(
         (v1l, 350.0, k1, 1.0, ""),
     ];
     for (i, (v, bound, k, max, why)) in pairs.iter().enumerate() {
-        let rows = [
-            (
-                format!("cut → served, {}", v.label()),
-                median_row(v, *bound),
-                format!("<= {bound} ms"),
-            ),
-            (
-                format!("... against {}{why}", k.label()),
-                ratio(v, k, *max),
-                format!("<= {max}x"),
-            ),
-        ];
-        for (what, measured, bound) in rows {
-            let _ = writeln!(md, "{}", target_row(&what, measured, &bound));
-        }
+        t.row(target_row(
+            &format!("cut → served, {}", v.label()),
+            median_row(v, *bound),
+            &format!("<= {bound} ms"),
+        ));
+        t.row(target_row(
+            &format!("... against {}{why}", k.label()),
+            ratio(v, k, *max),
+            &format!("<= {max}x"),
+        ));
         if i == 0 {
             // Informational: no requirement bounds the IPv6 row apart from
             // the IPv4 one; the same lease and takeover apply, so the
             // medians should agree within the runs' spread, and a bound on
             // their difference would be made up here.
-            let _ = writeln!(
-                md,
-                "| IPv6 VIP cut → served, {} | {} | informational: {} {} | |",
-                v1v6.label(),
-                cut_median(&v1v6).map_or("not measured in this run".to_string(), |m| format!(
-                    "{} ms",
-                    fmt(m)
-                )),
-                v1.label(),
-                cut_median(&v1).map_or("not measured".to_string(), |m| format!("{} ms", fmt(m)))
-            );
+            let shown = |s: &System, none: &str| {
+                cut_median(s).map_or(none.to_string(), |m| format!("{} ms", fmt(m)))
+            };
+            t.row([
+                format!("IPv6 VIP cut → served, {}", v1v6.label()),
+                shown(&v1v6, "not measured in this run"),
+                format!(
+                    "informational: {} {}",
+                    v1.label(),
+                    shown(&v1, "not measured")
+                ),
+                String::new(),
+            ]);
         }
     }
+    t.row(default_t_overlaps(systems, cells, &v6));
+    let _ = writeln!(md, "{t}");
+}
+
+/// The target row of the overlaps at the default session timeout (`v6`):
+/// none in any run of any fault.
+fn default_t_overlaps(systems: &[System], cells: &[Cell], v6: &System) -> [String; 4] {
     let at_default: Vec<&Cell> = cells
         .iter()
         .filter(|c| {
@@ -820,25 +834,23 @@ fn report(
         .map(|c| c.runs.iter().filter(|t| !t.overlap.is_zero()).count())
         .sum();
     let shown: Vec<&str> = at_default.iter().map(|c| c.fault.label()).collect();
-    let _ = writeln!(
-        md,
-        "{}\n",
-        target_row(
-            &format!(
-                "overlap in every run of {} ({})",
-                v6.label(),
-                if shown.is_empty() {
-                    "no fault".to_string()
-                } else {
-                    shown.join(", ")
-                }
-            ),
-            (total > 0 && systems.contains(&v6))
-                .then(|| (format!("{bad} of {total} runs"), bad == 0)),
-            "0 runs"
-        )
-    );
+    target_row(
+        &format!(
+            "overlap in every run of {} ({})",
+            v6.label(),
+            if shown.is_empty() {
+                "no fault".to_string()
+            } else {
+                shown.join(", ")
+            }
+        ),
+        (total > 0 && systems.contains(v6)).then(|| (format!("{bad} of {total} runs"), bad == 0)),
+        "0 runs",
+    )
+}
 
+/// What went wrong in the runs, if anything.
+fn notes(md: &mut String, cells: &[Cell]) {
     // What went wrong, if anything.
     let mut notes = Vec::new();
     for c in cells {
@@ -895,7 +907,6 @@ fn report(
         }
         let _ = writeln!(md);
     }
-    md
 }
 
 /// What bounds one row, computed from its settings.
@@ -1137,16 +1148,21 @@ mod tests {
 
     #[test]
     fn target_rows() {
+        let row = |cells: [String; 4]| {
+            let mut t = Table::new(["target", "measured", "bound", "met"]);
+            t.row(cells);
+            t.to_string().lines().nth(2).expect("the row").to_string()
+        };
         assert_eq!(
-            target_row("x", Some(("510 ms".into(), true)), "<= 600 ms"),
+            row(target_row("x", Some(("510 ms".into(), true)), "<= 600 ms")),
             "| x | 510 ms | <= 600 ms | yes |"
         );
         assert_eq!(
-            target_row("x", Some(("0.83".into(), false)), "<= 0.7x"),
+            row(target_row("x", Some(("0.83".into(), false)), "<= 0.7x")),
             "| x | 0.83 | <= 0.7x | **no** |"
         );
         assert_eq!(
-            target_row("x", None, "0 runs"),
+            row(target_row("x", None, "0 runs")),
             "| x | not measured in this run | 0 runs | |"
         );
     }

@@ -16,6 +16,7 @@ mod responder;
 mod services;
 mod serving;
 mod steady;
+mod table;
 pub(crate) mod timeline;
 
 use std::{
