@@ -25,6 +25,7 @@ use super::flood::{
     self, Ask, CLIENT_IP, Flood, Pace, VIP, kernel_threads, median, pin_process, pin_thread,
 };
 use super::responder;
+use super::table::Table;
 
 /// The sender, the counting socket, c1's NAPI thread and vipd run here.
 const SENDER_CPU: usize = 0;
@@ -955,22 +956,43 @@ fn report(
         .iter()
         .map(|(f, c, l)| (*f, *c, row(*c, l, list(*f, c.baseline()))))
         .collect();
-    let get = |f: Family, c: Case| -> &Row {
-        rows.iter()
-            .find(|(ff, cc, _)| *ff == f && *cc == c)
-            .map(|(_, _, r)| r)
-            .expect("every case has a row")
-    };
-    let family_ratios = |f: Family| {
-        ratios(
-            get(f, Case::Native),
-            get(f, Case::Kernel),
-            get(f, Case::Baseline),
-            get(f, Case::Generic),
-        )
-    };
     let mut s = String::new();
     let _ = writeln!(s, "### The responder on a CPU of its own\n");
+    intro(&mut s, runs, responder, client);
+    for family in Family::ALL {
+        family_section(&mut s, &rows, family);
+    }
+    where_it_ran(&mut s, &rows);
+    for note in samples
+        .iter()
+        .flat_map(|(_, _, l)| l)
+        .filter_map(|x| x.note.as_ref())
+    {
+        let _ = writeln!(s, "Note: {note}.\n");
+    }
+    closing_note(&mut s, &rows, responder);
+    s
+}
+
+/// The row of `case` in `family`.
+fn get(rows: &[(Family, Case, Row)], f: Family, c: Case) -> &Row {
+    rows.iter()
+        .find(|(ff, cc, _)| *ff == f && *cc == c)
+        .map(|(_, _, r)| r)
+        .expect("every case has a row")
+}
+
+fn family_ratios(rows: &[(Family, Case, Row)], f: Family) -> Ratios {
+    ratios(
+        get(rows, f, Case::Native),
+        get(rows, f, Case::Kernel),
+        get(rows, f, Case::Baseline),
+        get(rows, f, Case::Generic),
+    )
+}
+
+/// The rig and the cases.
+fn intro(s: &mut String, runs: usize, responder: &(u32, String), client: &(u32, String)) {
     let _ = writeln!(
         s,
         "Lab: c1 and n1 joined by one veth pair, no bridge. On both ends TSO and GSO are off \
@@ -1024,126 +1046,139 @@ fn report(
          the kernel's BPF statistics on through BPF_ENABLE_STATS, which adds two clock \
          reads to every run, in every case alike).\n"
     );
-    for family in Family::ALL {
-        let _ = writeln!(s, "{}:\n", family.name());
-        let _ = writeln!(
-            s,
-            "| case | sent (per s) | n1's program ran on | answered | replies at c1 | resent (n1's ring full) / lost at c1's ring / at the socket | n1's thread per frame | per answer | marginal per answer | program per run |"
-        );
-        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
-        for case in Case::ALL {
-            let r = get(family, case);
-            let _ = writeln!(
-                s,
-                "| {} | {} ({:.0}) | {} | {} | {} | {} / {} / {} | {} | {} | {} | {} |",
-                case.name(),
-                r.sent,
-                r.rate.unwrap_or(f64::NAN),
-                r.seen,
-                r.answers,
-                r.replies,
-                r.refused,
-                r.lost_before_c1,
-                r.socket_drops,
-                ns(r.thread_per_frame),
-                ns(r.thread_per_answer),
-                ns(r.marginal),
-                ns(r.prog_per_run)
-            );
-        }
-        let _ = writeln!(s);
-        let q = family_ratios(family);
-        let _ = writeln!(
-            s,
-            "{}: marginal responder CPU per answer, XDP native / kernel, on the responder's \
-             own CPU: **{}** (target <= 0.33, stretch 0.2); XDP generic / kernel: {}. \
-             Whole-thread per answer, XDP native / kernel: {}, beside its floor {} (baseline \
-             per frame / kernel per answer, what a responder adding nothing to the \
-             baseline's frame would get; XDP_TX goes below it when it costs less than the \
-             skb and the kernel's look that the baseline's frame still gets).",
-            family.name(),
-            fmt_ratio(q.marginal),
-            fmt_ratio(q.generic_marginal),
-            fmt_ratio(q.whole),
-            fmt_ratio(q.floor)
-        );
-        let mut problems = Vec::new();
-        for case in Case::ALL {
-            let r = get(family, case);
-            let off = unbalanced(case, r);
-            if !off.is_empty() {
-                problems.push(format!("{}: {}", case.name(), off.join("; ")));
-            }
-        }
-        let others = Case::ALL
-            .iter()
-            .map(|c| {
-                let r = get(family, *c);
-                r.seen as i64 - r.sent as i64
-            })
-            .collect::<Vec<_>>();
-        let kernel_ndp = match family {
-            Family::Ndp => format!(
-                " The kernel counted {} solicitations received in its case \
-                 (Icmp6InNeighborSolicits), {} were sent.",
-                get(family, Case::Kernel).kernel_solicits,
-                get(family, Case::Kernel).sent
-            ),
-            Family::Arp => String::new(),
-        };
-        let _ = writeln!(
-            s,
-            "Counts: the program ran on every request sent, plus {others:?} other frames per \
-             case (the hosts' own housekeeping); sends that n1's full ring refused (ENOBUFS) \
-             were sent again and equal c1's transmit drops; every answer reached c1 or was \
-             counted lost at c1's full ring (`xdp_tx_errors` for XDP_TX, n1's transmit drops \
-             for an skb) or at the counting socket; the program's counters equal requests \
-             sent and answers given.{kernel_ndp} {}\n",
-            if problems.is_empty() {
-                "All of it held in every case.".to_string()
-            } else {
-                format!(
-                    "What did not add up (a difference of a few frames is the hosts' own \
-                     housekeeping): {}.",
-                    problems.join(" | ")
-                )
-            }
-        );
+}
+
+/// One family's table, its ratios and whether its counts added up.
+fn family_section(s: &mut String, rows: &[(Family, Case, Row)], family: Family) {
+    let get = |f: Family, c: Case| get(rows, f, c);
+    let _ = writeln!(s, "{}:\n", family.name());
+    let mut t = Table::new([
+        "case",
+        "sent (per s)",
+        "n1's program ran on",
+        "answered",
+        "replies at c1",
+        "resent (n1's ring full) / lost at c1's ring / at the socket",
+        "n1's thread per frame",
+        "per answer",
+        "marginal per answer",
+        "program per run",
+    ]);
+    for case in Case::ALL {
+        let r = get(family, case);
+        t.row([
+            case.name().to_string(),
+            format!("{} ({:.0})", r.sent, r.rate.unwrap_or(f64::NAN)),
+            r.seen.to_string(),
+            r.answers.to_string(),
+            r.replies.to_string(),
+            format!("{} / {} / {}", r.refused, r.lost_before_c1, r.socket_drops),
+            ns(r.thread_per_frame),
+            ns(r.thread_per_answer),
+            ns(r.marginal),
+            ns(r.prog_per_run),
+        ]);
     }
-    let _ = writeln!(s, "Where the work ran:\n");
+    let _ = writeln!(s, "{t}");
+    let q = family_ratios(rows, family);
     let _ = writeln!(
         s,
-        "| case | n1's thread: last CPU, busy, runs per 1000 frames, total | sender per frame sent | c1's thread per answer | ksoftirqd/{SENDER_CPU} | ksoftirqd/{RESPONDER_CPU} |"
+        "{}: marginal responder CPU per answer, XDP native / kernel, on the responder's \
+         own CPU: **{}** (target <= 0.33, stretch 0.2); XDP generic / kernel: {}. \
+         Whole-thread per answer, XDP native / kernel: {}, beside its floor {} (baseline \
+         per frame / kernel per answer, what a responder adding nothing to the \
+         baseline's frame would get; XDP_TX goes below it when it costs less than the \
+         skb and the kernel's look that the baseline's frame still gets).",
+        family.name(),
+        fmt_ratio(q.marginal),
+        fmt_ratio(q.generic_marginal),
+        fmt_ratio(q.whole),
+        fmt_ratio(q.floor)
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|");
-    for (family, case, r) in &rows {
-        let _ = writeln!(
-            s,
-            "| {} ({}) | {:?}, {}, {}, {:.0} ms | {} | {} | {:.1} ms | {:.1} ms |",
-            case.name(),
-            family.name(),
-            r.responder_cpus,
-            r.responder_busy
-                .map_or_else(|| "-".to_string(), |b| format!("{:.0}%", b * 100.0)),
-            r.responder_runs_per_k
-                .map_or_else(|| "-".to_string(), |v| format!("{v:.0}")),
-            r.responder_ms,
+    counts_note(s, rows, family);
+}
+
+/// Whether one family's counts added up, case by case.
+fn counts_note(s: &mut String, rows: &[(Family, Case, Row)], family: Family) {
+    let get = |f: Family, c: Case| get(rows, f, c);
+    let mut problems = Vec::new();
+    for case in Case::ALL {
+        let r = get(family, case);
+        let off = unbalanced(case, r);
+        if !off.is_empty() {
+            problems.push(format!("{}: {}", case.name(), off.join("; ")));
+        }
+    }
+    let others = Case::ALL
+        .iter()
+        .map(|c| {
+            let r = get(family, *c);
+            r.seen as i64 - r.sent as i64
+        })
+        .collect::<Vec<_>>();
+    let kernel_ndp = match family {
+        Family::Ndp => format!(
+            " The kernel counted {} solicitations received in its case \
+             (Icmp6InNeighborSolicits), {} were sent.",
+            get(family, Case::Kernel).kernel_solicits,
+            get(family, Case::Kernel).sent
+        ),
+        Family::Arp => String::new(),
+    };
+    let _ = writeln!(
+        s,
+        "Counts: the program ran on every request sent, plus {others:?} other frames per \
+         case (the hosts' own housekeeping); sends that n1's full ring refused (ENOBUFS) \
+         were sent again and equal c1's transmit drops; every answer reached c1 or was \
+         counted lost at c1's full ring (`xdp_tx_errors` for XDP_TX, n1's transmit drops \
+         for an skb) or at the counting socket; the program's counters equal requests \
+         sent and answers given.{kernel_ndp} {}\n",
+        if problems.is_empty() {
+            "All of it held in every case.".to_string()
+        } else {
+            format!(
+                "What did not add up (a difference of a few frames is the hosts' own \
+                 housekeeping): {}.",
+                problems.join(" | ")
+            )
+        }
+    );
+}
+
+/// Where each case's work ran: the threads and CPUs.
+fn where_it_ran(s: &mut String, rows: &[(Family, Case, Row)]) {
+    let _ = writeln!(s, "Where the work ran:\n");
+    let mut t = Table::new([
+        "case".to_string(),
+        "n1's thread: last CPU, busy, runs per 1000 frames, total".to_string(),
+        "sender per frame sent".to_string(),
+        "c1's thread per answer".to_string(),
+        format!("ksoftirqd/{SENDER_CPU}"),
+        format!("ksoftirqd/{RESPONDER_CPU}"),
+    ]);
+    for (family, case, r) in rows {
+        t.row([
+            format!("{} ({})", case.name(), family.name()),
+            format!(
+                "{:?}, {}, {}, {:.0} ms",
+                r.responder_cpus,
+                r.responder_busy
+                    .map_or_else(|| "-".to_string(), |b| format!("{:.0}%", b * 100.0)),
+                r.responder_runs_per_k
+                    .map_or_else(|| "-".to_string(), |v| format!("{v:.0}")),
+                r.responder_ms
+            ),
             ns(r.sender_per_frame),
             ns(r.client_napi_per_answer),
-            r.softirqd_ms[0],
-            r.softirqd_ms[1]
-        );
+            format!("{:.1} ms", r.softirqd_ms[0]),
+            format!("{:.1} ms", r.softirqd_ms[1]),
+        ]);
     }
-    let _ = writeln!(s);
+    let _ = writeln!(s, "{t}");
+}
 
-    for note in samples
-        .iter()
-        .flat_map(|(_, _, l)| l)
-        .filter_map(|x| x.note.as_ref())
-    {
-        let _ = writeln!(s, "Note: {note}.\n");
-    }
-    // The closing note: both ratios, and how the placement was checked.
+/// The closing note: both ratios, and how the placement was checked.
+fn closing_note(s: &mut String, rows: &[(Family, Case, Row)], responder: &(u32, String)) {
     let responder_total: f64 = rows.iter().map(|(_, _, r)| r.responder_ms).sum();
     let softirq_on = |answerer: Answerer| -> f64 {
         rows.iter()
@@ -1161,10 +1196,13 @@ fn report(
         c
     };
     let (ab, ak) = (
-        get(Family::Arp, Case::Baseline),
-        get(Family::Arp, Case::Kernel),
+        get(rows, Family::Arp, Case::Baseline),
+        get(rows, Family::Arp, Case::Kernel),
     );
-    let (qa, qn) = (family_ratios(Family::Arp), family_ratios(Family::Ndp));
+    let (qa, qn) = (
+        family_ratios(rows, Family::Arp),
+        family_ratios(rows, Family::Ndp),
+    );
     let _ = writeln!(
         s,
         "Closing note. Marginal responder CPU per answer on the responder's own CPU, XDP \
@@ -1202,7 +1240,6 @@ fn report(
         fmt_ratio(qa.marginal_with_softirq),
         fmt_ratio(qn.marginal_with_softirq),
     );
-    s
 }
 
 #[cfg(test)]
