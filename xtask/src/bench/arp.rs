@@ -20,7 +20,7 @@ use anyhow::{Result, bail};
 use vipd_tests::lab::{Host, HostIf, Lab};
 
 use super::flood::{self, FLOOD_MAX_FRAMES, Flood, Pace, VIP, median, percentile};
-use super::{isolated, responder};
+use super::{isolated, responder, table::Table};
 
 /// How long one flood lasts.
 const FLOOD_FOR: Duration = Duration::from_secs(2);
@@ -326,14 +326,6 @@ fn figures(case: &Case, base_ns_per_frame: f64) -> (f64, f64, f64, f64) {
 }
 
 fn report(runs: usize, baseline: &Case, cases: &[(Responder, Case)]) -> String {
-    let (base_sent, _, base_ns, _) = figures(baseline, 0.0);
-    let case = |r: Responder| {
-        cases
-            .iter()
-            .find(|(c, _)| *c == r)
-            .map(|(_, case)| case)
-            .expect("every responder is measured")
-    };
     let mut s = String::new();
     let _ = writeln!(s, "## ARP: XDP responder against the kernel\n");
     let _ = writeln!(
@@ -366,16 +358,31 @@ fn report(runs: usize, baseline: &Case, cases: &[(Responder, Case)]) -> String {
          the bridge, delivery to c1's counting socket; the same for every case); that \
          thread's own user-space time is not counted.\n"
     );
-    let _ = writeln!(
-        s,
-        "| case | frames sent/s | replies/s | CPU per frame sent | responder CPU per reply | arping RTT median (p90) |"
-    );
-    let _ = writeln!(s, "|---|---|---|---|---|---|");
-    let _ = writeln!(
-        s,
-        "| {} | {:.0} | - | {:.0} ns | - | - |",
-        baseline.name, base_sent, base_ns
-    );
+    cases_table(&mut s, baseline, cases);
+    ratios_and_limits(&mut s, baseline, cases);
+    cross_checks(&mut s, cases);
+    s
+}
+
+/// The cases' table: rates, CPU and the arping round trip.
+fn cases_table(s: &mut String, baseline: &Case, cases: &[(Responder, Case)]) {
+    let (base_sent, _, base_ns, _) = figures(baseline, 0.0);
+    let mut t = Table::new([
+        "case",
+        "frames sent/s",
+        "replies/s",
+        "CPU per frame sent",
+        "responder CPU per reply",
+        "arping RTT median (p90)",
+    ]);
+    t.row([
+        baseline.name.to_string(),
+        format!("{base_sent:.0}"),
+        "-".to_string(),
+        format!("{base_ns:.0} ns"),
+        "-".to_string(),
+        "-".to_string(),
+    ]);
     for (_, case) in cases {
         let (sent, rps, ns, cost) = figures(case, base_ns);
         let rtt = if case.rtts.is_empty() {
@@ -391,13 +398,28 @@ fn report(runs: usize, baseline: &Case, cases: &[(Responder, Case)]) -> String {
                 case.arpings
             )
         };
-        let _ = writeln!(
-            s,
-            "| {} | {sent:.0} | {rps:.0} | {ns:.0} ns | {cost:.0} ns | {rtt} |",
-            case.name
-        );
+        t.row([
+            case.name.to_string(),
+            format!("{sent:.0}"),
+            format!("{rps:.0}"),
+            format!("{ns:.0} ns"),
+            format!("{cost:.0} ns"),
+            rtt,
+        ]);
     }
-    let _ = writeln!(s);
+    let _ = writeln!(s, "{t}");
+}
+
+/// The ratios against the kernel, and what limits replies/s in this lab.
+fn ratios_and_limits(s: &mut String, baseline: &Case, cases: &[(Responder, Case)]) {
+    let (_, _, base_ns, _) = figures(baseline, 0.0);
+    let case = |r: Responder| {
+        cases
+            .iter()
+            .find(|(c, _)| *c == r)
+            .map(|(_, case)| case)
+            .expect("every responder is measured")
+    };
     let (_, n_rps, _, n_cost) = figures(case(Responder::Native), base_ns);
     let (_, g_rps, _, g_cost) = figures(case(Responder::Generic), base_ns);
     let (_, k_rps, _, k_cost) = figures(case(Responder::Kernel), base_ns);
@@ -464,6 +486,10 @@ fn report(runs: usize, baseline: &Case, cases: &[(Responder, Case)]) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     );
+}
+
+/// The program's own count against the client's, and the counting thread.
+fn cross_checks(s: &mut String, cases: &[(Responder, Case)]) {
     for (_, case) in cases {
         let Some(counted) = case.xdp_replies else {
             continue;
@@ -487,7 +513,6 @@ fn report(runs: usize, baseline: &Case, cases: &[(Responder, Case)]) -> String {
         "The client's counting thread (not included above) spent a median {:.0} ns per reply.",
         median(recv)
     );
-    s
 }
 
 #[cfg(test)]
