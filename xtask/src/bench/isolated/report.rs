@@ -4,8 +4,8 @@
 
 use std::fmt::Write as _;
 
-use crate::bench::table::Table;
 use super::*;
+use crate::bench::table::Table;
 
 /// A case's figures over its runs (medians of per-run figures, sums of counts).
 struct Row {
