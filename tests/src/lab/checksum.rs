@@ -109,6 +109,15 @@ mod tests {
     }
 
     #[test]
+    fn a_carry_out_of_the_top_bit_is_added_back() {
+        // 0xffff + 0x0001 = 0x10000: ones' complement addition folds the
+        // carry in (0x0001), so the checksum is !0x0001.
+        assert_eq!(internet_checksum(&[&[0xff, 0xff, 0x00, 0x01]]), 0xfffe);
+        // Many carries: eight words of 0xffff sum to 0xffff, checksum 0.
+        assert_eq!(internet_checksum(&[&[0xff; 16]]), 0);
+    }
+
+    #[test]
     fn an_odd_length_is_padded_with_a_zero() {
         assert_eq!(internet_checksum(&[&[0x12, 0x34, 0x56]]), !0x6834);
         assert_eq!(internet_checksum(&[]), 0xffff);
