@@ -61,9 +61,10 @@ use std::time::{Duration, Instant};
 
 use socket2::Socket;
 
-use crate::cluster::{AddrMonitor, AddrReader, MonitorOptions};
 use crate::lab::{
-    ArpFrame, Host, NdpFrame, Netns, StoppableThread, enter_netns, packet_socket, realtime_priority,
+    AddrMonitor, AddrReader, ArpFrame, Host, MonitorOptions, NdpFrame, Netns, StoppableThread,
+    enter_netns, internet_checksum, packet_socket, pseudo_header4, pseudo_header6,
+    realtime_priority,
 };
 
 /// The IPv4 sender of the neighbour probes: on the data segment, and no
@@ -593,7 +594,10 @@ fn neighbour_probe(node: [u8; 6], vip: IpAddr, seq: u32) -> Vec<u8> {
             icmp.extend_from_slice(&vip.octets());
             icmp.extend_from_slice(&[1, 1]);
             icmp.extend_from_slice(&me);
-            let sum = checksum(&[&pseudo6(PROBE_SRC6, vip, IPPROTO_ICMPV6, icmp.len()), &icmp]);
+            let sum = internet_checksum(&[
+                &pseudo_header6(PROBE_SRC6, vip, IPPROTO_ICMPV6, icmp.len()),
+                &icmp,
+            ]);
             icmp[2..4].copy_from_slice(&sum.to_be_bytes());
             let mut f = eth(node, me, ETH_P_IPV6);
             f.extend_from_slice(&ipv6_header(
@@ -624,14 +628,14 @@ fn syn_probe(plan: &Plan, node: [u8; 6], vip: IpAddr, seq: u32) -> Vec<u8> {
     match vip {
         IpAddr::V4(vip) => {
             let src = plan.client4.expect("checked at start");
-            let sum = checksum(&[&pseudo4(src, vip, IPPROTO_TCP, tcp.len()), &tcp]);
+            let sum = internet_checksum(&[&pseudo_header4(src, vip, IPPROTO_TCP, tcp.len()), &tcp]);
             tcp[16..18].copy_from_slice(&sum.to_be_bytes());
             let mut ip = vec![0x45, 0];
             ip.extend_from_slice(&(20 + tcp.len() as u16).to_be_bytes());
             ip.extend_from_slice(&[0, 0, 0x40, 0, 64, IPPROTO_TCP, 0, 0]);
             ip.extend_from_slice(&src.octets());
             ip.extend_from_slice(&vip.octets());
-            let sum = checksum(&[&ip]);
+            let sum = internet_checksum(&[&ip]);
             ip[10..12].copy_from_slice(&sum.to_be_bytes());
             let mut f = eth(node, plan.client_mac, ETH_P_IP);
             f.extend_from_slice(&ip);
@@ -640,7 +644,7 @@ fn syn_probe(plan: &Plan, node: [u8; 6], vip: IpAddr, seq: u32) -> Vec<u8> {
         }
         IpAddr::V6(vip) => {
             let src = plan.client6.expect("checked at start");
-            let sum = checksum(&[&pseudo6(src, vip, IPPROTO_TCP, tcp.len()), &tcp]);
+            let sum = internet_checksum(&[&pseudo_header6(src, vip, IPPROTO_TCP, tcp.len()), &tcp]);
             tcp[16..18].copy_from_slice(&sum.to_be_bytes());
             let mut f = eth(node, plan.client_mac, ETH_P_IPV6);
             f.extend_from_slice(&ipv6_header(src, vip, IPPROTO_TCP, tcp.len(), 64));
@@ -670,41 +674,6 @@ fn ipv6_header(src: Ipv6Addr, dst: Ipv6Addr, next: u8, len: usize, hops: u8) -> 
     h.extend_from_slice(&src.octets());
     h.extend_from_slice(&dst.octets());
     h
-}
-
-fn pseudo4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, len: usize) -> Vec<u8> {
-    let mut p = Vec::with_capacity(12);
-    p.extend_from_slice(&src.octets());
-    p.extend_from_slice(&dst.octets());
-    p.extend_from_slice(&[0, proto]);
-    p.extend_from_slice(&(len as u16).to_be_bytes());
-    p
-}
-
-fn pseudo6(src: Ipv6Addr, dst: Ipv6Addr, next: u8, len: usize) -> Vec<u8> {
-    let mut p = Vec::with_capacity(40);
-    p.extend_from_slice(&src.octets());
-    p.extend_from_slice(&dst.octets());
-    p.extend_from_slice(&(len as u32).to_be_bytes());
-    p.extend_from_slice(&[0, 0, 0, next]);
-    p
-}
-
-/// The Internet checksum (RFC 1071) of the concatenated `parts`, each of
-/// an even length but the last.
-fn checksum(parts: &[&[u8]]) -> u16 {
-    let mut sum: u32 = 0;
-    for part in parts {
-        for w in part.chunks(2) {
-            let hi = u32::from(w[0]) << 8;
-            let lo = w.get(1).map_or(0, |&b| u32::from(b));
-            sum += hi | lo;
-        }
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 // ---- the receiver ----
@@ -1347,7 +1316,10 @@ mod tests {
             icmp.extend_from_slice(&n.target.octets());
             icmp.extend_from_slice(&[2, 1]);
             icmp.extend_from_slice(&mac);
-            let sum = checksum(&[&pseudo6(n.target, n.src, IPPROTO_ICMPV6, icmp.len()), &icmp]);
+            let sum = internet_checksum(&[
+                &pseudo_header6(n.target, n.src, IPPROTO_ICMPV6, icmp.len()),
+                &icmp,
+            ]);
             icmp[2..4].copy_from_slice(&sum.to_be_bytes());
             let mut f = eth(n.lladdr.expect("SLLA"), mac, ETH_P_IPV6);
             f.extend_from_slice(&ipv6_header(

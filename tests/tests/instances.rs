@@ -12,8 +12,7 @@ use std::{
 
 use vipd::{instance::mark_of, net::netlink::Netlink};
 use vipd_tests::{
-    cluster::AddrMonitor,
-    lab::{Host, HostIf, Lab, require_root, vipctl_bin, vipd_bin},
+    lab::{AddrMonitor, Host, HostIf, Lab, require_root, vipctl_bin, vipd_bin},
     vipd::Vipd,
 };
 

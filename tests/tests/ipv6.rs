@@ -28,8 +28,11 @@ use vipd::{
 };
 use vipd_tests::vipd::Vipd;
 use vipd_tests::{
-    cluster::{AddrMonitor, Cluster, NlAddr6, ZkKind, ip_set, monitors, within},
-    lab::{ArpCapture, Host, HostIf, Lab, NdpFrame, fmt_mac, ip_here as ip, wait_until},
+    cluster::{Cluster, ZkKind, ip_set, monitors, within},
+    lab::{
+        AddrMonitor, ArpCapture, Host, HostIf, Lab, NdpFrame, NlAddr6, fmt_mac, ip_here as ip,
+        wait_until,
+    },
 };
 
 mod own_netns;

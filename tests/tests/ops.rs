@@ -21,8 +21,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use vipd_tests::cluster::{addr_events, route_socket};
 use vipd_tests::lab::{Host, HostIf, Lab, fmt_mac, succeeded, vipctl_bin, vipd_bin, wait_until};
+use vipd_tests::lab::{addr_events, route_socket};
 use vipd_tests::vipd::Vipd;
 
 const VIP_A: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);

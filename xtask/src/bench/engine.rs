@@ -15,8 +15,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use vipd_tests::{
-    cluster::AddrMonitor,
-    lab::{ArpFrame, Host, HostIf, Lab, LabProcess, vipctl_bin, vipd_bin},
+    lab::{AddrMonitor, ArpFrame, Host, HostIf, Lab, LabProcess, vipctl_bin, vipd_bin},
     zk::ZkServer,
 };
 

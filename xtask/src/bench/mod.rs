@@ -7,13 +7,16 @@ mod arp;
 mod chaos;
 mod engine;
 pub(crate) mod failover;
+mod flood;
 mod isolated;
 mod keepalived;
 mod model;
 mod plot;
+mod responder;
 mod services;
 mod serving;
 mod steady;
+mod table;
 pub(crate) mod timeline;
 
 use std::{

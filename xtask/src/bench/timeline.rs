@@ -24,10 +24,9 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use plotters::prelude::*;
 use vipd_tests::{
-    cluster::{AddrMonitor, MonitorOptions},
     lab::{
-        ArpCapture, CaptureOptions, Host, HostIf, Lab, LabProcess, ServerHandle, is_announcement,
-        parse_mac, realtime_priority,
+        AddrMonitor, ArpCapture, CaptureOptions, Host, HostIf, Lab, LabProcess, MonitorOptions,
+        ServerHandle, is_announcement, parse_mac, realtime_priority,
     },
     zk::ZkServer,
 };
