@@ -34,9 +34,12 @@ const GARP_ROUNDS: u32 = 3;
 const MARGIN: Duration = Duration::from_millis(100);
 /// The renewal interval never drops below this in vipd.
 const MIN_RENEW: Duration = Duration::from_millis(10);
-/// How late the kernel may remove an address whose lifetime ran out
-/// (its lifetime check runs on a rounded timer; docs/DESIGN.md facts: measured 0.12-0.15 s).
-const KERNEL_SLACK: Duration = Duration::from_millis(250);
+/// How late the kernel may remove an address whose lifetime ran out: its
+/// lifetime check runs no sooner than a second after its previous run, and
+/// any lifetime written on the host runs it (measured: 1.01 s late after one
+/// write elsewhere just before the end; docs/OPERATIONS.md "Safe
+/// combinations"). A second and 100 ms.
+const KERNEL_SLACK: Duration = Duration::from_millis(1100);
 /// keepalived's priorities in the lab (n1, n2, n3).
 const PRIORITIES: [u32; 3] = [100, 99, 98];
 
@@ -222,12 +225,16 @@ impl LeaseRule {
         let short = lease < Duration::from_secs(1);
         let (renew_part, poll_part) = if short { (16, 16) } else { (4, 8) };
         let renew_every = (lease / renew_part).max(MIN_RENEW);
+        let takeover_after = lease + renew_every + MARGIN;
+        // The longest whole seconds that leave the kernel, slack included,
+        // before the takeover; no more than the lease, at least 1 s.
+        let fits = takeover_after.saturating_sub(KERNEL_SLACK).as_secs();
         LeaseRule {
             lease,
             renew_every,
             poll_every: (lease / poll_part).max(MIN_RENEW),
-            takeover_after: lease + renew_every + MARGIN,
-            lifetime: Duration::from_secs(lease.as_secs().max(1)),
+            takeover_after,
+            lifetime: Duration::from_secs(lease.as_secs().min(fits).max(1)),
         }
     }
 
@@ -589,8 +596,8 @@ mod tests {
         assert_eq!(r.renew_every.as_millis(), 20);
         assert_eq!(r.takeover_after.as_millis(), 454);
         assert_eq!(r.lifetime, Duration::from_secs(1));
-        // 1 s + 250 ms slack - 454.2 ms.
-        assert_eq!(r.kill_overlap().as_millis(), 795);
+        // 1 s + 1.1 s slack - 454.2 ms.
+        assert_eq!(r.kill_overlap().as_millis(), 1645);
 
         let r = LeaseRule::new(Duration::from_secs(1), Some(Duration::from_millis(200)));
         assert_eq!(r.renew_every, Duration::from_micros(12_500));
@@ -600,14 +607,15 @@ mod tests {
             r.takeover_window(),
             (Duration::from_millis(300), Duration::from_millis(325))
         );
-        assert_eq!(r.kill_overlap(), Duration::from_micros(937_500));
+        assert_eq!(r.kill_overlap(), Duration::from_micros(1_787_500));
 
         let r = LeaseRule::new(Duration::from_secs(6), None);
         assert_eq!(r.renew_every, Duration::from_millis(500));
         assert_eq!(r.poll_every, Duration::from_millis(250));
         assert_eq!(r.lease, Duration::from_secs(2));
         assert_eq!(r.takeover_after, Duration::from_millis(2600));
-        assert_eq!(r.lifetime, Duration::from_secs(2));
+        // 2 s + 1.1 s would outlive the 2.6 s takeover: 1 s.
+        assert_eq!(r.lifetime, Duration::from_secs(1));
         assert!(r.kill_overlap().is_zero());
     }
 
