@@ -107,10 +107,14 @@ pub struct HeldVip {
     /// (CLOCK_MONOTONIC, nanoseconds): the program answers and reports
     /// claims only before it, so a frozen agent's program falls silent at
     /// the lease's end. `u64::MAX`: no lease (single-node mode).
-    pub expires_ns: u64,
+    pub lease_end_ns: u64,
+    /// The end of the fence window on the same clock: from `lease_end_ns`
+    /// until here the VIP's address may still be in the kernel, and the
+    /// programs drop what would serve it. Past it the entry is inert.
+    pub fence_end_ns: u64,
 }
 
-/// [`HeldVip::expires_ns`] of an entry that never expires.
+/// [`HeldVip::lease_end_ns`] of an entry that never expires.
 pub const NO_EXPIRY: u64 = u64::MAX;
 
 /// [`HeldVip::flags`] bit of an IPv6 VIP whose interface forwards

@@ -38,7 +38,7 @@ use self::{
 };
 pub(crate) use self::{attach::XdpAttachment, mode::ModeReason};
 pub use self::{
-    clock::monotonic_ns,
+    clock::program_ns,
     conflicts::{Conflict, ConflictReader},
     mode::AttachedMode,
 };
@@ -253,7 +253,7 @@ impl XdpProgram {
     /// Makes the held maps hold exactly these entries (VIP -> ifindex, MAC,
     /// VLAN, lease end): IPv4 VIPs in the ARP map, IPv6 VIPs in the NDP
     /// map. The program answers ARP requests and Neighbor Solicitations
-    /// for held VIPs only, and only before `expires_ns`. Both maps are
+    /// for held VIPs only, and only before `lease_end_ns`. Both maps are
     /// written even when one fails; the first error is returned.
     #[instrument(skip_all, fields(count = held.len()))]
     pub fn set_held(&mut self, held: &BTreeMap<Vip, HeldVip>) -> Result<(), XdpError> {

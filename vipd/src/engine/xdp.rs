@@ -14,7 +14,7 @@ use crate::{
     reconcile::Holdings,
     role::Role,
     vip::Vip,
-    xdp::monotonic_ns,
+    xdp::program_ns,
 };
 
 impl Engine {
@@ -48,20 +48,20 @@ impl Engine {
 
     /// The XDP held-map entries for what we hold (renewals: nothing moved).
     pub(super) fn xdp_entries(&self) -> BTreeMap<Vip, HeldVip> {
-        let expires_ns = self.xdp_expiry();
+        let lease_end_ns = self.xdp_expiry();
         self.held
             .iter()
             .filter(|(vip, _)| self.xdp_fits.contains(vip))
             .filter_map(|(vip, p)| {
                 let mac = self.links.get(&p.ifindex)?.mac;
-                Some((*vip, self.held_vip(*vip, p.ifindex, mac, expires_ns)))
+                Some((*vip, self.held_vip(*vip, p.ifindex, mac, lease_end_ns)))
             })
             .collect()
     }
 
     /// The held-map entry of `vip` on interface `ifindex` with `mac`: the
     /// Router flag as read on the last pass (IPv6 only).
-    fn held_vip(&self, vip: Vip, ifindex: u32, mac: [u8; 6], expires_ns: u64) -> HeldVip {
+    fn held_vip(&self, vip: Vip, ifindex: u32, mac: [u8; 6], lease_end_ns: u64) -> HeldVip {
         let router = vip.v6().is_some() && self.routers.get(&ifindex) == Some(&true);
         HeldVip {
             ifindex,
@@ -69,7 +69,8 @@ impl Engine {
             vlan: 0,
             flags: if router { HELD_ROUTER } else { 0 },
             _pad: [0; 3],
-            expires_ns,
+            lease_end_ns,
+            fence_end_ns: lease_end_ns,
         }
     }
 
@@ -101,13 +102,13 @@ impl Engine {
     /// being answered then, even if this agent is frozen.
     fn xdp_expiry(&self) -> u64 {
         self.lease()
-            .map_or(vipd_common::NO_EXPIRY, |l| monotonic_ns(l.until))
+            .map_or(vipd_common::NO_EXPIRY, |l| program_ns(l.until))
     }
 
     /// Attaches the XDP program where VIPs live (and where the operator
     /// named), watches every configured VIP and holds exactly `held`.
     pub(super) fn sync_xdp(&mut self, snap: &NetSnapshot, holdings: &Holdings) -> Vec<String> {
-        let expires_ns = self.xdp_expiry();
+        let lease_end_ns = self.xdp_expiry();
         if self.xdp_program.is_some() {
             self.refresh_routers(snap, &holdings.held);
         }
@@ -152,7 +153,7 @@ impl Engine {
                     .xdp
                     .iter()
                     .filter(|(vip, _)| self.xdp_fits.contains(vip))
-                    .map(|(vip, x)| (*vip, self.held_vip(*vip, x.ifindex, x.mac, expires_ns)))
+                    .map(|(vip, x)| (*vip, self.held_vip(*vip, x.ifindex, x.mac, lease_end_ns)))
                     .collect()
             } else {
                 BTreeMap::new()

@@ -6,7 +6,7 @@ use std::time::Instant;
 /// `at` on CLOCK_MONOTONIC in nanoseconds, the clock of the XDP program's
 /// `bpf_ktime_get_ns` (std's `Instant` reads the same clock on Linux, but
 /// keeps its value private: convert through the distance from now).
-pub fn monotonic_ns(at: Instant) -> u64 {
+pub fn program_ns(at: Instant) -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -31,7 +31,7 @@ mod tests {
     fn instants_keep_their_order_and_distance() {
         let now = Instant::now();
         let later = now + Duration::from_secs(30);
-        let (a, b) = (monotonic_ns(now), monotonic_ns(later));
+        let (a, b) = (program_ns(now), program_ns(later));
         assert!(a > 0);
         let apart = b - a;
         // Two readings of the clock lie between the conversions.
@@ -40,6 +40,6 @@ mod tests {
             "{apart} ns apart"
         );
         let earlier = now.checked_sub(Duration::from_secs(1)).unwrap();
-        assert!(monotonic_ns(earlier) < a);
+        assert!(program_ns(earlier) < a);
     }
 }
