@@ -115,11 +115,15 @@ fn arp_request(target: Ipv4Addr) -> Vec<u8> {
 }
 
 fn ipv4(dst: Ipv4Addr, protocol: u8, payload: &[u8]) -> Vec<u8> {
+    ipv4_from(CLIENT4, dst, protocol, payload)
+}
+
+fn ipv4_from(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, payload: &[u8]) -> Vec<u8> {
     let total = u16::try_from(20 + payload.len()).expect("short packet");
     let mut h = vec![0x45, 0];
     h.extend_from_slice(&total.to_be_bytes());
     h.extend_from_slice(&[0, 0, 0x40, 0, 64, protocol, 0, 0]);
-    h.extend_from_slice(&CLIENT4.octets());
+    h.extend_from_slice(&src.octets());
     h.extend_from_slice(&dst.octets());
     let sum = !fold(
         h.chunks(2)
@@ -132,12 +136,16 @@ fn ipv4(dst: Ipv4Addr, protocol: u8, payload: &[u8]) -> Vec<u8> {
 }
 
 fn ipv6(dst: Ipv6Addr, next_header: u8, payload: &[u8]) -> Vec<u8> {
+    ipv6_from(CLIENT6, dst, next_header, payload)
+}
+
+fn ipv6_from(src: Ipv6Addr, dst: Ipv6Addr, next_header: u8, payload: &[u8]) -> Vec<u8> {
     let len = u16::try_from(payload.len()).expect("short packet");
     let mut h = vec![0x60, 0, 0, 0];
     h.extend_from_slice(&len.to_be_bytes());
     h.push(next_header);
     h.push(if next_header == 58 { 255 } else { 64 });
-    h.extend_from_slice(&CLIENT6.octets());
+    h.extend_from_slice(&src.octets());
     h.extend_from_slice(&dst.octets());
     h.extend_from_slice(payload);
     h
@@ -166,10 +174,7 @@ fn solicit(dst: Ipv6Addr, target: Ipv6Addr) -> Vec<u8> {
     msg.extend_from_slice(&CLIENT_MAC);
     let sum = icmpv6::checksum(&Icmpv6Packet::new(&msg).expect("ICMPv6"), &CLIENT6, &dst);
     msg[2..4].copy_from_slice(&sum.to_be_bytes());
-    let mut p = ipv6(dst, 58, &msg);
-    // From the client's address (not `::`): not a duplicate address probe.
-    p[8..24].copy_from_slice(&CLIENT6.octets());
-    p
+    ipv6(dst, 58, &msg)
 }
 
 fn solicited_node(addr: Ipv6Addr) -> Ipv6Addr {
@@ -421,5 +426,137 @@ fn an_entry_fenced_until_cleared_stays_fenced() {
             .test_run(&Kind::ArpRequest.frame(false, None), home)
             .expect("BPF_PROG_TEST_RUN");
         assert_eq!(action, XDP_DROP, "a moment later");
+    });
+}
+
+// ---------------------------------------------------------------------------
+// Egress: what the node sends that would serve the VIP.
+
+const TCX_NEXT: i32 = -1;
+const TCX_DROP: i32 = 2;
+const LINK_LOCAL: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+
+/// What leaves the node from (or about) an address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Out {
+    /// An ARP reply with the address as sender.
+    ArpReply,
+    /// A gratuitous ARP (request form) for the address.
+    Gratuitous,
+    /// A TCP SYN-ACK from the address (IPv4).
+    SynAck4,
+    /// A UDP answer from the address (IPv4).
+    Udp4,
+    /// A TCP segment from the address (IPv6): an old socket's retransmission.
+    Segment6,
+    /// A Neighbor Advertisement for the address, from the address.
+    Na,
+    /// A Neighbor Advertisement for the address, from a link-local address.
+    NaLinkLocal,
+}
+
+const OUTS: [Out; 7] = [
+    Out::ArpReply,
+    Out::Gratuitous,
+    Out::SynAck4,
+    Out::Udp4,
+    Out::Segment6,
+    Out::Na,
+    Out::NaLinkLocal,
+];
+
+impl Out {
+    fn frame(self, other: bool, vlan: Option<u16>) -> Vec<u8> {
+        let (a4, a6) = if other {
+            (OTHER4, OTHER6)
+        } else {
+            (VIP4, VIP6)
+        };
+        let (ethertype, payload) = match self {
+            Out::ArpReply => ([0x08, 0x06], arp_from(2, a4, CLIENT4)),
+            Out::Gratuitous => ([0x08, 0x06], arp_from(1, a4, a4)),
+            Out::SynAck4 => ([0x08, 0x00], ipv4_from(a4, CLIENT4, 6, &tcp_syn())),
+            Out::Udp4 => ([0x08, 0x00], ipv4_from(a4, CLIENT4, 17, &udp())),
+            Out::Segment6 => ([0x86, 0xdd], ipv6_from(a6, CLIENT6, 6, &tcp_syn())),
+            Out::Na => ([0x86, 0xdd], advert(a6, a6)),
+            Out::NaLinkLocal => ([0x86, 0xdd], advert(LINK_LOCAL, a6)),
+        };
+        let mut f = ethernet(CLIENT_MAC, ethertype, vlan, &payload);
+        // From us.
+        f[6..12].copy_from_slice(&OUR_MAC);
+        f
+    }
+}
+
+/// An ARP packet of operation `oper` from `spa` at OUR_MAC about `tpa`.
+fn arp_from(oper: u8, spa: Ipv4Addr, tpa: Ipv4Addr) -> Vec<u8> {
+    let mut p = vec![0, 1, 0x08, 0x00, 6, 4, 0, oper];
+    p.extend_from_slice(&OUR_MAC);
+    p.extend_from_slice(&spa.octets());
+    p.extend_from_slice(&CLIENT_MAC);
+    p.extend_from_slice(&tpa.octets());
+    p
+}
+
+/// A solicited Neighbor Advertisement of `target` at OUR_MAC sent from
+/// `src` to the client.
+fn advert(src: Ipv6Addr, target: Ipv6Addr) -> Vec<u8> {
+    let mut msg = vec![136, 0, 0, 0, 0x60, 0, 0, 0];
+    msg.extend_from_slice(&target.octets());
+    msg.extend_from_slice(&[2, 1]);
+    msg.extend_from_slice(&OUR_MAC);
+    let sum = icmpv6::checksum(&Icmpv6Packet::new(&msg).expect("ICMPv6"), &src, &CLIENT6);
+    msg[2..4].copy_from_slice(&sum.to_be_bytes());
+    ipv6_from(src, CLIENT6, 58, &msg)
+}
+
+/// Drawn cases, as for ingress: every kind of frame that would serve the
+/// VIP leaving the node, untagged and tagged, with the entry leased, fenced
+/// or inert. Fenced: dropped. Otherwise: on to the next program.
+#[test]
+fn egress_fence_drops_what_is_sent_from_the_vip_between_lease_end_and_fence_end() {
+    in_new_netns(|| {
+        let home = iface("fen0");
+        let mut program = loaded();
+        let mut draw = Draw(0x5eed_0003);
+        let mut failures = Vec::new();
+        let mut cases = 0;
+        for round in 0..4 {
+            for phase in PHASES {
+                for vlan in [None, Some(VLAN)] {
+                    let window = ends(phase, &mut draw);
+                    let entry = held(home, vlan.unwrap_or(0), window);
+                    program
+                        .set_held(&BTreeMap::from([(vip4(), entry), (vip6(), entry)]))
+                        .expect("set_held");
+                    for out in OUTS {
+                        for other in [false, true] {
+                            let verdict = program
+                                .test_run_egress(&out.frame(other, vlan))
+                                .expect("BPF_PROG_TEST_RUN");
+                            let want = if phase == Phase::Fenced && !other {
+                                TCX_DROP
+                            } else {
+                                TCX_NEXT
+                            };
+                            cases += 1;
+                            if verdict != want {
+                                failures.push(format!(
+                                    "round {round}: {out:?} {} {}, VIP {phase:?}: verdict {verdict}, want {want}",
+                                    if other { "about the other address" } else { "about the VIP" },
+                                    if vlan.is_some() { "tagged" } else { "untagged" },
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(
+            failures.is_empty(),
+            "{} of {cases} cases wrong:\n{}",
+            failures.len(),
+            failures.join("\n")
+        );
     });
 }

@@ -18,6 +18,8 @@ pub const MAP_HELD6: &str = "HELD_VIPS6";
 pub const MAP_CONFLICTS6: &str = "CONFLICTS6";
 /// Name of the XDP program in the object.
 pub const PROGRAM_NAME: &str = "vipd_xdp";
+/// Name of the egress (TCX) program in the object: the fence on the way out.
+pub const EGRESS_PROGRAM_NAME: &str = "vipd_egress";
 
 /// Maximum number of VIPs the maps can hold.
 pub const MAX_VIPS: u32 = 8192;

@@ -52,11 +52,11 @@ static HELD_VIPS6: HashMap<Vip6Key, HeldVip> = HashMap::with_max_entries(MAX_VIP
 #[map(name = "CONFLICTS6")]
 static CONFLICTS6: RingBuf = RingBuf::with_byte_size(CONFLICT_RING_BYTES, 0);
 
-const ETH_P_ARP: [u8; 2] = [0x08, 0x06];
-const ETH_P_IP: [u8; 2] = [0x08, 0x00];
-const ETH_P_IPV6: [u8; 2] = [0x86, 0xdd];
-const ETH_P_8021Q: [u8; 2] = [0x81, 0x00];
-const ETH_P_8021AD: [u8; 2] = [0x88, 0xa8];
+pub(crate) const ETH_P_ARP: [u8; 2] = [0x08, 0x06];
+pub(crate) const ETH_P_IP: [u8; 2] = [0x08, 0x00];
+pub(crate) const ETH_P_IPV6: [u8; 2] = [0x86, 0xdd];
+pub(crate) const ETH_P_8021Q: [u8; 2] = [0x81, 0x00];
+pub(crate) const ETH_P_8021AD: [u8; 2] = [0x88, 0xa8];
 
 #[repr(C)]
 struct EthHdr {

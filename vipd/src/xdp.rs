@@ -8,6 +8,7 @@
 mod attach;
 mod clock;
 mod conflicts;
+mod egress;
 mod ethtool;
 pub mod loader;
 mod maps;
@@ -24,10 +25,10 @@ use std::{
 use aya::{
     Ebpf,
     maps::MapError,
-    programs::{ProgramError, TestRun, TestRunOptions, Xdp},
+    programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use tracing::{debug, instrument, warn};
-use vipd_common::{ArpCounters, HeldVip, PROGRAM_NAME};
+use vipd_common::{ArpCounters, EGRESS_PROGRAM_NAME, HeldVip, PROGRAM_NAME};
 
 use crate::vip::Vip;
 
@@ -60,6 +61,16 @@ pub enum XdpError {
     MissingProgram(#[source] Option<ProgramError>),
     #[error("the kernel refused XDP program {PROGRAM_NAME}")]
     LoadProgram(#[source] ProgramError),
+    #[error("the XDP object has no egress program {EGRESS_PROGRAM_NAME}")]
+    MissingEgress(#[source] Option<ProgramError>),
+    #[error("the kernel refused egress program {EGRESS_PROGRAM_NAME}")]
+    LoadEgress(#[source] ProgramError),
+    #[error("attaching the egress fence (TCX) to {ifname} failed")]
+    AttachEgress {
+        ifname: String,
+        #[source]
+        source: ProgramError,
+    },
     #[error("attaching XDP to {ifname} in {mode:?} mode failed")]
     Attach {
         ifname: String,
@@ -145,6 +156,8 @@ pub struct XdpProgram {
     /// VIP_COUNTERS6, HELD_VIPS6 and the IPv6 conflicts.
     v6: FamilyMaps<V6>,
     attachments: BTreeMap<String, Attachment>,
+    /// The egress fence's links, by ifindex.
+    egress_links: egress::EgressLinks,
     /// Interfaces where native answers were lost: generic from then on,
     /// also when attached again, until vipd restarts.
     fallen_back: BTreeMap<String, ModeReason>,
@@ -193,6 +206,12 @@ impl XdpProgram {
             .try_into()
             .map_err(|e| XdpError::MissingProgram(Some(e)))?;
         program.load().map_err(XdpError::LoadProgram)?;
+        let egress: &mut SchedClassifier = ebpf
+            .program_mut(EGRESS_PROGRAM_NAME)
+            .ok_or(XdpError::MissingEgress(None))?
+            .try_into()
+            .map_err(|e| XdpError::MissingEgress(Some(e)))?;
+        egress.load().map_err(XdpError::LoadEgress)?;
 
         let v4 = FamilyMaps::take(&mut ebpf)?;
         let v6 = FamilyMaps::take(&mut ebpf)?;
@@ -202,6 +221,7 @@ impl XdpProgram {
             v4,
             v6,
             attachments: BTreeMap::new(),
+            egress_links: egress::EgressLinks::default(),
             fallen_back: BTreeMap::new(),
             ethtool: Ethtool::new()
                 .inspect_err(|e| {

@@ -138,6 +138,15 @@ impl Engine {
                 }
             }
         }
+        // The egress fence sits on every interface: a reply leaves by the
+        // route's interface, which need not be the VIP's.
+        let every: BTreeMap<u32, String> = snap
+            .links
+            .iter()
+            .filter(|l| l.name != "lo")
+            .map(|l| (l.ifindex, l.name.clone()))
+            .collect();
+        errors.extend(xdp.fence_egress_on(&every).iter().map(|e| e.to_string()));
         let (fits, over) = xdp_fit(&self.applied.vips, MAX_VIPS as usize);
         if over != self.xdp_over {
             report_xdp_over(over);
