@@ -24,7 +24,7 @@ pub(crate) enum Phase {
 #[inline(always)]
 pub(crate) fn phase(held: &HeldVip) -> Phase {
     // SAFETY: a helper without arguments or side effects.
-    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_boot_ns() };
     if now < held.lease_end_ns {
         Phase::Leased
     } else if now < held.fence_end_ns {

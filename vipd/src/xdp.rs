@@ -273,7 +273,8 @@ impl XdpProgram {
     /// Makes the held maps hold exactly these entries (VIP -> ifindex, MAC,
     /// VLAN, lease end): IPv4 VIPs in the ARP map, IPv6 VIPs in the NDP
     /// map. The program answers ARP requests and Neighbor Solicitations
-    /// for held VIPs only, and only before `lease_end_ns`. Both maps are
+    /// for held VIPs only, and only before `lease_end_ns`; from then until
+    /// `fence_end_ns` the programs fence the VIP. Both maps are
     /// written even when one fails; the first error is returned.
     #[instrument(skip_all, fields(count = held.len()))]
     pub fn set_held(&mut self, held: &BTreeMap<Vip, HeldVip>) -> Result<(), XdpError> {
@@ -291,9 +292,17 @@ impl XdpProgram {
         r4.and(r6)
     }
 
-    /// Empties both held maps (called before VIPs are removed, on step-down
-    /// and on shutdown): nothing is answered in XDP afterwards, for either
-    /// family.
+    /// Writes one held entry (added or replaced), the others untouched: the
+    /// fence of a VIP whose address is about to be written.
+    pub fn put_held(&mut self, vip: Vip, entry: HeldVip) -> Result<(), XdpError> {
+        match vip.v6() {
+            Some(v6) => self.v6.put_held(v6, entry),
+            None => self.v4.put_held(vip, entry),
+        }
+    }
+
+    /// Empties both held maps: nothing is answered nor fenced in XDP
+    /// afterwards, for either family.
     #[instrument(skip_all)]
     pub fn clear_held(&mut self) -> Result<(), XdpError> {
         self.set_held(&BTreeMap::new())
