@@ -560,3 +560,68 @@ fn egress_fence_drops_what_is_sent_from_the_vip_between_lease_end_and_fence_end(
         );
     });
 }
+
+// ---------------------------------------------------------------------------
+// Time namespaces: the programs' clock ignores them, the agent's does not.
+
+/// Set in the child this test starts inside a time namespace.
+const TIMENS_CHILD: &str = "VIPD_FENCE_TIMENS_CHILD";
+
+/// Run inside a time namespace whose boot and monotonic clocks are days
+/// ahead of the host's (`unshare --time`), an entry whose lease ended a
+/// second ago by the agent's clock is fenced, and one whose window closed
+/// a second ago is inert: the agent's ends are on the host's clock, which
+/// the programs read. Without taking the namespace's offset out, the lease
+/// would run days more.
+#[test]
+fn a_vipd_in_a_time_namespace_fences_on_time() {
+    if std::env::var_os(TIMENS_CHILD).is_some() {
+        let program = loaded_with_held(|now| {
+            let second = 1_000_000_000;
+            [
+                (vip4(), held(0, 0, (now - second, now + 60 * second))),
+                (vip6(), held(0, 0, (now - 2 * second, now - second))),
+            ]
+        });
+        let (arp, _) = program
+            .test_run(&Kind::ArpRequest.frame(false, None), 0)
+            .expect("BPF_PROG_TEST_RUN");
+        let (ns, _) = program
+            .test_run(&Kind::NsMulticast.frame(false, None), 0)
+            .expect("BPF_PROG_TEST_RUN");
+        println!("verdicts {arp} {ns}");
+        return;
+    }
+    let exe = std::env::current_exe().expect("the test binary");
+    let out = Command::new("unshare")
+        .args(["--time", "--boottime", "864000", "--monotonic", "864000"])
+        .arg(&exe)
+        .args([
+            "--exact",
+            "a_vipd_in_a_time_namespace_fences_on_time",
+            "--nocapture",
+        ])
+        .env(TIMENS_CHILD, "1")
+        .output()
+        .expect("running unshare (util-linux)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the child in a time namespace failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("verdicts {XDP_DROP} {XDP_PASS}")),
+        "in a time namespace 10 days ahead: want a fenced ARP request dropped ({XDP_DROP}) and an inert entry's solicitation passed ({XDP_PASS}); the child said: {stdout}"
+    );
+}
+
+/// The program holding what `entries` makes of the agent's clock now.
+fn loaded_with_held<const N: usize>(entries: impl FnOnce(u64) -> [(Vip, HeldVip); N]) -> XdpProgram {
+    let mut program = loaded();
+    let now = vipd::xdp::program_ns(Instant::now());
+    program
+        .set_held(&BTreeMap::from(entries(now)))
+        .expect("set_held");
+    program
+}
