@@ -617,7 +617,9 @@ fn a_vipd_in_a_time_namespace_fences_on_time() {
 }
 
 /// The program holding what `entries` makes of the agent's clock now.
-fn loaded_with_held<const N: usize>(entries: impl FnOnce(u64) -> [(Vip, HeldVip); N]) -> XdpProgram {
+fn loaded_with_held<const N: usize>(
+    entries: impl FnOnce(u64) -> [(Vip, HeldVip); N],
+) -> XdpProgram {
     let mut program = loaded();
     let now = vipd::xdp::program_ns(Instant::now());
     program

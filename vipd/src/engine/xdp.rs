@@ -87,7 +87,10 @@ impl Engine {
     /// [`Engine::fence_after_write`].
     pub(super) fn fence_before_write(&mut self, vip: Vip, placement: Placement) -> Option<u64> {
         let before = self.fence_ends.insert(vip, NO_EXPIRY);
-        if !self.settings.xdp_responder || !self.xdp_fits.contains(&vip) {
+        // `xdp_fits` is the last pass's: a VIP configured since then fits
+        // too while the maps hold every VIP.
+        let fits = self.xdp_fits.contains(&vip) || self.applied.vips.len() <= MAX_VIPS as usize;
+        if !self.settings.xdp_responder || !fits {
             return before;
         }
         let Some(xdp) = self.xdp_program.clone() else {
