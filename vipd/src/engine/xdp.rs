@@ -33,9 +33,10 @@ use crate::{
 /// check (net/ipv4/devinet.c, check_lifetime; IPv6 alike) runs from a timer
 /// rounded up by as much as a quarter second, and never sooner than a
 /// second after its previous run: an address whose lifetime ends just after
-/// a run waits up to that second. Measured slack is about 0.15 s
-/// (docs/DESIGN.md); the fence takes the bound the code allows, which costs
-/// a successor nothing (it does not wait for the fence).
+/// a run waits up to that second. Measured here it was about 0.15 s, and
+/// the lease's rules assume 0.25 s (`vipd_lease::KERNEL_LIFETIME_SLACK`);
+/// the fence takes the bound the code allows, which costs a successor
+/// nothing (it does not wait for the fence).
 pub(crate) const FENCE_KERNEL_SLACK: Duration = Duration::from_secs(1);
 
 /// The end of the fence window of an address write the kernel acknowledged
