@@ -200,15 +200,18 @@ fn holding_on_vlan(ifindex: u32, vlan: u16) -> XdpProgram {
 }
 
 /// What the agent writes for a VIP it holds: answered on `ifindex`, VLAN
-/// `vlan` (0: untagged), with OUR_MAC, until `expires_ns`.
-fn held_at(ifindex: u32, vlan: u16, expires_ns: u64) -> HeldVip {
+/// `vlan` (0: untagged), with OUR_MAC, until `lease_end_ns` (no fence
+/// window after it).
+fn held_at(ifindex: u32, vlan: u16, lease_end_ns: u64) -> HeldVip {
     HeldVip {
         ifindex,
         mac: OUR_MAC,
         vlan,
         flags: 0,
         _pad: [0; 3],
-        expires_ns,
+        lease_end_ns,
+        // No fence window: past its lease the entry is inert.
+        fence_end_ns: lease_end_ns,
     }
 }
 
@@ -820,16 +823,16 @@ fn expired_entry_is_not_answered() {
         let ifindex = iface("xdp0");
         let mut program = loaded();
         let request = ArpFrame::request(ASKER_MAC, ASKER_IP, VIP).bytes();
-        let entry = |expires_ns| vip_held(held_at(ifindex, 0, expires_ns));
+        let entry = |lease_end_ns| vip_held(held_at(ifindex, 0, lease_end_ns));
         let now = std::time::Instant::now();
         // Expired a millisecond ago: counted, passed to the kernel.
-        let past = vipd::xdp::monotonic_ns(now) - 1_000_000;
+        let past = vipd::xdp::program_ns(now) - 1_000_000;
         program.set_held(&entry(past)).expect("set_held");
         assert_passes(&program, &request, ifindex, ONE_REQUEST, "expired entry");
         // Valid for 300 ms: answered, then no longer, with no agent action.
         let until = now + Duration::from_millis(300);
         program
-            .set_held(&entry(vipd::xdp::monotonic_ns(until)))
+            .set_held(&entry(vipd::xdp::program_ns(until)))
             .expect("set_held");
         assert_eq!(run(&program, &request, ifindex).0, XDP_TX, "before expiry");
         std::thread::sleep(until.saturating_duration_since(std::time::Instant::now()));

@@ -18,6 +18,8 @@ pub const MAP_HELD6: &str = "HELD_VIPS6";
 pub const MAP_CONFLICTS6: &str = "CONFLICTS6";
 /// Name of the XDP program in the object.
 pub const PROGRAM_NAME: &str = "vipd_xdp";
+/// Name of the egress (TCX) program in the object: the fence on the way out.
+pub const EGRESS_PROGRAM_NAME: &str = "vipd_egress";
 
 /// Maximum number of VIPs the maps can hold.
 pub const MAX_VIPS: u32 = 8192;
@@ -103,14 +105,22 @@ pub struct HeldVip {
     /// [`HELD_ROUTER`] and future bits; 0 for none.
     pub flags: u8,
     pub _pad: [u8; 3],
-    /// The leader's lease end on the `bpf_ktime_get_ns` clock
-    /// (CLOCK_MONOTONIC, nanoseconds): the program answers and reports
-    /// claims only before it, so a frozen agent's program falls silent at
-    /// the lease's end. `u64::MAX`: no lease (single-node mode).
-    pub expires_ns: u64,
+    /// The leader's lease end on the `bpf_ktime_get_boot_ns` clock (the
+    /// host's CLOCK_BOOTTIME, nanoseconds; it counts suspend): the program
+    /// answers and reports claims only before it, so a frozen agent's
+    /// program falls silent at the lease's end. `u64::MAX`: no lease
+    /// (single-node mode). A voluntary release sets it to the moment of the
+    /// release.
+    pub lease_end_ns: u64,
+    /// The end of the fence window on the same clock: from `lease_end_ns`
+    /// until here the VIP's address may still be in the kernel, and the
+    /// programs drop what would serve it (ingress and egress). Past it the
+    /// entry is inert. `u64::MAX` while the agent writes the address (until
+    /// the kernel's acknowledgement tells when its lifetime ends).
+    pub fence_end_ns: u64,
 }
 
-/// [`HeldVip::expires_ns`] of an entry that never expires.
+/// [`HeldVip::lease_end_ns`] of an entry that never expires.
 pub const NO_EXPIRY: u64 = u64::MAX;
 
 /// [`HeldVip::flags`] bit of an IPv6 VIP whose interface forwards

@@ -1,11 +1,13 @@
 //! ARP (RFC 826) for IPv4 VIPs: count requests and announcements, answer
-//! requests for held VIPs, report foreign claims.
+//! requests for held VIPs, drop requests for fenced ones, report foreign
+//! claims.
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use vipd_common::{ArpCounters, ConflictEvent, HeldVip, VipKey, vip_key};
 
 use crate::{
-    CONFLICTS, EthHdr, HELD_VIPS, L2, VIP_COUNTERS, ingress_ifindex, is_unicast, lease_runs, ptr_at,
+    CONFLICTS, EthHdr, L2, Phase, VIP_COUNTERS, fence::fenced4, held4, ingress_ifindex, is_unicast,
+    ptr_at,
 };
 
 const ARPHRD_ETHER: [u8; 2] = [0x00, 0x01];
@@ -56,13 +58,15 @@ pub(crate) fn try_arp(ctx: &XdpContext, l2: &L2) -> Result<u32, ()> {
 /// The held entry of `key` if its lease has not ended.
 #[inline(always)]
 fn held_now(key: VipKey) -> Option<HeldVip> {
-    // SAFETY: read-only lookup; the value is copied out at once.
-    let held = (unsafe { HELD_VIPS.get(key) }).copied()?;
-    lease_runs(&held).then_some(held)
+    match held4(key) {
+        Some((held, Phase::Leased)) => Some(held),
+        _ => None,
+    }
 }
 
 /// An ARP request for `vip`: count it, and answer it here when this node
-/// holds the VIP on the interface the request came in on.
+/// holds the VIP on the interface the request came in on. Fenced: dropped
+/// wherever it arrives, so the kernel does not answer either.
 #[inline(always)]
 fn on_request(
     ctx: &XdpContext,
@@ -72,12 +76,20 @@ fn on_request(
     vlan_id: u16,
 ) -> u32 {
     let key = vip_key(vip);
+    let fenced = fenced4(key);
     let Some(counters) = VIP_COUNTERS.get_ptr_mut(key) else {
-        return xdp_action::XDP_PASS;
+        return if fenced {
+            xdp_action::XDP_DROP
+        } else {
+            xdp_action::XDP_PASS
+        };
     };
     // SAFETY: a per-CPU value of this CPU; nothing else writes it meanwhile.
     let counters = unsafe { &mut *counters };
     counters.requests += 1;
+    if fenced {
+        return xdp_action::XDP_DROP;
+    }
 
     let Some(held) = held_now(key) else {
         return xdp_action::XDP_PASS;

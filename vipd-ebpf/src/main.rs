@@ -1,11 +1,14 @@
 //! vipd's XDP program: counts ARP (IPv4) and Neighbor Discovery (IPv6)
 //! traffic per watched VIP, answers ARP requests and Neighbor Solicitations
 //! for the VIPs this node holds (XDP_TX), and reports foreign claims of held
-//! VIPs to the agent. Anything it does not fully understand passes.
+//! VIPs to the agent. Between a held VIP's lease end and its fence end it
+//! drops what would serve the VIP (`fence`). Anything it does not fully
+//! understand passes.
 #![no_std]
 #![no_main]
 
 mod arp;
+mod fence;
 mod ndp;
 
 use core::mem::size_of;
@@ -19,6 +22,8 @@ use aya_ebpf::{
 use vipd_common::{
     ArpCounters, CONFLICT_RING_BYTES, HeldVip, MAX_VIPS, NdpCounters, Vip6Key, VipKey,
 };
+
+pub(crate) use fence::{Phase, held4, held6};
 
 /// Watched IPv4 VIPs and their counters; a VIP absent here is not counted.
 #[map(name = "VIP_COUNTERS")]
@@ -47,10 +52,11 @@ static HELD_VIPS6: HashMap<Vip6Key, HeldVip> = HashMap::with_max_entries(MAX_VIP
 #[map(name = "CONFLICTS6")]
 static CONFLICTS6: RingBuf = RingBuf::with_byte_size(CONFLICT_RING_BYTES, 0);
 
-const ETH_P_ARP: [u8; 2] = [0x08, 0x06];
-const ETH_P_IPV6: [u8; 2] = [0x86, 0xdd];
-const ETH_P_8021Q: [u8; 2] = [0x81, 0x00];
-const ETH_P_8021AD: [u8; 2] = [0x88, 0xa8];
+pub(crate) const ETH_P_ARP: [u8; 2] = [0x08, 0x06];
+pub(crate) const ETH_P_IP: [u8; 2] = [0x08, 0x00];
+pub(crate) const ETH_P_IPV6: [u8; 2] = [0x86, 0xdd];
+pub(crate) const ETH_P_8021Q: [u8; 2] = [0x81, 0x00];
+pub(crate) const ETH_P_8021AD: [u8; 2] = [0x88, 0xa8];
 
 #[repr(C)]
 struct EthHdr {
@@ -89,7 +95,15 @@ fn try_vipd_xdp(ctx: &XdpContext) -> Result<u32, ()> {
     if l2.ethertype == ETH_P_ARP {
         arp::try_arp(ctx, &l2)
     } else if l2.ethertype == ETH_P_IPV6 {
+        if fence::ipv6_to_fenced(ctx, l2.offset)? {
+            return Ok(xdp_action::XDP_DROP);
+        }
         ndp::try_ndp(ctx, &l2)
+    } else if l2.ethertype == ETH_P_IP {
+        if fence::ipv4_to_fenced(ctx, l2.offset)? {
+            return Ok(xdp_action::XDP_DROP);
+        }
+        Ok(xdp_action::XDP_PASS)
     } else {
         Ok(xdp_action::XDP_PASS)
     }
@@ -141,15 +155,6 @@ fn is_unicast(mac: &[u8; 6]) -> bool {
 fn ingress_ifindex(ctx: &XdpContext) -> u32 {
     // SAFETY: `ctx.ctx` points at the kernel's xdp_md for this run.
     unsafe { (*ctx.ctx).ingress_ifindex }
-}
-
-/// Whether `held`'s lease still runs: after the expiry the VIP is not ours,
-/// whatever the agent (frozen, maybe) last wrote.
-#[inline(always)]
-fn lease_runs(held: &HeldVip) -> bool {
-    // SAFETY: a helper without arguments or side effects.
-    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
-    now < held.expires_ns
 }
 
 #[cfg(not(test))]

@@ -17,6 +17,8 @@
 //!   the frame, it passes (counted) and the kernel answers.
 //! - A duplicate address detection probe (source `::`) passes: the kernel
 //!   defends an address it has. For a held VIP it is a claim.
+//! - A fenced VIP's solicitations, probes included, are dropped (counted as
+//!   requests): neither the program nor the kernel answers.
 
 use core::mem::size_of;
 
@@ -24,8 +26,8 @@ use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_tail, programs::Xdp
 use vipd_common::{ConflictEvent6, HELD_ROUTER, HeldVip, NdpCounters, Vip6Key};
 
 use crate::{
-    CONFLICTS6, EthHdr, HELD_VIPS6, L2, VIP_COUNTERS6, ingress_ifindex, is_unicast, lease_runs,
-    ptr_at,
+    CONFLICTS6, EthHdr, L2, Phase, VIP_COUNTERS6, fence::fenced6, held6, ingress_ifindex,
+    is_unicast, ptr_at,
 };
 
 const IPPROTO_ICMPV6: u8 = 58;
@@ -224,12 +226,20 @@ fn on_solicit(ctx: &XdpContext, l2: &L2, nd: &NdMessage, eth_src: [u8; 6]) -> u3
         on_solicit_sender(ctx, &nd.src, nd.slla.unwrap_or(eth_src));
     }
 
+    let fenced = fenced6(&nd.target);
     let Some(counters) = VIP_COUNTERS6.get_ptr_mut(nd.target) else {
-        return xdp_action::XDP_PASS;
+        return if fenced {
+            xdp_action::XDP_DROP
+        } else {
+            xdp_action::XDP_PASS
+        };
     };
     // SAFETY: a per-CPU value of this CPU; nothing else writes it meanwhile.
     let counters = unsafe { &mut *counters };
     counters.requests += 1;
+    if fenced {
+        return xdp_action::XDP_DROP;
+    }
 
     let Some(held) = held_now(&nd.target) else {
         return xdp_action::XDP_PASS;
@@ -404,9 +414,10 @@ fn claim(ctx: &XdpContext, counters: &mut NdpCounters, vip: &Vip6Key, mac: [u8; 
 /// The held entry of `key` if its lease has not ended.
 #[inline(always)]
 fn held_now(key: &Vip6Key) -> Option<HeldVip> {
-    // SAFETY: read-only lookup; the value is copied out at once.
-    let held = (unsafe { HELD_VIPS6.get(key) }).copied()?;
-    lease_runs(&held).then_some(held)
+    match held6(key) {
+        Some((held, Phase::Leased)) => Some(held),
+        _ => None,
+    }
 }
 
 #[inline(always)]

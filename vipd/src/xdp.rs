@@ -8,6 +8,7 @@
 mod attach;
 mod clock;
 mod conflicts;
+mod egress;
 mod ethtool;
 pub mod loader;
 mod maps;
@@ -24,10 +25,10 @@ use std::{
 use aya::{
     Ebpf,
     maps::MapError,
-    programs::{ProgramError, TestRun, TestRunOptions, Xdp},
+    programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use tracing::{debug, instrument, warn};
-use vipd_common::{ArpCounters, HeldVip, PROGRAM_NAME};
+use vipd_common::{ArpCounters, EGRESS_PROGRAM_NAME, HeldVip, PROGRAM_NAME};
 
 use crate::vip::Vip;
 
@@ -38,7 +39,7 @@ use self::{
 };
 pub(crate) use self::{attach::XdpAttachment, mode::ModeReason};
 pub use self::{
-    clock::monotonic_ns,
+    clock::program_ns,
     conflicts::{Conflict, ConflictReader},
     mode::AttachedMode,
 };
@@ -60,6 +61,16 @@ pub enum XdpError {
     MissingProgram(#[source] Option<ProgramError>),
     #[error("the kernel refused XDP program {PROGRAM_NAME}")]
     LoadProgram(#[source] ProgramError),
+    #[error("the XDP object has no egress program {EGRESS_PROGRAM_NAME}")]
+    MissingEgress(#[source] Option<ProgramError>),
+    #[error("the kernel refused egress program {EGRESS_PROGRAM_NAME}")]
+    LoadEgress(#[source] ProgramError),
+    #[error("attaching the egress fence (TCX) to {ifname} failed")]
+    AttachEgress {
+        ifname: String,
+        #[source]
+        source: ProgramError,
+    },
     #[error("attaching XDP to {ifname} in {mode:?} mode failed")]
     Attach {
         ifname: String,
@@ -145,6 +156,8 @@ pub struct XdpProgram {
     /// VIP_COUNTERS6, HELD_VIPS6 and the IPv6 conflicts.
     v6: FamilyMaps<V6>,
     attachments: BTreeMap<String, Attachment>,
+    /// The egress fence's links, by ifindex.
+    egress_links: egress::EgressLinks,
     /// Interfaces where native answers were lost: generic from then on,
     /// also when attached again, until vipd restarts.
     fallen_back: BTreeMap<String, ModeReason>,
@@ -193,6 +206,12 @@ impl XdpProgram {
             .try_into()
             .map_err(|e| XdpError::MissingProgram(Some(e)))?;
         program.load().map_err(XdpError::LoadProgram)?;
+        let egress: &mut SchedClassifier = ebpf
+            .program_mut(EGRESS_PROGRAM_NAME)
+            .ok_or(XdpError::MissingEgress(None))?
+            .try_into()
+            .map_err(|e| XdpError::MissingEgress(Some(e)))?;
+        egress.load().map_err(XdpError::LoadEgress)?;
 
         let v4 = FamilyMaps::take(&mut ebpf)?;
         let v6 = FamilyMaps::take(&mut ebpf)?;
@@ -202,6 +221,7 @@ impl XdpProgram {
             v4,
             v6,
             attachments: BTreeMap::new(),
+            egress_links: egress::EgressLinks::default(),
             fallen_back: BTreeMap::new(),
             ethtool: Ethtool::new()
                 .inspect_err(|e| {
@@ -253,7 +273,8 @@ impl XdpProgram {
     /// Makes the held maps hold exactly these entries (VIP -> ifindex, MAC,
     /// VLAN, lease end): IPv4 VIPs in the ARP map, IPv6 VIPs in the NDP
     /// map. The program answers ARP requests and Neighbor Solicitations
-    /// for held VIPs only, and only before `expires_ns`. Both maps are
+    /// for held VIPs only, and only before `lease_end_ns`; from then until
+    /// `fence_end_ns` the programs fence the VIP. Both maps are
     /// written even when one fails; the first error is returned.
     #[instrument(skip_all, fields(count = held.len()))]
     pub fn set_held(&mut self, held: &BTreeMap<Vip, HeldVip>) -> Result<(), XdpError> {
@@ -271,9 +292,17 @@ impl XdpProgram {
         r4.and(r6)
     }
 
-    /// Empties both held maps (called before VIPs are removed, on step-down
-    /// and on shutdown): nothing is answered in XDP afterwards, for either
-    /// family.
+    /// Writes one held entry (added or replaced), the others untouched: the
+    /// fence of a VIP whose address is about to be written.
+    pub fn put_held(&mut self, vip: Vip, entry: HeldVip) -> Result<(), XdpError> {
+        match vip.v6() {
+            Some(v6) => self.v6.put_held(v6, entry),
+            None => self.v4.put_held(vip, entry),
+        }
+    }
+
+    /// Empties both held maps: nothing is answered nor fenced in XDP
+    /// afterwards, for either family.
     #[instrument(skip_all)]
     pub fn clear_held(&mut self) -> Result<(), XdpError> {
         self.set_held(&BTreeMap::new())

@@ -645,7 +645,7 @@ fn ns_for_held_vip_is_not_answered_where_it_must_not_be() {
 
         // Answered only before the lease's end: a frozen agent's claims end with its lease.
         let now = std::time::Instant::now();
-        let past = vipd::xdp::monotonic_ns(now) - 1_000_000;
+        let past = vipd::xdp::program_ns(now) - 1_000_000;
         program
             .set_held(&held6_map([(VIP6, held_at(ifindex, 0, past))]))
             .expect("set_held");
@@ -654,7 +654,7 @@ fn ns_for_held_vip_is_not_answered_where_it_must_not_be() {
         program
             .set_held(&held6_map([(
                 VIP6,
-                held_at(ifindex, 0, vipd::xdp::monotonic_ns(until)),
+                held_at(ifindex, 0, vipd::xdp::program_ns(until)),
             )]))
             .expect("set_held");
         assert_eq!(run6(&program, &bytes, ifindex).0, XDP_TX, "before expiry");

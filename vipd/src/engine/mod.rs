@@ -110,6 +110,12 @@ pub(crate) struct Engine {
     xdp_fits: BTreeSet<Vip>,
     /// Configured VIPs without XDP entries, per family, as last logged.
     xdp_over: xdp::XdpOver,
+    /// What the held maps hold, served and fenced entries alike.
+    xdp_written: BTreeMap<Vip, vipd_common::HeldVip>,
+    /// Per VIP whose address this agent wrote: the latest its address can
+    /// be in the kernel (programs' clock; `u64::MAX` while a write waits
+    /// for its acknowledgement).
+    fence_ends: BTreeMap<Vip, u64>,
 }
 
 impl Engine {
@@ -154,6 +160,8 @@ impl Engine {
             passes: 0,
             xdp_fits: BTreeSet::new(),
             xdp_over: xdp::XdpOver::default(),
+            xdp_written: BTreeMap::new(),
+            fence_ends: BTreeMap::new(),
         }
     }
 
@@ -294,10 +302,10 @@ impl Engine {
         self.pending_conflict_answers.clear();
         self.probing.step_down();
         self.announcer.clear();
-        if let Some(xdp) = &self.xdp_program
-            && let Err(e) = xdp.lock().expect("XDP program lock").clear_held()
-        {
-            error!(error = %e, "cannot clear the XDP held-VIP map");
+        // The lease ends now for every entry: fenced until its address is
+        // surely gone from the kernel.
+        if let Err(e) = self.hold_in_xdp(BTreeMap::new()) {
+            error!(error = %e, "cannot fence the XDP held-VIP entries");
         }
         if self.applied.role == Role::Leader {
             self.applied.role = Role::Follower;
@@ -333,7 +341,12 @@ impl Engine {
         if addresses {
             self.addresses_renewed = Some(started);
         }
-        for (vip, placement) in self.held.iter().filter(|_| addresses) {
+        let held = if addresses {
+            self.held.clone()
+        } else {
+            BTreeMap::new()
+        };
+        for (vip, placement) in &held {
             // Checked before each write: a vipd resumed after a freeze must
             // not put back what the kernel let expire, nor a lifetime that
             // outlives the lease's takeover.
@@ -345,17 +358,18 @@ impl Engine {
                 warn!("lease ran out while renewing; no more renewals");
                 break;
             }
-            if let Err(e) = self.netlink.renew_vip(*vip, *placement, lifetime).await {
+            let before = self.fence_before_write(*vip, *placement);
+            let renewed = self.netlink.renew_vip(*vip, *placement, lifetime).await;
+            self.fence_after_write(*vip, before, renewed.is_ok().then_some(Some(lifetime)));
+            if let Err(e) = renewed {
                 errors += 1;
                 warn!(vip = %vip, error = %e, "cannot renew the VIP's lifetime");
             }
         }
-        if let Some(xdp) = &self.xdp_program
-            && self.settings.xdp_responder
-            && Instant::now() < lease.until
+        if self.xdp_program.is_some() && self.settings.xdp_responder && Instant::now() < lease.until
         {
             let entries = self.xdp_entries();
-            if let Err(e) = xdp.lock().expect("XDP program lock").set_held(&entries) {
+            if let Err(e) = self.hold_in_xdp(entries) {
                 warn!(error = %e, "cannot extend the XDP held-VIP entries");
             }
         }

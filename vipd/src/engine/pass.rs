@@ -106,20 +106,20 @@ impl Engine {
         }
     }
 
-    /// The XDP map forgets a VIP before its address goes: what the last
-    /// pass held, on this pass's links, but the VIPs to remove.
-    fn forget_removed(&self, plan: &AddressPlan, done: &mut Executed) {
+    /// The XDP map stops answering for a VIP before its address goes: what
+    /// the last pass held, on this pass's links, but the VIPs to remove,
+    /// which stay fenced until their addresses are surely gone.
+    fn forget_removed(&mut self, plan: &AddressPlan, done: &mut Executed) {
         let removing = plan.removing();
-        if removing.is_empty() {
+        if removing.is_empty() || self.xdp_program.is_none() {
             return;
         }
-        let Some(xdp) = &self.xdp_program else { return };
         let keep: BTreeMap<Vip, HeldVip> = self
             .xdp_entries()
             .into_iter()
             .filter(|(v, _)| !removing.contains(v))
             .collect();
-        if let Err(e) = xdp.lock().expect("XDP program lock").set_held(&keep) {
+        if let Err(e) = self.hold_in_xdp(keep) {
             done.errors.push(format!("XDP held map: {e}"));
         }
     }
@@ -127,7 +127,7 @@ impl Engine {
     /// The plan's removals, as one batch (one dump for all the checks). A
     /// removal the plan says guards secondaries needs `promote_secondaries`
     /// on first, or it is not made.
-    async fn remove(&self, snap: &NetSnapshot, plan: &AddressPlan, done: &mut Executed) {
+    async fn remove(&mut self, snap: &NetSnapshot, plan: &AddressPlan, done: &mut Executed) {
         let mut to_remove: Vec<(Vip, Address)> = Vec::new();
         for action in &plan.actions {
             if let Action::Remove {
@@ -162,6 +162,7 @@ impl Engine {
             match result {
                 Ok(()) => {
                     done.removed += 1;
+                    self.fence_removed(*vip);
                     info!(vip = %vip, ifname = %self.name_in(snap, address.ifindex),
                           prefix_len = address.prefix_len, "VIP removed");
                 }
@@ -176,7 +177,7 @@ impl Engine {
     }
 
     /// The plan's adds, with vipd's mark and the lease's lifetime.
-    async fn add(&self, snap: &NetSnapshot, plan: &AddressPlan, done: &mut Executed) {
+    async fn add(&mut self, snap: &NetSnapshot, plan: &AddressPlan, done: &mut Executed) {
         for action in &plan.actions {
             if let Action::Add { vip, placement } = action {
                 // Checked before each write, never one after the lease, nor
@@ -191,7 +192,10 @@ impl Engine {
                     done.failed.insert(*vip, msg);
                     continue;
                 }
-                match self.netlink.add_vip_for(*vip, *placement, lifetime).await {
+                let before = self.fence_before_write(*vip, *placement);
+                let added = self.netlink.add_vip_for(*vip, *placement, lifetime).await;
+                self.fence_after_write(*vip, before, added.is_ok().then_some(lifetime));
+                match added {
                     Ok(()) => {
                         info!(vip = %vip, ifname = %self.name_in(snap, placement.ifindex),
                               prefix_len = placement.prefix_len, "VIP added");

@@ -213,6 +213,15 @@ impl<F: Family> FamilyMaps<F> {
         Ok(())
     }
 
+    /// Adds or replaces the held entry of `vip`.
+    pub(super) fn put_held(&mut self, vip: F::Vip, entry: HeldVip) -> Result<(), XdpError> {
+        self.held
+            .insert(F::key(&vip), entry, 0)
+            .map_err(|source| F::update_error(F::HELD, vip, source))?;
+        self.held_now.insert(vip, entry);
+        Ok(())
+    }
+
     /// Counters of every watched VIP, summed over CPUs.
     pub(super) fn counters(&self) -> Result<BTreeMap<F::Vip, ArpCounters>, XdpError> {
         let mut out = BTreeMap::new();
