@@ -8,6 +8,7 @@ pub mod garp;
 pub mod ndp;
 pub mod netlink;
 pub(crate) mod probe;
+pub mod sockdiag;
 pub mod sysctl;
 
 use std::net::IpAddr;
