@@ -5,12 +5,16 @@ use std::{
     collections::BTreeSet,
     io::{ErrorKind, Read, Write},
     net::{IpAddr, SocketAddr, TcpListener, TcpStream},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use socket2::{Domain, Socket, Type};
 use vipd::net::sockdiag::{CONNECTED, ESTABLISHED, SockDiag};
-use vipd_tests::lab::{in_new_netns, ip_here, require_root};
+use vipd_tests::{
+    cluster::{Cluster, ZkKind, within},
+    lab::{in_new_netns, ip_here, require_root},
+    tickle::{Clients, HoldServer},
+};
 
 /// A small generator for drawn cases; the seed is printed so a failure
 /// can be replayed.
@@ -190,4 +194,196 @@ fn unmap(ip: IpAddr) -> IpAddr {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
     }
+}
+
+/// How a test moves the VIP away from its holder.
+#[derive(Clone, Copy, Debug)]
+enum Move {
+    /// `vipctl handover`: a planned move.
+    Handover,
+    /// SIGKILL of the leader's vipd: the next in line takes over at the
+    /// lease's end.
+    Kill,
+}
+
+fn vipctl_admin(c: &Cluster, args: &[&str]) -> String {
+    let bin = vipd_tests::lab::vipctl_bin().display().to_string();
+    let mut argv = vec![bin.as_str()];
+    argv.extend_from_slice(args);
+    argv.extend_from_slice(&["--zk", &c.hosts, "--cluster", &c.cluster]);
+    let out = c.admin.exec(&argv);
+    assert!(
+        out.status.success(),
+        "vipctl {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Connections published for `vip` per node `i`'s status (the handoff
+/// counters), if it answers.
+fn published(c: &Cluster, i: usize, vip: IpAddr) -> Option<u64> {
+    let s = c.try_status(i)?;
+    s["tcp_handoff"][vip.to_string()]["published"].as_u64()
+}
+
+/// A real client with `n` idle connections to the VIP on the leader; the
+/// VIP moves (`how`); every connection must fail right after the new
+/// holder's announcement reaches the client (the tickle's reset), not by
+/// a timer (an idle connection has none: without the tickle it would
+/// never fail).
+fn connections_fail_right_after_the_move(hint: &str, vip: IpAddr, how: Move, n: usize) {
+    require_root();
+    let mut c = Cluster::new(hint, ZkKind::Standalone, 2);
+    if vip.is_ipv6() {
+        c.enable_ipv6();
+    }
+    c.vip_ok(&["set", "web", &vip.to_string()]);
+    c.start_all();
+    let vips = BTreeSet::from([vip]);
+    let (old, _) = c
+        .wait_sole_holder_ips(&vips, None, Duration::from_secs(15))
+        .unwrap_or_else(|e| panic!("[{hint}] first election: {e}"));
+    let new = 1 - old;
+    let port = 3260;
+    let _servers: Vec<HoldServer> = c
+        .nodes
+        .iter()
+        .map(|node| HoldServer::start(&node.host, vip, port))
+        .collect();
+    let clients = Clients::connect(&c.client, SocketAddr::new(vip, port), n);
+    within(Duration::from_secs(10), || {
+        published(&c, old, vip) == Some(n as u64)
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "[{hint}] the leader never published its {n} connections: {e}; its handoff status: {:?}",
+            c.try_status(old).map(|s| s["tcp_handoff"].clone())
+        )
+    });
+    let capture = if vip.is_ipv6() {
+        c.client.capture_ndp("eth0")
+    } else {
+        c.client.capture_arp("eth0")
+    };
+    let new_mac = c.nodes[new].host.mac_bytes("eth0");
+    let at = Instant::now();
+    match how {
+        Move::Handover => {
+            vipctl_admin(&c, &["handover"]);
+        }
+        Move::Kill => c.kill_vipd(old),
+    }
+    c.wait_sole_holder_ips(&vips, Some(old), Duration::from_secs(15))
+        .unwrap_or_else(|e| panic!("[{hint}] the VIP never moved: {e}"));
+    let all_failed = within(Duration::from_secs(5), || {
+        clients.failed().iter().all(Option::is_some)
+    });
+    let frames = capture.stop();
+    let announced = frames
+        .iter()
+        .filter(|f| f.at >= at && !f.outgoing)
+        .find(|f| f.announces(vip) == Some(new_mac))
+        .map(|f| f.at)
+        .unwrap_or_else(|| panic!("[{hint}] no announcement of {vip} from the new holder seen"));
+    let failed = clients.failed();
+    let left = failed.iter().filter(|f| f.is_none()).count();
+    assert!(
+        all_failed.is_ok(),
+        "[{hint}] {left} of {n} client connections never failed after the move to {}: not tickled",
+        c.nodes[new].id
+    );
+    let times: Vec<Instant> = failed.into_iter().flatten().collect();
+    let first = *times.iter().min().unwrap();
+    let last = *times.iter().max().unwrap();
+    eprintln!(
+        "[{hint}] {how:?}: announcement {:.1} ms after the fault; {n} connections failed {:.1} .. {:.1} ms after it",
+        ms(announced - at),
+        signed_ms(first, announced),
+        signed_ms(last, announced),
+    );
+    // The capture thread stamps a frame when it reads it: allow it 5 ms
+    // of lag behind the client's socket.
+    assert!(
+        first + Duration::from_millis(5) >= announced,
+        "[{hint}] a connection failed {:.1} ms before the new holder's announcement: not the tickle",
+        signed_ms(first, announced)
+    );
+    assert!(
+        last < announced + Duration::from_secs(1),
+        "[{hint}] the last connection failed {:.1} ms after the announcement",
+        signed_ms(last, announced)
+    );
+    if let (Move::Handover, IpAddr::V4(_)) = (how, vip) {
+        // The old holder let go of its side.
+        let left = within(Duration::from_secs(2), || {
+            c.nodes[old].host.in_netns(|| {
+                SockDiag::open()
+                    .and_then(|mut d| d.connections(&BTreeSet::from([vip]), CONNECTED))
+                    .map(|v| v.is_empty())
+                    .unwrap_or(false)
+            })
+        });
+        assert!(
+            left.is_ok(),
+            "[{hint}] the old holder still has sockets on {vip}"
+        );
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn signed_ms(t: Instant, base: Instant) -> f64 {
+    if t >= base {
+        ms(t - base)
+    } else {
+        -ms(base - t)
+    }
+}
+
+#[test]
+fn tickle_after_a_handover_resets_every_ipv4_client() {
+    let n = 100 + Draw::new().below(200) as usize;
+    connections_fail_right_after_the_move(
+        "tk-ho4",
+        "192.0.2.100".parse().unwrap(),
+        Move::Handover,
+        n,
+    );
+}
+
+#[test]
+fn tickle_after_a_leader_sigkill_resets_every_ipv4_client() {
+    let n = 100 + Draw::new().below(200) as usize;
+    connections_fail_right_after_the_move(
+        "tk-kill4",
+        "192.0.2.100".parse().unwrap(),
+        Move::Kill,
+        n,
+    );
+}
+
+#[test]
+fn tickle_after_a_handover_resets_every_ipv6_client() {
+    let n = 100 + Draw::new().below(200) as usize;
+    connections_fail_right_after_the_move(
+        "tk-ho6",
+        "2001:db8:0:1::100".parse().unwrap(),
+        Move::Handover,
+        n,
+    );
+}
+
+#[test]
+fn tickle_after_a_leader_sigkill_resets_every_ipv6_client() {
+    let n = 100 + Draw::new().below(200) as usize;
+    connections_fail_right_after_the_move(
+        "tk-kill6",
+        "2001:db8:0:1::100".parse().unwrap(),
+        Move::Kill,
+        n,
+    );
 }

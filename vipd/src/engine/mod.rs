@@ -36,6 +36,7 @@ use crate::{
     net::{
         Link, Placement,
         netlink::{NetEvent, Netlink},
+        tickle::Tickler,
     },
     role::{Desired, EngineReport, Role},
     vip::Vip,
@@ -110,6 +111,8 @@ pub(crate) struct Engine {
     xdp_fits: BTreeSet<Vip>,
     /// Configured VIPs without XDP entries, per family, as last logged.
     xdp_over: xdp::XdpOver,
+    /// The TCP handoff: told which VIPs this node gains and releases.
+    tickler: Option<Tickler>,
 }
 
 impl Engine {
@@ -154,7 +157,15 @@ impl Engine {
             passes: 0,
             xdp_fits: BTreeSet::new(),
             xdp_over: xdp::XdpOver::default(),
+            tickler: None,
         }
+    }
+
+    /// Tells `tickler` of every VIP gained (before its announcement) and
+    /// released (after its address is gone).
+    pub(crate) fn with_tickler(mut self, tickler: Option<Tickler>) -> Self {
+        self.tickler = tickler;
+        self
     }
 
     /// Runs until `cancel`, then steps down: stop announcing, stop XDP

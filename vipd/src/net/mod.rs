@@ -10,6 +10,7 @@ pub mod netlink;
 pub(crate) mod probe;
 pub mod sockdiag;
 pub mod sysctl;
+pub mod tickle;
 
 use std::net::IpAddr;
 
