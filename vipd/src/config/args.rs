@@ -177,7 +177,7 @@ pub struct EngineArgs {
 
     /// How often, at most, the leader publishes its VIPs' TCP connections
     /// (only the VIPs whose connections changed are written).
-    #[arg(global = true, long, env = "VIPD_TCP_PUBLISH_INTERVAL", value_parser = parse_positive_duration, default_value = "1s")]
+    #[arg(global = true, long, env = "VIPD_TCP_PUBLISH_INTERVAL", value_parser = parse_positive_duration, default_value = "2s")]
     pub tcp_publish_interval: Duration,
 
     /// Before first adding a VIP the cluster never held, probe whether
