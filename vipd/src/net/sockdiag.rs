@@ -32,6 +32,9 @@ const REQ_LEN: usize = 8 + SOCKID_LEN;
 /// expires, rqueue, wqueue, uid, inode.
 const MSG_LEN: usize = 4 + SOCKID_LEN + 20;
 
+/// How long a dump or an abort waits for the kernel's answer.
+const RECV_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// TCP states (include/net/tcp_states.h).
 pub const TCP_ESTABLISHED: u8 = 1;
 const TCP_LISTEN: u8 = 10;
@@ -110,7 +113,7 @@ impl SockDiag {
         // SAFETY: fd is a fresh socket nobody else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         let timeout = libc::timeval {
-            tv_sec: Duration::from_secs(5).as_secs() as libc::time_t,
+            tv_sec: RECV_TIMEOUT.as_secs() as libc::time_t,
             tv_usec: 0,
         };
         // SAFETY: the option value is a timeval of the size passed.

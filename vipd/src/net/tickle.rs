@@ -164,13 +164,8 @@ impl TickleSockets {
     }
 }
 
-/// Sends one tickle per peer, paced; returns how many went out and the
-/// first error.
-pub fn tickle_all(vip: IpAddr, peers: &[Peer]) -> (u64, u64, Option<io::Error>) {
-    let mut sockets = TickleSockets::default();
-    send_paced(&mut sockets, vip, peers)
-}
-
+/// Sends one tickle per peer, paced; returns how many went out, how many
+/// failed, and the first error.
 fn send_paced(
     sockets: &mut TickleSockets,
     vip: IpAddr,
