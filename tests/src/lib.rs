@@ -6,5 +6,6 @@ pub mod cluster;
 pub mod lab;
 pub mod probe;
 pub mod services;
+pub mod tickle;
 pub mod vipd;
 pub mod zk;

@@ -21,6 +21,7 @@ use vipd_tests::{
 const MAPS: &[&str] = &[
     ".conflicts",
     ".announcements",
+    ".tcp_handoff",
     ".zookeeper.services",
     ".zookeeper.unplaceable",
 ];

@@ -75,6 +75,10 @@ pub struct Status {
     pub lease: LeaseStatus,
     /// Announcement frames, per VIP.
     pub announcements: BTreeMap<IpAddr, AnnounceStats>,
+    /// TCP handoff (connections published, tickles sent, sockets
+    /// aborted), per VIP; empty with `--tcp-handoff false`.
+    #[serde(default)]
+    pub tcp_handoff: BTreeMap<IpAddr, TcpHandoffStats>,
     /// `None` in single-node mode.
     pub zookeeper: Option<ZooKeeperStatus>,
     pub links: LinkHealth,
@@ -261,6 +265,21 @@ pub struct AnnounceStats {
     /// Frames dropped unsent: the VIP was no longer held there, or the
     /// lease had run out, when their turn came.
     pub dropped: u64,
+}
+
+/// The TCP handoff of one VIP since start.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TcpHandoffStats {
+    /// Connections in this node's last publish of the VIP.
+    pub published: u64,
+    /// Connections over the cap, left out of the last publish.
+    pub publish_overflow: u64,
+    /// Tickle ACKs sent to the clients of the VIP's last holder.
+    pub tickles_sent: u64,
+    /// Tickles that could not be sent.
+    pub tickle_errors: u64,
+    /// Local TCP sockets aborted after the VIP was released.
+    pub aborted: u64,
 }
 
 /// Coordination as this node sees it.

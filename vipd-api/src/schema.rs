@@ -86,6 +86,7 @@ fn status(leaves: bool, parts: bool) -> Status {
                 ..AnnounceStats::default()
             },
         )]),
+        tcp_handoff: BTreeMap::from([(VIP, TcpHandoffStats::default())]),
         zookeeper: o(
             parts,
             ZooKeeperStatus {
@@ -166,6 +167,7 @@ fn arp_stats(leaves: bool, _parts: bool) -> ArpStats {
 const MAPS: &[(&str, &str)] = &[
     ("conflicts", "<vip>"),
     ("announcements", "<vip>"),
+    ("tcp_handoff", "<vip>"),
     ("zookeeper.services", "<service>"),
     ("zookeeper.unplaceable", "<vip>"),
 ];
@@ -447,6 +449,31 @@ const STATUS: &[(&str, &str)] = &[
     (
         "announcements.<vip>.dropped",
         "frames dropped unsent: the VIP no longer held there, or the lease over, when their turn came",
+    ),
+    (
+        "tcp_handoff",
+        "TCP handoff, per VIP; empty with `--tcp-handoff false`",
+    ),
+    ("tcp_handoff.<vip>", "one VIP's handoff"),
+    (
+        "tcp_handoff.<vip>.published",
+        "connections in this node's last publish of the VIP",
+    ),
+    (
+        "tcp_handoff.<vip>.publish_overflow",
+        "connections over the cap (4096 per VIP), left out of the last publish",
+    ),
+    (
+        "tcp_handoff.<vip>.tickles_sent",
+        "tickle ACKs sent to the clients the VIP's last holder published",
+    ),
+    (
+        "tcp_handoff.<vip>.tickle_errors",
+        "tickles that could not be sent",
+    ),
+    (
+        "tcp_handoff.<vip>.aborted",
+        "local TCP sockets aborted after the VIP was released (IPv4)",
     ),
     ("zookeeper", "coordination; `null` in static mode"),
     (

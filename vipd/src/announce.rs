@@ -78,6 +78,8 @@ struct Shared {
     stats: Mutex<BTreeMap<Vip, AnnounceStats>>,
     total_sent: AtomicU64,
     total_dropped: AtomicU64,
+    /// Told of every frame sent: a VIP's tickles wait for its first.
+    tickler: std::sync::OnceLock<crate::net::tickle::Tickler>,
 }
 
 /// The VIPs the node holds, on which interface, and until when.
@@ -169,6 +171,11 @@ impl Announcer {
         let mut claims = lock(&self.shared.claims);
         claims.held.clear();
         debug!(generation, "queued announcements cleared");
+    }
+
+    /// Tells `tickler` of every announcement sent from now on.
+    pub(crate) fn tell_on_sent(&self, tickler: crate::net::tickle::Tickler) {
+        let _ = self.shared.tickler.set(tickler);
     }
 
     /// Frames sent and failed per VIP since start.
@@ -496,6 +503,9 @@ fn send_one(shared: &Shared, ifindex: u32, iface: &mut Interface, pending: &Pend
             entry.last_sent_unix_ms = Some(unix_ms());
             shared.total_sent.fetch_add(1, Ordering::SeqCst);
             debug!(vip = %vip, ifindex, frame = ?pending.kind, "sent announcement");
+            if let Some(t) = shared.tickler.get() {
+                t.announced(vip);
+            }
             if iface.failing {
                 iface.failing = false;
                 info!(ifindex, "gratuitous ARP sends work again");

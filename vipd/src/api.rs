@@ -73,6 +73,8 @@ pub(crate) struct ApiState {
     pub coord: Option<watch::Receiver<CoordStatus>>,
     pub xdp_program: Option<SharedXdp>,
     pub announcer: Announcer,
+    /// The TCP handoff's counters; `None` when it is off.
+    pub tickler: Option<crate::net::tickle::Tickler>,
     /// Health checks, which decide whether the node stands; `None` without
     /// `--check`.
     pub health: Option<watch::Receiver<crate::health::HealthStatus>>,
@@ -111,6 +113,23 @@ impl ApiState {
                 };
                 (v, a)
             })),
+            tcp_handoff: by_ip(
+                self.tickler
+                    .as_ref()
+                    .map(|t| t.stats())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(v, h)| {
+                        let h = vipd_api::TcpHandoffStats {
+                            published: h.published,
+                            publish_overflow: h.publish_overflow,
+                            tickles_sent: h.tickles_sent,
+                            tickle_errors: h.tickle_errors,
+                            aborted: h.aborted,
+                        };
+                        (v, h)
+                    }),
+            ),
             zookeeper: coord.map(zookeeper_status),
             links: e.links,
             probes: e.probes,

@@ -26,13 +26,13 @@ use crate::{
     announce::Announcer,
     api::{self, ApiState},
     config::Config,
-    coord::{self, CoordStatus, ZkSettings},
+    coord::{self, CoordStatus, Handoff, ZkSettings},
     engine::{Engine, EngineSettings, EngineStatus, SharedXdp},
     health::{self, HealthStatus},
     hooks::Hook,
     instance::Instance,
     metrics,
-    net::{netlink::Netlink, probe::ProbeTiming},
+    net::{netlink::Netlink, probe::ProbeTiming, tickle::Tickler},
     role::{Desired, EngineReport, Role},
     xdp::{ConflictReader, XdpProgram},
 };
@@ -67,6 +67,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         config.engine.garp_rate,
         stops.engine.child_token(),
     );
+    let tickler = config.engine.tcp_handoff.then(|| {
+        let (t, _task) = Tickler::spawn(stops.hook.child_token());
+        announcer.tell_on_sent(t.clone());
+        t
+    });
     let (desired_tx, desired_rx) = watch::channel(Desired::default());
     let (report_tx, report_rx) = watch::channel(EngineReport::default());
     let (status_tx, status_rx) = watch::channel(EngineStatus::default());
@@ -78,6 +83,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         report: report_rx.clone(),
         health: health.clone(),
         failed: failed_tx,
+        handoff: tickler
+            .clone()
+            .map(|t| Handoff::new(t, config.engine.tcp_publish_interval)),
     }
     .start(zk, &config, &node_id, &stops);
     let state = ApiState {
@@ -87,6 +95,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         coord: source.status,
         xdp_program: xdp_program.clone(),
         announcer: announcer.clone(),
+        tickler: tickler.clone(),
         health,
     };
     spawn_hook(&config, &state, report_rx, &stops, &mut tasks);
@@ -100,7 +109,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         desired_rx,
         report_tx,
         status_tx,
-    );
+    )
+    .with_tickler(tickler.clone());
     let engine_task = {
         let c = stops.engine.clone();
         tokio::spawn(async move { engine.run(conflicts, c).await })
@@ -287,6 +297,7 @@ struct Source {
     report: watch::Receiver<EngineReport>,
     health: Option<watch::Receiver<HealthStatus>>,
     failed: mpsc::UnboundedSender<String>,
+    handoff: Option<Handoff>,
 }
 
 /// The source of truth, started.
@@ -335,8 +346,11 @@ impl Source {
                 report,
                 health,
                 failed,
+                handoff,
             } = self;
-            if let Err(e) = coord::run_serving(settings, desired, report, cs_tx, health, c).await {
+            if let Err(e) =
+                coord::run_serving(settings, desired, report, cs_tx, health, handoff, c).await
+            {
                 error!(error = %e, "ZooKeeper coordination failed");
                 let _ = failed.send(format!("ZooKeeper coordination failed: {e}"));
             }

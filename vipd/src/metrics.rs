@@ -93,6 +93,9 @@ pub(crate) fn render(state: &ApiState) -> String {
     let stats = state.arp_stats();
     p.announcements(&stats, state.announcer.total_dropped());
     p.per_vip(&stats);
+    if let Some(t) = &state.tickler {
+        p.tcp_handoff(&t.stats());
+    }
     p.xdp(&e, state.xdp_program.is_some());
     let mut out = String::new();
     // Writing to a String cannot fail.
@@ -330,6 +333,36 @@ impl Page {
         );
     }
 
+    /// The TCP handoff's counters per VIP (only with the handoff on).
+    fn tcp_handoff(
+        &mut self,
+        stats: &std::collections::BTreeMap<crate::vip::Vip, crate::net::tickle::HandoffStats>,
+    ) {
+        let per_vip = |f: fn(&crate::net::tickle::HandoffStats) -> u64| {
+            stats
+                .iter()
+                .map(move |(vip, s)| (vec![("vip", vip.to_string())], f(s)))
+                .collect::<Vec<_>>()
+        };
+        self.gauges(
+            "vipd_tcp_handoff_published",
+            "TCP connections in this node's last publish of the VIP",
+            per_vip(|s| s.published)
+                .into_iter()
+                .map(|(l, v)| (l, i64::try_from(v).unwrap_or(i64::MAX))),
+        );
+        self.counters(
+            "vipd_tcp_handoff_tickles_sent",
+            "Tickle ACKs sent to the clients of the VIP's last holder",
+            per_vip(|s| s.tickles_sent),
+        );
+        self.counters(
+            "vipd_tcp_handoff_aborted",
+            "Local TCP sockets aborted after the VIP was released",
+            per_vip(|s| s.aborted),
+        );
+    }
+
     fn xdp(&mut self, e: &EngineStatus, loaded: bool) {
         if loaded {
             self.gauge(
@@ -440,6 +473,7 @@ mod tests {
             coord: None,
             xdp_program: None,
             announcer,
+            tickler: None,
             health: None,
         };
         let page = super::render(&state);
@@ -585,6 +619,11 @@ mod tests {
             coord: Some(coord),
             xdp_program: None,
             announcer,
+            tickler: Some({
+                let (t, _task) = crate::net::tickle::Tickler::spawn(cancel.clone());
+                t.published(held, 3, 0);
+                t
+            }),
             health: Some(health),
         };
         let page = samples_sorted(&super::render(&state));
@@ -630,6 +669,7 @@ mod tests {
             coord: Some(coord),
             xdp_program: None,
             announcer,
+            tickler: None,
             health: None,
         };
         let page = super::render(&state);

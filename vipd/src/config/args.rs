@@ -167,6 +167,19 @@ pub struct EngineArgs {
     #[arg(global = true, long, env = "VIPD_LINK_GRACE", value_parser = parse_duration, default_value = "200ms")]
     pub link_grace: Duration,
 
+    /// TCP handoff: the leader publishes its VIPs' TCP connections in
+    /// ZooKeeper; a new holder sends each client a tickle ACK right after
+    /// announcing the VIP, so the client's stale connection fails at once
+    /// and it reconnects; a node that releases an IPv4 VIP aborts its own
+    /// sockets on it. `false` turns all of it off.
+    #[arg(global = true, long, env = "VIPD_TCP_HANDOFF", default_value_t = true, action = clap::ArgAction::Set)]
+    pub tcp_handoff: bool,
+
+    /// How often, at most, the leader publishes its VIPs' TCP connections
+    /// (only the VIPs whose connections changed are written).
+    #[arg(global = true, long, env = "VIPD_TCP_PUBLISH_INTERVAL", value_parser = parse_positive_duration, default_value = "2s")]
+    pub tcp_publish_interval: Duration,
+
     /// Before first adding a VIP the cluster never held, probe whether
     /// another host answers for it (ARP probes, IPv6 duplicate address
     /// detection): three probes over the first half of this wait; 0 turns

@@ -41,6 +41,9 @@ pub(super) struct Ctx<'a> {
     /// This node's drain record, as last read (drained: do not stand).
     pub(super) drained: &'a watch::Sender<bool>,
     pub(super) health: Option<watch::Receiver<HealthStatus>>,
+    /// The TCP handoff (`None`: off): publishing while leading, the last
+    /// publish before a planned move, reading at takeover.
+    pub(super) handoff: Option<super::Handoff>,
 }
 
 pub(super) struct Campaign {
@@ -243,6 +246,14 @@ impl Ctx<'_> {
         client: Option<&Client>,
         own: Option<String>,
     ) {
+        // The successor tickles what was published last: publish once
+        // more while the VIPs are still ours.
+        if let (Some(handoff), Some(client)) = (&self.handoff, client)
+            && self.desired.borrow().role == Role::Leader
+        {
+            let held = st.report.borrow().held.clone();
+            super::connections::last_publish(client, &self.paths, &self.acl, &held, handoff).await;
+        }
         self.follower(st, false);
         wait_released(st, RELEASE_WAIT).await;
         let (Some(client), Some(me)) = (client, own) else {

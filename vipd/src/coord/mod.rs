@@ -24,6 +24,7 @@
 pub(crate) mod acl;
 pub mod admin;
 mod campaign;
+pub mod connections;
 mod ctx;
 pub(crate) mod election;
 pub(crate) mod held;
@@ -45,6 +46,7 @@ use tracing::{info, warn};
 use self::lease::LeaseTimes;
 pub use self::{
     admin::{AdminError, VipCommand, run_vip_command},
+    connections::Handoff,
     run::{run, run_serving},
     session::{CREDENTIAL_NAME, ZkAccess, ZkAuth, ZkAuthError},
     store::{RefusedValue, ServiceStatus},

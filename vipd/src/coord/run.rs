@@ -37,7 +37,7 @@ pub async fn run(
     status: watch::Sender<CoordStatus>,
     cancel: CancellationToken,
 ) -> Result<(), CoordError> {
-    run_serving(settings, desired, report, status, None, cancel).await
+    run_serving(settings, desired, report, status, None, None, cancel).await
 }
 
 /// [`run`], withdrawing from the election while `health` says unhealthy,
@@ -48,6 +48,7 @@ pub async fn run_serving(
     report: watch::Receiver<EngineReport>,
     status: watch::Sender<CoordStatus>,
     health: Option<watch::Receiver<HealthStatus>>,
+    handoff: Option<super::Handoff>,
     cancel: CancellationToken,
 ) -> Result<(), CoordError> {
     check_settings(&settings)?;
@@ -71,6 +72,7 @@ pub async fn run_serving(
         status: &status,
         drained: &drained_tx,
         health: health.clone(),
+        handoff,
     };
     let mut st = Campaign {
         drained,
@@ -257,6 +259,22 @@ impl Ctx<'_> {
             st.report.clone(),
         );
         let tree = self.watch_tree_acl(client, deadline);
+        let handoff = async {
+            match &self.handoff {
+                Some(h) => {
+                    super::connections::keep(
+                        client,
+                        &self.paths,
+                        &self.acl,
+                        deadline,
+                        self.desired,
+                        h,
+                    )
+                    .await;
+                }
+                None => std::future::pending().await,
+            }
+        };
         let mut own = None;
         let end = tokio::select! {
             s = services => s,
@@ -265,6 +283,7 @@ impl Ctx<'_> {
             () = member => std::future::pending().await,
             () = persist => std::future::pending().await,
             () = tree => std::future::pending().await,
+            () = handoff => std::future::pending().await,
             s = self.campaign(client, st, &mut own, cancel) => s,
         };
         (end, own)

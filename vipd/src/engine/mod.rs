@@ -36,6 +36,7 @@ use crate::{
     net::{
         Link, Placement,
         netlink::{NetEvent, Netlink},
+        tickle::Tickler,
     },
     role::{Desired, EngineReport, Role},
     vip::Vip,
@@ -116,6 +117,8 @@ pub(crate) struct Engine {
     /// be in the kernel (programs' clock; `u64::MAX` while a write waits
     /// for its acknowledgement).
     fence_ends: BTreeMap<Vip, u64>,
+    /// The TCP handoff: told which VIPs this node gains and releases.
+    tickler: Option<Tickler>,
 }
 
 impl Engine {
@@ -162,7 +165,15 @@ impl Engine {
             xdp_over: xdp::XdpOver::default(),
             xdp_written: BTreeMap::new(),
             fence_ends: BTreeMap::new(),
+            tickler: None,
         }
+    }
+
+    /// Tells `tickler` of every VIP gained (before its announcement) and
+    /// released (after its address is gone).
+    pub(crate) fn with_tickler(mut self, tickler: Option<Tickler>) -> Self {
+        self.tickler = tickler;
+        self
     }
 
     /// Runs until `cancel`, then steps down: stop announcing, stop XDP

@@ -32,6 +32,8 @@ struct Executed {
     /// Our addresses the plan removes that are still there (refused by the
     /// secondaries guard, or the removal failed).
     not_removed: Vec<Address>,
+    /// The VIPs whose address this pass removed.
+    removed_vips: Vec<Vip>,
     errors: Vec<String>,
 }
 
@@ -75,6 +77,7 @@ impl Engine {
         self.count_add_failures(&snap, &plan.addresses, &done);
         let holdings = plan.outcome(&done.failed.keys().copied().collect());
         let xdp_errors = self.sync_xdp(&snap, &holdings);
+        self.tell_tickler(&holdings.held, &done.removed_vips);
         // What is queued goes out only while held, under the current lease.
         self.announcer.hold(
             holdings.held.iter().map(|(vip, p)| (*vip, p.ifindex)),
@@ -86,6 +89,19 @@ impl Engine {
         self.held = holdings.held.clone();
         self.after_pass_probes(&snap, &plan, &holdings.held);
         self.report_pass(&snap, &plan, &holdings, done, xdp_errors, started);
+    }
+
+    /// The handoff learns of each VIP gained, before its announcement is
+    /// queued (its tickles wait for that announcement), and of each VIP
+    /// whose address this pass removed and that is not held now.
+    fn tell_tickler(&self, held: &BTreeMap<Vip, Placement>, removed: &[Vip]) {
+        let Some(t) = &self.tickler else { return };
+        for vip in held.keys().filter(|v| !self.held.contains_key(v)) {
+            t.acquired(*vip);
+        }
+        for vip in removed.iter().filter(|v| !held.contains_key(v)) {
+            t.released(*vip);
+        }
     }
 
     /// Logs our copies DAD left unusable; a failed DAD is an error of the
@@ -163,6 +179,7 @@ impl Engine {
                 Ok(()) => {
                     done.removed += 1;
                     self.fence_removed(*vip);
+                    done.removed_vips.push(*vip);
                     info!(vip = %vip, ifname = %self.name_in(snap, address.ifindex),
                           prefix_len = address.prefix_len, "VIP removed");
                 }

@@ -8,7 +8,9 @@ pub mod garp;
 pub mod ndp;
 pub mod netlink;
 pub(crate) mod probe;
+pub mod sockdiag;
 pub mod sysctl;
+pub mod tickle;
 
 use std::net::IpAddr;
 
