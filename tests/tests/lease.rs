@@ -270,7 +270,7 @@ fn lease_settings_are_checked_and_explained() {
     let (code, out, err) = check_config(&["--session-timeout", "1s"]);
     assert_eq!(code, Some(0), "{err}");
     assert!(
-        out.contains("# warning") && out.contains("ExecStopPost") && out.contains("1000 ms"),
+        out.contains("# warning") && out.contains("ExecStopPost") && out.contains("1600 ms"),
         "{out}"
     );
     let (code, out, err) = check_config(&["--session-timeout", "1s", "--lease", "200ms"]);
