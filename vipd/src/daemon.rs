@@ -67,25 +67,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         config.engine.garp_rate,
         stops.engine.child_token(),
     );
-    let tickler = config.engine.tcp_handoff.then(|| {
-        let (t, _task) = Tickler::spawn(stops.hook.child_token());
-        announcer.tell_on_sent(t.clone());
-        t
-    });
+    let tickler = spawn_tickler(&config, &announcer, &stops);
     let (desired_tx, desired_rx) = watch::channel(Desired::default());
     let (report_tx, report_rx) = watch::channel(EngineReport::default());
     let (status_tx, status_rx) = watch::channel(EngineStatus::default());
 
     let mut tasks = JoinSet::new();
     let health = spawn_checks(&config, &stops, &mut tasks);
+    let handoff = (tickler.clone()).map(|t| Handoff::new(t, config.engine.tcp_publish_interval));
     let source = Source {
         desired: desired_tx,
         report: report_rx.clone(),
         health: health.clone(),
         failed: failed_tx,
-        handoff: tickler
-            .clone()
-            .map(|t| Handoff::new(t, config.engine.tcp_publish_interval)),
+        handoff,
     }
     .start(zk, &config, &node_id, &stops);
     let state = ApiState {
@@ -110,15 +105,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         report_tx,
         status_tx,
     )
-    .with_tickler(tickler.clone());
-    let engine_task = {
-        let c = stops.engine.clone();
-        tokio::spawn(async move { engine.run(conflicts, c).await })
-    };
-    let ready = tokio::spawn(notify_ready(state.clone()));
-    let failure = wait_for_stop(shutdown, &mut failed_rx, &state).await?;
-    ready.abort();
-    let _ = sd_notify::notify(false, &[NotifyState::Stopping]);
+    .with_tickler(tickler);
+    let stop_engine = stops.engine.clone();
+    let engine_task = tokio::spawn(async move { engine.run(conflicts, stop_engine).await });
+    let failure = serve_until_stop(shutdown, &mut failed_rx, &state).await?;
     let running = Running {
         coord: source.task,
         engine: engine_task,
@@ -129,6 +119,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     drop(source.desired);
     info!("vipd stopped");
     failure.map_or(Ok(()), |why| Err(anyhow!(why)))
+}
+
+/// The TCP handoff's tickler when it is on, told of every announcement
+/// sent (it tickles a VIP's clients only after its first announcement).
+fn spawn_tickler(config: &Config, announcer: &Announcer, stops: &Stops) -> Option<Tickler> {
+    config.engine.tcp_handoff.then(|| {
+        let (t, _task) = Tickler::spawn(stops.hook.child_token());
+        announcer.tell_on_sent(t.clone());
+        t
+    })
 }
 
 /// The engine's settings from the configuration (a zero probe wait turns
@@ -366,6 +366,20 @@ impl Source {
 
 /// Waits for `shutdown` or a part's failure (the reason, returned); logs
 /// the ARP counters on each SIGUSR1 meanwhile.
+/// Tells systemd when vipd is ready, waits for the stop (or a failed
+/// part), and tells systemd it is stopping.
+async fn serve_until_stop(
+    shutdown: impl Future<Output = ()>,
+    failed: &mut mpsc::UnboundedReceiver<String>,
+    state: &ApiState,
+) -> Result<Option<String>> {
+    let ready = tokio::spawn(notify_ready(state.clone()));
+    let failure = wait_for_stop(shutdown, failed, state).await;
+    ready.abort();
+    let _ = sd_notify::notify(false, &[NotifyState::Stopping]);
+    failure
+}
+
 async fn wait_for_stop(
     shutdown: impl Future<Output = ()>,
     failed: &mut mpsc::UnboundedReceiver<String>,

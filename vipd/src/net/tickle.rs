@@ -340,34 +340,39 @@ impl Task {
                     .remove(&vip)
                     .and_then(|p| p.peers)
                     .unwrap_or_default();
-                if peers.is_empty() {
-                    continue;
+                if !peers.is_empty() {
+                    self.tickle(vip, peers, &mut sockets).await;
                 }
-                if vip.ip().is_ipv6() {
-                    wait_local_route(vip.ip()).await;
-                }
-                let socks = sockets.take().unwrap_or_default();
-                let ip = vip.ip();
-                let (socks, (sent, failed, error)) = tokio::task::spawn_blocking(move || {
-                    let mut socks = socks;
-                    let r = send_paced(&mut socks, ip, &peers);
-                    (socks, r)
-                })
-                .await
-                .unwrap_or_else(|_| (TickleSockets::default(), (0, 0, None)));
-                sockets = Some(socks);
-                {
-                    let mut s = self.stats.lock().unwrap_or_else(PoisonError::into_inner);
-                    let e = s.entry(vip).or_default();
-                    e.tickles_sent += sent;
-                    e.tickle_errors += failed;
-                }
-                match error {
-                    None => info!(vip = %vip, tickles = sent, "tickled the VIP's clients"),
-                    Some(error) => {
-                        warn!(vip = %vip, tickles = sent, failed, %error, "tickled the VIP's clients; some tickles could not be sent")
-                    }
-                }
+            }
+        }
+    }
+
+    /// Sends one tickle to each of `peers` of `vip` (an IPv6 VIP once its
+    /// local route is in place), off the async threads, and counts them.
+    async fn tickle(&self, vip: Vip, peers: Vec<Peer>, sockets: &mut Option<TickleSockets>) {
+        if vip.ip().is_ipv6() {
+            wait_local_route(vip.ip()).await;
+        }
+        let socks = sockets.take().unwrap_or_default();
+        let ip = vip.ip();
+        let (socks, (sent, failed, error)) = tokio::task::spawn_blocking(move || {
+            let mut socks = socks;
+            let r = send_paced(&mut socks, ip, &peers);
+            (socks, r)
+        })
+        .await
+        .unwrap_or_else(|_| (TickleSockets::default(), (0, 0, None)));
+        *sockets = Some(socks);
+        {
+            let mut s = self.stats.lock().unwrap_or_else(PoisonError::into_inner);
+            let e = s.entry(vip).or_default();
+            e.tickles_sent += sent;
+            e.tickle_errors += failed;
+        }
+        match error {
+            None => info!(vip = %vip, tickles = sent, "tickled the VIP's clients"),
+            Some(error) => {
+                warn!(vip = %vip, tickles = sent, failed, %error, "tickled the VIP's clients; some tickles could not be sent")
             }
         }
     }
