@@ -3,6 +3,7 @@
 
 pub mod chaos;
 pub mod cluster;
+pub mod draw;
 pub mod lab;
 pub mod probe;
 pub mod services;

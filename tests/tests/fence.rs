@@ -16,7 +16,10 @@ use std::{
 use pnet_packet::icmpv6::{self, Icmpv6Packet};
 use vipd::{vip::Vip, xdp::XdpProgram};
 use vipd_common::HeldVip;
-use vipd_tests::lab::{ifindex_here, in_new_netns};
+use vipd_tests::{
+    draw::Draw,
+    lab::{ifindex_here, in_new_netns},
+};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -211,30 +214,13 @@ enum Phase {
 
 const PHASES: [Phase; 3] = [Phase::Leased, Phase::Fenced, Phase::Inert];
 
-/// A small deterministic generator, so a failing case can be run again.
-struct Draw(u64);
-
-impl Draw {
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// A distance from `now` far enough that no test run crosses it: 10 s
-    /// and up to a quarter of the clock's reading (two of them fit before
-    /// `now` on a machine up for a minute).
-    fn far(&mut self, now: u64) -> u64 {
-        10_000_000_000 + self.next() % (now / 4).max(1)
-    }
-}
-
 /// Lease end and fence end (program clock) that put now in `phase`.
 fn ends(phase: Phase, draw: &mut Draw) -> (u64, u64) {
     let now = vipd::xdp::program_ns(Instant::now());
-    let mut far = || draw.far(now);
+    // A distance from `now` far enough that no test run crosses it: 10 s
+    // and up to a quarter of the clock's reading (two of them fit before
+    // `now` on a machine up for a minute).
+    let mut far = || 10_000_000_000 + draw.below((now / 4).max(1));
     match phase {
         Phase::Leased => {
             let lease_end = now + far();
@@ -326,7 +312,7 @@ fn ingress_fence_drops_what_would_serve_the_vip_between_lease_end_and_fence_end(
         let home = iface("fen0");
         let away = iface("fen1");
         let mut program = loaded();
-        let mut draw = Draw(0x5eed_0001);
+        let mut draw = Draw::seeded(0x5eed_0001);
         let mut failures = Vec::new();
         let mut cases = 0;
         for round in 0..4 {
@@ -382,7 +368,7 @@ fn ingress_fence_leaves_other_addresses_alone() {
     in_new_netns(|| {
         let home = iface("fen0");
         let mut program = loaded();
-        let mut draw = Draw(0x5eed_0002);
+        let mut draw = Draw::seeded(0x5eed_0002);
         for phase in PHASES {
             for vlan in [None, Some(VLAN)] {
                 let entry = held(home, vlan.unwrap_or(0), ends(phase, &mut draw));
@@ -518,7 +504,7 @@ fn egress_fence_drops_what_is_sent_from_the_vip_between_lease_end_and_fence_end(
     in_new_netns(|| {
         let home = iface("fen0");
         let mut program = loaded();
-        let mut draw = Draw(0x5eed_0003);
+        let mut draw = Draw::seeded(0x5eed_0003);
         let mut failures = Vec::new();
         let mut cases = 0;
         for round in 0..4 {

@@ -16,6 +16,7 @@ use std::{
 
 use vipd_tests::{
     cluster::{Cluster, ZkKind, assert_no_overlap, leader_of, monitors, ms, vip_set, within},
+    draw::Draw,
     zk::ZkOptions,
 };
 
@@ -26,43 +27,6 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// A small seeded generator (splitmix64): the draws of a run are replayed
-/// from its printed seed.
-struct Draw(u64);
-
-impl Draw {
-    fn new(what: &str) -> Draw {
-        let seed = std::env::var("HARDENING_LEASE_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(1, |d| d.as_nanos() as u64)
-            });
-        eprintln!("[{what}] seed {seed} (HARDENING_LEASE_SEED={seed} replays it)");
-        Draw(seed)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// A duration in `[0, below)`, in whole milliseconds.
-    fn below(&mut self, below: Duration) -> Duration {
-        let ms = u64::try_from(below.as_millis()).unwrap_or(u64::MAX).max(1);
-        Duration::from_millis(self.next() % ms)
-    }
-
-    fn coin(&mut self) -> bool {
-        self.next() & 1 == 1
-    }
 }
 
 /// How a node is cut from ZooKeeper (its eth1; the data segment stays).
@@ -154,7 +118,7 @@ fn cut_and_take_over(
 fn a_session_shorter_than_asked_shortens_the_lease_and_gives_no_two_holders() {
     let _serial = serial();
     let what = "hl-cap";
-    let mut draw = Draw::new(what);
+    let mut draw = Draw::from_env(what, "HARDENING_LEASE_SEED");
     let granted = Duration::from_millis(1000);
     let opts = ZkOptions {
         tick_time: Some(Duration::from_millis(100)),
@@ -173,7 +137,7 @@ fn a_session_shorter_than_asked_shortens_the_lease_and_gives_no_two_holders() {
     let mut leader = c.first_leader(what, &vips);
     for round in 1..=2 {
         // Anywhere in the renewal cycle, and past the first second of a term.
-        let wait = draw.below(Duration::from_millis(1500));
+        let wait = draw.duration_below(Duration::from_millis(1500));
         let cut = Cut::draw(&mut draw);
         eprintln!("[{what}] round {round}: cut {cut:?} after {wait:?}");
         std::thread::sleep(wait);
@@ -220,7 +184,7 @@ fn a_session_shorter_than_asked_shortens_the_lease_and_gives_no_two_holders() {
 fn a_successor_with_a_shorter_lease_waits_by_the_leaders_lease() {
     let _serial = serial();
     let what = "hl-mix";
-    let mut draw = Draw::new(what);
+    let mut draw = Draw::from_env(what, "HARDENING_LEASE_SEED");
     let mut c = Cluster::new(what, ZkKind::Standalone, 2);
     c.vip_ok(&["set", "web", WEB[0], WEB[1]]);
     c.start_vipd_flags(0, &[]);
@@ -270,7 +234,7 @@ fn a_successor_with_a_shorter_lease_waits_by_the_leaders_lease() {
 
     // Now a real fault: the leader fences at its own lease's end, and the
     // next node takes over only after the leader's rule (2.6 s), not its own.
-    let wait = draw.below(Duration::from_millis(500));
+    let wait = draw.duration_below(Duration::from_millis(500));
     let cut = Cut::draw(&mut draw);
     eprintln!("[{what}] cut {cut:?} after {wait:?}");
     std::thread::sleep(wait);

@@ -16,6 +16,7 @@ use std::{
 
 use vipd_tests::{
     cluster::{Cluster, ZkKind, ms, vip_set},
+    draw::Draw,
     lab::{Host, HostIf, Lab, LabProcess, wait_until},
     probe::{
         Evidence, Observations, Observer, Options, Overlap, ProbeKind, Service, Target,
@@ -40,42 +41,6 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// A small seeded generator (splitmix64): a run's draws replay from its
-/// printed seed.
-struct Draw(u64);
-
-impl Draw {
-    fn new(what: &str) -> Draw {
-        let seed = std::env::var("PROBE_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(1, |d| d.as_nanos() as u64)
-            });
-        eprintln!("[{what}] seed {seed} (PROBE_SEED={seed} replays it)");
-        Draw(seed)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// A duration in `[lo, hi)`, whole milliseconds.
-    fn between(&mut self, lo: u64, hi: u64) -> Duration {
-        Duration::from_millis(lo + self.next() % (hi - lo))
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
 }
 
 /// Three nodes n1..n3 and a client on br0, both families (no DAD).
@@ -206,10 +171,10 @@ fn show(what: &str, overlaps: &[Overlap], since: Instant) -> String {
 /// of about the time nobody had it, which the client's connections feel.
 fn holder_overlap_and_gap(vip: IpAddr, hint: &str) {
     let _serial = serial();
-    let mut d = Draw::new(hint);
+    let mut d = Draw::from_env(hint, "PROBE_SEED");
     let (_lab, nodes, client) = lab(hint);
     let a = 0;
-    let b = 1 + d.below(2);
+    let b = 1 + d.index(2);
     let other = 3 - b;
     let _servers: Vec<_> = nodes.iter().map(|h| h.tcp_echo_server(vip, PORT)).collect();
     add_vip(&nodes[a], vip);
@@ -223,10 +188,10 @@ fn holder_overlap_and_gap(vip: IpAddr, hint: &str) {
     };
     let observer = Observer::start(&client, "eth0", targets(&nodes), vec![vip], opts);
     let (alone, both, again, nobody) = (
-        d.between(300, 700),
-        d.between(200, 800),
-        d.between(200, 400),
-        d.between(400, 900),
+        d.millis(300, 700),
+        d.millis(200, 800),
+        d.millis(200, 400),
+        d.millis(400, 900),
     );
     eprintln!(
         "[{hint}] {vip}: n{} alone {alone:?}, with n{} {both:?}, alone {again:?}, nobody {nobody:?}",
@@ -390,7 +355,7 @@ fn holder_overlap_and_gap_ipv6() {
 fn each_vip_is_answered_by_its_holder_alone() {
     let _serial = serial();
     let hint = "probe-many";
-    let mut d = Draw::new(hint);
+    let mut d = Draw::from_env(hint, "PROBE_SEED");
     let (lab, nodes, client) = lab(hint);
     let vips: Vec<IpAddr> = [
         "192.0.2.100",
@@ -402,7 +367,7 @@ fn each_vip_is_answered_by_its_holder_alone() {
     .map(|v| v.parse().unwrap())
     .collect();
     // Index 3: nobody.
-    let holder: Vec<usize> = vips.iter().map(|_| d.below(4)).collect();
+    let holder: Vec<usize> = vips.iter().map(|_| d.index(4)).collect();
     eprintln!("[{hint}] holders (3 = nobody): {holder:?}");
     for (vip, &h) in vips.iter().zip(&holder) {
         if h < 3 {
@@ -418,7 +383,7 @@ fn each_vip_is_answered_by_its_holder_alone() {
         ..Options::default()
     };
     let observer = Observer::start(&client, "eth0", targets(&nodes), vips.clone(), opts);
-    std::thread::sleep(d.between(500, 1000));
+    std::thread::sleep(d.millis(500, 1000));
     let o = observer.stop();
     let since = o.started;
     eprintln!(

@@ -5,43 +5,17 @@ use std::{
     collections::BTreeSet,
     io::{ErrorKind, Read, Write},
     net::{IpAddr, SocketAddr, TcpListener, TcpStream},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use socket2::{Domain, Socket, Type};
 use vipd::net::sockdiag::{CONNECTED, ESTABLISHED, SockDiag};
 use vipd_tests::{
     cluster::{Cluster, ZkKind, within},
+    draw::Draw,
     lab::{in_new_netns, ip_here, require_root},
     tickle::{Clients, HoldServer},
 };
-
-/// A small generator for drawn cases; the seed is printed so a failure
-/// can be replayed.
-struct Draw(u64);
-
-impl Draw {
-    fn new() -> Draw {
-        let seed = std::env::var("TICKLE_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .expect("clock after 1970")
-                    .as_nanos() as u64
-            });
-        eprintln!("TICKLE_SEED={seed}");
-        Draw(seed | 1)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
 
 /// A connection from `client` (bound to that address) to `server`; returns
 /// the client's stream and the server's accepted one.
@@ -96,7 +70,7 @@ fn node_addresses() {
 #[test]
 fn sock_diag_lists_and_aborts_only_the_vips_connections() {
     require_root();
-    let mut draw = Draw::new();
+    let mut draw = Draw::from_env("tickle", "TICKLE_SEED");
     let (n4, n6, n_mapped, n_other) = (
         1 + draw.below(20) as usize,
         1 + draw.below(20) as usize,
@@ -371,7 +345,7 @@ fn signed_ms(t: Instant, base: Instant) -> f64 {
 
 #[test]
 fn tickle_after_a_handover_resets_every_ipv4_client() {
-    let n = 100 + Draw::new().below(200) as usize;
+    let n = 100 + Draw::from_env("tickle", "TICKLE_SEED").below(200) as usize;
     connections_fail_right_after_the_move(
         "tk-ho4",
         "192.0.2.100".parse().unwrap(),
@@ -382,7 +356,7 @@ fn tickle_after_a_handover_resets_every_ipv4_client() {
 
 #[test]
 fn tickle_after_a_leader_sigkill_resets_every_ipv4_client() {
-    let n = 100 + Draw::new().below(200) as usize;
+    let n = 100 + Draw::from_env("tickle", "TICKLE_SEED").below(200) as usize;
     connections_fail_right_after_the_move(
         "tk-kill4",
         "192.0.2.100".parse().unwrap(),
@@ -393,7 +367,7 @@ fn tickle_after_a_leader_sigkill_resets_every_ipv4_client() {
 
 #[test]
 fn tickle_after_a_handover_resets_every_ipv6_client() {
-    let n = 100 + Draw::new().below(200) as usize;
+    let n = 100 + Draw::from_env("tickle", "TICKLE_SEED").below(200) as usize;
     connections_fail_right_after_the_move(
         "tk-ho6",
         "2001:db8:0:1::100".parse().unwrap(),
@@ -404,7 +378,7 @@ fn tickle_after_a_handover_resets_every_ipv6_client() {
 
 #[test]
 fn tickle_after_a_leader_sigkill_resets_every_ipv6_client() {
-    let n = 100 + Draw::new().below(200) as usize;
+    let n = 100 + Draw::from_env("tickle", "TICKLE_SEED").below(200) as usize;
     connections_fail_right_after_the_move(
         "tk-kill6",
         "2001:db8:0:1::100".parse().unwrap(),
