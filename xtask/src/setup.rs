@@ -48,6 +48,8 @@ pub const PROGRAMS: &[(&str, &str)] = &[
     ("nproc", "coreutils"),
     ("ping", "iputils-ping"),
     ("setpriv", "util-linux"),
+    // The fence test runs a vipd in a time namespace (`unshare --time`).
+    ("unshare", "util-linux"),
     ("sh", "dash"),
     ("sleep", "coreutils"),
     ("strip", "binutils"),
