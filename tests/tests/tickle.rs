@@ -13,8 +13,8 @@ use vipd::net::sockdiag::{CONNECTED, ESTABLISHED, SockDiag};
 use vipd_tests::{
     cluster::{Cluster, ZkKind, within},
     draw::Draw,
-    lab::{in_new_netns, ip_here, require_root},
-    tickle::{Clients, HoldServer},
+    lab::{CaptureOptions, Host, in_new_netns, ip_here, require_root},
+    tickle::{Clients, HoldServer, Reset, is_announcement_or_reset},
 };
 
 /// A connection from `client` (bound to that address) to `server`; returns
@@ -174,6 +174,17 @@ fn sock_diag_lists_and_aborts_only_the_vips_connections() {
     });
 }
 
+/// The connected TCP sockets in `host`'s namespace whose local address is
+/// `ip` (sock_diag, as vipd sees them).
+fn sockets_on(host: &Host, ip: IpAddr) -> usize {
+    host.in_netns(|| {
+        SockDiag::open()
+            .and_then(|mut d| d.connections(&BTreeSet::from([ip]), CONNECTED))
+            .map(|v| v.len())
+            .unwrap_or_else(|e| panic!("sock_diag in {}: {e}", host.name()))
+    })
+}
+
 fn unmap(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
@@ -247,12 +258,16 @@ fn connections_fail_right_after_the_move(hint: &str, vip: IpAddr, how: Move, n: 
             c.try_status(old).map(|s| s["tcp_handoff"].clone())
         )
     });
-    let capture = if vip.is_ipv6() {
-        c.client.capture_ndp("eth0")
-    } else {
-        c.client.capture_arp("eth0")
-    };
+    let capture = c.client.capture_with(
+        "eth0",
+        CaptureOptions {
+            proto: libc::ETH_P_ALL as u16,
+            keep: Some(is_announcement_or_reset),
+            realtime: false,
+        },
+    );
     let new_mac = c.nodes[new].host.mac_bytes("eth0");
+    let old_mac = c.nodes[old].host.mac_bytes("eth0");
     // A planned move publishes once more first: connections opened just
     // before it (after the last periodic publish) are tickled too.
     let late = match how {
@@ -314,19 +329,43 @@ fn connections_fail_right_after_the_move(hint: &str, vip: IpAddr, how: Move, n: 
         "[{hint}] the last connection failed {:.1} ms after the announcement",
         signed_ms(last, announced)
     );
-    if let (Move::Handover, IpAddr::V4(_)) = (how, vip) {
+    // Every connection was reset by the new holder, and the old one sent
+    // the client no reset at all (its aborts' resets stay inside it).
+    let resets: Vec<Reset> = frames
+        .iter()
+        .filter(|f| f.at >= at && !f.outgoing)
+        .filter_map(|f| Reset::parse(&f.bytes))
+        .filter(|r| r.src.ip() == vip && r.src.port() == port)
+        .collect();
+    let from_old = resets.iter().filter(|r| r.eth_src == old_mac).count();
+    assert_eq!(
+        from_old, 0,
+        "[{hint}] the old holder {} sent the client {from_old} reset(s) from {vip}",
+        c.nodes[old].id
+    );
+    let mut locals: Vec<SocketAddr> = clients.locals.clone();
+    if let Some(l) = &late {
+        locals.extend(&l.locals);
+    }
+    let unreset: Vec<&SocketAddr> = locals
+        .iter()
+        .filter(|l| !resets.iter().any(|r| r.eth_src == new_mac && r.dst == **l))
+        .collect();
+    assert!(
+        unreset.is_empty(),
+        "[{hint}] {} of {n} connections saw no reset from the new holder: {:?}",
+        unreset.len(),
+        &unreset[..unreset.len().min(5)]
+    );
+    if let Move::Handover = how {
         // The old holder let go of its side.
         let left = within(Duration::from_secs(2), || {
-            c.nodes[old].host.in_netns(|| {
-                SockDiag::open()
-                    .and_then(|mut d| d.connections(&BTreeSet::from([vip]), CONNECTED))
-                    .map(|v| v.is_empty())
-                    .unwrap_or(false)
-            })
+            sockets_on(&c.nodes[old].host, vip) == 0
         });
         assert!(
             left.is_ok(),
-            "[{hint}] the old holder still has sockets on {vip}"
+            "[{hint}] the old holder still has {} socket(s) on {vip}",
+            sockets_on(&c.nodes[old].host, vip)
         );
     }
 }
