@@ -13,8 +13,9 @@ use vipd::net::sockdiag::{CONNECTED, ESTABLISHED, SockDiag};
 use vipd_tests::{
     cluster::{Cluster, ZkKind, within},
     draw::Draw,
-    lab::{CaptureOptions, Host, in_new_netns, ip_here, require_root},
+    lab::{CaptureOptions, Host, HostIf, Lab, in_new_netns, ip_here, require_root, vipctl_bin},
     tickle::{Clients, HoldServer, Reset, is_announcement_or_reset},
+    vipd::Vipd,
 };
 
 /// A connection from `client` (bound to that address) to `server`; returns
@@ -484,4 +485,51 @@ fn a_dump_of_ten_thousand_connections_on_a_thousand_vips_finds_them_all() {
         drop(conns);
         drop(l);
     });
+}
+
+/// A SIGKILLed vipd leaves its VIP and the services' sessions on it;
+/// `vipctl cleanup` removes the address and aborts exactly the sockets on
+/// it: a session on the node's own address stays.
+#[test]
+fn cleanup_after_a_sigkill_aborts_the_sockets_on_the_vip_only() {
+    require_root();
+    let mut draw = Draw::from_env("tickle cleanup", "TICKLE_SEED");
+    let (on_vip, on_own) = (1 + draw.below(30) as usize, 1 + draw.below(10) as usize);
+    let lab = Lab::new("tk-clean");
+    let n1 = lab.add_host("n1", &[HostIf::on(0, "192.0.2.11/24")]);
+    let client = lab.add_host("client", &[HostIf::on(0, "192.0.2.50/24")]);
+    let vip: IpAddr = "192.0.2.100".parse().unwrap();
+    let own: IpAddr = "192.0.2.11".parse().unwrap();
+    let vipd = Vipd::start(&lab, &n1, &vip.to_string(), &[]);
+    vipd.wait_held(&[vip]);
+    let port = 3260;
+    let _server = HoldServer::start(&n1, vip, port);
+    let _to_vip = Clients::connect(&client, SocketAddr::new(vip, port), on_vip);
+    let _to_own = Clients::connect(&client, SocketAddr::new(own, port), on_own);
+    within(Duration::from_secs(5), || {
+        sockets_on(&n1, vip) == on_vip && sockets_on(&n1, own) == on_own
+    })
+    .unwrap_or_else(|e| panic!("the server never accepted every connection: {e}"));
+    vipd.stop(libc::SIGKILL, Duration::from_secs(5));
+    let out = n1.exec(&[vipctl_bin().into_os_string(), "cleanup".into()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "vipctl cleanup failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let left = sockets_on(&n1, vip);
+    assert_eq!(
+        left, 0,
+        "{left} of {on_vip} socket(s) on the VIP {vip} left after vipctl cleanup:\n{text}"
+    );
+    assert_eq!(
+        sockets_on(&n1, own),
+        on_own,
+        "vipctl cleanup touched sockets on the node's own address {own}:\n{text}"
+    );
+    assert!(
+        text.contains(&format!("aborted {on_vip} TCP socket(s) on {vip}")),
+        "vipctl cleanup did not say what it aborted:\n{text}"
+    );
 }
