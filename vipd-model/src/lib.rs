@@ -5,6 +5,7 @@
 //! on the model's ticks. docs/DESIGN.md "The model" says what is modelled,
 //! what is abstracted, and how to run it.
 
+pub mod placement;
 mod trace;
 mod zk;
 
