@@ -30,7 +30,9 @@ use tracing::{debug, error, info, warn};
 
 use self::probing::Probing;
 pub(crate) use self::settings::EngineSettings;
-pub(crate) use self::status::{ConflictStatus, EngineStatus, LinkHealth, VipState, VipStatus};
+pub(crate) use self::status::{
+    ConflictStatus, EngineStatus, LinkHealth, VipState, VipStatus, fence_state,
+};
 use crate::{
     announce::Announcer,
     net::{
