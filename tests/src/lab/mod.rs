@@ -603,7 +603,7 @@ fn sweep_stale() {
         };
         pid != own && !Path::new(&format!("/proc/{pid}")).exists()
     };
-    for dir in stale_bpf_mounts(&dead_owner) {
+    for dir in stale_bpf_mounts(dead_owner) {
         let done = unmount(&dir);
         eprintln!("unmounted stale lab bpffs {} ({done:?})", dir.display());
     }

@@ -228,16 +228,13 @@ pub fn is_bpffs(path: &Path) -> io::Result<bool> {
     use std::os::unix::ffi::OsStrExt as _;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: statfs is plain data, valid all zeroes.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: a valid NUL-terminated path and a struct of the right type.
     if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    #[expect(
-        clippy::unnecessary_cast,
-        reason = "f_type's type differs between libcs"
-    )]
-    Ok(st.f_type as i64 == BPF_FS_MAGIC)
+    Ok(st.f_type == BPF_FS_MAGIC)
 }
 
 /// The pinned state's directory for `instance` when `--bpf-dir` is not
