@@ -45,6 +45,16 @@ fn killed_leader_serves_nothing_after_its_lease(
     c.start_all_with(session, flags);
     let vips = vip_set(&[VIP]);
     let old = c.first_leader(hint, &vips);
+    // The leader's status: pinned, the VIP serving until its lease end.
+    let status = c.status(old);
+    let xdp = &status["xdp"];
+    assert_eq!(xdp["pinned"], true, "{xdp}");
+    let fence = xdp["fence"]
+        .as_array()
+        .and_then(|f| f.iter().find(|e| e["vip"] == VIP))
+        .unwrap_or_else(|| panic!("no fence entry for {VIP}: {xdp}"));
+    assert_eq!(fence["state"], "serving", "{fence}");
+    assert!(fence["until_unix_ms"].as_u64().is_some(), "{fence}");
     let targets: Vec<Target> = c
         .nodes
         .iter()
@@ -298,6 +308,18 @@ fn a_restarted_vipd_adopts_the_pinned_links_without_a_gap() {
         .cloned()
         .unwrap_or_else(|| panic!("eth0 not attached: {status}"));
     assert_eq!(row["reason_code"], "adopted", "{row}");
+    // The status says the fence is pinned, where, and the VIP's state (no
+    // lease in single-node mode: serving without an end).
+    let xdp = &status["xdp"];
+    assert_eq!(xdp["pinned"], true, "{xdp}");
+    let dir = n1.bpf_dir().expect("lab bpffs");
+    assert_eq!(xdp["bpf_dir"], dir.display().to_string(), "{xdp}");
+    let fence = xdp["fence"]
+        .as_array()
+        .and_then(|f| f.iter().find(|e| e["vip"] == VIP))
+        .unwrap_or_else(|| panic!("no fence entry for {VIP}: {xdp}"));
+    assert_eq!(fence["state"], "serving", "{fence}");
+    assert_eq!(fence["until_unix_ms"], Value::Null, "{fence}");
 
     // A graceful stop removes the pinned fence.
     let (exit, _) = again.stop(libc::SIGTERM, Duration::from_secs(10));
