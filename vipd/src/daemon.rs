@@ -190,8 +190,11 @@ async fn open_xdp(
         info!("XDP disabled (--no-xdp): no ARP counters, the kernel answers ARP");
         return Ok((None, None));
     }
-    let mut xdp = XdpProgram::load().context("loading the XDP program")?;
+    let pins = crate::xdp::bpf_dir_for(config.xdp.bpf_dir.as_deref(), instance.name())?;
+    let mut xdp = XdpProgram::load_pinned(pins).context("loading the XDP program")?;
     xdp.serve_as(instance.clone());
+    // Before any attach: the pinned links move to this program in place.
+    xdp.adopt_pinned();
     for ifname in &config.xdp.interfaces {
         let mode = xdp
             .attach(ifname, config.xdp.mode)

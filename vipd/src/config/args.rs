@@ -284,4 +284,18 @@ pub struct XdpArgs {
     /// Answer ARP requests for held VIPs in XDP (on by default).
     #[arg(global = true, long = "xdp-responder", env = "VIPD_XDP_RESPONDER", default_value_t = true, action = clap::ArgAction::Set)]
     pub responder: bool,
+
+    /// Pin the fence (XDP and egress links, held-VIP maps) in this
+    /// directory on a bpffs, so the kernel fences this node's VIPs at lease
+    /// end even after vipd is killed; a restarted vipd adopts it. Default:
+    /// /sys/fs/bpf/vipd/<instance> when a bpffs is mounted at /sys/fs/bpf,
+    /// else nothing is pinned (logged). A directory not on a bpffs is
+    /// refused.
+    #[arg(
+        global = true,
+        long = "bpf-dir",
+        env = "VIPD_BPF_DIR",
+        value_name = "PATH"
+    )]
+    pub bpf_dir: Option<std::path::PathBuf>,
 }

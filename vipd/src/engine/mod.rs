@@ -30,7 +30,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 pub(crate) use self::settings::EngineSettings;
-pub(crate) use self::status::{ConflictStatus, EngineStatus, LinkHealth, VipState, VipStatus};
+pub(crate) use self::status::{
+    ConflictStatus, EngineStatus, LinkHealth, VipState, VipStatus, fence_state,
+};
 use self::{
     probing::Probing,
     writes::{WriteKind, Written},

@@ -1,12 +1,14 @@
 //! The commands that talk to the agent on this host: `status` and
 //! `arp stats` over its control socket, and `cleanup`, which removes the
-//! instance's addresses after the agent stopped.
+//! instance's addresses and its pinned fence after the agent stopped.
 
 use std::process::ExitCode;
 
 use vipd::{
     api::{self, ArpStats, Request, Status},
+    instance::Instance,
     net::netlink::Netlink,
+    xdp::{default_bpf_dir, remove_pinned},
 };
 
 use crate::{
@@ -62,12 +64,14 @@ pub(crate) async fn arp_stats(socket: &SocketArg, output: &OutputArg) -> ExitCod
     print_each(output, output.watch, stats, |e: String| fail(&e)).await
 }
 
-/// `vipctl cleanup`: only the instance's own addresses, by its mark.
+/// `vipctl cleanup`: only the instance's own addresses, by its mark, and
+/// its pinned fence.
 pub(crate) async fn cleanup(socket: &SocketArg) -> ExitCode {
     let instance = match socket.instance() {
         Ok(i) => i,
         Err(e) => return usage_failure(&e),
     };
+
     let nl = match Netlink::new() {
         Ok(n) => n.with_mark(instance.mark()),
         Err(e) => return fail(&e.to_string()),
@@ -87,8 +91,45 @@ pub(crate) async fn cleanup(socket: &SocketArg) -> ExitCode {
                     instance.mark()
                 );
             }
-            ExitCode::SUCCESS
+            // The fence last: it keeps the addresses unserved until they
+            // are gone (and a removed IPv6 address's sockets silent).
+            match remove_pinned_fence(socket, &instance) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e),
+            }
         }
+        // The fence stays: the addresses are still there.
         Err(e) => fail(&e.to_string()),
     }
+}
+
+/// Removes the instance's pinned fence (`--bpf-dir`, or the default
+/// place), printing each pin removed.
+fn remove_pinned_fence(socket: &SocketArg, instance: &Instance) -> Result<(), String> {
+    let dir = match &socket.bpf_dir {
+        Some(d) => d.clone(),
+        None => match default_bpf_dir(instance.name()) {
+            Some(d) => d,
+            None => return Ok(()),
+        },
+    };
+    let removed = remove_pinned(&dir).map_err(|e| error_chain(&e))?;
+    for pin in &removed {
+        println!("unpinned {}", pin.display());
+    }
+    if removed.is_empty() {
+        println!("no pinned fence in {}", dir.display());
+    }
+    Ok(())
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
