@@ -99,9 +99,9 @@ pub struct ZkArgs {
     /// Added by the next in line to the lease and the clocks' rate
     /// allowance (2/11 of the lease) before it takes over from a silent
     /// leader whose fence outlives its agent (at least 10ms). A leader
-    /// whose fence dies with it is waited for lease + one renewal interval
-    /// + this margin, counted as at least 100ms: that covers its own
-    /// fencing.
+    /// whose fence dies with it is waited for the lease, one renewal
+    /// interval and this margin counted as at least 100ms, which covers
+    /// its own fencing.
     #[arg(global = true, long, env = "VIPD_TAKEOVER_MARGIN", value_parser = parse_duration, default_value = "25ms")]
     pub takeover_margin: Duration,
 }

@@ -372,10 +372,7 @@ pub fn set_data_txns(bytes: &[u8]) -> Result<Vec<(u64, String)>> {
     }
     let mut out = Vec::new();
     let mut at = 16;
-    loop {
-        let (Some(crc), Some(len)) = (be64(bytes, at), be32(bytes, at + 8)) else {
-            break;
-        };
+    while let (Some(crc), Some(len)) = (be64(bytes, at), be32(bytes, at + 8)) {
         if crc == 0 && len == 0 {
             break;
         }
