@@ -96,10 +96,13 @@ pub struct ZkArgs {
     #[arg(global = true, long, env = "VIPD_LEASE", value_parser = parse_positive_duration)]
     pub lease: Option<Duration>,
 
-    /// Added by the next in line to lease + one renewal interval before it
-    /// takes over from a silent leader (at least 100ms): covers clock rate
-    /// drift between the nodes and the old leader's own fencing.
-    #[arg(global = true, long, env = "VIPD_TAKEOVER_MARGIN", value_parser = parse_duration, default_value = "100ms")]
+    /// Added by the next in line to the lease and the clocks' rate
+    /// allowance (2/11 of the lease) before it takes over from a silent
+    /// leader whose fence outlives its agent (at least 10ms). A leader
+    /// whose fence dies with it is waited for the lease, one renewal
+    /// interval and this margin counted as at least 100ms, which covers
+    /// its own fencing.
+    #[arg(global = true, long, env = "VIPD_TAKEOVER_MARGIN", value_parser = parse_duration, default_value = "25ms")]
     pub takeover_margin: Duration,
 }
 
