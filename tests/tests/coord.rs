@@ -133,6 +133,7 @@ fn start_node(hosts: &str, cluster: &str, id: &str, opts: NodeOpts) -> Node {
         auth: opts.auth,
         lease: LeaseTimes::new(opts.timeout, opts.lease, Duration::from_millis(100))
             .expect("valid lease"),
+        fence_outlives_agent: false,
     };
     let task = tokio::spawn(coord::run(
         settings,

@@ -956,8 +956,37 @@ fn xdp_counts_arp_requests_per_vip_and_answers_them() {
         assert_eq!(other["requests"].as_u64(), Some(0), "{other}");
     }
 
-    // The program belongs to the process: it must not outlive a crash.
+    // Nothing answers or serves a VIP past its lease, agent alive or not.
+    // The program is pinned, so it outlives a crash; a single-node VIP has
+    // no lease, so it is still answered while its address is there, until
+    // `vipctl cleanup` removes the address and the pinned program.
     vipd.stop(libc::SIGKILL, Duration::from_secs(5));
-    wait_until(Duration::from_secs(2), POLL, || !xdp_attached(&n1, "eth0"))
-        .expect("the XDP program is detached from eth0 once vipd is dead");
+    assert!(
+        xdp_attached(&n1, "eth0"),
+        "the pinned XDP program outlives the kill"
+    );
+    let dead = n2.arping(VIP_A, 2, "eth0");
+    assert_eq!(dead.received, 2, "answered with vipd dead: {}", dead.stdout);
+    assert!(
+        dead.reply_macs.iter().all(|m| *m == n1_mac),
+        "{}",
+        dead.stdout
+    );
+    let out = vipctl_cleanup(&n1);
+    assert!(
+        out.status.success(),
+        "vipctl cleanup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !xdp_attached(&n1, "eth0"),
+        "the XDP program is detached from eth0 once cleanup ran: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let after = n2.arping(VIP_A, 3, "eth0");
+    assert_eq!(
+        after.received, 0,
+        "{VIP_A} answered after cleanup: {}",
+        after.stdout
+    );
 }

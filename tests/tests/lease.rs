@@ -248,7 +248,7 @@ fn lease_settings_are_checked_and_explained() {
         err.contains("--lease 5s") && err.contains("session timeout"),
         "{err}"
     );
-    let (code, _, err) = check_config(&["--takeover-margin", "20ms"]);
+    let (code, _, err) = check_config(&["--takeover-margin", "9ms"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("--takeover-margin"), "{err}");
 
@@ -259,6 +259,14 @@ fn lease_settings_are_checked_and_explained() {
         "{out}"
     );
     assert!(out.contains("takes over after 2600 ms"), "{out}");
+    // The fenced rule at the default 25 ms margin, and what it assumes.
+    assert!(
+        out.contains("states its fence outlives its agent")
+            && out.contains("takes over after 2388 ms: the lease, 363 ms for the clocks' rates")
+            && out.contains("the 25 ms margin")
+            && out.contains("from any other leader after 2600 ms"),
+        "{out}"
+    );
     // No warning about the lease (this run names no ZooKeeper credential,
     // which check-config warns about on its own line).
     assert!(

@@ -439,12 +439,20 @@ fn systemd_unit_verifies() {
     );
 
     // The control socket the unit gives vipd lies in the directory systemd
-    // creates for the dynamic user.
+    // creates for the dynamic user; the pinned fence's directory is the
+    // host's, shown to vipd (and vipctl cleanup) at a path it can reach.
     let runtime = unit_values(&unit, "RuntimeDirectory");
     assert_eq!(runtime, ["vipd"], "RuntimeDirectory");
     assert_eq!(
         unit_values(&unit, "Environment"),
-        ["VIPD_API_SOCKET=/run/vipd/vipd.sock"]
+        [
+            "VIPD_BPF_DIR=/run/vipd-bpf",
+            "VIPD_API_SOCKET=/run/vipd/vipd.sock"
+        ]
+    );
+    assert_eq!(
+        unit_values(&unit, "BindPaths"),
+        ["/sys/fs/bpf/vipd:/run/vipd-bpf"]
     );
     assert_eq!(
         unit_values(&unit, "ExecStart"),

@@ -21,7 +21,7 @@ use std::{
 
 use serde_json::Value;
 use vipd_tests::{
-    lab::{ArpFrame, Host, HostIf, Lab, fmt_mac, packet_socket, wait_until},
+    lab::{ArpFrame, Host, HostIf, Lab, fmt_mac, packet_socket, vipctl_bin, wait_until},
     vipd::{Vipd, holds, try_vipctl},
 };
 
@@ -290,8 +290,12 @@ fn released_vip_is_not_answered() {
     );
 }
 
+/// Nothing answers a VIP past its lease, agent alive or not: the program
+/// is pinned, so it outlives a SIGKILL. A single-node VIP has no lease: it
+/// is still answered while its address stays, until `vipctl cleanup`
+/// removes the address and the pinned program; then nothing answers.
 #[test]
-fn killed_vipd_leaves_no_responder() {
+fn killed_vipd_leaves_no_responder_after_cleanup() {
     let rig = Rig::new("xw_kill", false);
     rig.arp_ignore("8");
     let vipd = rig.start_vipd("192.0.2.100", &["--xdp-mode", "generic"]);
@@ -310,12 +314,29 @@ fn killed_vipd_leaves_no_responder() {
         vipd.process.wait_timeout(Duration::from_secs(5)).is_some(),
         "vipd survived SIGKILL"
     );
-    // The bpf link died with its last fd; the kernel may take a moment.
+    assert!(
+        xdp_on(&rig.n1, "eth0").is_some_and(|x| x.starts_with("xdpgeneric")),
+        "the pinned program outlives the kill"
+    );
+    // The VIP address itself stays (nothing ran to remove it).
+    assert!(
+        rig.n1.ipv4_addrs("eth0").iter().any(|(a, _)| *a == VIP),
+        "a killed vipd cannot remove its VIP: {:?}",
+        rig.n1.ipv4_addrs("eth0")
+    );
+    let out = rig
+        .n1
+        .exec(&[vipctl_bin().into_os_string(), "cleanup".into()]);
+    assert!(
+        out.status.success(),
+        "vipctl cleanup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     if let Err(e) = wait_until(Duration::from_secs(3), Duration::from_millis(20), || {
         xdp_on(&rig.n1, "eth0").is_none()
     }) {
         panic!(
-            "XDP still attached after SIGKILL ({:?}): {e}",
+            "XDP still attached after cleanup ({:?}): {e}",
             xdp_on(&rig.n1, "eth0")
         );
     }
@@ -324,15 +345,8 @@ fn killed_vipd_leaves_no_responder() {
         !bpftool.contains("vipd_xdp"),
         "bpftool still lists the program: {bpftool}"
     );
-    // The VIP address itself stays (nothing ran to remove it), so this also
-    // shows that the kernel, with arp_ignore 8, does not answer for it.
-    assert!(
-        rig.n1.ipv4_addrs("eth0").iter().any(|(a, _)| *a == VIP),
-        "a killed vipd cannot remove its VIP: {:?}",
-        rig.n1.ipv4_addrs("eth0")
-    );
     let silent = rig.c1.arping(VIP, 3, "eth0");
-    assert_eq!(silent.received, 0, "answers after SIGKILL: {silent:?}");
+    assert_eq!(silent.received, 0, "answers after cleanup: {silent:?}");
 }
 
 /// Starts vipd for the conflict tests: no sync rounds (so every announcement

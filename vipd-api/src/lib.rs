@@ -188,6 +188,56 @@ pub struct XdpStatus {
     /// Configured VIPs beyond it (both families): the kernel alone answers
     /// for them.
     pub over_capacity: usize,
+    /// The fence outlives the agent: the programs' links and maps are
+    /// pinned in `bpf_dir`, so a killed or frozen vipd's VIPs are fenced
+    /// at their lease end by the kernel alone.
+    #[serde(default)]
+    pub pinned: bool,
+    /// Where the fence is pinned (`--bpf-dir`); `None`: nowhere.
+    #[serde(default)]
+    pub bpf_dir: Option<String>,
+    /// Every VIP with an entry in the programs' held maps, and its fence.
+    /// A VIP not listed has none: inert, the programs leave it alone.
+    #[serde(default)]
+    pub fence: Vec<VipFence>,
+}
+
+/// The programs' view of one VIP: served until its lease end, fenced from
+/// then until the end of its window, inert after.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VipFence {
+    pub vip: IpAddr,
+    pub state: FenceState,
+    /// `serving`: the lease's end; `fenced`: the window's end (wall clock,
+    /// ms since the Unix epoch). `None`: no end (a VIP without a lease, or
+    /// fenced until vipd clears it).
+    pub until_unix_ms: Option<u64>,
+}
+
+/// The fence state of a VIP in the programs' maps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FenceState {
+    /// Before its lease end: answered and served.
+    Serving,
+    /// Between its lease end and its window's end: nothing answers, nothing
+    /// enters or leaves with the VIP.
+    Fenced,
+    /// Past its window: left alone.
+    Inert,
+}
+
+impl FenceState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FenceState::Serving => "serving",
+            FenceState::Fenced => "fenced",
+            FenceState::Inert => "inert",
+        }
+    }
+
+    /// Every state, for tests and documentation.
+    pub const ALL: [FenceState; 3] = [FenceState::Serving, FenceState::Fenced, FenceState::Inert];
 }
 
 /// The `--xdp-mode` setting.
@@ -226,7 +276,7 @@ pub struct XdpAttachment {
     /// Why this mode, in words.
     pub reason: String,
     /// Why this mode, as a stable code (`configured`, `driver_native`,
-    /// `driver_loses_native_tx`, `native_refused`, `fallback`).
+    /// `driver_loses_native_tx`, `native_refused`, `fallback`, `adopted`).
     pub reason_code: String,
 }
 

@@ -64,6 +64,13 @@ fn status(leaves: bool, parts: bool) -> Status {
             errors: vec!["e".into()],
             capacity: 8192,
             over_capacity: 0,
+            pinned: true,
+            bpf_dir: o(leaves, "/sys/fs/bpf/vipd/vipd".into()),
+            fence: vec![VipFence {
+                vip: VIP,
+                state: FenceState::Fenced,
+                until_unix_ms: o(leaves, 1),
+            }],
         },
         conflicts: BTreeMap::from([(
             VIP,
@@ -195,6 +202,7 @@ fn enum_values() -> BTreeMap<&'static str, Vec<String>> {
             "xdp.attached[].mode",
             strings(&[AttachedMode::Native, AttachedMode::Generic]),
         ),
+        ("xdp.fence[].state", strings(&FenceState::ALL)),
     ])
 }
 
@@ -395,13 +403,34 @@ const STATUS: &[(&str, &str)] = &[
     ),
     (
         "xdp.attached[].reason_code",
-        "`configured` (the mode `--xdp-mode` forces), `driver_native` (`auto`, the driver delivers native XDP_TX), `driver_loses_native_tx` (`auto`, generic because of the driver: veth), `native_refused` (`auto`, the driver refused native mode), `fallback` (native answers were seen lost: generic since; docs/OPERATIONS.md, \"XDP modes\")",
+        "`configured` (the mode `--xdp-mode` forces), `driver_native` (`auto`, the driver delivers native XDP_TX), `driver_loses_native_tx` (`auto`, generic because of the driver: veth), `native_refused` (`auto`, the driver refused native mode), `fallback` (native answers were seen lost: generic since; docs/OPERATIONS.md, \"XDP modes\"), `adopted` (a link pinned by the previous vipd, kept in its mode)",
     ),
     (
         "xdp.errors",
         "errors of the XDP program (attaching, map updates)",
     ),
     ("xdp.capacity", "VIPs the XDP maps hold per family (8192)"),
+    (
+        "xdp.pinned",
+        "the fence outlives vipd: its links and maps are pinned in `bpf_dir`, so the kernel alone fences a killed or frozen vipd's VIPs at lease end (docs/OPERATIONS.md, \"The pinned fence\")",
+    ),
+    (
+        "xdp.bpf_dir",
+        "where the fence is pinned (`--bpf-dir`); `null`: nowhere, it dies with vipd",
+    ),
+    (
+        "xdp.fence",
+        "every VIP with an entry in the programs' maps; a VIP not listed is inert",
+    ),
+    ("xdp.fence[].vip", "the VIP"),
+    (
+        "xdp.fence[].state",
+        "`serving` (before its lease end), `fenced` (from its lease end to the end of its window: nothing answers, nothing enters or leaves with the VIP), `inert` (past its window)",
+    ),
+    (
+        "xdp.fence[].until_unix_ms",
+        "`serving`: the lease's end; `fenced`: the window's end (ms since the Unix epoch); `null`: no end (no lease, or fenced until vipd clears it)",
+    ),
     (
         "xdp.over_capacity",
         "configured VIPs beyond it, both families: configured and answered by the kernel, without XDP entries (docs/OPERATIONS.md, \"A sick agent\")",

@@ -21,6 +21,12 @@ pub const PROGRAM_NAME: &str = "vipd_xdp";
 /// Name of the egress (TCX) program in the object: the fence on the way out.
 pub const EGRESS_PROGRAM_NAME: &str = "vipd_egress";
 
+/// Version of the maps' layout (their names, types, keys and values).
+/// Pinned maps live under a directory named for it; bump it whenever any
+/// of these changes, so a new agent never reads an old layout's entries as
+/// its own.
+pub const MAPS_LAYOUT: u32 = 1;
+
 /// Maximum number of VIPs the maps can hold.
 pub const MAX_VIPS: u32 = 8192;
 /// Size of the conflict ring buffer in bytes (a power of two, page multiple).

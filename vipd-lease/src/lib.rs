@@ -26,8 +26,36 @@ impl Time for std::time::Instant {
     }
 }
 
-/// The smallest takeover margin accepted.
-pub const MIN_MARGIN: Duration = Duration::from_millis(100);
+/// The smallest takeover margin accepted. With a fence that outlives the
+/// agent the margin is only a cushion on top of terms the rule counts
+/// itself ([`LeaseTimes::fenced_takeover_after`]).
+pub const MIN_MARGIN: Duration = Duration::from_millis(10);
+
+/// The takeover margin when none is configured.
+pub const DEFAULT_MARGIN: Duration = Duration::from_millis(25);
+
+/// The margin the rule for a leader whose fence dies with it counts at
+/// least, whatever is configured: it covers that leader's own fencing
+/// (being scheduled, clearing its entries, removing its addresses) and the
+/// clocks' rate difference.
+pub const UNFENCED_MIN_MARGIN: Duration = Duration::from_millis(100);
+
+/// The clocks' rate difference a fenced takeover allows for, as the
+/// fraction `DRIFT_NUM / DRIFT_DEN` of the leader's lease: two clocks each
+/// slewed by chrony at its fastest (`maxslewrate`, 83,333 ppm, the most any
+/// common time daemon turns a clock), in opposite directions, differ in
+/// rate by (1 + 1/12) / (1 - 1/12) = 13/11; a lease of `L` on the slow
+/// clock is then up to `13/11 L` on the fast one.
+const DRIFT_NUM: u32 = 2;
+const DRIFT_DEN: u32 = 11;
+
+/// How much longer than `length` a lease measured on the leader's clock can
+/// last on the next in line's, rounded up to a microsecond.
+pub fn drift_allowance(length: Duration) -> Duration {
+    let ns = length.as_nanos() * u128::from(DRIFT_NUM);
+    let us = ns.div_ceil(u128::from(DRIFT_DEN) * 1000);
+    Duration::from_micros(u64::try_from(us).unwrap_or(u64::MAX))
+}
 
 /// The renewal interval never drops below this (a request per 10 ms is
 /// already far more than the lease needs).
@@ -169,11 +197,31 @@ impl LeaseTimes {
     }
 
     /// How long the next in line must have seen no new version of the
-    /// leader's znode before it takes over: the lease, one renewal interval
-    /// (the leader's last renewal may have been sent just before our first
-    /// read of its version) and the margin.
+    /// leader's znode before it takes over from a leader whose fence dies
+    /// with it: the lease, one renewal interval and the margin, at least
+    /// [`UNFENCED_MIN_MARGIN`].
     pub fn takeover_after(&self) -> Duration {
-        self.length + self.renew_every() + self.margin
+        self.length + self.renew_every() + self.unfenced_margin()
+    }
+
+    /// The margin the rule for a leader without a surviving fence counts.
+    pub fn unfenced_margin(&self) -> Duration {
+        self.margin.max(UNFENCED_MIN_MARGIN)
+    }
+
+    /// The takeover wait for a leader whose fence outlives its agent (the
+    /// kernel drops everything for its VIPs from its lease's end, whatever
+    /// the agent does): the lease, the clocks' rate difference over it
+    /// ([`drift_allowance`]) and the margin. Nothing else: the first read
+    /// that returns a version is answered after the leader sent that
+    /// renewal, so the leader's lease ends at most `length` (its clock)
+    /// after our count starts; the conditional delete fails if any later
+    /// renewal was applied, so no renewal interval is needed; the kernel
+    /// compares each packet's arrival with the lease's end, and a probe
+    /// arrives after it is sent, so the old node answers nothing sent after
+    /// that end; the agent's conversion to the kernel's clock errs early.
+    pub fn fenced_takeover_after(&self) -> Duration {
+        self.length + drift_allowance(self.length) + self.margin
     }
 
     /// The valid (and preferred) lifetime of a VIP address, in whole
@@ -195,7 +243,7 @@ impl LeaseTimes {
     /// the takeover at lease + renewal + margin. (From 1 s on, the rounded-down
     /// lifetime never exceeds the lease, so every longer lease is safe too.)
     pub fn safe_min_lease(&self, kernel_slack: Duration) -> Duration {
-        let room = (Duration::from_secs(1) + kernel_slack).saturating_sub(self.margin);
+        let room = (Duration::from_secs(1) + kernel_slack).saturating_sub(self.unfenced_margin());
         // Below 1 s the takeover is at 17/16 lease + margin, from 1 s at 5/4.
         let short = room * SHORT_PARTS / (SHORT_PARTS + 1);
         if short < SHORT_LEASE {
@@ -235,8 +283,8 @@ impl LeaseTimes {
         if !self.kill_overlap(kernel_slack).is_zero() {
             return Some(self.address_lifetime());
         }
-        let room =
-            (until.since(now) + self.renew_every() + self.margin).saturating_sub(kernel_slack);
+        let room = (until.since(now) + self.renew_every() + self.unfenced_margin())
+            .saturating_sub(kernel_slack);
         let secs = u32::try_from(room.as_secs())
             .unwrap_or(u32::MAX)
             .min(self.address_lifetime());
@@ -321,6 +369,13 @@ impl LeaseTimes {
             ));
         }
         out.push(format!(
+            "# from a leader that states its fence outlives its agent (pinned, on every interface of its VIPs), the next in line takes over after {} ms: the lease, {} ms for the clocks' rates (up to 13/11 apart: chrony's fastest slew, both ways) and the {} ms margin; the kernel then drops everything for the VIP from the lease's end, so no two nodes serve it at once (an address may still overlap); from any other leader after {} ms",
+            ms(self.fenced_takeover_after()),
+            ms(drift_allowance(self.length)),
+            ms(self.margin),
+            ms(self.takeover_after())
+        ));
+        out.push(format!(
             "# ZooKeeper must grant a session timeout above {} ms (its maxSessionTimeout, by default 20 x tickTime); if it grants less, vipd leads on a third of the granted timeout and reports the shortened lease",
             ms(self.min_session())
         ));
@@ -354,7 +409,18 @@ pub enum StatedLease {
         length: Duration,
         renew_every: Option<Duration>,
         margin: Option<Duration>,
+        /// The leader says the kernel fences its VIPs at its lease's end
+        /// even if its agent dies (its programs and maps are pinned and
+        /// cover every VIP it holds), with this margin for its successor
+        /// (`None`: ours). Only then does the shorter rule apply.
+        fence: Option<FenceStated>,
     },
+}
+
+/// A leader's statement that its fence outlives its agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FenceStated {
+    pub margin: Option<Duration>,
 }
 
 impl StatedLease {
@@ -367,6 +433,29 @@ impl StatedLease {
                 length,
                 renew_every: opt(renew_ms),
                 margin: opt(margin_ms),
+                fence: None,
+            },
+        }
+    }
+
+    /// The same statement, with the leader's fence outliving its agent and
+    /// the margin it asks for in milliseconds (0: missing). Nothing
+    /// changes for a statement without a lease.
+    pub fn fence_outlives_agent(self, fence_margin_ms: u64) -> StatedLease {
+        match self {
+            StatedLease::Unknown => StatedLease::Unknown,
+            StatedLease::Stated {
+                length,
+                renew_every,
+                margin,
+                ..
+            } => StatedLease::Stated {
+                length,
+                renew_every,
+                margin,
+                fence: Some(FenceStated {
+                    margin: (fence_margin_ms > 0).then(|| Duration::from_millis(fence_margin_ms)),
+                }),
             },
         }
     }
@@ -374,27 +463,44 @@ impl StatedLease {
 
 impl LeaseTimes {
     /// How long the next in line with these settings waits for a leader
-    /// that stated `leader`: the longer of the leader's rule (its lease,
-    /// renewal interval and margin as stated; a missing renewal interval by
-    /// the shared rule, a missing margin ours) and our own, so a node with
-    /// other settings never shortens a leader's lease.
+    /// that stated `leader`: the longer of the leader's rule and our own
+    /// rule, so a node with other settings never shortens a leader's lease.
+    ///
+    /// Only a leader that states that its fence outlives its agent is timed
+    /// by the fenced rule ([`LeaseTimes::fenced_takeover_after`], on its
+    /// lease and ours); every other leader (an older vipd, a node whose
+    /// fence is not pinned or does not cover its VIPs, data that does not
+    /// parse) by the rule that waits for its own fencing
+    /// ([`LeaseTimes::takeover_after`]): its lease, renewal interval and
+    /// margin as stated (a missing renewal interval by the shared rule, a
+    /// missing margin ours), the margin at least [`UNFENCED_MIN_MARGIN`].
     pub fn takeover_wait(&self, leader: StatedLease) -> Duration {
-        let own = self.takeover_after();
         let StatedLease::Stated {
             length,
             renew_every,
             margin,
+            fence,
         } = leader
         else {
-            return own;
+            return self.takeover_after();
         };
-        let margin = margin.unwrap_or(self.margin);
-        let renew = renew_every.unwrap_or_else(|| LeaseTimes { length, margin }.renew_every());
-        let theirs = length
-            .saturating_add(renew)
-            .saturating_add(margin)
-            .min(MAX_STATED_WAIT);
-        own.max(theirs)
+        let (own, theirs) = match fence {
+            Some(f) => {
+                let margin = f.margin.unwrap_or(self.margin);
+                let theirs = length
+                    .saturating_add(drift_allowance(length))
+                    .saturating_add(margin);
+                (self.fenced_takeover_after(), theirs)
+            }
+            None => {
+                let margin = margin.unwrap_or(self.margin).max(UNFENCED_MIN_MARGIN);
+                let renew =
+                    renew_every.unwrap_or_else(|| LeaseTimes { length, margin }.renew_every());
+                let theirs = length.saturating_add(renew).saturating_add(margin);
+                (self.takeover_after(), theirs)
+            }
+        };
+        own.max(theirs.min(MAX_STATED_WAIT))
     }
 }
 
@@ -523,9 +629,14 @@ mod tests {
             Err(LeaseError::Zero)
         );
         assert_eq!(
-            LeaseTimes::new(Duration::from_secs(6), None, 99 * MS),
-            Err(LeaseError::Margin { margin: 99 * MS })
+            LeaseTimes::new(Duration::from_secs(6), None, 9 * MS),
+            Err(LeaseError::Margin { margin: 9 * MS })
         );
+        // A margin below the old minimum is accepted, and the rule for a
+        // leader whose fence dies with it still counts 100 ms.
+        let t = LeaseTimes::new(Duration::from_secs(6), None, DEFAULT_MARGIN).unwrap();
+        assert_eq!(t.takeover_after(), 2600 * MS);
+        assert_eq!(t.address_lifetime(), 1);
         let e = LeaseTimes::new(
             Duration::from_secs(1),
             Some(Duration::from_secs(1)),
@@ -922,5 +1033,157 @@ mod tests {
             None
         );
         assert_eq!(o.wait(), Some(325 * MS));
+    }
+
+    #[test]
+    fn drift_allowance_is_two_elevenths_rounded_up() {
+        assert_eq!(drift_allowance(Duration::ZERO), Duration::ZERO);
+        assert_eq!(drift_allowance(1100 * MS), 200 * MS);
+        assert_eq!(drift_allowance(2000 * MS), Duration::from_micros(363_637));
+        assert_eq!(drift_allowance(200 * MS), Duration::from_micros(36_364));
+        assert_eq!(drift_allowance(100 * MS), Duration::from_micros(18_182));
+        for ms in (1..100_000).step_by(97) {
+            let l = Duration::from_millis(ms);
+            let d = drift_allowance(l);
+            // (l + d) * 11 >= l * 13, and d is at most a microsecond more.
+            assert!((l + d) * 11 >= l * 13, "{l:?}");
+            assert!((l + d - Duration::from_micros(1)) * 11 < l * 13, "{l:?}");
+        }
+    }
+
+    #[test]
+    fn the_fenced_rule_by_lease() {
+        let at = |ms| LeaseTimes {
+            length: Duration::from_millis(ms),
+            margin: DEFAULT_MARGIN,
+        };
+        let us = Duration::from_micros;
+        assert_eq!(at(100).fenced_takeover_after(), us(143_182));
+        assert_eq!(at(200).fenced_takeover_after(), us(261_364));
+        assert_eq!(at(2000).fenced_takeover_after(), us(2_388_637));
+        // The rule without a surviving fence is today's.
+        // (The renewal interval's 10 ms floor: 100 + 10 + 100 ms.)
+        assert_eq!(at(100).takeover_after(), us(210_000));
+        assert_eq!(at(200).takeover_after(), us(312_500));
+        assert_eq!(at(2000).takeover_after(), 2600 * MS);
+    }
+
+    /// The fenced rule applies only to a leader that states its fence
+    /// outlives it; a stated wait is never below either side's rule.
+    #[test]
+    fn the_fenced_rule_only_for_a_leader_that_says_so() {
+        let own = LeaseTimes {
+            length: 200 * MS,
+            margin: DEFAULT_MARGIN,
+        };
+        let plain = StatedLease::from_ms(200, 13, 100);
+        let fenced = plain.fence_outlives_agent(25);
+        // The leader's stated 13 ms renewal (rounded up) beats our 12.5.
+        assert_eq!(own.takeover_wait(plain), 313 * MS);
+        assert_eq!(own.takeover_wait(fenced), own.fenced_takeover_after());
+        assert_eq!(
+            own.takeover_wait(StatedLease::Unknown),
+            own.takeover_after()
+        );
+        assert_eq!(
+            StatedLease::Unknown.fence_outlives_agent(25),
+            StatedLease::Unknown
+        );
+        // A leader on a longer lease, fenced: its lease and its drift.
+        assert_eq!(
+            own.takeover_wait(StatedLease::from_ms(2000, 500, 100).fence_outlives_agent(0)),
+            Duration::from_micros(2_388_637)
+        );
+        // An older leader stating a margin below 100 ms is still timed by
+        // the unfenced rule with 100 ms.
+        assert_eq!(
+            own.takeover_wait(StatedLease::from_ms(200, 13, 25)),
+            313 * MS,
+            "200 + 13 + 100 ms"
+        );
+        // Drawn: whatever the settings, the wait for a fenced leader is at
+        // least both fenced rules, and for any other at least both
+        // unfenced rules.
+        let mut seed = 0x25_u64;
+        let mut draw = |n: u64| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) % n
+        };
+        for _ in 0..5000 {
+            let own = LeaseTimes {
+                length: Duration::from_millis(1 + draw(5000)),
+                margin: Duration::from_millis(10 + draw(300)),
+            };
+            let (lease_ms, renew_ms, margin_ms) = (1 + draw(5000), draw(1300), draw(300));
+            let leader = LeaseTimes {
+                length: Duration::from_millis(lease_ms),
+                margin: Duration::from_millis(margin_ms.max(10)),
+            };
+            let plain = StatedLease::from_ms(lease_ms, renew_ms, margin_ms);
+            let w = own.takeover_wait(plain);
+            assert!(w >= own.takeover_after(), "{own:?} {plain:?}");
+            assert!(
+                w >= leader.length + Duration::from_millis(renew_ms) + UNFENCED_MIN_MARGIN,
+                "{own:?} {plain:?}"
+            );
+            let fenced = plain.fence_outlives_agent(margin_ms);
+            let w = own.takeover_wait(fenced);
+            assert!(w >= own.fenced_takeover_after(), "{own:?} {fenced:?}");
+            assert!(
+                w >= leader.length + drift_allowance(leader.length),
+                "{own:?} {fenced:?}"
+            );
+        }
+    }
+
+    /// The fenced rule against drawn clock rates and read times: a leader
+    /// whose last acknowledged renewal was sent at real time `sent` serves
+    /// until its lease ends on its own clock; its successor first reads
+    /// that version at some real time after `sent` and serves from its wait
+    /// on its own clock. With rates up to 13/11 apart, the successor never
+    /// starts before the leader ends; at a rate ratio a little past the
+    /// allowance it does (the rule is not loose by more than the margin).
+    #[test]
+    fn the_fenced_rule_never_lets_two_serve() {
+        let mut seed = 0x2501_u64;
+        let mut draw = |n: u64| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) % n
+        };
+        let mut beyond = 0;
+        for _ in 0..20_000 {
+            let t = LeaseTimes {
+                length: Duration::from_millis(10 + draw(10_000)),
+                margin: MIN_MARGIN,
+            };
+            // Each clock's rate within 1/12 of true, in parts per 12,000.
+            let rate_a = 11_000 + draw(2001) as u128; // leader
+            let rate_b = 11_000 + draw(2001) as u128; // successor
+            let sent_ns = u128::from(draw(1_000_000_000));
+            let read_after_ns = u128::from(draw(50_000_000));
+            // Real time = clock time * 12_000 / rate.
+            let lease_ns = t.length.as_nanos();
+            let ends_ns = sent_ns + lease_ns * 12_000 / rate_a;
+            let first_ns = sent_ns + read_after_ns;
+            let wait_ns = t.fenced_takeover_after().as_nanos();
+            let serves_ns = first_ns + wait_ns * 12_000 / rate_b;
+            assert!(
+                serves_ns >= ends_ns,
+                "{t:?}: rates {rate_a}/{rate_b}: successor at {serves_ns} ns, leader until {ends_ns} ns"
+            );
+            // Past the allowance (rates 1/6 off each way), with the read at
+            // once and without the margin, a long lease overlaps.
+            let no_margin = t.length + drift_allowance(t.length);
+            if sent_ns + no_margin.as_nanos() * 12_000 / 14_000
+                < sent_ns + lease_ns * 12_000 / 10_000
+            {
+                beyond += 1;
+            }
+        }
+        assert!(beyond > 19_000, "{beyond}");
     }
 }

@@ -5,13 +5,14 @@
 //! on the model's ticks. docs/DESIGN.md "The model" says what is modelled,
 //! what is abstracted, and how to run it.
 
+pub mod placement;
 mod trace;
 mod zk;
 
 use std::time::Duration;
 
 use stateright::{Expectation, Model, Property};
-use vipd_lease::{KERNEL_LIFETIME_SLACK, LeaseTimes, Observer, StatedLease, Time};
+use vipd_lease::{FenceStated, KERNEL_LIFETIME_SLACK, LeaseTimes, Observer, StatedLease, Time};
 
 pub use trace::format_trace;
 use zk::{Txn, Zk};
@@ -56,6 +57,10 @@ pub enum Bug {
     /// The engine writes a whole address lifetime however late the
     /// renewal's answer came (vipd before the model found it).
     FullLifetimeAtLateAnswer,
+    /// A leader states that its fence outlives its agent although it does
+    /// not (`Config::pinned` false): its successor times it by the fenced
+    /// rule.
+    FenceClaimedWithoutPinning,
 }
 
 /// Which faults the checker may inject, and how many in one run.
@@ -123,9 +128,16 @@ pub struct Config {
     pub horizon: Duration,
     /// The in-kernel fence: XDP stops answering for an address this long
     /// after its lease's end, whatever the address's kernel lifetime.
-    /// `None` is today's XDP, which passes an expired entry's ARP to the
-    /// kernel (so the kernel answers while the address lives).
+    /// `None` is XDP without the fence, which passes an expired entry's ARP
+    /// to the kernel (so the kernel answers while the address lives).
     pub fence: Option<Duration>,
+    /// Per node (A, B), with `fence`: the fence outlives the agent (its
+    /// programs and maps are pinned), and the node says so in its znode
+    /// when it leads, so its successor times it by the fenced rule
+    /// (`LeaseTimes::fenced_takeover_after`). False: the fence dies with a
+    /// killed agent (a paused one keeps it), and the leader is timed by the
+    /// rule that waits for its own fencing.
+    pub pinned: [bool; 2],
     pub bug: Option<Bug>,
     pub faults: Faults,
     /// The engine checks the lease and writes the lifetime in one step
@@ -147,6 +159,7 @@ impl Config {
             tick: Duration::from_millis(100),
             horizon: Duration::from_millis(4000),
             fence: None,
+            pinned: [true, true],
             bug: None,
             faults,
             engine_atomic: false,
@@ -168,6 +181,7 @@ impl Config {
             tick: Duration::from_millis(25),
             horizon: Duration::from_millis(1500),
             fence: None,
+            pinned: [true, true],
             bug: None,
             faults,
             engine_atomic: false,
@@ -203,12 +217,24 @@ impl Config {
         secs.map(|s| u64::from(s) * 1000 + ceil_ms(KERNEL_LIFETIME_SLACK))
     }
 
-    /// What every leader's znode states (all nodes run these settings).
-    fn stated(&self) -> StatedLease {
+    /// Node `i`'s fence (if any) outlives its agent.
+    fn fence_survives(&self, i: usize) -> bool {
+        self.fence.is_some() && self.pinned[i]
+    }
+
+    /// What node `i`'s znode states when it leads (all nodes run these
+    /// settings): the margin for the unfenced rule, and whether its fence
+    /// outlives it.
+    fn stated(&self, i: usize) -> StatedLease {
+        let claims = self.fence_survives(i)
+            || (self.fence.is_some() && self.has(Bug::FenceClaimedWithoutPinning));
         StatedLease::Stated {
             length: self.lease.length,
             renew_every: Some(self.lease.renew_every()),
-            margin: Some(self.lease.margin),
+            margin: Some(self.lease.unfenced_margin()),
+            fence: claims.then_some(FenceStated {
+                margin: Some(self.lease.margin),
+            }),
         }
     }
 
@@ -218,7 +244,8 @@ impl Config {
     /// for each of the model's steps that round up to a tick.
     pub fn unserved_bound(&self) -> u64 {
         let l = self.lease;
-        ceil_ms(l.takeover_after() + l.poll_every() + l.poll_deadline())
+        let wait = l.takeover_after().max(l.fenced_takeover_after());
+        ceil_ms(wait + l.poll_every() + l.poll_deadline())
             + 3 * self.tick_ms()
             + 2 * u64::from(self.faults.drift_ticks) * self.tick_ms()
     }
@@ -369,15 +396,16 @@ impl Node {
 
     /// The node answers for the VIP: the address is in its kernel and, with
     /// the in-kernel fence, its lease has not ended longer ago than the
-    /// fence window.
-    fn serving(&self, fence: Option<Duration>) -> bool {
+    /// fence window. A fence that is not pinned dies with a killed agent.
+    fn serving(&self, fence: Option<Duration>, pinned: bool) -> bool {
+        let fence = fence.filter(|_| self.alive || pinned);
         self.engine.addr.is_some_and(|a| {
             self.clock < a.expires && fence.is_none_or(|w| self.clock < a.xdp_until + ceil_ms(w))
         })
     }
 
-    fn late_served(&self, fence: Option<Duration>) -> bool {
-        self.serving(fence) && self.engine.addr.is_some_and(|a| a.late)
+    fn late_served(&self, fence: Option<Duration>, pinned: bool) -> bool {
+        self.serving(fence, pinned) && self.engine.addr.is_some_and(|a| a.late)
     }
 }
 
@@ -696,7 +724,8 @@ impl Lease {
                 ReqKind::Read { .. },
                 RespKind::Version(v),
             ) => {
-                let taken = observer.answered(Tick(w.sent), Tick(n.clock), v, c.stated());
+                // Two nodes: the predecessor is the other one.
+                let taken = observer.answered(Tick(w.sent), Tick(n.clock), v, c.stated(1 - i));
                 if let Role::Next { observer: o, .. } = &mut n.role {
                     *o = observer;
                 }
@@ -1145,8 +1174,7 @@ impl Lease {
     /// After each step: track how long nobody has served while a node
     /// untouched by faults is up and connected.
     fn observe(&self, s: &mut State) {
-        let fence = self.cfg().fence;
-        let served = s.nodes.iter().any(|n| n.serving(fence));
+        let served = (0..s.nodes.len()).any(|i| self.serves(s, i));
         let could = s
             .nodes
             .iter()
@@ -1157,6 +1185,13 @@ impl Lease {
         } else if s.unserved_since.is_none() {
             s.unserved_since = Some(s.now);
         }
+    }
+}
+
+impl Lease {
+    /// Node `i` answers for the VIP.
+    pub(crate) fn serves(&self, s: &State, i: usize) -> bool {
+        s.nodes[i].serving(self.0.fence, self.0.pinned[i])
     }
 }
 
@@ -1311,17 +1346,20 @@ impl Model for Lease {
     fn properties(&self) -> Vec<Property<Self>> {
         vec![
             Property::always(ONE_SERVES, |m: &Lease, s: &State| {
-                s.nodes.iter().filter(|n| n.serving(m.0.fence)).count() <= 1
+                (0..s.nodes.len()).filter(|i| m.serves(s, *i)).count() <= 1
             }),
             Property::always(NO_LATE, |m: &Lease, s: &State| {
-                !s.nodes.iter().any(|n| n.late_served(m.0.fence))
+                !s.nodes
+                    .iter()
+                    .enumerate()
+                    .any(|(i, n)| n.late_served(m.0.fence, m.0.pinned[i]))
             }),
             Property::always(WITHIN_BOUND, |m: &Lease, s: &State| {
                 s.unserved_since
                     .is_none_or(|t| s.now - t <= m.0.unserved_bound())
             }),
             Property::sometimes(SOMETIMES_TAKEOVER, |_: &Lease, s: &State| {
-                s.took_over && s.nodes[1].serving(None)
+                s.took_over && s.nodes[1].serving(None, true)
             }),
         ]
     }

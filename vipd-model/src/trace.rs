@@ -149,8 +149,13 @@ pub(crate) fn step_line(m: &Lease, last: &State, action: Action) -> String {
         Action::HealZk(i) => format!("{}: the partition from ZooKeeper heals", node(i)),
         Action::Fault(f) => match f {
             Fault::Kill(i) => format!(
-                "FAULT {}: killed (SIGKILL; the kernel keeps its addresses)",
-                node(i)
+                "FAULT {}: killed (SIGKILL; the kernel keeps its addresses{})",
+                node(i),
+                match (m.0.fence, m.0.pinned[usize::from(i)]) {
+                    (None, _) => "",
+                    (Some(_), true) => " and its pinned fence",
+                    (Some(_), false) => "; its fence goes with it",
+                }
             ),
             Fault::Pause(i) => format!("FAULT {}: paused (SIGSTOP)", node(i)),
             Fault::CutFromZk(i) => format!("FAULT {}: partitioned from ZooKeeper", node(i)),
@@ -178,7 +183,7 @@ pub(crate) fn step_line(m: &Lease, last: &State, action: Action) -> String {
         .nodes
         .iter()
         .enumerate()
-        .filter(|(_, n)| n.serving(m.0.fence))
+        .filter(|(i, _)| m.serves(&after, *i))
         .map(|(i, _)| NAMES[i])
         .collect();
     let serving = if serving.is_empty() {
@@ -283,7 +288,7 @@ pub fn format_trace(
             && !holds(m, &after)
         {
             for (k, n) in after.nodes.iter().enumerate() {
-                if let Some(a) = n.engine.addr.filter(|_| n.serving(m.0.fence)) {
+                if let Some(a) = n.engine.addr.filter(|_| m.serves(&after, k)) {
                     out += &format!(
                         "        {}'s address: in its kernel until {} ms, its lease ends {} ms (its clock, now {} ms)\n",
                         NAMES[k], a.expires, a.xdp_until, n.clock

@@ -84,6 +84,11 @@ impl ApiState {
     /// The answer to `{"request":"status"}`.
     pub(crate) fn status(&self) -> Status {
         let e = self.engine.borrow().clone();
+        let (pinned, bpf_dir) = self.xdp_program.as_ref().map_or((false, None), |x| {
+            let x = x.lock().expect("XDP program lock");
+            let dir = x.bpf_dir().map(|d| d.root().display().to_string());
+            (x.fence_outlives_agent(), dir)
+        });
         let coord = self.coord.as_ref().map(|c| c.borrow().clone());
         Status {
             node_id: self.node_id.clone(),
@@ -101,6 +106,9 @@ impl ApiState {
                 // Per family; VIPs beyond it are served by the kernel alone.
                 capacity: vipd_common::MAX_VIPS,
                 over_capacity: e.xdp_over_capacity,
+                pinned,
+                bpf_dir,
+                fence: fence_now(&e.fence),
             },
             conflicts: by_ip(e.conflicts),
             lease: e.lease,
@@ -295,6 +303,24 @@ pub fn xdp_status_text(xdp: &vipd_api::XdpStatus) -> String {
             a.driver.as_deref().unwrap_or("unknown"),
         ));
     }
+    match &xdp.bpf_dir {
+        Some(dir) if xdp.pinned => out.push_str(&format!("fence pinned in {dir}\n")),
+        Some(dir) => out.push_str(&format!(
+            "fence partly pinned in {dir}: some links are not (see xdp errors)\n"
+        )),
+        None => out.push_str("fence not pinned: it dies with vipd\n"),
+    }
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    for f in &xdp.fence {
+        let until = match f.until_unix_ms {
+            Some(t) => format!(" for {} ms", t.saturating_sub(now_ms)),
+            None if f.state == vipd_api::FenceState::Fenced => " until cleared".to_string(),
+            None => String::new(),
+        };
+        out.push_str(&format!("fence {}: {}{until}\n", f.vip, f.state.as_str()));
+    }
     for e in &xdp.errors {
         out.push_str(&format!("xdp error: {e}\n"));
     }
@@ -420,6 +446,29 @@ pub async fn request<T: DeserializeOwned>(path: &Path, req: Request) -> Result<T
     })
 }
 
+/// Each held-map entry's fence state now, with its end on the wall clock.
+fn fence_now(
+    entries: &std::collections::BTreeMap<crate::vip::Vip, (u64, u64)>,
+) -> Vec<vipd_api::VipFence> {
+    let now = std::time::Instant::now();
+    let now_ns = crate::xdp::program_ns(now);
+    let unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    entries
+        .iter()
+        .map(|(vip, (lease_end, fence_end))| {
+            let (state, until) = crate::engine::fence_state(now_ns, *lease_end, *fence_end);
+            vipd_api::VipFence {
+                vip: (*vip).into(),
+                state,
+                until_unix_ms: until
+                    .map(|t| unix_ms.saturating_add(t.saturating_sub(now_ns) / 1_000_000)),
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -439,11 +488,40 @@ mod tests {
             errors: vec![],
             capacity: vipd_common::MAX_VIPS,
             over_capacity: 0,
+            pinned: false,
+            bpf_dir: None,
+            fence: vec![],
         };
         assert_eq!(
             xdp_status_text(&xdp),
             "xdp setting native\n\
-             xdp eth0: generic (fallback from native: 1 XDP_TX errors for 1 answers in 250 ms; driver veth)\n"
+             xdp eth0: generic (fallback from native: 1 XDP_TX errors for 1 answers in 250 ms; driver veth)\n\
+             fence not pinned: it dies with vipd\n"
+        );
+        let pinned = vipd_api::XdpStatus {
+            pinned: true,
+            bpf_dir: Some("/sys/fs/bpf/vipd/vipd".into()),
+            fence: vec![
+                vipd_api::VipFence {
+                    vip: "192.0.2.1".parse().unwrap(),
+                    state: vipd_api::FenceState::Serving,
+                    until_unix_ms: None,
+                },
+                vipd_api::VipFence {
+                    vip: "192.0.2.2".parse().unwrap(),
+                    state: vipd_api::FenceState::Fenced,
+                    until_unix_ms: None,
+                },
+            ],
+            attached: vec![],
+            ..xdp.clone()
+        };
+        assert_eq!(
+            xdp_status_text(&pinned),
+            "xdp setting native\n\
+             fence pinned in /sys/fs/bpf/vipd/vipd\n\
+             fence 192.0.2.1: serving\n\
+             fence 192.0.2.2: fenced until cleared\n"
         );
         let off = vipd_api::XdpStatus {
             enabled: false,

@@ -44,7 +44,7 @@ use crate::{
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
     let node_id = config.node_id();
     // Settings first: a bad one stops vipd before it touches anything.
-    let zk = ZkSettings::from_args(&config.zk, node_id.clone())?;
+    let mut zk = ZkSettings::from_args(&config.zk, node_id.clone())?;
     let instance = config.instance().map_err(|e| anyhow!(e))?;
     let api_socket = config.api_socket();
     // Before anything is touched: another vipd on this host with the same
@@ -57,6 +57,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .with_mark(instance.mark());
     can_announce()?;
     let (xdp_program, conflicts) = open_xdp(&config, &instance, &netlink).await?;
+    if let Some(zk) = &mut zk {
+        zk.fence_outlives_agent = fence_outlives_agent(&config, xdp_program.as_ref());
+    }
     let listeners = Listeners::bind(&config, api_socket).await?;
 
     let stops = Stops::default();
@@ -181,6 +184,23 @@ struct Stops {
 
 /// Loads the XDP program and attaches it where the operator said and where
 /// static VIPs route to, unless XDP is disabled; with its conflict reader.
+/// Whether this run's fence outlives the agent for every VIP it may hold,
+/// fixed for the run (the successor times each lease version by what it
+/// said): the held-VIP entries are written (the responder is on), and
+/// the maps and every link attached at start are pinned. A link attached
+/// later whose pin fails is logged as such (`cannot pin`): see
+/// docs/OPERATIONS.md "The pinned fence".
+fn fence_outlives_agent(config: &Config, xdp: Option<&SharedXdp>) -> bool {
+    let pinned = xdp.is_some_and(|x| x.lock().expect("XDP program lock").fence_outlives_agent());
+    let outlives = pinned && config.xdp.responder;
+    info!(
+        fence_outlives_agent = outlives,
+        "the successor times this node's leases by the {} rule",
+        if outlives { "fenced" } else { "unfenced" }
+    );
+    outlives
+}
+
 async fn open_xdp(
     config: &Config,
     instance: &Instance,
@@ -190,8 +210,11 @@ async fn open_xdp(
         info!("XDP disabled (--no-xdp): no ARP counters, the kernel answers ARP");
         return Ok((None, None));
     }
-    let mut xdp = XdpProgram::load().context("loading the XDP program")?;
+    let pins = crate::xdp::bpf_dir_for(config.xdp.bpf_dir.as_deref(), instance.name())?;
+    let mut xdp = XdpProgram::load_pinned(pins).context("loading the XDP program")?;
     xdp.serve_as(instance.clone());
+    // Before any attach: the pinned links move to this program in place.
+    xdp.adopt_pinned();
     for ifname in &config.xdp.interfaces {
         let mode = xdp
             .attach(ifname, config.xdp.mode)

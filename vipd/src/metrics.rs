@@ -97,6 +97,11 @@ pub(crate) fn render(state: &ApiState) -> String {
         p.tcp_handoff(&t.stats());
     }
     p.xdp(&e, state.xdp_program.is_some());
+    let pinned = state
+        .xdp_program
+        .as_ref()
+        .map(|x| x.lock().expect("XDP program lock").fence_outlives_agent());
+    p.fence(&e, pinned);
     let mut out = String::new();
     // Writing to a String cannot fail.
     let _ = encode(&mut out, &p.0);
@@ -374,7 +379,7 @@ impl Page {
         self.gauges(
             "vipd_xdp_attached",
             "1 per interface the XDP program is attached to, with the mode in effect and why \
-             (reason: configured, driver_native, driver_loses_native_tx, native_refused, fallback)",
+             (reason: configured, driver_native, driver_loses_native_tx, native_refused, fallback, adopted)",
             e.xdp_attached.iter().map(|a| {
                 let labels = vec![
                     ("interface", label(&a.interface)),
@@ -382,6 +387,29 @@ impl Page {
                     ("driver", label(a.driver.as_deref().unwrap_or(""))),
                     ("reason", a.reason_code.to_string()),
                 ];
+                (labels, 1)
+            }),
+        );
+    }
+}
+
+impl Page {
+    fn fence(&mut self, e: &EngineStatus, pinned: Option<bool>) {
+        if let Some(pinned) = pinned {
+            self.gauge(
+                "vipd_fence_pinned",
+                "1 when the fence outlives vipd: its XDP and egress links and maps are pinned (--bpf-dir)",
+                i64::from(pinned),
+            );
+        }
+        let now = crate::xdp::program_ns(std::time::Instant::now());
+        self.gauges(
+            "vipd_fence_state",
+            "1 per VIP with an entry in the programs' maps, with its fence state \
+             (serving: before its lease end; fenced: from then until its window ends; inert: past it)",
+            e.fence.iter().map(|(vip, (lease_end, fence_end))| {
+                let (state, _) = crate::engine::fence_state(now, *lease_end, *fence_end);
+                let labels = vec![("vip", vip.to_string()), ("state", state.as_str().to_string())];
                 (labels, 1)
             }),
         );
@@ -572,6 +600,7 @@ mod tests {
         status
             .pass_durations
             .observe(std::time::Duration::from_millis(40));
+        status.fence = BTreeMap::from([(held, (u64::MAX, u64::MAX)), (in_use, (0, 0))]);
         status.xdp_attached = vec![XdpAttachment {
             interface: "eth0".into(),
             mode: AttachedMode::Native,

@@ -5,6 +5,7 @@
 //! (`mode`, `ethtool`); `maps` keeps the maps of one family; `conflicts`
 //! reads the claims; `clock` is the program's clock.
 
+mod adopt;
 mod attach;
 mod clock;
 mod conflicts;
@@ -13,6 +14,7 @@ mod ethtool;
 pub mod loader;
 mod maps;
 mod mode;
+mod pins;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -27,7 +29,7 @@ use aya::{
     maps::MapError,
     programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
-use tracing::{debug, instrument, warn};
+use tracing::{debug, info, instrument, warn};
 use vipd_common::{ArpCounters, EGRESS_PROGRAM_NAME, HeldVip, PROGRAM_NAME};
 
 use crate::vip::Vip;
@@ -42,6 +44,7 @@ pub use self::{
     clock::program_ns,
     conflicts::{Conflict, ConflictReader},
     mode::AttachedMode,
+    pins::{BpfDir, bpf_dir_for, default_bpf_dir, is_bpffs, remove_pinned},
 };
 
 /// Why the XDP half could not do what was asked.
@@ -135,6 +138,27 @@ pub enum XdpError {
         #[source]
         source: io::Error,
     },
+    #[error("the bpf dir {} is not on a BPF file system (mount one: mount -t bpf bpf DIR)", dir.display())]
+    NotBpffs { dir: std::path::PathBuf },
+    #[error("cannot use the bpf dir {}", dir.display())]
+    BpfDir {
+        dir: std::path::PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{} holds a pinned fence of another maps layout (this vipd uses layout {want}): stop the vipd that made it and run vipctl cleanup, or remove the directory", dir.display())]
+    OtherLayout { dir: std::path::PathBuf, want: u32 },
+    #[error("pinning {} failed", path.display())]
+    Pin {
+        path: std::path::PathBuf,
+        #[source]
+        source: aya::pin::PinError,
+    },
+    #[error("adopting the pinned link {} failed: {reason}", path.display())]
+    Adopt {
+        path: std::path::PathBuf,
+        reason: String,
+    },
     #[error("BPF_PROG_TEST_RUN of {PROGRAM_NAME} failed (frame of {len} bytes)")]
     TestRun {
         len: usize,
@@ -145,9 +169,11 @@ pub enum XdpError {
 
 /// The loaded XDP program, its attachments and its maps.
 ///
-/// Dropping it detaches the program from every interface: attachments are
-/// bpf links owned by this process, never pinned, so nothing keeps
-/// answering ARP or NDP for the VIPs of an agent that died.
+/// Without a bpf dir, dropping it (or the process dying) detaches the
+/// program from every interface. With one ([`XdpProgram::load_pinned`]),
+/// the links and maps are pinned there: a killed agent's programs keep
+/// fencing its VIPs at their lease end, and the next agent adopts them. A
+/// graceful drop (not a panic) removes the pins, which detaches them.
 pub struct XdpProgram {
     /// Owns the program and its bpf links: dropping it detaches everywhere.
     ebpf: Ebpf,
@@ -171,6 +197,25 @@ pub struct XdpProgram {
     /// The interfaces claimed for `instance` on this host: one instance's
     /// program per interface.
     claims: BTreeMap<String, crate::instance::Claim>,
+    /// Where the links and maps are pinned (`None`: nowhere, they die with
+    /// the process).
+    pins: Option<BpfDir>,
+    /// The held entries found in the pinned maps at start, until the
+    /// engine takes them.
+    adopted_held: BTreeMap<Vip, HeldVip>,
+}
+
+impl Drop for XdpProgram {
+    fn drop(&mut self) {
+        // A panic is a crash: the pinned fence must outlive it as it
+        // outlives a kill.
+        if std::thread::panicking() {
+            return;
+        }
+        if let Some(dir) = &self.pins {
+            dir.remove_all();
+        }
+    }
 }
 
 impl std::fmt::Debug for XdpProgram {
@@ -187,8 +232,16 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vi
 impl XdpProgram {
     /// Loads the embedded object (raises RLIMIT_MEMLOCK first for old
     /// kernels; harmless on new ones). Does not attach.
-    #[instrument(name = "xdp_load")]
     pub fn load() -> Result<Self, XdpError> {
+        Self::load_pinned(None)
+    }
+
+    /// Loads the embedded object with its maps pinned in `pins`: the
+    /// entries of the maps an earlier vipd pinned there are copied into
+    /// this program's maps, whose pins then replace theirs. The links are
+    /// adopted by [`XdpProgram::adopt_pinned`]. Does not attach.
+    #[instrument(name = "xdp_load", skip_all, fields(pinned = pins.is_some()))]
+    pub fn load_pinned(pins: Option<BpfDir>) -> Result<Self, XdpError> {
         raise_memlock_limit();
         // Not `Ebpf::load`: in aya 0.14 it parses the kernel's BTF twice.
         // No kernel BTF at all: the program reads no kernel types (no
@@ -213,8 +266,19 @@ impl XdpProgram {
             .map_err(|e| XdpError::MissingEgress(Some(e)))?;
         egress.load().map_err(XdpError::LoadEgress)?;
 
-        let v4 = FamilyMaps::take(&mut ebpf)?;
-        let v6 = FamilyMaps::take(&mut ebpf)?;
+        let (v4, held4) = FamilyMaps::<V4>::take(&mut ebpf, pins.as_ref())?;
+        let (v6, held6) = FamilyMaps::<V6>::take(&mut ebpf, pins.as_ref())?;
+        let adopted_held: BTreeMap<Vip, HeldVip> = held4
+            .into_iter()
+            .chain(
+                held6
+                    .into_iter()
+                    .filter_map(|(a, h)| Some((Vip::new_v6(a).ok()?, h))),
+            )
+            .collect();
+        if let Some(dir) = &pins {
+            info!(dir = %dir.dir().display(), adopted = adopted_held.len(), "XDP maps pinned");
+        }
         debug!("XDP program loaded");
         Ok(XdpProgram {
             ebpf,
@@ -231,7 +295,29 @@ impl XdpProgram {
             started: Instant::now(),
             instance: None,
             claims: BTreeMap::new(),
+            pins,
+            adopted_held,
         })
+    }
+
+    /// Whether this node's fence outlives the agent: the maps and every
+    /// link (XDP and egress) are pinned, so a killed or frozen vipd's VIPs
+    /// are still fenced at their lease end by the kernel alone.
+    pub fn fence_outlives_agent(&self) -> bool {
+        self.pins.is_some()
+            && self.attachments.values().all(|a| a.pinned())
+            && self.egress_links.all_pinned()
+    }
+
+    /// The pinned state's directory, if any.
+    pub fn bpf_dir(&self) -> Option<&BpfDir> {
+        self.pins.as_ref()
+    }
+
+    /// The held entries the pinned maps had at start (once; empty after):
+    /// the engine keeps fencing them until their windows close.
+    pub(crate) fn take_adopted_held(&mut self) -> BTreeMap<Vip, HeldVip> {
+        std::mem::take(&mut self.adopted_held)
     }
 
     /// From now on, every interface this program attaches to is claimed for

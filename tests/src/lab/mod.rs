@@ -147,6 +147,8 @@ struct LabShared {
     namespaces: Mutex<Vec<String>>,
     processes: Mutex<Vec<Arc<ProcInner>>>,
     next_proc: AtomicU32,
+    /// The bpffs mounted for each host (its vipd's --bpf-dir), by label.
+    bpf_mounts: Mutex<Vec<(String, PathBuf)>>,
 }
 
 impl Lab {
@@ -174,6 +176,7 @@ impl Lab {
             namespaces: Mutex::new(Vec::new()),
             processes: Mutex::new(Vec::new()),
             next_proc: AtomicU32::new(0),
+            bpf_mounts: Mutex::new(Vec::new()),
         });
         let bridge = Netns {
             ns: format!("{prefix}-br"),
@@ -253,6 +256,7 @@ impl Lab {
             lab: self.shared.clone(),
         };
         self.shared.add_netns(&netns.ns);
+        self.shared.mount_bpffs(name);
         // IPv6 on, whatever the machine's defaults: the interfaces made
         // next take the namespace's `default` settings. DAD stays on as the
         // kernel has it, so a VIP that skipped IFA_F_NODAD would show.
@@ -435,6 +439,13 @@ impl Lab {
                 }
             }
         }
+        // Unmounted, a host's bpffs releases what vipd pinned there: its
+        // links leave the interfaces before the namespaces go.
+        for (_, dir) in std::mem::take(&mut *self.shared.bpf_mounts.lock().unwrap()) {
+            if let Err(e) = unmount(&dir) {
+                errors.push(format!("unmounting {}: {e}", dir.display()));
+            }
+        }
         // Hosts before the bridge namespace (reverse creation order).
         let namespaces = std::mem::take(&mut *self.shared.namespaces.lock().unwrap());
         for ns in namespaces.iter().rev() {
@@ -487,6 +498,48 @@ impl Drop for Lab {
 }
 
 impl LabShared {
+    /// Mounts a bpffs of its own for host `label`, outside /sys (`ip
+    /// netns exec` mounts a fresh /sys): the lab's vipd and vipctl get it
+    /// as VIPD_BPF_DIR.
+    fn mount_bpffs(&self, label: &str) {
+        let dir = self.dir.join("bpf").join(label);
+        fs::create_dir_all(&dir)
+            .unwrap_or_else(|e| panic!("creating bpffs mount point {}: {e}", dir.display()));
+        let c = |s: &str| std::ffi::CString::new(s).expect("no NUL");
+        let target = c(dir.to_str().expect("lab dir is UTF-8"));
+        let (src, fstype) = (c("bpf"), c("bpf"));
+        // SAFETY: valid NUL-terminated strings; no data.
+        let rc = unsafe {
+            libc::mount(
+                src.as_ptr(),
+                target.as_ptr(),
+                fstype.as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        assert!(
+            rc == 0,
+            "mounting a bpffs at {}: {}",
+            dir.display(),
+            std::io::Error::last_os_error()
+        );
+        self.bpf_mounts
+            .lock()
+            .unwrap()
+            .push((label.to_string(), dir));
+    }
+
+    /// The bpffs mounted for host `label`, if any.
+    pub(super) fn bpf_dir(&self, label: &str) -> Option<PathBuf> {
+        self.bpf_mounts
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(l, _)| l == label)
+            .map(|(_, d)| d.clone())
+    }
+
     fn add_netns(&self, name: &str) {
         let out = run(Command::new("ip").args(["netns", "add", name]));
         assert!(
@@ -502,6 +555,39 @@ impl LabShared {
 /// (a test binary killed before its drops ran). Only names of our own
 /// pattern `vl<pid>-<n>-...` with a dead `<pid>` are touched; processes still
 /// inside such a namespace are reported, not killed.
+/// Lazily unmounts `dir` (a lab host's bpffs).
+fn unmount(dir: &Path) -> std::io::Result<()> {
+    let target = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+        .map_err(std::io::Error::other)?;
+    // SAFETY: a valid NUL-terminated path.
+    if unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The bpffs mounts of labs whose test process is gone (`owner_dead` on
+/// the lab's prefix), from /proc/self/mounts.
+fn stale_bpf_mounts(owner_dead: impl Fn(&str) -> bool) -> Vec<PathBuf> {
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let tmp = std::env::temp_dir();
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_, at, fstype) = (f.next()?, f.next()?, f.next()?);
+            (fstype == "bpf").then(|| PathBuf::from(at))
+        })
+        .filter(|at| {
+            at.strip_prefix(&tmp)
+                .ok()
+                .and_then(|rest| rest.iter().next())
+                .and_then(|d| d.to_str()?.strip_prefix("vipd-lab-").map(&owner_dead))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
 fn sweep_stale() {
     let own = std::process::id();
     let dead_owner = |name: &str| -> bool {
@@ -517,6 +603,10 @@ fn sweep_stale() {
         };
         pid != own && !Path::new(&format!("/proc/{pid}")).exists()
     };
+    for dir in stale_bpf_mounts(dead_owner) {
+        let done = unmount(&dir);
+        eprintln!("unmounted stale lab bpffs {} ({done:?})", dir.display());
+    }
     if let Ok(entries) = fs::read_dir(NETNS_DIR) {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();

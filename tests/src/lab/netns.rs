@@ -86,7 +86,17 @@ impl Netns {
             }
             _ => {}
         }
+        // Wherever vipd or vipctl sits in the command line (after setpriv,
+        // unshare...): the host's own bpffs for the pinned fence.
+        if let Some(bpf) = self.bpf_dir() {
+            cmd.env("VIPD_BPF_DIR", bpf);
+        }
         cmd
+    }
+
+    /// The bpffs the lab mounted for this host (vipd's --bpf-dir), if any.
+    pub fn bpf_dir(&self) -> Option<PathBuf> {
+        self.lab.bpf_dir(&self.label)
     }
 
     /// The file holding the lab's cluster credential `vipd:<password>`

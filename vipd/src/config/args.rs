@@ -96,10 +96,13 @@ pub struct ZkArgs {
     #[arg(global = true, long, env = "VIPD_LEASE", value_parser = parse_positive_duration)]
     pub lease: Option<Duration>,
 
-    /// Added by the next in line to lease + one renewal interval before it
-    /// takes over from a silent leader (at least 100ms): covers clock rate
-    /// drift between the nodes and the old leader's own fencing.
-    #[arg(global = true, long, env = "VIPD_TAKEOVER_MARGIN", value_parser = parse_duration, default_value = "100ms")]
+    /// Added by the next in line to the lease and the clocks' rate
+    /// allowance (2/11 of the lease) before it takes over from a silent
+    /// leader whose fence outlives its agent (at least 10ms). A leader
+    /// whose fence dies with it is waited for the lease, one renewal
+    /// interval and this margin counted as at least 100ms, which covers
+    /// its own fencing.
+    #[arg(global = true, long, env = "VIPD_TAKEOVER_MARGIN", value_parser = parse_duration, default_value = "25ms")]
     pub takeover_margin: Duration,
 }
 
@@ -284,4 +287,18 @@ pub struct XdpArgs {
     /// Answer ARP requests for held VIPs in XDP (on by default).
     #[arg(global = true, long = "xdp-responder", env = "VIPD_XDP_RESPONDER", default_value_t = true, action = clap::ArgAction::Set)]
     pub responder: bool,
+
+    /// Pin the fence (XDP and egress links, held-VIP maps) in this
+    /// directory on a bpffs, so the kernel fences this node's VIPs at lease
+    /// end even after vipd is killed; a restarted vipd adopts it. Default:
+    /// /sys/fs/bpf/vipd/<instance> when a bpffs is mounted at /sys/fs/bpf,
+    /// else nothing is pinned (logged). A directory not on a bpffs is
+    /// refused.
+    #[arg(
+        global = true,
+        long = "bpf-dir",
+        env = "VIPD_BPF_DIR",
+        value_name = "PATH"
+    )]
+    pub bpf_dir: Option<std::path::PathBuf>,
 }

@@ -501,7 +501,8 @@ mod tests {
         let c = Config::try_parse_from(["vipd"]).unwrap();
         let t = c.zk.lease_times().unwrap();
         assert_eq!(t.length, Duration::from_secs(2));
-        assert_eq!(t.margin, Duration::from_millis(100));
+        assert_eq!(t.margin, vipd_lease::DEFAULT_MARGIN);
+        assert_eq!(t.takeover_after(), Duration::from_millis(2600));
         let c = Config::try_parse_from(["vipd", "--lease", "200ms", "--session-timeout", "1s"])
             .unwrap();
         c.validate().unwrap();
@@ -512,8 +513,10 @@ mod tests {
         let c = Config::try_parse_from(["vipd", "--lease", "5s"]).unwrap();
         let e = c.validate().unwrap_err();
         assert!(e.contains("--lease 5s") && e.contains("session"), "{e}");
-        let c = Config::try_parse_from(["vipd", "--takeover-margin", "50ms"]).unwrap();
+        let c = Config::try_parse_from(["vipd", "--takeover-margin", "9ms"]).unwrap();
         assert!(c.validate().unwrap_err().contains("takeover-margin"));
+        let c = Config::try_parse_from(["vipd", "--takeover-margin", "10ms"]).unwrap();
+        c.validate().unwrap();
         let f = write("lease = \"7s\"\nsession_timeout = \"8s\"\n");
         let e = load(["vipd", "--config", f.0.to_str().unwrap()])
             .err()

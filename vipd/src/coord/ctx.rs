@@ -11,7 +11,7 @@ use zookeeper_client::{Client, StateWatcher};
 
 use super::{
     ClusterPaths, CoordStatus, ZkSettings,
-    election::{CandidateData, ms_up},
+    election::{CandidateData, FENCE_PINNED, ms_up},
     lease::{LeaseTimes, SessionLease},
     session::{ZnodeAcl, call},
 };
@@ -279,7 +279,17 @@ impl Ctx<'_> {
             term,
             lease_ms: ms_up(lease.length),
             renew_ms: ms_up(lease.renew_every()),
-            margin_ms: ms_up(lease.margin),
+            margin_ms: ms_up(lease.unfenced_margin()),
+            fence: if self.settings.fence_outlives_agent {
+                FENCE_PINNED.to_string()
+            } else {
+                String::new()
+            },
+            fence_margin_ms: if self.settings.fence_outlives_agent {
+                ms_up(lease.margin)
+            } else {
+                0
+            },
             renewal,
         })
         .expect("plain data serializes")

@@ -16,7 +16,7 @@ use super::{
 
 /// What a candidate's znode holds. The leader rewrites it with every lease
 /// renewal: the znode's version is the renewal the next in line sees.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub(crate) struct CandidateData {
     pub node: String,
     #[serde(default)]
@@ -32,18 +32,40 @@ pub(crate) struct CandidateData {
     #[serde(default)]
     pub renew_ms: u64,
     /// The takeover margin the leader's own successor would add, in
-    /// milliseconds; 0 as `renew_ms`.
+    /// milliseconds, for a leader whose fence dies with it (so never below
+    /// 100 ms: an older successor reads only this); 0 as `renew_ms`.
     #[serde(default)]
     pub margin_ms: u64,
+    /// [`FENCE_PINNED`] when the leader's fence outlives its agent and
+    /// covers every VIP it holds: its successor may then use the fenced
+    /// rule, with `fence_margin_ms`. Absent otherwise (and from older
+    /// vipds), which keeps the rule that waits for the leader's own fencing.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub fence: String,
+    /// The margin of the fenced rule, in milliseconds; 0 when absent.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub fence_margin_ms: u64,
     /// Renewals written this term.
     #[serde(default)]
     pub renewal: u64,
 }
 
+/// The `fence` a leader whose fence outlives its agent writes.
+pub(crate) const FENCE_PINNED: &str = "pinned";
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
 impl CandidateData {
     /// What this data says about the writer's lease, for the next in line.
     pub(crate) fn stated_lease(&self) -> StatedLease {
-        StatedLease::from_ms(self.lease_ms, self.renew_ms, self.margin_ms)
+        let stated = StatedLease::from_ms(self.lease_ms, self.renew_ms, self.margin_ms);
+        if self.fence == FENCE_PINNED {
+            stated.fence_outlives_agent(self.fence_margin_ms)
+        } else {
+            stated
+        }
     }
 }
 
@@ -159,7 +181,8 @@ mod tests {
             StatedLease::Stated {
                 length: Duration::from_secs(2),
                 renew_every: None,
-                margin: None
+                margin: None,
+                fence: None
             }
         );
         let new: CandidateData = serde_json::from_str(
@@ -171,9 +194,35 @@ mod tests {
             StatedLease::Stated {
                 length: Duration::from_millis(334),
                 renew_every: Some(Duration::from_millis(21)),
-                margin: Some(Duration::from_millis(100))
+                margin: Some(Duration::from_millis(100)),
+                fence: None
             }
         );
+        // A leader whose fence outlives it says so; anything else in the
+        // field keeps the unfenced rule.
+        let pinned: CandidateData = serde_json::from_str(
+            r#"{"node":"n1","lease_ms":200,"renew_ms":13,"margin_ms":100,"fence":"pinned","fence_margin_ms":25}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            pinned.stated_lease(),
+            StatedLease::from_ms(200, 13, 100).fence_outlives_agent(25)
+        );
+        for other in [r#""""#, r#""agent""#, r#""Pinned""#] {
+            let d: CandidateData = serde_json::from_str(&format!(
+                r#"{{"node":"n1","lease_ms":200,"fence":{other},"fence_margin_ms":25}}"#
+            ))
+            .unwrap();
+            assert_eq!(d.stated_lease(), StatedLease::from_ms(200, 0, 0), "{other}");
+        }
+        // Unpinned data is written as before: no new fields.
+        let plain = serde_json::to_string(&CandidateData {
+            node: "n1".into(),
+            lease_ms: 200,
+            ..CandidateData::default()
+        })
+        .unwrap();
+        assert!(!plain.contains("fence"), "{plain}");
         let candidate: CandidateData = serde_json::from_str(r#"{"node":"n1"}"#).unwrap();
         assert_eq!(candidate.stated_lease(), StatedLease::Unknown);
         assert_eq!(ms_up(Duration::from_nanos(333_333_334)), 334);

@@ -20,7 +20,7 @@ use zookeeper_client::{Client, CreateMode, Error as ZkError, OneshotWatcher, Ses
 use super::{
     ClusterPaths,
     nodes::MemberData,
-    session::{ZkCallError, ZnodeAcl, call, mkdir, until_terminated},
+    session::{ZkCallError, ZnodeAcl, call, follow, mkdir, until_terminated},
 };
 use crate::{
     role::{Desired, EngineReport, Role},
@@ -123,48 +123,32 @@ async fn watch_record(
     deadline: Duration,
     desired: &watch::Sender<Desired>,
 ) -> SessionState {
-    let mut state = client.state_watcher();
-    loop {
-        if state.peek_state().is_terminated() {
-            return state.peek_state();
-        }
-        let read = async {
-            let (stat, w) =
-                call("watch", path, deadline, client.check_and_watch_stat(path)).await?;
-            let record = match stat {
-                None => HeldRecord::default(),
-                Some(_) => match call("get data", path, deadline, client.get_data(path)).await {
-                    Ok((data, _)) => parse(path, &data),
-                    Err(e) if e.is(&ZkError::NoNode) => HeldRecord::default(),
-                    Err(e) => return Err(e),
-                },
-            };
-            Ok::<_, ZkCallError>((record, w))
+    let read = || async {
+        let (stat, w) = call("watch", path, deadline, client.check_and_watch_stat(path)).await?;
+        let record = match stat {
+            None => HeldRecord::default(),
+            Some(_) => match call("get data", path, deadline, client.get_data(path)).await {
+                Ok((data, _)) => parse(path, &data),
+                Err(e) if e.is(&ZkError::NoNode) => HeldRecord::default(),
+                Err(e) => return Err(e),
+            },
         };
-        match read.await {
-            Ok((record, w)) => {
-                desired.send_if_modified(|d| {
-                    let changed = d.record.held != record.vips;
-                    if changed {
-                        debug!(vips = record.vips.len(), "held-VIP record read");
-                        d.record.held = record.vips;
-                    }
-                    changed
-                });
-                tokio::select! {
-                    _ = w.changed() => {}
-                    s = until_terminated(&mut state) => return s,
+        Ok((record, vec![w]))
+    };
+    follow(client, None, deadline / 2, read, |r| match r {
+        Ok(record) => {
+            desired.send_if_modified(|d| {
+                let changed = d.record.held != record.vips;
+                if changed {
+                    debug!(vips = record.vips.len(), "held-VIP record read");
+                    d.record.held = record.vips;
                 }
-            }
-            Err(e) => {
-                debug!(error = %e, znode = %path, "cannot read the held-VIP record; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(deadline / 2) => {}
-                    s = until_terminated(&mut state) => return s,
-                }
-            }
+                changed
+            });
         }
-    }
+        Err(e) => debug!(error = %e, znode = %path, "cannot read the held-VIP record; retrying"),
+    })
+    .await
 }
 
 /// Every member's MACs, with watches on the children and on each member's
@@ -218,46 +202,27 @@ async fn watch_macs(
     deadline: Duration,
     desired: &watch::Sender<Desired>,
 ) -> SessionState {
-    let mut state = client.state_watcher();
-    loop {
-        if state.peek_state().is_terminated() {
-            return state.peek_state();
+    let read = || async {
+        Ok(match read_macs(client, dir, deadline).await? {
+            (_, None) => (None, Vec::new()),
+            (macs, Some(w)) => (Some(macs), w),
+        })
+    };
+    follow(client, Some(MACS_REREAD), deadline / 2, read, |r| match r {
+        Ok(Some(macs)) => {
+            desired.send_if_modified(|d| {
+                let changed = d.record.macs != macs;
+                if changed {
+                    debug!(macs = macs.len(), "cluster members' MACs read");
+                    d.record.macs = macs;
+                }
+                changed
+            });
         }
-        let (wait, watchers) = match read_macs(client, dir, deadline).await {
-            Ok((_, None)) => {
-                debug!(znode = %dir, "no member znodes yet; reading again");
-                (deadline / 2, Vec::new())
-            }
-            Ok((macs, Some(w))) => {
-                desired.send_if_modified(|d| {
-                    let changed = d.record.macs != macs;
-                    if changed {
-                        debug!(macs = macs.len(), "cluster members' MACs read");
-                        d.record.macs = macs;
-                    }
-                    changed
-                });
-                (MACS_REREAD, w)
-            }
-            Err(e) => {
-                debug!(error = %e, znode = %dir, "cannot read the members' MACs; retrying");
-                (deadline / 2, Vec::new())
-            }
-        };
-        let changed = async {
-            if watchers.is_empty() {
-                std::future::pending::<()>().await;
-            }
-            let any =
-                futures::future::select_all(watchers.into_iter().map(|w| Box::pin(w.changed())));
-            drop(any.await);
-        };
-        tokio::select! {
-            () = changed => {}
-            _ = tokio::time::sleep(wait) => {}
-            s = until_terminated(&mut state) => return s,
-        }
-    }
+        Ok(None) => debug!(znode = %dir, "no member znodes yet; reading again"),
+        Err(e) => debug!(error = %e, znode = %dir, "cannot read the members' MACs; retrying"),
+    })
+    .await
 }
 
 /// While this node leads (and its engine has applied the term), writes the

@@ -432,6 +432,7 @@ mod tests {
             renew_ms: 13,
             margin_ms: 100,
             renewal,
+            ..CandidateData::default()
         })
         .unwrap()
     }

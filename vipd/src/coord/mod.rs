@@ -68,6 +68,13 @@ pub struct ZkSettings {
     /// The leader's lease and the successor's takeover: the timing that
     /// keeps two nodes from holding the VIPs at once.
     pub lease: LeaseTimes,
+    /// This node's in-kernel fence outlives the agent (its programs and
+    /// maps are pinned) and covers every VIP it may hold, for the whole
+    /// run: as leader it says so in its znode, and its successor then waits
+    /// only the fenced rule (`LeaseTimes::fenced_takeover_after`). It must
+    /// not turn true while the node could serve a VIP unfenced: the
+    /// successor times each version by what that version said.
+    pub fence_outlives_agent: bool,
 }
 
 impl ZkSettings {
@@ -107,6 +114,8 @@ impl ZkSettings {
             auth,
             insecure: args.zk_insecure,
             lease,
+            // Set from the XDP handle once it is loaded and attached.
+            fence_outlives_agent: false,
         }))
     }
 }

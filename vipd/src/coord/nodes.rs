@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 use zookeeper_client::{Client, CreateMode, Error as ZkError, SessionState};
 
-use super::session::{ZkCallError, ZnodeAcl, call, mkdir, until_terminated};
+use super::session::{ZkCallError, ZnodeAcl, call, follow, mkdir};
 use crate::vip::Vip;
 
 /// The operator's record of a node.
@@ -82,33 +82,16 @@ pub(crate) async fn watch_record(
     deadline: Duration,
     mut publish: impl FnMut(bool),
 ) -> SessionState {
-    let mut state = client.state_watcher();
-    loop {
-        if state.peek_state().is_terminated() {
-            return state.peek_state();
-        }
-        let read = async {
-            let (_, w) = call("watch", path, deadline, client.check_and_watch_stat(path)).await?;
-            let r = read_record(client, path, deadline).await?;
-            Ok::<_, ZkCallError>((r, w))
-        };
-        match read.await {
-            Ok((r, w)) => {
-                publish(r.drained);
-                tokio::select! {
-                    _ = w.changed() => {}
-                    s = until_terminated(&mut state) => return s,
-                }
-            }
-            Err(e) => {
-                debug!(error = %e, znode = %path, "cannot read the node record; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(deadline / 2) => {}
-                    s = until_terminated(&mut state) => return s,
-                }
-            }
-        }
-    }
+    let read = || async {
+        let (_, w) = call("watch", path, deadline, client.check_and_watch_stat(path)).await?;
+        let r = read_record(client, path, deadline).await?;
+        Ok((r, vec![w]))
+    };
+    follow(client, None, deadline / 2, read, |r| match r {
+        Ok(r) => publish(r.drained),
+        Err(e) => debug!(error = %e, znode = %path, "cannot read the node record; retrying"),
+    })
+    .await
 }
 
 /// Writes (creates or replaces) a persistent znode's data, creating its

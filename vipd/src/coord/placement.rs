@@ -18,7 +18,7 @@ use super::{
     ctx::Ctx,
     election::{node_of, sort_candidates},
     nodes::{self, HandoverRequest, MemberData},
-    session::{ZkCallError, call},
+    session::{ZkCallError, any_fired, call},
 };
 use crate::{role::EngineReport, vip::Vip};
 
@@ -188,13 +188,6 @@ impl Ctx<'_> {
                 }
             }
             self.publish_unplaceable(&missing, &mut logged);
-            let any = async {
-                if watchers.is_empty() {
-                    std::future::pending::<()>().await;
-                }
-                futures::future::select_all(watchers.into_iter().map(|w| Box::pin(w.changed())))
-                    .await;
-            };
             let recheck = async {
                 if missing.is_empty() {
                     std::future::pending::<()>().await;
@@ -205,7 +198,7 @@ impl Ctx<'_> {
                 r = report.changed() => if r.is_err() {
                     std::future::pending::<()>().await;
                 },
-                () = any => {}
+                () = any_fired(watchers) => {}
                 () = recheck => {}
             }
         }

@@ -64,6 +64,7 @@ pub async fn run_serving(
             renew_ms: 0,
             margin_ms: 0,
             renewal: 0,
+            ..CandidateData::default()
         })
         .expect("strings serialize"),
         lease: std::sync::Mutex::new(settings.lease),

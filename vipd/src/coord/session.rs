@@ -5,7 +5,9 @@
 use std::{future::Future, path::Path, time::Duration};
 
 use tracing::{debug, instrument};
-use zookeeper_client::{Acl, AuthId, Client, CreateMode, CreateOptions, Permission};
+use zookeeper_client::{
+    Acl, AuthId, Client, CreateMode, CreateOptions, OneshotWatcher, Permission, SessionState,
+};
 
 /// Digest credentials (`user:password`) for ZooKeeper.
 #[derive(Clone, PartialEq, Eq)]
@@ -226,13 +228,68 @@ pub(crate) async fn mkdir(
 
 /// Waits until the session behind `state` has ended for good (expired,
 /// closed, auth failed), and says how.
-pub(crate) async fn until_terminated(
-    state: &mut zookeeper_client::StateWatcher,
-) -> zookeeper_client::SessionState {
+pub(crate) async fn until_terminated(state: &mut zookeeper_client::StateWatcher) -> SessionState {
     loop {
         let s = state.changed().await;
         if s.is_terminated() {
             return s;
+        }
+    }
+}
+
+/// Completes when one of `watchers` fires; never, when there are none.
+pub(crate) async fn any_fired(watchers: Vec<OneshotWatcher>) {
+    if watchers.is_empty() {
+        std::future::pending::<()>().await;
+    }
+    drop(futures::future::select_all(watchers.into_iter().map(|w| Box::pin(w.changed()))).await);
+}
+
+/// Follows what `read` reads, for the session's life, and returns the
+/// session's terminal state. `publish` gets each read's outcome: the value,
+/// or the error. After a read the next one comes when one of the watches it
+/// set fires, or `reread` has passed (if set); after a failed read, or one
+/// that set no watch, when `retry` has passed.
+pub(crate) async fn follow<T, Fut>(
+    client: &Client,
+    reread: Option<Duration>,
+    retry: Duration,
+    mut read: impl FnMut() -> Fut,
+    mut publish: impl FnMut(Result<T, ZkCallError>),
+) -> SessionState
+where
+    Fut: Future<Output = Result<(T, Vec<OneshotWatcher>), ZkCallError>>,
+{
+    let mut state = client.state_watcher();
+    loop {
+        if state.peek_state().is_terminated() {
+            return state.peek_state();
+        }
+        let (watchers, wait) = match read().await {
+            Ok((value, watchers)) => {
+                publish(Ok(value));
+                let wait = if watchers.is_empty() {
+                    Some(retry)
+                } else {
+                    reread
+                };
+                (watchers, wait)
+            }
+            Err(e) => {
+                publish(Err(e));
+                (Vec::new(), Some(retry))
+            }
+        };
+        let wait = async {
+            match wait {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = any_fired(watchers) => {}
+            () = wait => {}
+            s = until_terminated(&mut state) => return s,
         }
     }
 }

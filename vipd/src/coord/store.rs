@@ -17,7 +17,7 @@ use zookeeper_client::{Client, CreateMode, Error as ZkError, SessionState};
 
 use super::{
     ClusterPaths,
-    session::{ZkCallError, ZnodeAcl, call, mkdir, until_terminated},
+    session::{ZkCallError, ZnodeAcl, any_fired, call, mkdir, until_terminated},
 };
 use crate::vip::Vip;
 
@@ -341,11 +341,8 @@ pub(crate) async fn watch_services(
                     last = Some(services.clone());
                     publish(Ok(services));
                 }
-                let any = futures::future::select_all(
-                    watchers.into_iter().map(|w| Box::pin(w.changed())),
-                );
                 tokio::select! {
-                    _ = any => {}
+                    () = any_fired(watchers) => {}
                     s = until_terminated(&mut state) => return s,
                 }
             }

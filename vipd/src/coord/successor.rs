@@ -239,7 +239,10 @@ impl LeaderTiming {
             && wait != self.wait_logged
         {
             self.wait_logged = wait;
+            let fence_outlives_leader =
+                matches!(stated, StatedLease::Stated { fence: Some(_), .. });
             info!(leader = %leader, takeover_after = ?wait, own = ?self.own,
+                fence_outlives_leader,
                 "timing the leader by the longer of its stated lease and ours");
         }
         taken

@@ -13,6 +13,7 @@ mod pass;
 mod probing;
 mod settings;
 mod status;
+mod writes;
 mod xdp;
 
 use std::{
@@ -28,9 +29,14 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use self::probing::Probing;
 pub(crate) use self::settings::EngineSettings;
-pub(crate) use self::status::{ConflictStatus, EngineStatus, LinkHealth, VipState, VipStatus};
+pub(crate) use self::status::{
+    ConflictStatus, EngineStatus, LinkHealth, VipState, VipStatus, fence_state,
+};
+use self::{
+    probing::Probing,
+    writes::{WriteKind, Written},
+};
 use crate::{
     announce::Announcer,
     net::{
@@ -88,6 +94,8 @@ pub(crate) struct Engine {
     /// When this term's addresses' lifetimes were last renewed (`None`:
     /// not yet): [`crate::role::LeaseGrant::renews_addresses`].
     addresses_renewed: Option<Instant>,
+    /// The first VIP the last lease renewal had no time left for.
+    renew_resume: Option<Vip>,
     /// When native XDP attachments are next checked for lost answers
     /// (`None`: there are none).
     delivery_check: Option<tokio::time::Instant>,
@@ -155,6 +163,7 @@ impl Engine {
             conflicts: BTreeMap::new(),
             held: BTreeMap::new(),
             addresses_renewed: None,
+            renew_resume: None,
             delivery_check: None,
             vip_links: BTreeMap::new(),
             links_down_since: None,
@@ -352,30 +361,42 @@ impl Engine {
         if addresses {
             self.addresses_renewed = Some(started);
         }
-        let held = if addresses {
-            self.held.clone()
+        // Resumed where the last renewal ran out of lease, so a pass cut
+        // short never leaves the same VIPs behind twice.
+        let writes: Vec<(Vip, Placement)> = if addresses {
+            let from = self.renew_resume.take();
+            let (head, tail): (Vec<_>, Vec<_>) = self
+                .held
+                .iter()
+                .map(|(vip, placement)| (*vip, *placement))
+                .partition(|(vip, _)| from.is_some_and(|from| *vip >= from));
+            head.into_iter().chain(tail).collect()
         } else {
-            BTreeMap::new()
+            Vec::new()
         };
-        for (vip, placement) in &held {
-            // Checked before each write: a vipd resumed after a freeze must
-            // not put back what the kernel let expire, nor a lifetime that
-            // outlives the lease's takeover.
-            let Some(lifetime) = lease.lifetime_at(Instant::now()) else {
-                warn!("too little of the lease left while renewing; no more renewals");
-                break;
-            };
-            if Instant::now() >= lease.until {
-                warn!("lease ran out while renewing; no more renewals");
-                break;
+        let outcomes = self.write_addresses(WriteKind::Renew, &writes).await;
+        let mut late = 0;
+        for ((vip, _), outcome) in writes.iter().zip(outcomes) {
+            match outcome {
+                Written::Sent(_, Ok(())) => {}
+                Written::Sent(_, Err(e)) => {
+                    errors += 1;
+                    warn!(vip = %vip, error = %e, "cannot renew the VIP's lifetime");
+                }
+                Written::Late => {
+                    if late == 0 {
+                        self.renew_resume = Some(*vip);
+                    }
+                    late += 1;
+                }
             }
-            let before = self.fence_before_write(*vip, *placement);
-            let renewed = self.netlink.renew_vip(*vip, *placement, lifetime).await;
-            self.fence_after_write(*vip, before, renewed.is_ok().then_some(Some(lifetime)));
-            if let Err(e) = renewed {
-                errors += 1;
-                warn!(vip = %vip, error = %e, "cannot renew the VIP's lifetime");
-            }
+        }
+        if late > 0 {
+            warn!(
+                late,
+                of = writes.len(),
+                "lease ran low while renewing; the rest are renewed first next time"
+            );
         }
         if self.xdp_program.is_some() && self.settings.xdp_responder && Instant::now() < lease.until
         {

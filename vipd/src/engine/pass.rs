@@ -10,7 +10,12 @@ use std::{
 use tracing::{debug, error, info, instrument, warn};
 use vipd_common::HeldVip;
 
-use super::{Engine, LinkHealth, VipState, VipStatus, probing::mac_text, unix_ms};
+use super::{
+    Engine, LinkHealth, VipState, VipStatus,
+    probing::mac_text,
+    unix_ms,
+    writes::{WriteKind, Written},
+};
 use crate::{
     net::{
         AddrState, Address, Placement, netlink::NetSnapshot, sysctl::enable_promote_secondaries,
@@ -223,44 +228,49 @@ impl Engine {
 
     /// The plan's adds, with vipd's mark and the lease's lifetime.
     async fn add(&mut self, snap: &NetSnapshot, plan: &AddressPlan, done: &mut Executed) {
-        for action in &plan.actions {
-            if let Action::Add { vip, placement } = action {
-                // Checked before each write, never one after the lease, nor
-                // a lifetime that would outlive a successor's takeover.
-                let lifetime = match self.applied.lease {
-                    None => None,
-                    Some(l) => l.lifetime_at(Instant::now()),
-                };
-                if !self.lease_valid() || (self.applied.lease.is_some() && lifetime.is_none()) {
+        let adds: Vec<(Vip, Placement)> = plan
+            .actions
+            .iter()
+            .filter_map(|action| match action {
+                Action::Add { vip, placement } => Some((*vip, *placement)),
+                _ => None,
+            })
+            .collect();
+        if !self.lease_valid() {
+            for (vip, _) in &adds {
+                let msg = format!("not adding VIP {vip}: the lease has ended");
+                debug!(vip = %vip, "{msg}");
+                done.failed.insert(*vip, msg);
+            }
+            return;
+        }
+        let outcomes = self.write_addresses(WriteKind::Add, &adds).await;
+        for ((vip, placement), outcome) in adds.iter().zip(outcomes) {
+            match outcome {
+                Written::Late => {
                     let msg = format!("not adding VIP {vip}: too little of the lease is left");
                     debug!(vip = %vip, "{msg}");
                     done.failed.insert(*vip, msg);
-                    continue;
                 }
-                let before = self.fence_before_write(*vip, *placement);
-                let added = self.netlink.add_vip_for(*vip, *placement, lifetime).await;
-                self.fence_after_write(*vip, before, added.is_ok().then_some(lifetime));
-                match added {
-                    Ok(()) => {
-                        info!(vip = %vip, ifname = %self.name_in(snap, placement.ifindex),
-                              prefix_len = placement.prefix_len, "VIP added");
-                        done.added += 1;
+                Written::Sent(_, Ok(())) => {
+                    info!(vip = %vip, ifname = %self.name_in(snap, placement.ifindex),
+                          prefix_len = placement.prefix_len, "VIP added");
+                    done.added += 1;
+                }
+                Written::Sent(_, Err(e)) => {
+                    // One line per new error, not one per pass.
+                    let again = self
+                        .add_failures
+                        .get(vip)
+                        .is_some_and(|f| f.placement == *placement && f.error == e.to_string());
+                    if again {
+                        debug!(vip = %vip, error = %e, "cannot add VIP (again)");
+                    } else {
+                        error!(vip = %vip, error = %e, "cannot add VIP");
                     }
-                    Err(e) => {
-                        // One line per new error, not one per pass.
-                        let again = self
-                            .add_failures
-                            .get(vip)
-                            .is_some_and(|f| f.placement == *placement && f.error == e.to_string());
-                        if again {
-                            debug!(vip = %vip, error = %e, "cannot add VIP (again)");
-                        } else {
-                            error!(vip = %vip, error = %e, "cannot add VIP");
-                        }
-                        done.errors.push(e.to_string());
-                        done.failed.insert(*vip, e.to_string());
-                        done.add_errors.insert(*vip, e.to_string());
-                    }
+                    done.errors.push(e.to_string());
+                    done.failed.insert(*vip, e.to_string());
+                    done.add_errors.insert(*vip, e.to_string());
                 }
             }
         }

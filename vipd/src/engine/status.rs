@@ -56,6 +56,10 @@ pub(crate) struct EngineStatus {
     /// Configured VIPs beyond what the XDP maps hold (both families): the
     /// kernel answers ARP/NDP for them, XDP neither answers nor counts.
     pub xdp_over_capacity: usize,
+    /// The held maps' entries as last written: VIP -> (lease end, fence
+    /// end) on the programs' clock. The API tells the fence state from
+    /// them at the time it is asked.
+    pub fence: BTreeMap<Vip, (u64, u64)>,
     pub conflicts: BTreeMap<Vip, ConflictStatus>,
     /// VIP -> interface name, for every VIP the engine knows a place for.
     pub interfaces: BTreeMap<Vip, String>,
@@ -65,4 +69,58 @@ pub(crate) struct EngineStatus {
     pub links: LinkHealth,
     /// Address-conflict probes, counted per VIP probed.
     pub probes: ProbeStats,
+}
+
+/// The fence state of an entry with `lease_end` and `fence_end` at `now`
+/// (programs' clock, ns), and until when it lasts (`None`: no end).
+pub(crate) fn fence_state(
+    now: u64,
+    lease_end: u64,
+    fence_end: u64,
+) -> (vipd_api::FenceState, Option<u64>) {
+    use vipd_api::FenceState;
+    use vipd_common::NO_EXPIRY;
+    let until = |t: u64| (t != NO_EXPIRY).then_some(t);
+    if now < lease_end {
+        (FenceState::Serving, until(lease_end))
+    } else if now < fence_end {
+        (FenceState::Fenced, until(fence_end))
+    } else {
+        (FenceState::Inert, None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use vipd_api::FenceState;
+    use vipd_common::NO_EXPIRY;
+
+    use super::fence_state;
+
+    #[test]
+    fn an_entry_serves_until_its_lease_end_then_is_fenced_until_its_window_ends() {
+        for lease_end in [0, 5, 1_000, NO_EXPIRY] {
+            for window in [0, 1, 700, NO_EXPIRY] {
+                let fence_end = lease_end.saturating_add(window);
+                for now in [0, 4, 5, 6, 999, 1_000, 1_699, 1_700, 1_701, u64::MAX - 1] {
+                    let (state, until) = fence_state(now, lease_end, fence_end);
+                    let case = format!("now {now}, lease end {lease_end}, fence end {fence_end}");
+                    let want = if now < lease_end {
+                        FenceState::Serving
+                    } else if now < fence_end {
+                        FenceState::Fenced
+                    } else {
+                        FenceState::Inert
+                    };
+                    assert_eq!(state, want, "{case}");
+                    let end = match state {
+                        FenceState::Serving => Some(lease_end),
+                        FenceState::Fenced => Some(fence_end),
+                        FenceState::Inert => None,
+                    };
+                    assert_eq!(until, end.filter(|e| *e != NO_EXPIRY), "{case}");
+                }
+            }
+        }
+    }
 }

@@ -169,6 +169,15 @@ impl Engine {
         let Some(xdp) = self.xdp_program.clone() else {
             return Ok(());
         };
+        // Entries an earlier vipd pinned: fenced until their windows
+        // close, as if this agent had released them.
+        let adopted = xdp.lock().expect("XDP program lock").take_adopted_held();
+        for (vip, e) in adopted {
+            if !self.xdp_written.contains_key(&vip) {
+                self.fence_ends.entry(vip).or_insert(e.fence_end_ns);
+                self.xdp_written.insert(vip, e);
+            }
+        }
         let now = program_ns(Instant::now());
         self.fence_ends
             .retain(|v, end| served.contains_key(v) || *end > now);
@@ -206,6 +215,15 @@ impl Engine {
             }
         }
         let written = xdp.lock().expect("XDP program lock").set_held(&next);
+        let fence = next
+            .iter()
+            .map(|(v, e)| (*v, (e.lease_end_ns, e.fence_end_ns)))
+            .collect();
+        self.status.send_if_modified(|s| {
+            let changed = s.fence != fence;
+            s.fence = fence;
+            changed
+        });
         self.xdp_written = next;
         written
     }

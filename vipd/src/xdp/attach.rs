@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use aya::programs::xdp::XdpLinkId;
+use aya::programs::xdp::{XdpLink, XdpLinkId};
 use tracing::{debug, error, info, instrument, warn};
 
 use super::{
@@ -14,6 +14,7 @@ use super::{
         AttachedMode, CONFIRM_AFTER, DeliveryWatch, Loss, ModeReason, TxSample, Verdict,
         first_choice,
     },
+    pins::HeldLink,
 };
 use crate::config::XdpMode;
 
@@ -42,14 +43,20 @@ pub struct XdpAttachment {
 
 /// An attachment and what vipd knows about it.
 pub(super) struct Attachment {
-    mode: AttachedMode,
-    link: XdpLinkId,
-    setting: XdpMode,
-    driver: Option<String>,
-    reason: ModeReason,
-    ifindex: u32,
+    pub(super) mode: AttachedMode,
+    pub(super) link: HeldLink<XdpLink>,
+    pub(super) setting: XdpMode,
+    pub(super) driver: Option<String>,
+    pub(super) reason: ModeReason,
+    pub(super) ifindex: u32,
     /// Native attachments only: the check that answers leave.
-    watch: Option<NativeWatch>,
+    pub(super) watch: Option<NativeWatch>,
+}
+
+impl Attachment {
+    pub(super) fn pinned(&self) -> bool {
+        self.link.is_pinned()
+    }
 }
 
 pub(super) struct NativeWatch {
@@ -79,8 +86,9 @@ impl XdpProgram {
     /// `Generic` force the first mode. Wherever native answers are later
     /// seen lost ([`XdpProgram::check_delivery`]) the interface moves to
     /// generic, forced or not, and stays there.
-    /// The attachment is a bpf link owned by this process (no pinning): when
-    /// vipd exits or is killed, the kernel detaches the program.
+    /// The attachment is a bpf link, pinned when there is a bpf dir (it
+    /// then outlives the process), else owned by this process: when vipd
+    /// exits or is killed, the kernel detaches the program.
     #[instrument(skip(self))]
     pub fn attach(&mut self, ifname: &str, mode: XdpMode) -> Result<AttachedMode, XdpError> {
         if let Some(existing) = self.attachments.get(ifname) {
@@ -142,6 +150,7 @@ impl XdpProgram {
             },
         };
         let ifindex = if_index(ifname);
+        let link = self.own_link(ifname, link, ifindex, attached)?;
         let watch = (attached == AttachedMode::Native)
             .then(|| self.start_watch(ifname, driver.as_deref(), ifindex))
             .flatten();
@@ -163,8 +172,35 @@ impl XdpProgram {
         Ok(attached)
     }
 
+    /// Takes the link `id` out of the program: pinned when there is a bpf
+    /// dir. A link that cannot be pinned is attached again, unpinned.
+    fn own_link(
+        &mut self,
+        ifname: &str,
+        id: XdpLinkId,
+        ifindex: u32,
+        mode: AttachedMode,
+    ) -> Result<HeldLink<XdpLink>, XdpError> {
+        let take_err = |source| XdpError::Attach {
+            ifname: ifname.to_string(),
+            mode,
+            source,
+        };
+        let link = self.program_mut()?.take_link(id).map_err(take_err)?;
+        let path = self.pins.as_ref().map(|d| d.xdp_link(ifindex, mode));
+        match HeldLink::pin(link, path) {
+            Ok(link) => Ok(link),
+            Err(e) => {
+                error!(ifname, error = %e, "cannot pin the XDP link: attached unpinned, the fence on {ifname} dies with vipd");
+                let id = self.attach_in(ifname, mode)?;
+                let link = self.program_mut()?.take_link(id).map_err(take_err)?;
+                Ok(HeldLink::Process(link))
+            }
+        }
+    }
+
     /// The driver of `ifname`, if the kernel tells.
-    fn driver(&self, ifname: &str) -> Option<String> {
+    pub(super) fn driver(&self, ifname: &str) -> Option<String> {
         let ethtool = self.ethtool.as_ref()?;
         ethtool
             .driver(ifname)
@@ -175,7 +211,12 @@ impl XdpProgram {
 
     /// The baseline for checking that native answers leave `ifname`;
     /// `None` when the driver shows no counter to check.
-    fn start_watch(&self, ifname: &str, driver: Option<&str>, ifindex: u32) -> Option<NativeWatch> {
+    pub(super) fn start_watch(
+        &self,
+        ifname: &str,
+        driver: Option<&str>,
+        ifindex: u32,
+    ) -> Option<NativeWatch> {
         let ethtool = self.ethtool.as_ref()?;
         let names = ethtool
             .stat_names(ifname)
@@ -286,19 +327,12 @@ impl XdpProgram {
         );
         let reason = ModeReason::Fallback { loss };
         self.fallen_back.insert(ifname.to_string(), reason.clone());
-        let detached = self.program_mut().and_then(|p| {
-            p.detach(att.link).map_err(|source| XdpError::Detach {
-                ifname: ifname.to_string(),
-                source,
-            })
-        });
-        if let Err(e) = detached {
-            // aya has dropped the link either way; the next reconcile pass
-            // attaches again (generic), and reports it if the kernel refuses.
-            error!(ifname, error = %e, "cannot detach the native XDP program");
-            return;
-        }
-        match self.attach_in(ifname, AttachedMode::Generic) {
+        att.link.release();
+        let ifindex = att.ifindex;
+        let attached = self
+            .attach_in(ifname, AttachedMode::Generic)
+            .and_then(|id| self.own_link(ifname, id, ifindex, AttachedMode::Generic));
+        match attached {
             Ok(link) => {
                 info!(ifname, mode = %AttachedMode::Generic, driver = %driver,
                       reason = %reason.describe(att.setting, att.driver.as_deref()),
@@ -351,12 +385,7 @@ impl XdpProgram {
                 ifname: ifname.to_string(),
             });
         };
-        self.program_mut()?
-            .detach(att.link)
-            .map_err(|source| XdpError::Detach {
-                ifname: ifname.to_string(),
-                source,
-            })?;
+        att.link.release();
         info!(ifname, "XDP program detached");
         Ok(())
     }

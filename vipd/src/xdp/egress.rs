@@ -7,26 +7,33 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use aya::programs::{
     LinkOrder, SchedClassifier, TcAttachType, TestRun, TestRunOptions,
-    tc::{SchedClassifierLinkId, TcAttachOptions},
+    tc::{SchedClassifierLink, TcAttachOptions},
 };
 use tracing::{error, info, instrument};
 use vipd_common::EGRESS_PROGRAM_NAME;
 
-use super::{XdpError, XdpProgram};
+use super::{XdpError, XdpProgram, pins::HeldLink};
 
 /// One interface the egress program is attached to.
-struct EgressLink {
-    ifname: String,
-    /// Owned by the program: dropping the program detaches it.
-    link: SchedClassifierLinkId,
+pub(super) struct EgressLink {
+    pub(super) ifname: String,
+    /// Pinned when there is a bpf dir, else detached with the process.
+    pub(super) link: HeldLink<SchedClassifierLink>,
 }
 
 /// The egress links, by ifindex, and the interfaces where attaching
 /// failed (logged once, tried again on every pass).
 #[derive(Default)]
 pub(super) struct EgressLinks {
-    links: BTreeMap<u32, EgressLink>,
-    failed: BTreeSet<u32>,
+    pub(super) links: BTreeMap<u32, EgressLink>,
+    pub(super) failed: BTreeSet<u32>,
+}
+
+impl EgressLinks {
+    /// Every egress link is pinned, and none failed to attach.
+    pub(super) fn all_pinned(&self) -> bool {
+        self.failed.is_empty() && self.links.values().all(|l| l.link.is_pinned())
+    }
 }
 
 impl XdpProgram {
@@ -61,11 +68,10 @@ impl XdpProgram {
             .map(|(i, _)| *i)
             .collect();
         for ifindex in gone {
-            if let Some(l) = self.egress_links.links.remove(&ifindex)
-                && let Ok(p) = self.egress_mut()
-            {
-                // A link whose device went is defunct: closing it is all.
-                drop(p.take_link(l.link));
+            if let Some(l) = self.egress_links.links.remove(&ifindex) {
+                // A link whose device went is defunct: unpinning and
+                // closing it is all.
+                l.link.release();
             }
         }
         self.egress_links
@@ -76,7 +82,7 @@ impl XdpProgram {
             if self.egress_links.links.contains_key(ifindex) {
                 continue;
             }
-            match self.attach_egress(ifname) {
+            match self.attach_egress(ifname, *ifindex) {
                 Ok(link) => {
                     info!(ifname = %ifname, "egress fence attached");
                     self.egress_links.failed.remove(ifindex);
@@ -99,17 +105,38 @@ impl XdpProgram {
         errors
     }
 
-    fn attach_egress(&mut self, ifname: &str) -> Result<SchedClassifierLinkId, XdpError> {
-        self.egress_mut()?
+    /// Attaches the egress program to `ifname`, pinned when there is a bpf
+    /// dir; a link that cannot be pinned is attached again, unpinned.
+    fn attach_egress(
+        &mut self,
+        ifname: &str,
+        ifindex: u32,
+    ) -> Result<HeldLink<SchedClassifierLink>, XdpError> {
+        let link = self.attach_egress_once(ifname)?;
+        let path = self.pins.as_ref().map(|d| d.egress_link(ifindex));
+        match HeldLink::pin(link, path) {
+            Ok(link) => Ok(link),
+            Err(e) => {
+                error!(ifname, error = %e, "cannot pin the egress fence's link: attached unpinned, it dies with vipd");
+                Ok(HeldLink::Process(self.attach_egress_once(ifname)?))
+            }
+        }
+    }
+
+    fn attach_egress_once(&mut self, ifname: &str) -> Result<SchedClassifierLink, XdpError> {
+        let err = |source| XdpError::AttachEgress {
+            ifname: ifname.to_string(),
+            source,
+        };
+        let program = self.egress_mut()?;
+        let id = program
             .attach_with_options(
                 ifname,
                 TcAttachType::Egress,
                 TcAttachOptions::TcxOrder(LinkOrder::default()),
             )
-            .map_err(|source| XdpError::AttachEgress {
-                ifname: ifname.to_string(),
-                source,
-            })
+            .map_err(err)?;
+        program.take_link(id).map_err(err)
     }
 
     /// The interfaces the egress fence is attached to, by name.

@@ -10,7 +10,7 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{HashMap, MapData, MapError, PerCpuHashMap, PerCpuValues, RingBuf},
+    maps::{HashMap, IterableMap, Map, MapData, MapError, PerCpuHashMap, PerCpuValues, RingBuf},
 };
 use tracing::debug;
 use vipd_common::{
@@ -21,6 +21,7 @@ use vipd_common::{
 use super::{
     XdpError,
     conflicts::{Conflict, Ring},
+    pins::BpfDir,
 };
 use crate::vip::Vip;
 
@@ -118,13 +119,75 @@ pub(super) struct FamilyMaps<F: Family> {
 }
 
 impl<F: Family> FamilyMaps<F> {
-    pub(super) fn take(ebpf: &mut Ebpf) -> Result<Self, XdpError> {
-        Ok(FamilyMaps {
+    /// Takes this family's maps out of the loaded object. With `pins`, the
+    /// entries of the maps an earlier run pinned there are copied in, and
+    /// these maps' pins replace theirs; returns the held entries copied.
+    pub(super) fn take(
+        ebpf: &mut Ebpf,
+        pins: Option<&BpfDir>,
+    ) -> Result<(Self, BTreeMap<F::Vip, HeldVip>), XdpError> {
+        let mut maps = FamilyMaps {
             counters: take_typed(ebpf, F::COUNTERS, PerCpuHashMap::try_from)?,
             held: take_typed(ebpf, F::HELD, HashMap::try_from)?,
             conflicts: Some(take_typed(ebpf, F::CONFLICTS, RingBuf::try_from)?),
             held_now: BTreeMap::new(),
-        })
+        };
+        let Some(dir) = pins else {
+            return Ok((maps, BTreeMap::new()));
+        };
+        maps.copy_pinned(dir)?;
+        for (name, data) in [
+            (F::HELD, maps.held.map()),
+            (F::COUNTERS, maps.counters.map()),
+        ] {
+            let path = dir.map(name);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(XdpError::BpfDir { dir: path, source }),
+            }
+            data.pin(&path)
+                .map_err(|source| XdpError::Pin { path, source })?;
+        }
+        let adopted = maps.held_now.clone();
+        Ok((maps, adopted))
+    }
+
+    /// Copies the entries of the maps pinned in `dir` (if any) into these.
+    fn copy_pinned(&mut self, dir: &BpfDir) -> Result<(), XdpError> {
+        let read = |map: &'static str| move |source| XdpError::MapRead { map, source };
+        if let Ok(old) = MapData::from_pin(dir.map(F::HELD)) {
+            let old: HashMap<MapData, F::Key, HeldVip> =
+                HashMap::try_from(Map::HashMap(old)).map_err(read(F::HELD))?;
+            for item in old.iter() {
+                let (key, entry) = match item {
+                    Ok(i) => i,
+                    Err(MapError::KeyNotFound) => continue,
+                    Err(source) => return Err(read(F::HELD)(source)),
+                };
+                let vip = F::vip(F::HELD, key)?;
+                self.held
+                    .insert(key, entry, 0)
+                    .map_err(|source| F::update_error(F::HELD, vip, source))?;
+                self.held_now.insert(vip, entry);
+            }
+        }
+        if let Ok(old) = MapData::from_pin(dir.map(F::COUNTERS)) {
+            let old: PerCpuHashMap<MapData, F::Key, ArpCounters> =
+                PerCpuHashMap::try_from(Map::PerCpuHashMap(old)).map_err(read(F::COUNTERS))?;
+            for item in old.iter() {
+                let (key, values) = match item {
+                    Ok(i) => i,
+                    Err(MapError::KeyNotFound) => continue,
+                    Err(source) => return Err(read(F::COUNTERS)(source)),
+                };
+                let vip = F::vip(F::COUNTERS, key)?;
+                self.counters
+                    .insert(key, values, 0)
+                    .map_err(|source| F::update_error(F::COUNTERS, vip, source))?;
+            }
+        }
+        Ok(())
     }
 
     /// The counters map holds exactly `vips`: zeroed per-CPU counters for

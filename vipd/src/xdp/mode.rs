@@ -85,6 +85,8 @@ pub(crate) enum ModeReason {
     NativeRefused { error: String },
     /// Native answers were lost on the way out; vipd moved to generic.
     Fallback { loss: Loss },
+    /// A link pinned by an earlier run, kept in its mode.
+    Adopted,
 }
 
 impl ModeReason {
@@ -96,6 +98,7 @@ impl ModeReason {
             ModeReason::DriverLosesNativeTx { .. } => "driver_loses_native_tx",
             ModeReason::NativeRefused { .. } => "native_refused",
             ModeReason::Fallback { .. } => "fallback",
+            ModeReason::Adopted => "adopted",
         }
     }
 
@@ -111,6 +114,7 @@ impl ModeReason {
                 format!("auto: driver {drv} refused native XDP: {error}")
             }
             ModeReason::Fallback { loss } => format!("fallback from native: {loss}"),
+            ModeReason::Adopted => "kept from the previous run (pinned link adopted)".into(),
         };
         // One line, whatever an error text holds.
         text.replace('\n', " ")

@@ -1,6 +1,8 @@
-//! `bench steady`: three vipd nodes at `--lease 200ms` and a 1 s session
-//! timeout left alone while the bench keeps every CPU busy. Nothing fails,
-//! so nothing may move: no leader change, no takeover, no VIP move.
+//! `bench steady`: three vipd nodes at `--lease 200ms`, then at `--lease
+//! 100ms`, with a 1 s session timeout, left alone while the bench keeps
+//! every CPU busy. Nothing fails, so nothing may move: no leader change, no
+//! takeover, no VIP move. The leader's renewal gaps are read from
+//! ZooKeeper's own transaction log (the time it applied each renewal).
 
 use std::{
     fmt::Write as _,
@@ -26,7 +28,8 @@ use super::{
 /// The length of the steady run when `--seconds` is not given.
 pub const DEFAULT_SECONDS: u64 = 300;
 const SESSION_TIMEOUT: Duration = Duration::from_secs(1);
-const LEASE: Duration = Duration::from_millis(200);
+/// The leases the steady run measures, one after the other.
+const LEASES: [Duration; 2] = [Duration::from_millis(200), Duration::from_millis(100)];
 const SETTINGS: VipdSettings = VipdSettings {
     session_timeout: SESSION_TIMEOUT,
     garp_interval: Duration::from_secs(1),
@@ -175,22 +178,43 @@ pub fn count_log_lines(log: &str, message: &str, after: SystemTime) -> usize {
 pub fn run(opts: &Options) -> Result<String> {
     preflight()?;
     install_sigint_handler();
-    let seconds = opts.seconds;
     let bins = binaries()?;
     let start = Instant::now();
-    let p = |s: &str| progress(start, &format!("steady: {s}"));
+    let mut md = String::new();
+    let _ = writeln!(md, "## Steady: no takeover without a fault\n");
+    for lease in LEASES {
+        md += &run_lease(opts, &bins, start, lease)?;
+    }
+    Ok(md)
+}
+
+/// One steady run at `lease`: its part of the report.
+fn run_lease(
+    opts: &Options,
+    bins: &std::path::Path,
+    start: Instant,
+    lease: Duration,
+) -> Result<String> {
+    let seconds = opts.seconds;
+    let bins = bins.to_path_buf();
+    let p = |s: &str| {
+        progress(
+            start,
+            &format!("steady --lease {}ms: {s}", lease.as_millis()),
+        )
+    };
     let system = System::Vipd {
         session_timeout: SESSION_TIMEOUT,
-        lease: Some(LEASE),
+        lease: Some(lease),
         ipv6: false,
     };
     let Some(rule) = vipd_lease_check(&bins, &system)? else {
         bail!("this vipd has no --lease (vipd check-config refuses it): the steady run needs it");
     };
     let cluster = FailoverLab::start_with(
-        "steady",
+        &format!("steady{}", lease.as_millis()),
         Agent::Vipd(SETTINGS),
-        Some(LEASE),
+        Some(lease),
         system.vip(),
         &bins,
         &p,
@@ -244,7 +268,16 @@ pub fn run(opts: &Options) -> Result<String> {
         }
     }
     let end = Instant::now();
+    let wall_end = SystemTime::now();
     let shares = load.stop();
+    let gaps = match cluster.zk_data_root() {
+        Some(root) => renewal_gaps(root, wall0, wall_end).with_context(|| {
+            format!("reading ZooKeeper's transaction log in {}", root.display())
+        })?,
+        None => Vec::new(),
+    };
+    let gaps = GapSummary::of(&gaps);
+    p(&format!("renewal gaps: {gaps:?}"));
     let wall = end.duration_since(t0);
     let history = vip_history(&cluster.vip_changes(t0, end), cluster.nodes.len(), holder);
     let outcomes = cluster.prober.outcomes(t0, end);
@@ -283,7 +316,125 @@ pub fn run(opts: &Options) -> Result<String> {
     }
     p("tearing the lab down");
     drop(cluster);
-    Ok(report(seconds, wall, &rule, &counts, &shares))
+    Ok(report(seconds, wall, lease, &rule, &counts, &gaps, &shares))
+}
+
+/// The renewal gaps' percentiles, in ms (ZooKeeper's timestamps are whole
+/// milliseconds).
+#[derive(Debug, Default, PartialEq)]
+pub struct GapSummary {
+    pub count: usize,
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+}
+
+impl GapSummary {
+    pub fn of(gaps: &[u64]) -> GapSummary {
+        if gaps.is_empty() {
+            return GapSummary::default();
+        }
+        let mut v = gaps.to_vec();
+        v.sort_unstable();
+        // Nearest rank.
+        let at = |q: f64| v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+        GapSummary {
+            count: v.len(),
+            p50: at(0.5),
+            p90: at(0.9),
+            p99: at(0.99),
+            p999: at(0.999),
+            max: v[v.len() - 1],
+        }
+    }
+}
+
+/// ZooKeeper's transaction log: a `ZKLG` header, then entries of a CRC, a
+/// length, the transaction (its header: client id, cxid, zxid, the
+/// server's wall-clock time in ms, the type; then the record) and an `B`;
+/// the file is preallocated with zeros past the last entry.
+const TXN_LOG_MAGIC: u32 = 0x5a4b_4c47;
+const OP_SET_DATA: i32 = 5;
+
+/// Every `setData` in a transaction log file: (time in ms since the epoch,
+/// path).
+pub fn set_data_txns(bytes: &[u8]) -> Result<Vec<(u64, String)>> {
+    let be32 = |b: &[u8], at: usize| -> Option<u32> {
+        Some(u32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?))
+    };
+    let be64 = |b: &[u8], at: usize| -> Option<u64> {
+        Some(u64::from_be_bytes(b.get(at..at + 8)?.try_into().ok()?))
+    };
+    if be32(bytes, 0) != Some(TXN_LOG_MAGIC) {
+        bail!("not a ZooKeeper transaction log (no ZKLG header)");
+    }
+    let mut out = Vec::new();
+    let mut at = 16;
+    while let (Some(crc), Some(len)) = (be64(bytes, at), be32(bytes, at + 8)) {
+        if crc == 0 && len == 0 {
+            break;
+        }
+        let len = len as usize;
+        let Some(txn) = bytes.get(at + 12..at + 12 + len) else {
+            break;
+        };
+        // Header: clientId 8, cxid 4, zxid 8, time 8, type 4.
+        if let (Some(time), Some(kind)) = (be64(txn, 20), be32(txn, 28))
+            && kind as i32 == OP_SET_DATA
+            && let Some(plen) = be32(txn, 32)
+            && let Some(path) = txn.get(36..36 + plen as usize)
+        {
+            out.push((time, String::from_utf8_lossy(path).into_owned()));
+        }
+        at += 12 + len + 1;
+    }
+    Ok(out)
+}
+
+/// The gaps, in ms, between consecutive `setData`s of each election znode
+/// (the leader's renewals) that ZooKeeper applied between `from` and `to`,
+/// from every transaction log under `root`.
+fn renewal_gaps(root: &std::path::Path, from: SystemTime, to: SystemTime) -> Result<Vec<u64>> {
+    let ms = |t: SystemTime| {
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    };
+    let (from, to) = (ms(from), ms(to));
+    let mut files = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).with_context(|| format!("listing {}", d.display()))? {
+            let path = e?.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("log."))
+            {
+                files.push(path);
+            }
+        }
+    }
+    let mut txns = Vec::new();
+    for f in files {
+        let bytes = std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?;
+        txns.extend(set_data_txns(&bytes).with_context(|| f.display().to_string())?);
+    }
+    txns.sort();
+    let mut last: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    let mut gaps = Vec::new();
+    for (t, path) in txns {
+        if !path.contains("/election/") || t < from || t > to {
+            continue;
+        }
+        if let Some(prev) = last.insert(path, t) {
+            gaps.push(t - prev);
+        }
+    }
+    Ok(gaps)
 }
 
 #[derive(Debug)]
@@ -315,10 +466,18 @@ impl Counts {
     }
 }
 
-fn report(seconds: u64, wall: Duration, rule: &LeaseRule, c: &Counts, shares: &[f64]) -> String {
+fn report(
+    seconds: u64,
+    wall: Duration,
+    lease: Duration,
+    rule: &LeaseRule,
+    c: &Counts,
+    gaps: &GapSummary,
+    shares: &[f64],
+) -> String {
     let ms = |d: Duration| d.as_millis();
     let mut md = String::new();
-    let _ = writeln!(md, "## Steady: no takeover without a fault\n");
+    let _ = writeln!(md, "### `--lease {}ms`\n", lease.as_millis());
     let share = super::Summary::of(&shares.iter().map(|s| s * 100.0).collect::<Vec<_>>());
     let _ = writeln!(
         md,
@@ -334,7 +493,7 @@ fn report(seconds: u64, wall: Duration, rule: &LeaseRule, c: &Counts, shares: &[
          {} unanswered), vipd's own log lines (elected, taking over from a silent leader, \
          fencing), and the VIP's address events in every namespace.\n",
         timeline::binaries_note(),
-        LEASE.as_millis(),
+        lease.as_millis(),
         wall.as_secs_f64(),
         shares.len(),
         share.map_or("?".to_string(), |s| format!("{:.0}%", s.median)),
@@ -345,7 +504,25 @@ fn report(seconds: u64, wall: Duration, rule: &LeaseRule, c: &Counts, shares: &[
         c.unanswered_status
     );
     let _ = writeln!(md, "| figure | measured | expected |\n|---|---|---|");
-    let rows: [(&str, String, &str); 11] = [
+    let gap_row = |v: u64| {
+        if gaps.count == 0 {
+            "n/a".to_string()
+        } else {
+            v.to_string()
+        }
+    };
+    let renew = format!("{} (the interval)", ms(rule.renew_every));
+    let rows: [(&str, String, &str); 17] = [
+        (
+            "renewals ZooKeeper applied (gaps measured)",
+            gaps.count.to_string(),
+            "",
+        ),
+        ("renewal gap p50 (ms)", gap_row(gaps.p50), &renew),
+        ("renewal gap p90 (ms)", gap_row(gaps.p90), ""),
+        ("renewal gap p99 (ms)", gap_row(gaps.p99), ""),
+        ("renewal gap p99.9 (ms)", gap_row(gaps.p999), ""),
+        ("renewal gap max (ms)", gap_row(gaps.max), ""),
         (
             "leader changes (term changes in the nodes' status)",
             c.term_changes.to_string(),
@@ -407,9 +584,12 @@ fn report(seconds: u64, wall: Duration, rule: &LeaseRule, c: &Counts, shares: &[
         md,
         "\n**Spurious takeovers: {}** (target: zero in a 5-minute run at `--lease {}ms` with both \
          CPUs loaded); **the VIP left its holder {} time(s)** (the leader fenced itself: no \
-         renewal acknowledged within the lease; expected 0){}.\n",
+         renewal acknowledged within the lease; expected 0){}. Renewal gaps are the times \
+         between consecutive renewals of the leader's znode as ZooKeeper applied them (its \
+         transaction log's timestamps, whole ms): a gap above the lease is a lease that ran \
+         out.\n",
         c.spurious_takeovers(),
-        LEASE.as_millis(),
+        lease.as_millis(),
         c.interruptions(),
         if seconds < DEFAULT_SECONDS {
             format!("; this run was shorter ({seconds} s)")
@@ -423,6 +603,58 @@ fn report(seconds: u64, wall: Duration, rule: &LeaseRule, c: &Counts, shares: &[
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A transaction log as ZooKeeper writes it: the header, entries, and
+    /// zeros; only the setData entries come out, with their times.
+    #[test]
+    fn set_data_is_read_from_a_transaction_log() {
+        fn entry(time: u64, kind: i32, path: &str) -> Vec<u8> {
+            let mut txn = Vec::new();
+            txn.extend(7u64.to_be_bytes()); // client id
+            txn.extend(1u32.to_be_bytes()); // cxid
+            txn.extend(9u64.to_be_bytes()); // zxid
+            txn.extend(time.to_be_bytes());
+            txn.extend(kind.to_be_bytes());
+            txn.extend((path.len() as u32).to_be_bytes());
+            txn.extend(path.as_bytes());
+            txn.extend(3u32.to_be_bytes());
+            txn.extend(b"abc");
+            txn.extend(5u32.to_be_bytes()); // version
+            let mut e = 0x1234u64.to_be_bytes().to_vec(); // crc
+            e.extend((txn.len() as u32).to_be_bytes());
+            e.extend(txn);
+            e.push(b'B');
+            e
+        }
+        let mut log = TXN_LOG_MAGIC.to_be_bytes().to_vec();
+        log.extend(2u32.to_be_bytes());
+        log.extend(0u64.to_be_bytes());
+        log.extend(entry(
+            1000,
+            OP_SET_DATA,
+            "/vipd/lab/election/n1-n_0000000001",
+        ));
+        log.extend(entry(1005, 1, "/vipd/lab/election/n2-n_0000000002"));
+        log.extend(entry(
+            1013,
+            OP_SET_DATA,
+            "/vipd/lab/election/n1-n_0000000001",
+        ));
+        log.extend([0u8; 64]);
+        let txns = set_data_txns(&log).unwrap();
+        assert_eq!(
+            txns,
+            vec![
+                (1000, "/vipd/lab/election/n1-n_0000000001".to_string()),
+                (1013, "/vipd/lab/election/n1-n_0000000001".to_string())
+            ]
+        );
+        assert!(set_data_txns(b"nope").is_err());
+        let g = GapSummary::of(&[13, 12, 13, 40, 12, 13, 13, 12, 13, 13]);
+        assert_eq!((g.count, g.p50, g.p90, g.max), (10, 13, 13, 40));
+        assert_eq!(g.p99, 40);
+        assert_eq!(GapSummary::of(&[]), GapSummary::default());
+    }
 
     #[test]
     fn history_tells_renewals_from_moves() {

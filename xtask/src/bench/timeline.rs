@@ -796,6 +796,12 @@ impl FailoverLab {
         self.vipctl_zk(&["vip", "set", SERVICE, &vip])
     }
 
+    /// Where the lab's ZooKeeper keeps its data (its transaction logs),
+    /// for a vipd lab.
+    pub fn zk_data_root(&self) -> Option<&Path> {
+        self._zk.as_ref().map(ZkServer::data_root)
+    }
+
     /// `vipctl <command> --zk .. --cluster lab <args>`, run where ZooKeeper
     /// lives: its output, or why not.
     pub fn vipctl_zk(&self, args: &[&str]) -> Result<String> {

@@ -1,13 +1,15 @@
 //! The commands that talk to the agent on this host: `status` and
 //! `arp stats` over its control socket, and `cleanup`, which removes the
-//! instance's addresses after the agent stopped and aborts the TCP sockets
-//! left on them.
+//! instance's addresses after the agent stopped, aborts the TCP sockets
+//! left on them, and removes its pinned fence.
 
 use std::{collections::BTreeSet, net::IpAddr, process::ExitCode};
 
 use vipd::{
     api::{self, ArpStats, Request, Status},
+    instance::Instance,
     net::{Address, netlink::Netlink},
+    xdp::{default_bpf_dir, remove_pinned},
 };
 
 use crate::{
@@ -63,12 +65,14 @@ pub(crate) async fn arp_stats(socket: &SocketArg, output: &OutputArg) -> ExitCod
     print_each(output, output.watch, stats, |e: String| fail(&e)).await
 }
 
-/// `vipctl cleanup`: only the instance's own addresses, by its mark.
+/// `vipctl cleanup`: only the instance's own addresses, by its mark, and
+/// its pinned fence.
 pub(crate) async fn cleanup(socket: &SocketArg) -> ExitCode {
     let instance = match socket.instance() {
         Ok(i) => i,
         Err(e) => return usage_failure(&e),
     };
+
     let nl = match Netlink::new() {
         Ok(n) => n.with_mark(instance.mark()),
         Err(e) => return fail(&e.to_string()),
@@ -89,8 +93,14 @@ pub(crate) async fn cleanup(socket: &SocketArg) -> ExitCode {
                     instance.mark()
                 );
             }
-            ExitCode::SUCCESS
+            // The fence last: it keeps the addresses unserved until they
+            // are gone (and a removed IPv6 address's sockets silent).
+            match remove_pinned_fence(socket, &instance) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e),
+            }
         }
+        // The fence stays: the addresses are still there.
         Err(e) => fail(&e.to_string()),
     }
 }
@@ -100,7 +110,8 @@ pub(crate) async fn cleanup(socket: &SocketArg) -> ExitCode {
 /// are aborted, so those services stop retransmitting to clients that have
 /// moved on. Only these addresses, which carried the instance's mark. IPv4
 /// only: an IPv6 abort sends a reset that leaves the node with the VIP as
-/// source, and no fence outlives the agent to drop it.
+/// source, and cleanup does not know whether the pinned fence's window for
+/// that VIP (if a fence was pinned) is still open to drop it.
 fn abort_sockets_on(removed: &[Address]) {
     let ips: BTreeSet<IpAddr> = removed.iter().map(|a| a.addr).collect();
     for ip in ips {
@@ -116,4 +127,35 @@ fn abort_sockets_on(removed: &[Address]) {
             Err(e) => eprintln!("vipctl: cannot abort the TCP sockets on {ip}: {e}"),
         }
     }
+}
+
+/// Removes the instance's pinned fence (`--bpf-dir`, or the default
+/// place), printing each pin removed.
+fn remove_pinned_fence(socket: &SocketArg, instance: &Instance) -> Result<(), String> {
+    let dir = match &socket.bpf_dir {
+        Some(d) => d.clone(),
+        None => match default_bpf_dir(instance.name()) {
+            Some(d) => d,
+            None => return Ok(()),
+        },
+    };
+    let removed = remove_pinned(&dir).map_err(|e| error_chain(&e))?;
+    for pin in &removed {
+        println!("unpinned {}", pin.display());
+    }
+    if removed.is_empty() {
+        println!("no pinned fence in {}", dir.display());
+    }
+    Ok(())
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }

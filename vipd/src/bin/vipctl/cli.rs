@@ -53,6 +53,11 @@ pub(crate) struct SocketArg {
     /// --instance-mark (cleanup).
     #[arg(global = true, long, env = "VIPD_INSTANCE_MARK")]
     pub(crate) instance_mark: Option<u8>,
+    /// The bpf dir vipd pinned its fence in, if it was given --bpf-dir
+    /// (cleanup). Default: /sys/fs/bpf/vipd/<instance> when a bpffs is
+    /// mounted at /sys/fs/bpf.
+    #[arg(global = true, long, env = "VIPD_BPF_DIR", value_name = "PATH")]
+    pub(crate) bpf_dir: Option<PathBuf>,
 }
 
 impl SocketArg {
@@ -130,8 +135,9 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: AclArgs,
     },
-    /// Remove every address vipd added on this node (for a service manager
-    /// to run after the agent stopped or crashed). Never touches others.
+    /// Remove every address vipd added on this node and its pinned fence
+    /// (for a service manager to run after the agent stopped or crashed).
+    /// Never touches others.
     Cleanup,
 }
 
@@ -256,7 +262,7 @@ pub(crate) const OPTIONS: &[(&str, &[&str])] = &[
     ("vip add", ZK_WRITE_OPTIONS),
     ("vip remove", ZK_WRITE_OPTIONS),
     ("vip clear", ZK_WRITE_OPTIONS),
-    ("cleanup", &["instance", "instance_mark"]),
+    ("cleanup", &["instance", "instance_mark", "bpf_dir"]),
 ];
 pub(crate) const ZK_OPTIONS: &[&str] = &["hosts", "cluster", "zk_auth_file", "connect_timeout"];
 /// Commands that write may create the cluster's tree: open only when asked.

@@ -1,9 +1,10 @@
 //! `bench failover`: how long a client goes without its service when the
 //! VIP's holder fails (link cut, silent partition, SIGKILL, SIGSTOP), for
 //! vipd at session timeouts of 1 s and 6 s (its default lease) and with
-//! `--lease 200ms`, and at 1 s with an IPv6 VIP, side by side with
-//! keepalived at two advert intervals; and how long the VIP was on two
-//! nodes at once (for vipd: never).
+//! `--lease 200ms` and `--lease 100ms`, and at 1 s with an IPv6 VIP, side
+//! by side with keepalived at three advert intervals; how long the VIP was
+//! on two nodes at once, and how long two nodes *served* it at once (raw
+//! probes to each node's MAC: tests/src/probe.rs).
 
 use std::{
     fmt::Write as _,
@@ -30,8 +31,13 @@ use report::report;
 pub const DEFAULT_RUNS: usize = 20;
 const GARP_INTERVAL: Duration = Duration::from_secs(1);
 const GARP_ROUNDS: u32 = 3;
-/// vipd's default `--takeover-margin`.
+/// The margin vipd's takeover rule counts for a leader whose fence dies
+/// with it (its `--takeover-margin`, at least 100 ms; the default 25 ms
+/// counts as 100 ms there).
 const MARGIN: Duration = Duration::from_millis(100);
+/// How often the serving probe sends its ARP request and TCP SYN to each
+/// node's MAC.
+const PROBE_EVERY: Duration = Duration::from_millis(5);
 /// The renewal interval never drops below this in vipd.
 const MIN_RENEW: Duration = Duration::from_millis(10);
 /// How late the kernel may remove an address whose lifetime ran out: its
@@ -59,7 +65,7 @@ pub enum System {
 }
 
 /// The rows of the bench, in the order of the tables.
-pub const SYSTEMS: [System; 6] = [
+pub const SYSTEMS: [System; 8] = [
     System::Vipd {
         session_timeout: Duration::from_secs(1),
         lease: None,
@@ -76,6 +82,11 @@ pub const SYSTEMS: [System; 6] = [
         ipv6: false,
     },
     System::Vipd {
+        session_timeout: Duration::from_secs(1),
+        lease: Some(Duration::from_millis(100)),
+        ipv6: false,
+    },
+    System::Vipd {
         session_timeout: Duration::from_secs(6),
         lease: None,
         ipv6: false,
@@ -85,6 +96,9 @@ pub const SYSTEMS: [System; 6] = [
     },
     System::Keepalived {
         advert_int: Duration::from_millis(100),
+    },
+    System::Keepalived {
+        advert_int: Duration::from_millis(50),
     },
 ];
 
@@ -354,8 +368,101 @@ struct Cell {
     system: System,
     fault: Fault,
     runs: Vec<Takeover>,
+    /// What the serving probe saw in each run, in the order of `runs`.
+    serving: Vec<Serving>,
     /// Runs whose cluster did not settle after the fault ended.
     restore_failures: Vec<String>,
+}
+
+/// What the serving probe saw in one run, from just before the fault until
+/// the cluster was quiet again: the stretches in which two nodes answered
+/// probes sent at the same moment (an ARP request or a TCP SYN for the VIP,
+/// to each node's MAC), merged over the kinds and pairs of nodes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Serving {
+    /// Probe rounds sent, and how many of them some node answered (none:
+    /// the probe saw nothing, so its zero would mean nothing).
+    pub rounds: usize,
+    pub answered: usize,
+    /// The merged stretches, each from the first round both answered to
+    /// the send of the round after the last.
+    pub stretches: Vec<(Instant, Instant)>,
+}
+
+impl Serving {
+    /// Reads the probe's observations.
+    pub fn from_observations(o: &vipd_tests::probe::Observations) -> Serving {
+        let mut iv: Vec<(Instant, Instant)> = vipd_tests::probe::serving_overlaps(o)
+            .into_iter()
+            .map(|ov| (ov.from, ov.to))
+            .collect();
+        let answered: std::collections::BTreeSet<u32> = o.answers.iter().map(|a| a.round).collect();
+        Serving {
+            rounds: o.rounds.len(),
+            answered: answered.len(),
+            stretches: merge(&mut iv),
+        }
+    }
+
+    /// Two nodes served the VIP at some moment.
+    pub fn overlapped(&self) -> bool {
+        !self.stretches.is_empty()
+    }
+
+    /// The probe saw the VIP served at all.
+    pub fn saw_service(&self) -> bool {
+        self.answered > 0
+    }
+
+    pub fn longest(&self) -> Duration {
+        self.stretches
+            .iter()
+            .map(|(a, b)| b.saturating_duration_since(*a))
+            .max()
+            .unwrap_or_default()
+    }
+
+    pub fn total(&self) -> Duration {
+        self.stretches
+            .iter()
+            .map(|(a, b)| b.saturating_duration_since(*a))
+            .sum()
+    }
+}
+
+/// The union of intervals, sorted.
+fn merge(iv: &mut [(Instant, Instant)]) -> Vec<(Instant, Instant)> {
+    iv.sort();
+    let mut out: Vec<(Instant, Instant)> = Vec::new();
+    for &(a, b) in iv.iter() {
+        match out.last_mut() {
+            Some(last) if a <= last.1 => last.1 = last.1.max(b),
+            _ => out.push((a, b)),
+        }
+    }
+    out
+}
+
+/// Starts the serving probe of `c`'s VIP from its client.
+fn serving_probe(c: &FailoverLab, vip: IpAddr) -> vipd_tests::probe::Observer {
+    use vipd_tests::probe;
+    let targets = c
+        .nodes
+        .iter()
+        .map(|n| probe::Target::new(&n.host, "eth0"))
+        .collect();
+    probe::Observer::start(
+        &c.client,
+        "eth0",
+        targets,
+        vec![vip],
+        probe::Options {
+            every: PROBE_EVERY,
+            syn_port: timeline::PORT,
+            service: None,
+            ..probe::Options::default()
+        },
+    )
 }
 
 pub fn run(opts: &Options) -> Result<String> {
@@ -420,20 +527,27 @@ pub fn run(opts: &Options) -> Result<String> {
                 system,
                 fault,
                 runs: Vec::new(),
+                serving: Vec::new(),
                 restore_failures: Vec::new(),
             });
         }
         for r in 0..runs {
             // Alternating, so every system sees the same machine load over time.
             for (i, (s, c)) in systems.iter().zip(&clusters).enumerate() {
+                let probe = serving_probe(c, s.vip());
                 let mut tk = c.takeover_on(fault, Duration::ZERO, s.timeout())?;
                 let restored = c.restore_from(&mut tk);
+                let serving = Serving::from_observations(&probe.stop());
                 p(&format!(
-                    "{} {} run {}/{runs}: {}, fault ended {} ms, then unserved {} ms{}{}",
+                    "{} {} run {}/{runs}: {}, serving overlap {} ms (longest {} ms, {} of {} probe rounds answered), fault ended {} ms, then unserved {} ms{}{}",
                     s.short(),
                     fault.arg(),
                     r + 1,
                     summary(c, &tk),
+                    serving.total().as_millis(),
+                    serving.longest().as_millis(),
+                    serving.answered,
+                    serving.rounds,
                     tk.healed.map_or(0, |d| d.as_millis()),
                     tk.after_heal_outage.map_or(0, |d| d.as_millis()),
                     if tk.leftover_removed {
@@ -456,6 +570,7 @@ pub fn run(opts: &Options) -> Result<String> {
                         .context("the cluster did not settle after a failed restore")?;
                 }
                 cells[first + i].runs.push(tk);
+                cells[first + i].serving.push(serving);
             }
         }
     }
@@ -770,9 +885,54 @@ mod tests {
         assert_eq!(SYSTEMS[1].vip(), IpAddr::from(VIP6));
         assert_eq!(SYSTEMS[2].label(), "vipd T = 1 s, `--lease 200ms`");
         assert_eq!(SYSTEMS[2].vip(), IpAddr::from(VIP));
-        assert_eq!(SYSTEMS[4].label(), "keepalived `advert_int 0.3`");
-        assert_eq!(SYSTEMS[3].short(), "vipd T=6s");
+        assert_eq!(SYSTEMS[3].label(), "vipd T = 1 s, `--lease 100ms`");
+        assert_eq!(SYSTEMS[5].label(), "keepalived `advert_int 0.3`");
+        assert_eq!(SYSTEMS[7].label(), "keepalived `advert_int 0.05`");
+        assert_eq!(SYSTEMS[4].short(), "vipd T=6s");
         assert_eq!(number(6), "six");
         assert_eq!(number(12), "12");
+    }
+
+    /// The serving overlaps of one run: stretches of different kinds and
+    /// pairs merge where they touch; a run in which the probe saw nothing
+    /// is told apart from one without overlap.
+    #[test]
+    fn serving_overlaps_merge_and_blind_runs_show() {
+        use super::report::serving_cell;
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut iv = vec![
+            (at(50), at(60)),
+            (at(0), at(10)),
+            (at(10), at(20)),
+            (at(55), at(80)),
+        ];
+        let merged = merge(&mut iv);
+        assert_eq!(merged, vec![(at(0), at(20)), (at(50), at(80))]);
+        let run = Serving {
+            rounds: 100,
+            answered: 100,
+            stretches: merged,
+        };
+        assert!(run.overlapped());
+        assert_eq!(run.longest(), Duration::from_millis(30));
+        assert_eq!(run.total(), Duration::from_millis(50));
+        let clean = Serving {
+            rounds: 100,
+            answered: 97,
+            stretches: Vec::new(),
+        };
+        assert_eq!(
+            serving_cell(&[clean.clone(), clean.clone()]),
+            "**0** (0 of 2)"
+        );
+        let cell = serving_cell(&[clean.clone(), run]);
+        assert!(cell.contains("(1 of 2)") && cell.contains("30"), "{cell}");
+        let blind = Serving {
+            rounds: 100,
+            ..Serving::default()
+        };
+        let cell = serving_cell(&[clean, blind]);
+        assert!(cell.contains("no answer in 1 run"), "{cell}");
     }
 }
