@@ -95,7 +95,9 @@ pub fn rows() -> [Row; 3] {
             handoff: false,
         },
         Row {
-            system: failover::SYSTEMS[4],
+            system: System::Keepalived {
+                advert_int: Duration::from_millis(300),
+            },
             handoff: true,
         },
     ]
@@ -810,7 +812,7 @@ mod tests {
         );
         assert_eq!(off.flags(), ["--tcp-handoff", "false"]);
         assert!(v.flags().is_empty() && k.flags().is_empty());
-        assert!(k.label().starts_with("keepalived"));
+        assert_eq!(k.label(), "keepalived `advert_int 0.3`");
         assert_eq!(cell_of(&[], &Run::stall), "n/a");
     }
 }
