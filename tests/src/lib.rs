@@ -4,6 +4,7 @@
 pub mod chaos;
 pub mod cluster;
 pub mod draw;
+pub mod iscsi;
 pub mod lab;
 pub mod probe;
 pub mod services;

@@ -139,3 +139,115 @@ fn watch(streams: &[TcpStream], failed: &Mutex<Vec<Option<Instant>>>, stop: &Ato
         }
     }
 }
+
+/// A TCP reset seen on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reset {
+    /// The Ethernet source: which node sent it.
+    pub eth_src: [u8; 6],
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+}
+
+/// The IP header and the TCP segment of an Ethernet frame (untagged), with
+/// the source and destination addresses.
+fn tcp_of(frame: &[u8]) -> Option<(IpAddr, IpAddr, &[u8])> {
+    let ethertype = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
+    let ip = frame.get(14..)?;
+    match ethertype {
+        0x0800 => {
+            if ip.first()? >> 4 != 4 || *ip.get(9)? != 6 {
+                return None;
+            }
+            let ihl = usize::from(ip[0] & 0x0f) * 4;
+            let src: [u8; 4] = ip.get(12..16)?.try_into().ok()?;
+            let dst: [u8; 4] = ip.get(16..20)?.try_into().ok()?;
+            Some((src.into(), dst.into(), ip.get(ihl..)?))
+        }
+        0x86dd => {
+            // Only a TCP segment right after the fixed header.
+            if ip.first()? >> 4 != 6 || *ip.get(6)? != 6 {
+                return None;
+            }
+            let src: [u8; 16] = ip.get(8..24)?.try_into().ok()?;
+            let dst: [u8; 16] = ip.get(24..40)?.try_into().ok()?;
+            Some((src.into(), dst.into(), ip.get(40..)?))
+        }
+        _ => None,
+    }
+}
+
+impl Reset {
+    /// `frame` (a whole Ethernet frame) as a TCP segment with RST set.
+    pub fn parse(frame: &[u8]) -> Option<Reset> {
+        let (src, dst, tcp) = tcp_of(frame)?;
+        if tcp.get(13)? & 0x04 == 0 {
+            return None;
+        }
+        let port = |i: usize| Some(u16::from_be_bytes([*tcp.get(i)?, *tcp.get(i + 1)?]));
+        Some(Reset {
+            eth_src: frame.get(6..12)?.try_into().ok()?,
+            src: SocketAddr::new(src, port(0)?),
+            dst: SocketAddr::new(dst, port(2)?),
+        })
+    }
+}
+
+/// A capture filter: TCP resets.
+pub fn is_reset(frame: &[u8]) -> bool {
+    Reset::parse(frame).is_some()
+}
+
+/// A capture filter: announcements (gratuitous ARP, unsolicited NA) and
+/// TCP resets, what a move and its handoff look like from a client.
+pub fn is_announcement_or_reset(frame: &[u8]) -> bool {
+    crate::lab::is_announcement(frame) || Reset::parse(frame).is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn segment(v6: bool, flags: u8) -> Vec<u8> {
+        let mut f = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2];
+        if v6 {
+            f.extend([0x86, 0xdd, 0x60, 0, 0, 0, 0, 20, 6, 64]);
+            f.extend(
+                [0x20, 0x01, 0x0d, 0xb8]
+                    .iter()
+                    .chain(&[0; 11])
+                    .chain(&[0x10]),
+            );
+            f.extend(
+                [0x20, 0x01, 0x0d, 0xb8]
+                    .iter()
+                    .chain(&[0; 11])
+                    .chain(&[0x50]),
+            );
+        } else {
+            f.extend([0x08, 0x00, 0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0]);
+            f.extend([192, 0, 2, 100, 192, 0, 2, 50]);
+        }
+        let mut tcp = [0u8; 20];
+        tcp[0..2].copy_from_slice(&3260u16.to_be_bytes());
+        tcp[2..4].copy_from_slice(&40000u16.to_be_bytes());
+        tcp[12] = 5 << 4;
+        tcp[13] = flags;
+        f.extend(tcp);
+        f
+    }
+
+    #[test]
+    fn finds_resets_of_both_families() {
+        let r = Reset::parse(&segment(false, 0x14)).expect("an IPv4 reset");
+        assert_eq!(r.src, "192.0.2.100:3260".parse().unwrap());
+        assert_eq!(r.dst, "192.0.2.50:40000".parse().unwrap());
+        assert_eq!(r.eth_src, [2, 0, 0, 0, 0, 2]);
+        let r = Reset::parse(&segment(true, 0x04)).expect("an IPv6 reset");
+        assert_eq!(r.src, "[2001:db8::10]:3260".parse().unwrap());
+        assert_eq!(r.dst, "[2001:db8::50]:40000".parse().unwrap());
+        assert!(Reset::parse(&segment(false, 0x10)).is_none(), "a bare ACK");
+        assert!(Reset::parse(&segment(true, 0x18)).is_none());
+        assert!(Reset::parse(&segment(false, 0x14)[..30]).is_none());
+    }
+}

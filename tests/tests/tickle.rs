@@ -13,8 +13,9 @@ use vipd::net::sockdiag::{CONNECTED, ESTABLISHED, SockDiag};
 use vipd_tests::{
     cluster::{Cluster, ZkKind, within},
     draw::Draw,
-    lab::{in_new_netns, ip_here, require_root},
-    tickle::{Clients, HoldServer},
+    lab::{CaptureOptions, Host, HostIf, Lab, in_new_netns, ip_here, require_root, vipctl_bin},
+    tickle::{Clients, HoldServer, Reset, is_announcement_or_reset},
+    vipd::Vipd,
 };
 
 /// A connection from `client` (bound to that address) to `server`; returns
@@ -174,6 +175,17 @@ fn sock_diag_lists_and_aborts_only_the_vips_connections() {
     });
 }
 
+/// The connected TCP sockets in `host`'s namespace whose local address is
+/// `ip` (sock_diag, as vipd sees them).
+fn sockets_on(host: &Host, ip: IpAddr) -> usize {
+    host.in_netns(|| {
+        SockDiag::open()
+            .and_then(|mut d| d.connections(&BTreeSet::from([ip]), CONNECTED))
+            .map(|v| v.len())
+            .unwrap_or_else(|e| panic!("sock_diag in {}: {e}", host.name()))
+    })
+}
+
 fn unmap(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
@@ -247,12 +259,16 @@ fn connections_fail_right_after_the_move(hint: &str, vip: IpAddr, how: Move, n: 
             c.try_status(old).map(|s| s["tcp_handoff"].clone())
         )
     });
-    let capture = if vip.is_ipv6() {
-        c.client.capture_ndp("eth0")
-    } else {
-        c.client.capture_arp("eth0")
-    };
+    let capture = c.client.capture_with(
+        "eth0",
+        CaptureOptions {
+            proto: libc::ETH_P_ALL as u16,
+            keep: Some(is_announcement_or_reset),
+            realtime: false,
+        },
+    );
     let new_mac = c.nodes[new].host.mac_bytes("eth0");
+    let old_mac = c.nodes[old].host.mac_bytes("eth0");
     // A planned move publishes once more first: connections opened just
     // before it (after the last periodic publish) are tickled too.
     let late = match how {
@@ -314,19 +330,43 @@ fn connections_fail_right_after_the_move(hint: &str, vip: IpAddr, how: Move, n: 
         "[{hint}] the last connection failed {:.1} ms after the announcement",
         signed_ms(last, announced)
     );
-    if let (Move::Handover, IpAddr::V4(_)) = (how, vip) {
+    // Every connection was reset by the new holder, and the old one sent
+    // the client no reset at all (its aborts' resets stay inside it).
+    let resets: Vec<Reset> = frames
+        .iter()
+        .filter(|f| f.at >= at && !f.outgoing)
+        .filter_map(|f| Reset::parse(&f.bytes))
+        .filter(|r| r.src.ip() == vip && r.src.port() == port)
+        .collect();
+    let from_old = resets.iter().filter(|r| r.eth_src == old_mac).count();
+    assert_eq!(
+        from_old, 0,
+        "[{hint}] the old holder {} sent the client {from_old} reset(s) from {vip}",
+        c.nodes[old].id
+    );
+    let mut locals: Vec<SocketAddr> = clients.locals.clone();
+    if let Some(l) = &late {
+        locals.extend(&l.locals);
+    }
+    let unreset: Vec<&SocketAddr> = locals
+        .iter()
+        .filter(|l| !resets.iter().any(|r| r.eth_src == new_mac && r.dst == **l))
+        .collect();
+    assert!(
+        unreset.is_empty(),
+        "[{hint}] {} of {n} connections saw no reset from the new holder: {:?}",
+        unreset.len(),
+        &unreset[..unreset.len().min(5)]
+    );
+    if let Move::Handover = how {
         // The old holder let go of its side.
         let left = within(Duration::from_secs(2), || {
-            c.nodes[old].host.in_netns(|| {
-                SockDiag::open()
-                    .and_then(|mut d| d.connections(&BTreeSet::from([vip]), CONNECTED))
-                    .map(|v| v.is_empty())
-                    .unwrap_or(false)
-            })
+            sockets_on(&c.nodes[old].host, vip) == 0
         });
         assert!(
             left.is_ok(),
-            "[{hint}] the old holder still has sockets on {vip}"
+            "[{hint}] the old holder still has {} socket(s) on {vip}",
+            sockets_on(&c.nodes[old].host, vip)
         );
     }
 }
@@ -445,4 +485,51 @@ fn a_dump_of_ten_thousand_connections_on_a_thousand_vips_finds_them_all() {
         drop(conns);
         drop(l);
     });
+}
+
+/// A SIGKILLed vipd leaves its VIP and the services' sessions on it;
+/// `vipctl cleanup` removes the address and aborts exactly the sockets on
+/// it: a session on the node's own address stays.
+#[test]
+fn cleanup_after_a_sigkill_aborts_the_sockets_on_the_vip_only() {
+    require_root();
+    let mut draw = Draw::from_env("tickle cleanup", "TICKLE_SEED");
+    let (on_vip, on_own) = (1 + draw.below(30) as usize, 1 + draw.below(10) as usize);
+    let lab = Lab::new("tk-clean");
+    let n1 = lab.add_host("n1", &[HostIf::on(0, "192.0.2.11/24")]);
+    let client = lab.add_host("client", &[HostIf::on(0, "192.0.2.50/24")]);
+    let vip: IpAddr = "192.0.2.100".parse().unwrap();
+    let own: IpAddr = "192.0.2.11".parse().unwrap();
+    let vipd = Vipd::start(&lab, &n1, &vip.to_string(), &[]);
+    vipd.wait_held(&[vip]);
+    let port = 3260;
+    let _server = HoldServer::start(&n1, vip, port);
+    let _to_vip = Clients::connect(&client, SocketAddr::new(vip, port), on_vip);
+    let _to_own = Clients::connect(&client, SocketAddr::new(own, port), on_own);
+    within(Duration::from_secs(5), || {
+        sockets_on(&n1, vip) == on_vip && sockets_on(&n1, own) == on_own
+    })
+    .unwrap_or_else(|e| panic!("the server never accepted every connection: {e}"));
+    vipd.stop(libc::SIGKILL, Duration::from_secs(5));
+    let out = n1.exec(&[vipctl_bin().into_os_string(), "cleanup".into()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "vipctl cleanup failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let left = sockets_on(&n1, vip);
+    assert_eq!(
+        left, 0,
+        "{left} of {on_vip} socket(s) on the VIP {vip} left after vipctl cleanup:\n{text}"
+    );
+    assert_eq!(
+        sockets_on(&n1, own),
+        on_own,
+        "vipctl cleanup touched sockets on the node's own address {own}:\n{text}"
+    );
+    assert!(
+        text.contains(&format!("aborted {on_vip} TCP socket(s) on {vip}")),
+        "vipctl cleanup did not say what it aborted:\n{text}"
+    );
 }

@@ -330,6 +330,9 @@ pub struct TcpHandoffStats {
     pub tickle_errors: u64,
     /// Local TCP sockets aborted after the VIP was released.
     pub aborted: u64,
+    /// Releases of an IPv6 VIP whose sockets were left alone because the
+    /// egress fence was not dropping the VIP's frames.
+    pub not_aborted: u64,
 }
 
 /// Coordination as this node sees it.

@@ -502,7 +502,11 @@ const STATUS: &[(&str, &str)] = &[
     ),
     (
         "tcp_handoff.<vip>.aborted",
-        "local TCP sockets aborted after the VIP was released (IPv4)",
+        "local TCP sockets aborted after the VIP was released (IPv6 only inside its fence window)",
+    ),
+    (
+        "tcp_handoff.<vip>.not_aborted",
+        "releases of an IPv6 VIP whose sockets were left alone: its fence window was not open",
     ),
     ("zookeeper", "coordination; `null` in static mode"),
     (

@@ -134,6 +134,7 @@ impl ApiState {
                             tickles_sent: h.tickles_sent,
                             tickle_errors: h.tickle_errors,
                             aborted: h.aborted,
+                            not_aborted: h.not_aborted,
                         };
                         (v, h)
                     }),

@@ -14,11 +14,12 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use vipd_tests::{
-    lab::{Host, fmt_mac},
+    lab::{CaptureOptions, Host, fmt_mac},
     services::{
-        PerfReport, PerfRun, Poller, Services, console_get, console_url, lun_url, perf_stall,
-        read_capacity, reads_per_second,
+        ISCSI_PORT, IoCompletions, PerfReport, PerfRun, Poller, Services, console_get, console_url,
+        longest_gap, lun_url, read_capacity, reads_per_second,
     },
+    tickle::{Reset, is_reset},
 };
 
 use crate::bench::timeline::{
@@ -116,6 +117,17 @@ fn demo(bins: &std::path::Path) -> Result<()> {
     let size = read_capacity(&cluster.client, VIP, Duration::from_secs(5))
         .map_or("(no answer)".to_string(), |b| format!("{} MiB", b >> 20));
     println!("client -> {} (iscsi-readcapacity16): {size}", lun_url(VIP));
+    // The initiator's side of the wire: every I/O completed (iscsi-perf
+    // itself prints once a second), and the resets its connections get.
+    let io = IoCompletions::start(&cluster.client, "eth0", VIP);
+    let resets = cluster.client.capture_with(
+        "eth0",
+        CaptureOptions {
+            proto: libc::ETH_P_IP as u16,
+            keep: Some(is_reset),
+            realtime: true,
+        },
+    );
     let perf = PerfRun::start(&cluster.client, VIP);
     let web = {
         let client = cluster.client.clone();
@@ -180,9 +192,30 @@ fn demo(bins: &std::path::Path) -> Result<()> {
     let reports = perf.reports();
     let console_samples = web.stop();
     drop(perf);
+    let end = Instant::now();
+    let completions = io.stop();
+    let reset_frames = resets.stop();
     let steady = median_iops(&reports, cut);
-    let stall = perf_stall(&reports, steady);
+    // The longest stretch without a completed read, from the last one
+    // before the cut.
+    let before_cut = completions
+        .iter()
+        .rev()
+        .find(|t| **t <= cut)
+        .copied()
+        .unwrap_or(cut);
+    let stall = longest_gap(&completions, before_cut, end);
     let since_cut = |at: Instant| at.checked_duration_since(cut);
+    let new_mac = cluster.nodes[new].mac;
+    let reset_at = reset_frames
+        .iter()
+        .filter(|f| f.at > cut && !f.outgoing)
+        .find(|f| {
+            Reset::parse(&f.bytes).is_some_and(|r| {
+                r.eth_src == new_mac && r.src == std::net::SocketAddr::new(VIP.into(), ISCSI_PORT)
+            })
+        })
+        .and_then(|f| since_cut(f.at));
     let console_new = console_samples
         .iter()
         .find(|s| s.started > cut && s.value.as_deref() == Some(new_name.as_str()))
@@ -192,6 +225,7 @@ fn demo(bins: &std::path::Path) -> Result<()> {
     let fenced_log = timeline::log_event_at(&old_log, "no lease renewal acknowledged", t.cut_wall);
     let new_log = cluster.nodes[new].agent.stderr();
     let takeover_log = timeline::log_event_at(&new_log, timeline::TAKEOVER_LINE, t.cut_wall);
+    let tickled = tickle_line(&new_log, t.cut_wall);
     let link_down_log =
         timeline::log_event_at(&old_log, "VIP interface down past the grace", t.cut_wall);
     let lease = SETTINGS.session_timeout / 3;
@@ -259,14 +293,28 @@ fn demo(bins: &std::path::Path) -> Result<()> {
             format!("client served by {new_name} (TCP banner \"served-by {new_name}\")"),
         ),
         (
-            // Estimated from iscsi-perf's counts (tens of ms): at the cut
-            // when it comes out a little before it.
+            tickled.map(|(at, _)| at),
+            format!(
+                "{new_name} sends {} tickle ACK(s) to the clients {old_name} published: each client answers {new_name}, whose kernel resets the stale connection ({new_name}'s log)",
+                tickled.map_or(0, |(_, n)| n)
+            ),
+        ),
+        (
+            reset_at,
+            format!(
+                "client's iSCSI connection reset by {new_name} (a TCP RST on the wire): libiscsi logs in again at once"
+            ),
+        ),
+        (
+            // At the cut when the last one came a little before it.
             stall.map(|(last, _)| last.saturating_duration_since(cut)),
-            format!("client's iSCSI session: last read through {VIP} (iscsi-perf, estimated)"),
+            format!("client's iSCSI session: last read through {VIP} (on the wire)"),
         ),
         (
             stall.and_then(|(_, first)| since_cut(first)),
-            format!("client's iSCSI session reads again, reconnected to {new_name} (iscsi-perf)"),
+            format!(
+                "client's iSCSI session reads again, reconnected to {new_name} (first Data-In on the wire)"
+            ),
         ),
         (
             console_new,
@@ -287,7 +335,15 @@ fn demo(bins: &std::path::Path) -> Result<()> {
         }
     }
     println!("  VIP on two nodes at once: {} ms\n", t.overlap.as_millis());
-    print_reads_per_second(&reports, steady, cut, old_name, new_name);
+    let resumed = stall.map(|(_, first)| first);
+    print_reads_per_second(&reports, steady, cut, resumed, (old_name, new_name));
+    match stall {
+        Some((a, b)) => println!(
+            "  no read for {} ms (on the wire): from the last read through {old_name} until {new_name} had taken {VIP} over, tickled the client and the session had logged in again\n",
+            b.saturating_duration_since(a).as_millis()
+        ),
+        None => println!("  (no read seen after the cut)\n"),
+    }
     check_interrupt()?;
     p(&format!(
         "giving {old_name} its links back: it rejoins as a follower"
@@ -341,23 +397,25 @@ fn print_reads_per_second(
     reports: &[PerfReport],
     steady: u64,
     cut: Instant,
-    old_name: &str,
-    new_name: &str,
+    resumed: Option<Instant>,
+    (old_name, new_name): (&str, &str),
 ) {
     let last = reports
         .last()
         .map_or(0, |r| r.at.saturating_duration_since(cut).as_secs() as i64);
     let per = reads_per_second(reports, steady, cut, -2..last.max(1));
     let top = per.iter().map(|&(_, n)| n).max().unwrap_or(0).max(1);
-    let stall = perf_stall(reports, steady);
-    let second_of = |at: Instant| at.checked_duration_since(cut).map(|d| d.as_secs() as i64);
-    let resumed = stall.and_then(|(_, first)| second_of(first));
+    let resumed = resumed
+        .and_then(|at| at.checked_duration_since(cut))
+        .map(|d| d.as_secs() as i64);
     println!(
         "client's iSCSI reads through {VIP} per second (iscsi-perf in the client; second 0 starts at the cut):"
     );
     for (k, n) in per {
         let bar = "#".repeat((n * 40 / top) as usize);
-        let note = if k == 0 {
+        let note = if k == 0 && resumed == Some(0) {
+            format!("   <- {old_name} cut off; the session reads again on {new_name}")
+        } else if k == 0 {
             format!("   <- {old_name} cut off")
         } else if Some(k) == resumed {
             format!("   <- the session reads again, on {new_name}")
@@ -367,11 +425,23 @@ fn print_reads_per_second(
         let line = format!("  {k:>+3} s {n:>7}  {bar:<40}{note}");
         println!("{}", line.trim_end());
     }
-    match stall {
-        Some((a, b)) => println!(
-            "  no read for {} ms: TCP retransmits to {VIP} until one reaches {new_name}, which resets the old connection; libiscsi then logs in again\n",
-            b.saturating_duration_since(a).as_millis()
-        ),
-        None => println!("  (no stall over 1.5 s seen)\n"),
-    }
+}
+
+/// When (after `after`) the new holder's log says it tickled the VIP's
+/// clients, and how many tickles it sent.
+fn tickle_line(log: &str, after: std::time::SystemTime) -> Option<(Duration, u64)> {
+    log.lines().find_map(|line| {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        if !v["fields"]["message"]
+            .as_str()?
+            .starts_with("tickled the VIP's clients")
+        {
+            return None;
+        }
+        let at = timeline::parse_rfc3339(v["timestamp"].as_str()?)?;
+        Some((
+            at.duration_since(after).ok()?,
+            v["fields"]["tickles"].as_u64()?,
+        ))
+    })
 }

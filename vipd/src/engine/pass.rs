@@ -19,6 +19,7 @@ use super::{
 use crate::{
     net::{
         AddrState, Address, Placement, netlink::NetSnapshot, sysctl::enable_promote_secondaries,
+        tickle::Fenced,
     },
     reconcile::{self, Action, AddFailure, AddressPlan, Facts, Holdings, Plan, ProbeGate, Verdict},
     role::{EngineReport, Role},
@@ -105,7 +106,34 @@ impl Engine {
             t.acquired(*vip);
         }
         for vip in removed.iter().filter(|v| !held.contains_key(v)) {
-            t.released(*vip);
+            t.released(*vip, self.fenced(*vip));
+        }
+    }
+
+    /// Whether the egress fence drops `vip`'s frames now, and until when:
+    /// its held entry as last written, and the egress program on every
+    /// interface a frame could leave by.
+    fn fenced(&self, vip: Vip) -> Fenced {
+        let (Some(xdp), Some(entry)) = (&self.xdp_program, self.xdp_written.get(&vip)) else {
+            return Fenced::No;
+        };
+        let on: BTreeSet<String> = xdp
+            .lock()
+            .expect("XDP program lock")
+            .egress_fenced()
+            .into_iter()
+            .collect();
+        let everywhere = self
+            .links
+            .values()
+            .filter(|l| l.name != "lo")
+            .all(|l| on.contains(&l.name));
+        if everywhere {
+            Fenced::Until {
+                fence_end_ns: entry.fence_end_ns,
+            }
+        } else {
+            Fenced::No
         }
     }
 

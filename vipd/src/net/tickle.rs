@@ -198,13 +198,42 @@ pub struct HandoffStats {
     pub tickle_errors: u64,
     /// Local sockets aborted after the VIP was released.
     pub aborted: u64,
+    /// Releases of an IPv6 VIP whose sockets were left alone: the egress
+    /// fence was not dropping the VIP's frames then, so an abort's reset
+    /// would have left the node.
+    pub not_aborted: u64,
 }
 
 enum Event {
     Acquired(Vip),
     Announced(Vip),
     Expect(Vip, Vec<Peer>),
-    Released(Vip),
+    Released(Vip, Fenced),
+}
+
+/// Whether the egress fence drops a released VIP's frames, as the engine
+/// wrote its entry: until `fence_end_ns` (the programs' clock), or not at
+/// all (no XDP program, no entry, or an interface without the egress
+/// fence).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Fenced {
+    Until { fence_end_ns: u64 },
+    No,
+}
+
+/// An IPv6 abort must be over this long before the fence window closes.
+const ABORT_FENCE_MARGIN: Duration = Duration::from_millis(100);
+
+impl Fenced {
+    /// Whether the window is open at `now_ns` with [`ABORT_FENCE_MARGIN`]
+    /// to spare.
+    fn open_at(self, now_ns: u64) -> bool {
+        let margin = u64::try_from(ABORT_FENCE_MARGIN.as_nanos()).unwrap_or(u64::MAX);
+        match self {
+            Fenced::Until { fence_end_ns } => now_ns.saturating_add(margin) < fence_end_ns,
+            Fenced::No => false,
+        }
+    }
 }
 
 /// Handle to the handoff task; cheap to clone.
@@ -220,7 +249,7 @@ impl std::fmt::Debug for Event {
             Event::Acquired(v) => write!(f, "acquired {v}"),
             Event::Announced(v) => write!(f, "announced {v}"),
             Event::Expect(v, p) => write!(f, "expect {v} ({} connections)", p.len()),
-            Event::Released(v) => write!(f, "released {v}"),
+            Event::Released(v, fenced) => write!(f, "released {v} ({fenced:?})"),
         }
     }
 }
@@ -252,10 +281,11 @@ impl Tickler {
         let _ = self.tx.send(Event::Expect(vip, peers));
     }
 
-    /// The engine removed `vip`'s address: its local sockets are aborted
-    /// (IPv4 only: an IPv6 abort's reset leaves the node).
-    pub(crate) fn released(&self, vip: Vip) {
-        let _ = self.tx.send(Event::Released(vip));
+    /// The engine removed `vip`'s address: its local sockets are aborted.
+    /// An IPv6 VIP's only while `fenced` says the egress fence drops its
+    /// frames (an IPv6 abort's reset leaves the node otherwise).
+    pub(crate) fn released(&self, vip: Vip, fenced: Fenced) {
+        let _ = self.tx.send(Event::Released(vip, fenced));
     }
 
     /// Records a publish of `vip`'s connections.
@@ -296,8 +326,8 @@ impl Task {
                 () = cancel.cancelled() => {
                     // The last step-down's releases still abort.
                     while let Ok(ev) = rx.try_recv() {
-                        if let Event::Released(vip) = ev {
-                            self.abort(vip).await;
+                        if let Event::Released(vip, fenced) = ev {
+                            self.abort(vip, fenced).await;
                         }
                     }
                     return;
@@ -322,9 +352,9 @@ impl Task {
                     _ => continue,
                 },
                 Event::Expect(vip, peers) => self.entry(vip, now).peers = Some(peers),
-                Event::Released(vip) => {
+                Event::Released(vip, fenced) => {
                     self.pending.remove(&vip);
-                    self.abort(vip).await;
+                    self.abort(vip, fenced).await;
                     continue;
                 }
             }
@@ -383,22 +413,40 @@ impl Task {
         p
     }
 
-    /// Aborts the local sockets of a released IPv4 VIP. An IPv6 one is
-    /// left: its abort's reset would leave the node with the VIP as
-    /// source and send the client to reconnect into the gap.
-    async fn abort(&self, vip: Vip) {
-        let IpAddr::V4(_) = vip.ip() else {
-            debug!(vip = %vip, "IPv6 VIP released: its sockets are not aborted");
-            return;
-        };
+    /// Aborts the local sockets of a released VIP. An IPv6 one's only
+    /// while the egress fence drops its frames: an IPv6 socket keeps
+    /// sending from a removed address, and its abort's reset would leave
+    /// the node and send the client to reconnect into the gap. The window
+    /// is checked again right before the abort (it is open for a second or
+    /// more after a release: the address's lifetime and the kernel's
+    /// slack).
+    async fn abort(&self, vip: Vip, fenced: Fenced) {
         let ip = vip.ip();
-        let r = tokio::task::spawn_blocking(move || abort_sockets(ip)).await;
+        let v6 = ip.is_ipv6();
+        if v6 && !fenced.open_at(crate::xdp::program_ns(Instant::now())) {
+            info!(vip = %vip, ?fenced, "released IPv6 VIP not fenced: its TCP sockets are left alone");
+            let mut s = self.stats.lock().unwrap_or_else(PoisonError::into_inner);
+            s.entry(vip).or_default().not_aborted += 1;
+            return;
+        }
+        let deadline = match (v6, fenced) {
+            (true, Fenced::Until { fence_end_ns }) => Some(fence_end_ns),
+            _ => None,
+        };
+        let r = tokio::task::spawn_blocking(move || abort_sockets_until(ip, deadline)).await;
         match r {
-            Ok(Ok(0)) => {}
-            Ok(Ok(n)) => {
-                info!(vip = %vip, sockets = n, "aborted the released VIP's TCP sockets");
+            Ok(Ok((0, 0))) => {}
+            Ok(Ok((n, left))) => {
+                if n > 0 {
+                    info!(vip = %vip, sockets = n, "aborted the released VIP's TCP sockets");
+                }
+                if left > 0 {
+                    warn!(vip = %vip, sockets = left, "the fence window was closing: some of the released VIP's TCP sockets were left alone");
+                }
                 let mut s = self.stats.lock().unwrap_or_else(PoisonError::into_inner);
-                s.entry(vip).or_default().aborted += n;
+                let e = s.entry(vip).or_default();
+                e.aborted += n;
+                e.not_aborted += u64::from(left > 0);
             }
             Ok(Err(e)) => {
                 warn!(vip = %vip, error = %e, "cannot abort the released VIP's TCP sockets")
@@ -411,14 +459,30 @@ impl Task {
 /// Aborts every connected TCP socket whose local address is `ip`; returns
 /// how many.
 pub fn abort_sockets(ip: IpAddr) -> Result<u64, super::sockdiag::SockDiagError> {
+    abort_sockets_until(ip, None).map(|(n, _)| n)
+}
+
+/// [`abort_sockets`], each abort only while the programs' clock is before
+/// `deadline_ns` less [`ABORT_FENCE_MARGIN`]; returns how many were
+/// aborted and how many left.
+fn abort_sockets_until(
+    ip: IpAddr,
+    deadline_ns: Option<u64>,
+) -> Result<(u64, u64), super::sockdiag::SockDiagError> {
     let mut diag = SockDiag::open()?;
     let conns = diag.connections(&BTreeSet::from([ip]), CONNECTED)?;
     let mut n = 0;
-    for c in &conns {
+    for (i, c) in conns.iter().enumerate() {
+        let open = |end| {
+            Fenced::Until { fence_end_ns: end }.open_at(crate::xdp::program_ns(Instant::now()))
+        };
+        if deadline_ns.is_some_and(|end| !open(end)) {
+            return Ok((n, (conns.len() - i) as u64));
+        }
         diag.destroy(c)?;
         n += 1;
     }
-    Ok(n)
+    Ok((n, 0))
 }
 
 /// Waits (bounded) until the kernel routes `ip` locally: a client's answer
@@ -565,6 +629,18 @@ mod tests {
         pseudo.extend_from_slice(&[0, 0, 0, 6]);
         pseudo.extend_from_slice(tcp);
         assert!(verify(&pseudo));
+    }
+
+    #[test]
+    fn an_ipv6_abort_needs_the_fence_window_open_with_a_margin() {
+        let end = 10_000_000_000u64;
+        let fenced = Fenced::Until { fence_end_ns: end };
+        assert!(fenced.open_at(0));
+        assert!(fenced.open_at(end - 100_000_001));
+        assert!(!fenced.open_at(end - 100_000_000), "within the margin");
+        assert!(!fenced.open_at(end), "closed");
+        assert!(!fenced.open_at(u64::MAX));
+        assert!(!Fenced::No.open_at(0));
     }
 
     #[test]

@@ -42,12 +42,74 @@ use super::{
 pub const DEFAULT_RUNS: usize = 10;
 /// The faults, in the order of the tables.
 pub const FAULTS: [Fault; 4] = [Fault::Cut, Fault::Partition, Fault::Kill, Fault::Handover];
-/// vipd at T = 1 s with its default lease, and keepalived at
-/// `advert_int 0.3`, whose master-down interval (3 x 0.3 s plus skew) is
-/// about the same second.
-pub fn systems() -> [System; 2] {
-    [failover::SYSTEMS[0], failover::SYSTEMS[4]]
+/// One row of the tables: a system, and for vipd whether its TCP handoff
+/// (tickles and aborts, on by default) runs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Row {
+    pub system: System,
+    pub handoff: bool,
 }
+
+impl Row {
+    pub fn label(&self) -> String {
+        if self.handoff {
+            self.system.label()
+        } else {
+            format!("{}, `--tcp-handoff false`", self.system.label())
+        }
+    }
+
+    pub fn short(&self) -> String {
+        if self.handoff {
+            self.system.short()
+        } else {
+            format!("{} no-handoff", self.system.short())
+        }
+    }
+
+    /// vipd's flags for this row.
+    fn flags(&self) -> &'static [&'static str] {
+        if self.handoff {
+            &[]
+        } else {
+            &["--tcp-handoff", "false"]
+        }
+    }
+
+    fn is_vipd(&self) -> bool {
+        matches!(self.system, System::Vipd { .. })
+    }
+}
+
+/// vipd at T = 1 s with its default lease, with its TCP handoff (the
+/// default) and without, and keepalived at `advert_int 0.3`, whose
+/// master-down interval (3 x 0.3 s plus skew) is about the same second.
+pub fn rows() -> [Row; 3] {
+    [
+        Row {
+            system: failover::SYSTEMS[0],
+            handoff: true,
+        },
+        Row {
+            system: failover::SYSTEMS[0],
+            handoff: false,
+        },
+        Row {
+            system: System::Keepalived {
+                advert_int: Duration::from_millis(300),
+            },
+            handoff: true,
+        },
+    ]
+}
+
+/// The targets for vipd with its handoff: the median iSCSI stall at a
+/// planned handover, how far the stall at a link cut may exceed the cut ->
+/// served time of the same runs, and how far any run's stall may exceed
+/// its fault's median.
+const HANDOVER_STALL_TARGET: Duration = Duration::from_millis(30);
+const CUT_OVER_SERVED_TARGET: Duration = Duration::from_millis(50);
+const MAX_OVER_MEDIAN_TARGET: Duration = Duration::from_millis(250);
 /// How often the console's client sends its GET.
 const CONSOLE_POLL: Duration = Duration::from_millis(5);
 /// Reads flowing before the fault.
@@ -64,7 +126,7 @@ const PLOT_BEFORE: Duration = Duration::from_secs(2);
 /// One system's lab: the cluster, its services and the console's client
 /// (fields drop in order: the client and the servers before the lab).
 struct ServicesLab {
-    system: System,
+    system: Row,
     console: Prober,
     /// Held for its Drop, which stops the servers.
     _services: Services,
@@ -99,7 +161,7 @@ impl Run {
 }
 
 struct Cell {
-    system: System,
+    system: Row,
     fault: Fault,
     runs: Vec<Run>,
 }
@@ -124,14 +186,15 @@ pub fn run(opts: &Options) -> Result<String> {
     let p = |s: &str| progress(start, &format!("services: {s}"));
 
     let mut labs = Vec::new();
-    for system in systems() {
+    for system in rows() {
         let sp = |m: &str| p(&format!("{}: {m}", system.short()));
         let hint = format!("sv{}", labs.len());
-        let cluster = FailoverLab::start_with(
+        let cluster = FailoverLab::start_with_flags(
             &hint,
-            system.agent(),
-            system.lease(),
-            system.vip(),
+            system.system.agent(),
+            system.system.lease(),
+            system.system.vip(),
+            system.flags(),
             &bins,
             &sp,
         )
@@ -209,7 +272,7 @@ fn one_run(l: &ServicesLab, fault: Fault) -> Result<Run> {
         bail!("iscsi-perf read nothing through the VIP in 20 s: {out}");
     }
     sleep(STEADY)?;
-    let mut tk = c.takeover_on(fault, Duration::ZERO, l.system.timeout())?;
+    let mut tk = c.takeover_on(fault, Duration::ZERO, l.system.system.timeout())?;
     let cut = tk.cut_at;
     // Until reads have flowed for a while after the VIP came up on the new
     // holder (or the wait gives up).
@@ -317,16 +380,18 @@ fn report(runs: usize, faults: &[Fault], cells: &[Cell]) -> String {
         md,
         "## Services: iSCSI and the web console through a takeover\n"
     );
-    let [v, k] = systems();
+    let [v, off, k] = rows();
     let _ = writeln!(
         md,
         "The lab of the failover section (three nodes, a client, {VIP} as the VIP), and on every \
          node the services the VIP exists for: Debian's `tgtd` serving one target whose LUN is \
          backed by one image file all nodes share, and a `busybox httpd` console whose page \
-         names the node, both on the wildcard address. Systems: {} and {} (its master-down \
-         interval, 3 × 0.3 s plus skew, is about vipd's second). {runs} takeovers per fault and \
-         system, the two labs taking turns run by run.\n",
+         names the node, both on the wildcard address. Systems: {} (its TCP handoff on, the \
+         default), {} (the same without it), and {} (its master-down interval, 3 × 0.3 s plus \
+         skew, is about vipd's second). {runs} takeovers per fault and system, the labs taking \
+         turns run by run.\n",
         v.label(),
+        off.label(),
         k.label()
     );
     let _ = writeln!(
@@ -341,9 +406,14 @@ fn report(runs: usize, faults: &[Fault], cells: &[Cell]) -> String {
          flowed for {} s after the VIP came up on the new holder (where a fault does not stop \
          I/O at once, as a killed agent leaves the old holder's target serving, the stall \
          starts later than the fault). An open session's TCP connection breaks only when a \
-         retransmitted segment reaches the new holder, which answers with a reset; the \
-         initiator's retransmission timer (200 ms at least, doubling with each retry) adds \
-         to the takeover. **Console**: an HTTP/1.0 GET of the page through the VIP every {} ms \
+         segment of the client reaches the new holder, which answers with a reset. Without \
+         help that is a retransmission, and the initiator's retransmission timer (200 ms at \
+         least, doubling with each retry) adds to the takeover. vipd's TCP handoff sends the \
+         client, right after the new holder's first announcement, a tickle ACK for each \
+         connection the old holder published: the client answers at once, the new holder \
+         resets it, and libiscsi logs in again. **cut → served** is the takeover itself, from \
+         the fault until the client's TCP probe is first answered by the new holder, in the \
+         same runs. **Console**: an HTTP/1.0 GET of the page through the VIP every {} ms \
          (a new connection each, connect timeout 30 ms, reply timeout 100 ms: a request the \
          old holder took but never answered blinds the client that long); the **outage** is \
          the longest stretch between two pages over the same span. \"Back\" columns are from \
@@ -363,9 +433,9 @@ fn report(runs: usize, faults: &[Fault], cells: &[Cell]) -> String {
     );
     let _ = writeln!(
         md,
-        "| fault | system | iSCSI stall | I/O back | console outage | page from the new holder | reads/s before |"
+        "| fault | system | iSCSI stall | I/O back | cut → served | console outage | page from the new holder | reads/s before |"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
     for &fault in faults {
         for c in cells.iter().filter(|c| c.fault == fault) {
             let rates: Vec<f64> = c.runs.iter().map(|r| r.steady_rate).collect();
@@ -373,17 +443,19 @@ fn report(runs: usize, faults: &[Fault], cells: &[Cell]) -> String {
                 .map_or("n/a".to_string(), |s| format!("{:.0}", s.median));
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {} | {rate} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {rate} |",
                 fault.label(),
                 c.system.label(),
                 cell_of(&c.runs, &Run::stall),
                 cell_of(&c.runs, &|r| r.since_fault(r.io.map(|g| g.1))),
+                cell_of(&c.runs, &|r| r.takeover.served),
                 cell_of(&c.runs, &Run::outage),
                 cell_of(&c.runs, &|r| r.since_fault(r.console_new)),
             );
         }
     }
     let _ = writeln!(md);
+    targets(&mut md, cells);
     if plot(cells).is_some() {
         let _ = writeln!(
             md,
@@ -400,6 +472,86 @@ fn report(runs: usize, faults: &[Fault], cells: &[Cell]) -> String {
         );
     }
     md
+}
+
+/// The median of `v`, if any.
+fn median(v: &[Duration]) -> Option<Duration> {
+    let mut v = v.to_vec();
+    v.sort();
+    v.get(v.len() / 2).copied()
+}
+
+/// What the targets say for one fault's cell of vipd with its handoff.
+#[derive(Debug, PartialEq)]
+struct Verdicts {
+    /// (median stall, the target it is held to), when the fault has one.
+    median: Option<(Duration, Duration)>,
+    /// (max stall, median + [`MAX_OVER_MEDIAN_TARGET`]).
+    max: Option<(Duration, Duration)>,
+}
+
+fn verdicts(fault: Fault, runs: &[Run]) -> Verdicts {
+    let stalls: Vec<Duration> = runs.iter().filter_map(Run::stall).collect();
+    let med = median(&stalls);
+    let median_target = match fault {
+        Fault::Handover => med.map(|m| (m, HANDOVER_STALL_TARGET)),
+        Fault::Cut => {
+            // Against the takeover of the same runs.
+            let served: Vec<Duration> = runs
+                .iter()
+                .filter(|r| r.stall().is_some())
+                .filter_map(|r| r.takeover.served)
+                .collect();
+            med.zip(median(&served))
+                .map(|(m, s)| (m, s + CUT_OVER_SERVED_TARGET))
+        }
+        _ => None,
+    };
+    Verdicts {
+        median: median_target,
+        max: med
+            .zip(stalls.iter().max().copied())
+            .map(|(m, max)| (max, m + MAX_OVER_MEDIAN_TARGET)),
+    }
+}
+
+/// The targets for vipd with its handoff, met or missed, one line each.
+fn targets(md: &mut String, cells: &[Cell]) {
+    let [v, ..] = rows();
+    let mut lines = Vec::new();
+    let word = |(got, bound): (Duration, Duration)| {
+        let verdict = if got <= bound { "met" } else { "**missed**" };
+        format!(
+            "{} ms against {} ms: {verdict}",
+            timeline::ms(got),
+            timeline::ms(bound)
+        )
+    };
+    for c in cells.iter().filter(|c| c.system == v && c.system.is_vipd()) {
+        let vd = verdicts(c.fault, &c.runs);
+        if let Some(m) = vd.median {
+            let what = match c.fault {
+                Fault::Handover => "median stall (target 30 ms)".to_string(),
+                _ => "median stall (target: median cut → served of the same runs + 50 ms)"
+                    .to_string(),
+            };
+            lines.push(format!("- {}, {what}: {}", c.fault.label(), word(m)));
+        }
+        if let Some(m) = vd.max {
+            lines.push(format!(
+                "- {}, longest stall (target: median + 250 ms): {}",
+                c.fault.label(),
+                word(m)
+            ));
+        }
+    }
+    if !lines.is_empty() {
+        let _ = writeln!(md, "Targets for {}:\n", v.label());
+        for l in lines {
+            let _ = writeln!(md, "{l}");
+        }
+        let _ = writeln!(md);
+    }
 }
 
 // ---------------------------------------------------------------- plot
@@ -608,10 +760,59 @@ mod tests {
         assert!(svg.contains(r##"stroke="#C0392B""##));
     }
 
+    /// A run whose stall is `stall_ms` and whose takeover served the
+    /// client `served_ms` after the fault.
+    fn run_of(fault: Fault, stall_ms: u64, served_ms: Option<u64>) -> Run {
+        let t0 = Instant::now();
+        let mut takeover = Takeover::at_fault(fault, std::time::SystemTime::now(), t0, 0, Some(1));
+        takeover.served = served_ms.map(Duration::from_millis);
+        Run {
+            takeover,
+            io: Some((t0, t0 + Duration::from_millis(stall_ms))),
+            console: None,
+            console_new: None,
+            steady_rate: 0.0,
+            bins: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_targets_hold_each_fault_to_its_bound() {
+        let ms = Duration::from_millis;
+        let handover: Vec<Run> = [10, 20, 25, 300]
+            .into_iter()
+            .map(|s| run_of(Fault::Handover, s, Some(5)))
+            .collect();
+        assert_eq!(
+            verdicts(Fault::Handover, &handover),
+            Verdicts {
+                median: Some((ms(25), ms(30))),
+                max: Some((ms(300), ms(275))),
+            }
+        );
+        let cut: Vec<Run> = [(500, 470), (510, 480), (530, 460)]
+            .into_iter()
+            .map(|(s, v)| run_of(Fault::Cut, s, Some(v)))
+            .collect();
+        assert_eq!(
+            verdicts(Fault::Cut, &cut).median,
+            Some((ms(510), ms(470 + 50)))
+        );
+        assert_eq!(verdicts(Fault::Kill, &cut).median, None);
+        assert_eq!(verdicts(Fault::Kill, &[]).max, None);
+    }
+
     #[test]
     fn cells_count_missing_runs() {
-        assert!(systems()[0].label().starts_with("vipd"));
-        assert!(systems()[1].label().starts_with("keepalived"));
+        let [v, off, k] = rows();
+        assert_eq!(v.label(), "vipd T = 1 s, default lease");
+        assert_eq!(
+            off.label(),
+            "vipd T = 1 s, default lease, `--tcp-handoff false`"
+        );
+        assert_eq!(off.flags(), ["--tcp-handoff", "false"]);
+        assert!(v.flags().is_empty() && k.flags().is_empty());
+        assert_eq!(k.label(), "keepalived `advert_int 0.3`");
         assert_eq!(cell_of(&[], &Run::stall), "n/a");
     }
 }

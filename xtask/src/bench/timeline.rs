@@ -434,6 +434,8 @@ struct Launch {
     agent: Agent,
     /// vipd's `--lease` (None: its default, no flag passed).
     lease: Option<Duration>,
+    /// More vipd flags.
+    flags: Vec<String>,
     bins: PathBuf,
     dir: PathBuf,
 }
@@ -482,6 +484,7 @@ impl Launch {
                     argv.push("--lease".into());
                     argv.push(format!("{}ms", l.as_millis()).into());
                 }
+                argv.extend(self.flags.iter().map(Into::into));
                 node.host.spawn_env(argv, &[("RUST_LOG", "info")])
             }
             Agent::Keepalived(s) => {
@@ -632,6 +635,19 @@ impl FailoverLab {
         bins: &Path,
         progress: &dyn Fn(&str),
     ) -> Result<FailoverLab> {
+        FailoverLab::start_with_flags(hint, agent, lease, vip, &[], bins, progress)
+    }
+
+    /// [`FailoverLab::start_with`] passing vipd `flags` too.
+    pub fn start_with_flags(
+        hint: &str,
+        agent: Agent,
+        lease: Option<Duration>,
+        vip: IpAddr,
+        flags: &[&str],
+        bins: &Path,
+        progress: &dyn Fn(&str),
+    ) -> Result<FailoverLab> {
         if vip.is_ipv6() && matches!(agent, Agent::Keepalived(_)) {
             bail!("the lab runs keepalived with an IPv4 VIP only");
         }
@@ -676,6 +692,7 @@ impl FailoverLab {
         let launch = Launch {
             agent,
             lease,
+            flags: flags.iter().map(|f| f.to_string()).collect(),
             bins: bins.to_path_buf(),
             dir: lab.dir().to_path_buf(),
         };

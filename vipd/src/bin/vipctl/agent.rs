@@ -1,13 +1,14 @@
 //! The commands that talk to the agent on this host: `status` and
 //! `arp stats` over its control socket, and `cleanup`, which removes the
-//! instance's addresses and its pinned fence after the agent stopped.
+//! instance's addresses after the agent stopped, aborts the TCP sockets
+//! left on them, and removes its pinned fence.
 
-use std::process::ExitCode;
+use std::{collections::BTreeSet, net::IpAddr, process::ExitCode};
 
 use vipd::{
     api::{self, ArpStats, Request, Status},
     instance::Instance,
-    net::netlink::Netlink,
+    net::{Address, netlink::Netlink},
     xdp::{default_bpf_dir, remove_pinned},
 };
 
@@ -84,6 +85,7 @@ pub(crate) async fn cleanup(socket: &SocketArg) -> ExitCode {
                     a.addr, a.prefix_len, a.ifindex
                 );
             }
+            abort_sockets_on(&removed);
             if removed.is_empty() {
                 println!(
                     "no addresses of vipd instance {:?} (mark {}) on this node",
@@ -100,6 +102,30 @@ pub(crate) async fn cleanup(socket: &SocketArg) -> ExitCode {
         }
         // The fence stays: the addresses are still there.
         Err(e) => fail(&e.to_string()),
+    }
+}
+
+/// After `cleanup` removed the instance's addresses: the TCP sockets still
+/// bound to them (the sessions a stopped or killed vipd's services kept)
+/// are aborted, so those services stop retransmitting to clients that have
+/// moved on. Only these addresses, which carried the instance's mark. IPv4
+/// only: an IPv6 abort sends a reset that leaves the node with the VIP as
+/// source, and cleanup does not know whether the pinned fence's window for
+/// that VIP (if a fence was pinned) is still open to drop it.
+fn abort_sockets_on(removed: &[Address]) {
+    let ips: BTreeSet<IpAddr> = removed.iter().map(|a| a.addr).collect();
+    for ip in ips {
+        if ip.is_ipv6() {
+            println!(
+                "left the TCP sockets on {ip} alone (IPv6: an abort's reset would leave the node)"
+            );
+            continue;
+        }
+        match vipd::net::tickle::abort_sockets(ip) {
+            Ok(0) => {}
+            Ok(n) => println!("aborted {n} TCP socket(s) on {ip}"),
+            Err(e) => eprintln!("vipctl: cannot abort the TCP sockets on {ip}: {e}"),
+        }
     }
 }
 
