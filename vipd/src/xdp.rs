@@ -41,6 +41,7 @@ use self::{
 };
 pub(crate) use self::{attach::XdpAttachment, mode::ModeReason};
 pub use self::{
+    attach::error_chain,
     clock::program_ns,
     conflicts::{Conflict, ConflictReader},
     mode::AttachedMode,

@@ -71,18 +71,7 @@ impl XdpProgram {
             path: path.to_path_buf(),
             reason,
         };
-        if let Some(instance) = &self.instance
-            && !self.claims.contains_key(ifname)
-        {
-            let claim =
-                instance
-                    .claim_interface(ifname)
-                    .map_err(|source| XdpError::InterfaceTaken {
-                        ifname: ifname.to_string(),
-                        source,
-                    })?;
-            self.claims.insert(ifname.to_string(), claim);
-        }
+        self.claim(ifname)?;
         let pinned = PinnedLink::from_pin(path).map_err(|e| err(e.to_string()))?;
         let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| err(e.to_string()))?;
         let program = self.program_mut()?;

@@ -78,6 +78,24 @@ impl NativeWatch {
 }
 
 impl XdpProgram {
+    /// Claims `ifname` for this instance (once): another instance on the
+    /// host that holds it makes this fail.
+    pub(super) fn claim(&mut self, ifname: &str) -> Result<(), XdpError> {
+        if let Some(instance) = &self.instance
+            && !self.claims.contains_key(ifname)
+        {
+            let claim =
+                instance
+                    .claim_interface(ifname)
+                    .map_err(|source| XdpError::InterfaceTaken {
+                        ifname: ifname.to_string(),
+                        source,
+                    })?;
+            self.claims.insert(ifname.to_string(), claim);
+        }
+        Ok(())
+    }
+
     /// Attaches to `ifname`; already attached returns the existing mode.
     ///
     /// [`XdpMode::Auto`] attaches natively unless the driver is one whose
@@ -94,18 +112,7 @@ impl XdpProgram {
         if let Some(existing) = self.attachments.get(ifname) {
             return Ok(existing.mode);
         }
-        if let Some(instance) = &self.instance
-            && !self.claims.contains_key(ifname)
-        {
-            let claim =
-                instance
-                    .claim_interface(ifname)
-                    .map_err(|source| XdpError::InterfaceTaken {
-                        ifname: ifname.to_string(),
-                        source,
-                    })?;
-            self.claims.insert(ifname.to_string(), claim);
-        }
+        self.claim(ifname)?;
         let driver = self.driver(ifname);
         let (first, reason) = match self.fallen_back.get(ifname) {
             Some(reason) => (AttachedMode::Generic, reason.clone()),
@@ -422,7 +429,7 @@ fn if_index(ifname: &str) -> u32 {
 }
 
 /// An error and its sources on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

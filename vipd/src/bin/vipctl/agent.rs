@@ -9,7 +9,7 @@ use vipd::{
     api::{self, ArpStats, Request, Status},
     instance::Instance,
     net::{Address, netlink::Netlink},
-    xdp::{default_bpf_dir, remove_pinned},
+    xdp::{default_bpf_dir, error_chain, remove_pinned},
 };
 
 use crate::{
@@ -147,15 +147,4 @@ fn remove_pinned_fence(socket: &SocketArg, instance: &Instance) -> Result<(), St
         println!("no pinned fence in {}", dir.display());
     }
     Ok(())
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
